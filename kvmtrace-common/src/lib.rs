@@ -94,7 +94,7 @@ pub struct Event {
     /// IPv4 source / destination, network byte order as read from the header.
     pub saddr: [u8; 4],
     pub daddr: [u8; 4],
-    /// `Fib`: gateway (network order).
+    /// `Fib`: gateway (network order). ICMP errors: destination of the quoted packet.
     pub gw: [u8; 4],
     /// TCP/UDP ports (host byte order). For ICMP echo: sport = identifier, dport = sequence.
     pub sport: u16,

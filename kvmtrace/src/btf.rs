@@ -1,0 +1,200 @@
+//! Kernel facts from BTF (`/sys/kernel/btf/vmlinux`): struct field offsets handed to the eBPF
+//! programs, and the names of `enum skb_drop_reason`. Nothing here is hard-coded per kernel.
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use btf_rs::{Btf, Type};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Default location of the running kernel's BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Opened kernel BTF.
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn open(path: &Path) -> Result<Self> {
+        let btf = Btf::from_file(path).with_context(|| {
+            format!(
+                "cannot read kernel BTF at {}: kvmtrace needs a kernel built with \
+                 CONFIG_DEBUG_INFO_BTF=y",
+                path.display()
+            )
+        })?;
+        Ok(Self { btf })
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        Ok(Self {
+            btf: Btf::from_bytes(bytes).map_err(|e| anyhow!("parsing BTF: {e}"))?,
+        })
+    }
+
+    /// Finds the struct (or union) type called `name`.
+    fn find_struct(&self, name: &str) -> Result<btf_rs::Struct> {
+        let types = self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|e| anyhow!("BTF has no type {name}: {e}"))?;
+        types
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) | Type::Union(s) if !s.members.is_empty() => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| anyhow!("BTF has no struct {name}"))
+    }
+
+    /// Strips typedefs and qualifiers until a struct or union is reached.
+    fn as_struct(&self, t: Type) -> Option<btf_rs::Struct> {
+        let mut t = t;
+        for _ in 0..16 {
+            match t {
+                Type::Struct(s) | Type::Union(s) => return Some(s),
+                Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) | Type::Restrict(_) => {
+                    let bt = t.as_btf_type()?;
+                    t = self.btf.resolve_chained_type(bt).ok()?;
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// Byte offset of `field` inside `st`, looking through anonymous structs and unions
+    /// (btf-rs reports those as unnamed members: their offset adds to the inner one).
+    fn field_in(&self, st: &btf_rs::Struct, field: &str, depth: u32) -> Option<(u32, Type)> {
+        if depth > 8 {
+            return None;
+        }
+        for m in &st.members {
+            let name = self.btf.resolve_name(m).unwrap_or_default();
+            let ty = self.btf.resolve_chained_type(m).ok();
+            if name == field {
+                return Some((m.bit_offset() / 8, ty?));
+            }
+            if name.is_empty() {
+                if let Some(inner) = ty.and_then(|t| self.as_struct(t)) {
+                    if let Some((off, t)) = self.field_in(&inner, field, depth + 1) {
+                        return Some((m.bit_offset() / 8 + off, t));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Byte offset of a (possibly nested) field: `offset_of("sk_buff", &["dev"])`,
+    /// `offset_of("net", &["ns", "inum"])`.
+    pub fn offset_of(&self, st: &str, path: &[&str]) -> Result<u32> {
+        let mut cur = self.find_struct(st)?;
+        let mut total = 0u32;
+        for (i, field) in path.iter().enumerate() {
+            let (off, ty) = self
+                .field_in(&cur, field, 0)
+                .ok_or_else(|| anyhow!("struct {st} has no field {}", path[..=i].join(".")))?;
+            total += off;
+            if i + 1 < path.len() {
+                cur = self
+                    .as_struct(ty)
+                    .ok_or_else(|| anyhow!("{st}.{} is not a struct", path[..=i].join(".")))?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Value → name (without the `SKB_DROP_REASON_` prefix) of `enum skb_drop_reason`.
+    pub fn drop_reasons(&self) -> Result<HashMap<u32, String>> {
+        let types = self
+            .btf
+            .resolve_types_by_name("skb_drop_reason")
+            .map_err(|e| anyhow!("BTF has no enum skb_drop_reason: {e}"))?;
+        let mut out = HashMap::new();
+        for t in types {
+            if let Type::Enum(e) = t {
+                for m in &e.members {
+                    let name = self.btf.resolve_name(m).unwrap_or_default();
+                    let short = name.strip_prefix("SKB_DROP_REASON_").unwrap_or(&name);
+                    out.insert(m.val(), short.to_string());
+                }
+            }
+        }
+        if out.is_empty() {
+            bail!("enum skb_drop_reason is empty in BTF");
+        }
+        Ok(out)
+    }
+}
+
+/// The kernel offsets the eBPF programs need, read from BTF.
+pub fn kernel_offsets(btf: &KernelBtf) -> Result<kvmtrace_common::Offsets> {
+    let o = |s: &str, p: &[&str]| btf.offset_of(s, p);
+    Ok(kvmtrace_common::Offsets {
+        skb_head: o("sk_buff", &["head"])?,
+        skb_data: o("sk_buff", &["data"])?,
+        skb_len: o("sk_buff", &["len"])?,
+        skb_dev: o("sk_buff", &["dev"])?,
+        skb_network_header: o("sk_buff", &["network_header"])?,
+        skb_transport_header: o("sk_buff", &["transport_header"])?,
+        skb_mac_header: o("sk_buff", &["mac_header"])?,
+        dev_ifindex: o("net_device", &["ifindex"])?,
+        dev_name: o("net_device", &["name"])?,
+        // possible_net_t holds `struct net *net` (absent without CONFIG_NET_NS: offset 0).
+        dev_nd_net: o("net_device", &["nd_net"])? + o("possible_net_t", &["net"]).unwrap_or(0),
+        net_ns_inum: o("net", &["ns", "inum"])?,
+        nf_state_hook: o("nf_hook_state", &["hook"]).unwrap_or(0),
+        fib_tb_id: u32::MAX,
+        fib_err: u32::MAX,
+        fib_oif: u32::MAX,
+        fib_src: u32::MAX,
+        fib_dst: u32::MAX,
+        fib_gw4: u32::MAX,
+        fib_name: u32::MAX,
+        fib_proto: u32::MAX,
+        fib_sport: u32::MAX,
+        fib_dport: u32::MAX,
+        _pad: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel() -> Option<KernelBtf> {
+        KernelBtf::open(Path::new(VMLINUX_BTF)).ok()
+    }
+
+    #[test]
+    fn offsets_of_the_running_kernel_are_plausible() {
+        let Some(btf) = kernel() else {
+            eprintln!("no kernel BTF here: skipped");
+            return;
+        };
+        let o = kernel_offsets(&btf).expect("offsets");
+        // sk_buff starts with next/prev (or the rb_node union): dev comes after them.
+        assert!(o.skb_dev >= 16 && o.skb_dev < 64, "skb->dev at {}", o.skb_dev);
+        assert!(o.skb_head > o.skb_dev && o.skb_data == o.skb_head + 8);
+        assert!(o.skb_network_header > o.skb_dev);
+        assert_eq!(o.skb_mac_header, o.skb_network_header + 2);
+        assert!(o.dev_name < o.dev_ifindex || o.dev_ifindex > 0);
+        assert_eq!(o.nf_state_hook, 0, "nf_hook_state.hook is its first member");
+    }
+
+    #[test]
+    fn drop_reason_names_come_from_btf() {
+        let Some(btf) = kernel() else { return };
+        let r = btf.drop_reasons().expect("reasons");
+        assert_eq!(r.get(&2).map(String::as_str), Some("NOT_SPECIFIED"));
+        assert!(r.values().any(|n| n == "NETFILTER_DROP"));
+    }
+
+    #[test]
+    fn unknown_fields_are_named_in_the_error() {
+        let Some(btf) = kernel() else { return };
+        let e = btf.offset_of("sk_buff", &["no_such_field"]).unwrap_err();
+        assert!(e.to_string().contains("no_such_field"), "{e}");
+    }
+}

@@ -1,0 +1,336 @@
+//! Command line: flags are parsed once into a validated config, `run` does the work.
+//!
+//! Exit codes: 0 every flow delivered; 1 a problem found; 2 usage error (bad flag, bad
+//! address, unknown VM); 3 environment error (not root, no BTF, a kernel feature missing).
+
+use crate::event::Direction;
+use crate::model::{stage_of, HostFacts, Model, Status};
+use crate::output;
+use crate::probe::{EnvError, Spec, Tracer};
+use crate::resolve::{self, Roots, UnknownVm};
+use anyhow::{anyhow, Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(name = "kvmtrace", version, about = "Follow a KVM guest's packets through the host and say where they stop")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Proto {
+    Icmp,
+    Tcp,
+    Udp,
+    Any,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Follow the VM's packets to DEST and their replies; print each hop and a verdict per flow.
+    Follow {
+        /// The VM: its name (QEMU -name / libvirt), its tap device, or the guest's MAC.
+        vm: String,
+        /// Destination: an IPv4 address or CIDR (203.0.113.1, 203.0.113.0/24).
+        dest: String,
+        /// Protocol to follow.
+        #[arg(long, value_enum, default_value_t = Proto::Any)]
+        proto: Proto,
+        /// Remote TCP/UDP port to follow (default: any).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Stop after this many request packets (and a short wait for their replies).
+        #[arg(long)]
+        count: Option<u64>,
+        /// JSON Lines on stdout: hop events, then one verdict per flow, then stats.
+        #[arg(long)]
+        json: bool,
+        /// Events kept per flow in the kernel before it only counts (0 = no limit).
+        #[arg(long, default_value_t = 2000)]
+        budget: u32,
+    },
+    /// List the VMs and taps kvmtrace can see in this network namespace.
+    List,
+}
+
+/// Parses `203.0.113.1` or `203.0.113.0/24`.
+pub fn parse_dest(s: &str) -> Result<(Ipv4Addr, u8)> {
+    let (a, p) = match s.split_once('/') {
+        Some((a, p)) => (
+            a,
+            p.parse::<u8>()
+                .ok()
+                .filter(|p| *p <= 32)
+                .ok_or_else(|| anyhow!("bad prefix length in '{s}': expected 0-32"))?,
+        ),
+        None => (s, 32),
+    };
+    let ip: Ipv4Addr = a.parse().map_err(|_| {
+        anyhow!("'{s}' is not an IPv4 address or CIDR (examples: 203.0.113.1, 203.0.113.0/24)")
+    })?;
+    Ok((ip, p))
+}
+
+/// A usage problem: exit code 2.
+#[derive(Debug)]
+struct Usage(String);
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Usage {}
+
+pub fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .target(env_logger::Target::Stderr)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = if e.downcast_ref::<Usage>().is_some() || e.downcast_ref::<UnknownVm>().is_some() {
+                2
+            } else if e.downcast_ref::<EnvError>().is_some() {
+                3
+            } else if e
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            } else {
+                1
+            };
+            eprintln!("kvmtrace: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::List => {
+            let vms = resolve::list_vms(&Roots::system());
+            if vms.is_empty() {
+                eprintln!("no VM or tap device found in this network namespace");
+            }
+            for v in vms {
+                println!("{v}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Follow {
+            vm,
+            dest,
+            proto,
+            port,
+            duration,
+            count,
+            json,
+            budget,
+        } => {
+            let (dst, prefix) = parse_dest(&dest).map_err(|e| Usage(format!("{e:#}")))?;
+            if port.is_some() && proto == Proto::Icmp {
+                return Err(Usage("--port applies to tcp and udp, not icmp".into()).into());
+            }
+            if let Some(d) = duration {
+                if !(d > 0.0 && d.is_finite()) {
+                    return Err(Usage(format!("--duration must be a positive number of seconds, not {d}")).into());
+                }
+            }
+            let info = resolve::resolve(&vm, &Roots::system())?;
+            let spec = Spec {
+                tap: info.tap.clone(),
+                guest_mac: info.mac.as_deref().and_then(resolve::parse_mac),
+                dst,
+                prefix,
+                proto: match proto {
+                    Proto::Icmp => 1,
+                    Proto::Tcp => 6,
+                    Proto::Udp => 17,
+                    Proto::Any => 0,
+                },
+                port: port.unwrap_or(0),
+                budget,
+            };
+            follow(&info, &spec, &dest, duration.map(Duration::from_secs_f64), count, json)
+        }
+    }
+}
+
+fn follow(
+    info: &resolve::VmInfo,
+    spec: &Spec,
+    dest: &str,
+    duration: Option<Duration>,
+    count: Option<u64>,
+    json: bool,
+) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    rt.block_on(follow_async(info, spec, dest, duration, count, json))
+}
+
+async fn follow_async(
+    info: &resolve::VmInfo,
+    spec: &Spec,
+    dest: &str,
+    duration: Option<Duration>,
+    count: Option<u64>,
+    json: bool,
+) -> Result<ExitCode> {
+    use tokio::io::unix::AsyncFd;
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let started = Instant::now();
+    let mut tracer = Tracer::start(spec)?;
+    for w in &tracer.warnings {
+        eprintln!("kvmtrace: warning: {w}");
+    }
+    eprintln!(
+        "kvmtrace: following {} (tap {}{}) → {dest}, ready in {} ms; attached: {}",
+        info.name.as_deref().unwrap_or("VM"),
+        info.tap,
+        info.mac.as_deref().map(|m| format!(", mac {m}")).unwrap_or_default(),
+        started.elapsed().as_millis(),
+        tracer.attached.join("; ")
+    );
+    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
+    let mut ring = unsafe { AsyncFd::register(tracer.take_ring()) }
+        .map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+    let mut count_deadline: Option<tokio::time::Instant> = None;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut st = Follow {
+        model: Model::new(),
+        requests: 0,
+        t0: None,
+        json,
+    };
+
+    loop {
+        let sleep_until = match (deadline, count_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timer = async {
+            match sleep_until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = timer => break,
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    st.handle(&tracer, &item, &mut out)?;
+                }
+                guard.clear_ready();
+                out.flush()?;
+                if let Some(n) = count {
+                    if st.requests >= n && count_deadline.is_none() {
+                        // Give the last requests a moment for their replies.
+                        count_deadline = Some(tokio::time::Instant::now() + Duration::from_millis(1500));
+                    }
+                }
+            }
+        }
+    }
+    // Drain what is left, then read the counters (exact: each event delivered or counted lost).
+    {
+        let rb = ring.get_mut();
+        while let Some(item) = rb.next() {
+            st.handle(&tracer, &item, &mut out)?;
+        }
+    }
+    let counters = tracer.counters();
+    let facts: HostFacts = crate::facts::gather();
+    let verdicts = st.model.verdicts(&facts, dest);
+    drop(tracer);
+    if json {
+        for v in &verdicts {
+            writeln!(out, "{}", serde_json::to_string(v)?)?;
+        }
+        writeln!(out, "{}", output::stats_json(counters, &[], &[]))?;
+    } else {
+        writeln!(out)?;
+        for v in &verdicts {
+            output::write_verdict_text(&mut out, v)?;
+        }
+    }
+    out.flush()?;
+    eprintln!(
+        "kvmtrace: {} events, {} lost to a full ring buffer, {} over the per-flow budget (counted, not shown); all hooks detached",
+        counters.events, counters.lost, counters.sampled_out
+    );
+    let ok = verdicts.iter().all(|v| v.status == Status::Delivered);
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// State of a running `follow`: the model and what the views need.
+struct Follow {
+    model: Model,
+    requests: u64,
+    t0: Option<u64>,
+    json: bool,
+}
+
+impl Follow {
+    fn handle(&mut self, tracer: &Tracer, bytes: &[u8], out: &mut dyn std::io::Write) -> Result<()> {
+        let Some(ev) = tracer.decode(bytes) else {
+            return Ok(());
+        };
+        let t0 = *self.t0.get_or_insert(ev.ts_ns);
+        if ev.new && ev.dir == Direction::Request {
+            self.requests += 1;
+        }
+        let stage = stage_of(&ev);
+        if let Some(j) = self.model.push(ev) {
+            let e = self.model.journeys[j].hops.last().expect("just pushed");
+            if self.json {
+                writeln!(out, "{}", output::hop_json(j, e, stage))?;
+            } else {
+                writeln!(out, "{}", output::hop_line(t0, j, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dest_forms() {
+        assert_eq!(parse_dest("203.0.113.1").unwrap(), ("203.0.113.1".parse().unwrap(), 32));
+        assert_eq!(parse_dest("198.51.100.0/24").unwrap().1, 24);
+        assert!(parse_dest("203.0.113.1/33").is_err());
+        let e = parse_dest("not-an-ip").unwrap_err().to_string();
+        assert!(e.contains("not an IPv4"), "{e}");
+    }
+}

@@ -1,0 +1,360 @@
+//! Decoded events: what the model, the views and recorded traces work on.
+//!
+//! A [`TraceEvent`] is a kernel [`kvmtrace_common::Event`] plus what only userspace knows at
+//! capture time (drop-reason name from BTF, symbols from kallsyms, the device's kind). Once
+//! decoded, nothing else about the capturing machine is needed: replay works anywhere.
+
+use kvmtrace_common::{Event, HookKind, DIR_REPLY, EV_FLAG_HAS_IP, EV_FLAG_NEW};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+/// Where an event was observed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Point {
+    TapIngress,
+    TapEgress,
+    NetifReceive,
+    DevXmit,
+    NfEnter,
+    NfExit,
+    Fib,
+    Drop,
+    Consume,
+}
+
+impl Point {
+    pub fn from_hook(h: HookKind) -> Self {
+        match h {
+            HookKind::TapIngress => Self::TapIngress,
+            HookKind::TapEgress => Self::TapEgress,
+            HookKind::NetifReceive => Self::NetifReceive,
+            HookKind::DevXmit => Self::DevXmit,
+            HookKind::NfEnter => Self::NfEnter,
+            HookKind::NfExit => Self::NfExit,
+            HookKind::Fib => Self::Fib,
+            HookKind::Drop => Self::Drop,
+            HookKind::Consume => Self::Consume,
+        }
+    }
+}
+
+/// Request (VM → destination) or reply (destination → VM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Request,
+    Reply,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Request => "request",
+            Self::Reply => "reply",
+        })
+    }
+}
+
+/// The IPv4 netfilter hooks (`enum nf_inet_hooks`, include/uapi/linux/netfilter.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum NfHook {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+impl NfHook {
+    pub fn from_num(n: u8) -> Option<Self> {
+        Some(match n {
+            0 => Self::Prerouting,
+            1 => Self::Input,
+            2 => Self::Forward,
+            3 => Self::Output,
+            4 => Self::Postrouting,
+            _ => return None,
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Prerouting => "PREROUTING",
+            Self::Input => "INPUT",
+            Self::Forward => "FORWARD",
+            Self::Output => "OUTPUT",
+            Self::Postrouting => "POSTROUTING",
+        }
+    }
+}
+
+impl fmt::Display for NfHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What kind of device an ifindex was at capture time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum DevKind {
+    /// The followed VM's tap.
+    Tap,
+    /// A Linux bridge.
+    Bridge,
+    /// Any other device: the host's way out (uplink, veth, …).
+    #[default]
+    Other,
+}
+
+/// Packet headers as seen at one point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
+pub struct Tuple {
+    pub proto: u8,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// TCP/UDP source port; ICMP echo identifier.
+    pub sport: u16,
+    /// TCP/UDP destination port; ICMP echo sequence.
+    pub dport: u16,
+}
+
+impl Tuple {
+    pub fn proto_name(&self) -> &'static str {
+        proto_name(self.proto)
+    }
+}
+
+pub fn proto_name(p: u8) -> &'static str {
+    match p {
+        1 => "icmp",
+        6 => "tcp",
+        17 => "udp",
+        _ => "ip",
+    }
+}
+
+/// One decoded observation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceEvent {
+    pub ts_ns: u64,
+    pub skb: u64,
+    pub point: Point,
+    pub dir: Direction,
+    /// First sight of this skb (the kernel started following it here).
+    pub new: bool,
+    pub ifindex: u32,
+    pub device: String,
+    pub dev_kind: DevKind,
+    pub netns: u32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub nf_hook: Option<NfHook>,
+    /// Headers, when the IPv4 header could be read.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tuple: Option<Tuple>,
+    pub len: u32,
+    pub ttl: u8,
+    pub ip_id: u16,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// TCP flags (when proto is TCP).
+    pub tcp_flags: u8,
+    pub tcp_seq: u32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub smac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub dmac: Option<String>,
+    /// Drop events: reason name from the kernel's BTF (`NETFILTER_DROP`, …).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    /// Drop events: where kfree_skb was called from (`nf_hook_slow+0x8c`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub location: Option<String>,
+    /// Drop events: the kernel stack, innermost first (symbols).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub stack: Vec<String>,
+    /// Route lookups: the result.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub route: Option<Route>,
+    /// ICMP errors: the destination of the packet the error is about.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub icmp_inner_dst: Option<Ipv4Addr>,
+}
+
+/// A `fib_table_lookup` result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub table: u32,
+    /// 0 when a route was found; a negative errno otherwise.
+    pub err: i32,
+    pub oif: u32,
+    pub device: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub gateway: Option<Ipv4Addr>,
+}
+
+impl Route {
+    /// Name of the routing table (the well-known ids of include/uapi/linux/rtnetlink.h).
+    pub fn table_name(&self) -> String {
+        match self.table {
+            253 => "default".into(),
+            254 => "main".into(),
+            255 => "local".into(),
+            n => n.to_string(),
+        }
+    }
+    /// What the lookup error means for the packet.
+    pub fn err_name(&self) -> Option<&'static str> {
+        Some(match -self.err {
+            0 => return None,
+            101 => "no route (ENETUNREACH)",
+            113 => "unreachable route (EHOSTUNREACH)",
+            22 => "blackhole route (EINVAL)",
+            13 => "prohibit route (EACCES)",
+            11 => "no match in this table (EAGAIN)",
+            _ => "route lookup failed",
+        })
+    }
+}
+
+/// Userspace facts needed to decode a raw event.
+pub trait Decoder {
+    fn drop_reason(&self, value: u32) -> Option<String>;
+    fn symbol(&self, addr: u64) -> Option<String>;
+    fn stack(&self, id: i32) -> Vec<String>;
+    fn dev_kind(&self, ifindex: u32, name: &str) -> DevKind;
+}
+
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+fn mac(m: &[u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+impl TraceEvent {
+    /// Decodes a kernel event. Returns `None` for an unknown hook value.
+    pub fn decode(e: &Event, d: &dyn Decoder) -> Option<Self> {
+        let hook = HookKind::from_u8(e.hook)?;
+        let point = Point::from_hook(hook);
+        let mut device = cstr(&e.ifname);
+        let has_ip = e.flags & EV_FLAG_HAS_IP != 0 || point == Point::Fib;
+        let tuple = has_ip.then(|| Tuple {
+            proto: e.proto,
+            src: Ipv4Addr::from(e.saddr),
+            dst: Ipv4Addr::from(e.daddr),
+            sport: e.sport,
+            dport: e.dport,
+        });
+        let route = (point == Point::Fib).then(|| Route {
+            table: e.reason,
+            err: e.stack_id,
+            oif: e.ifindex,
+            device: device.clone(),
+            gateway: (e.gw != [0; 4]).then(|| Ipv4Addr::from(e.gw)),
+        });
+        if point == Point::Fib {
+            device.clear();
+        }
+        let (reason, location, stack) = if point == Point::Drop {
+            (
+                d.drop_reason(e.reason).or_else(|| Some(format!("reason {}", e.reason))),
+                d.symbol(e.location),
+                if e.stack_id >= 0 { d.stack(e.stack_id) } else { Vec::new() },
+            )
+        } else {
+            (None, None, Vec::new())
+        };
+        let is_icmp_err = e.proto == 1 && matches!(e.icmp_type, 3 | 11 | 12);
+        let dev_kind = if point == Point::Fib {
+            DevKind::Other
+        } else {
+            d.dev_kind(e.ifindex, &device)
+        };
+        let has_eth = e.flags & kvmtrace_common::EV_FLAG_HAS_ETH != 0;
+        Some(TraceEvent {
+            ts_ns: e.ts_ns,
+            skb: e.skb,
+            point,
+            dir: if e.dir == DIR_REPLY {
+                Direction::Reply
+            } else {
+                Direction::Request
+            },
+            new: e.flags & EV_FLAG_NEW != 0,
+            ifindex: if point == Point::Fib { 0 } else { e.ifindex },
+            device,
+            dev_kind,
+            netns: e.netns,
+            nf_hook: matches!(point, Point::NfEnter | Point::NfExit)
+                .then(|| NfHook::from_num(e.nf_hook))
+                .flatten(),
+            tuple,
+            len: e.len,
+            ttl: e.ttl,
+            ip_id: e.ip_id,
+            icmp_type: if e.proto == 1 { e.icmp_type } else { 0 },
+            icmp_code: if e.proto == 1 { e.icmp_code } else { 0 },
+            tcp_flags: if e.proto == 6 { e.icmp_type } else { 0 },
+            tcp_seq: e.tcp_seq,
+            smac: has_eth.then(|| mac(&e.smac)),
+            dmac: has_eth.then(|| mac(&e.dmac)),
+            reason,
+            location,
+            stack,
+            route,
+            icmp_inner_dst: (is_icmp_err && point != Point::Fib).then(|| Ipv4Addr::from(e.gw)),
+        })
+    }
+
+    /// Short description of the headers: `10.0.0.2 > 203.0.113.1 icmp echo id=7 seq=1`.
+    pub fn headers(&self) -> String {
+        let Some(t) = &self.tuple else {
+            return "(no IPv4 header)".into();
+        };
+        match t.proto {
+            1 => {
+                let what = match (self.icmp_type, self.icmp_code) {
+                    (8, _) => format!("echo request id={} seq={}", t.sport, t.dport),
+                    (0, _) => format!("echo reply id={} seq={}", t.sport, t.dport),
+                    (3, c) => format!("dest-unreachable code={c}"),
+                    (11, _) => "time-exceeded".into(),
+                    (ty, c) => format!("type={ty} code={c}"),
+                };
+                format!("{} > {} icmp {what}", t.src, t.dst)
+            }
+            6 => format!(
+                "{}:{} > {}:{} tcp [{}] seq={}",
+                t.src,
+                t.sport,
+                t.dst,
+                t.dport,
+                tcp_flags(self.tcp_flags),
+                self.tcp_seq
+            ),
+            17 => format!("{}:{} > {}:{} udp", t.src, t.sport, t.dst, t.dport),
+            p => format!("{} > {} proto {p}", t.src, t.dst),
+        }
+    }
+}
+
+/// `S`, `S.`, `R.`, … as tcpdump writes them.
+pub fn tcp_flags(f: u8) -> String {
+    let mut s = String::new();
+    for (bit, c) in [(0x02, 'S'), (0x01, 'F'), (0x04, 'R'), (0x08, 'P'), (0x10, '.')] {
+        if f & bit != 0 {
+            s.push(c);
+        }
+    }
+    if s.is_empty() {
+        s.push('-');
+    }
+    s
+}

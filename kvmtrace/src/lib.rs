@@ -1,0 +1,14 @@
+//! kvmtrace: follow a KVM guest's packets through the host with eBPF and say where they stop.
+//!
+//! Layers (see docs/architecture.md): `probe` (load, attach, ring buffer; root) →
+//! `event` (decoded events) → `model` (journeys, flows, verdicts; pure) → `output` (views).
+//! `resolve` finds the VM's tap; `facts` reads the host facts verdicts cite.
+pub mod btf;
+pub mod cli;
+pub mod event;
+pub mod facts;
+pub mod model;
+pub mod nf;
+pub mod output;
+pub mod probe;
+pub mod resolve;

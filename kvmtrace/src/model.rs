@@ -1,0 +1,845 @@
+//! Events → packet journeys → flows → verdicts. Pure: no eBPF, no I/O, so every rule here is
+//! unit-tested from recorded events and `replay` works on any machine.
+
+use crate::event::{DevKind, Direction, NfHook, Point, Route, TraceEvent, Tuple};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+
+/// Version of the JSON objects written by `--json` (docs/json-schema.md).
+pub const SCHEMA: u32 = 1;
+
+/// The coarse place of a hop on the host's path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Tap,
+    Bridge,
+    Netfilter,
+    Routing,
+    Egress,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tap => "tap",
+            Self::Bridge => "bridge",
+            Self::Netfilter => "netfilter",
+            Self::Routing => "routing",
+            Self::Egress => "egress",
+        }
+    }
+}
+
+/// A netfilter base chain registered on the host (from an nftables dump).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NfChain {
+    /// `ip`, `inet`, `bridge`, …
+    pub family: String,
+    pub table: String,
+    pub chain: String,
+    pub hook: NfHook,
+    pub priority: i32,
+    /// `accept` or `drop`.
+    pub policy: String,
+}
+
+/// Facts about the host, read when the trace starts (or ends), that verdicts refer to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFacts {
+    /// `net.ipv4.ip_forward` (None when unknown).
+    pub ip_forward: Option<bool>,
+    /// nftables base chains (including iptables-nft's).
+    pub nft_chains: Vec<NfChain>,
+    /// iptables-legacy tables present (`/proc/net/ip_tables_names`).
+    pub legacy_tables: Vec<String>,
+}
+
+/// A header change between two hops of one packet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rewrite {
+    /// `src`, `dst`, `sport`, `dport` (`icmp_id` for ICMP echo identifiers).
+    pub field: String,
+    pub from: String,
+    pub to: String,
+    /// Where the change was first seen, e.g. `POSTROUTING`.
+    pub at: String,
+}
+
+/// One packet's path through the host: all events of one skb from first sight to its end.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Journey {
+    pub id: usize,
+    pub skb: u64,
+    pub dir: Direction,
+    pub hops: Vec<TraceEvent>,
+    pub closed: bool,
+}
+
+/// Where a dropped packet died.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropSite {
+    pub stage: Stage,
+    pub hook: Option<NfHook>,
+    pub device: String,
+    pub reason: String,
+    pub location: Option<String>,
+    pub route: Option<Route>,
+}
+
+/// How a journey ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Outcome {
+    Dropped(DropSite),
+    /// A request transmitted out of a non-VM device.
+    LeftHost { device: String, tuple: Option<Tuple> },
+    /// A request routed back towards the VM side (its own bridge or tap).
+    LoopedBack { device: String, route: Option<Route> },
+    /// A reply handed to the VM's tap.
+    DeliveredToVm { device: String },
+    /// Taken by the host itself (INPUT hook).
+    DeliveredLocally,
+    /// No end seen yet (or the end was not observable).
+    InFlight { stage: Stage, device: String },
+}
+
+pub fn stage_of(e: &TraceEvent) -> Stage {
+    match e.point {
+        Point::TapIngress | Point::TapEgress => Stage::Tap,
+        Point::NfEnter | Point::NfExit => Stage::Netfilter,
+        Point::Fib => Stage::Routing,
+        _ => match e.dev_kind {
+            DevKind::Tap => Stage::Tap,
+            DevKind::Bridge => Stage::Bridge,
+            DevKind::Other => Stage::Egress,
+        },
+    }
+}
+
+/// Netfilter hook named by the kernel stack of a drop (the function that called nf_hook_slow),
+/// per net/ipv4/ip_input.c, ip_forward.c, ip_output.c and net/bridge (Linux 6.x).
+fn hook_from_stack(stack: &[String]) -> Option<(Stage, Option<NfHook>)> {
+    let sym = |s: &String| s.split('+').next().unwrap_or("").to_string();
+    let pos = stack.iter().position(|s| sym(s) == "nf_hook_slow")?;
+    for caller in stack[pos + 1..].iter().map(sym) {
+        let hook = match caller.as_str() {
+            "ip_rcv" | "ip_rcv_core" | "ip_list_rcv" | "ip_sublist_rcv" => NfHook::Prerouting,
+            "ip_local_deliver" => NfHook::Input,
+            "ip_forward" => NfHook::Forward,
+            "__ip_local_out" | "ip_local_out" => NfHook::Output,
+            "ip_output" | "ip_finish_output" => NfHook::Postrouting,
+            c if c.starts_with("br_") => return Some((Stage::Bridge, None)),
+            _ => continue,
+        };
+        return Some((Stage::Netfilter, Some(hook)));
+    }
+    Some((Stage::Netfilter, None))
+}
+
+impl Journey {
+    fn tuples(&self) -> impl Iterator<Item = (&TraceEvent, &Tuple)> {
+        self.hops
+            .iter()
+            .filter(|h| h.point != Point::Fib)
+            .filter_map(|h| h.tuple.as_ref().map(|t| (h, t)))
+    }
+
+    pub fn first_tuple(&self) -> Option<Tuple> {
+        self.tuples().next().map(|(_, t)| *t)
+    }
+
+    pub fn last_tuple(&self) -> Option<Tuple> {
+        self.tuples().last().map(|(_, t)| *t)
+    }
+
+    /// The last route lookup seen for this packet.
+    pub fn route(&self) -> Option<&Route> {
+        self.hops.iter().rev().find_map(|h| h.route.as_ref())
+    }
+
+    /// Header changes along the path, each reported once where it first appeared.
+    pub fn rewrites(&self) -> Vec<Rewrite> {
+        let mut out: Vec<Rewrite> = Vec::new();
+        let mut prev: Option<Tuple> = None;
+        for (hop, t) in self.tuples() {
+            if let Some(p) = prev {
+                let at = point_label(hop);
+                let id_name = if t.proto == 1 { "icmp_id" } else { "sport" };
+                let changes = [
+                    ("src", p.src.to_string(), t.src.to_string()),
+                    ("dst", p.dst.to_string(), t.dst.to_string()),
+                    (id_name, p.sport.to_string(), t.sport.to_string()),
+                    (
+                        if t.proto == 1 { "icmp_seq" } else { "dport" },
+                        p.dport.to_string(),
+                        t.dport.to_string(),
+                    ),
+                ];
+                for (field, from, to) in changes {
+                    if from != to {
+                        out.push(Rewrite {
+                            field: field.into(),
+                            from,
+                            to,
+                            at: at.clone(),
+                        });
+                    }
+                }
+            }
+            prev = Some(*t);
+        }
+        out
+    }
+
+    /// How this journey ended.
+    pub fn outcome(&self) -> Outcome {
+        if let Some(drop) = self.hops.iter().find(|h| h.point == Point::Drop) {
+            return Outcome::Dropped(self.drop_site(drop));
+        }
+        let xmit = |h: &&TraceEvent| matches!(h.point, Point::DevXmit | Point::TapEgress);
+        match self.dir {
+            Direction::Request => {
+                if let Some(h) = self
+                    .hops
+                    .iter()
+                    .filter(xmit)
+                    .find(|h| h.dev_kind == DevKind::Other)
+                {
+                    return Outcome::LeftHost {
+                        device: h.device.clone(),
+                        tuple: h.tuple,
+                    };
+                }
+                // Routed again out of the VM side: the route lookup sent it back.
+                let routed = self.hops.iter().any(|h| h.point == Point::Fib);
+                if routed {
+                    if let Some(h) = self.hops.iter().filter(xmit).last() {
+                        return Outcome::LoopedBack {
+                            device: h.device.clone(),
+                            route: self.route().cloned(),
+                        };
+                    }
+                }
+            }
+            Direction::Reply => {
+                if let Some(h) = self.hops.iter().find(|h| {
+                    h.point == Point::TapEgress
+                        || (h.point == Point::DevXmit && h.dev_kind == DevKind::Tap)
+                }) {
+                    return Outcome::DeliveredToVm {
+                        device: h.device.clone(),
+                    };
+                }
+            }
+        }
+        if self
+            .hops
+            .iter()
+            .any(|h| h.point == Point::NfExit && h.nf_hook == Some(NfHook::Input))
+        {
+            return Outcome::DeliveredLocally;
+        }
+        let last = self
+            .hops
+            .iter()
+            .rev()
+            .find(|h| h.point != Point::Consume)
+            .or(self.hops.last());
+        match last {
+            Some(h) => Outcome::InFlight {
+                stage: stage_of(h),
+                device: h.device.clone(),
+            },
+            None => Outcome::InFlight {
+                stage: Stage::Tap,
+                device: String::new(),
+            },
+        }
+    }
+
+    fn drop_site(&self, drop: &TraceEvent) -> DropSite {
+        let reason = drop.reason.clone().unwrap_or_else(|| "unknown".into());
+        let before: Vec<&TraceEvent> = self
+            .hops
+            .iter()
+            .take_while(|h| !std::ptr::eq(*h, drop))
+            .collect();
+        // Which hook was the packet inside when it died: entered but not left.
+        let mut open_hook: Option<NfHook> = None;
+        for h in &before {
+            match h.point {
+                Point::NfEnter => open_hook = h.nf_hook,
+                Point::NfExit => open_hook = None,
+                _ => {}
+            }
+        }
+        let from_stack = hook_from_stack(&drop.stack);
+        let loc = drop.location.clone().unwrap_or_default();
+        let route = self.route().cloned();
+        let (stage, hook) = if reason.starts_with("NETFILTER") || from_stack.is_some() {
+            match (from_stack, open_hook) {
+                (Some((st, Some(h))), _) => (st, Some(h)),
+                (_, Some(h)) => (Stage::Netfilter, Some(h)),
+                (Some((st, None)), None) => (st, None),
+                (None, None) => (Stage::Netfilter, None),
+            }
+        } else if reason.starts_with("IP_") && (reason.contains("ROUTE") || reason.contains("FORWARD"))
+            || route.as_ref().is_some_and(|r| r.err != 0 && r.err != -11)
+            || loc.starts_with("ip_route")
+            || loc.starts_with("ip_error")
+            || loc.starts_with("ip_forward")
+        {
+            (Stage::Routing, None)
+        } else {
+            let prev = before.iter().rev().find(|h| h.point != Point::Fib);
+            (prev.map(|h| stage_of(h)).unwrap_or(Stage::Tap), None)
+        };
+        let device = if drop.device.is_empty() {
+            before.last().map(|h| h.device.clone()).unwrap_or_default()
+        } else {
+            drop.device.clone()
+        };
+        DropSite {
+            stage,
+            hook,
+            device,
+            reason,
+            location: drop.location.clone(),
+            route: if stage == Stage::Routing { route } else { None },
+        }
+    }
+}
+
+/// `netif_receive_skb br0`, `POSTROUTING exit`, …
+pub fn point_label(h: &TraceEvent) -> String {
+    match h.point {
+        Point::TapIngress => "tap ingress".into(),
+        Point::TapEgress => "tap egress".into(),
+        Point::NetifReceive => "receive".into(),
+        Point::DevXmit => "transmit".into(),
+        Point::NfEnter => format!("{} enter", h.nf_hook.map(NfHook::name).unwrap_or("hook?")),
+        Point::NfExit => format!("{} exit", h.nf_hook.map(NfHook::name).unwrap_or("hook?")),
+        Point::Fib => "route lookup".into(),
+        Point::Drop => "drop".into(),
+        Point::Consume => "freed".into(),
+    }
+}
+
+/// A flow seen from the guest: protocol, guest address and port (ICMP: echo id), remote
+/// address and port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FlowKey {
+    pub proto: u8,
+    pub guest: Ipv4Addr,
+    pub guest_port: u16,
+    pub remote: Ipv4Addr,
+    pub remote_port: u16,
+}
+
+impl FlowKey {
+    fn from_request(t: &Tuple) -> Self {
+        FlowKey {
+            proto: t.proto,
+            guest: t.src,
+            guest_port: t.sport,
+            remote: t.dst,
+            remote_port: if t.proto == 1 { 0 } else { t.dport },
+        }
+    }
+    fn from_reply(t: &Tuple) -> Self {
+        FlowKey {
+            proto: t.proto,
+            guest: t.dst,
+            guest_port: if t.proto == 1 { t.sport } else { t.dport },
+            remote: t.src,
+            remote_port: if t.proto == 1 { 0 } else { t.sport },
+        }
+    }
+    pub fn describe(&self) -> String {
+        match self.proto {
+            1 => format!("icmp {} > {} id={}", self.guest, self.remote, self.guest_port),
+            p => format!(
+                "{} {}:{} > {}:{}",
+                crate::event::proto_name(p),
+                self.guest,
+                self.guest_port,
+                self.remote,
+                self.remote_port
+            ),
+        }
+    }
+}
+
+/// Status of a flow (docs/json-schema.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Delivered,
+    Dropped,
+    NoReply,
+    Misrouted,
+    NoTraffic,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Dropped => "dropped",
+            Self::NoReply => "no_reply",
+            Self::Misrouted => "misrouted",
+            Self::NoTraffic => "no_traffic",
+        }
+    }
+}
+
+/// The answer for one flow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub schema: u32,
+    pub flow: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<FlowKey>,
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<Stage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<NfHook>,
+    /// `nftables` or `iptables-legacy`, for netfilter drops.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<String>,
+    /// The base chains on that hook that could have dropped it (`inet filter forward (policy drop)`).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub chains: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<Route>,
+    pub rewrites: Vec<Rewrite>,
+    pub requests: usize,
+    pub replies: usize,
+    pub summary: String,
+}
+
+impl Verdict {
+    fn new(flow: String, key: Option<FlowKey>, status: Status) -> Self {
+        Verdict {
+            kind: "verdict".into(),
+            schema: SCHEMA,
+            flow,
+            key,
+            status,
+            stage: None,
+            hook: None,
+            firewall: None,
+            chains: Vec::new(),
+            device: None,
+            direction: None,
+            reason: None,
+            location: None,
+            route: None,
+            rewrites: Vec::new(),
+            requests: 0,
+            replies: 0,
+            summary: String::new(),
+        }
+    }
+}
+
+/// Builds journeys from a stream of events.
+#[derive(Default, Debug)]
+pub struct Model {
+    pub journeys: Vec<Journey>,
+    open: HashMap<u64, usize>,
+}
+
+impl Model {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one event; returns the index of the journey it joined.
+    pub fn push(&mut self, ev: TraceEvent) -> Option<usize> {
+        let skb = ev.skb;
+        if ev.point == Point::Fib {
+            // A route lookup belongs to the packet being processed on that CPU.
+            let idx = *self.open.get(&skb)?;
+            self.journeys[idx].hops.push(ev);
+            return Some(idx);
+        }
+        let ends = matches!(ev.point, Point::Drop | Point::Consume);
+        let idx = match self.open.get(&skb) {
+            Some(&i) if !ev.new => i,
+            _ => {
+                if let Some(old) = self.open.remove(&skb) {
+                    self.journeys[old].closed = true;
+                }
+                let id = self.journeys.len();
+                self.journeys.push(Journey {
+                    id,
+                    skb,
+                    dir: ev.dir,
+                    hops: Vec::new(),
+                    closed: false,
+                });
+                self.open.insert(skb, id);
+                id
+            }
+        };
+        self.journeys[idx].hops.push(ev);
+        if ends {
+            self.open.remove(&skb);
+            self.journeys[idx].closed = true;
+        }
+        Some(idx)
+    }
+
+    /// The flow a journey belongs to. Replies seen only before de-NAT are mapped back through
+    /// the rewrites of the requests.
+    fn flow_of(&self, j: &Journey, nat: &HashMap<(u8, Ipv4Addr, u16), FlowKey>) -> Option<FlowKey> {
+        match j.dir {
+            Direction::Request => j.first_tuple().map(|t| FlowKey::from_request(&t)),
+            Direction::Reply => {
+                let last = j.last_tuple()?;
+                let icmp_err = last.proto == 1
+                    && j
+                        .hops
+                        .iter()
+                        .any(|h| h.icmp_inner_dst.is_some() && matches!(h.icmp_type, 3 | 11 | 12));
+                if icmp_err {
+                    return None; // attached by the caller to the flow of the quoted packet
+                }
+                let k = FlowKey::from_reply(&last);
+                if let Some(k2) = nat.get(&(k.proto, k.guest, k.guest_port)) {
+                    if k.guest != k2.guest || k.guest_port != k2.guest_port {
+                        return Some(*k2);
+                    }
+                }
+                Some(k)
+            }
+        }
+    }
+
+    /// One verdict per flow (or one `no_traffic` verdict when nothing was seen).
+    pub fn verdicts(&self, facts: &HostFacts, dest: &str) -> Vec<Verdict> {
+        // Post-NAT (proto, address, port) → flow, learned from requests' last tuple.
+        let mut nat: HashMap<(u8, Ipv4Addr, u16), FlowKey> = HashMap::new();
+        for j in self.journeys.iter().filter(|j| j.dir == Direction::Request) {
+            if let (Some(first), Some(last)) = (j.first_tuple(), j.last_tuple()) {
+                nat.insert((last.proto, last.src, last.sport), FlowKey::from_request(&first));
+            }
+        }
+        let mut flows: BTreeMap<FlowKey, (Vec<&Journey>, Vec<&Journey>)> = BTreeMap::new();
+        let mut orphans: Vec<&Journey> = Vec::new();
+        for j in &self.journeys {
+            match self.flow_of(j, &nat) {
+                Some(k) => {
+                    let e = flows.entry(k).or_default();
+                    match j.dir {
+                        Direction::Request => e.0.push(j),
+                        Direction::Reply => e.1.push(j),
+                    }
+                }
+                None => orphans.push(j),
+            }
+        }
+        // ICMP errors go to the newest flow towards the address they quote.
+        for j in orphans {
+            let inner = j.hops.iter().find_map(|h| h.icmp_inner_dst);
+            let target = flows
+                .iter_mut()
+                .filter(|(k, _)| Some(k.remote) == inner)
+                .max_by_key(|(_, v)| v.0.last().map(|j| j.id));
+            if let Some((_, v)) = target {
+                v.1.push(j);
+            }
+        }
+        if flows.is_empty() {
+            let mut v = Verdict::new(format!("any > {dest}"), None, Status::NoTraffic);
+            v.summary = format!(
+                "no packet from the VM to {dest} was seen on its tap: the guest sent nothing \
+                 (is it up, does it have an address and a route, is its gateway reachable?)"
+            );
+            return vec![v];
+        }
+        flows
+            .into_iter()
+            .filter(|(_, (req, _))| !req.is_empty())
+            .map(|(k, (req, rep))| classify(k, &req, &rep, facts))
+            .collect()
+    }
+}
+
+fn fmt_rewrites(rw: &[Rewrite]) -> String {
+    rw.iter()
+        .map(|r| format!("{} {} → {} at {}", r.field, r.from, r.to, r.at))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Names the firewall and the base chains registered on `hook` that could have dropped.
+fn chains_on(facts: &HostFacts, hook: NfHook) -> (Option<String>, Vec<String>) {
+    let on_hook: Vec<&NfChain> = facts
+        .nft_chains
+        .iter()
+        .filter(|c| c.hook == hook && matches!(c.family.as_str(), "ip" | "inet"))
+        .collect();
+    let legacy = facts.legacy_tables.iter().any(|t| t == "filter" || t == "raw" || t == "mangle");
+    let names: Vec<String> = on_hook
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} {} (policy {}, priority {})",
+                c.family, c.table, c.chain, c.policy, c.priority
+            )
+        })
+        .collect();
+    let fw = match (on_hook.is_empty(), legacy) {
+        (false, false) => Some("nftables".to_string()),
+        (true, true) => Some("iptables-legacy".to_string()),
+        (false, true) => Some("nftables+iptables-legacy".to_string()),
+        (true, false) => None,
+    };
+    (fw, names)
+}
+
+fn classify(k: FlowKey, req: &[&Journey], rep: &[&Journey], facts: &HostFacts) -> Verdict {
+    let mut v = Verdict::new(k.describe(), Some(k), Status::NoReply);
+    v.requests = req.len();
+    v.replies = rep.len();
+    let delivered: Vec<&&Journey> = rep
+        .iter()
+        .filter(|j| matches!(j.outcome(), Outcome::DeliveredToVm { .. }))
+        .collect();
+    let req_out: Vec<(&&Journey, Outcome)> = req.iter().map(|j| (j, j.outcome())).collect();
+    let rep_out: Vec<(&&Journey, Outcome)> = rep.iter().map(|j| (j, j.outcome())).collect();
+    // The request's rewrites (SNAT) are the ones an operator looks for first.
+    if let Some((j, _)) = req_out
+        .iter()
+        .find(|(_, o)| matches!(o, Outcome::LeftHost { .. }))
+        .or(req_out.last())
+    {
+        v.rewrites = j.rewrites();
+    }
+    let first_drop = req_out
+        .iter()
+        .map(|(j, o)| (j.dir, o))
+        .chain(rep_out.iter().map(|(j, o)| (j.dir, o)))
+        .find_map(|(d, o)| match o {
+            Outcome::Dropped(site) => Some((d, site.clone())),
+            _ => None,
+        });
+    let host_answered = rep.iter().any(|j| {
+        j.hops.first().is_some_and(|h| {
+            matches!(h.point, Point::NfEnter | Point::NfExit) && h.nf_hook == Some(NfHook::Output)
+        })
+    });
+    let good_reply = delivered.iter().any(|j| {
+        j.hops.iter().any(|h| {
+            let icmp_err = h.tuple.is_some_and(|t| t.proto == 1) && matches!(h.icmp_type, 3 | 11 | 12);
+            !icmp_err
+        })
+    });
+    let reply_kind = delivered
+        .iter()
+        .flat_map(|j| j.hops.iter())
+        .find(|h| h.tuple.is_some())
+        .map(|h| h.headers());
+
+    if good_reply && !host_answered {
+        v.status = Status::Delivered;
+        v.direction = Some(Direction::Reply);
+        v.stage = Some(Stage::Tap);
+        v.device = delivered.first().and_then(|j| match j.outcome() {
+            Outcome::DeliveredToVm { device } => Some(device),
+            _ => None,
+        });
+        let rst = delivered.iter().flat_map(|j| j.hops.iter()).any(|h| h.tcp_flags & 0x04 != 0);
+        let nat = if v.rewrites.is_empty() {
+            String::new()
+        } else {
+            format!(" (rewritten: {})", fmt_rewrites(&v.rewrites))
+        };
+        let drops = req_out.iter().filter(|(_, o)| matches!(o, Outcome::Dropped(_))).count();
+        v.summary = if rst {
+            format!(
+                "the path works: {} answered with a TCP reset (nothing listens on port {} there, \
+                 or a firewall past this host refused it){nat}",
+                k.remote, k.remote_port
+            )
+        } else {
+            format!(
+                "delivered: {} of {} requests answered and the replies reached the VM{nat}",
+                delivered.len(),
+                req.len()
+            )
+        };
+        if drops > 0 {
+            v.summary.push_str(&format!("; {drops} earlier request(s) were dropped"));
+        }
+        return v;
+    }
+    if let Some((dir, site)) = first_drop {
+        v.status = Status::Dropped;
+        v.direction = Some(dir);
+        v.stage = Some(site.stage);
+        v.hook = site.hook;
+        v.device = Some(site.device.clone()).filter(|d| !d.is_empty());
+        v.reason = Some(site.reason.clone());
+        v.location = site.location.clone();
+        v.route = site.route.clone();
+        let what = match dir {
+            Direction::Request => "the request",
+            Direction::Reply => "the reply",
+        };
+        let mut s = match (site.stage, site.hook) {
+            (Stage::Netfilter, Some(h)) => {
+                let (fw, chains) = chains_on(facts, h);
+                v.firewall = fw.clone();
+                v.chains = chains.clone();
+                let drop_policies: Vec<&String> =
+                    chains.iter().filter(|c| c.contains("policy drop")).collect();
+                let who = match (fw.as_deref(), drop_policies.first(), chains.first()) {
+                    (Some(fw), Some(c), _) => format!(" ({fw}: chain {c})"),
+                    (Some(fw), None, Some(c)) => format!(" ({fw}: a rule in {c})"),
+                    (Some(fw), None, None) => format!(" ({fw})"),
+                    _ => String::new(),
+                };
+                format!(
+                    "{what} was dropped by the {h} hook{who} on {} [{}] → check the {} rules \
+                     for {} → {}",
+                    site.device,
+                    site.reason,
+                    h.name().to_lowercase(),
+                    k.guest,
+                    k.remote
+                )
+            }
+            (Stage::Routing, _) => {
+                let fwd_off = facts.ip_forward == Some(false);
+                let route = site
+                    .route
+                    .as_ref()
+                    .and_then(|r| r.err_name().map(|e| format!("{e} in table {}", r.table_name())));
+                match (fwd_off, route) {
+                    (true, _) => format!(
+                        "{what} was dropped at routing on {}: IP forwarding is off \
+                         (net.ipv4.ip_forward=0) [{}] → enable it: sysctl -w net.ipv4.ip_forward=1",
+                        site.device, site.reason
+                    ),
+                    (false, Some(r)) => format!(
+                        "{what} was dropped at routing on {}: {r} for {} [{}] → check \
+                         `ip route get {}` and the routes of that table",
+                        site.device,
+                        if dir == Direction::Request { k.remote } else { k.guest },
+                        site.reason,
+                        if dir == Direction::Request { k.remote } else { k.guest }
+                    ),
+                    (false, None) => format!(
+                        "{what} was dropped at routing on {} [{}] → check `ip route get {}`, \
+                         rp_filter and ip_forward",
+                        site.device, site.reason, k.remote
+                    ),
+                }
+            }
+            (stage, _) => format!(
+                "{what} was dropped at the {} stage on {} [{}]",
+                stage.name(),
+                site.device,
+                site.reason
+            ),
+        };
+        if host_answered {
+            if let Some(r) = &reply_kind {
+                s.push_str(&format!("; the host answered in the destination's place ({r})"));
+            }
+        }
+        v.summary = s;
+        return v;
+    }
+    if let Some((_, Outcome::LoopedBack { device, route })) = req_out
+        .iter()
+        .find(|(_, o)| matches!(o, Outcome::LoopedBack { .. }))
+    {
+        v.status = Status::Misrouted;
+        v.direction = Some(Direction::Request);
+        v.stage = Some(Stage::Routing);
+        v.device = Some(device.clone());
+        v.route = route.clone();
+        v.summary = format!(
+            "misrouted: the route to {} sends the request back out of {device}, the VM's side \
+             → check `ip route get {}`",
+            k.remote, k.remote
+        );
+        return v;
+    }
+    if let Some((_, Outcome::LeftHost { device, tuple })) = req_out
+        .iter()
+        .find(|(_, o)| matches!(o, Outcome::LeftHost { .. }))
+    {
+        v.status = Status::NoReply;
+        v.direction = Some(Direction::Request);
+        v.stage = Some(Stage::Egress);
+        v.device = Some(device.clone());
+        let src = tuple.map(|t| t.src);
+        let private = src.is_some_and(|s| s == k.guest);
+        v.summary = if private {
+            format!(
+                "no reply: the request left the host on {device} with the VM's own source {} \
+                 (not rewritten: no MASQUERADE/SNAT for it), so the outside cannot answer → add \
+                 a masquerade rule for the VM's network out of {device}",
+                k.guest
+            )
+        } else if rep.is_empty() {
+            format!(
+                "no reply: the request left the host on {device}{} and nothing came back → the \
+                 problem is past this host (upstream gateway, remote firewall, destination down)",
+                src.map(|s| format!(" as {s}")).unwrap_or_default()
+            )
+        } else {
+            format!(
+                "no reply reached the VM: the request left on {device} and {} reply packet(s) \
+                 came back but did not reach the tap",
+                rep.len()
+            )
+        };
+        return v;
+    }
+    // Requests seen but with no end we could observe.
+    let last = req_out.last().map(|(_, o)| o.clone());
+    v.status = Status::NoReply;
+    v.direction = Some(Direction::Request);
+    if let Some(Outcome::InFlight { stage, device }) = last {
+        v.stage = Some(stage);
+        v.device = Some(device.clone()).filter(|d| !d.is_empty());
+        v.summary = format!(
+            "no reply: the request was last seen at the {} stage on {device} and its end was \
+             not observed",
+            stage.name()
+        );
+    } else if let Some(Outcome::DeliveredLocally) = last {
+        v.stage = Some(Stage::Netfilter);
+        v.hook = Some(NfHook::Input);
+        v.summary = format!(
+            "the request was delivered to the host itself (INPUT), not forwarded: {} is a local \
+             address here",
+            k.remote
+        );
+    } else {
+        v.summary = "no reply was seen".into();
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {}

@@ -1,0 +1,397 @@
+//! Loads the eBPF object, hands it the BTF offsets and the filter, attaches every hook, and
+//! turns ring-buffer records into [`TraceEvent`]s. Needs root.
+//!
+//! Everything attached is an fd-based link (TCX, tp_btf, perf-event tracepoint, netfilter
+//! link): the kernel detaches it when the process exits, however it exits. Only the netlink
+//! TC fallback (kernels before 6.6) leaves state behind; it is removed on detach and a left-over
+//! is replaced at the next start.
+
+use crate::btf::{kernel_offsets, KernelBtf, VMLINUX_BTF};
+use crate::event::{DevKind, Decoder, TraceEvent};
+use crate::nf;
+use anyhow::{anyhow, Context as _, Result};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap};
+use aya::programs::{tc, BtfTracePoint, SchedClassifier, TcAttachType, TracePoint};
+use aya::{Btf, Ebpf, EbpfLoader};
+use kvmtrace_common::{Config, Event, Filter, CNT_EVENTS, CNT_LOST, CNT_SAMPLED_OUT};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+/// The compiled eBPF programs, embedded: one file to copy to a host.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kvmtrace"));
+
+/// An environment problem: exit code 3, with what to do.
+#[derive(Debug)]
+pub struct EnvError(pub String);
+impl std::fmt::Display for EnvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for EnvError {}
+
+/// What to follow.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub tap: String,
+    pub guest_mac: Option<[u8; 6]>,
+    pub dst: Ipv4Addr,
+    pub prefix: u8,
+    /// 0 = ICMP, TCP and UDP.
+    pub proto: u8,
+    pub port: u16,
+    /// Events per flow before the kernel only counts (0 = no limit).
+    pub budget: u32,
+}
+
+/// Exact counters kept by the programs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    pub events: u64,
+    pub lost: u64,
+    pub sampled_out: u64,
+}
+
+/// Attached programs. Dropping it detaches everything.
+pub struct Tracer {
+    ebpf: Ebpf,
+    _nf: Option<nf::NfLinks>,
+    ring: Option<RingBuf<MapData>>,
+    pub attached: Vec<String>,
+    pub warnings: Vec<String>,
+    decoder: HostDecoder,
+}
+
+fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        Err(anyhow!("no network device {name} in this network namespace"))
+    } else {
+        Ok(i)
+    }
+}
+
+fn netns_inode() -> Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata("/proc/self/ns/net")
+        .context("reading /proc/self/ns/net")?
+        .ino() as u32)
+}
+
+/// Offsets of the `fib:fib_table_lookup` record fields, from its tracefs format file.
+fn fib_offsets(o: &mut kvmtrace_common::Offsets) -> Result<()> {
+    let mut text = None;
+    for base in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        let p = format!("{base}/events/fib/fib_table_lookup/format");
+        if let Ok(t) = std::fs::read_to_string(&p) {
+            text = Some(t);
+            break;
+        }
+    }
+    let text = text.ok_or_else(|| anyhow!("tracefs has no fib/fib_table_lookup format"))?;
+    for line in text.lines() {
+        let Some(field) = line.trim().strip_prefix("field:") else {
+            continue;
+        };
+        let decl = field.split(';').next().unwrap_or("");
+        let name = decl
+            .split_whitespace()
+            .last()
+            .unwrap_or("")
+            .split('[')
+            .next()
+            .unwrap_or("");
+        let off = field
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("offset:"))
+            .and_then(|v| v.parse::<u32>().ok());
+        let Some(off) = off else { continue };
+        match name {
+            "tb_id" => o.fib_tb_id = off,
+            "err" => o.fib_err = off,
+            "oif" => o.fib_oif = off,
+            "src" => o.fib_src = off,
+            "dst" => o.fib_dst = off,
+            "gw4" => o.fib_gw4 = off,
+            "name" => o.fib_name = off,
+            "proto" => o.fib_proto = off,
+            "sport" => o.fib_sport = off,
+            "dport" => o.fib_dport = off,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// tracefs is needed for tracepoint ids; `ip netns exec` gives a fresh /sys without it.
+fn ensure_tracefs() {
+    if Path::new("/sys/kernel/tracing/events").exists() {
+        return;
+    }
+    let src = c"tracefs";
+    let dst = c"/sys/kernel/tracing";
+    // SAFETY: plain mount(2) of tracefs; harmless when it fails.
+    let r = unsafe {
+        libc::mount(src.as_ptr(), dst.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+    };
+    if r != 0 {
+        log::debug!("mounting tracefs: {}", std::io::Error::last_os_error());
+    }
+}
+
+fn prefix_mask(prefix: u8) -> [u8; 4] {
+    let m: u32 = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix as u32) };
+    m.to_be_bytes()
+}
+
+impl Tracer {
+    /// Checks the environment, loads and attaches. Environment problems come back as
+    /// [`EnvError`].
+    pub fn start(spec: &Spec) -> Result<Tracer> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(EnvError(
+                "kvmtrace needs root (CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN) to load eBPF \
+                 programs: run it with sudo"
+                    .into(),
+            )
+            .into());
+        }
+        let btf_path = std::env::var("KVMTRACE_BTF").unwrap_or_else(|_| VMLINUX_BTF.into());
+        let kbtf = KernelBtf::open(Path::new(&btf_path)).map_err(|e| {
+            EnvError(format!(
+                "{e:#}\nkvmtrace reads kernel struct layouts from BTF; this kernel does not \
+                 expose it (needs CONFIG_DEBUG_INFO_BTF=y)"
+            ))
+        })?;
+        let mut offsets = kernel_offsets(&kbtf).map_err(|e| {
+            EnvError(format!("this kernel's BTF lacks a field kvmtrace needs: {e:#}"))
+        })?;
+        let reasons = kbtf.drop_reasons().unwrap_or_default();
+        ensure_tracefs();
+        let mut warnings = Vec::new();
+        if let Err(e) = fib_offsets(&mut offsets) {
+            warnings.push(format!("route lookups will not be shown: {e:#}"));
+        }
+        let tap_ifindex = ifindex(&spec.tap).map_err(|e| EnvError(format!("{e:#}")))?;
+        let filter = Filter {
+            dst_net: (u32::from(spec.dst) & u32::from_be_bytes(prefix_mask(spec.prefix)))
+                .to_be_bytes(),
+            dst_mask: prefix_mask(spec.prefix),
+            proto: spec.proto,
+            port: spec.port,
+            netns: netns_inode()?,
+            tap_ifindex,
+            guest_mac: spec.guest_mac.unwrap_or([0; 6]),
+            budget: spec.budget,
+            ..Default::default()
+        };
+
+        let mut ebpf = EbpfLoader::new()
+            .load(OBJECT)
+            .map_err(|e| EnvError(format!("loading the eBPF object: {e}")))?;
+        {
+            let mut cfg: Array<_, Config> = Array::try_from(
+                ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("CONFIG map missing"))?,
+            )?;
+            cfg.set(0, Config { offsets, filter }, 0)?;
+        }
+        let mut attached = Vec::new();
+
+        // The tap: TCX links (6.6+), else netlink clsact.
+        for (prog, at) in [("tap_ingress", TcAttachType::Ingress), ("tap_egress", TcAttachType::Egress)] {
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("{prog} missing"))?
+                .try_into()?;
+            p.load().with_context(|| format!("loading {prog}"))?;
+            let r = p.attach(&spec.tap, at).or_else(|_| {
+                let _ = tc::qdisc_add_clsact(&spec.tap);
+                p.attach(&spec.tap, at)
+            });
+            match r {
+                Ok(_) => attached.push(format!("tc {prog} on {}", spec.tap)),
+                Err(e) => warnings.push(format!(
+                    "cannot attach {prog} to {} ({e}); the tap is still seen by netif_receive_skb",
+                    spec.tap
+                )),
+            }
+        }
+
+        let btf = Btf::from_sys_fs().map_err(|e| EnvError(format!("kernel BTF: {e}")))?;
+        for (prog, tp, required) in [
+            ("netif_receive_skb", "netif_receive_skb", true),
+            ("net_dev_start_xmit", "net_dev_start_xmit", true),
+            ("kfree_skb", "kfree_skb", true),
+            ("consume_skb", "consume_skb", false),
+        ] {
+            let p: &mut BtfTracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("{prog} missing"))?
+                .try_into()?;
+            let r = p.load(tp, &btf).map_err(anyhow::Error::from).and_then(|_| {
+                p.attach().map_err(anyhow::Error::from)
+            });
+            match r {
+                Ok(_) => attached.push(format!("tp_btf {tp}")),
+                Err(e) if required => {
+                    return Err(EnvError(format!(
+                        "cannot attach to the tp_btf tracepoint {tp}: {e:#} (kvmtrace needs \
+                         BTF-enabled tracepoints, Linux 5.5+)"
+                    ))
+                    .into())
+                }
+                Err(e) => warnings.push(format!("tp_btf {tp} unavailable ({e:#}): packets that end normally are closed later")),
+            }
+        }
+        {
+            let p: &mut TracePoint = ebpf
+                .program_mut("fib_table_lookup")
+                .ok_or_else(|| anyhow!("fib_table_lookup missing"))?
+                .try_into()?;
+            let r = p
+                .load()
+                .map_err(anyhow::Error::from)
+                .and_then(|_| p.attach("fib", "fib_table_lookup").map_err(anyhow::Error::from));
+            match r {
+                Ok(_) => attached.push("tracepoint fib:fib_table_lookup".into()),
+                Err(e) => warnings.push(format!("route lookups will not be shown: fib:fib_table_lookup: {e:#}")),
+            }
+        }
+        let nf = match nf::attach(OBJECT, &ebpf) {
+            Ok(l) => {
+                attached.push(format!("netfilter links ({}) at 5 IPv4 hooks", l.attached.join(", ")));
+                Some(l)
+            }
+            Err(e) => {
+                warnings.push(format!(
+                    "BPF netfilter links unavailable ({e:#}); netfilter drops are still named \
+                     from the drop's kernel stack, but NAT before/after per hook is not shown"
+                ));
+                None
+            }
+        };
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("EVENTS missing"))?)?;
+        let decoder = HostDecoder {
+            reasons,
+            syms: RefCell::new(None),
+            stacks: None,
+            tap_ifindex,
+            kinds: RefCell::new(HashMap::new()),
+        };
+        let mut t = Tracer {
+            ebpf,
+            _nf: nf,
+            ring: Some(ring),
+            attached,
+            warnings,
+            decoder,
+        };
+        t.decoder.stacks = t
+            .ebpf
+            .take_map("STACKS")
+            .and_then(|m| StackTraceMap::try_from(m).ok());
+        Ok(t)
+    }
+
+    /// The ring buffer, for the caller's event loop.
+    pub fn take_ring(&mut self) -> RingBuf<MapData> {
+        self.ring.take().expect("ring buffer taken once")
+    }
+
+    /// Decodes a raw ring-buffer record.
+    pub fn decode(&self, bytes: &[u8]) -> Option<TraceEvent> {
+        if bytes.len() < std::mem::size_of::<Event>() {
+            return None;
+        }
+        // SAFETY: the record was written by the eBPF side as an `Event` (same repr(C) type);
+        // read_unaligned copes with the ring buffer's 8-byte alignment either way.
+        let e: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        TraceEvent::decode(&e, &self.decoder)
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn counters(&self) -> Counters {
+        let Some(m) = self.ebpf.map("COUNTERS") else {
+            return Counters::default();
+        };
+        let Ok(arr) = PerCpuArray::<_, u64>::try_from(m) else {
+            return Counters::default();
+        };
+        let sum = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        Counters {
+            events: sum(CNT_EVENTS),
+            lost: sum(CNT_LOST),
+            sampled_out: sum(CNT_SAMPLED_OUT),
+        }
+    }
+}
+
+/// Decodes with the live host's BTF, kallsyms and devices.
+struct HostDecoder {
+    reasons: HashMap<u32, String>,
+    syms: RefCell<Option<Vec<(u64, String)>>>,
+    stacks: Option<StackTraceMap<MapData>>,
+    tap_ifindex: u32,
+    kinds: RefCell<HashMap<u32, DevKind>>,
+}
+
+fn load_kallsyms() -> Vec<(u64, String)> {
+    let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    let mut v: Vec<(u64, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let addr = u64::from_str_radix(it.next()?, 16).ok()?;
+            let ty = it.next()?;
+            if !matches!(ty, "t" | "T" | "w" | "W") || addr == 0 {
+                return None;
+            }
+            Some((addr, it.next()?.to_string()))
+        })
+        .collect();
+    v.sort_unstable_by_key(|(a, _)| *a);
+    v
+}
+
+impl Decoder for HostDecoder {
+    fn drop_reason(&self, value: u32) -> Option<String> {
+        self.reasons.get(&value).cloned()
+    }
+    fn symbol(&self, addr: u64) -> Option<String> {
+        if addr == 0 {
+            return None;
+        }
+        let mut syms = self.syms.borrow_mut();
+        let syms = syms.get_or_insert_with(load_kallsyms);
+        let i = syms.partition_point(|(a, _)| *a <= addr);
+        let (base, name) = syms.get(i.checked_sub(1)?)?;
+        Some(format!("{name}+{:#x}", addr - base))
+    }
+    fn stack(&self, id: i32) -> Vec<String> {
+        let Some(m) = &self.stacks else { return Vec::new() };
+        let Ok(st) = m.get(&(id as u32), 0) else {
+            return Vec::new();
+        };
+        st.frames()
+            .iter()
+            .filter_map(|f| self.symbol(f.ip))
+            .collect()
+    }
+    fn dev_kind(&self, ifindex: u32, name: &str) -> DevKind {
+        if ifindex == self.tap_ifindex {
+            return DevKind::Tap;
+        }
+        *self.kinds.borrow_mut().entry(ifindex).or_insert_with(|| {
+            if !name.is_empty() && Path::new(&format!("/sys/class/net/{name}/bridge")).exists() {
+                DevKind::Bridge
+            } else {
+                DevKind::Other
+            }
+        })
+    }
+}
