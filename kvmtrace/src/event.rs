@@ -225,6 +225,8 @@ pub trait Decoder {
     fn symbol(&self, addr: u64) -> Option<String>;
     fn stack(&self, id: i32) -> Vec<String>;
     fn dev_kind(&self, ifindex: u32, name: &str) -> DevKind;
+    /// Name of the followed tap (TC events carry no device name).
+    fn tap_name(&self) -> String;
 }
 
 fn cstr(b: &[u8]) -> String {
@@ -262,6 +264,9 @@ impl TraceEvent {
         });
         if point == Point::Fib {
             device.clear();
+        }
+        if matches!(point, Point::TapIngress | Point::TapEgress) {
+            device = d.tap_name();
         }
         let (reason, location, stack) = if point == Point::Drop {
             (

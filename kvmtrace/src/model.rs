@@ -154,9 +154,24 @@ impl Journey {
         self.tuples().last().map(|(_, t)| *t)
     }
 
-    /// The last route lookup seen for this packet.
-    pub fn route(&self) -> Option<&Route> {
-        self.hops.iter().rev().find_map(|h| h.route.as_ref())
+    /// The result of the route lookup for this packet. The kernel traces each table it tries
+    /// (net/ipv4/fib_trie.c): a miss is -EAGAIN and the next table is tried; when every table
+    /// missed, the lookup as a whole failed with -ENETUNREACH, which is what this returns.
+    pub fn route(&self) -> Option<Route> {
+        let mut lookups = self.hops.iter().filter_map(|h| h.route.as_ref());
+        let last = lookups.clone().last()?;
+        if lookups.all(|r| r.err == -11) {
+            return Some(Route {
+                err: -101,
+                ..last.clone()
+            });
+        }
+        self.hops
+            .iter()
+            .rev()
+            .filter_map(|h| h.route.as_ref())
+            .find(|r| r.err != -11)
+            .cloned()
     }
 
     /// Header changes along the path, each reported once where it first appeared.
@@ -218,7 +233,7 @@ impl Journey {
                     if let Some(h) = self.hops.iter().filter(xmit).last() {
                         return Outcome::LoopedBack {
                             device: h.device.clone(),
-                            route: self.route().cloned(),
+                            route: self.route(),
                         };
                     }
                 }
@@ -277,21 +292,25 @@ impl Journey {
         }
         let from_stack = hook_from_stack(&drop.stack);
         let loc = drop.location.clone().unwrap_or_default();
-        let route = self.route().cloned();
-        let (stage, hook) = if reason.starts_with("NETFILTER") || from_stack.is_some() {
+        let route = self.route();
+        // Route errors are answered by ip_error() (net/ipv4/route.c), even when bridge
+        // netfilter's hooks sit on the stack above it: they are routing drops.
+        let routing = loc.starts_with("ip_error")
+            || loc.starts_with("ip_route")
+            || matches!(
+                reason.as_str(),
+                "IP_INNOROUTES" | "IP_OUTNOROUTES" | "IP_INADDRERRORS" | "IP_RPFILTER"
+            )
+            || route.as_ref().is_some_and(|r| r.err != 0 && r.err != -11);
+        let (stage, hook) = if routing {
+            (Stage::Routing, None)
+        } else if reason.starts_with("NETFILTER") || from_stack.is_some() {
             match (from_stack, open_hook) {
                 (Some((st, Some(h))), _) => (st, Some(h)),
                 (_, Some(h)) => (Stage::Netfilter, Some(h)),
                 (Some((st, None)), None) => (st, None),
                 (None, None) => (Stage::Netfilter, None),
             }
-        } else if reason.starts_with("IP_") && (reason.contains("ROUTE") || reason.contains("FORWARD"))
-            || route.as_ref().is_some_and(|r| r.err != 0 && r.err != -11)
-            || loc.starts_with("ip_route")
-            || loc.starts_with("ip_error")
-            || loc.starts_with("ip_forward")
-        {
-            (Stage::Routing, None)
         } else {
             let prev = before.iter().rev().find(|h| h.point != Point::Fib);
             (prev.map(|h| stage_of(h)).unwrap_or(Stage::Tap), None)
@@ -639,11 +658,14 @@ fn classify(k: FlowKey, req: &[&Journey], rep: &[&Journey], facts: &HostFacts) -
             Outcome::Dropped(site) => Some((d, site.clone())),
             _ => None,
         });
-    let host_answered = rep.iter().any(|j| {
-        j.hops.first().is_some_and(|h| {
-            matches!(h.point, Point::NfEnter | Point::NfExit) && h.nf_hook == Some(NfHook::Output)
-        })
-    });
+    // A reply that never entered the host from outside was made by the host itself (REJECT,
+    // ICMP errors from routing): it answered in the destination's place.
+    let host_answered = !rep.is_empty()
+        && !rep.iter().any(|j| {
+            j.hops
+                .iter()
+                .any(|h| h.point == Point::NetifReceive && h.dev_kind == DevKind::Other)
+        });
     let good_reply = delivered.iter().any(|j| {
         j.hops.iter().any(|h| {
             let icmp_err = h.tuple.is_some_and(|t| t.proto == 1) && matches!(h.icmp_type, 3 | 11 | 12);

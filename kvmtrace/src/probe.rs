@@ -281,6 +281,7 @@ impl Tracer {
             syms: RefCell::new(None),
             stacks: None,
             tap_ifindex,
+            tap_name: spec.tap.clone(),
             kinds: RefCell::new(HashMap::new()),
         };
         let mut t = Tracer {
@@ -337,6 +338,7 @@ struct HostDecoder {
     syms: RefCell<Option<Vec<(u64, String)>>>,
     stacks: Option<StackTraceMap<MapData>>,
     tap_ifindex: u32,
+    tap_name: String,
     kinds: RefCell<HashMap<u32, DevKind>>,
 }
 
@@ -381,6 +383,9 @@ impl Decoder for HostDecoder {
             .iter()
             .filter_map(|f| self.symbol(f.ip))
             .collect()
+    }
+    fn tap_name(&self) -> String {
+        self.tap_name.clone()
     }
     fn dev_kind(&self, ifindex: u32, name: &str) -> DevKind {
         if ifindex == self.tap_ifindex {
