@@ -171,7 +171,9 @@ pub struct Filter {
     pub _pad1: [u8; 2],
     /// Per-flow event budget; past it packets are only counted. 0 = unlimited.
     pub budget: u32,
-    pub _pad2: u32,
+    /// 0 until every hook is attached: packets half-way through the host when tracing starts
+    /// would otherwise show up with hops missing.
+    pub enabled: u32,
 }
 
 /// Value of the `CONFIG` array map (index 0).

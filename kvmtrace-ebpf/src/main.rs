@@ -82,7 +82,7 @@ fn count(idx: u32) {
 
 #[inline(always)]
 fn config() -> Option<&'static Config> {
-    CONFIG.get(0)
+    CONFIG.get(0).filter(|c| c.filter.enabled != 0)
 }
 
 #[inline(always)]
@@ -520,7 +520,20 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
     if !(20..=60).contains(&ihl) {
         return TC_ACT_UNSPEC;
     }
-    let l4 = ctx.load::<[u8; 28]>(14 + ihl).unwrap_or([0; 28]);
+    // bpf_skb_load_bytes fails past the end of the packet: take the longest prefix there is
+    // (28 bytes cover an ICMP error's quote, 20 a TCP header, 8 UDP and ICMP echo).
+    let l4 = match ctx.load::<[u8; 28]>(14 + ihl) {
+        Ok(b) => b,
+        Err(_) => {
+            let mut b = [0u8; 28];
+            if let Ok(t) = ctx.load::<[u8; 20]>(14 + ihl) {
+                b[..20].copy_from_slice(&t);
+            } else if let Ok(t) = ctx.load::<[u8; 8]>(14 + ihl) {
+                b[..8].copy_from_slice(&t);
+            }
+            b
+        }
+    };
     let Some(p) = parse(&ip, &l4) else {
         return TC_ACT_UNSPEC;
     };

@@ -79,6 +79,10 @@ pub fn parse_dest(s: &str) -> Result<(Ipv4Addr, u8)> {
     Ok((ip, p))
 }
 
+/// After the stop (deadline, count, signal), how long replies to requests in flight are
+/// still collected.
+const GRACE_MS: u64 = 1000;
+
 /// A usage problem: exit code 2.
 #[derive(Debug)]
 struct Usage(String);
@@ -254,13 +258,31 @@ async fn follow_async(
                 if let Some(n) = count {
                     if st.requests >= n && count_deadline.is_none() {
                         // Give the last requests a moment for their replies.
-                        count_deadline = Some(tokio::time::Instant::now() + Duration::from_millis(1500));
+                        count_deadline = Some(tokio::time::Instant::now());
                     }
                 }
             }
         }
     }
-    // Drain what is left, then read the counters (exact: each event delivered or counted lost).
+    // Requests seen from now on are not judged; the ones in flight get a moment for their
+    // replies. Then drain, and read the counters (exact: each event delivered or counted lost).
+    let until = crate::probe::monotonic_ns();
+    let grace = tokio::time::Instant::now() + Duration::from_millis(GRACE_MS);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(grace) => break,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    st.handle(&tracer, &item, &mut out)?;
+                }
+                guard.clear_ready();
+            }
+        }
+    }
     {
         let rb = ring.get_mut();
         while let Some(item) = rb.next() {
@@ -269,7 +291,7 @@ async fn follow_async(
     }
     let counters = tracer.counters();
     let facts: HostFacts = crate::facts::gather();
-    let verdicts = st.model.verdicts(&facts, dest);
+    let verdicts = st.model.verdicts(&facts, dest, Some(until));
     drop(tracer);
     if json {
         for v in &verdicts {

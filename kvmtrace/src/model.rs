@@ -549,8 +549,11 @@ impl Model {
         }
     }
 
-    /// One verdict per flow (or one `no_traffic` verdict when nothing was seen).
-    pub fn verdicts(&self, facts: &HostFacts, dest: &str) -> Vec<Verdict> {
+    /// One verdict per flow (or one `no_traffic` verdict when nothing was seen). Flows whose
+    /// first request came after `until` (kernel monotonic ns; the moment the trace was asked
+    /// to stop, after which it only waits for replies) are left out, and so are flows only
+    /// seen half-way (no request seen on the tap: in flight when tracing started).
+    pub fn verdicts(&self, facts: &HostFacts, dest: &str, until: Option<u64>) -> Vec<Verdict> {
         // Post-NAT (proto, address, port) → flow, learned from requests' last tuple.
         let mut nat: HashMap<(u8, Ipv4Addr, u16), FlowKey> = HashMap::new();
         for j in self.journeys.iter().filter(|j| j.dir == Direction::Request) {
@@ -591,11 +594,24 @@ impl Model {
             );
             return vec![v];
         }
-        flows
+        let from_tap = |j: &&Journey| j.hops.iter().any(|h| h.dev_kind == DevKind::Tap);
+        let started = |j: &&Journey| {
+            until.is_none_or(|u| j.hops.first().is_some_and(|h| h.ts_ns <= u))
+        };
+        let out: Vec<Verdict> = flows
             .into_iter()
-            .filter(|(_, (req, _))| !req.is_empty())
+            .filter(|(_, (req, _))| req.iter().any(from_tap) && req.iter().any(started))
             .map(|(k, (req, rep))| classify(k, &req, &rep, facts))
-            .collect()
+            .collect();
+        if out.is_empty() {
+            let mut v = Verdict::new(format!("any > {dest}"), None, Status::NoTraffic);
+            v.summary = format!(
+                "no complete request from the VM to {dest} was seen (only packets already \
+                 half-way through the host when tracing started)"
+            );
+            return vec![v];
+        }
+        out
     }
 }
 

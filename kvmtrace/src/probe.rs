@@ -148,6 +148,24 @@ fn prefix_mask(prefix: u8) -> [u8; 4] {
     m.to_be_bytes()
 }
 
+fn set_config(ebpf: &mut Ebpf, c: Config) -> Result<()> {
+    let mut cfg: Array<_, Config> =
+        Array::try_from(ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("CONFIG map missing"))?)?;
+    cfg.set(0, c, 0)?;
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, so comparable with event times.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 impl Tracer {
     /// Checks the environment, loads and attaches. Environment problems come back as
     /// [`EnvError`].
@@ -194,12 +212,7 @@ impl Tracer {
         let mut ebpf = EbpfLoader::new()
             .load(OBJECT)
             .map_err(|e| EnvError(format!("loading the eBPF object: {e}")))?;
-        {
-            let mut cfg: Array<_, Config> = Array::try_from(
-                ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("CONFIG map missing"))?,
-            )?;
-            cfg.set(0, Config { offsets, filter }, 0)?;
-        }
+        set_config(&mut ebpf, Config { offsets, filter })?;
         let mut attached = Vec::new();
 
         // The tap: TCX links (6.6+), else netlink clsact.
@@ -275,6 +288,17 @@ impl Tracer {
                 None
             }
         };
+        // Every hook is in place: start following (see Filter::enabled).
+        set_config(
+            &mut ebpf,
+            Config {
+                offsets,
+                filter: Filter {
+                    enabled: 1,
+                    ..filter
+                },
+            },
+        )?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("EVENTS missing"))?)?;
         let decoder = HostDecoder {
             reasons,

@@ -4,6 +4,7 @@
 //!
 //! Adding a command is one [`Command`] variant plus one arm in [`run`].
 
+mod demo;
 mod setup;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -24,6 +25,17 @@ enum Command {
     Setup(setup::SetupArgs),
     /// Build the QEMU test guest (kernel + initramfs) and print their paths.
     Guest(GuestArgs),
+    /// Set up the machine, then run the whole test suite (unit, lab and QEMU tests).
+    Test(TestArgs),
+    /// Set up, build a lab, boot a real guest, break its path, follow it, repair it, tear down.
+    Demo,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Extra arguments for `cargo test` (after `--`, e.g. a test name filter).
+    #[arg(trailing_var_arg = true)]
+    rest: Vec<String>,
 }
 
 #[derive(Args)]
@@ -48,7 +60,52 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Setup(args) => setup::run(&args),
         Command::Guest(args) => guest(&args),
+        Command::Test(args) => test(&args),
+        Command::Demo => demo::run(),
     }
+}
+
+/// Runs a command with visible progress; fails on a non-zero exit.
+fn step(what: &str, cmd: &mut std::process::Command) -> Result<()> {
+    eprintln!("[test] {what}: {cmd:?}");
+    let status = cmd.status()?;
+    if !status.success() {
+        anyhow::bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn test(args: &TestArgs) -> Result<ExitCode> {
+    let code = setup::run(&setup::SetupArgs::default())?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The QEMU image is built once up front so that its progress is visible and the test
+    // that boots it does not spend its time on it.
+    guest(&GuestArgs { dir: None })?;
+    step(
+        "format",
+        std::process::Command::new(&cargo).args(["fmt", "--all", "--", "--check"]),
+    )?;
+    step(
+        "clippy",
+        std::process::Command::new(&cargo).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    let mut t = std::process::Command::new(&cargo);
+    t.args(["test", "--workspace"]);
+    if !args.rest.is_empty() {
+        t.arg("--").args(&args.rest);
+    }
+    step("tests", &mut t)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn guest(args: &GuestArgs) -> Result<ExitCode> {
