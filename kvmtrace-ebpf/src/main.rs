@@ -19,8 +19,8 @@ use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{btf_tracepoint, classifier, map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{BtfTracePointContext, TcContext, TracePointContext},
     programs::tracing::StackIdContext,
+    programs::{BtfTracePointContext, TcContext, TracePointContext},
     EbpfContext,
 };
 use kvmtrace_common::{
@@ -243,9 +243,17 @@ fn classify(c: &Config, p: &Pkt, on_tap: bool) -> u8 {
 #[inline(always)]
 fn flow_key(p: &Pkt, dir: u8) -> NatKey {
     let (remote, local, local_port) = if dir == DIR_REQUEST {
-        (p.daddr, p.saddr, if p.proto == 1 { p.sport } else { p.sport })
+        (
+            p.daddr,
+            p.saddr,
+            if p.proto == 1 { p.sport } else { p.sport },
+        )
     } else {
-        (p.saddr, p.daddr, if p.proto == 1 { p.sport } else { p.dport })
+        (
+            p.saddr,
+            p.daddr,
+            if p.proto == 1 { p.sport } else { p.dport },
+        )
     };
     NatKey {
         remote,
@@ -458,7 +466,19 @@ fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
             if !freeing {
                 set_cur(0);
             }
-            emit(hook, skb, dir, 0, &p, ifindex, &ifname, netns, len_of(c, skb), &[0; 12], x);
+            emit(
+                hook,
+                skb,
+                dir,
+                0,
+                &p,
+                ifindex,
+                &ifname,
+                netns,
+                len_of(c, skb),
+                &[0; 12],
+                x,
+            );
         }
         return;
     };
@@ -488,7 +508,9 @@ fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
     let keep_cur = matches!(hook, HookKind::NetifReceive)
         || (matches!(hook, HookKind::NfExit) && x.nf_hook == NF_INET_PRE_ROUTING);
     set_cur(if keep_cur { skb } else { 0 });
-    emit(hook, skb, dir, flags, &p, ifindex, &ifname, netns, len, &macs, x);
+    emit(
+        hook, skb, dir, flags, &p, ifindex, &ifname, netns, len, &macs, x,
+    );
 }
 
 #[inline(always)]
@@ -575,7 +597,19 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
     ifname[1] = b'a';
     ifname[2] = b'p';
     set_cur(0);
-    emit(hook, skb, dir, flags, &p, ifindex, &ifname, c.filter.netns, len, &macs, &NO_EXTRA);
+    emit(
+        hook,
+        skb,
+        dir,
+        flags,
+        &p,
+        ifindex,
+        &ifname,
+        c.filter.netns,
+        len,
+        &macs,
+        &NO_EXTRA,
+    );
     TC_ACT_UNSPEC
 }
 

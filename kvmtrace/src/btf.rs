@@ -175,7 +175,11 @@ mod tests {
         };
         let o = kernel_offsets(&btf).expect("offsets");
         // sk_buff starts with next/prev (or the rb_node union): dev comes after them.
-        assert!(o.skb_dev >= 16 && o.skb_dev < 64, "skb->dev at {}", o.skb_dev);
+        assert!(
+            o.skb_dev >= 16 && o.skb_dev < 64,
+            "skb->dev at {}",
+            o.skb_dev
+        );
         assert!(o.skb_head > o.skb_dev && o.skb_data == o.skb_head + 8);
         assert!(o.skb_network_header > o.skb_dev);
         assert_eq!(o.skb_mac_header, o.skb_network_header + 2);

@@ -16,7 +16,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
-#[command(name = "kvmtrace", version, about = "Follow a KVM guest's packets through the host and say where they stop")]
+#[command(
+    name = "kvmtrace",
+    version,
+    about = "Follow a KVM guest's packets through the host and say where they stop"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -108,18 +112,19 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            let code = if e.downcast_ref::<Usage>().is_some() || e.downcast_ref::<UnknownVm>().is_some() {
-                2
-            } else if e.downcast_ref::<EnvError>().is_some() {
-                3
-            } else if e
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            {
-                return ExitCode::SUCCESS;
-            } else {
-                1
-            };
+            let code =
+                if e.downcast_ref::<Usage>().is_some() || e.downcast_ref::<UnknownVm>().is_some() {
+                    2
+                } else if e.downcast_ref::<EnvError>().is_some() {
+                    3
+                } else if e
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                {
+                    return ExitCode::SUCCESS;
+                } else {
+                    1
+                };
             eprintln!("kvmtrace: {e:#}");
             ExitCode::from(code)
         }
@@ -154,7 +159,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             if let Some(d) = duration {
                 if !(d > 0.0 && d.is_finite()) {
-                    return Err(Usage(format!("--duration must be a positive number of seconds, not {d}")).into());
+                    return Err(Usage(format!(
+                        "--duration must be a positive number of seconds, not {d}"
+                    ))
+                    .into());
                 }
             }
             let info = resolve::resolve(&vm, &Roots::system())?;
@@ -172,7 +180,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 port: port.unwrap_or(0),
                 budget,
             };
-            follow(&info, &spec, &dest, duration.map(Duration::from_secs_f64), count, json)
+            follow(
+                &info,
+                &spec,
+                &dest,
+                duration.map(Duration::from_secs_f64),
+                count,
+                json,
+            )
         }
     }
 }
@@ -212,7 +227,10 @@ async fn follow_async(
         "kvmtrace: following {} (tap {}{}) → {dest}, ready in {} ms; attached: {}",
         info.name.as_deref().unwrap_or("VM"),
         info.tap,
-        info.mac.as_deref().map(|m| format!(", mac {m}")).unwrap_or_default(),
+        info.mac
+            .as_deref()
+            .map(|m| format!(", mac {m}"))
+            .unwrap_or_default(),
         started.elapsed().as_millis(),
         tracer.attached.join("; ")
     );
@@ -310,7 +328,11 @@ async fn follow_async(
         counters.events, counters.lost, counters.sampled_out
     );
     let ok = verdicts.iter().all(|v| v.status == Status::Delivered);
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// State of a running `follow`: the model and what the views need.
@@ -322,7 +344,12 @@ struct Follow {
 }
 
 impl Follow {
-    fn handle(&mut self, tracer: &Tracer, bytes: &[u8], out: &mut dyn std::io::Write) -> Result<()> {
+    fn handle(
+        &mut self,
+        tracer: &Tracer,
+        bytes: &[u8],
+        out: &mut dyn std::io::Write,
+    ) -> Result<()> {
         let Some(ev) = tracer.decode(bytes) else {
             return Ok(());
         };
@@ -349,7 +376,10 @@ mod tests {
 
     #[test]
     fn dest_forms() {
-        assert_eq!(parse_dest("203.0.113.1").unwrap(), ("203.0.113.1".parse().unwrap(), 32));
+        assert_eq!(
+            parse_dest("203.0.113.1").unwrap(),
+            ("203.0.113.1".parse().unwrap(), 32)
+        );
         assert_eq!(parse_dest("198.51.100.0/24").unwrap().1, 24);
         assert!(parse_dest("203.0.113.1/33").is_err());
         let e = parse_dest("not-an-ip").unwrap_err().to_string();

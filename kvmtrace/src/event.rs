@@ -270,9 +270,14 @@ impl TraceEvent {
         }
         let (reason, location, stack) = if point == Point::Drop {
             (
-                d.drop_reason(e.reason).or_else(|| Some(format!("reason {}", e.reason))),
+                d.drop_reason(e.reason)
+                    .or_else(|| Some(format!("reason {}", e.reason))),
                 d.symbol(e.location),
-                if e.stack_id >= 0 { d.stack(e.stack_id) } else { Vec::new() },
+                if e.stack_id >= 0 {
+                    d.stack(e.stack_id)
+                } else {
+                    Vec::new()
+                },
             )
         } else {
             (None, None, Vec::new())
@@ -353,7 +358,13 @@ impl TraceEvent {
 /// `S`, `S.`, `R.`, … as tcpdump writes them.
 pub fn tcp_flags(f: u8) -> String {
     let mut s = String::new();
-    for (bit, c) in [(0x02, 'S'), (0x01, 'F'), (0x04, 'R'), (0x08, 'P'), (0x10, '.')] {
+    for (bit, c) in [
+        (0x02, 'S'),
+        (0x01, 'F'),
+        (0x04, 'R'),
+        (0x08, 'P'),
+        (0x10, '.'),
+    ] {
         if f & bit != 0 {
             s.push(c);
         }

@@ -87,8 +87,13 @@ pub fn parse_chain(body: &[u8]) -> Option<NfChain> {
         return None;
     }
     let family = body[0];
-    let (mut table, mut chain, mut hook, mut prio, mut policy) =
-        (String::new(), String::new(), None, 0i32, "accept".to_string());
+    let (mut table, mut chain, mut hook, mut prio, mut policy) = (
+        String::new(),
+        String::new(),
+        None,
+        0i32,
+        "accept".to_string(),
+    );
     for (ty, p) in attrs(&body[4..]) {
         match ty {
             NFTA_CHAIN_TABLE => table = cstr(p),
@@ -120,7 +125,13 @@ pub fn parse_chain(body: &[u8]) -> Option<NfChain> {
 
 fn nft_chains() -> io::Result<Vec<NfChain>> {
     // SAFETY: plain socket syscalls on an fd this function owns and closes.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_NETFILTER) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            NETLINK_NETFILTER,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -134,7 +145,7 @@ fn nft_chains() -> io::Result<Vec<NfChain>> {
     req.extend_from_slice(&1u32.to_ne_bytes()); // seq
     req.extend_from_slice(&0u32.to_ne_bytes()); // pid
     req.extend_from_slice(&[0u8, 0, 0, 0]); // nfgenmsg: AF_UNSPEC, version 0, res_id 0
-    // SAFETY: req is a valid buffer; fd is a netlink socket.
+                                            // SAFETY: req is a valid buffer; fd is a netlink socket.
     let n = unsafe { libc::send(sock, req.as_ptr().cast(), req.len(), 0) };
     if n < 0 {
         return Err(io::Error::last_os_error());

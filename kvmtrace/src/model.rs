@@ -94,15 +94,26 @@ pub struct DropSite {
 pub enum Outcome {
     Dropped(DropSite),
     /// A request transmitted out of a non-VM device.
-    LeftHost { device: String, tuple: Option<Tuple> },
+    LeftHost {
+        device: String,
+        tuple: Option<Tuple>,
+    },
     /// A request routed back towards the VM side (its own bridge or tap).
-    LoopedBack { device: String, route: Option<Route> },
+    LoopedBack {
+        device: String,
+        route: Option<Route>,
+    },
     /// A reply handed to the VM's tap.
-    DeliveredToVm { device: String },
+    DeliveredToVm {
+        device: String,
+    },
     /// Taken by the host itself (INPUT hook).
     DeliveredLocally,
     /// No end seen yet (or the end was not observable).
-    InFlight { stage: Stage, device: String },
+    InFlight {
+        stage: Stage,
+        device: String,
+    },
 }
 
 pub fn stage_of(e: &TraceEvent) -> Stage {
@@ -159,7 +170,7 @@ impl Journey {
     /// missed, the lookup as a whole failed with -ENETUNREACH, which is what this returns.
     pub fn route(&self) -> Option<Route> {
         let mut lookups = self.hops.iter().filter_map(|h| h.route.as_ref());
-        let last = lookups.clone().last()?;
+        let last = lookups.clone().next_back()?;
         if lookups.all(|r| r.err == -11) {
             return Some(Route {
                 err: -101,
@@ -230,7 +241,7 @@ impl Journey {
                 // Routed again out of the VM side: the route lookup sent it back.
                 let routed = self.hops.iter().any(|h| h.point == Point::Fib);
                 if routed {
-                    if let Some(h) = self.hops.iter().filter(xmit).last() {
+                    if let Some(h) = self.hops.iter().rev().find(|h| xmit(h)) {
                         return Outcome::LoopedBack {
                             device: h.device.clone(),
                             route: self.route(),
@@ -378,7 +389,10 @@ impl FlowKey {
     }
     pub fn describe(&self) -> String {
         match self.proto {
-            1 => format!("icmp {} > {} id={}", self.guest, self.remote, self.guest_port),
+            1 => format!(
+                "icmp {} > {} id={}",
+                self.guest, self.remote, self.guest_port
+            ),
             p => format!(
                 "{} {}:{} > {}:{}",
                 crate::event::proto_name(p),
@@ -531,8 +545,7 @@ impl Model {
             Direction::Reply => {
                 let last = j.last_tuple()?;
                 let icmp_err = last.proto == 1
-                    && j
-                        .hops
+                    && j.hops
                         .iter()
                         .any(|h| h.icmp_inner_dst.is_some() && matches!(h.icmp_type, 3 | 11 | 12));
                 if icmp_err {
@@ -558,7 +571,10 @@ impl Model {
         let mut nat: HashMap<(u8, Ipv4Addr, u16), FlowKey> = HashMap::new();
         for j in self.journeys.iter().filter(|j| j.dir == Direction::Request) {
             if let (Some(first), Some(last)) = (j.first_tuple(), j.last_tuple()) {
-                nat.insert((last.proto, last.src, last.sport), FlowKey::from_request(&first));
+                nat.insert(
+                    (last.proto, last.src, last.sport),
+                    FlowKey::from_request(&first),
+                );
             }
         }
         let mut flows: BTreeMap<FlowKey, (Vec<&Journey>, Vec<&Journey>)> = BTreeMap::new();
@@ -595,9 +611,8 @@ impl Model {
             return vec![v];
         }
         let from_tap = |j: &&Journey| j.hops.iter().any(|h| h.dev_kind == DevKind::Tap);
-        let started = |j: &&Journey| {
-            until.is_none_or(|u| j.hops.first().is_some_and(|h| h.ts_ns <= u))
-        };
+        let started =
+            |j: &&Journey| until.is_none_or(|u| j.hops.first().is_some_and(|h| h.ts_ns <= u));
         let out: Vec<Verdict> = flows
             .into_iter()
             .filter(|(_, (req, _))| req.iter().any(from_tap) && req.iter().any(started))
@@ -629,7 +644,10 @@ fn chains_on(facts: &HostFacts, hook: NfHook) -> (Option<String>, Vec<String>) {
         .iter()
         .filter(|c| c.hook == hook && matches!(c.family.as_str(), "ip" | "inet"))
         .collect();
-    let legacy = facts.legacy_tables.iter().any(|t| t == "filter" || t == "raw" || t == "mangle");
+    let legacy = facts
+        .legacy_tables
+        .iter()
+        .any(|t| t == "filter" || t == "raw" || t == "mangle");
     let names: Vec<String> = on_hook
         .iter()
         .map(|c| {
@@ -684,7 +702,8 @@ fn classify(k: FlowKey, req: &[&Journey], rep: &[&Journey], facts: &HostFacts) -
         });
     let good_reply = delivered.iter().any(|j| {
         j.hops.iter().any(|h| {
-            let icmp_err = h.tuple.is_some_and(|t| t.proto == 1) && matches!(h.icmp_type, 3 | 11 | 12);
+            let icmp_err =
+                h.tuple.is_some_and(|t| t.proto == 1) && matches!(h.icmp_type, 3 | 11 | 12);
             !icmp_err
         })
     });
@@ -702,13 +721,19 @@ fn classify(k: FlowKey, req: &[&Journey], rep: &[&Journey], facts: &HostFacts) -
             Outcome::DeliveredToVm { device } => Some(device),
             _ => None,
         });
-        let rst = delivered.iter().flat_map(|j| j.hops.iter()).any(|h| h.tcp_flags & 0x04 != 0);
+        let rst = delivered
+            .iter()
+            .flat_map(|j| j.hops.iter())
+            .any(|h| h.tcp_flags & 0x04 != 0);
         let nat = if v.rewrites.is_empty() {
             String::new()
         } else {
             format!(" (rewritten: {})", fmt_rewrites(&v.rewrites))
         };
-        let drops = req_out.iter().filter(|(_, o)| matches!(o, Outcome::Dropped(_))).count();
+        let drops = req_out
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Dropped(_)))
+            .count();
         v.summary = if rst {
             format!(
                 "the path works: {} answered with a TCP reset (nothing listens on port {} there, \
@@ -723,7 +748,8 @@ fn classify(k: FlowKey, req: &[&Journey], rep: &[&Journey], facts: &HostFacts) -
             )
         };
         if drops > 0 {
-            v.summary.push_str(&format!("; {drops} earlier request(s) were dropped"));
+            v.summary
+                .push_str(&format!("; {drops} earlier request(s) were dropped"));
         }
         return v;
     }
@@ -745,8 +771,10 @@ fn classify(k: FlowKey, req: &[&Journey], rep: &[&Journey], facts: &HostFacts) -
                 let (fw, chains) = chains_on(facts, h);
                 v.firewall = fw.clone();
                 v.chains = chains.clone();
-                let drop_policies: Vec<&String> =
-                    chains.iter().filter(|c| c.contains("policy drop")).collect();
+                let drop_policies: Vec<&String> = chains
+                    .iter()
+                    .filter(|c| c.contains("policy drop"))
+                    .collect();
                 let who = match (fw.as_deref(), drop_policies.first(), chains.first()) {
                     (Some(fw), Some(c), _) => format!(" ({fw}: chain {c})"),
                     (Some(fw), None, Some(c)) => format!(" ({fw}: a rule in {c})"),
@@ -765,10 +793,10 @@ fn classify(k: FlowKey, req: &[&Journey], rep: &[&Journey], facts: &HostFacts) -
             }
             (Stage::Routing, _) => {
                 let fwd_off = facts.ip_forward == Some(false);
-                let route = site
-                    .route
-                    .as_ref()
-                    .and_then(|r| r.err_name().map(|e| format!("{e} in table {}", r.table_name())));
+                let route = site.route.as_ref().and_then(|r| {
+                    r.err_name()
+                        .map(|e| format!("{e} in table {}", r.table_name()))
+                });
                 match (fwd_off, route) {
                     (true, _) => format!(
                         "{what} was dropped at routing on {}: IP forwarding is off \
@@ -779,9 +807,17 @@ fn classify(k: FlowKey, req: &[&Journey], rep: &[&Journey], facts: &HostFacts) -
                         "{what} was dropped at routing on {}: {r} for {} [{}] → check \
                          `ip route get {}` and the routes of that table",
                         site.device,
-                        if dir == Direction::Request { k.remote } else { k.guest },
+                        if dir == Direction::Request {
+                            k.remote
+                        } else {
+                            k.guest
+                        },
                         site.reason,
-                        if dir == Direction::Request { k.remote } else { k.guest }
+                        if dir == Direction::Request {
+                            k.remote
+                        } else {
+                            k.guest
+                        }
                     ),
                     (false, None) => format!(
                         "{what} was dropped at routing on {} [{}] → check `ip route get {}`, \
@@ -799,7 +835,9 @@ fn classify(k: FlowKey, req: &[&Journey], rep: &[&Journey], facts: &HostFacts) -
         };
         if host_answered {
             if let Some(r) = &reply_kind {
-                s.push_str(&format!("; the host answered in the destination's place ({r})"));
+                s.push_str(&format!(
+                    "; the host answered in the destination's place ({r})"
+                ));
             }
         }
         v.summary = s;

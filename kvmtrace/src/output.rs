@@ -94,12 +94,17 @@ pub fn write_verdict_text(w: &mut dyn Write, v: &Verdict) -> io::Result<()> {
             w,
             "  route: table {} → {}{}",
             r.table_name(),
-            r.err_name().unwrap_or(if r.device.is_empty() { "?" } else { &r.device }),
+            r.err_name()
+                .unwrap_or(if r.device.is_empty() { "?" } else { &r.device }),
             r.gateway.map(|g| format!(" via {g}")).unwrap_or_default()
         )?;
     }
     for r in &v.rewrites {
-        writeln!(w, "  rewrite: {} {} → {} (at {})", r.field, r.from, r.to, r.at)?;
+        writeln!(
+            w,
+            "  rewrite: {} {} → {} (at {})",
+            r.field, r.from, r.to, r.at
+        )?;
     }
     writeln!(w, "  summary: {}", v.summary)
 }

@@ -7,7 +7,7 @@
 //! is replaced at the next start.
 
 use crate::btf::{kernel_offsets, KernelBtf, VMLINUX_BTF};
-use crate::event::{DevKind, Decoder, TraceEvent};
+use crate::event::{Decoder, DevKind, TraceEvent};
 use crate::nf;
 use anyhow::{anyhow, Context as _, Result};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap};
@@ -69,7 +69,9 @@ fn ifindex(name: &str) -> Result<u32> {
     // SAFETY: valid C string.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if i == 0 {
-        Err(anyhow!("no network device {name} in this network namespace"))
+        Err(anyhow!(
+            "no network device {name} in this network namespace"
+        ))
     } else {
         Ok(i)
     }
@@ -136,7 +138,13 @@ fn ensure_tracefs() {
     let dst = c"/sys/kernel/tracing";
     // SAFETY: plain mount(2) of tracefs; harmless when it fails.
     let r = unsafe {
-        libc::mount(src.as_ptr(), dst.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if r != 0 {
         log::debug!("mounting tracefs: {}", std::io::Error::last_os_error());
@@ -144,13 +152,19 @@ fn ensure_tracefs() {
 }
 
 fn prefix_mask(prefix: u8) -> [u8; 4] {
-    let m: u32 = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix as u32) };
+    let m: u32 = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix as u32)
+    };
     m.to_be_bytes()
 }
 
 fn set_config(ebpf: &mut Ebpf, c: Config) -> Result<()> {
-    let mut cfg: Array<_, Config> =
-        Array::try_from(ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("CONFIG map missing"))?)?;
+    let mut cfg: Array<_, Config> = Array::try_from(
+        ebpf.map_mut("CONFIG")
+            .ok_or_else(|| anyhow!("CONFIG map missing"))?,
+    )?;
     cfg.set(0, c, 0)?;
     Ok(())
 }
@@ -187,7 +201,9 @@ impl Tracer {
             ))
         })?;
         let mut offsets = kernel_offsets(&kbtf).map_err(|e| {
-            EnvError(format!("this kernel's BTF lacks a field kvmtrace needs: {e:#}"))
+            EnvError(format!(
+                "this kernel's BTF lacks a field kvmtrace needs: {e:#}"
+            ))
         })?;
         let reasons = kbtf.drop_reasons().unwrap_or_default();
         ensure_tracefs();
@@ -216,7 +232,10 @@ impl Tracer {
         let mut attached = Vec::new();
 
         // The tap: TCX links (6.6+), else netlink clsact.
-        for (prog, at) in [("tap_ingress", TcAttachType::Ingress), ("tap_egress", TcAttachType::Egress)] {
+        for (prog, at) in [
+            ("tap_ingress", TcAttachType::Ingress),
+            ("tap_egress", TcAttachType::Egress),
+        ] {
             let p: &mut SchedClassifier = ebpf
                 .program_mut(prog)
                 .ok_or_else(|| anyhow!("{prog} missing"))?
@@ -246,9 +265,10 @@ impl Tracer {
                 .program_mut(prog)
                 .ok_or_else(|| anyhow!("{prog} missing"))?
                 .try_into()?;
-            let r = p.load(tp, &btf).map_err(anyhow::Error::from).and_then(|_| {
-                p.attach().map_err(anyhow::Error::from)
-            });
+            let r = p
+                .load(tp, &btf)
+                .map_err(anyhow::Error::from)
+                .and_then(|_| p.attach().map_err(anyhow::Error::from));
             match r {
                 Ok(_) => attached.push(format!("tp_btf {tp}")),
                 Err(e) if required => {
@@ -258,7 +278,9 @@ impl Tracer {
                     ))
                     .into())
                 }
-                Err(e) => warnings.push(format!("tp_btf {tp} unavailable ({e:#}): packets that end normally are closed later")),
+                Err(e) => warnings.push(format!(
+                    "tp_btf {tp} unavailable ({e:#}): packets that end normally are closed later"
+                )),
             }
         }
         {
@@ -266,18 +288,23 @@ impl Tracer {
                 .program_mut("fib_table_lookup")
                 .ok_or_else(|| anyhow!("fib_table_lookup missing"))?
                 .try_into()?;
-            let r = p
-                .load()
-                .map_err(anyhow::Error::from)
-                .and_then(|_| p.attach("fib", "fib_table_lookup").map_err(anyhow::Error::from));
+            let r = p.load().map_err(anyhow::Error::from).and_then(|_| {
+                p.attach("fib", "fib_table_lookup")
+                    .map_err(anyhow::Error::from)
+            });
             match r {
                 Ok(_) => attached.push("tracepoint fib:fib_table_lookup".into()),
-                Err(e) => warnings.push(format!("route lookups will not be shown: fib:fib_table_lookup: {e:#}")),
+                Err(e) => warnings.push(format!(
+                    "route lookups will not be shown: fib:fib_table_lookup: {e:#}"
+                )),
             }
         }
         let nf = match nf::attach(OBJECT, &ebpf) {
             Ok(l) => {
-                attached.push(format!("netfilter links ({}) at 5 IPv4 hooks", l.attached.join(", ")));
+                attached.push(format!(
+                    "netfilter links ({}) at 5 IPv4 hooks",
+                    l.attached.join(", ")
+                ));
                 Some(l)
             }
             Err(e) => {
@@ -299,7 +326,10 @@ impl Tracer {
                 },
             },
         )?;
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("EVENTS missing"))?)?;
+        let ring = RingBuf::try_from(
+            ebpf.take_map("EVENTS")
+                .ok_or_else(|| anyhow!("EVENTS missing"))?,
+        )?;
         let decoder = HostDecoder {
             reasons,
             syms: RefCell::new(None),
@@ -399,7 +429,9 @@ impl Decoder for HostDecoder {
         Some(format!("{name}+{:#x}", addr - base))
     }
     fn stack(&self, id: i32) -> Vec<String> {
-        let Some(m) = &self.stacks else { return Vec::new() };
+        let Some(m) = &self.stacks else {
+            return Vec::new();
+        };
         let Ok(st) = m.get(&(id as u32), 0) else {
             return Vec::new();
         };

@@ -38,7 +38,12 @@ pub struct VmInfo {
 
 impl fmt::Display for VmInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:<20} tap {:<12}", self.name.as_deref().unwrap_or("-"), self.tap)?;
+        write!(
+            f,
+            "{:<20} tap {:<12}",
+            self.name.as_deref().unwrap_or("-"),
+            self.tap
+        )?;
         if let Some(m) = &self.mac {
             write!(f, " mac {m}")?;
         }
@@ -244,7 +249,10 @@ impl std::error::Error for UnknownVm {}
 
 fn looks_like_mac(s: &str) -> bool {
     let parts: Vec<&str> = s.split(':').collect();
-    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
 }
 
 /// Resolves a VM name, tap name or guest MAC.
@@ -252,7 +260,9 @@ pub fn resolve(query: &str, r: &Roots) -> Result<VmInfo, UnknownVm> {
     let vms = list_vms(r);
     let q = query.to_ascii_lowercase();
     let hit = if looks_like_mac(&q) {
-        vms.iter().find(|v| v.mac.as_deref() == Some(q.as_str())).cloned()
+        vms.iter()
+            .find(|v| v.mac.as_deref() == Some(q.as_str()))
+            .cloned()
     } else {
         vms.iter()
             .find(|v| v.tap == query)
@@ -293,7 +303,8 @@ mod tests {
     }
 
     fn fixture(tag: &str) -> (Fixture, Roots) {
-        let dir = std::env::temp_dir().join(format!("kvmtrace-resolve-{tag}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("kvmtrace-resolve-{tag}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let roots = Roots {
             proc_dir: dir.join("proc"),
@@ -383,10 +394,16 @@ mod tests {
     #[test]
     fn qemu_name_forms() {
         let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(qemu_name(&a(&["-name", "guest=x,debug-threads=on"])).as_deref(), Some("x"));
+        assert_eq!(
+            qemu_name(&a(&["-name", "guest=x,debug-threads=on"])).as_deref(),
+            Some("x")
+        );
         assert_eq!(qemu_name(&a(&["-name", "plain"])).as_deref(), Some("plain"));
         assert_eq!(qemu_name(&a(&["-m", "256"])), None);
-        assert_eq!(parse_mac("52:54:00:0a:0b:0c"), Some([0x52, 0x54, 0, 10, 11, 12]));
+        assert_eq!(
+            parse_mac("52:54:00:0a:0b:0c"),
+            Some([0x52, 0x54, 0, 10, 11, 12])
+        );
         assert_eq!(parse_mac("nope"), None);
     }
 }

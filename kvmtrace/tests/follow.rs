@@ -32,14 +32,20 @@ fn ping_run(lab: &Lab, extra: &[&str], n: u16) -> (common::Run, Vec<Option<Reply
 fn healthy_path_is_delivered_with_snat_before_and_after() {
     let lab = lab(LabOptions::default());
     let (run, got) = ping_run(&lab, &["--proto", "icmp"], 3);
-    assert!(got.iter().all(Option::is_some), "lab itself broken: {got:?}");
+    assert!(
+        got.iter().all(Option::is_some),
+        "lab itself broken: {got:?}"
+    );
     let v = run.verdict();
     assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
     assert_eq!(run.code, 0, "{}", run.dump());
     assert_eq!(v["schema"], 1);
     assert_eq!(v["requests"], 3, "{}", run.dump());
     let rw = v["rewrites"].as_array().expect("rewrites");
-    let src = rw.iter().find(|r| r["field"] == "src").unwrap_or_else(|| panic!("{}", run.dump()));
+    let src = rw
+        .iter()
+        .find(|r| r["field"] == "src")
+        .unwrap_or_else(|| panic!("{}", run.dump()));
     assert_eq!(src["from"], "10.77.0.2");
     assert_eq!(src["to"], "192.0.2.2");
     assert_eq!(src["at"], "POSTROUTING exit", "{}", run.dump());
@@ -47,12 +53,18 @@ fn healthy_path_is_delivered_with_snat_before_and_after() {
     let hops = run.hops();
     for stage in ["tap", "bridge", "netfilter", "routing", "egress"] {
         assert!(
-            hops.iter().any(|h| h["dir"] == "request" && h["stage"] == stage),
+            hops.iter()
+                .any(|h| h["dir"] == "request" && h["stage"] == stage),
             "no request hop at {stage}:\n{}",
             run.dump()
         );
     }
-    assert!(hops.iter().any(|h| h["dir"] == "reply" && h["point"] == "tap_egress"), "{}", run.dump());
+    assert!(
+        hops.iter()
+            .any(|h| h["dir"] == "reply" && h["point"] == "tap_egress"),
+        "{}",
+        run.dump()
+    );
     // The reply was seen before de-NAT at the uplink.
     assert!(
         hops.iter().any(|h| h["dir"] == "reply"
@@ -67,7 +79,10 @@ fn healthy_path_is_delivered_with_snat_before_and_after() {
 /// Asserts the verdict of a run where nothing comes back.
 #[track_caller]
 fn assert_no_answer(got: &[Option<Reply>]) {
-    assert!(got.iter().all(Option::is_none), "the fault did not break the lab: {got:?}");
+    assert!(
+        got.iter().all(Option::is_none),
+        "the fault did not break the lab: {got:?}"
+    );
 }
 
 #[test]
@@ -87,8 +102,16 @@ fn forward_policy_drop_with_nftables_is_named() {
     assert_eq!(field(v, "firewall"), "nftables");
     assert_eq!(field(v, "device"), "br0");
     let chains = v["chains"].to_string();
-    assert!(chains.contains("inet labfilter forward (policy drop"), "{}", run.dump());
-    assert!(field(v, "summary").contains("FORWARD hook"), "{}", run.dump());
+    assert!(
+        chains.contains("inet labfilter forward (policy drop"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        field(v, "summary").contains("FORWARD hook"),
+        "{}",
+        run.dump()
+    );
     assert_eq!(run.code, 1);
 }
 
@@ -107,7 +130,13 @@ fn forward_policy_drop_with_iptables_is_named() {
     assert_eq!(field(v, "reason"), "NETFILTER_DROP");
     // Debian's iptables is iptables-nft: the drop is in its `ip filter FORWARD` chain.
     assert_eq!(field(v, "firewall"), "nftables");
-    assert!(v["chains"].to_string().contains("ip filter FORWARD (policy drop"), "{}", run.dump());
+    assert!(
+        v["chains"]
+            .to_string()
+            .contains("ip filter FORWARD (policy drop"),
+        "{}",
+        run.dump()
+    );
     assert_eq!(run.code, 1);
 }
 
@@ -123,7 +152,11 @@ fn missing_masquerade_leaves_with_the_private_source_and_gets_no_reply() {
     assert_eq!(field(v, "status"), "no_reply", "{}", run.dump());
     assert_eq!(field(v, "stage"), "egress");
     assert_eq!(field(v, "device"), "up0");
-    assert!(v["rewrites"].as_array().unwrap().is_empty(), "{}", run.dump());
+    assert!(
+        v["rewrites"].as_array().unwrap().is_empty(),
+        "{}",
+        run.dump()
+    );
     assert!(field(v, "summary").contains("MASQUERADE"), "{}", run.dump());
     // It left the host with the guest's own address.
     assert!(
@@ -157,7 +190,11 @@ fn no_route_to_dest_is_a_routing_drop() {
     let lab = lab(LabOptions::default());
     lab.hv_run(&["ip", "route", "del", "default"]);
     let (run, got) = ping_run(&lab, &[], 2);
-    assert!(got.iter().all(|r| !matches!(r, Some(Reply::IcmpEchoReply { .. }))), "{got:?}");
+    assert!(
+        got.iter()
+            .all(|r| !matches!(r, Some(Reply::IcmpEchoReply { .. }))),
+        "{got:?}"
+    );
     let v = run.verdict();
     assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
     assert_eq!(field(v, "stage"), "routing", "{}", run.dump());
@@ -183,16 +220,35 @@ fn tcp_syn_rejected_with_a_reset_by_the_host() {
     lab.nft(
         "table inet labreject {\n chain forward {\n  type filter hook forward priority 0;\n  tcp dport 8080 reject with tcp reset\n }\n}\n",
     );
-    let running = start(&lab, &["follow", "vnet0", DEST, "--json", "--duration", "4", "--proto", "tcp"]);
+    let running = start(
+        &lab,
+        &[
+            "follow",
+            "vnet0",
+            DEST,
+            "--json",
+            "--duration",
+            "4",
+            "--proto",
+            "tcp",
+        ],
+    );
     let mut vm = FakeVm::attach(&lab);
     let got = vm.tcp_syn(lab.dest, 8080, 40100, Duration::from_millis(800));
     let run = running.wait();
-    assert!(matches!(got, Some(Reply::Tcp { flags, .. }) if flags & 0x04 != 0), "{got:?}");
+    assert!(
+        matches!(got, Some(Reply::Tcp { flags, .. }) if flags & 0x04 != 0),
+        "{got:?}"
+    );
     let v = run.verdict();
     assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
     assert_eq!(field(v, "hook"), "FORWARD");
     assert_eq!(field(v, "direction"), "request");
-    assert!(field(v, "summary").contains("host answered"), "{}", run.dump());
+    assert!(
+        field(v, "summary").contains("host answered"),
+        "{}",
+        run.dump()
+    );
     assert!(field(v, "summary").contains("[R"), "{}", run.dump());
 }
 
@@ -200,11 +256,28 @@ fn tcp_syn_rejected_with_a_reset_by_the_host() {
 fn tcp_to_a_listening_port_is_delivered() {
     let lab = lab(LabOptions::default());
     lab.tcp_listen(8443);
-    let running = start(&lab, &["follow", "vnet0", DEST, "--json", "--duration", "3", "--proto", "tcp", "--port", "8443"]);
+    let running = start(
+        &lab,
+        &[
+            "follow",
+            "vnet0",
+            DEST,
+            "--json",
+            "--duration",
+            "3",
+            "--proto",
+            "tcp",
+            "--port",
+            "8443",
+        ],
+    );
     let mut vm = FakeVm::attach(&lab);
     let got = vm.tcp_syn(lab.dest, 8443, 40200, Duration::from_millis(800));
     let run = running.wait();
-    assert!(matches!(got, Some(Reply::Tcp { flags, .. }) if flags & 0x12 == 0x12), "{got:?}");
+    assert!(
+        matches!(got, Some(Reply::Tcp { flags, .. }) if flags & 0x12 == 0x12),
+        "{got:?}"
+    );
     let v = run.verdict();
     assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
     assert_eq!(v["key"]["remote_port"], 8443);
@@ -214,7 +287,11 @@ fn tcp_to_a_listening_port_is_delivered() {
 #[test]
 fn no_traffic_when_the_vm_is_silent() {
     let lab = lab(LabOptions::default());
-    let run = start(&lab, &["follow", "vnet0", DEST, "--json", "--duration", "1"]).wait();
+    let run = start(
+        &lab,
+        &["follow", "vnet0", DEST, "--json", "--duration", "1"],
+    )
+    .wait();
     let v = run.verdict();
     assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
     assert_eq!(run.code, 1);

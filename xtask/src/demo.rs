@@ -27,7 +27,15 @@ fn follow(bin: &PathBuf, lab: &Lab, vm: &str) -> Result<i32> {
     let status = Command::new("ip")
         .args(["netns", "exec", &lab.hv])
         .arg(bin)
-        .args(["follow", vm, &lab.dest.to_string(), "--count", "3", "--duration", "15"])
+        .args([
+            "follow",
+            vm,
+            &lab.dest.to_string(),
+            "--count",
+            "3",
+            "--duration",
+            "15",
+        ])
         .status()
         .context("running kvmtrace")?;
     Ok(status.code().unwrap_or(-1))

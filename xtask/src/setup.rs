@@ -51,8 +51,7 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 ";
 
-#[derive(Args)]
-#[derive(Default)]
+#[derive(Args, Default)]
 pub struct SetupArgs {
     /// Only report what is missing and install nothing (exit status 1 if anything is missing).
     /// Works without root.

@@ -27,7 +27,10 @@ pub struct Run {
 
 impl Run {
     pub fn verdicts(&self) -> Vec<&Value> {
-        self.lines.iter().filter(|v| v["type"] == "verdict").collect()
+        self.lines
+            .iter()
+            .filter(|v| v["type"] == "verdict")
+            .collect()
     }
     pub fn hops(&self) -> Vec<&Value> {
         self.lines.iter().filter(|v| v["type"] == "hop").collect()
@@ -35,7 +38,13 @@ impl Run {
     /// The single verdict of the run (panics with the whole output otherwise).
     pub fn verdict(&self) -> &Value {
         let v = self.verdicts();
-        assert_eq!(v.len(), 1, "expected one verdict:\n{}\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            v.len(),
+            1,
+            "expected one verdict:\n{}\n{}",
+            self.stdout,
+            self.stderr
+        );
         v[0]
     }
     pub fn stats(&self) -> &Value {
@@ -45,7 +54,10 @@ impl Run {
             .unwrap_or_else(|| panic!("no stats line:\n{}", self.stderr))
     }
     pub fn dump(&self) -> String {
-        format!("exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+        format!(
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 

@@ -1,0 +1,93 @@
+//! End to end with a real QEMU guest (TCG): the guest pings and connects out by itself; kvmtrace
+//! finds it by its QEMU name, follows it through a FORWARD drop and, repaired, to `delivered`.
+//! Needs root, qemu-system-x86 and the guest image (`cargo xtask setup`, `cargo xtask guest`).
+
+mod common;
+
+use common::{field, start};
+use kvmtrace_lab::guest::{build_image, default_cache_dir, Guest, GuestConfig};
+use kvmtrace_lab::lab::{Lab, LabOptions};
+use std::time::Duration;
+
+#[test]
+fn real_guest_is_followed_by_name_through_a_drop_and_a_repair() {
+    let lab = Lab::new(LabOptions::default());
+    lab.tcp_listen(80);
+    let image = build_image(&default_cache_dir()).expect("guest image");
+    let name = format!("ktguest-{}", std::process::id());
+    let guest = Guest::boot(
+        &image,
+        &GuestConfig {
+            netns: lab.hv.clone(),
+            tap: lab.tap.clone(),
+            mac: lab.guest_mac,
+            ip: lab.guest_ip,
+            prefix: 24,
+            gateway: lab.gw_ip,
+            dest: lab.dest,
+            tcp_port: 80,
+            name: name.clone(),
+        },
+    )
+    .expect("boot guest");
+    assert!(
+        guest.wait_for_serial("KT ping ok", Duration::from_secs(90)),
+        "guest never reached the outside:\n{}",
+        guest.serial_log()
+    );
+
+    lab.nft("table inet qdrop {\n chain forward {\n  type filter hook forward priority 0; policy drop;\n }\n}\n");
+    let dest = lab.dest.to_string();
+    let broken = start(
+        &lab,
+        &[
+            "follow",
+            &name,
+            &dest,
+            "--json",
+            "--proto",
+            "icmp",
+            "--count",
+            "2",
+            "--duration",
+            "20",
+        ],
+    )
+    .wait();
+    assert!(!broken.verdicts().is_empty(), "{}", broken.dump());
+    for v in broken.verdicts() {
+        assert_eq!(field(v, "status"), "dropped", "{}", broken.dump());
+        assert_eq!(field(v, "hook"), "FORWARD");
+        assert_eq!(field(v, "reason"), "NETFILTER_DROP");
+        assert_eq!(v["key"]["guest"], "10.77.0.2");
+    }
+    assert_eq!(broken.code, 1);
+    // The guest was found by its QEMU name, with the MAC from its command line.
+    assert!(
+        broken.stderr.contains("mac 52:54:00:4b:54:02"),
+        "{}",
+        broken.dump()
+    );
+
+    lab.hv_run(&["nft", "delete", "table", "inet", "qdrop"]);
+    let fixed = start(
+        &lab,
+        &[
+            "follow",
+            &name,
+            &dest,
+            "--json",
+            "--count",
+            "3",
+            "--duration",
+            "20",
+        ],
+    )
+    .wait();
+    assert!(!fixed.verdicts().is_empty(), "{}", fixed.dump());
+    for v in fixed.verdicts() {
+        assert_eq!(field(v, "status"), "delivered", "{}", fixed.dump());
+    }
+    assert_eq!(fixed.code, 0, "{}", fixed.dump());
+    drop(guest);
+}
