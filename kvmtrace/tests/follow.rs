@@ -308,3 +308,34 @@ fn show_text_output() {
     let run = running.wait();
     println!("{}", run.dump());
 }
+
+/// Regenerates the recorded runs that the model's unit tests replay
+/// (`cargo test -p kvmtrace --test follow record_fixtures -- --ignored`).
+#[test]
+#[ignore = "writes kvmtrace/src/model/fixtures"]
+fn record_fixtures() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/model/fixtures");
+    std::fs::create_dir_all(&dir).unwrap();
+    let save = |name: &str, run: &common::Run| {
+        let hops: Vec<String> = run.hops().iter().map(|h| h.to_string()).collect();
+        std::fs::write(dir.join(format!("{name}.jsonl")), hops.join("\n") + "\n").unwrap();
+    };
+    let healthy = lab(LabOptions::default());
+    save("healthy", &ping_run(&healthy, &[], 2).0);
+    drop(healthy);
+    let nft = lab(LabOptions {
+        forward_drop: Some(Firewall::Nftables),
+        ..Default::default()
+    });
+    save("forward_drop", &ping_run(&nft, &[], 1).0);
+    drop(nft);
+    let nomasq = lab(LabOptions {
+        masquerade: false,
+        ..Default::default()
+    });
+    save("no_masquerade", &ping_run(&nomasq, &[], 1).0);
+    drop(nomasq);
+    let noroute = lab(LabOptions::default());
+    noroute.hv_run(&["ip", "route", "del", "default"]);
+    save("no_route", &ping_run(&noroute, &[], 1).0);
+}

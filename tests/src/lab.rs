@@ -93,6 +93,27 @@ pub fn netns_path(name: &str) -> PathBuf {
     Path::new("/run/netns").join(name)
 }
 
+/// What `LabOptions::masquerade` loads into the hypervisor: its own table, so deleting it
+/// (`delete table ip labnat`) removes exactly this. Multi-line on purpose: nft 1.0.6 rejects a
+/// one-line `{ ... masquerade } }` (it wants `;` or a newline before each `}`).
+pub const MASQUERADE_RULESET: &str = "\
+table ip labnat {
+    chain post {
+        type nat hook postrouting priority srcnat;
+        ip saddr 10.77.0.0/24 oifname \"up0\" masquerade
+    }
+}
+";
+
+/// What `Firewall::Nftables` loads: `delete table inet labfilter` undoes it.
+pub const FORWARD_DROP_RULESET: &str = "\
+table inet labfilter {
+    chain forward {
+        type filter hook forward priority 0; policy drop;
+    }
+}
+";
+
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Lab {
@@ -196,17 +217,11 @@ impl Lab {
         self.set_ip_forward(opts.ip_forward);
 
         if opts.masquerade {
-            self.nft(&format!(
-                "table ip labnat {{\n  chain post {{\n    type nat hook postrouting priority srcnat;\n    \
-                 ip saddr 10.77.0.0/24 oifname \"{up}\" masquerade\n  }}\n}}\n"
-            ));
+            self.nft(MASQUERADE_RULESET);
         }
         match opts.forward_drop {
             None => {}
-            Some(Firewall::Nftables) => self.nft(
-                "table inet labfilter {\n  chain forward {\n    \
-                 type filter hook forward priority 0; policy drop;\n  }\n}\n",
-            ),
+            Some(Firewall::Nftables) => self.nft(FORWARD_DROP_RULESET),
             Some(Firewall::Iptables) => {
                 self.hv_run(&["iptables", "-w", "-P", "FORWARD", "DROP"]);
             }

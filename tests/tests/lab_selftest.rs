@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use kvmtrace_lab::lab::{netns_path, Firewall, Lab, LabOptions};
+use kvmtrace_lab::lab::{netns_path, Firewall, Lab, LabOptions, MASQUERADE_RULESET};
 use kvmtrace_lab::vm::{tcp_flags, FakeVm, Reply};
 
 /// Generous: a positive answer inside the lab takes well under a millisecond.
@@ -120,10 +120,7 @@ fn without_masquerade_replies_die_outside() {
     assert_no_reply(&mut vm, lab.dest, 0x4b20, "ping without MASQUERADE");
 
     // Same lab with the rule added: a new echo id is a new conntrack entry, so it gets NATed.
-    lab.nft(
-        "table ip labnat { chain post { type nat hook postrouting priority srcnat; \
-         ip saddr 10.77.0.0/24 oifname \"up0\" masquerade } }",
-    );
+    lab.nft(MASQUERADE_RULESET);
     assert_echo_reply(&mut vm, lab.dest, 0x4b21, "ping after adding MASQUERADE");
 }
 
@@ -175,6 +172,25 @@ fn ip_forward_off_blocks() {
     assert_echo_reply(&mut vm, lab.dest, 0x4b51, "ping after ip_forward=1");
 }
 
+/// `ip netns exec` joins the namespace only after it starts: wait (bounded) until `pid` is in `ns`,
+/// compared by namespace inode.
+fn wait_until_in_netns(pid: u32, ns: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let want = std::fs::metadata(netns_path(ns)).expect("stat netns").ino();
+    let deadline = std::time::Instant::now() + ANSWER;
+    loop {
+        let now = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino());
+        if now.ok() == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} never entered netns {ns}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn drop_removes_both_namespaces() {
     let lab = Lab::new(LabOptions::default());
@@ -194,6 +210,7 @@ fn drop_removes_both_namespaces() {
         .arg("600")
         .spawn()
         .expect("spawn sleep in hv");
+    wait_until_in_netns(sleeper.id(), &lab.hv);
     drop(lab);
 
     assert!(!hv.exists(), "{} still exists after drop", hv.display());

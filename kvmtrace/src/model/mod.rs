@@ -918,4 +918,4 @@ fn classify(k: FlowKey, req: &[&Journey], rep: &[&Journey], facts: &HostFacts) -
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests;

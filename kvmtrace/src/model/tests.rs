@@ -1,0 +1,212 @@
+//! Verdicts from recorded events: the fixtures are real runs (regenerate with
+//! `cargo test -p kvmtrace --test follow record_fixtures -- --ignored`), replayed here without
+//! root or eBPF; synthetic variations pin the rules one by one.
+
+use super::*;
+use crate::event::TraceEvent;
+
+fn load(text: &str) -> Vec<TraceEvent> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("fixture line {l}: {e}")))
+        .collect()
+}
+
+fn model(events: Vec<TraceEvent>) -> Model {
+    let mut m = Model::new();
+    for e in events {
+        m.push(e);
+    }
+    m
+}
+
+fn nft_forward_drop_facts() -> HostFacts {
+    HostFacts {
+        ip_forward: Some(true),
+        nft_chains: vec![NfChain {
+            family: "inet".into(),
+            table: "labfilter".into(),
+            chain: "forward".into(),
+            hook: NfHook::Forward,
+            priority: 0,
+            policy: "drop".into(),
+        }],
+        legacy_tables: vec![],
+    }
+}
+
+const HEALTHY: &str = include_str!("fixtures/healthy.jsonl");
+const FORWARD_DROP: &str = include_str!("fixtures/forward_drop.jsonl");
+const NO_MASQ: &str = include_str!("fixtures/no_masquerade.jsonl");
+const NO_ROUTE: &str = include_str!("fixtures/no_route.jsonl");
+
+#[test]
+fn healthy_run_is_delivered_with_the_snat_rewrite() {
+    let m = model(load(HEALTHY));
+    let v = m.verdicts(&HostFacts::default(), "203.0.113.1", None);
+    assert_eq!(v.len(), 1);
+    let v = &v[0];
+    assert_eq!(v.status, Status::Delivered);
+    assert_eq!(v.requests, 2);
+    assert_eq!(v.replies, 2);
+    assert_eq!(
+        v.rewrites,
+        vec![Rewrite {
+            field: "src".into(),
+            from: "10.77.0.2".into(),
+            to: "192.0.2.2".into(),
+            at: "POSTROUTING exit".into()
+        }]
+    );
+    // The reply's de-NAT happens in PREROUTING.
+    let reply = m
+        .journeys
+        .iter()
+        .find(|j| j.dir == Direction::Reply)
+        .unwrap();
+    let rw = reply.rewrites();
+    assert_eq!(rw[0].field, "dst");
+    assert_eq!(rw[0].at, "PREROUTING exit");
+}
+
+#[test]
+fn forward_drop_names_hook_reason_firewall_and_chain() {
+    let m = model(load(FORWARD_DROP));
+    let v = &m.verdicts(&nft_forward_drop_facts(), "203.0.113.1", None)[0];
+    assert_eq!(v.status, Status::Dropped);
+    assert_eq!(v.stage, Some(Stage::Netfilter));
+    assert_eq!(v.hook, Some(NfHook::Forward));
+    assert_eq!(v.direction, Some(Direction::Request));
+    assert_eq!(v.reason.as_deref(), Some("NETFILTER_DROP"));
+    assert_eq!(v.firewall.as_deref(), Some("nftables"));
+    assert_eq!(v.device.as_deref(), Some("br0"));
+    assert!(
+        v.summary
+            .contains("chain inet labfilter forward (policy drop"),
+        "{}",
+        v.summary
+    );
+}
+
+#[test]
+fn the_hook_comes_from_the_stack_when_netfilter_links_are_missing() {
+    // Kernels without BPF netfilter links: no nf_enter/nf_exit hops, only the drop's stack.
+    let events: Vec<TraceEvent> = load(FORWARD_DROP)
+        .into_iter()
+        .filter(|e| !matches!(e.point, Point::NfEnter | Point::NfExit))
+        .map(|mut e| {
+            if e.point == Point::Drop {
+                e.stack = vec![
+                    "sk_skb_reason_drop+0x90".into(),
+                    "nf_hook_slow+0xa3".into(),
+                    "ip_forward+0x4a1".into(),
+                    "ip_rcv+0x171".into(),
+                ];
+            }
+            e
+        })
+        .collect();
+    let v = &model(events).verdicts(&HostFacts::default(), "203.0.113.1", None)[0];
+    assert_eq!(v.hook, Some(NfHook::Forward));
+    assert_eq!(v.stage, Some(Stage::Netfilter));
+}
+
+#[test]
+fn iptables_legacy_is_named_when_only_its_tables_exist() {
+    let facts = HostFacts {
+        legacy_tables: vec!["filter".into()],
+        ..Default::default()
+    };
+    let v = &model(load(FORWARD_DROP)).verdicts(&facts, "203.0.113.1", None)[0];
+    assert_eq!(v.firewall.as_deref(), Some("iptables-legacy"));
+}
+
+#[test]
+fn missing_masquerade_is_no_reply_with_the_private_source() {
+    let v = &model(load(NO_MASQ)).verdicts(&HostFacts::default(), "203.0.113.1", None)[0];
+    assert_eq!(v.status, Status::NoReply);
+    assert_eq!(v.stage, Some(Stage::Egress));
+    assert_eq!(v.device.as_deref(), Some("up0"));
+    assert!(v.rewrites.is_empty());
+    assert!(v.summary.contains("MASQUERADE"), "{}", v.summary);
+}
+
+#[test]
+fn no_route_is_a_routing_drop_with_enetunreach() {
+    let v = &model(load(NO_ROUTE)).verdicts(&HostFacts::default(), "203.0.113.1", None)[0];
+    assert_eq!(v.status, Status::Dropped);
+    assert_eq!(v.stage, Some(Stage::Routing));
+    assert_eq!(v.route.as_ref().map(|r| r.err), Some(-101));
+    assert!(v.summary.contains("no route"), "{}", v.summary);
+}
+
+#[test]
+fn a_reply_dropped_on_its_way_back_is_reported_on_the_reply() {
+    // Healthy run, but the replies die in FORWARD instead of reaching the tap.
+    let mut events = Vec::new();
+    let mut cut = std::collections::HashSet::new();
+    for mut e in load(HEALTHY) {
+        if e.dir == Direction::Reply {
+            if cut.contains(&e.skb) {
+                continue;
+            }
+            if e.point == Point::NfEnter && e.nf_hook == Some(NfHook::Forward) {
+                events.push(e.clone());
+                e.point = Point::Drop;
+                e.nf_hook = None;
+                e.reason = Some("NETFILTER_DROP".into());
+                e.location = Some("nf_hook_slow+0xa3".into());
+                cut.insert(e.skb);
+            }
+        }
+        events.push(e);
+    }
+    let v = &model(events).verdicts(&nft_forward_drop_facts(), "203.0.113.1", None)[0];
+    assert_eq!(v.status, Status::Dropped);
+    assert_eq!(v.direction, Some(Direction::Reply));
+    assert_eq!(v.hook, Some(NfHook::Forward));
+    assert_eq!(v.device.as_deref(), Some("up0"));
+}
+
+#[test]
+fn nothing_seen_is_no_traffic() {
+    let v = Model::new().verdicts(&HostFacts::default(), "203.0.113.1", None);
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].status, Status::NoTraffic);
+    assert!(v[0].key.is_none());
+}
+
+#[test]
+fn requests_after_the_stop_and_half_seen_packets_are_not_judged() {
+    let events = load(HEALTHY);
+    let first_ts = events[0].ts_ns;
+    // Stop before the first request: nothing is judged.
+    let v = model(events.clone()).verdicts(&HostFacts::default(), "x", Some(first_ts - 1));
+    assert_eq!(v[0].status, Status::NoTraffic);
+    // A packet first seen half-way (no tap hop) is not a flow of its own.
+    let half: Vec<TraceEvent> = events
+        .into_iter()
+        .filter(|e| e.dev_kind != DevKind::Tap && e.point != Point::TapIngress)
+        .collect();
+    let v = model(half).verdicts(&HostFacts::default(), "x", None);
+    assert_eq!(v[0].status, Status::NoTraffic);
+}
+
+#[test]
+fn a_reused_skb_address_starts_a_new_journey() {
+    let events = load(HEALTHY);
+    let req: Vec<TraceEvent> = events
+        .iter()
+        .filter(|e| e.dir == Direction::Request && e.skb == events[0].skb)
+        .cloned()
+        .collect();
+    let mut m = Model::new();
+    for e in req.iter().chain(req.iter()) {
+        m.push(e.clone());
+    }
+    assert_eq!(
+        m.journeys.len(),
+        2,
+        "the second first-sight must open a new journey"
+    );
+}
