@@ -1,0 +1,132 @@
+//! Bad input and the tracer's own lifecycle: clear errors with the documented exit codes, and
+//! nothing left attached after SIGTERM or kill -9.
+
+mod common;
+
+use common::{field, run_plain, start, BIN};
+use kvmtrace_lab::lab::{Lab, LabOptions};
+use kvmtrace_lab::vm::FakeVm;
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn a_bad_address_is_a_usage_error() {
+    let r = run_plain(&["follow", "vnet0", "203.0.113"]);
+    assert_eq!(r.code, 2, "{}", r.dump());
+    assert!(r.stderr.contains("not an IPv4 address"), "{}", r.dump());
+    let r = run_plain(&["follow", "vnet0", "203.0.113.0/40"]);
+    assert_eq!(r.code, 2, "{}", r.dump());
+    assert!(r.stderr.contains("prefix"), "{}", r.dump());
+}
+
+#[test]
+fn an_unknown_vm_lists_what_was_found_and_exits_2() {
+    let lab = Lab::new(LabOptions::default());
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.hv,
+            BIN,
+            "follow",
+            "no-such-vm",
+            "203.0.113.1",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no-such-vm"), "{err}");
+    assert!(
+        err.contains("vnet0"),
+        "the lab's tap should be listed: {err}"
+    );
+}
+
+#[test]
+fn not_root_is_an_environment_error() {
+    let lab = Lab::new(LabOptions::default());
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.hv,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .args([BIN, "follow", "vnet0", "203.0.113.1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("needs root"), "{err}");
+}
+
+#[test]
+fn sigterm_detaches_and_still_prints_the_verdicts() {
+    let lab = Lab::new(LabOptions::default());
+    let running = start(&lab, &["follow", "vnet0", "203.0.113.1", "--json"]);
+    let mut vm = FakeVm::attach(&lab);
+    assert!(vm
+        .ping(lab.dest, 9, 1, Duration::from_millis(500))
+        .is_some());
+    std::thread::sleep(Duration::from_millis(200));
+    running.signal(libc::SIGTERM);
+    let run = running.wait();
+    assert_eq!(
+        field(run.verdict(), "status"),
+        "delivered",
+        "{}",
+        run.dump()
+    );
+    assert!(run.stderr.contains("all hooks detached"), "{}", run.dump());
+    assert_no_tc_state(&lab);
+}
+
+#[test]
+fn kill_9_leaves_nothing_attached() {
+    let lab = Lab::new(LabOptions::default());
+    let running = start(&lab, &["follow", "vnet0", "203.0.113.1", "--json"]);
+    let pid = running.pid();
+    running.signal(libc::SIGKILL);
+    let _ = running.wait();
+    // TCX, tp_btf, tracepoint and netfilter links are fds: the kernel released them with the
+    // process. No clsact qdisc or filter was ever added to the tap.
+    assert_no_tc_state(&lab);
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    // A new run attaches and works at once.
+    let running = start(
+        &lab,
+        &[
+            "follow",
+            "vnet0",
+            "203.0.113.1",
+            "--json",
+            "--duration",
+            "2",
+        ],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    assert!(vm
+        .ping(lab.dest, 10, 1, Duration::from_millis(500))
+        .is_some());
+    let run = running.wait();
+    assert_eq!(
+        field(run.verdict(), "status"),
+        "delivered",
+        "{}",
+        run.dump()
+    );
+}
+
+/// The tap has no clsact qdisc and no TC filter left.
+fn assert_no_tc_state(lab: &Lab) {
+    let q = lab.hv_run(&["tc", "qdisc", "show", "dev", &lab.tap]);
+    assert!(!q.contains("clsact"), "qdisc left behind: {q}");
+    for dir in ["ingress", "egress"] {
+        let f = lab.hv_run(&["tc", "filter", "show", "dev", &lab.tap, dir]);
+        assert!(f.trim().is_empty(), "filter left behind: {f}");
+    }
+}
