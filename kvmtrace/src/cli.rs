@@ -267,10 +267,7 @@ async fn follow_async(
             _ = timer => break,
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    st.handle(&tracer, &item, &mut out)?;
-                }
+                st.drain(&tracer, guard.get_inner_mut(), &mut out)?;
                 guard.clear_ready();
                 out.flush()?;
                 if let Some(n) = count {
@@ -293,20 +290,12 @@ async fn follow_async(
             _ = sigterm.recv() => break,
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    st.handle(&tracer, &item, &mut out)?;
-                }
+                st.drain(&tracer, guard.get_inner_mut(), &mut out)?;
                 guard.clear_ready();
             }
         }
     }
-    {
-        let rb = ring.get_mut();
-        while let Some(item) = rb.next() {
-            st.handle(&tracer, &item, &mut out)?;
-        }
-    }
+    st.drain(&tracer, ring.get_mut(), &mut out)?;
     let counters = tracer.counters();
     let facts: HostFacts = crate::facts::gather();
     let verdicts = st.model.verdicts(&facts, dest, Some(until));
@@ -344,6 +333,19 @@ struct Follow {
 }
 
 impl Follow {
+    /// Handles every record the ring buffer holds now.
+    fn drain(
+        &mut self,
+        tracer: &Tracer,
+        rb: &mut aya::maps::RingBuf<aya::maps::MapData>,
+        out: &mut dyn std::io::Write,
+    ) -> Result<()> {
+        while let Some(item) = rb.next() {
+            self.handle(tracer, &item, out)?;
+        }
+        Ok(())
+    }
+
     fn handle(
         &mut self,
         tracer: &Tracer,

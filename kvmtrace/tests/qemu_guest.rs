@@ -15,21 +15,7 @@ fn real_guest_is_followed_by_name_through_a_drop_and_a_repair() {
     lab.tcp_listen(80);
     let image = build_image(&default_cache_dir()).expect("guest image");
     let name = format!("ktguest-{}", std::process::id());
-    let guest = Guest::boot(
-        &image,
-        &GuestConfig {
-            netns: lab.hv.clone(),
-            tap: lab.tap.clone(),
-            mac: lab.guest_mac,
-            ip: lab.guest_ip,
-            prefix: 24,
-            gateway: lab.gw_ip,
-            dest: lab.dest,
-            tcp_port: 80,
-            name: name.clone(),
-        },
-    )
-    .expect("boot guest");
+    let guest = Guest::boot(&image, &GuestConfig::for_lab(&lab, &name, 80)).expect("boot guest");
     assert!(
         guest.wait_for_serial("KT ping ok", Duration::from_secs(90)),
         "guest never reached the outside:\n{}",

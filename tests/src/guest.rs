@@ -517,6 +517,23 @@ pub struct GuestConfig {
     pub name: String,
 }
 
+impl GuestConfig {
+    /// A guest on `lab`'s tap with the lab's guest address, gateway and destination.
+    pub fn for_lab(lab: &crate::lab::Lab, name: &str, tcp_port: u16) -> Self {
+        GuestConfig {
+            netns: lab.hv.clone(),
+            tap: lab.tap.clone(),
+            mac: lab.guest_mac,
+            ip: lab.guest_ip,
+            prefix: 24,
+            gateway: lab.gw_ip,
+            dest: lab.dest,
+            tcp_port,
+            name: name.to_string(),
+        }
+    }
+}
+
 /// A running QEMU guest; killed when dropped.
 pub struct Guest {
     child: Mutex<Child>,

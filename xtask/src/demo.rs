@@ -67,17 +67,7 @@ pub fn run() -> Result<ExitCode> {
     let lab = Lab::new(LabOptions::default());
     lab.tcp_listen(80);
     let name = format!("demo-{}", std::process::id());
-    let cfg = GuestConfig {
-        netns: lab.hv.clone(),
-        tap: lab.tap.clone(),
-        mac: lab.guest_mac,
-        ip: lab.guest_ip,
-        prefix: 24,
-        gateway: lab.gw_ip,
-        dest: lab.dest,
-        tcp_port: 80,
-        name: name.clone(),
-    };
+    let cfg = GuestConfig::for_lab(&lab, &name, 80);
     say(&format!("booting QEMU guest '{name}' (TCG) on {}", lab.tap));
     let g = Guest::boot(&image, &cfg)?;
     if !g.wait_for_serial("KT ping ok", Duration::from_secs(60)) {
