@@ -63,6 +63,12 @@ pub enum Cmd {
     },
     /// List the VMs and taps kvmtrace can see in this network namespace.
     List,
+    /// Show a recorded trace (`follow --record`) with the same views, offline, without root.
+    Replay(crate::offline::ReplayArgs),
+    /// Export a recorded trace (pcapng for Wireshark/tshark, JSON Lines for scripts).
+    Export(crate::offline::ExportArgs),
+    /// Write a postmortem report (Markdown and self-contained HTML) from a recorded trace.
+    Report(crate::offline::ReportArgs),
 }
 
 /// Parses `203.0.113.1` or `203.0.113.0/24`.
@@ -143,6 +149,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Replay(a) => crate::offline::replay(a),
+        Cmd::Export(a) => crate::offline::export(a),
+        Cmd::Report(a) => crate::offline::report(a),
         Cmd::Follow {
             vm,
             dest,

@@ -9,6 +9,7 @@ pub mod event;
 pub mod facts;
 pub mod model;
 pub mod nf;
+pub mod offline;
 pub mod output;
 pub mod probe;
 pub mod resolve;
