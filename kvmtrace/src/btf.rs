@@ -16,13 +16,17 @@ pub struct KernelBtf {
 
 impl KernelBtf {
     pub fn open(path: &Path) -> Result<Self> {
-        let btf = Btf::from_file(path).with_context(|| {
-            format!(
-                "cannot read kernel BTF at {}: kvmtrace needs a kernel built with \
+        // Mmap: only the few types looked up are parsed (the cached backend parses all of
+        // vmlinux, ~130 ms here, most of start-up). Fall back to reading when mmap fails.
+        let btf = Btf::from_file_with_backend(path, btf_rs::Backend::Mmap)
+            .or_else(|_| Btf::from_file(path))
+            .with_context(|| {
+                format!(
+                    "cannot read kernel BTF at {}: kvmtrace needs a kernel built with \
                  CONFIG_DEBUG_INFO_BTF=y",
-                path.display()
-            )
-        })?;
+                    path.display()
+                )
+            })?;
         Ok(Self { btf })
     }
 

@@ -193,6 +193,8 @@ impl Tracer {
             )
             .into());
         }
+        let t0 = std::time::Instant::now();
+        let phase = |what: &str| log::debug!("start-up: {what} at {} ms", t0.elapsed().as_millis());
         let btf_path = std::env::var("KVMTRACE_BTF").unwrap_or_else(|_| VMLINUX_BTF.into());
         let kbtf = KernelBtf::open(Path::new(&btf_path)).map_err(|e| {
             EnvError(format!(
@@ -206,6 +208,7 @@ impl Tracer {
             ))
         })?;
         let reasons = kbtf.drop_reasons().unwrap_or_default();
+        phase("BTF offsets and drop reasons");
         ensure_tracefs();
         let mut warnings = Vec::new();
         if let Err(e) = fib_offsets(&mut offsets) {
@@ -225,10 +228,12 @@ impl Tracer {
             ..Default::default()
         };
 
+        phase("filter");
         let mut ebpf = EbpfLoader::new()
             .load(OBJECT)
             .map_err(|e| EnvError(format!("loading the eBPF object: {e}")))?;
         set_config(&mut ebpf, Config { offsets, filter })?;
+        phase("object loaded");
         let mut attached = Vec::new();
 
         // The tap: TCX links (6.6+), else netlink clsact.
@@ -254,7 +259,9 @@ impl Tracer {
             }
         }
 
+        phase("tap attached");
         let btf = Btf::from_sys_fs().map_err(|e| EnvError(format!("kernel BTF: {e}")))?;
+        phase("aya BTF parsed");
         for (prog, tp, required) in [
             ("netif_receive_skb", "netif_receive_skb", true),
             ("net_dev_start_xmit", "net_dev_start_xmit", true),
@@ -283,6 +290,7 @@ impl Tracer {
                 )),
             }
         }
+        phase("tp_btf attached");
         {
             let p: &mut TracePoint = ebpf
                 .program_mut("fib_table_lookup")
@@ -299,6 +307,7 @@ impl Tracer {
                 )),
             }
         }
+        phase("fib attached");
         let nf = match nf::attach(OBJECT, &ebpf) {
             Ok(l) => {
                 attached.push(format!(
@@ -315,6 +324,7 @@ impl Tracer {
                 None
             }
         };
+        phase("netfilter attached");
         // Every hook is in place: start following (see Filter::enabled).
         set_config(
             &mut ebpf,
