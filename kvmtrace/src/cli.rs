@@ -60,6 +60,10 @@ pub enum Cmd {
         /// Events kept per flow in the kernel before it only counts (0 = no limit).
         #[arg(long, default_value_t = 2000)]
         budget: u32,
+        /// Ring buffer size in KiB (a power of two, at least 4). Events that find it full are
+        /// counted as lost and reported.
+        #[arg(long, default_value_t = 4096)]
+        ring_kib: u32,
     },
     /// List the VMs and taps kvmtrace can see in this network namespace.
     List,
@@ -161,7 +165,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             count,
             json,
             budget,
+            ring_kib,
         } => {
+            if !(ring_kib >= 4 && ring_kib.is_power_of_two() && ring_kib <= 1 << 20) {
+                return Err(Usage(format!(
+                    "--ring-kib must be a power of two between 4 and 1048576, not {ring_kib}"
+                ))
+                .into());
+            }
             let (dst, prefix) = parse_dest(&dest).map_err(|e| Usage(format!("{e:#}")))?;
             if port.is_some() && proto == Proto::Icmp {
                 return Err(Usage("--port applies to tcp and udp, not icmp".into()).into());
@@ -188,6 +199,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 port: port.unwrap_or(0),
                 budget,
+                ring_bytes: ring_kib * 1024,
             };
             follow(
                 &info,
@@ -254,6 +266,8 @@ async fn follow_async(
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut st = Follow {
         model: Model::new(),
+        delivered: 0,
+        undecodable: 0,
         requests: 0,
         t0: None,
         json,
@@ -313,7 +327,11 @@ async fn follow_async(
         for v in &verdicts {
             writeln!(out, "{}", serde_json::to_string(v)?)?;
         }
-        writeln!(out, "{}", output::stats_json(counters, &[], &[]))?;
+        writeln!(
+            out,
+            "{}",
+            output::stats_json(counters, st.delivered, &[], &[])
+        )?;
     } else {
         writeln!(out)?;
         for v in &verdicts {
@@ -322,9 +340,15 @@ async fn follow_async(
     }
     out.flush()?;
     eprintln!(
-        "kvmtrace: {} events, {} lost to a full ring buffer, {} over the per-flow budget (counted, not shown); all hooks detached",
-        counters.events, counters.lost, counters.sampled_out
+        "kvmtrace: {} events ({} read), {} lost to a full ring buffer, {} over the per-flow budget (counted, not shown); all hooks detached",
+        counters.events, st.delivered, counters.lost, counters.sampled_out
     );
+    if st.undecodable > 0 {
+        eprintln!(
+            "kvmtrace: warning: {} events could not be decoded",
+            st.undecodable
+        );
+    }
     let ok = verdicts.iter().all(|v| v.status == Status::Delivered);
     Ok(if ok {
         ExitCode::SUCCESS
@@ -336,6 +360,10 @@ async fn follow_async(
 /// State of a running `follow`: the model and what the views need.
 struct Follow {
     model: Model,
+    /// Records read from the ring buffer (to compare with the kernel's count).
+    delivered: u64,
+    /// Records that could not be decoded (an unknown hook: a newer eBPF object).
+    undecodable: u64,
     requests: u64,
     t0: Option<u64>,
     json: bool,
@@ -350,6 +378,7 @@ impl Follow {
         out: &mut dyn std::io::Write,
     ) -> Result<()> {
         while let Some(item) = rb.next() {
+            self.delivered += 1;
             self.handle(tracer, &item, out)?;
         }
         Ok(())
@@ -362,6 +391,7 @@ impl Follow {
         out: &mut dyn std::io::Write,
     ) -> Result<()> {
         let Some(ev) = tracer.decode(bytes) else {
+            self.undecodable += 1;
             return Ok(());
         };
         let t0 = *self.t0.get_or_insert(ev.ts_ns);
@@ -369,13 +399,19 @@ impl Follow {
             self.requests += 1;
         }
         let stage = stage_of(&ev);
-        if let Some(j) = self.model.push(ev) {
-            let e = self.model.journeys[j].hops.last().expect("just pushed");
-            if self.json {
-                writeln!(out, "{}", output::hop_json(j, e, stage))?;
-            } else {
-                writeln!(out, "{}", output::hop_line(t0, j, e))?;
-            }
+        let (j, orphan) = match self.model.try_push(ev) {
+            Ok(j) => (Some(j), None),
+            Err(ev) => (None, Some(ev)),
+        };
+        let e = match (&orphan, j) {
+            (Some(e), _) => e,
+            (None, Some(j)) => self.model.journeys[j].hops.last().expect("just pushed"),
+            (None, None) => return Ok(()),
+        };
+        if self.json {
+            writeln!(out, "{}", output::hop_json(j, e, stage))?;
+        } else {
+            writeln!(out, "{}", output::hop_line(t0, j, e))?;
         }
         Ok(())
     }

@@ -7,7 +7,11 @@ use serde::Serialize;
 use std::io::{self, Write};
 
 /// One hop line: `   0.000123 req  #3  tap ingress       vnet0      10.0.0.2 > … `.
-pub fn hop_line(t0: u64, journey: usize, e: &TraceEvent) -> String {
+pub fn hop_line(t0: u64, journey: impl Into<Option<usize>>, e: &TraceEvent) -> String {
+    let journey = match journey.into() {
+        Some(j) => j.to_string(),
+        None => "-".into(),
+    };
     let t = e.ts_ns.saturating_sub(t0) as f64 / 1e9;
     let dir = match e.dir {
         crate::event::Direction::Request => "req",
@@ -43,17 +47,18 @@ struct JsonHop<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     schema: u32,
-    journey: usize,
+    /// None: an event whose packet's earlier events were lost (a route lookup without its packet).
+    journey: Option<usize>,
     stage: Stage,
     #[serde(flatten)]
     event: &'a TraceEvent,
 }
 
-pub fn hop_json(journey: usize, e: &TraceEvent, stage: Stage) -> String {
+pub fn hop_json(journey: impl Into<Option<usize>>, e: &TraceEvent, stage: Stage) -> String {
     serde_json::to_string(&JsonHop {
         kind: "hop",
         schema: SCHEMA,
-        journey,
+        journey: journey.into(),
         stage,
         event: e,
     })
@@ -116,15 +121,19 @@ pub struct JsonStats<'a> {
     pub schema: u32,
     #[serde(flatten)]
     pub counters: Counters,
+    /// Records userspace read from the ring buffer: equals `events` (every event submitted
+    /// by the kernel is read); `lost` counts those that found the buffer full.
+    pub delivered: u64,
     pub attached: &'a [String],
     pub warnings: &'a [String],
 }
 
-pub fn stats_json(c: Counters, attached: &[String], warnings: &[String]) -> String {
+pub fn stats_json(c: Counters, delivered: u64, attached: &[String], warnings: &[String]) -> String {
     serde_json::to_string(&JsonStats {
         kind: "stats",
         schema: SCHEMA,
         counters: c,
+        delivered,
         attached,
         warnings,
     })

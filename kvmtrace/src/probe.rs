@@ -44,6 +44,8 @@ pub struct Spec {
     pub port: u16,
     /// Events per flow before the kernel only counts (0 = no limit).
     pub budget: u32,
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    pub ring_bytes: u32,
 }
 
 /// Exact counters kept by the programs.
@@ -230,6 +232,7 @@ impl Tracer {
 
         phase("filter");
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", spec.ring_bytes)
             .load(OBJECT)
             .map_err(|e| EnvError(format!("loading the eBPF object: {e}")))?;
         set_config(&mut ebpf, Config { offsets, filter })?;

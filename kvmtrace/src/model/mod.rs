@@ -503,12 +503,20 @@ impl Model {
 
     /// Adds one event; returns the index of the journey it joined.
     pub fn push(&mut self, ev: TraceEvent) -> Option<usize> {
+        self.try_push(ev).ok()
+    }
+
+    /// Adds one event; gives it back when it belongs to no journey (a route lookup whose
+    /// packet's earlier events were lost), so that the caller can still show it.
+    pub fn try_push(&mut self, ev: TraceEvent) -> Result<usize, TraceEvent> {
         let skb = ev.skb;
         if ev.point == Point::Fib {
             // A route lookup belongs to the packet being processed on that CPU.
-            let idx = *self.open.get(&skb)?;
+            let Some(&idx) = self.open.get(&skb) else {
+                return Err(ev);
+            };
             self.journeys[idx].hops.push(ev);
-            return Some(idx);
+            return Ok(idx);
         }
         let ends = matches!(ev.point, Point::Drop | Point::Consume);
         let idx = match self.open.get(&skb) {
@@ -534,7 +542,7 @@ impl Model {
             self.open.remove(&skb);
             self.journeys[idx].closed = true;
         }
-        Some(idx)
+        Ok(idx)
     }
 
     /// The flow a journey belongs to. Replies seen only before de-NAT are mapped back through
