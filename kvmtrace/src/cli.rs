@@ -265,7 +265,7 @@ async fn follow_async(
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut st = Follow {
-        model: Model::new(),
+        model: Model::bounded(crate::model::DEFAULT_RETAINED),
         delivered: 0,
         undecodable: 0,
         requests: 0,
@@ -320,6 +320,7 @@ async fn follow_async(
     }
     st.drain(&tracer, ring.get_mut(), &mut out)?;
     let counters = tracer.counters();
+    let programs = tracer.program_stats();
     let facts: HostFacts = crate::facts::gather();
     let verdicts = st.model.verdicts(&facts, dest, Some(until));
     drop(tracer);
@@ -330,7 +331,7 @@ async fn follow_async(
         writeln!(
             out,
             "{}",
-            output::stats_json(counters, st.delivered, &[], &[])
+            output::stats_json_live(counters, st.delivered, &[], &[])
         )?;
     } else {
         writeln!(out)?;
@@ -355,6 +356,16 @@ async fn follow_async(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// VmHWM of this process (KiB), for the benchmark.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// State of a running `follow`: the model and what the views need.
@@ -405,7 +416,11 @@ impl Follow {
         };
         let e = match (&orphan, j) {
             (Some(e), _) => e,
-            (None, Some(j)) => self.model.journeys[j].hops.last().expect("just pushed"),
+            (None, Some(j)) => self
+                .model
+                .journey(j)
+                .and_then(|j| j.hops.last())
+                .expect("just pushed"),
             (None, None) => return Ok(()),
         };
         if self.json {

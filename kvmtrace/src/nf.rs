@@ -26,7 +26,8 @@ pub const PRIO_LAST: i32 = i32::MAX - 1;
 
 /// Loaded netfilter programs and their links. Dropping this detaches them.
 pub struct NfLinks {
-    _progs: Vec<OwnedFd>,
+    /// (name, program fd).
+    pub progs: Vec<(String, OwnedFd)>,
     _links: Vec<OwnedFd>,
     pub attached: Vec<String>,
 }
@@ -182,10 +183,10 @@ pub fn attach(object: &[u8], ebpf: &aya::Ebpf) -> Result<NfLinks> {
             links.push(l);
         }
         attached.push(format!("{name}@prio {prio}"));
-        progs.push(fd);
+        progs.push((name.to_string(), fd));
     }
     Ok(NfLinks {
-        _progs: progs,
+        progs,
         _links: links,
         attached,
     })

@@ -128,7 +128,18 @@ pub struct JsonStats<'a> {
     pub warnings: &'a [String],
 }
 
-pub fn stats_json(c: Counters, delivered: u64, attached: &[String], warnings: &[String]) -> String {
+/// The stats line of a recorded trace (delivered = events: what was recorded was read).
+pub fn stats_json(c: Counters, attached: &[String], warnings: &[String]) -> String {
+    stats_json_live(c, c.events, attached, warnings)
+}
+
+/// The stats line of a live run.
+pub fn stats_json_live(
+    c: Counters,
+    delivered: u64,
+    attached: &[String],
+    warnings: &[String],
+) -> String {
     serde_json::to_string(&JsonStats {
         kind: "stats",
         schema: SCHEMA,

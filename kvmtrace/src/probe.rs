@@ -56,6 +56,31 @@ pub struct Counters {
     pub sampled_out: u64,
 }
 
+/// Run count and total run time of one program (`kernel.bpf_stats_enabled=1` makes the
+/// kernel keep them; they stay 0 otherwise).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProgStats {
+    pub name: String,
+    pub runs: u64,
+    pub run_time_ns: u64,
+}
+
+/// `run_cnt` and `run_time_ns` from /proc/self/fdinfo of a program fd.
+fn prog_stats(name: &str, fd: std::os::fd::RawFd) -> ProgStats {
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    ProgStats {
+        name: name.to_string(),
+        runs: field("run_cnt:"),
+        run_time_ns: field("run_time_ns:"),
+    }
+}
+
 /// Attached programs. Dropping it detaches everything.
 pub struct Tracer {
     ebpf: Ebpf,
@@ -380,6 +405,26 @@ impl Tracer {
         // read_unaligned copes with the ring buffer's 8-byte alignment either way.
         let e: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
         TraceEvent::decode(&e, &self.decoder)
+    }
+
+    /// Per-program run statistics (all zero unless `kernel.bpf_stats_enabled=1`).
+    pub fn program_stats(&self) -> Vec<ProgStats> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let mut out: Vec<ProgStats> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let fd = p.fd().ok()?.as_fd().as_raw_fd();
+                Some(prog_stats(name, fd))
+            })
+            .collect();
+        if let Some(nf) = &self._nf {
+            for (name, fd) in &nf.progs {
+                out.push(prog_stats(name, fd.as_raw_fd()));
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     /// Sums the per-CPU counters.

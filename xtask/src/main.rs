@@ -4,6 +4,7 @@
 //!
 //! Adding a command is one [`Command`] variant plus one arm in [`run`].
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -29,6 +30,8 @@ enum Command {
     Test(TestArgs),
     /// Set up, build a lab, boot a real guest, break its path, follow it, repair it, tear down.
     Demo,
+    /// Measure what following costs: packet rate with kvmtrace off and on, interleaved.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -62,6 +65,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Guest(args) => guest(&args),
         Command::Test(args) => test(&args),
         Command::Demo => demo::run(),
+        Command::Bench(args) => bench::run(&args),
     }
 }
 

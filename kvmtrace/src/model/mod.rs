@@ -489,16 +489,119 @@ impl Verdict {
     }
 }
 
+/// What is kept of a flow's journeys once they leave a bounded model: counts, and one sample
+/// of each outcome that a verdict cites.
+#[derive(Default, Debug, Clone)]
+struct Archived {
+    requests: usize,
+    replies: usize,
+    from_tap: bool,
+    delivered: usize,
+    samples: Vec<Journey>,
+}
+
+impl Archived {
+    fn add(&mut self, j: Journey) {
+        match j.dir {
+            Direction::Request => self.requests += 1,
+            Direction::Reply => self.replies += 1,
+        }
+        self.from_tap |=
+            j.dir == Direction::Request && j.hops.iter().any(|h| h.dev_kind == DevKind::Tap);
+        let o = j.outcome();
+        if matches!(o, Outcome::DeliveredToVm { .. }) {
+            self.delivered += 1;
+        }
+        let kind = std::mem::discriminant(&o);
+        let have = self
+            .samples
+            .iter()
+            .any(|s| s.dir == j.dir && std::mem::discriminant(&s.outcome()) == kind);
+        if !have {
+            self.samples.push(j);
+        }
+    }
+}
+
+/// Journeys kept in a bounded model before the oldest are folded into per-flow counts.
+pub const DEFAULT_RETAINED: usize = 4096;
+/// Flows a bounded model keeps counts for; past it, journeys only add to `flows_over_limit`.
+pub const MAX_ARCHIVED_FLOWS: usize = 2048;
+
 /// Builds journeys from a stream of events.
+///
+/// Unbounded by default (a recorded trace is finite). [`Model::bounded`] keeps at most about
+/// `max` journeys in full: older ones are folded into per-flow counts plus one sample journey per
+/// outcome, so verdicts stay right and memory stays flat however long a live run lasts. In a
+/// bounded model `journeys[0]` is journey `base`: use [`Model::journey`] to look one up by id.
 #[derive(Default, Debug)]
 pub struct Model {
     pub journeys: Vec<Journey>,
+    /// Id of `journeys[0]`.
+    pub base: usize,
     open: HashMap<u64, usize>,
+    max: Option<usize>,
+    archive: BTreeMap<FlowKey, Archived>,
+    /// Post-NAT (proto, address, port) → flow, learned from evicted requests.
+    archive_nat: HashMap<(u8, Ipv4Addr, u16), FlowKey>,
+    /// Journeys folded away without a flow (ICMP errors, …) or past [`MAX_ARCHIVED_FLOWS`].
+    pub flows_over_limit: usize,
 }
 
 impl Model {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A model that keeps about `max` journeys in full (see the type's docs).
+    pub fn bounded(max: usize) -> Self {
+        Model {
+            max: Some(max.max(16)),
+            ..Self::default()
+        }
+    }
+
+    /// The journey with this id, if still held in full.
+    pub fn journey(&self, id: usize) -> Option<&Journey> {
+        self.journeys.get(id.checked_sub(self.base)?)
+    }
+
+    /// Folds the oldest journeys into the archive when over the bound.
+    fn evict(&mut self) {
+        let Some(max) = self.max else { return };
+        if self.journeys.len() <= max + max / 4 {
+            return;
+        }
+        let n = self.journeys.len() - max;
+        let old: Vec<Journey> = self.journeys.drain(..n).collect();
+        self.base += n;
+        let base = self.base;
+        self.open.retain(|_, id| *id >= base);
+        for j in &old {
+            if j.dir == Direction::Request {
+                if let (Some(first), Some(last)) = (j.first_tuple(), j.last_tuple()) {
+                    self.archive_nat.insert(
+                        (last.proto, last.src, last.sport),
+                        FlowKey::from_request(&first),
+                    );
+                }
+            }
+        }
+        let nat = std::mem::take(&mut self.archive_nat);
+        for j in old {
+            match self.flow_of(&j, &nat) {
+                Some(k)
+                    if self.archive.len() < MAX_ARCHIVED_FLOWS || self.archive.contains_key(&k) =>
+                {
+                    self.archive.entry(k).or_default().add(j)
+                }
+                _ => self.flows_over_limit += 1,
+            }
+        }
+        self.archive_nat = nat;
+        if self.archive_nat.len() > 4 * MAX_ARCHIVED_FLOWS {
+            self.archive_nat.clear();
+        }
     }
 
     /// Adds one event; returns the index of the journey it joined.
@@ -515,7 +618,7 @@ impl Model {
             let Some(&idx) = self.open.get(&skb) else {
                 return Err(ev);
             };
-            self.journeys[idx].hops.push(ev);
+            self.journeys[idx - self.base].hops.push(ev);
             return Ok(idx);
         }
         let ends = matches!(ev.point, Point::Drop | Point::Consume);
@@ -523,9 +626,9 @@ impl Model {
             Some(&i) if !ev.new => i,
             _ => {
                 if let Some(old) = self.open.remove(&skb) {
-                    self.journeys[old].closed = true;
+                    self.journeys[old - self.base].closed = true;
                 }
-                let id = self.journeys.len();
+                let id = self.base + self.journeys.len();
                 self.journeys.push(Journey {
                     id,
                     skb,
@@ -537,11 +640,13 @@ impl Model {
                 id
             }
         };
-        self.journeys[idx].hops.push(ev);
+        let local = idx - self.base;
+        self.journeys[local].hops.push(ev);
         if ends {
             self.open.remove(&skb);
-            self.journeys[idx].closed = true;
+            self.journeys[local].closed = true;
         }
+        self.evict();
         Ok(idx)
     }
 
@@ -576,7 +681,7 @@ impl Model {
     /// seen half-way (no request seen on the tap: in flight when tracing started).
     pub fn verdicts(&self, facts: &HostFacts, dest: &str, until: Option<u64>) -> Vec<Verdict> {
         // Post-NAT (proto, address, port) → flow, learned from requests' last tuple.
-        let mut nat: HashMap<(u8, Ipv4Addr, u16), FlowKey> = HashMap::new();
+        let mut nat: HashMap<(u8, Ipv4Addr, u16), FlowKey> = self.archive_nat.clone();
         for j in self.journeys.iter().filter(|j| j.dir == Direction::Request) {
             if let (Some(first), Some(last)) = (j.first_tuple(), j.last_tuple()) {
                 nat.insert(
@@ -597,6 +702,16 @@ impl Model {
                     }
                 }
                 None => orphans.push(j),
+            }
+        }
+        // Flows (partly) folded away: their samples stand in for the journeys.
+        for (k, a) in &self.archive {
+            let e = flows.entry(*k).or_default();
+            for j in &a.samples {
+                match j.dir {
+                    Direction::Request => e.0.insert(0, j),
+                    Direction::Reply => e.1.insert(0, j),
+                }
             }
         }
         // ICMP errors go to the newest flow towards the address they quote.
@@ -623,8 +738,12 @@ impl Model {
             |j: &&Journey| until.is_none_or(|u| j.hops.first().is_some_and(|h| h.ts_ns <= u));
         let out: Vec<Verdict> = flows
             .into_iter()
-            .filter(|(_, (req, _))| req.iter().any(from_tap) && req.iter().any(started))
-            .map(|(k, (req, rep))| classify(k, &req, &rep, facts))
+            .filter(|(k, (req, _))| {
+                let a = self.archive.get(k);
+                (req.iter().any(from_tap) || a.is_some_and(|a| a.from_tap))
+                    && (req.iter().any(started) || a.is_some())
+            })
+            .map(|(k, (req, rep))| classify(k, &req, &rep, facts, self.archive.get(&k)))
             .collect();
         if out.is_empty() {
             let mut v = Verdict::new(format!("any > {dest}"), None, Status::NoTraffic);
@@ -674,14 +793,34 @@ fn chains_on(facts: &HostFacts, hook: NfHook) -> (Option<String>, Vec<String>) {
     (fw, names)
 }
 
-fn classify(k: FlowKey, req: &[&Journey], rep: &[&Journey], facts: &HostFacts) -> Verdict {
+/// `arch`: what a bounded model folded away of this flow; its samples are already in `req` and
+/// `rep`, its counts replace theirs.
+fn classify(
+    k: FlowKey,
+    req: &[&Journey],
+    rep: &[&Journey],
+    facts: &HostFacts,
+    arch: Option<&Archived>,
+) -> Verdict {
     let mut v = Verdict::new(k.describe(), Some(k), Status::NoReply);
-    v.requests = req.len();
-    v.replies = rep.len();
     let delivered: Vec<&&Journey> = rep
         .iter()
         .filter(|j| matches!(j.outcome(), Outcome::DeliveredToVm { .. }))
         .collect();
+    let (mut n_req, mut n_rep, mut n_delivered) = (req.len(), rep.len(), delivered.len());
+    if let Some(a) = arch {
+        let sampled = |d: Direction| a.samples.iter().filter(|j| j.dir == d).count();
+        let sampled_delivered = a
+            .samples
+            .iter()
+            .filter(|j| matches!(j.outcome(), Outcome::DeliveredToVm { .. }))
+            .count();
+        n_req = n_req - sampled(Direction::Request) + a.requests;
+        n_rep = n_rep - sampled(Direction::Reply) + a.replies;
+        n_delivered = n_delivered - sampled_delivered + a.delivered;
+    }
+    v.requests = n_req;
+    v.replies = n_rep;
     let req_out: Vec<(&&Journey, Outcome)> = req.iter().map(|j| (j, j.outcome())).collect();
     let rep_out: Vec<(&&Journey, Outcome)> = rep.iter().map(|j| (j, j.outcome())).collect();
     // The request's rewrites (SNAT) are the ones an operator looks for first.
@@ -750,9 +889,7 @@ fn classify(k: FlowKey, req: &[&Journey], rep: &[&Journey], facts: &HostFacts) -
             )
         } else {
             format!(
-                "delivered: {} of {} requests answered and the replies reached the VM{nat}",
-                delivered.len(),
-                req.len()
+                "delivered: {n_delivered} of {n_req} requests answered and the replies reached the VM{nat}"
             )
         };
         if drops > 0 {

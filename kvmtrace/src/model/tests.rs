@@ -210,3 +210,56 @@ fn a_reused_skb_address_starts_a_new_journey() {
         "the second first-sight must open a new journey"
     );
 }
+
+/// The healthy run repeated `n` times, each copy as new packets (new skb addresses, later).
+fn repeated(text: &str, n: u64) -> Vec<TraceEvent> {
+    let base = load(text);
+    let span = base.iter().map(|e| e.ts_ns).max().unwrap() - base[0].ts_ns + 1;
+    let mut out = Vec::new();
+    for i in 0..n {
+        for e in &base {
+            let mut e = e.clone();
+            e.skb = e.skb.wrapping_add(i << 20);
+            e.ts_ns += i * span;
+            out.push(e);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_bounded_model_keeps_memory_flat_and_verdicts_right() {
+    let n = 2000;
+    let mut m = Model::bounded(64);
+    for e in repeated(HEALTHY, n) {
+        m.push(e);
+        assert!(m.journeys.len() <= 64 + 16, "retained {}", m.journeys.len());
+    }
+    let v = &m.verdicts(&HostFacts::default(), "203.0.113.1", None)[0];
+    assert_eq!(v.status, Status::Delivered);
+    assert_eq!(v.requests as u64, 2 * n, "every request counted");
+    assert_eq!(v.replies as u64, 2 * n);
+    assert!(
+        v.summary
+            .contains(&format!("{} of {} requests", 2 * n, 2 * n)),
+        "{}",
+        v.summary
+    );
+    assert_eq!(v.rewrites[0].field, "src");
+    // Lookups by id still work for what is retained.
+    let last = m.base + m.journeys.len() - 1;
+    assert_eq!(m.journey(last).unwrap().id, last);
+    assert!(m.journey(0).is_none());
+}
+
+#[test]
+fn a_bounded_model_still_names_the_drop() {
+    let mut m = Model::bounded(16);
+    for e in repeated(FORWARD_DROP, 500) {
+        m.push(e);
+    }
+    let v = &m.verdicts(&nft_forward_drop_facts(), "203.0.113.1", None)[0];
+    assert_eq!(v.status, Status::Dropped);
+    assert_eq!(v.hook, Some(NfHook::Forward));
+    assert_eq!(v.requests, 500);
+}

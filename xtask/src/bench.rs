@@ -1,0 +1,386 @@
+//! `cargo xtask bench`: what following costs the host, measured, never asserted.
+//!
+//! Builds the lab (VM tap → bridge → FORWARD → MASQUERADE → uplink → outside), floods small
+//! UDP frames from a fake VM through it, and measures the packet rate the outside receives with
+//! kvmtrace off and on, interleaved (off, case, off, case, …) so that drift cancels. Cases:
+//! - `unrelated`: kvmtrace follows another VM (a second tap) while this traffic flows;
+//! - `followed`: kvmtrace follows the flooding flow itself (the per-flow budget turns it into
+//!   counters after `--budget` events);
+//! - `other-proto`: kvmtrace follows the flooding VM's ICMP while its UDP floods.
+//!
+//! Also reported: per-program ns per run (`kernel.bpf_stats_enabled`), time to ready, peak RSS,
+//! events per second delivered and lost. Results go to `target/bench/results.json` and a table
+//! on stdout; docs/benchmarks.md keeps the latest table.
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::Args;
+use kvmtrace_lab::lab::{Lab, LabOptions};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Seconds of flood per measurement.
+    #[arg(long, default_value_t = 4.0)]
+    seconds: f64,
+    /// Rounds (each measures every case once, with an untraced run before each).
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// A quick run for CI: one round of one second (numbers are not meaningful).
+    #[arg(long)]
+    smoke: bool,
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
+}
+
+const CASES: [&str; 3] = ["unrelated", "followed", "other-proto"];
+
+/// Opens the lab's tap inside its namespace (a thread that setns()-es) and returns the fd.
+fn open_tap(netns: &str, tap: &str) -> Result<OwnedFd> {
+    let ns = std::fs::File::open(format!("/run/netns/{netns}"))?;
+    let tap = tap.to_string();
+    std::thread::spawn(move || -> Result<OwnedFd> {
+        // SAFETY: setns on this thread only; the fd is valid.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if fd < 0 {
+            bail!("open /dev/net/tun: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: fd just opened.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut ifr = [0u8; 40];
+        ifr[..tap.len()].copy_from_slice(tap.as_bytes());
+        let flags: u16 = 0x0002 | 0x1000; // IFF_TAP | IFF_NO_PI
+        ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+        // SAFETY: TUNSETIFF with a 40-byte ifreq.
+        if unsafe { libc::ioctl(owned.as_raw_fd(), 0x400454ca, ifr.as_mut_ptr()) } < 0 {
+            bail!("TUNSETIFF {tap}: {}", std::io::Error::last_os_error());
+        }
+        Ok(owned)
+    })
+    .join()
+    .map_err(|_| anyhow!("tap thread panicked"))?
+}
+
+fn csum(data: &[u8]) -> u16 {
+    let mut s: u32 = 0;
+    for c in data.chunks(2) {
+        s += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+    }
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// A 64-byte Ethernet frame: IPv4/UDP from the guest to the destination, port 9 (discard).
+fn udp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+) -> Vec<u8> {
+    let payload = [0u8; 18];
+    let mut f = Vec::with_capacity(64);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let c = csum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&9u16.to_be_bytes());
+    udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]); // checksum optional for IPv4 UDP
+    udp.extend_from_slice(&payload);
+    f.extend_from_slice(&udp);
+    f
+}
+
+fn mac_of(lab: &Lab, dev: &str) -> Result<[u8; 6]> {
+    let s = lab.hv_run(&["cat", &format!("/sys/class/net/{dev}/address")]);
+    let mut m = [0u8; 6];
+    for (o, p) in m.iter_mut().zip(s.trim().split(':')) {
+        *o = u8::from_str_radix(p, 16)?;
+    }
+    Ok(m)
+}
+
+fn rx_packets(lab: &Lab) -> Result<u64> {
+    let s = lab.outside_run(&["cat", "/sys/class/net/eth0/statistics/rx_packets"]);
+    Ok(s.trim().parse()?)
+}
+
+/// Floods for `secs` and returns packets per second received by the outside.
+fn flood(lab: &Lab, fd: &OwnedFd, frame: &[u8], secs: f64) -> Result<f64> {
+    let before = rx_packets(lab)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let raw = fd.as_raw_fd();
+    let frame = frame.to_vec();
+    let s2 = stop.clone();
+    let writer = std::thread::spawn(move || {
+        while !s2.load(Ordering::Relaxed) {
+            for _ in 0..256 {
+                // SAFETY: writing a frame to the tap fd owned by the caller for this duration.
+                unsafe { libc::write(raw, frame.as_ptr().cast(), frame.len()) };
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    let _ = writer.join();
+    let elapsed = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(100));
+    Ok((rx_packets(lab)? - before) as f64 / elapsed)
+}
+
+struct Tracer {
+    child: std::process::Child,
+    ready_ms: u64,
+}
+
+fn start_tracer(bin: &PathBuf, lab: &Lab, args: &[&str]) -> Result<Tracer> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &lab.hv])
+        .arg(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let err = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(err).lines();
+    let mut ready_ms = 0;
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Some(i) = line.find("ready in ") {
+            ready_ms = line[i + 9..]
+                .split(' ')
+                .next()
+                .unwrap_or("0")
+                .parse()
+                .unwrap_or(0);
+            break;
+        }
+        if line.contains("error") {
+            bail!("kvmtrace: {line}");
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Tracer { child, ready_ms })
+}
+
+fn stop_tracer(mut t: Tracer) -> Result<Value> {
+    // SAFETY: signal our child (ip netns exec execs kvmtrace in place).
+    unsafe { libc::kill(t.child.id() as i32, libc::SIGTERM) };
+    let mut out = String::new();
+    t.child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)?;
+    t.child.wait()?;
+    let stats = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["type"] == "stats")
+        .ok_or_else(|| anyhow!("no stats line from kvmtrace"))?;
+    Ok(json!({ "ready_ms": t.ready_ms, "stats": stats }))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+pub fn run(a: &BenchArgs) -> Result<ExitCode> {
+    let (secs, rounds) = if a.smoke {
+        (1.0, 1)
+    } else {
+        (a.seconds, a.rounds)
+    };
+    eprintln!("[bench] building kvmtrace (release)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    if !Command::new(&cargo)
+        .args(["build", "--release", "-p", "kvmtrace"])
+        .current_dir(workspace())
+        .status()?
+        .success()
+    {
+        bail!("building kvmtrace failed");
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace().join("target"));
+    let bin = target.join("release/kvmtrace");
+
+    eprintln!(
+        "[bench] lab: tap vnet0 (flooding VM) and vnet1 (another VM) → br0 → NAT → up0 → outside"
+    );
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&["ip", "tuntap", "add", "dev", "vnet1", "mode", "tap"]);
+    lab.hv_run(&["ip", "link", "set", "vnet1", "master", "br0", "up"]);
+    // The outside discards the flood without answering (no ICMP port unreachable storm).
+    lab.outside_run(&["nft", "add", "table", "ip", "sink"]);
+    lab.outside_run(&[
+        "nft",
+        "add",
+        "chain",
+        "ip",
+        "sink",
+        "in",
+        "{ type filter hook input priority 0 ; }",
+    ]);
+    lab.outside_run(&[
+        "nft", "add", "rule", "ip", "sink", "in", "udp", "dport", "9", "drop",
+    ]);
+    let fd = open_tap(&lab.hv, &lab.tap)?;
+    let frame = udp_frame(
+        lab.guest_mac,
+        mac_of(&lab, &lab.bridge)?,
+        lab.guest_ip.octets(),
+        lab.dest.octets(),
+        40_000,
+    );
+    let stats_on =
+        std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling bpf stats")?;
+
+    // Warm up: ARP, conntrack, NAT.
+    flood(&lab, &fd, &frame, 0.5)?;
+    let dest = lab.dest.to_string();
+    let mut off = Vec::new();
+    let mut results: Vec<Value> = Vec::new();
+    let mut rates: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    for round in 0..rounds {
+        for case in CASES {
+            let r0 = flood(&lab, &fd, &frame, secs)?;
+            off.push(r0);
+            let args: Vec<&str> = match case {
+                "unrelated" => vec!["follow", "vnet1", &dest, "--json"],
+                "followed" => vec!["follow", "vnet0", &dest, "--json", "--proto", "udp"],
+                _ => vec!["follow", "vnet0", &dest, "--json", "--proto", "icmp"],
+            };
+            let t = start_tracer(&bin, &lab, &args)?;
+            let rss_pid = t.child.id();
+            let r1 = flood(&lab, &fd, &frame, secs)?;
+            let rss_now = std::fs::read_to_string(format!("/proc/{rss_pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_string()))
+                .unwrap_or_default();
+            let mut res = stop_tracer(t)?;
+            res["case"] = json!(case);
+            res["round"] = json!(round);
+            res["rate_off_pps"] = json!(r0);
+            res["rate_on_pps"] = json!(r1);
+            res["ratio"] = json!(if r0 > 0.0 { r1 / r0 } else { 0.0 });
+            res["rss_during"] = json!(rss_now);
+            res["seconds"] = json!(secs);
+            eprintln!(
+                "[bench] round {round} {case:<12} off {r0:>10.0} pps, on {r1:>10.0} pps, ratio {:.3}",
+                if r0 > 0.0 { r1 / r0 } else { 0.0 }
+            );
+            rates
+                .entry(case)
+                .or_default()
+                .push(if r0 > 0.0 { r1 / r0 } else { 0.0 });
+            results.push(res);
+        }
+    }
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_on.trim());
+    drop(fd);
+    drop(lab);
+
+    let machine = json!({
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+    });
+    let off_median = median(&mut off.clone());
+    let out_dir = target.join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let summary = json!({
+        "machine": machine,
+        "seconds": secs,
+        "rounds": rounds,
+        "untraced_median_pps": off_median,
+        "runs": results,
+    });
+    let path = out_dir.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)?;
+
+    // The table.
+    println!(
+        "untraced median: {off_median:.0} pps ({} rounds of {secs} s, machine {machine})",
+        rounds
+    );
+    println!("| case | ratio median (min–max) | ready ms | peak RSS KiB | events/s | lost | sampled out | ns/run (hottest programs) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for case in CASES {
+        let mut r = rates.get(case).cloned().unwrap_or_default();
+        let (min, max) = (
+            r.iter().cloned().fold(f64::INFINITY, f64::min),
+            r.iter().cloned().fold(0.0, f64::max),
+        );
+        let med = median(&mut r);
+        let runs: Vec<&Value> = results.iter().filter(|v| v["case"] == case).collect();
+        let last = runs.last().copied().cloned().unwrap_or(Value::Null);
+        let st = &last["stats"];
+        let evs = st["events"].as_u64().unwrap_or(0) as f64 / secs.max(0.001);
+        let mut progs: Vec<(String, f64, u64)> = st["programs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| {
+                        let runs = p["runs"].as_u64()?;
+                        let ns = p["run_time_ns"].as_u64()?;
+                        (runs > 0).then(|| {
+                            (
+                                p["name"].as_str().unwrap_or("?").to_string(),
+                                ns as f64 / runs as f64,
+                                runs,
+                            )
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        progs.sort_by(|a, b| b.2.cmp(&a.2));
+        let ns = progs
+            .iter()
+            .take(4)
+            .map(|(n, ns, _)| format!("{n} {ns:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!(
+            "| {case} | {med:.3} ({min:.3}–{max:.3}) | {} | {} | {evs:.0} | {} | {} | {ns} |",
+            last["ready_ms"], st["peak_rss_kib"], st["lost"], st["sampled_out"],
+        );
+    }
+    eprintln!("[bench] results: {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
