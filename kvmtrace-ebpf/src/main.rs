@@ -215,6 +215,18 @@ fn classify(c: &Config, p: &Pkt, on_tap: bool) -> u8 {
     if in_dest(c, &p.saddr) && is_guest(&p.daddr) && echo_or_port(p.sport) {
         return DIR_REPLY;
     }
+    if !in_dest(c, &p.saddr) {
+        // Neither to nor from the destination: only an ICMP error about our packet remains.
+        return if p.proto == 1
+            && (p.icmp_type == 3 || p.icmp_type == 11 || p.icmp_type == 12)
+            && in_dest(c, &p.inner_daddr)
+            && (is_guest(&p.daddr) || is_guest(&p.inner_saddr))
+        {
+            DIR_REPLY
+        } else {
+            0
+        };
+    }
     // Before de-NAT: the reply carries the post-NAT local address and port.
     let local_port = if p.proto == 1 { p.sport } else { p.dport };
     let key = NatKey {
@@ -437,8 +449,15 @@ fn skb_pkt(c: &Config, skb: u64) -> Option<(Pkt, u32, [u8; 12], u8)> {
 /// The common path of every hook that has a kernel `sk_buff *`.
 #[inline(always)]
 fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
-    count(CNT_SEEN);
     let Some(c) = config() else { return };
+    // Three reads decide for most packets that they are not ours, before any map lookup.
+    // Every followed packet passes this test at every hook (its addresses are to or from the
+    // destination, before and after NAT), so it comes first; an skb freed without passing it
+    // leaves a TRACKED entry that only this same test could ever match again, and the LRU
+    // map ages it out.
+    if !might_match(c, skb) {
+        return;
+    }
     let tracked = unsafe { TRACKED.get(&skb).copied() };
     let freeing = matches!(hook, HookKind::Drop | HookKind::Consume);
     if freeing {
@@ -449,6 +468,7 @@ fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
             return;
         }
     }
+    count(CNT_SEEN);
     let (ifindex, ifname, netns) = skb_dev(c, skb);
     if netns != c.filter.netns {
         if !freeing {
@@ -511,6 +531,29 @@ fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
     emit(
         hook, skb, dir, flags, &p, ifindex, &ifname, netns, len, &macs, x,
     );
+}
+
+/// Cheap first test for an skb not yet followed: could its addresses be one of ours (to or
+/// from the destination, or to a guest address)? Reads only `head`, `network_header` and the
+/// two addresses.
+#[inline(always)]
+fn might_match(c: &Config, skb: u64) -> bool {
+    let o = &c.offsets;
+    let Some(head) = rd::<u64>(skb + o.skb_head as u64) else {
+        return false;
+    };
+    let Some(nh) = rd::<u16>(skb + o.skb_network_header as u64) else {
+        return false;
+    };
+    if nh == u16::MAX {
+        return false;
+    }
+    let Some(a) = rd::<[u8; 8]>(head + nh as u64 + 12) else {
+        return false;
+    };
+    let src = [a[0], a[1], a[2], a[3]];
+    let dst = [a[4], a[5], a[6], a[7]];
+    in_dest(c, &dst) || in_dest(c, &src) || is_guest(&dst)
 }
 
 #[inline(always)]
@@ -651,6 +694,10 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     let location: u64 = ctx.arg(1);
     let reason: u32 = ctx.arg(2);
     // Cheap reject before the stack walk: only followed skbs, or packets that classify as ours.
+    let Some(c) = config() else { return 0 };
+    if !might_match(c, skb) {
+        return 0;
+    }
     let stack_id = if unsafe { TRACKED.get(&skb).is_some() } || might_be_ours(skb) {
         match ctx.get_stackid(&STACKS, 0) {
             Ok(id) => id as i32,
@@ -672,6 +719,9 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn might_be_ours(skb: u64) -> bool {
     let Some(c) = config() else { return false };
+    if !might_match(c, skb) {
+        return false;
+    }
     let Some((p, _, _, _)) = skb_pkt(c, skb) else {
         return false;
     };
@@ -682,9 +732,6 @@ fn might_be_ours(skb: u64) -> bool {
 #[btf_tracepoint(function = "consume_skb")]
 pub fn consume_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
-    if unsafe { TRACKED.get(&skb).is_none() } {
-        return 0;
-    }
     observe_skb(HookKind::Consume, skb, &NO_EXTRA);
     0
 }
