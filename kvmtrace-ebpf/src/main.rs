@@ -533,19 +533,32 @@ fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
     );
 }
 
+/// `sk_buff.head` and `sk_buff.network_header` offsets, set by the loader in the frozen
+/// .rodata before verification: the verifier then knows them as constants, so the hot path
+/// reads them with plain (fault-safe) BTF loads instead of helper calls.
+#[unsafe(no_mangle)]
+static OFF_SKB_HEAD: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SKB_NH: u32 = 0;
+
+/// Loads a field of a kernel struct through its BTF-typed pointer (tp_btf arguments,
+/// netfilter ctx->skb) at an offset the verifier knows.
+#[inline(always)]
+fn btf_load<T: Copy>(ptr: u64, off: u32) -> T {
+    // SAFETY: `ptr` is a BTF-typed kernel pointer and `off` a constant from .rodata; the
+    // verifier turns this into a fault-safe PROBE_MEM load checked against BTF.
+    unsafe { core::ptr::read_volatile((ptr as *const u8).add(off as usize) as *const T) }
+}
+
 /// Cheap first test for an skb not yet followed: could its addresses be one of ours (to or
 /// from the destination, or to a guest address)? Reads only `head`, `network_header` and the
 /// two addresses.
 #[inline(always)]
 fn might_match(c: &Config, skb: u64) -> bool {
-    let o = &c.offsets;
-    let Some(head) = rd::<u64>(skb + o.skb_head as u64) else {
-        return false;
-    };
-    let Some(nh) = rd::<u16>(skb + o.skb_network_header as u64) else {
-        return false;
-    };
-    if nh == u16::MAX {
+    let _ = c;
+    let head: u64 = btf_load(skb, unsafe { core::ptr::read_volatile(&OFF_SKB_HEAD) });
+    let nh: u16 = btf_load(skb, unsafe { core::ptr::read_volatile(&OFF_SKB_NH) });
+    if nh == u16::MAX || head == 0 {
         return false;
     }
     let Some(a) = rd::<[u8; 8]>(head + nh as u64 + 12) else {
@@ -819,9 +832,16 @@ pub fn fib_table_lookup(ctx: TracePointContext) -> i32 {
 
 #[inline(always)]
 fn nf_common(ctx: *mut core::ffi::c_void, hook: HookKind) -> i32 {
-    let base = ctx as u64;
-    let state: u64 = rd(base).unwrap_or(0);
-    let skb: u64 = rd(base + 8).unwrap_or(0);
+    // Direct ctx loads (the verifier allows reading both pointers of bpf_nf_ctx): `skb` keeps
+    // its BTF type, which btf_load needs.
+    // SAFETY: ctx is the netfilter program context.
+    let (state, skb) = unsafe {
+        let p = ctx as *const u64;
+        (
+            core::ptr::read_volatile(p),
+            core::ptr::read_volatile(p.add(1)),
+        )
+    };
     if skb == 0 {
         return 1;
     }

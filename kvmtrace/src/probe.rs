@@ -258,6 +258,8 @@ impl Tracer {
         phase("filter");
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", spec.ring_bytes)
+            .override_global("OFF_SKB_HEAD", &offsets.skb_head, true)
+            .override_global("OFF_SKB_NH", &offsets.skb_network_header, true)
             .load(OBJECT)
             .map_err(|e| EnvError(format!("loading the eBPF object: {e}")))?;
         set_config(&mut ebpf, Config { offsets, filter })?;
@@ -389,6 +391,20 @@ impl Tracer {
             .take_map("STACKS")
             .and_then(|m| StackTraceMap::try_from(m).ok());
         Ok(t)
+    }
+
+    /// Changes the protocol and port followed, live (the `/` key of the terminal UI).
+    pub fn set_filter(&mut self, proto: u8, port: u16) -> Result<()> {
+        let mut cfg: Array<_, Config> = Array::try_from(
+            self.ebpf
+                .map_mut("CONFIG")
+                .ok_or_else(|| anyhow!("CONFIG map missing"))?,
+        )?;
+        let mut c = cfg.get(&0, 0)?;
+        c.filter.proto = proto;
+        c.filter.port = port;
+        cfg.set(0, c, 0)?;
+        Ok(())
     }
 
     /// The ring buffer, for the caller's event loop.
