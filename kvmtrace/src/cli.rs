@@ -12,6 +12,7 @@ use anyhow::{anyhow, Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::Write as _;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,10 @@ pub enum Cmd {
         /// JSON Lines on stdout: hop events, then one verdict per flow, then stats.
         #[arg(long)]
         json: bool,
+        /// Print hop lines instead of the terminal UI (the UI opens only when stdout is a
+        /// terminal; logs then go to /tmp/kvmtrace-PID.log).
+        #[arg(long)]
+        no_tui: bool,
         /// Events kept per flow in the kernel before it only counts (0 = no limit).
         #[arg(long, default_value_t = 2000)]
         budget: u32,
@@ -108,9 +113,6 @@ impl std::fmt::Display for Usage {
 impl std::error::Error for Usage {}
 
 pub fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .target(env_logger::Target::Stderr)
-        .init();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -119,6 +121,31 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // While the terminal UI owns the screen, logs go to a file instead.
+    let tui = matches!(
+        &cli.cmd,
+        Cmd::Follow {
+            json: false,
+            no_tui: false,
+            ..
+        }
+    ) && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"));
+    logger.target(env_logger::Target::Stderr);
+    if tui {
+        let path = format!("/tmp/kvmtrace-{}.log", std::process::id());
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path);
+        if let Ok(f) = file {
+            logger.target(env_logger::Target::Pipe(Box::new(f)));
+        }
+    }
+    logger.init();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -164,6 +191,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             duration,
             count,
             json,
+            no_tui,
             budget,
             ring_kib,
         } => {
@@ -201,16 +229,25 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 budget,
                 ring_bytes: ring_kib * 1024,
             };
+            let tui = !json && !no_tui && std::io::IsTerminal::is_terminal(&std::io::stdout());
+            let view = View { json, tui };
             follow(
                 &info,
                 &spec,
                 &dest,
                 duration.map(Duration::from_secs_f64),
                 count,
-                json,
+                view,
             )
         }
     }
+}
+
+/// How a live run shows itself.
+#[derive(Clone, Copy, Debug)]
+struct View {
+    json: bool,
+    tui: bool,
 }
 
 fn follow(
@@ -219,13 +256,13 @@ fn follow(
     dest: &str,
     duration: Option<Duration>,
     count: Option<u64>,
-    json: bool,
+    view: View,
 ) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the event loop")?;
-    rt.block_on(follow_async(info, spec, dest, duration, count, json))
+    rt.block_on(follow_async(info, spec, dest, duration, count, view))
 }
 
 async fn follow_async(
@@ -234,8 +271,9 @@ async fn follow_async(
     dest: &str,
     duration: Option<Duration>,
     count: Option<u64>,
-    json: bool,
+    view: View,
 ) -> Result<ExitCode> {
+    let json = view.json;
     use tokio::io::unix::AsyncFd;
     use tokio::signal::unix::{signal, SignalKind};
 
@@ -264,7 +302,26 @@ async fn follow_async(
     let mut count_deadline: Option<tokio::time::Instant> = None;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
+    // The terminal UI reads the same model; it redraws on a 100 ms tick, decoupled from the
+    // ring buffer, and keeps bounded state of its own.
+    let facts_live: HostFacts = crate::facts::gather();
+    let mut live = if view.tui {
+        Some(crate::tui::Live::start()?)
+    } else {
+        None
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut last_verdicts = Instant::now();
+    let mut filter = (spec.proto, spec.port);
     let mut st = Follow {
+        tui: view.tui.then(|| {
+            crate::tui::App::new(crate::tui::TuiMeta {
+                vm: info.name.clone().unwrap_or_else(|| info.tap.clone()),
+                tap: info.tap.clone(),
+                filter: crate::tui::filter_label(spec.proto, spec.port),
+                dest: dest.to_string(),
+            })
+        }),
         model: Model::bounded(crate::model::DEFAULT_RETAINED),
         delivered: 0,
         undecodable: 0,
@@ -288,6 +345,35 @@ async fn follow_async(
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = timer => break,
+            _ = tick.tick(), if live.is_some() => {
+                let c = tracer.counters();
+                let (Some(app), Some(ui)) = (st.tui.as_mut(), live.as_mut()) else { break };
+                let el = started.elapsed();
+                app.set_stats(crate::tui::TuiStats {
+                    elapsed: el,
+                    events_per_sec: st.delivered as f64 / el.as_secs_f64().max(0.001),
+                    events: c.events,
+                    lost: c.lost,
+                    sampled_out: c.sampled_out,
+                });
+                if last_verdicts.elapsed() >= Duration::from_millis(500) {
+                    app.set_verdicts(st.model.verdicts(&facts_live, dest, None));
+                    last_verdicts = Instant::now();
+                }
+                match ui.tick(app)? {
+                    Some(crate::tui::Action::Quit) => break,
+                    Some(crate::tui::Action::SetFilter { proto, port }) => {
+                        match tracer.set_filter(proto, port) {
+                            Ok(()) => filter = (proto, port),
+                            Err(e) => {
+                                log::warn!("changing the filter: {e:#}");
+                                app.set_filter_label(crate::tui::filter_label(filter.0, filter.1));
+                            }
+                        }
+                    }
+                    Some(crate::tui::Action::None) | None => {}
+                }
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 st.drain(&tracer, guard.get_inner_mut(), &mut out)?;
@@ -305,6 +391,9 @@ async fn follow_async(
     // Requests seen from now on are not judged; the ones in flight get a moment for their
     // replies. Then drain, and read the counters (exact: each event delivered or counted lost).
     let until = crate::probe::monotonic_ns();
+    if let Some(ui) = live.take() {
+        ui.finish();
+    }
     let grace = tokio::time::Instant::now() + Duration::from_millis(GRACE_MS);
     loop {
         tokio::select! {
@@ -321,6 +410,7 @@ async fn follow_async(
     st.drain(&tracer, ring.get_mut(), &mut out)?;
     let counters = tracer.counters();
     let programs = tracer.program_stats();
+    let (attached, warnings) = (tracer.attached.clone(), tracer.warnings.clone());
     let facts: HostFacts = crate::facts::gather();
     let verdicts = st.model.verdicts(&facts, dest, Some(until));
     drop(tracer);
@@ -328,11 +418,15 @@ async fn follow_async(
         for v in &verdicts {
             writeln!(out, "{}", serde_json::to_string(v)?)?;
         }
-        writeln!(
-            out,
-            "{}",
-            output::stats_json_live(counters, st.delivered, &[], &[])
-        )?;
+        let mut stats: serde_json::Value = serde_json::from_str(&output::stats_json_live(
+            counters,
+            st.delivered,
+            &attached,
+            &warnings,
+        ))?;
+        stats["programs"] = serde_json::to_value(&programs)?;
+        stats["peak_rss_kib"] = serde_json::json!(peak_rss_kib());
+        writeln!(out, "{stats}")?;
     } else {
         writeln!(out)?;
         for v in &verdicts {
@@ -370,6 +464,8 @@ fn peak_rss_kib() -> u64 {
 
 /// State of a running `follow`: the model and what the views need.
 struct Follow {
+    /// The terminal UI's state, when it is on (hops then go to it instead of stdout).
+    tui: Option<crate::tui::App>,
     model: Model,
     /// Records read from the ring buffer (to compare with the kernel's count).
     delivered: u64,
@@ -412,7 +508,7 @@ impl Follow {
         let stage = stage_of(&ev);
         let (j, orphan) = match self.model.try_push(ev) {
             Ok(j) => (Some(j), None),
-            Err(ev) => (None, Some(ev)),
+            Err(ev) => (None, Some(*ev)),
         };
         let e = match (&orphan, j) {
             (Some(e), _) => e,
@@ -423,6 +519,12 @@ impl Follow {
                 .expect("just pushed"),
             (None, None) => return Ok(()),
         };
+        if let Some(app) = &mut self.tui {
+            if let Some(j) = j {
+                app.push(j, e);
+            }
+            return Ok(());
+        }
         if self.json {
             writeln!(out, "{}", output::hop_json(j, e, stage))?;
         } else {

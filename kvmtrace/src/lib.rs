@@ -2,7 +2,8 @@
 //!
 //! Layers (see docs/architecture.md): `probe` (load, attach, ring buffer; root) →
 //! `event` (decoded events) → `model` (journeys, flows, verdicts; pure) → `output` (views).
-//! `resolve` finds the VM's tap; `facts` reads the host facts verdicts cite.
+//! `resolve` finds the VM's tap; `facts` reads the host facts verdicts cite. `trace` is the
+//! recorded-trace format; `offline` (replay, export, report), `pcapng` and `report` work on it.
 pub mod btf;
 pub mod cli;
 pub mod event;
@@ -11,5 +12,9 @@ pub mod model;
 pub mod nf;
 pub mod offline;
 pub mod output;
+pub mod pcapng;
 pub mod probe;
+pub mod report;
 pub mod resolve;
+pub mod trace;
+pub mod tui;

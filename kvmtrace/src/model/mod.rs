@@ -611,12 +611,12 @@ impl Model {
 
     /// Adds one event; gives it back when it belongs to no journey (a route lookup whose
     /// packet's earlier events were lost), so that the caller can still show it.
-    pub fn try_push(&mut self, ev: TraceEvent) -> Result<usize, TraceEvent> {
+    pub fn try_push(&mut self, ev: TraceEvent) -> Result<usize, Box<TraceEvent>> {
         let skb = ev.skb;
         if ev.point == Point::Fib {
             // A route lookup belongs to the packet being processed on that CPU.
             let Some(&idx) = self.open.get(&skb) else {
-                return Err(ev);
+                return Err(Box::new(ev));
             };
             self.journeys[idx - self.base].hops.push(ev);
             return Ok(idx);
