@@ -62,6 +62,10 @@ pub enum Cmd {
         /// terminal; logs then go to /tmp/kvmtrace-PID.log).
         #[arg(long)]
         no_tui: bool,
+        /// Also write everything to this trace file (mode 0600; headers only, never payload),
+        /// for `replay`, `export` and `report`.
+        #[arg(long, value_name = "FILE")]
+        record: Option<std::path::PathBuf>,
         /// Events kept per flow in the kernel before it only counts (0 = no limit).
         #[arg(long, default_value_t = 2000)]
         budget: u32,
@@ -192,6 +196,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             count,
             json,
             no_tui,
+            record,
             budget,
             ring_kib,
         } => {
@@ -230,7 +235,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 ring_bytes: ring_kib * 1024,
             };
             let tui = !json && !no_tui && std::io::IsTerminal::is_terminal(&std::io::stdout());
-            let view = View { json, tui };
+            let view = View {
+                json,
+                tui,
+                record: record.as_deref(),
+            };
             follow(
                 &info,
                 &spec,
@@ -245,9 +254,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 /// How a live run shows itself.
 #[derive(Clone, Copy, Debug)]
-struct View {
+struct View<'a> {
     json: bool,
     tui: bool,
+    record: Option<&'a std::path::Path>,
 }
 
 fn follow(
@@ -256,7 +266,7 @@ fn follow(
     dest: &str,
     duration: Option<Duration>,
     count: Option<u64>,
-    view: View,
+    view: View<'_>,
 ) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -271,7 +281,7 @@ async fn follow_async(
     dest: &str,
     duration: Option<Duration>,
     count: Option<u64>,
-    view: View,
+    view: View<'_>,
 ) -> Result<ExitCode> {
     let json = view.json;
     use tokio::io::unix::AsyncFd;
@@ -313,7 +323,25 @@ async fn follow_async(
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut last_verdicts = Instant::now();
     let mut filter = (spec.proto, spec.port);
+    let writer = match view.record {
+        Some(path) => {
+            let mut meta = crate::trace::Meta::new(
+                info.name.clone(),
+                &info.tap,
+                info.mac.clone(),
+                dest,
+                &crate::tui::filter_label(spec.proto, spec.port),
+            );
+            meta.facts = Some(facts_live.clone());
+            Some(
+                crate::trace::Writer::create(path, &meta)
+                    .with_context(|| format!("creating the trace file {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
     let mut st = Follow {
+        writer,
         tui: view.tui.then(|| {
             crate::tui::App::new(crate::tui::TuiMeta {
                 vm: info.name.clone().unwrap_or_else(|| info.tap.clone()),
@@ -391,6 +419,9 @@ async fn follow_async(
     // Requests seen from now on are not judged; the ones in flight get a moment for their
     // replies. Then drain, and read the counters (exact: each event delivered or counted lost).
     let until = crate::probe::monotonic_ns();
+    if let Some(w) = &mut st.writer {
+        w.stop(until)?;
+    }
     if let Some(ui) = live.take() {
         ui.finish();
     }
@@ -413,6 +444,9 @@ async fn follow_async(
     let (attached, warnings) = (tracer.attached.clone(), tracer.warnings.clone());
     let facts: HostFacts = crate::facts::gather();
     let verdicts = st.model.verdicts(&facts, dest, Some(until));
+    if let Some(w) = st.writer.take() {
+        w.finish(&verdicts, counters, &facts)?;
+    }
     drop(tracer);
     if json {
         for v in &verdicts {
@@ -464,6 +498,8 @@ fn peak_rss_kib() -> u64 {
 
 /// State of a running `follow`: the model and what the views need.
 struct Follow {
+    /// `--record`: the trace being written.
+    writer: Option<crate::trace::Writer>,
     /// The terminal UI's state, when it is on (hops then go to it instead of stdout).
     tui: Option<crate::tui::App>,
     model: Model,
@@ -487,6 +523,10 @@ impl Follow {
         while let Some(item) = rb.next() {
             self.delivered += 1;
             self.handle(tracer, &item, out)?;
+        }
+        // A trace cut short by a crash still holds everything read so far.
+        if let Some(w) = &mut self.writer {
+            w.flush()?;
         }
         Ok(())
     }
@@ -519,6 +559,9 @@ impl Follow {
                 .expect("just pushed"),
             (None, None) => return Ok(()),
         };
+        if let Some(w) = &mut self.writer {
+            w.event(j, e)?;
+        }
         if let Some(app) = &mut self.tui {
             if let Some(j) = j {
                 app.push(j, e);

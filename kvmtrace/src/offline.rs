@@ -1,37 +1,591 @@
-//! `replay`, `export` and `report`: work on a recorded trace, offline, without root.
-//! (Being written: issue 5.)
+//! `replay`, `export` and `report`: work on a recorded trace (`follow --record`, [`crate::trace`])
+//! offline, on any machine: no root, no eBPF, no access to the host that recorded it.
+//!
+//! Each command reads the trace, rebuilds the journeys and verdicts with the same [`Model`] the
+//! live run used ([`Analysis`]), and renders one view of it. A trace that cannot be read is a
+//! usage error (exit 2) with the reason; an incomplete one (cut short) opens with a warning.
 
-use anyhow::{bail, Result};
-use clap::Args;
-use std::path::PathBuf;
+use crate::event::{Direction, TraceEvent};
+use crate::model::{stage_of, FlowKey, HostFacts, Model, Status, Verdict, SCHEMA};
+use crate::output;
+use crate::probe::Counters;
+use crate::trace::{self, Trace};
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
     /// The trace file written by `follow --record`.
     pub file: PathBuf,
+    /// JSON Lines on stdout, as `follow --json` prints them (docs/json-schema.md).
+    #[arg(long)]
+    pub json: bool,
+    // The interactive view (`--tui`) belongs to kvmtrace/src/tui/: it takes the `Analysis`
+    // built in `replay` below, the same one the text and JSON views render.
+}
+
+/// `export --format`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// pcapng for Wireshark/tshark: one interface per observation point, a comment per packet.
+    Pcapng,
+    /// JSON Lines for scripts: `follow --json`'s hop, verdict and stats lines, each hop with its
+    /// flow and that flow's status.
+    Jsonl,
 }
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// The trace file written by `follow --record`.
     pub file: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ExportFormat::Pcapng)]
+    pub format: ExportFormat,
+    /// Output file ("-": stdout). Default: FILE with the extension .pcapng or .jsonl.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+/// `report --format`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum ReportFormat {
+    /// Markdown (BASE.md).
+    Md,
+    /// One self-contained HTML page (BASE.html).
+    Html,
+    /// Both.
+    Both,
 }
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
     /// The trace file written by `follow --record`.
     pub file: PathBuf,
+    /// Which report(s) to write.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Both)]
+    pub format: ReportFormat,
+    /// Base name of the report files (BASE.md, BASE.html; "-": stdout, with one format).
+    /// Default: FILE without its extension, plus ".report".
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
 }
 
-pub fn replay(_a: ReplayArgs) -> Result<ExitCode> {
-    bail!("replay is not implemented yet")
+/// A trace replayed through the model: what every view renders.
+pub struct Analysis {
+    /// The journeys, rebuilt from the events in file order.
+    pub model: Model,
+    /// For each event of the trace (file order): its journey id and its index among that
+    /// journey's hops; None for an event the model placed nowhere (a route lookup while no
+    /// followed packet was being processed).
+    pub placed: Vec<Option<(usize, usize)>>,
+    /// The verdicts, recomputed with the trace's host facts and stop time.
+    pub verdicts: Vec<Verdict>,
+    /// For each journey: the index in `verdicts` of the flow it belongs to.
+    pub journey_flow: Vec<Option<usize>>,
+    /// Timestamp of the first event (kernel monotonic ns): times are shown relative to it.
+    pub t0: u64,
+    /// The host facts the verdicts cite.
+    pub facts: HostFacts,
+    /// The trace holds verdicts (it finished) and they differ from the recomputed ones
+    /// (recorded by another kvmtrace version, or the model changed).
+    pub recorded_differ: bool,
 }
 
-pub fn export(_a: ExportArgs) -> Result<ExitCode> {
-    bail!("export is not implemented yet")
+impl Analysis {
+    pub fn of(t: &Trace) -> Analysis {
+        // Unbounded: a trace is finite and every view wants every journey (ids = indexes).
+        let mut model = Model::new();
+        let mut placed = Vec::with_capacity(t.events.len());
+        for (_, ev) in &t.events {
+            let at = model.push(ev.clone()).and_then(|j| {
+                model
+                    .journey(j)
+                    .map(|jr| (j, jr.hops.len().saturating_sub(1)))
+            });
+            placed.push(at);
+        }
+        let facts = t.host_facts();
+        let verdicts = model.verdicts(&facts, &t.meta.dest, t.until_ns);
+        let journey_flow = journey_flows(&model, &verdicts);
+        Analysis {
+            t0: t.events.first().map(|(_, e)| e.ts_ns).unwrap_or(0),
+            recorded_differ: t.complete && t.verdicts != verdicts,
+            model,
+            placed,
+            verdicts,
+            journey_flow,
+            facts,
+        }
+    }
+
+    /// The verdict of the flow a journey belongs to.
+    pub fn flow_of(&self, journey: usize) -> Option<&Verdict> {
+        self.journey_flow
+            .get(journey)
+            .copied()
+            .flatten()
+            .and_then(|i| self.verdicts.get(i))
+    }
+
+    /// The most serious verdict: what a report leads with.
+    pub fn worst(&self) -> Option<&Verdict> {
+        self.verdicts.iter().min_by_key(|v| severity(v.status))
+    }
+
+    /// `follow`'s exit code for these verdicts: 0 when every flow was delivered, else 1.
+    pub fn exit_code(&self) -> ExitCode {
+        if self.verdicts.iter().all(|v| v.status == Status::Delivered) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    }
 }
 
-pub fn report(_a: ReportArgs) -> Result<ExitCode> {
-    bail!("report is not implemented yet")
+/// Order of statuses from the most to the least serious.
+pub fn severity(s: Status) -> u8 {
+    match s {
+        Status::Dropped => 0,
+        Status::Misrouted => 1,
+        Status::NoReply => 2,
+        Status::NoTraffic => 3,
+        Status::Delivered => 4,
+    }
+}
+
+/// Maps each journey to its flow's verdict. The same grouping as `Model::verdicts` (which keeps
+/// it private): requests by their first (guest-side) tuple, replies by their last one mapped back
+/// through the requests' NAT, ICMP errors to the newest flow towards the address they quote.
+fn journey_flows(m: &Model, verdicts: &[Verdict]) -> Vec<Option<usize>> {
+    let index: HashMap<FlowKey, usize> = verdicts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| v.key.map(|k| (k, i)))
+        .collect();
+    let req_key = |t: &crate::event::Tuple| FlowKey {
+        proto: t.proto,
+        guest: t.src,
+        guest_port: t.sport,
+        remote: t.dst,
+        remote_port: if t.proto == 1 { 0 } else { t.dport },
+    };
+    let mut nat: HashMap<(u8, Ipv4Addr, u16), FlowKey> = HashMap::new();
+    for j in m.journeys.iter().filter(|j| j.dir == Direction::Request) {
+        if let (Some(first), Some(last)) = (j.first_tuple(), j.last_tuple()) {
+            nat.insert((last.proto, last.src, last.sport), req_key(&first));
+        }
+    }
+    let mut out: Vec<Option<usize>> = vec![None; m.journeys.len()];
+    let mut icmp_errors = Vec::new();
+    for (i, j) in m.journeys.iter().enumerate() {
+        let key = match j.dir {
+            Direction::Request => j.first_tuple().map(|t| req_key(&t)),
+            Direction::Reply => {
+                let Some(last) = j.last_tuple() else {
+                    continue;
+                };
+                let icmp_err = last.proto == 1
+                    && j.hops
+                        .iter()
+                        .any(|h| h.icmp_inner_dst.is_some() && matches!(h.icmp_type, 3 | 11 | 12));
+                if icmp_err {
+                    icmp_errors.push(i);
+                    continue;
+                }
+                let k = FlowKey {
+                    proto: last.proto,
+                    guest: last.dst,
+                    guest_port: if last.proto == 1 {
+                        last.sport
+                    } else {
+                        last.dport
+                    },
+                    remote: last.src,
+                    remote_port: if last.proto == 1 { 0 } else { last.sport },
+                };
+                Some(
+                    nat.get(&(k.proto, k.guest, k.guest_port))
+                        .copied()
+                        .unwrap_or(k),
+                )
+            }
+        };
+        out[i] = key.and_then(|k| index.get(&k).copied());
+    }
+    // The newest request journey of each flow.
+    let mut newest: HashMap<usize, usize> = HashMap::new();
+    for (ji, j) in m.journeys.iter().enumerate() {
+        if let (Direction::Request, Some(vi)) = (j.dir, out[ji]) {
+            newest.insert(vi, ji);
+        }
+    }
+    for i in icmp_errors {
+        let inner = m.journeys[i].hops.iter().find_map(|h| h.icmp_inner_dst);
+        // The flow towards the quoted address whose latest request is the newest.
+        out[i] = verdicts
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.key.is_some_and(|k| Some(k.remote) == inner))
+            .max_by_key(|(vi, _)| newest.get(vi))
+            .map(|(vi, _)| vi);
+    }
+    out
+}
+
+/// Reads a trace for a command; a file that cannot be read is reported and exits 2.
+fn open(path: &Path) -> std::result::Result<Trace, ExitCode> {
+    match trace::read(path) {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            eprintln!("kvmtrace: {e:#}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// What was recorded, on stderr, and whatever the reader should doubt.
+fn describe(path: &Path, t: &Trace, a: &Analysis) {
+    let m = &t.meta;
+    eprintln!(
+        "kvmtrace: {}: {} (tap {}{}) → {}, recorded on {} (kernel {}) by kvmtrace {} at {}; {} events",
+        path.display(),
+        m.vm.as_deref().unwrap_or("VM"),
+        m.tap,
+        m.mac
+            .as_deref()
+            .map(|x| format!(", mac {x}"))
+            .unwrap_or_default(),
+        m.dest,
+        or_unknown(&m.host),
+        or_unknown(&m.kernel),
+        or_unknown(&m.version),
+        iso_utc(m.started_unix_ns),
+        t.events.len()
+    );
+    for w in warnings(t, a) {
+        eprintln!("kvmtrace: warning: {w}");
+    }
+}
+
+/// Warnings every view repeats: incomplete trace, lost events, verdicts that changed.
+pub fn warnings(t: &Trace, a: &Analysis) -> Vec<String> {
+    let mut w = t.warnings.clone();
+    if !t.complete {
+        w.push(
+            "the trace is incomplete (no end line: the recording was cut short); verdicts are \
+             recomputed from the events it holds, and events lost are unknown"
+                .into(),
+        );
+    }
+    if let Some(c) = t.counters {
+        if c.lost > 0 {
+            w.push(format!(
+                "{} events were lost to a full ring buffer while recording: journeys may miss hops",
+                c.lost
+            ));
+        }
+        if c.sampled_out > 0 {
+            w.push(format!(
+                "{} events were over the per-flow budget (counted, not recorded)",
+                c.sampled_out
+            ));
+        }
+    }
+    if a.recorded_differ {
+        w.push(format!(
+            "the verdicts recorded by kvmtrace {} differ from the ones recomputed now: showing \
+             the recomputed ones (the recorded ones are in the trace)",
+            or_unknown(&t.meta.version)
+        ));
+    }
+    w
+}
+
+fn or_unknown(s: &str) -> &str {
+    if s.is_empty() {
+        "?"
+    } else {
+        s
+    }
+}
+
+/// Counters for the `stats` line: the recorded ones, or (incomplete trace) the events held.
+fn counters_of(t: &Trace) -> Counters {
+    t.counters.unwrap_or(Counters {
+        events: t.events.len() as u64,
+        lost: 0,
+        sampled_out: 0,
+    })
+}
+
+pub fn replay(a: ReplayArgs) -> Result<ExitCode> {
+    let t = match open(&a.file) {
+        Ok(t) => t,
+        Err(code) => return Ok(code),
+    };
+    let an = Analysis::of(&t);
+    describe(&a.file, &t, &an);
+    // (The TUI view, kvmtrace/src/tui/, plugs in here with `an`.)
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    write_replay(&mut out, &t, &an, a.json)?;
+    out.flush()?;
+    Ok(an.exit_code())
+}
+
+/// The text or JSON view of a replayed trace: hops as they were recorded, then the verdicts,
+/// exactly as `follow` prints them.
+pub fn write_replay(out: &mut dyn Write, t: &Trace, an: &Analysis, json: bool) -> io::Result<()> {
+    for ((_, ev), at) in t.events.iter().zip(&an.placed) {
+        // Events in no journey are shown too, with no journey number, as `follow` does.
+        let j = at.map(|(j, _)| j);
+        if json {
+            writeln!(out, "{}", output::hop_json(j, ev, stage_of(ev)))?;
+        } else {
+            writeln!(out, "{}", output::hop_line(an.t0, j, ev))?;
+        }
+    }
+    if json {
+        for v in &an.verdicts {
+            writeln!(out, "{}", serde_json::to_string(v)?)?;
+        }
+        writeln!(
+            out,
+            "{}",
+            output::stats_json(counters_of(t), &[], &warnings(t, an))
+        )?;
+    } else {
+        writeln!(out)?;
+        for v in &an.verdicts {
+            output::write_verdict_text(out, v)?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ExportHop<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    schema: u32,
+    /// None: an event in no journey (as in `follow --json`).
+    journey: Option<usize>,
+    stage: crate::model::Stage,
+    #[serde(flatten)]
+    event: &'a TraceEvent,
+    /// The flow this packet belongs to (the verdict's `flow`), when it belongs to one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flow: Option<&'a str>,
+    /// That flow's status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<Status>,
+}
+
+/// `export --format jsonl`: `follow --json`'s lines, each hop with its flow and status.
+pub fn write_jsonl(out: &mut dyn Write, t: &Trace, an: &Analysis) -> io::Result<()> {
+    for ((_, ev), at) in t.events.iter().zip(&an.placed) {
+        let j = at.map(|(j, _)| j);
+        let v = j.and_then(|j| an.flow_of(j));
+        let line = ExportHop {
+            kind: "hop",
+            schema: SCHEMA,
+            journey: j,
+            stage: stage_of(ev),
+            event: ev,
+            flow: v.map(|v| v.flow.as_str()),
+            status: v.map(|v| v.status),
+        };
+        writeln!(out, "{}", serde_json::to_string(&line)?)?;
+    }
+    for v in &an.verdicts {
+        writeln!(out, "{}", serde_json::to_string(v)?)?;
+    }
+    writeln!(
+        out,
+        "{}",
+        output::stats_json(counters_of(t), &[], &warnings(t, an))
+    )
+}
+
+/// `FILE` with its extension replaced (`run.trace` → `run.pcapng`).
+fn beside(input: &Path, ext: &str) -> PathBuf {
+    input.with_extension(ext)
+}
+
+/// Refuses to write over the trace being read.
+fn not_the_input(input: &Path, output: &Path) -> Result<()> {
+    let same = match (input.canonicalize(), output.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        bail!(
+            "the output {} is the trace itself: choose another name with -o",
+            output.display()
+        );
+    }
+    Ok(())
+}
+
+/// Opens an output: stdout for "-", else a new private file (mode 0600: it shows the same
+/// addresses and flows as the trace).
+fn create_output(input: &Path, path: &Path) -> Result<Box<dyn Write>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(io::BufWriter::new(io::stdout())));
+    }
+    not_the_input(input, path)?;
+    Ok(Box::new(io::BufWriter::new(trace::create_private(path)?)))
+}
+
+pub fn export(a: ExportArgs) -> Result<ExitCode> {
+    let t = match open(&a.file) {
+        Ok(t) => t,
+        Err(code) => return Ok(code),
+    };
+    let an = Analysis::of(&t);
+    describe(&a.file, &t, &an);
+    let path = a.output.clone().unwrap_or_else(|| {
+        beside(
+            &a.file,
+            match a.format {
+                ExportFormat::Pcapng => "pcapng",
+                ExportFormat::Jsonl => "jsonl",
+            },
+        )
+    });
+    if a.format == ExportFormat::Pcapng
+        && path == Path::new("-")
+        && std::io::IsTerminal::is_terminal(&io::stdout())
+    {
+        bail!("pcapng is binary: write it to a file (-o FILE) or a pipe, not a terminal");
+    }
+    let mut out = create_output(&a.file, &path)?;
+    match a.format {
+        ExportFormat::Pcapng => {
+            let s = crate::pcapng::write(&t, &an, &mut out)
+                .with_context(|| format!("writing {}", path.display()))?;
+            out.flush()
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "kvmtrace: wrote {} packets on {} interfaces to {}{}",
+                s.packets,
+                s.interfaces.len(),
+                path.display(),
+                if s.skipped > 0 {
+                    format!(
+                        " ({} events without a packet left out: route lookups and hops with no \
+                         IPv4 header; their facts are in the comments)",
+                        s.skipped
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+        ExportFormat::Jsonl => {
+            write_jsonl(&mut out, &t, &an)
+                .and_then(|_| out.flush())
+                .with_context(|| format!("writing {}", path.display()))?;
+            if path != Path::new("-") {
+                eprintln!("kvmtrace: wrote {}", path.display());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn report(a: ReportArgs) -> Result<ExitCode> {
+    let t = match open(&a.file) {
+        Ok(t) => t,
+        Err(code) => return Ok(code),
+    };
+    let an = Analysis::of(&t);
+    describe(&a.file, &t, &an);
+    let base = a.output.clone().unwrap_or_else(|| {
+        let stem = a.file.with_extension("");
+        PathBuf::from(format!("{}.report", stem.display()))
+    });
+    // The file's name only: the report travels to tickets, the local path means nothing there.
+    let name = a
+        .file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| a.file.display().to_string());
+    let doc = crate::report::build(&t, &an, &name);
+    let stdout = base == Path::new("-");
+    if stdout && a.format == ReportFormat::Both {
+        bail!("-o - writes one report to stdout: add --format md or --format html");
+    }
+    let write = |ext: &str, text: String| -> Result<()> {
+        let path = if stdout {
+            base.clone()
+        } else {
+            PathBuf::from(format!("{}.{ext}", base.display()))
+        };
+        let mut out = create_output(&a.file, &path)?;
+        out.write_all(text.as_bytes())
+            .and_then(|_| out.flush())
+            .with_context(|| format!("writing {}", path.display()))?;
+        if !stdout {
+            eprintln!("kvmtrace: wrote {}", path.display());
+        }
+        Ok(())
+    };
+    if matches!(a.format, ReportFormat::Md | ReportFormat::Both) {
+        write("md", doc.markdown())?;
+    }
+    if matches!(a.format, ReportFormat::Html | ReportFormat::Both) {
+        write("html", doc.html())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `2024-05-01T12:34:56.123456Z` from ns since the Unix epoch (UTC; civil-from-days,
+/// H. Hinnant's algorithm, so no date crate is needed).
+pub fn iso_utc(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let micros = (ns % 1_000_000_000) / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso_utc(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            iso_utc(1_700_000_000_123_456_789),
+            "2023-11-14T22:13:20.123456Z"
+        );
+        assert_eq!(
+            iso_utc(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
+        // Far future values do not panic.
+        let _ = iso_utc(u64::MAX);
+    }
 }
