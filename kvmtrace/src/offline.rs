@@ -5,7 +5,7 @@
 //! live run used ([`Analysis`]), and renders one view of it. A trace that cannot be read is a
 //! usage error (exit 2) with the reason; an incomplete one (cut short) opens with a warning.
 
-use crate::event::{Direction, TraceEvent};
+use crate::event::TraceEvent;
 use crate::model::{stage_of, FlowKey, HostFacts, Model, Status, Verdict, SCHEMA};
 use crate::output;
 use crate::probe::Counters;
@@ -15,7 +15,6 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::{self, Write};
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -168,74 +167,10 @@ fn journey_flows(m: &Model, verdicts: &[Verdict]) -> Vec<Option<usize>> {
         .enumerate()
         .filter_map(|(i, v)| v.key.map(|k| (k, i)))
         .collect();
-    let req_key = |t: &crate::event::Tuple| FlowKey {
-        proto: t.proto,
-        guest: t.src,
-        guest_port: t.sport,
-        remote: t.dst,
-        remote_port: if t.proto == 1 { 0 } else { t.dport },
-    };
-    let mut nat: HashMap<(u8, Ipv4Addr, u16), FlowKey> = HashMap::new();
-    for j in m.journeys.iter().filter(|j| j.dir == Direction::Request) {
-        if let (Some(first), Some(last)) = (j.first_tuple(), j.last_tuple()) {
-            nat.insert((last.proto, last.src, last.sport), req_key(&first));
-        }
-    }
-    let mut out: Vec<Option<usize>> = vec![None; m.journeys.len()];
-    let mut icmp_errors = Vec::new();
-    for (i, j) in m.journeys.iter().enumerate() {
-        let key = match j.dir {
-            Direction::Request => j.first_tuple().map(|t| req_key(&t)),
-            Direction::Reply => {
-                let Some(last) = j.last_tuple() else {
-                    continue;
-                };
-                let icmp_err = last.proto == 1
-                    && j.hops
-                        .iter()
-                        .any(|h| h.icmp_inner_dst.is_some() && matches!(h.icmp_type, 3 | 11 | 12));
-                if icmp_err {
-                    icmp_errors.push(i);
-                    continue;
-                }
-                let k = FlowKey {
-                    proto: last.proto,
-                    guest: last.dst,
-                    guest_port: if last.proto == 1 {
-                        last.sport
-                    } else {
-                        last.dport
-                    },
-                    remote: last.src,
-                    remote_port: if last.proto == 1 { 0 } else { last.sport },
-                };
-                Some(
-                    nat.get(&(k.proto, k.guest, k.guest_port))
-                        .copied()
-                        .unwrap_or(k),
-                )
-            }
-        };
-        out[i] = key.and_then(|k| index.get(&k).copied());
-    }
-    // The newest request journey of each flow.
-    let mut newest: HashMap<usize, usize> = HashMap::new();
-    for (ji, j) in m.journeys.iter().enumerate() {
-        if let (Direction::Request, Some(vi)) = (j.dir, out[ji]) {
-            newest.insert(vi, ji);
-        }
-    }
-    for i in icmp_errors {
-        let inner = m.journeys[i].hops.iter().find_map(|h| h.icmp_inner_dst);
-        // The flow towards the quoted address whose latest request is the newest.
-        out[i] = verdicts
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.key.is_some_and(|k| Some(k.remote) == inner))
-            .max_by_key(|(vi, _)| newest.get(vi))
-            .map(|(vi, _)| vi);
-    }
-    out
+    m.flow_keys()
+        .into_iter()
+        .map(|k| k.and_then(|k| index.get(&k).copied()))
+        .collect()
 }
 
 /// Reads a trace for a command; a file that cannot be read is reported and exits 2.

@@ -675,11 +675,11 @@ impl Model {
         }
     }
 
-    /// One verdict per flow (or one `no_traffic` verdict when nothing was seen). Flows whose
-    /// first request came after `until` (kernel monotonic ns; the moment the trace was asked
-    /// to stop, after which it only waits for replies) are left out, and so are flows only
-    /// seen half-way (no request seen on the tap: in flight when tracing started).
-    pub fn verdicts(&self, facts: &HostFacts, dest: &str, until: Option<u64>) -> Vec<Verdict> {
+    /// The flow of every retained journey (`None`: an ICMP error quoting no known flow, or a
+    /// journey without headers). Replies seen only before de-NAT are mapped back through the
+    /// requests' rewrites; ICMP errors go to the newest flow towards the address they quote.
+    /// Every view groups journeys with this, so they all agree with the verdicts.
+    pub fn flow_keys(&self) -> Vec<Option<FlowKey>> {
         // Post-NAT (proto, address, port) → flow, learned from requests' last tuple.
         let mut nat: HashMap<(u8, Ipv4Addr, u16), FlowKey> = self.archive_nat.clone();
         for j in self.journeys.iter().filter(|j| j.dir == Direction::Request) {
@@ -690,18 +690,47 @@ impl Model {
                 );
             }
         }
+        let mut keys: Vec<Option<FlowKey>> = self
+            .journeys
+            .iter()
+            .map(|j| self.flow_of(j, &nat))
+            .collect();
+        // Newest request journey id per flow (archived flows count as oldest).
+        let mut newest: HashMap<FlowKey, usize> = self.archive.keys().map(|k| (*k, 0)).collect();
+        for (j, k) in self.journeys.iter().zip(&keys) {
+            if let (Direction::Request, Some(k)) = (j.dir, k) {
+                newest.insert(*k, j.id + 1);
+            }
+        }
+        for (j, key) in self.journeys.iter().zip(keys.iter_mut()) {
+            if key.is_some() {
+                continue;
+            }
+            let Some(inner) = j.hops.iter().find_map(|h| h.icmp_inner_dst) else {
+                continue;
+            };
+            *key = newest
+                .iter()
+                .filter(|(k, _)| k.remote == inner)
+                .max_by_key(|(_, id)| **id)
+                .map(|(k, _)| *k);
+        }
+        keys
+    }
+
+    /// One verdict per flow (or one `no_traffic` verdict when nothing was seen). Flows whose
+    /// first request came after `until` (kernel monotonic ns; the moment the trace was asked
+    /// to stop, after which it only waits for replies) are left out, and so are flows only
+    /// seen half-way (no request seen on the tap: in flight when tracing started).
+    pub fn verdicts(&self, facts: &HostFacts, dest: &str, until: Option<u64>) -> Vec<Verdict> {
+        let keys = self.flow_keys();
         let mut flows: BTreeMap<FlowKey, (Vec<&Journey>, Vec<&Journey>)> = BTreeMap::new();
-        let mut orphans: Vec<&Journey> = Vec::new();
-        for j in &self.journeys {
-            match self.flow_of(j, &nat) {
-                Some(k) => {
-                    let e = flows.entry(k).or_default();
-                    match j.dir {
-                        Direction::Request => e.0.push(j),
-                        Direction::Reply => e.1.push(j),
-                    }
-                }
-                None => orphans.push(j),
+        for (j, k) in self.journeys.iter().zip(&keys) {
+            let Some(k) = k else { continue };
+            let e = flows.entry(*k).or_default();
+            match j.dir {
+                Direction::Request => e.0.push(j),
+                Direction::Reply => e.1.push(j),
             }
         }
         // Flows (partly) folded away: their samples stand in for the journeys.
@@ -712,17 +741,6 @@ impl Model {
                     Direction::Request => e.0.insert(0, j),
                     Direction::Reply => e.1.insert(0, j),
                 }
-            }
-        }
-        // ICMP errors go to the newest flow towards the address they quote.
-        for j in orphans {
-            let inner = j.hops.iter().find_map(|h| h.icmp_inner_dst);
-            let target = flows
-                .iter_mut()
-                .filter(|(k, _)| Some(k.remote) == inner)
-                .max_by_key(|(_, v)| v.0.last().map(|j| j.id));
-            if let Some((_, v)) = target {
-                v.1.push(j);
             }
         }
         if flows.is_empty() {
