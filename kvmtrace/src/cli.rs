@@ -82,6 +82,9 @@ pub enum Cmd {
     Export(crate::offline::ExportArgs),
     /// Write a postmortem report (Markdown and self-contained HTML) from a recorded trace.
     Report(crate::offline::ReportArgs),
+    /// Check everything along a VM's path without waiting for traffic: pass / warn / fail with
+    /// the evidence and the fix.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// Parses `203.0.113.1` or `203.0.113.0/24`.
@@ -187,6 +190,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Replay(a) => crate::offline::replay(a),
         Cmd::Export(a) => crate::offline::export(a),
         Cmd::Report(a) => crate::offline::report(a),
+        Cmd::Doctor(a) => crate::doctor::run(a),
         Cmd::Follow {
             vm,
             dest,

@@ -6,10 +6,12 @@
 //! recorded-trace format; `offline` (replay, export, report), `pcapng` and `report` work on it.
 pub mod btf;
 pub mod cli;
+pub mod doctor;
 pub mod event;
 pub mod facts;
 pub mod model;
 pub mod nf;
+pub mod nftrace;
 pub mod offline;
 pub mod output;
 pub mod pcapng;
