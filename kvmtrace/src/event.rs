@@ -193,6 +193,10 @@ pub struct Route {
     pub device: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub gateway: Option<Ipv4Addr>,
+    /// What the output device is: a route out of the VM's own bridge or tap sends the packet
+    /// back where it came from.
+    #[serde(default)]
+    pub dev_kind: DevKind,
 }
 
 impl Route {
@@ -261,6 +265,7 @@ impl TraceEvent {
             oif: e.ifindex,
             device: device.clone(),
             gateway: (e.gw != [0; 4]).then(|| Ipv4Addr::from(e.gw)),
+            dev_kind: d.dev_kind(0, &device),
         });
         if point == Point::Fib {
             device.clear();

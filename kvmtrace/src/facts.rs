@@ -38,7 +38,38 @@ pub fn gather() -> HostFacts {
         ip_forward,
         nft_chains,
         legacy_tables,
+        devices: devices(std::path::Path::new("/sys/class/net")),
     }
+}
+
+/// Devices, their bridge, MTU and state, from sysfs.
+pub fn devices(sys_class_net: &std::path::Path) -> Vec<crate::model::DevFacts> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(sys_class_net) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let p = e.path();
+        let read = |f: &str| {
+            std::fs::read_to_string(p.join(f))
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        out.push(crate::model::DevFacts {
+            master: std::fs::read_link(p.join("master"))
+                .ok()
+                .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned())),
+            mtu: read("mtu").and_then(|m| m.parse().ok()),
+            up: read("operstate").is_some_and(|s| s != "down")
+                && read("flags")
+                    .and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+                    .is_some_and(|f| f & 1 != 0),
+            name,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 fn family_name(f: u8) -> String {

@@ -467,7 +467,7 @@ struct HostDecoder {
     stacks: Option<StackTraceMap<MapData>>,
     tap_ifindex: u32,
     tap_name: String,
-    kinds: RefCell<HashMap<u32, DevKind>>,
+    kinds: RefCell<HashMap<(u32, String), DevKind>>,
 }
 
 fn load_kallsyms() -> Vec<(u64, String)> {
@@ -518,15 +518,22 @@ impl Decoder for HostDecoder {
         self.tap_name.clone()
     }
     fn dev_kind(&self, ifindex: u32, name: &str) -> DevKind {
-        if ifindex == self.tap_ifindex {
+        if (ifindex != 0 && ifindex == self.tap_ifindex)
+            || (!name.is_empty() && name == self.tap_name)
+        {
             return DevKind::Tap;
         }
-        *self.kinds.borrow_mut().entry(ifindex).or_insert_with(|| {
-            if !name.is_empty() && Path::new(&format!("/sys/class/net/{name}/bridge")).exists() {
-                DevKind::Bridge
-            } else {
-                DevKind::Other
-            }
-        })
+        *self
+            .kinds
+            .borrow_mut()
+            .entry((ifindex, name.to_string()))
+            .or_insert_with(|| {
+                if !name.is_empty() && Path::new(&format!("/sys/class/net/{name}/bridge")).exists()
+                {
+                    DevKind::Bridge
+                } else {
+                    DevKind::Other
+                }
+            })
     }
 }

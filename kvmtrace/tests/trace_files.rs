@@ -81,6 +81,7 @@ fn facts() -> HostFacts {
             policy: "drop".into(),
         }],
         legacy_tables: vec![],
+        devices: vec![],
     }
 }
 

@@ -53,6 +53,7 @@ fn forward_drop_facts() -> HostFacts {
             policy: "drop".into(),
         }],
         legacy_tables: vec![],
+        devices: vec![],
     }
 }
 

@@ -93,6 +93,8 @@ pub struct FakeVm {
     gw_arp_seen: u64,
     ip_id: u16,
     backlog: VecDeque<Reply>,
+    /// Set the IPv4 "don't fragment" bit on packets sent from now on.
+    pub dont_fragment: bool,
 }
 
 impl FakeVm {
@@ -114,6 +116,7 @@ impl FakeVm {
             gw_mac: None,
             gw_arp_seen: 0,
             ip_id: 1,
+            dont_fragment: false,
             backlog: VecDeque::new(),
         }
     }
@@ -166,6 +169,67 @@ impl FakeVm {
             }
             _ => false,
         })
+    }
+
+    /// Like [`FakeVm::ping`] with `payload_len` bytes of payload (`ping -s`).
+    pub fn ping_sized(
+        &mut self,
+        dst: Ipv4Addr,
+        id: u16,
+        seq: u16,
+        payload_len: usize,
+        timeout: Duration,
+    ) -> Option<Reply> {
+        let deadline = Instant::now() + timeout;
+        let payload: Vec<u8> = (0..payload_len).map(|i| i as u8).collect();
+        let frame = self.frame_ipv4(dst, IpNumber::ICMP, payload.len(), |b, w| {
+            b.icmpv4_echo_request(id, seq).write(w, &payload)
+        });
+        self.write_frame(&frame);
+        self.wait(deadline, |rx| match (&rx.reply, rx.quote) {
+            (Reply::IcmpEchoReply { id: i, seq: s, .. }, _) => *i == id && *s == seq,
+            (Reply::IcmpError { .. }, Some(q)) => q.proto == 1 && q.dst == dst && q.a == id,
+            _ => false,
+        })
+    }
+
+    /// Ask (ARP who-has, broadcast) for `target`, as a guest with that gateway setting would.
+    /// Does not wait: answers, if any, are ARP and not returned as replies.
+    pub fn arp_request(&mut self, target: Ipv4Addr) {
+        self.send_arp(ArpOperation::REQUEST, [0xff; 6], [0; 6], target.octets());
+    }
+
+    /// Send a DHCP DISCOVER (0.0.0.0:68 → 255.255.255.255:67, broadcast), as a guest without an
+    /// address would. Does not wait.
+    pub fn dhcp_discover(&mut self, xid: u32) {
+        // BOOTP header (RFC 2131): op, htype, hlen, hops, xid, secs, flags, 4 addresses, chaddr,
+        // sname, file, then the magic cookie and option 53 (DHCPDISCOVER) and the end option.
+        let mut bootp = vec![1u8, 1, 6, 0];
+        bootp.extend_from_slice(&xid.to_be_bytes());
+        bootp.extend_from_slice(&[0, 0, 0x80, 0]);
+        bootp.extend_from_slice(&[0; 16]);
+        let mut chaddr = [0u8; 16];
+        chaddr[..6].copy_from_slice(&self.guest_mac);
+        bootp.extend_from_slice(&chaddr);
+        bootp.extend_from_slice(&[0; 192]);
+        bootp.extend_from_slice(&[99, 130, 83, 99, 53, 1, 1, 255]);
+        let ip = Ipv4Header::new(0, 64, IpNumber::UDP, [0; 4], [255; 4])
+            .expect("zero payload length fits");
+        let builder = PacketBuilder::ethernet2(self.guest_mac, [0xff; 6])
+            .ip(IpHeaders::Ipv4(ip, Default::default()))
+            .udp(68, 67);
+        let mut frame = Vec::new();
+        builder
+            .write(&mut frame, &bootp)
+            .expect("FakeVm: building a DHCP discover");
+        self.write_frame(&frame);
+    }
+
+    /// Send an echo request to the gateway MAC `mac` without resolving it (a guest with a stale
+    /// ARP entry).
+    pub fn send_echo_to_mac(&mut self, dst: Ipv4Addr, id: u16, seq: u16, mac: [u8; 6]) {
+        self.gw_mac = Some(mac);
+        self.send_echo(dst, id, seq);
     }
 
     /// Send an ICMP echo request (56 bytes of payload, like ping) without waiting.
@@ -441,7 +505,7 @@ impl FakeVm {
         let gw_mac = self.gateway_mac_or_resolve();
         let mut ip = Ipv4Header::new(0, 64, proto, self.guest_ip.octets(), dst.octets())
             .expect("zero payload length fits");
-        ip.dont_fragment = false;
+        ip.dont_fragment = self.dont_fragment;
         ip.identification = self.ip_id;
         self.ip_id = self.ip_id.wrapping_add(1);
         let builder = PacketBuilder::ethernet2(self.guest_mac, gw_mac)

@@ -54,6 +54,35 @@ pub struct HostFacts {
     pub nft_chains: Vec<NfChain>,
     /// iptables-legacy tables present (`/proc/net/ip_tables_names`).
     pub legacy_tables: Vec<String>,
+    /// Network devices of the namespace.
+    #[serde(default)]
+    pub devices: Vec<DevFacts>,
+}
+
+/// One network device as `/sys/class/net` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevFacts {
+    pub name: String,
+    /// The bridge it is a port of.
+    pub master: Option<String>,
+    pub mtu: Option<u32>,
+    pub up: bool,
+}
+
+impl HostFacts {
+    /// The bridge `dev` is a port of (None also when the device is unknown).
+    pub fn master_of(&self, dev: &str) -> Option<&str> {
+        self.devices
+            .iter()
+            .find(|d| d.name == dev)
+            .and_then(|d| d.master.as_deref())
+    }
+    pub fn mtu_of(&self, dev: &str) -> Option<u32> {
+        self.devices
+            .iter()
+            .find(|d| d.name == dev)
+            .and_then(|d| d.mtu)
+    }
 }
 
 /// A header change between two hops of one packet.
@@ -169,7 +198,14 @@ impl Journey {
     /// (net/ipv4/fib_trie.c): a miss is -EAGAIN and the next table is tried; when every table
     /// missed, the lookup as a whole failed with -ENETUNREACH, which is what this returns.
     pub fn route(&self) -> Option<Route> {
-        let mut lookups = self.hops.iter().filter_map(|h| h.route.as_ref());
+        // Lookups the other way round are reverse-path checks (fib_validate_source), not the
+        // packet's route.
+        let dir = self.dir;
+        let mut lookups = self
+            .hops
+            .iter()
+            .filter(|h| h.dir == dir)
+            .filter_map(|h| h.route.as_ref());
         let last = lookups.clone().next_back()?;
         if lookups.all(|r| r.err == -11) {
             return Some(Route {
@@ -180,6 +216,7 @@ impl Journey {
         self.hops
             .iter()
             .rev()
+            .filter(|h| h.dir == dir)
             .filter_map(|h| h.route.as_ref())
             .find(|r| r.err != -11)
             .cloned()
@@ -303,29 +340,73 @@ impl Journey {
         }
         let from_stack = hook_from_stack(&drop.stack);
         let loc = drop.location.clone().unwrap_or_default();
+        let loc_fn = loc.split('+').next().unwrap_or("");
         let route = self.route();
-        // Route errors are answered by ip_error() (net/ipv4/route.c), even when bridge
-        // netfilter's hooks sit on the stack above it: they are routing drops.
-        let routing = loc.starts_with("ip_error")
-            || loc.starts_with("ip_route")
+        // The drop reason and the function that dropped decide first (include/net/dropreason-core.h,
+        // Linux 6.18); the stack only says which hook a netfilter verdict came from. Route errors
+        // are answered by ip_error() (net/ipv4/route.c) even under bridge netfilter's hooks.
+        let netfilter = reason.starts_with("NETFILTER")
+            || ["nft_", "nf_", "ipt_", "ebt_", "nfqnl_"]
+                .iter()
+                .any(|p| loc_fn.starts_with(p));
+        let routing = loc_fn == "ip_error"
+            || loc_fn.starts_with("ip_route")
             || matches!(
                 reason.as_str(),
-                "IP_INNOROUTES" | "IP_OUTNOROUTES" | "IP_INADDRERRORS" | "IP_RPFILTER"
+                "IP_INNOROUTES"
+                    | "IP_OUTNOROUTES"
+                    | "IP_INADDRERRORS"
+                    | "IP_RPFILTER"
+                    | "IP_INVALID_SOURCE"
+                    | "IP_LOCAL_SOURCE"
+                    | "IP_INVALID_DEST"
             )
             || route.as_ref().is_some_and(|r| r.err != 0 && r.err != -11);
+        let egress = reason.starts_with("NEIGH")
+            || reason.starts_with("QDISC")
+            || reason.starts_with("TC_")
+            || reason == "PKT_TOO_BIG"
+            || reason == "DEV_READY"
+            || reason == "TXQUEUE_FULL";
         let (stage, hook) = if routing {
             (Stage::Routing, None)
-        } else if reason.starts_with("NETFILTER") || from_stack.is_some() {
-            match (from_stack, open_hook) {
-                (Some((st, Some(h))), _) => (st, Some(h)),
-                (_, Some(h)) => (Stage::Netfilter, Some(h)),
-                (Some((st, None)), None) => (st, None),
+        } else if netfilter {
+            match (open_hook, from_stack) {
+                (Some(h), _) => (Stage::Netfilter, Some(h)),
+                (None, Some((st, h))) => (st, h),
                 (None, None) => (Stage::Netfilter, None),
             }
+        } else if egress {
+            (Stage::Egress, None)
         } else {
             let prev = before.iter().rev().find(|h| h.point != Point::Fib);
-            (prev.map(|h| stage_of(h)).unwrap_or(Stage::Tap), None)
+            let st = match prev {
+                // After POSTROUTING the packet is on its way out of that device.
+                Some(h) if h.point == Point::NfExit && h.nf_hook == Some(NfHook::Postrouting) => {
+                    Stage::Egress
+                }
+                Some(h) => stage_of(h),
+                None => Stage::Tap,
+            };
+            (st, None)
         };
+        // Too big for the next hop: the device that matters is the route's.
+        let route_dev = route
+            .as_ref()
+            .map(|r| r.device.clone())
+            .filter(|d| !d.is_empty());
+        if reason == "PKT_TOO_BIG" {
+            if let Some(d) = &route_dev {
+                return DropSite {
+                    stage,
+                    hook,
+                    device: d.clone(),
+                    reason,
+                    location: drop.location.clone(),
+                    route,
+                };
+            }
+        }
         let device = if drop.device.is_empty() {
             before.last().map(|h| h.device.clone()).unwrap_or_default()
         } else {
@@ -337,7 +418,11 @@ impl Journey {
             device,
             reason,
             location: drop.location.clone(),
-            route: if stage == Stage::Routing { route } else { None },
+            route: if matches!(stage, Stage::Routing | Stage::Egress) {
+                route
+            } else {
+                None
+            },
         }
     }
 }
@@ -813,6 +898,71 @@ fn chains_on(facts: &HostFacts, hook: NfHook) -> (Option<String>, Vec<String>) {
 
 /// `arch`: what a bounded model folded away of this flow; its samples are already in `req` and
 /// `rep`, its counts replace theirs.
+/// The summary of a drop outside netfilter and routing: the tap, the bridge, the way out.
+fn egress_summary(
+    what: &str,
+    stage: Stage,
+    site: &DropSite,
+    rep: &[&Journey],
+    facts: &HostFacts,
+) -> String {
+    let dev = &site.device;
+    let reason = &site.reason;
+    let r = reason.as_str();
+    if r.starts_with("NEIGH") {
+        let gw = site
+            .route
+            .as_ref()
+            .and_then(|r| r.gateway)
+            .map(|g| g.to_string())
+            .unwrap_or_else(|| "the next hop".into());
+        return format!(
+            "{what} was dropped on {dev}: {gw} does not answer ARP there (neighbour resolution \
+             failed) [{reason}] → check the upstream gateway: `ip neigh show dev {dev}`, cabling \
+             and the gateway's address"
+        );
+    }
+    if r == "PKT_TOO_BIG" {
+        // The host's ICMP fragmentation-needed carries the next-hop MTU where the echo
+        // sequence would be (RFC 1191).
+        let mtu = rep
+            .iter()
+            .flat_map(|j| j.hops.iter())
+            .find(|h| h.icmp_type == 3 && h.icmp_code == 4)
+            .and_then(|h| h.tuple.map(|t| t.dport))
+            .filter(|m| *m > 0)
+            .or_else(|| facts.mtu_of(dev).map(|m| m as u16));
+        let mtu = mtu
+            .map(|m| format!("MTU {m}"))
+            .unwrap_or_else(|| "MTU".into());
+        return format!(
+            "{what} is larger than the {mtu} of {dev} and has DF set: the host dropped it and \
+             answered ICMP fragmentation-needed ({mtu}) [{reason}] → lower the guest's MTU, or \
+             raise {dev}'s; if the guest never gets the ICMP, path MTU discovery is blocked"
+        );
+    }
+    if r.starts_with("QDISC") || r.starts_with("TC_") || r == "TXQUEUE_FULL" {
+        return format!(
+            "{what} was dropped by the qdisc or a tc action of {dev} (queue full, rate limit \
+             or policer) [{reason}] → `tc -s qdisc show dev {dev}` and `tc -s filter show dev {dev}`"
+        );
+    }
+    if stage == Stage::Tap && (r == "OTHERHOST" || r == "IP_INADDRERRORS") {
+        let master = facts.master_of(dev);
+        if master.is_none() {
+            return format!(
+                "{what} was dropped on {dev}: the tap is not a port of any bridge, so the \
+                 guest's frames reach the host's own stack on {dev} and are not for it \
+                 [{reason}] → add it to the VM's bridge (`ip link set {dev} master BRIDGE`)"
+            );
+        }
+    }
+    format!(
+        "{what} was dropped at the {} stage on {dev} [{reason}]",
+        stage.name()
+    )
+}
+
 fn classify(
     k: FlowKey,
     req: &[&Journey],
@@ -911,9 +1061,51 @@ fn classify(
             )
         };
         if drops > 0 {
-            v.summary
-                .push_str(&format!("; {drops} earlier request(s) were dropped"));
+            let site = first_drop
+                .as_ref()
+                .map(|(_, d)| {
+                    format!(
+                        " ({} on {} at the {} stage)",
+                        d.reason,
+                        d.device,
+                        d.stage.name()
+                    )
+                })
+                .unwrap_or_default();
+            v.summary.push_str(&format!(
+                "; but {drops} of {n_req} requests were dropped{site}: intermittent loss"
+            ));
         }
+        return v;
+    }
+    // A route that sends the request out of the VM's own side is the cause, whatever happened
+    // to the packet after it (usually a neighbour failure on the bridge).
+    if let Some(r) = req
+        .iter()
+        .filter_map(|j| j.route())
+        .find(|r| r.err == 0 && matches!(r.dev_kind, DevKind::Bridge | DevKind::Tap))
+    {
+        v.status = Status::Misrouted;
+        v.direction = Some(Direction::Request);
+        v.stage = Some(Stage::Routing);
+        v.device = Some(r.device.clone());
+        let policy = if r.table == 254 {
+            String::new()
+        } else {
+            " (a policy routing rule chose this table: `ip rule list`)".to_string()
+        };
+        v.summary = format!(
+            "misrouted: table {} sends {} out of {}, the VM's own side{policy}, instead of \
+             towards the outside → check `ip route get {} from {} iif {}` and the routes of table {}",
+            r.table_name(),
+            k.remote,
+            r.device,
+            k.remote,
+            k.guest,
+            r.device,
+            r.table_name()
+        );
+        v.route = Some(r);
         return v;
     }
     if let Some((dir, site)) = first_drop {
@@ -929,73 +1121,87 @@ fn classify(
             Direction::Request => "the request",
             Direction::Reply => "the reply",
         };
-        let mut s = match (site.stage, site.hook) {
-            (Stage::Netfilter, Some(h)) => {
-                let (fw, chains) = chains_on(facts, h);
-                v.firewall = fw.clone();
-                v.chains = chains.clone();
-                let drop_policies: Vec<&String> = chains
-                    .iter()
-                    .filter(|c| c.contains("policy drop"))
-                    .collect();
-                let who = match (fw.as_deref(), drop_policies.first(), chains.first()) {
-                    (Some(fw), Some(c), _) => format!(" ({fw}: chain {c})"),
-                    (Some(fw), None, Some(c)) => format!(" ({fw}: a rule in {c})"),
-                    (Some(fw), None, None) => format!(" ({fw})"),
-                    _ => String::new(),
-                };
-                format!(
-                    "{what} was dropped by the {h} hook{who} on {} [{}] → check the {} rules \
+        let mut s =
+            match (site.stage, site.hook) {
+                (Stage::Netfilter, Some(h)) => {
+                    let (fw, chains) = chains_on(facts, h);
+                    v.firewall = fw.clone();
+                    v.chains = chains.clone();
+                    let drop_policies: Vec<&String> = chains
+                        .iter()
+                        .filter(|c| c.contains("policy drop"))
+                        .collect();
+                    let who = match (fw.as_deref(), drop_policies.first(), chains.first()) {
+                        (Some(fw), Some(c), _) => format!(" ({fw}: chain {c})"),
+                        (Some(fw), None, Some(c)) => format!(" ({fw}: a rule in {c})"),
+                        (Some(fw), None, None) => format!(" ({fw})"),
+                        _ => String::new(),
+                    };
+                    let mut s = format!(
+                        "{what} was dropped by the {h} hook{who} on {} [{}] → check the {} rules \
                      for {} → {}",
-                    site.device,
-                    site.reason,
-                    h.name().to_lowercase(),
-                    k.guest,
-                    k.remote
-                )
-            }
-            (Stage::Routing, _) => {
-                let fwd_off = facts.ip_forward == Some(false);
-                let route = site.route.as_ref().and_then(|r| {
-                    r.err_name()
-                        .map(|e| format!("{e} in table {}", r.table_name()))
-                });
-                match (fwd_off, route) {
-                    (true, _) => format!(
-                        "{what} was dropped at routing on {}: IP forwarding is off \
-                         (net.ipv4.ip_forward=0) [{}] → enable it: sysctl -w net.ipv4.ip_forward=1",
-                        site.device, site.reason
-                    ),
-                    (false, Some(r)) => format!(
-                        "{what} was dropped at routing on {}: {r} for {} [{}] → check \
-                         `ip route get {}` and the routes of that table",
                         site.device,
-                        if dir == Direction::Request {
-                            k.remote
-                        } else {
-                            k.guest
-                        },
                         site.reason,
-                        if dir == Direction::Request {
-                            k.remote
-                        } else {
-                            k.guest
-                        }
-                    ),
-                    (false, None) => format!(
-                        "{what} was dropped at routing on {} [{}] → check `ip route get {}`, \
-                         rp_filter and ip_forward",
-                        site.device, site.reason, k.remote
-                    ),
+                        h.name().to_lowercase(),
+                        k.guest,
+                        k.remote
+                    );
+                    if dir == Direction::Reply && h == NfHook::Forward {
+                        s.push_str(
+                            ": the requests are let out but their replies are not; accept \
+                         established connections first (`ct state established,related accept`)",
+                        );
+                    }
+                    s
                 }
-            }
-            (stage, _) => format!(
-                "{what} was dropped at the {} stage on {} [{}]",
-                stage.name(),
-                site.device,
-                site.reason
-            ),
-        };
+                (Stage::Routing, _) => {
+                    let fwd_off = facts.ip_forward == Some(false);
+                    let route = site.route.as_ref().and_then(|r| {
+                        r.err_name()
+                            .map(|e| format!("{e} in table {}", r.table_name()))
+                    });
+                    match (fwd_off, route) {
+                        _ if site.reason == "IP_RPFILTER" => format!(
+                        "{what} was dropped by reverse-path filtering (rp_filter) on {}: the way \
+                         back to {} does not leave through {} [{}] → check `ip route get {}` and \
+                         net.ipv4.conf.{{all,{}}}.rp_filter (2 = loose)",
+                        site.device,
+                        if dir == Direction::Request { k.guest } else { k.remote },
+                        site.device,
+                        site.reason,
+                        if dir == Direction::Request { k.guest } else { k.remote },
+                        site.device
+                    ),
+                        (true, _) => format!(
+                            "{what} was dropped at routing on {}: IP forwarding is off \
+                         (net.ipv4.ip_forward=0) [{}] → enable it: sysctl -w net.ipv4.ip_forward=1",
+                            site.device, site.reason
+                        ),
+                        (false, Some(r)) => format!(
+                            "{what} was dropped at routing on {}: {r} for {} [{}] → check \
+                         `ip route get {}` and the routes of that table",
+                            site.device,
+                            if dir == Direction::Request {
+                                k.remote
+                            } else {
+                                k.guest
+                            },
+                            site.reason,
+                            if dir == Direction::Request {
+                                k.remote
+                            } else {
+                                k.guest
+                            }
+                        ),
+                        (false, None) => format!(
+                            "{what} was dropped at routing on {} [{}] → check `ip route get {}`, \
+                         rp_filter and ip_forward",
+                            site.device, site.reason, k.remote
+                        ),
+                    }
+                }
+                (stage, _) => egress_summary(what, stage, &site, rep, facts),
+            };
         if host_answered {
             if let Some(r) = &reply_kind {
                 s.push_str(&format!(

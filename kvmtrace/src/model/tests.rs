@@ -32,6 +32,7 @@ fn nft_forward_drop_facts() -> HostFacts {
             policy: "drop".into(),
         }],
         legacy_tables: vec![],
+        devices: vec![],
     }
 }
 

@@ -52,6 +52,7 @@ fn facts() -> HostFacts {
             policy: "drop".into(),
         }],
         legacy_tables: vec![],
+        devices: vec![],
     }
 }
 

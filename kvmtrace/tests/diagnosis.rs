@@ -1,0 +1,242 @@
+//! Diagnosis depth: each common way a VM's path breaks, created in a lab and named by the
+//! verdict with its evidence.
+
+mod common;
+
+use common::{field, start, Run};
+use kvmtrace_lab::lab::{Lab, LabOptions};
+use kvmtrace_lab::vm::{FakeVm, Reply};
+use std::time::Duration;
+
+const DEST: &str = "203.0.113.1";
+
+fn ping_run(lab: &Lab, extra: &[&str], n: u16, secs: &str) -> (Run, Vec<Option<Reply>>) {
+    let mut args = vec!["follow", "vnet0", DEST, "--json", "--duration", secs];
+    args.extend_from_slice(extra);
+    let running = start(lab, &args);
+    let mut vm = FakeVm::attach(lab);
+    let got = (1..=n)
+        .map(|seq| vm.ping(lab.dest, 0x4444, seq, Duration::from_millis(500)))
+        .collect();
+    (running.wait(), got)
+}
+
+#[test]
+fn a_forward_chain_without_established_accept_drops_the_reply() {
+    let lab = Lab::new(LabOptions::default());
+    lab.nft(
+        "table inet replydrop {\n chain forward {\n  type filter hook forward priority 0; policy drop;\n  ip saddr 10.77.0.0/24 accept\n }\n}\n",
+    );
+    let (run, got) = ping_run(&lab, &[], 2, "3");
+    assert!(got.iter().all(Option::is_none), "{got:?}");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "FORWARD");
+    assert_eq!(field(v, "device"), "up0", "{}", run.dump());
+    assert!(
+        field(v, "summary").contains("established"),
+        "{}",
+        run.dump()
+    );
+    // The request itself was rewritten and left: the SNAT is still reported.
+    assert_eq!(v["rewrites"][0]["field"], "src", "{}", run.dump());
+}
+
+#[test]
+fn policy_routing_into_the_vm_bridge_is_misrouted() {
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&[
+        "ip",
+        "route",
+        "add",
+        "203.0.113.0/24",
+        "dev",
+        "br0",
+        "table",
+        "100",
+    ]);
+    lab.hv_run(&["ip", "rule", "add", "from", "10.77.0.0/24", "lookup", "100"]);
+    let (run, _) = ping_run(&lab, &[], 1, "2");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "misrouted", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "routing");
+    assert_eq!(v["route"]["table"], 100, "{}", run.dump());
+    assert_eq!(v["route"]["device"], "br0", "{}", run.dump());
+    assert!(field(v, "summary").contains("table 100"), "{}", run.dump());
+}
+
+#[test]
+fn an_upstream_gateway_that_does_not_answer_arp_is_named() {
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&[
+        "ip",
+        "route",
+        "replace",
+        "default",
+        "via",
+        "192.0.2.99",
+        "dev",
+        "up0",
+    ]);
+    let (run, _) = ping_run(&lab, &[], 1, "5");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
+    assert_eq!(field(v, "device"), "up0", "{}", run.dump());
+    assert!(field(v, "reason").starts_with("NEIGH"), "{}", run.dump());
+    assert!(field(v, "summary").contains("192.0.2.99"), "{}", run.dump());
+}
+
+#[test]
+fn too_big_with_df_gets_frag_needed_and_the_mtu() {
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&["ip", "link", "set", "up0", "mtu", "1000"]);
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST, "--json", "--duration", "3"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    vm.dont_fragment = true;
+    let got = vm.ping_sized(lab.dest, 0x4545, 1, 1400, Duration::from_millis(800));
+    let run = running.wait();
+    assert!(
+        matches!(
+            got,
+            Some(Reply::IcmpError {
+                icmp_type: 3,
+                code: 4,
+                ..
+            })
+        ),
+        "{got:?}"
+    );
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "reason"), "PKT_TOO_BIG", "{}", run.dump());
+    let s = field(v, "summary");
+    assert!(
+        s.contains("MTU 1000") && s.contains("up0"),
+        "{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn strict_reverse_path_filtering_is_named() {
+    let lab = Lab::new(LabOptions::default());
+    // The way back to the guest now leaves through up0, not br0: strict rp_filter on br0 drops.
+    lab.hv_run(&[
+        "ip",
+        "route",
+        "add",
+        "10.77.0.2/32",
+        "via",
+        "192.0.2.1",
+        "dev",
+        "up0",
+    ]);
+    lab.hv_run(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1"]);
+    lab.hv_run(&["sysctl", "-qw", "net.ipv4.conf.br0.rp_filter=1"]);
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST, "--json", "--duration", "2"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    // The host no longer answers the guest's ARP on br0 (the same check): a guest that
+    // learned the gateway's MAC before still sends.
+    let mac = lab.hv_run(&["cat", "/sys/class/net/br0/address"]);
+    vm.send_echo_to_mac(lab.dest, 0x4848, 1, parse_mac(mac.trim()));
+    let run = running.wait();
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "routing", "{}", run.dump());
+    assert_eq!(field(v, "reason"), "IP_RPFILTER", "{}", run.dump());
+    assert!(field(v, "summary").contains("rp_filter"), "{}", run.dump());
+}
+
+#[test]
+fn uplink_qdisc_drops_are_named() {
+    let lab = Lab::new(LabOptions::default());
+    // The next hop is known (no ARP through the slow queue), then the queue is made tiny.
+    let gw_mac = lab.outside_run(&["cat", "/sys/class/net/eth0/address"]);
+    lab.hv_run(&[
+        "ip",
+        "neigh",
+        "replace",
+        "192.0.2.1",
+        "lladdr",
+        gw_mac.trim(),
+        "dev",
+        "up0",
+        "nud",
+        "permanent",
+    ]);
+    lab.hv_run(&[
+        "tc", "qdisc", "add", "dev", "up0", "root", "tbf", "rate", "8kbit", "burst", "1600",
+        "limit", "1",
+    ]);
+    let running = start(
+        &lab,
+        &[
+            "follow",
+            "vnet0",
+            DEST,
+            "--json",
+            "--duration",
+            "3",
+            "--budget",
+            "0",
+        ],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    assert!(vm.resolve_gateway(Duration::from_secs(3)));
+    for seq in 0..50 {
+        vm.send_echo(lab.dest, 0x4646, seq);
+    }
+    let run = running.wait();
+    let drops: Vec<_> = run
+        .hops()
+        .into_iter()
+        .filter(|h| h["point"] == "drop")
+        .collect();
+    assert!(!drops.is_empty(), "{}", run.dump());
+    let v = run.verdict();
+    assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
+    assert_eq!(field(v, "device"), "up0", "{}", run.dump());
+    assert!(field(v, "reason").contains("QDISC"), "{}", run.dump());
+    assert!(field(v, "summary").contains("qdisc"), "{}", run.dump());
+}
+
+#[test]
+fn a_tap_outside_any_bridge_is_named() {
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&["ip", "link", "set", "vnet0", "nomaster"]);
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST, "--json", "--duration", "2"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    // The gateway cannot answer ARP through a tap outside the bridge: use the bridge's MAC as
+    // a guest that learned it earlier would.
+    let mac = lab.hv_run(&["cat", "/sys/class/net/br0/address"]);
+    vm.send_echo_to_mac(lab.dest, 0x4747, 1, parse_mac(mac.trim()));
+    let run = running.wait();
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
+    assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+    assert!(
+        field(v, "summary").contains("not a port of any bridge"),
+        "{}",
+        run.dump()
+    );
+}
+
+fn parse_mac(s: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (o, p) in m.iter_mut().zip(s.split(':')) {
+        *o = u8::from_str_radix(p, 16).unwrap();
+    }
+    m
+}
