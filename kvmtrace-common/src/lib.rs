@@ -60,6 +60,10 @@ pub const EV_FLAG_NEW: u8 = 1;
 pub const EV_FLAG_HAS_IP: u8 = 2;
 /// `Event::flags`: an Ethernet header was read (the MAC fields are valid).
 pub const EV_FLAG_HAS_ETH: u8 = 4;
+/// `Event::flags`: an ARP packet on the tap (saddr/daddr = sender/target IP, icmp_type = op).
+pub const EV_FLAG_ARP: u8 = 8;
+/// `Event::flags`: a DHCP packet on the tap (UDP 68→67 from the guest, 67→68 to it).
+pub const EV_FLAG_DHCP: u8 = 16;
 
 /// One observation of one packet at one hook. 112 bytes, no implicit padding.
 #[repr(C)]

@@ -25,7 +25,8 @@ use aya_ebpf::{
 };
 use kvmtrace_common::{
     Config, Event, HookKind, NatKey, CNT_EVENTS, CNT_LOST, CNT_MAX, CNT_SAMPLED_OUT, CNT_SEEN,
-    DIR_REPLY, DIR_REQUEST, EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP, EV_FLAG_NEW,
+    DIR_REPLY, DIR_REQUEST, EV_FLAG_ARP, EV_FLAG_DHCP, EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP,
+    EV_FLAG_NEW,
 };
 
 /// Written by userspace once before attaching; read by every program.
@@ -588,6 +589,10 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
     let Ok(eth) = ctx.load::<[u8; 14]>(0) else {
         return TC_ACT_UNSPEC;
     };
+    if eth[12] == 0x08 && eth[13] == 0x06 {
+        tap_arp(ctx, c, hook, &eth);
+        return TC_ACT_UNSPEC;
+    }
     if eth[12] != 0x08 || eth[13] != 0x00 {
         return TC_ACT_UNSPEC;
     }
@@ -622,6 +627,22 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
         if !any && (eth[6..12] != gm[..]) {
             return TC_ACT_UNSPEC;
         }
+    }
+    // DHCP between the guest and whatever serves its network (not towards DEST, so not a
+    // flow): reported so that a guest without an address is seen asking.
+    if p.proto == 17
+        && ((from_vm && p.sport == 68 && p.dport == 67)
+            || (!from_vm && p.sport == 67 && p.dport == 68))
+    {
+        tap_l2_event(
+            ctx,
+            c,
+            hook,
+            &p,
+            &eth,
+            EV_FLAG_DHCP | EV_FLAG_HAS_IP | EV_FLAG_HAS_ETH,
+        );
+        return TC_ACT_UNSPEC;
     }
     let tracked = unsafe { TRACKED.get(&skb).copied() };
     let mut flags = EV_FLAG_HAS_IP | EV_FLAG_HAS_ETH;
@@ -667,6 +688,51 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
         &NO_EXTRA,
     );
     TC_ACT_UNSPEC
+}
+
+/// ARP on the tap: who the guest asks for (its gateway) and who answers it.
+#[inline(always)]
+fn tap_arp(ctx: &TcContext, c: &Config, hook: HookKind, eth: &[u8; 14]) {
+    // Ethernet/IPv4 ARP (RFC 826): htype 1, ptype 0x0800, hlen 6, plen 4, op, sha, spa, tha, tpa.
+    let Ok(a) = ctx.load::<[u8; 28]>(14) else {
+        return;
+    };
+    if a[0] != 0 || a[1] != 1 || a[2] != 0x08 || a[3] != 0x00 || a[4] != 6 || a[5] != 4 {
+        return;
+    }
+    let mut p = Pkt::empty();
+    p.icmp_type = a[7];
+    p.saddr = [a[14], a[15], a[16], a[17]];
+    p.daddr = [a[24], a[25], a[26], a[27]];
+    tap_l2_event(ctx, c, hook, &p, eth, EV_FLAG_ARP | EV_FLAG_HAS_ETH);
+}
+
+/// Emits an ARP or DHCP event seen on the tap, within a per-(sender, target) budget.
+#[inline(always)]
+fn tap_l2_event(ctx: &TcContext, c: &Config, hook: HookKind, p: &Pkt, eth: &[u8; 14], flags: u8) {
+    let from_vm = matches!(hook, HookKind::TapIngress);
+    let dir = if from_vm { DIR_REQUEST } else { DIR_REPLY };
+    if !within_budget(c, p, dir) {
+        count(CNT_SAMPLED_OUT);
+        return;
+    }
+    let mut macs = [0u8; 12];
+    macs.copy_from_slice(&eth[0..12]);
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let len = unsafe { (*ctx.skb.skb).len };
+    emit(
+        hook,
+        ctx.skb.skb as u64,
+        dir,
+        flags,
+        p,
+        ifindex,
+        &[0; 16],
+        c.filter.netns,
+        len,
+        &macs,
+        &NO_EXTRA,
+    );
 }
 
 /// TC ingress of the tap: frames coming out of the guest. Always continues (TCX_NEXT).

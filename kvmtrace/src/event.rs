@@ -181,6 +181,23 @@ pub struct TraceEvent {
     /// ICMP errors: the destination of the packet the error is about.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub icmp_inner_dst: Option<Ipv4Addr>,
+    /// ARP or DHCP seen on the tap (not part of any flow to the destination).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub l2: Option<L2>,
+}
+
+/// Link-level conversation of the guest on its tap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum L2 {
+    /// ARP: `op` 1 request (who-has `target` tell `sender`), 2 reply (`sender` is-at …).
+    Arp {
+        op: u8,
+        sender: Ipv4Addr,
+        target: Ipv4Addr,
+    },
+    /// DHCP: from the guest (client, UDP 68→67) or to it (server, 67→68).
+    Dhcp { from_guest: bool },
 }
 
 /// A `fib_table_lookup` result.
@@ -294,6 +311,19 @@ impl TraceEvent {
             d.dev_kind(e.ifindex, &device)
         };
         let has_eth = e.flags & kvmtrace_common::EV_FLAG_HAS_ETH != 0;
+        let l2 = if e.flags & kvmtrace_common::EV_FLAG_ARP != 0 {
+            Some(L2::Arp {
+                op: e.icmp_type,
+                sender: Ipv4Addr::from(e.saddr),
+                target: Ipv4Addr::from(e.daddr),
+            })
+        } else if e.flags & kvmtrace_common::EV_FLAG_DHCP != 0 {
+            Some(L2::Dhcp {
+                from_guest: point == Point::TapIngress,
+            })
+        } else {
+            None
+        };
         Some(TraceEvent {
             ts_ns: e.ts_ns,
             skb: e.skb,
@@ -325,12 +355,35 @@ impl TraceEvent {
             location,
             stack,
             route,
-            icmp_inner_dst: (is_icmp_err && point != Point::Fib).then(|| Ipv4Addr::from(e.gw)),
+            icmp_inner_dst: (is_icmp_err && point != Point::Fib && l2.is_none())
+                .then(|| Ipv4Addr::from(e.gw)),
+            l2,
         })
     }
 
     /// Short description of the headers: `10.0.0.2 > 203.0.113.1 icmp echo id=7 seq=1`.
     pub fn headers(&self) -> String {
+        match &self.l2 {
+            Some(L2::Arp {
+                op: 1,
+                sender,
+                target,
+            }) => return format!("arp who-has {target} tell {sender}"),
+            Some(L2::Arp { sender, .. }) => {
+                return format!(
+                    "arp reply {sender} is-at {}",
+                    self.smac.as_deref().unwrap_or("?")
+                )
+            }
+            Some(L2::Dhcp { from_guest: true }) => {
+                return format!(
+                    "dhcp from the guest ({})",
+                    self.smac.as_deref().unwrap_or("?")
+                )
+            }
+            Some(L2::Dhcp { from_guest: false }) => return "dhcp answer to the guest".into(),
+            None => {}
+        }
         let Some(t) = &self.tuple else {
             return "(no IPv4 header)".into();
         };

@@ -240,3 +240,51 @@ fn parse_mac(s: &str) -> [u8; 6] {
     }
     m
 }
+
+#[test]
+fn a_guest_asking_for_a_gateway_nobody_owns_is_named() {
+    let lab = Lab::new(LabOptions::default());
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST, "--json", "--duration", "2"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    for _ in 0..3 {
+        vm.arp_request("10.77.0.254".parse().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = running.wait();
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
+    let s = field(v, "summary");
+    assert!(
+        s.contains("who has 10.77.0.254") && s.contains("gateway"),
+        "{}",
+        run.dump()
+    );
+    assert!(s.contains("3 time(s)"), "{}", run.dump());
+    assert!(
+        run.hops()
+            .iter()
+            .any(|h| h["l2"]["kind"] == "arp" && h["l2"]["target"] == "10.77.0.254"),
+        "{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn dhcp_discovers_without_an_offer_are_named() {
+    let lab = Lab::new(LabOptions::default());
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST, "--json", "--duration", "2"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    vm.dhcp_discover(0x1234);
+    vm.dhcp_discover(0x1235);
+    let run = running.wait();
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
+    assert!(field(v, "summary").contains("DHCP"), "{}", run.dump());
+    assert!(field(v, "summary").contains("2 time(s)"), "{}", run.dump());
+}

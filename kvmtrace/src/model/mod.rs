@@ -631,7 +631,13 @@ pub struct Model {
     archive_nat: HashMap<(u8, Ipv4Addr, u16), FlowKey>,
     /// Journeys folded away without a flow (ICMP errors, …) or past [`MAX_ARCHIVED_FLOWS`].
     pub flows_over_limit: usize,
+    /// The guest's ARP and DHCP on its tap (the last [`L2_KEPT`]), and how many there were.
+    pub l2: std::collections::VecDeque<TraceEvent>,
+    pub l2_seen: usize,
 }
+
+/// ARP/DHCP events a model keeps.
+pub const L2_KEPT: usize = 512;
 
 impl Model {
     pub fn new() -> Self {
@@ -697,6 +703,14 @@ impl Model {
     /// Adds one event; gives it back when it belongs to no journey (a route lookup whose
     /// packet's earlier events were lost), so that the caller can still show it.
     pub fn try_push(&mut self, ev: TraceEvent) -> Result<usize, Box<TraceEvent>> {
+        if ev.l2.is_some() {
+            self.l2_seen += 1;
+            if self.l2.len() == L2_KEPT {
+                self.l2.pop_front();
+            }
+            self.l2.push_back(ev.clone());
+            return Err(Box::new(ev));
+        }
         let skb = ev.skb;
         if ev.point == Point::Fib {
             // A route lookup belongs to the packet being processed on that CPU.
@@ -758,6 +772,64 @@ impl Model {
                 Some(k)
             }
         }
+    }
+
+    /// Why nothing reached the destination, from what the guest did say on its tap.
+    fn no_traffic_summary(&self, dest: &str) -> String {
+        use crate::event::L2;
+        let mut asked: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+        let mut answered: std::collections::BTreeSet<Ipv4Addr> = Default::default();
+        let (mut dhcp_asks, mut dhcp_answers) = (0, 0);
+        for e in &self.l2 {
+            match &e.l2 {
+                Some(L2::Arp { op: 1, target, .. }) if e.point == Point::TapIngress => {
+                    *asked.entry(*target).or_default() += 1
+                }
+                Some(L2::Arp { op: 2, sender, .. }) if e.point == Point::TapEgress => {
+                    answered.insert(*sender);
+                }
+                Some(L2::Dhcp { from_guest: true }) => dhcp_asks += 1,
+                Some(L2::Dhcp { from_guest: false }) => dhcp_answers += 1,
+                _ => {}
+            }
+        }
+        let unanswered: Vec<(Ipv4Addr, usize)> = asked
+            .iter()
+            .filter(|(ip, _)| !answered.contains(ip))
+            .map(|(ip, n)| (*ip, *n))
+            .collect();
+        let mut parts = Vec::new();
+        if dhcp_asks > 0 && dhcp_answers == 0 {
+            parts.push(format!(
+                "the guest asked DHCP for an address {dhcp_asks} time(s) and got no answer: no \
+                 DHCP server serves its network (is the network's dnsmasq running?)"
+            ));
+        }
+        for (ip, n) in &unanswered {
+            parts.push(format!(
+                "the guest asked {n} time(s) who has {ip} (ARP) and nobody on its bridge \
+                 answered: if {ip} is its gateway, the gateway setting is wrong or that address \
+                 is not on the bridge"
+            ));
+        }
+        if parts.is_empty() {
+            let resolved: Vec<String> = answered.iter().map(|a| a.to_string()).collect();
+            let mut s = format!(
+                "no packet from the VM to {dest} was seen on its tap: the guest sent nothing"
+            );
+            if resolved.is_empty() {
+                s.push_str(
+                    " (is it up, does it have an address and a route, is its gateway reachable?)",
+                );
+            } else {
+                s.push_str(&format!(
+                    " although it resolved {} by ARP (check the guest's routes and firewall)",
+                    resolved.join(", ")
+                ));
+            }
+            return s;
+        }
+        format!("no packet from the VM to {dest}: {}", parts.join("; "))
     }
 
     /// The flow of every retained journey (`None`: an ICMP error quoting no known flow, or a
@@ -830,10 +902,7 @@ impl Model {
         }
         if flows.is_empty() {
             let mut v = Verdict::new(format!("any > {dest}"), None, Status::NoTraffic);
-            v.summary = format!(
-                "no packet from the VM to {dest} was seen on its tap: the guest sent nothing \
-                 (is it up, does it have an address and a route, is its gateway reachable?)"
-            );
+            v.summary = self.no_traffic_summary(dest);
             return vec![v];
         }
         let from_tap = |j: &&Journey| j.hops.iter().any(|h| h.dev_kind == DevKind::Tap);
