@@ -380,6 +380,7 @@ mod tests {
             stack: vec![],
             route: None,
             icmp_inner_dst: None,
+            l2: None,
         }
     }
 

@@ -579,6 +579,7 @@ mod tests {
             stack: Vec::new(),
             route: None,
             icmp_inner_dst: None,
+            l2: None,
         }
     }
 
