@@ -288,3 +288,93 @@ fn dhcp_discovers_without_an_offer_are_named() {
     assert!(field(v, "summary").contains("DHCP"), "{}", run.dump());
     assert!(field(v, "summary").contains("2 time(s)"), "{}", run.dump());
 }
+
+/// Bridged mode: the tap and the uplink are ports of one bridge; the outside is the guest's
+/// router. With br_netfilter's bridge-nf-call-iptables=1, the IPv4 FORWARD hook sees bridged
+/// frames, and a drop policy there cuts the VM off.
+#[test]
+fn a_forward_drop_of_bridged_traffic_is_named_as_such() {
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&["nft", "delete", "table", "ip", "labnat"]);
+    lab.hv_run(&["ip", "addr", "flush", "dev", "br0"]);
+    lab.hv_run(&["ip", "addr", "flush", "dev", "up0"]);
+    lab.hv_run(&["ip", "link", "set", "up0", "master", "br0"]);
+    lab.outside_run(&["ip", "addr", "add", "10.77.0.1/24", "dev", "eth0"]);
+    if lab
+        .hv_cmd("sysctl")
+        .args(["-qw", "net.bridge.bridge-nf-call-iptables=1"])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+    {
+        eprintln!("br_netfilter is not loaded here: bridged-mode netfilter cannot be shown");
+        return;
+    }
+    let mut vm = FakeVm::attach(&lab);
+    assert!(
+        vm.ping(lab.dest, 0x4949, 1, Duration::from_millis(800))
+            .is_some(),
+        "bridged lab broken"
+    );
+    drop(vm);
+    lab.nft("table inet bfilter {\n chain forward {\n  type filter hook forward priority 0; policy drop;\n }\n}\n");
+    let (run, got) = ping_run(&lab, &[], 2, "3");
+    assert!(got.iter().all(Option::is_none), "{got:?}");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
+    assert!(field(v, "summary").contains("bridged"), "{}", run.dump());
+    assert!(
+        field(v, "summary").contains("bridge-nf-call-iptables"),
+        "{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn a_disabled_bridge_port_is_named() {
+    let lab = Lab::new(LabOptions::default());
+    let mac = lab.hv_run(&["cat", "/sys/class/net/br0/address"]);
+    let mut vm = FakeVm::attach(&lab);
+    // After the tap has carrier (carrier up puts a port back to forwarding without STP).
+    lab.hv_run(&["bridge", "link", "set", "dev", "vnet0", "state", "0"]);
+    assert_eq!(
+        lab.hv_run(&["cat", "/sys/class/net/vnet0/brport/state"])
+            .trim(),
+        "0"
+    );
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST, "--json", "--duration", "2"],
+    );
+    vm.send_echo_to_mac(lab.dest, 0x5050, 1, parse_mac(mac.trim()));
+    let run = running.wait();
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "bridge", "{}", run.dump());
+    assert!(field(v, "summary").contains("port"), "{}", run.dump());
+}
+
+#[test]
+fn a_guest_that_does_not_answer_the_hosts_arp_is_named() {
+    let lab = Lab::new(LabOptions::default());
+    let mac = lab.hv_run(&["cat", "/sys/class/net/br0/address"]);
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST, "--json", "--duration", "2"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    // The guest sends with a remembered gateway MAC and then stops listening: the host has
+    // to ask for the guest's MAC to hand it the reply, and nobody answers.
+    vm.send_echo_to_mac(lab.dest, 0x5151, 1, parse_mac(mac.trim()));
+    let run = running.wait();
+    let v = run.verdict();
+    assert_ne!(field(v, "status"), "delivered", "{}", run.dump());
+    assert_eq!(v["replies"], 1, "{}", run.dump());
+    assert!(
+        field(v, "summary").contains("never answered"),
+        "{}",
+        run.dump()
+    );
+    drop(vm);
+}

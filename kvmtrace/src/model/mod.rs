@@ -115,6 +115,9 @@ pub struct DropSite {
     pub reason: String,
     pub location: Option<String>,
     pub route: Option<Route>,
+    /// Dropped inside bridge netfilter (br_netfilter passing bridged frames to the IP hooks).
+    #[serde(default)]
+    pub bridged: bool,
 }
 
 /// How a journey ended.
@@ -368,8 +371,12 @@ impl Journey {
             || reason == "PKT_TOO_BIG"
             || reason == "DEV_READY"
             || reason == "TXQUEUE_FULL";
+        let bridge =
+            reason.starts_with("BRIDGE") || reason.contains("VLAN") || loc_fn.starts_with("br_");
         let (stage, hook) = if routing {
             (Stage::Routing, None)
+        } else if bridge && !netfilter {
+            (Stage::Bridge, None)
         } else if netfilter {
             match (open_hook, from_stack) {
                 (Some(h), _) => (Stage::Netfilter, Some(h)),
@@ -404,6 +411,7 @@ impl Journey {
                     reason,
                     location: drop.location.clone(),
                     route,
+                    bridged: false,
                 };
             }
         }
@@ -418,6 +426,7 @@ impl Journey {
             device,
             reason,
             location: drop.location.clone(),
+            bridged: netfilter && drop.stack.iter().any(|f| f.starts_with("br_nf_")),
             route: if matches!(stage, Stage::Routing | Stage::Egress) {
                 route
             } else {
@@ -774,6 +783,37 @@ impl Model {
         }
     }
 
+    /// Replies that came back but never reached the tap: does the guest answer the host's ARP?
+    fn add_guest_arp_evidence(&self, v: &mut Verdict, k: FlowKey) {
+        use crate::event::L2;
+        if v.status == Status::Delivered || v.replies == 0 {
+            return;
+        }
+        let asks = self
+            .l2
+            .iter()
+            .filter(|e| {
+                e.point == Point::TapEgress
+                    && matches!(e.l2, Some(L2::Arp { op: 1, target, .. }) if target == k.guest)
+            })
+            .count();
+        let answers = self
+            .l2
+            .iter()
+            .filter(|e| {
+                e.point == Point::TapIngress
+                    && matches!(e.l2, Some(L2::Arp { op: 2, sender, .. }) if sender == k.guest)
+            })
+            .count();
+        if asks > 0 && answers == 0 {
+            v.summary.push_str(&format!(
+                "; the host asked {asks} time(s) on the VM's bridge who has {} (ARP) and the \
+                 guest never answered → is the guest's interface up with that address?",
+                k.guest
+            ));
+        }
+    }
+
     /// Why nothing reached the destination, from what the guest did say on its tap.
     fn no_traffic_summary(&self, dest: &str) -> String {
         use crate::event::L2;
@@ -915,7 +955,11 @@ impl Model {
                 (req.iter().any(from_tap) || a.is_some_and(|a| a.from_tap))
                     && (req.iter().any(started) || a.is_some())
             })
-            .map(|(k, (req, rep))| classify(k, &req, &rep, facts, self.archive.get(&k)))
+            .map(|(k, (req, rep))| {
+                let mut v = classify(k, &req, &rep, facts, self.archive.get(&k));
+                self.add_guest_arp_evidence(&mut v, k);
+                v
+            })
             .collect();
         if out.is_empty() {
             let mut v = Verdict::new(format!("any > {dest}"), None, Status::NoTraffic);
@@ -1015,6 +1059,24 @@ fn egress_summary(
             "{what} was dropped by the qdisc or a tc action of {dev} (queue full, rate limit \
              or policer) [{reason}] → `tc -s qdisc show dev {dev}` and `tc -s filter show dev {dev}`"
         );
+    }
+    if stage == Stage::Bridge {
+        let br = facts.master_of(dev).unwrap_or("its bridge");
+        if r.contains("VLAN") {
+            return format!(
+                "{what} was dropped by VLAN filtering on {br} at port {dev}: the frame's VLAN is \
+                 not allowed on that port (PVID / allowed VLANs) [{reason}] → `bridge vlan show \
+                 dev {dev}`"
+            );
+        }
+        if r.contains("STP") {
+            return format!(
+                "{what} was dropped by {br} at port {dev}: the port is not forwarding (its STP \
+                 state is disabled, blocking, listening or learning) [{reason}] → `bridge link \
+                 show dev {dev}`; without STP, `bridge link set dev {dev} state 3` forwards"
+            );
+        }
+        return format!("{what} was dropped by {br} at port {dev} [{reason}]");
     }
     if stage == Stage::Tap && (r == "OTHERHOST" || r == "IP_INADDRERRORS") {
         let master = facts.master_of(dev);
@@ -1215,6 +1277,14 @@ fn classify(
                         k.guest,
                         k.remote
                     );
+                    if site.bridged {
+                        s.push_str(
+                        ": this is bridged traffic, which br_netfilter hands to the IPv4 hooks \
+                         (net.bridge.bridge-nf-call-iptables=1); allow the VM's traffic in that \
+                         chain, or set bridge-nf-call-iptables=0 if the host is not meant to \
+                         filter bridged frames",
+                    );
+                    }
                     if dir == Direction::Reply && h == NfHook::Forward {
                         s.push_str(
                             ": the requests are let out but their replies are not; accept \
