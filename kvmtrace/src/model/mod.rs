@@ -426,7 +426,15 @@ impl Journey {
             device,
             reason,
             location: drop.location.clone(),
-            bridged: netfilter && drop.stack.iter().any(|f| f.starts_with("br_nf_")),
+            // The hook that dropped was run by bridge netfilter (br_nf_forward_ip, …), not by
+            // the IP stack (ip_forward, …): the frame was being bridged, not routed.
+            bridged: netfilter
+                && drop
+                    .stack
+                    .iter()
+                    .skip_while(|f| !f.starts_with("nf_hook_slow"))
+                    .nth(1)
+                    .is_some_and(|f| f.starts_with("br_nf_")),
             route: if matches!(stage, Stage::Routing | Stage::Egress) {
                 route
             } else {
