@@ -378,3 +378,39 @@ fn a_guest_that_does_not_answer_the_hosts_arp_is_named() {
     );
     drop(vm);
 }
+
+#[test]
+fn replies_dropped_because_the_guest_does_not_read_its_tap_are_named() {
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&["ip", "link", "set", "vnet0", "txqueuelen", "4"]);
+    let running = start(
+        &lab,
+        &[
+            "follow",
+            "vnet0",
+            DEST,
+            "--json",
+            "--duration",
+            "2",
+            "--budget",
+            "0",
+        ],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    assert!(vm.resolve_gateway(Duration::from_secs(3)));
+    // Send and never read: the tap's queue towards the guest fills up.
+    for seq in 0..30 {
+        vm.send_echo(lab.dest, 0x5252, seq);
+    }
+    let run = running.wait();
+    let v = run.verdict();
+    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
+    assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+    assert!(
+        field(v, "summary").contains("not reading"),
+        "{}",
+        run.dump()
+    );
+    drop(vm);
+}

@@ -1062,6 +1062,13 @@ fn egress_summary(
              raise {dev}'s; if the guest never gets the ICMP, path MTU discovery is blocked"
         );
     }
+    if r == "FULL_RING" {
+        return format!(
+            "{what} was dropped on {dev}: the tap's queue towards the guest was full, the guest \
+             is not reading it fast enough (virtio-net driver or QEMU stuck or too slow) \
+             [{reason}] → check the guest and its QEMU process"
+        );
+    }
     if r.starts_with("QDISC") || r.starts_with("TC_") || r == "TXQUEUE_FULL" {
         return format!(
             "{what} was dropped by the qdisc or a tc action of {dev} (queue full, rate limit \
@@ -1199,20 +1206,44 @@ fn classify(
                 "delivered: {n_delivered} of {n_req} requests answered and the replies reached the VM{nat}"
             )
         };
+        let reply_drops: Vec<&DropSite> = rep_out
+            .iter()
+            .filter_map(|(_, o)| match o {
+                Outcome::Dropped(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        let why = |d: &DropSite| {
+            if d.reason == "FULL_RING" {
+                format!(
+                    "{} on {}: the guest is not reading its queue fast enough (virtio-net driver \
+                     or QEMU stuck or too slow)",
+                    d.reason, d.device
+                )
+            } else {
+                format!(
+                    "{} on {} at the {} stage",
+                    d.reason,
+                    d.device,
+                    d.stage.name()
+                )
+            }
+        };
         if drops > 0 {
             let site = first_drop
                 .as_ref()
-                .map(|(_, d)| {
-                    format!(
-                        " ({} on {} at the {} stage)",
-                        d.reason,
-                        d.device,
-                        d.stage.name()
-                    )
-                })
+                .filter(|(d, _)| *d == Direction::Request)
+                .map(|(_, d)| format!(" ({})", why(d)))
                 .unwrap_or_default();
             v.summary.push_str(&format!(
                 "; but {drops} of {n_req} requests were dropped{site}: intermittent loss"
+            ));
+        }
+        if let Some(d) = reply_drops.first() {
+            v.summary.push_str(&format!(
+                "; but {} replies were dropped before the guest got them ({})",
+                reply_drops.len(),
+                why(d)
             ));
         }
         return v;
