@@ -173,7 +173,7 @@ pub struct Filter {
     /// Guest MAC (all zero = any source MAC on the tap).
     pub guest_mac: [u8; 6],
     pub _pad1: [u8; 2],
-    /// Per-flow event budget; past it packets are only counted. 0 = unlimited.
+    /// Packets per flow shown in full; past it packets are only counted. 0 = unlimited.
     pub budget: u32,
     /// 0 until every hook is attached: packets half-way through the host when tracing starts
     /// would otherwise show up with hops missing.
@@ -203,6 +203,18 @@ pub struct NatKey {
     pub _pad: u8,
 }
 
+/// Value of the per-flow `BUDGET` map: packets of the flow shown in full, and packets past the
+/// budget that were only counted (every hook of such a packet returns after one lookup).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowBudget {
+    pub shown: u32,
+    pub suppressed: u32,
+}
+
+/// Bit in a `TRACKED` value: the packet is past its flow's budget (counted, not shown).
+pub const TRACK_SUPPRESSED: u8 = 0x80;
+
 /// Indexes of the `COUNTERS` per-CPU array.
 pub const CNT_EVENTS: u32 = 0;
 /// Events that could not be written because the ring buffer was full.
@@ -219,6 +231,7 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::NatKey {}
+    unsafe impl aya::Pod for super::FlowBudget {}
 }
 
 #[cfg(test)]

@@ -24,9 +24,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use kvmtrace_common::{
-    Config, Event, HookKind, NatKey, CNT_EVENTS, CNT_LOST, CNT_MAX, CNT_SAMPLED_OUT, CNT_SEEN,
-    DIR_REPLY, DIR_REQUEST, EV_FLAG_ARP, EV_FLAG_DHCP, EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP,
-    EV_FLAG_NEW,
+    Config, Event, FlowBudget, HookKind, NatKey, CNT_EVENTS, CNT_LOST, CNT_MAX, CNT_SAMPLED_OUT,
+    CNT_SEEN, DIR_REPLY, DIR_REQUEST, EV_FLAG_ARP, EV_FLAG_DHCP, EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP,
+    EV_FLAG_NEW, TRACK_SUPPRESSED,
 };
 
 /// Written by userspace once before attaching; read by every program.
@@ -56,9 +56,10 @@ static NAT_KEYS: LruHashMap<NatKey, u8> = LruHashMap::with_max_entries(4096, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_MAX, 0);
 
-/// Per-flow event budget: flow key → events emitted so far.
+/// Per-flow packet budget: flow key → packets shown and packets only counted. Written here,
+/// read by userspace at the end (exact per-flow counts past the budget).
 #[map]
-static BUDGET: LruHashMap<NatKey, u32> = LruHashMap::with_max_entries(4096, 0);
+static BUDGET: LruHashMap<NatKey, FlowBudget> = LruHashMap::with_max_entries(4096, 0);
 
 /// Kernel stacks of drops, read by userspace when it sees a `Drop` event.
 #[map]
@@ -277,28 +278,37 @@ fn flow_key(p: &Pkt, dir: u8) -> NatKey {
     }
 }
 
-/// Applies the per-flow event budget. Returns false when the event must only be counted.
+/// Admits a new packet within its flow's budget. Returns false when it must only be counted
+/// (then all its hooks return after the TRACKED lookup).
 #[inline(always)]
-fn within_budget(c: &Config, p: &Pkt, dir: u8) -> bool {
+fn admit(c: &Config, p: &Pkt, dir: u8) -> bool {
     let budget = c.filter.budget;
     if budget == 0 {
         return true;
     }
     let key = flow_key(p, dir);
     match BUDGET.get_ptr_mut(&key) {
-        Some(n) => {
-            // SAFETY: value pointer from the map; a racy increment only makes the budget
-            // approximate, the counters stay exact.
+        Some(b) => {
+            // SAFETY: value pointer from the map. Two CPUs racing may let one packet more in;
+            // the counts stay exact per packet.
             unsafe {
-                if *n >= budget {
+                if (*b).shown >= budget {
+                    (*b).suppressed += 1;
                     return false;
                 }
-                *n += 1;
+                (*b).shown += 1;
             }
             true
         }
         None => {
-            let _ = BUDGET.insert(&key, &1, 0);
+            let _ = BUDGET.insert(
+                &key,
+                &FlowBudget {
+                    shown: 1,
+                    suppressed: 0,
+                },
+                0,
+            );
             true
         }
     }
@@ -469,6 +479,11 @@ fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
             return;
         }
     }
+    if tracked.is_some_and(|t| t & TRACK_SUPPRESSED != 0) {
+        // Past its flow's budget: counted, nothing else.
+        count(CNT_SAMPLED_OUT);
+        return;
+    }
     count(CNT_SEEN);
     let (ifindex, ifname, netns) = skb_dev(c, skb);
     if netns != c.filter.netns {
@@ -514,18 +529,21 @@ fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
             if on_tap {
                 let _ = GUEST_IPS.insert(&p.saddr, &1, 0);
             }
+            if !admit(c, &p, d) {
+                if !freeing {
+                    let _ = TRACKED.insert(skb, d | TRACK_SUPPRESSED, 0);
+                }
+                count(CNT_SAMPLED_OUT);
+                return;
+            }
             if !freeing {
-                let _ = TRACKED.insert(&skb, &d, 0);
+                let _ = TRACKED.insert(skb, d, 0);
             }
             flags |= EV_FLAG_NEW;
             d
         }
     };
     learn_nat(&p, dir);
-    if !within_budget(c, &p, dir) {
-        count(CNT_SAMPLED_OUT);
-        return;
-    }
     let keep_cur = matches!(hook, HookKind::NetifReceive)
         || (matches!(hook, HookKind::NfExit) && x.nf_hook == NF_INET_PRE_ROUTING);
     set_cur(if keep_cur { skb } else { 0 });
@@ -647,6 +665,10 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
     let tracked = unsafe { TRACKED.get(&skb).copied() };
     let mut flags = EV_FLAG_HAS_IP | EV_FLAG_HAS_ETH;
     let dir = match tracked {
+        Some(t) if t & TRACK_SUPPRESSED != 0 => {
+            count(CNT_SAMPLED_OUT);
+            return TC_ACT_UNSPEC;
+        }
         Some(d) => d,
         None => {
             let d = classify(c, &p, from_vm);
@@ -656,15 +678,16 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
             if from_vm {
                 let _ = GUEST_IPS.insert(&p.saddr, &1, 0);
             }
-            let _ = TRACKED.insert(&skb, &d, 0);
+            if !admit(c, &p, d) {
+                let _ = TRACKED.insert(skb, d | TRACK_SUPPRESSED, 0);
+                count(CNT_SAMPLED_OUT);
+                return TC_ACT_UNSPEC;
+            }
+            let _ = TRACKED.insert(skb, d, 0);
             flags |= EV_FLAG_NEW;
             d
         }
     };
-    if !within_budget(c, &p, dir) {
-        count(CNT_SAMPLED_OUT);
-        return TC_ACT_UNSPEC;
-    }
     let mut macs = [0u8; 12];
     macs.copy_from_slice(&eth[0..12]);
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -712,7 +735,7 @@ fn tap_arp(ctx: &TcContext, c: &Config, hook: HookKind, eth: &[u8; 14]) {
 fn tap_l2_event(ctx: &TcContext, c: &Config, hook: HookKind, p: &Pkt, eth: &[u8; 14], flags: u8) {
     let from_vm = matches!(hook, HookKind::TapIngress);
     let dir = if from_vm { DIR_REQUEST } else { DIR_REPLY };
-    if !within_budget(c, p, dir) {
+    if !admit(c, p, dir) {
         count(CNT_SAMPLED_OUT);
         return;
     }

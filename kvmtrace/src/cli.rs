@@ -66,8 +66,9 @@ pub enum Cmd {
         /// for `replay`, `export` and `report`.
         #[arg(long, value_name = "FILE")]
         record: Option<std::path::PathBuf>,
-        /// Events kept per flow in the kernel before it only counts (0 = no limit).
-        #[arg(long, default_value_t = 2000)]
+        /// Packets per flow and direction shown in full; past it the kernel only counts them
+        /// (exact counts, reported per flow). 0 = no limit.
+        #[arg(long, default_value_t = 200)]
         budget: u32,
         /// Ring buffer size in KiB (a power of two, at least 4). Events that find it full are
         /// counted as lost and reported.
@@ -447,7 +448,9 @@ async fn follow_async(
     let programs = tracer.program_stats();
     let (attached, warnings) = (tracer.attached.clone(), tracer.warnings.clone());
     let facts: HostFacts = crate::facts::gather();
-    let verdicts = st.model.verdicts(&facts, dest, Some(until));
+    let mut verdicts = st.model.verdicts(&facts, dest, Some(until));
+    st.model
+        .apply_budgets(&mut verdicts, &tracer.flow_budgets(), spec.budget);
     if let Some(w) = st.writer.take() {
         w.finish(&verdicts, counters, &facts)?;
     }

@@ -443,6 +443,31 @@ impl Tracer {
         out
     }
 
+    /// The kernel's per-flow budget map: packets shown and counted past the budget.
+    pub fn flow_budgets(&self) -> Vec<crate::model::BudgetEntry> {
+        // aya's HashMap also opens LRU hash maps.
+        use aya::maps::HashMap;
+        let Some(m) = self.ebpf.map("BUDGET") else {
+            return Vec::new();
+        };
+        let Ok(map) =
+            HashMap::<_, kvmtrace_common::NatKey, kvmtrace_common::FlowBudget>::try_from(m)
+        else {
+            return Vec::new();
+        };
+        map.iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, b)| crate::model::BudgetEntry {
+                proto: k.proto,
+                remote: Ipv4Addr::from(k.remote),
+                local: Ipv4Addr::from(k.local),
+                local_port: k.local_port,
+                shown: b.shown,
+                suppressed: b.suppressed,
+            })
+            .collect()
+    }
+
     /// Sums the per-CPU counters.
     pub fn counters(&self) -> Counters {
         let Some(m) = self.ebpf.map("COUNTERS") else {

@@ -226,3 +226,47 @@ fn observing_changes_no_byte_of_any_packet() {
         med(&traced_rtt)
     );
 }
+
+#[test]
+fn a_followed_flood_is_sampled_with_exact_counts() {
+    let lab = Lab::new(LabOptions::default());
+    let running = start(
+        &lab,
+        &[
+            "follow",
+            "vnet0",
+            "203.0.113.1",
+            "--json",
+            "--budget",
+            "20",
+            "--proto",
+            "icmp",
+            "--duration",
+            "4",
+        ],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    assert!(vm.resolve_gateway(Duration::from_secs(3)));
+    let n = 500u64;
+    for seq in 0..n as u16 {
+        vm.send_echo(lab.dest, 0x6161, seq);
+    }
+    let run = running.wait();
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
+    assert_eq!(
+        v["requests"],
+        20,
+        "only the budget is shown in full: {}",
+        run.dump()
+    );
+    assert_eq!(
+        v["suppressed"],
+        2 * (n - 20),
+        "every other request and reply is counted: {}",
+        run.dump()
+    );
+    assert!(field(v, "summary").contains("sampled"), "{}", run.dump());
+    assert!(run.stats()["sampled_out"].as_u64().unwrap() > 0);
+    drop(vm);
+}

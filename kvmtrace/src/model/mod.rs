@@ -563,7 +563,27 @@ pub struct Verdict {
     pub rewrites: Vec<Rewrite>,
     pub requests: usize,
     pub replies: usize,
+    /// Packets of this flow past the per-flow budget: counted by the kernel, not shown.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub suppressed: u64,
     pub summary: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One entry of the kernel's per-flow budget map, as the model needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BudgetEntry {
+    pub proto: u8,
+    pub remote: Ipv4Addr,
+    /// The guest's address and port (ICMP: echo id), or their post-NAT form for replies
+    /// first seen before de-NAT.
+    pub local: Ipv4Addr,
+    pub local_port: u16,
+    pub shown: u32,
+    pub suppressed: u32,
 }
 
 impl Verdict {
@@ -586,6 +606,7 @@ impl Verdict {
             rewrites: Vec::new(),
             requests: 0,
             replies: 0,
+            suppressed: 0,
             summary: String::new(),
         }
     }
@@ -787,6 +808,43 @@ impl Model {
                     }
                 }
                 Some(k)
+            }
+        }
+    }
+
+    /// Adds the kernel's per-flow counts of packets past the budget to the verdicts, so that
+    /// their counts are exact and their summaries say the flow was sampled.
+    pub fn apply_budgets(&self, verdicts: &mut [Verdict], budgets: &[BudgetEntry], budget: u32) {
+        let mut nat = self.archive_nat.clone();
+        for j in self.journeys.iter().filter(|j| j.dir == Direction::Request) {
+            if let (Some(first), Some(last)) = (j.first_tuple(), j.last_tuple()) {
+                nat.insert(
+                    (last.proto, last.src, last.sport),
+                    FlowKey::from_request(&first),
+                );
+            }
+        }
+        for v in verdicts.iter_mut() {
+            let Some(k) = v.key else { continue };
+            let mut n = 0u64;
+            for b in budgets {
+                if b.proto != k.proto || b.remote != k.remote {
+                    continue;
+                }
+                let direct = b.local == k.guest && b.local_port == k.guest_port;
+                let natted = nat
+                    .get(&(b.proto, b.local, b.local_port))
+                    .is_some_and(|f| *f == k);
+                if direct || natted {
+                    n += b.suppressed as u64;
+                }
+            }
+            if n > 0 {
+                v.suppressed = n;
+                v.summary.push_str(&format!(
+                    "; sampled: the first {budget} packets of each direction are shown, {n} more \
+                     were counted in the kernel, not shown (--budget)"
+                ));
             }
         }
     }
