@@ -14,6 +14,9 @@ fn flood(n: u16, ring_kib: &str) -> (serde_json::Value, usize) {
         forward_drop: Some(Firewall::Nftables),
         ..Default::default()
     });
+    // ARP first, before following: only the echo requests' events are counted.
+    let mut vm = FakeVm::attach(&lab);
+    assert!(vm.resolve_gateway(Duration::from_secs(3)));
     let running = start(
         &lab,
         &[
@@ -31,8 +34,6 @@ fn flood(n: u16, ring_kib: &str) -> (serde_json::Value, usize) {
             "6",
         ],
     );
-    let mut vm = FakeVm::attach(&lab);
-    assert!(vm.resolve_gateway(Duration::from_secs(3)));
     for seq in 0..n {
         vm.send_echo(lab.dest, 0x7777, seq);
     }
