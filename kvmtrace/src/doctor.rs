@@ -1,16 +1,266 @@
-//! `kvmtrace doctor <VM>`: a static check of everything along the VM's path. (Being written:
-//! issue 3.)
+//! `kvmtrace doctor <VM>`: a static check of everything along the VM's path, without waiting
+//! for traffic. Each check is pass / warn / fail / skip with the evidence it read and the command
+//! that fixes it.
+//!
+//! Why static: `follow` says where packets stop, but only when there are packets. A VM that
+//! sends nothing (no address, a tap that is down) or a host that never routes (ip_forward = 0)
+//! is diagnosed faster by reading the configuration the packets would meet. `follow` runs these
+//! checks itself when it sees `no_traffic` ([`checks_for`]).
+//!
+//! Read-only: procfs / sysfs reads and netlink dumps (rtnetlink for addresses, routes,
+//! neighbours and policy rules; nfnetlink for the nftables chains and rules, iptables-nft's
+//! included). It never shells out and never changes anything. Run it in the network namespace
+//! that holds the tap.
+//!
+//! Layout: `host` reads one snapshot, `checks` judges it (pure functions, unit-tested on
+//! hand-built snapshots), `rules` decodes nftables rules and judges a model packet against
+//! them, `netlink` does the dumps.
 
-use anyhow::{bail, Result};
+mod checks;
+mod host;
+mod netlink;
+mod rules;
+
+use crate::model::SCHEMA;
+use crate::probe::EnvError;
+use crate::resolve::{self, Roots, VmInfo};
+use anyhow::Result;
 use clap::Args;
+use serde::{Deserialize, Serialize};
+use std::io::{self, Write};
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
     /// The VM: its name, its tap device, or the guest's MAC.
     pub vm: String,
+    /// JSON Lines on stdout: one `check` object per check, then a `summary`.
+    #[arg(long)]
+    pub json: bool,
 }
 
-pub fn run(_a: DoctorArgs) -> Result<ExitCode> {
-    bail!("doctor is not implemented yet")
+/// The outcome of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Pass,
+    /// Probably fine, or fine for some setups: worth a look.
+    Warn,
+    /// Breaks the VM's path.
+    Fail,
+    /// Not applicable here, or could not be read.
+    Skip,
+}
+
+impl CheckStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckStatus::Pass => "pass",
+            CheckStatus::Warn => "warn",
+            CheckStatus::Fail => "fail",
+            CheckStatus::Skip => "skip",
+        }
+    }
+}
+
+/// One check of the VM's path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// `tap`, `bridge_port`, `bridge`, `mtu`, `br_netfilter`, `ip_forward`, `rp_filter`,
+    /// `forward_filter`, `nat`, `conntrack`, `default_route`, `gateway_neighbour`, `dhcp`.
+    pub name: String,
+    pub status: CheckStatus,
+    /// What was read and what it means.
+    pub evidence: String,
+    /// What to run (or do) to fix it; None when there is nothing to fix.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fix: Option<String>,
+}
+
+/// Runs every check for the VM, in the current network namespace. Never fails: what cannot be
+/// read becomes a `skip` (or a `fail` when its absence is the problem).
+pub fn checks_for(info: &VmInfo) -> Vec<Check> {
+    let h = host::gather();
+    checks::run_checks(&h, &info.tap, info.mac.as_deref())
+}
+
+#[derive(Serialize)]
+struct JsonCheck<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    schema: u32,
+    #[serde(flatten)]
+    check: &'a Check,
+}
+
+/// One JSON Lines object: `{"type":"check","schema":1,"name":…,"status":…,"evidence":…,"fix":…}`.
+pub fn check_json(c: &Check) -> String {
+    serde_json::to_string(&JsonCheck {
+        kind: "check",
+        schema: SCHEMA,
+        check: c,
+    })
+    .unwrap_or_default()
+}
+
+/// The last JSON line: `{"type":"summary","schema":1,"vm":…,"tap":…,"mac":…,"pass":N,…}`.
+#[derive(Serialize)]
+struct JsonSummary<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    schema: u32,
+    vm: Option<&'a str>,
+    tap: &'a str,
+    mac: Option<&'a str>,
+    #[serde(flatten)]
+    tally: Tally,
+}
+
+/// Counts per status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    pub pass: usize,
+    pub warn: usize,
+    pub fail: usize,
+    pub skip: usize,
+}
+
+pub fn tally(checks: &[Check]) -> Tally {
+    let mut t = Tally::default();
+    for c in checks {
+        match c.status {
+            CheckStatus::Pass => t.pass += 1,
+            CheckStatus::Warn => t.warn += 1,
+            CheckStatus::Fail => t.fail += 1,
+            CheckStatus::Skip => t.skip += 1,
+        }
+    }
+    t
+}
+
+/// One check as text: `FAIL  ip_forward         net.ipv4.ip_forward = 0: …` and, when there
+/// is one, an indented `fix:` line.
+pub fn write_check_text(w: &mut dyn Write, c: &Check) -> io::Result<()> {
+    writeln!(
+        w,
+        "{:<4}  {:<17} {}",
+        c.status.name().to_uppercase(),
+        c.name,
+        c.evidence
+    )?;
+    if let Some(f) = &c.fix {
+        writeln!(w, "{:<23} fix: {f}", "")?;
+    }
+    Ok(())
+}
+
+/// The text report: every check, then a count line.
+pub fn write_text(w: &mut dyn Write, checks: &[Check]) -> io::Result<()> {
+    for c in checks {
+        write_check_text(w, c)?;
+    }
+    let t = tally(checks);
+    writeln!(
+        w,
+        "{} checks: {} pass, {} warn, {} fail, {} skip",
+        checks.len(),
+        t.pass,
+        t.warn,
+        t.fail,
+        t.skip
+    )
+}
+
+pub fn run(a: DoctorArgs) -> Result<ExitCode> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(EnvError(
+            "kvmtrace doctor reads the nftables rules over netlink, which needs CAP_NET_ADMIN: \
+             run it as root (sudo)"
+                .into(),
+        )
+        .into());
+    }
+    if !std::path::Path::new("/proc/sys/net/ipv4").is_dir() {
+        return Err(EnvError(
+            "/proc/sys/net/ipv4 is missing: doctor needs procfs (and sysfs at /sys) mounted".into(),
+        )
+        .into());
+    }
+    let info = resolve::resolve(&a.vm, &Roots::system())?;
+    let checks = checks_for(&info);
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let t = tally(&checks);
+    if a.json {
+        for c in &checks {
+            writeln!(out, "{}", check_json(c))?;
+        }
+        let summary = JsonSummary {
+            kind: "summary",
+            schema: SCHEMA,
+            vm: info.name.as_deref(),
+            tap: &info.tap,
+            mac: info.mac.as_deref(),
+            tally: t,
+        };
+        writeln!(out, "{}", serde_json::to_string(&summary)?)?;
+    } else {
+        writeln!(
+            out,
+            "doctor: {} (tap {}{})",
+            info.name.as_deref().unwrap_or("VM"),
+            info.tap,
+            info.mac
+                .as_deref()
+                .map(|m| format!(", mac {m}"))
+                .unwrap_or_default()
+        )?;
+        write_text(&mut out, &checks)?;
+    }
+    out.flush()?;
+    Ok(if t.fail > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_line_and_text_shapes() {
+        let c = Check {
+            name: "ip_forward".into(),
+            status: CheckStatus::Fail,
+            evidence: "net.ipv4.ip_forward = 0".into(),
+            fix: Some("sysctl -w net.ipv4.ip_forward=1".into()),
+        };
+        let v: serde_json::Value = serde_json::from_str(&check_json(&c)).unwrap();
+        assert_eq!(v["type"], "check");
+        assert_eq!(v["schema"], 1);
+        assert_eq!(v["name"], "ip_forward");
+        assert_eq!(v["status"], "fail");
+        assert_eq!(v["fix"], "sysctl -w net.ipv4.ip_forward=1");
+        let ok = Check {
+            fix: None,
+            status: CheckStatus::Pass,
+            ..c.clone()
+        };
+        let v: serde_json::Value = serde_json::from_str(&check_json(&ok)).unwrap();
+        assert!(v.get("fix").is_none());
+
+        let mut buf = Vec::new();
+        write_text(&mut buf, &[c, ok]).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert_eq!(
+            text,
+            "FAIL  ip_forward        net.ipv4.ip_forward = 0\n\
+             \x20                       fix: sysctl -w net.ipv4.ip_forward=1\n\
+             PASS  ip_forward        net.ipv4.ip_forward = 0\n\
+             2 checks: 1 pass, 0 warn, 1 fail, 0 skip\n"
+        );
+    }
 }

@@ -1,0 +1,442 @@
+//! Read-only netlink dumps for `doctor`: addresses, routes, neighbours and policy rules over
+//! rtnetlink, chains and rules over nfnetlink (nftables). Requests are `NLM_F_DUMP` gets only:
+//! nothing is ever changed.
+//!
+//! Message layouts are the kernel's uapi: `ifaddrmsg` (`linux/if_addr.h`), `rtmsg`
+//! (`linux/rtnetlink.h`), `ndmsg` (`linux/neighbour.h`), `fib_rule_hdr` (`linux/fib_rules.h`),
+//! `nfgenmsg` (`linux/netfilter/nfnetlink.h`).
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
+pub const NETLINK_ROUTE: i32 = 0;
+pub const NETLINK_NETFILTER: i32 = 12;
+
+pub const RTM_NEWROUTE: u16 = 24;
+pub const RTM_GETROUTE: u16 = 26;
+pub const RTM_NEWADDR: u16 = 20;
+pub const RTM_GETADDR: u16 = 22;
+pub const RTM_NEWNEIGH: u16 = 28;
+pub const RTM_GETNEIGH: u16 = 30;
+pub const RTM_NEWRULE: u16 = 32;
+pub const RTM_GETRULE: u16 = 34;
+
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const AF_INET: u8 = 2;
+
+/// Iterates netlink attributes: (type without the nested / byte-order flags, payload).
+pub fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if b.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
+        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
+        if len < 4 || len > b.len() {
+            return None;
+        }
+        let payload = &b[4..len];
+        b = &b[((len + 3) & !3).min(b.len())..];
+        Some((ty, payload))
+    })
+}
+
+/// The payload of the first attribute of type `ty`.
+pub fn attr(b: &[u8], ty: u16) -> Option<&[u8]> {
+    attrs(b).find(|(t, _)| *t == ty).map(|(_, p)| p)
+}
+
+pub fn be32(p: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(p.get(..4)?.try_into().ok()?))
+}
+
+pub fn ne32(p: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(p.get(..4)?.try_into().ok()?))
+}
+
+pub fn be64(p: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(p.get(..8)?.try_into().ok()?))
+}
+
+pub fn cstr(p: &[u8]) -> String {
+    let end = p.iter().position(|&c| c == 0).unwrap_or(p.len());
+    String::from_utf8_lossy(&p[..end]).into_owned()
+}
+
+fn ipv4(p: &[u8]) -> Option<Ipv4Addr> {
+    let a: [u8; 4] = p.get(..4)?.try_into().ok()?;
+    Some(Ipv4Addr::from(a))
+}
+
+/// Sends one dump request and collects every answer message as (type, body after `nlmsghdr`).
+pub fn dump(protocol: i32, msg_type: u16, body: &[u8]) -> io::Result<Vec<(u16, Vec<u8>)>> {
+    // SAFETY: plain socket syscall; the fd is owned by `guard` below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and nothing else owns it.
+    let guard = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sock = guard.as_raw_fd();
+    // A dump never blocks for long; a bound keeps a confused kernel from hanging `doctor`.
+    let tv = libc::timeval {
+        tv_sec: 5,
+        tv_usec: 0,
+    };
+    // SAFETY: tv is a valid timeval for the duration of the call.
+    unsafe {
+        libc::setsockopt(
+            sock,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    let len = 16 + body.len();
+    let mut req = Vec::with_capacity(len);
+    req.extend_from_slice(&(len as u32).to_ne_bytes());
+    req.extend_from_slice(&msg_type.to_ne_bytes());
+    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel fills it in
+    req.extend_from_slice(body);
+    // SAFETY: req is a valid buffer of req.len() bytes.
+    if unsafe { libc::send(sock, req.as_ptr().cast(), req.len(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 18];
+    loop {
+        // SAFETY: buf is writable for its whole length.
+        let n = unsafe { libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Ok(out);
+        }
+        let mut b = &buf[..n as usize];
+        while b.len() >= 16 {
+            let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            let ty = u16::from_ne_bytes([b[4], b[5]]);
+            if len < 16 || len > b.len() {
+                return Ok(out);
+            }
+            match ty {
+                NLMSG_DONE => return Ok(out),
+                NLMSG_ERROR => {
+                    let errno = b
+                        .get(16..20)
+                        .map(|e| i32::from_ne_bytes([e[0], e[1], e[2], e[3]]))
+                        .unwrap_or(0);
+                    if errno != 0 {
+                        return Err(io::Error::from_raw_os_error(-errno));
+                    }
+                    return Ok(out);
+                }
+                _ => out.push((ty, b[16..len].to_vec())),
+            }
+            b = &b[((len + 3) & !3).min(b.len())..];
+        }
+    }
+}
+
+/// An IPv4 address on an interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IfAddr {
+    pub ifindex: u32,
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+/// Parses one `RTM_NEWADDR` body: `ifaddrmsg` (8 bytes) + attributes.
+pub fn parse_addr(body: &[u8]) -> Option<IfAddr> {
+    const IFA_ADDRESS: u16 = 1;
+    const IFA_LOCAL: u16 = 2;
+    if body.len() < 8 || body[0] != AF_INET {
+        return None;
+    }
+    let prefix = body[1];
+    let ifindex = u32::from_ne_bytes(body[4..8].try_into().ok()?);
+    let a = &body[8..];
+    // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on point-to-point links.
+    let addr = attr(a, IFA_LOCAL)
+        .or_else(|| attr(a, IFA_ADDRESS))
+        .and_then(ipv4)?;
+    Some(IfAddr {
+        ifindex,
+        addr,
+        prefix,
+    })
+}
+
+/// One IPv4 route (of any table).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub table: u32,
+    pub dst: Ipv4Addr,
+    pub dst_len: u8,
+    /// `RTN_UNICAST` = 1, `RTN_BLACKHOLE` = 6, `RTN_UNREACHABLE` = 7, `RTN_PROHIBIT` = 8, …
+    pub kind: u8,
+    pub priority: u32,
+    /// (output ifindex, gateway) of each next hop (one unless multipath).
+    pub nexthops: Vec<(u32, Option<Ipv4Addr>)>,
+}
+
+/// Parses one `RTM_NEWROUTE` body: `rtmsg` (12 bytes) + attributes.
+pub fn parse_route(body: &[u8]) -> Option<Route> {
+    const RTA_DST: u16 = 1;
+    const RTA_OIF: u16 = 4;
+    const RTA_GATEWAY: u16 = 5;
+    const RTA_PRIORITY: u16 = 6;
+    const RTA_MULTIPATH: u16 = 9;
+    const RTA_TABLE: u16 = 15;
+    if body.len() < 12 || body[0] != AF_INET {
+        return None;
+    }
+    let a = &body[12..];
+    let mut r = Route {
+        table: attr(a, RTA_TABLE)
+            .and_then(ne32)
+            .unwrap_or(u32::from(body[4])),
+        dst: attr(a, RTA_DST)
+            .and_then(ipv4)
+            .unwrap_or(Ipv4Addr::UNSPECIFIED),
+        dst_len: body[1],
+        kind: body[7],
+        priority: attr(a, RTA_PRIORITY).and_then(ne32).unwrap_or(0),
+        nexthops: Vec::new(),
+    };
+    if let Some(oif) = attr(a, RTA_OIF).and_then(ne32) {
+        r.nexthops.push((oif, attr(a, RTA_GATEWAY).and_then(ipv4)));
+    } else if let Some(mut mp) = attr(a, RTA_MULTIPATH) {
+        // struct rtnexthop { u16 len; u8 flags; u8 hops; i32 ifindex; } + attributes
+        while mp.len() >= 8 {
+            let len = u16::from_ne_bytes([mp[0], mp[1]]) as usize;
+            if len < 8 || len > mp.len() {
+                break;
+            }
+            let ifindex = u32::from_ne_bytes(mp[4..8].try_into().ok()?);
+            let gw = attr(&mp[8..len], RTA_GATEWAY).and_then(ipv4);
+            r.nexthops.push((ifindex, gw));
+            mp = &mp[((len + 3) & !3).min(mp.len())..];
+        }
+    }
+    Some(r)
+}
+
+/// One IPv4 neighbour (ARP) entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Neigh {
+    pub ifindex: u32,
+    pub dst: Ipv4Addr,
+    /// `NUD_*` bits (`linux/neighbour.h`).
+    pub state: u16,
+    pub lladdr: Option<String>,
+}
+
+pub const NUD_INCOMPLETE: u16 = 0x01;
+pub const NUD_REACHABLE: u16 = 0x02;
+pub const NUD_STALE: u16 = 0x04;
+pub const NUD_DELAY: u16 = 0x08;
+pub const NUD_PROBE: u16 = 0x10;
+pub const NUD_FAILED: u16 = 0x20;
+pub const NUD_NOARP: u16 = 0x40;
+pub const NUD_PERMANENT: u16 = 0x80;
+
+/// `ip neigh`'s name of a state.
+pub fn nud_name(state: u16) -> &'static str {
+    match state {
+        NUD_INCOMPLETE => "INCOMPLETE",
+        NUD_REACHABLE => "REACHABLE",
+        NUD_STALE => "STALE",
+        NUD_DELAY => "DELAY",
+        NUD_PROBE => "PROBE",
+        NUD_FAILED => "FAILED",
+        NUD_NOARP => "NOARP",
+        NUD_PERMANENT => "PERMANENT",
+        0 => "NONE",
+        _ => "?",
+    }
+}
+
+/// Parses one `RTM_NEWNEIGH` body: `ndmsg` (12 bytes) + attributes.
+pub fn parse_neigh(body: &[u8]) -> Option<Neigh> {
+    const NDA_DST: u16 = 1;
+    const NDA_LLADDR: u16 = 2;
+    if body.len() < 12 || body[0] != AF_INET {
+        return None;
+    }
+    let ifindex = u32::from_ne_bytes(body[4..8].try_into().ok()?);
+    let state = u16::from_ne_bytes([body[8], body[9]]);
+    let a = &body[12..];
+    let dst = attr(a, NDA_DST).and_then(ipv4)?;
+    let lladdr = attr(a, NDA_LLADDR).filter(|m| m.len() == 6).map(|m| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    });
+    Some(Neigh {
+        ifindex,
+        dst,
+        state,
+        lladdr,
+    })
+}
+
+/// Parses one `RTM_NEWRULE` body (`fib_rule_hdr`, 12 bytes): (priority, table).
+pub fn parse_fib_rule(body: &[u8]) -> Option<(u32, u32)> {
+    const FRA_PRIORITY: u16 = 6;
+    const FRA_TABLE: u16 = 15;
+    if body.len() < 12 || body[0] != AF_INET {
+        return None;
+    }
+    let a = &body[12..];
+    let table = attr(a, FRA_TABLE)
+        .and_then(ne32)
+        .unwrap_or(u32::from(body[4]));
+    Some((attr(a, FRA_PRIORITY).and_then(ne32).unwrap_or(0), table))
+}
+
+fn af_inet_body(len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    b[0] = AF_INET;
+    b
+}
+
+pub fn addresses() -> io::Result<Vec<IfAddr>> {
+    Ok(dump(NETLINK_ROUTE, RTM_GETADDR, &af_inet_body(8))?
+        .into_iter()
+        .filter(|(t, _)| *t == RTM_NEWADDR)
+        .filter_map(|(_, b)| parse_addr(&b))
+        .collect())
+}
+
+pub fn routes() -> io::Result<Vec<Route>> {
+    Ok(dump(NETLINK_ROUTE, RTM_GETROUTE, &af_inet_body(12))?
+        .into_iter()
+        .filter(|(t, _)| *t == RTM_NEWROUTE)
+        .filter_map(|(_, b)| parse_route(&b))
+        .collect())
+}
+
+pub fn neighbours() -> io::Result<Vec<Neigh>> {
+    Ok(dump(NETLINK_ROUTE, RTM_GETNEIGH, &af_inet_body(12))?
+        .into_iter()
+        .filter(|(t, _)| *t == RTM_NEWNEIGH)
+        .filter_map(|(_, b)| parse_neigh(&b))
+        .collect())
+}
+
+/// IPv4 policy-routing rules: (priority, table).
+pub fn fib_rules() -> io::Result<Vec<(u32, u32)>> {
+    Ok(dump(NETLINK_ROUTE, RTM_GETRULE, &af_inet_body(12))?
+        .into_iter()
+        .filter(|(t, _)| *t == RTM_NEWRULE)
+        .filter_map(|(_, b)| parse_fib_rule(&b))
+        .collect())
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    /// One netlink attribute, padded to 4 bytes.
+    pub fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        v.extend_from_slice(&ty.to_ne_bytes());
+        v.extend_from_slice(payload);
+        while v.len() % 4 != 0 {
+            v.push(0);
+        }
+        v
+    }
+
+    #[test]
+    fn parses_an_address() {
+        let mut b = vec![2u8, 24, 0x80, 0];
+        b.extend_from_slice(&7u32.to_ne_bytes());
+        b.extend(nla(1, &[10, 77, 0, 1]));
+        b.extend(nla(2, &[10, 77, 0, 1]));
+        b.extend(nla(3, b"br0\0"));
+        assert_eq!(
+            parse_addr(&b),
+            Some(IfAddr {
+                ifindex: 7,
+                addr: Ipv4Addr::new(10, 77, 0, 1),
+                prefix: 24
+            })
+        );
+        let mut v6 = b.clone();
+        v6[0] = 10;
+        assert_eq!(parse_addr(&v6), None);
+    }
+
+    #[test]
+    fn parses_a_default_route_and_a_multipath_one() {
+        // rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags (u32)
+        let mut b = vec![2u8, 0, 0, 0, 254, 3, 0, 1, 0, 0, 0, 0];
+        b.extend(nla(15, &254u32.to_ne_bytes()));
+        b.extend(nla(5, &[192, 0, 2, 1]));
+        b.extend(nla(4, &3u32.to_ne_bytes()));
+        let r = parse_route(&b).expect("route");
+        assert_eq!(r.table, 254);
+        assert_eq!(r.dst_len, 0);
+        assert_eq!(r.kind, 1);
+        assert_eq!(r.nexthops, vec![(3, Some(Ipv4Addr::new(192, 0, 2, 1)))]);
+
+        let mut m = vec![2u8, 0, 0, 0, 254, 3, 0, 1, 0, 0, 0, 0];
+        let mut nh = Vec::new();
+        for (ifi, gw) in [(3u32, [192, 0, 2, 1]), (4, [198, 51, 100, 1])] {
+            let g = nla(5, &gw);
+            nh.extend_from_slice(&((8 + g.len()) as u16).to_ne_bytes());
+            nh.extend_from_slice(&[0, 0]);
+            nh.extend_from_slice(&ifi.to_ne_bytes());
+            nh.extend(g);
+        }
+        m.extend(nla(9, &nh));
+        let r = parse_route(&m).expect("multipath route");
+        assert_eq!(r.nexthops.len(), 2);
+        assert_eq!(r.nexthops[1], (4, Some(Ipv4Addr::new(198, 51, 100, 1))));
+    }
+
+    #[test]
+    fn parses_a_failed_neighbour() {
+        let mut b = vec![2u8, 0, 0, 0];
+        b.extend_from_slice(&5u32.to_ne_bytes());
+        b.extend_from_slice(&NUD_FAILED.to_ne_bytes());
+        b.extend_from_slice(&[0, 1]);
+        b.extend(nla(1, &[192, 0, 2, 99]));
+        let n = parse_neigh(&b).expect("neigh");
+        assert_eq!(n.ifindex, 5);
+        assert_eq!(n.dst, Ipv4Addr::new(192, 0, 2, 99));
+        assert_eq!(nud_name(n.state), "FAILED");
+        assert_eq!(n.lladdr, None);
+        b.extend(nla(2, &[0x52, 0x54, 0, 0x4b, 0x54, 2]));
+        assert_eq!(
+            parse_neigh(&b).unwrap().lladdr.as_deref(),
+            Some("52:54:00:4b:54:02")
+        );
+    }
+
+    #[test]
+    fn parses_a_policy_rule() {
+        let mut b = vec![2u8, 0, 0, 0, 100, 0, 0, 1];
+        b.extend_from_slice(&[0; 4]);
+        b.extend(nla(6, &1000u32.to_ne_bytes()));
+        assert_eq!(parse_fib_rule(&b), Some((1000, 100)));
+    }
+}

@@ -1,0 +1,553 @@
+//! `kvmtrace doctor` against real misconfigurations: each test builds a lab, breaks one thing
+//! the way an operator would, runs the binary in the hypervisor namespace and asserts the check
+//! that must flag it (status, evidence). Where the fix is a command, the test runs it and checks
+//! that doctor is then satisfied, so the advice printed is known to work. Needs root.
+
+mod common;
+
+use common::{Run, BIN};
+use kvmtrace_lab::lab::{netns_path, Firewall, Lab, LabOptions};
+use kvmtrace_lab::vm::FakeVm;
+use serde_json::Value;
+use std::os::fd::AsRawFd as _;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Runs `sh -c "<prelude>; exec kvmtrace doctor vnet0 --json"` in the lab's hypervisor
+/// namespace.
+fn doctor_after(lab: &Lab, prelude: &str, args: &[&str]) -> Run {
+    let script = format!("{prelude}\nexec \"$0\" doctor \"$@\"");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.hv, "sh", "-c", &script, BIN])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run kvmtrace doctor");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+        .collect();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        lines,
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn doctor(lab: &Lab) -> Run {
+    doctor_after(lab, "", &["vnet0", "--json"])
+}
+
+/// The check called `name` (panics with the whole output when it is missing).
+fn check<'a>(run: &'a Run, name: &str) -> &'a Value {
+    run.lines
+        .iter()
+        .find(|v| v["type"] == "check" && v["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}:\n{}", run.dump()))
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v[k].as_str().unwrap_or("")
+}
+
+/// Asserts one check's status and that its evidence contains every fragment.
+#[track_caller]
+fn assert_check(run: &Run, name: &str, status: &str, evidence: &[&str]) {
+    let c = check(run, name);
+    assert_eq!(s(c, "status"), status, "{name}:\n{}", run.dump());
+    for e in evidence {
+        assert!(
+            s(c, "evidence").contains(e),
+            "{name} evidence lacks {e:?}:\n{}",
+            run.dump()
+        );
+    }
+}
+
+/// Runs a check's fix in the hypervisor namespace (it must be a command line).
+fn apply_fix(lab: &Lab, run: &Run, name: &str) {
+    let fix = s(check(run, name), "fix").to_string();
+    assert!(!fix.is_empty(), "{name} has no fix:\n{}", run.dump());
+    lab.hv_run(&["sh", "-c", &fix]);
+}
+
+/// Keeps a UDP socket bound to 0.0.0.0:67 in the lab's hypervisor namespace (a stand-in DHCP
+/// server) for as long as it lives.
+fn dhcp_listener(lab: &Lab) -> std::net::UdpSocket {
+    let ns = std::fs::File::open(netns_path(&lab.hv)).expect("open netns");
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            // SAFETY: setns on an fd we own; only this short-lived thread changes namespace.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            std::net::UdpSocket::bind("0.0.0.0:67").expect("bind UDP 67")
+        })
+        .join()
+        .expect("listener thread")
+    })
+}
+
+/// Waits until `cmd` (run in the hypervisor namespace) prints something containing `want`.
+fn wait_for(lab: &Lab, cmd: &[&str], want: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = lab.hv_run(cmd);
+        if out.contains(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{}` never showed {want:?}; last: {out}",
+            cmd.join(" ")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A VM that holds the tap open (carrier) and has resolved its gateway.
+fn running_vm(lab: &Lab) -> FakeVm {
+    let mut vm = FakeVm::attach(lab);
+    assert!(
+        vm.resolve_gateway(Duration::from_secs(3)),
+        "the lab's gateway did not answer ARP"
+    );
+    wait_for(
+        lab,
+        &["cat", "/sys/class/net/vnet0/brport/state"],
+        "3",
+        Duration::from_secs(5),
+    );
+    vm
+}
+
+#[test]
+fn healthy_lab_passes_every_check() {
+    let lab = Lab::new(LabOptions::default());
+    let mut vm = running_vm(&lab);
+    // Traffic through the gateway leaves its neighbour entry REACHABLE.
+    assert!(
+        vm.ping(lab.dest, 0x4b54, 1, Duration::from_secs(2))
+            .is_some(),
+        "the healthy lab does not deliver"
+    );
+    let _dhcp = dhcp_listener(&lab);
+    let run = doctor(&lab);
+    assert_eq!(run.code, 0, "{}", run.dump());
+    let checks: Vec<&Value> = run.lines.iter().filter(|v| v["type"] == "check").collect();
+    assert_eq!(checks.len(), 13, "{}", run.dump());
+    for c in &checks {
+        assert_eq!(c["schema"], 1);
+        assert_eq!(s(c, "status"), "pass", "{}", run.dump());
+        assert!(c.get("fix").is_none(), "{}", run.dump());
+    }
+    assert_check(&run, "tap", "pass", &["vnet0 (tap) is up with carrier"]);
+    assert_check(
+        &run,
+        "bridge_port",
+        "pass",
+        &["vnet0 is a port of br0", "state forwarding"],
+    );
+    assert_check(
+        &run,
+        "bridge",
+        "pass",
+        &["br0 is up with 10.77.0.1/24", "subnet 10.77.0.0/24"],
+    );
+    assert_check(
+        &run,
+        "mtu",
+        "pass",
+        &["vnet0 1500, br0 1500, up0 1500 (uplink)"],
+    );
+    assert_check(&run, "ip_forward", "pass", &["net.ipv4.ip_forward = 1"]);
+    assert_check(
+        &run,
+        "forward_filter",
+        "pass",
+        &["no nftables or iptables-nft chain at the forward hook"],
+    );
+    assert_check(
+        &run,
+        "nat",
+        "pass",
+        &["source-NATed by ip labnat post: `ip saddr 10.77.0.0/24 oifname \"up0\" masquerade`"],
+    );
+    assert_check(
+        &run,
+        "default_route",
+        "pass",
+        &["default via 192.0.2.1 dev up0"],
+    );
+    assert_check(
+        &run,
+        "gateway_neighbour",
+        "pass",
+        &["192.0.2.1 on up0 is REACHABLE"],
+    );
+    assert_check(&run, "dhcp", "pass", &["UDP 0.0.0.0:67 (pid "]);
+    let summary = run
+        .lines
+        .iter()
+        .find(|v| v["type"] == "summary")
+        .unwrap_or_else(|| panic!("no summary:\n{}", run.dump()));
+    assert_eq!(summary["pass"], 13);
+    assert_eq!(summary["tap"], "vnet0");
+
+    // The text view says the same.
+    let text = doctor_after(&lab, "", &["vnet0"]);
+    assert_eq!(text.code, 0, "{}", text.dump());
+    assert!(
+        text.stdout
+            .contains("13 checks: 13 pass, 0 warn, 0 fail, 0 skip"),
+        "{}",
+        text.dump()
+    );
+}
+
+#[test]
+fn ip_forward_off_fails_and_the_fix_works() {
+    let lab = Lab::new(LabOptions {
+        ip_forward: false,
+        ..Default::default()
+    });
+    let run = doctor(&lab);
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(&run, "ip_forward", "fail", &["net.ipv4.ip_forward = 0"]);
+    assert_eq!(
+        s(check(&run, "ip_forward"), "fix"),
+        "sysctl -w net.ipv4.ip_forward=1"
+    );
+    // The text view flags it with its fix.
+    let text = doctor_after(&lab, "", &["vnet0"]);
+    assert_eq!(text.code, 1);
+    assert!(
+        text.stdout
+            .contains("FAIL  ip_forward        net.ipv4.ip_forward = 0"),
+        "{}",
+        text.dump()
+    );
+    assert!(
+        text.stdout.contains("fix: sysctl -w net.ipv4.ip_forward=1"),
+        "{}",
+        text.dump()
+    );
+    apply_fix(&lab, &run, "ip_forward");
+    assert_check(
+        &doctor(&lab),
+        "ip_forward",
+        "pass",
+        &["net.ipv4.ip_forward = 1"],
+    );
+}
+
+#[test]
+fn forward_policy_drop_nftables_fails_and_the_fix_works() {
+    let lab = Lab::new(LabOptions {
+        forward_drop: Some(Firewall::Nftables),
+        ..Default::default()
+    });
+    let run = doctor(&lab);
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(
+        &run,
+        "forward_filter",
+        "fail",
+        &[
+            "inet labfilter forward (filter, hook forward, priority 0, policy drop, 0 rules)",
+            "new connections from 10.77.0.0/24 (br0 → up0) are dropped by its policy",
+            "replies to 10.77.0.0/24 (up0 → br0) are dropped by its policy",
+        ],
+    );
+    assert!(s(check(&run, "forward_filter"), "fix")
+        .starts_with("nft 'insert rule inet labfilter forward"));
+    apply_fix(&lab, &run, "forward_filter");
+    assert_check(
+        &doctor(&lab),
+        "forward_filter",
+        "pass",
+        &["are accepted by rule `iifname \"br0\""],
+    );
+}
+
+#[test]
+fn forward_policy_drop_iptables_fails_and_the_fix_works() {
+    let lab = Lab::new(LabOptions {
+        forward_drop: Some(Firewall::Iptables),
+        ..Default::default()
+    });
+    let run = doctor(&lab);
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(
+        &run,
+        "forward_filter",
+        "fail",
+        &[
+            "ip filter FORWARD (filter, hook forward, priority 0, policy drop, 0 rules)",
+            "are dropped by its policy",
+        ],
+    );
+    assert!(s(check(&run, "forward_filter"), "fix")
+        .starts_with("iptables -I FORWARD -i br0 -s 10.77.0.0/24 -j ACCEPT"));
+    apply_fix(&lab, &run, "forward_filter");
+    let after = doctor(&lab);
+    assert_check(
+        &after,
+        "forward_filter",
+        "pass",
+        &["ct state established,related accept"],
+    );
+    assert_eq!(after.code, 0, "{}", after.dump());
+}
+
+#[test]
+fn missing_masquerade_fails_and_the_fix_works() {
+    let lab = Lab::new(LabOptions {
+        masquerade: false,
+        ..Default::default()
+    });
+    let run = doctor(&lab);
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(
+        &run,
+        "nat",
+        "fail",
+        &[
+            "no nftables or iptables-nft rule source-NATs new connections from 10.77.0.0/24 leaving via up0",
+            "10.77.0.0/24 is a private network",
+        ],
+    );
+    apply_fix(&lab, &run, "nat");
+    assert_check(&doctor(&lab), "nat", "pass", &["masquerade"]);
+}
+
+#[test]
+fn tap_not_in_a_bridge_fails_and_the_fix_works() {
+    let lab = Lab::new(LabOptions::default());
+    let _vm = running_vm(&lab);
+    let run = doctor_after(&lab, "ip link set vnet0 nomaster", &["vnet0", "--json"]);
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(
+        &run,
+        "bridge_port",
+        "fail",
+        &["vnet0 has no master", "bridges here: br0"],
+    );
+    assert_eq!(
+        s(check(&run, "bridge_port"), "fix"),
+        "ip link set dev vnet0 master br0"
+    );
+    // Without a bridge the VM's network is unknown: the checks that need it say so.
+    assert_check(&run, "nat", "skip", &["vnet0 is in no bridge"]);
+    apply_fix(&lab, &run, "bridge_port");
+    wait_for(
+        &lab,
+        &["cat", "/sys/class/net/vnet0/brport/state"],
+        "3",
+        Duration::from_secs(5),
+    );
+    assert_check(&doctor(&lab), "bridge_port", "pass", &["state forwarding"]);
+}
+
+#[test]
+fn tap_down_fails_and_the_fix_works() {
+    let lab = Lab::new(LabOptions::default());
+    let _vm = running_vm(&lab);
+    let run = doctor_after(&lab, "ip link set vnet0 down", &["vnet0", "--json"]);
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(&run, "tap", "fail", &["vnet0 is administratively down"]);
+    assert_check(&run, "bridge_port", "warn", &["state disabled"]);
+    assert_eq!(s(check(&run, "tap"), "fix"), "ip link set dev vnet0 up");
+    apply_fix(&lab, &run, "tap");
+    assert_check(&doctor(&lab), "tap", "pass", &["is up with carrier"]);
+}
+
+#[test]
+fn tap_without_a_vm_warns_no_carrier() {
+    let lab = Lab::new(LabOptions::default());
+    let run = doctor(&lab);
+    assert_eq!(run.code, 0, "warnings only:\n{}", run.dump());
+    assert_check(
+        &run,
+        "tap",
+        "warn",
+        &["has no carrier", "nothing holds the tap open"],
+    );
+}
+
+#[test]
+fn strict_rp_filter_warns_and_the_fix_works() {
+    let lab = Lab::new(LabOptions::default());
+    let run = doctor_after(
+        &lab,
+        "sysctl -q -w net.ipv4.conf.all.rp_filter=1",
+        &["vnet0", "--json"],
+    );
+    assert_check(
+        &run,
+        "rp_filter",
+        "warn",
+        &[
+            "net.ipv4.conf.all.rp_filter = 1 (strict)",
+            "asymmetric routing",
+        ],
+    );
+    assert_eq!(
+        s(check(&run, "rp_filter"), "fix"),
+        "sysctl -w net.ipv4.conf.all.rp_filter=2"
+    );
+    apply_fix(&lab, &run, "rp_filter");
+    assert_check(
+        &doctor(&lab),
+        "rp_filter",
+        "pass",
+        &["net.ipv4.conf.all.rp_filter = 2 (loose)"],
+    );
+}
+
+#[test]
+fn tap_mtu_below_bridge_mtu_fails_and_the_fix_works() {
+    let lab = Lab::new(LabOptions::default());
+    let run = doctor_after(
+        &lab,
+        "ip link set vnet0 mtu 1400 && ip link set br0 mtu 1500",
+        &["vnet0", "--json"],
+    );
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(
+        &run,
+        "mtu",
+        "fail",
+        &[
+            "vnet0 1400, br0 1500, up0 1500 (uplink)",
+            "drops any bigger than 1400",
+        ],
+    );
+    apply_fix(&lab, &run, "mtu");
+    assert_check(&doctor(&lab), "mtu", "pass", &["vnet0 1500, br0 1500"]);
+}
+
+#[test]
+fn uplink_mtu_below_bridge_mtu_warns() {
+    let lab = Lab::new(LabOptions::default());
+    let run = doctor_after(&lab, "ip link set up0 mtu 1400", &["vnet0", "--json"]);
+    assert_check(
+        &run,
+        "mtu",
+        "warn",
+        &["up0 1400 (uplink)", "path-MTU black hole"],
+    );
+}
+
+#[test]
+fn no_default_route_fails() {
+    let lab = Lab::new(LabOptions::default());
+    let run = doctor_after(&lab, "ip route del default", &["vnet0", "--json"]);
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(
+        &run,
+        "default_route",
+        "fail",
+        &["no default route in the main table"],
+    );
+    assert_check(&run, "gateway_neighbour", "skip", &["no default route"]);
+}
+
+#[test]
+fn unanswered_gateway_fails_gateway_neighbour() {
+    let lab = Lab::new(LabOptions::default());
+    // A default route via an address nobody has; one packet makes the kernel try ARP, which
+    // fails after its probes (about 3 s).
+    lab.hv_run(&[
+        "ip",
+        "route",
+        "replace",
+        "default",
+        "via",
+        "192.0.2.99",
+        "dev",
+        "up0",
+    ]);
+    lab.hv_run(&["bash", "-c", "echo x > /dev/udp/203.0.113.1/9"]);
+    wait_for(
+        &lab,
+        &["ip", "neigh", "show", "192.0.2.99", "dev", "up0"],
+        "FAILED",
+        Duration::from_secs(10),
+    );
+    let run = doctor(&lab);
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(
+        &run,
+        "default_route",
+        "pass",
+        &["default via 192.0.2.99 dev up0"],
+    );
+    assert_check(
+        &run,
+        "gateway_neighbour",
+        "fail",
+        &["192.0.2.99 on up0 is FAILED", "did not answer ARP"],
+    );
+}
+
+#[test]
+fn conntrack_table_near_its_maximum_fails() {
+    let lab = Lab::new(LabOptions::default());
+    // nf_conntrack_max is global and read-only outside the initial namespace
+    // (net/netfilter/nf_conntrack_standalone.c), and lowering it there would touch the whole
+    // host. So: real entries in the lab (UDP sent from the hypervisor namespace), and a private
+    // mount namespace (the one `ip netns exec` makes) where a file holding the current count is
+    // bind-mounted over nf_conntrack_max, for doctor's eyes only.
+    let fake = std::env::temp_dir().join(format!("kvmtrace-doctor-ctmax-{}", lab.id));
+    let prelude = format!(
+        "bash -c 'for p in 1 2 3 4; do echo x > /dev/udp/203.0.113.1/$p; done' || exit 97\n\
+         c=$(cat /proc/sys/net/netfilter/nf_conntrack_count) || exit 97\n\
+         [ \"$c\" -gt 0 ] || exit 96\n\
+         echo \"$c\" > {f} && mount --bind {f} /proc/sys/net/netfilter/nf_conntrack_max || exit 98",
+        f = fake.display()
+    );
+    let run = doctor_after(&lab, &prelude, &["vnet0", "--json"]);
+    let _ = std::fs::remove_file(&fake);
+    if run.code == 98 {
+        eprintln!(
+            "SKIPPED conntrack_table_near_its_maximum_fails: cannot bind-mount over nf_conntrack_max here: {}",
+            run.stderr
+        );
+        return;
+    }
+    assert_ne!(
+        run.code,
+        96,
+        "the lab made no conntrack entries:\n{}",
+        run.dump()
+    );
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(
+        &run,
+        "conntrack",
+        "fail",
+        &["(100% used)", "table full, dropping packet"],
+    );
+    let c = check(&run, "conntrack");
+    let ev = s(c, "evidence");
+    let count = ev
+        .strip_prefix("nf_conntrack_count = ")
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("{ev}"));
+    assert!(ev.contains(&format!("nf_conntrack_max = {count} ")), "{ev}");
+}
+
+#[test]
+fn unknown_vm_exits_2() {
+    let lab = Lab::new(LabOptions::default());
+    let run = doctor_after(&lab, "", &["nosuchvm"]);
+    assert_eq!(run.code, 2, "{}", run.dump());
+    assert!(
+        run.stderr.contains("nosuchvm") && run.stderr.contains("vnet0"),
+        "{}",
+        run.dump()
+    );
+}
