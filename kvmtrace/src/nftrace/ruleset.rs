@@ -1,0 +1,578 @@
+//! kvmtrace's own table: two base chains at priority -350 (after defragmentation at -400,
+//! before raw at -300 and conntrack at -200) on prerouting and output, whose rules set
+//! `meta nftrace` for the followed flow only, built as nf_tables netlink expressions.
+//!
+//! ```text
+//! table inet kvmtrace_nftrace_<pid>_<n> {          # flags owner (the kernel removes it with us)
+//!     chain pre { type filter hook prerouting priority -350; policy accept;
+//!         meta nfproto ipv4 ip saddr 10.77.0.2 ip daddr 203.0.113.1 meta l4proto 6 th dport 8080 meta nftrace set 1
+//!         meta nfproto ipv4 ip saddr 203.0.113.1 meta l4proto 6 th sport 8080 meta nftrace set 1
+//!     }
+//!     chain out { type filter hook output priority -350; policy accept; (the same rules) }
+//! }
+//! ```
+
+use super::decode::{family_name, has_ports};
+use super::nl::{
+    attrs, be32, cstr, Attrs, BatchMsg, NFGENMSG_LEN, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN,
+    NFT_MSG_NEWRULE, NFT_MSG_NEWTABLE, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL,
+};
+use super::TraceFilter;
+use std::net::Ipv4Addr;
+
+/// Every table kvmtrace adds starts with this; the rest is `<pid>_<n>`.
+pub const TABLE_PREFIX: &str = "kvmtrace_nftrace_";
+/// NFPROTO_INET.
+pub const FAMILY_INET: u8 = 1;
+/// Before conntrack (-200) and raw (-300), after defragmentation (-400): NF_IP_PRI_* in
+/// include/uapi/linux/netfilter_ipv4.h.
+pub const PRIORITY: i32 = -350;
+/// (chain, hook number): NF_INET_PRE_ROUTING, NF_INET_LOCAL_OUT.
+pub const CHAINS: [(&str, u32); 2] = [("pre", 0), ("out", 3)];
+
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_FLAGS: u16 = 2;
+const NFTA_TABLE_USERDATA: u16 = 6;
+const NFTA_TABLE_OWNER: u16 = 7;
+/// NFT_TABLE_F_OWNER (Linux 5.12): the table belongs to the netlink socket that created it and
+/// is removed when that socket is closed, however the process ends.
+pub const NFT_TABLE_F_OWNER: u32 = 2;
+/// libnftnl's NFTNL_UDATA_TABLE_COMMENT: what `nft list` shows as `comment "…"`.
+const UDATA_TABLE_COMMENT: u8 = 0;
+
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NF_ACCEPT: u32 = 1;
+
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_META_DREG: u16 = 1;
+const NFTA_META_KEY: u16 = 2;
+const NFTA_META_SREG: u16 = 3;
+const NFTA_CMP_SREG: u16 = 1;
+const NFTA_CMP_OP: u16 = 2;
+const NFTA_CMP_DATA: u16 = 3;
+const NFT_CMP_EQ: u32 = 0;
+const NFTA_PAYLOAD_DREG: u16 = 1;
+const NFTA_PAYLOAD_BASE: u16 = 2;
+const NFTA_PAYLOAD_OFFSET: u16 = 3;
+const NFTA_PAYLOAD_LEN: u16 = 4;
+const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+const NFTA_BITWISE_SREG: u16 = 1;
+const NFTA_BITWISE_DREG: u16 = 2;
+const NFTA_BITWISE_LEN: u16 = 3;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_BITWISE_XOR: u16 = 5;
+const NFTA_IMMEDIATE_DREG: u16 = 1;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+/// `enum nft_meta_keys`.
+const NFT_META_NFTRACE: u32 = 12;
+const NFT_META_NFPROTO: u32 = 15;
+const NFT_META_L4PROTO: u32 = 16;
+/// NFT_REG_1 (a 16-byte register; nft uses it the same way).
+const REG: u32 = 1;
+
+/// The name of the `n`th table of process `pid`.
+pub fn table_name(pid: u32, n: u32) -> String {
+    format!("{TABLE_PREFIX}{pid}_{n}")
+}
+
+/// The pid in one of kvmtrace's table names.
+pub fn pid_of(table: &str) -> Option<u32> {
+    let rest = table.strip_prefix(TABLE_PREFIX)?;
+    let (pid, n) = rest.split_once('_')?;
+    n.parse::<u32>().ok()?;
+    pid.parse().ok()
+}
+
+/// One match of a rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Match {
+    /// `meta nfproto ipv4` (the dependency nft adds before `ip …` in an inet table).
+    Ipv4,
+    Saddr(Ipv4Addr, u8),
+    Daddr(Ipv4Addr, u8),
+    L4proto(u8),
+    Sport(u16),
+    Dport(u16),
+}
+
+fn masked(a: Ipv4Addr, prefix: u8) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(a) & mask(prefix))
+}
+
+fn mask(prefix: u8) -> u32 {
+    match prefix {
+        0 => 0,
+        p if p >= 32 => u32::MAX,
+        p => u32::MAX << (32 - u32::from(p)),
+    }
+}
+
+/// Whether `a` is in `net/prefix`.
+pub fn in_prefix(a: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
+    u32::from(a) & mask(prefix) == u32::from(net) & mask(prefix)
+}
+
+/// The rules of each chain: requests (guest → destination, or anything → destination when no
+/// guest address is known) and replies (destination → anywhere: before de-NAT the reply is
+/// addressed to the host).
+pub fn rules(f: &TraceFilter) -> Vec<Vec<Match>> {
+    let protos: Vec<Option<u8>> = match (f.proto, f.port) {
+        (0, 0) => vec![None],
+        (0, _) => vec![Some(6), Some(17), Some(132)], // a port: TCP, UDP, SCTP
+        (p, _) => vec![Some(p)],
+    };
+    let sources: Vec<Option<Ipv4Addr>> = if f.guest_ips.is_empty() {
+        vec![None]
+    } else {
+        f.guest_ips.iter().copied().map(Some).collect()
+    };
+    let dst = Match::Daddr(masked(f.dst, f.prefix), f.prefix.min(32));
+    let mut out = Vec::new();
+    for proto in &protos {
+        let l4 = |port_match: fn(u16) -> Match| {
+            let mut m = Vec::new();
+            if let Some(p) = *proto {
+                m.push(Match::L4proto(p));
+                if f.port != 0 && has_ports(p) {
+                    m.push(port_match(f.port));
+                }
+            }
+            m
+        };
+        for s in &sources {
+            let mut r = vec![Match::Ipv4];
+            if let Some(s) = s {
+                r.push(Match::Saddr(*s, 32));
+            }
+            r.push(dst);
+            r.extend(l4(Match::Dport));
+            out.push(r);
+        }
+        let mut r = vec![
+            Match::Ipv4,
+            Match::Saddr(masked(f.dst, f.prefix), f.prefix.min(32)),
+        ];
+        r.extend(l4(Match::Sport));
+        out.push(r);
+    }
+    out
+}
+
+fn addr_text(a: Ipv4Addr, prefix: u8) -> String {
+    if prefix >= 32 {
+        a.to_string()
+    } else {
+        format!("{a}/{prefix}")
+    }
+}
+
+/// A rule in nft syntax (for logs and docs; the kernel gets [`rule_exprs`]).
+pub fn rule_text(r: &[Match]) -> String {
+    let mut parts: Vec<String> = r
+        .iter()
+        .map(|m| match *m {
+            Match::Ipv4 => "meta nfproto ipv4".to_string(),
+            Match::Saddr(a, p) => format!("ip saddr {}", addr_text(a, p)),
+            Match::Daddr(a, p) => format!("ip daddr {}", addr_text(a, p)),
+            Match::L4proto(p) => format!("meta l4proto {p}"),
+            Match::Sport(p) => format!("th sport {p}"),
+            Match::Dport(p) => format!("th dport {p}"),
+        })
+        .collect();
+    parts.push("meta nftrace set 1".into());
+    parts.join(" ")
+}
+
+/// The whole table in nft syntax (for logs and docs).
+pub fn ruleset_text(table: &str, f: &TraceFilter) -> String {
+    let mut s = format!("table inet {table} {{\n");
+    for (chain, hook) in CHAINS {
+        let hook = if hook == 0 { "prerouting" } else { "output" };
+        s += &format!(
+            "    chain {chain} {{\n        type filter hook {hook} priority {PRIORITY}; policy accept;\n"
+        );
+        for r in rules(f) {
+            s += &format!("        {}\n", rule_text(&r));
+        }
+        s += "    }\n";
+    }
+    s + "}\n"
+}
+
+fn expr(name: &str, data: Attrs) -> Attrs {
+    Attrs::new()
+        .str(NFTA_EXPR_NAME, name)
+        .nested(NFTA_EXPR_DATA, data)
+}
+
+fn data(v: &[u8]) -> Attrs {
+    Attrs::new().bytes(NFTA_DATA_VALUE, v)
+}
+
+fn meta_load(key: u32) -> Attrs {
+    expr(
+        "meta",
+        Attrs::new()
+            .be32(NFTA_META_KEY, key)
+            .be32(NFTA_META_DREG, REG),
+    )
+}
+
+fn payload_load(base: u32, offset: u32, len: u32) -> Attrs {
+    expr(
+        "payload",
+        Attrs::new()
+            .be32(NFTA_PAYLOAD_DREG, REG)
+            .be32(NFTA_PAYLOAD_BASE, base)
+            .be32(NFTA_PAYLOAD_OFFSET, offset)
+            .be32(NFTA_PAYLOAD_LEN, len),
+    )
+}
+
+fn cmp_eq(v: &[u8]) -> Attrs {
+    expr(
+        "cmp",
+        Attrs::new()
+            .be32(NFTA_CMP_SREG, REG)
+            .be32(NFTA_CMP_OP, NFT_CMP_EQ)
+            .nested(NFTA_CMP_DATA, data(v)),
+    )
+}
+
+fn bitwise_mask(m: u32) -> Attrs {
+    expr(
+        "bitwise",
+        Attrs::new()
+            .be32(NFTA_BITWISE_SREG, REG)
+            .be32(NFTA_BITWISE_DREG, REG)
+            .be32(NFTA_BITWISE_LEN, 4)
+            .nested(NFTA_BITWISE_MASK, data(&m.to_be_bytes()))
+            .nested(NFTA_BITWISE_XOR, data(&[0; 4])),
+    )
+}
+
+/// The expressions of one rule: each match loads into a register and compares; the rule ends
+/// with `immediate reg 1 = 1; meta set nftrace with reg 1`.
+pub fn rule_exprs(r: &[Match]) -> Vec<Attrs> {
+    let mut e = Vec::new();
+    let addr = |e: &mut Vec<Attrs>, offset: u32, a: Ipv4Addr, prefix: u8| {
+        e.push(payload_load(NFT_PAYLOAD_NETWORK_HEADER, offset, 4));
+        if prefix < 32 {
+            e.push(bitwise_mask(mask(prefix)));
+        }
+        e.push(cmp_eq(&masked(a, prefix).octets()));
+    };
+    for m in r {
+        match *m {
+            Match::Ipv4 => {
+                e.push(meta_load(NFT_META_NFPROTO));
+                e.push(cmp_eq(&[2])); // NFPROTO_IPV4
+            }
+            Match::Saddr(a, p) => addr(&mut e, 12, a, p),
+            Match::Daddr(a, p) => addr(&mut e, 16, a, p),
+            Match::L4proto(p) => {
+                e.push(meta_load(NFT_META_L4PROTO));
+                e.push(cmp_eq(&[p]));
+            }
+            Match::Sport(p) | Match::Dport(p) => {
+                let offset = if matches!(m, Match::Sport(_)) { 0 } else { 2 };
+                e.push(payload_load(NFT_PAYLOAD_TRANSPORT_HEADER, offset, 2));
+                e.push(cmp_eq(&p.to_be_bytes()));
+            }
+        }
+    }
+    e.push(expr(
+        "immediate",
+        Attrs::new()
+            .be32(NFTA_IMMEDIATE_DREG, REG)
+            .nested(NFTA_IMMEDIATE_DATA, data(&[1])),
+    ));
+    e.push(expr(
+        "meta",
+        Attrs::new()
+            .be32(NFTA_META_KEY, NFT_META_NFTRACE)
+            .be32(NFTA_META_SREG, REG),
+    ));
+    e
+}
+
+/// The table comment (libnftnl user data: type, length, NUL-terminated text).
+fn comment(text: &str) -> Vec<u8> {
+    let mut t: Vec<u8> = text.bytes().take(250).collect();
+    t.push(0);
+    let mut u = vec![UDATA_TABLE_COMMENT, t.len() as u8];
+    u.extend(t);
+    u
+}
+
+/// The transaction that adds the table, its chains and rules.
+pub fn create_batch(table: &str, f: &TraceFilter, owner: bool) -> Vec<BatchMsg> {
+    let mut t = Attrs::new().str(NFTA_TABLE_NAME, table).bytes(
+        NFTA_TABLE_USERDATA,
+        &comment(&format!(
+            "kvmtrace --explain-rules (pid {}): traces one flow, removed when kvmtrace exits",
+            std::process::id()
+        )),
+    );
+    if owner {
+        t = t.be32(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER);
+    }
+    let mut msgs = vec![BatchMsg {
+        msg: NFT_MSG_NEWTABLE,
+        flags: NLM_F_CREATE | NLM_F_EXCL,
+        family: FAMILY_INET,
+        attrs: t,
+        what: format!("add table inet {table}"),
+    }];
+    let rules = rules(f);
+    for (chain, hook) in CHAINS {
+        msgs.push(BatchMsg {
+            msg: NFT_MSG_NEWCHAIN,
+            flags: NLM_F_CREATE | NLM_F_EXCL,
+            family: FAMILY_INET,
+            attrs: Attrs::new()
+                .str(NFTA_CHAIN_TABLE, table)
+                .str(NFTA_CHAIN_NAME, chain)
+                .nested(
+                    NFTA_CHAIN_HOOK,
+                    Attrs::new()
+                        .be32(NFTA_HOOK_HOOKNUM, hook)
+                        .be32(NFTA_HOOK_PRIORITY, PRIORITY as u32),
+                )
+                .be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
+                .str(NFTA_CHAIN_TYPE, "filter"),
+            what: format!("add chain inet {table} {chain}"),
+        });
+        for r in &rules {
+            let mut list = Attrs::new();
+            for e in rule_exprs(r) {
+                list = list.nested(NFTA_LIST_ELEM, e);
+            }
+            msgs.push(BatchMsg {
+                msg: NFT_MSG_NEWRULE,
+                flags: NLM_F_CREATE | NLM_F_APPEND,
+                family: FAMILY_INET,
+                attrs: Attrs::new()
+                    .str(NFTA_RULE_TABLE, table)
+                    .str(NFTA_RULE_CHAIN, chain)
+                    .nested(NFTA_RULE_EXPRESSIONS, list),
+                what: format!("add rule inet {table} {chain} {}", rule_text(r)),
+            });
+        }
+    }
+    msgs
+}
+
+/// `delete table inet <table>`.
+pub fn delete_msg(table: &str) -> BatchMsg {
+    BatchMsg {
+        msg: NFT_MSG_DELTABLE,
+        flags: 0,
+        family: FAMILY_INET,
+        attrs: Attrs::new().str(NFTA_TABLE_NAME, table),
+        what: format!("delete table inet {table}"),
+    }
+}
+
+/// A table from an NFT_MSG_GETTABLE dump.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableInfo {
+    pub family: String,
+    pub name: String,
+    /// The owning netlink port id: the table lives exactly as long as that socket.
+    pub owner: Option<u32>,
+}
+
+/// Parses one NFT_MSG_NEWTABLE body (nfgenmsg + attributes).
+pub fn parse_table(body: &[u8]) -> Option<TableInfo> {
+    let family = family_name(*body.first()?).to_string();
+    let (mut name, mut owner, mut flags) = (None, None, 0);
+    for (ty, p) in attrs(body.get(NFGENMSG_LEN..)?) {
+        match ty {
+            NFTA_TABLE_NAME => name = Some(cstr(p)),
+            NFTA_TABLE_FLAGS => flags = be32(p)?,
+            NFTA_TABLE_OWNER => owner = be32(p),
+            _ => {}
+        }
+    }
+    Some(TableInfo {
+        family,
+        name: name?,
+        owner: owner.filter(|_| flags & NFT_TABLE_F_OWNER != 0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(guests: &[[u8; 4]], dst: [u8; 4], prefix: u8, proto: u8, port: u16) -> TraceFilter {
+        TraceFilter {
+            guest_ips: guests.iter().map(|&g| Ipv4Addr::from(g)).collect(),
+            dst: Ipv4Addr::from(dst),
+            prefix,
+            proto,
+            port,
+        }
+    }
+
+    #[test]
+    fn a_tcp_port_flow_traces_requests_and_replies() {
+        let f = filter(&[[10, 77, 0, 2]], [203, 0, 113, 1], 32, 6, 8080);
+        let texts: Vec<String> = rules(&f).iter().map(|r| rule_text(r)).collect();
+        assert_eq!(
+            texts,
+            [
+                "meta nfproto ipv4 ip saddr 10.77.0.2 ip daddr 203.0.113.1 meta l4proto 6 th dport 8080 meta nftrace set 1",
+                "meta nfproto ipv4 ip saddr 203.0.113.1 meta l4proto 6 th sport 8080 meta nftrace set 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn without_guest_address_only_the_destination_is_matched() {
+        let f = filter(&[], [203, 0, 113, 77], 24, 0, 0);
+        let texts: Vec<String> = rules(&f).iter().map(|r| rule_text(r)).collect();
+        assert_eq!(
+            texts,
+            [
+                "meta nfproto ipv4 ip daddr 203.0.113.0/24 meta nftrace set 1",
+                "meta nfproto ipv4 ip saddr 203.0.113.0/24 meta nftrace set 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_port_without_protocol_means_tcp_udp_and_sctp_and_icmp_ignores_ports() {
+        let f = filter(&[[10, 0, 0, 1], [10, 0, 0, 2]], [1, 1, 1, 1], 32, 0, 53);
+        assert_eq!(rules(&f).len(), 3 * 3, "(2 guests + 1 reply) × 3 protocols");
+        let f = filter(&[], [1, 1, 1, 1], 32, 1, 53);
+        assert!(rules(&f)
+            .iter()
+            .flatten()
+            .all(|m| !matches!(m, Match::Dport(_) | Match::Sport(_))));
+    }
+
+    fn expr_names(e: &[Attrs]) -> Vec<String> {
+        e.iter()
+            .map(|a| {
+                let (ty, p) = attrs(a.as_bytes()).next().expect("name");
+                assert_eq!(ty, NFTA_EXPR_NAME);
+                cstr(p)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn expressions_load_compare_and_set_nftrace() {
+        let r = [
+            Match::Ipv4,
+            Match::Daddr(Ipv4Addr::new(203, 0, 113, 0), 24),
+            Match::L4proto(17),
+            Match::Dport(53),
+        ];
+        let e = rule_exprs(&r);
+        assert_eq!(
+            expr_names(&e),
+            [
+                "meta",
+                "cmp",
+                "payload",
+                "bitwise",
+                "cmp",
+                "meta",
+                "cmp",
+                "payload",
+                "cmp",
+                "immediate",
+                "meta"
+            ]
+        );
+        // The destination payload load: network header, offset 16, 4 bytes.
+        let data = attrs(e[2].as_bytes()).nth(1).expect("data").1;
+        let fields: Vec<(u16, u32)> = attrs(data).map(|(t, p)| (t, be32(p).unwrap())).collect();
+        assert_eq!(
+            fields,
+            [
+                (NFTA_PAYLOAD_DREG, REG),
+                (NFTA_PAYLOAD_BASE, NFT_PAYLOAD_NETWORK_HEADER),
+                (NFTA_PAYLOAD_OFFSET, 16),
+                (NFTA_PAYLOAD_LEN, 4)
+            ]
+        );
+        // The last expression sets nftrace from the register.
+        let data = attrs(e[10].as_bytes()).nth(1).expect("data").1;
+        let fields: Vec<(u16, u32)> = attrs(data).map(|(t, p)| (t, be32(p).unwrap())).collect();
+        assert_eq!(
+            fields,
+            [(NFTA_META_KEY, NFT_META_NFTRACE), (NFTA_META_SREG, REG)]
+        );
+    }
+
+    #[test]
+    fn table_names_carry_the_pid() {
+        let n = table_name(4242, 3);
+        assert_eq!(n, "kvmtrace_nftrace_4242_3");
+        assert_eq!(pid_of(&n), Some(4242));
+        assert_eq!(pid_of("kvmtrace_nftrace_x_1"), None);
+        assert_eq!(pid_of("kvmtrace_nftrace_12"), None);
+        assert_eq!(pid_of("labfilter"), None);
+    }
+
+    #[test]
+    fn a_dumped_table_reports_its_owner_only_with_the_owner_flag() {
+        let body = |flags: u32| {
+            let mut b = vec![1u8, 0, 0, 0];
+            b.extend_from_slice(
+                Attrs::new()
+                    .str(NFTA_TABLE_NAME, "kvmtrace_nftrace_1_0")
+                    .be32(NFTA_TABLE_FLAGS, flags)
+                    .be32(NFTA_TABLE_OWNER, 77)
+                    .as_bytes(),
+            );
+            b
+        };
+        let t = parse_table(&body(NFT_TABLE_F_OWNER)).unwrap();
+        assert_eq!(
+            (t.family.as_str(), t.name.as_str(), t.owner),
+            ("inet", "kvmtrace_nftrace_1_0", Some(77))
+        );
+        assert_eq!(parse_table(&body(0)).unwrap().owner, None);
+    }
+
+    #[test]
+    fn prefixes_mask_addresses() {
+        assert!(in_prefix(
+            Ipv4Addr::new(203, 0, 113, 9),
+            Ipv4Addr::new(203, 0, 113, 1),
+            24
+        ));
+        assert!(!in_prefix(
+            Ipv4Addr::new(203, 0, 114, 9),
+            Ipv4Addr::new(203, 0, 113, 1),
+            24
+        ));
+        assert!(in_prefix(
+            Ipv4Addr::new(1, 2, 3, 4),
+            Ipv4Addr::UNSPECIFIED,
+            0
+        ));
+        assert_eq!(
+            masked(Ipv4Addr::new(10, 1, 2, 3), 8),
+            Ipv4Addr::new(10, 0, 0, 0)
+        );
+    }
+}
