@@ -66,6 +66,11 @@ pub enum Cmd {
         /// for `replay`, `export` and `report`.
         #[arg(long, value_name = "FILE")]
         record: Option<std::path::PathBuf>,
+        /// Name the exact nftables rule (or chain policy) behind each netfilter drop, with
+        /// nftables tracing for the followed flow only. This adds a table of its own while
+        /// running (removed on exit, also by the kernel after a crash); off by default.
+        #[arg(long)]
+        explain_rules: bool,
         /// Packets per flow and direction shown in full; past it the kernel only counts them
         /// (exact counts, reported per flow). 0 = no limit.
         #[arg(long, default_value_t = 200)]
@@ -202,6 +207,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             json,
             no_tui,
             record,
+            explain_rules,
             budget,
             ring_kib,
         } => {
@@ -244,6 +250,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 json,
                 tui,
                 record: record.as_deref(),
+                explain_rules,
             };
             follow(
                 &info,
@@ -263,6 +270,7 @@ struct View<'a> {
     json: bool,
     tui: bool,
     record: Option<&'a std::path::Path>,
+    explain_rules: bool,
 }
 
 fn follow(
@@ -293,6 +301,24 @@ async fn follow_async(
     use tokio::signal::unix::{signal, SignalKind};
 
     let started = Instant::now();
+    // Rule tracing first: it only reads the ruleset and adds its own table, before any hook.
+    let rules = if view.explain_rules {
+        let f = crate::nftrace::TraceFilter {
+            guest_ips: Vec::new(),
+            dst: spec.dst,
+            prefix: spec.prefix,
+            proto: spec.proto,
+            port: spec.port,
+        };
+        let (rt, warnings) = crate::nftrace::RuleTracer::start(&f)
+            .map_err(|e| EnvError(format!("--explain-rules: nftables tracing: {e:#}")))?;
+        for w in warnings {
+            eprintln!("kvmtrace: warning: {w}");
+        }
+        Some(rt)
+    } else {
+        None
+    };
     let mut tracer = Tracer::start(spec)?;
     for w in &tracer.warnings {
         eprintln!("kvmtrace: warning: {w}");
@@ -449,6 +475,9 @@ async fn follow_async(
     let (attached, warnings) = (tracer.attached.clone(), tracer.warnings.clone());
     let facts: HostFacts = crate::facts::gather();
     let mut verdicts = st.model.verdicts(&facts, dest, Some(until));
+    if let Some(rt) = rules {
+        crate::nftrace::explain(&mut verdicts, &rt.stop());
+    }
     st.model
         .apply_budgets(&mut verdicts, &tracer.flow_budgets(), spec.budget);
     if let Some(w) = st.writer.take() {
@@ -479,6 +508,31 @@ async fn follow_async(
         "kvmtrace: {} events ({} read), {} lost to a full ring buffer, {} over the per-flow budget (counted, not shown); all hooks detached",
         counters.events, st.delivered, counters.lost, counters.sampled_out
     );
+    // Nothing seen at all: the static checks say what along the path is wrong.
+    if verdicts.iter().any(|v| v.status == Status::NoTraffic) {
+        let checks = crate::doctor::checks_for(info);
+        let failing: Vec<&crate::doctor::Check> = checks
+            .iter()
+            .filter(|c| matches!(c.status, crate::doctor::CheckStatus::Fail))
+            .collect();
+        if !failing.is_empty() {
+            if json {
+                for c in &failing {
+                    writeln!(out, "{}", crate::doctor::check_json(c))?;
+                }
+            } else {
+                writeln!(
+                    out,
+                    "\nno traffic: `kvmtrace doctor` finds {} failing check(s):",
+                    failing.len()
+                )?;
+                for c in &failing {
+                    crate::doctor::write_check_text(&mut out, c)?;
+                }
+            }
+            out.flush()?;
+        }
+    }
     if st.undecodable > 0 {
         eprintln!(
             "kvmtrace: warning: {} events could not be decoded",

@@ -414,3 +414,93 @@ fn replies_dropped_because_the_guest_does_not_read_its_tap_are_named() {
     );
     drop(vm);
 }
+
+#[test]
+fn explain_rules_names_the_rule_that_rejected_and_cleans_up() {
+    let lab = Lab::new(LabOptions::default());
+    lab.nft(
+        "table inet labreject {\n chain forward {\n  type filter hook forward priority 0;\n  tcp dport 8080 reject with tcp reset\n }\n}\n",
+    );
+    let running = start(
+        &lab,
+        &[
+            "follow",
+            "vnet0",
+            DEST,
+            "--json",
+            "--duration",
+            "3",
+            "--proto",
+            "tcp",
+            "--explain-rules",
+        ],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    let got = vm.tcp_syn(lab.dest, 8080, 40300, Duration::from_millis(800));
+    let run = running.wait();
+    assert!(
+        matches!(got, Some(Reply::Tcp { flags, .. }) if flags & 0x04 != 0),
+        "{got:?}"
+    );
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    let rule = field(v, "rule");
+    assert!(
+        rule.contains("inet labreject forward handle"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        rule.contains("tcp dport 8080 reject with tcp reset"),
+        "{}",
+        run.dump()
+    );
+    assert!(field(v, "summary").contains("decided by"), "{}", run.dump());
+    let tables = lab.hv_run(&["nft", "list", "tables"]);
+    assert!(
+        !tables.contains("kvmtrace_nftrace"),
+        "tracing table left behind: {tables}"
+    );
+}
+
+#[test]
+fn explain_rules_names_a_drop_policy() {
+    let lab = Lab::new(LabOptions {
+        forward_drop: Some(kvmtrace_lab::lab::Firewall::Nftables),
+        ..Default::default()
+    });
+    let (run, _) = ping_run(&lab, &["--explain-rules"], 1, "2");
+    let v = run.verdict();
+    assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
+    let rule = field(v, "rule");
+    assert!(
+        rule.contains("inet labfilter forward") && rule.contains("policy drop"),
+        "{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn no_traffic_runs_the_static_checks() {
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&["ip", "link", "set", "vnet0", "down"]);
+    let run = start(
+        &lab,
+        &["follow", "vnet0", DEST, "--json", "--duration", "1"],
+    )
+    .wait();
+    assert_eq!(
+        field(run.verdict(), "status"),
+        "no_traffic",
+        "{}",
+        run.dump()
+    );
+    let checks: Vec<_> = run.lines.iter().filter(|l| l["type"] == "check").collect();
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["name"] == "tap" && c["status"] == "fail"),
+        "the tap being down is named: {}",
+        run.dump()
+    );
+}

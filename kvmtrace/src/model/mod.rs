@@ -563,6 +563,10 @@ pub struct Verdict {
     pub rewrites: Vec<Rewrite>,
     pub requests: usize,
     pub replies: usize,
+    /// `--explain-rules`: the nftables rule (or chain policy) that decided, from nftables
+    /// tracing: `inet filter forward handle 7 (FORWARD): tcp dport 8080 reject → reject`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
     /// Packets of this flow past the per-flow budget: counted by the kernel, not shown.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub suppressed: u64,
@@ -606,6 +610,7 @@ impl Verdict {
             rewrites: Vec::new(),
             requests: 0,
             replies: 0,
+            rule: None,
             suppressed: 0,
             summary: String::new(),
         }
