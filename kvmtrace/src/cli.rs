@@ -79,6 +79,10 @@ pub enum Cmd {
         /// counted as lost and reported.
         #[arg(long, default_value_t = 4096)]
         ring_kib: u32,
+        /// Every SECS seconds, a progress line on stderr (JSON): events, lost, peak RSS and the
+        /// kernel maps' entries, for long runs and soak tests.
+        #[arg(long, value_name = "SECS")]
+        stats_every: Option<u64>,
     },
     /// List the VMs and taps kvmtrace can see in this network namespace.
     List,
@@ -210,6 +214,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             explain_rules,
             budget,
             ring_kib,
+            stats_every,
         } => {
             if !(ring_kib >= 4 && ring_kib.is_power_of_two() && ring_kib <= 1 << 20) {
                 return Err(Usage(format!(
@@ -251,6 +256,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 tui,
                 record: record.as_deref(),
                 explain_rules,
+                stats_every: stats_every.filter(|s| *s > 0).map(Duration::from_secs),
             };
             follow(
                 &info,
@@ -271,6 +277,7 @@ struct View<'a> {
     tui: bool,
     record: Option<&'a std::path::Path>,
     explain_rules: bool,
+    stats_every: Option<Duration>,
 }
 
 fn follow(
@@ -352,6 +359,8 @@ async fn follow_async(
         None
     };
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut progress = tokio::time::interval(view.stats_every.unwrap_or(Duration::from_secs(3600)));
+    progress.tick().await;
     let mut last_verdicts = Instant::now();
     let mut filter = (spec.proto, spec.port);
     let writer = match view.record {
@@ -404,6 +413,29 @@ async fn follow_async(
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = timer => break,
+            _ = progress.tick(), if view.stats_every.is_some() => {
+                let c = tracer.counters();
+                let maps: serde_json::Map<String, serde_json::Value> = tracer
+                    .map_entries()
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::json!(v)))
+                    .collect();
+                eprintln!(
+                    "{}",
+                    serde_json::json!({
+                        "type": "progress",
+                        "elapsed_s": started.elapsed().as_secs_f64(),
+                        "events": c.events,
+                        "delivered": st.delivered,
+                        "lost": c.lost,
+                        "sampled_out": c.sampled_out,
+                        "rss_kib": rss_kib(),
+                        "peak_rss_kib": peak_rss_kib(),
+                        "journeys_held": st.model.journeys.len(),
+                        "maps": maps,
+                    })
+                );
+            }
             _ = tick.tick(), if live.is_some() => {
                 let c = tracer.counters();
                 let (Some(app), Some(ui)) = (st.tui.as_mut(), live.as_mut()) else { break };
@@ -547,14 +579,23 @@ async fn follow_async(
     })
 }
 
-/// VmHWM of this process (KiB), for the benchmark.
-fn peak_rss_kib() -> u64 {
+/// VmRSS of this process (KiB).
+fn rss_kib() -> u64 {
+    proc_status_kib("VmRSS:")
+}
+
+fn proc_status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// VmHWM of this process (KiB), for the benchmark.
+fn peak_rss_kib() -> u64 {
+    proc_status_kib("VmHWM:")
 }
 
 /// State of a running `follow`: the model and what the views need.

@@ -468,6 +468,36 @@ impl Tracer {
             .collect()
     }
 
+    /// Entries in the kernel's bounded maps (TRACKED, NAT_KEYS, BUDGET, GUEST_IPS): flat under
+    /// a long run, or the LRU bounds are doing their job.
+    pub fn map_entries(&self) -> Vec<(String, usize)> {
+        ["TRACKED", "NAT_KEYS", "BUDGET", "GUEST_IPS"]
+            .iter()
+            .map(|name| {
+                let n = self
+                    .ebpf
+                    .map(name)
+                    .and_then(|m| match m {
+                        aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d) => {
+                            let mut key = vec![0u8; d.info().ok()?.key_size() as usize];
+                            let mut n = 0usize;
+                            let fd = std::os::fd::AsFd::as_fd(d.fd());
+                            while next_key(fd, &mut key).is_some() {
+                                n += 1;
+                                if n > 1 << 20 {
+                                    break;
+                                }
+                            }
+                            Some(n)
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                (name.to_string(), n)
+            })
+            .collect()
+    }
+
     /// Sums the per-CPU counters.
     pub fn counters(&self) -> Counters {
         let Some(m) = self.ebpf.map("COUNTERS") else {
@@ -483,6 +513,42 @@ impl Tracer {
             sampled_out: sum(CNT_SAMPLED_OUT),
         }
     }
+}
+
+/// BPF_MAP_GET_NEXT_KEY: advances `key` (all zero bytes on the first call is fine: any key not
+/// in the map starts from the first one). Returns None at the end.
+fn next_key(fd: std::os::fd::BorrowedFd<'_>, key: &mut [u8]) -> Option<()> {
+    use std::os::fd::AsRawFd as _;
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        next_key: u64,
+        _rest: [u64; 4],
+    }
+    let mut next = vec![0u8; key.len()];
+    let mut attr = Attr {
+        map_fd: fd.as_raw_fd() as u32,
+        _pad: 0,
+        key: key.as_ptr() as u64,
+        next_key: next.as_mut_ptr() as u64,
+        _rest: [0; 4],
+    };
+    // SAFETY: BPF_MAP_GET_NEXT_KEY (cmd 4) with valid key buffers of the map's key size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            4,
+            &mut attr as *mut Attr as *mut libc::c_void,
+            std::mem::size_of::<Attr>() as u32,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    key.copy_from_slice(&next);
+    Some(())
 }
 
 /// Decodes with the live host's BTF, kallsyms and devices.

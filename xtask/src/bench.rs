@@ -39,6 +39,17 @@ pub struct BenchArgs {
     smoke: bool,
 }
 
+impl BenchArgs {
+    /// The quick run CI does.
+    pub fn smoke() -> Self {
+        BenchArgs {
+            seconds: 1.0,
+            rounds: 1,
+            smoke: true,
+        }
+    }
+}
+
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -49,7 +60,7 @@ fn workspace() -> PathBuf {
 const CASES: [&str; 4] = ["unrelated", "unrelated-dest", "followed", "other-proto"];
 
 /// Opens the lab's tap inside its namespace (a thread that setns()-es) and returns the fd.
-fn open_tap(netns: &str, tap: &str) -> Result<OwnedFd> {
+pub fn open_tap(netns: &str, tap: &str) -> Result<OwnedFd> {
     let ns = std::fs::File::open(format!("/run/netns/{netns}"))?;
     let tap = tap.to_string();
     std::thread::spawn(move || -> Result<OwnedFd> {
@@ -89,7 +100,7 @@ fn csum(data: &[u8]) -> u16 {
 }
 
 /// A 64-byte Ethernet frame: IPv4/UDP from the guest to the destination, port 9 (discard).
-fn udp_frame(
+pub fn udp_frame(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
     src: [u8; 4],
@@ -119,7 +130,7 @@ fn udp_frame(
     f
 }
 
-fn mac_of(lab: &Lab, dev: &str) -> Result<[u8; 6]> {
+pub fn mac_of(lab: &Lab, dev: &str) -> Result<[u8; 6]> {
     let s = lab.hv_run(&["cat", &format!("/sys/class/net/{dev}/address")]);
     let mut m = [0u8; 6];
     for (o, p) in m.iter_mut().zip(s.trim().split(':')) {
@@ -229,12 +240,8 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-pub fn run(a: &BenchArgs) -> Result<ExitCode> {
-    let (secs, rounds) = if a.smoke {
-        (1.0, 1)
-    } else {
-        (a.seconds, a.rounds)
-    };
+/// Builds kvmtrace in release mode and returns the binary's path.
+pub fn build_release() -> Result<PathBuf> {
     eprintln!("[bench] building kvmtrace (release)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     if !Command::new(&cargo)
@@ -245,10 +252,22 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode> {
     {
         bail!("building kvmtrace failed");
     }
-    let target = std::env::var("CARGO_TARGET_DIR")
+    Ok(target_dir().join("release/kvmtrace"))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace().join("target"));
-    let bin = target.join("release/kvmtrace");
+        .unwrap_or_else(|_| workspace().join("target"))
+}
+
+pub fn run(a: &BenchArgs) -> Result<ExitCode> {
+    let (secs, rounds) = if a.smoke {
+        (1.0, 1)
+    } else {
+        (a.seconds, a.rounds)
+    };
+    let bin = build_release()?;
 
     eprintln!(
         "[bench] lab: tap vnet0 (flooding VM) and vnet1 (another VM) → br0 → NAT → up0 → outside"
@@ -341,7 +360,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode> {
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     });
     let off_median = median(&mut off.clone());
-    let out_dir = target.join("bench");
+    let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     let summary = json!({
         "machine": machine,

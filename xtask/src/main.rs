@@ -7,6 +7,7 @@
 mod bench;
 mod demo;
 mod setup;
+mod soak;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -32,6 +33,8 @@ enum Command {
     Demo,
     /// Measure what following costs: packet rate with kvmtrace off and on, interleaved.
     Bench(bench::BenchArgs),
+    /// Follow a VM under steady load for minutes: RSS and kernel maps must stay flat.
+    Soak(soak::SoakArgs),
 }
 
 #[derive(Args)]
@@ -66,6 +69,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Test(args) => test(&args),
         Command::Demo => demo::run(),
         Command::Bench(args) => bench::run(&args),
+        Command::Soak(args) => soak::run(&args),
     }
 }
 
@@ -113,6 +117,9 @@ fn test(args: &TestArgs) -> Result<ExitCode> {
         t.arg("--").args(&args.rest);
     }
     step("tests", &mut t)?;
+    // A short smoke of the benchmark: it must run end to end; its numbers are not judged here.
+    eprintln!("[test] benchmark smoke (numbers not judged)");
+    bench::run(&bench::BenchArgs::smoke())?;
     Ok(ExitCode::SUCCESS)
 }
 
