@@ -479,14 +479,15 @@ impl Tracer {
                     .map(name)
                     .and_then(|m| match m {
                         aya::maps::Map::HashMap(d) | aya::maps::Map::LruHashMap(d) => {
-                            let mut key = vec![0u8; d.info().ok()?.key_size() as usize];
+                            let info = d.info().ok()?;
+                            let max = info.max_entries() as usize;
+                            let mut key = vec![0u8; info.key_size() as usize];
                             let mut n = 0usize;
                             let fd = std::os::fd::AsFd::as_fd(d.fd());
-                            while next_key(fd, &mut key).is_some() {
+                            // Walking a map the kernel keeps changing can restart and count
+                            // twice: the count is approximate under churn, never above the bound.
+                            while n < max && next_key(fd, &mut key).is_some() {
                                 n += 1;
-                                if n > 1 << 20 {
-                                    break;
-                                }
                             }
                             Some(n)
                         }

@@ -652,7 +652,7 @@ impl Archived {
 }
 
 /// Journeys kept in a bounded model before the oldest are folded into per-flow counts.
-pub const DEFAULT_RETAINED: usize = 4096;
+pub const DEFAULT_RETAINED: usize = 1024;
 /// Flows a bounded model keeps counts for; past it, journeys only add to `flows_over_limit`.
 pub const MAX_ARCHIVED_FLOWS: usize = 2048;
 
