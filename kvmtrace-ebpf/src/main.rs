@@ -466,10 +466,13 @@ fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
     // destination, before and after NAT), so it comes first; an skb freed without passing it
     // leaves a TRACKED entry that only this same test could ever match again, and the LRU
     // map ages it out.
-    if !might_match(c, skb) {
+    let Some(addrs) = might_match(c, skb) else {
+        return;
+    };
+    let tracked = unsafe { TRACKED.get(&skb).copied() };
+    if tracked.is_none() && !could_start(c, &addrs, skb, hook) {
         return;
     }
-    let tracked = unsafe { TRACKED.get(&skb).copied() };
     let freeing = matches!(hook, HookKind::Drop | HookKind::Consume);
     if freeing {
         if tracked.is_some() {
@@ -559,6 +562,11 @@ fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
 static OFF_SKB_HEAD: u32 = 0;
 #[unsafe(no_mangle)]
 static OFF_SKB_NH: u32 = 0;
+/// `sk_buff.dev` and `net_device.ifindex`, the same way.
+#[unsafe(no_mangle)]
+static OFF_SKB_DEV: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_DEV_IFINDEX: u32 = 0;
 
 /// Loads a field of a kernel struct through its BTF-typed pointer (tp_btf arguments,
 /// netfilter ctx->skb) at an offset the verifier knows.
@@ -569,23 +577,60 @@ fn btf_load<T: Copy>(ptr: u64, off: u32) -> T {
     unsafe { core::ptr::read_volatile((ptr as *const u8).add(off as usize) as *const T) }
 }
 
-/// Cheap first test for an skb not yet followed: could its addresses be one of ours (to or
-/// from the destination, or to a guest address)? Reads only `head`, `network_header` and the
-/// two addresses.
+/// Protocol and addresses of an skb's IPv4 header, read cheaply.
+#[derive(Clone, Copy)]
+struct Addrs {
+    proto: u8,
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
+/// Cheap first test, at every hook: could this skb be one of ours (protocol followed, to or
+/// from the destination, or to a guest address)? Reads `head` and `network_header` with BTF
+/// loads and 12 header bytes with one helper call.
 #[inline(always)]
-fn might_match(c: &Config, skb: u64) -> bool {
-    let _ = c;
+fn might_match(c: &Config, skb: u64) -> Option<Addrs> {
     let head: u64 = btf_load(skb, unsafe { core::ptr::read_volatile(&OFF_SKB_HEAD) });
     let nh: u16 = btf_load(skb, unsafe { core::ptr::read_volatile(&OFF_SKB_NH) });
     if nh == u16::MAX || head == 0 {
+        return None;
+    }
+    // IPv4 header bytes 8..20: ttl, protocol, checksum, source, destination.
+    let a = rd::<[u8; 12]>(head + nh as u64 + 8)?;
+    let h = Addrs {
+        proto: a[1],
+        src: [a[4], a[5], a[6], a[7]],
+        dst: [a[8], a[9], a[10], a[11]],
+    };
+    if !proto_ok(c, h.proto) && h.proto != 1 {
+        return None;
+    }
+    (in_dest(c, &h.dst) || in_dest(c, &h.src) || is_guest(&h.dst)).then_some(h)
+}
+
+/// Second cheap test, for a packet not followed yet, on addresses only: a request must come
+/// from a guest address (or be received on the tap itself), a reply from the destination, an
+/// ICMP error to a guest. Keeps another VM's traffic to the same destination from costing a
+/// full parse at every hook.
+#[inline(always)]
+fn could_start(c: &Config, h: &Addrs, skb: u64, hook: HookKind) -> bool {
+    if in_dest(c, &h.src) || (h.proto == 1 && is_guest(&h.dst)) {
+        return true;
+    }
+    if !in_dest(c, &h.dst) {
         return false;
     }
-    let Some(a) = rd::<[u8; 8]>(head + nh as u64 + 12) else {
-        return false;
-    };
-    let src = [a[0], a[1], a[2], a[3]];
-    let dst = [a[4], a[5], a[6], a[7]];
-    in_dest(c, &dst) || in_dest(c, &src) || is_guest(&dst)
+    if is_guest(&h.src) {
+        return true;
+    }
+    if matches!(hook, HookKind::NetifReceive) {
+        let dev: u64 = btf_load(skb, unsafe { core::ptr::read_volatile(&OFF_SKB_DEV) });
+        if dev != 0 {
+            let ifindex: u32 = btf_load(dev, unsafe { core::ptr::read_volatile(&OFF_DEV_IFINDEX) });
+            return ifindex == c.filter.tap_ifindex;
+        }
+    }
+    false
 }
 
 #[inline(always)]
@@ -797,7 +842,7 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     let reason: u32 = ctx.arg(2);
     // Cheap reject before the stack walk: only followed skbs, or packets that classify as ours.
     let Some(c) = config() else { return 0 };
-    if !might_match(c, skb) {
+    if might_match(c, skb).is_none() {
         return 0;
     }
     let stack_id = if unsafe { TRACKED.get(&skb).is_some() } || might_be_ours(skb) {
@@ -821,7 +866,7 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn might_be_ours(skb: u64) -> bool {
     let Some(c) = config() else { return false };
-    if !might_match(c, skb) {
+    if might_match(c, skb).is_none() {
         return false;
     }
     let Some((p, _, _, _)) = skb_pkt(c, skb) else {

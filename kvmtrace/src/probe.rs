@@ -260,6 +260,8 @@ impl Tracer {
             .map_max_entries("EVENTS", spec.ring_bytes)
             .override_global("OFF_SKB_HEAD", &offsets.skb_head, true)
             .override_global("OFF_SKB_NH", &offsets.skb_network_header, true)
+            .override_global("OFF_SKB_DEV", &offsets.skb_dev, true)
+            .override_global("OFF_DEV_IFINDEX", &offsets.dev_ifindex, true)
             .load(OBJECT)
             .map_err(|e| EnvError(format!("loading the eBPF object: {e}")))?;
         set_config(&mut ebpf, Config { offsets, filter })?;
