@@ -71,6 +71,46 @@ static STACKS: StackTrace = StackTrace::with_max_entries(4096, 0);
 #[map]
 static CUR: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// `sk_buff.head` and `sk_buff.network_header` offsets, set by the loader in the frozen
+/// .rodata before verification: the verifier then knows them as constants, so the hot path
+/// reads them with plain (fault-safe) BTF loads instead of helper calls.
+#[unsafe(no_mangle)]
+static OFF_SKB_HEAD: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SKB_NH: u32 = 0;
+/// `sk_buff.dev` and `net_device.ifindex`, the same way.
+#[unsafe(no_mangle)]
+static OFF_SKB_DEV: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_DEV_IFINDEX: u32 = 0;
+/// The other fields the programs read, the same way.
+#[unsafe(no_mangle)]
+static OFF_SKB_LEN: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_SKB_MH: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_DEV_NAME: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_DEV_ND_NET: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_NET_INUM: u32 = 0;
+
+/// Reads one of the `OFF_*` constants (a frozen .rodata value the verifier knows).
+macro_rules! off {
+    ($name:ident) => {
+        unsafe { core::ptr::read_volatile(&$name) }
+    };
+}
+
+/// Loads a field of a kernel struct through its BTF-typed pointer (tp_btf arguments,
+/// netfilter ctx->skb) at an offset the verifier knows.
+#[inline(always)]
+fn btf_load<T: Copy>(ptr: u64, off: u32) -> T {
+    // SAFETY: `ptr` is a BTF-typed kernel pointer and `off` a constant from .rodata; the
+    // verifier turns this into a fault-safe PROBE_MEM load checked against BTF.
+    unsafe { core::ptr::read_volatile((ptr as *const u8).add(off as usize) as *const T) }
+}
+
 const UNSET: u32 = u32::MAX;
 const NF_INET_PRE_ROUTING: u8 = 0;
 
@@ -412,30 +452,44 @@ fn set_cur(skb: u64) {
 /// Device facts of a kernel skb: (ifindex, name, netns inode).
 #[inline(always)]
 fn skb_dev(c: &Config, skb: u64) -> (u32, [u8; 16], u32) {
-    let o = &c.offsets;
-    let dev: u64 = rd(skb + o.skb_dev as u64).unwrap_or(0);
+    let _ = c;
+    let dev: u64 = btf_load(skb, off!(OFF_SKB_DEV));
     if dev == 0 {
         return (0, [0; 16], 0);
     }
-    let ifindex: u32 = rd(dev + o.dev_ifindex as u64).unwrap_or(0);
-    let name: [u8; 16] = rd(dev + o.dev_name as u64).unwrap_or([0; 16]);
-    let net: u64 = rd(dev + o.dev_nd_net as u64).unwrap_or(0);
+    let ifindex: u32 = btf_load(dev, off!(OFF_DEV_IFINDEX));
+    let name: [u8; 16] = rd(dev + off!(OFF_DEV_NAME) as u64).unwrap_or([0; 16]);
+    let net: u64 = btf_load(dev, off!(OFF_DEV_ND_NET));
     let inum: u32 = if net != 0 {
-        rd(net + o.net_ns_inum as u64).unwrap_or(0)
+        btf_load(net, off!(OFF_NET_INUM))
     } else {
         0
     };
     (ifindex, name, inum)
 }
 
+/// Inode of the skb's device's network namespace (0 when unknown).
+#[inline(always)]
+fn skb_netns(skb: u64) -> u32 {
+    let dev: u64 = btf_load(skb, off!(OFF_SKB_DEV));
+    if dev == 0 {
+        return 0;
+    }
+    let net: u64 = btf_load(dev, off!(OFF_DEV_ND_NET));
+    if net == 0 {
+        return 0;
+    }
+    btf_load(net, off!(OFF_NET_INUM))
+}
+
 /// Reads the IPv4 packet of a kernel skb through `head + network_header`.
 #[inline(always)]
 fn skb_pkt(c: &Config, skb: u64) -> Option<(Pkt, u32, [u8; 12], u8)> {
-    let o = &c.offsets;
-    let head: u64 = rd(skb + o.skb_head as u64)?;
-    let nh: u16 = rd(skb + o.skb_network_header as u64)?;
-    let len: u32 = rd(skb + o.skb_len as u64).unwrap_or(0);
-    if nh == u16::MAX {
+    let _ = c;
+    let head: u64 = btf_load(skb, off!(OFF_SKB_HEAD));
+    let nh: u16 = btf_load(skb, off!(OFF_SKB_NH));
+    let len: u32 = btf_load(skb, off!(OFF_SKB_LEN));
+    if nh == u16::MAX || head == 0 {
         return None;
     }
     let ip: [u8; 20] = rd(head + nh as u64)?;
@@ -447,7 +501,7 @@ fn skb_pkt(c: &Config, skb: u64) -> Option<(Pkt, u32, [u8; 12], u8)> {
     let p = parse(&ip, &l4)?;
     let mut flags = EV_FLAG_HAS_IP;
     let mut macs = [0u8; 12];
-    let mh: u16 = rd(skb + o.skb_mac_header as u64).unwrap_or(u16::MAX);
+    let mh: u16 = btf_load(skb, off!(OFF_SKB_MH));
     if mh != u16::MAX && mh < nh {
         if let Some(m) = rd::<[u8; 12]>(head + mh as u64) {
             macs = m;
@@ -470,7 +524,8 @@ fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
         return;
     };
     let tracked = unsafe { TRACKED.get(&skb).copied() };
-    if tracked.is_none() && !could_start(c, &addrs, skb, hook) {
+    if tracked.is_none() && (!could_start(c, &addrs, skb, hook) || skb_netns(skb) != c.filter.netns)
+    {
         return;
     }
     let freeing = matches!(hook, HookKind::Drop | HookKind::Consume);
@@ -553,28 +608,6 @@ fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
     emit(
         hook, skb, dir, flags, &p, ifindex, &ifname, netns, len, &macs, x,
     );
-}
-
-/// `sk_buff.head` and `sk_buff.network_header` offsets, set by the loader in the frozen
-/// .rodata before verification: the verifier then knows them as constants, so the hot path
-/// reads them with plain (fault-safe) BTF loads instead of helper calls.
-#[unsafe(no_mangle)]
-static OFF_SKB_HEAD: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_SKB_NH: u32 = 0;
-/// `sk_buff.dev` and `net_device.ifindex`, the same way.
-#[unsafe(no_mangle)]
-static OFF_SKB_DEV: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_DEV_IFINDEX: u32 = 0;
-
-/// Loads a field of a kernel struct through its BTF-typed pointer (tp_btf arguments,
-/// netfilter ctx->skb) at an offset the verifier knows.
-#[inline(always)]
-fn btf_load<T: Copy>(ptr: u64, off: u32) -> T {
-    // SAFETY: `ptr` is a BTF-typed kernel pointer and `off` a constant from .rodata; the
-    // verifier turns this into a fault-safe PROBE_MEM load checked against BTF.
-    unsafe { core::ptr::read_volatile((ptr as *const u8).add(off as usize) as *const T) }
 }
 
 /// Protocol and addresses of an skb's IPv4 header, read cheaply.

@@ -262,6 +262,11 @@ impl Tracer {
             .override_global("OFF_SKB_NH", &offsets.skb_network_header, true)
             .override_global("OFF_SKB_DEV", &offsets.skb_dev, true)
             .override_global("OFF_DEV_IFINDEX", &offsets.dev_ifindex, true)
+            .override_global("OFF_SKB_LEN", &offsets.skb_len, true)
+            .override_global("OFF_SKB_MH", &offsets.skb_mac_header, true)
+            .override_global("OFF_DEV_NAME", &offsets.dev_name, true)
+            .override_global("OFF_DEV_ND_NET", &offsets.dev_nd_net, true)
+            .override_global("OFF_NET_INUM", &offsets.net_ns_inum, true)
             .load(OBJECT)
             .map_err(|e| EnvError(format!("loading the eBPF object: {e}")))?;
         set_config(&mut ebpf, Config { offsets, filter })?;

@@ -370,7 +370,9 @@ fn a_guest_that_does_not_answer_the_hosts_arp_is_named() {
     let run = running.wait();
     let v = run.verdict();
     assert_ne!(field(v, "status"), "delivered", "{}", run.dump());
-    assert_eq!(v["replies"], 1, "{}", run.dump());
+    // The echo reply; near the end of the run the host may add its own unreachable (after the
+    // neighbour entry fails, ~3 s), which also counts as a reply.
+    assert!(v["replies"].as_u64().unwrap() >= 1, "{}", run.dump());
     assert!(
         field(v, "summary").contains("never answered"),
         "{}",
