@@ -873,18 +873,36 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
     let reason: u32 = ctx.arg(2);
-    // Cheap reject before the stack walk: only followed skbs, or packets that classify as ours.
+    // Everything cheap before the stack walk (microseconds): only a packet of ours, not past
+    // its budget, in the tap's namespace, gets a stack.
     let Some(c) = config() else { return 0 };
-    if might_match(c, skb).is_none() {
+    let Some(addrs) = might_match(c, skb) else {
+        return 0;
+    };
+    let tracked = unsafe { TRACKED.get(&skb).copied() };
+    match tracked {
+        Some(t) if t & TRACK_SUPPRESSED != 0 => {
+            let _ = TRACKED.remove(&skb);
+            count(CNT_SAMPLED_OUT);
+            return 0;
+        }
+        Some(_) => {}
+        None => {
+            if !could_start(c, &addrs, skb, HookKind::Drop) || !might_be_ours(skb) {
+                return 0;
+            }
+        }
+    }
+    if skb_netns(skb) != c.filter.netns {
+        // Freed in another namespace (past a veth): not this host's drop.
+        if tracked.is_some() {
+            let _ = TRACKED.remove(&skb);
+        }
         return 0;
     }
-    let stack_id = if unsafe { TRACKED.get(&skb).is_some() } || might_be_ours(skb) {
-        match ctx.get_stackid(&STACKS, 0) {
-            Ok(id) => id as i32,
-            Err(e) => e,
-        }
-    } else {
-        return 0;
+    let stack_id = match ctx.get_stackid(&STACKS, 0) {
+        Ok(id) => id as i32,
+        Err(e) => e,
     };
     let x = Extra {
         location,
