@@ -271,3 +271,37 @@ fn a_followed_flood_is_sampled_with_exact_counts() {
     assert!(run.stats()["sampled_out"].as_u64().unwrap() > 0);
     drop(vm);
 }
+
+#[test]
+fn sigterm_during_a_flood_detaches_and_prints_the_verdicts_so_far() {
+    let lab = Lab::new(LabOptions::default());
+    let mut vm = FakeVm::attach(&lab);
+    assert!(vm.resolve_gateway(Duration::from_secs(3)));
+    let running = start(
+        &lab,
+        &[
+            "follow",
+            "vnet0",
+            "203.0.113.1",
+            "--json",
+            "--proto",
+            "icmp",
+        ],
+    );
+    let flood = std::thread::spawn(move || {
+        for seq in 0..20_000u16 {
+            vm.send_echo("203.0.113.1".parse().unwrap(), 0x7171, seq);
+        }
+        vm
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    running.signal(libc::SIGTERM);
+    let run = running.wait();
+    let _vm = flood.join().unwrap();
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
+    assert!(v["requests"].as_u64().unwrap() > 0);
+    assert!(run.stderr.contains("all hooks detached"), "{}", run.dump());
+    let q = lab.hv_run(&["tc", "qdisc", "show", "dev", "vnet0"]);
+    assert!(!q.contains("clsact"), "{q}");
+}
