@@ -130,3 +130,29 @@ fn assert_no_tc_state(lab: &Lab) {
         assert!(f.trim().is_empty(), "filter left behind: {f}");
     }
 }
+
+#[test]
+fn missing_kernel_btf_is_an_environment_error() {
+    let lab = Lab::new(LabOptions::default());
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.hv,
+            BIN,
+            "follow",
+            "vnet0",
+            "203.0.113.1",
+            "--duration",
+            "1",
+        ])
+        .env("KVMTRACE_BTF", "/nonexistent/vmlinux")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("BTF") && err.contains("CONFIG_DEBUG_INFO_BTF"),
+        "{err}"
+    );
+}

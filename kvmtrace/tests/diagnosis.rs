@@ -506,3 +506,97 @@ fn no_traffic_runs_the_static_checks() {
         run.dump()
     );
 }
+
+#[test]
+fn a_packet_dropped_as_conntrack_invalid_is_named_with_its_rule() {
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&["sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0"]);
+    lab.nft(
+        "table inet ctinvalid {\n chain forward {\n  type filter hook forward priority 0;\n  ct state invalid drop\n }\n}\n",
+    );
+    let running = start(
+        &lab,
+        &[
+            "follow",
+            "vnet0",
+            DEST,
+            "--json",
+            "--duration",
+            "2",
+            "--proto",
+            "tcp",
+            "--explain-rules",
+        ],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    assert!(vm.resolve_gateway(Duration::from_secs(3)));
+    vm.tcp_stray_ack(lab.dest, 443, 40500);
+    let run = running.wait();
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
+    assert!(
+        field(v, "rule").contains("ct state invalid drop"),
+        "{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn a_reject_with_icmp_is_the_host_answering() {
+    let lab = Lab::new(LabOptions::default());
+    lab.nft(
+        "table inet icmpreject {\n chain forward {\n  type filter hook forward priority 0;\n  ip daddr 203.0.113.1 reject with icmp type host-unreachable\n }\n}\n",
+    );
+    let (run, got) = ping_run(&lab, &[], 1, "2");
+    assert!(
+        matches!(
+            got[0],
+            Some(Reply::IcmpError {
+                icmp_type: 3,
+                code: 1,
+                ..
+            })
+        ),
+        "{got:?}"
+    );
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "FORWARD");
+    assert!(
+        field(v, "summary").contains("host answered"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        field(v, "summary").contains("dest-unreachable"),
+        "{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn a_tap_on_the_wrong_bridge_is_named() {
+    let lab = Lab::new(LabOptions::default());
+    let mac = lab.hv_run(&["cat", "/sys/class/net/br0/address"]);
+    lab.hv_run(&["ip", "link", "add", "br1", "type", "bridge"]);
+    lab.hv_run(&["ip", "link", "set", "br1", "up"]);
+    lab.hv_run(&["ip", "link", "set", "vnet0", "master", "br1"]);
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST, "--json", "--duration", "2"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    vm.send_echo_to_mac(lab.dest, 0x5353, 1, parse_mac(mac.trim()));
+    let run = running.wait();
+    let v = run.verdict();
+    // br1 has no address but the host still forwards what arrives on it; the replies are
+    // routed to br0, where the VM no longer is.
+    assert_eq!(field(v, "status"), "no_reply", "{}", run.dump());
+    let s = field(v, "summary");
+    assert!(
+        s.contains("wrong bridge") && s.contains("br1") && s.contains("br0"),
+        "{}",
+        run.dump()
+    );
+}

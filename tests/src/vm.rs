@@ -241,6 +241,15 @@ impl FakeVm {
         self.write_frame(&frame);
     }
 
+    /// Send a bare TCP ACK for a connection that was never opened (conntrack sees it as
+    /// INVALID when `nf_conntrack_tcp_loose` is 0). Does not wait.
+    pub fn tcp_stray_ack(&mut self, dst: Ipv4Addr, dport: u16, sport: u16) {
+        let frame = self.frame_ipv4(dst, IpNumber::TCP, 0, |b, w| {
+            b.tcp(sport, dport, 12345, 64240).ack(1).write(w, &[])
+        });
+        self.write_frame(&frame);
+    }
+
     /// Send a TCP SYN (no options, window 64240) and wait for a segment of that connection
     /// (SYN-ACK, RST) or an ICMP error quoting it.
     pub fn tcp_syn(

@@ -35,6 +35,8 @@ fn follow(bin: &PathBuf, lab: &Lab, vm: &str) -> Result<i32> {
             "3",
             "--duration",
             "15",
+            // Line output: the demo narrates, and a terminal UI would hide the hops it shows.
+            "--no-tui",
         ])
         .status()
         .context("running kvmtrace")?;

@@ -1493,11 +1493,33 @@ fn classify(
                 src.map(|s| format!(" as {s}")).unwrap_or_default()
             )
         } else {
-            format!(
+            let mut s = format!(
                 "no reply reached the VM: the request left on {device} and {} reply packet(s) \
                  came back but did not reach the tap",
                 rep.len()
-            )
+            );
+            // Replies routed to a bridge the tap is not a port of: the tap is on the wrong one.
+            let tap = req
+                .iter()
+                .flat_map(|j| j.hops.iter())
+                .find(|h| h.dev_kind == DevKind::Tap)
+                .map(|h| h.device.clone());
+            let reply_dev = rep
+                .iter()
+                .filter_map(|j| j.route())
+                .find(|r| r.err == 0 && r.dev_kind == DevKind::Bridge)
+                .map(|r| r.device);
+            if let (Some(tap), Some(rd)) = (tap, reply_dev) {
+                let master = facts.master_of(&tap);
+                if master.is_some_and(|m| m != rd) {
+                    s.push_str(&format!(
+                        ": the replies are routed to {rd}, but the tap {tap} is a port of {} — \
+                         the tap is on the wrong bridge (`ip link set {tap} master {rd}`)",
+                        master.unwrap_or("?")
+                    ));
+                }
+            }
+            s
         };
         return v;
     }
