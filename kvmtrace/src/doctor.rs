@@ -18,7 +18,7 @@
 
 mod checks;
 mod host;
-mod netlink;
+pub(crate) mod netlink;
 mod rules;
 
 use crate::model::SCHEMA;

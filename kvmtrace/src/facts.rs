@@ -1,19 +1,15 @@
 //! Reads the host facts that verdicts cite: ip_forward, the nftables base chains (a read-only
 //! NFT_MSG_GETCHAIN dump over nfnetlink), and the iptables-legacy tables.
 
+use crate::doctor::netlink::{attrs, be32, cstr, dump};
 use crate::event::NfHook;
 use crate::model::{HostFacts, NfChain};
 use std::io;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 
 const NETLINK_NETFILTER: i32 = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_NEWCHAIN: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_ERROR: u16 = 2;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_CHAIN_HOOK: u16 = 4;
@@ -72,7 +68,8 @@ pub fn devices(sys_class_net: &std::path::Path) -> Vec<crate::model::DevFacts> {
     out
 }
 
-fn family_name(f: u8) -> String {
+/// nfproto family number → nftables family name.
+pub(crate) fn family_name(f: u8) -> String {
     match f {
         1 => "inet",
         2 => "ip",
@@ -83,33 +80,6 @@ fn family_name(f: u8) -> String {
         _ => "?",
     }
     .to_string()
-}
-
-/// Iterates netlink attributes: (type, payload).
-fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let payload = &b[4..len];
-        let adv = (len + 3) & !3;
-        b = &b[adv.min(b.len())..];
-        Some((ty, payload))
-    })
-}
-
-fn be32(p: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(p.get(..4)?.try_into().ok()?))
-}
-
-fn cstr(p: &[u8]) -> String {
-    let end = p.iter().position(|&c| c == 0).unwrap_or(p.len());
-    String::from_utf8_lossy(&p[..end]).into_owned()
 }
 
 /// Parses one NFT_MSG_NEWCHAIN message body (after nlmsghdr): nfgenmsg + attributes.
@@ -155,66 +125,17 @@ pub fn parse_chain(body: &[u8]) -> Option<NfChain> {
 }
 
 fn nft_chains() -> io::Result<Vec<NfChain>> {
-    // SAFETY: plain socket syscalls on an fd this function owns and closes.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_NETFILTER,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just created and is owned here.
-    let guard = unsafe { OwnedFd::from_raw_fd(fd) };
-    let sock = guard.as_raw_fd();
-    let mut req = Vec::with_capacity(20);
-    req.extend_from_slice(&20u32.to_ne_bytes());
-    req.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN).to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
-    req.extend_from_slice(&[0u8, 0, 0, 0]); // nfgenmsg: AF_UNSPEC, version 0, res_id 0
-                                            // SAFETY: req is a valid buffer; fd is a netlink socket.
-    let n = unsafe { libc::send(sock, req.as_ptr().cast(), req.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        // SAFETY: buf is writable for its length.
-        let n = unsafe { libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut b = &buf[..n as usize];
-        while b.len() >= 16 {
-            let len = u32::from_ne_bytes(b[0..4].try_into().unwrap_or_default()) as usize;
-            let ty = u16::from_ne_bytes([b[4], b[5]]);
-            if len < 16 || len > b.len() {
-                return Ok(out);
-            }
-            match ty {
-                NLMSG_DONE => return Ok(out),
-                NLMSG_ERROR => {
-                    let errno = i32::from_ne_bytes(b[16..20].try_into().unwrap_or_default());
-                    if errno != 0 {
-                        return Err(io::Error::from_raw_os_error(-errno));
-                    }
-                    return Ok(out);
-                }
-                t if t & 0xff == NFT_MSG_NEWCHAIN => {
-                    if let Some(c) = parse_chain(&b[16..len]) {
-                        out.push(c);
-                    }
-                }
-                _ => {}
-            }
-            b = &b[((len + 3) & !3).min(b.len())..];
-        }
-    }
+    // nfgenmsg: AF_UNSPEC (every family), version 0, res_id 0.
+    let msgs = dump(
+        NETLINK_NETFILTER,
+        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN,
+        &[0, 0, 0, 0],
+    )?;
+    Ok(msgs
+        .iter()
+        .filter(|(t, _)| t & 0xff == NFT_MSG_NEWCHAIN)
+        .filter_map(|(_, body)| parse_chain(body))
+        .collect())
 }
 
 #[cfg(test)]

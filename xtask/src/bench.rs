@@ -221,6 +221,23 @@ fn stop_tracer(mut t: Tracer) -> Result<Value> {
     Ok(json!({ "ready_ms": t.ready_ms, "stats": stats }))
 }
 
+/// The outside discards UDP to port 9 silently (no ICMP port-unreachable storm back).
+pub fn discard_udp9(lab: &Lab) {
+    lab.outside_run(&["nft", "add", "table", "ip", "sink"]);
+    lab.outside_run(&[
+        "nft",
+        "add",
+        "chain",
+        "ip",
+        "sink",
+        "in",
+        "{ type filter hook input priority 0 ; }",
+    ]);
+    lab.outside_run(&[
+        "nft", "add", "rule", "ip", "sink", "in", "udp", "dport", "9", "drop",
+    ]);
+}
+
 /// kvmtrace's arguments for a case.
 fn case_args<'a>(case: &str, dest: &'a str) -> Vec<&'a str> {
     match case {
@@ -276,19 +293,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode> {
     lab.hv_run(&["ip", "tuntap", "add", "dev", "vnet1", "mode", "tap"]);
     lab.hv_run(&["ip", "link", "set", "vnet1", "master", "br0", "up"]);
     // The outside discards the flood without answering (no ICMP port unreachable storm).
-    lab.outside_run(&["nft", "add", "table", "ip", "sink"]);
-    lab.outside_run(&[
-        "nft",
-        "add",
-        "chain",
-        "ip",
-        "sink",
-        "in",
-        "{ type filter hook input priority 0 ; }",
-    ]);
-    lab.outside_run(&[
-        "nft", "add", "rule", "ip", "sink", "in", "udp", "dport", "9", "drop",
-    ]);
+    discard_udp9(&lab);
     let fd = open_tap(&lab.hv, &lab.tap)?;
     let frame = udp_frame(
         lab.guest_mac,

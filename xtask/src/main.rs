@@ -111,15 +111,16 @@ fn test(args: &TestArgs) -> Result<ExitCode> {
             "warnings",
         ]),
     )?;
+    // A short smoke of the benchmark: it must run end to end; its numbers are not judged here.
+    // (Before the tests, so that the test runner's summary closes the output.)
+    eprintln!("[test] benchmark smoke (numbers not judged)");
+    bench::run(&bench::BenchArgs::smoke())?;
     let mut t = std::process::Command::new(&cargo);
     t.args(["test", "--workspace", "--exclude", "kvmtrace-ebpf"]);
     if !args.rest.is_empty() {
         t.arg("--").args(&args.rest);
     }
     step("tests", &mut t)?;
-    // A short smoke of the benchmark: it must run end to end; its numbers are not judged here.
-    eprintln!("[test] benchmark smoke (numbers not judged)");
-    bench::run(&bench::BenchArgs::smoke())?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -34,19 +34,7 @@ pub struct SoakArgs {
 pub fn run(a: &SoakArgs) -> Result<ExitCode> {
     let bin = crate::bench::build_release()?;
     let lab = Lab::new(LabOptions::default());
-    lab.outside_run(&["nft", "add", "table", "ip", "sink"]);
-    lab.outside_run(&[
-        "nft",
-        "add",
-        "chain",
-        "ip",
-        "sink",
-        "in",
-        "{ type filter hook input priority 0 ; }",
-    ]);
-    lab.outside_run(&[
-        "nft", "add", "rule", "ip", "sink", "in", "udp", "dport", "9", "drop",
-    ]);
+    crate::bench::discard_udp9(&lab);
     let fd = crate::bench::open_tap(&lab.hv, &lab.tap)?;
     let gw = crate::bench::mac_of(&lab, &lab.bridge)?;
     let frames: Vec<Vec<u8>> = (0..a.flows)

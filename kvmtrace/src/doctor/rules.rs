@@ -13,6 +13,7 @@
 
 use super::netlink::{self, attr, attrs, be32, be64, cstr, ne32};
 use crate::event::NfHook;
+use crate::facts::family_name;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
@@ -831,19 +832,6 @@ pub fn parse_chain(body: &[u8]) -> Option<Chain> {
         base,
         rules: Vec::new(),
     })
-}
-
-fn family_name(f: u8) -> String {
-    match f {
-        1 => "inet",
-        2 => "ip",
-        3 => "arp",
-        5 => "netdev",
-        7 => "bridge",
-        10 => "ip6",
-        _ => "?",
-    }
-    .to_string()
 }
 
 /// Reads every chain and rule of this network namespace (needs CAP_NET_ADMIN).
