@@ -25,8 +25,9 @@ pub struct ReplayArgs {
     /// JSON Lines on stdout, as `follow --json` prints them (docs/json-schema.md).
     #[arg(long)]
     pub json: bool,
-    // The interactive view (`--tui`) belongs to kvmtrace/src/tui/: it takes the `Analysis`
-    // built in `replay` below, the same one the text and JSON views render.
+    /// Print lines instead of the terminal UI (the UI opens only when stdout is a terminal).
+    #[arg(long)]
+    pub no_tui: bool,
 }
 
 /// `export --format`.
@@ -266,12 +267,55 @@ pub fn replay(a: ReplayArgs) -> Result<ExitCode> {
     };
     let an = Analysis::of(&t);
     describe(&a.file, &t, &an);
-    // (The TUI view, kvmtrace/src/tui/, plugs in here with `an`.)
+    if !a.json && !a.no_tui && io::IsTerminal::is_terminal(&io::stdout()) {
+        replay_tui(&t, &an)?;
+        return Ok(an.exit_code());
+    }
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     write_replay(&mut out, &t, &an, a.json)?;
     out.flush()?;
     Ok(an.exit_code())
+}
+
+/// The terminal UI on a recorded trace: every event is pushed at once, then the UI runs until
+/// `q` (the same `App` and rendering as a live `follow`).
+fn replay_tui(t: &Trace, an: &Analysis) -> Result<()> {
+    use crate::tui::{Action, App, Live, TuiMeta, TuiStats};
+    let mut app = App::new(TuiMeta {
+        vm: t.meta.vm.clone().unwrap_or_else(|| t.meta.tap.clone()),
+        tap: t.meta.tap.clone(),
+        filter: format!("{} (replay)", t.meta.filter),
+        dest: t.meta.dest.clone(),
+    });
+    for ((_, ev), at) in t.events.iter().zip(&an.placed) {
+        if let Some((j, _)) = at {
+            app.push(*j, ev);
+        }
+    }
+    app.set_verdicts(an.verdicts.clone());
+    let c = counters_of(t);
+    let span = t
+        .events
+        .last()
+        .map(|(_, e)| e.ts_ns.saturating_sub(an.t0))
+        .unwrap_or(0);
+    app.set_stats(TuiStats {
+        elapsed: std::time::Duration::from_nanos(span),
+        events_per_sec: t.events.len() as f64 / (span as f64 / 1e9).max(0.001),
+        events: c.events,
+        lost: c.lost,
+        sampled_out: c.sampled_out,
+    });
+    let mut ui = Live::start()?;
+    loop {
+        if let Some(Action::Quit) = ui.tick(&mut app)? {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    ui.finish();
+    Ok(())
 }
 
 /// The text or JSON view of a replayed trace: hops as they were recorded, then the verdicts,

@@ -166,3 +166,37 @@ fn follow_in_a_terminal_shows_the_path_the_drop_and_the_verdict_live() {
         "no verdict printed after the UI:\n{s}"
     );
 }
+
+#[test]
+fn replay_in_a_terminal_shows_the_recorded_outage() {
+    // A trace of a real FORWARD-drop run (the model's recorded fixture).
+    let dir = std::env::temp_dir().join(format!("kvmtrace-tui-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("outage.trace");
+    let meta =
+        kvmtrace::trace::Meta::new(Some("guest1".into()), "vnet0", None, "203.0.113.1", "any");
+    let mut w = kvmtrace::trace::Writer::create(&file, &meta).unwrap();
+    for line in include_str!("../src/model/fixtures/forward_drop.jsonl").lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ev: kvmtrace::event::TraceEvent = serde_json::from_value(v.clone()).unwrap();
+        w.event(v["journey"].as_u64().map(|j| j as usize), &ev)
+            .unwrap();
+    }
+    w.finish(&[], Default::default(), &Default::default())
+        .unwrap();
+
+    let tmux = Tmux::start(&format!(
+        "{BIN} replay {}; echo KVMTRACE_EXIT=$?; sleep 60",
+        file.display()
+    ));
+    let screen = tmux.wait_for("the replayed verdict", Duration::from_secs(20), |s| {
+        s.contains("DROPPED") && s.contains("FORWARD")
+    });
+    eprintln!("{screen}");
+    assert!(screen.contains("guest1"), "{screen}");
+    tmux.keys(&["q"]);
+    tmux.wait_for("kvmtrace to exit 1", Duration::from_secs(10), |s| {
+        s.contains("KVMTRACE_EXIT=1")
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
