@@ -120,7 +120,39 @@ fn test(args: &TestArgs) -> Result<ExitCode> {
     if !args.rest.is_empty() {
         t.arg("--").args(&args.rest);
     }
-    step("tests", &mut t)?;
+    eprintln!("[test] tests: {t:?}");
+    // The runner's output passes through; its per-binary summaries are added up so that the
+    // run closes on one line with the totals (the last binary alone may hold no test).
+    let mut child = t.stdout(std::process::Stdio::piped()).spawn()?;
+    let out = child.stdout.take().expect("piped stdout");
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| {
+                rest.split(';')
+                    .find_map(|p| {
+                        p.trim().strip_suffix(word).map(|n| {
+                            n.trim()
+                                .trim_start_matches("ok.")
+                                .trim_start_matches("FAILED.")
+                                .trim()
+                                .to_string()
+                        })
+                    })
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            passed += num("passed");
+            failed += num("failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        anyhow::bail!("tests failed ({status})");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
