@@ -273,6 +273,11 @@ impl Tracer {
         phase("object loaded");
         let mut attached = Vec::new();
 
+        // Optional hooks can be left out on purpose (a kernel where one misbehaves, or a test of
+        // the degraded paths): KVMTRACE_SKIP_HOOKS=tc,consume_skb,fib,netfilter.
+        let skip_list = std::env::var("KVMTRACE_SKIP_HOOKS").unwrap_or_default();
+        let skip = |name: &str| skip_list.split(',').any(|s| s.trim() == name);
+        let skipped = |name: &str| anyhow!("left out by KVMTRACE_SKIP_HOOKS={name}");
         // The tap: TCX links (6.6+), else netlink clsact.
         for (prog, at) in [
             ("tap_ingress", TcAttachType::Ingress),
@@ -283,10 +288,16 @@ impl Tracer {
                 .ok_or_else(|| anyhow!("{prog} missing"))?
                 .try_into()?;
             p.load().with_context(|| format!("loading {prog}"))?;
-            let r = p.attach(&spec.tap, at).or_else(|_| {
-                let _ = tc::qdisc_add_clsact(&spec.tap);
+            let r = if skip("tc") {
+                Err(skipped("tc"))
+            } else {
                 p.attach(&spec.tap, at)
-            });
+                    .or_else(|_| {
+                        let _ = tc::qdisc_add_clsact(&spec.tap);
+                        p.attach(&spec.tap, at)
+                    })
+                    .map_err(anyhow::Error::from)
+            };
             match r {
                 Ok(_) => attached.push(format!("tc {prog} on {}", spec.tap)),
                 Err(e) => warnings.push(format!(
@@ -309,10 +320,13 @@ impl Tracer {
                 .program_mut(prog)
                 .ok_or_else(|| anyhow!("{prog} missing"))?
                 .try_into()?;
-            let r = p
-                .load(tp, &btf)
-                .map_err(anyhow::Error::from)
-                .and_then(|_| p.attach().map_err(anyhow::Error::from));
+            let r = if !required && skip(tp) {
+                Err(skipped(tp))
+            } else {
+                p.load(tp, &btf)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|_| p.attach().map_err(anyhow::Error::from))
+            };
             match r {
                 Ok(_) => attached.push(format!("tp_btf {tp}")),
                 Err(e) if required => {
@@ -333,10 +347,14 @@ impl Tracer {
                 .program_mut("fib_table_lookup")
                 .ok_or_else(|| anyhow!("fib_table_lookup missing"))?
                 .try_into()?;
-            let r = p.load().map_err(anyhow::Error::from).and_then(|_| {
-                p.attach("fib", "fib_table_lookup")
-                    .map_err(anyhow::Error::from)
-            });
+            let r = if skip("fib") {
+                Err(skipped("fib"))
+            } else {
+                p.load().map_err(anyhow::Error::from).and_then(|_| {
+                    p.attach("fib", "fib_table_lookup")
+                        .map_err(anyhow::Error::from)
+                })
+            };
             match r {
                 Ok(_) => attached.push("tracepoint fib:fib_table_lookup".into()),
                 Err(e) => warnings.push(format!(
@@ -345,7 +363,12 @@ impl Tracer {
             }
         }
         phase("fib attached");
-        let nf = match nf::attach(OBJECT, &ebpf) {
+        let nf_result = if skip("netfilter") {
+            Err(skipped("netfilter"))
+        } else {
+            nf::attach(OBJECT, &ebpf)
+        };
+        let nf = match nf_result {
             Ok(l) => {
                 attached.push(format!(
                     "netfilter links ({}) at 5 IPv4 hooks",

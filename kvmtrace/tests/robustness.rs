@@ -305,3 +305,63 @@ fn sigterm_during_a_flood_detaches_and_prints_the_verdicts_so_far() {
     let q = lab.hv_run(&["tc", "qdisc", "show", "dev", "vnet0"]);
     assert!(!q.contains("clsact"), "{q}");
 }
+
+/// Without the optional hooks (as on a kernel lacking BPF netfilter links, or with
+/// KVMTRACE_SKIP_HOOKS), kvmtrace says what it lost and still names the FORWARD hook from the
+/// drop's kernel stack.
+#[test]
+fn without_the_optional_hooks_the_drop_is_still_named_and_the_loss_said() {
+    let lab = Lab::new(LabOptions {
+        forward_drop: Some(Firewall::Nftables),
+        ..Default::default()
+    });
+    let running = common::start_env(
+        &lab,
+        &[
+            "follow",
+            "vnet0",
+            "203.0.113.1",
+            "--json",
+            "--duration",
+            "2",
+        ],
+        &[("KVMTRACE_SKIP_HOOKS", "netfilter,tc,fib,consume_skb")],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    assert!(vm
+        .ping(lab.dest, 0x7272, 1, Duration::from_millis(400))
+        .is_none());
+    let run = running.wait();
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(
+        field(v, "hook"),
+        "FORWARD",
+        "named from the stack: {}",
+        run.dump()
+    );
+    assert_eq!(field(v, "reason"), "NETFILTER_DROP");
+    let warnings = run.stats()["warnings"].to_string();
+    for lost in [
+        "netfilter links",
+        "route lookups",
+        "tap_ingress",
+        "consume_skb",
+    ] {
+        assert!(
+            warnings.contains(lost),
+            "warning for {lost} missing: {warnings}"
+        );
+    }
+    assert!(
+        run.stderr
+            .contains("warning: BPF netfilter links unavailable"),
+        "{}",
+        run.dump()
+    );
+    // Neither netfilter nor TC hops were reported.
+    assert!(!run
+        .hops()
+        .iter()
+        .any(|h| h["point"] == "nf_enter" || h["point"] == "tap_ingress"));
+}

@@ -64,9 +64,15 @@ impl Run {
 /// Starts `kvmtrace follow <args>` in the lab's hypervisor namespace and waits until it is
 /// attached (it says "following" on stderr).
 pub fn start(lab: &Lab, args: &[&str]) -> Running {
+    start_env(lab, args, &[])
+}
+
+/// [`start`] with extra environment variables.
+pub fn start_env(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &lab.hv, BIN])
         .args(args)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
