@@ -221,9 +221,7 @@ pub const CNT_EVENTS: u32 = 0;
 pub const CNT_LOST: u32 = 1;
 /// Packets matched but not emitted because the flow was past its budget.
 pub const CNT_SAMPLED_OUT: u32 = 2;
-/// Hook runs whose packet passed the cheap address test (looked at in full).
-pub const CNT_SEEN: u32 = 3;
-pub const CNT_MAX: u32 = 4;
+pub const CNT_MAX: u32 = 3;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use kvmtrace_common::{
     Config, Event, FlowBudget, HookKind, NatKey, CNT_EVENTS, CNT_LOST, CNT_MAX, CNT_SAMPLED_OUT,
-    CNT_SEEN, DIR_REPLY, DIR_REQUEST, EV_FLAG_ARP, EV_FLAG_DHCP, EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP,
+    DIR_REPLY, DIR_REQUEST, EV_FLAG_ARP, EV_FLAG_DHCP, EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP,
     EV_FLAG_NEW, TRACK_SUPPRESSED,
 };
 
@@ -297,11 +297,7 @@ fn classify(c: &Config, p: &Pkt, on_tap: bool) -> u8 {
 #[inline(always)]
 fn flow_key(p: &Pkt, dir: u8) -> NatKey {
     let (remote, local, local_port) = if dir == DIR_REQUEST {
-        (
-            p.daddr,
-            p.saddr,
-            if p.proto == 1 { p.sport } else { p.sport },
-        )
+        (p.daddr, p.saddr, p.sport)
     } else {
         (
             p.saddr,
@@ -542,7 +538,6 @@ fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
         count(CNT_SAMPLED_OUT);
         return;
     }
-    count(CNT_SEEN);
     let (ifindex, ifname, netns) = skb_dev(c, skb);
     if netns != c.filter.netns {
         if !freeing {
@@ -677,7 +672,6 @@ fn len_of(c: &Config, skb: u64) -> u32 {
 
 #[inline(always)]
 fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
-    count(CNT_SEEN);
     let Some(c) = config() else {
         return TC_ACT_UNSPEC;
     };
