@@ -711,16 +711,7 @@ impl Model {
         self.base += n;
         let base = self.base;
         self.open.retain(|_, id| *id >= base);
-        for j in &old {
-            if j.dir == Direction::Request {
-                if let (Some(first), Some(last)) = (j.first_tuple(), j.last_tuple()) {
-                    self.archive_nat.insert(
-                        (last.proto, last.src, last.sport),
-                        FlowKey::from_request(&first),
-                    );
-                }
-            }
-        }
+        learn_nat(&mut self.archive_nat, &old);
         let nat = std::mem::take(&mut self.archive_nat);
         for j in old {
             match self.flow_of(&j, &nat) {
@@ -820,15 +811,7 @@ impl Model {
     /// Adds the kernel's per-flow counts of packets past the budget to the verdicts, so that
     /// their counts are exact and their summaries say the flow was sampled.
     pub fn apply_budgets(&self, verdicts: &mut [Verdict], budgets: &[BudgetEntry], budget: u32) {
-        let mut nat = self.archive_nat.clone();
-        for j in self.journeys.iter().filter(|j| j.dir == Direction::Request) {
-            if let (Some(first), Some(last)) = (j.first_tuple(), j.last_tuple()) {
-                nat.insert(
-                    (last.proto, last.src, last.sport),
-                    FlowKey::from_request(&first),
-                );
-            }
-        }
+        let nat = self.nat_map();
         for v in verdicts.iter_mut() {
             let Some(k) = v.key else { continue };
             let mut n = 0u64;
@@ -943,21 +926,20 @@ impl Model {
         format!("no packet from the VM to {dest}: {}", parts.join("; "))
     }
 
+    /// Post-NAT (proto, address, port) → flow: what the archive learned plus the retained
+    /// requests' rewrites.
+    fn nat_map(&self) -> HashMap<(u8, Ipv4Addr, u16), FlowKey> {
+        let mut nat = self.archive_nat.clone();
+        learn_nat(&mut nat, &self.journeys);
+        nat
+    }
+
     /// The flow of every retained journey (`None`: an ICMP error quoting no known flow, or a
     /// journey without headers). Replies seen only before de-NAT are mapped back through the
     /// requests' rewrites; ICMP errors go to the newest flow towards the address they quote.
     /// Every view groups journeys with this, so they all agree with the verdicts.
     pub fn flow_keys(&self) -> Vec<Option<FlowKey>> {
-        // Post-NAT (proto, address, port) → flow, learned from requests' last tuple.
-        let mut nat: HashMap<(u8, Ipv4Addr, u16), FlowKey> = self.archive_nat.clone();
-        for j in self.journeys.iter().filter(|j| j.dir == Direction::Request) {
-            if let (Some(first), Some(last)) = (j.first_tuple(), j.last_tuple()) {
-                nat.insert(
-                    (last.proto, last.src, last.sport),
-                    FlowKey::from_request(&first),
-                );
-            }
-        }
+        let nat = self.nat_map();
         let mut keys: Vec<Option<FlowKey>> = self
             .journeys
             .iter()
@@ -1082,6 +1064,19 @@ fn chains_on(facts: &HostFacts, hook: NfHook) -> (Option<String>, Vec<String>) {
 
 /// `arch`: what a bounded model folded away of this flow; its samples are already in `req` and
 /// `rep`, its counts replace theirs.
+/// Learns from requests' first and last tuples under which post-NAT (proto, address, port)
+/// their replies come back.
+fn learn_nat(nat: &mut HashMap<(u8, Ipv4Addr, u16), FlowKey>, journeys: &[Journey]) {
+    for j in journeys.iter().filter(|j| j.dir == Direction::Request) {
+        if let (Some(first), Some(last)) = (j.first_tuple(), j.last_tuple()) {
+            nat.insert(
+                (last.proto, last.src, last.sport),
+                FlowKey::from_request(&first),
+            );
+        }
+    }
+}
+
 /// The summary of a drop outside netfilter and routing: the tap, the bridge, the way out.
 fn egress_summary(
     what: &str,
