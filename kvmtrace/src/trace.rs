@@ -117,11 +117,11 @@ impl Meta {
     }
 }
 
-/// `--snaplen`: only 0 (headers only) is supported: no payload is captured.
+/// A trace's `snaplen`: only 0 (headers only) is written, since no payload is captured.
 pub fn check_snaplen(snaplen: u32) -> Result<()> {
     if snaplen != 0 {
         bail!(
-            "--snaplen {snaplen}: kvmtrace records packet headers only and captures no payload; \
+            "snaplen {snaplen}: kvmtrace records packet headers only and captures no payload; \
              0 (headers only) is the only value"
         );
     }
