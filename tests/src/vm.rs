@@ -107,6 +107,25 @@ impl FakeVm {
         let fd = in_netns(&lab.hv, || open_tap(&tap))
             .and_then(|r| r)
             .unwrap_or_else(|e| panic!("FakeVm::attach to {} in netns {}: {e}", lab.tap, lab.hv));
+        // Carrier up puts a bridge port through listening/learning (a timer, even with
+        // forward_delay 0): a frame sent at once can be dropped by the bridge. Wait, bounded,
+        // until the port forwards (3), when the tap is a bridge port at all.
+        let state = format!("/sys/class/net/{}/brport/state", lab.tap);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            // Through `ip netns exec`: /sys shows the namespace of whoever mounted it.
+            let st = lab
+                .hv_cmd("cat")
+                .arg(&state)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            match st.as_deref().map(str::trim) {
+                Some("3") | None => break,
+                Some(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
         FakeVm {
             fd,
             tap: lab.tap.clone(),
