@@ -83,6 +83,12 @@ pub enum Cmd {
         /// kernel maps' entries, for long runs and soak tests.
         #[arg(long, value_name = "SECS")]
         stats_every: Option<u64>,
+        /// Which hooks to attach: `path` (TC on the devices of the VM's path, drops and route
+        /// lookups: other traffic pays only where it crosses those devices) or `all` (also
+        /// every device's receive/transmit tracepoints and netfilter links at every IPv4 hook:
+        /// each netfilter hook's entry and exit shown, at a cost to every packet of the host).
+        #[arg(long, value_enum, default_value_t = crate::probe::HookSet::Path)]
+        hooks: crate::probe::HookSet,
     },
     /// List the VMs and taps kvmtrace can see in this network namespace.
     List,
@@ -215,6 +221,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             budget,
             ring_kib,
             stats_every,
+            hooks,
         } => {
             if !(ring_kib >= 4 && ring_kib.is_power_of_two() && ring_kib <= 1 << 20) {
                 return Err(Usage(format!(
@@ -249,6 +256,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 port: port.unwrap_or(0),
                 budget,
                 ring_bytes: ring_kib * 1024,
+                hooks,
             };
             let tui = !json && !no_tui && std::io::IsTerminal::is_terminal(&std::io::stdout());
             let view = View {
@@ -396,7 +404,12 @@ async fn follow_async(
         requests: 0,
         t0: None,
         json,
+        routed_to: Vec::new(),
     };
+    // The path hook set follows route and bridge-port changes, and the devices the followed
+    // packets are actually routed to.
+    let mut path_tick = tokio::time::interval(Duration::from_millis(500));
+    path_tick.tick().await;
 
     loop {
         let sleep_until = match (deadline, count_deadline) {
@@ -413,6 +426,15 @@ async fn follow_async(
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = timer => break,
+            _ = path_tick.tick() => {
+                for note in tracer.refresh_path(&st.routed_to, started.elapsed().as_secs_f64()) {
+                    if view.tui {
+                        log::info!("{note}");
+                    } else {
+                        eprintln!("kvmtrace: {note}");
+                    }
+                }
+            }
             _ = progress.tick(), if view.stats_every.is_some() => {
                 let c = tracer.counters();
                 let maps: serde_json::Map<String, serde_json::Value> = tracer
@@ -612,6 +634,9 @@ struct Follow {
     requests: u64,
     t0: Option<u64>,
     json: bool,
+    /// Output devices of the followed packets' successful route lookups: the path hook set
+    /// attaches there too.
+    routed_to: Vec<u32>,
 }
 
 impl Follow {
@@ -648,6 +673,11 @@ impl Follow {
             self.requests += 1;
         }
         let stage = stage_of(&ev);
+        if let Some(r) = ev.route.as_ref().filter(|r| r.err == 0 && r.oif != 0) {
+            if !self.routed_to.contains(&r.oif) {
+                self.routed_to.push(r.oif);
+            }
+        }
         let (j, orphan) = match self.model.try_push(ev) {
             Ok(j) => (Some(j), None),
             Err(ev) => (None, Some(*ev)),

@@ -18,7 +18,7 @@
 
 mod checks;
 mod host;
-pub(crate) mod netlink;
+pub mod netlink;
 mod rules;
 
 use crate::model::SCHEMA;

@@ -248,6 +248,10 @@ pub trait Decoder {
     fn dev_kind(&self, ifindex: u32, name: &str) -> DevKind;
     /// Name of the followed tap (TC events carry no device name).
     fn tap_name(&self) -> String;
+    /// Name of a device by its ifindex (the path devices' TC events carry no name).
+    fn dev_name(&self, _ifindex: u32) -> Option<String> {
+        None
+    }
 }
 
 fn cstr(b: &[u8]) -> String {
@@ -268,6 +272,12 @@ impl TraceEvent {
         let hook = HookKind::from_u8(e.hook)?;
         let point = Point::from_hook(hook);
         let mut device = cstr(&e.ifname);
+        if device.is_empty()
+            && e.ifindex != 0
+            && matches!(point, Point::NetifReceive | Point::DevXmit)
+        {
+            device = d.dev_name(e.ifindex).unwrap_or_default();
+        }
         let has_ip = e.flags & EV_FLAG_HAS_IP != 0 || point == Point::Fib;
         let tuple = has_ip.then(|| Tuple {
             proto: e.proto,

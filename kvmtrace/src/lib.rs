@@ -14,6 +14,7 @@ pub mod nf;
 pub mod nftrace;
 pub mod offline;
 pub mod output;
+pub mod pathdevs;
 pub mod pcapng;
 pub mod probe;
 pub mod report;

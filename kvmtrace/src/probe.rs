@@ -46,6 +46,22 @@ pub struct Spec {
     pub budget: u32,
     /// Ring buffer size in bytes (a power of two, at least one page).
     pub ring_bytes: u32,
+    /// Which hooks to attach.
+    pub hooks: HookSet,
+}
+
+/// The hooks a run attaches (docs/architecture.md, "The hook set").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookSet {
+    /// TC on the devices of the VM's path (tap, bridge, the route's devices, bridged uplink
+    /// ports), `kfree_skb` and the route lookup: other traffic pays only where it crosses
+    /// those devices.
+    #[default]
+    Path,
+    /// Also the global hooks: `netif_receive_skb`, `net_dev_start_xmit` and `consume_skb` on
+    /// every device, and netfilter links at every IPv4 hook (entry and exit of each). Every
+    /// packet the host handles pays for them.
+    All,
 }
 
 /// Exact counters kept by the programs.
@@ -85,6 +101,9 @@ fn prog_stats(name: &str, fd: std::os::fd::RawFd) -> ProgStats {
 pub struct Tracer {
     ebpf: Ebpf,
     _nf: Option<nf::NfLinks>,
+    /// Path devices with the `dev_*` programs attached (empty with [`HookSet::All`]).
+    path: crate::pathdevs::Attached,
+    spec: Spec,
     ring: Option<RingBuf<MapData>>,
     pub attached: Vec<String>,
     pub warnings: Vec<String>,
@@ -310,12 +329,16 @@ impl Tracer {
         phase("tap attached");
         let btf = Btf::from_sys_fs().map_err(|e| EnvError(format!("kernel BTF: {e}")))?;
         phase("aya BTF parsed");
-        for (prog, tp, required) in [
-            ("netif_receive_skb", "netif_receive_skb", true),
-            ("net_dev_start_xmit", "net_dev_start_xmit", true),
-            ("kfree_skb", "kfree_skb", true),
-            ("consume_skb", "consume_skb", false),
+        let all = spec.hooks == HookSet::All;
+        for (prog, tp, required, wanted) in [
+            ("netif_receive_skb", "netif_receive_skb", true, all),
+            ("net_dev_start_xmit", "net_dev_start_xmit", true, all),
+            ("kfree_skb", "kfree_skb", true, true),
+            ("consume_skb", "consume_skb", false, all),
         ] {
+            if !wanted {
+                continue;
+            }
             let p: &mut BtfTracePoint = ebpf
                 .program_mut(prog)
                 .ok_or_else(|| anyhow!("{prog} missing"))?
@@ -363,7 +386,9 @@ impl Tracer {
             }
         }
         phase("fib attached");
-        let nf_result = if skip("netfilter") {
+        let nf_result = if !all {
+            Err(anyhow!("not in the path hook set"))
+        } else if skip("netfilter") {
             Err(skipped("netfilter"))
         } else {
             nf::attach(OBJECT, &ebpf)
@@ -376,6 +401,7 @@ impl Tracer {
                 ));
                 Some(l)
             }
+            Err(_) if !all => None,
             Err(e) => {
                 warnings.push(format!(
                     "BPF netfilter links unavailable ({e:#}); netfilter drops are still named \
@@ -385,6 +411,21 @@ impl Tracer {
             }
         };
         phase("netfilter attached");
+        let mut path = crate::pathdevs::Attached::default();
+        if !all {
+            for p in ["dev_ingress", "dev_egress"] {
+                let prog: &mut SchedClassifier = ebpf
+                    .program_mut(p)
+                    .ok_or_else(|| anyhow!("{p} missing"))?
+                    .try_into()?;
+                prog.load().with_context(|| format!("loading {p}"))?;
+            }
+            let want = crate::pathdevs::wanted(&spec.tap, spec.dst, &[]);
+            let (notes, warns) = path.sync(&mut ebpf, &want, 0.0);
+            attached.extend(notes);
+            warnings.extend(warns);
+            phase("path devices attached");
+        }
         // Every hook is in place: start following (see Filter::enabled).
         set_config(
             &mut ebpf,
@@ -407,10 +448,13 @@ impl Tracer {
             tap_ifindex,
             tap_name: spec.tap.clone(),
             kinds: RefCell::new(HashMap::new()),
+            names: RefCell::new(HashMap::new()),
         };
         let mut t = Tracer {
             ebpf,
             _nf: nf,
+            path,
+            spec: spec.clone(),
             ring: Some(ring),
             attached,
             warnings,
@@ -435,6 +479,21 @@ impl Tracer {
         c.filter.port = port;
         cfg.set(0, c, 0)?;
         Ok(())
+    }
+
+    /// Follows changes of the path (routes, bridge ports, devices that come and go): attaches
+    /// the `dev_*` programs to devices that joined it, detaches them from those that left.
+    /// `seen_oifs`: output devices of the followed packets' route lookups so far. Returns a
+    /// line per change, for the operator (`at_s`: seconds since start).
+    pub fn refresh_path(&mut self, seen_oifs: &[u32], at_s: f64) -> Vec<String> {
+        if self.spec.hooks == HookSet::All {
+            return Vec::new();
+        }
+        let want = crate::pathdevs::wanted(&self.spec.tap, self.spec.dst, seen_oifs);
+        let (mut notes, warns) = self.path.sync(&mut self.ebpf, &want, at_s);
+        notes.extend(warns);
+        self.attached.extend(notes.iter().cloned());
+        notes
     }
 
     /// The ring buffer, for the caller's event loop.
@@ -590,6 +649,7 @@ struct HostDecoder {
     tap_ifindex: u32,
     tap_name: String,
     kinds: RefCell<HashMap<(u32, String), DevKind>>,
+    names: RefCell<HashMap<u32, String>>,
 }
 
 fn load_kallsyms() -> Vec<(u64, String)> {
@@ -638,6 +698,15 @@ impl Decoder for HostDecoder {
     }
     fn tap_name(&self) -> String {
         self.tap_name.clone()
+    }
+    fn dev_name(&self, ifindex: u32) -> Option<String> {
+        let mut names = self.names.borrow_mut();
+        if let Some(n) = names.get(&ifindex) {
+            return Some(n.clone());
+        }
+        let n = crate::pathdevs::name_of(ifindex)?;
+        names.insert(ifindex, n.clone());
+        Some(n)
     }
     fn dev_kind(&self, ifindex: u32, name: &str) -> DevKind {
         if (ifindex != 0 && ifindex == self.tap_ifindex)

@@ -164,7 +164,11 @@ pub fn stage_of(e: &TraceEvent) -> Stage {
 /// Netfilter hook named by the kernel stack of a drop (the function that called nf_hook_slow),
 /// per net/ipv4/ip_input.c, ip_forward.c, ip_output.c and net/bridge (Linux 6.x).
 fn hook_from_stack(stack: &[String]) -> Option<(Stage, Option<NfHook>)> {
-    let sym = |s: &String| s.split('+').next().unwrap_or("").to_string();
+    // `br_nf_forward_ip.part.0+0x2b2` → `br_nf_forward_ip`.
+    let sym = |s: &String| {
+        let f = s.split('+').next().unwrap_or("");
+        f.split('.').next().unwrap_or("").to_string()
+    };
     let pos = stack.iter().position(|s| sym(s) == "nf_hook_slow")?;
     for caller in stack[pos + 1..].iter().map(sym) {
         let hook = match caller.as_str() {
@@ -173,6 +177,11 @@ fn hook_from_stack(stack: &[String]) -> Option<(Stage, Option<NfHook>)> {
             "ip_forward" => NfHook::Forward,
             "__ip_local_out" | "ip_local_out" => NfHook::Output,
             "ip_output" | "ip_finish_output" => NfHook::Postrouting,
+            // Bridge netfilter runs the IPv4 hooks for bridged frames
+            // (net/bridge/br_netfilter_hooks.c, Linux 6.18).
+            "br_nf_pre_routing" => NfHook::Prerouting,
+            "br_nf_forward_ip" | "br_nf_forward_arp" | "br_nf_forward" => NfHook::Forward,
+            "br_nf_post_routing" => NfHook::Postrouting,
             c if c.starts_with("br_") => return Some((Stage::Bridge, None)),
             _ => continue,
         };
@@ -231,7 +240,7 @@ impl Journey {
         let mut prev: Option<Tuple> = None;
         for (hop, t) in self.tuples() {
             if let Some(p) = prev {
-                let at = point_label(hop);
+                let seen_at_hook = matches!(hop.point, Point::NfEnter | Point::NfExit);
                 let id_name = if t.proto == 1 { "icmp_id" } else { "sport" };
                 let changes = [
                     ("src", p.src.to_string(), t.src.to_string()),
@@ -243,13 +252,24 @@ impl Journey {
                         t.dport.to_string(),
                     ),
                 ];
-                for (field, from, to) in changes {
+                for (i, (field, from, to)) in changes.into_iter().enumerate() {
                     if from != to {
+                        // Seen first on a device (the path hook set has no netfilter links):
+                        // the kernel rewrites a forwarded packet's destination only at
+                        // PREROUTING (DNAT, or conntrack undoing SNAT for a reply) and its
+                        // source only at POSTROUTING (net/netfilter/nf_nat_proto.c).
+                        let at = if seen_at_hook {
+                            point_label(hop)
+                        } else if i % 2 == 1 {
+                            "PREROUTING exit".to_string()
+                        } else {
+                            "POSTROUTING exit".to_string()
+                        };
                         out.push(Rewrite {
                             field: field.into(),
                             from,
                             to,
-                            at: at.clone(),
+                            at,
                         });
                     }
                 }

@@ -1,0 +1,264 @@
+//! tp_btf programs on the skb tracepoints (include/trace/events/net.h, skb.h in Linux 6.18).
+//! `kfree_skb` is in every hook set (a drop anywhere, with its reason and stack); the global
+//! `netif_receive_skb`, `net_dev_start_xmit` and `consume_skb` only in the full one: they run
+//! for every packet of every device on the host.
+
+use crate::emit::{emit, set_cur, At, Extra, NO_EXTRA};
+use crate::filter::{
+    admit, classify, learn_nat, parse, skb_addrs, track_forget, track_get, track_put, Pkt,
+};
+use crate::{btf_load, config, count, off, rd, GUEST_IPS, STACKS};
+use aya_ebpf::{
+    macros::btf_tracepoint, programs::tracing::StackIdContext as _, programs::BtfTracePointContext,
+};
+use kvmtrace_common::{
+    Config, HookKind, CNT_SAMPLED_OUT, EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP, EV_FLAG_NEW,
+    TRACK_SUPPRESSED,
+};
+
+const NF_INET_PRE_ROUTING: u8 = 0;
+
+/// Device facts of a kernel skb: (ifindex, name, netns inode).
+#[inline(always)]
+fn skb_dev(skb: u64) -> (u32, [u8; 16], u32) {
+    let dev: u64 = btf_load(skb, off!(OFF_SKB_DEV));
+    if dev == 0 {
+        return (0, [0; 16], 0);
+    }
+    let ifindex: u32 = btf_load(dev, off!(OFF_DEV_IFINDEX));
+    let name: [u8; 16] = rd(dev + off!(OFF_DEV_NAME) as u64).unwrap_or([0; 16]);
+    let net: u64 = btf_load(dev, off!(OFF_DEV_ND_NET));
+    let inum: u32 = if net != 0 {
+        btf_load(net, off!(OFF_NET_INUM))
+    } else {
+        0
+    };
+    (ifindex, name, inum)
+}
+
+/// Inode of the skb's device's network namespace (0 when unknown).
+#[inline(always)]
+fn skb_netns(skb: u64) -> u32 {
+    let dev: u64 = btf_load(skb, off!(OFF_SKB_DEV));
+    if dev == 0 {
+        return 0;
+    }
+    let net: u64 = btf_load(dev, off!(OFF_DEV_ND_NET));
+    if net == 0 {
+        return 0;
+    }
+    btf_load(net, off!(OFF_NET_INUM))
+}
+
+#[inline(always)]
+fn skb_ifindex(skb: u64) -> u32 {
+    let dev: u64 = btf_load(skb, off!(OFF_SKB_DEV));
+    if dev == 0 {
+        return 0;
+    }
+    btf_load(dev, off!(OFF_DEV_IFINDEX))
+}
+
+/// Reads the IPv4 packet of a kernel skb through `head + network_header`.
+#[inline(always)]
+fn skb_pkt(skb: u64) -> Option<(Pkt, u32, [u8; 12], u8)> {
+    let head: u64 = btf_load(skb, off!(OFF_SKB_HEAD));
+    let nh: u16 = btf_load(skb, off!(OFF_SKB_NH));
+    let len: u32 = btf_load(skb, off!(OFF_SKB_LEN));
+    if nh == u16::MAX || head == 0 {
+        return None;
+    }
+    let ip: [u8; 20] = rd(head + nh as u64)?;
+    let ihl = ((ip[0] & 0x0f) as u64) * 4;
+    if ihl < 20 {
+        return None;
+    }
+    let l4: [u8; 28] = rd(head + nh as u64 + ihl).unwrap_or([0; 28]);
+    let p = parse(&ip, &l4)?;
+    let mut flags = EV_FLAG_HAS_IP;
+    let mut macs = [0u8; 12];
+    let mh: u16 = btf_load(skb, off!(OFF_SKB_MH));
+    if mh != u16::MAX && mh < nh {
+        if let Some(m) = rd::<[u8; 12]>(head + mh as u64) {
+            macs = m;
+            flags |= EV_FLAG_HAS_ETH;
+        }
+    }
+    Some((p, len, macs, flags))
+}
+
+/// The common path of every hook that has a BTF-typed kernel `sk_buff *`.
+#[inline(always)]
+pub fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
+    let Some(c) = config() else { return };
+    // A few reads decide for most packets that they are not ours, before any map lookup.
+    // Every followed packet passes this test at every hook (its addresses are to or from the
+    // destination, before and after NAT), so it comes first; an skb freed without passing it
+    // leaves a TRACKED entry that the LRU map ages out (and its IP id tells it from the next
+    // packet in the same memory).
+    let Some(addrs) = skb_addrs(c, skb) else {
+        return;
+    };
+    let tracked = track_get(skb, addrs.ip_id);
+    if tracked.is_none()
+        && (!addrs.could_start(c, || {
+            matches!(hook, HookKind::NetifReceive) && skb_ifindex(skb) == c.filter.tap_ifindex
+        }) || skb_netns(skb) != c.filter.netns)
+    {
+        return;
+    }
+    let freeing = matches!(hook, HookKind::Drop | HookKind::Consume);
+    if freeing {
+        if tracked.is_some() {
+            track_forget(skb);
+        } else if matches!(hook, HookKind::Consume) {
+            // Normal frees are frequent: only followed skbs are worth a look.
+            return;
+        }
+    }
+    if tracked.is_some_and(|t| t & TRACK_SUPPRESSED != 0) {
+        // Past its flow's budget: counted, nothing else.
+        count(CNT_SAMPLED_OUT);
+        return;
+    }
+    let (ifindex, ifname, netns) = skb_dev(skb);
+    if netns != c.filter.netns {
+        if !freeing && tracked.is_some() {
+            // The skb crossed into another namespace (a veth peer): it left this host's view.
+            track_forget(skb);
+        }
+        return;
+    }
+    let Some((p, len, macs, mut flags)) = skb_pkt(skb) else {
+        if let Some(dir) = tracked {
+            // Followed but no readable IPv4 header here (should be rare): still report the hop.
+            if !freeing {
+                set_cur(None);
+            }
+            let len: u32 = btf_load(skb, off!(OFF_SKB_LEN));
+            let at = At {
+                ifindex,
+                ifname,
+                netns,
+                len,
+            };
+            emit(hook, skb, dir, 0, &Pkt::empty(), &at, &[0; 12], x);
+        }
+        return;
+    };
+    let dir = match tracked {
+        Some(d) => d,
+        None => {
+            let on_tap = ifindex == c.filter.tap_ifindex && matches!(hook, HookKind::NetifReceive);
+            let d = classify(c, &p, on_tap);
+            if d == 0 {
+                return;
+            }
+            if on_tap {
+                let _ = GUEST_IPS.insert(&p.saddr, &1, 0);
+            }
+            if !admit(c, &p, d) {
+                if !freeing {
+                    track_put(skb, d | TRACK_SUPPRESSED, p.ip_id);
+                }
+                count(CNT_SAMPLED_OUT);
+                return;
+            }
+            if !freeing {
+                track_put(skb, d, p.ip_id);
+            }
+            flags |= EV_FLAG_NEW;
+            d
+        }
+    };
+    learn_nat(&p, dir);
+    let keep_cur = matches!(hook, HookKind::NetifReceive)
+        || (matches!(hook, HookKind::NfExit) && x.nf_hook == NF_INET_PRE_ROUTING);
+    set_cur(keep_cur.then_some((skb, &p)));
+    let at = At {
+        ifindex,
+        ifname,
+        netns,
+        len,
+    };
+    emit(hook, skb, dir, flags, &p, &at, &macs, x);
+}
+
+/// `netif_receive_skb(struct sk_buff *skb)`: a device received the skb. Full hook set only.
+#[btf_tracepoint(function = "netif_receive_skb")]
+pub fn netif_receive_skb(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    observe_skb(HookKind::NetifReceive, skb, &NO_EXTRA);
+    0
+}
+
+/// `net_dev_start_xmit(const struct sk_buff *skb, const struct net_device *dev)`. Full hook
+/// set only.
+#[btf_tracepoint(function = "net_dev_start_xmit")]
+pub fn net_dev_start_xmit(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    observe_skb(HookKind::DevXmit, skb, &NO_EXTRA);
+    0
+}
+
+/// Is a packet not tracked (yet) one of ours? For a drop seen before any other hook.
+#[inline(always)]
+fn might_be_ours(c: &Config, skb: u64) -> bool {
+    let Some((p, _, _, _)) = skb_pkt(skb) else {
+        return false;
+    };
+    classify(c, &p, false) != 0
+}
+
+/// `kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk)`.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    let reason: u32 = ctx.arg(2);
+    // Everything cheap before the stack walk (microseconds): only a packet of ours, not past
+    // its budget, in the tap's namespace, gets a stack.
+    let Some(c) = config() else { return 0 };
+    let Some(addrs) = skb_addrs(c, skb) else {
+        return 0;
+    };
+    match track_get(skb, addrs.ip_id) {
+        Some(t) if t & TRACK_SUPPRESSED != 0 => {
+            track_forget(skb);
+            count(CNT_SAMPLED_OUT);
+            return 0;
+        }
+        Some(_) => {}
+        None => {
+            if !addrs.could_start(c, || false) || !might_be_ours(c, skb) {
+                return 0;
+            }
+        }
+    }
+    if skb_netns(skb) != c.filter.netns {
+        // Freed in another namespace (past a veth): not this host's drop.
+        track_forget(skb);
+        return 0;
+    }
+    let stack_id = match ctx.get_stackid(&STACKS, 0) {
+        Ok(id) => id as i32,
+        Err(e) => e,
+    };
+    let x = Extra {
+        location,
+        reason,
+        stack_id,
+        nf_hook: 0,
+    };
+    observe_skb(HookKind::Drop, skb, &x);
+    0
+}
+
+/// `consume_skb(struct sk_buff *skb, void *location)`: normal end of an skb's life. Full hook
+/// set only (the path set lets TRACKED age instead).
+#[btf_tracepoint(function = "consume_skb")]
+pub fn consume_skb(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    observe_skb(HookKind::Consume, skb, &NO_EXTRA);
+    0
+}

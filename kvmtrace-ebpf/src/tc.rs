@@ -1,0 +1,292 @@
+//! TC programs, attached with TCX links to single devices: the VM's tap (`tap_*`) and the
+//! other devices of its path (`dev_*`: its bridge, the devices of the route to the
+//! destination, bridged-mode uplink ports). A packet that crosses none of these devices never
+//! runs them. The ctx pointer is the kernel sk_buff, so the skb address links these events
+//! with the tracepoints'. Every program returns TC_ACT_UNSPEC (TCX_NEXT): observe only.
+
+use crate::emit::{emit, set_cur, At, NO_EXTRA};
+use crate::filter::{admit, classify, learn_nat, parse, track_get, track_put, Addrs, Pkt};
+use crate::{config, count, GUEST_IPS};
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+use kvmtrace_common::{
+    Config, HookKind, CNT_SAMPLED_OUT, DIR_REPLY, DIR_REQUEST, EV_FLAG_ARP, EV_FLAG_DHCP,
+    EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP, EV_FLAG_NEW, TRACK_SUPPRESSED,
+};
+
+/// The Ethernet header and parsed IPv4 packet of a frame, read with bpf_skb_load_bytes.
+#[inline(always)]
+fn tc_ipv4(ctx: &TcContext, eth: &[u8; 14]) -> Option<Pkt> {
+    if eth[12] != 0x08 || eth[13] != 0x00 {
+        return None;
+    }
+    let ip = ctx.load::<[u8; 20]>(14).ok()?;
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    if !(20..=60).contains(&ihl) {
+        return None;
+    }
+    // bpf_skb_load_bytes fails past the end of the packet: take the longest prefix there is
+    // (28 bytes cover an ICMP error's quote, 20 a TCP header, 8 UDP and ICMP echo).
+    let l4 = match ctx.load::<[u8; 28]>(14 + ihl) {
+        Ok(b) => b,
+        Err(_) => {
+            let mut b = [0u8; 28];
+            if let Ok(t) = ctx.load::<[u8; 20]>(14 + ihl) {
+                b[..20].copy_from_slice(&t);
+            } else if let Ok(t) = ctx.load::<[u8; 8]>(14 + ihl) {
+                b[..8].copy_from_slice(&t);
+            }
+            b
+        }
+    };
+    parse(&ip, &l4)
+}
+
+/// A new packet: classified, admitted within its flow's budget and tracked. `None` when it is
+/// not ours or only counted.
+#[inline(always)]
+fn start(c: &Config, skb: u64, p: &Pkt, on_tap: bool) -> Option<u8> {
+    let d = classify(c, p, on_tap);
+    if d == 0 {
+        return None;
+    }
+    if on_tap {
+        let _ = GUEST_IPS.insert(&p.saddr, &1, 0);
+    }
+    if !admit(c, p, d) {
+        track_put(skb, d | TRACK_SUPPRESSED, p.ip_id);
+        count(CNT_SAMPLED_OUT);
+        return None;
+    }
+    track_put(skb, d, p.ip_id);
+    Some(d)
+}
+
+#[inline(always)]
+fn at(ctx: &TcContext, c: &Config) -> At {
+    // SAFETY: ctx.skb.skb is the program's __sk_buff; these fields are readable in TC.
+    let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
+    At {
+        ifindex,
+        ifname: [0; 16],
+        netns: c.filter.netns,
+        len,
+    }
+}
+
+#[inline(always)]
+fn macs_of(eth: &[u8; 14]) -> [u8; 12] {
+    let mut macs = [0u8; 12];
+    macs.copy_from_slice(&eth[0..12]);
+    macs
+}
+
+// ---------------------------------------------------------------------------------------------
+// The VM's tap: every frame of the guest, its ARP and DHCP too.
+
+#[inline(always)]
+fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
+    let Some(c) = config() else {
+        return TC_ACT_UNSPEC;
+    };
+    let skb = ctx.skb.skb as u64;
+    let Ok(eth) = ctx.load::<[u8; 14]>(0) else {
+        return TC_ACT_UNSPEC;
+    };
+    if eth[12] == 0x08 && eth[13] == 0x06 {
+        tap_arp(ctx, c, hook, &eth);
+        return TC_ACT_UNSPEC;
+    }
+    let Some(p) = tc_ipv4(ctx, &eth) else {
+        return TC_ACT_UNSPEC;
+    };
+    let from_vm = matches!(hook, HookKind::TapIngress);
+    if from_vm {
+        let gm = &c.filter.guest_mac;
+        let any = gm[0] | gm[1] | gm[2] | gm[3] | gm[4] | gm[5] == 0;
+        if !any && (eth[6..12] != gm[..]) {
+            return TC_ACT_UNSPEC;
+        }
+    }
+    // DHCP between the guest and whatever serves its network (not towards DEST, so not a
+    // flow): reported so that a guest without an address is seen asking.
+    if p.proto == 17
+        && ((from_vm && p.sport == 68 && p.dport == 67)
+            || (!from_vm && p.sport == 67 && p.dport == 68))
+    {
+        tap_l2_event(
+            ctx,
+            c,
+            hook,
+            &p,
+            &eth,
+            EV_FLAG_DHCP | EV_FLAG_HAS_IP | EV_FLAG_HAS_ETH,
+        );
+        return TC_ACT_UNSPEC;
+    }
+    let mut flags = EV_FLAG_HAS_IP | EV_FLAG_HAS_ETH;
+    let dir = match track_get(skb, p.ip_id) {
+        Some(t) if t & TRACK_SUPPRESSED != 0 => {
+            count(CNT_SAMPLED_OUT);
+            return TC_ACT_UNSPEC;
+        }
+        Some(d) => d,
+        None => {
+            let Some(d) = start(c, skb, &p, from_vm) else {
+                return TC_ACT_UNSPEC;
+            };
+            flags |= EV_FLAG_NEW;
+            d
+        }
+    };
+    set_cur(None);
+    emit(
+        hook,
+        skb,
+        dir,
+        flags,
+        &p,
+        &at(ctx, c),
+        &macs_of(&eth),
+        &NO_EXTRA,
+    );
+    TC_ACT_UNSPEC
+}
+
+/// ARP on the tap: who the guest asks for (its gateway) and who answers it.
+#[inline(always)]
+fn tap_arp(ctx: &TcContext, c: &Config, hook: HookKind, eth: &[u8; 14]) {
+    // Ethernet/IPv4 ARP (RFC 826): htype 1, ptype 0x0800, hlen 6, plen 4, op, sha, spa, tha, tpa.
+    let Ok(a) = ctx.load::<[u8; 28]>(14) else {
+        return;
+    };
+    if a[0] != 0 || a[1] != 1 || a[2] != 0x08 || a[3] != 0x00 || a[4] != 6 || a[5] != 4 {
+        return;
+    }
+    let mut p = Pkt::empty();
+    p.icmp_type = a[7];
+    p.saddr = [a[14], a[15], a[16], a[17]];
+    p.daddr = [a[24], a[25], a[26], a[27]];
+    tap_l2_event(ctx, c, hook, &p, eth, EV_FLAG_ARP | EV_FLAG_HAS_ETH);
+}
+
+/// Emits an ARP or DHCP event seen on the tap, within a per-(sender, target) budget.
+#[inline(always)]
+fn tap_l2_event(ctx: &TcContext, c: &Config, hook: HookKind, p: &Pkt, eth: &[u8; 14], flags: u8) {
+    let from_vm = matches!(hook, HookKind::TapIngress);
+    let dir = if from_vm { DIR_REQUEST } else { DIR_REPLY };
+    if !admit(c, p, dir) {
+        count(CNT_SAMPLED_OUT);
+        return;
+    }
+    emit(
+        hook,
+        ctx.skb.skb as u64,
+        dir,
+        flags,
+        p,
+        &at(ctx, c),
+        &macs_of(eth),
+        &NO_EXTRA,
+    );
+}
+
+/// TC ingress of the tap: frames coming out of the guest. Always continues (TCX_NEXT).
+#[classifier]
+pub fn tap_ingress(ctx: TcContext) -> i32 {
+    tap_common(&ctx, HookKind::TapIngress)
+}
+
+/// TC egress of the tap: frames about to be handed to the guest. Always continues.
+#[classifier]
+pub fn tap_egress(ctx: TcContext) -> i32 {
+    tap_common(&ctx, HookKind::TapEgress)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The other devices of the path. Here most packets are other tenants': the first test reads
+// the IPv4 addresses in place (direct packet access, no helper call, no map lookup).
+
+#[inline(always)]
+fn in_place<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+#[inline(always)]
+fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
+    let Some(c) = config() else {
+        return TC_ACT_UNSPEC;
+    };
+    let Some(ty) = in_place::<[u8; 2]>(ctx, 12) else {
+        return TC_ACT_UNSPEC;
+    };
+    // SAFETY: bounds checked against data_end just above.
+    if unsafe { *ty } != [0x08, 0x00] {
+        return TC_ACT_UNSPEC;
+    }
+    let Some(h) = in_place::<[u8; 16]>(ctx, 14 + 4) else {
+        return TC_ACT_UNSPEC;
+    };
+    // SAFETY: bounds checked against data_end just above.
+    let a = Addrs::from_bytes(unsafe { &*h });
+    if !a.might_match(c) {
+        return TC_ACT_UNSPEC;
+    }
+    let skb = ctx.skb.skb as u64;
+    let tracked = track_get(skb, a.ip_id);
+    match tracked {
+        Some(t) if t & TRACK_SUPPRESSED != 0 => {
+            count(CNT_SAMPLED_OUT);
+            return TC_ACT_UNSPEC;
+        }
+        None if !a.could_start(c, || false) => return TC_ACT_UNSPEC,
+        _ => {}
+    }
+    let Ok(eth) = ctx.load::<[u8; 14]>(0) else {
+        return TC_ACT_UNSPEC;
+    };
+    let Some(p) = tc_ipv4(ctx, &eth) else {
+        return TC_ACT_UNSPEC;
+    };
+    let mut flags = EV_FLAG_HAS_IP | EV_FLAG_HAS_ETH;
+    let dir = match tracked {
+        Some(d) => d,
+        None => {
+            let Some(d) = start(c, skb, &p, false) else {
+                return TC_ACT_UNSPEC;
+            };
+            flags |= EV_FLAG_NEW;
+            d
+        }
+    };
+    learn_nat(&p, dir);
+    // A packet received here is routed next, on this CPU: its route lookup is attributed to it.
+    set_cur(matches!(hook, HookKind::NetifReceive).then_some((skb, &p)));
+    emit(
+        hook,
+        skb,
+        dir,
+        flags,
+        &p,
+        &at(ctx, c),
+        &macs_of(&eth),
+        &NO_EXTRA,
+    );
+    TC_ACT_UNSPEC
+}
+
+/// TC ingress of a path device: reported as the device receiving the packet.
+#[classifier]
+pub fn dev_ingress(ctx: TcContext) -> i32 {
+    dev_common(&ctx, HookKind::NetifReceive)
+}
+
+/// TC egress of a path device: reported as the device transmitting the packet.
+#[classifier]
+pub fn dev_egress(ctx: TcContext) -> i32 {
+    dev_common(&ctx, HookKind::DevXmit)
+}

@@ -1,0 +1,222 @@
+//! The devices of a followed VM's path, for the path hook set: its bridge, the bridge's
+//! uplink ports (bridged mode), and the devices of every route that covers the destination
+//! (any table, so that a policy route is covered too), plus any device a followed packet was
+//! actually routed to. The `dev_ingress` / `dev_egress` TC programs are attached to exactly
+//! these (TCX links), and the set follows route and port changes while kvmtrace runs.
+//!
+//! Per-device programs cost nothing to traffic that never crosses those devices, where the
+//! global tracepoints and netfilter links cost every packet of the host.
+
+use crate::doctor::netlink;
+use aya::programs::{tc, SchedClassifier, TcAttachType};
+use aya::Ebpf;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+/// One device the path needs, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    pub ifindex: u32,
+    pub name: String,
+    pub why: String,
+}
+
+fn sys(dev: &str, what: &str) -> std::path::PathBuf {
+    Path::new("/sys/class/net").join(dev).join(what)
+}
+
+fn is_tun(dev: &str) -> bool {
+    sys(dev, "tun_flags").exists()
+}
+
+pub fn name_of(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+fn index_of(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+fn contains(net: Ipv4Addr, len: u8, a: Ipv4Addr) -> bool {
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len.min(32)))
+    };
+    u32::from(net) & mask == u32::from(a) & mask
+}
+
+/// The devices the path hook set attaches to, read from the host now.
+pub fn wanted(tap: &str, dst: Ipv4Addr, seen_oifs: &[u32]) -> Vec<Wanted> {
+    let mut out: Vec<Wanted> = Vec::new();
+    let mut add = |ifindex: u32, name: String, why: String| {
+        if name != tap && name != "lo" && !out.iter().any(|w| w.ifindex == ifindex) {
+            out.push(Wanted { ifindex, name, why });
+        }
+    };
+    let master = std::fs::read_link(sys(tap, "master"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    if let Some(br) = &master {
+        if let Some(i) = index_of(br) {
+            add(i, br.clone(), format!("{tap}'s bridge"));
+        }
+        // Bridged mode: frames leave through the bridge's other ports, never through the
+        // bridge device itself. Other VMs' taps are not the way out.
+        if let Ok(ports) = std::fs::read_dir(sys(br, "brif")) {
+            for p in ports.flatten() {
+                let name = p.file_name().to_string_lossy().into_owned();
+                if name != tap && !is_tun(&name) {
+                    if let Some(i) = index_of(&name) {
+                        add(i, name, format!("uplink port of {br}"));
+                    }
+                }
+            }
+        }
+    }
+    match netlink::routes() {
+        Ok(routes) => {
+            for r in routes
+                .iter()
+                .filter(|r| r.kind == 1 && contains(r.dst, r.dst_len, dst))
+            {
+                for (oif, _) in &r.nexthops {
+                    if let Some(name) = name_of(*oif) {
+                        let table = match r.table {
+                            254 => "main".to_string(),
+                            t => t.to_string(),
+                        };
+                        add(
+                            *oif,
+                            name,
+                            format!("route {}/{} table {table}", r.dst, r.dst_len),
+                        );
+                    }
+                }
+            }
+        }
+        Err(e) => log::warn!("reading the routes to {dst}: {e}"),
+    }
+    for oif in seen_oifs {
+        if let Some(name) = name_of(*oif) {
+            add(*oif, name, "a followed packet was routed there".into());
+        }
+    }
+    out
+}
+
+/// The path devices with programs attached, by ifindex.
+#[derive(Default)]
+pub struct Attached {
+    links: BTreeMap<
+        u32,
+        (
+            String,
+            Vec<(&'static str, aya::programs::tc::SchedClassifierLinkId)>,
+        ),
+    >,
+}
+
+impl Attached {
+    /// Attaches to what is wanted and not attached, detaches what is no longer wanted.
+    /// Returns (what changed, warnings), one line each.
+    pub fn sync(
+        &mut self,
+        ebpf: &mut Ebpf,
+        want: &[Wanted],
+        at_s: f64,
+    ) -> (Vec<String>, Vec<String>) {
+        let (mut notes, mut warns) = (Vec::new(), Vec::new());
+        let when = if at_s > 0.0 {
+            format!(" from +{at_s:.1} s")
+        } else {
+            String::new()
+        };
+        let gone: Vec<u32> = self
+            .links
+            .keys()
+            .copied()
+            .filter(|i| !want.iter().any(|w| w.ifindex == *i))
+            .collect();
+        for i in gone {
+            let Some((name, links)) = self.links.remove(&i) else {
+                continue;
+            };
+            for (prog, id) in links {
+                if let Some(p) = ebpf
+                    .program_mut(prog)
+                    .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+                {
+                    // A device that vanished took its links with it: nothing to detach.
+                    let _ = p.detach(id);
+                }
+            }
+            notes.push(format!(
+                "tc dev_ingress/dev_egress detached from {name}{when}"
+            ));
+        }
+        for w in want {
+            if self.links.contains_key(&w.ifindex) {
+                continue;
+            }
+            let mut links = Vec::new();
+            for (prog, at) in [
+                ("dev_ingress", TcAttachType::Ingress),
+                ("dev_egress", TcAttachType::Egress),
+            ] {
+                let Some(p) = ebpf
+                    .program_mut(prog)
+                    .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+                else {
+                    continue;
+                };
+                let r = p.attach(&w.name, at).or_else(|_| {
+                    // Kernels before 6.6 have no TCX: a clsact qdisc takes the program.
+                    let _ = tc::qdisc_add_clsact(&w.name);
+                    p.attach(&w.name, at)
+                });
+                match r {
+                    Ok(id) => links.push((prog, id)),
+                    Err(e) => warns.push(format!(
+                        "cannot attach {prog} to {} ({e}): packets there are not seen",
+                        w.name
+                    )),
+                }
+            }
+            if !links.is_empty() {
+                notes.push(format!(
+                    "tc dev_ingress/dev_egress on {} ({}){when}",
+                    w.name, w.why
+                ));
+                self.links.insert(w.ifindex, (w.name.clone(), links));
+            }
+        }
+        (notes, warns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_contain_their_addresses() {
+        let a: Ipv4Addr = "203.0.113.7".parse().unwrap();
+        assert!(contains("0.0.0.0".parse().unwrap(), 0, a));
+        assert!(contains("203.0.113.0".parse().unwrap(), 24, a));
+        assert!(contains(a, 32, a));
+        assert!(!contains("203.0.113.8".parse().unwrap(), 32, a));
+        assert!(!contains("198.51.100.0".parse().unwrap(), 24, a));
+    }
+}
