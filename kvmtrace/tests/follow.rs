@@ -229,6 +229,8 @@ fn blackhole_route_to_dest_is_a_routing_drop() {
     assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
     assert_eq!(field(v, "stage"), "routing", "{}", run.dump());
     assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    // fib_lookup answers a blackhole route with -EINVAL.
+    assert_eq!(v["route"]["err"], -22, "{}", run.dump());
     assert!(field(v, "summary").contains("blackhole"), "{}", run.dump());
 }
 
