@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{field, run_plain, start, BIN};
+use common::{bpf_objects, field, run_plain, start, BIN};
 use kvmtrace_lab::lab::{Lab, LabOptions};
 use kvmtrace_lab::vm::FakeVm;
 use std::process::Command;
@@ -67,7 +67,9 @@ fn not_root_is_an_environment_error() {
 #[test]
 fn sigterm_detaches_and_still_prints_the_verdicts() {
     let lab = Lab::new(LabOptions::default());
+    let before = bpf_objects::system();
     let running = start(&lab, &["follow", "vnet0", "203.0.113.1", "--json"]);
+    let ours = bpf_objects::attached_by(running.pid(), &before);
     let mut vm = FakeVm::attach(&lab);
     assert!(vm
         .ping(lab.dest, 9, 1, Duration::from_millis(500))
@@ -82,18 +84,22 @@ fn sigterm_detaches_and_still_prints_the_verdicts() {
         run.dump()
     );
     assert!(run.stderr.contains("all hooks detached"), "{}", run.dump());
+    bpf_objects::assert_all_gone(&ours, Duration::from_secs(5));
     assert_no_tc_state(&lab);
 }
 
 #[test]
 fn kill_9_leaves_nothing_attached() {
     let lab = Lab::new(LabOptions::default());
+    let before = bpf_objects::system();
     let running = start(&lab, &["follow", "vnet0", "203.0.113.1", "--json"]);
     let pid = running.pid();
+    let ours = bpf_objects::attached_by(pid, &before);
     running.signal(libc::SIGKILL);
     let _ = running.wait();
-    // TCX, tp_btf, tracepoint and netfilter links are fds: the kernel released them with the
-    // process. No clsact qdisc or filter was ever added to the tap.
+    // TCX, tp_btf, tracepoint and netfilter links are fds: the kernel released them, and the
+    // programs, with the process. No clsact qdisc or filter was ever added to the tap.
+    bpf_objects::assert_all_gone(&ours, Duration::from_secs(5));
     assert_no_tc_state(&lab);
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     // A new run attaches and works at once.

@@ -32,7 +32,9 @@ fn a_forward_chain_without_established_accept_drops_the_reply() {
     let v = run.verdict();
     assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
     assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
-    assert_eq!(field(v, "hook"), "FORWARD");
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
+    assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", run.dump());
     assert_eq!(field(v, "device"), "up0", "{}", run.dump());
     assert!(
         field(v, "summary").contains("established"),
@@ -60,10 +62,12 @@ fn policy_routing_into_the_vm_bridge_is_misrouted() {
     let (run, _) = ping_run(&lab, &[], 1, "2");
     let v = run.verdict();
     assert_eq!(field(v, "status"), "misrouted", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "routing");
+    assert_eq!(field(v, "stage"), "routing", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
     assert_eq!(v["route"]["table"], 100, "{}", run.dump());
     assert_eq!(v["route"]["device"], "br0", "{}", run.dump());
     assert!(field(v, "summary").contains("table 100"), "{}", run.dump());
+    assert!(field(v, "summary").contains("ip rule"), "{}", run.dump());
 }
 
 #[test]
@@ -83,8 +87,9 @@ fn an_upstream_gateway_that_does_not_answer_arp_is_named() {
     let v = run.verdict();
     assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
     assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
     assert_eq!(field(v, "device"), "up0", "{}", run.dump());
-    assert!(field(v, "reason").starts_with("NEIGH"), "{}", run.dump());
+    assert_eq!(field(v, "reason"), "NEIGH_FAILED", "{}", run.dump());
     assert!(field(v, "summary").contains("192.0.2.99"), "{}", run.dump());
 }
 
@@ -114,6 +119,10 @@ fn too_big_with_df_gets_frag_needed_and_the_mtu() {
     let v = run.verdict();
     assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
     assert_eq!(field(v, "reason"), "PKT_TOO_BIG", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    // Dropped in ip_forward, for the MTU of the device the route chose.
+    assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
+    assert_eq!(field(v, "device"), "up0", "{}", run.dump());
     let s = field(v, "summary");
     assert!(
         s.contains("MTU 1000") && s.contains("up0"),
@@ -151,6 +160,7 @@ fn strict_reverse_path_filtering_is_named() {
     let v = run.verdict();
     assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
     assert_eq!(field(v, "stage"), "routing", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
     assert_eq!(field(v, "reason"), "IP_RPFILTER", "{}", run.dump());
     assert!(field(v, "summary").contains("rp_filter"), "{}", run.dump());
 }
@@ -202,10 +212,13 @@ fn uplink_qdisc_drops_are_named() {
         .collect();
     assert!(!drops.is_empty(), "{}", run.dump());
     let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
     assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
     assert_eq!(field(v, "device"), "up0", "{}", run.dump());
-    assert!(field(v, "reason").contains("QDISC"), "{}", run.dump());
+    assert_eq!(field(v, "reason"), "QDISC_DROP", "{}", run.dump());
     assert!(field(v, "summary").contains("qdisc"), "{}", run.dump());
+    assert!(field(v, "summary").contains("tc "), "{}", run.dump());
 }
 
 #[test]
@@ -300,16 +313,16 @@ fn a_forward_drop_of_bridged_traffic_is_named_as_such() {
     lab.hv_run(&["ip", "addr", "flush", "dev", "up0"]);
     lab.hv_run(&["ip", "link", "set", "up0", "master", "br0"]);
     lab.outside_run(&["ip", "addr", "add", "10.77.0.1/24", "dev", "eth0"]);
-    if lab
+    let set = lab
         .hv_cmd("sysctl")
         .args(["-qw", "net.bridge.bridge-nf-call-iptables=1"])
         .status()
-        .map(|s| !s.success())
-        .unwrap_or(true)
-    {
-        eprintln!("br_netfilter is not loaded here: bridged-mode netfilter cannot be shown");
-        return;
-    }
+        .expect("run sysctl");
+    assert!(
+        set.success(),
+        "net.bridge.bridge-nf-call-iptables cannot be set: br_netfilter is not loaded \
+         (`cargo xtask setup` loads it)"
+    );
     let mut vm = FakeVm::attach(&lab);
     assert!(
         vm.ping(lab.dest, 0x4949, 1, Duration::from_millis(800))
@@ -322,7 +335,10 @@ fn a_forward_drop_of_bridged_traffic_is_named_as_such() {
     assert!(got.iter().all(Option::is_none), "{got:?}");
     let v = run.verdict();
     assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
     assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", run.dump());
     assert!(field(v, "summary").contains("bridged"), "{}", run.dump());
     assert!(
         field(v, "summary").contains("bridge-nf-call-iptables"),
@@ -352,7 +368,20 @@ fn a_disabled_bridge_port_is_named() {
     let v = run.verdict();
     assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
     assert_eq!(field(v, "stage"), "bridge", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+    assert_eq!(
+        field(v, "reason"),
+        "BRIDGE_INGRESS_STP_STATE",
+        "{}",
+        run.dump()
+    );
     assert!(field(v, "summary").contains("port"), "{}", run.dump());
+    assert!(
+        field(v, "summary").contains("bridge link"),
+        "{}",
+        run.dump()
+    );
 }
 
 #[test]
@@ -369,7 +398,10 @@ fn a_guest_that_does_not_answer_the_hosts_arp_is_named() {
     vm.send_echo_to_mac(lab.dest, 0x5151, 1, parse_mac(mac.trim()));
     let run = running.wait();
     let v = run.verdict();
-    assert_ne!(field(v, "status"), "delivered", "{}", run.dump());
+    // The replies came back to the host but could not be handed to the guest. (stage, device
+    // and direction name the request's exit, up0, although the cause is on the VM's side; issue
+    // 9 part 3 is about that, so they are not pinned here.)
+    assert_eq!(field(v, "status"), "no_reply", "{}", run.dump());
     // The echo reply; near the end of the run the host may add its own unreachable (after the
     // neighbour entry fails, ~3 s), which also counts as a reply.
     assert!(v["replies"].as_u64().unwrap() >= 1, "{}", run.dump());
@@ -406,11 +438,20 @@ fn replies_dropped_because_the_guest_does_not_read_its_tap_are_named() {
     }
     let run = running.wait();
     let v = run.verdict();
+    // The first replies fill the tap's queue (txqueuelen 4) and count as delivered to it; the
+    // rest are dropped there, which the summary names with the kernel's reason.
+    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
     assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
     assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
     assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
     assert!(
-        field(v, "summary").contains("not reading"),
+        field(v, "summary")
+            .contains("replies were dropped before the guest got them (FULL_RING on vnet0"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        field(v, "summary").contains("not reading its queue"),
         "{}",
         run.dump()
     );
@@ -446,6 +487,9 @@ fn explain_rules_names_the_rule_that_rejected_and_cleans_up() {
     );
     let v = run.verdict();
     assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
     let rule = field(v, "rule");
     assert!(
         rule.contains("inet labreject forward handle"),
@@ -473,7 +517,11 @@ fn explain_rules_names_a_drop_policy() {
     });
     let (run, _) = ping_run(&lab, &["--explain-rules"], 1, "2");
     let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
     assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", run.dump());
     let rule = field(v, "rule");
     assert!(
         rule.contains("inet labfilter forward") && rule.contains("policy drop"),
@@ -534,9 +582,12 @@ fn a_packet_dropped_as_conntrack_invalid_is_named_with_its_rule() {
     let run = running.wait();
     let v = run.verdict();
     assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
     assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", run.dump());
     assert!(
-        field(v, "rule").contains("ct state invalid drop"),
+        field(v, "rule").contains("ct state invalid drop") && field(v, "rule").contains("handle"),
         "{}",
         run.dump()
     );
@@ -562,7 +613,9 @@ fn a_reject_with_icmp_is_the_host_answering() {
     );
     let v = run.verdict();
     assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "hook"), "FORWARD");
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
     assert!(
         field(v, "summary").contains("host answered"),
         "{}",
@@ -592,6 +645,8 @@ fn a_tap_on_the_wrong_bridge_is_named() {
     let v = run.verdict();
     // br1 has no address but the host still forwards what arrives on it; the replies are
     // routed to br0, where the VM no longer is.
+    // (stage, device and direction name the request's exit, up0, although the cause is the
+    // tap's bridge; issue 9 part 3 is about that, so they are not pinned here.)
     assert_eq!(field(v, "status"), "no_reply", "{}", run.dump());
     let s = field(v, "summary");
     assert!(

@@ -38,6 +38,9 @@ fn healthy_path_is_delivered_with_snat_before_and_after() {
     );
     let v = run.verdict();
     assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
+    assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
     assert_eq!(run.code, 0, "{}", run.dump());
     assert_eq!(v["schema"], 1);
     assert_eq!(v["requests"], 3, "{}", run.dump());
@@ -127,7 +130,9 @@ fn forward_policy_drop_with_iptables_is_named() {
     assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
     assert_eq!(field(v, "stage"), "netfilter");
     assert_eq!(field(v, "hook"), "FORWARD");
+    assert_eq!(field(v, "direction"), "request");
     assert_eq!(field(v, "reason"), "NETFILTER_DROP");
+    assert_eq!(field(v, "device"), "br0");
     // Debian's iptables is iptables-nft: the drop is in its `ip filter FORWARD` chain.
     assert_eq!(field(v, "firewall"), "nftables");
     assert!(
@@ -150,8 +155,9 @@ fn missing_masquerade_leaves_with_the_private_source_and_gets_no_reply() {
     assert_no_answer(&got);
     let v = run.verdict();
     assert_eq!(field(v, "status"), "no_reply", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "egress");
-    assert_eq!(field(v, "device"), "up0");
+    assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "device"), "up0", "{}", run.dump());
     assert!(
         v["rewrites"].as_array().unwrap().is_empty(),
         "{}",
@@ -180,9 +186,14 @@ fn ip_forward_off_is_a_routing_drop() {
     let v = run.verdict();
     assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
     assert_eq!(field(v, "stage"), "routing", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request");
-    assert!(field(v, "summary").contains("ip_forward"), "{}", run.dump());
-    assert!(!field(v, "reason").is_empty());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "reason"), "IP_INADDRERRORS", "{}", run.dump());
+    // The sysctl to set.
+    assert!(
+        field(v, "summary").contains("net.ipv4.ip_forward"),
+        "{}",
+        run.dump()
+    );
 }
 
 #[test]
@@ -198,7 +209,13 @@ fn no_route_to_dest_is_a_routing_drop() {
     let v = run.verdict();
     assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
     assert_eq!(field(v, "stage"), "routing", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
     assert_eq!(v["route"]["err"], -101, "{}", run.dump());
+    assert!(
+        field(v, "summary").contains("ENETUNREACH"),
+        "{}",
+        run.dump()
+    );
     assert!(field(v, "summary").contains("no route"), "{}", run.dump());
 }
 
@@ -211,6 +228,9 @@ fn blackhole_route_to_dest_is_a_routing_drop() {
     let v = run.verdict();
     assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
     assert_eq!(field(v, "stage"), "routing", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    // fib_lookup answers a blackhole route with -EINVAL.
+    assert_eq!(v["route"]["err"], -22, "{}", run.dump());
     assert!(field(v, "summary").contains("blackhole"), "{}", run.dump());
 }
 
@@ -242,8 +262,9 @@ fn tcp_syn_rejected_with_a_reset_by_the_host() {
     );
     let v = run.verdict();
     assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "hook"), "FORWARD");
-    assert_eq!(field(v, "direction"), "request");
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
     assert!(
         field(v, "summary").contains("host answered"),
         "{}",
@@ -280,6 +301,9 @@ fn tcp_to_a_listening_port_is_delivered() {
     );
     let v = run.verdict();
     assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
+    assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
     assert_eq!(v["key"]["remote_port"], 8443);
     assert_eq!(run.code, 0);
 }
@@ -309,8 +333,8 @@ fn show_text_output() {
     println!("{}", run.dump());
 }
 
-/// Regenerates the recorded runs that the model's unit tests replay
-/// (`cargo test -p kvmtrace --test follow record_fixtures -- --ignored`).
+/// Regenerates the recorded runs that the model's unit tests replay (`cargo xtask fixtures`
+/// runs it alone).
 #[test]
 #[ignore = "writes kvmtrace/src/model/fixtures"]
 fn record_fixtures() {

@@ -43,8 +43,11 @@ fn real_guest_is_followed_by_name_through_a_drop_and_a_repair() {
     assert!(!broken.verdicts().is_empty(), "{}", broken.dump());
     for v in broken.verdicts() {
         assert_eq!(field(v, "status"), "dropped", "{}", broken.dump());
-        assert_eq!(field(v, "hook"), "FORWARD");
-        assert_eq!(field(v, "reason"), "NETFILTER_DROP");
+        assert_eq!(field(v, "stage"), "netfilter", "{}", broken.dump());
+        assert_eq!(field(v, "hook"), "FORWARD", "{}", broken.dump());
+        assert_eq!(field(v, "direction"), "request", "{}", broken.dump());
+        assert_eq!(field(v, "device"), "br0", "{}", broken.dump());
+        assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", broken.dump());
         assert_eq!(v["key"]["guest"], "10.77.0.2");
     }
     assert_eq!(broken.code, 1);
@@ -73,6 +76,10 @@ fn real_guest_is_followed_by_name_through_a_drop_and_a_repair() {
     assert!(!fixed.verdicts().is_empty(), "{}", fixed.dump());
     for v in fixed.verdicts() {
         assert_eq!(field(v, "status"), "delivered", "{}", fixed.dump());
+        // Delivered: the reply reached the guest's own tap.
+        assert_eq!(field(v, "stage"), "tap", "{}", fixed.dump());
+        assert_eq!(field(v, "direction"), "reply", "{}", fixed.dump());
+        assert_eq!(field(v, "device"), lab.tap, "{}", fixed.dump());
     }
     assert_eq!(fixed.code, 0, "{}", fixed.dump());
     drop(guest);

@@ -189,14 +189,48 @@ fn replay_in_a_terminal_shows_the_recorded_outage() {
         "{BIN} replay {}; echo KVMTRACE_EXIT=$?; sleep 60",
         file.display()
     ));
-    let screen = tmux.wait_for("the replayed verdict", Duration::from_secs(20), |s| {
-        s.contains("DROPPED") && s.contains("FORWARD")
+    // Only the UI draws panels, a status line and a key-help line: line output (what replay
+    // prints without a terminal, and after the UI closes) has none of them.
+    let screen = tmux.wait_for("the replay's UI", Duration::from_secs(20), |s| {
+        s.contains("┌ packet path") || s.contains("KVMTRACE_EXIT=")
     });
-    eprintln!("{screen}");
-    assert!(screen.contains("guest1"), "{screen}");
+    assert!(
+        !screen.contains("KVMTRACE_EXIT="),
+        "replay ended without drawing its UI on a terminal:\n{screen}"
+    );
+    let screen = tmux.wait_for("the replayed verdict", Duration::from_secs(10), |s| {
+        s.lines()
+            .any(|l| l.starts_with("│DROPPED ") && l.contains("NETFILTER_DROP"))
+    });
+    let first = screen.lines().next().unwrap_or("");
+    assert!(
+        first.contains(" kvmtrace ")
+            && first.contains("VM guest1 · tap vnet0 → 203.0.113.1")
+            && first.contains("(replay)"),
+        "no status line:\n{screen}"
+    );
+    for title in ["┌ packet path", "┌ verdict per flow", "┌ drop points (1)"] {
+        assert!(screen.contains(title), "no panel {title:?}:\n{screen}");
+    }
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.contains("─▶ ■ FORWARD 1 ✗1 ─▶ POSTROUTING 0")),
+        "no request row stopping at FORWARD:\n{screen}"
+    );
+    let help = screen.lines().rev().find(|l| !l.trim().is_empty());
+    assert!(
+        help.is_some_and(|l| l.contains("Enter inspect") && l.contains("q quit")),
+        "no key-help line:\n{screen}"
+    );
     tmux.keys(&["q"]);
-    tmux.wait_for("kvmtrace to exit 1", Duration::from_secs(10), |s| {
-        s.contains("KVMTRACE_EXIT=1")
+    let s = tmux.wait_for("kvmtrace to exit", Duration::from_secs(10), |s| {
+        s.contains("KVMTRACE_EXIT=")
     });
+    assert!(s.contains("KVMTRACE_EXIT=1"), "a drop exits 1:\n{s}");
+    assert!(
+        !s.contains("┌ packet path"),
+        "the alternate screen was not left:\n{s}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

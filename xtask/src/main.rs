@@ -35,6 +35,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Follow a VM under steady load for minutes: RSS and kernel maps must stay flat.
     Soak(soak::SoakArgs),
+    /// Re-record the model's fixtures (kvmtrace/src/model/fixtures) from live runs in a lab.
+    Fixtures,
 }
 
 #[derive(Args)]
@@ -70,6 +72,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo => demo::run(),
         Command::Bench(args) => bench::run(&args),
         Command::Soak(args) => soak::run(&args),
+        Command::Fixtures => fixtures(),
     }
 }
 
@@ -116,43 +119,116 @@ fn test(args: &TestArgs) -> Result<ExitCode> {
     eprintln!("[test] benchmark smoke (numbers not judged)");
     bench::run(&bench::BenchArgs::smoke())?;
     let mut t = std::process::Command::new(&cargo);
-    t.args(["test", "--workspace", "--exclude", "kvmtrace-ebpf"]);
+    // --no-fail-fast: every test binary runs even after one fails, so the totals are complete.
+    t.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "kvmtrace-ebpf",
+        "--no-fail-fast",
+    ]);
     if !args.rest.is_empty() {
         t.arg("--").args(&args.rest);
     }
     eprintln!("[test] tests: {t:?}");
-    // The runner's output passes through; its per-binary summaries are added up so that the
-    // run closes on one line with the totals (the last binary alone may hold no test).
+    run_tests_and_total(&mut t)
+}
+
+/// Runs `cargo test` with its output passing through, adds up the per-binary summaries so the
+/// run closes on one line with the totals (the last binary alone may hold no test), and fails
+/// when cargo does.
+fn run_tests_and_total(t: &mut std::process::Command) -> Result<ExitCode> {
     let mut child = t.stdout(std::process::Stdio::piped()).spawn()?;
     let out = child.stdout.take().expect("piped stdout");
-    let (mut passed, mut failed) = (0u64, 0u64);
+    let mut total = Totals::default();
     for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
         let line = line?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            let num = |word: &str| {
-                rest.split(';')
-                    .find_map(|p| {
-                        p.trim().strip_suffix(word).map(|n| {
-                            n.trim()
-                                .trim_start_matches("ok.")
-                                .trim_start_matches("FAILED.")
-                                .trim()
-                                .to_string()
-                        })
-                    })
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            passed += num("passed");
-            failed += num("failed");
+        if let Some(t) = Totals::parse(&line) {
+            total.add(t);
         }
     }
     let status = child.wait()?;
-    println!("tests: {passed} passed, {failed} failed");
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        total.passed, total.failed, total.skipped
+    );
     if !status.success() {
+        if total.failed == 0 {
+            // A binary that crashed or did not build prints no `test result:` line.
+            println!("tests: cargo failed although no test reported a failure (see above)");
+        }
         anyhow::bail!("tests failed ({status})");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Test counts, from one `test result:` line or summed over many.
+#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    /// Ignored tests: they did not run.
+    skipped: u64,
+}
+
+impl Totals {
+    /// Reads libtest's summary line, e.g.
+    /// `test result: ok. 5 passed; 0 failed; 1 ignored; 0 measured; 2 filtered out; finished in 0.01s`.
+    /// Any other line is `None`.
+    fn parse(line: &str) -> Option<Totals> {
+        let rest = line.trim().strip_prefix("test result: ")?;
+        let (_, counts) = rest.split_once(". ")?;
+        let mut t = Totals::default();
+        let mut seen = false;
+        for part in counts.split(';') {
+            let Some((n, word)) = part.trim().split_once(' ') else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else {
+                continue;
+            };
+            match word {
+                "passed" => t.passed = n,
+                "failed" => t.failed = n,
+                "ignored" => t.skipped = n,
+                _ => continue,
+            }
+            seen = true;
+        }
+        seen.then_some(t)
+    }
+
+    fn add(&mut self, o: Totals) {
+        self.passed += o.passed;
+        self.failed += o.failed;
+        self.skipped += o.skipped;
+    }
+}
+
+/// Re-records the model's fixtures (kvmtrace/src/model/fixtures) from live runs in a lab: the
+/// ignored test `record_fixtures` in kvmtrace/tests/follow.rs, run alone.
+fn fixtures() -> Result<ExitCode> {
+    let code = setup::run(&setup::SetupArgs::default())?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    step(
+        "record fixtures",
+        std::process::Command::new(&cargo).args([
+            "test",
+            "-p",
+            "kvmtrace",
+            "--test",
+            "follow",
+            "--",
+            "--ignored",
+            "--exact",
+            "record_fixtures",
+        ]),
+    )?;
+    eprintln!("[fixtures] written to kvmtrace/src/model/fixtures; review with `git diff`");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -167,4 +243,57 @@ fn guest(args: &GuestArgs) -> Result<ExitCode> {
     println!("kernel {}", image.kernel.display());
     println!("initrd {}", image.initrd.display());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Totals;
+
+    fn t(passed: u64, failed: u64, skipped: u64) -> Option<Totals> {
+        Some(Totals {
+            passed,
+            failed,
+            skipped,
+        })
+    }
+
+    #[test]
+    fn reads_a_passing_binary() {
+        let l = "test result: ok. 12 passed; 0 failed; 3 ignored; 0 measured; 0 filtered out; finished in 4.02s";
+        assert_eq!(Totals::parse(l), t(12, 0, 3));
+    }
+
+    #[test]
+    fn reads_a_failing_binary() {
+        let l = "test result: FAILED. 7 passed; 2 failed; 1 ignored; 0 measured; 5 filtered out; finished in 30.10s";
+        assert_eq!(Totals::parse(l), t(7, 2, 1));
+    }
+
+    #[test]
+    fn reads_an_empty_binary_and_ignores_other_lines() {
+        let l = "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s";
+        assert_eq!(Totals::parse(l), t(0, 0, 0));
+        for other in [
+            "test foo ... ok",
+            "running 3 tests",
+            "failures:",
+            "     Running tests/cli.rs (target/debug/deps/cli-0123)",
+            "",
+        ] {
+            assert_eq!(Totals::parse(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn sums_over_binaries() {
+        let mut sum = Totals::default();
+        for l in [
+            "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+            "test result: FAILED. 4 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 2.00s",
+            "test result: ok. 0 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.00s",
+        ] {
+            sum.add(Totals::parse(l).unwrap());
+        }
+        assert_eq!(Some(sum), t(7, 1, 3));
+    }
 }

@@ -9,7 +9,9 @@
 //!   bitcode that exact rustc emits;
 //! - Debian packages for the lab (namespaces, nftables, capture tools) and QEMU 10 from
 //!   bookworm-backports for the real-guest tests (bookworm's QEMU 7.2 would remove the image's
-//!   qemu-utils 10, see shared/LAB.md).
+//!   qemu-utils 10, see shared/LAB.md);
+//! - the `br_netfilter` kernel module (`modprobe`), without which the bridged-mode netfilter
+//!   test cannot show a FORWARD drop of bridged frames.
 
 use std::{
     collections::HashMap,
@@ -85,6 +87,7 @@ pub fn run(args: &SetupArgs) -> Result<ExitCode> {
         None => say("bpf-linker", "not checked (no nightly toolchain)"),
     }
     setup.debian()?;
+    setup.br_netfilter()?;
 
     let took = start.elapsed();
     if setup.missing.is_empty() {
@@ -355,6 +358,28 @@ impl Setup {
         Ok(())
     }
 
+    /// Makes sure br_netfilter is loaded (or built in): its sysctls exist once it is.
+    fn br_netfilter(&mut self) -> Result<()> {
+        const ITEM: &str = "br_netfilter";
+        if br_netfilter_loaded() {
+            say(ITEM, "loaded");
+            return Ok(());
+        }
+        if self.check {
+            say(ITEM, "MISSING (not loaded)");
+            self.missing.push(ITEM.into());
+            return Ok(());
+        }
+        say(ITEM, "loading (modprobe br_netfilter)…");
+        run_cmd(Command::new("modprobe").arg(ITEM))?;
+        if !br_netfilter_loaded() {
+            bail!("modprobe br_netfilter succeeded but {BR_NF_SYSCTL} is still missing");
+        }
+        self.changed = true;
+        say(ITEM, "loaded");
+        Ok(())
+    }
+
     /// `apt-get update`, at most once per run and only when something must be installed.
     fn apt_update(&mut self) -> Result<()> {
         if !self.apt_updated {
@@ -366,6 +391,13 @@ impl Setup {
         }
         Ok(())
     }
+}
+
+/// Exists once br_netfilter is loaded (or built into the kernel).
+const BR_NF_SYSCTL: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+
+fn br_netfilter_loaded() -> bool {
+    Path::new(BR_NF_SYSCTL).exists()
 }
 
 fn say(item: &str, state: &str) {

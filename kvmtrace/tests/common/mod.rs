@@ -160,3 +160,141 @@ pub fn run_plain(args: &[&str]) -> Run {
 pub fn field<'a>(v: &'a Value, k: &str) -> &'a str {
     v[k].as_str().unwrap_or("")
 }
+
+/// BPF objects (links and programs) by kernel id, to prove what a kvmtrace process attached and
+/// that it is gone afterwards.
+///
+/// Other tests (and other users) load BPF programs on the same machine at the same time, so
+/// global counts rise and fall on their own. What belongs to one run is read from the process
+/// itself: the `link_id` and `prog_id` lines of its fds in `/proc/<pid>/fdinfo`. Kernel ids are
+/// never reused while an object lives, so "none of those ids exists any more" is exact.
+pub mod bpf_objects {
+    use std::collections::BTreeSet;
+    use std::time::{Duration, Instant};
+
+    // enum bpf_cmd (include/uapi/linux/bpf.h).
+    const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+    const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
+
+    /// Links and programs, by id.
+    #[derive(Debug, Default, Clone, PartialEq, Eq)]
+    pub struct Ids {
+        pub links: BTreeSet<u32>,
+        pub progs: BTreeSet<u32>,
+    }
+
+    /// The ids of every link and program in the kernel now (`BPF_*_GET_NEXT_ID`).
+    pub fn system() -> Ids {
+        Ids {
+            links: all(BPF_LINK_GET_NEXT_ID),
+            progs: all(BPF_PROG_GET_NEXT_ID),
+        }
+    }
+
+    fn all(cmd: libc::c_long) -> BTreeSet<u32> {
+        // The GET_NEXT_ID part of union bpf_attr: start_id, next_id, open_flags.
+        #[repr(C)]
+        struct NextId {
+            start_id: u32,
+            next_id: u32,
+            open_flags: u32,
+        }
+        let mut ids = BTreeSet::new();
+        let mut attr = NextId {
+            start_id: 0,
+            next_id: 0,
+            open_flags: 0,
+        };
+        loop {
+            // SAFETY: bpf(2) reads and writes only `attr`, whose size we pass.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    cmd,
+                    &mut attr as *mut NextId,
+                    std::mem::size_of::<NextId>() as libc::c_uint,
+                )
+            };
+            if rc != 0 {
+                let err = std::io::Error::last_os_error();
+                assert_eq!(
+                    err.raw_os_error(),
+                    Some(libc::ENOENT),
+                    "bpf GET_NEXT_ID ({cmd}): {err}"
+                );
+                return ids;
+            }
+            ids.insert(attr.next_id);
+            attr.start_id = attr.next_id;
+        }
+    }
+
+    /// The links and programs process `pid` holds open: `link_id:` lines of its link fds,
+    /// `prog_id:` lines of its program fds and of its links (the program a link runs).
+    pub fn held_by(pid: u32) -> Ids {
+        let mut ids = Ids::default();
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+            return ids;
+        };
+        for entry in dir.flatten() {
+            // An fd closed meanwhile is simply not there any more.
+            let Ok(info) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            for line in info.lines() {
+                let Some((key, value)) = line.split_once(':') else {
+                    continue;
+                };
+                let Ok(id) = value.trim().parse::<u32>() else {
+                    continue;
+                };
+                match key.trim() {
+                    "link_id" => ids.links.insert(id),
+                    "prog_id" => ids.progs.insert(id),
+                    _ => continue,
+                };
+            }
+        }
+        ids
+    }
+
+    /// Waits (the kernel frees a program after an RCU grace period) until none of `ids` exists
+    /// any more; panics naming those that are left.
+    pub fn assert_all_gone(ids: &Ids, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = system();
+            let links: Vec<_> = ids.links.intersection(&now.links).collect();
+            let progs: Vec<_> = ids.progs.intersection(&now.progs).collect();
+            if links.is_empty() && progs.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left in the kernel after kvmtrace exited: links {links:?}, programs {progs:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What process `pid` attached while running: its links and programs, each checked to be
+    /// new since `before` and listed by the kernel now (the check after exit uses the same
+    /// listing). Panics when it holds no link or no program.
+    pub fn attached_by(pid: u32, before: &Ids) -> Ids {
+        let ours = held_by(pid);
+        assert!(
+            !ours.links.is_empty() && !ours.progs.is_empty(),
+            "kvmtrace (pid {pid}) holds no BPF link or program while following: {ours:?}"
+        );
+        let now = system();
+        assert!(
+            ours.links.is_subset(&now.links) && ours.progs.is_subset(&now.progs),
+            "the kernel's id lists miss objects kvmtrace holds: ours {ours:?}"
+        );
+        assert!(
+            ours.links.is_disjoint(&before.links) && ours.progs.is_disjoint(&before.progs),
+            "kvmtrace holds objects that existed before it started: {ours:?}"
+        );
+        ours
+    }
+}
