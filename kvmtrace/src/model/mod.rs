@@ -67,6 +67,29 @@ pub struct DevFacts {
     pub master: Option<String>,
     pub mtu: Option<u32>,
     pub up: bool,
+    /// A Linux bridge itself (`/sys/class/net/NAME/bridge`), whether or not it has ports.
+    #[serde(default)]
+    pub bridge: bool,
+    /// Its IPv4 addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addrs: Vec<DevAddr>,
+}
+
+/// An IPv4 address on a device, with its prefix length (`10.77.0.1/24`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevAddr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl DevAddr {
+    /// Whether `ip` is in this address's subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix.min(32)))
+            .unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
 }
 
 impl HostFacts {
@@ -76,6 +99,23 @@ impl HostFacts {
             .iter()
             .find(|d| d.name == dev)
             .and_then(|d| d.master.as_deref())
+    }
+    /// The device, when the facts know it.
+    pub fn device(&self, dev: &str) -> Option<&DevFacts> {
+        self.devices.iter().find(|d| d.name == dev)
+    }
+    /// The bridge a VM with address `guest` belongs to: the one whose subnet holds the address,
+    /// else the only bridge of the host (None when neither says).
+    pub fn bridge_for(&self, guest: Ipv4Addr) -> Option<&str> {
+        let bridges: Vec<&DevFacts> = self.devices.iter().filter(|d| d.bridge).collect();
+        bridges
+            .iter()
+            .find(|b| b.addrs.iter().any(|a| a.contains(guest)))
+            .or(match bridges.as_slice() {
+                [only] => Some(only),
+                _ => None,
+            })
+            .map(|b| b.name.as_str())
     }
     pub fn mtu_of(&self, dev: &str) -> Option<u32> {
         self.devices
