@@ -26,6 +26,10 @@ pub fn gather() -> HostFacts {
     let legacy_tables = std::fs::read_to_string("/proc/net/ip_tables_names")
         .map(|s| s.lines().map(str::to_string).collect())
         .unwrap_or_default();
+    let addresses = crate::doctor::netlink::addresses().unwrap_or_else(|e| {
+        log::debug!("reading addresses: {e}");
+        Vec::new()
+    });
     let nft_chains = nft_chains().unwrap_or_else(|e| {
         log::debug!("reading nftables chains: {e}");
         Vec::new()
@@ -34,12 +38,16 @@ pub fn gather() -> HostFacts {
         ip_forward,
         nft_chains,
         legacy_tables,
-        devices: devices(std::path::Path::new("/sys/class/net")),
+        devices: devices(std::path::Path::new("/sys/class/net"), &addresses),
     }
 }
 
-/// Devices, their bridge, MTU and state, from sysfs.
-pub fn devices(sys_class_net: &std::path::Path) -> Vec<crate::model::DevFacts> {
+/// Devices, their bridge, MTU and state, from sysfs; their IPv4 addresses from `addrs`
+/// (an RTM_GETADDR dump), matched by ifindex.
+pub fn devices(
+    sys_class_net: &std::path::Path,
+    addrs: &[crate::doctor::netlink::IfAddr],
+) -> Vec<crate::model::DevFacts> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(sys_class_net) else {
         return out;
@@ -52,7 +60,17 @@ pub fn devices(sys_class_net: &std::path::Path) -> Vec<crate::model::DevFacts> {
                 .ok()
                 .map(|s| s.trim().to_string())
         };
+        let ifindex: Option<u32> = read("ifindex").and_then(|i| i.parse().ok());
         out.push(crate::model::DevFacts {
+            bridge: p.join("bridge").is_dir(),
+            addrs: addrs
+                .iter()
+                .filter(|a| Some(a.ifindex) == ifindex)
+                .map(|a| crate::model::DevAddr {
+                    addr: a.addr,
+                    prefix: a.prefix,
+                })
+                .collect(),
             master: std::fs::read_link(p.join("master"))
                 .ok()
                 .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned())),

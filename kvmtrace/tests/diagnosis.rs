@@ -221,29 +221,90 @@ fn uplink_qdisc_drops_are_named() {
     assert!(field(v, "summary").contains("tc "), "{}", run.dump());
 }
 
+/// A tap outside any bridge, in both phases an operator meets: first the guest's frames (sent to
+/// the bridge's MAC it learned earlier) die as OTHERHOST on the tap; then, once the host answers
+/// the guest's ARP on the tap itself (proxy_arp there), the requests are routed out and their
+/// replies, routed to br0 where the guest is not, die as NEIGH_FAILED on br0. Both verdicts must
+/// name the tap and the bridge it belongs in, never the upstream gateway.
 #[test]
 fn a_tap_outside_any_bridge_is_named() {
     let lab = Lab::new(LabOptions::default());
     lab.hv_run(&["ip", "link", "set", "vnet0", "nomaster"]);
+    // The host answers ARP on the tap and takes the guest's packets there: proxy_arp on the tap,
+    // no reverse-path filter (the guest's subnet is routed to br0, not to vnet0).
+    for s in [
+        "net.ipv4.conf.vnet0.proxy_arp=1",
+        "net.ipv4.conf.vnet0.arp_ignore=0",
+        "net.ipv4.conf.all.arp_ignore=0",
+        "net.ipv4.conf.vnet0.rp_filter=0",
+        "net.ipv4.conf.all.rp_filter=0",
+        // Give up on the guest's MAC on br0 after one ARP probe of 200 ms instead of three of
+        // one second, so that the replies' NEIGH_FAILED falls well inside the run.
+        "net.ipv4.neigh.br0.mcast_solicit=1",
+        "net.ipv4.neigh.br0.retrans_time_ms=200",
+    ] {
+        lab.hv_run(&["sysctl", "-q", "-w", s]);
+    }
     let running = start(
         &lab,
-        &["follow", "vnet0", DEST, "--json", "--duration", "2"],
+        &["follow", "vnet0", DEST, "--json", "--duration", "4"],
     );
     let mut vm = FakeVm::attach(&lab);
-    // The gateway cannot answer ARP through a tap outside the bridge: use the bridge's MAC as
-    // a guest that learned it earlier would.
-    let mac = lab.hv_run(&["cat", "/sys/class/net/br0/address"]);
-    vm.send_echo_to_mac(lab.dest, 0x4747, 1, parse_mac(mac.trim()));
-    let run = running.wait();
-    let v = run.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
-    assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+    // Phase 1: a guest that learned the bridge's MAC earlier sends to it.
+    let br_mac = lab.hv_run(&["cat", "/sys/class/net/br0/address"]);
+    vm.send_echo_to_mac(lab.dest, 0x4747, 1, parse_mac(br_mac.trim()));
+    // Phase 2: the guest asks again and the host answers on the tap with the tap's MAC.
     assert!(
-        field(v, "summary").contains("not a port of any bridge"),
+        vm.resolve_gateway(Duration::from_secs(3)),
+        "the host did not answer ARP on the unbridged tap"
+    );
+    let tap_mac = lab.hv_run(&["cat", "/sys/class/net/vnet0/address"]);
+    assert_eq!(vm.gateway_mac(), Some(parse_mac(tap_mac.trim())));
+    let got = vm.ping(lab.dest, 0x4848, 1, Duration::from_millis(800));
+    assert_eq!(got, None, "the reply cannot reach a guest outside br0");
+    let run = running.wait();
+    assert_eq!(run.verdicts().len(), 2, "{}", run.dump());
+    let flow = |id: u64| {
+        run.verdicts()
+            .into_iter()
+            .find(|v| v["key"]["guest_port"] == id)
+            .unwrap_or_else(|| panic!("no verdict for id {id:#x}:\n{}", run.dump()))
+    };
+
+    let v1 = flow(0x4747);
+    assert_eq!(field(v1, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v1, "stage"), "tap", "{}", run.dump());
+    assert_eq!(field(v1, "device"), "vnet0", "{}", run.dump());
+    assert_eq!(field(v1, "reason"), "OTHERHOST", "{}", run.dump());
+    assert_eq!(field(v1, "direction"), "request", "{}", run.dump());
+    let s1 = field(v1, "summary");
+    assert!(s1.contains("not a port of any bridge"), "{}", run.dump());
+    assert!(
+        s1.contains("`ip link set vnet0 master br0`"),
         "{}",
         run.dump()
     );
+    assert!(!s1.contains("upstream"), "{}", run.dump());
+
+    let v2 = flow(0x4848);
+    assert_eq!(field(v2, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v2, "stage"), "tap", "{}", run.dump());
+    assert_eq!(field(v2, "device"), "vnet0", "{}", run.dump());
+    assert_eq!(field(v2, "reason"), "NEIGH_FAILED", "{}", run.dump());
+    assert_eq!(field(v2, "direction"), "reply", "{}", run.dump());
+    assert_eq!(v2["requests"], 1, "{}", run.dump());
+    assert_eq!(v2["replies"], 1, "{}", run.dump());
+    // Where the reply died stays in the evidence: routed to br0.
+    assert_eq!(v2["route"]["device"], "br0", "{}", run.dump());
+    let s2 = field(v2, "summary");
+    assert!(s2.contains("not a port of any bridge"), "{}", run.dump());
+    assert!(s2.contains("br0"), "{}", run.dump());
+    assert!(
+        s2.contains("`ip link set vnet0 master br0`"),
+        "{}",
+        run.dump()
+    );
+    assert!(!s2.contains("upstream"), "{}", run.dump());
 }
 
 fn parse_mac(s: &str) -> [u8; 6] {

@@ -67,6 +67,29 @@ pub struct DevFacts {
     pub master: Option<String>,
     pub mtu: Option<u32>,
     pub up: bool,
+    /// A Linux bridge itself (`/sys/class/net/NAME/bridge`), whether or not it has ports.
+    #[serde(default)]
+    pub bridge: bool,
+    /// Its IPv4 addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addrs: Vec<DevAddr>,
+}
+
+/// An IPv4 address on a device, with its prefix length (`10.77.0.1/24`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevAddr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl DevAddr {
+    /// Whether `ip` is in this address's subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix.min(32)))
+            .unwrap_or(0);
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
 }
 
 impl HostFacts {
@@ -76,6 +99,23 @@ impl HostFacts {
             .iter()
             .find(|d| d.name == dev)
             .and_then(|d| d.master.as_deref())
+    }
+    /// The device, when the facts know it.
+    pub fn device(&self, dev: &str) -> Option<&DevFacts> {
+        self.devices.iter().find(|d| d.name == dev)
+    }
+    /// The bridge a VM with address `guest` belongs to: the one whose subnet holds the address,
+    /// else the only bridge of the host (None when neither says).
+    pub fn bridge_for(&self, guest: Ipv4Addr) -> Option<&str> {
+        let bridges: Vec<&DevFacts> = self.devices.iter().filter(|d| d.bridge).collect();
+        bridges
+            .iter()
+            .find(|b| b.addrs.iter().any(|a| a.contains(guest)))
+            .or(match bridges.as_slice() {
+                [only] => Some(only),
+                _ => None,
+            })
+            .map(|b| b.name.as_str())
     }
     pub fn mtu_of(&self, dev: &str) -> Option<u32> {
         self.devices
@@ -888,8 +928,26 @@ impl Model {
         }
     }
 
+    /// The tap the guest asked ARP on, without an answer, when the facts show it is a port of
+    /// no bridge: nothing but the host's own stack can hear the guest there.
+    fn unbridged_asking_tap(&self, facts: &HostFacts) -> Option<String> {
+        use crate::event::L2;
+        let tap = self
+            .l2
+            .iter()
+            .find(|e| e.point == Point::TapIngress && matches!(e.l2, Some(L2::Arp { op: 1, .. })))?
+            .device
+            .clone();
+        let answered = self
+            .l2
+            .iter()
+            .any(|e| e.point == Point::TapEgress && matches!(e.l2, Some(L2::Arp { op: 2, .. })));
+        let unbridged = facts.device(&tap).is_some_and(|d| d.master.is_none());
+        (unbridged && !answered).then_some(tap)
+    }
+
     /// Why nothing reached the destination, from what the guest did say on its tap.
-    fn no_traffic_summary(&self, dest: &str) -> String {
+    fn no_traffic_summary(&self, dest: &str, facts: &HostFacts) -> String {
         use crate::event::L2;
         let mut asked: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
         let mut answered: std::collections::BTreeSet<Ipv4Addr> = Default::default();
@@ -919,7 +977,17 @@ impl Model {
                  DHCP server serves its network (is the network's dnsmasq running?)"
             ));
         }
+        let unbridged = self.unbridged_asking_tap(facts);
         for (ip, n) in &unanswered {
+            if let Some(tap) = &unbridged {
+                let br = facts.bridge_for(*ip).unwrap_or("BRIDGE");
+                parts.push(format!(
+                    "the guest asked {n} time(s) who has {ip} (ARP) and nobody answered: its tap \
+                     {tap} is not a port of any bridge, so no bridge hears it → add the tap to \
+                     the VM's bridge: `ip link set {tap} master {br}`"
+                ));
+                continue;
+            }
             parts.push(format!(
                 "the guest asked {n} time(s) who has {ip} (ARP) and nobody on its bridge \
                  answered: if {ip} is its gateway, the gateway setting is wrong or that address \
@@ -1015,7 +1083,12 @@ impl Model {
         }
         if flows.is_empty() {
             let mut v = Verdict::new(format!("any > {dest}"), None, Status::NoTraffic);
-            v.summary = self.no_traffic_summary(dest);
+            v.summary = self.no_traffic_summary(dest, facts);
+            // The guest's ARP went unanswered because its tap is in no bridge: name the tap.
+            if let Some(tap) = self.unbridged_asking_tap(facts) {
+                v.stage = Some(Stage::Tap);
+                v.device = Some(tap);
+            }
             return vec![v];
         }
         let from_tap = |j: &&Journey| j.hops.iter().any(|h| h.dev_kind == DevKind::Tap);
@@ -1171,20 +1244,114 @@ fn egress_summary(
         }
         return format!("{what} was dropped by {br} at port {dev} [{reason}]");
     }
-    if stage == Stage::Tap && (r == "OTHERHOST" || r == "IP_INADDRERRORS") {
-        let master = facts.master_of(dev);
-        if master.is_none() {
-            return format!(
-                "{what} was dropped on {dev}: the tap is not a port of any bridge, so the \
-                 guest's frames reach the host's own stack on {dev} and are not for it \
-                 [{reason}] → add it to the VM's bridge (`ip link set {dev} master BRIDGE`)"
-            );
-        }
-    }
     format!(
         "{what} was dropped at the {} stage on {dev} [{reason}]",
         stage.name()
     )
+}
+
+/// The first thing that went wrong when it is not where the packet died: a verdict names the
+/// cause (its stage and device), the drop it saw stays as evidence (reason, route, location).
+struct RootCause {
+    stage: Stage,
+    device: String,
+    summary: String,
+}
+
+/// The VM's tap: where its requests entered the host.
+fn vm_tap(req: &[&Journey]) -> Option<String> {
+    req.iter()
+        .flat_map(|j| j.hops.iter())
+        .find(|h| h.dev_kind == DevKind::Tap && !h.device.is_empty())
+        .map(|h| h.device.clone())
+}
+
+/// Why the guest is not on `bridge` (where the host sends its replies): its tap is in no bridge
+/// or in another one. None when the tap is a port of `bridge` or the facts do not know the tap.
+fn tap_misplaced(facts: &HostFacts, tap: &str, bridge: &str) -> Option<String> {
+    match facts.device(tap)?.master.as_deref() {
+        None => Some(format!(
+            "the replies are routed to {bridge}, but the tap {tap} is not a port of any bridge, \
+             so the guest is not on {bridge} and cannot answer the host's ARP there → add the tap \
+             to the VM's bridge: `ip link set {tap} master {bridge}`"
+        )),
+        Some(m) if m != bridge => Some(format!(
+            "the replies are routed to {bridge}, but the tap {tap} is a port of {m} — the tap is \
+             on the wrong bridge → `ip link set {tap} master {bridge}`"
+        )),
+        Some(_) => None,
+    }
+}
+
+/// Drops whose cause is on the VM's own side rather than where they happened: frames of a tap
+/// outside any bridge dying on the tap, and replies the host could not hand to the guest on
+/// its bridge or tap (neighbour resolution failed there). Such a failure is never upstream.
+fn root_cause(
+    k: FlowKey,
+    dir: Direction,
+    site: &DropSite,
+    req: &[&Journey],
+    facts: &HostFacts,
+) -> Option<RootCause> {
+    let (dev, reason) = (&site.device, &site.reason);
+    let what = match dir {
+        Direction::Request => "the request",
+        Direction::Reply => "the reply",
+    };
+    // The guest's frames reached the host's own stack on the tap: no bridge took them.
+    if dir == Direction::Request
+        && site.stage == Stage::Tap
+        && matches!(reason.as_str(), "OTHERHOST" | "IP_INADDRERRORS")
+        && facts.master_of(dev).is_none()
+    {
+        let fix = match facts.bridge_for(k.guest) {
+            Some(br) => format!("`ip link set {dev} master {br}`"),
+            None => format!("`ip link set {dev} master BRIDGE`, BRIDGE being the VM's bridge"),
+        };
+        return Some(RootCause {
+            stage: Stage::Tap,
+            device: dev.clone(),
+            summary: format!(
+                "{what} was dropped on {dev}: the tap is not a port of any bridge, so the \
+                 guest's frames reach the host's own stack on {dev} and are not for it \
+                 [{reason}] → add it to the VM's bridge: {fix}"
+            ),
+        });
+    }
+    // A reply the host could not hand over on the VM's own side (its bridge or its tap).
+    if dir != Direction::Reply || !reason.starts_with("NEIGH") {
+        return None;
+    }
+    let tap = vm_tap(req)?;
+    let to_bridge = site
+        .route
+        .as_ref()
+        .is_some_and(|r| r.device == *dev && r.dev_kind == DevKind::Bridge)
+        || facts.device(dev).is_some_and(|d| d.bridge);
+    if !to_bridge && *dev != tap {
+        return None;
+    }
+    if to_bridge {
+        if let Some(why) = tap_misplaced(facts, &tap, dev) {
+            return Some(RootCause {
+                stage: Stage::Tap,
+                device: tap,
+                summary: format!("{what} was dropped on {dev} [{reason}]: {why}"),
+            });
+        }
+    }
+    Some(RootCause {
+        stage: Stage::Tap,
+        device: tap.clone(),
+        summary: format!(
+            "{what} was dropped on {dev}: the guest does not answer the host's ARP for {} \
+             there (neighbour resolution failed) [{reason}]; the request went out and its reply \
+             came back, so the fault is on the VM's own side → is the guest's interface up with \
+             address {}, and does its tap {tap} pass frames (`bridge link show dev {tap}`, \
+             `ip neigh show dev {dev}`)?",
+            k.guest, k.guest
+        ),
+    })
 }
 
 fn classify(
@@ -1458,6 +1625,11 @@ fn classify(
                 }
                 (stage, _) => egress_summary(what, stage, &site, rep, facts),
             };
+        if let Some(c) = root_cause(k, dir, &site, req, facts) {
+            v.stage = Some(c.stage);
+            v.device = Some(c.device);
+            s = c.summary;
+        }
         if host_answered {
             if let Some(r) = &reply_kind {
                 s.push_str(&format!(
@@ -1525,13 +1697,10 @@ fn classify(
                 .find(|r| r.err == 0 && r.dev_kind == DevKind::Bridge)
                 .map(|r| r.device);
             if let (Some(tap), Some(rd)) = (tap, reply_dev) {
-                let master = facts.master_of(&tap);
-                if master.is_some_and(|m| m != rd) {
-                    s.push_str(&format!(
-                        ": the replies are routed to {rd}, but the tap {tap} is a port of {} — \
-                         the tap is on the wrong bridge (`ip link set {tap} master {rd}`)",
-                        master.unwrap_or("?")
-                    ));
+                if let Some(why) = tap_misplaced(facts, &tap, &rd) {
+                    s.push_str(&format!(": {why}"));
+                    v.stage = Some(Stage::Tap);
+                    v.device = Some(tap);
                 }
             }
             s

@@ -264,3 +264,226 @@ fn a_bounded_model_still_names_the_drop() {
     assert_eq!(v.hook, Some(NfHook::Forward));
     assert_eq!(v.requests, 500);
 }
+
+/// Host facts of a lab: vnet0 a port of `master` (or of none), br0 10.77.0.1/24, an empty br1,
+/// the uplink up0.
+fn tap_facts(master: Option<&str>) -> HostFacts {
+    let dev = |name: &str, master: Option<&str>, bridge: bool, addrs: Vec<DevAddr>| DevFacts {
+        name: name.into(),
+        master: master.map(str::to_string),
+        mtu: Some(1500),
+        up: true,
+        bridge,
+        addrs,
+    };
+    HostFacts {
+        ip_forward: Some(true),
+        devices: vec![
+            dev("br1", None, true, vec![]),
+            dev(
+                "br0",
+                None,
+                true,
+                vec![DevAddr {
+                    addr: Ipv4Addr::new(10, 77, 0, 1),
+                    prefix: 24,
+                }],
+            ),
+            dev("up0", None, false, vec![]),
+            dev("vnet0", master, false, vec![]),
+        ],
+        ..Default::default()
+    }
+}
+
+/// The healthy run as a tap outside the bridge sees it once the host answers the guest's ARP
+/// on the tap: the requests enter on vnet0 itself and leave, the replies are routed to br0
+/// and die there because nobody answers the host's ARP for the guest.
+fn replies_dying_on_br0() -> Vec<TraceEvent> {
+    let mut out = Vec::new();
+    let mut cut = std::collections::HashSet::new();
+    for mut e in load(HEALTHY) {
+        if e.dir == Direction::Request && e.device == "br0" {
+            e.device = "vnet0".into();
+            e.dev_kind = DevKind::Tap;
+        }
+        if e.dir == Direction::Reply {
+            if cut.contains(&e.skb) {
+                continue;
+            }
+            if e.point == Point::DevXmit && e.device == "br0" {
+                e.point = Point::Drop;
+                e.reason = Some("NEIGH_FAILED".into());
+                e.location = Some("neigh_invalidate+0x7e".into());
+                cut.insert(e.skb);
+            }
+        }
+        out.push(e);
+    }
+    out
+}
+
+#[test]
+fn replies_dying_on_the_bridge_of_an_unbridged_tap_name_the_tap() {
+    let v = &model(replies_dying_on_br0()).verdicts(&tap_facts(None), "203.0.113.1", None)[0];
+    assert_eq!(v.status, Status::Dropped);
+    assert_eq!(v.direction, Some(Direction::Reply));
+    assert_eq!(v.stage, Some(Stage::Tap));
+    assert_eq!(v.device.as_deref(), Some("vnet0"));
+    assert_eq!(v.reason.as_deref(), Some("NEIGH_FAILED"));
+    assert_eq!(v.route.as_ref().map(|r| r.device.as_str()), Some("br0"));
+    assert_eq!(
+        v.summary,
+        "the reply was dropped on br0 [NEIGH_FAILED]: the replies are routed to br0, but the \
+         tap vnet0 is not a port of any bridge, so the guest is not on br0 and cannot answer the \
+         host's ARP there → add the tap to the VM's bridge: `ip link set vnet0 master br0`"
+    );
+}
+
+#[test]
+fn replies_dying_on_the_bridge_of_a_tap_in_another_bridge_name_the_tap() {
+    let v = &model(replies_dying_on_br0()).verdicts(&tap_facts(Some("br1")), "x", None)[0];
+    assert_eq!(v.status, Status::Dropped);
+    assert_eq!(v.stage, Some(Stage::Tap));
+    assert_eq!(v.device.as_deref(), Some("vnet0"));
+    assert!(
+        v.summary
+            .contains("the tap vnet0 is a port of br1 — the tap is on the wrong bridge")
+            && v.summary.contains("`ip link set vnet0 master br0`"),
+        "{}",
+        v.summary
+    );
+}
+
+#[test]
+fn replies_dying_on_the_bridge_of_a_bridged_tap_blame_the_guest_not_upstream() {
+    let v = &model(replies_dying_on_br0()).verdicts(&tap_facts(Some("br0")), "x", None)[0];
+    assert_eq!(v.status, Status::Dropped);
+    assert_eq!(v.direction, Some(Direction::Reply));
+    assert_eq!(v.stage, Some(Stage::Tap));
+    assert_eq!(v.device.as_deref(), Some("vnet0"));
+    assert!(
+        v.summary
+            .contains("the guest does not answer the host's ARP for 10.77.0.2 there"),
+        "{}",
+        v.summary
+    );
+    assert!(!v.summary.contains("upstream"), "{}", v.summary);
+}
+
+#[test]
+fn a_request_dying_on_the_uplink_for_lack_of_arp_is_still_upstream() {
+    let events: Vec<TraceEvent> = load(HEALTHY)
+        .into_iter()
+        .filter(|e| e.dir == Direction::Request)
+        .map(|mut e| {
+            if e.point == Point::DevXmit {
+                e.point = Point::Drop;
+                e.reason = Some("NEIGH_FAILED".into());
+            }
+            e
+        })
+        .collect();
+    let v = &model(events).verdicts(&tap_facts(Some("br0")), "x", None)[0];
+    assert_eq!(v.status, Status::Dropped);
+    assert_eq!(v.stage, Some(Stage::Egress));
+    assert_eq!(v.device.as_deref(), Some("up0"));
+    assert!(
+        v.summary.contains("check the upstream gateway"),
+        "{}",
+        v.summary
+    );
+}
+
+/// The guest's first request dies as OTHERHOST on a tap outside any bridge.
+fn otherhost_on_the_tap() -> Vec<TraceEvent> {
+    let mut out: Vec<TraceEvent> = load(HEALTHY)
+        .into_iter()
+        .take_while(|e| e.point != Point::NfEnter)
+        .collect();
+    let mut drop = out.last().unwrap().clone();
+    drop.point = Point::Drop;
+    drop.reason = Some("OTHERHOST".into());
+    drop.location = Some("ip_rcv_core+0x22c".into());
+    out.push(drop);
+    out
+}
+
+#[test]
+fn otherhost_on_an_unbridged_tap_names_the_bridge_of_the_guests_subnet() {
+    let v = &model(otherhost_on_the_tap()).verdicts(&tap_facts(None), "x", None)[0];
+    assert_eq!(v.status, Status::Dropped);
+    assert_eq!(v.direction, Some(Direction::Request));
+    assert_eq!(v.stage, Some(Stage::Tap));
+    assert_eq!(v.device.as_deref(), Some("vnet0"));
+    assert_eq!(v.reason.as_deref(), Some("OTHERHOST"));
+    assert!(
+        v.summary.contains("not a port of any bridge")
+            && v.summary.ends_with("`ip link set vnet0 master br0`"),
+        "{}",
+        v.summary
+    );
+    // Without host facts the bridge cannot be named.
+    let v = &model(otherhost_on_the_tap()).verdicts(&HostFacts::default(), "x", None)[0];
+    assert!(
+        v.summary
+            .ends_with("`ip link set vnet0 master BRIDGE`, BRIDGE being the VM's bridge"),
+        "{}",
+        v.summary
+    );
+}
+
+#[test]
+fn the_vms_bridge_is_the_one_holding_its_subnet_or_the_only_one() {
+    let facts = tap_facts(None);
+    assert_eq!(facts.bridge_for(Ipv4Addr::new(10, 77, 0, 200)), Some("br0"));
+    // Two bridges, neither holding the address: no guess.
+    assert_eq!(facts.bridge_for(Ipv4Addr::new(10, 78, 0, 2)), None);
+    let mut one = facts.clone();
+    one.devices.retain(|d| d.name != "br0");
+    assert_eq!(one.bridge_for(Ipv4Addr::new(10, 78, 0, 2)), Some("br1"));
+    let host = |prefix| DevAddr {
+        addr: Ipv4Addr::new(10, 77, 0, 1),
+        prefix,
+    };
+    assert!(host(0).contains(Ipv4Addr::new(192, 0, 2, 1)));
+    assert!(host(32).contains(Ipv4Addr::new(10, 77, 0, 1)));
+    assert!(!host(32).contains(Ipv4Addr::new(10, 77, 0, 2)));
+    assert!(!host(24).contains(Ipv4Addr::new(10, 77, 1, 2)));
+}
+
+/// The guest's ARP for its gateway on the tap, as the tap hook reports it.
+fn guest_arp(ts_ns: u64) -> TraceEvent {
+    let mut e = load(HEALTHY)[1].clone();
+    e.ts_ns = ts_ns;
+    e.tuple = None;
+    e.l2 = Some(crate::event::L2::Arp {
+        op: 1,
+        sender: Ipv4Addr::new(10, 77, 0, 2),
+        target: Ipv4Addr::new(10, 77, 0, 1),
+    });
+    e
+}
+
+#[test]
+fn unanswered_arp_on_an_unbridged_tap_names_the_tap_not_the_gateway_setting() {
+    let m = model(vec![guest_arp(1), guest_arp(2)]);
+    let v = &m.verdicts(&tap_facts(None), "203.0.113.1", None)[0];
+    assert_eq!(v.status, Status::NoTraffic);
+    assert_eq!(v.stage, Some(Stage::Tap));
+    assert_eq!(v.device.as_deref(), Some("vnet0"));
+    assert_eq!(
+        v.summary,
+        "no packet from the VM to 203.0.113.1: the guest asked 2 time(s) who has 10.77.0.1 (ARP) \
+         and nobody answered: its tap vnet0 is not a port of any bridge, so no bridge hears it → \
+         add the tap to the VM's bridge: `ip link set vnet0 master br0`"
+    );
+    // Bridged: the gateway setting is the suspect, as before.
+    let v = &m.verdicts(&tap_facts(Some("br0")), "203.0.113.1", None)[0];
+    assert_eq!(v.device, None);
+    assert!(
+        v.summary.contains("the gateway setting is wrong"),
+        "{}",
+        v.summary
+    );
+}
