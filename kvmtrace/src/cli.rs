@@ -531,7 +531,12 @@ async fn follow_async(
         writeln!(out, "{stats}")?;
     } else {
         writeln!(out)?;
-        output::write_verdicts_text(&mut out, &verdicts, &output::flow_times(&st.model, &verdicts), st.t0.unwrap_or(0))?;
+        output::write_verdicts_text(
+            &mut out,
+            &verdicts,
+            &output::flow_times(&st.model, &verdicts),
+            st.t0.unwrap_or(0),
+        )?;
     }
     out.flush()?;
     eprintln!(

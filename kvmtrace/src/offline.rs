@@ -341,7 +341,12 @@ pub fn write_replay(out: &mut dyn Write, t: &Trace, an: &Analysis, json: bool) -
         )?;
     } else {
         writeln!(out)?;
-        output::write_verdicts_text(out, &an.verdicts, &output::flow_times(&an.model, &an.verdicts), an.t0)?;
+        output::write_verdicts_text(
+            out,
+            &an.verdicts,
+            &output::flow_times(&an.model, &an.verdicts),
+            an.t0,
+        )?;
     }
     Ok(())
 }

@@ -133,11 +133,7 @@ fn write_group_text(w: &mut dyn Write, g: &VerdictGroup, t0: u64) -> io::Result<
         None => writeln!(w)?,
     }
     let mut kv = place_kv(v);
-    kv.push(format!(
-        "requests={} replies={}",
-        g.requests(),
-        g.replies()
-    ));
+    kv.push(format!("requests={} replies={}", g.requests(), g.replies()));
     writeln!(w, "  {}", kv.join(" "))?;
     for c in &v.chains {
         writeln!(w, "  chain: {c}")?;
@@ -509,7 +505,8 @@ mod tests {
         let v = verdicts_of(&m);
         let base = v[1].clone();
         assert!(same_as(&v[0], &base));
-        let changes: [(&str, fn(&mut Verdict)); 10] = [
+        type Change = fn(&mut Verdict);
+        let changes: [(&str, Change); 10] = [
             ("status", |v| v.status = Status::NoReply),
             ("stage", |v| v.stage = None),
             ("hook", |v| v.hook = None),
@@ -531,7 +528,10 @@ mod tests {
         for (what, change) in changes {
             let mut other = base.clone();
             change(&mut other);
-            assert!(!same_as(&v[0], &other), "a different {what} is another verdict");
+            assert!(
+                !same_as(&v[0], &other),
+                "a different {what} is another verdict"
+            );
         }
     }
 
@@ -579,7 +579,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(" requests=3 replies=0\n"), "{text}");
-        assert!(text.contains("  flows: id=19284 id=19285 id=19286\n"), "{text}");
+        assert!(
+            text.contains("  flows: id=19284 id=19285 id=19286\n"),
+            "{text}"
+        );
         assert_eq!(text.matches("summary:").count(), 1, "{text}");
 
         // A flow alone prints as before.

@@ -233,8 +233,8 @@ pub fn build(tr: &Trace, an: &Analysis, source: &str) -> Doc {
             }
             let title = format!("{} — {}", group_title(an, g), dir_plural(dir));
             let v = gr.first();
-            let failed_here = v.status != Status::Delivered
-                && v.direction.unwrap_or(Direction::Request) == dir;
+            let failed_here =
+                v.status != Status::Delivered && v.direction.unwrap_or(Direction::Request) == dir;
             blocks.push(Block::Heading(3, title.clone()));
             blocks.push(path_figure(&rows, failed_here, &title));
             blocks.push(path_table(&rows));

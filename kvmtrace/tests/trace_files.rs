@@ -565,7 +565,11 @@ fn report_of_a_nat_run_and_a_routing_drop() {
 /// that end the same way.
 fn flood(text: &str, n: u16) -> Vec<(Option<usize>, TraceEvent)> {
     let events = load(text);
-    let journeys = events.iter().filter_map(|(j, _)| *j).max().map_or(0, |j| j + 1);
+    let journeys = events
+        .iter()
+        .filter_map(|(j, _)| *j)
+        .max()
+        .map_or(0, |j| j + 1);
     let mut out = Vec::new();
     for k in 0..n {
         for (j, e) in &events {
@@ -618,7 +622,14 @@ fn replay_groups_flows_that_ended_identically_and_json_keeps_one_per_flow() {
         "JSON stays one verdict per flow"
     );
 
-    let r = run(&["report", s(&p), "-o", s(&d.path("flood")), "--format", "both"]);
+    let r = run(&[
+        "report",
+        s(&p),
+        "-o",
+        s(&d.path("flood")),
+        "--format",
+        "both",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let md = std::fs::read_to_string(d.path("flood.md")).unwrap();
     assert!(
@@ -698,8 +709,7 @@ fn html_report_draws_the_path_with_counts_the_stop_and_the_rewrites() {
     );
     assert_eq!(hops[6].1[1..3], ["br0", "1 packet"], "{path}");
     // The stop: the drop hop, marked, with its reason and place under it; only there.
-    let stops: Vec<&(String, Vec<String>)> =
-        hops.iter().filter(|(c, _)| c == "hop stop").collect();
+    let stops: Vec<&(String, Vec<String>)> = hops.iter().filter(|(c, _)| c == "hop stop").collect();
     assert_eq!(stops.len(), 1, "{path}");
     assert_eq!(
         stops[0].1,
@@ -727,16 +737,26 @@ fn html_report_draws_the_path_with_counts_the_stop_and_the_rewrites() {
         .unwrap_or_else(|| panic!("no POSTROUTING exit in {path}"));
     assert_eq!(
         post.1,
-        ["POSTROUTING exit", "up0", "2 packets", "✎ src 10.77.0.2 → 192.0.2.2"],
+        [
+            "POSTROUTING exit",
+            "up0",
+            "2 packets",
+            "✎ src 10.77.0.2 → 192.0.2.2"
+        ],
         "{path}"
     );
-    assert!(hops.iter().all(|(c, _)| c == "hop"), "delivered: no stop: {path}");
+    assert!(
+        hops.iter().all(|(c, _)| c == "hop"),
+        "delivered: no stop: {path}"
+    );
     assert_eq!(
         html.matches("<svg class=\"path\"").count(),
         2,
         "requests and replies"
     );
-    for bad in ["<script", "src=", "href=", "http://", "https://", "@import", "xmlns"] {
+    for bad in [
+        "<script", "src=", "href=", "http://", "https://", "@import", "xmlns",
+    ] {
         assert!(!html.contains(bad), "{bad} in the HTML report");
     }
 

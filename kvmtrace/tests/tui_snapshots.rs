@@ -529,7 +529,8 @@ fn flows_that_ended_identically_are_one_verdict_line_with_count_and_times() {
         "{s}"
     );
     assert_eq!(
-        s.matches("the request was dropped by the FORWARD hook").count(),
+        s.matches("the request was dropped by the FORWARD hook")
+            .count(),
         1,
         "{s}"
     );

@@ -468,7 +468,11 @@ fn verdict_text(v: &View, width: usize) -> Text<'static> {
         if g.count() > 1 {
             let mut seen = format!("{:10}", "");
             if let Some((a, b)) = g.span {
-                seen.push_str(&format!("first {}s, last {}s; ", rel_secs(v, a), rel_secs(v, b)));
+                seen.push_str(&format!(
+                    "first {}s, last {}s; ",
+                    rel_secs(v, a),
+                    rel_secs(v, b)
+                ));
             }
             seen.push_str(&g.members_text(5));
             lines.push(Line::styled(seen, dim()));
