@@ -345,3 +345,63 @@ pub fn timeline(marks: &[Mark], caption: &str) -> String {
     o.push_str("</svg>");
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_text_is_escaped_in_the_pictures() {
+        let hostile = "<script>x</script>\"&".to_string();
+        let drops = [format!("{hostile} at {hostile}")];
+        let rewrites = [hostile.clone()];
+        let hops = [Hop {
+            label: &hostile,
+            device: &hostile,
+            packets: 3,
+            drops: &drops,
+            rewrites: &rewrites,
+            stop: Stop::Dropped,
+        }];
+        let marks = [Mark {
+            lane: Lane::Drop,
+            secs: 0.5,
+            title: hostile.clone(),
+        }];
+        for svg in [path(&hops, &hostile), timeline(&marks, &hostile)] {
+            assert!(!svg.contains("<script"), "{svg}");
+            assert!(
+                svg.contains("&lt;script&gt;x&lt;/script&gt;&quot;&amp;"),
+                "{svg}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_path_wraps_and_every_hop_is_drawn_once() {
+        let names: Vec<String> = (0..14).map(|i| format!("hop{i}")).collect();
+        let hops: Vec<Hop> = names
+            .iter()
+            .map(|n| Hop {
+                label: n,
+                device: "br0",
+                packets: 1,
+                drops: &[],
+                rewrites: &[],
+                stop: Stop::No,
+            })
+            .collect();
+        let svg = path(&hops, "p");
+        assert_eq!(svg.matches("<g class=\"hop\">").count(), 14);
+        // Six per row: three rows, the last one starts at the left margin.
+        let w = 2 * MARGIN + PER_ROW * BOX_W + (PER_ROW - 1) * GAP;
+        assert!(svg.contains(&format!("viewBox=\"0 0 {w} ")), "{svg}");
+        assert!(
+            svg.contains(&format!(
+                "<rect x=\"{MARGIN}\" y=\"{}\"",
+                12 + 2 * (BOX_H + 24)
+            )),
+            "{svg}"
+        );
+    }
+}
