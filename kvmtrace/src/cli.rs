@@ -470,7 +470,7 @@ async fn follow_async(
                     sampled_out: c.sampled_out,
                 });
                 if last_verdicts.elapsed() >= Duration::from_millis(500) {
-                    app.set_verdicts(st.model.verdicts(&facts_live, dest, None));
+                    app.set_judged(&st.model, st.model.verdicts(&facts_live, dest, None));
                     last_verdicts = Instant::now();
                 }
                 match ui.tick(app)? {
@@ -553,9 +553,12 @@ async fn follow_async(
         writeln!(out, "{stats}")?;
     } else {
         writeln!(out)?;
-        for v in &verdicts {
-            output::write_verdict_text(&mut out, v)?;
-        }
+        output::write_verdicts_text(
+            &mut out,
+            &verdicts,
+            &output::flow_times(&st.model, &verdicts),
+            st.t0.unwrap_or(0),
+        )?;
     }
     out.flush()?;
     eprintln!(

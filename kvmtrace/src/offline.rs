@@ -293,7 +293,7 @@ fn replay_tui(t: &Trace, an: &Analysis) -> Result<()> {
             app.push(*j, ev);
         }
     }
-    app.set_verdicts(an.verdicts.clone());
+    app.set_judged(&an.model, an.verdicts.clone());
     let c = counters_of(t);
     let span = t
         .events
@@ -341,9 +341,12 @@ pub fn write_replay(out: &mut dyn Write, t: &Trace, an: &Analysis, json: bool) -
         )?;
     } else {
         writeln!(out)?;
-        for v in &an.verdicts {
-            output::write_verdict_text(out, v)?;
-        }
+        output::write_verdicts_text(
+            out,
+            &an.verdicts,
+            &output::flow_times(&an.model, &an.verdicts),
+            an.t0,
+        )?;
     }
     Ok(())
 }

@@ -9,6 +9,9 @@
 use crate::event::{Direction, Point, TraceEvent};
 use crate::model::{point_label, Status, Verdict};
 use crate::offline::{iso_utc, severity, warnings, Analysis};
+use crate::output::{self, group_verdicts, VerdictGroup};
+
+mod svg;
 use crate::trace::Trace;
 use std::fmt::Write as _;
 
@@ -41,6 +44,8 @@ pub enum Block {
     },
     Pre(String),
     Note(String),
+    /// A picture (inline SVG from [`svg`]): drawn in HTML; Markdown has the table after it.
+    Figure(String),
 }
 
 /// The report, before rendering.
@@ -148,61 +153,61 @@ pub fn build(tr: &Trace, an: &Analysis, source: &str) -> Doc {
         blocks.push(Block::Note(w));
     }
 
-    // Flows, the most serious first.
+    // Flows, the most serious first; flows that ended identically are one row.
+    let times = output::flow_times(&an.model, &an.verdicts);
+    let groups = findings(an, &times);
     blocks.push(Block::Heading(2, "Flows".into()));
-    let mut order: Vec<&Verdict> = an.verdicts.iter().collect();
-    order.sort_by_key(|v| severity(v.status));
     blocks.push(Block::Table {
-        head: ["flow", "status", "where", "reason", "requests", "replies"]
-            .map(String::from)
-            .to_vec(),
-        rows: order
+        head: [
+            "flow", "status", "where", "reason", "requests", "replies", "seen",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: groups
             .iter()
             .take(FLOWS_MAX)
-            .map(|v| {
+            .map(|g| {
+                let v = g.first();
+                let mut flow = vec![c(g.label())];
+                if g.count() > 1 {
+                    flow.push(t(format!(" ({} flows)", g.count())));
+                }
                 vec![
-                    code_cell(&v.flow),
+                    flow,
                     vec![Inline::Status(v.status)],
                     cell(where_of(v)),
                     code_cell(v.reason.clone().unwrap_or_default()),
-                    cell(v.requests.to_string()),
-                    cell(v.replies.to_string()),
+                    cell(g.requests().to_string()),
+                    cell(g.replies().to_string()),
+                    cell(span_text(an, g.span)),
                 ]
             })
             .collect(),
     });
-    if order.len() > FLOWS_MAX {
+    if groups.len() > FLOWS_MAX {
         blocks.push(Block::Note(format!(
-            "the table shows the {FLOWS_MAX} most serious of {} flows; `kvmtrace replay` lists them all",
-            order.len()
+            "the table shows the {FLOWS_MAX} most serious of {} kinds of flow; `kvmtrace replay` lists them all",
+            groups.len()
         )));
     }
 
     // Findings with their evidence: flows that ended the same way share one finding.
-    let groups = findings(an);
     blocks.push(Block::Heading(2, "Findings".into()));
-    for g in &groups {
-        let v = &an.verdicts[g[0]];
+    for gr in &groups {
+        let g = gr.members.as_slice();
         blocks.push(Block::Heading(3, group_title(an, g)));
-        blocks.push(Block::Para(vec![t(&v.summary)]));
+        blocks.push(Block::Para(vec![t(gr.summary())]));
         if g.len() > 1 {
-            let mut p = vec![t(format!("The {} flows: ", g.len()))];
-            for (n, &vi) in g.iter().take(GROUP_NAMES_MAX).enumerate() {
-                if n > 0 {
-                    p.push(t(", "));
-                }
-                p.push(c(&an.verdicts[vi].flow));
-            }
-            if g.len() > GROUP_NAMES_MAX {
-                p.push(t(format!(" and {} more", g.len() - GROUP_NAMES_MAX)));
-            }
-            p.push(t(
-                ". The summary and the rewrites below are the first flow's; the packet counts \
-                 are all of them.",
-            ));
+            let mut p = vec![t(format!("The {} flows ({}): ", g.len(), gr.label()))];
+            p.push(c(gr.members_text(GROUP_NAMES_MAX)));
+            p.push(t(format!(
+                ", seen {}. They ended identically: the summary and the rewrites are theirs \
+                 with each flow's own id or port as *; the packet counts are all of them.",
+                span_text(an, gr.span)
+            )));
             blocks.push(Block::Para(p));
         }
-        blocks.push(Block::List(evidence(an, g)));
+        blocks.push(Block::List(evidence(an, gr)));
         if let Some((e, j)) = first_drop(an, g) {
             if !e.stack.is_empty() {
                 blocks.push(Block::Para(vec![t(format!(
@@ -219,27 +224,29 @@ pub fn build(tr: &Trace, an: &Analysis, source: &str) -> Doc {
         "Every place the packets were seen, in path order, with the number of packets seen \
          there. A hop with fewer packets than the one before it is where packets went missing.",
     )]));
-    for g in &groups {
+    for gr in &groups {
+        let g = gr.members.as_slice();
         for dir in [Direction::Request, Direction::Reply] {
             let rows = path(an, Some(g), dir);
             if rows.is_empty() {
                 continue;
             }
-            blocks.push(Block::Heading(
-                3,
-                format!("{} — {}", group_title(an, g), dir_plural(dir)),
-            ));
-            blocks.push(path_table(rows));
+            let title = format!("{} — {}", group_title(an, g), dir_plural(dir));
+            let v = gr.first();
+            let failed_here =
+                v.status != Status::Delivered && v.direction.unwrap_or(Direction::Request) == dir;
+            blocks.push(Block::Heading(3, title.clone()));
+            blocks.push(path_figure(&rows, failed_here, &title));
+            blocks.push(path_table(&rows));
         }
     }
     for dir in [Direction::Request, Direction::Reply] {
         let rows = path(an, None, dir);
         if !rows.is_empty() {
-            blocks.push(Block::Heading(
-                3,
-                format!("Packets in no judged flow — {}", dir_plural(dir)),
-            ));
-            blocks.push(path_table(rows));
+            let title = format!("Packets in no judged flow — {}", dir_plural(dir));
+            blocks.push(Block::Heading(3, title.clone()));
+            blocks.push(path_figure(&rows, false, &title));
+            blocks.push(path_table(&rows));
         }
     }
 
@@ -251,6 +258,7 @@ pub fn build(tr: &Trace, an: &Analysis, source: &str) -> Doc {
         .zip(&an.placed)
         .filter_map(|((_, e), at)| at.map(|(j, _)| (j, e)))
         .collect();
+    blocks.push(timeline_figure(an));
     blocks.push(Block::Table {
         head: [
             "time (s)", "UTC", "journey", "dir", "hop", "device", "headers", "note",
@@ -322,34 +330,30 @@ fn first_drop<'a>(an: &'a Analysis, flows: &[usize]) -> Option<(&'a TraceEvent, 
         })
 }
 
-/// Flows grouped by what became of them (status, place, reason, chains, route), the most
-/// serious first: many flows ending the same way are one finding.
-fn findings(an: &Analysis) -> Vec<Vec<usize>> {
-    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
-    for (i, v) in an.verdicts.iter().enumerate() {
-        let key = format!(
-            "{:?}",
-            (
-                v.status,
-                v.stage,
-                v.hook,
-                &v.device,
-                v.direction,
-                &v.reason,
-                &v.location,
-                &v.firewall,
-                &v.chains,
-                &v.route,
-            )
-        );
-        match groups.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, g)) => g.push(i),
-            None => groups.push((key, vec![i])),
+/// Flows grouped by what became of them ([`output::same_as`], the one definition every view
+/// uses), the most serious first: many flows ending the same way are one finding.
+fn findings<'a>(an: &'a Analysis, times: &[Option<(u64, u64)>]) -> Vec<VerdictGroup<'a>> {
+    let mut out = group_verdicts(&an.verdicts, times);
+    out.sort_by_key(|g| severity(g.first().status));
+    out
+}
+
+/// `+0.000000 s` (one flow, one packet) or `+0.000000 … +3.000099 s`.
+fn span_text(an: &Analysis, span: Option<(u64, u64)>) -> String {
+    match span {
+        None => "-".into(),
+        Some((a, b)) => {
+            let (a, b) = (
+                a.saturating_sub(an.t0) as f64 / 1e9,
+                b.saturating_sub(an.t0) as f64 / 1e9,
+            );
+            if a == b {
+                format!("+{a:.6} s")
+            } else {
+                format!("+{a:.6} … +{b:.6} s")
+            }
         }
     }
-    let mut out: Vec<Vec<usize>> = groups.into_iter().map(|(_, g)| g).collect();
-    out.sort_by_key(|g| severity(an.verdicts[g[0]].status));
-    out
 }
 
 fn group_title(an: &Analysis, g: &[usize]) -> String {
@@ -366,8 +370,9 @@ fn group_title(an: &Analysis, g: &[usize]) -> String {
     }
 }
 
-fn evidence(an: &Analysis, g: &[usize]) -> Vec<Vec<Inline>> {
-    let v = &an.verdicts[g[0]];
+fn evidence(an: &Analysis, gr: &VerdictGroup) -> Vec<Vec<Inline>> {
+    let g = gr.members.as_slice();
+    let v = gr.first();
     let mut items = Vec::new();
     items.push(vec![b("status: "), Inline::Status(v.status)]);
     if let Some(d) = v.direction {
@@ -419,9 +424,10 @@ fn evidence(an: &Analysis, g: &[usize]) -> Vec<Vec<Inline>> {
         }
     } else {
         for r in &v.rewrites {
+            let (from, to) = gr.rewrite_text(r);
             items.push(vec![
                 b("rewrite: "),
-                c(format!("{} {} → {}", r.field, r.from, r.to)),
+                c(format!("{} {from} → {to}", r.field)),
                 t(format!(" at {}", r.at)),
             ]);
         }
@@ -447,12 +453,26 @@ fn evidence(an: &Analysis, g: &[usize]) -> Vec<Vec<Inline>> {
     items
 }
 
-/// One hop of the path: label, device, packets seen there, notes (drop reasons, rewrites).
+/// One hop of the path: label, device, packets seen there, what happened there.
 struct PathRow {
     hop: String,
     device: String,
     packets: usize,
-    notes: Vec<String>,
+    /// `REASON at location` of the drops here.
+    drops: Vec<String>,
+    /// `field from → to` of the rewrites done here.
+    rewrites: Vec<String>,
+}
+
+impl PathRow {
+    fn notes(&self) -> String {
+        self.drops
+            .iter()
+            .map(|d| format!("dropped: {d}"))
+            .chain(self.rewrites.iter().cloned())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// The path of some flows' packets in one direction (`flows` None: packets in no flow). Hops
@@ -509,7 +529,8 @@ fn path(an: &Analysis, flows: Option<&[usize]>, dir: Direction) -> Vec<PathRow> 
                             hop: hop.clone(),
                             device: device.clone(),
                             packets: 0,
-                            notes: Vec::new(),
+                            drops: Vec::new(),
+                            rewrites: Vec::new(),
                         },
                     );
                     for s in seen.iter_mut().filter(|s| **s >= at) {
@@ -522,25 +543,27 @@ fn path(an: &Analysis, flows: Option<&[usize]>, dir: Direction) -> Vec<PathRow> 
                 rows[pos].packets += 1;
                 seen.push(pos);
             }
-            let mut note = |n: String| {
-                if !rows[pos].notes.contains(&n) {
-                    rows[pos].notes.push(n);
-                }
-            };
+            let row = &mut rows[pos];
             if let Some(r) = &h.reason {
-                note(format!(
-                    "dropped: {r}{}",
+                let d = format!(
+                    "{r}{}",
                     h.location
                         .as_deref()
                         .map(|l| format!(" at {l}"))
                         .unwrap_or_default()
-                ));
+                );
+                if !row.drops.contains(&d) {
+                    row.drops.push(d);
+                }
             }
             for r in rewrites
                 .iter()
                 .filter(|r| r.at == base && h.point == Point::NfExit)
             {
-                note(format!("{} {} → {}", r.field, r.from, r.to));
+                let n = format!("{} {} → {}", r.field, r.from, r.to);
+                if !row.rewrites.contains(&n) {
+                    row.rewrites.push(n);
+                }
             }
             prev = Some(pos);
         }
@@ -548,21 +571,87 @@ fn path(an: &Analysis, flows: Option<&[usize]>, dir: Direction) -> Vec<PathRow> 
     rows
 }
 
-fn path_table(rows: Vec<PathRow>) -> Block {
+/// The path as a picture: drops mark their hop; when none was seen and the flows failed in
+/// this direction (`failed_here`), the last hop is where they were seen last.
+fn path_figure(rows: &[PathRow], failed_here: bool, title: &str) -> Block {
+    let any_drop = rows.iter().any(|r| !r.drops.is_empty());
+    let hops: Vec<svg::Hop> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| svg::Hop {
+            label: &r.hop,
+            device: &r.device,
+            packets: r.packets,
+            drops: &r.drops,
+            rewrites: &r.rewrites,
+            stop: if !r.drops.is_empty() {
+                svg::Stop::Dropped
+            } else if failed_here && !any_drop && i + 1 == rows.len() {
+                svg::Stop::LastSeen
+            } else {
+                svg::Stop::No
+            },
+        })
+        .collect();
+    Block::Figure(svg::path(&hops, &format!("Path: {title}")))
+}
+
+/// Every packet on one time axis: when each request and reply was first seen, and each drop.
+fn timeline_figure(an: &Analysis) -> Block {
+    let mut marks = Vec::new();
+    for jr in &an.model.journeys {
+        let secs = |ts: u64| ts.saturating_sub(an.t0) as f64 / 1e9;
+        if let Some(h) = jr.hops.first() {
+            marks.push(svg::Mark {
+                lane: match jr.dir {
+                    Direction::Request => svg::Lane::Request,
+                    Direction::Reply => svg::Lane::Reply,
+                },
+                secs: secs(h.ts_ns),
+                title: format!(
+                    "journey #{} {}, +{:.6} s: {}",
+                    jr.id,
+                    jr.dir,
+                    secs(h.ts_ns),
+                    h.headers()
+                ),
+            });
+        }
+        for h in jr.hops.iter().filter(|h| h.point == Point::Drop) {
+            marks.push(svg::Mark {
+                lane: svg::Lane::Drop,
+                secs: secs(h.ts_ns),
+                title: format!(
+                    "journey #{} dropped, +{:.6} s: {} on {}",
+                    jr.id,
+                    secs(h.ts_ns),
+                    h.reason.as_deref().unwrap_or("?"),
+                    if h.device.is_empty() { "-" } else { &h.device }
+                ),
+            });
+        }
+    }
+    Block::Figure(svg::timeline(
+        &marks,
+        "Timeline: requests, replies and drops over the trace",
+    ))
+}
+
+fn path_table(rows: &[PathRow]) -> Block {
     Block::Table {
         head: ["#", "hop", "device", "packets", "note"]
             .map(String::from)
             .to_vec(),
         rows: rows
-            .into_iter()
+            .iter()
             .enumerate()
             .map(|(i, r)| {
                 vec![
                     cell((i + 1).to_string()),
-                    cell(r.hop),
-                    code_cell(r.device),
+                    cell(&r.hop),
+                    code_cell(&r.device),
                     cell(r.packets.to_string()),
-                    cell(r.notes.join("; ")),
+                    cell(r.notes()),
                 ]
             })
             .collect(),
@@ -807,6 +896,10 @@ impl Doc {
     pub fn markdown(&self) -> String {
         let mut o = format!("# {}\n", md_text(&self.title));
         for bl in &self.blocks {
+            // Markdown keeps the tables; the pictures are the HTML report's.
+            if matches!(bl, Block::Figure(_)) {
+                continue;
+            }
             o.push('\n');
             match bl {
                 Block::Heading(l, s) => {
@@ -823,6 +916,7 @@ impl Doc {
                         let _ = writeln!(o, "- {}", md_inlines(it));
                     }
                 }
+                Block::Figure(_) => {}
                 Block::Pre(s) => {
                     let fence = "`".repeat(longest_backtick_run(s).max(2) + 1);
                     let _ = writeln!(o, "{fence}\n{s}\n{fence}");
@@ -885,6 +979,9 @@ impl Doc {
                 }
                 Block::Pre(s) => {
                     let _ = writeln!(o, "<pre>{}</pre>", html_escape(s));
+                }
+                Block::Figure(svg) => {
+                    let _ = writeln!(o, "<figure>{svg}</figure>");
                 }
                 Block::Table { head, rows } => {
                     o.push_str("<table>\n");

@@ -559,3 +559,213 @@ fn report_of_a_nat_run_and_a_routing_drop() {
     assert!(!d.path("nr.html").exists());
     insta::assert_snapshot!("report_no_route_md", md);
 }
+
+/// A recorded run played `n` times, one second apart, each time with the next ICMP id and new
+/// skb addresses and journey numbers: a guest whose ping picks a new id per run, so `n` flows
+/// that end the same way.
+fn flood(text: &str, n: u16) -> Vec<(Option<usize>, TraceEvent)> {
+    let events = load(text);
+    let journeys = events
+        .iter()
+        .filter_map(|(j, _)| *j)
+        .max()
+        .map_or(0, |j| j + 1);
+    let mut out = Vec::new();
+    for k in 0..n {
+        for (j, e) in &events {
+            let mut e = e.clone();
+            e.ts_ns += u64::from(k) * 1_000_000_000;
+            e.skb += u64::from(k) << 20;
+            if let Some(t) = e.tuple.as_mut() {
+                t.sport += k;
+            }
+            out.push((j.map(|j| j + usize::from(k) * journeys), e));
+        }
+    }
+    out
+}
+
+#[test]
+fn replay_groups_flows_that_ended_identically_and_json_keeps_one_per_flow() {
+    let d = Scratch::new("flood");
+    let p = d.path("flood.trace");
+    record_events(&p, &flood(FORWARD_DROP, 5), true);
+
+    let r = run(&["replay", s(&p), "--no-tui"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let verdicts = &r.stdout[r.stdout.find("\n\n").expect("a blank line before verdicts")..];
+    assert_eq!(
+        verdicts.trim_start(),
+        "5 flows icmp 10.77.0.2 > 203.0.113.1 id=*: DROPPED, first +0.000000 s, last +4.000099 s\n  \
+         stage=netfilter hook=FORWARD firewall=nftables device=br0 direction=request \
+         reason=NETFILTER_DROP location=nft_do_chain+0x637 requests=5 replies=0\n  \
+         chain: inet labfilter forward (policy drop, priority 0)\n  \
+         flows: id=19284 id=19285 id=19286 id=19287 id=19288\n  \
+         summary: the request was dropped by the FORWARD hook (nftables: chain inet labfilter \
+         forward (policy drop, priority 0)) on br0 [NETFILTER_DROP] → check the forward rules \
+         for 10.77.0.2 → 203.0.113.1\n"
+    );
+
+    let r = run(&["replay", s(&p), "--json"]);
+    let flows: Vec<String> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["type"] == "verdict")
+        .map(|v| v["flow"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        flows,
+        (19284..19289)
+            .map(|id| format!("icmp 10.77.0.2 > 203.0.113.1 id={id}"))
+            .collect::<Vec<_>>(),
+        "JSON stays one verdict per flow"
+    );
+
+    let r = run(&[
+        "report",
+        s(&p),
+        "-o",
+        s(&d.path("flood")),
+        "--format",
+        "both",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let md = std::fs::read_to_string(d.path("flood.md")).unwrap();
+    assert!(
+        md.contains(
+            "| `icmp 10.77.0.2 > 203.0.113.1 id=*` (5 flows) | **DROPPED** | netfilter FORWARD \
+             on br0 (request) | `NETFILTER_DROP` | 5 | 0 | +0.000000 … +4.000099 s |"
+        ),
+        "{md}"
+    );
+    assert_eq!(md.matches("| **DROPPED** |").count(), 1, "one row: {md}");
+    assert!(
+        md.contains("### DROPPED: 5 flows — netfilter FORWARD on br0 (request)"),
+        "{md}"
+    );
+    assert!(md.contains("| 8 | drop | `br0` | 5 |"), "{md}");
+    let html = std::fs::read_to_string(d.path("flood.html")).unwrap();
+    assert!(
+        html.contains("<td><code>icmp 10.77.0.2 &gt; 203.0.113.1 id=*</code> (5 flows)</td>"),
+        "{html}"
+    );
+    // The timeline: five requests, no reply, five drops, the last 4.000099 s in.
+    let tl = svg_of(&html, "timeline");
+    assert!(tl.contains(">requests (5)</text>"), "{tl}");
+    assert!(tl.contains(">replies (0)</text>"), "{tl}");
+    assert!(tl.contains(">drops (5)</text>"), "{tl}");
+    assert_eq!(tl.matches("<g class=\"drop\"").count(), 5, "{tl}");
+    assert!(tl.contains(">+4.00 s</text>"), "{tl}");
+}
+
+/// The first `<svg class="{class}" …>…</svg>` of a page.
+fn svg_of<'a>(html: &'a str, class: &str) -> &'a str {
+    let start = html
+        .find(&format!("<svg class=\"{class}\""))
+        .unwrap_or_else(|| panic!("no {class} picture in\n{html}"));
+    let end = start + html[start..].find("</svg>").expect("a closed svg") + "</svg>".len();
+    &html[start..end]
+}
+
+/// The hop boxes of a path picture, in order: (class, texts inside).
+fn svg_hops(svg: &str) -> Vec<(String, Vec<String>)> {
+    svg.split("<g class=\"")
+        .skip(1)
+        .map(|g| {
+            let class = g[..g.find('"').unwrap()].to_string();
+            let texts = g
+                .split("<text")
+                .skip(1)
+                .map(|t| t[t.find('>').unwrap() + 1..t.find("</text>").unwrap()].to_string())
+                .collect();
+            (class, texts)
+        })
+        .collect()
+}
+
+#[test]
+fn html_report_draws_the_path_with_counts_the_stop_and_the_rewrites() {
+    let d = Scratch::new("svg");
+    let p = record(&d, "forward_drop", FORWARD_DROP);
+    let r = run(&["report", s(&p), "-o", "-", "--format", "html"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let path = svg_of(&r.stdout, "path");
+    let hops = svg_hops(path);
+    let names: Vec<&str> = hops.iter().map(|(_, t)| t[0].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "receive",
+            "tap ingress",
+            "PREROUTING enter",
+            "PREROUTING exit",
+            "receive",
+            "route lookup",
+            "FORWARD enter",
+            "drop"
+        ],
+        "{path}"
+    );
+    assert_eq!(hops[6].1[1..3], ["br0", "1 packet"], "{path}");
+    // The stop: the drop hop, marked, with its reason and place under it; only there.
+    let stops: Vec<&(String, Vec<String>)> = hops.iter().filter(|(c, _)| c == "hop stop").collect();
+    assert_eq!(stops.len(), 1, "{path}");
+    assert_eq!(
+        stops[0].1,
+        [
+            "drop",
+            "br0",
+            "1 packet",
+            "✕",
+            "✕ dropped: NETFILTER_DROP",
+            "at nft_do_chain+0x637"
+        ],
+        "{path}"
+    );
+
+    // A NAT run: the rewrite is written on the hop that did it, counts are per hop.
+    let p = record(&d, "healthy", HEALTHY);
+    let r = run(&["report", s(&p), "-o", "-", "--format", "html"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let html = &r.stdout;
+    let path = svg_of(html, "path");
+    let hops = svg_hops(path);
+    let post = hops
+        .iter()
+        .find(|(_, t)| t[0] == "POSTROUTING exit")
+        .unwrap_or_else(|| panic!("no POSTROUTING exit in {path}"));
+    assert_eq!(
+        post.1,
+        [
+            "POSTROUTING exit",
+            "up0",
+            "2 packets",
+            "✎ src 10.77.0.2 → 192.0.2.2"
+        ],
+        "{path}"
+    );
+    assert!(
+        hops.iter().all(|(c, _)| c == "hop"),
+        "delivered: no stop: {path}"
+    );
+    assert_eq!(
+        html.matches("<svg class=\"path\"").count(),
+        2,
+        "requests and replies"
+    );
+    for bad in [
+        "<script", "src=", "href=", "http://", "https://", "@import", "xmlns",
+    ] {
+        assert!(!html.contains(bad), "{bad} in the HTML report");
+    }
+
+    // No reply and no drop: the request's last hop is where it was seen last.
+    let p = record(&d, "no_masq", NO_MASQ);
+    let r = run(&["report", s(&p), "-o", "-", "--format", "html"]);
+    let hops = svg_hops(svg_of(&r.stdout, "path"));
+    let last = hops.last().expect("hops");
+    assert_eq!(last.0, "hop last-seen");
+    assert_eq!(last.1[..3], ["transmit", "up0", "1 packet"]);
+    assert!(last.1.contains(&"last seen here".to_string()), "{last:?}");
+}

@@ -466,3 +466,73 @@ fn memory_stays_bounded_at_200_000_events() {
         "{s}"
     );
 }
+
+/// A recorded run played `n` times, one second apart, each time with the next ICMP id, new skb
+/// addresses and journey numbers: a guest whose ping picks a new id per run.
+fn flood(text: &str, n: u16) -> Vec<(usize, TraceEvent)> {
+    let events = load(text);
+    let journeys = events.iter().map(|(j, _)| *j).max().map_or(0, |j| j + 1);
+    let mut out = Vec::new();
+    for k in 0..n {
+        for (j, e) in &events {
+            let mut e = e.clone();
+            e.ts_ns += u64::from(k) * 1_000_000_000;
+            e.skb += u64::from(k) << 20;
+            if let Some(t) = e.tuple.as_mut() {
+                t.sport += k;
+            }
+            out.push((j + usize::from(k) * journeys, e));
+        }
+    }
+    out
+}
+
+#[test]
+fn flows_that_ended_identically_are_one_verdict_line_with_count_and_times() {
+    let mut app = App::new(meta());
+    let mut model = Model::new();
+    let events = flood(FORWARD_DROP, 6);
+    for (recorded, ev) in &events {
+        let j = model.push(ev.clone()).expect("a journey");
+        assert_eq!(j, *recorded);
+        app.push(j, ev);
+    }
+    let verdicts = model.verdicts(&forward_drop_facts(), DEST, None);
+    assert_eq!(verdicts.len(), 6, "one verdict per ping id");
+    app.set_judged(&model, verdicts);
+    app.set_stats(TuiStats {
+        elapsed: Duration::from_secs(8),
+        events_per_sec: events.len() as f64 / 8.0,
+        events: events.len() as u64,
+        lost: 0,
+        sampled_out: 0,
+    });
+    let s = screen(&app);
+    let line = line_with(&s, "DROPPED");
+    assert!(
+        line.contains(
+            "DROPPED   6 flows icmp 10.77.0.2 > 203.0.113.1 id=*  requests 6 replies 0  \
+             netfilter FORWARD br0 NETFILTER_DROP"
+        ),
+        "{s}"
+    );
+    assert_eq!(
+        s.lines().filter(|l| l.starts_with("│DROPPED ")).count(),
+        1,
+        "one verdict line for the six flows:\n{s}"
+    );
+    assert!(
+        s.contains(
+            "first +0.000000s, last +5.000099s; id=19284 id=19285 id=19286 id=19287 \
+             id=19288 and 1 more"
+        ),
+        "{s}"
+    );
+    assert_eq!(
+        s.matches("the request was dropped by the FORWARD hook")
+            .count(),
+        1,
+        "{s}"
+    );
+    insta::assert_snapshot!("flood_grouped_main", s);
+}

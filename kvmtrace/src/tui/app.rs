@@ -7,7 +7,7 @@
 
 use super::{filter_label, parse_filter, Action, TuiMeta, TuiStats};
 use crate::event::{DevKind, Direction, NfHook, Point, Route, TraceEvent};
-use crate::model::{Journey, Outcome, Stage, Verdict};
+use crate::model::{Journey, Model, Outcome, Stage, Verdict};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use std::collections::VecDeque;
 
@@ -125,6 +125,9 @@ pub(super) struct View {
     pub drop_counts: [[u64; NODES]; 2],
     pub drops: Vec<DropPoint>,
     pub verdicts: Vec<Verdict>,
+    /// Each verdict's first and last packet (kernel ns), parallel to `verdicts` (may be
+    /// shorter: unknown).
+    pub verdict_times: Vec<Option<(u64, u64)>>,
     /// Kernel time of the first event.
     pub t0: Option<u64>,
     pub bridge: Option<String>,
@@ -361,7 +364,16 @@ impl App {
     }
 
     /// The verdicts of the flows so far (`Model::verdicts`), replacing the previous ones.
+    /// Flow times are unknown this way: grouped flows show no first/last time.
     pub fn set_verdicts(&mut self, v: Vec<Verdict>) {
+        self.live.verdicts = v;
+        self.live.verdict_times.clear();
+    }
+
+    /// The verdicts of the flows so far with the model they came from, which gives each flow's
+    /// first and last packet for the grouped lines of the verdict panel.
+    pub fn set_judged(&mut self, model: &Model, v: Vec<Verdict>) {
+        self.live.verdict_times = crate::output::flow_times(model, &v);
         self.live.verdicts = v;
     }
 

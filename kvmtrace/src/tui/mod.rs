@@ -1,6 +1,6 @@
 //! The live terminal UI of `kvmtrace follow`: the packet path with its counters and the hop where
 //! packets stop, the drop points, the recent packets (Enter: one packet's whole journey), the
-//! verdict per flow and a status line.
+//! verdict per flow (flows that ended identically on one line, `output::same_as`) and a status line.
 //!
 //! Three parts, as in bandwhich (collection, plain-data UI state, rendering):
 //! - [`App`] (app.rs): plain-data UI state, no I/O. The follow loop pushes each event as the model

@@ -5,6 +5,7 @@
 use super::app::{dir_idx, App, DropPoint, Mode, Node, Packet, View};
 use crate::event::{Direction, Point, TraceEvent, Tuple};
 use crate::model::{point_label, Outcome, Stage, Status, Verdict};
+use crate::output::group_verdicts;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span, Text};
@@ -157,7 +158,7 @@ fn draw_main(frame: &mut Frame, area: Rect, app: &App) {
     let v = app.view();
     let width = area.width.saturating_sub(2).max(1) as usize;
     let path = path_lines(v, &app.meta.tap, width);
-    let verdicts = verdict_text(&v.verdicts, width);
+    let verdicts = verdict_text(v, width);
     let verdict_rows = verdicts.lines.len();
     let [path_area, verdict_area, drop_area, packet_area] = Layout::vertical([
         Constraint::Length(path.len() as u16 + 2),
@@ -427,40 +428,56 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 }
 
 /// Each flow: its status, name, counts and place, then the summary (the next step after its
-/// `→`) wrapped under it.
-fn verdict_text(verdicts: &[Verdict], width: usize) -> Text<'static> {
-    if verdicts.is_empty() {
+/// `→`) wrapped under it. Flows that ended identically (`output::same_as`) are one entry: their
+/// count, common name, summed counts and the times of their first and last packet.
+fn verdict_text(v: &View, width: usize) -> Text<'static> {
+    if v.verdicts.is_empty() {
         return Text::from(Line::styled("no flow judged yet", dim()));
     }
     let mut lines = Vec::new();
-    for v in verdicts {
+    for g in group_verdicts(&v.verdicts, &v.verdict_times) {
+        let first = g.first();
         let mut at = Vec::new();
-        if let Some(s) = v.stage {
+        if let Some(s) = first.stage {
             at.push(s.name().to_string());
         }
-        if let Some(h) = v.hook {
+        if let Some(h) = first.hook {
             at.push(h.to_string());
         }
-        if let Some(d) = &v.device {
+        if let Some(d) = &first.device {
             at.push(d.clone());
         }
-        if let Some(r) = &v.reason {
+        if let Some(r) = &first.reason {
             at.push(r.clone());
         }
-        lines.push(Line::from(vec![
-            Span::styled(
-                format!("{:<10}", v.status.name().to_uppercase()),
-                status_style(v.status),
-            ),
-            Span::styled(v.flow.clone(), bold()),
-            Span::raw(format!(
-                "  requests {} replies {}  {}",
-                v.requests,
-                v.replies,
-                at.join(" ")
-            )),
-        ]));
-        for l in wrap(&v.summary, width.saturating_sub(10)) {
+        let mut spans = vec![Span::styled(
+            format!("{:<10}", first.status.name().to_uppercase()),
+            status_style(first.status),
+        )];
+        if g.count() > 1 {
+            spans.push(Span::styled(format!("{} flows ", g.count()), bold()));
+        }
+        spans.push(Span::styled(g.label(), bold()));
+        spans.push(Span::raw(format!(
+            "  requests {} replies {}  {}",
+            g.requests(),
+            g.replies(),
+            at.join(" ")
+        )));
+        lines.push(Line::from(spans));
+        if g.count() > 1 {
+            let mut seen = format!("{:10}", "");
+            if let Some((a, b)) = g.span {
+                seen.push_str(&format!(
+                    "first {}s, last {}s; ",
+                    rel_secs(v, a),
+                    rel_secs(v, b)
+                ));
+            }
+            seen.push_str(&g.members_text(5));
+            lines.push(Line::styled(seen, dim()));
+        }
+        for l in wrap(&g.summary(), width.saturating_sub(10)) {
             lines.push(Line::raw(format!("{:10}{l}", "")));
         }
     }
