@@ -84,7 +84,8 @@ pub struct Analysis {
     /// journey's hops; None for an event the model placed nowhere (a route lookup while no
     /// followed packet was being processed).
     pub placed: Vec<Option<(usize, usize)>>,
-    /// The verdicts, recomputed with the trace's host facts and stop time.
+    /// The verdicts, recomputed with the inputs the live run recorded (host facts, stop time,
+    /// rule decisions, budget counts): the ones `follow` printed.
     pub verdicts: Vec<Verdict>,
     /// For each journey: the index in `verdicts` of the flow it belongs to.
     pub journey_flow: Vec<Option<usize>>,
@@ -110,8 +111,18 @@ impl Analysis {
             });
             placed.push(at);
         }
-        let facts = t.host_facts();
-        let verdicts = model.verdicts(&facts, &t.meta.dest, t.until_ns);
+        let inputs = t.inputs();
+        // The live model was bounded: past its bound it folded old journeys into per-flow
+        // counts, and its verdicts are those of the folded model. Judge with one folded the
+        // same way (only built when the trace holds more journeys than the bound: below it
+        // a bounded model folds nothing and is this one).
+        let folded = inputs.retained.is_some_and(|r| model.journeys.len() > r);
+        let verdicts = if folded {
+            inputs.verdicts(&inputs.model(t.events.iter().map(|(_, e)| e)))
+        } else {
+            inputs.verdicts(&model)
+        };
+        let facts = inputs.facts;
         let journey_flow = journey_flows(&model, &verdicts);
         Analysis {
             t0: t.events.first().map(|(_, e)| e.ts_ns).unwrap_or(0),
