@@ -507,13 +507,15 @@ async fn follow_async(
     let (attached, warnings) = (tracer.attached.clone(), tracer.warnings.clone());
     // Every input of the verdicts besides the events goes into the trace too, and replay
     // computes its verdicts from them with the same function: a replay equals this run.
+    // The rule tracer's own table is removed first, so the host facts do not show it.
+    let decisions = rules
+        .map(|rt| crate::trace::distinct_decisions(rt.stop()))
+        .unwrap_or_default();
     let inputs = crate::trace::Inputs {
         dest: dest.to_string(),
         facts: crate::facts::gather(),
         until_ns: Some(until),
-        decisions: rules
-            .map(|rt| crate::trace::distinct_decisions(rt.stop()))
-            .unwrap_or_default(),
+        decisions,
         budgets: tracer.flow_budgets(),
         budget: spec.budget,
         // The bound of `st.model`: replay folds old journeys the same way.
