@@ -132,7 +132,12 @@ fn objects(stdout: &str, kind: &str) -> Vec<serde_json::Value> {
 fn assert_offline_equals_live(file: &str, live: &common::Run) -> serde_json::Value {
     let live_v: Vec<serde_json::Value> = live.verdicts().into_iter().cloned().collect();
     let replay = run_plain(&["replay", file, "--json"]);
-    assert_eq!(replay.code, live.code, "the same exit code: {}", replay.dump());
+    assert_eq!(
+        replay.code,
+        live.code,
+        "the same exit code: {}",
+        replay.dump()
+    );
     assert_eq!(
         objects(&replay.stdout, "verdict"),
         live_v,
