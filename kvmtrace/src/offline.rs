@@ -244,6 +244,19 @@ pub fn warnings(t: &Trace, a: &Analysis) -> Vec<String> {
             ));
         }
     }
+    // Format 1 recorded neither the rule decisions nor the budget counts.
+    if t.format < 2
+        && t.verdicts
+            .iter()
+            .any(|v| v.rule.is_some() || v.suppressed > 0)
+    {
+        w.push(format!(
+            "this format-{} trace holds no --explain-rules decisions or --budget counts (added \
+             in format 2): the verdicts below lack the rule and the sampled counts the live run \
+             printed (the recorded verdicts have them)",
+            t.format
+        ));
+    }
     if a.recorded_differ {
         w.push(format!(
             "the verdicts recorded by kvmtrace {} differ from the ones recomputed now: showing \

@@ -647,13 +647,10 @@ fn golden_forward_drop_trace_with_rules_and_budgets() {
     );
 }
 
-/// A trace written by a format-1 kvmtrace (no rule or budget lines, no counts for them in the
-/// end line) still opens, and replays as it always did.
-#[test]
-fn a_format_1_trace_still_opens() {
-    let v2 = String::from_utf8(record(FORWARD_DROP)).unwrap();
-    let v1: String = v2
-        .lines()
+/// A format-2 trace as format 1 wrote it: no `rule` or `budget` lines, no end fields for them.
+fn as_format_1(v2: &str) -> String {
+    v2.lines()
+        .filter(|l| !l.starts_with(r#"{"type":"rule""#) && !l.starts_with(r#"{"type":"budget""#))
         .map(|l| {
             let mut o: Map<String, Value> = serde_json::from_str(l).unwrap();
             if o["type"] == MAGIC {
@@ -666,7 +663,21 @@ fn a_format_1_trace_still_opens() {
             }
             serde_json::to_string(&o).unwrap() + "\n"
         })
-        .collect();
+        .collect()
+}
+
+/// A trace written by a format-1 kvmtrace (no rule or budget lines, no counts for them in the
+/// end line) still opens, and replays as it always did.
+#[test]
+fn a_format_1_trace_still_opens() {
+    let v2 = String::from_utf8(record(FORWARD_DROP)).unwrap();
+    let with_rules = String::from_utf8(record_with(
+        FORWARD_DROP,
+        forward_drop_decisions(),
+        Vec::new(),
+    ))
+    .unwrap();
+    let v1 = as_format_1(&v2);
     assert!(!v1.contains("\"rules\"") && v1.contains("\"format\":1,"));
     let t = read_bytes(v1.as_bytes()).unwrap();
     assert!(t.complete);
@@ -675,6 +686,20 @@ fn a_format_1_trace_still_opens() {
     let a = Analysis::of(&t);
     assert_eq!(a.verdicts, t.verdicts);
     assert_eq!(a.verdicts[0].status, crate::model::Status::Dropped);
+    assert!(crate::offline::warnings(&t, &a).is_empty());
+    // A format-1 recording of an --explain-rules run: the rule is in its recorded verdict
+    // only, and replay says why its own lacks it.
+    let v1 = as_format_1(&with_rules);
+    let t = read_bytes(v1.as_bytes()).unwrap();
+    assert!(t.verdicts[0].rule.is_some());
+    let a = Analysis::of(&t);
+    assert_eq!(a.verdicts[0].rule, None);
+    let w = crate::offline::warnings(&t, &a);
+    assert!(
+        w.iter()
+            .any(|w| w.contains("format-1 trace holds no --explain-rules")),
+        "{w:?}"
+    );
 }
 
 #[test]
