@@ -319,12 +319,10 @@ pub fn distinct_decisions(all: Vec<RuleDecision>) -> Vec<RuleDecision> {
     let mut seen = std::collections::HashSet::new();
     all.into_iter()
         .filter(|d| {
-            let key = RuleDecision {
+            seen.insert(RuleDecision {
                 trace_id: 0,
                 ..d.clone()
-            };
-            // (RuleDecision has no Hash: its JSON is the key.)
-            seen.insert(serde_json::to_string(&key).unwrap_or_default())
+            })
         })
         .collect()
 }
