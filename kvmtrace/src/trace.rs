@@ -3,7 +3,7 @@
 //! JSON Lines, one object per line, written as a stream (docs/trace-format.md):
 //!
 //! ```text
-//! {"type":"kvmtrace-trace","format":1, …meta}    header: who, where, what was followed
+//! {"type":"kvmtrace-trace","format":2, …meta}    header: who, where, what was followed
 //! {"type":"event","journey":0, …TraceEvent}       one per decoded event, as they arrive
 //! {"type":"stop","until_ns":…}                    optional: when the trace was asked to stop
 //! {"type":"rule", …RuleDecision}                  format 2: one per distinct nftables decision
@@ -14,8 +14,8 @@
 //!
 //! A replay equals the live run: every input of the verdicts besides the events ([`Inputs`]:
 //! DEST, the stop time, the host facts, the `--explain-rules` decisions, the kernel's per-flow
-//! budget counts and the `--budget` value) is in the file, and `follow` and `replay` both
-//! compute their verdicts with [`Inputs::verdicts`].
+//! budget counts, the `--budget` value and the live model's bound) is in the file, and `follow`
+//! and `replay` both compute their verdicts with [`Inputs::verdicts`].
 //!
 //! Why JSON Lines: a trace is appended to as events arrive and flushed after each batch, so a
 //! recording cut short by a crash, `kill -9` or a full disk is still a valid prefix that opens
