@@ -527,15 +527,26 @@ async fn follow_async(
     let counters = tracer.counters();
     let programs = tracer.program_stats();
     let (attached, warnings) = (tracer.attached.clone(), tracer.warnings.clone());
-    let facts: HostFacts = crate::facts::gather();
-    let mut verdicts = st.model.verdicts(&facts, dest, Some(until));
-    if let Some(rt) = rules {
-        crate::nftrace::explain(&mut verdicts, &rt.stop());
-    }
-    st.model
-        .apply_budgets(&mut verdicts, &tracer.flow_budgets(), spec.budget);
-    if let Some(w) = st.writer.take() {
-        w.finish(&verdicts, counters, &facts)?;
+    // Every input of the verdicts besides the events goes into the trace too, and replay
+    // computes its verdicts from them with the same function: a replay equals this run.
+    // The rule tracer's own table is removed first, so the host facts do not show it.
+    let decisions = rules
+        .map(|rt| crate::trace::distinct_decisions(rt.stop()))
+        .unwrap_or_default();
+    let inputs = crate::trace::Inputs {
+        dest: dest.to_string(),
+        facts: crate::facts::gather(),
+        until_ns: Some(until),
+        decisions,
+        budgets: tracer.flow_budgets(),
+        budget: spec.budget,
+        // The bound of `st.model`: replay folds old journeys the same way.
+        retained: Some(crate::model::DEFAULT_RETAINED),
+    };
+    let verdicts = inputs.verdicts(&st.model);
+    if let Some(mut w) = st.writer.take() {
+        w.inputs(&inputs)?;
+        w.finish(&verdicts, counters, &inputs.facts)?;
     }
     drop(tracer);
     if json {

@@ -74,7 +74,7 @@ impl TraceFilter {
 
 /// One trace verdict: a rule that matched (its verdict, `continue` if it has none), the end of a
 /// regular chain (`return`), or a base chain's policy.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RuleDecision {
     /// The table's family: `inet`, `ip`, `bridge`, …
     pub family: String,

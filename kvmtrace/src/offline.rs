@@ -84,7 +84,8 @@ pub struct Analysis {
     /// journey's hops; None for an event the model placed nowhere (a route lookup while no
     /// followed packet was being processed).
     pub placed: Vec<Option<(usize, usize)>>,
-    /// The verdicts, recomputed with the trace's host facts and stop time.
+    /// The verdicts, recomputed with the inputs the live run recorded (host facts, stop time,
+    /// rule decisions, budget counts): the ones `follow` printed.
     pub verdicts: Vec<Verdict>,
     /// For each journey: the index in `verdicts` of the flow it belongs to.
     pub journey_flow: Vec<Option<usize>>,
@@ -110,8 +111,18 @@ impl Analysis {
             });
             placed.push(at);
         }
-        let facts = t.host_facts();
-        let verdicts = model.verdicts(&facts, &t.meta.dest, t.until_ns);
+        let inputs = t.inputs();
+        // The live model was bounded: past its bound it folded old journeys into per-flow
+        // counts, and its verdicts are those of the folded model. Judge with one folded the
+        // same way (only built when the trace holds more journeys than the bound: below it
+        // a bounded model folds nothing and is this one).
+        let folded = inputs.retained.is_some_and(|r| model.journeys.len() > r);
+        let verdicts = if folded {
+            inputs.verdicts(&inputs.model(t.events.iter().map(|(_, e)| e)))
+        } else {
+            inputs.verdicts(&model)
+        };
+        let facts = inputs.facts;
         let journey_flow = journey_flows(&model, &verdicts);
         Analysis {
             t0: t.events.first().map(|(_, e)| e.ts_ns).unwrap_or(0),
@@ -232,6 +243,19 @@ pub fn warnings(t: &Trace, a: &Analysis) -> Vec<String> {
                 c.sampled_out
             ));
         }
+    }
+    // Format 1 recorded neither the rule decisions nor the budget counts.
+    if t.format < 2
+        && t.verdicts
+            .iter()
+            .any(|v| v.rule.is_some() || v.suppressed > 0)
+    {
+        w.push(format!(
+            "this format-{} trace holds no --explain-rules decisions or --budget counts (added \
+             in format 2): the verdicts below lack the rule and the sampled counts the live run \
+             printed (the recorded verdicts have them)",
+            t.format
+        ));
     }
     if a.recorded_differ {
         w.push(format!(

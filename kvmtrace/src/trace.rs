@@ -3,12 +3,19 @@
 //! JSON Lines, one object per line, written as a stream (docs/trace-format.md):
 //!
 //! ```text
-//! {"type":"kvmtrace-trace","format":1, …meta}    header: who, where, what was followed
+//! {"type":"kvmtrace-trace","format":2, …meta}    header: who, where, what was followed
 //! {"type":"event","journey":0, …TraceEvent}       one per decoded event, as they arrive
 //! {"type":"stop","until_ns":…}                    optional: when the trace was asked to stop
+//! {"type":"rule", …RuleDecision}                  format 2: one per distinct nftables decision
+//! {"type":"budget","proto":…,"suppressed":…}      format 2: one per kernel per-flow budget entry
 //! {"type":"verdict", …Verdict}                    one per flow
-//! {"type":"end","events":…,"counters":…,"facts":…}
+//! {"type":"end","events":…,"counters":…,"facts":…,"budget":…}
 //! ```
+//!
+//! A replay equals the live run: every input of the verdicts besides the events ([`Inputs`]:
+//! DEST, the stop time, the host facts, the `--explain-rules` decisions, the kernel's per-flow
+//! budget counts, the `--budget` value and the live model's bound) is in the file, and `follow`
+//! and `replay` both compute their verdicts with [`Inputs::verdicts`].
 //!
 //! Why JSON Lines: a trace is appended to as events arrive and flushed after each batch, so a
 //! recording cut short by a crash, `kill -9` or a full disk is still a valid prefix that opens
@@ -21,7 +28,8 @@
 //! so a hostile file cannot drive a terminal. Reading never panics (see the mutation test).
 
 use crate::event::TraceEvent;
-use crate::model::{HostFacts, Verdict};
+use crate::model::{BudgetEntry, HostFacts, Model, Verdict};
+use crate::nftrace::RuleDecision;
 use crate::probe::Counters;
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
@@ -33,8 +41,9 @@ use std::path::Path;
 
 /// The format this binary writes, and the newest it reads. Bumped for any change an older
 /// reader would misread (a new line type, a changed meaning); new optional fields are not a
-/// bump: readers ignore fields they do not know.
-pub const FORMAT: u32 = 1;
+/// bump: readers ignore fields they do not know. Format 2 added the `rule` and `budget` lines;
+/// format 1 traces are still read (their replay lacks rule names and budget counts).
+pub const FORMAT: u32 = 2;
 
 /// `type` of the first line: what makes a file a kvmtrace trace.
 pub const MAGIC: &str = "kvmtrace-trace";
@@ -205,6 +214,117 @@ struct EndLine {
     verdicts: u64,
     counters: Counters,
     facts: HostFacts,
+    /// Format 2: `rule` and `budget` lines in the file (checked like `events`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rules: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    budgets: Option<u64>,
+    /// Format 2: the `--budget` value (packets per flow and direction shown; 0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    budget: Option<u32>,
+    /// Format 2: journeys the live model kept in full (`Model::bounded`); absent: unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retained: Option<usize>,
+}
+
+/// A `budget` line: one entry of the kernel's per-flow budget map, read at the end of the run.
+/// The file's own shape (not the model's struct), so the format does not move with the code.
+#[derive(Serialize, Deserialize)]
+struct BudgetLine {
+    proto: u8,
+    remote: std::net::Ipv4Addr,
+    local: std::net::Ipv4Addr,
+    local_port: u16,
+    shown: u32,
+    suppressed: u32,
+}
+
+impl From<&BudgetEntry> for BudgetLine {
+    fn from(b: &BudgetEntry) -> Self {
+        BudgetLine {
+            proto: b.proto,
+            remote: b.remote,
+            local: b.local,
+            local_port: b.local_port,
+            shown: b.shown,
+            suppressed: b.suppressed,
+        }
+    }
+}
+
+impl From<BudgetLine> for BudgetEntry {
+    fn from(b: BudgetLine) -> Self {
+        BudgetEntry {
+            proto: b.proto,
+            remote: b.remote,
+            local: b.local,
+            local_port: b.local_port,
+            shown: b.shown,
+            suppressed: b.suppressed,
+        }
+    }
+}
+
+/// Everything the verdicts depend on besides the events. `follow` computes its verdicts with
+/// [`Inputs::verdicts`] and records every field; `replay`, `export` and `report` read them back
+/// ([`Trace::inputs`]) and compute the same verdicts with the same function.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Inputs {
+    /// DEST as given (address or CIDR): named by a `no_traffic` verdict.
+    pub dest: String,
+    /// Host facts read at the end of the run (chains, ip_forward, devices).
+    pub facts: HostFacts,
+    /// When the run was asked to stop (kernel monotonic ns): later flows are not judged.
+    pub until_ns: Option<u64>,
+    /// `--explain-rules`: the nftables trace decisions (see [`distinct_decisions`]).
+    pub decisions: Vec<RuleDecision>,
+    /// The kernel's per-flow budget counts, read at the end.
+    pub budgets: Vec<BudgetEntry>,
+    /// `--budget` (named in the summary of a sampled flow).
+    pub budget: u32,
+    /// The bound of the live model ([`Model::bounded`]), None for an unbounded one: a long run
+    /// folds old journeys into per-flow counts, and replay folds them the same way
+    /// ([`Inputs::model`]) so that its verdicts are the live ones.
+    pub retained: Option<usize>,
+}
+
+impl Inputs {
+    /// The verdicts of the model's flows: the model's own judgement, then the deciding nftables
+    /// rule of each netfilter drop, then the exact counts of packets over the budget.
+    pub fn verdicts(&self, model: &Model) -> Vec<Verdict> {
+        let mut v = model.verdicts(&self.facts, &self.dest, self.until_ns);
+        crate::nftrace::explain(&mut v, &self.decisions);
+        model.apply_budgets(&mut v, &self.budgets, self.budget);
+        v
+    }
+
+    /// A model like the live one (bounded as it was) fed these events: the one to judge with.
+    pub fn model<'a>(&self, events: impl IntoIterator<Item = &'a TraceEvent>) -> Model {
+        let mut m = match self.retained {
+            Some(r) => Model::bounded(r),
+            None => Model::new(),
+        };
+        for e in events {
+            let _ = m.try_push(e.clone());
+        }
+        m
+    }
+}
+
+/// The decisions with repeats left out: a repeat differs from an earlier decision only in its
+/// `trace_id` (one per packet), so a flood does not write one line per packet and hook. Verdicts
+/// are unchanged: [`crate::nftrace::explain`] takes the first decision that matches, and a
+/// repeat matches exactly when its first occurrence (earlier, kept) does.
+pub fn distinct_decisions(all: Vec<RuleDecision>) -> Vec<RuleDecision> {
+    let mut seen = std::collections::HashSet::new();
+    all.into_iter()
+        .filter(|d| {
+            seen.insert(RuleDecision {
+                trace_id: 0,
+                ..d.clone()
+            })
+        })
+        .collect()
 }
 
 /// Writes a trace as a stream. Dropping it without [`Writer::finish`] leaves a valid,
@@ -212,6 +332,9 @@ struct EndLine {
 pub struct Writer<W: Write = File> {
     out: BufWriter<W>,
     events: u64,
+    /// `rule` and `budget` lines written, the `--budget` value and the model's bound: None
+    /// until [`Writer::inputs`] (a format-1 style end line).
+    inputs: Option<(u64, u64, u32, Option<usize>)>,
 }
 
 impl Writer<File> {
@@ -237,6 +360,7 @@ impl<W: Write> Writer<W> {
         let mut w = Writer {
             out: BufWriter::new(out),
             events: 0,
+            inputs: None,
         };
         w.line(&HeaderLine {
             kind: MAGIC,
@@ -287,6 +411,40 @@ impl<W: Write> Writer<W> {
         self.out.flush().context("flushing the trace file")
     }
 
+    /// Records the verdicts' inputs that are not events (rule decisions, budget counts and the
+    /// `--budget` value; the facts, DEST and stop time have lines of their own): call it once,
+    /// after the last event and before [`Writer::finish`]. Decisions are written as given: pass
+    /// them through [`distinct_decisions`] first, and compute the live verdicts from the same list.
+    pub fn inputs(&mut self, inputs: &Inputs) -> Result<()> {
+        #[derive(Serialize)]
+        struct Line<'a, T> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            #[serde(flatten)]
+            body: &'a T,
+        }
+        for d in &inputs.decisions {
+            self.line(&Line {
+                kind: "rule",
+                body: d,
+            })?;
+        }
+        for b in &inputs.budgets {
+            self.line(&Line {
+                kind: "budget",
+                body: &BudgetLine::from(b),
+            })?;
+        }
+        let (r, b, _, _) = self.inputs.unwrap_or_default();
+        self.inputs = Some((
+            r + inputs.decisions.len() as u64,
+            b + inputs.budgets.len() as u64,
+            inputs.budget,
+            inputs.retained,
+        ));
+        self.flush()
+    }
+
     /// Writes the verdicts and the end line with the given end time; returns the writer.
     pub fn end(
         mut self,
@@ -307,6 +465,14 @@ impl<W: Write> Writer<W> {
             verdicts: u64,
             counters: Counters,
             facts: &'a HostFacts,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            rules: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            budgets: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            budget: Option<u32>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            retained: Option<usize>,
         }
         self.line(&Line {
             kind: "end",
@@ -315,6 +481,10 @@ impl<W: Write> Writer<W> {
             verdicts: verdicts.len() as u64,
             counters,
             facts,
+            rules: self.inputs.map(|i| i.0),
+            budgets: self.inputs.map(|i| i.1),
+            budget: self.inputs.map(|i| i.2),
+            retained: self.inputs.and_then(|i| i.3),
         })?;
         self.flush()?;
         self.out
@@ -336,6 +506,14 @@ pub struct Trace {
     pub verdicts: Vec<Verdict>,
     /// When the trace was asked to stop (kernel monotonic ns), when recorded.
     pub until_ns: Option<u64>,
+    /// `--explain-rules`' decisions (`rule` lines; format 2).
+    pub decisions: Vec<RuleDecision>,
+    /// The kernel's per-flow budget counts (`budget` lines; format 2).
+    pub budgets: Vec<BudgetEntry>,
+    /// The `--budget` value, from the end line (format 2).
+    pub budget: Option<u32>,
+    /// The live model's bound, from the end line (format 2; None: unbounded or unknown).
+    pub retained: Option<usize>,
     /// From the end line: None when the trace is incomplete.
     pub counters: Option<Counters>,
     pub facts: Option<HostFacts>,
@@ -353,6 +531,20 @@ impl Trace {
             .clone()
             .or_else(|| self.meta.facts.clone())
             .unwrap_or_default()
+    }
+
+    /// What the live run computed its verdicts with (besides the events), as recorded.
+    pub fn inputs(&self) -> Inputs {
+        Inputs {
+            dest: self.meta.dest.clone(),
+            facts: self.host_facts(),
+            until_ns: self.until_ns,
+            decisions: self.decisions.clone(),
+            budgets: self.budgets.clone(),
+            // Without budget lines the value is never used.
+            budget: self.budget.unwrap_or(0),
+            retained: self.retained,
+        }
     }
 }
 
@@ -391,6 +583,8 @@ pub fn read(path: &Path) -> Result<Trace> {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Section {
     Events,
+    /// `rule` and `budget` lines: after the events, before the verdicts.
+    Inputs,
     Verdicts,
     Ended,
 }
@@ -404,7 +598,7 @@ pub fn read_from(mut r: impl BufRead) -> Result<Trace> {
     let mut have_header = false;
     let mut cleaned = false;
     let mut stop_seen = false;
-    let mut end_counts: Option<(u64, u64)> = None;
+    let mut end_counts: Option<(u64, u64, Option<u64>, Option<u64>)> = None;
     sniff(r.fill_buf().context("reading")?)?;
     loop {
         buf.clear();
@@ -514,13 +708,35 @@ pub fn read_from(mut r: impl BufRead) -> Result<Trace> {
                     .with_context(|| format!("line {line_no}: a malformed event"))?;
                 t.events.push((journey, ev));
             }
+            ("event", Section::Inputs) => bail!(
+                "line {line_no}: an event after the rule decisions and budget counts (they are \
+                 written once the events end)"
+            ),
             ("event", _) => bail!("line {line_no}: an event after the verdicts"),
             ("stop", Section::Events) if !stop_seen => {
                 let s = StopLine::deserialize(Value::Object(obj)).with_context(at)?;
                 t.until_ns = Some(s.until_ns);
                 stop_seen = true;
             }
-            ("stop", _) => bail!("line {line_no}: a second stop line, or one after the verdicts"),
+            ("stop", _) => bail!(
+                "line {line_no}: a second stop line, or one after the rule decisions, budget \
+                 counts or verdicts"
+            ),
+            ("rule", Section::Events | Section::Inputs) => {
+                let d = RuleDecision::deserialize(Value::Object(obj))
+                    .with_context(|| format!("line {line_no}: a malformed rule decision"))?;
+                t.decisions.push(d);
+                section = Section::Inputs;
+            }
+            ("budget", Section::Events | Section::Inputs) => {
+                let b = BudgetLine::deserialize(Value::Object(obj))
+                    .with_context(|| format!("line {line_no}: a malformed budget count"))?;
+                t.budgets.push(b.into());
+                section = Section::Inputs;
+            }
+            ("rule" | "budget", _) => bail!(
+                "line {line_no}: a \"{kind}\" line after the verdicts (they come before them)"
+            ),
             ("verdict", _) => {
                 // The verdict's own `type` is part of the struct.
                 obj.insert("type".into(), Value::String(kind.clone()));
@@ -535,7 +751,9 @@ pub fn read_from(mut r: impl BufRead) -> Result<Trace> {
                 t.counters = Some(e.counters);
                 t.facts = Some(e.facts);
                 t.ended_unix_ns = Some(e.ended_unix_ns);
-                end_counts = Some((e.events, e.verdicts));
+                t.budget = e.budget;
+                t.retained = e.retained;
+                end_counts = Some((e.events, e.verdicts, e.rules, e.budgets));
                 section = Section::Ended;
             }
             (MAGIC, _) => {
@@ -551,13 +769,24 @@ pub fn read_from(mut r: impl BufRead) -> Result<Trace> {
     if !have_header {
         bail!("empty file: not a kvmtrace trace (nothing was recorded)");
     }
-    if let Some((events, verdicts)) = end_counts {
+    if let Some((events, verdicts, rules, budgets)) = end_counts {
         if events != t.events.len() as u64 || verdicts != t.verdicts.len() as u64 {
             bail!(
                 "the end line counts {events} events and {verdicts} verdicts but the file holds \
                  {} and {}: lines are missing or were added",
                 t.events.len(),
                 t.verdicts.len()
+            );
+        }
+        // Absent (format 1, or a writer that recorded no inputs): nothing to check, and
+        // then the file must hold no such lines either.
+        let (rules, budgets) = (rules.unwrap_or(0), budgets.unwrap_or(0));
+        if rules != t.decisions.len() as u64 || budgets != t.budgets.len() as u64 {
+            bail!(
+                "the end line counts {rules} rule decisions and {budgets} budget counts but the \
+                 file holds {} and {}: lines are missing or were added",
+                t.decisions.len(),
+                t.budgets.len()
             );
         }
         t.complete = true;

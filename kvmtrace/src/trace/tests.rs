@@ -56,8 +56,15 @@ fn facts() -> HostFacts {
     }
 }
 
-/// A complete trace of a fixture, as `follow --record` writes it.
+/// A complete trace of a fixture, as `follow --record` writes it (no rule decisions, no
+/// budget counts).
 fn record(fixture: &str) -> Vec<u8> {
+    record_with(fixture, Vec::new(), Vec::new())
+}
+
+/// A complete trace of a fixture with these rule decisions and budget counts, as `follow
+/// --record` writes it: verdicts computed with [`Inputs::verdicts`], as the live run does.
+fn record_with(fixture: &str, decisions: Vec<RuleDecision>, budgets: Vec<BudgetEntry>) -> Vec<u8> {
     let events = load(fixture);
     let mut m = Model::new();
     let mut w = Writer::new(Vec::new(), &meta()).unwrap();
@@ -69,14 +76,73 @@ fn record(fixture: &str) -> Vec<u8> {
     // Asked to stop after the last request: the same requests are judged on replay.
     let until = events.iter().map(|(_, e)| e.ts_ns).max().unwrap() + 1;
     w.stop(until).unwrap();
-    let verdicts = m.verdicts(&facts(), "203.0.113.1", Some(until));
+    let inputs = Inputs {
+        dest: "203.0.113.1".into(),
+        facts: facts(),
+        until_ns: Some(until),
+        decisions: distinct_decisions(decisions),
+        budgets,
+        budget: 200,
+        retained: None,
+    };
+    w.inputs(&inputs).unwrap();
+    let verdicts = inputs.verdicts(&m);
     let counters = Counters {
         events: events.len() as u64,
         lost: 0,
-        sampled_out: 0,
+        sampled_out: inputs.budgets.iter().map(|b| b.suppressed as u64).sum(),
     };
     w.end(&verdicts, counters, &facts(), 1_700_000_002_000_000_000)
         .unwrap()
+}
+
+/// What `--explain-rules` saw for the FORWARD_DROP run: the policy drop (twice: two packets),
+/// and an accept at PREROUTING that decides nothing.
+fn forward_drop_decisions() -> Vec<RuleDecision> {
+    let d = |chain: &str, hook: &str, verdict: &str, policy: bool, trace_id: u32| RuleDecision {
+        family: "inet".into(),
+        table: "labfilter".into(),
+        chain: chain.into(),
+        handle: (!policy).then_some(4),
+        rule: (!policy).then(|| "ip saddr 10.77.0.0/24 accept".to_string()),
+        verdict: verdict.into(),
+        policy,
+        hook: Some(hook.into()),
+        src: Some("10.77.0.2".parse().unwrap()),
+        dst: Some("203.0.113.1".parse().unwrap()),
+        proto: Some(1),
+        trace_id,
+    };
+    vec![
+        d("pre", "PREROUTING", "accept", false, 0x1001),
+        d("forward", "FORWARD", "drop", true, 0x1001),
+        d("pre", "PREROUTING", "accept", false, 0x1002),
+        d("forward", "FORWARD", "drop", true, 0x1002),
+    ]
+}
+
+/// The kernel's budget map for the fixture's flow: 3 shown, 5 over the budget each way.
+fn budgets_of(fixture: &str) -> Vec<BudgetEntry> {
+    let first = load(fixture)[0].1.tuple.expect("a tuple");
+    vec![
+        BudgetEntry {
+            proto: first.proto,
+            remote: first.dst,
+            local: first.src,
+            local_port: first.sport,
+            shown: 3,
+            suppressed: 5,
+        },
+        // Another flow: counted nowhere.
+        BudgetEntry {
+            proto: 6,
+            remote: first.dst,
+            local: first.src,
+            local_port: 40000,
+            shown: 1,
+            suppressed: 7,
+        },
+    ]
 }
 
 fn read_bytes(b: &[u8]) -> Result<Trace> {
@@ -217,14 +283,14 @@ fn an_incomplete_trace_keeps_its_events_and_the_start_facts() {
 
 #[test]
 fn a_newer_format_is_refused_with_a_clear_error() {
-    let line = r#"{"type":"kvmtrace-trace","format":2,"version":"9.0.0","new_field":{"x":1}}"#;
+    let line = r#"{"type":"kvmtrace-trace","format":3,"version":"9.0.0","new_field":{"x":1}}"#;
     let e = read_bytes(format!("{line}\n").as_bytes()).unwrap_err();
     let nf = e
         .downcast_ref::<NewerFormat>()
         .expect("a NewerFormat error");
-    assert_eq!(nf.found, 2);
+    assert_eq!(nf.found, 3);
     let msg = e.to_string();
-    assert!(msg.contains("format 2"), "{msg}");
+    assert!(msg.contains("format 3") && msg.contains("up to 2"), "{msg}");
     assert!(msg.contains("kvmtrace 9.0.0"), "{msg}");
     assert!(msg.contains("newer kvmtrace"), "{msg}");
 }
@@ -477,4 +543,227 @@ fn events_in_no_journey_are_kept_and_shown_like_follow_shows_them() {
         "{first}"
     );
     assert_eq!(a.verdicts[0].status, crate::model::Status::Dropped);
+}
+
+/// `follow` keeps a bounded model (old journeys folded into per-flow counts), replay an
+/// unbounded one for its views. Folding changes some verdicts (ICMP errors folded away stop
+/// counting as replies), so replay judges with a model folded like the live one: a long run
+/// replays to the live verdicts.
+#[test]
+fn a_long_run_replays_to_the_verdicts_of_the_bounded_live_model() {
+    for fx in [HEALTHY, FORWARD_DROP, NO_MASQ, NO_ROUTE] {
+        let events = load(fx);
+        let span = events.iter().map(|(_, e)| e.ts_ns).max().unwrap()
+            - events.iter().map(|(_, e)| e.ts_ns).min().unwrap()
+            + 1;
+        let mut live = Model::bounded(crate::model::DEFAULT_RETAINED);
+        let mut w = Writer::new(Vec::new(), &meta()).unwrap();
+        // The same packets again and again (new skbs, later times): one flow, thousands of
+        // journeys, far past the live model's bound.
+        let mut one = Model::new();
+        for (_, e) in &events {
+            let _ = one.push(e.clone());
+        }
+        let rounds = 1400 / one.journeys.len() as u64 + 1;
+        for round in 0..rounds {
+            for (_, e) in &events {
+                let mut e = e.clone();
+                e.skb = e.skb.wrapping_add(round << 20);
+                e.ts_ns += round * span;
+                e.ip_id = e.ip_id.wrapping_add(round as u16);
+                let j = live.try_push(e.clone()).ok();
+                w.event(j, &e).unwrap();
+            }
+        }
+        assert!(live.base > 0, "the live model folded journeys away");
+        let inputs = Inputs {
+            dest: "203.0.113.1".into(),
+            facts: facts(),
+            until_ns: Some(u64::MAX),
+            retained: Some(crate::model::DEFAULT_RETAINED),
+            ..Inputs::default()
+        };
+        w.stop(u64::MAX).unwrap();
+        w.inputs(&inputs).unwrap();
+        let verdicts = inputs.verdicts(&live);
+        let bytes = w.end(&verdicts, Counters::default(), &facts(), 0).unwrap();
+        let t = read_bytes(&bytes).unwrap();
+        assert_eq!(t.retained, Some(crate::model::DEFAULT_RETAINED));
+        let a = Analysis::of(&t);
+        assert_eq!(a.verdicts, verdicts);
+        assert!(!a.recorded_differ);
+    }
+}
+
+/// The `--explain-rules` decisions and the budget counts are recorded, read back, and replay's
+/// verdicts carry the same rule and the same suppressed counts as the live ones.
+#[test]
+fn rule_decisions_and_budget_counts_replay_into_the_same_verdicts() {
+    for fx in [FORWARD_DROP, HEALTHY, NO_MASQ, NO_ROUTE] {
+        let bytes = record_with(fx, forward_drop_decisions(), budgets_of(fx));
+        let t = read_bytes(&bytes).unwrap();
+        assert!(t.complete, "{:?}", t.warnings);
+        assert_eq!(t.format, FORMAT);
+        // The repeats (another packet, another trace id) are not written.
+        assert_eq!(t.decisions, forward_drop_decisions()[..2].to_vec());
+        assert_eq!(t.budgets, budgets_of(fx));
+        assert_eq!(t.budget, Some(200));
+        assert_eq!(t.retained, None);
+        let a = Analysis::of(&t);
+        assert_eq!(a.verdicts, t.verdicts, "replay equals the live verdicts");
+        assert!(!a.recorded_differ);
+        // The inputs did change the verdicts (or the test above proves nothing).
+        let v = &t.verdicts[0];
+        assert_eq!(v.suppressed, 5, "{v:?}");
+        assert!(
+            v.summary
+                .contains("the first 200 packets of each direction are shown, 5 more"),
+            "{v:?}"
+        );
+    }
+    let t = read_bytes(&record_with(
+        FORWARD_DROP,
+        forward_drop_decisions(),
+        budgets_of(FORWARD_DROP),
+    ))
+    .unwrap();
+    assert_eq!(
+        t.verdicts[0].rule.as_deref(),
+        Some("inet labfilter forward (FORWARD): policy drop")
+    );
+    assert_eq!(Analysis::of(&t).verdicts[0].rule, t.verdicts[0].rule);
+}
+
+#[test]
+fn golden_forward_drop_trace_with_rules_and_budgets() {
+    let bytes = record_with(
+        FORWARD_DROP,
+        forward_drop_decisions(),
+        budgets_of(FORWARD_DROP),
+    );
+    insta::assert_snapshot!(
+        "forward_drop_explained_trace",
+        String::from_utf8(bytes).unwrap()
+    );
+}
+
+/// A format-2 trace as format 1 wrote it: no `rule` or `budget` lines, no end fields for them.
+fn as_format_1(v2: &str) -> String {
+    v2.lines()
+        .filter(|l| !l.starts_with(r#"{"type":"rule""#) && !l.starts_with(r#"{"type":"budget""#))
+        .map(|l| {
+            let mut o: Map<String, Value> = serde_json::from_str(l).unwrap();
+            if o["type"] == MAGIC {
+                o.insert("format".into(), 1.into());
+            }
+            if o["type"] == "end" {
+                for k in ["rules", "budgets", "budget", "retained"] {
+                    o.remove(k);
+                }
+            }
+            serde_json::to_string(&o).unwrap() + "\n"
+        })
+        .collect()
+}
+
+/// A trace written by a format-1 kvmtrace (no rule or budget lines, no counts for them in the
+/// end line) still opens, and replays as it always did.
+#[test]
+fn a_format_1_trace_still_opens() {
+    let v2 = String::from_utf8(record(FORWARD_DROP)).unwrap();
+    let with_rules = String::from_utf8(record_with(
+        FORWARD_DROP,
+        forward_drop_decisions(),
+        Vec::new(),
+    ))
+    .unwrap();
+    let v1 = as_format_1(&v2);
+    assert!(!v1.contains("\"rules\"") && v1.contains("\"format\":1,"));
+    let t = read_bytes(v1.as_bytes()).unwrap();
+    assert!(t.complete);
+    assert_eq!(t.format, 1);
+    assert_eq!((t.decisions.len(), t.budgets.len(), t.budget), (0, 0, None));
+    let a = Analysis::of(&t);
+    assert_eq!(a.verdicts, t.verdicts);
+    assert_eq!(a.verdicts[0].status, crate::model::Status::Dropped);
+    assert!(crate::offline::warnings(&t, &a).is_empty());
+    // A format-1 recording of an --explain-rules run: the rule is in its recorded verdict
+    // only, and replay says why its own lacks it.
+    let v1 = as_format_1(&with_rules);
+    let t = read_bytes(v1.as_bytes()).unwrap();
+    assert!(t.verdicts[0].rule.is_some());
+    let a = Analysis::of(&t);
+    assert_eq!(a.verdicts[0].rule, None);
+    let w = crate::offline::warnings(&t, &a);
+    assert!(
+        w.iter()
+            .any(|w| w.contains("format-1 trace holds no --explain-rules")),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn rule_and_budget_lines_out_of_place_or_missing_are_errors() {
+    let good = String::from_utf8(record_with(
+        FORWARD_DROP,
+        forward_drop_decisions(),
+        budgets_of(FORWARD_DROP),
+    ))
+    .unwrap();
+    let lines: Vec<&str> = good.lines().collect();
+    // header, 8 events, stop, 2 rules, 2 budgets, verdict, end.
+    assert_eq!(lines.len(), 16, "{good}");
+    assert!(lines[10].starts_with(r#"{"type":"rule","#), "{}", lines[10]);
+    assert!(
+        lines[12].starts_with(r#"{"type":"budget","#),
+        "{}",
+        lines[12]
+    );
+    let join = |v: Vec<&str>| v.join("\n") + "\n";
+    // An event after the rule decisions.
+    let mut v = lines.clone();
+    v.insert(12, lines[1]);
+    assert!(
+        err_of(&join(v)).contains("line 13: an event after the rule decisions"),
+        "{}",
+        good
+    );
+    // A stop line after them.
+    let mut v = lines.clone();
+    v.insert(13, lines[9]);
+    assert!(err_of(&join(v)).contains("line 14: a second stop line, or one after"));
+    // A rule after the verdicts.
+    let mut v = lines.clone();
+    v.insert(15, lines[10]);
+    assert!(err_of(&join(v)).contains("line 16: a \"rule\" line after the verdicts"));
+    // A missing rule or budget line: the end line's counts disagree.
+    for gone in [10, 13] {
+        let mut v = lines.clone();
+        v.remove(gone);
+        let e = err_of(&join(v));
+        assert!(
+            e.contains("rule decisions and") && e.contains("missing"),
+            "{e}"
+        );
+    }
+    // A malformed budget line.
+    let mut v = lines.clone();
+    let broken = lines[12].replace("\"suppressed\"", "\"supressed\"");
+    v[12] = &broken;
+    let e = err_of(&join(v));
+    assert!(e.contains("line 13: a malformed budget count"), "{e}");
+}
+
+#[test]
+fn repeated_decisions_are_recorded_once_in_order() {
+    let all = forward_drop_decisions();
+    let kept = distinct_decisions(all.clone());
+    assert_eq!(kept, vec![all[0].clone(), all[1].clone()]);
+    // The first matching decision is the same in both lists, so the verdicts are.
+    let t = read_bytes(&record(FORWARD_DROP)).unwrap();
+    let (mut full, mut short) = (t.verdicts.clone(), t.verdicts.clone());
+    crate::nftrace::explain(&mut full, &all);
+    crate::nftrace::explain(&mut short, &kept);
+    assert_eq!(full, short);
+    assert!(full[0].rule.is_some());
 }
