@@ -116,16 +116,13 @@ pub fn wanted(tap: &str, dst: Ipv4Addr, seen_oifs: &[u32]) -> Vec<Wanted> {
     out
 }
 
+/// One program's link on a device.
+type DevLink = (&'static str, aya::programs::tc::SchedClassifierLinkId);
+
 /// The path devices with programs attached, by ifindex.
 #[derive(Default)]
 pub struct Attached {
-    links: BTreeMap<
-        u32,
-        (
-            String,
-            Vec<(&'static str, aya::programs::tc::SchedClassifierLinkId)>,
-        ),
-    >,
+    links: BTreeMap<u32, (String, Vec<DevLink>)>,
 }
 
 impl Attached {

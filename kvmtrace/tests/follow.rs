@@ -52,9 +52,27 @@ fn healthy_path_is_delivered_with_snat_before_and_after() {
     assert_eq!(src["from"], "10.77.0.2");
     assert_eq!(src["to"], "192.0.2.2");
     assert_eq!(src["at"], "POSTROUTING exit", "{}", run.dump());
-    // Every stage of the path was seen for the request, and the reply reached the tap.
+    // Every stage of the path hook set was seen for the request (netfilter links are in
+    // the full set only: `the_full_hook_set_shows_each_netfilter_hook`), and the reply
+    // reached the tap.
+    // The path hook set: TC on the bridge and on the route's device, no global hooks.
+    let attached = run.stats()["attached"].to_string();
+    for want in [
+        "tc dev_ingress/dev_egress on br0 (vnet0's bridge)",
+        "tc dev_ingress/dev_egress on up0 (route 0.0.0.0/0 table main)",
+    ] {
+        assert!(attached.contains(want), "{want}: {attached}");
+    }
+    for global in [
+        "netif_receive_skb",
+        "net_dev_start_xmit",
+        "consume_skb",
+        "netfilter",
+    ] {
+        assert!(!attached.contains(global), "{global}: {attached}");
+    }
     let hops = run.hops();
-    for stage in ["tap", "bridge", "netfilter", "routing", "egress"] {
+    for stage in ["tap", "bridge", "routing", "egress"] {
         assert!(
             hops.iter()
                 .any(|h| h["dir"] == "request" && h["stage"] == stage),
@@ -77,6 +95,40 @@ fn healthy_path_is_delivered_with_snat_before_and_after() {
         run.dump()
     );
     assert_eq!(run.stats()["lost"], 0);
+}
+
+/// `--hooks all` adds the global hooks: each netfilter hook's entry and exit is a hop, and
+/// the SNAT is seen at the POSTROUTING exit itself. The verdict is the path set's.
+#[test]
+fn the_full_hook_set_shows_each_netfilter_hook() {
+    let lab = lab(LabOptions::default());
+    let (run, got) = ping_run(&lab, &["--proto", "icmp", "--hooks", "all"], 2);
+    assert!(
+        got.iter().all(Option::is_some),
+        "lab itself broken: {got:?}"
+    );
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
+    assert_eq!(v["rewrites"][0]["at"], "POSTROUTING exit", "{}", run.dump());
+    let hops = run.hops();
+    for (point, dev) in [
+        ("nf_enter", "br0"),
+        ("nf_exit", "up0"),
+        ("netif_receive", "br0"),
+        ("dev_xmit", "up0"),
+        ("consume", ""),
+    ] {
+        assert!(
+            hops.iter().any(|h| h["dir"] == "request"
+                && h["point"] == point
+                && (dev.is_empty() || h["device"] == dev)),
+            "no request hop {point} {dev}:\n{}",
+            run.dump()
+        );
+    }
+    let attached = run.stats()["attached"].to_string();
+    assert!(attached.contains("netfilter links"), "{attached}");
+    assert!(!attached.contains("dev_ingress"), "{attached}");
 }
 
 /// Asserts the verdict of a run where nothing comes back.

@@ -32,6 +32,9 @@ fn flood(n: u16, ring_kib: &str) -> (serde_json::Value, usize) {
             "icmp",
             "--duration",
             "6",
+            // The full hook set: the most events per packet, the hardest accounting.
+            "--hooks",
+            "all",
         ],
     );
     for seq in 0..n {
@@ -76,6 +79,8 @@ fn two_instances_following_different_vms_do_not_disturb_each_other() {
     // A second VM's tap on the same bridge, silent.
     lab.hv_run(&["ip", "tuntap", "add", "dev", "vnet1", "mode", "tap"]);
     lab.hv_run(&["ip", "link", "set", "vnet1", "master", "br0", "up"]);
+    // A with the full hook set (netfilter links of its own), B with the path set: neither
+    // disturbs the other's links.
     let a = start(
         &lab,
         &[
@@ -85,6 +90,8 @@ fn two_instances_following_different_vms_do_not_disturb_each_other() {
             "--json",
             "--duration",
             "3",
+            "--hooks",
+            "all",
         ],
     );
     let b = start(
@@ -324,6 +331,8 @@ fn without_the_optional_hooks_the_drop_is_still_named_and_the_loss_said() {
             "--json",
             "--duration",
             "2",
+            "--hooks",
+            "all",
         ],
         &[("KVMTRACE_SKIP_HOOKS", "netfilter,tc,fib,consume_skb")],
     );

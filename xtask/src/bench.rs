@@ -8,7 +8,13 @@
 //! - `unrelated-dest`: the same, following another destination (the common case);
 //! - `followed`: kvmtrace follows the flooding flow itself (the per-flow budget turns it into
 //!   counters after `--budget` events);
-//! - `other-proto`: kvmtrace follows the flooding VM's ICMP while its UDP floods.
+//! - `other-proto`: kvmtrace follows the flooding VM's ICMP while its UDP floods;
+//! - `unrelated-all`: `unrelated` with `--hooks all` (the global hook set), in the same run.
+//!
+//! In every case but `followed` the followed VM pings its destination 10 times a second
+//! throughout (off and on), so every hook is attached and busy with its traffic. Off and on
+//! alternate which runs first; kvmtrace's output is read while measuring. The profiling pass
+//! also gives program runs per flooded packet.
 //!
 //! Also reported: per-program ns per run (`kernel.bpf_stats_enabled`), time to ready, peak RSS,
 //! events per second delivered and lost. Results go to `target/bench/results.json` and a table
@@ -18,7 +24,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
 use kvmtrace_lab::lab::{Lab, LabOptions};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
@@ -57,7 +63,13 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-const CASES: [&str; 4] = ["unrelated", "unrelated-dest", "followed", "other-proto"];
+const CASES: [&str; 5] = [
+    "unrelated",
+    "unrelated-dest",
+    "followed",
+    "other-proto",
+    "unrelated-all",
+];
 
 /// Opens the lab's tap inside its namespace (a thread that setns()-es) and returns the fd.
 pub fn open_tap(netns: &str, tap: &str) -> Result<OwnedFd> {
@@ -130,6 +142,66 @@ pub fn udp_frame(
     f
 }
 
+/// An ICMP echo request frame (IPv4, 56 bytes of zero payload).
+fn echo_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], seq: u16) -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0, 0x4b, 0x42];
+    icmp.extend_from_slice(&seq.to_be_bytes());
+    icmp.extend_from_slice(&[0u8; 56]);
+    let c = csum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip[4..6].copy_from_slice(&seq.to_be_bytes());
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let c = csum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::with_capacity(14 + ip.len() + icmp.len());
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// The followed VM's own traffic: an echo request every 100 ms from `fd` until stopped, so
+/// that every hook kvmtrace uses is attached and busy with it during a measurement.
+struct Pinger {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pinger {
+    fn start(fd: std::os::fd::RawFd, frames: impl Fn(u16) -> Vec<u8> + Send + 'static) -> Pinger {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seq = 0u16;
+            while !s2.load(Ordering::Relaxed) {
+                let f = frames(seq);
+                // SAFETY: writing one frame to a tap fd the caller keeps open meanwhile.
+                unsafe { libc::write(fd, f.as_ptr().cast(), f.len()) };
+                seq = seq.wrapping_add(1);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Pinger {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 pub fn mac_of(lab: &Lab, dev: &str) -> Result<[u8; 6]> {
     let s = lab.hv_run(&["cat", &format!("/sys/class/net/{dev}/address")]);
     let mut m = [0u8; 6];
@@ -171,6 +243,9 @@ fn flood(lab: &Lab, fd: &OwnedFd, frame: &[u8], secs: f64) -> Result<f64> {
 struct Tracer {
     child: std::process::Child,
     ready_ms: u64,
+    /// Reads kvmtrace's stdout all along (a full pipe would stall it while measuring) and
+    /// keeps the stats line.
+    stdout: std::thread::JoinHandle<Option<Value>>,
 }
 
 fn start_tracer(bin: &PathBuf, lab: &Lab, args: &[&str]) -> Result<Tracer> {
@@ -200,23 +275,30 @@ fn start_tracer(bin: &PathBuf, lab: &Lab, args: &[&str]) -> Result<Tracer> {
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    Ok(Tracer { child, ready_ms })
+    let out = child.stdout.take().expect("stdout");
+    let stdout = std::thread::spawn(move || {
+        BufReader::new(out)
+            .lines()
+            .map_while(|l| l.ok())
+            .filter(|l| l.contains("\"type\":\"stats\""))
+            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+            .last()
+    });
+    Ok(Tracer {
+        child,
+        ready_ms,
+        stdout,
+    })
 }
 
 fn stop_tracer(mut t: Tracer) -> Result<Value> {
     // SAFETY: signal our child (ip netns exec execs kvmtrace in place).
     unsafe { libc::kill(t.child.id() as i32, libc::SIGTERM) };
-    let mut out = String::new();
-    t.child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)?;
     t.child.wait()?;
-    let stats = out
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["type"] == "stats")
+    let stats = t
+        .stdout
+        .join()
+        .map_err(|_| anyhow!("stdout reader panicked"))?
         .ok_or_else(|| anyhow!("no stats line from kvmtrace"))?;
     Ok(json!({ "ready_ms": t.ready_ms, "stats": stats }))
 }
@@ -242,9 +324,25 @@ pub fn discard_udp9(lab: &Lab) {
 fn case_args<'a>(case: &str, dest: &'a str) -> Vec<&'a str> {
     match case {
         "unrelated" => vec!["follow", "vnet1", dest, "--json"],
-        "unrelated-dest" => vec!["follow", "vnet1", "198.51.100.1", "--json"],
+        "unrelated-all" => vec!["follow", "vnet1", dest, "--json", "--hooks", "all"],
+        "unrelated-dest" => vec!["follow", "vnet1", OTHER_DEST, "--json"],
         "followed" => vec!["follow", "vnet0", dest, "--json", "--proto", "udp"],
         _ => vec!["follow", "vnet0", dest, "--json", "--proto", "icmp"],
+    }
+}
+
+const OTHER_DEST: &str = "198.51.100.1";
+/// The second VM (vnet1), followed in the unrelated cases.
+const VM2_IP: [u8; 4] = [10, 77, 0, 3];
+const VM2_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x4b, 0x54, 0x03];
+
+/// The followed VM's own traffic in a case: (which tap, source, destination).
+fn case_pings(case: &str) -> Option<(&'static str, [u8; 4])> {
+    match case {
+        "unrelated" | "unrelated-all" => Some(("vnet1", [203, 0, 113, 1])),
+        "unrelated-dest" => Some(("vnet1", [198, 51, 100, 1])),
+        "other-proto" => Some(("vnet0", [203, 0, 113, 1])),
+        _ => None,
     }
 }
 
@@ -294,10 +392,42 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode> {
     lab.hv_run(&["ip", "link", "set", "vnet1", "master", "br0", "up"]);
     // The outside discards the flood without answering (no ICMP port unreachable storm).
     discard_udp9(&lab);
+    // vnet1's replies reach its tap without ARP; its fd is drained by its pinger.
+    lab.hv_run(&[
+        "ip",
+        "neigh",
+        "replace",
+        "10.77.0.3",
+        "lladdr",
+        "52:54:00:4b:54:03",
+        "dev",
+        "br0",
+    ]);
     let fd = open_tap(&lab.hv, &lab.tap)?;
+    let fd2 = open_tap(&lab.hv, "vnet1")?;
+    // SAFETY: fcntl on an fd we own; non-blocking so the pinger can drain it.
+    unsafe { libc::fcntl(fd2.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let br_mac = mac_of(&lab, &lab.bridge)?;
+    let (guest_mac, guest_ip) = (lab.guest_mac, lab.guest_ip.octets());
+    let pinger = |case: &str| {
+        case_pings(case).map(|(tap, dst)| {
+            let (raw, mac, ip) = if tap == "vnet1" {
+                (fd2.as_raw_fd(), VM2_MAC, VM2_IP)
+            } else {
+                (fd.as_raw_fd(), guest_mac, guest_ip)
+            };
+            let drain = fd2.as_raw_fd();
+            Pinger::start(raw, move |seq| {
+                let mut buf = [0u8; 2048];
+                // SAFETY: non-blocking reads into a local buffer: replies are discarded.
+                while unsafe { libc::read(drain, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+                echo_frame(mac, br_mac, ip, dst, seq)
+            })
+        })
+    };
     let frame = udp_frame(
         lab.guest_mac,
-        mac_of(&lab, &lab.bridge)?,
+        br_mac,
         lab.guest_ip.octets(),
         lab.dest.octets(),
         40_000,
@@ -317,8 +447,13 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode> {
     let mut rates: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     for round in 0..rounds {
         for case in CASES {
-            let r0 = flood(&lab, &fd, &frame, secs)?;
-            off.push(r0);
+            let _pings = pinger(case);
+            // Off first in even rounds, on first in odd ones: drift within a pair cancels.
+            let off_first = round % 2 == 0;
+            let mut r0 = 0.0;
+            if off_first {
+                r0 = flood(&lab, &fd, &frame, secs)?;
+            }
             let args = case_args(case, &dest);
             let t = start_tracer(&bin, &lab, &args)?;
             let rss_pid = t.child.id();
@@ -329,6 +464,10 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode> {
                 .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_string()))
                 .unwrap_or_default();
             let mut res = stop_tracer(t)?;
+            if !off_first {
+                r0 = flood(&lab, &fd, &frame, secs)?;
+            }
+            off.push(r0);
             res["case"] = json!(case);
             res["round"] = json!(round);
             res["rate_off_pps"] = json!(r0);
@@ -350,14 +489,25 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode> {
     // Profiling pass: ns per program run, with kernel.bpf_stats_enabled=1.
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling bpf stats")?;
     let mut profiles: std::collections::BTreeMap<&str, Value> = Default::default();
+    let mut runs_per_packet: std::collections::BTreeMap<&str, f64> = Default::default();
     for case in CASES {
+        let _pings = pinger(case);
         let t = start_tracer(&bin, &lab, &case_args(case, &dest))?;
-        flood(&lab, &fd, &frame, secs.min(1.0))?;
+        let psecs = secs.min(1.0);
+        let pps = flood(&lab, &fd, &frame, psecs)?;
         let res = stop_tracer(t)?;
+        // Program runs per flooded packet: every run of every program while the flood
+        // crossed the host (the followed VM's 10 pings/s are negligible beside it).
+        let runs: u64 = res["stats"]["programs"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p["runs"].as_u64()).sum())
+            .unwrap_or(0);
+        runs_per_packet.insert(case, runs as f64 / (pps * psecs).max(1.0));
         profiles.insert(case, res["stats"]["programs"].clone());
     }
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_was.trim());
     drop(fd);
+    drop(fd2);
     drop(lab);
 
     let machine = json!({
@@ -374,6 +524,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode> {
         "untraced_median_pps": off_median,
         "runs": results,
         "profiles": profiles,
+        "runs_per_packet": runs_per_packet,
     });
     let path = out_dir.join("results.json");
     std::fs::write(&path, serde_json::to_string_pretty(&summary)?)?;
@@ -383,8 +534,8 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode> {
         "untraced median: {off_median:.0} pps ({} rounds of {secs} s, machine {machine})",
         rounds
     );
-    println!("| case | ratio median (min–max) | ready ms | peak RSS KiB | events/s | lost | sampled out | ns/run (hottest programs) |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| case | ratio median (min–max) | runs/packet | ready ms | peak RSS KiB | events/s | lost | sampled out | ns/run (hottest programs) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for case in CASES {
         let mut r = rates.get(case).cloned().unwrap_or_default();
         let (min, max) = (
@@ -423,8 +574,12 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(", ");
         println!(
-            "| {case} | {med:.3} ({min:.3}–{max:.3}) | {} | {} | {evs:.0} | {} | {} | {ns} |",
-            last["ready_ms"], st["peak_rss_kib"], st["lost"], st["sampled_out"],
+            "| {case} | {med:.3} ({min:.3}–{max:.3}) | {:.2} | {} | {} | {evs:.0} | {} | {} | {ns} |",
+            runs_per_packet.get(case).copied().unwrap_or(0.0),
+            last["ready_ms"],
+            st["peak_rss_kib"],
+            st["lost"],
+            st["sampled_out"],
         );
     }
     eprintln!("[bench] results: {}", path.display());
