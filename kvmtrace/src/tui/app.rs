@@ -183,7 +183,15 @@ impl View {
             p.journey.closed = true;
         }
         if ev.point == Point::Drop {
-            record_drop(&mut self.drops, &mut self.drop_counts, &p.journey, ev);
+            // A packet that died at a node reached it, whether or not a hook there saw it
+            // first (the path hook set has no netfilter links: the drop names the hook).
+            if let Some(n) = record_drop(&mut self.drops, &mut self.drop_counts, &p.journey, ev) {
+                let bit = 1u16 << n.idx();
+                if p.reached & bit == 0 {
+                    p.reached |= bit;
+                    self.hop_counts[d][n.idx()] += 1;
+                }
+            }
         }
     }
 
@@ -245,18 +253,19 @@ impl View {
     }
 }
 
-/// Counts the drop that ends journey `j` at its node and in its drop point.
+/// Counts the drop that ends journey `j` at its node and in its drop point; returns the node.
 fn record_drop(
     drops: &mut Vec<DropPoint>,
     drop_counts: &mut [[u64; NODES]; 2],
     j: &Journey,
     ev: &TraceEvent,
-) {
+) -> Option<Node> {
     let Outcome::Dropped(site) = j.outcome() else {
-        return;
+        return None;
     };
     let d = dir_idx(j.dir);
-    if let Some(n) = Node::of_drop(site.stage, site.hook) {
+    let node = Node::of_drop(site.stage, site.hook);
+    if let Some(n) = node {
         drop_counts[d][n.idx()] += 1;
     }
     let same = |p: &&mut DropPoint| {
@@ -273,7 +282,7 @@ fn record_drop(
         if site.route.is_some() {
             p.route = site.route;
         }
-        return;
+        return node;
     }
     if drops.len() >= DROP_POINT_CAP {
         if let Some(oldest) = (0..drops.len()).min_by_key(|&i| drops[i].last_ns) {
@@ -291,6 +300,7 @@ fn record_drop(
         count: 1,
         last_ns: ev.ts_ns,
     });
+    node
 }
 
 /// Which packet is selected in the list.

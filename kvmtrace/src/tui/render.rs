@@ -258,8 +258,11 @@ fn stop_of(v: &View, dir: Direction) -> Option<Node> {
         Node::Forward => c(Node::Forward) + c(Node::Input),
         m => c(m),
     };
+    // Compared with the furthest any later node got: a node no hook observes (a netfilter
+    // hook without the full hook set) shows 0 and is not a stop by itself.
     order.iter().enumerate().find_map(|(i, &n)| {
-        let next_fewer = order.get(i + 1).is_some_and(|&m| onward(m) < c(n));
+        let later = order[i + 1..].iter().map(|&m| onward(m)).max();
+        let next_fewer = later.is_some_and(|m| m < c(n));
         (c(n) > 0 && (v.drop_counts[d][n.idx()] > 0 || next_fewer)).then_some(n)
     })
 }
@@ -782,17 +785,27 @@ fn draw_journey(frame: &mut Frame, area: Rect, v: &View, p: &Packet, scroll: u16
     ));
     let t0 = j.hops.first().map_or(0, |h| h.ts_ns);
     let mut prev: Option<Tuple> = None;
+    // The drop's hop says which netfilter hook it was in (from its stack, when no netfilter
+    // link saw the packet enter it).
+    let drop_hook = match j.outcome() {
+        Outcome::Dropped(site) => site.hook.map(|h| h.name()),
+        _ => None,
+    };
     for h in &j.hops {
         let style = match h.point {
             Point::Drop => bold().fg(Color::Red),
             Point::Fib => Style::new().fg(Color::Cyan),
             _ => Style::new(),
         };
+        let label = match (h.point, drop_hook) {
+            (Point::Drop, Some(hook)) => format!("drop in {hook}"),
+            _ => point_label(h),
+        };
         lines.push(Line::styled(
             format!(
                 "{:>12.1}  {:<18} {:<9} {}",
                 h.ts_ns.saturating_sub(t0) as f64 / 1e3,
-                point_label(h),
+                label,
                 if h.device.is_empty() { "-" } else { &h.device },
                 hop_detail(h)
             ),
