@@ -1,5 +1,5 @@
 //! Verdicts from recorded events: the fixtures are real runs (regenerate with
-//! `cargo test -p kvmtrace --test follow record_fixtures -- --ignored`), replayed here without
+//! `cargo xtask fixtures`), replayed here without
 //! root or eBPF; synthetic variations pin the rules one by one.
 
 use super::*;
