@@ -64,6 +64,11 @@ pub const EV_FLAG_HAS_ETH: u8 = 4;
 pub const EV_FLAG_ARP: u8 = 8;
 /// `Event::flags`: a DHCP packet on the tap (UDP 68→67 from the guest, 67→68 to it).
 pub const EV_FLAG_DHCP: u8 = 16;
+/// `Event::flags` of a `Fib` event: the route came from `bpf_fib_lookup` in a path device's
+/// TC ingress (path hook set), not from the `fib_table_lookup` tracepoint. `reason` (the
+/// table) is then unknown (0) and `location` holds the helper's `BPF_FIB_LKUP_RET_*` code and
+/// the input device; userspace asks the kernel for the table (RTM_GETROUTE).
+pub const EV_FLAG_ROUTE_HELPER: u8 = 32;
 
 /// One observation of one packet at one hook. 112 bytes, no implicit padding.
 #[repr(C)]
@@ -74,6 +79,8 @@ pub struct Event {
     /// Kernel `struct sk_buff *` (0 for `Fib`): links one packet across hooks.
     pub skb: u64,
     /// `Drop`: the `location` argument (return address inside the caller of kfree_skb).
+    /// `Fib` with `EV_FLAG_ROUTE_HELPER`: the `BPF_FIB_LKUP_RET_*` code in the low 32 bits,
+    /// the ifindex the packet came in on in the high 32.
     pub location: u64,
     /// `HookKind` as u8.
     pub hook: u8,
@@ -163,7 +170,9 @@ pub struct Filter {
     pub dst_mask: [u8; 4],
     /// IP protocol to follow, 0 = ICMP, TCP and UDP.
     pub proto: u8,
-    pub _pad0: [u8; 1],
+    /// 1: route lookups come from `bpf_fib_lookup` in the path devices' TC ingress (path
+    /// hook set, no `fib_table_lookup` tracepoint); 0: from the tracepoint.
+    pub route_helper: u8,
     /// Remote port (host order), 0 = any.
     pub port: u16,
     /// Network namespace inode where the tap lives: events from other namespaces are ignored.
@@ -203,6 +212,20 @@ pub struct NatKey {
     pub _pad: u8,
 }
 
+/// Value of `NAT_KEYS`, and of `ORIGIN` (per skb): the guest-side address and port (ICMP id)
+/// of a request before NAT, so that a reply seen before de-NAT can be routed as the kernel
+/// will route it after.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatOrigin {
+    /// Guest address, network order (0: not known).
+    pub guest: [u8; 4],
+    /// Guest port or ICMP id (host order).
+    pub guest_port: u16,
+    /// `ORIGIN`: the IP id of the packet the entry is about.
+    pub ip_id: u16,
+}
+
 /// Value of the per-flow `BUDGET` map: packets of the flow shown in full, and packets past the
 /// budget that were only counted (every hook of such a packet returns after one lookup).
 #[repr(C)]
@@ -230,6 +253,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::NatKey {}
     unsafe impl aya::Pod for super::FlowBudget {}
+    unsafe impl aya::Pod for super::NatOrigin {}
 }
 
 #[cfg(test)]
@@ -241,5 +265,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<Offsets>(), 23 * 4);
         assert_eq!(core::mem::size_of::<Filter>(), 36);
         assert_eq!(core::mem::size_of::<NatKey>(), 12);
+        assert_eq!(core::mem::size_of::<NatOrigin>(), 8);
     }
 }

@@ -1,16 +1,153 @@
-//! Route lookups: classic tracepoint `fib:fib_table_lookup` (include/trace/events/fib.h).
-//! Field offsets come from the tracepoint's format file via `Config.offsets`. The lookup has
-//! no skb: it belongs to the followed skb this CPU is processing (`CUR`), if any.
+//! Route lookups, two ways:
+//! - path hook set: [`route_lookup`] asks the kernel's FIB (`bpf_fib_lookup`, policy rules
+//!   included) from a path device's TC ingress, for a followed packet only: other traffic
+//!   pays nothing for it;
+//! - full hook set: the classic tracepoint `fib:fib_table_lookup`
+//!   (include/trace/events/fib.h), which runs for every lookup on the host. Field offsets come
+//!   from the tracepoint's format file via `Config.offsets`. The lookup has no skb: it belongs
+//!   to the followed skb this CPU is processing (`CUR`), if any.
 
-use crate::filter::in_dest;
+use crate::filter::{in_dest, is_guest, nat_origin, Pkt};
 use crate::{config, count, rd, CUR, CUR_WINDOW_NS, EVENTS};
 use aya_ebpf::{
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    bindings::{
+        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_UNREACHABLE, BPF_FIB_LOOKUP_SKIP_NEIGH,
+    },
+    helpers::{bpf_fib_lookup, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::tracepoint,
-    programs::TracePointContext,
+    programs::{TcContext, TracePointContext},
     EbpfContext as _,
 };
-use kvmtrace_common::{Event, HookKind, CNT_EVENTS, CNT_LOST, DIR_REPLY, DIR_REQUEST};
+use kvmtrace_common::{
+    Config, Event, HookKind, CNT_EVENTS, CNT_LOST, DIR_REPLY, DIR_REQUEST, EV_FLAG_ROUTE_HELPER,
+};
+
+/// `BPF_FIB_LOOKUP_MARK` (Linux 6.10): the lookup uses `mark` (the skb's, for fwmark rules).
+const BPF_FIB_LOOKUP_MARK: u32 = 1 << 5;
+/// `PACKET_HOST`: the frame is addressed to this device; anything else is not routed.
+const PACKET_HOST: u32 = 0;
+
+/// The route the kernel will choose for a followed packet just received on a path device
+/// (before PREROUTING: a reply not yet de-NATed is looked up with its guest-side address, as
+/// the kernel will after conntrack). Emitted as a `Fib` event with `EV_FLAG_ROUTE_HELPER`:
+/// the error as the FIB would report it (`-EINVAL` blackhole, `-EHOSTUNREACH` unreachable,
+/// `-EACCES` prohibit; "not forwarded" — local or no route — and "forwarding disabled" are
+/// told apart by userspace), the output device and the gateway.
+#[inline(always)]
+pub fn route_lookup(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8) {
+    // SAFETY: ctx.skb.skb is the program's __sk_buff; these fields are readable in TC.
+    let (pkt_type, mark, ifindex) = unsafe {
+        let s = ctx.skb.skb;
+        ((*s).pkt_type, (*s).mark, (*s).ifindex)
+    };
+    if pkt_type != PACKET_HOST {
+        return; // bridged past this device, or not for this host: no route lookup follows
+    }
+    let (mut dst, mut sport, mut dport) = (p.daddr, p.sport, p.dport);
+    if dir == DIR_REPLY && !is_guest(&p.daddr) {
+        let Some(o) = nat_origin(p) else {
+            return;
+        };
+        dst = o.guest;
+        if p.proto == 1 {
+            sport = o.guest_port;
+        } else {
+            dport = o.guest_port;
+        }
+    }
+    let ports = p.proto == 6 || p.proto == 17;
+    // SAFETY: a plain C struct of integers and unions of integers; all-zero is valid.
+    let mut f: FibParams = unsafe { core::mem::zeroed() };
+    f.family = 2; // AF_INET
+    f.l4_protocol = p.proto;
+    if ports {
+        f.sport = sport.to_be();
+        f.dport = dport.to_be();
+    }
+    f.ifindex = ifindex;
+    f.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(p.saddr);
+    f.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    // `mark` shares its bytes with the output MACs (struct bpf_fib_lookup, Linux 6.10).
+    f.smac[..4].copy_from_slice(&mark.to_ne_bytes());
+    let plen = core::mem::size_of::<FibParams>() as i32;
+    let params = &mut f as *mut FibParams;
+    // SAFETY: helper call with a valid context and a stack buffer of `plen` bytes.
+    let mut rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            params,
+            plen,
+            BPF_FIB_LOOKUP_SKIP_NEIGH | BPF_FIB_LOOKUP_MARK,
+        )
+    };
+    if rc < 0 {
+        // An older kernel without BPF_FIB_LOOKUP_MARK: without the mark.
+        f.smac = [0; 6];
+        f.ifindex = ifindex;
+        f.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(p.saddr);
+        f.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+        // SAFETY: as above.
+        rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), params, plen, BPF_FIB_LOOKUP_SKIP_NEIGH) };
+        if rc < 0 {
+            return;
+        }
+    }
+    let err: i32 = match rc as u32 {
+        BPF_FIB_LKUP_RET_BLACKHOLE => -22,
+        BPF_FIB_LKUP_RET_UNREACHABLE => -113,
+        BPF_FIB_LKUP_RET_PROHIBIT => -13,
+        _ => 0,
+    };
+    // SAFETY: union of plain integers written by the helper.
+    let out_dst = unsafe { f.__bindgen_anon_4.ipv4_dst }.to_ne_bytes();
+    // A route was found (success, or too big for its device: the kernel's own check says so
+    // later, with a drop reason); for the other codes `ifindex` is still the input device.
+    let found = rc == 0 || rc as u32 == BPF_FIB_LKUP_RET_FRAG_NEEDED;
+    let gw = if found && out_dst != dst {
+        out_dst
+    } else {
+        [0; 4]
+    };
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(CNT_LOST);
+        return;
+    };
+    let ev = Event {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        skb,
+        location: (rc as u32 as u64) | ((ifindex as u64) << 32),
+        hook: HookKind::Fib as u8,
+        dir,
+        flags: EV_FLAG_ROUTE_HELPER,
+        nf_hook: 0,
+        ifindex: if found { f.ifindex } else { 0 },
+        ifname: [0; 16],
+        netns: c.filter.netns,
+        reason: 0,
+        stack_id: err,
+        len: 0,
+        saddr: p.saddr,
+        daddr: dst,
+        gw,
+        sport: if p.proto == 1 { 0 } else { sport },
+        dport: if p.proto == 1 { 0 } else { dport },
+        proto: p.proto,
+        icmp_type: 0,
+        icmp_code: 0,
+        ttl: 0,
+        ip_id: 0,
+        _pad0: 0,
+        smac: [0; 6],
+        dmac: [0; 6],
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        tcp_seq: 0,
+        _pad1: [0; 4],
+    };
+    entry.write(ev);
+    entry.submit(0);
+    count(CNT_EVENTS);
+}
 
 const UNSET: u32 = u32::MAX;
 

@@ -1,8 +1,8 @@
 //! The shared test every program makes: is this packet one of the followed flow's? Cheap
 //! address tests first (no map lookup), then the tracked-skb lookup, then the full parse.
 
-use crate::{btf_load, off, rd, BUDGET, GUEST_IPS, NAT_KEYS, TRACKED};
-use kvmtrace_common::{Config, FlowBudget, NatKey, DIR_REPLY, DIR_REQUEST};
+use crate::{btf_load, off, rd, BUDGET, GUEST_IPS, NAT_KEYS, ORIGIN, TRACKED};
+use kvmtrace_common::{Config, FlowBudget, NatKey, NatOrigin, DIR_REPLY, DIR_REQUEST};
 
 /// Headers of one packet, as parsed at a hook.
 #[derive(Clone, Copy)]
@@ -221,9 +221,24 @@ pub fn admit(c: &Config, p: &Pkt, dir: u8) -> bool {
     }
 }
 
-/// Learns the post-NAT tuple of a followed request whose source is no longer a guest address.
+/// Remembers the guest side of a followed request leaving the tap (`skb`), for `learn_nat`.
 #[inline(always)]
-pub fn learn_nat(p: &Pkt, dir: u8) {
+pub fn note_origin(skb: u64, p: &Pkt, dir: u8) {
+    if dir != DIR_REQUEST {
+        return;
+    }
+    let o = NatOrigin {
+        guest: p.saddr,
+        guest_port: p.sport,
+        ip_id: p.ip_id,
+    };
+    let _ = ORIGIN.insert(&skb, &o, 0);
+}
+
+/// Learns the post-NAT tuple of a followed request whose source is no longer a guest address,
+/// with the guest side it had before NAT (when the request was seen leaving the tap).
+#[inline(always)]
+pub fn learn_nat(skb: u64, p: &Pkt, dir: u8) {
     if dir != DIR_REQUEST || is_guest(&p.saddr) {
         return;
     }
@@ -234,7 +249,28 @@ pub fn learn_nat(p: &Pkt, dir: u8) {
         proto: p.proto,
         _pad: 0,
     };
-    let _ = NAT_KEYS.insert(&key, &1, 0);
+    // SAFETY: read-only lookup.
+    let origin = match unsafe { ORIGIN.get(&skb) } {
+        Some(o) if o.ip_id == p.ip_id => *o,
+        _ => NatOrigin::default(),
+    };
+    let _ = NAT_KEYS.insert(&key, &origin, 0);
+}
+
+/// The guest side of a reply seen before de-NAT (`None`: not a NATed reply, or not known).
+#[inline(always)]
+pub fn nat_origin(p: &Pkt) -> Option<NatOrigin> {
+    let local_port = if p.proto == 1 { p.sport } else { p.dport };
+    let key = NatKey {
+        remote: p.saddr,
+        local: p.daddr,
+        local_port,
+        proto: p.proto,
+        _pad: 0,
+    };
+    // SAFETY: read-only lookup.
+    let o = unsafe { NAT_KEYS.get(&key) }?;
+    (o.guest != [0; 4]).then_some(*o)
 }
 
 /// The followed state of an skb (`DIR_*` | `TRACK_*`), when its entry is for this packet:

@@ -3,7 +3,8 @@
 //!   route's devices): per-device, so traffic that never crosses those devices never runs them;
 //! - [`skb`]: tp_btf programs on the skb tracepoints (`kfree_skb` for drops; the global
 //!   `netif_receive_skb`, `net_dev_start_xmit` and `consume_skb` of the full hook set);
-//! - [`fib`]: the route lookup tracepoint;
+//! - [`fib`]: route lookups: `bpf_fib_lookup` from the path devices' TC ingress (path hook
+//!   set), or the `fib_table_lookup` tracepoint (full hook set);
 //! - [`netfilter`]: BPF netfilter links at the IPv4 hooks (full hook set only);
 //! - [`filter`]: the shared test "is this packet ours", [`emit`]: the event written to userspace.
 //!
@@ -33,7 +34,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use kvmtrace_common::{Config, FlowBudget, NatKey, CNT_MAX};
+use kvmtrace_common::{Config, FlowBudget, NatKey, NatOrigin, CNT_MAX};
 
 /// Written by userspace once before attaching; read by every program.
 #[map]
@@ -56,8 +57,14 @@ static GUEST_IPS: HashMap<[u8; 4], u8> = HashMap::with_max_entries(64, 0);
 
 /// Post-NAT tuples of requests (learned when a followed request shows a source other than a
 /// guest address): replies arrive under this tuple before conntrack restores the guest's.
+/// The value is the guest side of the tuple (from `ORIGIN`), to route a reply before de-NAT.
 #[map]
-static NAT_KEYS: LruHashMap<NatKey, u8> = LruHashMap::with_max_entries(4096, 0);
+static NAT_KEYS: LruHashMap<NatKey, NatOrigin> = LruHashMap::with_max_entries(4096, 0);
+
+/// skb address → the guest-side address and port of a followed request, written when it
+/// leaves the tap, read when its post-NAT tuple is learned. Followed packets only.
+#[map]
+static ORIGIN: LruHashMap<u64, NatOrigin> = LruHashMap::with_max_entries(4096, 0);
 
 /// Counters (`CNT_*`), per CPU; userspace sums them.
 #[map]

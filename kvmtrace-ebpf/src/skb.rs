@@ -5,7 +5,8 @@
 
 use crate::emit::{emit, set_cur, At, Extra, NO_EXTRA};
 use crate::filter::{
-    admit, classify, learn_nat, parse, skb_addrs, track_forget, track_get, track_put, Pkt,
+    admit, classify, learn_nat, note_origin, parse, skb_addrs, track_forget, track_get, track_put,
+    Pkt,
 };
 use crate::{btf_load, config, count, off, rd, GUEST_IPS, STACKS};
 use aya_ebpf::{
@@ -166,12 +167,15 @@ pub fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
             }
             if !freeing {
                 track_put(skb, d, p.ip_id);
+                if on_tap {
+                    note_origin(skb, &p, d);
+                }
             }
             flags |= EV_FLAG_NEW;
             d
         }
     };
-    learn_nat(&p, dir);
+    learn_nat(skb, &p, dir);
     let keep_cur = matches!(hook, HookKind::NetifReceive)
         || (matches!(hook, HookKind::NfExit) && x.nf_hook == NF_INET_PRE_ROUTING);
     set_cur(keep_cur.then_some((skb, &p)));

@@ -5,7 +5,10 @@
 //! with the tracepoints'. Every program returns TC_ACT_UNSPEC (TCX_NEXT): observe only.
 
 use crate::emit::{emit, set_cur, At, NO_EXTRA};
-use crate::filter::{admit, classify, learn_nat, parse, track_get, track_put, Addrs, Pkt};
+use crate::fib::route_lookup;
+use crate::filter::{
+    admit, classify, learn_nat, note_origin, parse, track_get, track_put, Addrs, Pkt,
+};
 use crate::{config, count, GUEST_IPS};
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
 use kvmtrace_common::{
@@ -58,6 +61,9 @@ fn start(c: &Config, skb: u64, p: &Pkt, on_tap: bool) -> Option<u8> {
         return None;
     }
     track_put(skb, d, p.ip_id);
+    if on_tap {
+        note_origin(skb, p, d);
+    }
     Some(d)
 }
 
@@ -263,9 +269,13 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
             d
         }
     };
-    learn_nat(&p, dir);
-    // A packet received here is routed next, on this CPU: its route lookup is attributed to it.
-    set_cur(matches!(hook, HookKind::NetifReceive).then_some((skb, &p)));
+    learn_nat(skb, &p, dir);
+    let received = matches!(hook, HookKind::NetifReceive);
+    if c.filter.route_helper == 0 {
+        // A packet received here is routed next, on this CPU: the tracepoint's lookup is
+        // attributed to it.
+        set_cur(received.then_some((skb, &p)));
+    }
     emit(
         hook,
         skb,
@@ -276,6 +286,9 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
         &macs_of(&eth),
         &NO_EXTRA,
     );
+    if received && c.filter.route_helper != 0 {
+        route_lookup(ctx, c, skb, &p, dir);
+    }
     TC_ACT_UNSPEC
 }
 

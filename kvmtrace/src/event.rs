@@ -240,6 +240,35 @@ impl Route {
     }
 }
 
+/// A route the path devices' TC ingress looked up with `bpf_fib_lookup` (path hook set), to
+/// be completed from the kernel's FIB: the helper tells neither the table nor, for "not
+/// forwarded", whether the destination is local or has no route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RouteAsk {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    /// The device the packet came in on.
+    pub iif: u32,
+    /// `BPF_FIB_LKUP_RET_*`.
+    pub rc: u32,
+}
+
+/// The FIB's side of a [`RouteAsk`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteDetail {
+    pub table: u32,
+    /// 0, or the lookup's negative errno.
+    pub err: i32,
+    /// Output device when the helper gave none (0: keep the helper's).
+    pub oif: u32,
+}
+
+/// `BPF_FIB_LKUP_RET_NOT_FWDED`: local or broadcast destination, or no route at all.
+pub const FIB_RET_NOT_FWDED: u32 = 4;
+
 /// Userspace facts needed to decode a raw event.
 pub trait Decoder {
     fn drop_reason(&self, value: u32) -> Option<String>;
@@ -250,6 +279,11 @@ pub trait Decoder {
     fn tap_name(&self) -> String;
     /// Name of a device by its ifindex (the path devices' TC events carry no name).
     fn dev_name(&self, _ifindex: u32) -> Option<String> {
+        None
+    }
+    /// Table and final error of a route found by `bpf_fib_lookup` (`None`: unknown; the
+    /// table is then taken as main).
+    fn route_detail(&self, _ask: &RouteAsk) -> Option<RouteDetail> {
         None
     }
 }
@@ -272,11 +306,35 @@ impl TraceEvent {
         let hook = HookKind::from_u8(e.hook)?;
         let point = Point::from_hook(hook);
         let mut device = cstr(&e.ifname);
+        let helper = point == Point::Fib && e.flags & kvmtrace_common::EV_FLAG_ROUTE_HELPER != 0;
+        let (mut table, mut err, mut oif) = (e.reason, e.stack_id, e.ifindex);
+        if helper {
+            let ask = RouteAsk {
+                src: Ipv4Addr::from(e.saddr),
+                dst: Ipv4Addr::from(e.daddr),
+                proto: e.proto,
+                sport: e.sport,
+                dport: e.dport,
+                iif: (e.location >> 32) as u32,
+                rc: e.location as u32,
+            };
+            table = 254;
+            if ask.rc == FIB_RET_NOT_FWDED {
+                err = -101;
+            }
+            if let Some(r) = d.route_detail(&ask) {
+                table = r.table;
+                err = r.err;
+                if oif == 0 {
+                    oif = r.oif;
+                }
+            }
+        }
         if device.is_empty()
-            && e.ifindex != 0
-            && matches!(point, Point::NetifReceive | Point::DevXmit)
+            && oif != 0
+            && (helper || matches!(point, Point::NetifReceive | Point::DevXmit))
         {
-            device = d.dev_name(e.ifindex).unwrap_or_default();
+            device = d.dev_name(oif).unwrap_or_default();
         }
         let has_ip = e.flags & EV_FLAG_HAS_IP != 0 || point == Point::Fib;
         let tuple = has_ip.then(|| Tuple {
@@ -287,9 +345,9 @@ impl TraceEvent {
             dport: e.dport,
         });
         let route = (point == Point::Fib).then(|| Route {
-            table: e.reason,
-            err: e.stack_id,
-            oif: e.ifindex,
+            table,
+            err,
+            oif,
             device: device.clone(),
             gateway: (e.gw != [0; 4]).then(|| Ipv4Addr::from(e.gw)),
             dev_kind: d.dev_kind(0, &device),

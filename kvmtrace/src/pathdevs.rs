@@ -48,7 +48,7 @@ fn index_of(name: &str) -> Option<u32> {
     (i != 0).then_some(i)
 }
 
-fn contains(net: Ipv4Addr, len: u8, a: Ipv4Addr) -> bool {
+pub fn contains(net: Ipv4Addr, len: u8, a: Ipv4Addr) -> bool {
     let mask = if len == 0 {
         0
     } else {

@@ -7,7 +7,7 @@
 //! is replaced at the next start.
 
 use crate::btf::{kernel_offsets, KernelBtf, VMLINUX_BTF};
-use crate::event::{Decoder, DevKind, TraceEvent};
+use crate::event::{Decoder, DevKind, RouteAsk, RouteDetail, TraceEvent};
 use crate::nf;
 use anyhow::{anyhow, Context as _, Result};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap};
@@ -257,8 +257,13 @@ impl Tracer {
         phase("BTF offsets and drop reasons");
         ensure_tracefs();
         let mut warnings = Vec::new();
-        if let Err(e) = fib_offsets(&mut offsets) {
-            warnings.push(format!("route lookups will not be shown: {e:#}"));
+        let all = spec.hooks == HookSet::All;
+        // The path set asks the FIB itself from the path devices' TC ingress (bpf_fib_lookup,
+        // for followed packets only); the full set reads the host-wide lookup tracepoint.
+        if all {
+            if let Err(e) = fib_offsets(&mut offsets) {
+                warnings.push(format!("route lookups will not be shown: {e:#}"));
+            }
         }
         let tap_ifindex = ifindex(&spec.tap).map_err(|e| EnvError(format!("{e:#}")))?;
         let filter = Filter {
@@ -271,6 +276,7 @@ impl Tracer {
             tap_ifindex,
             guest_mac: spec.guest_mac.unwrap_or([0; 6]),
             budget: spec.budget,
+            route_helper: u8::from(!all),
             ..Default::default()
         };
 
@@ -329,7 +335,6 @@ impl Tracer {
         phase("tap attached");
         let btf = Btf::from_sys_fs().map_err(|e| EnvError(format!("kernel BTF: {e}")))?;
         phase("aya BTF parsed");
-        let all = spec.hooks == HookSet::All;
         for (prog, tp, required, wanted) in [
             ("netif_receive_skb", "netif_receive_skb", true, all),
             ("net_dev_start_xmit", "net_dev_start_xmit", true, all),
@@ -365,7 +370,7 @@ impl Tracer {
             }
         }
         phase("tp_btf attached");
-        {
+        if all {
             let p: &mut TracePoint = ebpf
                 .program_mut("fib_table_lookup")
                 .ok_or_else(|| anyhow!("fib_table_lookup missing"))?
@@ -420,6 +425,9 @@ impl Tracer {
                     .try_into()?;
                 prog.load().with_context(|| format!("loading {p}"))?;
             }
+            attached.push(
+                "route lookups: bpf_fib_lookup in dev_ingress, for followed packets only".into(),
+            );
             let want = crate::pathdevs::wanted(&spec.tap, spec.dst, &[]);
             let (notes, warns) = path.sync(&mut ebpf, &want, 0.0);
             attached.extend(notes);
@@ -449,6 +457,7 @@ impl Tracer {
             tap_name: spec.tap.clone(),
             kinds: RefCell::new(HashMap::new()),
             names: RefCell::new(HashMap::new()),
+            routes: RefCell::new(HashMap::new()),
         };
         let mut t = Tracer {
             ebpf,
@@ -642,6 +651,76 @@ fn next_key(fd: std::os::fd::BorrowedFd<'_>, key: &mut [u8]) -> Option<()> {
 }
 
 /// Decodes with the live host's BTF, kallsyms and devices.
+/// Completes a `bpf_fib_lookup` result from the kernel's FIB (`ip route get fibmatch`): the
+/// table of the matched route, and for "not forwarded" whether the destination is local
+/// (a route of the local table) or has no route; for "forwarding disabled" the route the
+/// lookup itself found (the kernel drops the packet after it, for the disabled forwarding).
+fn route_detail(a: &RouteAsk) -> RouteDetail {
+    use crate::doctor::netlink::{route_get, routes, RouteQuery};
+    const RET_SUCCESS: u32 = 0;
+    const RET_BLACKHOLE: u32 = 1;
+    const RET_UNREACHABLE: u32 = 2;
+    const RET_PROHIBIT: u32 = 3;
+    const RET_FWD_DISABLED: u32 = 5;
+    const RET_UNSUPP_LWT: u32 = 6;
+    const RET_FRAG_NEEDED: u32 = 8;
+    let q = RouteQuery {
+        src: a.src,
+        dst: a.dst,
+        proto: a.proto,
+        sport: a.sport,
+        dport: a.dport,
+        iif: a.iif,
+    };
+    // Without the input device: the route an output lookup finds (forwarding or reverse-path
+    // checks aside).
+    let output = RouteQuery { iif: 0, ..q };
+    let main = |err: i32| RouteDetail {
+        table: 254,
+        err,
+        oif: 0,
+    };
+    let found = |r: &crate::doctor::netlink::Route| RouteDetail {
+        table: r.table,
+        err: 0,
+        oif: r.nexthops.first().map(|n| n.0).unwrap_or(0),
+    };
+    // The table of the blackhole / unreachable / prohibit route covering DST (longest prefix).
+    let error_route = |kind: u8, err: i32| {
+        let table = routes()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.kind == kind && crate::pathdevs::contains(r.dst, r.dst_len, a.dst))
+            .max_by_key(|r| r.dst_len)
+            .map(|r| r.table)
+            .unwrap_or(254);
+        RouteDetail { table, err, oif: 0 }
+    };
+    let by_errno = |errno: i32| match errno {
+        22 => error_route(6, -22),
+        113 => error_route(7, -113),
+        13 => error_route(8, -13),
+        e => main(-e),
+    };
+    match a.rc {
+        RET_SUCCESS | RET_UNSUPP_LWT | RET_FRAG_NEEDED => route_get(&q)
+            .or_else(|_| route_get(&output))
+            .map(|r| RouteDetail {
+                oif: 0,
+                ..found(&r)
+            })
+            .unwrap_or(main(0)),
+        RET_BLACKHOLE => error_route(6, -22),
+        RET_UNREACHABLE => error_route(7, -113),
+        RET_PROHIBIT => error_route(8, -13),
+        RET_FWD_DISABLED => route_get(&output).map(|r| found(&r)).unwrap_or(main(0)),
+        _ => match route_get(&q) {
+            Ok(r) => found(&r),
+            Err(e) => by_errno(e.raw_os_error().unwrap_or(101)),
+        },
+    }
+}
+
 struct HostDecoder {
     reasons: HashMap<u32, String>,
     syms: RefCell<Option<Vec<(u64, String)>>>,
@@ -650,6 +729,8 @@ struct HostDecoder {
     tap_name: String,
     kinds: RefCell<HashMap<(u32, String), DevKind>>,
     names: RefCell<HashMap<u32, String>>,
+    /// Recent answers of the FIB for the path set's route lookups (a flow asks the same).
+    routes: RefCell<HashMap<RouteAsk, (std::time::Instant, RouteDetail)>>,
 }
 
 fn load_kallsyms() -> Vec<(u64, String)> {
@@ -707,6 +788,23 @@ impl Decoder for HostDecoder {
         let n = crate::pathdevs::name_of(ifindex)?;
         names.insert(ifindex, n.clone());
         Some(n)
+    }
+    fn route_detail(&self, ask: &RouteAsk) -> Option<RouteDetail> {
+        // Answers stay good for a moment: a flow's packets ask the same question.
+        const FRESH: std::time::Duration = std::time::Duration::from_millis(500);
+        let mut routes = self.routes.borrow_mut();
+        let now = std::time::Instant::now();
+        if let Some((t, r)) = routes.get(ask) {
+            if now.duration_since(*t) < FRESH {
+                return Some(*r);
+            }
+        }
+        let r = route_detail(ask);
+        if routes.len() > 4096 {
+            routes.retain(|_, (t, _)| now.duration_since(*t) < FRESH);
+        }
+        routes.insert(*ask, (now, r));
+        Some(r)
     }
     fn dev_kind(&self, ifindex: u32, name: &str) -> DevKind {
         if (ifindex != 0 && ifindex == self.tap_ifindex)

@@ -1,5 +1,6 @@
-//! Read-only netlink dumps for `doctor`: addresses, routes, neighbours and policy rules over
-//! rtnetlink, chains and rules over nfnetlink (nftables). Requests are `NLM_F_DUMP` gets only:
+//! Read-only netlink for `doctor` and the route details of `follow`: addresses, routes,
+//! neighbours and policy rules over rtnetlink, chains and rules over nfnetlink (nftables),
+//! and one route query (`route_get`, as `ip route get fibmatch`). Requests are gets only:
 //! nothing is ever changed.
 //!
 //! Message layouts are the kernel's uapi: `ifaddrmsg` (`linux/if_addr.h`), `rtmsg`
@@ -150,6 +151,133 @@ pub fn dump(protocol: i32, msg_type: u16, body: &[u8]) -> io::Result<Vec<(u16, V
             b = &b[((len + 3) & !3).min(b.len())..];
         }
     }
+}
+
+/// Sends one non-dump request and returns the first answer as (type, body), or the kernel's
+/// error.
+fn request(protocol: i32, msg_type: u16, body: &[u8]) -> io::Result<(u16, Vec<u8>)> {
+    // SAFETY: plain socket syscall; the fd is owned by `guard` below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and nothing else owns it.
+    let guard = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sock = guard.as_raw_fd();
+    let tv = libc::timeval {
+        tv_sec: 1,
+        tv_usec: 0,
+    };
+    // SAFETY: tv is a valid timeval for the duration of the call.
+    unsafe {
+        libc::setsockopt(
+            sock,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    let len = 16 + body.len();
+    let mut req = Vec::with_capacity(len);
+    req.extend_from_slice(&(len as u32).to_ne_bytes());
+    req.extend_from_slice(&msg_type.to_ne_bytes());
+    req.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel fills it in
+    req.extend_from_slice(body);
+    // SAFETY: req is a valid buffer of req.len() bytes.
+    if unsafe { libc::send(sock, req.as_ptr().cast(), req.len(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 1 << 16];
+    // SAFETY: buf is writable for its whole length.
+    let n = unsafe { libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let b = &buf[..n as usize];
+    if b.len() < 16 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "short netlink answer",
+        ));
+    }
+    let len = (u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize).min(b.len());
+    let ty = u16::from_ne_bytes([b[4], b[5]]);
+    if ty == NLMSG_ERROR {
+        let errno = b
+            .get(16..20)
+            .map(|e| i32::from_ne_bytes([e[0], e[1], e[2], e[3]]))
+            .unwrap_or(0);
+        return Err(io::Error::from_raw_os_error(-errno));
+    }
+    Ok((ty, b[16..len.max(16)].to_vec()))
+}
+
+/// What a route query asks: a packet's addresses, protocol and ports, and the device it
+/// came in on (0: a locally sent packet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RouteQuery {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub iif: u32,
+}
+
+/// The route the kernel's FIB matches for a packet (`ip route get fibmatch …`): `Err` is
+/// the lookup's errno (ENETUNREACH no route, EINVAL blackhole, EHOSTUNREACH unreachable,
+/// EACCES prohibit, EXDEV reverse-path filter, …).
+pub fn route_get(q: &RouteQuery) -> io::Result<Route> {
+    const RTA_DST: u16 = 1;
+    const RTA_SRC: u16 = 2;
+    const RTA_IIF: u16 = 3;
+    const RTA_IP_PROTO: u16 = 27;
+    const RTA_SPORT: u16 = 28;
+    const RTA_DPORT: u16 = 29;
+    const RTM_F_FIB_MATCH: u32 = 0x2000;
+    // Without it the answer's table is main whatever rule chose the route.
+    const RTM_F_LOOKUP_TABLE: u32 = 0x1000;
+    fn nla(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
+        out.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+        out.extend_from_slice(&ty.to_ne_bytes());
+        out.extend_from_slice(payload);
+        while !out.len().is_multiple_of(4) {
+            out.push(0);
+        }
+    }
+    let mut b = af_inet_body(12);
+    b[1] = 32; // rtm_dst_len
+    b[8..12].copy_from_slice(&(RTM_F_FIB_MATCH | RTM_F_LOOKUP_TABLE).to_ne_bytes());
+    nla(&mut b, RTA_DST, &q.dst.octets());
+    if q.iif != 0 {
+        b[2] = 32; // rtm_src_len
+        nla(&mut b, RTA_SRC, &q.src.octets());
+        nla(&mut b, RTA_IIF, &q.iif.to_ne_bytes());
+    }
+    if q.proto != 0 {
+        nla(&mut b, RTA_IP_PROTO, &[q.proto]);
+    }
+    if q.proto == 6 || q.proto == 17 {
+        nla(&mut b, RTA_SPORT, &q.sport.to_be_bytes());
+        nla(&mut b, RTA_DPORT, &q.dport.to_be_bytes());
+    }
+    let (ty, body) = request(NETLINK_ROUTE, RTM_GETROUTE, &b)?;
+    if ty != RTM_NEWROUTE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected netlink answer type {ty}"),
+        ));
+    }
+    parse_route(&body).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad route"))
 }
 
 /// An IPv4 address on an interface.
