@@ -197,7 +197,22 @@ pub struct Config {
     pub filter: Filter,
 }
 
-/// Key of `GUEST_IPS` (learned guest addresses) and of `NAT_KEYS` (post-NAT tuple of a
+/// Most guest addresses `GUESTS` keeps (a VM with more: the rest are not learned).
+pub const MAX_GUEST_IPS: usize = 8;
+
+/// Value of the `GUESTS` array (one entry): the guest's IPv4 addresses learned from frames
+/// leaving the tap. A list, not a hash map: every path-device program asks "is this a guest
+/// address" of foreign packets, and eight compares cost less than a hash lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestList {
+    /// Addresses in use (the first `n` of `addrs`).
+    pub n: u32,
+    /// Network order.
+    pub addrs: [[u8; 4]; MAX_GUEST_IPS],
+}
+
+/// Key of `NAT_KEYS` (post-NAT tuple of a
 /// request, under which its replies arrive before de-NAT).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -254,6 +269,7 @@ mod pod {
     unsafe impl aya::Pod for super::NatKey {}
     unsafe impl aya::Pod for super::FlowBudget {}
     unsafe impl aya::Pod for super::NatOrigin {}
+    unsafe impl aya::Pod for super::GuestList {}
 }
 
 #[cfg(test)]
@@ -266,5 +282,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<Filter>(), 36);
         assert_eq!(core::mem::size_of::<NatKey>(), 12);
         assert_eq!(core::mem::size_of::<NatOrigin>(), 8);
+        assert_eq!(core::mem::size_of::<GuestList>(), 36);
     }
 }

@@ -1,8 +1,10 @@
 //! The shared test every program makes: is this packet one of the followed flow's? Cheap
 //! address tests first (no map lookup), then the tracked-skb lookup, then the full parse.
 
-use crate::{btf_load, off, rd, BUDGET, GUEST_IPS, NAT_KEYS, ORIGIN, TRACKED};
-use kvmtrace_common::{Config, FlowBudget, NatKey, NatOrigin, DIR_REPLY, DIR_REQUEST};
+use crate::{btf_load, off, rd, BUDGET, GUESTS, NAT_KEYS, ORIGIN, TRACKED};
+use kvmtrace_common::{
+    Config, FlowBudget, NatKey, NatOrigin, DIR_REPLY, DIR_REQUEST, MAX_GUEST_IPS,
+};
 
 /// Headers of one packet, as parsed at a hook.
 #[derive(Clone, Copy)]
@@ -101,8 +103,41 @@ pub fn proto_ok(c: &Config, proto: u8) -> bool {
 
 #[inline(always)]
 pub fn is_guest(a: &[u8; 4]) -> bool {
-    // SAFETY: read-only lookup.
-    unsafe { GUEST_IPS.get(a).is_some() }
+    let Some(g) = GUESTS.get(0) else {
+        return false;
+    };
+    let want = u32::from_ne_bytes(*a);
+    let mut i = 0;
+    while i < MAX_GUEST_IPS {
+        if i as u32 >= g.n {
+            return false;
+        }
+        if u32::from_ne_bytes(g.addrs[i]) == want {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Adds a guest address seen leaving the tap (once; a full list keeps its first ones).
+#[inline(always)]
+pub fn learn_guest(a: &[u8; 4]) {
+    if is_guest(a) {
+        return;
+    }
+    let Some(g) = GUESTS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the map's one value; two CPUs learning at once may both write slot n (one
+    // address is then learned at its next packet).
+    unsafe {
+        let n = (*g).n as usize;
+        if n < MAX_GUEST_IPS {
+            (*g).addrs[n] = *a;
+            (*g).n = n as u32 + 1;
+        }
+    }
 }
 
 #[inline(always)]

@@ -32,9 +32,9 @@ mod tc;
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use kvmtrace_common::{Config, FlowBudget, NatKey, NatOrigin, CNT_MAX};
+use kvmtrace_common::{Config, FlowBudget, GuestList, NatKey, NatOrigin, CNT_MAX};
 
 /// Written by userspace once before attaching; read by every program.
 #[map]
@@ -50,10 +50,9 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 static TRACKED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
 
-/// Guest IPv4 addresses (network order) learned from frames leaving the tap; userspace may
-/// seed it too. Value unused.
+/// Guest IPv4 addresses learned from frames leaving the tap (see `GuestList`).
 #[map]
-static GUEST_IPS: HashMap<[u8; 4], u8> = HashMap::with_max_entries(64, 0);
+static GUESTS: Array<GuestList> = Array::with_max_entries(1, 0);
 
 /// Post-NAT tuples of requests (learned when a followed request shows a source other than a
 /// guest address): replies arrive under this tuple before conntrack restores the guest's.

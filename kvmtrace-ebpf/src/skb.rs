@@ -5,10 +5,10 @@
 
 use crate::emit::{emit, set_cur, At, Extra, NO_EXTRA};
 use crate::filter::{
-    admit, classify, learn_nat, note_origin, parse, skb_addrs, track_forget, track_get, track_put,
-    Pkt,
+    admit, classify, learn_guest, learn_nat, note_origin, parse, skb_addrs, track_forget,
+    track_get, track_put, Pkt,
 };
-use crate::{btf_load, config, count, off, rd, GUEST_IPS, STACKS};
+use crate::{btf_load, config, count, off, rd, STACKS};
 use aya_ebpf::{
     macros::btf_tracepoint, programs::tracing::StackIdContext as _, programs::BtfTracePointContext,
 };
@@ -156,7 +156,7 @@ pub fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
                 return;
             }
             if on_tap {
-                let _ = GUEST_IPS.insert(&p.saddr, &1, 0);
+                learn_guest(&p.saddr);
             }
             if !admit(c, &p, d) {
                 if !freeing {

@@ -7,9 +7,9 @@
 use crate::emit::{emit, set_cur, At, NO_EXTRA};
 use crate::fib::route_lookup;
 use crate::filter::{
-    admit, classify, learn_nat, note_origin, parse, track_get, track_put, Addrs, Pkt,
+    admit, classify, learn_guest, learn_nat, note_origin, parse, track_get, track_put, Addrs, Pkt,
 };
-use crate::{config, count, GUEST_IPS};
+use crate::{config, count};
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
 use kvmtrace_common::{
     Config, HookKind, CNT_SAMPLED_OUT, DIR_REPLY, DIR_REQUEST, EV_FLAG_ARP, EV_FLAG_DHCP,
@@ -53,7 +53,7 @@ fn start(c: &Config, skb: u64, p: &Pkt, on_tap: bool) -> Option<u8> {
         return None;
     }
     if on_tap {
-        let _ = GUEST_IPS.insert(&p.saddr, &1, 0);
+        learn_guest(&p.saddr);
     }
     if !admit(c, p, d) {
         track_put(skb, d | TRACK_SUPPRESSED, p.ip_id);
@@ -242,6 +242,14 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
     if !a.might_match(c) {
         return TC_ACT_UNSPEC;
     }
+    // Received on a path device, a followed packet is either a request still carrying the
+    // guest's address (NAT comes later) or a reply from the destination: another VM's traffic
+    // to the same destination is turned away here, before any map lookup. Leaving, a
+    // request's source may already be the host's (SNAT): only the tracked skb tells it apart.
+    let received = matches!(hook, HookKind::NetifReceive);
+    if received && !a.could_start(c, || false) {
+        return TC_ACT_UNSPEC;
+    }
     let skb = ctx.skb.skb as u64;
     let tracked = track_get(skb, a.ip_id);
     match tracked {
@@ -249,7 +257,7 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
             count(CNT_SAMPLED_OUT);
             return TC_ACT_UNSPEC;
         }
-        None if !a.could_start(c, || false) => return TC_ACT_UNSPEC,
+        None if !received && !a.could_start(c, || false) => return TC_ACT_UNSPEC,
         _ => {}
     }
     let Ok(eth) = ctx.load::<[u8; 14]>(0) else {
@@ -270,7 +278,6 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
         }
     };
     learn_nat(skb, &p, dir);
-    let received = matches!(hook, HookKind::NetifReceive);
     if c.filter.route_helper == 0 {
         // A packet received here is routed next, on this CPU: the tracepoint's lookup is
         // attributed to it.

@@ -566,10 +566,17 @@ impl Tracer {
             .collect()
     }
 
-    /// Entries in the kernel's bounded maps (TRACKED, NAT_KEYS, BUDGET, GUEST_IPS): flat under
-    /// a long run, or the LRU bounds are doing their job.
+    /// Entries in the kernel's bounded maps (TRACKED, NAT_KEYS, ORIGIN, BUDGET, and the
+    /// learned guest addresses): flat under a long run, or the LRU bounds are doing their job.
     pub fn map_entries(&self) -> Vec<(String, usize)> {
-        ["TRACKED", "NAT_KEYS", "BUDGET", "GUEST_IPS"]
+        let guests = self
+            .ebpf
+            .map("GUESTS")
+            .and_then(|m| Array::<_, kvmtrace_common::GuestList>::try_from(m).ok())
+            .and_then(|a| a.get(&0, 0).ok())
+            .map(|g| g.n as usize)
+            .unwrap_or(0);
+        ["TRACKED", "NAT_KEYS", "ORIGIN", "BUDGET"]
             .iter()
             .map(|name| {
                 let n = self
@@ -594,6 +601,7 @@ impl Tracer {
                     .unwrap_or(0);
                 (name.to_string(), n)
             })
+            .chain(std::iter::once(("GUESTS".to_string(), guests)))
             .collect()
     }
 
