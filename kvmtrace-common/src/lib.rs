@@ -127,7 +127,8 @@ pub struct Event {
     pub cpu: u32,
     /// TCP sequence number (host order), 0 otherwise. Second identity key for clones.
     pub tcp_seq: u32,
-    pub _pad1: [u8; 4],
+    /// `Fib` with `EV_FLAG_ROUTE_HELPER`: the skb mark the lookup used (fwmark rules).
+    pub mark: u32,
 }
 
 /// Offsets of kernel struct fields, taken from BTF by userspace at start-up.

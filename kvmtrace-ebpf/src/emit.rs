@@ -74,7 +74,7 @@ pub fn emit(
         dmac: [macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]],
         cpu: unsafe { bpf_get_smp_processor_id() },
         tcp_seq: p.tcp_seq,
-        _pad1: [0; 4],
+        mark: 0,
     };
     entry.write(ev);
     entry.submit(0);

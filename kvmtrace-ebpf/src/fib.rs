@@ -7,8 +7,8 @@
 //!   from the tracepoint's format file via `Config.offsets`. The lookup has no skb: it belongs
 //!   to the followed skb this CPU is processing (`CUR`), if any.
 
-use crate::filter::{in_dest, is_guest, nat_origin, Pkt};
-use crate::{config, count, rd, CUR, CUR_WINDOW_NS, EVENTS};
+use crate::filter::{in_dest, is_guest, nat_origin, origin_of, Pkt};
+use crate::{config, count, rd, CUR, CUR_WINDOW_NS, EVENTS, ROUTED};
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED,
@@ -56,6 +56,71 @@ pub fn route_lookup(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8) {
             dport = o.guest_port;
         }
     }
+    let _ = ROUTED.insert(&skb, &((ifindex as u64) | ((mark as u64) << 32)), 0);
+    let q = Lookup {
+        src: p.saddr,
+        dst,
+        sport,
+        dport,
+        iif: ifindex,
+        mark,
+    };
+    lookup_and_emit(ctx, c, skb, p, dir, &q);
+}
+
+/// A followed packet leaving a path device with a mark it did not have when it was received
+/// (set in PREROUTING, e.g. by a mangle rule for policy routing): its route is looked up again
+/// with the mark, from the device it came in on, and the later lookup is the one that counts.
+/// (A packet that never leaves — queued for a neighbour, dropped — keeps the first lookup;
+/// bridged traffic's PREROUTING runs before the bridge device's ingress, so its mark is
+/// already seen there.)
+#[inline(always)]
+pub fn route_recheck(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8) {
+    // SAFETY: ctx.skb.skb is the program's __sk_buff; `mark` is readable in TC.
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    if mark == 0 {
+        return;
+    }
+    // SAFETY: read-only lookup.
+    let Some(r) = (unsafe { ROUTED.get(&skb) }).copied() else {
+        return; // not routed by this host after a path device (bridged, or seen nowhere)
+    };
+    let (iif, mark_then) = (r as u32, (r >> 32) as u32);
+    if mark == mark_then {
+        return; // the lookup at the receive had this mark already
+    }
+    let (mut src, mut sport) = (p.saddr, p.sport);
+    if dir == DIR_REQUEST {
+        // After SNAT: the route was chosen for the guest's own source.
+        if let Some(o) = origin_of(skb, p.ip_id) {
+            src = o.guest;
+            sport = o.guest_port;
+        }
+    }
+    let q = Lookup {
+        src,
+        dst: p.daddr,
+        sport,
+        dport: p.dport,
+        iif,
+        mark,
+    };
+    lookup_and_emit(ctx, c, skb, p, dir, &q);
+}
+
+/// What one route lookup asks.
+struct Lookup {
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    iif: u32,
+    mark: u32,
+}
+
+#[inline(always)]
+fn lookup_and_emit(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8, q: &Lookup) {
+    let (dst, sport, dport, ifindex, mark) = (q.dst, q.sport, q.dport, q.iif, q.mark);
     let ports = p.proto == 6 || p.proto == 17;
     // SAFETY: a plain C struct of integers and unions of integers; all-zero is valid.
     let mut f: FibParams = unsafe { core::mem::zeroed() };
@@ -66,7 +131,7 @@ pub fn route_lookup(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8) {
         f.dport = dport.to_be();
     }
     f.ifindex = ifindex;
-    f.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(p.saddr);
+    f.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(q.src);
     f.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     // `mark` shares its bytes with the output MACs (struct bpf_fib_lookup, Linux 6.10).
     f.smac[..4].copy_from_slice(&mark.to_ne_bytes());
@@ -85,7 +150,7 @@ pub fn route_lookup(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8) {
         // An older kernel without BPF_FIB_LOOKUP_MARK: without the mark.
         f.smac = [0; 6];
         f.ifindex = ifindex;
-        f.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(p.saddr);
+        f.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(q.src);
         f.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
         // SAFETY: as above.
         rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), params, plen, BPF_FIB_LOOKUP_SKIP_NEIGH) };
@@ -127,7 +192,7 @@ pub fn route_lookup(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8) {
         reason: 0,
         stack_id: err,
         len: 0,
-        saddr: p.saddr,
+        saddr: q.src,
         daddr: dst,
         gw,
         sport: if p.proto == 1 { 0 } else { sport },
@@ -142,7 +207,7 @@ pub fn route_lookup(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8) {
         dmac: [0; 6],
         cpu: unsafe { bpf_get_smp_processor_id() },
         tcp_seq: 0,
-        _pad1: [0; 4],
+        mark,
     };
     entry.write(ev);
     entry.submit(0);
@@ -224,7 +289,7 @@ pub fn fib_table_lookup(ctx: TracePointContext) -> i32 {
         dmac: [0; 6],
         cpu: unsafe { bpf_get_smp_processor_id() },
         tcp_seq: 0,
-        _pad1: [0; 4],
+        mark: 0,
     };
     entry.write(ev);
     entry.submit(0);

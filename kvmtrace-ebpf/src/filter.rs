@@ -284,12 +284,16 @@ pub fn learn_nat(skb: u64, p: &Pkt, dir: u8) {
         proto: p.proto,
         _pad: 0,
     };
-    // SAFETY: read-only lookup.
-    let origin = match unsafe { ORIGIN.get(&skb) } {
-        Some(o) if o.ip_id == p.ip_id => *o,
-        _ => NatOrigin::default(),
-    };
+    let origin = origin_of(skb, p.ip_id).unwrap_or_default();
     let _ = NAT_KEYS.insert(&key, &origin, 0);
+}
+
+/// The guest side of the followed request in `skb` (`ip_id`: the packet it must be about).
+#[inline(always)]
+pub fn origin_of(skb: u64, ip_id: u16) -> Option<NatOrigin> {
+    // SAFETY: read-only lookup.
+    let o = unsafe { ORIGIN.get(&skb) }?;
+    (o.ip_id == ip_id).then_some(*o)
 }
 
 /// The guest side of a reply seen before de-NAT (`None`: not a NATed reply, or not known).

@@ -65,6 +65,12 @@ static NAT_KEYS: LruHashMap<NatKey, NatOrigin> = LruHashMap::with_max_entries(40
 #[map]
 static ORIGIN: LruHashMap<u64, NatOrigin> = LruHashMap::with_max_entries(4096, 0);
 
+/// skb address → the device a followed packet was received on and routed from (low 32 bits)
+/// and its mark then (high 32; path hook set): a packet leaving with a mark set later in
+/// PREROUTING is looked up again from there.
+#[map]
+static ROUTED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
 /// Counters (`CNT_*`), per CPU; userspace sums them.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(CNT_MAX, 0);

@@ -5,7 +5,7 @@
 //! with the tracepoints'. Every program returns TC_ACT_UNSPEC (TCX_NEXT): observe only.
 
 use crate::emit::{emit, set_cur, At, NO_EXTRA};
-use crate::fib::route_lookup;
+use crate::fib::{route_lookup, route_recheck};
 use crate::filter::{
     admit, classify, learn_guest, learn_nat, note_origin, parse, track_get, track_put, Addrs, Pkt,
 };
@@ -293,8 +293,12 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
         &macs_of(&eth),
         &NO_EXTRA,
     );
-    if received && c.filter.route_helper != 0 {
-        route_lookup(ctx, c, skb, &p, dir);
+    if c.filter.route_helper != 0 {
+        if received {
+            route_lookup(ctx, c, skb, &p, dir);
+        } else {
+            route_recheck(ctx, c, skb, &p, dir);
+        }
     }
     TC_ACT_UNSPEC
 }

@@ -252,6 +252,8 @@ pub struct RouteAsk {
     pub dport: u16,
     /// The device the packet came in on.
     pub iif: u32,
+    /// The skb mark the lookup used.
+    pub mark: u32,
     /// `BPF_FIB_LKUP_RET_*`.
     pub rc: u32,
 }
@@ -316,6 +318,7 @@ impl TraceEvent {
                 sport: e.sport,
                 dport: e.dport,
                 iif: (e.location >> 32) as u32,
+                mark: e.mark,
                 rc: e.location as u32,
             };
             table = 254;

@@ -679,6 +679,7 @@ fn route_detail(a: &RouteAsk) -> RouteDetail {
         sport: a.sport,
         dport: a.dport,
         iif: a.iif,
+        mark: a.mark,
     };
     // Without the input device: the route an output lookup finds (forwarding or reverse-path
     // checks aside).

@@ -70,6 +70,92 @@ fn policy_routing_into_the_vm_bridge_is_misrouted() {
     assert!(field(v, "summary").contains("ip rule"), "{}", run.dump());
 }
 
+/// The path hook set takes routes from bpf_fib_lookup, which knows no table: the table of an
+/// error route chosen by a policy rule still comes out right, and so does a fwmark rule
+/// (the lookup carries the skb's mark).
+#[test]
+fn a_blackhole_in_a_policy_table_and_a_fwmark_rule_are_named_with_their_table() {
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&[
+        "ip",
+        "route",
+        "add",
+        "blackhole",
+        "203.0.113.0/24",
+        "table",
+        "101",
+    ]);
+    lab.hv_run(&["ip", "rule", "add", "from", "10.77.0.0/24", "lookup", "101"]);
+    let (run, _) = ping_run(&lab, &[], 1, "2");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "routing", "{}", run.dump());
+    assert_eq!(v["route"]["err"], -22, "{}", run.dump());
+    assert_eq!(v["route"]["table"], 101, "{}", run.dump());
+    assert!(field(v, "summary").contains("table 101"), "{}", run.dump());
+
+    // A mark set before routing selects table 102, whose route leads back into br0.
+    lab.hv_run(&["ip", "rule", "del", "from", "10.77.0.0/24", "lookup", "101"]);
+    lab.hv_run(&[
+        "ip",
+        "route",
+        "add",
+        "203.0.113.0/24",
+        "dev",
+        "br0",
+        "table",
+        "102",
+    ]);
+    lab.hv_run(&["ip", "rule", "add", "fwmark", "0x2a", "lookup", "102"]);
+    lab.nft(
+        "table ip markit {\n chain pre {\n  type filter hook prerouting priority -300;\n  ip saddr 10.77.0.0/24 meta mark set 0x2a\n }\n}\n",
+    );
+    let (run, _) = ping_run(&lab, &[], 1, "2");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "misrouted", "{}", run.dump());
+    assert_eq!(v["route"]["table"], 102, "{}", run.dump());
+    assert_eq!(v["route"]["device"], "br0", "{}", run.dump());
+
+    // Replies marked in PREROUTING, after up0's ingress saw them: looked up again as they
+    // leave br0, with the mark, so the route shown is table 103's. (A new lab: the misrouted
+    // ping left an un-NATed conntrack entry for the same ICMP id.)
+    drop(lab);
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&[
+        "ip",
+        "route",
+        "add",
+        "10.77.0.0/24",
+        "dev",
+        "br0",
+        "table",
+        "103",
+    ]);
+    lab.hv_run(&["ip", "rule", "add", "fwmark", "0x2b", "lookup", "103"]);
+    lab.nft(
+        "table ip markreply {\n chain pre {\n  type filter hook prerouting priority -300;\n  iifname \"up0\" meta mark set 0x2b\n }\n}\n",
+    );
+    let (run, got) = ping_run(&lab, &[], 1, "2");
+    assert!(
+        matches!(got.first(), Some(Some(Reply::IcmpEchoReply { .. }))),
+        "{got:?}"
+    );
+    assert_eq!(
+        field(run.verdict(), "status"),
+        "delivered",
+        "{}",
+        run.dump()
+    );
+    let reply_routes: Vec<_> = run
+        .hops()
+        .into_iter()
+        .filter(|h| h["dir"] == "reply" && h["stage"] == "routing")
+        .collect();
+    let last = reply_routes.last().expect("a reply route hop");
+    assert_eq!(last["route"]["table"], 103, "{}", run.dump());
+    assert_eq!(last["route"]["device"], "br0", "{}", run.dump());
+}
+
 #[test]
 fn an_upstream_gateway_that_does_not_answer_arp_is_named() {
     let lab = Lab::new(LabOptions::default());

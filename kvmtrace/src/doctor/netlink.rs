@@ -231,6 +231,8 @@ pub struct RouteQuery {
     pub sport: u16,
     pub dport: u16,
     pub iif: u32,
+    /// Firewall mark (fwmark rules).
+    pub mark: u32,
 }
 
 /// The route the kernel's FIB matches for a packet (`ip route get fibmatch …`): `Err` is
@@ -240,6 +242,7 @@ pub fn route_get(q: &RouteQuery) -> io::Result<Route> {
     const RTA_DST: u16 = 1;
     const RTA_SRC: u16 = 2;
     const RTA_IIF: u16 = 3;
+    const RTA_MARK: u16 = 16;
     const RTA_IP_PROTO: u16 = 27;
     const RTA_SPORT: u16 = 28;
     const RTA_DPORT: u16 = 29;
@@ -262,6 +265,9 @@ pub fn route_get(q: &RouteQuery) -> io::Result<Route> {
         b[2] = 32; // rtm_src_len
         nla(&mut b, RTA_SRC, &q.src.octets());
         nla(&mut b, RTA_IIF, &q.iif.to_ne_bytes());
+    }
+    if q.mark != 0 {
+        nla(&mut b, RTA_MARK, &q.mark.to_ne_bytes());
     }
     if q.proto != 0 {
         nla(&mut b, RTA_IP_PROTO, &[q.proto]);
