@@ -18,12 +18,11 @@
 
 mod checks;
 mod host;
-pub mod netlink;
 mod rules;
 
+use crate::error::EnvError;
+use crate::host::resolve::{self, Roots, VmInfo};
 use crate::model::SCHEMA;
-use crate::probe::EnvError;
-use crate::resolve::{self, Roots, VmInfo};
 use anyhow::Result;
 use clap::Args;
 use serde::{Deserialize, Serialize};

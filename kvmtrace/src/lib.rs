@@ -1,23 +1,21 @@
 //! kvmtrace: follow a KVM guest's packets through the host with eBPF and say where they stop.
 //!
-//! Layers (see docs/architecture.md): `probe` (load, attach, ring buffer; root) →
-//! `event` (decoded events) → `model` (journeys, flows, verdicts; pure) → `output` (views).
-//! `resolve` finds the VM's tap; `facts` reads the host facts verdicts cite. `trace` is the
-//! recorded-trace format; `offline` (replay, export, report), `pcapng` and `report` work on it.
-pub mod btf;
-pub mod cli;
+//! Layers, bottom up (docs/architecture.md draws them; a layer imports only those below it):
+//! - [`error`]: the error kinds every layer may return (exit codes are decided in `cmd`).
+//! - [`model`]: decoded events → journeys → flows → verdicts. Pure: no eBPF, no I/O.
+//! - [`host`]: reading the host: which tap a VM has, links, routes, neighbours, addresses,
+//!   nftables chains (netlink, /proc, /sys). Read-only.
+//! - [`capture`]: everything that needs root and eBPF (load, BTF offsets, attach, ring buffer,
+//!   the path devices, nftables tracing) → decoded events. The only layer that imports aya.
+//! - [`trace`]: the recorded-trace file format and the analysis of a trace.
+//! - [`views`]: text, JSON Lines, pcapng, the HTML/SVG report, the terminal UI.
+//! - [`doctor`]: the static checks of a VM's path.
+//! - [`cmd`]: flags, the commands (follow, replay, export, report, doctor, list), exit codes.
+pub mod capture;
+pub mod cmd;
 pub mod doctor;
-pub mod event;
-pub mod facts;
+pub mod error;
+pub mod host;
 pub mod model;
-pub mod nf;
-pub mod nftrace;
-pub mod offline;
-pub mod output;
-pub mod pathdevs;
-pub mod pcapng;
-pub mod probe;
-pub mod report;
-pub mod resolve;
 pub mod trace;
-pub mod tui;
+pub mod views;

@@ -1,5 +1,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    kvmtrace::cli::main()
+    kvmtrace::cmd::main()
 }

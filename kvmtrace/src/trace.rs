@@ -27,10 +27,12 @@
 //! for its place in the file, and only then typed; control characters in strings are replaced
 //! so a hostile file cannot drive a terminal. Reading never panics (see the mutation test).
 
-use crate::event::TraceEvent;
+pub mod analysis;
+
+use crate::model::decision::RuleDecision;
+use crate::model::event::Counters;
+use crate::model::event::TraceEvent;
 use crate::model::{BudgetEntry, HostFacts, Model, Verdict};
-use crate::nftrace::RuleDecision;
-use crate::probe::Counters;
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -111,7 +113,7 @@ impl Meta {
             dest: dest.into(),
             filter: filter.into(),
             started_unix_ns: now_unix_ns(),
-            started_mono_ns: Some(crate::probe::monotonic_ns()),
+            started_mono_ns: Some(crate::host::monotonic_ns()),
             snaplen: 0,
             facts: None,
         }
@@ -293,7 +295,7 @@ impl Inputs {
     /// rule of each netfilter drop, then the exact counts of packets over the budget.
     pub fn verdicts(&self, model: &Model) -> Vec<Verdict> {
         let mut v = model.verdicts(&self.facts, &self.dest, self.until_ns);
-        crate::nftrace::explain(&mut v, &self.decisions);
+        crate::capture::nftrace::explain(&mut v, &self.decisions);
         model.apply_budgets(&mut v, &self.budgets, self.budget);
         v
     }
@@ -313,7 +315,7 @@ impl Inputs {
 
 /// The decisions with repeats left out: a repeat differs from an earlier decision only in its
 /// `trace_id` (one per packet), so a flood does not write one line per packet and hook. Verdicts
-/// are unchanged: [`crate::nftrace::explain`] takes the first decision that matches, and a
+/// are unchanged: [`crate::capture::nftrace::explain`] takes the first decision that matches, and a
 /// repeat matches exactly when its first occurrence (earlier, kept) does.
 pub fn distinct_decisions(all: Vec<RuleDecision>) -> Vec<RuleDecision> {
     let mut seen = std::collections::HashSet::new();

@@ -2,7 +2,7 @@
 //! nftables rules), a fake VM sending into the tap, and the tracer started in-process on a thread
 //! that joined the lab's hypervisor namespace. Needs root.
 
-use kvmtrace::nftrace::{RuleDecision, RuleTracer, TraceFilter, TABLE_PREFIX};
+use kvmtrace::capture::nftrace::{RuleDecision, RuleTracer, TraceFilter, TABLE_PREFIX};
 use kvmtrace_lab::lab::{netns_path, Firewall, Lab, LabOptions};
 use kvmtrace_lab::vm::{tcp_flags, FakeVm, Reply};
 use std::io::{BufRead as _, BufReader};

@@ -2,9 +2,9 @@
 //! traces are built from the recorded real runs in `src/model/fixtures` with the same
 //! `trace::Writer` the live `follow --record` uses.
 
-use kvmtrace::event::{NfHook, TraceEvent};
+use kvmtrace::model::event::Counters;
+use kvmtrace::model::event::{NfHook, TraceEvent};
 use kvmtrace::model::{HostFacts, Model, NfChain};
-use kvmtrace::probe::Counters;
 use kvmtrace::trace::{Meta, Writer};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -418,8 +418,8 @@ fn the_pcapng_names_nat_rewrites_and_tcp_udp_checksums_verify() {
                 if let Some(t) = e.tuple.as_mut().filter(|t| t.proto == 1) {
                     t.proto = proto;
                     (t.sport, t.dport) = match e.dir {
-                        kvmtrace::event::Direction::Request => (40000, 443),
-                        kvmtrace::event::Direction::Reply => (443, 40000),
+                        kvmtrace::model::event::Direction::Request => (40000, 443),
+                        kvmtrace::model::event::Direction::Reply => (443, 40000),
                     };
                     e.icmp_type = 0;
                     if proto == 6 {

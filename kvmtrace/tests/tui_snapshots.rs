@@ -4,9 +4,9 @@
 //! `INSTA_UPDATE=always cargo test -p kvmtrace --test tui_snapshots` and `git diff`).
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use kvmtrace::event::{Direction, NfHook, Point, TraceEvent};
+use kvmtrace::model::event::{Direction, NfHook, Point, TraceEvent};
 use kvmtrace::model::{HostFacts, Model, NfChain};
-use kvmtrace::tui::{draw, Action, App, Node, TuiMeta, TuiStats, HOP_CAP, PACKET_CAP};
+use kvmtrace::views::tui::{draw, Action, App, Node, TuiMeta, TuiStats, HOP_CAP, PACKET_CAP};
 use ratatui::backend::TestBackend;
 use ratatui::style::Color;
 use ratatui::Terminal;
@@ -452,7 +452,7 @@ fn memory_stays_bounded_at_200_000_events() {
     );
     assert_eq!(app.retained_packets(), PACKET_CAP);
     assert!(app.retained_hops() <= PACKET_CAP * (HOP_CAP + 1));
-    assert!(app.drop_points().len() <= kvmtrace::tui::DROP_POINT_CAP);
+    assert!(app.drop_points().len() <= kvmtrace::views::tui::DROP_POINT_CAP);
     assert_eq!(
         app.drop_points().iter().map(|d| d.count).sum::<u64>(),
         drops

@@ -179,7 +179,7 @@ fn replay_in_a_terminal_shows_the_recorded_outage() {
     let mut w = kvmtrace::trace::Writer::create(&file, &meta).unwrap();
     for line in include_str!("../src/model/fixtures/forward_drop.jsonl").lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let ev: kvmtrace::event::TraceEvent = serde_json::from_value(v.clone()).unwrap();
+        let ev: kvmtrace::model::event::TraceEvent = serde_json::from_value(v.clone()).unwrap();
         w.event(v["journey"].as_u64().map(|j| j as usize), &ev)
             .unwrap();
     }

@@ -4,10 +4,10 @@
 //! snapshot and says what it read (evidence) and what to run (fix).
 
 use super::host::{Dev, Host};
-use super::netlink::{self, nud_name};
 use super::rules::{self, Chain, Fate, Iface, Net, Pkt, Place, Ruleset};
 use super::{Check, CheckStatus};
-use crate::event::NfHook;
+use crate::host::netlink::{self, nud_name};
+use crate::model::event::NfHook;
 use std::net::Ipv4Addr;
 
 use CheckStatus::{Fail, Pass, Skip, Warn};
@@ -1434,9 +1434,9 @@ pub fn run_checks(h: &Host, tap: &str, mac: Option<&str>) -> Vec<Check> {
 #[cfg(test)]
 mod tests {
     use super::super::host::UdpSock;
-    use super::super::netlink::{Neigh, Route};
     use super::super::rules::{Action, Base, Cond, Rule};
     use super::*;
+    use crate::host::netlink::{Neigh, Route};
     use std::collections::BTreeMap;
 
     fn dev(name: &str, ifindex: u32) -> Dev {

@@ -2,8 +2,8 @@
 //! current network namespace. The checks are pure functions of it, so unit tests build a
 //! `Host` by hand.
 
-use super::netlink::{self, IfAddr, Neigh, Route};
 use super::rules::{self, Ruleset};
+use crate::host::netlink::{self, IfAddr, Neigh, Route};
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::Ipv4Addr;

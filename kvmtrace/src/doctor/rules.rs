@@ -11,9 +11,9 @@
 //! Expression layouts: `include/uapi/linux/netfilter/nf_tables.h` (Linux 6.18); iptables-nft's
 //! compat `match`/`target` payloads: `include/uapi/linux/netfilter/xt_conntrack.h`, `xt_state.h`.
 
-use super::netlink::{self, attr, attrs, be32, be64, cstr, ne32};
-use crate::event::NfHook;
-use crate::facts::family_name;
+use crate::host::facts::family_name;
+use crate::host::netlink::{self, attr, attrs, be32, be64, cstr, ne32};
+use crate::model::event::NfHook;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
@@ -817,7 +817,7 @@ pub fn parse_chain(body: &[u8]) -> Option<Chain> {
     let table = attr(a, NFTA_CHAIN_TABLE).map(cstr)?;
     let name = attr(a, NFTA_CHAIN_NAME).map(cstr)?;
     // Hook, priority and policy: the same decoding `facts` uses for verdicts.
-    let base = crate::facts::parse_chain(body).map(|c| Base {
+    let base = crate::host::facts::parse_chain(body).map(|c| Base {
         hook: c.hook,
         priority: c.priority,
         policy: c.policy,
@@ -1168,8 +1168,8 @@ pub fn judge(rs: &Ruleset, base: &Chain, pkt: &Pkt) -> ChainVerdict {
 
 #[cfg(test)]
 mod tests {
-    use super::super::netlink::tests::nla;
     use super::*;
+    use crate::host::netlink::tests::nla;
 
     fn nested(ty: u16, inner: &[u8]) -> Vec<u8> {
         nla(ty | 0x8000, inner)

@@ -1,7 +1,10 @@
 //! Events → packet journeys → flows → verdicts. Pure: no eBPF, no I/O, so every rule here is
 //! unit-tested from recorded events and `replay` works on any machine.
 
-use crate::event::{DevKind, Direction, NfHook, Point, Route, TraceEvent, Tuple};
+pub mod decision;
+pub mod event;
+
+use crate::model::event::{DevKind, Direction, NfHook, Point, Route, TraceEvent, Tuple};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -557,7 +560,7 @@ impl FlowKey {
             ),
             p => format!(
                 "{} {}:{} > {}:{}",
-                crate::event::proto_name(p),
+                crate::model::event::proto_name(p),
                 self.guest,
                 self.guest_port,
                 self.remote,
@@ -899,7 +902,7 @@ impl Model {
 
     /// Replies that came back but never reached the tap: does the guest answer the host's ARP?
     fn add_guest_arp_evidence(&self, v: &mut Verdict, k: FlowKey) {
-        use crate::event::L2;
+        use crate::model::event::L2;
         if v.status == Status::Delivered || v.replies == 0 {
             return;
         }
@@ -931,7 +934,7 @@ impl Model {
     /// The tap the guest asked ARP on, without an answer, when the facts show it is a port of
     /// no bridge: nothing but the host's own stack can hear the guest there.
     fn unbridged_asking_tap(&self, facts: &HostFacts) -> Option<String> {
-        use crate::event::L2;
+        use crate::model::event::L2;
         let tap = self
             .l2
             .iter()
@@ -948,7 +951,7 @@ impl Model {
 
     /// Why nothing reached the destination, from what the guest did say on its tap.
     fn no_traffic_summary(&self, dest: &str, facts: &HostFacts) -> String {
-        use crate::event::L2;
+        use crate::model::event::L2;
         let mut asked: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
         let mut answered: std::collections::BTreeSet<Ipv4Addr> = Default::default();
         let (mut dhcp_asks, mut dhcp_answers) = (0, 0);

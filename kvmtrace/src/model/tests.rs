@@ -3,7 +3,7 @@
 //! root or eBPF; synthetic variations pin the rules one by one.
 
 use super::*;
-use crate::event::TraceEvent;
+use crate::model::event::TraceEvent;
 
 fn load(text: &str) -> Vec<TraceEvent> {
     text.lines()
@@ -457,7 +457,7 @@ fn guest_arp(ts_ns: u64) -> TraceEvent {
     let mut e = load(HEALTHY)[1].clone();
     e.ts_ns = ts_ns;
     e.tuple = None;
-    e.l2 = Some(crate::event::L2::Arp {
+    e.l2 = Some(crate::model::event::L2::Arp {
         op: 1,
         sender: Ipv4Addr::new(10, 77, 0, 2),
         target: Ipv4Addr::new(10, 77, 0, 1),

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::model::{Model, NfChain};
-use crate::offline::Analysis;
+use crate::trace::analysis::Analysis;
 
 const FORWARD_DROP: &str = include_str!("../model/fixtures/forward_drop.jsonl");
 const HEALTHY: &str = include_str!("../model/fixtures/healthy.jsonl");
@@ -47,7 +47,7 @@ fn facts() -> HostFacts {
             family: "inet".into(),
             table: "labfilter".into(),
             chain: "forward".into(),
-            hook: crate::event::NfHook::Forward,
+            hook: crate::model::event::NfHook::Forward,
             priority: 0,
             policy: "drop".into(),
         }],
@@ -390,11 +390,11 @@ fn control_characters_never_reach_the_views() {
 fn render_everything(t: &Trace) {
     let a = Analysis::of(t);
     let mut sink = Vec::new();
-    crate::offline::write_replay(&mut sink, t, &a, false).unwrap();
-    crate::offline::write_replay(&mut sink, t, &a, true).unwrap();
-    crate::offline::write_jsonl(&mut sink, t, &a).unwrap();
-    let _ = crate::pcapng::write(t, &a, &mut sink);
-    let d = crate::report::build(t, &a, "fuzz");
+    crate::views::replay::write_replay(&mut sink, t, &a, false).unwrap();
+    crate::views::replay::write_replay(&mut sink, t, &a, true).unwrap();
+    crate::views::replay::write_jsonl(&mut sink, t, &a).unwrap();
+    let _ = crate::views::pcapng::write(t, &a, &mut sink);
+    let d = crate::views::report::build(t, &a, "fuzz");
     let _ = (d.markdown(), d.html());
 }
 
@@ -514,7 +514,7 @@ fn events_in_no_journey_are_kept_and_shown_like_follow_shows_them() {
     let mut events = load(FORWARD_DROP);
     let mut orphan = events
         .iter()
-        .find(|(_, e)| e.point == crate::event::Point::Fib)
+        .find(|(_, e)| e.point == crate::model::event::Point::Fib)
         .unwrap()
         .1
         .clone();
@@ -535,7 +535,7 @@ fn events_in_no_journey_are_kept_and_shown_like_follow_shows_them() {
     assert_eq!(a.placed[0], None);
     assert_eq!(a.placed[1], Some((0, 0)));
     let mut out = Vec::new();
-    crate::offline::write_replay(&mut out, &t, &a, false).unwrap();
+    crate::views::replay::write_replay(&mut out, &t, &a, false).unwrap();
     let out = String::from_utf8(out).unwrap();
     let first = out.lines().next().unwrap();
     assert!(
@@ -686,7 +686,7 @@ fn a_format_1_trace_still_opens() {
     let a = Analysis::of(&t);
     assert_eq!(a.verdicts, t.verdicts);
     assert_eq!(a.verdicts[0].status, crate::model::Status::Dropped);
-    assert!(crate::offline::warnings(&t, &a).is_empty());
+    assert!(crate::trace::analysis::warnings(&t, &a).is_empty());
     // A format-1 recording of an --explain-rules run: the rule is in its recorded verdict
     // only, and replay says why its own lacks it.
     let v1 = as_format_1(&with_rules);
@@ -694,7 +694,7 @@ fn a_format_1_trace_still_opens() {
     assert!(t.verdicts[0].rule.is_some());
     let a = Analysis::of(&t);
     assert_eq!(a.verdicts[0].rule, None);
-    let w = crate::offline::warnings(&t, &a);
+    let w = crate::trace::analysis::warnings(&t, &a);
     assert!(
         w.iter()
             .any(|w| w.contains("format-1 trace holds no --explain-rules")),
@@ -762,8 +762,8 @@ fn repeated_decisions_are_recorded_once_in_order() {
     // The first matching decision is the same in both lists, so the verdicts are.
     let t = read_bytes(&record(FORWARD_DROP)).unwrap();
     let (mut full, mut short) = (t.verdicts.clone(), t.verdicts.clone());
-    crate::nftrace::explain(&mut full, &all);
-    crate::nftrace::explain(&mut short, &kept);
+    crate::capture::nftrace::explain(&mut full, &all);
+    crate::capture::nftrace::explain(&mut short, &kept);
     assert_eq!(full, short);
     assert!(full[0].rule.is_some());
 }

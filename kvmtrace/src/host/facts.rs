@@ -1,8 +1,8 @@
 //! Reads the host facts that verdicts cite: ip_forward, the nftables base chains (a read-only
 //! NFT_MSG_GETCHAIN dump over nfnetlink), and the iptables-legacy tables.
 
-use crate::doctor::netlink::{attrs, be32, cstr, dump};
-use crate::event::NfHook;
+use crate::host::netlink::{attrs, be32, cstr, dump};
+use crate::model::event::NfHook;
 use crate::model::{HostFacts, NfChain};
 use std::io;
 
@@ -26,7 +26,7 @@ pub fn gather() -> HostFacts {
     let legacy_tables = std::fs::read_to_string("/proc/net/ip_tables_names")
         .map(|s| s.lines().map(str::to_string).collect())
         .unwrap_or_default();
-    let addresses = crate::doctor::netlink::addresses().unwrap_or_else(|e| {
+    let addresses = crate::host::netlink::addresses().unwrap_or_else(|e| {
         log::debug!("reading addresses: {e}");
         Vec::new()
     });
@@ -46,7 +46,7 @@ pub fn gather() -> HostFacts {
 /// (an RTM_GETADDR dump), matched by ifindex.
 pub fn devices(
     sys_class_net: &std::path::Path,
-    addrs: &[crate::doctor::netlink::IfAddr],
+    addrs: &[crate::host::netlink::IfAddr],
 ) -> Vec<crate::model::DevFacts> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(sys_class_net) else {

@@ -3,11 +3,14 @@
 //! Exit codes: 0 every flow delivered; 1 a problem found; 2 usage error (bad flag, bad
 //! address, unknown VM); 3 environment error (not root, no BTF, a kernel feature missing).
 
-use crate::event::Direction;
+pub mod offline;
+
+use crate::capture::probe::{Spec, Tracer};
+use crate::error::EnvError;
+use crate::host::resolve::{self, Roots, UnknownVm};
+use crate::model::event::Direction;
 use crate::model::{stage_of, HostFacts, Model, Status};
-use crate::output;
-use crate::probe::{EnvError, Spec, Tracer};
-use crate::resolve::{self, Roots, UnknownVm};
+use crate::views::output;
 use anyhow::{anyhow, Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::Write as _;
@@ -87,17 +90,17 @@ pub enum Cmd {
         /// lookups: other traffic pays only where it crosses those devices) or `all` (also
         /// every device's receive/transmit tracepoints and netfilter links at every IPv4 hook:
         /// each netfilter hook's entry and exit shown, at a cost to every packet of the host).
-        #[arg(long, value_enum, default_value_t = crate::probe::HookSet::Path)]
-        hooks: crate::probe::HookSet,
+        #[arg(long, value_enum, default_value_t = crate::capture::probe::HookSet::Path)]
+        hooks: crate::capture::probe::HookSet,
     },
     /// List the VMs and taps kvmtrace can see in this network namespace.
     List,
     /// Show a recorded trace (`follow --record`) with the same views, offline, without root.
-    Replay(crate::offline::ReplayArgs),
+    Replay(crate::cmd::offline::ReplayArgs),
     /// Export a recorded trace (pcapng for Wireshark/tshark, JSON Lines for scripts).
-    Export(crate::offline::ExportArgs),
+    Export(crate::cmd::offline::ExportArgs),
     /// Write a postmortem report (Markdown and self-contained HTML) from a recorded trace.
-    Report(crate::offline::ReportArgs),
+    Report(crate::cmd::offline::ReportArgs),
     /// Check everything along a VM's path without waiting for traffic: pass / warn / fail with
     /// the evidence and the fix.
     Doctor(crate::doctor::DoctorArgs),
@@ -203,9 +206,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Replay(a) => crate::offline::replay(a),
-        Cmd::Export(a) => crate::offline::export(a),
-        Cmd::Report(a) => crate::offline::report(a),
+        Cmd::Replay(a) => crate::cmd::offline::replay(a),
+        Cmd::Export(a) => crate::cmd::offline::export(a),
+        Cmd::Report(a) => crate::cmd::offline::report(a),
         Cmd::Doctor(a) => crate::doctor::run(a),
         Cmd::Follow {
             vm,
@@ -318,14 +321,14 @@ async fn follow_async(
     let started = Instant::now();
     // Rule tracing first: it only reads the ruleset and adds its own table, before any hook.
     let rules = if view.explain_rules {
-        let f = crate::nftrace::TraceFilter {
+        let f = crate::capture::nftrace::TraceFilter {
             guest_ips: Vec::new(),
             dst: spec.dst,
             prefix: spec.prefix,
             proto: spec.proto,
             port: spec.port,
         };
-        let (rt, warnings) = crate::nftrace::RuleTracer::start(&f)
+        let (rt, warnings) = crate::capture::nftrace::RuleTracer::start(&f)
             .map_err(|e| EnvError(format!("--explain-rules: nftables tracing: {e:#}")))?;
         for w in warnings {
             eprintln!("kvmtrace: warning: {w}");
@@ -360,9 +363,9 @@ async fn follow_async(
     let mut out = std::io::BufWriter::new(stdout.lock());
     // The terminal UI reads the same model; it redraws on a 100 ms tick, decoupled from the
     // ring buffer, and keeps bounded state of its own.
-    let facts_live: HostFacts = crate::facts::gather();
+    let facts_live: HostFacts = crate::host::facts::gather();
     let mut live = if view.tui {
-        Some(crate::tui::Live::start()?)
+        Some(crate::views::tui::Live::start()?)
     } else {
         None
     };
@@ -378,7 +381,7 @@ async fn follow_async(
                 &info.tap,
                 info.mac.clone(),
                 dest,
-                &crate::tui::filter_label(spec.proto, spec.port),
+                &crate::views::tui::filter_label(spec.proto, spec.port),
             );
             meta.facts = Some(facts_live.clone());
             Some(
@@ -391,10 +394,10 @@ async fn follow_async(
     let mut st = Follow {
         writer,
         tui: view.tui.then(|| {
-            crate::tui::App::new(crate::tui::TuiMeta {
+            crate::views::tui::App::new(crate::views::tui::TuiMeta {
                 vm: info.name.clone().unwrap_or_else(|| info.tap.clone()),
                 tap: info.tap.clone(),
-                filter: crate::tui::filter_label(spec.proto, spec.port),
+                filter: crate::views::tui::filter_label(spec.proto, spec.port),
                 dest: dest.to_string(),
             })
         }),
@@ -462,7 +465,7 @@ async fn follow_async(
                 let c = tracer.counters();
                 let (Some(app), Some(ui)) = (st.tui.as_mut(), live.as_mut()) else { break };
                 let el = started.elapsed();
-                app.set_stats(crate::tui::TuiStats {
+                app.set_stats(crate::views::tui::TuiStats {
                     elapsed: el,
                     events_per_sec: st.delivered as f64 / el.as_secs_f64().max(0.001),
                     events: c.events,
@@ -474,17 +477,17 @@ async fn follow_async(
                     last_verdicts = Instant::now();
                 }
                 match ui.tick(app)? {
-                    Some(crate::tui::Action::Quit) => break,
-                    Some(crate::tui::Action::SetFilter { proto, port }) => {
+                    Some(crate::views::tui::Action::Quit) => break,
+                    Some(crate::views::tui::Action::SetFilter { proto, port }) => {
                         match tracer.set_filter(proto, port) {
                             Ok(()) => filter = (proto, port),
                             Err(e) => {
                                 log::warn!("changing the filter: {e:#}");
-                                app.set_filter_label(crate::tui::filter_label(filter.0, filter.1));
+                                app.set_filter_label(crate::views::tui::filter_label(filter.0, filter.1));
                             }
                         }
                     }
-                    Some(crate::tui::Action::None) | None => {}
+                    Some(crate::views::tui::Action::None) | None => {}
                 }
             }
             guard = ring.readable_mut() => {
@@ -503,7 +506,7 @@ async fn follow_async(
     }
     // Requests seen from now on are not judged; the ones in flight get a moment for their
     // replies. Then drain, and read the counters (exact: each event delivered or counted lost).
-    let until = crate::probe::monotonic_ns();
+    let until = crate::host::monotonic_ns();
     if let Some(w) = &mut st.writer {
         w.stop(until)?;
     }
@@ -535,7 +538,7 @@ async fn follow_async(
         .unwrap_or_default();
     let inputs = crate::trace::Inputs {
         dest: dest.to_string(),
-        facts: crate::facts::gather(),
+        facts: crate::host::facts::gather(),
         until_ns: Some(until),
         decisions,
         budgets: tracer.flow_budgets(),
@@ -639,7 +642,7 @@ struct Follow {
     /// `--record`: the trace being written.
     writer: Option<crate::trace::Writer>,
     /// The terminal UI's state, when it is on (hops then go to it instead of stdout).
-    tui: Option<crate::tui::App>,
+    tui: Option<crate::views::tui::App>,
     model: Model,
     /// Records read from the ring buffer (to compare with the kernel's count).
     delivered: u64,

@@ -6,10 +6,10 @@
 //! firewall and chains, route, rewrites, the kernel stack), the path with packet counts per
 //! hop, a timeline, and the environment the trace was recorded in.
 
-use crate::event::{Direction, Point, TraceEvent};
+use crate::model::event::{Direction, Point, TraceEvent};
 use crate::model::{point_label, Status, Verdict};
-use crate::offline::{iso_utc, severity, warnings, Analysis};
-use crate::output::{self, group_verdicts, VerdictGroup};
+use crate::trace::analysis::{iso_utc, severity, warnings, Analysis};
+use crate::views::output::{self, group_verdicts, VerdictGroup};
 
 mod svg;
 use crate::trace::Trace;

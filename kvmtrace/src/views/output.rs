@@ -1,8 +1,8 @@
 //! Text and JSON Lines views of hops and verdicts. They read the model only.
 
-use crate::event::TraceEvent;
+use crate::model::event::Counters;
+use crate::model::event::TraceEvent;
 use crate::model::{point_label, FlowKey, Model, Stage, Verdict, SCHEMA};
-use crate::probe::Counters;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -15,8 +15,8 @@ pub fn hop_line(t0: u64, journey: impl Into<Option<usize>>, e: &TraceEvent) -> S
     };
     let t = e.ts_ns.saturating_sub(t0) as f64 / 1e9;
     let dir = match e.dir {
-        crate::event::Direction::Request => "req",
-        crate::event::Direction::Reply => "rep",
+        crate::model::event::Direction::Request => "req",
+        crate::model::event::Direction::Reply => "rep",
     };
     let mut line = format!(
         "{t:>11.6} {dir} #{journey:<4} {:<18} {:<10} {}",
@@ -267,7 +267,7 @@ fn group_label(k: &FlowKey) -> String {
         1 => format!("icmp {} > {} id=*", k.guest, k.remote),
         p => format!(
             "{} {}:* > {}:{}",
-            crate::event::proto_name(p),
+            crate::model::event::proto_name(p),
             k.guest,
             k.remote,
             k.remote_port
@@ -445,8 +445,8 @@ mod tests {
     use super::*;
     use crate::model::{HostFacts, Rewrite, Status};
 
-    const FORWARD_DROP: &str = include_str!("model/fixtures/forward_drop.jsonl");
-    const HEALTHY: &str = include_str!("model/fixtures/healthy.jsonl");
+    const FORWARD_DROP: &str = include_str!("../model/fixtures/forward_drop.jsonl");
+    const HEALTHY: &str = include_str!("../model/fixtures/healthy.jsonl");
 
     /// A recorded run played `n` times, one second apart, each time with the next ICMP id (a
     /// guest whose ping picks a new id per run): `n` flows that end the same way.

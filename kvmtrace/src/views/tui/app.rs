@@ -6,7 +6,7 @@
 //! collection goes on underneath, so nothing is missed when it resumes.
 
 use super::{filter_label, parse_filter, Action, TuiMeta, TuiStats};
-use crate::event::{DevKind, Direction, NfHook, Point, Route, TraceEvent};
+use crate::model::event::{DevKind, Direction, NfHook, Point, Route, TraceEvent};
 use crate::model::{Journey, Model, Outcome, Stage, Verdict};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use std::collections::VecDeque;
@@ -383,7 +383,7 @@ impl App {
     /// The verdicts of the flows so far with the model they came from, which gives each flow's
     /// first and last packet for the grouped lines of the verdict panel.
     pub fn set_judged(&mut self, model: &Model, v: Vec<Verdict>) {
-        self.live.verdict_times = crate::output::flow_times(model, &v);
+        self.live.verdict_times = crate::views::output::flow_times(model, &v);
         self.live.verdicts = v;
     }
 
@@ -566,7 +566,7 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Tuple;
+    use crate::model::event::Tuple;
 
     fn ev(point: Point, dir: Direction, kind: DevKind, dev: &str, ts: u64) -> TraceEvent {
         TraceEvent {

@@ -503,3 +503,19 @@ pub fn tcp_flags(f: u8) -> String {
     }
     s
 }
+/// Exact counters kept by the programs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    pub events: u64,
+    pub lost: u64,
+    pub sampled_out: u64,
+}
+
+/// Run count and total run time of one program (`kernel.bpf_stats_enabled=1` makes the
+/// kernel keep them; they stay 0 otherwise).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProgStats {
+    pub name: String,
+    pub runs: u64,
+    pub run_time_ns: u64,
+}

@@ -111,7 +111,7 @@ pub fn filter_label(proto: u8, port: u16) -> String {
     let p = if proto == 0 {
         "any"
     } else {
-        crate::event::proto_name(proto)
+        crate::model::event::proto_name(proto)
     };
     if port == 0 {
         p.to_string()

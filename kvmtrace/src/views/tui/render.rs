@@ -3,9 +3,9 @@
 //! screen, on a terminal or on a `TestBackend`.
 
 use super::app::{dir_idx, App, DropPoint, Mode, Node, Packet, View};
-use crate::event::{Direction, Point, TraceEvent, Tuple};
+use crate::model::event::{Direction, Point, TraceEvent, Tuple};
 use crate::model::{point_label, Outcome, Stage, Status, Verdict};
-use crate::output::group_verdicts;
+use crate::views::output::group_verdicts;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span, Text};

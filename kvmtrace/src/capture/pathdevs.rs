@@ -7,7 +7,7 @@
 //! Per-device programs cost nothing to traffic that never crosses those devices, where the
 //! global tracepoints and netfilter links cost every packet of the host.
 
-use crate::doctor::netlink;
+use crate::host::netlink;
 use aya::programs::{tc, SchedClassifier, TcAttachType};
 use aya::Ebpf;
 use std::collections::BTreeMap;

@@ -33,8 +33,6 @@ const NLM_F_DUMP: u16 = 0x300;
 pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
 const NLA_F_NESTED: u16 = 0x8000;
-/// Both flag bits of `nla_type` (NLA_F_NESTED, NLA_F_NET_BYTEORDER).
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 pub const NLMSG_HDRLEN: usize = 16;
 /// `struct nfgenmsg`: family, version, res_id.
@@ -86,41 +84,8 @@ impl Attrs {
     }
 }
 
-/// Iterates netlink attributes: (type without flag bits, payload). Stops at the first malformed
-/// one.
-pub fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([b[0], b[1]]));
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let payload = &b[4..len];
-        b = &b[((len + 3) & !3).min(b.len())..];
-        Some((ty, payload))
-    })
-}
-
-pub fn be32(p: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(p.get(..4)?.try_into().ok()?))
-}
-
-pub fn be64(p: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(p.get(..8)?.try_into().ok()?))
-}
-
-pub fn ne32(p: &[u8]) -> Option<u32> {
-    Some(u32::from_ne_bytes(p.get(..4)?.try_into().ok()?))
-}
-
-/// A string attribute up to its first NUL.
-pub fn cstr(p: &[u8]) -> String {
-    let end = p.iter().position(|&c| c == 0).unwrap_or(p.len());
-    String::from_utf8_lossy(&p[..end]).into_owned()
-}
+// Attribute parsing is rtnetlink's and nfnetlink's alike: one copy, in the host layer.
+pub use crate::host::netlink::{attrs, be32, be64, cstr, ne32};
 
 /// One nfnetlink message: nlmsghdr + nfgenmsg (`res_id` written big-endian) + attributes.
 pub fn message(ty: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &Attrs) -> Vec<u8> {

@@ -28,7 +28,7 @@ use anyhow::{bail, Context as _, Result};
 use decode::{family_name, parse_ipv4, parse_trace, verdict_name, Ipv4Hdr, TraceMsg, TraceType};
 use nl::{NlSocket, NFNLGRP_NFTRACE, NFT_MSG_GETCHAIN, NFT_MSG_GETTABLE, NFT_MSG_TRACE};
 use ruletext::RuleText;
-use serde::{Deserialize, Serialize};
+
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
@@ -72,65 +72,7 @@ impl TraceFilter {
     }
 }
 
-/// One trace verdict: a rule that matched (its verdict, `continue` if it has none), the end of a
-/// regular chain (`return`), or a base chain's policy.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
-pub struct RuleDecision {
-    /// The table's family: `inet`, `ip`, `bridge`, …
-    pub family: String,
-    pub table: String,
-    pub chain: String,
-    /// The rule's handle (`nft -a list …`); none for a policy or an implicit return.
-    pub handle: Option<u64>,
-    /// The rule as `nft -a -s list ruleset` prints it; none without nft or for a policy.
-    pub rule: Option<String>,
-    /// `accept`, `drop`, `reject` (a drop by a rule whose text has `reject`), `queue`,
-    /// `continue`, `return`, `jump <chain>`, `goto <chain>`; for a policy, the policy.
-    pub verdict: String,
-    /// The chain's policy decided (no rule gave a verdict).
-    pub policy: bool,
-    /// The hook of the base chain being evaluated (`PREROUTING`, `FORWARD`, … `INGRESS` for
-    /// netdev), when known.
-    pub hook: Option<String>,
-    /// The packet's addresses and protocol at that base chain (after any NAT before it).
-    pub src: Option<Ipv4Addr>,
-    pub dst: Option<Ipv4Addr>,
-    pub proto: Option<u8>,
-    /// The same for every decision about one packet (one skb) at one place.
-    pub trace_id: u32,
-}
-
-impl RuleDecision {
-    /// A verdict that ends the packet's evaluation at this hook (accept, drop, reject, queue,
-    /// stolen), by a rule or a policy.
-    pub fn is_final(&self) -> bool {
-        matches!(
-            self.verdict.as_str(),
-            "accept" | "drop" | "reject" | "queue" | "stolen"
-        )
-    }
-}
-
-impl fmt::Display for RuleDecision {
-    /// `inet labfilter forward (FORWARD): policy drop` or
-    /// `inet labrej fwd handle 6 (FORWARD): tcp dport 8080 reject with tcp reset → reject`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} {}", self.family, self.table, self.chain)?;
-        if let Some(h) = self.handle {
-            write!(f, " handle {h}")?;
-        }
-        if let Some(h) = &self.hook {
-            write!(f, " ({h})")?;
-        }
-        if self.policy {
-            return write!(f, ": policy {}", self.verdict);
-        }
-        match &self.rule {
-            Some(r) => write!(f, ": {r} → {}", self.verdict),
-            None => write!(f, ": {}", self.verdict),
-        }
-    }
-}
+pub use crate::model::decision::RuleDecision;
 
 /// What the collector thread and the tracer share.
 #[derive(Default)]
@@ -527,11 +469,14 @@ impl Collector {
         }
         match self.query.dump(NFT_MSG_GETCHAIN) {
             Ok(bodies) => {
-                for c in bodies.iter().filter_map(|b| crate::facts::parse_chain(b)) {
+                for c in bodies
+                    .iter()
+                    .filter_map(|b| crate::host::facts::parse_chain(b))
+                {
                     let hook = if c.family == "netdev" {
                         // NF_NETDEV_INGRESS 0, NF_NETDEV_EGRESS 1.
                         match c.hook {
-                            crate::event::NfHook::Prerouting => "INGRESS",
+                            crate::model::event::NfHook::Prerouting => "INGRESS",
                             _ => "EGRESS",
                         }
                         .to_string()
@@ -564,7 +509,7 @@ fn refine(verdict: String, rule: Option<&str>) -> String {
 /// Puts the deciding rule into each netfilter drop verdict: the final decision (drop, reject,
 /// or a drop policy) about a packet of that flow, in that direction, at that hook.
 pub fn explain(verdicts: &mut [crate::model::Verdict], decisions: &[RuleDecision]) {
-    use crate::event::Direction;
+    use crate::model::event::Direction;
     for v in verdicts.iter_mut() {
         let (Some(k), Some(hook)) = (v.key, v.hook) else {
             continue;

@@ -6,9 +6,11 @@
 //! TC fallback (kernels before 6.6) leaves state behind; it is removed on detach and a left-over
 //! is replaced at the next start.
 
-use crate::btf::{kernel_offsets, KernelBtf, VMLINUX_BTF};
-use crate::event::{Decoder, DevKind, RouteAsk, RouteDetail, TraceEvent};
-use crate::nf;
+use crate::capture::btf::{kernel_offsets, KernelBtf, VMLINUX_BTF};
+use crate::capture::nf;
+use crate::model::event::{
+    Counters, Decoder, DevKind, ProgStats, RouteAsk, RouteDetail, TraceEvent,
+};
 use anyhow::{anyhow, Context as _, Result};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap};
 use aya::programs::{tc, BtfTracePoint, SchedClassifier, TcAttachType, TracePoint};
@@ -22,15 +24,7 @@ use std::path::Path;
 /// The compiled eBPF programs, embedded: one file to copy to a host.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kvmtrace"));
 
-/// An environment problem: exit code 3, with what to do.
-#[derive(Debug)]
-pub struct EnvError(pub String);
-impl std::fmt::Display for EnvError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for EnvError {}
+use crate::error::EnvError;
 
 /// What to follow.
 #[derive(Clone, Debug)]
@@ -64,23 +58,6 @@ pub enum HookSet {
     All,
 }
 
-/// Exact counters kept by the programs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Counters {
-    pub events: u64,
-    pub lost: u64,
-    pub sampled_out: u64,
-}
-
-/// Run count and total run time of one program (`kernel.bpf_stats_enabled=1` makes the
-/// kernel keep them; they stay 0 otherwise).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ProgStats {
-    pub name: String,
-    pub runs: u64,
-    pub run_time_ns: u64,
-}
-
 /// `run_cnt` and `run_time_ns` from /proc/self/fdinfo of a program fd.
 fn prog_stats(name: &str, fd: std::os::fd::RawFd) -> ProgStats {
     let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
@@ -102,7 +79,7 @@ pub struct Tracer {
     ebpf: Ebpf,
     _nf: Option<nf::NfLinks>,
     /// Path devices with the `dev_*` programs attached (empty with [`HookSet::All`]).
-    path: crate::pathdevs::Attached,
+    path: crate::capture::pathdevs::Attached,
     spec: Spec,
     ring: Option<RingBuf<MapData>>,
     pub attached: Vec<String>,
@@ -213,17 +190,6 @@ fn set_config(ebpf: &mut Ebpf, c: Config) -> Result<()> {
     )?;
     cfg.set(0, c, 0)?;
     Ok(())
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, so comparable with event times.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl Tracer {
@@ -416,7 +382,7 @@ impl Tracer {
             }
         };
         phase("netfilter attached");
-        let mut path = crate::pathdevs::Attached::default();
+        let mut path = crate::capture::pathdevs::Attached::default();
         if !all {
             for p in ["dev_ingress", "dev_egress"] {
                 let prog: &mut SchedClassifier = ebpf
@@ -428,7 +394,7 @@ impl Tracer {
             attached.push(
                 "route lookups: bpf_fib_lookup in dev_ingress, for followed packets only".into(),
             );
-            let want = crate::pathdevs::wanted(&spec.tap, spec.dst, &[]);
+            let want = crate::capture::pathdevs::wanted(&spec.tap, spec.dst, &[]);
             let (notes, warns) = path.sync(&mut ebpf, &want, 0.0);
             attached.extend(notes);
             warnings.extend(warns);
@@ -498,7 +464,7 @@ impl Tracer {
         if self.spec.hooks == HookSet::All {
             return Vec::new();
         }
-        let want = crate::pathdevs::wanted(&self.spec.tap, self.spec.dst, seen_oifs);
+        let want = crate::capture::pathdevs::wanted(&self.spec.tap, self.spec.dst, seen_oifs);
         let (mut notes, warns) = self.path.sync(&mut self.ebpf, &want, at_s);
         notes.extend(warns);
         self.attached.extend(notes.iter().cloned());
@@ -664,7 +630,7 @@ fn next_key(fd: std::os::fd::BorrowedFd<'_>, key: &mut [u8]) -> Option<()> {
 /// (a route of the local table) or has no route; for "forwarding disabled" the route the
 /// lookup itself found (the kernel drops the packet after it, for the disabled forwarding).
 fn route_detail(a: &RouteAsk) -> RouteDetail {
-    use crate::doctor::netlink::{route_get, routes, RouteQuery};
+    use crate::host::netlink::{route_get, routes, RouteQuery};
     const RET_SUCCESS: u32 = 0;
     const RET_BLACKHOLE: u32 = 1;
     const RET_UNREACHABLE: u32 = 2;
@@ -689,7 +655,7 @@ fn route_detail(a: &RouteAsk) -> RouteDetail {
         err,
         oif: 0,
     };
-    let found = |r: &crate::doctor::netlink::Route| RouteDetail {
+    let found = |r: &crate::host::netlink::Route| RouteDetail {
         table: r.table,
         err: 0,
         oif: r.nexthops.first().map(|n| n.0).unwrap_or(0),
@@ -699,7 +665,9 @@ fn route_detail(a: &RouteAsk) -> RouteDetail {
         let table = routes()
             .unwrap_or_default()
             .into_iter()
-            .filter(|r| r.kind == kind && crate::pathdevs::contains(r.dst, r.dst_len, a.dst))
+            .filter(|r| {
+                r.kind == kind && crate::capture::pathdevs::contains(r.dst, r.dst_len, a.dst)
+            })
             .max_by_key(|r| r.dst_len)
             .map(|r| r.table)
             .unwrap_or(254);
@@ -794,7 +762,7 @@ impl Decoder for HostDecoder {
         if let Some(n) = names.get(&ifindex) {
             return Some(n.clone());
         }
-        let n = crate::pathdevs::name_of(ifindex)?;
+        let n = crate::capture::pathdevs::name_of(ifindex)?;
         names.insert(ifindex, n.clone());
         Some(n)
     }

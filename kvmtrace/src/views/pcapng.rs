@@ -16,9 +16,9 @@
 //!   Route lookups have no packet of their own: their result is in the comments.
 //! - Timestamps are wall-clock, ns resolution (if_tsresol 9), from the header's clocks.
 
-use crate::event::{Point, TraceEvent};
+use crate::model::event::{Point, TraceEvent};
 use crate::model::{point_label, stage_of, Outcome, Rewrite, Status, Verdict};
-use crate::offline::Analysis;
+use crate::trace::analysis::Analysis;
 use crate::trace::Trace;
 use anyhow::{anyhow, Result};
 use etherparse::{Icmpv4Header, Icmpv4Type, IpNumber, Ipv4Header, TcpHeader, UdpHeader};
@@ -265,7 +265,7 @@ pub fn write(t: &Trace, an: &Analysis, out: impl Write) -> Result<Exported> {
         m.host,
         m.kernel,
         m.version,
-        crate::offline::iso_utc(m.started_unix_ns)
+        crate::trace::analysis::iso_utc(m.started_unix_ns)
     );
     for v in &an.verdicts {
         shb_comment.push_str(&format!(
@@ -344,7 +344,7 @@ pub fn write(t: &Trace, an: &Analysis, out: impl Write) -> Result<Exported> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{DevKind, Direction, Tuple};
+    use crate::model::event::{DevKind, Direction, Tuple};
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 
     fn ev(proto: u8) -> TraceEvent {
@@ -358,7 +358,7 @@ mod tests {
             device: "up0".into(),
             dev_kind: DevKind::Other,
             netns: 1,
-            nf_hook: Some(crate::event::NfHook::Postrouting),
+            nf_hook: Some(crate::model::event::NfHook::Postrouting),
             tuple: Some(Tuple {
                 proto,
                 src: "10.77.0.2".parse().unwrap(),

@@ -1,0 +1,17 @@
+//! Reading the host, never changing it: which tap a VM has ([`resolve`]), the facts verdicts
+//! cite ([`facts`]: forwarding, addresses, nftables chains), and the rtnetlink / nfnetlink
+//! requests behind them ([`netlink`]).
+pub mod facts;
+pub mod netlink;
+pub mod resolve;
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, so comparable with event times.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

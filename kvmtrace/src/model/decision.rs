@@ -1,0 +1,66 @@
+//! One nftables decision about a followed packet, as `--explain-rules` records it (a value:
+//! the tracing itself is `capture::nftrace`).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+/// One trace verdict: a rule that matched (its verdict, `continue` if it has none), the end of a
+/// regular chain (`return`), or a base chain's policy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RuleDecision {
+    /// The table's family: `inet`, `ip`, `bridge`, …
+    pub family: String,
+    pub table: String,
+    pub chain: String,
+    /// The rule's handle (`nft -a list …`); none for a policy or an implicit return.
+    pub handle: Option<u64>,
+    /// The rule as `nft -a -s list ruleset` prints it; none without nft or for a policy.
+    pub rule: Option<String>,
+    /// `accept`, `drop`, `reject` (a drop by a rule whose text has `reject`), `queue`,
+    /// `continue`, `return`, `jump <chain>`, `goto <chain>`; for a policy, the policy.
+    pub verdict: String,
+    /// The chain's policy decided (no rule gave a verdict).
+    pub policy: bool,
+    /// The hook of the base chain being evaluated (`PREROUTING`, `FORWARD`, … `INGRESS` for
+    /// netdev), when known.
+    pub hook: Option<String>,
+    /// The packet's addresses and protocol at that base chain (after any NAT before it).
+    pub src: Option<Ipv4Addr>,
+    pub dst: Option<Ipv4Addr>,
+    pub proto: Option<u8>,
+    /// The same for every decision about one packet (one skb) at one place.
+    pub trace_id: u32,
+}
+
+impl RuleDecision {
+    /// A verdict that ends the packet's evaluation at this hook (accept, drop, reject, queue,
+    /// stolen), by a rule or a policy.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self.verdict.as_str(),
+            "accept" | "drop" | "reject" | "queue" | "stolen"
+        )
+    }
+}
+
+impl fmt::Display for RuleDecision {
+    /// `inet labfilter forward (FORWARD): policy drop` or
+    /// `inet labrej fwd handle 6 (FORWARD): tcp dport 8080 reject with tcp reset → reject`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.family, self.table, self.chain)?;
+        if let Some(h) = self.handle {
+            write!(f, " handle {h}")?;
+        }
+        if let Some(h) = &self.hook {
+            write!(f, " ({h})")?;
+        }
+        if self.policy {
+            return write!(f, ": policy {}", self.verdict);
+        }
+        match &self.rule {
+            Some(r) => write!(f, ": {r} → {}", self.verdict),
+            None => write!(f, ": {}", self.verdict),
+        }
+    }
+}
