@@ -1,0 +1,330 @@
+//! Rule: dropped, with the summaries of each kind of drop and the root cause behind it.
+
+use super::{tap_misplaced, Flow};
+use crate::model::event::{DevKind, Direction, NfHook};
+use crate::model::{DropSite, FlowKey, HostFacts, Journey, NfChain, Stage, Status, Verdict};
+
+/// The first drop, request or reply, named where the kernel dropped it — or, when its cause
+/// is elsewhere on the VM's side, where the cause is ([`root_cause`]).
+pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
+    let k = f.k;
+    let req = f.req;
+    let rep = f.rep;
+    let facts = f.facts;
+    let host_answered = f.host_answered;
+    let reply_kind = &f.reply_kind;
+    if let Some((dir, site)) = f.first_drop.clone() {
+        v.status = Status::Dropped;
+        v.direction = Some(dir);
+        v.stage = Some(site.stage);
+        v.hook = site.hook;
+        v.device = Some(site.device.clone()).filter(|d| !d.is_empty());
+        v.reason = Some(site.reason.clone());
+        v.location = site.location.clone();
+        v.route = site.route.clone();
+        let what = match dir {
+            Direction::Request => "the request",
+            Direction::Reply => "the reply",
+        };
+        let mut s =
+            match (site.stage, site.hook) {
+                (Stage::Netfilter, Some(h)) => {
+                    let (fw, chains) = chains_on(facts, h);
+                    v.firewall = fw.clone();
+                    v.chains = chains.clone();
+                    let drop_policies: Vec<&String> = chains
+                        .iter()
+                        .filter(|c| c.contains("policy drop"))
+                        .collect();
+                    let who = match (fw.as_deref(), drop_policies.first(), chains.first()) {
+                        (Some(fw), Some(c), _) => format!(" ({fw}: chain {c})"),
+                        (Some(fw), None, Some(c)) => format!(" ({fw}: a rule in {c})"),
+                        (Some(fw), None, None) => format!(" ({fw})"),
+                        _ => String::new(),
+                    };
+                    let mut s = format!(
+                        "{what} was dropped by the {h} hook{who} on {} [{}] → check the {} rules \
+                     for {} → {}",
+                        site.device,
+                        site.reason,
+                        h.name().to_lowercase(),
+                        k.guest,
+                        k.remote
+                    );
+                    if site.bridged {
+                        s.push_str(
+                        ": this is bridged traffic, which br_netfilter hands to the IPv4 hooks \
+                         (net.bridge.bridge-nf-call-iptables=1); allow the VM's traffic in that \
+                         chain, or set bridge-nf-call-iptables=0 if the host is not meant to \
+                         filter bridged frames",
+                    );
+                    }
+                    if dir == Direction::Reply && h == NfHook::Forward {
+                        s.push_str(
+                            ": the requests are let out but their replies are not; accept \
+                         established connections first (`ct state established,related accept`)",
+                        );
+                    }
+                    s
+                }
+                (Stage::Routing, _) => {
+                    let fwd_off = facts.ip_forward == Some(false);
+                    let route = site.route.as_ref().and_then(|r| {
+                        r.err_name()
+                            .map(|e| format!("{e} in table {}", r.table_name()))
+                    });
+                    match (fwd_off, route) {
+                        _ if site.reason == "IP_RPFILTER" => format!(
+                        "{what} was dropped by reverse-path filtering (rp_filter) on {}: the way \
+                         back to {} does not leave through {} [{}] → check `ip route get {}` and \
+                         net.ipv4.conf.{{all,{}}}.rp_filter (2 = loose)",
+                        site.device,
+                        if dir == Direction::Request { k.guest } else { k.remote },
+                        site.device,
+                        site.reason,
+                        if dir == Direction::Request { k.guest } else { k.remote },
+                        site.device
+                    ),
+                        (true, _) => format!(
+                            "{what} was dropped at routing on {}: IP forwarding is off \
+                         (net.ipv4.ip_forward=0) [{}] → enable it: sysctl -w net.ipv4.ip_forward=1",
+                            site.device, site.reason
+                        ),
+                        (false, Some(r)) => format!(
+                            "{what} was dropped at routing on {}: {r} for {} [{}] → check \
+                         `ip route get {}` and the routes of that table",
+                            site.device,
+                            if dir == Direction::Request {
+                                k.remote
+                            } else {
+                                k.guest
+                            },
+                            site.reason,
+                            if dir == Direction::Request {
+                                k.remote
+                            } else {
+                                k.guest
+                            }
+                        ),
+                        (false, None) => format!(
+                            "{what} was dropped at routing on {} [{}] → check `ip route get {}`, \
+                         rp_filter and ip_forward",
+                            site.device, site.reason, k.remote
+                        ),
+                    }
+                }
+                (stage, _) => egress_summary(what, stage, &site, rep, facts),
+            };
+        if let Some(c) = root_cause(k, dir, &site, req, facts) {
+            v.stage = Some(c.stage);
+            v.device = Some(c.device);
+            s = c.summary;
+        }
+        if host_answered {
+            if let Some(r) = &reply_kind {
+                s.push_str(&format!(
+                    "; the host answered in the destination's place ({r})"
+                ));
+            }
+        }
+        v.summary = s;
+        return true;
+    }
+    false
+}
+
+/// Names the firewall and the base chains registered on `hook` that could have dropped.
+fn chains_on(facts: &HostFacts, hook: NfHook) -> (Option<String>, Vec<String>) {
+    let on_hook: Vec<&NfChain> = facts
+        .nft_chains
+        .iter()
+        .filter(|c| c.hook == hook && matches!(c.family.as_str(), "ip" | "inet"))
+        .collect();
+    let legacy = facts
+        .legacy_tables
+        .iter()
+        .any(|t| t == "filter" || t == "raw" || t == "mangle");
+    let names: Vec<String> = on_hook
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} {} (policy {}, priority {})",
+                c.family, c.table, c.chain, c.policy, c.priority
+            )
+        })
+        .collect();
+    let fw = match (on_hook.is_empty(), legacy) {
+        (false, false) => Some("nftables".to_string()),
+        (true, true) => Some("iptables-legacy".to_string()),
+        (false, true) => Some("nftables+iptables-legacy".to_string()),
+        (true, false) => None,
+    };
+    (fw, names)
+}
+
+/// The summary of a drop outside netfilter and routing: the tap, the bridge, the way out.
+fn egress_summary(
+    what: &str,
+    stage: Stage,
+    site: &DropSite,
+    rep: &[&Journey],
+    facts: &HostFacts,
+) -> String {
+    let dev = &site.device;
+    let reason = &site.reason;
+    let r = reason.as_str();
+    if r.starts_with("NEIGH") {
+        let gw = site
+            .route
+            .as_ref()
+            .and_then(|r| r.gateway)
+            .map(|g| g.to_string())
+            .unwrap_or_else(|| "the next hop".into());
+        return format!(
+            "{what} was dropped on {dev}: {gw} does not answer ARP there (neighbour resolution \
+             failed) [{reason}] → check the upstream gateway: `ip neigh show dev {dev}`, cabling \
+             and the gateway's address"
+        );
+    }
+    if r == "PKT_TOO_BIG" {
+        // The host's ICMP fragmentation-needed carries the next-hop MTU where the echo
+        // sequence would be (RFC 1191).
+        let mtu = rep
+            .iter()
+            .flat_map(|j| j.hops.iter())
+            .find(|h| h.icmp_type == 3 && h.icmp_code == 4)
+            .and_then(|h| h.tuple.map(|t| t.dport))
+            .filter(|m| *m > 0)
+            .or_else(|| facts.mtu_of(dev).map(|m| m as u16));
+        let mtu = mtu
+            .map(|m| format!("MTU {m}"))
+            .unwrap_or_else(|| "MTU".into());
+        return format!(
+            "{what} is larger than the {mtu} of {dev} and has DF set: the host dropped it and \
+             answered ICMP fragmentation-needed ({mtu}) [{reason}] → lower the guest's MTU, or \
+             raise {dev}'s; if the guest never gets the ICMP, path MTU discovery is blocked"
+        );
+    }
+    if r == "FULL_RING" {
+        return format!(
+            "{what} was dropped on {dev}: the tap's queue towards the guest was full, the guest \
+             is not reading it fast enough (virtio-net driver or QEMU stuck or too slow) \
+             [{reason}] → check the guest and its QEMU process"
+        );
+    }
+    if r.starts_with("QDISC") || r.starts_with("TC_") || r == "TXQUEUE_FULL" {
+        return format!(
+            "{what} was dropped by the qdisc or a tc action of {dev} (queue full, rate limit \
+             or policer) [{reason}] → `tc -s qdisc show dev {dev}` and `tc -s filter show dev {dev}`"
+        );
+    }
+    if stage == Stage::Bridge {
+        let br = facts.master_of(dev).unwrap_or("its bridge");
+        if r.contains("VLAN") {
+            return format!(
+                "{what} was dropped by VLAN filtering on {br} at port {dev}: the frame's VLAN is \
+                 not allowed on that port (PVID / allowed VLANs) [{reason}] → `bridge vlan show \
+                 dev {dev}`"
+            );
+        }
+        if r.contains("STP") {
+            return format!(
+                "{what} was dropped by {br} at port {dev}: the port is not forwarding (its STP \
+                 state is disabled, blocking, listening or learning) [{reason}] → `bridge link \
+                 show dev {dev}`; without STP, `bridge link set dev {dev} state 3` forwards"
+            );
+        }
+        return format!("{what} was dropped by {br} at port {dev} [{reason}]");
+    }
+    format!(
+        "{what} was dropped at the {} stage on {dev} [{reason}]",
+        stage.name()
+    )
+}
+
+/// The first thing that went wrong when it is not where the packet died: a verdict names the
+/// cause (its stage and device), the drop it saw stays as evidence (reason, route, location).
+struct RootCause {
+    stage: Stage,
+    device: String,
+    summary: String,
+}
+
+/// The VM's tap: where its requests entered the host.
+fn vm_tap(req: &[&Journey]) -> Option<String> {
+    req.iter()
+        .flat_map(|j| j.hops.iter())
+        .find(|h| h.dev_kind == DevKind::Tap && !h.device.is_empty())
+        .map(|h| h.device.clone())
+}
+
+/// Drops whose cause is on the VM's own side rather than where they happened: frames of a tap
+/// outside any bridge dying on the tap, and replies the host could not hand to the guest on
+/// its bridge or tap (neighbour resolution failed there). Such a failure is never upstream.
+fn root_cause(
+    k: FlowKey,
+    dir: Direction,
+    site: &DropSite,
+    req: &[&Journey],
+    facts: &HostFacts,
+) -> Option<RootCause> {
+    let (dev, reason) = (&site.device, &site.reason);
+    let what = match dir {
+        Direction::Request => "the request",
+        Direction::Reply => "the reply",
+    };
+    // The guest's frames reached the host's own stack on the tap: no bridge took them.
+    if dir == Direction::Request
+        && site.stage == Stage::Tap
+        && matches!(reason.as_str(), "OTHERHOST" | "IP_INADDRERRORS")
+        && facts.master_of(dev).is_none()
+    {
+        let fix = match facts.bridge_for(k.guest) {
+            Some(br) => format!("`ip link set {dev} master {br}`"),
+            None => format!("`ip link set {dev} master BRIDGE`, BRIDGE being the VM's bridge"),
+        };
+        return Some(RootCause {
+            stage: Stage::Tap,
+            device: dev.clone(),
+            summary: format!(
+                "{what} was dropped on {dev}: the tap is not a port of any bridge, so the \
+                 guest's frames reach the host's own stack on {dev} and are not for it \
+                 [{reason}] → add it to the VM's bridge: {fix}"
+            ),
+        });
+    }
+    // A reply the host could not hand over on the VM's own side (its bridge or its tap).
+    if dir != Direction::Reply || !reason.starts_with("NEIGH") {
+        return None;
+    }
+    let tap = vm_tap(req)?;
+    let to_bridge = site
+        .route
+        .as_ref()
+        .is_some_and(|r| r.device == *dev && r.dev_kind == DevKind::Bridge)
+        || facts.device(dev).is_some_and(|d| d.bridge);
+    if !to_bridge && *dev != tap {
+        return None;
+    }
+    if to_bridge {
+        if let Some(why) = tap_misplaced(facts, &tap, dev) {
+            return Some(RootCause {
+                stage: Stage::Tap,
+                device: tap,
+                summary: format!("{what} was dropped on {dev} [{reason}]: {why}"),
+            });
+        }
+    }
+    Some(RootCause {
+        stage: Stage::Tap,
+        device: tap.clone(),
+        summary: format!(
+            "{what} was dropped on {dev}: the guest does not answer the host's ARP for {} \
+             there (neighbour resolution failed) [{reason}]; the request went out and its reply \
+             came back, so the fault is on the VM's own side → is the guest's interface up with \
+             address {}, and does its tap {tap} pass frames (`bridge link show dev {tap}`, \
+             `ip neigh show dev {dev}`)?",
+            k.guest, k.guest
+        ),
+    })
+}

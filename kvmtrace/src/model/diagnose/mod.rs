@@ -1,0 +1,167 @@
+//! Flows + host facts → verdicts, as an ordered list of small named rules ([`RULES`]): the
+//! first rule that recognises the flow decides its verdict, in the order of the path (a
+//! delivered flow first, then a misroute, the first drop, a loop back, no reply, and what is
+//! left). A new fault is one new rule in the file of its family, at its place in the list, plus
+//! its test. Child of the model: pure, like it.
+
+mod delivered;
+mod dropped;
+mod misrouted;
+mod no_reply;
+mod no_traffic;
+
+use super::event::{DevKind, Direction, Point};
+use super::{Archived, DropSite, FlowKey, HostFacts, Journey, Outcome, Rewrite, Status, Verdict};
+
+/// One rule: true when it decided the verdict (filled in `v`).
+type Rule = fn(&Flow, &mut Verdict) -> bool;
+
+/// The rules, in order; the last always decides.
+pub const RULES: &[(&str, Rule)] = &[
+    ("delivered", delivered::delivered),
+    (
+        "misrouted into the VM's own side",
+        misrouted::route_to_vm_side,
+    ),
+    ("dropped", dropped::dropped),
+    ("looped back to the VM's side", misrouted::looped_back),
+    ("left the host, no reply", no_reply::left_host),
+    ("no observed end", no_reply::unfinished),
+];
+
+/// What the rules look at: one flow's journeys, what became of each, and the facts.
+pub struct Flow<'a> {
+    k: FlowKey,
+    req: &'a [&'a Journey],
+    rep: &'a [&'a Journey],
+    facts: &'a HostFacts,
+    /// Reply journeys that reached the VM.
+    delivered: Vec<&'a &'a Journey>,
+    req_out: Vec<(&'a &'a Journey, Outcome)>,
+    rep_out: Vec<(&'a &'a Journey, Outcome)>,
+    /// The first drop, requests before replies.
+    first_drop: Option<(Direction, DropSite)>,
+    /// A reply that never entered the host from outside was made by the host itself (REJECT,
+    /// ICMP errors from routing): it answered in the destination's place.
+    host_answered: bool,
+    /// A delivered reply that is not an ICMP error.
+    good_reply: bool,
+    /// The first delivered reply's headers.
+    reply_kind: Option<String>,
+    n_req: usize,
+    n_delivered: usize,
+}
+
+/// `arch`: what a bounded model folded away of this flow; its samples are already in `req` and
+/// `rep`, its counts replace theirs.
+pub(super) fn classify(
+    k: FlowKey,
+    req: &[&Journey],
+    rep: &[&Journey],
+    facts: &HostFacts,
+    arch: Option<&Archived>,
+) -> Verdict {
+    let mut v = Verdict::new(k.describe(), Some(k), Status::NoReply);
+
+    let delivered: Vec<&&Journey> = rep
+        .iter()
+        .filter(|j| matches!(j.outcome(), Outcome::DeliveredToVm { .. }))
+        .collect();
+    let (mut n_req, mut n_rep, mut n_delivered) = (req.len(), rep.len(), delivered.len());
+    if let Some(a) = arch {
+        let sampled = |d: Direction| a.samples.iter().filter(|j| j.dir == d).count();
+        let sampled_delivered = a
+            .samples
+            .iter()
+            .filter(|j| matches!(j.outcome(), Outcome::DeliveredToVm { .. }))
+            .count();
+        n_req = n_req - sampled(Direction::Request) + a.requests;
+        n_rep = n_rep - sampled(Direction::Reply) + a.replies;
+        n_delivered = n_delivered - sampled_delivered + a.delivered;
+    }
+    let req_out: Vec<(&&Journey, Outcome)> = req.iter().map(|j| (j, j.outcome())).collect();
+    let rep_out: Vec<(&&Journey, Outcome)> = rep.iter().map(|j| (j, j.outcome())).collect();
+    let first_drop = req_out
+        .iter()
+        .map(|(j, o)| (j.dir, o))
+        .chain(rep_out.iter().map(|(j, o)| (j.dir, o)))
+        .find_map(|(d, o)| match o {
+            Outcome::Dropped(site) => Some((d, site.clone())),
+            _ => None,
+        });
+    // A reply that never entered the host from outside was made by the host itself (REJECT,
+    // ICMP errors from routing): it answered in the destination's place.
+    let host_answered = !rep.is_empty()
+        && !rep.iter().any(|j| {
+            j.hops
+                .iter()
+                .any(|h| h.point == Point::NetifReceive && h.dev_kind == DevKind::Other)
+        });
+    let good_reply = delivered.iter().any(|j| {
+        j.hops.iter().any(|h| {
+            let icmp_err =
+                h.tuple.is_some_and(|t| t.proto == 1) && matches!(h.icmp_type, 3 | 11 | 12);
+            !icmp_err
+        })
+    });
+    let reply_kind = delivered
+        .iter()
+        .flat_map(|j| j.hops.iter())
+        .find(|h| h.tuple.is_some())
+        .map(|h| h.headers());
+    v.requests = n_req;
+    v.replies = n_rep;
+    // The request's rewrites (SNAT) are the ones an operator looks for first.
+    if let Some((j, _)) = req_out
+        .iter()
+        .find(|(_, o)| matches!(o, Outcome::LeftHost { .. }))
+        .or(req_out.last())
+    {
+        v.rewrites = j.rewrites();
+    }
+    let f = Flow {
+        k,
+        req,
+        rep,
+        facts,
+        delivered,
+        req_out,
+        rep_out,
+        first_drop,
+        host_answered,
+        good_reply,
+        reply_kind,
+        n_req,
+        n_delivered,
+    };
+    for (_, rule) in RULES {
+        if rule(&f, &mut v) {
+            break;
+        }
+    }
+    v
+}
+
+fn fmt_rewrites(rw: &[Rewrite]) -> String {
+    rw.iter()
+        .map(|r| format!("{} {} → {} at {}", r.field, r.from, r.to, r.at))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why the guest is not on `bridge` (where the host sends its replies): its tap is in no bridge
+/// or in another one. None when the tap is a port of `bridge` or the facts do not know the tap.
+fn tap_misplaced(facts: &HostFacts, tap: &str, bridge: &str) -> Option<String> {
+    match facts.device(tap)?.master.as_deref() {
+        None => Some(format!(
+            "the replies are routed to {bridge}, but the tap {tap} is not a port of any bridge, \
+             so the guest is not on {bridge} and cannot answer the host's ARP there → add the tap \
+             to the VM's bridge: `ip link set {tap} master {bridge}`"
+        )),
+        Some(m) if m != bridge => Some(format!(
+            "the replies are routed to {bridge}, but the tap {tap} is a port of {m} — the tap is \
+             on the wrong bridge → `ip link set {tap} master {bridge}`"
+        )),
+        Some(_) => None,
+    }
+}

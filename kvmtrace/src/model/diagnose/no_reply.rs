@@ -1,0 +1,97 @@
+//! Rules: no reply.
+
+use super::{tap_misplaced, Flow};
+use crate::model::event::{DevKind, Direction, NfHook};
+use crate::model::{Outcome, Stage, Status, Verdict};
+
+/// The request left the host and no reply reached the VM: not rewritten (no MASQUERADE),
+/// nothing came back, or the replies came back to a bridge the tap is not on.
+pub(super) fn left_host(f: &Flow, v: &mut Verdict) -> bool {
+    let k = f.k;
+    let req = f.req;
+    let rep = f.rep;
+    let facts = f.facts;
+    let req_out = &f.req_out;
+    if let Some((_, Outcome::LeftHost { device, tuple })) = req_out
+        .iter()
+        .find(|(_, o)| matches!(o, Outcome::LeftHost { .. }))
+    {
+        v.status = Status::NoReply;
+        v.direction = Some(Direction::Request);
+        v.stage = Some(Stage::Egress);
+        v.device = Some(device.clone());
+        let src = tuple.map(|t| t.src);
+        let private = src.is_some_and(|s| s == k.guest);
+        v.summary = if private {
+            format!(
+                "no reply: the request left the host on {device} with the VM's own source {} \
+                 (not rewritten: no MASQUERADE/SNAT for it), so the outside cannot answer → add \
+                 a masquerade rule for the VM's network out of {device}",
+                k.guest
+            )
+        } else if rep.is_empty() {
+            format!(
+                "no reply: the request left the host on {device}{} and nothing came back → the \
+                 problem is past this host (upstream gateway, remote firewall, destination down)",
+                src.map(|s| format!(" as {s}")).unwrap_or_default()
+            )
+        } else {
+            let mut s = format!(
+                "no reply reached the VM: the request left on {device} and {} reply packet(s) \
+                 came back but did not reach the tap",
+                rep.len()
+            );
+            // Replies routed to a bridge the tap is not a port of: the tap is on the wrong one.
+            let tap = req
+                .iter()
+                .flat_map(|j| j.hops.iter())
+                .find(|h| h.dev_kind == DevKind::Tap)
+                .map(|h| h.device.clone());
+            let reply_dev = rep
+                .iter()
+                .filter_map(|j| j.route())
+                .find(|r| r.err == 0 && r.dev_kind == DevKind::Bridge)
+                .map(|r| r.device);
+            if let (Some(tap), Some(rd)) = (tap, reply_dev) {
+                if let Some(why) = tap_misplaced(facts, &tap, &rd) {
+                    s.push_str(&format!(": {why}"));
+                    v.stage = Some(Stage::Tap);
+                    v.device = Some(tap);
+                }
+            }
+            s
+        };
+        return true;
+    }
+    false
+}
+
+/// Requests seen but with no end observed (in flight at the end, or delivered locally).
+pub(super) fn unfinished(f: &Flow, v: &mut Verdict) -> bool {
+    let k = f.k;
+    let req_out = &f.req_out;
+    // Requests seen but with no end we could observe.
+    let last = req_out.last().map(|(_, o)| o.clone());
+    v.status = Status::NoReply;
+    v.direction = Some(Direction::Request);
+    if let Some(Outcome::InFlight { stage, device }) = last {
+        v.stage = Some(stage);
+        v.device = Some(device.clone()).filter(|d| !d.is_empty());
+        v.summary = format!(
+            "no reply: the request was last seen at the {} stage on {device} and its end was \
+             not observed",
+            stage.name()
+        );
+    } else if let Some(Outcome::DeliveredLocally) = last {
+        v.stage = Some(Stage::Netfilter);
+        v.hook = Some(NfHook::Input);
+        v.summary = format!(
+            "the request was delivered to the host itself (INPUT), not forwarded: {} is a local \
+             address here",
+            k.remote
+        );
+    } else {
+        v.summary = "no reply was seen".into();
+    }
+    true
+}

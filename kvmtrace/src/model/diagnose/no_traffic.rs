@@ -1,0 +1,126 @@
+//! No traffic: what the guest said on its tap (ARP, DHCP) when no request reached DEST, and
+//! the guest's ARP as evidence for replies that never reached it.
+
+use crate::model::event::Point;
+use crate::model::{FlowKey, HostFacts, Model, Status, Verdict};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+impl Model {
+    /// Replies that came back but never reached the tap: does the guest answer the host's ARP?
+    pub(in crate::model) fn add_guest_arp_evidence(&self, v: &mut Verdict, k: FlowKey) {
+        use crate::model::event::L2;
+        if v.status == Status::Delivered || v.replies == 0 {
+            return;
+        }
+        let asks = self
+            .l2
+            .iter()
+            .filter(|e| {
+                e.point == Point::TapEgress
+                    && matches!(e.l2, Some(L2::Arp { op: 1, target, .. }) if target == k.guest)
+            })
+            .count();
+        let answers = self
+            .l2
+            .iter()
+            .filter(|e| {
+                e.point == Point::TapIngress
+                    && matches!(e.l2, Some(L2::Arp { op: 2, sender, .. }) if sender == k.guest)
+            })
+            .count();
+        if asks > 0 && answers == 0 {
+            v.summary.push_str(&format!(
+                "; the host asked {asks} time(s) on the VM's bridge who has {} (ARP) and the \
+                 guest never answered → is the guest's interface up with that address?",
+                k.guest
+            ));
+        }
+    }
+
+    /// The tap the guest asked ARP on, without an answer, when the facts show it is a port of
+    /// no bridge: nothing but the host's own stack can hear the guest there.
+    pub(in crate::model) fn unbridged_asking_tap(&self, facts: &HostFacts) -> Option<String> {
+        use crate::model::event::L2;
+        let tap = self
+            .l2
+            .iter()
+            .find(|e| e.point == Point::TapIngress && matches!(e.l2, Some(L2::Arp { op: 1, .. })))?
+            .device
+            .clone();
+        let answered = self
+            .l2
+            .iter()
+            .any(|e| e.point == Point::TapEgress && matches!(e.l2, Some(L2::Arp { op: 2, .. })));
+        let unbridged = facts.device(&tap).is_some_and(|d| d.master.is_none());
+        (unbridged && !answered).then_some(tap)
+    }
+
+    /// Why nothing reached the destination, from what the guest did say on its tap.
+    pub(in crate::model) fn no_traffic_summary(&self, dest: &str, facts: &HostFacts) -> String {
+        use crate::model::event::L2;
+        let mut asked: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+        let mut answered: std::collections::BTreeSet<Ipv4Addr> = Default::default();
+        let (mut dhcp_asks, mut dhcp_answers) = (0, 0);
+        for e in &self.l2 {
+            match &e.l2 {
+                Some(L2::Arp { op: 1, target, .. }) if e.point == Point::TapIngress => {
+                    *asked.entry(*target).or_default() += 1
+                }
+                Some(L2::Arp { op: 2, sender, .. }) if e.point == Point::TapEgress => {
+                    answered.insert(*sender);
+                }
+                Some(L2::Dhcp { from_guest: true }) => dhcp_asks += 1,
+                Some(L2::Dhcp { from_guest: false }) => dhcp_answers += 1,
+                _ => {}
+            }
+        }
+        let unanswered: Vec<(Ipv4Addr, usize)> = asked
+            .iter()
+            .filter(|(ip, _)| !answered.contains(ip))
+            .map(|(ip, n)| (*ip, *n))
+            .collect();
+        let mut parts = Vec::new();
+        if dhcp_asks > 0 && dhcp_answers == 0 {
+            parts.push(format!(
+                "the guest asked DHCP for an address {dhcp_asks} time(s) and got no answer: no \
+                 DHCP server serves its network (is the network's dnsmasq running?)"
+            ));
+        }
+        let unbridged = self.unbridged_asking_tap(facts);
+        for (ip, n) in &unanswered {
+            if let Some(tap) = &unbridged {
+                let br = facts.bridge_for(*ip).unwrap_or("BRIDGE");
+                parts.push(format!(
+                    "the guest asked {n} time(s) who has {ip} (ARP) and nobody answered: its tap \
+                     {tap} is not a port of any bridge, so no bridge hears it → add the tap to \
+                     the VM's bridge: `ip link set {tap} master {br}`"
+                ));
+                continue;
+            }
+            parts.push(format!(
+                "the guest asked {n} time(s) who has {ip} (ARP) and nobody on its bridge \
+                 answered: if {ip} is its gateway, the gateway setting is wrong or that address \
+                 is not on the bridge"
+            ));
+        }
+        if parts.is_empty() {
+            let resolved: Vec<String> = answered.iter().map(|a| a.to_string()).collect();
+            let mut s = format!(
+                "no packet from the VM to {dest} was seen on its tap: the guest sent nothing"
+            );
+            if resolved.is_empty() {
+                s.push_str(
+                    " (is it up, does it have an address and a route, is its gateway reachable?)",
+                );
+            } else {
+                s.push_str(&format!(
+                    " although it resolved {} by ARP (check the guest's routes and firewall)",
+                    resolved.join(", ")
+                ));
+            }
+            return s;
+        }
+        format!("no packet from the VM to {dest}: {}", parts.join("; "))
+    }
+}
