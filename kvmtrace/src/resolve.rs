@@ -701,7 +701,11 @@ impl fmt::Display for ResolveError {
                 Ok(())
             }
             ResolveError::Elsewhere { query, matches } => {
-                let v = &matches[0];
+                // A QEMU in a named namespace says best where to go.
+                let v = matches
+                    .iter()
+                    .find(|m| m.netns.name.is_some())
+                    .unwrap_or(&matches[0]);
                 writeln!(
                     f,
                     "'{query}' is in network namespace {}, not in this one: its tap cannot be \

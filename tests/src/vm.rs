@@ -103,14 +103,20 @@ impl FakeVm {
     /// `tun_set_iff` looks the name up there), so a helper thread joins the namespace, opens it and
     /// hands the fd back; the fd stays bound to that namespace.
     pub fn attach(lab: &Lab) -> FakeVm {
-        let tap = lab.tap.clone();
+        Self::attach_to(lab, &lab.tap)
+    }
+
+    /// [`FakeVm::attach`] to another tap of the lab's hypervisor (see [`Lab::add_tap`]), with
+    /// the lab's guest MAC and address.
+    pub fn attach_to(lab: &Lab, tap: &str) -> FakeVm {
+        let tap = tap.to_string();
         let fd = in_netns(&lab.hv, || open_tap(&tap))
             .and_then(|r| r)
-            .unwrap_or_else(|e| panic!("FakeVm::attach to {} in netns {}: {e}", lab.tap, lab.hv));
+            .unwrap_or_else(|e| panic!("FakeVm::attach to {tap} in netns {}: {e}", lab.hv));
         // Carrier up puts a bridge port through listening/learning (a timer, even with
         // forward_delay 0): a frame sent at once can be dropped by the bridge. Wait, bounded,
         // until the port forwards (3), when the tap is a bridge port at all.
-        let state = format!("/sys/class/net/{}/brport/state", lab.tap);
+        let state = format!("/sys/class/net/{tap}/brport/state");
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             // Through `ip netns exec`: /sys shows the namespace of whoever mounted it.
@@ -128,7 +134,7 @@ impl FakeVm {
         }
         FakeVm {
             fd,
-            tap: lab.tap.clone(),
+            tap,
             guest_mac: lab.guest_mac,
             guest_ip: lab.guest_ip,
             gw_ip: lab.gw_ip,
@@ -138,6 +144,13 @@ impl FakeVm {
             dont_fragment: false,
             backlog: VecDeque::new(),
         }
+    }
+
+    /// The tun fd attached to the tap, for handing to another process (a stand-in QEMU that
+    /// holds the tap as a real one does).
+    pub fn tap_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
     }
 
     /// The gateway MAC learned so far.
