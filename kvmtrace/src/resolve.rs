@@ -101,6 +101,9 @@ pub struct VmInfo {
     /// Other names that find the VM (QEMU `-name`, libvirt's domain name), besides `name`.
     pub aliases: Vec<String>,
     pub netns: Netns,
+    /// `tap` is a macvtap (QEMU holds its `/dev/tapN`): no bridge, the guest's frames leave
+    /// through the macvtap's lower device.
+    pub macvtap: bool,
 }
 
 impl fmt::Display for VmInfo {
@@ -114,6 +117,9 @@ impl fmt::Display for VmInfo {
         )?;
         if let Some(m) = &self.mac {
             write!(f, " mac {m}")?;
+        }
+        if self.macvtap {
+            f.write_str(" macvtap")?;
         }
         if let Some(p) = self.pid {
             write!(f, " pid {p}")?;
@@ -147,6 +153,7 @@ impl VmInfo {
             "netns": self.netns.to_string(),
             "netns_inode": self.netns.inode,
             "followable": self.netns.here,
+            "macvtap": self.macvtap,
         })
     }
 
@@ -275,8 +282,66 @@ pub fn pve_conf(text: &str) -> (Option<String>, Vec<(u32, String)>) {
     (name, nets)
 }
 
-fn taps_of_pid(proc_dir: &Path, pid: &str) -> Vec<String> {
-    let mut taps = Vec::new();
+/// A macvtap of this namespace: its character device (`major:minor`, from
+/// `/sys/class/net/DEV/macvtap/tapN/dev`), that node's name (`tapN`, N = the ifindex in this
+/// namespace) and the network device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Macvtap {
+    pub dev: String,
+    pub node: String,
+    pub netdev: String,
+}
+
+/// The macvtaps `/sys/class/net` shows (this namespace's).
+pub fn macvtaps(sys_class_net: &Path) -> Vec<Macvtap> {
+    let mut out = Vec::new();
+    let Ok(devs) = fs::read_dir(sys_class_net) else {
+        return out;
+    };
+    for d in devs.flatten() {
+        let Ok(nodes) = fs::read_dir(d.path().join("macvtap")) else {
+            continue;
+        };
+        for n in nodes.flatten() {
+            if let (Some(dev), Ok(node), Ok(netdev)) = (
+                read(&n.path().join("dev")),
+                n.file_name().into_string(),
+                d.file_name().into_string(),
+            ) {
+                out.push(Macvtap {
+                    dev: dev.trim().to_string(),
+                    node,
+                    netdev,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.netdev.cmp(&b.netdev));
+    out
+}
+
+/// The macvtap an open fd is: by the character device it opened (major:minor is global,
+/// where `tapN` names repeat across namespaces); by the node's name only when the fd cannot
+/// be stat'ed (fixture trees).
+fn macvtap_of_fd<'a>(fd: &Path, target: &Path, mv: &'a [Macvtap]) -> Option<&'a Macvtap> {
+    use std::os::unix::fs::FileTypeExt as _;
+    match fs::metadata(fd) {
+        Ok(m) if m.file_type().is_char_device() => {
+            let rdev = m.rdev();
+            let dev = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+            mv.iter().find(|t| t.dev == dev)
+        }
+        Ok(_) => None,
+        Err(_) => {
+            let name = target.file_name()?.to_str()?;
+            mv.iter().find(|t| t.node == name)
+        }
+    }
+}
+
+/// The taps a process holds: (device, is a macvtap).
+fn taps_of_pid(proc_dir: &Path, pid: &str, mv: &[Macvtap]) -> Vec<(String, bool)> {
+    let mut taps: Vec<(String, bool)> = Vec::new();
     let Ok(fds) = fs::read_dir(proc_dir.join(pid).join("fd")) else {
         return taps;
     };
@@ -285,6 +350,13 @@ fn taps_of_pid(proc_dir: &Path, pid: &str) -> Vec<String> {
             continue;
         };
         if target != Path::new("/dev/net/tun") {
+            if !mv.is_empty() {
+                if let Some(t) = macvtap_of_fd(&fd.path(), &target, mv) {
+                    if !taps.iter().any(|(n, _)| *n == t.netdev) {
+                        taps.push((t.netdev.clone(), true));
+                    }
+                }
+            }
             continue;
         }
         let info = proc_dir.join(pid).join("fdinfo").join(fd.file_name());
@@ -292,8 +364,8 @@ fn taps_of_pid(proc_dir: &Path, pid: &str) -> Vec<String> {
             for line in text.lines() {
                 if let Some(v) = line.strip_prefix("iff:") {
                     let v = v.trim().to_string();
-                    if !v.is_empty() && !taps.contains(&v) {
-                        taps.push(v);
+                    if !v.is_empty() && !taps.iter().any(|(n, _)| *n == v) {
+                        taps.push((v, false));
                     }
                 }
             }
@@ -442,7 +514,8 @@ pub fn current_netns(r: &Roots) -> Netns {
 }
 
 /// One VM process: its NICs from the tun fds it holds and its command line.
-fn vm_of_process(r: &Roots, ns: &NsNames, pid: &str, taps: &[String]) -> Vec<VmInfo> {
+fn vm_of_process(r: &Roots, ns: &NsNames, pid: &str, held: &[(String, bool)]) -> Vec<VmInfo> {
+    let taps: Vec<String> = held.iter().map(|(t, _)| t.clone()).collect();
     let args: Vec<String> = read(&r.proc_dir.join(pid).join("cmdline"))
         .unwrap_or_default()
         .split('\0')
@@ -501,16 +574,26 @@ fn vm_of_process(r: &Roots, ns: &NsNames, pid: &str, taps: &[String]) -> Vec<VmI
                         .map(|(_, m)| m.clone())
                 })
                 .or_else(|| (macs.len() == taps.len()).then(|| macs[i].clone()));
+            let macvtap = held[i].1;
             VmInfo {
                 name: name.clone(),
                 pid: pid_n,
                 tap: tap.clone(),
-                mac,
+                // A macvtap's own address is the guest's (libvirt and QEMU scripts set it).
+                mac: mac.or_else(|| {
+                    macvtap
+                        .then(|| read(&r.sys_class_net.join(tap).join("address")))
+                        .flatten()
+                        .map(|a| a.trim().to_ascii_lowercase())
+                }),
                 nic,
                 vmid: vmid.clone(),
                 uuid: uuid.clone(),
                 aliases: aliases.clone(),
-                netns: netns.clone(),
+                // A macvtap found through this namespace's sysfs is in this namespace, whatever
+                // the namespace of the process holding it.
+                netns: if macvtap { ns.current() } else { netns.clone() },
+                macvtap,
             }
         })
         .collect()
@@ -530,6 +613,7 @@ pub fn list_all(r: &Roots) -> Vec<VmInfo> {
                 .collect()
         })
         .unwrap_or_default();
+    let mv = macvtaps(&r.sys_class_net);
     if let Ok(entries) = fs::read_dir(&r.proc_dir) {
         let mut pids: Vec<String> = entries
             .flatten()
@@ -538,7 +622,7 @@ pub fn list_all(r: &Roots) -> Vec<VmInfo> {
             .collect();
         pids.sort_by_key(|p| p.parse::<u32>().unwrap_or(0));
         for pid in pids {
-            let taps = taps_of_pid(&r.proc_dir, &pid);
+            let taps = taps_of_pid(&r.proc_dir, &pid, &mv);
             if !taps.is_empty() {
                 out.extend(vm_of_process(r, &ns, &pid, &taps));
             }
@@ -547,7 +631,7 @@ pub fn list_all(r: &Roots) -> Vec<VmInfo> {
     // A process of this namespace can hold a tap of another one (the tun fd keeps the
     // namespace it was attached in): not followable here, and its namespace is unknown.
     for v in out.iter_mut() {
-        if v.netns.here && sys_readable && !here_taps.contains(&v.tap) {
+        if v.netns.here && sys_readable && !v.macvtap && !here_taps.contains(&v.tap) {
             v.netns = Netns::default();
         }
     }
@@ -612,6 +696,7 @@ pub fn list_all(r: &Roots) -> Vec<VmInfo> {
                             .into_iter()
                             .collect(),
                         netns,
+                        macvtap: false,
                     });
                 }
             }
@@ -631,6 +716,19 @@ pub fn list_all(r: &Roots) -> Vec<VmInfo> {
             netns: current.clone(),
             ..Default::default()
         });
+    }
+    // Macvtaps of this namespace whose /dev/tapN nobody holds (or a process we cannot see).
+    for m in &mv {
+        if !out.iter().any(|v| v.tap == m.netdev && v.netns.here) {
+            out.push(VmInfo {
+                tap: m.netdev.clone(),
+                mac: read(&r.sys_class_net.join(&m.netdev).join("address"))
+                    .map(|a| a.trim().to_ascii_lowercase()),
+                netns: current.clone(),
+                macvtap: true,
+                ..Default::default()
+            });
+        }
     }
     out
 }
@@ -1070,6 +1168,7 @@ net0: virtio=BC:24:11:99:99:99,bridge=vmbr0
                     name: Some("labhere".into()),
                     here: true,
                 },
+                macvtap: false,
             }
         );
         // The conf's name, QEMU's -name, a tap or a MAC as --nic: the same NICs.
@@ -1277,6 +1376,60 @@ net0: virtio=BC:24:11:99:99:99,bridge=vmbr0
         assert!(
             e.ends_with("run it there: kvmtrace … from the host's namespace"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_macvtap_guest_is_found_by_the_char_device_it_holds() {
+        let (_f, r) = fixture("macvtap");
+        let mv = r.sys_class_net.join("mvtap0");
+        fs::create_dir_all(mv.join("macvtap/tap9")).unwrap();
+        fs::write(mv.join("macvtap/tap9/dev"), "246:3\n").unwrap();
+        fs::write(mv.join("address"), "52:54:00:AA:00:01\n").unwrap();
+        fs::create_dir_all(r.sys_class_net.join("mvtap1/macvtap/tap10")).unwrap();
+        fs::write(r.sys_class_net.join("mvtap1/macvtap/tap10/dev"), "246:4\n").unwrap();
+        // QEMU as libvirt starts it for `<interface type='direct'>`: `-netdev tap,fd=N` on an
+        // fd opened from /dev/tapN. A path that cannot be stat'ed here: matched by node name.
+        qemu_in(
+            &r,
+            900,
+            &[
+                "qemu",
+                "-name",
+                "guest=direct1",
+                "-netdev",
+                "tap,fd=25,id=hostnet0",
+            ],
+            &[],
+            "labhere",
+        );
+        symlink("/dev/kvmtrace-fixture/tap9", r.proc_dir.join("900/fd/25")).unwrap();
+        let v = resolve("direct1", None, &r).expect("by name");
+        assert_eq!(v.tap, "mvtap0");
+        assert!(v.macvtap);
+        assert!(v.netns.here);
+        // No MAC on the command line: the macvtap's own address.
+        assert_eq!(v.mac.as_deref(), Some("52:54:00:aa:00:01"));
+        assert!(v.to_string().contains(" macvtap"), "{v}");
+        assert_eq!(v.to_json()["macvtap"], true);
+        // The macvtap nobody holds is listed as a bare one, and resolves by its name.
+        let bare = resolve("mvtap1", None, &r).expect("bare macvtap");
+        assert!(bare.macvtap && bare.pid.is_none());
+        assert_eq!(list_vms(&r).len(), 2);
+        assert_eq!(
+            macvtaps(&r.sys_class_net),
+            vec![
+                Macvtap {
+                    dev: "246:3".into(),
+                    node: "tap9".into(),
+                    netdev: "mvtap0".into()
+                },
+                Macvtap {
+                    dev: "246:4".into(),
+                    node: "tap10".into(),
+                    netdev: "mvtap1".into()
+                }
+            ]
         );
     }
 
