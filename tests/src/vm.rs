@@ -146,6 +146,29 @@ impl FakeVm {
         }
     }
 
+    /// A fake VM on an already opened tap fd (a macvtap's `/dev/tapN`: [`open_macvtap`]),
+    /// with its own addresses. `tap` names the device in messages only.
+    pub fn on_fd(
+        fd: OwnedFd,
+        tap: &str,
+        guest_mac: [u8; 6],
+        guest_ip: Ipv4Addr,
+        gw_ip: Ipv4Addr,
+    ) -> FakeVm {
+        FakeVm {
+            fd,
+            tap: tap.to_string(),
+            guest_mac,
+            guest_ip,
+            gw_ip,
+            gw_mac: None,
+            gw_arp_seen: 0,
+            ip_id: 1,
+            dont_fragment: false,
+            backlog: VecDeque::new(),
+        }
+    }
+
     /// The tun fd attached to the tap, for handing to another process (a stand-in QEMU that
     /// holds the tap as a real one does).
     pub fn tap_fd(&self) -> std::os::fd::BorrowedFd<'_> {
@@ -659,6 +682,45 @@ fn parse_quote(q: &[u8]) -> Option<Quote> {
         _ => (word(0), word(2)),
     };
     Some(Quote { proto, dst, a, b })
+}
+
+/// Opens a macvtap's character device (`/dev/tapN`, or a node of the same major:minor made
+/// elsewhere) non-blocking, as plain Ethernet frames: the driver starts it with
+/// `IFF_VNET_HDR`, which `TUNSETIFF` with `IFF_TAP | IFF_NO_PI` turns off
+/// (drivers/net/tap.c, `tap_ioctl`).
+pub fn open_macvtap(path: &std::path::Path) -> Result<OwnedFd, String> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| format!("{} holds a NUL byte", path.display()))?;
+    // SAFETY: NUL-terminated path.
+    let raw = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        return Err(format!(
+            "open {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: raw is a freshly opened fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes one struct ifreq, which we pass.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut ifr) };
+    if rc < 0 {
+        return Err(format!(
+            "ioctl(TUNSETIFF) on {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(fd)
 }
 
 /// Open /dev/net/tun non-blocking and attach it to the existing tap `name` (in the calling
