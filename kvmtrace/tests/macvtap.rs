@@ -175,3 +175,77 @@ fn a_macvtap_guest_is_found_by_its_char_device_and_delivered_through_the_lower_d
     let _ = standin.kill();
     let _ = standin.wait();
 }
+
+/// `follow` while the guest asks ARP for `target` twice; the JSON run.
+fn follow_while_asking(lab: &MacvtapLab, dest: &str, target: std::net::Ipv4Addr) -> common::Run {
+    let (mut guest, _held) = vm(lab, target);
+    let running = start_in(
+        &lab.hv,
+        &["follow", "mvtap0", dest, "--json", "--duration", "3"],
+        &[],
+    );
+    for _ in 0..2 {
+        guest.arp_request(target);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    running.wait()
+}
+
+#[test]
+fn a_macvtap_whose_lower_device_is_down_is_named_with_the_fix() {
+    let lab = MacvtapLab::new("bridge", false);
+    lab.hv_run(&["ip", "link", "set", "low0", "down"]);
+    let run = follow_while_asking(&lab, "203.0.113.1", lab.gw_ip);
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
+    assert_eq!(
+        field(v, "summary"),
+        "no packet from the VM to 203.0.113.1: the guest asked 2 time(s) who has 10.78.0.1 (ARP) \
+         and nobody answered: the lower device low0 of its macvtap mvtap0 is down, so its frames \
+         leave nowhere → `ip link set low0 up` (and check low0's cable or peer)",
+        "{}",
+        run.dump()
+    );
+    // follow adds doctor's failing checks: the lower device, nothing about bridges or routes.
+    let failing: Vec<&Value> = run.lines.iter().filter(|l| l["type"] == "check").collect();
+    assert_eq!(failing.len(), 1, "{}", run.dump());
+    assert_eq!(failing[0]["name"], "lower_device");
+    assert_eq!(failing[0]["fix"], "ip link set dev low0 up");
+    assert_eq!(run.code, 1, "{}", run.dump());
+}
+
+#[test]
+fn a_macvtap_guest_asking_for_the_hosts_own_address_is_told_macvtap_keeps_them_apart() {
+    let lab = MacvtapLab::new("bridge", true);
+    let run = follow_while_asking(&lab, "10.78.0.3", lab.host_ip);
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
+    assert!(
+        field(v, "summary").contains(
+            "10.78.0.3 is the host's own address on low0, the lower device of the guest's \
+             macvtap mvtap0, and a macvtap never passes frames between its guest and the \
+             host's stack on the lower device"
+        ),
+        "{}",
+        run.dump()
+    );
+    // doctor says the same before any traffic.
+    let out = in_hv(&lab, &["doctor", "mvtap0", "--json"]);
+    let checks: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["type"] == "check")
+        .collect();
+    let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["tap", "lower_device", "macvtap_host"], "{checks:?}");
+    assert_eq!(checks[1]["status"], "pass", "{checks:?}");
+    assert_eq!(checks[2]["status"], "warn", "{checks:?}");
+    assert!(
+        checks[2]["evidence"]
+            .as_str()
+            .unwrap()
+            .starts_with("the host's 10.78.0.3/24 on low0 cannot reach the guest"),
+        "{checks:?}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
