@@ -350,7 +350,11 @@ fn taps_of_pid(proc_dir: &Path, pid: &str, mv: &[Macvtap]) -> Vec<(String, bool)
             continue;
         };
         if target != Path::new("/dev/net/tun") {
-            if !mv.is_empty() {
+            // A node that is gone: devtmpfs removes /dev/tapN with its macvtap, and the
+            // minor is then reused by the next macvtap, so a QEMU still holding the old fd
+            // would match a new, unrelated one by major:minor.
+            let stale = target.to_str().is_some_and(|t| t.ends_with(" (deleted)"));
+            if !mv.is_empty() && !stale {
                 if let Some(t) = macvtap_of_fd(&fd.path(), &target, mv) {
                     if !taps.iter().any(|(n, _)| *n == t.netdev) {
                         taps.push((t.netdev.clone(), true));
@@ -905,6 +909,16 @@ pub fn resolve(query: &str, nic: Option<&str>, r: &Roots) -> Result<VmInfo, Reso
             .collect(),
         None => here.clone(),
     };
+    // Several holders of one device (a QEMU and a helper, or a multiqueue tap opened twice)
+    // are one NIC: the one with a name says most.
+    let one_device = chosen.windows(2).all(|w| w[0].tap == w[1].tap);
+    if one_device && !chosen.is_empty() {
+        let best = chosen
+            .iter()
+            .find(|v| v.name.is_some())
+            .unwrap_or(&chosen[0]);
+        return Ok(best.clone());
+    }
     match chosen.len() {
         1 => Ok(chosen.into_iter().next().expect("one")),
         0 => Err(ResolveError::NoSuchNic {
@@ -1404,6 +1418,20 @@ net0: virtio=BC:24:11:99:99:99,bridge=vmbr0
             "labhere",
         );
         symlink("/dev/kvmtrace-fixture/tap9", r.proc_dir.join("900/fd/25")).unwrap();
+        // A process still holding the fd of a deleted macvtap whose minor was reused: not
+        // this macvtap.
+        qemu_in(&r, 901, &["qemu", "-name", "guest=gone"], &[], "labhere");
+        symlink(
+            "/dev/kvmtrace-fixture/tap9 (deleted)",
+            r.proc_dir.join("901/fd/25"),
+        )
+        .unwrap();
+        // Another holder of the same macvtap (a helper of the VM's): still one NIC.
+        qemu_in(&r, 902, &["helper"], &[], "labhere");
+        symlink("/dev/kvmtrace-fixture/tap9", r.proc_dir.join("902/fd/30")).unwrap();
+        assert!(resolve("gone", None, &r).is_err());
+        let v = resolve("mvtap0", None, &r).expect("one NIC, two holders");
+        assert_eq!(v.name.as_deref(), Some("direct1"));
         let v = resolve("direct1", None, &r).expect("by name");
         assert_eq!(v.tap, "mvtap0");
         assert!(v.macvtap);
@@ -1415,7 +1443,7 @@ net0: virtio=BC:24:11:99:99:99,bridge=vmbr0
         // The macvtap nobody holds is listed as a bare one, and resolves by its name.
         let bare = resolve("mvtap1", None, &r).expect("bare macvtap");
         assert!(bare.macvtap && bare.pid.is_none());
-        assert_eq!(list_vms(&r).len(), 2);
+        assert_eq!(list_vms(&r).len(), 3);
         assert_eq!(
             macvtaps(&r.sys_class_net),
             vec![

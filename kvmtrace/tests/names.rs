@@ -121,7 +121,7 @@ fn a_proxmox_vm_is_listed_in_its_namespace_and_followed_by_vmid_with_nic() {
         json!({
             "type": "vm", "name": "web1", "tap": tap, "nic": n, "mac": mac, "pid": pid,
             "vmid": "101", "uuid": null, "aliases": [], "netns": lab.hv,
-            "followable": true,
+            "followable": true, "macvtap": false,
         })
     };
     let mut got = listed(&out, pid);
@@ -299,6 +299,7 @@ fn a_real_qemu_is_found_by_the_vmid_of_its_pidfile_and_followed_on_nic_0() {
         json!({
             "type": "vm", "name": name, "tap": tap, "nic": n, "mac": mac, "pid": guest.pid(),
             "vmid": "101", "uuid": null, "aliases": [], "netns": lab.hv, "followable": true,
+            "macvtap": false,
         })
     };
     assert_eq!(
