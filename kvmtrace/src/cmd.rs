@@ -42,10 +42,15 @@ pub enum Proto {
 pub enum Cmd {
     /// Follow the VM's packets to DEST and their replies; print each hop and a verdict per flow.
     Follow {
-        /// The VM: its name (QEMU -name / libvirt), its tap device, or the guest's MAC.
+        /// The VM: its name (QEMU -name, libvirt, Proxmox, OpenStack), Proxmox VMID, UUID, its
+        /// tap device, or the guest's MAC.
         vm: String,
         /// Destination: an IPv4 address or CIDR (203.0.113.1, 203.0.113.0/24).
         dest: String,
+        /// Which NIC of a VM with several: its number (Proxmox netN, else as `list` shows
+        /// it), its tap or its MAC.
+        #[arg(long, value_name = "N|TAP|MAC")]
+        nic: Option<String>,
         /// Protocol to follow.
         #[arg(long, value_enum, default_value_t = Proto::Any)]
         proto: Proto,
@@ -93,8 +98,16 @@ pub enum Cmd {
         #[arg(long, value_enum, default_value_t = crate::capture::probe::HookSet::Path)]
         hooks: crate::capture::probe::HookSet,
     },
-    /// List the VMs and taps kvmtrace can see in this network namespace.
-    List,
+    /// List the VMs (one line per NIC) and taps that can be followed from this network
+    /// namespace.
+    List {
+        /// Also VMs whose QEMU runs in another network namespace, with its name.
+        #[arg(long)]
+        all: bool,
+        /// JSON Lines on stdout: one `vm` object per NIC.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a recorded trace (`follow --record`) with the same views, offline, without root.
     Replay(crate::cmd::offline::ReplayArgs),
     /// Export a recorded trace (pcapng for Wireshark/tshark, JSON Lines for scripts).
@@ -196,16 +209,7 @@ pub fn main() -> ExitCode {
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::List => {
-            let vms = resolve::list_vms(&Roots::system());
-            if vms.is_empty() {
-                eprintln!("no VM or tap device found in this network namespace");
-            }
-            for v in vms {
-                println!("{v}");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::List { all, json } => list(all, json),
         Cmd::Replay(a) => crate::cmd::offline::replay(a),
         Cmd::Export(a) => crate::cmd::offline::export(a),
         Cmd::Report(a) => crate::cmd::offline::report(a),
@@ -213,6 +217,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Follow {
             vm,
             dest,
+            nic,
             proto,
             port,
             duration,
@@ -244,7 +249,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     .into());
                 }
             }
-            let info = resolve::resolve(&vm, &Roots::system())?;
+            let info = resolve::resolve(&vm, nic.as_deref(), &Roots::system())?;
             let spec = Spec {
                 tap: info.tap.clone(),
                 guest_mac: info.mac.as_deref().and_then(resolve::parse_mac),
@@ -279,6 +284,40 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             )
         }
     }
+}
+
+/// `kvmtrace list [--all] [--json]`.
+fn list(all: bool, json: bool) -> Result<ExitCode> {
+    let roots = Roots::system();
+    let every = resolve::list_all(&roots);
+    let elsewhere = every.iter().filter(|v| !v.netns.here).count();
+    let shown: Vec<&resolve::VmInfo> = every.iter().filter(|v| all || v.netns.here).collect();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if !json {
+        eprintln!(
+            "kvmtrace: network namespace {}",
+            resolve::current_netns(&roots)
+        );
+    }
+    if shown.is_empty() {
+        eprintln!("kvmtrace: no VM or tap device found in this network namespace");
+    }
+    for v in &shown {
+        if json {
+            writeln!(out, "{}", v.to_json())?;
+        } else {
+            writeln!(out, "{v}")?;
+        }
+    }
+    out.flush()?;
+    if !all && elsewhere > 0 {
+        eprintln!(
+            "kvmtrace: {elsewhere} more NIC(s) in other network namespaces (cannot be followed \
+             from here): `kvmtrace list --all`"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// How a live run shows itself.

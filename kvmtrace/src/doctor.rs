@@ -31,8 +31,11 @@ use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
-    /// The VM: its name, its tap device, or the guest's MAC.
+    /// The VM: its name, Proxmox VMID, UUID, its tap device, or the guest's MAC.
     pub vm: String,
+    /// Which NIC of a VM with several: its number, its tap or its MAC (as `follow --nic`).
+    #[arg(long, value_name = "N|TAP|MAC")]
+    pub nic: Option<String>,
     /// JSON Lines on stdout: one `check` object per check, then a `summary`.
     #[arg(long)]
     pub json: bool,
@@ -186,7 +189,7 @@ pub fn run(a: DoctorArgs) -> Result<ExitCode> {
         )
         .into());
     }
-    let info = resolve::resolve(&a.vm, &Roots::system())?;
+    let info = resolve::resolve(&a.vm, a.nic.as_deref(), &Roots::system())?;
     let checks = checks_for(&info);
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());

@@ -515,6 +515,8 @@ pub struct GuestConfig {
     pub tcp_port: u16,
     /// VM name: QEMU's `-name guest=<name>`, as libvirt passes it.
     pub name: String,
+    /// More QEMU arguments, appended (a second NIC, a `-pidfile` as Proxmox gives one).
+    pub extra_args: Vec<String>,
 }
 
 impl GuestConfig {
@@ -530,6 +532,7 @@ impl GuestConfig {
             dest: lab.dest,
             tcp_port,
             name: name.to_string(),
+            extra_args: Vec::new(),
         }
     }
 }
@@ -610,6 +613,7 @@ impl Guest {
             .arg("-initrd")
             .arg(&image.initrd)
             .args(["-append", &append])
+            .args(&cfg.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);

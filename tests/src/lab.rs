@@ -292,6 +292,23 @@ impl Lab {
         self.hv_run(&["sysctl", "-q", "-w", &value]);
     }
 
+    /// Add another persistent tap `name` to the hypervisor, as a port of the bridge, up (a
+    /// second VM or a second NIC; Proxmox names them `tap<VMID>i<N>`). Removed with the lab.
+    pub fn add_tap(&self, name: &str) {
+        let br = self.bridge.as_str();
+        #[rustfmt::skip]
+        let steps: &[&[&str]] = &[
+            &["tuntap", "add", "dev", name, "mode", "tap"],
+            &["link", "set", name, "master", br],
+            &["link", "set", name, "up"],
+        ];
+        for step in steps {
+            let mut args = vec!["-n", self.hv.as_str()];
+            args.extend_from_slice(step);
+            run("ip", &args);
+        }
+    }
+
     /// Listen on `dest:port` in the outside namespace so a SYN gets a SYN-ACK. The socket is
     /// created by a short-lived thread that entered the namespace; nothing accepts, the kernel
     /// answers the handshake. Closed when the lab drops.

@@ -2,4 +2,5 @@
 //! real tap device with raw Ethernet frames, and a real QEMU guest.
 pub mod guest;
 pub mod lab;
+pub mod macvtap;
 pub mod vm;

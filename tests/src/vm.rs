@@ -103,14 +103,20 @@ impl FakeVm {
     /// `tun_set_iff` looks the name up there), so a helper thread joins the namespace, opens it and
     /// hands the fd back; the fd stays bound to that namespace.
     pub fn attach(lab: &Lab) -> FakeVm {
-        let tap = lab.tap.clone();
+        Self::attach_to(lab, &lab.tap)
+    }
+
+    /// [`FakeVm::attach`] to another tap of the lab's hypervisor (see [`Lab::add_tap`]), with
+    /// the lab's guest MAC and address.
+    pub fn attach_to(lab: &Lab, tap: &str) -> FakeVm {
+        let tap = tap.to_string();
         let fd = in_netns(&lab.hv, || open_tap(&tap))
             .and_then(|r| r)
-            .unwrap_or_else(|e| panic!("FakeVm::attach to {} in netns {}: {e}", lab.tap, lab.hv));
+            .unwrap_or_else(|e| panic!("FakeVm::attach to {tap} in netns {}: {e}", lab.hv));
         // Carrier up puts a bridge port through listening/learning (a timer, even with
         // forward_delay 0): a frame sent at once can be dropped by the bridge. Wait, bounded,
         // until the port forwards (3), when the tap is a bridge port at all.
-        let state = format!("/sys/class/net/{}/brport/state", lab.tap);
+        let state = format!("/sys/class/net/{tap}/brport/state");
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             // Through `ip netns exec`: /sys shows the namespace of whoever mounted it.
@@ -128,7 +134,7 @@ impl FakeVm {
         }
         FakeVm {
             fd,
-            tap: lab.tap.clone(),
+            tap,
             guest_mac: lab.guest_mac,
             guest_ip: lab.guest_ip,
             gw_ip: lab.gw_ip,
@@ -138,6 +144,36 @@ impl FakeVm {
             dont_fragment: false,
             backlog: VecDeque::new(),
         }
+    }
+
+    /// A fake VM on an already opened tap fd (a macvtap's `/dev/tapN`: [`open_macvtap`]),
+    /// with its own addresses. `tap` names the device in messages only.
+    pub fn on_fd(
+        fd: OwnedFd,
+        tap: &str,
+        guest_mac: [u8; 6],
+        guest_ip: Ipv4Addr,
+        gw_ip: Ipv4Addr,
+    ) -> FakeVm {
+        FakeVm {
+            fd,
+            tap: tap.to_string(),
+            guest_mac,
+            guest_ip,
+            gw_ip,
+            gw_mac: None,
+            gw_arp_seen: 0,
+            ip_id: 1,
+            dont_fragment: false,
+            backlog: VecDeque::new(),
+        }
+    }
+
+    /// The tun fd attached to the tap, for handing to another process (a stand-in QEMU that
+    /// holds the tap as a real one does).
+    pub fn tap_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
     }
 
     /// The gateway MAC learned so far.
@@ -646,6 +682,45 @@ fn parse_quote(q: &[u8]) -> Option<Quote> {
         _ => (word(0), word(2)),
     };
     Some(Quote { proto, dst, a, b })
+}
+
+/// Opens a macvtap's character device (`/dev/tapN`, or a node of the same major:minor made
+/// elsewhere) non-blocking, as plain Ethernet frames: the driver starts it with
+/// `IFF_VNET_HDR`, which `TUNSETIFF` with `IFF_TAP | IFF_NO_PI` turns off
+/// (drivers/net/tap.c, `tap_ioctl`).
+pub fn open_macvtap(path: &std::path::Path) -> Result<OwnedFd, String> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| format!("{} holds a NUL byte", path.display()))?;
+    // SAFETY: NUL-terminated path.
+    let raw = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        return Err(format!(
+            "open {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: raw is a freshly opened fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes one struct ifreq, which we pass.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut ifr) };
+    if rc < 0 {
+        return Err(format!(
+            "ioctl(TUNSETIFF) on {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(fd)
 }
 
 /// Open /dev/net/tun non-blocking and attach it to the existing tap `name` (in the calling

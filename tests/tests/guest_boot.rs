@@ -57,6 +57,7 @@ fn guest_boots_and_reaches_outside_through_the_bridge() {
         dest: DEST,
         tcp_port: DEST_PORT,
         name: format!("ktgb-{}", std::process::id()),
+        extra_args: Vec::new(),
     };
     let booted = Instant::now();
     let guest = Guest::boot(&image, &cfg).expect("starting qemu");

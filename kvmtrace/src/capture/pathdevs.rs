@@ -85,6 +85,18 @@ pub fn wanted(tap: &str, dst: Ipv4Addr, seen_oifs: &[u32]) -> Vec<Wanted> {
             }
         }
     }
+    // A macvtap (or macvlan) has no bridge: its frames leave through its lower device
+    // (`lower_DEV` in sysfs).
+    if let Ok(entries) = std::fs::read_dir(Path::new("/sys/class/net").join(tap)) {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(lower) = n.strip_prefix("lower_") {
+                if let Some(i) = index_of(lower) {
+                    add(i, lower.to_string(), format!("{tap}'s lower device"));
+                }
+            }
+        }
+    }
     match netlink::routes() {
         Ok(routes) => {
             for r in routes

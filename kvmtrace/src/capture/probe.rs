@@ -269,11 +269,20 @@ impl Tracer {
         let skip_list = std::env::var("KVMTRACE_SKIP_HOOKS").unwrap_or_default();
         let skip = |name: &str| skip_list.split(',').any(|s| s.trim() == name);
         let skipped = |name: &str| anyhow!("left out by KVMTRACE_SKIP_HOOKS={name}");
-        // The tap: TCX links (6.6+), else netlink clsact.
-        for (prog, at) in [
-            ("tap_ingress", TcAttachType::Ingress),
-            ("tap_egress", TcAttachType::Egress),
-        ] {
+        // The tap: TCX links (6.6+), else netlink clsact. A macvtap is the other way round:
+        // what the guest writes to /dev/tapN is transmitted by the macvtap device (TC egress)
+        // and what it will read arrives through its receive path (TC ingress), measured in
+        // tests/macvtap.rs; `tap_ingress` stays "from the guest", so it goes to egress there.
+        let macvtap = std::path::Path::new("/sys/class/net")
+            .join(&spec.tap)
+            .join("macvtap")
+            .is_dir();
+        let (from_guest, to_guest) = if macvtap {
+            (TcAttachType::Egress, TcAttachType::Ingress)
+        } else {
+            (TcAttachType::Ingress, TcAttachType::Egress)
+        };
+        for (prog, at) in [("tap_ingress", from_guest), ("tap_egress", to_guest)] {
             let p: &mut SchedClassifier = ebpf
                 .program_mut(prog)
                 .ok_or_else(|| anyhow!("{prog} missing"))?
@@ -290,6 +299,15 @@ impl Tracer {
                     .map_err(anyhow::Error::from)
             };
             match r {
+                Ok(_) if macvtap => attached.push(format!(
+                    "tc {prog} on {} (macvtap: {})",
+                    spec.tap,
+                    if at == TcAttachType::Egress {
+                        "egress"
+                    } else {
+                        "ingress"
+                    }
+                )),
                 Ok(_) => attached.push(format!("tc {prog} on {}", spec.tap)),
                 Err(e) => warnings.push(format!(
                     "cannot attach {prog} to {} ({e}); the tap is still seen by netif_receive_skb",

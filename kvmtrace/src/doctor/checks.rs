@@ -208,7 +208,13 @@ fn tap_check(c: &Ctx) -> Check {
             )),
         );
     };
-    let kind = if d.is_tap { "tap" } else { "device" };
+    let kind = if d.is_tap {
+        "tap"
+    } else if d.macvtap_lower.is_some() {
+        "macvtap"
+    } else {
+        "device"
+    };
     if !d.admin_up {
         return check(
             name,
@@ -240,6 +246,88 @@ fn tap_check(c: &Ctx) -> Check {
             d.mtu.map(|m| m.to_string()).unwrap_or_else(|| "?".into())
         ),
         None,
+    )
+}
+
+/// The lower device of a macvtap: the guest's only way out.
+fn lower_device_check(c: &Ctx, lower: &str) -> Check {
+    let name = "lower_device";
+    let t = c.tap_name;
+    let Some(d) = c.h.dev(lower) else {
+        return check(
+            name,
+            Fail,
+            format!("{t} is a macvtap on {lower}, which is not in this namespace"),
+            None,
+        );
+    };
+    if !d.admin_up {
+        return check(
+            name,
+            Fail,
+            format!(
+                "{lower}, the lower device of the macvtap {t}, is administratively down \
+                 (operstate {}): the guest's frames leave nowhere and nothing reaches it",
+                d.operstate
+            ),
+            Some(format!("ip link set dev {lower} up")),
+        );
+    }
+    if d.carrier == Some(false) {
+        return check(
+            name,
+            Fail,
+            format!(
+                "{lower}, the lower device of the macvtap {t}, has no carrier (operstate {}): \
+                 its cable or peer is down",
+                d.operstate
+            ),
+            Some(format!("check {lower}'s cable, switch port or peer")),
+        );
+    }
+    check(
+        name,
+        Pass,
+        format!(
+            "{t} is a macvtap on {lower}, which is up with carrier (operstate {}); the \
+             guest's frames leave through {lower} without this host's bridge, routing or \
+             firewall",
+            d.operstate
+        ),
+        None,
+    )
+}
+
+/// A macvtap's guest and the host's own addresses on the lower device cannot reach each other.
+fn macvtap_host_check(c: &Ctx, lower: &str) -> Check {
+    let name = "macvtap_host";
+    let t = c.tap_name;
+    let addrs: Vec<String> =
+        c.h.dev(lower)
+            .map(|d| d.addrs.iter().map(|(a, p)| format!("{a}/{p}")).collect())
+            .unwrap_or_default();
+    if addrs.is_empty() {
+        return check(
+            name,
+            Pass,
+            format!("the host has no address on {lower}: nothing it serves is expected there"),
+            None,
+        );
+    }
+    check(
+        name,
+        Warn,
+        format!(
+            "the host's {} on {lower} cannot reach the guest of the macvtap {t}, nor the guest \
+             it: a macvtap passes frames between its guest and the wire (and, in bridge mode, \
+             other macvtaps on {lower}), never to the lower device's own stack",
+            addrs.join(", ")
+        ),
+        Some(format!(
+            "if the guest needs the host, give the host a macvlan on {lower} (`ip link add link \
+             {lower} name mvhost type macvlan mode bridge`) and move the address there, or use \
+             a bridge instead of macvtap"
+        )),
     )
 }
 
@@ -1414,6 +1502,16 @@ fn dhcp_check(c: &Ctx) -> Check {
 /// Every check for the VM whose tap is `tap` (guest MAC `mac`, when known), in path order.
 pub fn run_checks(h: &Host, tap: &str, mac: Option<&str>) -> Vec<Check> {
     let c = Ctx::new(h, tap, mac);
+    // A macvtap guest meets no bridge, no routing and no netfilter of this host: its frames
+    // go straight out of the lower device. Its own faults are the lower device and the
+    // host it cannot reach.
+    if let Some(lower) = c.tap.and_then(|t| t.macvtap_lower.as_deref()) {
+        return vec![
+            tap_check(&c),
+            lower_device_check(&c, lower),
+            macvtap_host_check(&c, lower),
+        ];
+    }
     vec![
         tap_check(&c),
         bridge_port_check(&c),
@@ -1570,6 +1668,54 @@ mod tests {
 
     fn run(h: &Host) -> Vec<Check> {
         run_checks(h, "vnet0", Some("52:54:00:4b:54:02"))
+    }
+
+    /// A macvtap guest: mvtap0 on low0, the host's 10.78.0.3/24 on low0 (or none).
+    fn macvtap_host(lower_up: bool, host_addr: bool) -> Host {
+        let mut low = dev("low0", 2);
+        low.admin_up = lower_up;
+        if !lower_up {
+            low.carrier = None;
+            low.operstate = "down".into();
+        }
+        if host_addr {
+            low.addrs = vec![(Ipv4Addr::new(10, 78, 0, 3), 24)];
+        }
+        let mut mv = dev("mvtap0", 3);
+        mv.macvtap_lower = Some("low0".into());
+        Host {
+            devs: vec![low, mv],
+            ..healthy()
+        }
+    }
+
+    #[test]
+    fn a_macvtap_is_checked_on_its_lower_device_and_host_isolation_only() {
+        let c = run_checks(&macvtap_host(true, false), "mvtap0", None);
+        let names: Vec<&str> = c.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["tap", "lower_device", "macvtap_host"]);
+        assert!(c.iter().all(|c| c.status == Pass), "{c:?}");
+        assert!(get(&c, "tap")
+            .evidence
+            .starts_with("mvtap0 (macvtap) is up"));
+
+        let c = run_checks(&macvtap_host(false, true), "mvtap0", None);
+        let l = get(&c, "lower_device");
+        assert_eq!(l.status, Fail, "{l:?}");
+        assert_eq!(
+            l.evidence,
+            "low0, the lower device of the macvtap mvtap0, is administratively down (operstate \
+             down): the guest's frames leave nowhere and nothing reaches it"
+        );
+        assert_eq!(l.fix.as_deref(), Some("ip link set dev low0 up"));
+        let h = get(&c, "macvtap_host");
+        assert_eq!(h.status, Warn, "{h:?}");
+        assert!(
+            h.evidence.starts_with(
+                "the host's 10.78.0.3/24 on low0 cannot reach the guest of the macvtap mvtap0"
+            ),
+            "{h:?}"
+        );
     }
 
     #[test]

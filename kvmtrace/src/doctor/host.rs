@@ -27,6 +27,8 @@ pub struct Dev {
     pub is_bridge: bool,
     /// Has `tun_flags` (a tun/tap device).
     pub is_tap: bool,
+    /// A macvtap (has `macvtap/`): its lower device (`lower_DEV`).
+    pub macvtap_lower: Option<String>,
     /// `brport/state` of a bridge port: 0 disabled, 1 listening, 2 learning, 3 forwarding,
     /// 4 blocking (`BR_STATE_*`, linux/if_bridge.h).
     pub brport_state: Option<u8>,
@@ -115,6 +117,18 @@ fn read_dev(sys: &Path, name: &str) -> Dev {
         master,
         is_bridge: d.join("bridge").is_dir(),
         is_tap: d.join("tun_flags").exists(),
+        macvtap_lower: d
+            .join("macvtap")
+            .is_dir()
+            .then(|| {
+                fs::read_dir(&d).ok()?.flatten().find_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_prefix("lower_")
+                        .map(str::to_string)
+                })
+            })
+            .flatten(),
         brport_state: read(d.join("brport/state")).and_then(|s| s.parse().ok()),
         ports,
         nf_call_iptables: read(d.join("bridge/nf_call_iptables")).map(|v| v == "1"),

@@ -75,6 +75,7 @@ pub fn devices(
                 .ok()
                 .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned())),
             mtu: read("mtu").and_then(|m| m.parse().ok()),
+            macvtap_lower: p.join("macvtap").is_dir().then(|| lower_of(&p)).flatten(),
             up: read("operstate").is_some_and(|s| s != "down")
                 && read("flags")
                     .and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok())
@@ -84,6 +85,16 @@ pub fn devices(
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// The device a stacked device sits on: its `lower_DEV` entry in sysfs.
+fn lower_of(dev: &std::path::Path) -> Option<String> {
+    std::fs::read_dir(dev).ok()?.flatten().find_map(|e| {
+        e.file_name()
+            .to_str()?
+            .strip_prefix("lower_")
+            .map(str::to_string)
+    })
 }
 
 /// nfproto family number → nftables family name.

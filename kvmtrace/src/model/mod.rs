@@ -77,6 +77,10 @@ pub struct DevFacts {
     /// Its IPv4 addresses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addrs: Vec<DevAddr>,
+    /// A macvtap's lower device (`lower_DEV` of a device with `macvtap/`): its frames leave
+    /// there, without a bridge and without the host's stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macvtap_lower: Option<String>,
 }
 
 /// An IPv4 address on a device, with its prefix length (`10.77.0.1/24`).

@@ -275,6 +275,7 @@ fn tap_facts(master: Option<&str>) -> HostFacts {
         up: true,
         bridge,
         addrs,
+        macvtap_lower: None,
     };
     HostFacts {
         ip_forward: Some(true),
@@ -483,6 +484,80 @@ fn unanswered_arp_on_an_unbridged_tap_names_the_tap_not_the_gateway_setting() {
     assert_eq!(v.device, None);
     assert!(
         v.summary.contains("the gateway setting is wrong"),
+        "{}",
+        v.summary
+    );
+}
+
+/// Facts of a macvtap guest: mvtap0 on low0 (up or down), the host's 10.78.0.3/24 on low0.
+fn macvtap_facts(lower_up: bool) -> HostFacts {
+    HostFacts {
+        ip_forward: Some(false),
+        devices: vec![
+            DevFacts {
+                name: "low0".into(),
+                mtu: Some(1500),
+                up: lower_up,
+                addrs: vec![DevAddr {
+                    addr: Ipv4Addr::new(10, 78, 0, 3),
+                    prefix: 24,
+                }],
+                ..Default::default()
+            },
+            DevFacts {
+                name: "mvtap0".into(),
+                mtu: Some(1500),
+                up: true,
+                macvtap_lower: Some("low0".into()),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+fn macvtap_arp(ts_ns: u64, target: Ipv4Addr) -> TraceEvent {
+    let mut e = guest_arp(ts_ns);
+    e.device = "mvtap0".into();
+    e.l2 = Some(crate::model::event::L2::Arp {
+        op: 1,
+        sender: Ipv4Addr::new(10, 78, 0, 2),
+        target,
+    });
+    e
+}
+
+#[test]
+fn a_macvtap_guest_unanswered_names_the_lower_device_or_the_host_isolation_not_a_bridge() {
+    let gw = Ipv4Addr::new(10, 78, 0, 1);
+    let m = model(vec![macvtap_arp(1, gw), macvtap_arp(2, gw)]);
+    let v = &m.verdicts(&macvtap_facts(false), "203.0.113.1", None)[0];
+    assert_eq!(v.status, Status::NoTraffic);
+    assert_eq!(
+        v.summary,
+        "no packet from the VM to 203.0.113.1: the guest asked 2 time(s) who has 10.78.0.1 (ARP) \
+         and nobody answered: the lower device low0 of its macvtap mvtap0 is down, so its frames \
+         leave nowhere → `ip link set low0 up` (and check low0's cable or peer)"
+    );
+    let v = &m.verdicts(&macvtap_facts(true), "203.0.113.1", None)[0];
+    assert!(
+        v.summary.contains(
+            "nobody on the network of low0 (the lower device of its macvtap mvtap0) answered"
+        ),
+        "{}",
+        v.summary
+    );
+    assert!(!v.summary.contains("bridge"), "{}", v.summary);
+
+    let host = Ipv4Addr::new(10, 78, 0, 3);
+    let m = model(vec![macvtap_arp(1, host)]);
+    let v = &m.verdicts(&macvtap_facts(true), "10.78.0.3", None)[0];
+    assert!(
+        v.summary.contains(
+            "10.78.0.3 is the host's own address on low0, the lower device of the guest's \
+             macvtap mvtap0, and a macvtap never passes frames between its guest and the \
+             host's stack on the lower device"
+        ),
         "{}",
         v.summary
     );

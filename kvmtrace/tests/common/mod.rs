@@ -69,8 +69,13 @@ pub fn start(lab: &Lab, args: &[&str]) -> Running {
 
 /// [`start`] with extra environment variables.
 pub fn start_env(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Running {
+    start_in(&lab.hv, args, env)
+}
+
+/// [`start_env`] in any named network namespace.
+pub fn start_in(ns: &str, args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &lab.hv, BIN])
+    cmd.args(["netns", "exec", ns, BIN])
         .args(args)
         .envs(env.iter().copied())
         .env("RUST_LOG", "warn")

@@ -2,7 +2,7 @@
 //! the guest's ARP as evidence for replies that never reached it.
 
 use crate::model::event::Point;
-use crate::model::{FlowKey, HostFacts, Model, Status, Verdict};
+use crate::model::{DevFacts, FlowKey, HostFacts, Model, Status, Verdict};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
@@ -52,8 +52,22 @@ impl Model {
             .l2
             .iter()
             .any(|e| e.point == Point::TapEgress && matches!(e.l2, Some(L2::Arp { op: 2, .. })));
-        let unbridged = facts.device(&tap).is_some_and(|d| d.master.is_none());
+        let unbridged = facts
+            .device(&tap)
+            .is_some_and(|d| d.master.is_none() && d.macvtap_lower.is_none());
         (unbridged && !answered).then_some(tap)
+    }
+
+    /// The macvtap the guest asked ARP on and its lower device, when the facts show one.
+    fn asking_macvtap<'f>(&self, facts: &'f HostFacts) -> Option<(String, &'f DevFacts)> {
+        use crate::model::event::L2;
+        let tap = &self
+            .l2
+            .iter()
+            .find(|e| e.point == Point::TapIngress && matches!(e.l2, Some(L2::Arp { op: 1, .. })))?
+            .device;
+        let lower = facts.device(tap)?.macvtap_lower.as_deref()?;
+        Some((tap.clone(), facts.device(lower)?))
     }
 
     /// Why nothing reached the destination, from what the guest did say on its tap.
@@ -88,7 +102,36 @@ impl Model {
             ));
         }
         let unbridged = self.unbridged_asking_tap(facts);
+        let macvtap = self.asking_macvtap(facts);
         for (ip, n) in &unanswered {
+            // A macvtap: no bridge, no host stack; the lower device is the only way out.
+            if let Some((tap, lower)) = &macvtap {
+                let l = &lower.name;
+                parts.push(if !lower.up {
+                    format!(
+                        "the guest asked {n} time(s) who has {ip} (ARP) and nobody answered: \
+                         the lower device {l} of its macvtap {tap} is down, so its frames \
+                         leave nowhere → `ip link set {l} up` (and check {l}'s cable or peer)"
+                    )
+                } else if lower.addrs.iter().any(|a| a.addr == *ip) {
+                    format!(
+                        "the guest asked {n} time(s) who has {ip} (ARP) and nobody answered: \
+                         {ip} is the host's own address on {l}, the lower device of the \
+                         guest's macvtap {tap}, and a macvtap never passes frames between its \
+                         guest and the host's stack on the lower device → reach the host on \
+                         another address, or give the host a macvlan on {l} (`ip link add \
+                         link {l} name mvhost type macvlan mode bridge`) and move {ip} there"
+                    )
+                } else {
+                    format!(
+                        "the guest asked {n} time(s) who has {ip} (ARP) and nobody on the \
+                         network of {l} (the lower device of its macvtap {tap}) answered: if \
+                         {ip} is its gateway, the gateway setting is wrong or that address is \
+                         not on {l}'s network"
+                    )
+                });
+                continue;
+            }
             if let Some(tap) = &unbridged {
                 let br = facts.bridge_for(*ip).unwrap_or("BRIDGE");
                 parts.push(format!(

@@ -1,0 +1,251 @@
+//! macvtap ("direct") guests on a real macvtap over a veth lower device: found by the
+//! character device their QEMU holds, followed with the tap programs the other way round and
+//! the lower device on the path, and the faults of that mode named. Needs root.
+
+mod common;
+
+use common::{field, start_in, BIN};
+use kvmtrace_lab::macvtap::MacvtapLab;
+use kvmtrace_lab::vm::{open_macvtap, FakeVm};
+use serde_json::Value;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt as _;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+fn in_hv(lab: &MacvtapLab, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", &lab.hv, BIN])
+        .args(args)
+        .output()
+        .expect("run kvmtrace")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A stand-in QEMU in the hypervisor holding the macvtap's character device as fd 7, with the
+/// command line libvirt gives a `<interface type='direct'>` guest.
+fn qemu_standin(lab: &MacvtapLab, fd: &OwnedFd, name: &str) -> Child {
+    let raw = fd.as_raw_fd();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.hv, "sh", "-c", "sleep 60 7>&-; :"])
+        .args([
+            "qemu-system-x86_64",
+            "-name",
+            &format!("guest={name},debug-threads=on"),
+            "-netdev",
+            "tap,fd=7,id=hostnet0",
+            "-device",
+            "virtio-net-pci,netdev=hostnet0,id=net0,mac=52:54:00:4b:54:20",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: dup2 and prctl are async-signal-safe; the fd stays open in the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 7) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn the stand-in QEMU");
+    let pid = child.id();
+    for _ in 0..100 {
+        if std::fs::read_link(format!("/proc/{pid}/fd/7")).is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the stand-in never held the macvtap");
+}
+
+fn vm(lab: &MacvtapLab, gw: std::net::Ipv4Addr) -> (FakeVm, OwnedFd) {
+    let fd = open_macvtap(&lab.node).expect("open the macvtap");
+    let held = fd.try_clone().unwrap();
+    (
+        FakeVm::on_fd(fd, &lab.macvtap, lab.guest_mac, lab.guest_ip, gw),
+        held,
+    )
+}
+
+#[test]
+fn a_macvtap_guest_is_found_by_its_char_device_and_delivered_through_the_lower_device() {
+    let lab = MacvtapLab::new("bridge", false);
+    let (mut guest, held) = vm(&lab, lab.gw_ip);
+    let name = format!("direct-{}", std::process::id());
+    let mut standin = qemu_standin(&lab, &held, &name);
+
+    // Found by the char device (the node is not /dev/tapN), in this namespace, a macvtap.
+    let out = in_hv(&lab, &["list", "--json"]);
+    let mine: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["pid"] == standin.id())
+        .collect();
+    assert_eq!(mine.len(), 1, "{}", text(&out.stdout));
+    let v = &mine[0];
+    assert_eq!(v["name"], name.as_str());
+    assert_eq!(v["tap"], "mvtap0");
+    assert_eq!(v["mac"], "52:54:00:4b:54:20");
+    assert_eq!(v["macvtap"], true);
+    assert_eq!(v["followable"], true);
+    assert_eq!(v["netns"], lab.hv.as_str());
+
+    let running = start_in(
+        &lab.hv,
+        &[
+            "follow",
+            &name,
+            "203.0.113.1",
+            "--json",
+            "--proto",
+            "icmp",
+            "--duration",
+            "3",
+        ],
+        &[],
+    );
+    let mut replies = 0;
+    for seq in 1..=3 {
+        replies += usize::from(
+            guest
+                .ping(lab.dest, 0x4d56, seq, Duration::from_millis(500))
+                .is_some(),
+        );
+    }
+    let run = running.wait();
+    assert_eq!(replies, 3, "lab itself broken\n{}", run.dump());
+    assert!(
+        run.stderr.contains(&format!(
+            "following {name} (tap mvtap0, mac 52:54:00:4b:54:20)"
+        )),
+        "{}",
+        run.dump()
+    );
+    let attached = run.stats()["attached"].to_string();
+    for want in [
+        "tc tap_ingress on mvtap0 (macvtap: egress)",
+        "tc tap_egress on mvtap0 (macvtap: ingress)",
+        "tc dev_ingress/dev_egress on low0 (mvtap0's lower device)",
+    ] {
+        assert!(attached.contains(want), "{want}: {attached}");
+    }
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
+    assert_eq!(field(v, "device"), "mvtap0", "{}", run.dump());
+    assert_eq!(v["key"]["guest"], "10.78.0.2", "{}", run.dump());
+    assert_eq!(v["requests"], 3, "{}", run.dump());
+    assert_eq!(v["replies"], 3, "{}", run.dump());
+    // The requests came out of the guest through the macvtap and left through low0; the
+    // replies came in on low0 and reached the macvtap.
+    let hops: Vec<(String, String, String)> = run
+        .hops()
+        .iter()
+        .filter(|h| h["journey"].is_number())
+        .map(|h| {
+            (
+                field(h, "point").to_string(),
+                field(h, "device").to_string(),
+                field(h, "dir").to_string(),
+            )
+        })
+        .collect();
+    for want in [
+        ("tap_ingress", "mvtap0", "request"),
+        ("dev_xmit", "low0", "request"),
+        ("netif_receive", "low0", "reply"),
+        ("tap_egress", "mvtap0", "reply"),
+    ] {
+        let n = hops
+            .iter()
+            .filter(|(p, d, r)| (p.as_str(), d.as_str(), r.as_str()) == want)
+            .count();
+        assert_eq!(n, 3, "{want:?} in {hops:?}\n{}", run.dump());
+    }
+    assert_eq!(run.code, 0, "{}", run.dump());
+    let _ = standin.kill();
+    let _ = standin.wait();
+}
+
+/// `follow` while the guest asks ARP for `target` twice; the JSON run.
+fn follow_while_asking(lab: &MacvtapLab, dest: &str, target: std::net::Ipv4Addr) -> common::Run {
+    let (mut guest, _held) = vm(lab, target);
+    let running = start_in(
+        &lab.hv,
+        &["follow", "mvtap0", dest, "--json", "--duration", "3"],
+        &[],
+    );
+    for _ in 0..2 {
+        guest.arp_request(target);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    running.wait()
+}
+
+#[test]
+fn a_macvtap_whose_lower_device_is_down_is_named_with_the_fix() {
+    let lab = MacvtapLab::new("bridge", false);
+    lab.hv_run(&["ip", "link", "set", "low0", "down"]);
+    let run = follow_while_asking(&lab, "203.0.113.1", lab.gw_ip);
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
+    assert_eq!(
+        field(v, "summary"),
+        "no packet from the VM to 203.0.113.1: the guest asked 2 time(s) who has 10.78.0.1 (ARP) \
+         and nobody answered: the lower device low0 of its macvtap mvtap0 is down, so its frames \
+         leave nowhere → `ip link set low0 up` (and check low0's cable or peer)",
+        "{}",
+        run.dump()
+    );
+    // follow adds doctor's failing checks: the lower device, nothing about bridges or routes.
+    let failing: Vec<&Value> = run.lines.iter().filter(|l| l["type"] == "check").collect();
+    assert_eq!(failing.len(), 1, "{}", run.dump());
+    assert_eq!(failing[0]["name"], "lower_device");
+    assert_eq!(failing[0]["fix"], "ip link set dev low0 up");
+    assert_eq!(run.code, 1, "{}", run.dump());
+}
+
+#[test]
+fn a_macvtap_guest_asking_for_the_hosts_own_address_is_told_macvtap_keeps_them_apart() {
+    let lab = MacvtapLab::new("bridge", true);
+    let run = follow_while_asking(&lab, "10.78.0.3", lab.host_ip);
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
+    assert!(
+        field(v, "summary").contains(
+            "10.78.0.3 is the host's own address on low0, the lower device of the guest's \
+             macvtap mvtap0, and a macvtap never passes frames between its guest and the \
+             host's stack on the lower device"
+        ),
+        "{}",
+        run.dump()
+    );
+    // doctor says the same before any traffic.
+    let out = in_hv(&lab, &["doctor", "mvtap0", "--json"]);
+    let checks: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["type"] == "check")
+        .collect();
+    let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["tap", "lower_device", "macvtap_host"], "{checks:?}");
+    assert_eq!(checks[1]["status"], "pass", "{checks:?}");
+    assert_eq!(checks[2]["status"], "warn", "{checks:?}");
+    assert!(
+        checks[2]["evidence"]
+            .as_str()
+            .unwrap()
+            .starts_with("the host's 10.78.0.3/24 on low0 cannot reach the guest"),
+        "{checks:?}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
