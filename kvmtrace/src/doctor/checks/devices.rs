@@ -1,0 +1,379 @@
+//! Checks of the VM's own devices: the tap (or macvtap and its lower device), its bridge
+//! port, the bridge, the MTU along the path.
+
+use super::*;
+
+pub(super) fn tap_check(c: &Ctx) -> Check {
+    let name = "tap";
+    let t = c.tap_name;
+    let Some(d) = c.tap else {
+        return check(
+            name,
+            Fail,
+            format!("{t} is not a network device in this namespace (/sys/class/net/{t} is missing)"),
+            Some(format!(
+                "run kvmtrace in the network namespace that holds {t} (`ip netns exec NS kvmtrace doctor {t}`)"
+            )),
+        );
+    };
+    let kind = if d.is_tap {
+        "tap"
+    } else if d.macvtap_lower.is_some() {
+        "macvtap"
+    } else {
+        "device"
+    };
+    if !d.admin_up {
+        return check(
+            name,
+            Fail,
+            format!(
+                "{t} is administratively down (flags 0x{:x}, operstate {}): no frame passes it either way",
+                d.flags, d.operstate
+            ),
+            Some(format!("ip link set dev {t} up")),
+        );
+    }
+    if d.carrier == Some(false) {
+        return check(
+            name,
+            Warn,
+            format!(
+                "{t} is up but has no carrier (operstate {}): nothing holds the {kind} open, so the VM is not running or its NIC is not attached",
+                d.operstate
+            ),
+            Some("start the VM (or re-attach its network interface)".into()),
+        );
+    }
+    check(
+        name,
+        Pass,
+        format!(
+            "{t} ({kind}) is up with carrier (operstate {}), mtu {}",
+            d.operstate,
+            d.mtu.map(|m| m.to_string()).unwrap_or_else(|| "?".into())
+        ),
+        None,
+    )
+}
+
+/// The lower device of a macvtap: the guest's only way out.
+pub(super) fn lower_device_check(c: &Ctx, lower: &str) -> Check {
+    let name = "lower_device";
+    let t = c.tap_name;
+    let Some(d) = c.h.dev(lower) else {
+        return check(
+            name,
+            Fail,
+            format!("{t} is a macvtap on {lower}, which is not in this namespace"),
+            None,
+        );
+    };
+    if !d.admin_up {
+        return check(
+            name,
+            Fail,
+            format!(
+                "{lower}, the lower device of the macvtap {t}, is administratively down \
+                 (operstate {}): the guest's frames leave nowhere and nothing reaches it",
+                d.operstate
+            ),
+            Some(format!("ip link set dev {lower} up")),
+        );
+    }
+    if d.carrier == Some(false) {
+        return check(
+            name,
+            Fail,
+            format!(
+                "{lower}, the lower device of the macvtap {t}, has no carrier (operstate {}): \
+                 its cable or peer is down",
+                d.operstate
+            ),
+            Some(format!("check {lower}'s cable, switch port or peer")),
+        );
+    }
+    check(
+        name,
+        Pass,
+        format!(
+            "{t} is a macvtap on {lower}, which is up with carrier (operstate {}); the \
+             guest's frames leave through {lower} without this host's bridge, routing or \
+             firewall",
+            d.operstate
+        ),
+        None,
+    )
+}
+
+/// A macvtap's guest and the host's own addresses on the lower device cannot reach each other.
+pub(super) fn macvtap_host_check(c: &Ctx, lower: &str) -> Check {
+    let name = "macvtap_host";
+    let t = c.tap_name;
+    let addrs: Vec<String> =
+        c.h.dev(lower)
+            .map(|d| d.addrs.iter().map(|(a, p)| format!("{a}/{p}")).collect())
+            .unwrap_or_default();
+    if addrs.is_empty() {
+        return check(
+            name,
+            Pass,
+            format!("the host has no address on {lower}: nothing it serves is expected there"),
+            None,
+        );
+    }
+    check(
+        name,
+        Warn,
+        format!(
+            "the host's {} on {lower} cannot reach the guest of the macvtap {t}, nor the guest \
+             it: a macvtap passes frames between its guest and the wire (and, in bridge mode, \
+             other macvtaps on {lower}), never to the lower device's own stack",
+            addrs.join(", ")
+        ),
+        Some(format!(
+            "if the guest needs the host, give the host a macvlan on {lower} (`ip link add link \
+             {lower} name mvhost type macvlan mode bridge`) and move the address there, or use \
+             a bridge instead of macvtap"
+        )),
+    )
+}
+
+pub(super) fn bridge_port_check(c: &Ctx) -> Check {
+    let name = "bridge_port";
+    let t = c.tap_name;
+    let Some(tap) = c.tap else {
+        return check(
+            name,
+            Skip,
+            format!("{t} is not in this network namespace"),
+            None,
+        );
+    };
+    let Some(master) = tap.master.as_deref() else {
+        if !tap.addrs.is_empty() {
+            let a: Vec<String> = tap.addrs.iter().map(|(a, l)| format!("{a}/{l}")).collect();
+            return check(
+                name,
+                Pass,
+                format!("{t} is in no bridge: a routed tap with {}", a.join(", ")),
+                None,
+            );
+        }
+        let bridges: Vec<&str> =
+            c.h.devs
+                .iter()
+                .filter(|d| d.is_bridge)
+                .map(|d| d.name.as_str())
+                .collect();
+        let target = if bridges.len() == 1 {
+            bridges[0]
+        } else {
+            "<bridge>"
+        };
+        return check(
+            name,
+            Fail,
+            format!(
+                "{t} has no master: it is in no bridge and has no address, so the VM's frames reach nothing (bridges here: {})",
+                if bridges.is_empty() { "none".to_string() } else { bridges.join(", ") }
+            ),
+            Some(format!("ip link set dev {t} master {target}")),
+        );
+    };
+    let Some(br) = c.bridge else {
+        return check(
+            name,
+            Warn,
+            format!("{t}'s master is {master}, not a Linux bridge: bridge checks are skipped"),
+            None,
+        );
+    };
+    let ports = br.ports.join(", ");
+    let state = tap.brport_state;
+    let sname = match state {
+        Some(0) => "disabled",
+        Some(1) => "listening",
+        Some(2) => "learning",
+        Some(3) => "forwarding",
+        Some(4) => "blocking",
+        _ => "unknown",
+    };
+    let head = format!(
+        "{t} is a port of {} (ports: {ports}), state {sname}",
+        br.name
+    );
+    match state {
+        Some(3) => check(name, Pass, head, None),
+        Some(0) if !br.admin_up => check(
+            name,
+            Fail,
+            format!("{head}: {} is down, which disables its ports", br.name),
+            Some(format!("ip link set dev {} up", br.name)),
+        ),
+        Some(0) if dev_is_down(tap) => check(
+            name,
+            Warn,
+            format!("{head}: the bridge disables a port whose link is down (see the tap check)"),
+            None,
+        ),
+        Some(1) | Some(2) => check(
+            name,
+            Warn,
+            format!(
+                "{head}: STP holds the port for the forward delay ({} s) before it forwards",
+                br.forward_delay.unwrap_or(0) / 100
+            ),
+            Some(format!(
+                "wait, or shorten the delay: ip link set dev {} type bridge forward_delay 0",
+                br.name
+            )),
+        ),
+        Some(4) => check(
+            name,
+            Fail,
+            format!("{head}: spanning tree blocks it (a loop in the bridged topology?)"),
+            Some(format!(
+                "look at the topology (`bridge link show dev {t}`); if STP is not wanted: ip link set dev {} type bridge stp_state 0",
+                br.name
+            )),
+        ),
+        _ => check(
+            name,
+            Fail,
+            format!("{head}: the bridge does not forward through it"),
+            Some(format!("ip link set dev {t} down && ip link set dev {t} up")),
+        ),
+    }
+}
+
+pub(super) fn bridge_check(c: &Ctx) -> Check {
+    let name = "bridge";
+    let Some(d) = c.l3 else {
+        return check(name, Skip, format!("no bridge: {}", c.no_subnet), None);
+    };
+    if !d.admin_up {
+        return check(
+            name,
+            Fail,
+            format!("{} is administratively down", d.name),
+            Some(format!("ip link set dev {} up", d.name)),
+        );
+    }
+    let Some((gw, len)) = c.gw else {
+        let others: Vec<&String> = d.ports.iter().filter(|p| *p != c.tap_name).collect();
+        return check(
+            name,
+            Warn,
+            format!(
+                "{} has no IPv4 address: the host is not the VM's gateway, so the VM reaches only {}",
+                d.name,
+                if others.is_empty() {
+                    "nothing beyond the bridge (it has no other port)".to_string()
+                } else {
+                    format!("what is behind the bridge's other ports ({})", others.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+                }
+            ),
+            Some(format!(
+                "if the host should route for the VM: ip addr add <gateway address>/<prefix> dev {}",
+                d.name
+            )),
+        );
+    };
+    let subnet = Net::new(gw, len);
+    let mut ev = format!(
+        "{} is up with {gw}/{len}: the VM's gateway, subnet {subnet}",
+        d.name
+    );
+    if d.addrs.len() > 1 {
+        let a: Vec<String> = d.addrs.iter().map(|(a, l)| format!("{a}/{l}")).collect();
+        ev.push_str(&format!(" (all addresses: {})", a.join(", ")));
+    }
+    if let Some((g, st)) = c.guest {
+        ev.push_str(&format!("; the guest's MAC is at {g} ({})", nud_name(st)));
+        if !subnet.contains(g) {
+            return check(
+                name,
+                Warn,
+                format!("{ev}, outside {}'s subnets", d.name),
+                Some(format!(
+                    "give the guest an address in {subnet} (gateway {gw}), or add its network: ip addr add <gateway>/<prefix> dev {}",
+                    d.name
+                )),
+            );
+        }
+    }
+    check(name, Pass, ev, None)
+}
+
+pub(super) fn mtu_check(c: &Ctx) -> Check {
+    let name = "mtu";
+    let Some(tap) = c.tap else {
+        return check(
+            name,
+            Skip,
+            format!("{} is not in this network namespace", c.tap_name),
+            None,
+        );
+    };
+    let m = |d: &Dev| d.mtu.unwrap_or(0);
+    let mut seen = vec![format!("{} {}", tap.name, m(tap))];
+    if let Some(b) = c.bridge {
+        seen.push(format!("{} {}", b.name, m(b)));
+    }
+    let uplink = c
+        .uplink
+        .filter(|u| !c.bridged && Some(u.name.as_str()) != c.l3.map(|d| d.name.as_str()));
+    if let Some(u) = uplink {
+        seen.push(format!("{} {} (uplink)", u.name, m(u)));
+    }
+    let ev = seen.join(", ");
+    if let Some(b) = c.bridge {
+        if m(tap) < m(b) {
+            return check(
+                name,
+                Fail,
+                format!(
+                    "{ev}: {} forwards frames of up to {} bytes to {}, which drops any bigger than {} (the bridge checks the port's MTU)",
+                    b.name,
+                    m(b),
+                    tap.name,
+                    m(tap)
+                ),
+                Some(format!("ip link set dev {} mtu {}", tap.name, m(b))),
+            );
+        }
+        if m(tap) > m(b) {
+            return check(
+                name,
+                Warn,
+                format!(
+                    "{ev}: packets routed to the VM through {} are limited to {} bytes (fragmented, or refused with ICMP fragmentation-needed when DF is set)",
+                    b.name,
+                    m(b)
+                ),
+                Some(format!("ip link set dev {} mtu {}", b.name, m(tap))),
+            );
+        }
+    }
+    if let (Some(u), Some(l3)) = (uplink, c.l3) {
+        if m(u) < m(l3) {
+            return check(
+                name,
+                Warn,
+                format!(
+                    "{ev}: the VM's packets bigger than {} bytes leave {} fragmented or, with DF set, are answered with ICMP fragmentation-needed (a path-MTU black hole where that ICMP is filtered)",
+                    m(u),
+                    u.name
+                ),
+                Some(format!(
+                    "set the guest's MTU to {} (and: ip link set dev {} mtu {})",
+                    m(u),
+                    l3.name,
+                    m(u)
+                )),
+            );
+        }
+    }
+    check(name, Pass, format!("{ev}: consistent along the path"), None)
+}
