@@ -8,9 +8,16 @@
 /// Maximum kernel stack depth kept per drop event.
 pub const MAX_STACK: usize = 16;
 
-/// Where in the host an event was observed. Stored as `u8` in [`Event::hook`].
+/// Where in the host an event was observed: the kernel programs write it as `u8` in
+/// [`Event::hook`], userspace decodes and names it (`Point` there is this type; in JSON its
+/// variants are snake_case: `tap_ingress`, `netif_receive`, …).
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(
+    feature = "user",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum HookKind {
     /// TC ingress of the VM's tap: the frame just came out of the guest.
     TapIngress = 1,

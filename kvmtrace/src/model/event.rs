@@ -9,36 +9,8 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::Ipv4Addr;
 
-/// Where an event was observed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum Point {
-    TapIngress,
-    TapEgress,
-    NetifReceive,
-    DevXmit,
-    NfEnter,
-    NfExit,
-    Fib,
-    Drop,
-    Consume,
-}
-
-impl Point {
-    pub fn from_hook(h: HookKind) -> Self {
-        match h {
-            HookKind::TapIngress => Self::TapIngress,
-            HookKind::TapEgress => Self::TapEgress,
-            HookKind::NetifReceive => Self::NetifReceive,
-            HookKind::DevXmit => Self::DevXmit,
-            HookKind::NfEnter => Self::NfEnter,
-            HookKind::NfExit => Self::NfExit,
-            HookKind::Fib => Self::Fib,
-            HookKind::Drop => Self::Drop,
-            HookKind::Consume => Self::Consume,
-        }
-    }
-}
+/// Where an event was observed: the hook kind the kernel programs write, one enum on both sides.
+pub use kvmtrace_common::HookKind as Point;
 
 /// Request (VM → destination) or reply (destination → VM).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
@@ -306,7 +278,7 @@ impl TraceEvent {
     /// Decodes a kernel event. Returns `None` for an unknown hook value.
     pub fn decode(e: &Event, d: &dyn Decoder) -> Option<Self> {
         let hook = HookKind::from_u8(e.hook)?;
-        let point = Point::from_hook(hook);
+        let point = hook;
         let mut device = cstr(&e.ifname);
         let helper = point == Point::Fib && e.flags & kvmtrace_common::EV_FLAG_ROUTE_HELPER != 0;
         let (mut table, mut err, mut oif) = (e.reason, e.stack_id, e.ifindex);
