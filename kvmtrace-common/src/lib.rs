@@ -72,22 +72,22 @@ pub const EV_FLAG_ARP: u8 = 8;
 /// `Event::flags`: a DHCP packet on the tap (UDP 68→67 from the guest, 67→68 to it).
 pub const EV_FLAG_DHCP: u8 = 16;
 /// `Event::flags` of a `Fib` event: the route came from `bpf_fib_lookup` in a path device's
-/// TC ingress (path hook set), not from the `fib_table_lookup` tracepoint. `reason` (the
-/// table) is then unknown (0) and `location` holds the helper's `BPF_FIB_LKUP_RET_*` code and
-/// the input device; userspace asks the kernel for the table (RTM_GETROUTE).
+/// TC ingress (path hook set), not from the `fib_table_lookup` tracepoint. `table` is then
+/// unknown (0), `fib_ret` and `iif` say what the helper answered and for which device;
+/// userspace asks the kernel for the table (RTM_GETROUTE).
 pub const EV_FLAG_ROUTE_HELPER: u8 = 32;
 
-/// One observation of one packet at one hook. 112 bytes, no implicit padding.
+/// One observation of one packet at one hook. 136 bytes, no implicit padding. Every field has
+/// one meaning; the ones of one kind of hook are zero elsewhere.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Event {
     /// `bpf_ktime_get_ns()`.
     pub ts_ns: u64,
-    /// Kernel `struct sk_buff *` (0 for `Fib`): links one packet across hooks.
+    /// Kernel `struct sk_buff *`: links one packet across hooks (a `Fib` event: the packet
+    /// whose route it is).
     pub skb: u64,
     /// `Drop`: the `location` argument (return address inside the caller of kfree_skb).
-    /// `Fib` with `EV_FLAG_ROUTE_HELPER`: the `BPF_FIB_LKUP_RET_*` code in the low 32 bits,
-    /// the ifindex the packet came in on in the high 32.
     pub location: u64,
     /// `HookKind` as u8.
     pub hook: u8,
@@ -103,17 +103,19 @@ pub struct Event {
     pub ifname: [u8; 16],
     /// Inode number of the device's network namespace.
     pub netns: u32,
-    /// `Drop`: `enum skb_drop_reason` value. `Fib`: routing table id.
+    /// `Drop`: `enum skb_drop_reason` value.
     pub reason: u32,
-    /// `Drop`: id in the stack-trace map, or negative error. `Fib`: the lookup error (0 = found).
+    /// `Drop`: id in the stack-trace map, or negative error.
     pub stack_id: i32,
     /// `skb->len`.
     pub len: u32,
     /// IPv4 source / destination, network byte order as read from the header.
     pub saddr: [u8; 4],
     pub daddr: [u8; 4],
-    /// `Fib`: gateway (network order). ICMP errors: destination of the quoted packet.
+    /// `Fib`: the route's gateway (network order; 0: none).
     pub gw: [u8; 4],
+    /// ICMP errors: destination of the quoted packet (network order).
+    pub inner_daddr: [u8; 4],
     /// TCP/UDP ports (host byte order). For ICMP echo: sport = identifier, dport = sequence.
     pub sport: u16,
     pub dport: u16,
@@ -129,13 +131,21 @@ pub struct Event {
     /// Ethernet source / destination MAC when `EV_FLAG_HAS_ETH`.
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
-    /// Order of this event among all events the programs produced (per-CPU counter x CPUs
-    /// is not needed: `ts_ns` orders events; this is the producing CPU).
+    /// The producing CPU (`ts_ns` orders events).
     pub cpu: u32,
     /// TCP sequence number (host order), 0 otherwise. Second identity key for clones.
     pub tcp_seq: u32,
     /// `Fib` with `EV_FLAG_ROUTE_HELPER`: the skb mark the lookup used (fwmark rules).
     pub mark: u32,
+    /// `Fib`: the routing table id (0 with `EV_FLAG_ROUTE_HELPER`: userspace asks the FIB).
+    pub table: u32,
+    /// `Fib`: the lookup's error (0 = found, else a negative errno).
+    pub route_err: i32,
+    /// `Fib` with `EV_FLAG_ROUTE_HELPER`: the `BPF_FIB_LKUP_RET_*` code.
+    pub fib_ret: u32,
+    /// `Fib` with `EV_FLAG_ROUTE_HELPER`: the device the packet came in on.
+    pub iif: u32,
+    pub _pad1: u32,
 }
 
 /// Offsets of kernel struct fields, taken from BTF by userspace at start-up.
@@ -285,7 +295,7 @@ mod tests {
     use super::*;
     #[test]
     fn layouts_are_stable() {
-        assert_eq!(core::mem::size_of::<Event>(), 112);
+        assert_eq!(core::mem::size_of::<Event>(), 136);
         assert_eq!(core::mem::size_of::<Offsets>(), 23 * 4);
         assert_eq!(core::mem::size_of::<Filter>(), 36);
         assert_eq!(core::mem::size_of::<NatKey>(), 12);

@@ -60,8 +60,8 @@ pub fn emit(
         len: at.len,
         saddr: p.saddr,
         daddr: p.daddr,
-        // ICMP errors: the quoted packet's destination (the user side reads it as such).
-        gw: p.inner_daddr,
+        gw: [0; 4],
+        inner_daddr: p.inner_daddr,
         sport: p.sport,
         dport: p.dport,
         proto: p.proto,
@@ -75,6 +75,11 @@ pub fn emit(
         cpu: unsafe { bpf_get_smp_processor_id() },
         tcp_seq: p.tcp_seq,
         mark: 0,
+        table: 0,
+        route_err: 0,
+        fib_ret: 0,
+        iif: 0,
+        _pad1: 0,
     };
     entry.write(ev);
     entry.submit(0);

@@ -181,7 +181,7 @@ fn lookup_and_emit(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8, q: &
     let ev = Event {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         skb,
-        location: (rc as u32 as u64) | ((ifindex as u64) << 32),
+        location: 0,
         hook: HookKind::Fib as u8,
         dir,
         flags: EV_FLAG_ROUTE_HELPER,
@@ -190,11 +190,12 @@ fn lookup_and_emit(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8, q: &
         ifname: [0; 16],
         netns: c.filter.netns,
         reason: 0,
-        stack_id: err,
+        stack_id: -1,
         len: 0,
         saddr: q.src,
         daddr: dst,
         gw,
+        inner_daddr: [0; 4],
         sport: if p.proto == 1 { 0 } else { sport },
         dport: if p.proto == 1 { 0 } else { dport },
         proto: p.proto,
@@ -208,6 +209,11 @@ fn lookup_and_emit(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8, q: &
         cpu: unsafe { bpf_get_smp_processor_id() },
         tcp_seq: 0,
         mark,
+        table: 0,
+        route_err: err,
+        fib_ret: rc as u32,
+        iif: ifindex,
+        _pad1: 0,
     };
     entry.write(ev);
     entry.submit(0);
@@ -257,8 +263,6 @@ pub fn fib_table_lookup(ctx: TracePointContext) -> i32 {
         count(CNT_LOST);
         return 0;
     };
-    // The route fields have a record of their own shape inside the common one: table id in
-    // `reason`, the error in `stack_id`, the gateway in `gw` (see kvmtrace_common::Event).
     let ev = Event {
         ts_ns: now,
         skb: cur.skb,
@@ -270,12 +274,13 @@ pub fn fib_table_lookup(ctx: TracePointContext) -> i32 {
         ifindex: oif as u32,
         ifname: name,
         netns: c.filter.netns,
-        reason: tb_id,
-        stack_id: err,
+        reason: 0,
+        stack_id: -1,
         len: 0,
         saddr: src,
         daddr: dst,
         gw,
+        inner_daddr: [0; 4],
         // Already host order: fib.h stores ntohs() of the flow's ports.
         sport,
         dport,
@@ -290,6 +295,11 @@ pub fn fib_table_lookup(ctx: TracePointContext) -> i32 {
         cpu: unsafe { bpf_get_smp_processor_id() },
         tcp_seq: 0,
         mark: 0,
+        table: tb_id,
+        route_err: err,
+        fib_ret: 0,
+        iif: 0,
+        _pad1: 0,
     };
     entry.write(ev);
     entry.submit(0);

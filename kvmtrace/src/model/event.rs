@@ -281,7 +281,7 @@ impl TraceEvent {
         let point = hook;
         let mut device = cstr(&e.ifname);
         let helper = point == Point::Fib && e.flags & kvmtrace_common::EV_FLAG_ROUTE_HELPER != 0;
-        let (mut table, mut err, mut oif) = (e.reason, e.stack_id, e.ifindex);
+        let (mut table, mut err, mut oif) = (e.table, e.route_err, e.ifindex);
         if helper {
             let ask = RouteAsk {
                 src: Ipv4Addr::from(e.saddr),
@@ -289,9 +289,9 @@ impl TraceEvent {
                 proto: e.proto,
                 sport: e.sport,
                 dport: e.dport,
-                iif: (e.location >> 32) as u32,
+                iif: e.iif,
                 mark: e.mark,
-                rc: e.location as u32,
+                rc: e.fib_ret,
             };
             table = 254;
             if ask.rc == FIB_RET_NOT_FWDED {
@@ -399,7 +399,7 @@ impl TraceEvent {
             stack,
             route,
             icmp_inner_dst: (is_icmp_err && point != Point::Fib && l2.is_none())
-                .then(|| Ipv4Addr::from(e.gw)),
+                .then(|| Ipv4Addr::from(e.inner_daddr)),
             l2,
         })
     }
