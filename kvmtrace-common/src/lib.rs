@@ -148,37 +148,6 @@ pub struct Event {
     pub _pad1: u32,
 }
 
-/// Offsets of kernel struct fields, taken from BTF by userspace at start-up.
-/// A value of `u32::MAX` means "not present on this kernel".
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Offsets {
-    pub skb_head: u32,
-    pub skb_data: u32,
-    pub skb_len: u32,
-    pub skb_dev: u32,
-    pub skb_network_header: u32,
-    pub skb_transport_header: u32,
-    pub skb_mac_header: u32,
-    pub dev_ifindex: u32,
-    pub dev_name: u32,
-    pub dev_nd_net: u32,
-    pub net_ns_inum: u32,
-    pub nf_state_hook: u32,
-    /// Offsets inside the `fib:fib_table_lookup` tracepoint record (from its format file).
-    pub fib_tb_id: u32,
-    pub fib_err: u32,
-    pub fib_oif: u32,
-    pub fib_src: u32,
-    pub fib_dst: u32,
-    pub fib_gw4: u32,
-    pub fib_name: u32,
-    pub fib_proto: u32,
-    pub fib_sport: u32,
-    pub fib_dport: u32,
-    pub _pad: u32,
-}
-
 /// What to follow. Written once by userspace before attaching.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -211,7 +180,6 @@ pub struct Filter {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Config {
-    pub offsets: Offsets,
     pub filter: Filter,
 }
 
@@ -296,7 +264,6 @@ mod tests {
     #[test]
     fn layouts_are_stable() {
         assert_eq!(core::mem::size_of::<Event>(), 136);
-        assert_eq!(core::mem::size_of::<Offsets>(), 23 * 4);
         assert_eq!(core::mem::size_of::<Filter>(), 36);
         assert_eq!(core::mem::size_of::<NatKey>(), 12);
         assert_eq!(core::mem::size_of::<NatOrigin>(), 8);

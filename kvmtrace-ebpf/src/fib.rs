@@ -4,11 +4,11 @@
 //!   pays nothing for it;
 //! - full hook set: the classic tracepoint `fib:fib_table_lookup`
 //!   (include/trace/events/fib.h), which runs for every lookup on the host. Field offsets come
-//!   from the tracepoint's format file via `Config.offsets`. The lookup has no skb: it belongs
+//!   from the tracepoint's format file (the `OFF_FIB_*` constants). The lookup has no skb: it belongs
 //!   to the followed skb this CPU is processing (`CUR`), if any.
 
 use crate::filter::{in_dest, is_guest, nat_origin, origin_of, Pkt};
-use crate::{config, count, rd, CUR, CUR_WINDOW_NS, EVENTS, ROUTED};
+use crate::{config, count, off, rd, CUR, CUR_WINDOW_NS, EVENTS, ROUTED};
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED,
@@ -229,13 +229,12 @@ pub fn fib_table_lookup(ctx: TracePointContext) -> i32 {
         _ => return 0,
     };
     let Some(c) = config() else { return 0 };
-    let o = &c.offsets;
-    if o.fib_dst == UNSET {
+    if off!(OFF_FIB_DST) == UNSET {
         return 0;
     }
     let rdc = |off: u32| -> u64 { ctx.as_ptr() as u64 + off as u64 };
-    let src: [u8; 4] = rd(rdc(o.fib_src)).unwrap_or([0; 4]);
-    let dst: [u8; 4] = rd(rdc(o.fib_dst)).unwrap_or([0; 4]);
+    let src: [u8; 4] = rd(rdc(off!(OFF_FIB_SRC))).unwrap_or([0; 4]);
+    let dst: [u8; 4] = rd(rdc(off!(OFF_FIB_DST))).unwrap_or([0; 4]);
     let dir = if in_dest(c, &dst) {
         DIR_REQUEST
     } else if in_dest(c, &src) {
@@ -251,14 +250,14 @@ pub fn fib_table_lookup(ctx: TracePointContext) -> i32 {
     if !own || now.wrapping_sub(cur.ts_ns) > CUR_WINDOW_NS {
         return 0;
     }
-    let tb_id: u32 = rd(rdc(o.fib_tb_id)).unwrap_or(0);
-    let err: i32 = rd(rdc(o.fib_err)).unwrap_or(0);
-    let oif: i32 = rd(rdc(o.fib_oif)).unwrap_or(0);
-    let gw: [u8; 4] = rd(rdc(o.fib_gw4)).unwrap_or([0; 4]);
-    let name: [u8; 16] = rd(rdc(o.fib_name)).unwrap_or([0; 16]);
-    let proto: u8 = rd(rdc(o.fib_proto)).unwrap_or(0);
-    let sport: u16 = rd(rdc(o.fib_sport)).unwrap_or(0);
-    let dport: u16 = rd(rdc(o.fib_dport)).unwrap_or(0);
+    let tb_id: u32 = rd(rdc(off!(OFF_FIB_TB_ID))).unwrap_or(0);
+    let err: i32 = rd(rdc(off!(OFF_FIB_ERR))).unwrap_or(0);
+    let oif: i32 = rd(rdc(off!(OFF_FIB_OIF))).unwrap_or(0);
+    let gw: [u8; 4] = rd(rdc(off!(OFF_FIB_GW4))).unwrap_or([0; 4]);
+    let name: [u8; 16] = rd(rdc(off!(OFF_FIB_NAME))).unwrap_or([0; 16]);
+    let proto: u8 = rd(rdc(off!(OFF_FIB_PROTO))).unwrap_or(0);
+    let sport: u16 = rd(rdc(off!(OFF_FIB_SPORT))).unwrap_or(0);
+    let dport: u16 = rd(rdc(off!(OFF_FIB_DPORT))).unwrap_or(0);
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(CNT_LOST);
         return 0;

@@ -105,10 +105,10 @@ struct Cur {
     dst: [u8; 4],
 }
 
-/// Kernel struct offsets the hot path reads, set by the loader in the frozen .rodata before
-/// verification: the verifier then knows them as constants, so tp_btf and netfilter programs
-/// read them with plain (fault-safe) BTF loads instead of helper calls. The other offsets
-/// (rarely read) stay in `Config.offsets`.
+/// Every kernel offset the programs read, set by the loader in the frozen .rodata before
+/// verification (from BTF, and for the `fib_table_lookup` record from its format file;
+/// `u32::MAX`: absent): the verifier then knows them as constants, so tp_btf and netfilter
+/// programs read struct fields with plain (fault-safe) BTF loads instead of helper calls.
 #[unsafe(no_mangle)]
 static OFF_SKB_HEAD: u32 = 0;
 #[unsafe(no_mangle)]
@@ -127,6 +127,28 @@ static OFF_DEV_NAME: u32 = 0;
 static OFF_DEV_ND_NET: u32 = 0;
 #[unsafe(no_mangle)]
 static OFF_NET_INUM: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_NF_STATE_HOOK: u32 = 0;
+#[unsafe(no_mangle)]
+static OFF_FIB_TB_ID: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_FIB_ERR: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_FIB_OIF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_FIB_SRC: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_FIB_DST: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_FIB_GW4: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_FIB_NAME: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_FIB_PROTO: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_FIB_SPORT: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_FIB_DPORT: u32 = u32::MAX;
 
 /// Reads one of the `OFF_*` constants (a frozen .rodata value the verifier knows).
 macro_rules! off {

@@ -6,7 +6,7 @@
 
 use crate::emit::Extra;
 use crate::skb::observe_skb;
-use crate::{config, rd};
+use crate::{config, off, rd};
 use kvmtrace_common::HookKind;
 
 #[inline(always)]
@@ -24,9 +24,11 @@ fn nf_common(ctx: *mut core::ffi::c_void, hook: HookKind) -> i32 {
     if skb == 0 {
         return 1;
     }
-    let Some(c) = config() else { return 1 };
+    if config().is_none() {
+        return 1;
+    }
     let nf_hook: u8 = if state != 0 {
-        rd(state + c.offsets.nf_state_hook as u64).unwrap_or(255)
+        rd(state + off!(OFF_NF_STATE_HOOK) as u64).unwrap_or(255)
     } else {
         255
     };

@@ -125,8 +125,21 @@ fn the_full_hook_set_shows_each_netfilter_hook() {
             run.dump()
         );
     }
+    // The route comes from the fib_table_lookup tracepoint here (its record read at the
+    // offsets of its format file), with the table it was found in.
+    assert!(
+        hops.iter().any(|h| h["dir"] == "request"
+            && h["point"] == "fib"
+            && h["route"]["table"] == 254
+            && h["route"]["err"] == 0
+            && h["route"]["device"] == "up0"
+            && h["route"]["gateway"] == "192.0.2.1"),
+        "no route hop from the tracepoint:\n{}",
+        run.dump()
+    );
     let attached = run.stats()["attached"].to_string();
     assert!(attached.contains("netfilter links"), "{attached}");
+    assert!(attached.contains("tracepoint fib:fib_table_lookup"), "{attached}");
     assert!(!attached.contains("dev_ingress"), "{attached}");
 }
 

@@ -133,9 +133,40 @@ impl KernelBtf {
 }
 
 /// The kernel offsets the eBPF programs need, read from BTF.
-pub fn kernel_offsets(btf: &KernelBtf) -> Result<kvmtrace_common::Offsets> {
+/// Offsets of kernel struct fields, taken from BTF at start-up (and of the
+/// `fib:fib_table_lookup` record, from its format file). Each is written into the eBPF object's
+/// `OFF_*` constant of the same name before it is loaded: the one offset mechanism.
+/// `u32::MAX` means "not present on this kernel".
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Offsets {
+    pub skb_head: u32,
+    pub skb_data: u32,
+    pub skb_len: u32,
+    pub skb_dev: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    pub skb_mac_header: u32,
+    pub dev_ifindex: u32,
+    pub dev_name: u32,
+    pub dev_nd_net: u32,
+    pub net_ns_inum: u32,
+    pub nf_state_hook: u32,
+    /// Offsets inside the `fib:fib_table_lookup` tracepoint record (from its format file).
+    pub fib_tb_id: u32,
+    pub fib_err: u32,
+    pub fib_oif: u32,
+    pub fib_src: u32,
+    pub fib_dst: u32,
+    pub fib_gw4: u32,
+    pub fib_name: u32,
+    pub fib_proto: u32,
+    pub fib_sport: u32,
+    pub fib_dport: u32,
+}
+
+pub fn kernel_offsets(btf: &KernelBtf) -> Result<Offsets> {
     let o = |s: &str, p: &[&str]| btf.offset_of(s, p);
-    Ok(kvmtrace_common::Offsets {
+    Ok(Offsets {
         skb_head: o("sk_buff", &["head"])?,
         skb_data: o("sk_buff", &["data"])?,
         skb_len: o("sk_buff", &["len"])?,
@@ -159,7 +190,6 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<kvmtrace_common::Offsets> {
         fib_proto: u32::MAX,
         fib_sport: u32::MAX,
         fib_dport: u32::MAX,
-        _pad: 0,
     })
 }
 

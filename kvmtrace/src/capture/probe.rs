@@ -108,7 +108,7 @@ fn netns_inode() -> Result<u32> {
 }
 
 /// Offsets of the `fib:fib_table_lookup` record fields, from its tracefs format file.
-fn fib_offsets(o: &mut kvmtrace_common::Offsets) -> Result<()> {
+fn fib_offsets(o: &mut crate::capture::btf::Offsets) -> Result<()> {
     let mut text = None;
     for base in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
         let p = format!("{base}/events/fib/fib_table_lookup/format");
@@ -247,20 +247,37 @@ impl Tracer {
         };
 
         phase("filter");
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries("EVENTS", spec.ring_bytes)
-            .override_global("OFF_SKB_HEAD", &offsets.skb_head, true)
-            .override_global("OFF_SKB_NH", &offsets.skb_network_header, true)
-            .override_global("OFF_SKB_DEV", &offsets.skb_dev, true)
-            .override_global("OFF_DEV_IFINDEX", &offsets.dev_ifindex, true)
-            .override_global("OFF_SKB_LEN", &offsets.skb_len, true)
-            .override_global("OFF_SKB_MH", &offsets.skb_mac_header, true)
-            .override_global("OFF_DEV_NAME", &offsets.dev_name, true)
-            .override_global("OFF_DEV_ND_NET", &offsets.dev_nd_net, true)
-            .override_global("OFF_NET_INUM", &offsets.net_ns_inum, true)
+        let o = &offsets;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries("EVENTS", spec.ring_bytes);
+        for (name, value) in [
+            ("OFF_SKB_HEAD", &o.skb_head),
+            ("OFF_SKB_NH", &o.skb_network_header),
+            ("OFF_SKB_DEV", &o.skb_dev),
+            ("OFF_DEV_IFINDEX", &o.dev_ifindex),
+            ("OFF_SKB_LEN", &o.skb_len),
+            ("OFF_SKB_MH", &o.skb_mac_header),
+            ("OFF_DEV_NAME", &o.dev_name),
+            ("OFF_DEV_ND_NET", &o.dev_nd_net),
+            ("OFF_NET_INUM", &o.net_ns_inum),
+            ("OFF_NF_STATE_HOOK", &o.nf_state_hook),
+            ("OFF_FIB_TB_ID", &o.fib_tb_id),
+            ("OFF_FIB_ERR", &o.fib_err),
+            ("OFF_FIB_OIF", &o.fib_oif),
+            ("OFF_FIB_SRC", &o.fib_src),
+            ("OFF_FIB_DST", &o.fib_dst),
+            ("OFF_FIB_GW4", &o.fib_gw4),
+            ("OFF_FIB_NAME", &o.fib_name),
+            ("OFF_FIB_PROTO", &o.fib_proto),
+            ("OFF_FIB_SPORT", &o.fib_sport),
+            ("OFF_FIB_DPORT", &o.fib_dport),
+        ] {
+            loader.override_global(name, value, true);
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| EnvError(format!("loading the eBPF object: {e}")))?;
-        set_config(&mut ebpf, Config { offsets, filter })?;
+        set_config(&mut ebpf, Config { filter })?;
         phase("object loaded");
         let mut attached = Vec::new();
 
@@ -422,7 +439,6 @@ impl Tracer {
         set_config(
             &mut ebpf,
             Config {
-                offsets,
                 filter: Filter {
                     enabled: 1,
                     ..filter
