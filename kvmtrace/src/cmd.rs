@@ -121,20 +121,19 @@ pub enum Cmd {
 
 /// Parses `203.0.113.1` or `203.0.113.0/24`.
 pub fn parse_dest(s: &str) -> Result<(Ipv4Addr, u8)> {
-    let (a, p) = match s.split_once('/') {
-        Some((a, p)) => (
-            a,
-            p.parse::<u8>()
-                .ok()
-                .filter(|p| *p <= 32)
-                .ok_or_else(|| anyhow!("bad prefix length in '{s}': expected 0-32"))?,
-        ),
-        None => (s, 32),
-    };
-    let ip: Ipv4Addr = a.parse().map_err(|_| {
-        anyhow!("'{s}' is not an IPv4 address or CIDR (examples: 203.0.113.1, 203.0.113.0/24)")
-    })?;
-    Ok((ip, p))
+    let bad =
+        || anyhow!("'{s}' is not an IPv4 address or CIDR (examples: 203.0.113.1, 203.0.113.0/24)");
+    match s.split_once('/') {
+        Some((a, p)) => {
+            if !p.parse::<u8>().is_ok_and(|p| p <= 32) {
+                return Err(anyhow!("bad prefix length in '{s}': expected 0-32"));
+            }
+            a.parse::<Ipv4Addr>().map_err(|_| bad())?;
+            let net: ipnet::Ipv4Net = s.parse().map_err(|_| bad())?;
+            Ok((net.addr(), net.prefix_len()))
+        }
+        None => Ok((s.parse().map_err(|_| bad())?, 32)),
+    }
 }
 
 /// After the stop (deadline, count, signal), how long replies to requests in flight are

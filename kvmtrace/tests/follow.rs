@@ -139,7 +139,10 @@ fn the_full_hook_set_shows_each_netfilter_hook() {
     );
     let attached = run.stats()["attached"].to_string();
     assert!(attached.contains("netfilter links"), "{attached}");
-    assert!(attached.contains("tracepoint fib:fib_table_lookup"), "{attached}");
+    assert!(
+        attached.contains("tracepoint fib:fib_table_lookup"),
+        "{attached}"
+    );
     assert!(!attached.contains("dev_ingress"), "{attached}");
 }
 

@@ -49,12 +49,7 @@ fn index_of(name: &str) -> Option<u32> {
 }
 
 pub fn contains(net: Ipv4Addr, len: u8, a: Ipv4Addr) -> bool {
-    let mask = if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len.min(32)))
-    };
-    u32::from(net) & mask == u32::from(a) & mask
+    ipnet::Ipv4Net::new(net, len.min(32)).is_ok_and(|n| n.trunc().contains(&a))
 }
 
 /// The devices the path hook set attaches to, read from the host now.

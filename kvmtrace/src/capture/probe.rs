@@ -175,12 +175,9 @@ fn ensure_tracefs() {
 }
 
 fn prefix_mask(prefix: u8) -> [u8; 4] {
-    let m: u32 = if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - prefix as u32)
-    };
-    m.to_be_bytes()
+    ipnet::Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, prefix.min(32))
+        .netmask()
+        .octets()
 }
 
 fn set_config(ebpf: &mut Ebpf, c: Config) -> Result<()> {

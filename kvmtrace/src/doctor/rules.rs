@@ -65,25 +65,17 @@ pub struct Net {
 impl Net {
     /// The network containing `addr` (host bits cleared).
     pub fn new(addr: Ipv4Addr, len: u8) -> Net {
-        let len = len.min(32);
-        Net {
-            addr: Ipv4Addr::from(u32::from(addr) & Self::mask(len)),
-            len,
-        }
+        Net::from(ipnet::Ipv4Net::new_assert(addr, len.min(32)).trunc())
     }
-    fn mask(len: u8) -> u32 {
-        if len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(len))
-        }
+    fn ipnet(&self) -> ipnet::Ipv4Net {
+        ipnet::Ipv4Net::new_assert(self.addr, self.len)
     }
     pub fn contains(&self, a: Ipv4Addr) -> bool {
-        u32::from(a) & Self::mask(self.len) == u32::from(self.addr)
+        self.ipnet().contains(&a)
     }
     /// Every address of `other` is in `self`.
     pub fn covers(&self, other: &Net) -> bool {
-        other.len >= self.len && self.contains(other.addr)
+        self.ipnet().contains(&other.ipnet())
     }
     pub fn overlaps(&self, other: &Net) -> bool {
         self.covers(other) || other.covers(self)
@@ -122,6 +114,15 @@ const SPECIAL: [([u8; 4], u8); 9] = [
     ([224, 0, 0, 0], 4),
     ([240, 0, 0, 0], 4),
 ];
+
+impl From<ipnet::Ipv4Net> for Net {
+    fn from(n: ipnet::Ipv4Net) -> Net {
+        Net {
+            addr: n.addr(),
+            len: n.prefix_len(),
+        }
+    }
+}
 
 impl fmt::Display for Net {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -93,10 +93,7 @@ pub struct DevAddr {
 impl DevAddr {
     /// Whether `ip` is in this address's subnet.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix.min(32)))
-            .unwrap_or(0);
-        u32::from(ip) & mask == u32::from(self.addr) & mask
+        ipnet::Ipv4Net::new(self.addr, self.prefix.min(32)).is_ok_and(|n| n.contains(&ip))
     }
 }
 

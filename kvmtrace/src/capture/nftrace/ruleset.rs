@@ -108,21 +108,19 @@ pub enum Match {
     Dport(u16),
 }
 
-fn masked(a: Ipv4Addr, prefix: u8) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(a) & mask(prefix))
+fn mask(prefix: u8) -> u32 {
+    u32::from(ipnet::Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, prefix.min(32)).netmask())
 }
 
-fn mask(prefix: u8) -> u32 {
-    match prefix {
-        0 => 0,
-        p if p >= 32 => u32::MAX,
-        p => u32::MAX << (32 - u32::from(p)),
-    }
+fn masked(a: Ipv4Addr, prefix: u8) -> Ipv4Addr {
+    ipnet::Ipv4Net::new_assert(a, prefix.min(32)).network()
 }
 
 /// Whether `a` is in `net/prefix`.
 pub fn in_prefix(a: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
-    u32::from(a) & mask(prefix) == u32::from(net) & mask(prefix)
+    ipnet::Ipv4Net::new_assert(net, prefix.min(32))
+        .trunc()
+        .contains(&a)
 }
 
 /// The rules of each chain: requests (guest → destination, or anything → destination when no
