@@ -3,12 +3,14 @@
 //! and one route query (`route_get`, as `ip route get fibmatch`). Requests are gets only:
 //! nothing is ever changed.
 //!
-//! Message layouts are the kernel's uapi: `ifaddrmsg` (`linux/if_addr.h`), `rtmsg`
-//! (`linux/rtnetlink.h`), `ndmsg` (`linux/neighbour.h`), `fib_rule_hdr` (`linux/fib_rules.h`),
-//! `nfgenmsg` (`linux/netfilter/nfnetlink.h`).
+//! rtnetlink messages (addresses, routes, neighbours, policy rules) are parsed and built with
+//! `netlink-packet-route`; the sockets are ours (a dump, one request), and so is the attribute
+//! walk that nfnetlink (nftables: `nfgenmsg`, `linux/netfilter/nfnetlink.h`) needs.
 
+use netlink_packet_core::{Emitable as _, Parseable as _};
+use netlink_packet_route::AddressFamily;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 
 pub const NETLINK_ROUTE: i32 = 0;
@@ -66,11 +68,6 @@ pub fn be64(p: &[u8]) -> Option<u64> {
 pub fn cstr(p: &[u8]) -> String {
     let end = p.iter().position(|&c| c == 0).unwrap_or(p.len());
     String::from_utf8_lossy(&p[..end]).into_owned()
-}
-
-fn ipv4(p: &[u8]) -> Option<Ipv4Addr> {
-    let a: [u8; 4] = p.get(..4)?.try_into().ok()?;
-    Some(Ipv4Addr::from(a))
 }
 
 /// Sends one dump request and collects every answer message as (type, body after `nlmsghdr`).
@@ -239,43 +236,33 @@ pub struct RouteQuery {
 /// the lookup's errno (ENETUNREACH no route, EINVAL blackhole, EHOSTUNREACH unreachable,
 /// EACCES prohibit, EXDEV reverse-path filter, …).
 pub fn route_get(q: &RouteQuery) -> io::Result<Route> {
-    const RTA_DST: u16 = 1;
-    const RTA_SRC: u16 = 2;
-    const RTA_IIF: u16 = 3;
-    const RTA_MARK: u16 = 16;
-    const RTA_IP_PROTO: u16 = 27;
-    const RTA_SPORT: u16 = 28;
-    const RTA_DPORT: u16 = 29;
-    const RTM_F_FIB_MATCH: u32 = 0x2000;
-    // Without it the answer's table is main whatever rule chose the route.
-    const RTM_F_LOOKUP_TABLE: u32 = 0x1000;
-    fn nla(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
-        out.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        out.extend_from_slice(&ty.to_ne_bytes());
-        out.extend_from_slice(payload);
-        while !out.len().is_multiple_of(4) {
-            out.push(0);
-        }
-    }
-    let mut b = af_inet_body(12);
-    b[1] = 32; // rtm_dst_len
-    b[8..12].copy_from_slice(&(RTM_F_FIB_MATCH | RTM_F_LOOKUP_TABLE).to_ne_bytes());
-    nla(&mut b, RTA_DST, &q.dst.octets());
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage};
+    let mut m = RouteMessage::default();
+    m.header.address_family = AddressFamily::Inet;
+    m.header.destination_prefix_length = 32;
+    // FIB_MATCH: the route as it stands in its table; LOOKUP_TABLE: without it the answer's
+    // table is main whatever rule chose the route.
+    m.header.flags = RouteFlags::from_bits_retain(0x2000 | 0x1000);
+    m.attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(q.dst)));
     if q.iif != 0 {
-        b[2] = 32; // rtm_src_len
-        nla(&mut b, RTA_SRC, &q.src.octets());
-        nla(&mut b, RTA_IIF, &q.iif.to_ne_bytes());
+        m.header.source_prefix_length = 32;
+        m.attributes
+            .push(RouteAttribute::Source(RouteAddress::Inet(q.src)));
+        m.attributes.push(RouteAttribute::Iif(q.iif));
     }
     if q.mark != 0 {
-        nla(&mut b, RTA_MARK, &q.mark.to_ne_bytes());
+        m.attributes.push(RouteAttribute::Mark(q.mark));
     }
     if q.proto != 0 {
-        nla(&mut b, RTA_IP_PROTO, &[q.proto]);
+        m.attributes.push(RouteAttribute::IpProto(q.proto));
     }
     if q.proto == 6 || q.proto == 17 {
-        nla(&mut b, RTA_SPORT, &q.sport.to_be_bytes());
-        nla(&mut b, RTA_DPORT, &q.dport.to_be_bytes());
+        m.attributes.push(RouteAttribute::Sport(q.sport));
+        m.attributes.push(RouteAttribute::Dport(q.dport));
     }
+    let mut b = vec![0u8; m.buffer_len()];
+    m.emit(&mut b);
     let (ty, body) = request(NETLINK_ROUTE, RTM_GETROUTE, &b)?;
     if ty != RTM_NEWROUTE {
         return Err(io::Error::new(
@@ -296,22 +283,28 @@ pub struct IfAddr {
 
 /// Parses one `RTM_NEWADDR` body: `ifaddrmsg` (8 bytes) + attributes.
 pub fn parse_addr(body: &[u8]) -> Option<IfAddr> {
-    const IFA_ADDRESS: u16 = 1;
-    const IFA_LOCAL: u16 = 2;
-    if body.len() < 8 || body[0] != AF_INET {
+    use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+    let m = AddressMessage::parse(body).ok()?;
+    if m.header.family != AddressFamily::Inet {
         return None;
     }
-    let prefix = body[1];
-    let ifindex = u32::from_ne_bytes(body[4..8].try_into().ok()?);
-    let a = &body[8..];
+    let v4 = |a: &IpAddr| match a {
+        IpAddr::V4(a) => Some(*a),
+        IpAddr::V6(_) => None,
+    };
     // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on point-to-point links.
-    let addr = attr(a, IFA_LOCAL)
-        .or_else(|| attr(a, IFA_ADDRESS))
-        .and_then(ipv4)?;
+    let local = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(a) => v4(a),
+        _ => None,
+    });
+    let address = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(a) => v4(a),
+        _ => None,
+    });
     Some(IfAddr {
-        ifindex,
-        addr,
-        prefix,
+        ifindex: m.header.index,
+        addr: local.or(address)?,
+        prefix: m.header.prefix_len,
     })
 }
 
@@ -330,41 +323,40 @@ pub struct Route {
 
 /// Parses one `RTM_NEWROUTE` body: `rtmsg` (12 bytes) + attributes.
 pub fn parse_route(body: &[u8]) -> Option<Route> {
-    const RTA_DST: u16 = 1;
-    const RTA_OIF: u16 = 4;
-    const RTA_GATEWAY: u16 = 5;
-    const RTA_PRIORITY: u16 = 6;
-    const RTA_MULTIPATH: u16 = 9;
-    const RTA_TABLE: u16 = 15;
-    if body.len() < 12 || body[0] != AF_INET {
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+    let m = RouteMessage::parse(body).ok()?;
+    if m.header.address_family != AddressFamily::Inet {
         return None;
     }
-    let a = &body[12..];
+    let v4 = |a: &RouteAddress| match a {
+        RouteAddress::Inet(a) => Some(*a),
+        _ => None,
+    };
+    let gateway = |attrs: &[RouteAttribute]| {
+        attrs.iter().find_map(|a| match a {
+            RouteAttribute::Gateway(g) => v4(g),
+            _ => None,
+        })
+    };
     let mut r = Route {
-        table: attr(a, RTA_TABLE)
-            .and_then(ne32)
-            .unwrap_or(u32::from(body[4])),
-        dst: attr(a, RTA_DST)
-            .and_then(ipv4)
-            .unwrap_or(Ipv4Addr::UNSPECIFIED),
-        dst_len: body[1],
-        kind: body[7],
-        priority: attr(a, RTA_PRIORITY).and_then(ne32).unwrap_or(0),
+        table: u32::from(m.header.table),
+        dst: Ipv4Addr::UNSPECIFIED,
+        dst_len: m.header.destination_prefix_length,
+        kind: u8::from(m.header.kind),
+        priority: 0,
         nexthops: Vec::new(),
     };
-    if let Some(oif) = attr(a, RTA_OIF).and_then(ne32) {
-        r.nexthops.push((oif, attr(a, RTA_GATEWAY).and_then(ipv4)));
-    } else if let Some(mut mp) = attr(a, RTA_MULTIPATH) {
-        // struct rtnexthop { u16 len; u8 flags; u8 hops; i32 ifindex; } + attributes
-        while mp.len() >= 8 {
-            let len = u16::from_ne_bytes([mp[0], mp[1]]) as usize;
-            if len < 8 || len > mp.len() {
-                break;
-            }
-            let ifindex = u32::from_ne_bytes(mp[4..8].try_into().ok()?);
-            let gw = attr(&mp[8..len], RTA_GATEWAY).and_then(ipv4);
-            r.nexthops.push((ifindex, gw));
-            mp = &mp[((len + 3) & !3).min(mp.len())..];
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Table(t) => r.table = *t,
+            RouteAttribute::Destination(d) => r.dst = v4(d).unwrap_or(r.dst),
+            RouteAttribute::Priority(p) => r.priority = *p,
+            RouteAttribute::Oif(oif) => r.nexthops.push((*oif, gateway(&m.attributes))),
+            RouteAttribute::MultiPath(hops) => r.nexthops.extend(
+                hops.iter()
+                    .map(|h| (h.interface_index, gateway(&h.attributes))),
+            ),
+            _ => {}
         }
     }
     Some(r)
@@ -407,41 +399,48 @@ pub fn nud_name(state: u16) -> &'static str {
 
 /// Parses one `RTM_NEWNEIGH` body: `ndmsg` (12 bytes) + attributes.
 pub fn parse_neigh(body: &[u8]) -> Option<Neigh> {
-    const NDA_DST: u16 = 1;
-    const NDA_LLADDR: u16 = 2;
-    if body.len() < 12 || body[0] != AF_INET {
+    use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+    let m = NeighbourMessage::parse(body).ok()?;
+    if m.header.family != AddressFamily::Inet {
         return None;
     }
-    let ifindex = u32::from_ne_bytes(body[4..8].try_into().ok()?);
-    let state = u16::from_ne_bytes([body[8], body[9]]);
-    let a = &body[12..];
-    let dst = attr(a, NDA_DST).and_then(ipv4)?;
-    let lladdr = attr(a, NDA_LLADDR).filter(|m| m.len() == 6).map(|m| {
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
+    let dst = m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => Some(*d),
+        _ => None,
+    })?;
+    let lladdr = m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(m) if m.len() == 6 => Some(
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+        ),
+        _ => None,
     });
     Some(Neigh {
-        ifindex,
+        ifindex: m.header.ifindex,
         dst,
-        state,
+        state: u16::from(m.header.state),
         lladdr,
     })
 }
 
 /// Parses one `RTM_NEWRULE` body (`fib_rule_hdr`, 12 bytes): (priority, table).
 pub fn parse_fib_rule(body: &[u8]) -> Option<(u32, u32)> {
-    const FRA_PRIORITY: u16 = 6;
-    const FRA_TABLE: u16 = 15;
-    if body.len() < 12 || body[0] != AF_INET {
+    use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
+    let m = RuleMessage::parse(body).ok()?;
+    if m.header.family != AddressFamily::Inet {
         return None;
     }
-    let a = &body[12..];
-    let table = attr(a, FRA_TABLE)
-        .and_then(ne32)
-        .unwrap_or(u32::from(body[4]));
-    Some((attr(a, FRA_PRIORITY).and_then(ne32).unwrap_or(0), table))
+    let (mut prio, mut table) = (0, u32::from(m.header.table));
+    for a in &m.attributes {
+        match a {
+            RuleAttribute::Priority(p) => prio = *p,
+            RuleAttribute::Table(t) => table = *t,
+            _ => {}
+        }
+    }
+    Some((prio, table))
 }
 
 fn af_inet_body(len: usize) -> Vec<u8> {
