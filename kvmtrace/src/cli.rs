@@ -101,6 +101,10 @@ pub enum Cmd {
     /// Check everything along a VM's path without waiting for traffic: pass / warn / fail with
     /// the evidence and the fix.
     Doctor(crate::doctor::DoctorArgs),
+    /// Watch every VM of the host as a service: drop and tap counters for Prometheus
+    /// (`/metrics`), and a flight recording (`follow --record`) of a VM whose drops cross a
+    /// threshold. docs/watch.md.
+    Watch(crate::watch::WatchArgs),
 }
 
 /// Parses `203.0.113.1` or `203.0.113.0/24`.
@@ -134,6 +138,11 @@ impl std::fmt::Display for Usage {
     }
 }
 impl std::error::Error for Usage {}
+
+/// A usage error (exit code 2), for the subcommands in other modules.
+pub(crate) fn usage(msg: String) -> anyhow::Error {
+    Usage(msg).into()
+}
 
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -207,6 +216,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Export(a) => crate::offline::export(a),
         Cmd::Report(a) => crate::offline::report(a),
         Cmd::Doctor(a) => crate::doctor::run(a),
+        Cmd::Watch(a) => crate::watch::run(a),
         Cmd::Follow {
             vm,
             dest,

@@ -21,3 +21,4 @@ pub mod report;
 pub mod resolve;
 pub mod trace;
 pub mod tui;
+pub mod watch;

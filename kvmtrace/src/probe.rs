@@ -20,7 +20,8 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 /// The compiled eBPF programs, embedded: one file to copy to a host.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kvmtrace"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kvmtrace"));
 
 /// An environment problem: exit code 3, with what to do.
 #[derive(Debug)]
@@ -652,7 +653,7 @@ struct HostDecoder {
     names: RefCell<HashMap<u32, String>>,
 }
 
-fn load_kallsyms() -> Vec<(u64, String)> {
+pub(crate) fn load_kallsyms() -> Vec<(u64, String)> {
     let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
     let mut v: Vec<(u64, String)> = text
         .lines()

@@ -1,0 +1,96 @@
+//! Wire types of `kvmtrace watch` (the always-on counters): kernel programs in
+//! `kvmtrace-ebpf/src/watch.rs`, reader in `kvmtrace/src/watch/kernel.rs`.
+
+/// `WatchTapKey::dir`: frames leaving the VM (TC ingress of its tap).
+pub const WATCH_FROM_VM: u32 = 0;
+/// `WatchTapKey::dir`: frames handed to the VM (TC egress of its tap).
+pub const WATCH_TO_VM: u32 = 1;
+/// `WatchDropKey::dir`: a drop whose packet could not be placed (not IPv4, at the tap).
+pub const WATCH_DIR_UNKNOWN: u32 = 2;
+
+/// Most VMs watched at once: `WatchTapStats::vm` and `WatchDropKey::vm` are below this.
+pub const WATCH_MAX_VMS: u32 = 256;
+
+/// Key of `WATCH_TAP_STATS`: a watched tap and a direction. Userspace creates the entries
+/// when it attaches to the tap (the TC programs only look up and bump: no per-packet update).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WatchTapKey {
+    pub ifindex: u32,
+    pub dir: u32,
+}
+
+/// Per-CPU value of `WATCH_TAP_STATS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchTapStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// ARP requests (op 1) and replies (op 2) seen in this direction.
+    pub arp_requests: u64,
+    pub arp_replies: u64,
+    /// DHCP client→server (from the VM) or server→client (to the VM) datagrams.
+    pub dhcp: u64,
+    /// Index of the VM (userspace's slot, below `WATCH_MAX_VMS`).
+    pub vm: u32,
+    /// Last IPv4 source learned on this CPU (network order): a new address is looked up in
+    /// `WATCH_VM_IPS` only when it differs, so steady traffic costs no map lookup for it.
+    pub last_src: [u8; 4],
+}
+
+/// Key of `WATCH_DROPS`: one drop site of one VM's packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WatchDropKey {
+    pub vm: u32,
+    /// `enum skb_drop_reason` value (names from the kernel's BTF).
+    pub reason: u32,
+    /// `skb->dev->ifindex` at the drop.
+    pub ifindex: u32,
+    /// `WATCH_FROM_VM`, `WATCH_TO_VM` or `WATCH_DIR_UNKNOWN`.
+    pub dir: u32,
+    /// Id in `WATCH_STACKS` (negative: no stack); userspace names the hook from it.
+    pub stack_id: i32,
+    pub _pad: u32,
+    /// The `location` argument of `kfree_skb` (return address in the dropping function).
+    pub location: u64,
+}
+
+/// Value of the `WATCH_CONFIG` array (index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// Network namespace inode watched; 0 = not started (every program returns at once).
+    pub netns: u32,
+    pub _pad: u32,
+}
+
+/// Indexes of `WATCH_COUNTERS` (per CPU).
+/// Drops of watched VMs counted in `WATCH_DROPS`.
+pub const WCNT_DROPS: u32 = 0;
+/// Drops of watched VMs not counted by site because `WATCH_DROPS` was full.
+pub const WCNT_DROPS_UNKEYED: u32 = 1;
+/// New guest addresses not learned because `WATCH_VM_IPS` was full.
+pub const WCNT_IPS_FULL: u32 = 2;
+pub const WCNT_MAX: u32 = 3;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), Copy, with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for super::WatchTapKey {}
+    unsafe impl aya::Pod for super::WatchTapStats {}
+    unsafe impl aya::Pod for super::WatchDropKey {}
+    unsafe impl aya::Pod for super::WatchConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn layouts_are_stable() {
+        assert_eq!(core::mem::size_of::<WatchTapKey>(), 8);
+        assert_eq!(core::mem::size_of::<WatchTapStats>(), 48);
+        assert_eq!(core::mem::size_of::<WatchDropKey>(), 32);
+        assert_eq!(core::mem::size_of::<WatchConfig>(), 8);
+    }
+}

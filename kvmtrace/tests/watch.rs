@@ -1,0 +1,519 @@
+//! `kvmtrace watch` against real packets and a real Prometheus: a lab with a fake VM on tap
+//! vnet0, watch running in the lab's hypervisor namespace, Prometheus (Debian's package)
+//! scraping it there every second, and a FORWARD drop made with nftables. Needs root and
+//! `prometheus` (`cargo xtask setup` installs it).
+
+mod common;
+
+use common::bpf_objects;
+use kvmtrace_lab::lab::{netns_path, Lab, LabOptions};
+use kvmtrace_lab::vm::FakeVm;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = common::BIN;
+
+/// A nftables FORWARD drop of the test's own (removed with the namespace).
+const FORWARD_DROP: &str =
+    "table inet watchtest {\n chain forward {\n  type filter hook forward priority 0; policy drop;\n }\n}\n";
+
+/// Runs `f` on a thread that joined the lab's hypervisor namespace.
+fn in_hv<T: Send>(lab: &Lab, f: impl FnOnce() -> T + Send) -> T {
+    let path = netns_path(&lab.hv);
+    let ns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns(2) on an fd we own; only this thread changes namespace.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// A port nothing listens on in the root namespace (and a fresh lab namespace has none).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `path` from 127.0.0.1:`port` inside the lab's namespace: (status line, body).
+fn http_get(lab: &Lab, port: u16, path: &str) -> Option<(String, String)> {
+    in_hv(lab, || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        Some((head.lines().next()?.to_string(), body.to_string()))
+    })
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A running `kvmtrace watch` in the lab: stdout JSON lines and stderr collected.
+struct Watch {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<String>>,
+    port: u16,
+}
+
+impl Watch {
+    fn start(lab: &Lab, extra: &[&str]) -> Watch {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &lab.hv, BIN, "watch", "--listen", &listen])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kvmtrace watch");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l2 = lines.clone();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("watch wrote a bad JSON line {line}: {e}"));
+                l2.lock().unwrap().push(v);
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let e2 = stderr.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                e2.lock().unwrap().push_str(&(line.clone() + "\n"));
+                if !sent && line.contains("listening on") {
+                    let _ = tx.send(());
+                    sent = true;
+                }
+            }
+            if !sent {
+                let _ = tx.send(());
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("watch did not get ready within 60 s");
+        let w = Watch {
+            child,
+            lines,
+            stderr,
+            port,
+        };
+        assert!(
+            w.stderr().contains("listening on"),
+            "watch did not start:\n{}",
+            w.stderr()
+        );
+        w
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn line(&self, ty: &str) -> Option<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|v| v["type"] == ty)
+            .cloned()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our child (`ip netns exec` execs kvmtrace in place).
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> (i32, String) {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "watch did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        (status.code().unwrap_or(-1), self.stderr())
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A real Prometheus server in the lab's namespace, scraping watch every second.
+struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Prometheus {
+    fn start(lab: &Lab, target_port: u16) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!("kvmtrace-prom-{}", lab.id));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let cfg = dir.join("prometheus.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: kvmtrace\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab.hv, "prometheus"])
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn prometheus (cargo xtask setup installs it)");
+        let p = Prometheus { child, dir, port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some((status, _)) = http_get(lab, port, "/-/ready") {
+                if status.contains("200") {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready within 60 s: {}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        p
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+
+    /// The value of an instant query returning one sample (None: no sample).
+    fn query(&self, lab: &Lab, q: &str) -> Option<f64> {
+        let (status, body) = http_get(
+            lab,
+            self.port,
+            &format!("/api/v1/query?query={}", url_encode(q)),
+        )?;
+        assert!(status.contains("200"), "{status}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "success", "{body}");
+        let r = v["data"]["result"].as_array()?.first()?.clone();
+        r["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A directory removed at the end of the test.
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(lab: &Lab, what: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("kvmtrace-{what}-{}", lab.id));
+        let _ = std::fs::remove_dir_all(&p);
+        TempDir(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls until `f` gives Some, pinging from the VM meanwhile (seq continues from `seq`).
+fn ping_until<T>(
+    lab: &Lab,
+    vm: &mut FakeVm,
+    seq: &mut u16,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        *seq = seq.wrapping_add(1);
+        let _ = vm.ping(lab.dest, 0x5754, *seq, Duration::from_millis(250));
+        if let Some(v) = f() {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn replay_json(file: &Path) -> Vec<Value> {
+    let out = Command::new(BIN)
+        .args(["replay", file.to_str().unwrap(), "--json"])
+        .output()
+        .expect("run kvmtrace replay");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "replay of {} failed: {}\n{stdout}\n{}",
+        file.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn forward_drop_shows_in_prometheus_and_is_flight_recorded() {
+    let lab = Lab::new(LabOptions::default());
+    let rec = TempDir::new(&lab, "rec");
+    let watch = Watch::start(
+        &lab,
+        &[
+            "--record-dir",
+            rec.0.to_str().unwrap(),
+            "--record-s",
+            "4",
+            "--rescan-s",
+            "1",
+        ],
+    );
+    let prom = Prometheus::start(&lab, watch.port);
+    let mut vm = FakeVm::attach(&lab);
+    let fwd = "sum(kvmtrace_drops_total{tap=\"vnet0\",stage=\"netfilter\",hook=\"FORWARD\",reason=\"NETFILTER_DROP\",direction=\"from_vm\",device=\"br0\"})";
+    let tx = "kvmtrace_tap_packets_total{tap=\"vnet0\",direction=\"from_vm\"}";
+
+    // Healthy first: the pings are answered, Prometheus sees tap traffic and no drop at FORWARD.
+    let answered = (1..=3)
+        .filter(|s| {
+            vm.ping(lab.dest, 0x5754, *s, Duration::from_millis(1000))
+                .is_some()
+        })
+        .count();
+    let mut seq = 3u16;
+    assert!(answered > 0, "the lab's healthy path did not answer");
+    let sent = ping_until(&lab, &mut vm, &mut seq, Duration::from_secs(30), || {
+        prom.query(&lab, tx).filter(|v| *v >= 3.0)
+    });
+    assert!(
+        sent.is_some(),
+        "Prometheus never saw the VM's frames ({tx}); prometheus log:\n{}\nwatch:\n{}",
+        prom.log(),
+        watch.stderr()
+    );
+    assert_eq!(
+        prom.query(&lab, fwd),
+        None,
+        "a FORWARD drop before the fault"
+    );
+
+    // The fault: FORWARD policy drop.
+    lab.nft(FORWARD_DROP);
+    let drops = ping_until(&lab, &mut vm, &mut seq, Duration::from_secs(40), || {
+        prom.query(&lab, fwd).filter(|v| *v >= 5.0)
+    });
+    assert!(
+        drops.is_some(),
+        "kvmtrace_drops_total at FORWARD did not reach 5 in Prometheus; metrics now:\n{}\nwatch:\n{}",
+        http_get(&lab, watch.port, "/metrics").map(|r| r.1).unwrap_or_default(),
+        watch.stderr()
+    );
+    assert_eq!(
+        prom.query(&lab, "kvmtrace_vm_info{tap=\"vnet0\"}"),
+        Some(1.0)
+    );
+
+    // The flight recorder: started by the drops, it records the VM's next packets.
+    let done = ping_until(&lab, &mut vm, &mut seq, Duration::from_secs(40), || {
+        watch.line("flight_recording")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no flight recording finished; stdout: {:?}\nstderr:\n{}",
+            watch.lines.lock().unwrap(),
+            watch.stderr()
+        )
+    });
+    assert_eq!(done["tap"], "vnet0", "{done}");
+    assert_eq!(done["dest"], lab.dest.to_string(), "{done}");
+    assert_eq!(done["verdict"]["status"], "dropped", "{done}");
+    assert_eq!(done["verdict"]["hook"], "FORWARD", "{done}");
+    let file = PathBuf::from(done["file"].as_str().unwrap());
+    assert!(file.starts_with(&rec.0), "{}", file.display());
+    let replay = replay_json(&file);
+    let verdicts: Vec<&Value> = replay.iter().filter(|v| v["type"] == "verdict").collect();
+    assert!(
+        verdicts.iter().any(|v| v["status"] == "dropped"
+            && v["hook"] == "FORWARD"
+            && v["stage"] == "netfilter"),
+        "replay of {} does not name the FORWARD drop: {replay:?}",
+        file.display()
+    );
+    assert!(
+        prom.query(&lab, "kvmtrace_flight_recordings_total{tap=\"vnet0\"}")
+            .is_some_and(|v| v >= 1.0)
+            || ping_until(&lab, &mut vm, &mut seq, Duration::from_secs(5), || {
+                prom.query(&lab, "kvmtrace_flight_recordings_total{tap=\"vnet0\"}")
+                    .filter(|v| *v >= 1.0)
+            })
+            .is_some()
+    );
+    let (code, stderr) = watch.stop();
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn sigterm_detaches_every_link_and_program() {
+    let lab = Lab::new(LabOptions::default());
+    let before = bpf_objects::system();
+    let watch = Watch::start(&lab, &["--no-record"]);
+    let _vm = FakeVm::attach(&lab);
+    let ours = bpf_objects::attached_by(watch.child.id(), &before);
+    // kfree_skb plus TC ingress and egress on the tap.
+    assert!(ours.links.len() >= 3, "{ours:?}\n{}", watch.stderr());
+    let (status, body) = http_get(&lab, watch.port, "/healthz").expect("healthz");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(body, "ok\n");
+    let (code, stderr) = watch.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("all hooks detached"), "{stderr}");
+    bpf_objects::assert_all_gone(&ours, Duration::from_secs(10));
+}
+
+#[test]
+fn vms_come_and_go_and_a_vanishing_vm_leaves_a_readable_trace() {
+    let lab = Lab::new(LabOptions::default());
+    let rec = TempDir::new(&lab, "rec");
+    lab.nft(FORWARD_DROP);
+    let watch = Watch::start(
+        &lab,
+        &[
+            "--record-dir",
+            rec.0.to_str().unwrap(),
+            "--record-s",
+            "8",
+            "--rescan-s",
+            "1",
+        ],
+    );
+    // A second VM appears while watch runs.
+    lab.hv_run(&["ip", "tuntap", "add", "dev", "vnet1", "mode", "tap"]);
+    let added = (0..50).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        watch
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|v| v["type"] == "vm" && v["event"] == "added" && v["tap"] == "vnet1")
+            .cloned()
+    });
+    assert!(added.is_some(), "vnet1 not picked up:\n{}", watch.stderr());
+    let (_, metrics) = http_get(&lab, watch.port, "/metrics").unwrap();
+    assert!(metrics.contains("tap=\"vnet1\""), "{metrics}");
+
+    let mut vm = FakeVm::attach(&lab);
+    let mut seq = 0u16;
+    let started = ping_until(&lab, &mut vm, &mut seq, Duration::from_secs(40), || {
+        watch.line("flight_recording_started")
+    });
+    assert!(
+        started.is_some(),
+        "no recording started:\n{}",
+        watch.stderr()
+    );
+    // Mid-recording, the VM goes away: its tap is deleted.
+    for _ in 0..4 {
+        seq += 1;
+        let _ = vm.ping(lab.dest, 0x5754, seq, Duration::from_millis(250));
+    }
+    drop(vm);
+    lab.hv_run(&["ip", "link", "del", "vnet0"]);
+    let done = (0..300).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        watch.line("flight_recording")
+    });
+    let done = done.unwrap_or_else(|| panic!("recording did not end:\n{}", watch.stderr()));
+    let removed = watch
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|v| v["type"] == "vm" && v["event"] == "removed" && v["tap"] == "vnet0");
+    assert!(removed, "vnet0's removal not noticed");
+    let file = PathBuf::from(done["file"].as_str().unwrap());
+    let replay = replay_json(&file);
+    assert!(
+        replay
+            .iter()
+            .any(|v| v["type"] == "verdict" && v["status"] == "dropped" && v["hook"] == "FORWARD"),
+        "{replay:?}"
+    );
+    let (_, metrics) = http_get(&lab, watch.port, "/metrics").unwrap();
+    assert!(!metrics.contains("tap=\"vnet0\""), "{metrics}");
+    let (code, stderr) = watch.stop();
+    assert_eq!(code, 0, "{stderr}");
+}
