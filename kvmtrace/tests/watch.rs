@@ -397,6 +397,7 @@ fn forward_drop_shows_in_prometheus_and_is_flight_recorded() {
             watch.stderr()
         )
     });
+    eprintln!("flight recording: {done}");
     assert_eq!(done["tap"], "vnet0", "{done}");
     assert_eq!(done["dest"], lab.dest.to_string(), "{done}");
     assert_eq!(done["verdict"]["status"], "dropped", "{done}");
@@ -426,17 +427,58 @@ fn forward_drop_shows_in_prometheus_and_is_flight_recorded() {
 }
 
 #[test]
-fn sigterm_detaches_every_link_and_program() {
+fn sighup_reloads_the_config_and_sigterm_detaches_everything() {
     let lab = Lab::new(LabOptions::default());
+    let dir = TempDir::new(&lab, "cfg");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let cfg = dir.0.join("watch.json");
+    std::fs::write(&cfg, r#"{"record": false}"#).unwrap();
     let before = bpf_objects::system();
-    let watch = Watch::start(&lab, &["--no-record"]);
+    let watch = Watch::start(&lab, &["--config", cfg.to_str().unwrap()]);
     let _vm = FakeVm::attach(&lab);
-    let ours = bpf_objects::attached_by(watch.child.id(), &before);
+    let mut ours = bpf_objects::attached_by(watch.child.id(), &before);
     // kfree_skb plus TC ingress and egress on the tap.
     assert!(ours.links.len() >= 3, "{ours:?}\n{}", watch.stderr());
     let (status, body) = http_get(&lab, watch.port, "/healthz").expect("healthz");
     assert!(status.contains("200"), "{status}");
     assert_eq!(body, "ok\n");
+
+    let count = |event: &str| {
+        watch
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["type"] == "vm" && v["event"] == event && v["tap"] == "vnet0")
+            .count()
+    };
+    let wait_for = |what: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !what() {
+            assert!(Instant::now() < deadline, "timed out:\n{}", watch.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(count("added"), 1);
+    // SIGHUP with a selection that excludes vnet0: it is let go.
+    std::fs::write(&cfg, r#"{"record": false, "vms": ["no-such-vm"]}"#).unwrap();
+    watch.signal(libc::SIGHUP);
+    wait_for(&|| count("removed") == 1);
+    assert!(watch.stderr().contains("settings reloaded"));
+    let (_, metrics) = http_get(&lab, watch.port, "/metrics").unwrap();
+    assert!(!metrics.contains("vnet0"), "{metrics}");
+    // A bad file keeps the old settings.
+    std::fs::write(&cfg, r#"{"window_s": -1}"#).unwrap();
+    watch.signal(libc::SIGHUP);
+    wait_for(&|| watch.stderr().contains("keeping the old settings"));
+    // Back to every VM.
+    std::fs::write(&cfg, r#"{"record": false}"#).unwrap();
+    watch.signal(libc::SIGHUP);
+    wait_for(&|| count("added") == 2);
+    let now = bpf_objects::held_by(watch.child.id());
+    ours.links.extend(now.links);
+    ours.progs.extend(now.progs);
+
     let (code, stderr) = watch.stop();
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("all hooks detached"), "{stderr}");

@@ -111,10 +111,97 @@ async fn handle(mut s: TcpStream, render: &Render) -> std::io::Result<()> {
     })
     .await
     {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "client too slow to read",
-        )),
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "client too slow to read",
+            ))
+        }
+    }
+    // Whatever the client still sends (an oversized head) is read and dropped for a moment:
+    // closing with unread input would reset the connection and lose the answer.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut sink = [0u8; 4096];
+        let mut total = 0usize;
+        while total < 64 * 1024 {
+            match s.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read as _, Write as _};
+
+    /// A server on a free localhost port, on a runtime of its own thread.
+    fn server() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(l.local_addr().unwrap()).unwrap();
+                let render: Render = Arc::new(|| "# EOF\n".to_string());
+                // Ends with the test process.
+                serve(l, render).await;
+            });
+        });
+        (rx.recv().unwrap(), h)
+    }
+
+    fn get(addr: std::net::SocketAddr, req: &[u8]) -> String {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        // The server may stop reading an oversized request; its answer still comes.
+        let _ = s.write_all(req);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    #[test]
+    fn answers_metrics_healthz_and_refuses_the_rest() {
+        let (addr, _h) = server();
+        let m = get(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(m.starts_with("HTTP/1.1 200 OK\r\n"), "{m}");
+        assert!(
+            m.contains("Content-Type: application/openmetrics-text"),
+            "{m}"
+        );
+        assert!(m.ends_with("\r\n\r\n# EOF\n"), "{m}");
+        assert!(get(addr, b"GET /healthz HTTP/1.0\r\n\r\n").ends_with("ok\n"));
+        assert!(get(addr, b"GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+        assert!(get(addr, b"POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
+        let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20000));
+        assert!(get(addr, huge.as_bytes()).starts_with("HTTP/1.1 431"));
+    }
+
+    #[test]
+    fn idle_clients_cannot_pin_the_server() {
+        let (addr, _h) = server();
+        // Every slot taken by a client that never sends a request.
+        let idle: Vec<std::net::TcpStream> = (0..MAX_CONNECTIONS)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        // One more is closed at once, not left hanging.
+        let t = std::time::Instant::now();
+        let r = get(addr, b"GET /healthz HTTP/1.1\r\n\r\n");
+        assert!(r.is_empty(), "{r}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // The idle ones time out and free their slots.
+        std::thread::sleep(READ_TIMEOUT + Duration::from_millis(500));
+        assert!(get(addr, b"GET /healthz HTTP/1.1\r\n\r\n").ends_with("ok\n"));
+        drop(idle);
     }
 }
