@@ -591,6 +591,13 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
         }
     }
     let vms = w.vms.len();
+    // Program runs and run time (non-zero with kernel.bpf_stats_enabled=1): what watching cost.
+    json_line(serde_json::json!({
+        "type": "stats",
+        "vms": vms,
+        "programs": w.kernel.program_stats(),
+        "uptime_s": started.elapsed().as_secs_f64(),
+    }));
     drop(w);
     eprintln!("kvmtrace watch: stopped ({vms} VM(s) watched at the end); all hooks detached");
     Ok(ExitCode::SUCCESS)
