@@ -385,6 +385,33 @@ fn forward_drop_shows_in_prometheus_and_is_flight_recorded() {
         prom.query(&lab, "kvmtrace_vm_info{tap=\"vnet0\"}"),
         Some(1.0)
     );
+    // Every query of the Grafana dashboard is valid PromQL on this Prometheus, and the drop
+    // panel shows the drop.
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../contrib/grafana-kvmtrace.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut n = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            let q = t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$vm", ".*")
+                .replace("$__rate_interval", "1m")
+                .replace("$__range", "5m");
+            let v = prom.query(&lab, &q);
+            if panel["title"] == "Drops by VM, stage and hook" {
+                assert!(v.is_some_and(|v| v > 0.0), "{q}: {v:?}");
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 10, "{n} dashboard queries");
 
     // The flight recorder: started by the drops, it records the VM's next packets.
     let done = ping_until(&lab, &mut vm, &mut seq, Duration::from_secs(40), || {
@@ -558,4 +585,27 @@ fn vms_come_and_go_and_a_vanishing_vm_leaves_a_readable_trace() {
     assert!(!metrics.contains("tap=\"vnet0\""), "{metrics}");
     let (code, stderr) = watch.stop();
     assert_eq!(code, 0, "{stderr}");
+}
+
+/// The alerting rules in contrib/ are valid, and the FORWARD alert fires as documented
+/// (`promtool test rules` with the series in contrib/kvmtrace-alerts.test.yml).
+#[test]
+fn alerting_rules_fire_as_documented() {
+    let contrib = concat!(env!("CARGO_MANIFEST_DIR"), "/../contrib");
+    for args in [
+        &["check", "rules", "kvmtrace-alerts.yml"][..],
+        &["test", "rules", "kvmtrace-alerts.test.yml"][..],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(contrib)
+            .output()
+            .expect("run promtool (Debian's prometheus package; cargo xtask setup installs it)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
