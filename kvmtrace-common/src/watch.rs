@@ -36,6 +36,42 @@ pub struct WatchTapStats {
     /// Last IPv4 source learned on this CPU (network order): a new address is looked up in
     /// `WATCH_VM_IPS` only when it differs, so steady traffic costs no map lookup for it.
     pub last_src: [u8; 4],
+    /// Requests (from the VM) or replies (to the VM) by kind and class of the remote address:
+    /// index `kind * WATCH_CLASSES + class` (`WATCH_KIND_*`, `WATCH_CLASS_*`).
+    pub conv: [u64; WATCH_CONV],
+}
+
+/// Request kinds counted at the tap: TCP SYN (reply: SYN+ACK or RST), ICMP echo request
+/// (reply: echo reply), DNS query to UDP port 53 (reply: from UDP port 53).
+pub const WATCH_KIND_TCP_SYN: usize = 0;
+pub const WATCH_KIND_ICMP_ECHO: usize = 1;
+pub const WATCH_KIND_DNS: usize = 2;
+pub const WATCH_KINDS: usize = 3;
+/// Classes of the remote address: RFC 1918 and RFC 6598 (private), 169.254/16 (link-local,
+/// e.g. a metadata service), any other unicast (public). Loopback, multicast and broadcast
+/// are not counted.
+pub const WATCH_CLASS_PRIVATE: usize = 0;
+pub const WATCH_CLASS_LINK_LOCAL: usize = 1;
+pub const WATCH_CLASS_PUBLIC: usize = 2;
+pub const WATCH_CLASSES: usize = 3;
+pub const WATCH_CONV: usize = WATCH_KINDS * WATCH_CLASSES;
+
+/// The class of a remote IPv4 address (`WATCH_CLASS_*`), or `None` when not counted.
+#[inline(always)]
+pub fn watch_class(a: [u8; 4]) -> Option<usize> {
+    if a[0] == 0 || a[0] == 127 || a[0] >= 224 {
+        None
+    } else if a[0] == 10
+        || (a[0] == 172 && a[1] & 0xf0 == 16)
+        || (a[0] == 192 && a[1] == 168)
+        || (a[0] == 100 && a[1] & 0xc0 == 64)
+    {
+        Some(WATCH_CLASS_PRIVATE)
+    } else if a[0] == 169 && a[1] == 254 {
+        Some(WATCH_CLASS_LINK_LOCAL)
+    } else {
+        Some(WATCH_CLASS_PUBLIC)
+    }
 }
 
 /// Key of `WATCH_DROPS`: one drop site of one VM's packets.
@@ -89,8 +125,27 @@ mod tests {
     #[test]
     fn layouts_are_stable() {
         assert_eq!(core::mem::size_of::<WatchTapKey>(), 8);
-        assert_eq!(core::mem::size_of::<WatchTapStats>(), 48);
+        assert_eq!(core::mem::size_of::<WatchTapStats>(), 48 + 8 * WATCH_CONV);
         assert_eq!(core::mem::size_of::<WatchDropKey>(), 32);
         assert_eq!(core::mem::size_of::<WatchConfig>(), 8);
+    }
+
+    #[test]
+    fn address_classes() {
+        assert_eq!(watch_class([10, 1, 2, 3]), Some(WATCH_CLASS_PRIVATE));
+        assert_eq!(watch_class([172, 31, 0, 1]), Some(WATCH_CLASS_PRIVATE));
+        assert_eq!(watch_class([172, 32, 0, 1]), Some(WATCH_CLASS_PUBLIC));
+        assert_eq!(watch_class([192, 168, 0, 1]), Some(WATCH_CLASS_PRIVATE));
+        assert_eq!(watch_class([100, 64, 0, 1]), Some(WATCH_CLASS_PRIVATE));
+        assert_eq!(watch_class([100, 128, 0, 1]), Some(WATCH_CLASS_PUBLIC));
+        assert_eq!(
+            watch_class([169, 254, 169, 254]),
+            Some(WATCH_CLASS_LINK_LOCAL)
+        );
+        assert_eq!(watch_class([203, 0, 113, 1]), Some(WATCH_CLASS_PUBLIC));
+        assert_eq!(watch_class([127, 0, 0, 1]), None);
+        assert_eq!(watch_class([224, 0, 0, 251]), None);
+        assert_eq!(watch_class([255, 255, 255, 255]), None);
+        assert_eq!(watch_class([0, 0, 0, 0]), None);
     }
 }

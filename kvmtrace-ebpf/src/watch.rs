@@ -21,7 +21,8 @@ use aya_ebpf::{
     programs::{tracing::StackIdContext as _, BtfTracePointContext, TcContext},
 };
 use kvmtrace_common::watch::{
-    WatchConfig, WatchDropKey, WatchTapKey, WatchTapStats, WATCH_DIR_UNKNOWN, WATCH_FROM_VM,
+    watch_class, WatchConfig, WatchDropKey, WatchTapKey, WatchTapStats, WATCH_CLASSES, WATCH_CONV,
+    WATCH_DIR_UNKNOWN, WATCH_FROM_VM, WATCH_KIND_DNS, WATCH_KIND_ICMP_ECHO, WATCH_KIND_TCP_SYN,
     WATCH_MAX_VMS, WATCH_TO_VM, WCNT_DROPS, WCNT_DROPS_UNKEYED, WCNT_IPS_FULL, WCNT_MAX,
 };
 
@@ -133,6 +134,7 @@ fn tap_count(ctx: &TcContext, dir: u32) {
             s.dhcp += 1;
         }
     }
+    conversation(ctx, s, ip, dir);
     if dir != WATCH_FROM_VM {
         return;
     }
@@ -145,6 +147,55 @@ fn tap_count(ctx: &TcContext, dir: u32) {
     let known = unsafe { WATCH_VM_IPS.get(&src) }.copied();
     if known != Some(s.vm) && WATCH_VM_IPS.insert(&src, &s.vm, 0).is_err() {
         wcount(WCNT_IPS_FULL);
+    }
+}
+
+/// Counts a request leaving the VM or a reply reaching it, by kind and remote address class
+/// (no pairing: a request's reply is not looked for; the counts say how many of each).
+#[inline(always)]
+fn conversation(ctx: &TcContext, s: &mut WatchTapStats, ip: &[u8; 24], dir: u32) {
+    // IPv4 without options only: the L4 header then starts at a fixed offset.
+    if ip[0] != 0x45 {
+        return;
+    }
+    let from_vm = dir == WATCH_FROM_VM;
+    let kind = match ip[9] {
+        1 if (from_vm && ip[20] == 8) || (!from_vm && ip[20] == 0) => WATCH_KIND_ICMP_ECHO,
+        17 if (from_vm && ip[22] == 0 && ip[23] == 53)
+            || (!from_vm && ip[20] == 0 && ip[21] == 53) =>
+        {
+            WATCH_KIND_DNS
+        }
+        6 => {
+            // TCP flags: byte 13 of the TCP header. FIN 1, SYN 2, RST 4, ACK 16.
+            let Some(t) = at::<[u8; 14]>(ctx, 14 + 20) else {
+                return;
+            };
+            // SAFETY: bounds checked.
+            let flags = unsafe { (*t)[13] };
+            let ok = if from_vm {
+                flags & 0x12 == 0x02
+            } else {
+                flags & 0x12 == 0x12 || flags & 0x04 != 0
+            };
+            if !ok {
+                return;
+            }
+            WATCH_KIND_TCP_SYN
+        }
+        _ => return,
+    };
+    let remote = if from_vm {
+        [ip[16], ip[17], ip[18], ip[19]]
+    } else {
+        [ip[12], ip[13], ip[14], ip[15]]
+    };
+    let Some(class) = watch_class(remote) else {
+        return;
+    };
+    let i = kind * WATCH_CLASSES + class;
+    if i < WATCH_CONV {
+        s.conv[i] += 1;
     }
 }
 

@@ -385,6 +385,15 @@ fn forward_drop_shows_in_prometheus_and_is_flight_recorded() {
         prom.query(&lab, "kvmtrace_vm_info{tap=\"vnet0\"}"),
         Some(1.0)
     );
+    // The pings before the fault were answered, the ones after it not.
+    let conv = "{tap=\"vnet0\",kind=\"icmp_echo\",dest_class=\"public\"}";
+    let replies = prom.query(&lab, &format!("sum(kvmtrace_tap_replies_total{conv})"));
+    assert!(replies.is_some_and(|r| r >= 1.0), "{replies:?}");
+    let unanswered = prom.query(
+        &lab,
+        &format!("sum(kvmtrace_tap_requests_total{conv}) - sum(kvmtrace_tap_replies_total{conv})"),
+    );
+    assert!(unanswered.is_some_and(|u| u >= 5.0), "{unanswered:?}");
     // Every query of the Grafana dashboard is valid PromQL on this Prometheus, and the drop
     // panel shows the drop.
     let dash: Value = serde_json::from_str(
@@ -411,7 +420,7 @@ fn forward_drop_shows_in_prometheus_and_is_flight_recorded() {
             n += 1;
         }
     }
-    assert!(n >= 10, "{n} dashboard queries");
+    assert!(n >= 11, "{n} dashboard queries");
 
     // The flight recorder: started by the drops, it records the VM's next packets.
     let done = ping_until(&lab, &mut vm, &mut seq, Duration::from_secs(40), || {

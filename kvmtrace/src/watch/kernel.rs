@@ -298,6 +298,9 @@ impl WatchKernel {
                     t.arp_requests += s.arp_requests;
                     t.arp_replies += s.arp_replies;
                     t.dhcp += s.dhcp;
+                    for (a, b) in t.conv.iter_mut().zip(s.conv.iter()) {
+                        *a += b;
+                    }
                     t.vm = s.vm;
                 }
                 (k, t)

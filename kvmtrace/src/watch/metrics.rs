@@ -9,6 +9,7 @@
 //!   counted under `stage="other",hook="other",reason="other",device="other"` of its VM and
 //!   direction (3 more series per VM at most), and `kvmtrace_drop_series_capped_total` rises.
 
+use kvmtrace_common::watch::{WATCH_CLASSES, WATCH_CONV, WATCH_KINDS};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -38,6 +39,14 @@ pub struct TapLabels {
     pub vm: String,
     pub tap: String,
     pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct ConvLabels {
+    pub vm: String,
+    pub tap: String,
+    pub kind: String,
+    pub dest_class: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
@@ -120,7 +129,14 @@ pub struct TapDelta {
     pub arp_requests: u64,
     pub arp_replies: u64,
     pub dhcp: u64,
+    /// Requests (`from_vm`) or replies (`to_vm`) by kind and remote class
+    /// (`kvmtrace_common::watch::WATCH_KIND_*`, `WATCH_CLASS_*`).
+    pub conv: [u64; WATCH_CONV],
 }
+
+/// Label values of the request kinds and remote address classes.
+pub const KINDS: [&str; WATCH_KINDS] = ["tcp_syn", "icmp_echo", "dns"];
+pub const CLASSES: [&str; WATCH_CLASSES] = ["private", "link_local", "public"];
 
 pub struct Metrics {
     registry: Registry,
@@ -130,6 +146,8 @@ pub struct Metrics {
     arp_requests: Family<TapLabels, Counter>,
     arp_replies: Family<TapLabels, Counter>,
     dhcp: Family<TapLabels, Counter>,
+    requests: Family<ConvLabels, Counter>,
+    replies: Family<ConvLabels, Counter>,
     vm_info: Family<VmLabels, Gauge>,
     recordings: Family<RecordingLabels, Counter>,
     vms: Gauge,
@@ -140,6 +158,7 @@ pub struct Metrics {
     /// Every drop series created, "other" buckets too (to remove a VM's).
     drop_series: HashSet<DropLabels>,
     tap_series: HashSet<TapLabels>,
+    conv_series: HashSet<ConvLabels>,
     vm_series: HashSet<VmLabels>,
 }
 
@@ -152,6 +171,8 @@ impl Metrics {
         let arp_requests = Family::<TapLabels, Counter>::default();
         let arp_replies = Family::<TapLabels, Counter>::default();
         let dhcp = Family::<TapLabels, Counter>::default();
+        let requests = Family::<ConvLabels, Counter>::default();
+        let replies = Family::<ConvLabels, Counter>::default();
         let vm_info = Family::<VmLabels, Gauge>::default();
         let recordings = Family::<RecordingLabels, Counter>::default();
         let vms = Gauge::default();
@@ -189,6 +210,16 @@ impl Metrics {
             dhcp.clone(),
         );
         registry.register(
+            "kvmtrace_tap_requests",
+            "Requests leaving a VM (TCP SYN, ICMP echo request, DNS query) by remote address class",
+            requests.clone(),
+        );
+        registry.register(
+            "kvmtrace_tap_replies",
+            "Replies reaching a VM (TCP SYN+ACK or RST, ICMP echo reply, DNS answer) by remote address class",
+            replies.clone(),
+        );
+        registry.register(
             "kvmtrace_vm_info",
             "A watched VM (always 1): its name, tap and MAC",
             vm_info.clone(),
@@ -222,6 +253,8 @@ impl Metrics {
             arp_requests,
             arp_replies,
             dhcp,
+            requests,
+            replies,
             vm_info,
             recordings,
             vms,
@@ -231,6 +264,7 @@ impl Metrics {
             cap: LabelCap::new(max_drop_series),
             drop_series: HashSet::new(),
             tap_series: HashSet::new(),
+            conv_series: HashSet::new(),
             vm_series: HashSet::new(),
         }
     }
@@ -262,6 +296,28 @@ impl Metrics {
         self.arp_requests.get_or_create(&l).inc_by(d.arp_requests);
         self.arp_replies.get_or_create(&l).inc_by(d.arp_replies);
         self.dhcp.get_or_create(&l).inc_by(d.dhcp);
+        // Requests leave the VM; replies reach it.
+        let fam = if direction == "to_vm" {
+            &self.replies
+        } else {
+            &self.requests
+        };
+        for (k, kind) in KINDS.iter().enumerate() {
+            for (c, class) in CLASSES.iter().enumerate() {
+                let n = d.conv[k * WATCH_CLASSES + c];
+                let cl = ConvLabels {
+                    vm: vm.into(),
+                    tap: tap.into(),
+                    kind: (*kind).into(),
+                    dest_class: (*class).into(),
+                };
+                // Series appear with their first count (9 per direction at most).
+                if n > 0 {
+                    fam.get_or_create(&cl).inc_by(n);
+                    self.conv_series.insert(cl);
+                }
+            }
+        }
         self.tap_series.insert(l);
     }
 
@@ -321,6 +377,17 @@ impl Metrics {
                 f.remove(&l);
             }
             self.tap_series.remove(&l);
+        }
+        let conv: Vec<ConvLabels> = self
+            .conv_series
+            .iter()
+            .filter(|l| l.tap == tap)
+            .cloned()
+            .collect();
+        for l in conv {
+            self.requests.remove(&l);
+            self.replies.remove(&l);
+            self.conv_series.remove(&l);
         }
         let vms: Vec<VmLabels> = self
             .vm_series
@@ -435,6 +502,8 @@ mod tests {
                 arp_requests: 2,
                 arp_replies: 0,
                 dhcp: 1,
+                // 3 pings to a public address, 1 SYN to a private one.
+                conv: [1, 0, 0, 0, 0, 3, 0, 0, 0],
             },
         );
         m.add_tap(
@@ -447,6 +516,8 @@ mod tests {
                 arp_requests: 0,
                 arp_replies: 2,
                 dhcp: 1,
+                // 1 echo reply.
+                conv: [0, 0, 0, 0, 0, 1, 0, 0, 0],
             },
         );
         m.add_drops(drop_l("NETFILTER_DROP", "br0"), 5);

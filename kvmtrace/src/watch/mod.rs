@@ -341,13 +341,17 @@ impl Watch {
             };
             let d = (k.dir == WATCH_TO_VM) as usize;
             let p = vm.prev_tap[d];
-            let delta = TapDelta {
+            let mut delta = TapDelta {
                 packets: sub(t.packets, p.packets),
                 bytes: sub(t.bytes, p.bytes),
                 arp_requests: sub(t.arp_requests, p.arp_requests),
                 arp_replies: sub(t.arp_replies, p.arp_replies),
                 dhcp: sub(t.dhcp, p.dhcp),
+                conv: Default::default(),
             };
+            for (i, d) in delta.conv.iter_mut().enumerate() {
+                *d = sub(t.conv[i], p.conv[i]);
+            }
             vm.prev_tap[d] = t;
             m.add_tap(&vm.name, &vm.tap, direction(k.dir), delta);
         }
