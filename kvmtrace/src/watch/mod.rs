@@ -423,7 +423,9 @@ impl Watch {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "0.0.0.0/0".into());
             if let Err(e) = ensure_dir(&s.recorder.dir) {
-                log::warn!("flight recorder off for now: {e:#}");
+                log::warn!("flight recorder for {tap}: {e:#}");
+                // Not again every second: the cooldown applies to a failed start too.
+                vm.rec.ended = Some(now);
                 continue;
             }
             for p in recorder::rotate(
@@ -466,7 +468,12 @@ impl Watch {
                         "dest": dest, "file": file.display().to_string(),
                     }));
                 }
-                Err(e) => log::warn!("flight recorder for {tap}: {e:#}"),
+                Err(e) => {
+                    log::warn!("flight recorder for {tap}: {e:#}");
+                    if let Some(vm) = self.vms.get_mut(&tap) {
+                        vm.rec.ended = Some(now);
+                    }
+                }
             }
         }
     }
@@ -517,11 +524,12 @@ pub fn run(args: WatchArgs) -> Result<ExitCode> {
 async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
     use tokio::signal::unix::{signal, SignalKind};
     let started = Instant::now();
-    let kernel = WatchKernel::start()?;
-    let metrics = Arc::new(Mutex::new(Metrics::new(settings.max_drop_series)));
+    // The address first: a port in use fails before anything is loaded into the kernel.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
+    let kernel = WatchKernel::start()?;
+    let metrics = Arc::new(Mutex::new(Metrics::new(settings.max_drop_series)));
     let local = listener.local_addr()?;
     let m2 = metrics.clone();
     let render: http::Render = Arc::new(move || m2.lock().expect("metrics lock").encode());
