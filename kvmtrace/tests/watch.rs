@@ -627,3 +627,61 @@ fn alerting_rules_fire_as_documented() {
         );
     }
 }
+
+/// What a watched VM's frame costs at its tap, measured with BPF_PROG_TEST_RUN (no global
+/// `bpf_stats_enabled`, which would slow the other programs of a shared machine): every run
+/// counts exactly once, learns the guest's address once, and stays far from a ring-buffer
+/// event's cost.
+#[test]
+fn a_frame_at_a_watched_tap_costs_one_cheap_count() {
+    use kvmtrace::watch::kernel::WatchKernel;
+    let lab = Lab::new(LabOptions::default());
+    let (guest, dest) = (lab.guest_ip.octets(), lab.dest.octets());
+    // A 64-byte UDP frame from the guest (Ethernet, IPv4 without options, UDP 40000 → 9).
+    let mut f = vec![0u8; 64];
+    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f[6..12].copy_from_slice(&lab.guest_mac);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&50u16.to_be_bytes());
+    f[22] = 64;
+    f[23] = 17;
+    f[26..30].copy_from_slice(&guest);
+    f[30..34].copy_from_slice(&dest);
+    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+    f[36..38].copy_from_slice(&9u16.to_be_bytes());
+    f[38..40].copy_from_slice(&30u16.to_be_bytes());
+    const RUNS: u32 = 200_000;
+    let (out, ns, totals, learned) = in_hv(&lab, || {
+        let mut k = WatchKernel::start().expect("load the watch programs");
+        let ifindex = k.add_tap(7, &lab.tap).expect("watch the lab's tap");
+        let (retval, ns) = k.test_run_tap(true, ifindex, &f, RUNS).expect("test run");
+        let (_, ns_out) = k.test_run_tap(false, ifindex, &f, RUNS).expect("test run");
+        let totals = k.tap_totals();
+        let learned = k.guest_addresses();
+        ((retval, ns_out), ns, totals, learned)
+    });
+    eprintln!(
+        "watch_tap_in: {ns} ns per 64-byte frame, watch_tap_out: {} ns (mean of {RUNS} runs each)",
+        out.1
+    );
+    // TC_ACT_UNSPEC (-1): observe only.
+    assert_eq!(out.0 as i32, -1);
+    let from_vm = totals
+        .iter()
+        .find(|(k, _)| k.dir == 0)
+        .map(|(_, t)| *t)
+        .expect("from_vm counters");
+    let to_vm = totals
+        .iter()
+        .find(|(k, _)| k.dir == 1)
+        .map(|(_, t)| *t)
+        .expect("to_vm counters");
+    assert_eq!(from_vm.packets, RUNS as u64, "{from_vm:?}");
+    assert_eq!(from_vm.bytes, 64 * RUNS as u64);
+    assert_eq!(to_vm.packets, RUNS as u64, "{to_vm:?}");
+    assert_eq!(from_vm.vm, 7);
+    assert_eq!(learned, vec![(lab.guest_ip, 7)]);
+    // A ring-buffer event per packet costs microseconds (docs/benchmarks.md); a count must not.
+    assert!(ns < 1000 && out.1 < 1000, "{ns} ns, {} ns per run", out.1);
+}

@@ -405,6 +405,83 @@ impl WatchKernel {
             .unwrap_or_default()
     }
 
+    /// Runs a tap program on `frame` `repeat` times with `BPF_PROG_TEST_RUN`, as if the frame
+    /// crossed device `ifindex` (`from_vm`: `watch_tap_in`, else `watch_tap_out`). Returns the
+    /// program's return value and the kernel's mean time per run in ns. For the cost test: it
+    /// measures without `kernel.bpf_stats_enabled`, which would slow every program of the host.
+    pub fn test_run_tap(
+        &self,
+        from_vm: bool,
+        ifindex: u32,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, u32)> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let name = if from_vm {
+            "watch_tap_in"
+        } else {
+            "watch_tap_out"
+        };
+        let fd = self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("{name} missing"))?
+            .fd()?
+            .as_fd()
+            .as_raw_fd();
+        // struct __sk_buff (include/uapi/linux/bpf.h, Linux 6.18): 192 bytes; test runs accept
+        // a few fields, `ifindex` (offset 40) among them: the skb then belongs to that device.
+        let mut ctx = [0u8; 192];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        // The `test` member of union bpf_attr.
+        #[repr(C)]
+        #[derive(Default)]
+        struct TestRun {
+            prog_fd: u32,
+            retval: u32,
+            data_size_in: u32,
+            data_size_out: u32,
+            data_in: u64,
+            data_out: u64,
+            repeat: u32,
+            duration: u32,
+            ctx_size_in: u32,
+            ctx_size_out: u32,
+            ctx_in: u64,
+            ctx_out: u64,
+            flags: u32,
+            cpu: u32,
+            batch_size: u32,
+            _pad: u32,
+        }
+        let mut attr = TestRun {
+            prog_fd: fd as u32,
+            data_size_in: frame.len() as u32,
+            data_in: frame.as_ptr() as u64,
+            repeat,
+            ctx_size_in: ctx.len() as u32,
+            ctx_in: ctx.as_ptr() as u64,
+            ..Default::default()
+        };
+        // SAFETY: BPF_PROG_TEST_RUN (cmd 10) reads the buffers we pass with their sizes and
+        // writes only `attr`.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                10,
+                &mut attr as *mut TestRun as *mut libc::c_void,
+                std::mem::size_of::<TestRun>() as u32,
+            )
+        };
+        if r != 0 {
+            return Err(anyhow!(
+                "BPF_PROG_TEST_RUN of {name}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok((attr.retval, attr.duration))
+    }
+
     /// Run counts of the watch programs (`kernel.bpf_stats_enabled=1`), for measurements.
     pub fn program_stats(&self) -> Vec<crate::probe::ProgStats> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
