@@ -335,8 +335,9 @@ fn case_args<'a>(case: &str, dest: &'a str) -> Vec<&'a str> {
 }
 
 /// `watch`: `kvmtrace watch` over every tap of the lab (the flooding VM's too, so its tap's
-/// counters run for every flooded frame: no VM misbehaves, nothing is dropped on the host),
-/// metrics on a free port of the lab namespace, no flight recorder.
+/// counters run for every flooded frame; nothing is dropped in the hypervisor namespace, but the
+/// outside's discard is a drop, so `watch_kfree_skb` also runs per frame and returns at its
+/// namespace test), metrics on a free port of the lab namespace, no flight recorder.
 fn watch_args<'a>() -> Vec<&'a str> {
     vec!["watch", "--listen", "127.0.0.1:0", "--no-record"]
 }
