@@ -199,9 +199,8 @@ struct Vm {
     ifindex: u32,
     prev_tap: [WatchTapStats; 2],
     drops_total: u64,
+    mac: String,
     rec: VmRecState,
-    /// pid of its running recording.
-    recording_pid: Option<u32>,
 }
 
 /// Does `v` match one of the `--vm` selections (none = every VM)?
@@ -241,6 +240,9 @@ struct Watch {
     started: Instant,
     done_tx: tokio::sync::mpsc::UnboundedSender<recorder::Finished>,
     seq: u64,
+    /// Recordings running: tap → pid of the `follow` child. Kept apart from `vms` so that a
+    /// VM that vanishes mid-recording still has its recording waited for at exit.
+    recordings: HashMap<String, u32>,
 }
 
 impl Watch {
@@ -255,7 +257,14 @@ impl Watch {
             .filter(|v| selected(&self.settings.vms, v))
             .collect();
         let mut want: BTreeMap<String, (resolve::VmInfo, u32)> = BTreeMap::new();
-        for v in found {
+        let own_ns = netns_of("self");
+        for mut v in found {
+            // A process of another namespace holding a tap of the same name (another lab, a
+            // container) does not name this namespace's tap.
+            if v.pid.is_some_and(|p| netns_of(&p.to_string()) != own_ns) {
+                v.name = None;
+                v.mac = None;
+            }
             // /proc shows taps of every namespace by name: only this namespace's count.
             if let Some(i) = kernel::ifindex(&v.tap) {
                 want.entry(v.tap.clone()).or_insert((v, i));
@@ -281,7 +290,22 @@ impl Watch {
             }
         }
         for (tap, (info, _)) in want {
-            if self.vms.contains_key(&tap) {
+            if let Some(vm) = self.vms.get_mut(&tap) {
+                // Named later than first seen (libvirt's XML, QEMU holding the tap): the
+                // series move to the new labels and count on from there.
+                let name = info.name.clone().unwrap_or_else(|| tap.clone());
+                let mac = info.mac.clone().unwrap_or_default();
+                if (info.name.is_some() && name != vm.name) || (!mac.is_empty() && mac != vm.mac) {
+                    let mut m = self.metrics.lock().expect("metrics lock");
+                    m.vm_removed(&tap);
+                    m.vm_added(&name, &tap, &mac);
+                    json_line(serde_json::json!({
+                        "type": "vm", "event": "renamed", "vm": name, "tap": tap, "mac": mac,
+                        "was": vm.name,
+                    }));
+                    vm.name = name;
+                    vm.mac = mac;
+                }
                 continue;
             }
             let Some(slot) = self.free_slot() else {
@@ -299,6 +323,7 @@ impl Watch {
                     json_line(
                         serde_json::json!({"type": "vm", "event": "added", "vm": name, "tap": tap, "mac": mac}),
                     );
+                    let recording = self.recordings.contains_key(&tap);
                     self.vms.insert(
                         tap.clone(),
                         Vm {
@@ -308,8 +333,12 @@ impl Watch {
                             ifindex,
                             prev_tap: Default::default(),
                             drops_total: 0,
-                            rec: VmRecState::default(),
-                            recording_pid: None,
+                            mac,
+                            rec: VmRecState {
+                                // A recording of a tap of the same name may still run.
+                                recording,
+                                ..Default::default()
+                            },
                         },
                     );
                 }
@@ -458,7 +487,7 @@ impl Watch {
                 Ok(pid) => {
                     let vm = self.vms.get_mut(&tap).expect("present");
                     vm.rec.recording = true;
-                    vm.recording_pid = Some(pid);
+                    self.recordings.insert(tap.clone(), pid);
                     self.metrics
                         .lock()
                         .expect("metrics lock")
@@ -480,16 +509,24 @@ impl Watch {
 
     fn finished(&mut self, f: recorder::Finished) {
         let now = self.started.elapsed();
+        self.recordings.remove(&f.tap);
         if let Some(vm) = self.vms.get_mut(&f.tap) {
             vm.rec.recording = false;
             vm.rec.ended = Some(now);
-            vm.recording_pid = None;
         }
         // The caps hold after the write too (a trace can outgrow the room made before it).
         let r = &self.settings.recorder;
         recorder::rotate(&r.dir, r.max_bytes, r.max_files, 0);
         json_line(serde_json::to_value(&f).unwrap_or_default());
     }
+}
+
+/// Inode of a process's network namespace (`self` or a pid).
+fn netns_of(pid: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
 }
 
 fn direction(dir: u32) -> &'static str {
@@ -546,6 +583,7 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
         started,
         done_tx,
         seq: 0,
+        recordings: HashMap::new(),
     };
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -586,7 +624,7 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
     }
     // Stop: recordings in progress close their traces on SIGTERM; then every link goes.
     server.abort();
-    let running: Vec<u32> = w.vms.values().filter_map(|v| v.recording_pid).collect();
+    let running: Vec<u32> = w.recordings.values().copied().collect();
     for pid in &running {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
