@@ -57,6 +57,11 @@ pub struct VmLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct ProgramLabels {
+    pub program: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct RecordingLabels {
     pub vm: String,
     pub tap: String,
@@ -154,6 +159,8 @@ pub struct Metrics {
     capped: Counter,
     unkeyed: Counter,
     ips_full: Counter,
+    program_runs: Family<ProgramLabels, Counter>,
+    program_seconds: Family<ProgramLabels, Counter<f64>>,
     cap: LabelCap,
     /// Every drop series created, "other" buckets too (to remove a VM's).
     drop_series: HashSet<DropLabels>,
@@ -179,6 +186,8 @@ impl Metrics {
         let capped = Counter::default();
         let unkeyed = Counter::default();
         let ips_full = Counter::default();
+        let program_runs = Family::<ProgramLabels, Counter>::default();
+        let program_seconds = Family::<ProgramLabels, Counter<f64>>::default();
         registry.register(
             "kvmtrace_drops",
             "Packets of a watched VM the kernel dropped, by where and why",
@@ -245,6 +254,16 @@ impl Metrics {
             "New guest addresses not learned because the kernel's address map was full",
             ips_full.clone(),
         );
+        registry.register(
+            "kvmtrace_program_runs",
+            "Runs of watch's kernel programs (counted while kernel.bpf_stats_enabled=1)",
+            program_runs.clone(),
+        );
+        registry.register(
+            "kvmtrace_program_run_seconds",
+            "Time spent in watch's kernel programs (counted while kernel.bpf_stats_enabled=1)",
+            program_seconds.clone(),
+        );
         Metrics {
             registry,
             drops,
@@ -261,6 +280,8 @@ impl Metrics {
             capped,
             unkeyed,
             ips_full,
+            program_runs,
+            program_seconds,
             cap: LabelCap::new(max_drop_series),
             drop_series: HashSet::new(),
             tap_series: HashSet::new(),
@@ -325,6 +346,17 @@ impl Metrics {
     pub fn add_kernel(&mut self, unkeyed: u64, ips_full: u64) {
         self.unkeyed.inc_by(unkeyed);
         self.ips_full.inc_by(ips_full);
+    }
+
+    /// What one of watch's programs ran since the last update (deltas).
+    pub fn add_program(&mut self, program: &str, runs: u64, run_ns: u64) {
+        let l = ProgramLabels {
+            program: program.into(),
+        };
+        self.program_runs.get_or_create(&l).inc_by(runs);
+        self.program_seconds
+            .get_or_create(&l)
+            .inc_by(run_ns as f64 / 1e9);
     }
 
     pub fn vm_added(&mut self, vm: &str, tap: &str, mac: &str) {
@@ -533,6 +565,7 @@ mod tests {
         );
         m.recording_started("web1", "vnet0");
         m.add_kernel(0, 0);
+        m.add_program("watch_tap_in", 14, 700);
         insta::assert_snapshot!(samples_sorted(&m.encode()));
     }
 

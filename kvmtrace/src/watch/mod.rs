@@ -236,6 +236,8 @@ struct Watch {
     vms: BTreeMap<String, Vm>,
     prev_drops: HashMap<WatchDropKey, u64>,
     prev_overflow: (u64, u64),
+    /// Program → (runs, run time ns) at the last update.
+    prev_programs: HashMap<String, (u64, u64)>,
     dev_names: HashMap<u32, String>,
     started: Instant,
     done_tx: tokio::sync::mpsc::UnboundedSender<recorder::Finished>,
@@ -389,6 +391,13 @@ impl Watch {
             sub(overflow.1, self.prev_overflow.1),
         );
         self.prev_overflow = overflow;
+        for p in self.kernel.program_stats() {
+            let prev = self
+                .prev_programs
+                .insert(p.name.clone(), (p.runs, p.run_time_ns));
+            let (r0, t0) = prev.unwrap_or((0, 0));
+            m.add_program(&p.name, sub(p.runs, r0), sub(p.run_time_ns, t0));
+        }
         drop(m);
         let mut seen = HashMap::with_capacity(drops.len());
         for (k, total) in drops {
@@ -579,6 +588,7 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
         vms: BTreeMap::new(),
         prev_drops: HashMap::new(),
         prev_overflow: (0, 0),
+        prev_programs: HashMap::new(),
         dev_names: HashMap::new(),
         started,
         done_tx,
