@@ -74,7 +74,15 @@ pub fn watch_class(a: [u8; 4]) -> Option<usize> {
     }
 }
 
-/// Key of `WATCH_DROPS`: one drop site of one VM's packets.
+/// Kernel stack frames kept in a drop's key: enough to reach the caller of `nf_hook_slow`
+/// (7 frames for a FORWARD drop on Linux 6.18: the program, `bpf_trace_run4`,
+/// `sk_skb_reason_drop`, `nft_do_chain`, `nft_do_chain_inet`, `nf_hook_slow`, `ip_forward`) and
+/// bridge netfilter's deeper paths.
+pub const WATCH_STACK_DEPTH: usize = 12;
+
+/// Key of `WATCH_DROPS`: one drop site of one VM's packets. The stack is in the key itself
+/// (`bpf_get_stack`), not in a stack-trace map, whose hash buckets collide and would then lose
+/// the hook.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct WatchDropKey {
@@ -85,11 +93,11 @@ pub struct WatchDropKey {
     pub ifindex: u32,
     /// `WATCH_FROM_VM`, `WATCH_TO_VM` or `WATCH_DIR_UNKNOWN`.
     pub dir: u32,
-    /// Id in `WATCH_STACKS` (negative: no stack); userspace names the hook from it.
-    pub stack_id: i32,
-    pub _pad: u32,
     /// The `location` argument of `kfree_skb` (return address in the dropping function).
     pub location: u64,
+    /// Innermost kernel frames (return addresses; 0 past the stack's end). Userspace names
+    /// the netfilter hook from them.
+    pub stack: [u64; WATCH_STACK_DEPTH],
 }
 
 /// Value of the `WATCH_CONFIG` array (index 0).
@@ -126,7 +134,10 @@ mod tests {
     fn layouts_are_stable() {
         assert_eq!(core::mem::size_of::<WatchTapKey>(), 8);
         assert_eq!(core::mem::size_of::<WatchTapStats>(), 48 + 8 * WATCH_CONV);
-        assert_eq!(core::mem::size_of::<WatchDropKey>(), 32);
+        assert_eq!(
+            core::mem::size_of::<WatchDropKey>(),
+            24 + 8 * WATCH_STACK_DEPTH
+        );
         assert_eq!(core::mem::size_of::<WatchConfig>(), 8);
     }
 

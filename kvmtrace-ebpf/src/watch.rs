@@ -7,23 +7,26 @@
 //! - `watch_kfree_skb` (tp_btf `kfree_skb`): runs only when the kernel drops a packet; decides
 //!   with a namespace test and one or two hash lookups whether the packet is a watched VM's
 //!   (its IPv4 source or destination is a learned guest address, or it was dropped on a
-//!   watched tap) and then counts it by (VM, reason, device, direction, stack, location) in
-//!   the bounded `WATCH_DROPS`. Userspace names the hook from the stack and the reason from
-//!   the kernel's BTF.
+//!   watched tap) and then counts it by (VM, reason, device, direction, location, innermost
+//!   kernel frames) in the bounded `WATCH_DROPS`. Userspace names the hook from the frames and
+//!   the reason from the kernel's BTF.
 //!
 //! Observe only: the TC programs return TC_ACT_UNSPEC (TCX_NEXT).
 
 use crate::{btf_load, off, rd};
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
+    helpers::bpf_get_stack,
     macros::{btf_tracepoint, classifier, map},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, StackTrace},
-    programs::{tracing::StackIdContext as _, BtfTracePointContext, TcContext},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    programs::{BtfTracePointContext, TcContext},
+    EbpfContext as _,
 };
 use kvmtrace_common::watch::{
     watch_class, WatchConfig, WatchDropKey, WatchTapKey, WatchTapStats, WATCH_CLASSES, WATCH_CONV,
     WATCH_DIR_UNKNOWN, WATCH_FROM_VM, WATCH_KIND_DNS, WATCH_KIND_ICMP_ECHO, WATCH_KIND_TCP_SYN,
-    WATCH_MAX_VMS, WATCH_TO_VM, WCNT_DROPS, WCNT_DROPS_UNKEYED, WCNT_IPS_FULL, WCNT_MAX,
+    WATCH_MAX_VMS, WATCH_STACK_DEPTH, WATCH_TO_VM, WCNT_DROPS, WCNT_DROPS_UNKEYED, WCNT_IPS_FULL,
+    WCNT_MAX,
 };
 
 /// Written by userspace once every program is attached; read by every watch program.
@@ -46,10 +49,6 @@ static WATCH_VM_IPS: HashMap<[u8; 4], u32> = HashMap::with_max_entries(1024, 0);
 /// `WCNT_DROPS_UNKEYED` only.
 #[map]
 static WATCH_DROPS: PerCpuHashMap<WatchDropKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
-
-/// Kernel stacks of counted drops (userspace names the netfilter hook from them).
-#[map]
-static WATCH_STACKS: StackTrace = StackTrace::with_max_entries(1024, 0);
 
 /// VM index → the remote IPv4 address (network order) of its last dropped packet: the
 /// flight recorder follows the VM towards it.
@@ -277,18 +276,23 @@ pub fn watch_kfree_skb(ctx: BtfTracePointContext) -> i32 {
             unsafe { *p = remote };
         }
     }
-    let stack_id = match ctx.get_stackid(&WATCH_STACKS, 0) {
-        Ok(id) => id as i32,
-        Err(e) => e as i32,
-    };
-    let key = WatchDropKey {
+    let mut key = WatchDropKey {
         vm,
         reason: ctx.arg(2),
         ifindex,
         dir,
-        stack_id,
-        _pad: 0,
         location: ctx.arg(1),
+        stack: [0; WATCH_STACK_DEPTH],
+    };
+    // SAFETY: the buffer is the key's own array with its exact size; the helper zero-fills
+    // what the stack does not cover (and all of it on error).
+    unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            key.stack.as_mut_ptr().cast(),
+            (WATCH_STACK_DEPTH * 8) as u32,
+            0,
+        )
     };
     if let Some(p) = WATCH_DROPS.get_ptr_mut(&key) {
         // SAFETY: this CPU's copy of the entry; no other writer on this CPU.

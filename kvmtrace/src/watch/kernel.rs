@@ -8,7 +8,7 @@ use crate::event::NfHook;
 use crate::model::Stage;
 use crate::probe::EnvError;
 use anyhow::{anyhow, Context as _, Result};
-use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, StackTraceMap};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::tc::SchedClassifierLinkId;
 use aya::programs::{tc, BtfTracePoint, SchedClassifier, TcAttachType};
 use aya::{Btf, Ebpf, EbpfLoader};
@@ -81,8 +81,6 @@ pub struct WatchKernel {
     links: BTreeMap<u32, Vec<(&'static str, SchedClassifierLinkId)>>,
     reasons: HashMap<u32, String>,
     syms: Option<Vec<(u64, String)>>,
-    stacks: Option<StackTraceMap<MapData>>,
-    stack_cache: HashMap<i32, Vec<String>>,
     nr_cpus: usize,
     pub attached: Vec<String>,
 }
@@ -164,17 +162,12 @@ impl WatchKernel {
             )?;
             cfg.set(0, WatchConfig { netns, _pad: 0 }, 0)?;
         }
-        let stacks = ebpf
-            .take_map("WATCH_STACKS")
-            .and_then(|m| StackTraceMap::try_from(m).ok());
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         Ok(WatchKernel {
             ebpf,
             links: BTreeMap::new(),
             reasons,
             syms: None,
-            stacks,
-            stack_cache: HashMap::new(),
             nr_cpus,
             attached: vec!["tp_btf kfree_skb".into()],
         })
@@ -373,26 +366,13 @@ impl WatchKernel {
         Some(format!("{name}+{:#x}", addr - base))
     }
 
-    /// Symbolised stack of a drop (cached: stack ids are stable while the map holds them).
-    pub fn stack(&mut self, id: i32) -> Vec<String> {
-        if id < 0 {
-            return Vec::new();
-        }
-        if let Some(s) = self.stack_cache.get(&id) {
-            return s.clone();
-        }
-        let ips: Vec<u64> = match &self.stacks {
-            Some(m) => m
-                .get(&(id as u32), 0)
-                .map(|st| st.frames().iter().map(|f| f.ip).collect())
-                .unwrap_or_default(),
-            None => Vec::new(),
-        };
-        let s: Vec<String> = ips.into_iter().filter_map(|ip| self.symbol(ip)).collect();
-        if self.stack_cache.len() < 4096 {
-            self.stack_cache.insert(id, s.clone());
-        }
-        s
+    /// Symbolised frames of a drop's stack (zero frames are past its end).
+    pub fn stack(&mut self, frames: &[u64]) -> Vec<String> {
+        frames
+            .iter()
+            .take_while(|ip| **ip != 0)
+            .filter_map(|ip| self.symbol(*ip))
+            .collect()
     }
 
     /// The function a drop happened in (`location` symbolised, without the offset).

@@ -235,6 +235,8 @@ struct Watch {
     settings: Settings,
     vms: BTreeMap<String, Vm>,
     prev_drops: HashMap<WatchDropKey, u64>,
+    /// Labels of each kernel drop key seen (bounded by the kernel map, 4096).
+    drop_labels: HashMap<WatchDropKey, DropLabels>,
     prev_overflow: (u64, u64),
     /// Program → (runs, run time ns) at the last update.
     prev_programs: HashMap<String, (u64, u64)>,
@@ -307,6 +309,8 @@ impl Watch {
                     }));
                     vm.name = name;
                     vm.mac = mac;
+                    let slot = vm.slot;
+                    self.drop_labels.retain(|k, _| k.vm != slot);
                 }
                 continue;
             }
@@ -346,6 +350,38 @@ impl Watch {
                 }
                 Err(e) => log::warn!("cannot watch {tap}: {e:#}"),
             }
+        }
+    }
+
+    /// The labels of a drop site, worked out once per kernel key (its stack and location are
+    /// in the key, so they never change).
+    fn drop_labels_of(&mut self, k: &WatchDropKey) -> DropLabels {
+        let (vm, tap) = self
+            .vms
+            .values()
+            .find(|v| v.slot == k.vm)
+            .map(|v| (v.name.clone(), v.tap.clone()))
+            .unwrap_or_default();
+        let reason = self.kernel.reason_name(k.reason);
+        let loc_fn = self.kernel.location_fn(k.location);
+        let stack = self.kernel.stack(&k.stack);
+        let device = self.dev_name(k.ifindex);
+        let kind = if self.vms.values().any(|v| v.ifindex == k.ifindex) {
+            Stage::Tap
+        } else if std::path::Path::new(&format!("/sys/class/net/{device}/bridge")).exists() {
+            Stage::Bridge
+        } else {
+            Stage::Egress
+        };
+        let place = place_of(&reason, &loc_fn, &stack, kind);
+        DropLabels {
+            vm,
+            tap,
+            stage: place.stage.into(),
+            hook: place.hook.into(),
+            reason,
+            device,
+            direction: direction(k.dir).into(),
         }
     }
 
@@ -407,38 +443,32 @@ impl Watch {
             if n == 0 {
                 continue;
             }
-            let Some(vm) = self.vms.values().find(|v| v.slot == k.vm) else {
+            let Some(tap) = self
+                .vms
+                .values()
+                .find(|v| v.slot == k.vm)
+                .map(|v| v.tap.clone())
+            else {
                 continue;
             };
-            let (vm_name, tap) = (vm.name.clone(), vm.tap.clone());
-            let reason = self.kernel.reason_name(k.reason);
-            let loc_fn = self.kernel.location_fn(k.location);
-            let stack = self.kernel.stack(k.stack_id);
-            let device = self.dev_name(k.ifindex);
-            let kind = if self.vms.values().any(|v| v.ifindex == k.ifindex) {
-                Stage::Tap
-            } else if std::path::Path::new(&format!("/sys/class/net/{device}/bridge")).exists() {
-                Stage::Bridge
-            } else {
-                Stage::Egress
+            let labels = match self.drop_labels.get(&k) {
+                Some(l) => l.clone(),
+                None => {
+                    let l = self.drop_labels_of(&k);
+                    self.drop_labels.insert(k, l.clone());
+                    l
+                }
             };
-            let place = place_of(&reason, &loc_fn, &stack, kind);
-            self.metrics.lock().expect("metrics lock").add_drops(
-                DropLabels {
-                    vm: vm_name,
-                    tap: tap.clone(),
-                    stage: place.stage.into(),
-                    hook: place.hook.into(),
-                    reason,
-                    device,
-                    direction: direction(k.dir).into(),
-                },
-                n,
-            );
+            self.metrics
+                .lock()
+                .expect("metrics lock")
+                .add_drops(labels, n);
             if let Some(vm) = self.vms.get_mut(&tap) {
                 vm.drops_total += n;
             }
         }
+        // Keys leave the kernel map only with their VM: so do their labels.
+        self.drop_labels.retain(|k, _| seen.contains_key(k));
         self.prev_drops = seen;
         self.maybe_record();
     }
@@ -587,6 +617,7 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
         settings,
         vms: BTreeMap::new(),
         prev_drops: HashMap::new(),
+        drop_labels: HashMap::new(),
         prev_overflow: (0, 0),
         prev_programs: HashMap::new(),
         dev_names: HashMap::new(),
