@@ -495,6 +495,43 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
+    /// The stacks recorded by live lab runs (model fixtures), cut to the frames the kernel
+    /// program keeps, name the same place as the full stacks.
+    #[test]
+    fn recorded_stacks_cut_to_the_kept_depth_name_the_hook() {
+        let stack_of = |fixture: &str| -> Vec<String> {
+            fixture
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find_map(|v| {
+                    let s = v.get("stack")?.as_array()?.clone();
+                    (!s.is_empty()).then(|| {
+                        s.iter()
+                            .filter_map(|f| f.as_str().map(str::to_string))
+                            .take(kvmtrace_common::watch::WATCH_STACK_DEPTH)
+                            .collect()
+                    })
+                })
+                .expect("a drop with a stack")
+        };
+        let fwd = stack_of(include_str!("../model/fixtures/forward_drop.jsonl"));
+        assert_eq!(
+            place_of("NETFILTER_DROP", "nft_do_chain", &fwd, Stage::Bridge),
+            Place {
+                stage: "netfilter",
+                hook: "FORWARD"
+            }
+        );
+        let no_route = stack_of(include_str!("../model/fixtures/no_route.jsonl"));
+        assert_eq!(
+            place_of("IP_INNOROUTES", "ip_error", &no_route, Stage::Bridge),
+            Place {
+                stage: "routing",
+                hook: "none"
+            }
+        );
+    }
+
     #[test]
     fn places_of_drops() {
         let fwd = st(&[
