@@ -50,6 +50,7 @@ pub struct WatchArgs {
     /// Drops of one VM within --window-s that start a flight recording (0 = never).
     #[arg(long, default_value_t = 5)]
     pub threshold_drops: u64,
+    /// Seconds of the sliding window in which a VM's drops are counted against the threshold.
     #[arg(long, default_value_t = 10.0)]
     pub window_s: f64,
     /// Seconds after a VM's recording before it may get another.
