@@ -685,3 +685,111 @@ fn a_frame_at_a_watched_tap_costs_one_cheap_count() {
     // A ring-buffer event per packet costs microseconds (docs/benchmarks.md); a count must not.
     assert!(ns < 1000 && out.1 < 1000, "{ns} ns, {} ns per run", out.1);
 }
+
+/// Set in the child process of [`a_vm_named_after_its_tap_appeared_moves_its_series`]: the tap
+/// it holds open.
+const HOLDER_ENV: &str = "KVMTRACE_WATCH_HOLD_TAP";
+
+#[test]
+#[ignore = "child process of a_vm_named_after_its_tap_appeared_moves_its_series"]
+fn tap_holder_child() {
+    let Some(tap) = std::env::var_os(HOLDER_ENV) else {
+        return;
+    };
+    let tap = tap.into_string().unwrap();
+    // SAFETY: NUL-terminated path literal.
+    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    assert!(
+        fd >= 0,
+        "open /dev/net/tun: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(tap.bytes()) {
+        *d = s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes the one struct ifreq we pass.
+    let rc = unsafe { libc::ioctl(fd, libc::TUNSETIFF, &mut ifr) };
+    assert!(
+        rc == 0,
+        "TUNSETIFF {tap}: {}",
+        std::io::Error::last_os_error()
+    );
+    println!("HOLDING {tap}");
+    // Held until the parent closes our stdin.
+    let _ = std::io::stdin().read(&mut [0u8; 1]);
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd) };
+}
+
+/// A tap first seen bare (libvirt creates it before QEMU holds it) is labelled by its name;
+/// once a QEMU-like process (`-name guest=web7`) holds it, its series move to `vm="web7"`.
+#[test]
+fn a_vm_named_after_its_tap_appeared_moves_its_series() {
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&["ip", "tuntap", "add", "dev", "vnet1", "mode", "tap"]);
+    let watch = Watch::start(&lab, &["--no-record", "--rescan-s", "1"]);
+    let event =
+        |ev: &str, vm: &str| {
+            watch.lines.lock().unwrap().iter().any(|v| {
+                v["type"] == "vm" && v["event"] == ev && v["tap"] == "vnet1" && v["vm"] == vm
+            })
+        };
+    assert!(event("added", "vnet1"), "{:?}", watch.lines.lock().unwrap());
+    // The holder runs in the lab's namespace as a whole process whose command line reads like
+    // QEMU's: `-name guest=web7 …` (bash's `exec -a` sets argv[0]).
+    let test_bin = std::env::current_exe().unwrap();
+    let mut holder = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.hv,
+            "bash",
+            "-c",
+            "exec -a -name \"$0\" \"$@\"",
+        ])
+        .arg(&test_bin)
+        .args([
+            "guest=web7",
+            "tap_holder_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(HOLDER_ENV, "vnet1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the tap holder");
+    let mut out = BufReader::new(holder.stdout.take().unwrap()).lines();
+    let holding = out
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("HOLDING vnet1"));
+    assert!(holding, "the holder did not attach to vnet1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !event("renamed", "web7") {
+        assert!(
+            Instant::now() < deadline,
+            "vnet1 not renamed: {:?}\n{}",
+            watch.lines.lock().unwrap(),
+            watch.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, metrics) = http_get(&lab, watch.port, "/metrics").unwrap();
+    assert!(
+        metrics.contains("kvmtrace_vm_info{vm=\"web7\",tap=\"vnet1\""),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("vm=\"vnet1\""), "{metrics}");
+    drop(holder.stdin.take());
+    // Read the holder's last lines (libtest's summary) so that it exits cleanly.
+    out.for_each(drop);
+    let _ = holder.wait();
+    let (code, stderr) = watch.stop();
+    assert_eq!(code, 0, "{stderr}");
+}
