@@ -495,7 +495,7 @@ fn sighup_reloads_the_config_and_sigterm_detaches_everything() {
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    assert_eq!(count("added"), 1);
+    wait_for(&|| count("added") == 1);
     // SIGHUP with a selection that excludes vnet0: it is let go.
     std::fs::write(&cfg, r#"{"record": false, "vms": ["no-such-vm"]}"#).unwrap();
     watch.signal(libc::SIGHUP);
@@ -737,7 +737,16 @@ fn a_vm_named_after_its_tap_appeared_moves_its_series() {
                 v["type"] == "vm" && v["event"] == ev && v["tap"] == "vnet1" && v["vm"] == vm
             })
         };
-    assert!(event("added", "vnet1"), "{:?}", watch.lines.lock().unwrap());
+    // Its stdout is read by a thread: the line may come a moment after "listening".
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !event("added", "vnet1") {
+        assert!(
+            Instant::now() < deadline,
+            "vnet1 not added:\n{}",
+            watch.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The holder runs in the lab's namespace as a whole process whose command line reads like
     // QEMU's: `-name guest=web7 …` (bash's `exec -a` sets argv[0]).
     let test_bin = std::env::current_exe().unwrap();
