@@ -5,6 +5,8 @@
 //! target and x86_64. Layout tests at the bottom pin the sizes.
 #![no_std]
 
+pub mod watch;
+
 /// Maximum kernel stack depth kept per drop event.
 pub const MAX_STACK: usize = 16;
 

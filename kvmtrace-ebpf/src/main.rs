@@ -28,6 +28,7 @@ mod filter;
 mod netfilter;
 mod skb;
 mod tc;
+mod watch;
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,

@@ -7,3 +7,4 @@ pub mod nf;
 pub mod nftrace;
 pub mod pathdevs;
 pub mod probe;
+pub mod watch;

@@ -6,7 +6,7 @@
 pub mod offline;
 
 use crate::capture::probe::{Spec, Tracer};
-use crate::error::EnvError;
+use crate::error::{EnvError, Usage};
 use crate::host::resolve::{self, Roots, UnknownVm};
 use crate::model::event::Direction;
 use crate::model::{stage_of, HostFacts, Model, Status};
@@ -117,6 +117,10 @@ pub enum Cmd {
     /// Check everything along a VM's path without waiting for traffic: pass / warn / fail with
     /// the evidence and the fix.
     Doctor(crate::doctor::DoctorArgs),
+    /// Watch every VM of the host as a service: drop and tap counters for Prometheus
+    /// (`/metrics`), and a flight recording (`follow --record`) of a VM whose drops cross a
+    /// threshold. docs/watch.md.
+    Watch(crate::watch::WatchArgs),
 }
 
 /// Parses `203.0.113.1` or `203.0.113.0/24`.
@@ -139,16 +143,6 @@ pub fn parse_dest(s: &str) -> Result<(Ipv4Addr, u8)> {
 /// After the stop (deadline, count, signal), how long replies to requests in flight are
 /// still collected.
 const GRACE_MS: u64 = 1000;
-
-/// A usage problem: exit code 2.
-#[derive(Debug)]
-struct Usage(String);
-impl std::fmt::Display for Usage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for Usage {}
 
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -213,6 +207,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Export(a) => crate::cmd::offline::export(a),
         Cmd::Report(a) => crate::cmd::offline::report(a),
         Cmd::Doctor(a) => crate::doctor::run(a),
+        Cmd::Watch(a) => crate::watch::run(a),
         Cmd::Follow {
             vm,
             dest,

@@ -6,3 +6,13 @@
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct EnvError(pub String);
+
+/// A usage problem (a flag, an argument, a config file): exit code 2, with what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+/// A usage error as an `anyhow::Error`, for commands that return those.
+pub fn usage(msg: String) -> anyhow::Error {
+    Usage(msg).into()
+}

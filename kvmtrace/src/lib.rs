@@ -11,6 +11,8 @@
 //! - [`views`]: text, JSON Lines, pcapng, the HTML/SVG report, the terminal UI.
 //! - [`doctor`]: the static checks of a VM's path.
 //! - [`cmd`]: flags, the commands (follow, replay, export, report, doctor, list), exit codes.
+//! - [`watch`]: the always-on service beside `cmd` (per-VM counters → Prometheus, flight
+//!   recorder); its kernel side is `capture::watch`.
 pub mod capture;
 pub mod cmd;
 pub mod doctor;
@@ -19,3 +21,4 @@ pub mod host;
 pub mod model;
 pub mod trace;
 pub mod views;
+pub mod watch;

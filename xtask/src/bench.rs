@@ -9,7 +9,8 @@
 //! - `followed`: kvmtrace follows the flooding flow itself (the per-flow budget turns it into
 //!   counters after `--budget` events);
 //! - `other-proto`: kvmtrace follows the flooding VM's ICMP while its UDP floods;
-//! - `unrelated-all`: `unrelated` with `--hooks all` (the global hook set), in the same run.
+//! - `unrelated-all`: `unrelated` with `--hooks all` (the global hook set), in the same run;
+//! - `watch`: `kvmtrace watch` (every VM, counters only) while the flood flows.
 //!
 //! In every case but `followed` the followed VM pings its destination 10 times a second
 //! throughout (off and on), so every hook is attached and busy with its traffic. Off and on
@@ -63,12 +64,13 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-const CASES: [&str; 5] = [
+const CASES: [&str; 6] = [
     "unrelated",
     "unrelated-dest",
     "followed",
     "other-proto",
     "unrelated-all",
+    "watch",
 ];
 
 /// Opens the lab's tap inside its namespace (a thread that setns()-es) and returns the fd.
@@ -327,8 +329,17 @@ fn case_args<'a>(case: &str, dest: &'a str) -> Vec<&'a str> {
         "unrelated-all" => vec!["follow", "vnet1", dest, "--json", "--hooks", "all"],
         "unrelated-dest" => vec!["follow", "vnet1", OTHER_DEST, "--json"],
         "followed" => vec!["follow", "vnet0", dest, "--json", "--proto", "udp"],
+        "watch" => watch_args(),
         _ => vec!["follow", "vnet0", dest, "--json", "--proto", "icmp"],
     }
+}
+
+/// `watch`: `kvmtrace watch` over every tap of the lab (the flooding VM's too, so its tap's
+/// counters run for every flooded frame; nothing is dropped in the hypervisor namespace, but the
+/// outside's discard is a drop, so `watch_kfree_skb` also runs per frame and returns at its
+/// namespace test), metrics on a free port of the lab namespace, no flight recorder.
+fn watch_args<'a>() -> Vec<&'a str> {
+    vec!["watch", "--listen", "127.0.0.1:0", "--no-record"]
 }
 
 const OTHER_DEST: &str = "198.51.100.1";

@@ -7,9 +7,9 @@
 //!   `-Z build-std=core`);
 //! - `bpf-linker` 0.13.0, dynamically linked against the nightly's own `libLLVM` so it reads the
 //!   bitcode that exact rustc emits;
-//! - Debian packages for the lab (namespaces, nftables, capture tools) and QEMU 10 from
-//!   bookworm-backports for the real-guest tests (bookworm's QEMU 7.2 would remove the image's
-//!   qemu-utils 10, see shared/LAB.md);
+//! - Debian packages for the lab (namespaces, nftables, capture tools, Prometheus for the
+//!   `watch` tests) and QEMU 10 from bookworm-backports for the real-guest tests (bookworm's
+//!   QEMU 7.2 would remove the image's qemu-utils 10, see shared/LAB.md);
 //! - the `br_netfilter` kernel module (`modprobe`), without which the bridged-mode netfilter
 //!   test cannot show a FORWARD drop of bridged frames.
 
@@ -41,6 +41,8 @@ const DEB_PACKAGES: &[&str] = &[
     "tmux",
     "procps",
     "kmod",
+    // The `watch` lab tests scrape kvmtrace with a real Prometheus server (2.42 on bookworm).
+    "prometheus",
 ];
 const QEMU_PACKAGE: &str = "qemu-system-x86";
 const BACKPORTS_SUITE: &str = "bookworm-backports";

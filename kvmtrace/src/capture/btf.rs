@@ -164,6 +164,38 @@ pub struct Offsets {
     pub fib_dport: u32,
 }
 
+/// An object loader with every `OFF_*` constant set from `o` (for `follow` and `watch`: one
+/// list), and the events ring buffer sized `ring_bytes`.
+pub fn loader(o: &Offsets, ring_bytes: u32) -> aya::EbpfLoader<'_> {
+    let mut l = aya::EbpfLoader::new();
+    l.map_max_entries("EVENTS", ring_bytes);
+    for (name, value) in [
+        ("OFF_SKB_HEAD", &o.skb_head),
+        ("OFF_SKB_NH", &o.skb_network_header),
+        ("OFF_SKB_DEV", &o.skb_dev),
+        ("OFF_DEV_IFINDEX", &o.dev_ifindex),
+        ("OFF_SKB_LEN", &o.skb_len),
+        ("OFF_SKB_MH", &o.skb_mac_header),
+        ("OFF_DEV_NAME", &o.dev_name),
+        ("OFF_DEV_ND_NET", &o.dev_nd_net),
+        ("OFF_NET_INUM", &o.net_ns_inum),
+        ("OFF_NF_STATE_HOOK", &o.nf_state_hook),
+        ("OFF_FIB_TB_ID", &o.fib_tb_id),
+        ("OFF_FIB_ERR", &o.fib_err),
+        ("OFF_FIB_OIF", &o.fib_oif),
+        ("OFF_FIB_SRC", &o.fib_src),
+        ("OFF_FIB_DST", &o.fib_dst),
+        ("OFF_FIB_GW4", &o.fib_gw4),
+        ("OFF_FIB_NAME", &o.fib_name),
+        ("OFF_FIB_PROTO", &o.fib_proto),
+        ("OFF_FIB_SPORT", &o.fib_sport),
+        ("OFF_FIB_DPORT", &o.fib_dport),
+    ] {
+        l.override_global(name, value, true);
+    }
+    l
+}
+
 pub fn kernel_offsets(btf: &KernelBtf) -> Result<Offsets> {
     let o = |s: &str, p: &[&str]| btf.offset_of(s, p);
     Ok(Offsets {

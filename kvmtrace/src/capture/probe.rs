@@ -14,7 +14,7 @@ use crate::model::event::{
 use anyhow::{anyhow, Context as _, Result};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap};
 use aya::programs::{tc, BtfTracePoint, SchedClassifier, TcAttachType, TracePoint};
-use aya::{Btf, Ebpf, EbpfLoader};
+use aya::{Btf, Ebpf};
 use kvmtrace_common::{Config, Event, Filter, CNT_EVENTS, CNT_LOST, CNT_SAMPLED_OUT};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -22,7 +22,8 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 /// The compiled eBPF programs, embedded: one file to copy to a host.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kvmtrace"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kvmtrace"));
 
 use crate::error::EnvError;
 
@@ -244,34 +245,7 @@ impl Tracer {
         };
 
         phase("filter");
-        let o = &offsets;
-        let mut loader = EbpfLoader::new();
-        loader.map_max_entries("EVENTS", spec.ring_bytes);
-        for (name, value) in [
-            ("OFF_SKB_HEAD", &o.skb_head),
-            ("OFF_SKB_NH", &o.skb_network_header),
-            ("OFF_SKB_DEV", &o.skb_dev),
-            ("OFF_DEV_IFINDEX", &o.dev_ifindex),
-            ("OFF_SKB_LEN", &o.skb_len),
-            ("OFF_SKB_MH", &o.skb_mac_header),
-            ("OFF_DEV_NAME", &o.dev_name),
-            ("OFF_DEV_ND_NET", &o.dev_nd_net),
-            ("OFF_NET_INUM", &o.net_ns_inum),
-            ("OFF_NF_STATE_HOOK", &o.nf_state_hook),
-            ("OFF_FIB_TB_ID", &o.fib_tb_id),
-            ("OFF_FIB_ERR", &o.fib_err),
-            ("OFF_FIB_OIF", &o.fib_oif),
-            ("OFF_FIB_SRC", &o.fib_src),
-            ("OFF_FIB_DST", &o.fib_dst),
-            ("OFF_FIB_GW4", &o.fib_gw4),
-            ("OFF_FIB_NAME", &o.fib_name),
-            ("OFF_FIB_PROTO", &o.fib_proto),
-            ("OFF_FIB_SPORT", &o.fib_sport),
-            ("OFF_FIB_DPORT", &o.fib_dport),
-        ] {
-            loader.override_global(name, value, true);
-        }
-        let mut ebpf = loader
+        let mut ebpf = crate::capture::btf::loader(&offsets, spec.ring_bytes)
             .load(OBJECT)
             .map_err(|e| EnvError(format!("loading the eBPF object: {e}")))?;
         set_config(&mut ebpf, Config { filter })?;
@@ -741,7 +715,7 @@ struct HostDecoder {
     routes: RefCell<HashMap<RouteAsk, (std::time::Instant, RouteDetail)>>,
 }
 
-fn load_kallsyms() -> Vec<(u64, String)> {
+pub(crate) fn load_kallsyms() -> Vec<(u64, String)> {
     let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
     let mut v: Vec<(u64, String)> = text
         .lines()

@@ -208,7 +208,7 @@ pub fn stage_of(e: &TraceEvent) -> Stage {
 
 /// Netfilter hook named by the kernel stack of a drop (the function that called nf_hook_slow),
 /// per net/ipv4/ip_input.c, ip_forward.c, ip_output.c and net/bridge (Linux 6.x).
-fn hook_from_stack(stack: &[String]) -> Option<(Stage, Option<NfHook>)> {
+pub(crate) fn hook_from_stack(stack: &[String]) -> Option<(Stage, Option<NfHook>)> {
     // `br_nf_forward_ip.part.0+0x2b2` → `br_nf_forward_ip`.
     let sym = |s: &String| {
         let f = s.split('+').next().unwrap_or("");

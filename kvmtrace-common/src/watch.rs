@@ -1,0 +1,162 @@
+//! Wire types of `kvmtrace watch` (the always-on counters): kernel programs in
+//! `kvmtrace-ebpf/src/watch.rs`, reader in `kvmtrace/src/capture/watch.rs`.
+
+/// `WatchTapKey::dir`: frames leaving the VM (TC ingress of its tap).
+pub const WATCH_FROM_VM: u32 = 0;
+/// `WatchTapKey::dir`: frames handed to the VM (TC egress of its tap).
+pub const WATCH_TO_VM: u32 = 1;
+/// `WatchDropKey::dir`: a drop whose packet could not be placed (not IPv4, at the tap).
+pub const WATCH_DIR_UNKNOWN: u32 = 2;
+
+/// Most VMs watched at once: `WatchTapStats::vm` and `WatchDropKey::vm` are below this.
+pub const WATCH_MAX_VMS: u32 = 256;
+
+/// Key of `WATCH_TAP_STATS`: a watched tap and a direction. Userspace creates the entries
+/// when it attaches to the tap (the TC programs only look up and bump: no per-packet update).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WatchTapKey {
+    pub ifindex: u32,
+    pub dir: u32,
+}
+
+/// Per-CPU value of `WATCH_TAP_STATS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchTapStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// ARP requests (op 1) and replies (op 2) seen in this direction.
+    pub arp_requests: u64,
+    pub arp_replies: u64,
+    /// DHCP client→server (from the VM) or server→client (to the VM) datagrams.
+    pub dhcp: u64,
+    /// Index of the VM (userspace's slot, below `WATCH_MAX_VMS`).
+    pub vm: u32,
+    /// Last IPv4 source learned on this CPU (network order): a new address is looked up in
+    /// `WATCH_VM_IPS` only when it differs, so steady traffic costs no map lookup for it.
+    pub last_src: [u8; 4],
+    /// Requests (from the VM) or replies (to the VM) by kind and class of the remote address:
+    /// index `kind * WATCH_CLASSES + class` (`WATCH_KIND_*`, `WATCH_CLASS_*`).
+    pub conv: [u64; WATCH_CONV],
+}
+
+/// Request kinds counted at the tap: TCP SYN (reply: SYN+ACK or RST), ICMP echo request
+/// (reply: echo reply), DNS query to UDP port 53 (reply: from UDP port 53).
+pub const WATCH_KIND_TCP_SYN: usize = 0;
+pub const WATCH_KIND_ICMP_ECHO: usize = 1;
+pub const WATCH_KIND_DNS: usize = 2;
+pub const WATCH_KINDS: usize = 3;
+/// Classes of the remote address: RFC 1918 and RFC 6598 (private), 169.254/16 (link-local,
+/// e.g. a metadata service), any other unicast (public). Loopback, multicast and broadcast
+/// are not counted.
+pub const WATCH_CLASS_PRIVATE: usize = 0;
+pub const WATCH_CLASS_LINK_LOCAL: usize = 1;
+pub const WATCH_CLASS_PUBLIC: usize = 2;
+pub const WATCH_CLASSES: usize = 3;
+pub const WATCH_CONV: usize = WATCH_KINDS * WATCH_CLASSES;
+
+/// The class of a remote IPv4 address (`WATCH_CLASS_*`), or `None` when not counted.
+#[inline(always)]
+pub fn watch_class(a: [u8; 4]) -> Option<usize> {
+    if a[0] == 0 || a[0] == 127 || a[0] >= 224 {
+        None
+    } else if a[0] == 10
+        || (a[0] == 172 && a[1] & 0xf0 == 16)
+        || (a[0] == 192 && a[1] == 168)
+        || (a[0] == 100 && a[1] & 0xc0 == 64)
+    {
+        Some(WATCH_CLASS_PRIVATE)
+    } else if a[0] == 169 && a[1] == 254 {
+        Some(WATCH_CLASS_LINK_LOCAL)
+    } else {
+        Some(WATCH_CLASS_PUBLIC)
+    }
+}
+
+/// Kernel stack frames kept in a drop's key: enough to reach the caller of `nf_hook_slow`
+/// (7 frames for a FORWARD drop on Linux 6.18: the program, `bpf_trace_run4`,
+/// `sk_skb_reason_drop`, `nft_do_chain`, `nft_do_chain_inet`, `nf_hook_slow`, `ip_forward`) and
+/// bridge netfilter's deeper paths.
+pub const WATCH_STACK_DEPTH: usize = 12;
+
+/// Key of `WATCH_DROPS`: one drop site of one VM's packets. The stack is in the key itself
+/// (`bpf_get_stack`), not in a stack-trace map, whose hash buckets collide and would then lose
+/// the hook.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WatchDropKey {
+    pub vm: u32,
+    /// `enum skb_drop_reason` value (names from the kernel's BTF).
+    pub reason: u32,
+    /// `skb->dev->ifindex` at the drop.
+    pub ifindex: u32,
+    /// `WATCH_FROM_VM`, `WATCH_TO_VM` or `WATCH_DIR_UNKNOWN`.
+    pub dir: u32,
+    /// The `location` argument of `kfree_skb` (return address in the dropping function).
+    pub location: u64,
+    /// Innermost kernel frames (return addresses; 0 past the stack's end). Userspace names
+    /// the netfilter hook from them.
+    pub stack: [u64; WATCH_STACK_DEPTH],
+}
+
+/// Value of the `WATCH_CONFIG` array (index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// Network namespace inode watched; 0 = not started (every program returns at once).
+    pub netns: u32,
+    pub _pad: u32,
+}
+
+/// Indexes of `WATCH_COUNTERS` (per CPU).
+/// Drops of watched VMs counted in `WATCH_DROPS`.
+pub const WCNT_DROPS: u32 = 0;
+/// Drops of watched VMs not counted by site because `WATCH_DROPS` was full.
+pub const WCNT_DROPS_UNKEYED: u32 = 1;
+/// New guest addresses not learned because `WATCH_VM_IPS` was full.
+pub const WCNT_IPS_FULL: u32 = 2;
+pub const WCNT_MAX: u32 = 3;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), Copy, with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for super::WatchTapKey {}
+    unsafe impl aya::Pod for super::WatchTapStats {}
+    unsafe impl aya::Pod for super::WatchDropKey {}
+    unsafe impl aya::Pod for super::WatchConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn layouts_are_stable() {
+        assert_eq!(core::mem::size_of::<WatchTapKey>(), 8);
+        assert_eq!(core::mem::size_of::<WatchTapStats>(), 48 + 8 * WATCH_CONV);
+        assert_eq!(
+            core::mem::size_of::<WatchDropKey>(),
+            24 + 8 * WATCH_STACK_DEPTH
+        );
+        assert_eq!(core::mem::size_of::<WatchConfig>(), 8);
+    }
+
+    #[test]
+    fn address_classes() {
+        assert_eq!(watch_class([10, 1, 2, 3]), Some(WATCH_CLASS_PRIVATE));
+        assert_eq!(watch_class([172, 31, 0, 1]), Some(WATCH_CLASS_PRIVATE));
+        assert_eq!(watch_class([172, 32, 0, 1]), Some(WATCH_CLASS_PUBLIC));
+        assert_eq!(watch_class([192, 168, 0, 1]), Some(WATCH_CLASS_PRIVATE));
+        assert_eq!(watch_class([100, 64, 0, 1]), Some(WATCH_CLASS_PRIVATE));
+        assert_eq!(watch_class([100, 128, 0, 1]), Some(WATCH_CLASS_PUBLIC));
+        assert_eq!(
+            watch_class([169, 254, 169, 254]),
+            Some(WATCH_CLASS_LINK_LOCAL)
+        );
+        assert_eq!(watch_class([203, 0, 113, 1]), Some(WATCH_CLASS_PUBLIC));
+        assert_eq!(watch_class([127, 0, 0, 1]), None);
+        assert_eq!(watch_class([224, 0, 0, 251]), None);
+        assert_eq!(watch_class([255, 255, 255, 255]), None);
+        assert_eq!(watch_class([0, 0, 0, 0]), None);
+    }
+}

@@ -1,0 +1,564 @@
+//! Loads the watch programs (`kvmtrace-ebpf/src/watch.rs`) from the same embedded object as
+//! `follow`, attaches `watch_kfree_skb` once and the tap programs per VM, and reads their
+//! maps. Needs root. Everything attached is an fd-based link owned by the `Ebpf`: dropping
+//! [`WatchKernel`] (or the process ending, however it ends) detaches all of it.
+
+use crate::capture::btf::{kernel_offsets, KernelBtf, VMLINUX_BTF};
+use crate::error::EnvError;
+use crate::model::event::NfHook;
+use crate::model::Stage;
+use anyhow::{anyhow, Context as _, Result};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::programs::tc::SchedClassifierLinkId;
+use aya::programs::{tc, BtfTracePoint, SchedClassifier, TcAttachType};
+use aya::{Btf, Ebpf};
+use kvmtrace_common::watch::{
+    WatchConfig, WatchDropKey, WatchTapKey, WatchTapStats, WATCH_FROM_VM, WATCH_TO_VM,
+    WCNT_DROPS_UNKEYED, WCNT_IPS_FULL,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+/// Where and why a drop happened, in label words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub stage: &'static str,
+    pub hook: &'static str,
+}
+
+/// Names the stage and netfilter hook of a drop from its reason, the dropping function and
+/// the kernel stack, with the rules the journey model uses (model::Journey::drop_site): the
+/// reason and function decide first, the stack names the netfilter hook.
+pub fn place_of(reason: &str, loc_fn: &str, stack: &[String], dev_kind: Stage) -> Place {
+    let netfilter = reason.starts_with("NETFILTER")
+        || ["nft_", "nf_", "ipt_", "ebt_", "nfqnl_"]
+            .iter()
+            .any(|p| loc_fn.starts_with(p));
+    let routing = loc_fn == "ip_error"
+        || loc_fn.starts_with("ip_route")
+        || matches!(
+            reason,
+            "IP_INNOROUTES"
+                | "IP_OUTNOROUTES"
+                | "IP_INADDRERRORS"
+                | "IP_RPFILTER"
+                | "IP_INVALID_SOURCE"
+                | "IP_LOCAL_SOURCE"
+                | "IP_INVALID_DEST"
+        );
+    let egress = reason.starts_with("NEIGH")
+        || reason.starts_with("QDISC")
+        || reason.starts_with("TC_")
+        || reason == "PKT_TOO_BIG"
+        || reason == "DEV_READY"
+        || reason == "TXQUEUE_FULL";
+    let bridge =
+        reason.starts_with("BRIDGE") || reason.contains("VLAN") || loc_fn.starts_with("br_");
+    let hook_name = |h: Option<NfHook>| h.map(NfHook::name).unwrap_or("none");
+    let (stage, hook) = if routing {
+        (Stage::Routing, None)
+    } else if bridge && !netfilter {
+        (Stage::Bridge, None)
+    } else if netfilter {
+        crate::model::hook_from_stack(stack).unwrap_or((Stage::Netfilter, None))
+    } else if egress {
+        (Stage::Egress, None)
+    } else {
+        (dev_kind, None)
+    };
+    Place {
+        stage: stage.name(),
+        hook: hook_name(hook),
+    }
+}
+
+/// Per-CPU counters of one tap direction, summed.
+pub type TapTotals = WatchTapStats;
+
+pub struct WatchKernel {
+    ebpf: Ebpf,
+    links: BTreeMap<u32, Vec<(&'static str, SchedClassifierLinkId)>>,
+    reasons: HashMap<u32, String>,
+    syms: Option<Vec<(u64, String)>>,
+    nr_cpus: usize,
+    pub attached: Vec<String>,
+}
+
+fn netns_inode() -> Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata("/proc/self/ns/net")
+        .context("reading /proc/self/ns/net")?
+        .ino() as u32)
+}
+
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+impl WatchKernel {
+    /// Loads the object and attaches the drop program. Environment problems come back as
+    /// [`EnvError`].
+    pub fn start() -> Result<WatchKernel> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(EnvError(
+                "kvmtrace watch needs root (CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)".into(),
+            )
+            .into());
+        }
+        let btf_path = std::env::var("KVMTRACE_BTF").unwrap_or_else(|_| VMLINUX_BTF.into());
+        let kbtf = KernelBtf::open(Path::new(&btf_path)).map_err(|e| {
+            EnvError(format!(
+                "{e:#}\nkvmtrace reads kernel struct layouts from BTF"
+            ))
+        })?;
+        let offsets = kernel_offsets(&kbtf)
+            .map_err(|e| EnvError(format!("this kernel's BTF lacks a field: {e:#}")))?;
+        let reasons = kbtf.drop_reasons().unwrap_or_default();
+        // follow's ring buffer is not used here: the smallest one.
+        let mut ebpf = crate::capture::btf::loader(&offsets, 4096)
+            .load(crate::capture::probe::OBJECT)
+            .map_err(|e| EnvError(format!("loading the eBPF object: {e}")))?;
+        for p in ["watch_tap_in", "watch_tap_out"] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(p)
+                .ok_or_else(|| anyhow!("{p} missing"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("loading {p}"))?;
+        }
+        let btf = Btf::from_sys_fs().map_err(|e| EnvError(format!("kernel BTF: {e}")))?;
+        {
+            let p: &mut BtfTracePoint = ebpf
+                .program_mut("watch_kfree_skb")
+                .ok_or_else(|| anyhow!("watch_kfree_skb missing"))?
+                .try_into()?;
+            p.load("kfree_skb", &btf)
+                .and_then(|_| p.attach().map(|_| ()))
+                .map_err(|e| {
+                    EnvError(format!(
+                        "cannot attach to the tp_btf tracepoint kfree_skb: {e} (needs Linux 5.5+ with BTF)"
+                    ))
+                })?;
+        }
+        let netns = netns_inode()?;
+        {
+            let mut cfg: Array<_, WatchConfig> = Array::try_from(
+                ebpf.map_mut("WATCH_CONFIG")
+                    .ok_or_else(|| anyhow!("WATCH_CONFIG missing"))?,
+            )?;
+            cfg.set(0, WatchConfig { netns, _pad: 0 }, 0)?;
+        }
+        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        Ok(WatchKernel {
+            ebpf,
+            links: BTreeMap::new(),
+            reasons,
+            syms: None,
+            nr_cpus,
+            attached: vec!["tp_btf kfree_skb".into()],
+        })
+    }
+
+    fn tap_map(&mut self) -> Result<PerCpuHashMap<&mut MapData, WatchTapKey, WatchTapStats>> {
+        Ok(PerCpuHashMap::try_from(
+            self.ebpf
+                .map_mut("WATCH_TAP_STATS")
+                .ok_or_else(|| anyhow!("WATCH_TAP_STATS missing"))?,
+        )?)
+    }
+
+    /// Starts counting a tap for VM slot `vm`: its counter entries, then its TC links.
+    pub fn add_tap(&mut self, vm: u32, tap: &str) -> Result<u32> {
+        let ifindex = ifindex(tap).ok_or_else(|| anyhow!("no device {tap}"))?;
+        let zero = WatchTapStats {
+            vm,
+            ..Default::default()
+        };
+        let n = self.nr_cpus;
+        {
+            let mut m = self.tap_map()?;
+            for dir in [WATCH_FROM_VM, WATCH_TO_VM] {
+                m.insert(
+                    WatchTapKey { ifindex, dir },
+                    PerCpuValues::try_from(vec![zero; n])?,
+                    0,
+                )?;
+            }
+        }
+        let mut links = Vec::new();
+        let mut err = None;
+        for (prog, at) in [
+            ("watch_tap_in", TcAttachType::Ingress),
+            ("watch_tap_out", TcAttachType::Egress),
+        ] {
+            let p: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("{prog} missing"))?
+                .try_into()?;
+            match p.attach(tap, at).or_else(|_| {
+                // Kernels before 6.6 have no TCX: a clsact qdisc takes the program.
+                let _ = tc::qdisc_add_clsact(tap);
+                p.attach(tap, at)
+            }) {
+                Ok(id) => links.push((prog, id)),
+                Err(e) => err = Some(anyhow!("attaching {prog} to {tap}: {e}")),
+            }
+        }
+        self.links.insert(ifindex, links);
+        if let Some(e) = err {
+            self.remove_tap(ifindex, vm);
+            return Err(e);
+        }
+        Ok(ifindex)
+    }
+
+    /// Stops counting a tap: its links, counters, learned addresses and drop entries go.
+    pub fn remove_tap(&mut self, ifindex: u32, vm: u32) {
+        if let Some(links) = self.links.remove(&ifindex) {
+            for (prog, id) in links {
+                if let Some(p) = self
+                    .ebpf
+                    .program_mut(prog)
+                    .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
+                {
+                    // A device that vanished took its links with it: nothing to detach.
+                    let _ = p.detach(id);
+                }
+            }
+        }
+        if let Ok(mut m) = self.tap_map() {
+            for dir in [WATCH_FROM_VM, WATCH_TO_VM] {
+                let _ = m.remove(&WatchTapKey { ifindex, dir });
+            }
+        }
+        if let Some(m) = self.ebpf.map_mut("WATCH_VM_IPS") {
+            if let Ok(mut ips) = aya::maps::HashMap::<_, [u8; 4], u32>::try_from(m) {
+                let mine: Vec<[u8; 4]> = ips
+                    .iter()
+                    .filter_map(|r| r.ok())
+                    .filter(|(_, v)| *v == vm)
+                    .map(|(k, _)| k)
+                    .collect();
+                for k in mine {
+                    let _ = ips.remove(&k);
+                }
+            }
+        }
+        if let Some(m) = self.ebpf.map_mut("WATCH_DROPS") {
+            if let Ok(mut d) = PerCpuHashMap::<_, WatchDropKey, u64>::try_from(m) {
+                let mine: Vec<WatchDropKey> = d
+                    .keys()
+                    .filter_map(|r| r.ok())
+                    .filter(|k| k.vm == vm)
+                    .collect();
+                for k in mine {
+                    let _ = d.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Summed counters of every watched tap direction.
+    pub fn tap_totals(&self) -> Vec<(WatchTapKey, TapTotals)> {
+        let Some(m) = self.ebpf.map("WATCH_TAP_STATS") else {
+            return Vec::new();
+        };
+        let Ok(m) = PerCpuHashMap::<_, WatchTapKey, WatchTapStats>::try_from(m) else {
+            return Vec::new();
+        };
+        m.iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| {
+                let mut t = WatchTapStats::default();
+                for s in v.iter() {
+                    t.packets += s.packets;
+                    t.bytes += s.bytes;
+                    t.arp_requests += s.arp_requests;
+                    t.arp_replies += s.arp_replies;
+                    t.dhcp += s.dhcp;
+                    for (a, b) in t.conv.iter_mut().zip(s.conv.iter()) {
+                        *a += b;
+                    }
+                    t.vm = s.vm;
+                }
+                (k, t)
+            })
+            .collect()
+    }
+
+    /// Cumulative drops per drop site.
+    pub fn drops(&self) -> Vec<(WatchDropKey, u64)> {
+        let Some(m) = self.ebpf.map("WATCH_DROPS") else {
+            return Vec::new();
+        };
+        let Ok(m) = PerCpuHashMap::<_, WatchDropKey, u64>::try_from(m) else {
+            return Vec::new();
+        };
+        m.iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| (k, v.iter().sum()))
+            .collect()
+    }
+
+    /// The remote address of VM slot `vm`'s last dropped packet.
+    pub fn last_remote(&self, vm: u32) -> Option<Ipv4Addr> {
+        let m = self.ebpf.map("WATCH_LAST_REMOTE")?;
+        let a = Array::<_, [u8; 4]>::try_from(m).ok()?;
+        let v = a.get(&vm, 0).ok()?;
+        (v != [0; 4]).then(|| Ipv4Addr::from(v))
+    }
+
+    /// Learned guest addresses → VM slot.
+    pub fn guest_addresses(&self) -> Vec<(Ipv4Addr, u32)> {
+        let Some(m) = self.ebpf.map("WATCH_VM_IPS") else {
+            return Vec::new();
+        };
+        let Ok(m) = aya::maps::HashMap::<_, [u8; 4], u32>::try_from(m) else {
+            return Vec::new();
+        };
+        m.iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| (Ipv4Addr::from(k), v))
+            .collect()
+    }
+
+    /// Kernel-side counters: (drops not keyed, addresses not learned).
+    pub fn overflow_counters(&self) -> (u64, u64) {
+        let Some(m) = self.ebpf.map("WATCH_COUNTERS") else {
+            return (0, 0);
+        };
+        let Ok(a) = PerCpuArray::<_, u64>::try_from(m) else {
+            return (0, 0);
+        };
+        let sum = |i: u32| a.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        (sum(WCNT_DROPS_UNKEYED), sum(WCNT_IPS_FULL))
+    }
+
+    pub fn reason_name(&self, v: u32) -> String {
+        self.reasons
+            .get(&v)
+            .cloned()
+            .unwrap_or_else(|| format!("reason_{v}"))
+    }
+
+    fn symbol(&mut self, addr: u64) -> Option<String> {
+        if addr == 0 {
+            return None;
+        }
+        let syms = self
+            .syms
+            .get_or_insert_with(crate::capture::probe::load_kallsyms);
+        let i = syms.partition_point(|(a, _)| *a <= addr);
+        let (base, name) = syms.get(i.checked_sub(1)?)?;
+        Some(format!("{name}+{:#x}", addr - base))
+    }
+
+    /// Symbolised frames of a drop's stack (zero frames are past its end).
+    pub fn stack(&mut self, frames: &[u64]) -> Vec<String> {
+        frames
+            .iter()
+            .take_while(|ip| **ip != 0)
+            .filter_map(|ip| self.symbol(*ip))
+            .collect()
+    }
+
+    /// The function a drop happened in (`location` symbolised, without the offset).
+    pub fn location_fn(&mut self, location: u64) -> String {
+        self.symbol(location)
+            .map(|s| {
+                let f = s.split('+').next().unwrap_or("");
+                f.split('.').next().unwrap_or("").to_string()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Runs a tap program on `frame` `repeat` times with `BPF_PROG_TEST_RUN`, as if the frame
+    /// crossed device `ifindex` (`from_vm`: `watch_tap_in`, else `watch_tap_out`). Returns the
+    /// program's return value and the kernel's mean time per run in ns. For the cost test: it
+    /// measures without `kernel.bpf_stats_enabled`, which would slow every program of the host.
+    pub fn test_run_tap(
+        &self,
+        from_vm: bool,
+        ifindex: u32,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, u32)> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let name = if from_vm {
+            "watch_tap_in"
+        } else {
+            "watch_tap_out"
+        };
+        let fd = self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| anyhow!("{name} missing"))?
+            .fd()?
+            .as_fd()
+            .as_raw_fd();
+        // struct __sk_buff (include/uapi/linux/bpf.h, Linux 6.18): 192 bytes; test runs accept
+        // a few fields, `ifindex` (offset 40) among them: the skb then belongs to that device.
+        let mut ctx = [0u8; 192];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        // The `test` member of union bpf_attr.
+        #[repr(C)]
+        #[derive(Default)]
+        struct TestRun {
+            prog_fd: u32,
+            retval: u32,
+            data_size_in: u32,
+            data_size_out: u32,
+            data_in: u64,
+            data_out: u64,
+            repeat: u32,
+            duration: u32,
+            ctx_size_in: u32,
+            ctx_size_out: u32,
+            ctx_in: u64,
+            ctx_out: u64,
+            flags: u32,
+            cpu: u32,
+            batch_size: u32,
+            _pad: u32,
+        }
+        let mut attr = TestRun {
+            prog_fd: fd as u32,
+            data_size_in: frame.len() as u32,
+            data_in: frame.as_ptr() as u64,
+            repeat,
+            ctx_size_in: ctx.len() as u32,
+            ctx_in: ctx.as_ptr() as u64,
+            ..Default::default()
+        };
+        // SAFETY: BPF_PROG_TEST_RUN (cmd 10) reads the buffers we pass with their sizes and
+        // writes only `attr`.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                10,
+                &mut attr as *mut TestRun as *mut libc::c_void,
+                std::mem::size_of::<TestRun>() as u32,
+            )
+        };
+        if r != 0 {
+            return Err(anyhow!(
+                "BPF_PROG_TEST_RUN of {name}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok((attr.retval, attr.duration))
+    }
+
+    /// Run counts of the watch programs (`kernel.bpf_stats_enabled=1`), for measurements.
+    pub fn program_stats(&self) -> Vec<crate::model::event::ProgStats> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        self.ebpf
+            .programs()
+            .filter(|(n, _)| n.starts_with("watch_"))
+            .filter_map(|(name, p)| {
+                let fd = p.fd().ok()?.as_fd().as_raw_fd();
+                let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+                let field = |k: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0)
+                };
+                Some(crate::model::event::ProgStats {
+                    name: name.to_string(),
+                    runs: field("run_cnt:"),
+                    run_time_ns: field("run_time_ns:"),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The stacks recorded by live lab runs (model fixtures), cut to the frames the kernel
+    /// program keeps, name the same place as the full stacks.
+    #[test]
+    fn recorded_stacks_cut_to_the_kept_depth_name_the_hook() {
+        let stack_of = |fixture: &str| -> Vec<String> {
+            fixture
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find_map(|v| {
+                    let s = v.get("stack")?.as_array()?.clone();
+                    (!s.is_empty()).then(|| {
+                        s.iter()
+                            .filter_map(|f| f.as_str().map(str::to_string))
+                            .take(kvmtrace_common::watch::WATCH_STACK_DEPTH)
+                            .collect()
+                    })
+                })
+                .expect("a drop with a stack")
+        };
+        let fwd = stack_of(include_str!("../model/fixtures/forward_drop.jsonl"));
+        assert_eq!(
+            place_of("NETFILTER_DROP", "nft_do_chain", &fwd, Stage::Bridge),
+            Place {
+                stage: "netfilter",
+                hook: "FORWARD"
+            }
+        );
+        let no_route = stack_of(include_str!("../model/fixtures/no_route.jsonl"));
+        assert_eq!(
+            place_of("IP_INNOROUTES", "ip_error", &no_route, Stage::Bridge),
+            Place {
+                stage: "routing",
+                hook: "none"
+            }
+        );
+    }
+
+    #[test]
+    fn places_of_drops() {
+        let fwd = st(&[
+            "nft_do_chain+0x1",
+            "nf_hook_slow+0x3e",
+            "ip_forward+0x4a0",
+            "ip_rcv+0x1",
+        ]);
+        assert_eq!(
+            place_of("NETFILTER_DROP", "nf_hook_slow", &fwd, Stage::Bridge),
+            Place {
+                stage: "netfilter",
+                hook: "FORWARD"
+            }
+        );
+        assert_eq!(
+            place_of("IP_INNOROUTES", "ip_error", &[], Stage::Bridge),
+            Place {
+                stage: "routing",
+                hook: "none"
+            }
+        );
+        assert_eq!(
+            place_of("NEIGH_FAILED", "neigh_invalidate", &[], Stage::Egress),
+            Place {
+                stage: "egress",
+                hook: "none"
+            }
+        );
+        assert_eq!(
+            place_of("NOT_SPECIFIED", "tun_get_user", &[], Stage::Tap),
+            Place {
+                stage: "tap",
+                hook: "none"
+            }
+        );
+    }
+}

@@ -1,0 +1,770 @@
+//! `kvmtrace watch`: a long-lived service that counts every VM's drops and tap traffic with
+//! cheap always-on kernel programs, serves them to Prometheus, and starts a flight recording
+//! (`follow --record`) for a VM whose drops cross a threshold. docs/watch.md has the metrics,
+//! the cardinality bounds, the configuration and what SIGHUP reloads.
+//!
+//! - [`kernel`]: load, attach (kfree_skb once, TC per tap), read the maps (root);
+//! - [`metrics`]: the prometheus-client registry, fed deltas (pure);
+//! - [`recorder`]: threshold logic (pure), rotation, the `follow` child;
+//! - [`http`]: `/metrics` and `/healthz`.
+
+pub mod http;
+pub mod metrics;
+pub mod recorder;
+
+use crate::capture::watch::{place_of, WatchKernel};
+use crate::host::resolve::{self, Roots};
+use crate::model::Stage;
+use anyhow::{anyhow, Context as _, Result};
+use kvmtrace_common::watch::{
+    WatchDropKey, WatchTapStats, WATCH_FROM_VM, WATCH_MAX_VMS, WATCH_TO_VM,
+};
+use metrics::{DropLabels, Metrics, TapDelta};
+use recorder::{RecorderSettings, Threshold, VmRecState};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct WatchArgs {
+    /// Address of the metrics endpoint (`/metrics`, `/healthz`). Localhost unless told
+    /// otherwise.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub listen: SocketAddr,
+    /// Watch only this VM (name, tap or MAC); repeat for more. Default: every VM and tap in
+    /// this network namespace.
+    #[arg(long = "vm", value_name = "VM")]
+    pub vms: Vec<String>,
+    /// A JSON file whose fields override these flags (docs/watch.md); re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Seconds between scans for VMs that started or stopped.
+    #[arg(long, default_value_t = 2.0)]
+    pub rescan_s: f64,
+    /// Drops of one VM within --window-s that start a flight recording (0 = never).
+    #[arg(long, default_value_t = 5)]
+    pub threshold_drops: u64,
+    /// Seconds of the sliding window in which a VM's drops are counted against the threshold.
+    #[arg(long, default_value_t = 10.0)]
+    pub window_s: f64,
+    /// Seconds after a VM's recording before it may get another.
+    #[arg(long, default_value_t = 60.0)]
+    pub cooldown_s: f64,
+    /// Seconds each flight recording lasts.
+    #[arg(long, default_value_t = 5.0)]
+    pub record_s: f64,
+    /// Directory of the flight recordings (created, mode 0700).
+    #[arg(long, default_value = "/var/lib/kvmtrace/recordings")]
+    pub record_dir: PathBuf,
+    /// Size cap of the recordings directory; the oldest traces go first.
+    #[arg(long, default_value_t = 256)]
+    pub record_max_mib: u64,
+    /// Most traces kept in the recordings directory.
+    #[arg(long, default_value_t = 100)]
+    pub record_max_files: usize,
+    /// No flight recorder: metrics only.
+    #[arg(long)]
+    pub no_record: bool,
+    /// Bound on distinct drop label sets; past it drops are counted under `other`.
+    #[arg(long, default_value_t = metrics::DEFAULT_MAX_DROP_SERIES)]
+    pub max_drop_series: usize,
+}
+
+/// Everything SIGHUP can change. The listen address is fixed for the process's life.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    pub vms: Vec<String>,
+    pub rescan_s: f64,
+    pub threshold: Threshold,
+    pub recorder: RecorderSettings,
+    pub max_drop_series: usize,
+}
+
+/// The `--config` file: every field optional; present ones override the flags.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub vms: Option<Vec<String>>,
+    pub rescan_s: Option<f64>,
+    pub threshold_drops: Option<u64>,
+    pub window_s: Option<f64>,
+    pub cooldown_s: Option<f64>,
+    pub record: Option<bool>,
+    pub record_s: Option<f64>,
+    pub record_dir: Option<PathBuf>,
+    pub record_max_mib: Option<u64>,
+    pub record_max_files: Option<usize>,
+    pub max_drop_series: Option<usize>,
+}
+
+impl Settings {
+    pub fn from_args(a: &WatchArgs) -> Settings {
+        Settings {
+            vms: a.vms.clone(),
+            rescan_s: a.rescan_s,
+            threshold: Threshold {
+                drops: a.threshold_drops,
+                window_s: a.window_s,
+                cooldown_s: a.cooldown_s,
+            },
+            recorder: RecorderSettings {
+                enabled: !a.no_record,
+                dir: a.record_dir.clone(),
+                record_s: a.record_s,
+                max_bytes: a.record_max_mib << 20,
+                max_files: a.record_max_files,
+            },
+            max_drop_series: a.max_drop_series,
+        }
+    }
+
+    pub fn apply(mut self, f: &ConfigFile) -> Settings {
+        if let Some(v) = &f.vms {
+            self.vms = v.clone();
+        }
+        macro_rules! set {
+            ($field:ident => $($dst:tt)+) => {
+                if let Some(v) = f.$field.clone() {
+                    self.$($dst)+ = v;
+                }
+            };
+        }
+        set!(rescan_s => rescan_s);
+        set!(threshold_drops => threshold.drops);
+        set!(window_s => threshold.window_s);
+        set!(cooldown_s => threshold.cooldown_s);
+        set!(record => recorder.enabled);
+        set!(record_s => recorder.record_s);
+        set!(record_dir => recorder.dir);
+        set!(record_max_files => recorder.max_files);
+        set!(max_drop_series => max_drop_series);
+        if let Some(m) = f.record_max_mib {
+            self.recorder.max_bytes = m << 20;
+        }
+        self
+    }
+
+    /// Rejects values that cannot work (the old settings stay on a bad reload).
+    pub fn validate(&self) -> Result<()> {
+        let pos = |v: f64, what: &str| {
+            if v > 0.0 && v.is_finite() {
+                Ok(())
+            } else {
+                Err(anyhow!(
+                    "{what} must be a positive number of seconds, not {v}"
+                ))
+            }
+        };
+        pos(self.rescan_s, "rescan_s")?;
+        pos(self.threshold.window_s, "window_s")?;
+        pos(self.recorder.record_s, "record_s")?;
+        if !(self.threshold.cooldown_s >= 0.0 && self.threshold.cooldown_s.is_finite()) {
+            return Err(anyhow!("cooldown_s must be 0 or more"));
+        }
+        if self.max_drop_series == 0 {
+            return Err(anyhow!("max_drop_series must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Flags, then the config file over them.
+fn load_settings(a: &WatchArgs) -> Result<Settings> {
+    let base = Settings::from_args(a);
+    let s = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading the config file {}", p.display()))?;
+            let f: ConfigFile = serde_json::from_str(&text)
+                .with_context(|| format!("parsing the config file {}", p.display()))?;
+            base.apply(&f)
+        }
+        None => base,
+    };
+    s.validate()?;
+    Ok(s)
+}
+
+/// One watched VM (one tap).
+struct Vm {
+    slot: u32,
+    /// The `vm` label: the VM's name, else its tap.
+    name: String,
+    tap: String,
+    ifindex: u32,
+    prev_tap: [WatchTapStats; 2],
+    drops_total: u64,
+    mac: String,
+    rec: VmRecState,
+}
+
+/// Does `v` match one of the `--vm` selections (none = every VM)?
+fn selected(sel: &[String], v: &resolve::VmInfo) -> bool {
+    sel.is_empty()
+        || sel.iter().any(|s| {
+            v.tap == *s
+                || v.name.as_deref() == Some(s.as_str())
+                || v.vmid.as_deref() == Some(s.as_str())
+                || v.uuid.as_deref().is_some_and(|u| u.eq_ignore_ascii_case(s))
+                || v.aliases.iter().any(|a| a == s)
+                || v.mac.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(s))
+        })
+}
+
+fn json_line(v: serde_json::Value) {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn sub(a: u64, b: u64) -> u64 {
+    // A counter that went down was recreated: count it from zero.
+    if a >= b {
+        a - b
+    } else {
+        a
+    }
+}
+
+struct Watch {
+    kernel: WatchKernel,
+    metrics: Arc<Mutex<Metrics>>,
+    settings: Settings,
+    vms: BTreeMap<String, Vm>,
+    prev_drops: HashMap<WatchDropKey, u64>,
+    /// Labels of each kernel drop key seen (bounded by the kernel map, 4096).
+    drop_labels: HashMap<WatchDropKey, DropLabels>,
+    prev_overflow: (u64, u64),
+    /// Program → (runs, run time ns) at the last update.
+    prev_programs: HashMap<String, (u64, u64)>,
+    dev_names: HashMap<u32, String>,
+    started: Instant,
+    done_tx: tokio::sync::mpsc::UnboundedSender<recorder::Finished>,
+    seq: u64,
+    /// Recordings running: tap → pid of the `follow` child. Kept apart from `vms` so that a
+    /// VM that vanishes mid-recording still has its recording waited for at exit.
+    recordings: HashMap<String, u32>,
+}
+
+impl Watch {
+    fn free_slot(&self) -> Option<u32> {
+        (0..WATCH_MAX_VMS).find(|s| !self.vms.values().any(|v| v.slot == *s))
+    }
+
+    /// Finds VMs that started or stopped; attaches to and detaches from their taps.
+    fn rescan(&mut self) {
+        let found: Vec<resolve::VmInfo> = resolve::list_vms(&Roots::system())
+            .into_iter()
+            .filter(|v| selected(&self.settings.vms, v))
+            .collect();
+        let mut want: BTreeMap<String, (resolve::VmInfo, u32)> = BTreeMap::new();
+        let own_ns = netns_of("self");
+        for mut v in found {
+            // A process of another namespace holding a tap of the same name (another lab, a
+            // container) does not name this namespace's tap.
+            if v.pid.is_some_and(|p| netns_of(&p.to_string()) != own_ns) {
+                v.name = None;
+                v.mac = None;
+            }
+            // /proc shows taps of every namespace by name: only this namespace's count.
+            if let Some(i) = crate::capture::watch::ifindex(&v.tap) {
+                want.entry(v.tap.clone()).or_insert((v, i));
+            }
+        }
+        let gone: Vec<String> = self
+            .vms
+            .iter()
+            .filter(|(tap, vm)| want.get(*tap).is_none_or(|(_, i)| *i != vm.ifindex))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for tap in gone {
+            if let Some(vm) = self.vms.remove(&tap) {
+                self.kernel.remove_tap(vm.ifindex, vm.slot);
+                self.prev_drops.retain(|k, _| k.vm != vm.slot);
+                self.metrics
+                    .lock()
+                    .expect("metrics lock")
+                    .vm_removed(&vm.tap);
+                json_line(
+                    serde_json::json!({"type": "vm", "event": "removed", "vm": vm.name, "tap": vm.tap}),
+                );
+            }
+        }
+        for (tap, (info, _)) in want {
+            if let Some(vm) = self.vms.get_mut(&tap) {
+                // Named later than first seen (libvirt's XML, QEMU holding the tap): the
+                // series move to the new labels and count on from there.
+                let name = info.name.clone().unwrap_or_else(|| tap.clone());
+                let mac = info.mac.clone().unwrap_or_default();
+                if (info.name.is_some() && name != vm.name) || (!mac.is_empty() && mac != vm.mac) {
+                    let mut m = self.metrics.lock().expect("metrics lock");
+                    m.vm_removed(&tap);
+                    m.vm_added(&name, &tap, &mac);
+                    json_line(serde_json::json!({
+                        "type": "vm", "event": "renamed", "vm": name, "tap": tap, "mac": mac,
+                        "was": vm.name,
+                    }));
+                    vm.name = name;
+                    vm.mac = mac;
+                    let slot = vm.slot;
+                    self.drop_labels.retain(|k, _| k.vm != slot);
+                }
+                continue;
+            }
+            let Some(slot) = self.free_slot() else {
+                log::warn!("more than {WATCH_MAX_VMS} VMs: {tap} is not watched");
+                continue;
+            };
+            match self.kernel.add_tap(slot, &tap) {
+                Ok(ifindex) => {
+                    let name = info.name.clone().unwrap_or_else(|| tap.clone());
+                    let mac = info.mac.clone().unwrap_or_default();
+                    self.metrics
+                        .lock()
+                        .expect("metrics lock")
+                        .vm_added(&name, &tap, &mac);
+                    json_line(
+                        serde_json::json!({"type": "vm", "event": "added", "vm": name, "tap": tap, "mac": mac}),
+                    );
+                    let recording = self.recordings.contains_key(&tap);
+                    self.vms.insert(
+                        tap.clone(),
+                        Vm {
+                            slot,
+                            name,
+                            tap,
+                            ifindex,
+                            prev_tap: Default::default(),
+                            drops_total: 0,
+                            mac,
+                            rec: VmRecState {
+                                // A recording of a tap of the same name may still run.
+                                recording,
+                                ..Default::default()
+                            },
+                        },
+                    );
+                }
+                Err(e) => log::warn!("cannot watch {tap}: {e:#}"),
+            }
+        }
+    }
+
+    /// The labels of a drop site, worked out once per kernel key (its stack and location are
+    /// in the key, so they never change).
+    fn drop_labels_of(&mut self, k: &WatchDropKey) -> DropLabels {
+        let (vm, tap) = self
+            .vms
+            .values()
+            .find(|v| v.slot == k.vm)
+            .map(|v| (v.name.clone(), v.tap.clone()))
+            .unwrap_or_default();
+        let reason = self.kernel.reason_name(k.reason);
+        let loc_fn = self.kernel.location_fn(k.location);
+        let stack = self.kernel.stack(&k.stack);
+        let device = self.dev_name(k.ifindex);
+        let kind = if self.vms.values().any(|v| v.ifindex == k.ifindex) {
+            Stage::Tap
+        } else if std::path::Path::new(&format!("/sys/class/net/{device}/bridge")).exists() {
+            Stage::Bridge
+        } else {
+            Stage::Egress
+        };
+        let place = place_of(&reason, &loc_fn, &stack, kind);
+        DropLabels {
+            vm,
+            tap,
+            stage: place.stage.into(),
+            hook: place.hook.into(),
+            reason,
+            device,
+            direction: direction(k.dir).into(),
+        }
+    }
+
+    fn dev_name(&mut self, ifindex: u32) -> String {
+        if let Some(n) = self.dev_names.get(&ifindex) {
+            return n.clone();
+        }
+        let n =
+            crate::capture::pathdevs::name_of(ifindex).unwrap_or_else(|| format!("if{ifindex}"));
+        if self.dev_names.len() < 1024 {
+            self.dev_names.insert(ifindex, n.clone());
+        }
+        n
+    }
+
+    /// Reads the kernel counters into the metrics; feeds the recorder.
+    fn update(&mut self) {
+        let taps = self.kernel.tap_totals();
+        let drops = self.kernel.drops();
+        let overflow = self.kernel.overflow_counters();
+        let mut m = self.metrics.lock().expect("metrics lock");
+        for (k, t) in taps {
+            let Some(vm) = self.vms.values_mut().find(|v| v.ifindex == k.ifindex) else {
+                continue;
+            };
+            let d = (k.dir == WATCH_TO_VM) as usize;
+            let p = vm.prev_tap[d];
+            let mut delta = TapDelta {
+                packets: sub(t.packets, p.packets),
+                bytes: sub(t.bytes, p.bytes),
+                arp_requests: sub(t.arp_requests, p.arp_requests),
+                arp_replies: sub(t.arp_replies, p.arp_replies),
+                dhcp: sub(t.dhcp, p.dhcp),
+                conv: Default::default(),
+            };
+            for (i, d) in delta.conv.iter_mut().enumerate() {
+                *d = sub(t.conv[i], p.conv[i]);
+            }
+            vm.prev_tap[d] = t;
+            m.add_tap(&vm.name, &vm.tap, direction(k.dir), delta);
+        }
+        m.add_kernel(
+            sub(overflow.0, self.prev_overflow.0),
+            sub(overflow.1, self.prev_overflow.1),
+        );
+        self.prev_overflow = overflow;
+        for p in self.kernel.program_stats() {
+            let prev = self
+                .prev_programs
+                .insert(p.name.clone(), (p.runs, p.run_time_ns));
+            let (r0, t0) = prev.unwrap_or((0, 0));
+            m.add_program(&p.name, sub(p.runs, r0), sub(p.run_time_ns, t0));
+        }
+        drop(m);
+        let mut seen = HashMap::with_capacity(drops.len());
+        for (k, total) in drops {
+            let prev = self.prev_drops.get(&k).copied().unwrap_or(0);
+            seen.insert(k, total);
+            let n = sub(total, prev);
+            if n == 0 {
+                continue;
+            }
+            let Some(tap) = self
+                .vms
+                .values()
+                .find(|v| v.slot == k.vm)
+                .map(|v| v.tap.clone())
+            else {
+                continue;
+            };
+            let labels = match self.drop_labels.get(&k) {
+                Some(l) => l.clone(),
+                None => {
+                    let l = self.drop_labels_of(&k);
+                    self.drop_labels.insert(k, l.clone());
+                    l
+                }
+            };
+            self.metrics
+                .lock()
+                .expect("metrics lock")
+                .add_drops(labels, n);
+            if let Some(vm) = self.vms.get_mut(&tap) {
+                vm.drops_total += n;
+            }
+        }
+        // Keys leave the kernel map only with their VM: so do their labels.
+        self.drop_labels.retain(|k, _| seen.contains_key(k));
+        self.prev_drops = seen;
+        self.maybe_record();
+    }
+
+    fn maybe_record(&mut self) {
+        let now = self.started.elapsed();
+        let s = self.settings.clone();
+        let taps: Vec<String> = self.vms.keys().cloned().collect();
+        for tap in taps {
+            let Some(vm) = self.vms.get_mut(&tap) else {
+                continue;
+            };
+            if !vm.rec.should_record(now, vm.drops_total, &s.threshold) || !s.recorder.enabled {
+                continue;
+            }
+            let (slot, name) = (vm.slot, vm.name.clone());
+            let dest = self
+                .kernel
+                .last_remote(slot)
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "0.0.0.0/0".into());
+            if let Err(e) = ensure_dir(&s.recorder.dir) {
+                log::warn!("flight recorder for {tap}: {e:#}");
+                // Not again every second: the cooldown applies to a failed start too.
+                vm.rec.ended = Some(now);
+                continue;
+            }
+            for p in recorder::rotate(
+                &s.recorder.dir,
+                s.recorder.max_bytes,
+                s.recorder.max_files,
+                1,
+            ) {
+                log::info!("flight recorder: rotated out {}", p.display());
+            }
+            self.seq += 1;
+            let unix_s = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let file = s
+                .recorder
+                .dir
+                .join(recorder::trace_name(&name, unix_s, self.seq));
+            let job = recorder::Job {
+                vm: name.clone(),
+                tap: tap.clone(),
+                dest: dest.clone(),
+                file: file.clone(),
+                record_s: s.recorder.record_s,
+                trigger_drops: s.threshold.drops,
+                window_s: s.threshold.window_s,
+            };
+            match recorder::spawn(job, self.done_tx.clone()) {
+                Ok(pid) => {
+                    let vm = self.vms.get_mut(&tap).expect("present");
+                    vm.rec.recording = true;
+                    self.recordings.insert(tap.clone(), pid);
+                    self.metrics
+                        .lock()
+                        .expect("metrics lock")
+                        .recording_started(&name, &tap);
+                    json_line(serde_json::json!({
+                        "type": "flight_recording_started", "vm": name, "tap": tap,
+                        "dest": dest, "file": file.display().to_string(),
+                    }));
+                }
+                Err(e) => {
+                    log::warn!("flight recorder for {tap}: {e:#}");
+                    if let Some(vm) = self.vms.get_mut(&tap) {
+                        vm.rec.ended = Some(now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn finished(&mut self, f: recorder::Finished) {
+        let now = self.started.elapsed();
+        self.recordings.remove(&f.tap);
+        if let Some(vm) = self.vms.get_mut(&f.tap) {
+            vm.rec.recording = false;
+            vm.rec.ended = Some(now);
+        }
+        // The caps hold after the write too (a trace can outgrow the room made before it).
+        let r = &self.settings.recorder;
+        recorder::rotate(&r.dir, r.max_bytes, r.max_files, 0);
+        json_line(serde_json::to_value(&f).unwrap_or_default());
+    }
+}
+
+/// Inode of a process's network namespace (`self` or a pid).
+fn netns_of(pid: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+fn direction(dir: u32) -> &'static str {
+    match dir {
+        WATCH_FROM_VM => "from_vm",
+        WATCH_TO_VM => "to_vm",
+        _ => "unknown",
+    }
+}
+
+fn ensure_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+pub fn run(args: WatchArgs) -> Result<ExitCode> {
+    let settings = load_settings(&args).map_err(|e| crate::error::usage(format!("{e:#}")))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    rt.block_on(run_async(args, settings))
+}
+
+async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let started = Instant::now();
+    // The address first: a port in use fails before anything is loaded into the kernel.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let kernel = WatchKernel::start()?;
+    let metrics = Arc::new(Mutex::new(Metrics::new(settings.max_drop_series)));
+    let local = listener.local_addr()?;
+    let m2 = metrics.clone();
+    let render: http::Render = Arc::new(move || m2.lock().expect("metrics lock").encode());
+    let server = tokio::spawn(http::serve(listener, render));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut w = Watch {
+        kernel,
+        metrics,
+        settings,
+        vms: BTreeMap::new(),
+        prev_drops: HashMap::new(),
+        drop_labels: HashMap::new(),
+        prev_overflow: (0, 0),
+        prev_programs: HashMap::new(),
+        dev_names: HashMap::new(),
+        started,
+        done_tx,
+        seq: 0,
+        recordings: HashMap::new(),
+    };
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    w.rescan();
+    eprintln!(
+        "kvmtrace watch: listening on http://{local}/metrics, watching {} VM(s) [{}], ready in {} ms",
+        w.vms.len(),
+        w.vms.keys().cloned().collect::<Vec<_>>().join(", "),
+        started.elapsed().as_millis()
+    );
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rescan = tokio::time::interval(Duration::from_secs_f64(w.settings.rescan_s));
+    rescan.tick().await;
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => {
+                match load_settings(&args) {
+                    Ok(s) => {
+                        if s.rescan_s != w.settings.rescan_s {
+                            rescan = tokio::time::interval(Duration::from_secs_f64(s.rescan_s));
+                        }
+                        w.metrics.lock().expect("metrics lock").set_max_drop_series(s.max_drop_series);
+                        w.settings = s;
+                        w.rescan();
+                        eprintln!("kvmtrace watch: SIGHUP: settings reloaded, {} VM(s) watched", w.vms.len());
+                    }
+                    Err(e) => eprintln!("kvmtrace watch: SIGHUP: keeping the old settings: {e:#}"),
+                }
+            }
+            _ = rescan.tick() => w.rescan(),
+            _ = tick.tick() => w.update(),
+            Some(f) = done_rx.recv() => w.finished(f),
+        }
+    }
+    // Stop: recordings in progress close their traces on SIGTERM; then every link goes.
+    server.abort();
+    let running: Vec<u32> = w.recordings.values().copied().collect();
+    for pid in &running {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut left = running.len();
+    while left > 0 {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            f = done_rx.recv() => match f {
+                Some(f) => { w.finished(f); left -= 1; }
+                None => break,
+            },
+        }
+    }
+    let vms = w.vms.len();
+    // Program runs and run time (non-zero with kernel.bpf_stats_enabled=1): what watching cost.
+    json_line(serde_json::json!({
+        "type": "stats",
+        "vms": vms,
+        "programs": w.kernel.program_stats(),
+        "uptime_s": started.elapsed().as_secs_f64(),
+    }));
+    drop(w);
+    eprintln!("kvmtrace watch: stopped ({vms} VM(s) watched at the end); all hooks detached");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    fn args(extra: &[&str]) -> WatchArgs {
+        let mut v = vec!["kvmtrace", "watch"];
+        v.extend_from_slice(extra);
+        match crate::cmd::Cli::try_parse_from(v).unwrap().cmd {
+            crate::cmd::Cmd::Watch(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_bind_localhost_and_record_after_5_drops_in_10_s() {
+        let a = args(&[]);
+        assert_eq!(a.listen, "127.0.0.1:9464".parse().unwrap());
+        let s = load_settings(&a).unwrap();
+        assert_eq!(s.threshold, Threshold::default());
+        assert!(s.recorder.enabled);
+    }
+
+    #[test]
+    fn the_config_file_overrides_flags_and_bad_values_are_refused() {
+        let dir = std::env::temp_dir().join(format!("kvmtrace-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("watch.json");
+        std::fs::write(
+            &p,
+            r#"{"threshold_drops": 20, "vms": ["web1"], "record": false}"#,
+        )
+        .unwrap();
+        let a = args(&["--config", p.to_str().unwrap(), "--window-s", "30"]);
+        let s = load_settings(&a).unwrap();
+        assert_eq!(s.threshold.drops, 20);
+        assert_eq!(s.threshold.window_s, 30.0);
+        assert_eq!(s.vms, vec!["web1".to_string()]);
+        assert!(!s.recorder.enabled);
+        std::fs::write(&p, r#"{"window_s": 0}"#).unwrap();
+        assert!(load_settings(&a).is_err());
+        std::fs::write(&p, r#"{"thresold_drops": 1}"#).unwrap();
+        let e = format!("{:#}", load_settings(&a).unwrap_err());
+        assert!(e.contains("thresold_drops"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn vm_selection() {
+        let v = resolve::VmInfo {
+            name: Some("web1".into()),
+            pid: None,
+            tap: "vnet3".into(),
+            mac: Some("52:54:00:AA:00:01".into()),
+            ..Default::default()
+        };
+        assert!(selected(&[], &v));
+        assert!(selected(&["web1".into()], &v));
+        assert!(selected(&["vnet3".into()], &v));
+        assert!(selected(&["52:54:00:aa:00:01".into()], &v));
+        assert!(!selected(&["web2".into()], &v));
+        let pve = resolve::VmInfo {
+            tap: "tap101i0".into(),
+            vmid: Some("101".into()),
+            ..Default::default()
+        };
+        assert!(selected(&["101".into()], &pve));
+        assert!(!selected(&["102".into()], &pve));
+    }
+}
