@@ -92,6 +92,17 @@ fn skb_pkt(skb: u64) -> Option<(Pkt, u32, [u8; 12], u8)> {
 #[inline(always)]
 pub fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
     let Some(c) = config() else { return };
+    let freeing = matches!(hook, HookKind::Drop | HookKind::Consume);
+    if freeing {
+        // A free in another namespace (a container's, the lab's outside) is never reported:
+        // three loads turn it away before the packet is read or a map is asked. A followed
+        // skb freed there keeps its TRACKED entry until the LRU bound ages it out (its IP id
+        // tells it from the next packet in the same memory).
+        let ns = skb_netns(skb);
+        if ns != 0 && ns != c.filter.netns {
+            return;
+        }
+    }
     // A few reads decide for most packets that they are not ours, before any map lookup.
     // Every followed packet passes this test at every hook (its addresses are to or from the
     // destination, before and after NAT), so it comes first; an skb freed without passing it
@@ -108,7 +119,6 @@ pub fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
     {
         return;
     }
-    let freeing = matches!(hook, HookKind::Drop | HookKind::Consume);
     if freeing {
         if tracked.is_some() {
             track_forget(skb);
@@ -223,6 +233,14 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     // Everything cheap before the stack walk (microseconds): only a packet of ours, not past
     // its budget, in the tap's namespace, gets a stack.
     let Some(c) = config() else { return 0 };
+    // A drop in another namespace (a container's, past a veth) is never this host path's:
+    // three loads turn it away before the packet is read or a map is asked. A followed skb
+    // dropped there keeps its TRACKED entry until the LRU bound ages it out (its IP id tells
+    // it from the next packet in the same memory).
+    let ns = skb_netns(skb);
+    if ns != 0 && ns != c.filter.netns {
+        return 0;
+    }
     let Some(addrs) = skb_addrs(c, skb) else {
         return 0;
     };
@@ -239,8 +257,8 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
             }
         }
     }
-    if skb_netns(skb) != c.filter.netns {
-        // Freed in another namespace (past a veth): not this host's drop.
+    if ns != c.filter.netns {
+        // No device to tell the namespace by: not a drop this host path can place.
         track_forget(skb);
         return 0;
     }

@@ -130,7 +130,15 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
         return TC_ACT_UNSPEC;
     }
     let mut flags = EV_FLAG_HAS_IP | EV_FLAG_HAS_ETH;
-    let dir = match track_get(skb, p.ip_id) {
+    // A frame coming out of the guest is a new packet whatever TRACKED holds for this skb
+    // address: an entry there is a packet that ended where no hook saw it (freed in another
+    // namespace, say), and identical frames (a flood with one IP id) would otherwise match it.
+    let seen = if from_vm {
+        None
+    } else {
+        track_get(skb, p.ip_id)
+    };
+    let dir = match seen {
         Some(t) if t & TRACK_SUPPRESSED != 0 => {
             count(CNT_SAMPLED_OUT);
             return TC_ACT_UNSPEC;
