@@ -1,0 +1,453 @@
+//! `kvmtrace follow`: attach, read events, show them live (text, JSON Lines or the terminal
+//! UI), record them, and print one verdict per flow at the end.
+
+use super::*;
+
+/// After the stop (deadline, count, signal), how long replies to requests in flight are
+/// still collected.
+const GRACE_MS: u64 = 1000;
+
+/// How a live run shows itself.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct View<'a> {
+    pub(super) json: bool,
+    pub(super) tui: bool,
+    pub(super) record: Option<&'a std::path::Path>,
+    pub(super) explain_rules: bool,
+    pub(super) stats_every: Option<Duration>,
+}
+
+pub(super) fn follow(
+    info: &resolve::VmInfo,
+    spec: &Spec,
+    dest: &str,
+    duration: Option<Duration>,
+    count: Option<u64>,
+    view: View<'_>,
+) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    rt.block_on(follow_async(info, spec, dest, duration, count, view))
+}
+
+async fn follow_async(
+    info: &resolve::VmInfo,
+    spec: &Spec,
+    dest: &str,
+    duration: Option<Duration>,
+    count: Option<u64>,
+    view: View<'_>,
+) -> Result<ExitCode> {
+    let json = view.json;
+    use tokio::io::unix::AsyncFd;
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let started = Instant::now();
+    // Rule tracing first: it only reads the ruleset and adds its own table, before any hook.
+    let rules = if view.explain_rules {
+        let f = crate::capture::nftrace::TraceFilter {
+            guest_ips: Vec::new(),
+            dst: spec.dst,
+            prefix: spec.prefix,
+            proto: spec.proto,
+            port: spec.port,
+        };
+        let (rt, warnings) = crate::capture::nftrace::RuleTracer::start(&f)
+            .map_err(|e| EnvError(format!("--explain-rules: nftables tracing: {e:#}")))?;
+        for w in warnings {
+            eprintln!("kvmtrace: warning: {w}");
+        }
+        Some(rt)
+    } else {
+        None
+    };
+    let mut tracer = Tracer::start(spec)?;
+    for w in &tracer.warnings {
+        eprintln!("kvmtrace: warning: {w}");
+    }
+    eprintln!(
+        "kvmtrace: following {} (tap {}{}) → {dest}, ready in {} ms; attached: {}",
+        info.name.as_deref().unwrap_or("VM"),
+        info.tap,
+        info.mac
+            .as_deref()
+            .map(|m| format!(", mac {m}"))
+            .unwrap_or_default(),
+        started.elapsed().as_millis(),
+        tracer.attached.join("; ")
+    );
+    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
+    let mut ring = unsafe { AsyncFd::register(tracer.take_ring()) }
+        .map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+    let mut count_deadline: Option<tokio::time::Instant> = None;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    // The terminal UI reads the same model; it redraws on a 100 ms tick, decoupled from the
+    // ring buffer, and keeps bounded state of its own.
+    let facts_live: HostFacts = crate::host::facts::gather();
+    let mut live = if view.tui {
+        Some(crate::views::tui::Live::start()?)
+    } else {
+        None
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut progress = tokio::time::interval(view.stats_every.unwrap_or(Duration::from_secs(3600)));
+    progress.tick().await;
+    let mut last_verdicts = Instant::now();
+    let mut filter = (spec.proto, spec.port);
+    let writer = match view.record {
+        Some(path) => {
+            let mut meta = crate::trace::Meta::new(
+                info.name.clone(),
+                &info.tap,
+                info.mac.clone(),
+                dest,
+                &crate::views::tui::filter_label(spec.proto, spec.port),
+            );
+            meta.facts = Some(facts_live.clone());
+            Some(
+                crate::trace::Writer::create(path, &meta)
+                    .with_context(|| format!("creating the trace file {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let mut st = Follow {
+        writer,
+        tui: view.tui.then(|| {
+            crate::views::tui::App::new(crate::views::tui::TuiMeta {
+                vm: info.name.clone().unwrap_or_else(|| info.tap.clone()),
+                tap: info.tap.clone(),
+                filter: crate::views::tui::filter_label(spec.proto, spec.port),
+                dest: dest.to_string(),
+            })
+        }),
+        model: Model::bounded(crate::model::DEFAULT_RETAINED),
+        delivered: 0,
+        undecodable: 0,
+        requests: 0,
+        t0: None,
+        json,
+        routed_to: Vec::new(),
+    };
+    // The path hook set follows route and bridge-port changes, and the devices the followed
+    // packets are actually routed to.
+    let mut path_tick = tokio::time::interval(Duration::from_millis(500));
+    path_tick.tick().await;
+
+    loop {
+        let sleep_until = match (deadline, count_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timer = async {
+            match sleep_until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = timer => break,
+            _ = path_tick.tick() => {
+                for note in tracer.refresh_path(&st.routed_to, started.elapsed().as_secs_f64()) {
+                    if view.tui {
+                        log::info!("{note}");
+                    } else {
+                        eprintln!("kvmtrace: {note}");
+                    }
+                }
+            }
+            _ = progress.tick(), if view.stats_every.is_some() => {
+                let c = tracer.counters();
+                let maps: serde_json::Map<String, serde_json::Value> = tracer
+                    .map_entries()
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::json!(v)))
+                    .collect();
+                eprintln!(
+                    "{}",
+                    serde_json::json!({
+                        "type": "progress",
+                        "elapsed_s": started.elapsed().as_secs_f64(),
+                        "events": c.events,
+                        "delivered": st.delivered,
+                        "lost": c.lost,
+                        "sampled_out": c.sampled_out,
+                        "rss_kib": rss_kib(),
+                        "peak_rss_kib": peak_rss_kib(),
+                        "journeys_held": st.model.journeys.len(),
+                        "maps": maps,
+                    })
+                );
+            }
+            _ = tick.tick(), if live.is_some() => {
+                let c = tracer.counters();
+                let (Some(app), Some(ui)) = (st.tui.as_mut(), live.as_mut()) else { break };
+                let el = started.elapsed();
+                app.set_stats(crate::views::tui::TuiStats {
+                    elapsed: el,
+                    events_per_sec: st.delivered as f64 / el.as_secs_f64().max(0.001),
+                    events: c.events,
+                    lost: c.lost,
+                    sampled_out: c.sampled_out,
+                });
+                if last_verdicts.elapsed() >= Duration::from_millis(500) {
+                    app.set_judged(&st.model, st.model.verdicts(&facts_live, dest, None));
+                    last_verdicts = Instant::now();
+                }
+                match ui.tick(app)? {
+                    Some(crate::views::tui::Action::Quit) => break,
+                    Some(crate::views::tui::Action::SetFilter { proto, port }) => {
+                        match tracer.set_filter(proto, port) {
+                            Ok(()) => filter = (proto, port),
+                            Err(e) => {
+                                log::warn!("changing the filter: {e:#}");
+                                app.set_filter_label(crate::views::tui::filter_label(filter.0, filter.1));
+                            }
+                        }
+                    }
+                    Some(crate::views::tui::Action::None) | None => {}
+                }
+            }
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                st.drain(&tracer, guard.get_inner_mut(), &mut out)?;
+                guard.clear_ready();
+                out.flush()?;
+                if let Some(n) = count {
+                    if st.requests >= n && count_deadline.is_none() {
+                        // Give the last requests a moment for their replies.
+                        count_deadline = Some(tokio::time::Instant::now());
+                    }
+                }
+            }
+        }
+    }
+    // Requests seen from now on are not judged; the ones in flight get a moment for their
+    // replies. Then drain, and read the counters (exact: each event delivered or counted lost).
+    let until = crate::host::monotonic_ns();
+    if let Some(w) = &mut st.writer {
+        w.stop(until)?;
+    }
+    if let Some(ui) = live.take() {
+        ui.finish();
+    }
+    let grace = tokio::time::Instant::now() + Duration::from_millis(GRACE_MS);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(grace) => break,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                st.drain(&tracer, guard.get_inner_mut(), &mut out)?;
+                guard.clear_ready();
+            }
+        }
+    }
+    st.drain(&tracer, ring.get_mut(), &mut out)?;
+    let counters = tracer.counters();
+    let programs = tracer.program_stats();
+    let (attached, warnings) = (tracer.attached.clone(), tracer.warnings.clone());
+    // Every input of the verdicts besides the events goes into the trace too, and replay
+    // computes its verdicts from them with the same function: a replay equals this run.
+    // The rule tracer's own table is removed first, so the host facts do not show it.
+    let decisions = rules
+        .map(|rt| crate::trace::distinct_decisions(rt.stop()))
+        .unwrap_or_default();
+    let inputs = crate::trace::Inputs {
+        dest: dest.to_string(),
+        facts: crate::host::facts::gather(),
+        until_ns: Some(until),
+        decisions,
+        budgets: tracer.flow_budgets(),
+        budget: spec.budget,
+        // The bound of `st.model`: replay folds old journeys the same way.
+        retained: Some(crate::model::DEFAULT_RETAINED),
+    };
+    let verdicts = inputs.verdicts(&st.model);
+    if let Some(mut w) = st.writer.take() {
+        w.inputs(&inputs)?;
+        w.finish(&verdicts, counters, &inputs.facts)?;
+    }
+    drop(tracer);
+    if json {
+        for v in &verdicts {
+            writeln!(out, "{}", serde_json::to_string(v)?)?;
+        }
+        let mut stats: serde_json::Value = serde_json::from_str(&output::stats_json_live(
+            counters,
+            st.delivered,
+            &attached,
+            &warnings,
+        ))?;
+        stats["programs"] = serde_json::to_value(&programs)?;
+        stats["peak_rss_kib"] = serde_json::json!(peak_rss_kib());
+        writeln!(out, "{stats}")?;
+    } else {
+        writeln!(out)?;
+        output::write_verdicts_text(
+            &mut out,
+            &verdicts,
+            &output::flow_times(&st.model, &verdicts),
+            st.t0.unwrap_or(0),
+        )?;
+    }
+    out.flush()?;
+    eprintln!(
+        "kvmtrace: {} events ({} read), {} lost to a full ring buffer, {} over the per-flow budget (counted, not shown); all hooks detached",
+        counters.events, st.delivered, counters.lost, counters.sampled_out
+    );
+    // Nothing seen at all: the static checks say what along the path is wrong.
+    if verdicts.iter().any(|v| v.status == Status::NoTraffic) {
+        let checks = crate::doctor::checks_for(info);
+        let failing: Vec<&crate::doctor::Check> = checks
+            .iter()
+            .filter(|c| matches!(c.status, crate::doctor::CheckStatus::Fail))
+            .collect();
+        if !failing.is_empty() {
+            if json {
+                for c in &failing {
+                    writeln!(out, "{}", crate::doctor::check_json(c))?;
+                }
+            } else {
+                writeln!(
+                    out,
+                    "\nno traffic: `kvmtrace doctor` finds {} failing check(s):",
+                    failing.len()
+                )?;
+                for c in &failing {
+                    crate::doctor::write_check_text(&mut out, c)?;
+                }
+            }
+            out.flush()?;
+        }
+    }
+    if st.undecodable > 0 {
+        eprintln!(
+            "kvmtrace: warning: {} events could not be decoded",
+            st.undecodable
+        );
+    }
+    let ok = verdicts.iter().all(|v| v.status == Status::Delivered);
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// VmRSS of this process (KiB).
+fn rss_kib() -> u64 {
+    proc_status_kib("VmRSS:")
+}
+
+fn proc_status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// VmHWM of this process (KiB), for the benchmark.
+fn peak_rss_kib() -> u64 {
+    proc_status_kib("VmHWM:")
+}
+
+/// State of a running `follow`: the model and what the views need.
+struct Follow {
+    /// `--record`: the trace being written.
+    writer: Option<crate::trace::Writer>,
+    /// The terminal UI's state, when it is on (hops then go to it instead of stdout).
+    tui: Option<crate::views::tui::App>,
+    model: Model,
+    /// Records read from the ring buffer (to compare with the kernel's count).
+    delivered: u64,
+    /// Records that could not be decoded (an unknown hook: a newer eBPF object).
+    undecodable: u64,
+    requests: u64,
+    t0: Option<u64>,
+    json: bool,
+    /// Output devices of the followed packets' successful route lookups: the path hook set
+    /// attaches there too.
+    routed_to: Vec<u32>,
+}
+
+impl Follow {
+    /// Handles every record the ring buffer holds now.
+    fn drain(
+        &mut self,
+        tracer: &Tracer,
+        rb: &mut aya::maps::RingBuf<aya::maps::MapData>,
+        out: &mut dyn std::io::Write,
+    ) -> Result<()> {
+        while let Some(item) = rb.next() {
+            self.delivered += 1;
+            self.handle(tracer, &item, out)?;
+        }
+        // A trace cut short by a crash still holds everything read so far.
+        if let Some(w) = &mut self.writer {
+            w.flush()?;
+        }
+        Ok(())
+    }
+
+    fn handle(
+        &mut self,
+        tracer: &Tracer,
+        bytes: &[u8],
+        out: &mut dyn std::io::Write,
+    ) -> Result<()> {
+        let Some(ev) = tracer.decode(bytes) else {
+            self.undecodable += 1;
+            return Ok(());
+        };
+        let t0 = *self.t0.get_or_insert(ev.ts_ns);
+        if ev.new && ev.dir == Direction::Request {
+            self.requests += 1;
+        }
+        let stage = stage_of(&ev);
+        if let Some(r) = ev.route.as_ref().filter(|r| r.err == 0 && r.oif != 0) {
+            if !self.routed_to.contains(&r.oif) {
+                self.routed_to.push(r.oif);
+            }
+        }
+        let (j, orphan) = match self.model.try_push(ev) {
+            Ok(j) => (Some(j), None),
+            Err(ev) => (None, Some(*ev)),
+        };
+        let e = match (&orphan, j) {
+            (Some(e), _) => e,
+            (None, Some(j)) => self
+                .model
+                .journey(j)
+                .and_then(|j| j.hops.last())
+                .expect("just pushed"),
+            (None, None) => return Ok(()),
+        };
+        if let Some(w) = &mut self.writer {
+            w.event(j, e)?;
+        }
+        if let Some(app) = &mut self.tui {
+            if let Some(j) = j {
+                app.push(j, e);
+            }
+            return Ok(());
+        }
+        if self.json {
+            writeln!(out, "{}", output::hop_json(j, e, stage))?;
+        } else {
+            writeln!(out, "{}", output::hop_line(t0, j, e))?;
+        }
+        Ok(())
+    }
+}
