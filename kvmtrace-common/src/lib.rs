@@ -159,8 +159,9 @@ pub struct Filter {
     pub dst_mask: [u8; 4],
     /// IP protocol to follow, 0 = ICMP, TCP and UDP.
     pub proto: u8,
-    /// 1: route lookups come from `bpf_fib_lookup` in the path devices' TC ingress (path
-    /// hook set, no `fib_table_lookup` tracepoint); 0: from the tracepoint.
+    /// 1: the path hook set (route lookups come from `bpf_fib_lookup` in the path devices' TC
+    /// ingress, the tap's ingress is a frame's first hook); 0: the full set (the
+    /// `fib_table_lookup` tracepoint, `netif_receive_skb` before the tap's ingress).
     pub route_helper: u8,
     /// Remote port (host order), 0 = any.
     pub port: u16,

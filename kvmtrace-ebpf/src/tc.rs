@@ -130,10 +130,13 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
         return TC_ACT_UNSPEC;
     }
     let mut flags = EV_FLAG_HAS_IP | EV_FLAG_HAS_ETH;
-    // A frame coming out of the guest is a new packet whatever TRACKED holds for this skb
-    // address: an entry there is a packet that ended where no hook saw it (freed in another
-    // namespace, say), and identical frames (a flood with one IP id) would otherwise match it.
-    let seen = if from_vm {
+    // With the path set, the tap's ingress is the first hook a frame out of the guest meets,
+    // so it is a new packet whatever TRACKED holds for this skb address: an entry there is a
+    // packet that ended where no hook saw it (freed in another namespace, say), and identical
+    // frames (a flood with one IP id) would otherwise match it. (The full set's
+    // netif_receive_skb sees the frame first, and its consume_skb forgets every end.)
+    let path_set = c.filter.route_helper != 0;
+    let seen = if from_vm && path_set {
         None
     } else {
         track_get(skb, p.ip_id)
