@@ -772,11 +772,19 @@ impl Decoder for HostDecoder {
         Some(n)
     }
     fn route_detail(&self, ask: &RouteAsk) -> Option<RouteDetail> {
-        // Answers stay good for a moment: a flow's packets ask the same question.
+        // Answers stay good for a moment, for every port of an address pair: the kernel chose
+        // the device (the helper's answer, kept per packet); what is asked here is the table
+        // and the kind of failure, which policy rules on ports alone would make differ. A
+        // flood of flows would otherwise cost a netlink round trip per flow.
         const FRESH: std::time::Duration = std::time::Duration::from_millis(500);
+        let key = RouteAsk {
+            sport: 0,
+            dport: 0,
+            ..*ask
+        };
         let mut routes = self.routes.borrow_mut();
         let now = std::time::Instant::now();
-        if let Some((t, r)) = routes.get(ask) {
+        if let Some((t, r)) = routes.get(&key) {
             if now.duration_since(*t) < FRESH {
                 return Some(*r);
             }
@@ -785,7 +793,7 @@ impl Decoder for HostDecoder {
         if routes.len() > 4096 {
             routes.retain(|_, (t, _)| now.duration_since(*t) < FRESH);
         }
-        routes.insert(*ask, (now, r));
+        routes.insert(key, (now, r));
         Some(r)
     }
     fn dev_kind(&self, ifindex: u32, name: &str) -> DevKind {
