@@ -5,6 +5,10 @@
 //! the per-flow maps fill to their bounds and must recycle), at a steady rate, while kvmtrace
 //! follows that VM with `--stats-every`. Reports RSS and map entries over time and writes
 //! `target/bench/soak.json`.
+//!
+//! `--watch`: `kvmtrace watch` instead, over every VM of the lab, with the flood dropped at
+//! FORWARD (every packet a counted drop, flight recordings every cooldown) and its RSS sampled
+//! from /proc every 10 s.
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -29,6 +33,21 @@ pub struct SoakArgs {
     /// Distinct UDP source ports (flows).
     #[arg(long, default_value_t = 8192)]
     flows: u16,
+    /// Soak `kvmtrace watch` (every VM, the flood dropped at FORWARD) instead of `follow`.
+    #[arg(long)]
+    watch: bool,
+}
+
+/// VmRSS of a process (KiB), 0 when it is gone.
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 pub fn run(a: &SoakArgs) -> Result<ExitCode> {
@@ -49,15 +68,61 @@ pub fn run(a: &SoakArgs) -> Result<ExitCode> {
         })
         .collect();
     let dest = lab.dest.to_string();
+    let rec_dir = std::env::temp_dir().join(format!("kvmtrace-soak-{}", std::process::id()));
+    let rec = rec_dir.to_string_lossy().into_owned();
+    let args: Vec<&str> = if a.watch {
+        // Every flood packet is a drop of the watched VM at FORWARD.
+        lab.nft("table inet soakdrop {\n chain forward {\n  type filter hook forward priority 0;\n  udp dport 9 drop\n }\n}\n");
+        vec![
+            "watch",
+            "--listen",
+            "127.0.0.1:19464",
+            "--record-dir",
+            &rec,
+            "--cooldown-s",
+            "20",
+            "--record-s",
+            "3",
+            "--record-max-mib",
+            "64",
+        ]
+    } else {
+        vec!["follow", "vnet0", &dest, "--no-tui", "--stats-every", "10"]
+    };
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir)?;
+    // watch's JSON lines (recordings started and written) are kept for a look afterwards.
+    let out_log = std::fs::File::create(dir.join("soak-stdout.jsonl"))?;
     let mut child = Command::new("ip")
         .args(["netns", "exec", &lab.hv])
         .arg(&bin)
-        .args(["follow", "vnet0", &dest, "--no-tui", "--stats-every", "10"])
-        .stdout(Stdio::null())
+        .args(&args)
+        .stdout(out_log)
         .stderr(Stdio::piped())
         .spawn()?;
     let err = child.stderr.take().expect("stderr");
     let samples = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let (watch_pid, started) = (child.id(), Instant::now());
+    let watching = a.watch;
+    let s3 = samples.clone();
+    let sampler = std::thread::spawn(move || {
+        // watch prints no progress line: its RSS is read from /proc.
+        if !watching {
+            return;
+        }
+        loop {
+            std::thread::sleep(Duration::from_secs(10));
+            let rss = rss_of(watch_pid);
+            if rss == 0 {
+                break;
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            eprintln!("[soak] {elapsed:>6.0} s  rss {rss:>7} KiB  (watch)");
+            s3.lock()
+                .unwrap()
+                .push(json!({"elapsed_s": elapsed, "rss_kib": rss, "maps": null}));
+        }
+    });
     let s2 = samples.clone();
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
@@ -102,6 +167,9 @@ pub fn run(a: &SoakArgs) -> Result<ExitCode> {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     child.wait()?;
     let _ = reader.join();
+    let _ = sampler.join();
+    let traces = std::fs::read_dir(&rec_dir).map(|d| d.count()).unwrap_or(0);
+    let _ = std::fs::remove_dir_all(&rec_dir);
     drop(fd);
     drop(lab);
     let samples = samples.lock().unwrap().clone();
@@ -132,16 +200,21 @@ pub fn run(a: &SoakArgs) -> Result<ExitCode> {
         "rate_pps": rate,
         "flows": a.flows,
         "sent": sent,
+        "watch": a.watch,
+        "flight_recordings": traces,
         "rss_after_1min_kib": first,
         "rss_last_kib": last,
         "rss_growth": growth,
         "samples": samples,
     });
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("soak.json"), serde_json::to_string_pretty(&out)?)?;
     println!(
-        "soak: {:.1} min at {rate} pps over {} flows: RSS {first} KiB after 1 min, {last} KiB at the end ({:+.1} %); last maps {}",
+        "soak{}: {:.1} min at {rate} pps over {} flows: RSS {first} KiB after 1 min, {last} KiB at the end ({:+.1} %); last maps {}",
+        if a.watch {
+            format!(" (watch, {traces} flight recordings kept)")
+        } else {
+            String::new()
+        },
         a.minutes,
         a.flows,
         growth * 100.0,

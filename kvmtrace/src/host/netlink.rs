@@ -70,8 +70,15 @@ pub fn cstr(p: &[u8]) -> String {
     String::from_utf8_lossy(&p[..end]).into_owned()
 }
 
-/// Sends one dump request and collects every answer message as (type, body after `nlmsghdr`).
-pub fn dump(protocol: i32, msg_type: u16, body: &[u8]) -> io::Result<Vec<(u16, Vec<u8>)>> {
+/// Opens a netlink socket of `protocol` (answers bounded by `timeout_s`) and sends one
+/// request: `nlmsghdr` with `flags` + `body`.
+fn send(
+    protocol: i32,
+    msg_type: u16,
+    flags: u16,
+    body: &[u8],
+    timeout_s: i64,
+) -> io::Result<OwnedFd> {
     // SAFETY: plain socket syscall; the fd is owned by `guard` below.
     let fd = unsafe {
         libc::socket(
@@ -86,9 +93,8 @@ pub fn dump(protocol: i32, msg_type: u16, body: &[u8]) -> io::Result<Vec<(u16, V
     // SAFETY: fd was just created and nothing else owns it.
     let guard = unsafe { OwnedFd::from_raw_fd(fd) };
     let sock = guard.as_raw_fd();
-    // A dump never blocks for long; a bound keeps a confused kernel from hanging `doctor`.
     let tv = libc::timeval {
-        tv_sec: 5,
+        tv_sec: timeout_s,
         tv_usec: 0,
     };
     // SAFETY: tv is a valid timeval for the duration of the call.
@@ -105,7 +111,7 @@ pub fn dump(protocol: i32, msg_type: u16, body: &[u8]) -> io::Result<Vec<(u16, V
     let mut req = Vec::with_capacity(len);
     req.extend_from_slice(&(len as u32).to_ne_bytes());
     req.extend_from_slice(&msg_type.to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req.extend_from_slice(&flags.to_ne_bytes());
     req.extend_from_slice(&1u32.to_ne_bytes()); // seq
     req.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel fills it in
     req.extend_from_slice(body);
@@ -113,6 +119,14 @@ pub fn dump(protocol: i32, msg_type: u16, body: &[u8]) -> io::Result<Vec<(u16, V
     if unsafe { libc::send(sock, req.as_ptr().cast(), req.len(), 0) } < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(guard)
+}
+
+/// Sends one dump request and collects every answer message as (type, body after `nlmsghdr`).
+pub fn dump(protocol: i32, msg_type: u16, body: &[u8]) -> io::Result<Vec<(u16, Vec<u8>)>> {
+    // A dump never blocks for long; a bound keeps a confused kernel from hanging `doctor`.
+    let guard = send(protocol, msg_type, NLM_F_REQUEST | NLM_F_DUMP, body, 5)?;
+    let sock = guard.as_raw_fd();
     let mut out = Vec::new();
     let mut buf = vec![0u8; 1 << 18];
     loop {
@@ -153,46 +167,8 @@ pub fn dump(protocol: i32, msg_type: u16, body: &[u8]) -> io::Result<Vec<(u16, V
 /// Sends one non-dump request and returns the first answer as (type, body), or the kernel's
 /// error.
 fn request(protocol: i32, msg_type: u16, body: &[u8]) -> io::Result<(u16, Vec<u8>)> {
-    // SAFETY: plain socket syscall; the fd is owned by `guard` below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            protocol,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just created and nothing else owns it.
-    let guard = unsafe { OwnedFd::from_raw_fd(fd) };
+    let guard = send(protocol, msg_type, NLM_F_REQUEST, body, 1)?;
     let sock = guard.as_raw_fd();
-    let tv = libc::timeval {
-        tv_sec: 1,
-        tv_usec: 0,
-    };
-    // SAFETY: tv is a valid timeval for the duration of the call.
-    unsafe {
-        libc::setsockopt(
-            sock,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
-    let len = 16 + body.len();
-    let mut req = Vec::with_capacity(len);
-    req.extend_from_slice(&(len as u32).to_ne_bytes());
-    req.extend_from_slice(&msg_type.to_ne_bytes());
-    req.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    req.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel fills it in
-    req.extend_from_slice(body);
-    // SAFETY: req is a valid buffer of req.len() bytes.
-    if unsafe { libc::send(sock, req.as_ptr().cast(), req.len(), 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
     let mut buf = vec![0u8; 1 << 16];
     // SAFETY: buf is writable for its whole length.
     let n = unsafe { libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), 0) };

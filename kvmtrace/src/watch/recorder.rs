@@ -128,12 +128,14 @@ fn traces_in(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
 }
 
 /// Deletes the oldest traces until `room_files` more files fit under the caps (rotation).
-/// Returns the files removed.
+/// After a recording (`room_files` 0) the newest trace is kept even when it alone is over the
+/// size cap: a flood's recording is the one the operator needs. Returns the files removed.
 pub fn rotate(dir: &Path, max_bytes: u64, max_files: usize, room_files: usize) -> Vec<PathBuf> {
     let mut traces = traces_in(dir);
     let mut total: u64 = traces.iter().map(|(_, s, _)| s).sum();
     let mut removed = Vec::new();
-    while !traces.is_empty()
+    let keep = usize::from(room_files == 0);
+    while traces.len() > keep
         && (traces.len() + room_files > max_files.max(room_files) || total > max_bytes)
     {
         let (p, s, _) = traces.remove(0);
@@ -362,6 +364,9 @@ mod tests {
         // Byte cap.
         assert_eq!(rotate(&dir, 150, 100, 0).len(), 1);
         assert!(dir.join("unrelated.txt").exists());
+        // After a recording, the newest trace stays even alone over the cap.
+        assert!(rotate(&dir, 10, 100, 0).is_empty());
+        assert!(dir.join(trace_name("vm", 1004, 0)).exists());
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(trace_name("a b/c", 1, 2), "kvmtrace-a_b_c-1-2.trace");
     }
