@@ -127,6 +127,13 @@ pub enum Cmd {
 
 /// Parses `203.0.113.1` or `203.0.113.0/24`.
 pub fn parse_dest(s: &str) -> Result<(Ipv4Addr, u8)> {
+    let addr = s.split_once('/').map_or(s, |(a, _)| a);
+    if addr.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Err(anyhow!(
+            "'{s}' is an IPv6 address: kvmtrace follows IPv4 only so far; give an IPv4 \
+             destination of the VM (examples: 203.0.113.1, 203.0.113.0/24)"
+        ));
+    }
     let bad =
         || anyhow!("'{s}' is not an IPv4 address or CIDR (examples: 203.0.113.1, 203.0.113.0/24)");
     match s.split_once('/') {
@@ -292,5 +299,9 @@ mod tests {
         assert!(parse_dest("203.0.113.1/33").is_err());
         let e = parse_dest("not-an-ip").unwrap_err().to_string();
         assert!(e.contains("not an IPv4"), "{e}");
+        for v6 in ["2001:db8::1", "2001:db8::/32"] {
+            let e = parse_dest(v6).unwrap_err().to_string();
+            assert!(e.contains("IPv6") && e.contains("IPv4 only"), "{e}");
+        }
     }
 }

@@ -17,6 +17,14 @@ fn a_bad_address_is_a_usage_error() {
     let r = run_plain(&["follow", "vnet0", "203.0.113.0/40"]);
     assert_eq!(r.code, 2, "{}", r.dump());
     assert!(r.stderr.contains("prefix"), "{}", r.dump());
+    // IPv6 is refused as such, not as garbage.
+    let r = run_plain(&["follow", "vnet0", "2001:db8::1"]);
+    assert_eq!(r.code, 2, "{}", r.dump());
+    assert!(
+        r.stderr.contains("is an IPv6 address") && r.stderr.contains("IPv4 only"),
+        "{}",
+        r.dump()
+    );
 }
 
 #[test]
