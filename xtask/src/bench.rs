@@ -11,6 +11,8 @@
 //! - `other-proto`: kvmtrace follows the flooding VM's ICMP while its UDP floods;
 //! - `unrelated-all`: `unrelated` with `--hooks all` (the global hook set), in the same run;
 //! - `watch`: `kvmtrace watch` (every VM, counters only) while the flood flows.
+//! - `watch-other`: `kvmtrace watch` over the other VM only (pinging): the flood is forwarding
+//!   that no watched VM sends, as a host's non-VM traffic is.
 //!
 //! In every case but `followed` the followed VM pings its destination 10 times a second
 //! throughout (off and on), so every hook is attached and busy with its traffic. Off and on
@@ -64,13 +66,14 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-const CASES: [&str; 6] = [
+const CASES: [&str; 7] = [
     "unrelated",
     "unrelated-dest",
     "followed",
     "other-proto",
     "unrelated-all",
     "watch",
+    "watch-other",
 ];
 
 /// Opens the lab's tap inside its namespace (a thread that setns()-es) and returns the fd.
@@ -330,6 +333,14 @@ fn case_args<'a>(case: &str, dest: &'a str) -> Vec<&'a str> {
         "unrelated-dest" => vec!["follow", "vnet1", OTHER_DEST, "--json"],
         "followed" => vec!["follow", "vnet0", dest, "--json", "--proto", "udp"],
         "watch" => watch_args(),
+        "watch-other" => vec![
+            "watch",
+            "--vm",
+            "vnet1",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-record",
+        ],
         _ => vec!["follow", "vnet0", dest, "--json", "--proto", "icmp"],
     }
 }
@@ -350,7 +361,7 @@ const VM2_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x4b, 0x54, 0x03];
 /// The followed VM's own traffic in a case: (which tap, source, destination).
 fn case_pings(case: &str) -> Option<(&'static str, [u8; 4])> {
     match case {
-        "unrelated" | "unrelated-all" => Some(("vnet1", [203, 0, 113, 1])),
+        "unrelated" | "unrelated-all" | "watch-other" => Some(("vnet1", [203, 0, 113, 1])),
         "unrelated-dest" => Some(("vnet1", [198, 51, 100, 1])),
         "other-proto" => Some(("vnet0", [203, 0, 113, 1])),
         _ => None,
