@@ -65,22 +65,40 @@ pub const DIR_REPLY: u8 = 2;
 
 /// `Event::flags`: this event started tracking the skb (first sight).
 pub const EV_FLAG_NEW: u8 = 1;
-/// `Event::flags`: the IPv4 header could be read (the tuple fields are valid).
+/// `Event::flags`: the IP header could be read (the tuple fields are valid; `family` says
+/// which IP).
 pub const EV_FLAG_HAS_IP: u8 = 2;
 /// `Event::flags`: an Ethernet header was read (the MAC fields are valid).
 pub const EV_FLAG_HAS_ETH: u8 = 4;
-/// `Event::flags`: an ARP packet on the tap (saddr/daddr = sender/target IP, icmp_type = op).
+/// `Event::flags`: neighbour discovery on the tap. IPv4: an ARP packet (saddr/daddr =
+/// sender/target IP, icmp_type = op). IPv6: an NDP message (icmp_type = ICMPv6 type 133 router
+/// solicitation … 136 neighbour advertisement; saddr = its source, daddr = the target address
+/// of a neighbour solicitation/advertisement, else its destination).
 pub const EV_FLAG_ARP: u8 = 8;
-/// `Event::flags`: a DHCP packet on the tap (UDP 68→67 from the guest, 67→68 to it).
+/// `Event::flags`: a DHCP packet on the tap (UDP 68→67 from the guest, 67→68 to it; with
+/// `family` 6, DHCPv6: 546→547 and 547→546).
 pub const EV_FLAG_DHCP: u8 = 16;
 /// `Event::flags` of a `Fib` event: the route came from `bpf_fib_lookup` in a path device's
 /// TC ingress (path hook set), not from the `fib_table_lookup` tracepoint. `table` is then
 /// unknown (0), `fib_ret` and `iif` say what the helper answered and for which device;
 /// userspace asks the kernel for the table (RTM_GETROUTE).
 pub const EV_FLAG_ROUTE_HELPER: u8 = 32;
+/// `Event::flags`: the packet was seen inside a VXLAN encapsulation on the underlay (the
+/// tuple is the inner packet's; `vni`, `outer_saddr`, `outer_daddr` say the outer one).
+pub const EV_FLAG_VXLAN: u8 = 64;
 
-/// One observation of one packet at one hook. 136 bytes, no implicit padding. Every field has
-/// one meaning; the ones of one kind of hook are zero elsewhere.
+/// `Event::family`: the addresses are IPv4 (in the first 4 bytes of each 16).
+pub const FAMILY_V4: u8 = 4;
+/// `Event::family`: the addresses are IPv6.
+pub const FAMILY_V6: u8 = 6;
+
+/// `Filter::families` bits: which IP versions are followed.
+pub const FOLLOW_V4: u8 = 1;
+pub const FOLLOW_V6: u8 = 2;
+
+/// One observation of one packet at one hook. 200 bytes, no implicit padding. Every field has
+/// one meaning; the ones of one kind of hook are zero elsewhere. Addresses are 16 bytes: an
+/// IPv4 address fills the first 4 (`family` says which).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Event {
@@ -111,25 +129,30 @@ pub struct Event {
     pub stack_id: i32,
     /// `skb->len`.
     pub len: u32,
-    /// IPv4 source / destination, network byte order as read from the header.
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
-    /// `Fib`: the route's gateway (network order; 0: none).
-    pub gw: [u8; 4],
-    /// ICMP errors: destination of the quoted packet (network order).
-    pub inner_daddr: [u8; 4],
+    /// Source / destination address, network byte order as read from the header.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// `Fib`: the route's gateway (all zero: none).
+    pub gw: [u8; 16],
+    /// ICMP / ICMPv6 errors: destination of the quoted packet.
+    pub inner_daddr: [u8; 16],
     /// TCP/UDP ports (host byte order). For ICMP echo: sport = identifier, dport = sequence.
     pub sport: u16,
     pub dport: u16,
-    /// IP protocol number.
+    /// IP protocol number (IPv6: the first next header; 58 = ICMPv6).
     pub proto: u8,
     /// ICMP type / code, or TCP flags in `icmp_type`.
     pub icmp_type: u8,
     pub icmp_code: u8,
+    /// TTL (IPv6: hop limit).
     pub ttl: u8,
-    /// IPv4 identification field (host order).
+    /// IPv4 identification field (host order). IPv6 has none: bytes 6–7 of the transport
+    /// header (the ICMPv6 echo sequence, the low half of the TCP sequence, the UDP checksum),
+    /// which tell one packet of a flow from the next as the IPv4 id does.
     pub ip_id: u16,
-    pub _pad0: u16,
+    /// `FAMILY_V4` / `FAMILY_V6` (0: no IP header read).
+    pub family: u8,
+    pub _pad0: u8,
     /// Ethernet source / destination MAC when `EV_FLAG_HAS_ETH`.
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
@@ -147,6 +170,13 @@ pub struct Event {
     pub fib_ret: u32,
     /// `Fib` with `EV_FLAG_ROUTE_HELPER`: the device the packet came in on.
     pub iif: u32,
+    /// `EV_FLAG_VXLAN`: the VXLAN network identifier.
+    pub vni: u32,
+    /// `EV_FLAG_VXLAN`: the outer (underlay) IPv4 source / destination, network order.
+    pub outer_saddr: [u8; 4],
+    pub outer_daddr: [u8; 4],
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big": the MTU it announces (0 else).
+    pub mtu: u32,
     pub _pad1: u32,
 }
 
@@ -154,7 +184,7 @@ pub struct Event {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Filter {
-    /// Destination network, network byte order, and its mask (network order).
+    /// IPv4 destination network, network byte order, and its mask (network order).
     pub dst_net: [u8; 4],
     pub dst_mask: [u8; 4],
     /// IP protocol to follow, 0 = ICMP, TCP and UDP.
@@ -177,6 +207,15 @@ pub struct Filter {
     /// 0 until every hook is attached: packets half-way through the host when tracing starts
     /// would otherwise show up with hops missing.
     pub enabled: u32,
+    /// IPv6 destination network and its mask (network order).
+    pub dst6_net: [u8; 16],
+    pub dst6_mask: [u8; 16],
+    /// `FOLLOW_V4` | `FOLLOW_V6`: which of the two destinations are followed.
+    pub families: u8,
+    pub _pad2: u8,
+    /// UDP port of the VXLAN overlay on the VM's bridge (host order; 0: none): the underlay
+    /// devices look inside such packets for the followed ones.
+    pub vxlan_port: u16,
 }
 
 /// Value of the `CONFIG` array map (index 0).
@@ -201,19 +240,29 @@ pub struct GuestList {
     pub addrs: [[u8; 4]; MAX_GUEST_IPS],
 }
 
+/// Value of the `GUESTS6` array: the guest's IPv6 addresses (link-local ones are not learned:
+/// they never leave the link), as `GuestList`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestList6 {
+    pub n: u32,
+    pub addrs: [[u8; 16]; MAX_GUEST_IPS],
+}
+
 /// Key of `NAT_KEYS` (post-NAT tuple of a
 /// request, under which its replies arrive before de-NAT).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NatKey {
-    /// Remote (the destination side) address, network order.
-    pub remote: [u8; 4],
+    /// Remote (the destination side) address, network order (IPv4: the first 4 bytes).
+    pub remote: [u8; 16],
     /// Local address as the outside sees it, network order.
-    pub local: [u8; 4],
+    pub local: [u8; 16],
     /// Local port / ICMP id as the outside sees it (host order).
     pub local_port: u16,
     pub proto: u8,
-    pub _pad: u8,
+    /// `FAMILY_V4` / `FAMILY_V6`.
+    pub family: u8,
 }
 
 /// Value of `NAT_KEYS`, and of `ORIGIN` (per skb): the guest-side address and port (ICMP id)
@@ -222,8 +271,8 @@ pub struct NatKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatOrigin {
-    /// Guest address, network order (0: not known).
-    pub guest: [u8; 4],
+    /// Guest address, network order (IPv4: the first 4 bytes; 0: not known).
+    pub guest: [u8; 16],
     /// Guest port or ICMP id (host order).
     pub guest_port: u16,
     /// `ORIGIN`: the IP id of the packet the entry is about.
@@ -259,6 +308,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowBudget {}
     unsafe impl aya::Pod for super::NatOrigin {}
     unsafe impl aya::Pod for super::GuestList {}
+    unsafe impl aya::Pod for super::GuestList6 {}
 }
 
 #[cfg(test)]
@@ -266,10 +316,11 @@ mod tests {
     use super::*;
     #[test]
     fn layouts_are_stable() {
-        assert_eq!(core::mem::size_of::<Event>(), 136);
-        assert_eq!(core::mem::size_of::<Filter>(), 36);
-        assert_eq!(core::mem::size_of::<NatKey>(), 12);
-        assert_eq!(core::mem::size_of::<NatOrigin>(), 8);
+        assert_eq!(core::mem::size_of::<Event>(), 200);
+        assert_eq!(core::mem::size_of::<Filter>(), 72);
+        assert_eq!(core::mem::size_of::<NatKey>(), 36);
+        assert_eq!(core::mem::size_of::<NatOrigin>(), 20);
         assert_eq!(core::mem::size_of::<GuestList>(), 36);
+        assert_eq!(core::mem::size_of::<GuestList6>(), 132);
     }
 }

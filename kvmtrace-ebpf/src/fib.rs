@@ -7,7 +7,8 @@
 //!   from the tracepoint's format file (the `OFF_FIB_*` constants). The lookup has no skb: it belongs
 //!   to the followed skb this CPU is processing (`CUR`), if any.
 
-use crate::filter::{in_dest, is_guest, nat_origin, origin_of, Pkt};
+use crate::emit::blank;
+use crate::filter::{a4, in_dest, is_guest, nat_origin, origin_of, Pkt};
 use crate::{config, count, off, rd, CUR, CUR_WINDOW_NS, EVENTS, ROUTED};
 use aya_ebpf::{
     bindings::{
@@ -21,7 +22,29 @@ use aya_ebpf::{
 };
 use kvmtrace_common::{
     Config, Event, HookKind, CNT_EVENTS, CNT_LOST, DIR_REPLY, DIR_REQUEST, EV_FLAG_ROUTE_HELPER,
+    FAMILY_V4, FAMILY_V6,
 };
+
+/// An IPv6 address as `bpf_fib_lookup`'s four 32-bit words (network order bytes).
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+#[inline(always)]
+fn unwords(w: [u32; 4]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0..4].copy_from_slice(&w[0].to_ne_bytes());
+    a[4..8].copy_from_slice(&w[1].to_ne_bytes());
+    a[8..12].copy_from_slice(&w[2].to_ne_bytes());
+    a[12..16].copy_from_slice(&w[3].to_ne_bytes());
+    a
+}
 
 /// `BPF_FIB_LOOKUP_MARK` (Linux 6.10): the lookup uses `mark` (the skb's, for fwmark rules).
 const BPF_FIB_LOOKUP_MARK: u32 = 1 << 5;
@@ -45,12 +68,12 @@ pub fn route_lookup(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8) {
         return; // bridged past this device, or not for this host: no route lookup follows
     }
     let (mut dst, mut sport, mut dport) = (p.daddr, p.sport, p.dport);
-    if dir == DIR_REPLY && !is_guest(&p.daddr) {
+    if dir == DIR_REPLY && !is_guest(p.family, &p.daddr) {
         let Some(o) = nat_origin(p) else {
             return;
         };
         dst = o.guest;
-        if p.proto == 1 {
+        if p.is_icmp() {
             sport = o.guest_port;
         } else {
             dport = o.guest_port;
@@ -110,8 +133,8 @@ pub fn route_recheck(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8) {
 
 /// What one route lookup asks.
 struct Lookup {
-    src: [u8; 4],
-    dst: [u8; 4],
+    src: [u8; 16],
+    dst: [u8; 16],
     sport: u16,
     dport: u16,
     iif: u32,
@@ -122,17 +145,27 @@ struct Lookup {
 fn lookup_and_emit(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8, q: &Lookup) {
     let (dst, sport, dport, ifindex, mark) = (q.dst, q.sport, q.dport, q.iif, q.mark);
     let ports = p.proto == 6 || p.proto == 17;
+    let v6 = p.family == FAMILY_V6;
     // SAFETY: a plain C struct of integers and unions of integers; all-zero is valid.
     let mut f: FibParams = unsafe { core::mem::zeroed() };
-    f.family = 2; // AF_INET
-    f.l4_protocol = p.proto;
-    if ports {
-        f.sport = sport.to_be();
-        f.dport = dport.to_be();
-    }
-    f.ifindex = ifindex;
-    f.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(q.src);
-    f.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    let set = |f: &mut FibParams| {
+        f.family = if v6 { 10 } else { 2 }; // AF_INET6 / AF_INET
+        f.l4_protocol = p.proto;
+        if ports {
+            f.sport = sport.to_be();
+            f.dport = dport.to_be();
+        }
+        f.ifindex = ifindex;
+        if v6 {
+            f.__bindgen_anon_3.ipv6_src = words(&q.src);
+            f.__bindgen_anon_4.ipv6_dst = words(&dst);
+        } else {
+            f.__bindgen_anon_3.ipv4_src =
+                u32::from_ne_bytes([q.src[0], q.src[1], q.src[2], q.src[3]]);
+            f.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
+        }
+    };
+    set(&mut f);
     // `mark` shares its bytes with the output MACs (struct bpf_fib_lookup, Linux 6.10).
     f.smac[..4].copy_from_slice(&mark.to_ne_bytes());
     let plen = core::mem::size_of::<FibParams>() as i32;
@@ -149,9 +182,7 @@ fn lookup_and_emit(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8, q: &
     if rc < 0 {
         // An older kernel without BPF_FIB_LOOKUP_MARK: without the mark.
         f.smac = [0; 6];
-        f.ifindex = ifindex;
-        f.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(q.src);
-        f.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+        set(&mut f);
         // SAFETY: as above.
         rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), params, plen, BPF_FIB_LOOKUP_SKIP_NEIGH) };
         if rc < 0 {
@@ -164,58 +195,48 @@ fn lookup_and_emit(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8, q: &
         BPF_FIB_LKUP_RET_PROHIBIT => -13,
         _ => 0,
     };
-    // SAFETY: union of plain integers written by the helper.
-    let out_dst = unsafe { f.__bindgen_anon_4.ipv4_dst }.to_ne_bytes();
+    // SAFETY: unions of plain integers written by the helper.
+    let out_dst = if v6 {
+        unwords(unsafe { f.__bindgen_anon_4.ipv6_dst })
+    } else {
+        a4(unsafe { f.__bindgen_anon_4.ipv4_dst }.to_ne_bytes())
+    };
     // A route was found (success, or too big for its device: the kernel's own check says so
     // later, with a drop reason); for the other codes `ifindex` is still the input device.
     let found = rc == 0 || rc as u32 == BPF_FIB_LKUP_RET_FRAG_NEEDED;
     let gw = if found && out_dst != dst {
         out_dst
     } else {
-        [0; 4]
+        [0; 16]
     };
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(CNT_LOST);
         return;
     };
-    let ev = Event {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        skb,
-        location: 0,
-        hook: HookKind::Fib as u8,
-        dir,
-        flags: EV_FLAG_ROUTE_HELPER,
-        nf_hook: 0,
-        ifindex: if found { f.ifindex } else { 0 },
-        ifname: [0; 16],
-        netns: c.filter.netns,
-        reason: 0,
-        stack_id: -1,
-        len: 0,
-        saddr: q.src,
-        daddr: dst,
-        gw,
-        inner_daddr: [0; 4],
-        sport: if p.proto == 1 { 0 } else { sport },
-        dport: if p.proto == 1 { 0 } else { dport },
-        proto: p.proto,
-        icmp_type: 0,
-        icmp_code: 0,
-        ttl: 0,
-        ip_id: 0,
-        _pad0: 0,
-        smac: [0; 6],
-        dmac: [0; 6],
-        cpu: unsafe { bpf_get_smp_processor_id() },
-        tcp_seq: 0,
-        mark,
-        table: 0,
-        route_err: err,
-        fib_ret: rc as u32,
-        iif: ifindex,
-        _pad1: 0,
-    };
-    entry.write(ev);
+    let e = entry.as_mut_ptr();
+    blank(e);
+    // SAFETY: `e` points to the reserved event, initialised by `blank`.
+    unsafe {
+        (*e).ts_ns = bpf_ktime_get_ns();
+        (*e).skb = skb;
+        (*e).hook = HookKind::Fib as u8;
+        (*e).dir = dir;
+        (*e).flags = EV_FLAG_ROUTE_HELPER;
+        (*e).ifindex = if found { f.ifindex } else { 0 };
+        (*e).netns = c.filter.netns;
+        (*e).saddr = q.src;
+        (*e).daddr = dst;
+        (*e).gw = gw;
+        (*e).sport = if p.is_icmp() { 0 } else { sport };
+        (*e).dport = if p.is_icmp() { 0 } else { dport };
+        (*e).proto = p.proto;
+        (*e).family = p.family;
+        (*e).cpu = bpf_get_smp_processor_id();
+        (*e).mark = mark;
+        (*e).route_err = err;
+        (*e).fib_ret = rc as u32;
+        (*e).iif = ifindex;
+    }
     entry.submit(0);
     count(CNT_EVENTS);
 }
@@ -233,11 +254,11 @@ pub fn fib_table_lookup(ctx: TracePointContext) -> i32 {
         return 0;
     }
     let rdc = |off: u32| -> u64 { ctx.as_ptr() as u64 + off as u64 };
-    let src: [u8; 4] = rd(rdc(off!(OFF_FIB_SRC))).unwrap_or([0; 4]);
-    let dst: [u8; 4] = rd(rdc(off!(OFF_FIB_DST))).unwrap_or([0; 4]);
-    let dir = if in_dest(c, &dst) {
+    let src = a4(rd(rdc(off!(OFF_FIB_SRC))).unwrap_or([0; 4]));
+    let dst = a4(rd(rdc(off!(OFF_FIB_DST))).unwrap_or([0; 4]));
+    let dir = if in_dest(c, FAMILY_V4, &dst) {
         DIR_REQUEST
-    } else if in_dest(c, &src) {
+    } else if in_dest(c, FAMILY_V4, &src) {
         DIR_REPLY
     } else {
         return 0;
@@ -253,7 +274,7 @@ pub fn fib_table_lookup(ctx: TracePointContext) -> i32 {
     let tb_id: u32 = rd(rdc(off!(OFF_FIB_TB_ID))).unwrap_or(0);
     let err: i32 = rd(rdc(off!(OFF_FIB_ERR))).unwrap_or(0);
     let oif: i32 = rd(rdc(off!(OFF_FIB_OIF))).unwrap_or(0);
-    let gw: [u8; 4] = rd(rdc(off!(OFF_FIB_GW4))).unwrap_or([0; 4]);
+    let gw = a4(rd(rdc(off!(OFF_FIB_GW4))).unwrap_or([0; 4]));
     let name: [u8; 16] = rd(rdc(off!(OFF_FIB_NAME))).unwrap_or([0; 16]);
     let proto: u8 = rd(rdc(off!(OFF_FIB_PROTO))).unwrap_or(0);
     let sport: u16 = rd(rdc(off!(OFF_FIB_SPORT))).unwrap_or(0);
@@ -262,45 +283,29 @@ pub fn fib_table_lookup(ctx: TracePointContext) -> i32 {
         count(CNT_LOST);
         return 0;
     };
-    let ev = Event {
-        ts_ns: now,
-        skb: cur.skb,
-        location: 0,
-        hook: HookKind::Fib as u8,
-        dir,
-        flags: 0,
-        nf_hook: 0,
-        ifindex: oif as u32,
-        ifname: name,
-        netns: c.filter.netns,
-        reason: 0,
-        stack_id: -1,
-        len: 0,
-        saddr: src,
-        daddr: dst,
-        gw,
-        inner_daddr: [0; 4],
+    let e = entry.as_mut_ptr();
+    blank(e);
+    // SAFETY: `e` points to the reserved event, initialised by `blank`.
+    unsafe {
+        (*e).ts_ns = now;
+        (*e).skb = cur.skb;
+        (*e).hook = HookKind::Fib as u8;
+        (*e).dir = dir;
+        (*e).ifindex = oif as u32;
+        (*e).ifname = name;
+        (*e).netns = c.filter.netns;
+        (*e).saddr = src;
+        (*e).daddr = dst;
+        (*e).gw = gw;
         // Already host order: fib.h stores ntohs() of the flow's ports.
-        sport,
-        dport,
-        proto,
-        icmp_type: 0,
-        icmp_code: 0,
-        ttl: 0,
-        ip_id: 0,
-        _pad0: 0,
-        smac: [0; 6],
-        dmac: [0; 6],
-        cpu: unsafe { bpf_get_smp_processor_id() },
-        tcp_seq: 0,
-        mark: 0,
-        table: tb_id,
-        route_err: err,
-        fib_ret: 0,
-        iif: 0,
-        _pad1: 0,
-    };
-    entry.write(ev);
+        (*e).sport = sport;
+        (*e).dport = dport;
+        (*e).proto = proto;
+        (*e).family = FAMILY_V4;
+        (*e).cpu = bpf_get_smp_processor_id();
+        (*e).table = tb_id;
+        (*e).route_err = err;
+    }
     entry.submit(0);
     count(CNT_EVENTS);
     0

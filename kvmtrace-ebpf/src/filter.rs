@@ -1,16 +1,20 @@
 //! The shared test every program makes: is this packet one of the followed flow's? Cheap
 //! address tests first (no map lookup), then the tracked-skb lookup, then the full parse.
 
-use crate::{btf_load, off, rd, BUDGET, GUESTS, NAT_KEYS, ORIGIN, TRACKED};
+use crate::{btf_load, off, rd, BUDGET, GUESTS, GUESTS6, NAT_KEYS, ORIGIN, SCRATCH, TRACKED};
+use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
 use kvmtrace_common::{
-    Config, FlowBudget, NatKey, NatOrigin, DIR_REPLY, DIR_REQUEST, MAX_GUEST_IPS,
+    Config, FlowBudget, NatKey, NatOrigin, DIR_REPLY, DIR_REQUEST, FAMILY_V4, FAMILY_V6, FOLLOW_V4,
+    FOLLOW_V6, MAX_GUEST_IPS,
 };
 
-/// Headers of one packet, as parsed at a hook.
+/// Headers of one packet, as parsed at a hook. Addresses are 16 bytes; an IPv4 address fills
+/// the first 4 (`family`).
 #[derive(Clone, Copy)]
 pub struct Pkt {
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
+    pub family: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
     pub proto: u8,
     pub ttl: u8,
     pub ip_id: u16,
@@ -19,16 +23,19 @@ pub struct Pkt {
     pub icmp_type: u8,
     pub icmp_code: u8,
     pub tcp_seq: u32,
-    /// ICMP error: destination of the quoted (inner) packet.
-    pub inner_daddr: [u8; 4],
-    pub inner_saddr: [u8; 4],
+    /// ICMP error: destination and source of the quoted (inner) packet.
+    pub inner_daddr: [u8; 16],
+    pub inner_saddr: [u8; 16],
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big": the announced MTU.
+    pub mtu: u32,
 }
 
 impl Pkt {
     pub const fn empty() -> Self {
         Pkt {
-            saddr: [0; 4],
-            daddr: [0; 4],
+            family: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
             proto: 0,
             ttl: 0,
             ip_id: 0,
@@ -37,35 +44,120 @@ impl Pkt {
             icmp_type: 0,
             icmp_code: 0,
             tcp_seq: 0,
-            inner_daddr: [0; 4],
-            inner_saddr: [0; 4],
+            inner_daddr: [0; 16],
+            inner_saddr: [0; 16],
+            mtu: 0,
+        }
+    }
+
+    /// ICMP for IPv4, ICMPv6 for IPv6.
+    #[inline(always)]
+    pub fn is_icmp(&self) -> bool {
+        self.proto == ICMP || self.proto == ICMPV6
+    }
+
+    /// An echo request (ICMP 8, ICMPv6 128).
+    #[inline(always)]
+    pub fn is_echo_request(&self) -> bool {
+        (self.proto == ICMP && self.icmp_type == 8)
+            || (self.proto == ICMPV6 && self.icmp_type == 128)
+    }
+
+    /// An ICMP error quoting the packet it is about: IPv4 unreachable, time exceeded,
+    /// parameter problem; ICMPv6 unreachable, packet too big, time exceeded, parameter problem.
+    #[inline(always)]
+    pub fn is_icmp_error(&self) -> bool {
+        (self.proto == ICMP
+            && (self.icmp_type == 3 || self.icmp_type == 11 || self.icmp_type == 12))
+            || (self.proto == ICMPV6 && self.icmp_type >= 1 && self.icmp_type <= 4)
+    }
+}
+
+pub const ICMP: u8 = 1;
+pub const ICMPV6: u8 = 58;
+
+/// An IPv4 address in the 16-byte form (first 4 bytes).
+#[inline(always)]
+pub fn a4(a: [u8; 4]) -> [u8; 16] {
+    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+#[inline(always)]
+fn b16(b: &[u8], at: usize) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[at..at + 16]);
+    a
+}
+
+/// Per-CPU room for one packet: its raw IP header and the start of its payload, and the
+/// fields parsed from them. In a map, not on the stack: with 16-byte addresses a packet and
+/// its raw bytes do not fit the 512-byte BPF stack next to the rest of a program. (A program
+/// interrupted on its CPU by another of ours, a softirq receive inside a process-context
+/// transmit, could see its packet overwritten: at worst one event describes another packet.)
+#[repr(C, align(8))]
+pub struct Scratch {
+    /// IPv4: the first 20 bytes; IPv6: the 40-byte fixed header.
+    pub ip: [u8; 40],
+    /// The transport header's start (IPv4 parses the first 28 bytes, IPv6 all 48).
+    pub l4: [u8; 48],
+    pub pkt: Pkt,
+}
+
+impl Scratch {
+    /// Zeroes `l4` (a packet shorter than it leaves the rest as zeros, not another packet's
+    /// bytes) with six word stores: an array assignment would become a byte loop.
+    #[inline(always)]
+    pub fn clear_l4(&mut self) {
+        let w = self.l4.as_mut_ptr() as *mut u64;
+        // SAFETY: `l4` is 48 bytes at offset 40 of an 8-aligned struct: six aligned words.
+        unsafe {
+            core::ptr::write_volatile(w, 0);
+            core::ptr::write_volatile(w.add(1), 0);
+            core::ptr::write_volatile(w.add(2), 0);
+            core::ptr::write_volatile(w.add(3), 0);
+            core::ptr::write_volatile(w.add(4), 0);
+            core::ptr::write_volatile(w.add(5), 0);
         }
     }
 }
 
-/// Parses an IPv4 header (20 bytes at `ip`) and the start of its payload (`l4`, 28 bytes:
-/// enough for TCP flags and the quoted header of an ICMP error).
+/// This CPU's [`Scratch`].
 #[inline(always)]
-pub fn parse(ip: &[u8; 20], l4: &[u8; 28]) -> Option<Pkt> {
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: per-CPU map value, valid for the program's run; one user at a time on a CPU.
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// Parses the IPv4 header in `s.ip` (20 bytes) and the start of its payload in `s.l4` (28
+/// bytes: enough for TCP flags and the quoted header of an ICMP error) into `s.pkt`.
+#[inline(always)]
+pub fn parse(s: &mut Scratch) -> bool {
+    let ip = &s.ip;
+    let l4 = &s.l4;
     if ip[0] >> 4 != 4 {
-        return None;
+        return false;
     }
-    let mut p = Pkt::empty();
+    let p = &mut s.pkt;
+    *p = Pkt::empty();
+    p.family = FAMILY_V4;
     p.proto = ip[9];
     p.ttl = ip[8];
     p.ip_id = u16::from_be_bytes([ip[4], ip[5]]);
-    p.saddr = [ip[12], ip[13], ip[14], ip[15]];
-    p.daddr = [ip[16], ip[17], ip[18], ip[19]];
+    p.saddr = a4([ip[12], ip[13], ip[14], ip[15]]);
+    p.daddr = a4([ip[16], ip[17], ip[18], ip[19]]);
     match p.proto {
-        1 => {
+        ICMP => {
             p.icmp_type = l4[0];
             p.icmp_code = l4[1];
             // Echo: identifier and sequence stand where ports would.
             p.sport = u16::from_be_bytes([l4[4], l4[5]]);
             p.dport = u16::from_be_bytes([l4[6], l4[7]]);
+            if p.icmp_type == 3 && p.icmp_code == 4 {
+                p.mtu = u16::from_be_bytes([l4[6], l4[7]]) as u32;
+            }
             // Errors quote the offending IPv4 header right after the 8-byte ICMP header.
-            p.inner_saddr = [l4[20], l4[21], l4[22], l4[23]];
-            p.inner_daddr = [l4[24], l4[25], l4[26], l4[27]];
+            p.inner_saddr = a4([l4[20], l4[21], l4[22], l4[23]]);
+            p.inner_daddr = a4([l4[24], l4[25], l4[26], l4[27]]);
         }
         6 => {
             p.sport = u16::from_be_bytes([l4[0], l4[1]]);
@@ -79,34 +171,121 @@ pub fn parse(ip: &[u8; 20], l4: &[u8; 28]) -> Option<Pkt> {
         }
         _ => {}
     }
-    Some(p)
+    true
+}
+
+/// What stands in for the IPv4 id in an IPv6 packet: bytes 6–7 of the transport header (the
+/// ICMPv6 echo sequence, the low half of the TCP sequence, the UDP checksum).
+#[inline(always)]
+pub fn ident6(l4: &[u8]) -> u16 {
+    u16::from_be_bytes([l4[6], l4[7]])
+}
+
+/// Parses the IPv6 header in `s.ip` (40 bytes) and the start of its payload in `s.l4` (48
+/// bytes: enough for an ICMPv6 error's quoted header) into `s.pkt`. Extension headers are not
+/// walked: a packet with one has that as its protocol and is not followed.
+#[inline(always)]
+pub fn parse6(s: &mut Scratch) -> bool {
+    let ip = &s.ip;
+    let l4 = &s.l4;
+    if ip[0] >> 4 != 6 {
+        return false;
+    }
+    let p = &mut s.pkt;
+    *p = Pkt::empty();
+    p.family = FAMILY_V6;
+    p.proto = ip[6];
+    p.ttl = ip[7];
+    p.saddr = b16(ip, 8);
+    p.daddr = b16(ip, 24);
+    p.ip_id = ident6(l4);
+    match p.proto {
+        ICMPV6 => {
+            p.icmp_type = l4[0];
+            p.icmp_code = l4[1];
+            p.sport = u16::from_be_bytes([l4[4], l4[5]]);
+            p.dport = u16::from_be_bytes([l4[6], l4[7]]);
+            if p.icmp_type == 2 {
+                p.mtu = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
+            }
+            // Errors quote the offending IPv6 header after the 8-byte ICMPv6 header.
+            p.inner_saddr = b16(l4, 16);
+            p.inner_daddr = b16(l4, 32);
+        }
+        6 => {
+            p.sport = u16::from_be_bytes([l4[0], l4[1]]);
+            p.dport = u16::from_be_bytes([l4[2], l4[3]]);
+            p.tcp_seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
+            p.icmp_type = l4[13];
+        }
+        17 => {
+            p.sport = u16::from_be_bytes([l4[0], l4[1]]);
+            p.dport = u16::from_be_bytes([l4[2], l4[3]]);
+        }
+        _ => {}
+    }
+    true
 }
 
 #[inline(always)]
-pub fn in_dest(c: &Config, a: &[u8; 4]) -> bool {
+fn in_dest4(c: &Config, a: &[u8; 16]) -> bool {
     let f = &c.filter;
-    (a[0] & f.dst_mask[0]) == f.dst_net[0]
+    f.families & FOLLOW_V4 != 0
+        && (a[0] & f.dst_mask[0]) == f.dst_net[0]
         && (a[1] & f.dst_mask[1]) == f.dst_net[1]
         && (a[2] & f.dst_mask[2]) == f.dst_net[2]
         && (a[3] & f.dst_mask[3]) == f.dst_net[3]
 }
 
 #[inline(always)]
+fn halves(a: &[u8; 16]) -> (u64, u64) {
+    let mut h = [0u8; 8];
+    let mut l = [0u8; 8];
+    h.copy_from_slice(&a[0..8]);
+    l.copy_from_slice(&a[8..16]);
+    (u64::from_ne_bytes(h), u64::from_ne_bytes(l))
+}
+
+#[inline(always)]
+fn in_dest6(c: &Config, a: &[u8; 16]) -> bool {
+    let f = &c.filter;
+    if f.families & FOLLOW_V6 == 0 {
+        return false;
+    }
+    let (ah, al) = halves(a);
+    let (mh, ml) = halves(&f.dst6_mask);
+    let (nh, nl) = halves(&f.dst6_net);
+    (ah & mh) == nh && (al & ml) == nl
+}
+
+/// Is `a` (of `family`) in the followed destination?
+#[inline(always)]
+pub fn in_dest(c: &Config, family: u8, a: &[u8; 16]) -> bool {
+    if family == FAMILY_V6 {
+        in_dest6(c, a)
+    } else {
+        in_dest4(c, a)
+    }
+}
+
+#[inline(always)]
 pub fn proto_ok(c: &Config, proto: u8) -> bool {
     let want = c.filter.proto;
     if want == 0 {
-        proto == 1 || proto == 6 || proto == 17
+        proto == ICMP || proto == 6 || proto == 17 || proto == ICMPV6
+    } else if want == ICMP {
+        proto == ICMP || proto == ICMPV6
     } else {
         proto == want
     }
 }
 
 #[inline(always)]
-pub fn is_guest(a: &[u8; 4]) -> bool {
+fn is_guest4(a: &[u8; 16]) -> bool {
     let Some(g) = GUESTS.get(0) else {
         return false;
     };
-    let want = u32::from_ne_bytes(*a);
+    let want = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
     let mut i = 0;
     while i < MAX_GUEST_IPS {
         if i as u32 >= g.n {
@@ -120,21 +299,68 @@ pub fn is_guest(a: &[u8; 4]) -> bool {
     false
 }
 
-/// Adds a guest address seen leaving the tap (once; a full list keeps its first ones).
 #[inline(always)]
-pub fn learn_guest(a: &[u8; 4]) {
-    if is_guest(a) {
+fn is_guest6(a: &[u8; 16]) -> bool {
+    let Some(g) = GUESTS6.get(0) else {
+        return false;
+    };
+    let want = halves(a);
+    let mut i = 0;
+    while i < MAX_GUEST_IPS {
+        if i as u32 >= g.n {
+            return false;
+        }
+        if halves(&g.addrs[i]) == want {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Is `a` (of `family`) one of the guest's learned addresses?
+#[inline(always)]
+pub fn is_guest(family: u8, a: &[u8; 16]) -> bool {
+    if family == FAMILY_V6 {
+        is_guest6(a)
+    } else {
+        is_guest4(a)
+    }
+}
+
+/// Adds a guest address seen leaving the tap (once; a full list keeps its first ones). IPv6
+/// link-local and unspecified sources are not learned: they never leave the link.
+#[inline(always)]
+pub fn learn_guest(family: u8, a: &[u8; 16]) {
+    if is_guest(family, a) {
+        return;
+    }
+    if family == FAMILY_V6 {
+        if (a[0] == 0xfe && a[1] & 0xc0 == 0x80) || halves(a) == (0, 0) {
+            return;
+        }
+        let Some(g) = GUESTS6.get_ptr_mut(0) else {
+            return;
+        };
+        // SAFETY: the map's one value; two CPUs learning at once may both write slot n (one
+        // address is then learned at its next packet).
+        unsafe {
+            let n = (*g).n as usize;
+            if n < MAX_GUEST_IPS {
+                (*g).addrs[n] = *a;
+                (*g).n = n as u32 + 1;
+            }
+        }
         return;
     }
     let Some(g) = GUESTS.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: the map's one value; two CPUs learning at once may both write slot n (one
-    // address is then learned at its next packet).
+    // SAFETY: as above.
     unsafe {
         let n = (*g).n as usize;
         if n < MAX_GUEST_IPS {
-            (*g).addrs[n] = *a;
+            (*g).addrs[n] = [a[0], a[1], a[2], a[3]];
             (*g).n = n as u32 + 1;
         }
     }
@@ -142,10 +368,9 @@ pub fn learn_guest(a: &[u8; 4]) {
 
 #[inline(always)]
 fn icmp_error_about_ours(c: &Config, p: &Pkt) -> bool {
-    p.proto == 1
-        && (p.icmp_type == 3 || p.icmp_type == 11 || p.icmp_type == 12)
-        && in_dest(c, &p.inner_daddr)
-        && (is_guest(&p.daddr) || is_guest(&p.inner_saddr))
+    p.is_icmp_error()
+        && in_dest(c, p.family, &p.inner_daddr)
+        && (is_guest(p.family, &p.daddr) || is_guest(p.family, &p.inner_saddr))
 }
 
 /// Classifies a packet not yet tracked. `on_tap`: seen on the VM's tap, going out of the VM.
@@ -155,9 +380,10 @@ pub fn classify(c: &Config, p: &Pkt, on_tap: bool) -> u8 {
         return 0;
     }
     let port = c.filter.port;
-    let echo_or_port = |remote_port: u16| p.proto == 1 || port == 0 || remote_port == port;
-    if in_dest(c, &p.daddr) && (on_tap || is_guest(&p.saddr)) {
-        if p.proto == 1 && p.icmp_type != 8 && !on_tap {
+    let echo_or_port = |remote_port: u16| p.is_icmp() || port == 0 || remote_port == port;
+    let fam = p.family;
+    if in_dest(c, fam, &p.daddr) && (on_tap || is_guest(fam, &p.saddr)) {
+        if p.is_icmp() && !p.is_echo_request() && !on_tap {
             return 0;
         }
         if echo_or_port(p.dport) {
@@ -168,10 +394,10 @@ pub fn classify(c: &Config, p: &Pkt, on_tap: bool) -> u8 {
     if on_tap {
         return 0;
     }
-    if in_dest(c, &p.saddr) && is_guest(&p.daddr) && echo_or_port(p.sport) {
+    if in_dest(c, fam, &p.saddr) && is_guest(fam, &p.daddr) && echo_or_port(p.sport) {
         return DIR_REPLY;
     }
-    if !in_dest(c, &p.saddr) {
+    if !in_dest(c, fam, &p.saddr) {
         // Neither to nor from the destination: only an ICMP error about our packet remains.
         return if icmp_error_about_ours(c, p) {
             DIR_REPLY
@@ -180,13 +406,13 @@ pub fn classify(c: &Config, p: &Pkt, on_tap: bool) -> u8 {
         };
     }
     // Before de-NAT: the reply carries the post-NAT local address and port.
-    let local_port = if p.proto == 1 { p.sport } else { p.dport };
+    let local_port = if p.is_icmp() { p.sport } else { p.dport };
     let key = NatKey {
         remote: p.saddr,
         local: p.daddr,
         local_port,
         proto: p.proto,
-        _pad: 0,
+        family: p.family,
     };
     // SAFETY: read-only lookup.
     if unsafe { NAT_KEYS.get(&key).is_some() } {
@@ -208,7 +434,7 @@ fn flow_key(p: &Pkt, dir: u8) -> NatKey {
         (
             p.saddr,
             p.daddr,
-            if p.proto == 1 { p.sport } else { p.dport },
+            if p.is_icmp() { p.sport } else { p.dport },
         )
     };
     NatKey {
@@ -216,7 +442,7 @@ fn flow_key(p: &Pkt, dir: u8) -> NatKey {
         local,
         local_port,
         proto: p.proto,
-        _pad: 0,
+        family: p.family,
     }
 }
 
@@ -274,7 +500,7 @@ pub fn note_origin(skb: u64, p: &Pkt, dir: u8) {
 /// with the guest side it had before NAT (when the request was seen leaving the tap).
 #[inline(always)]
 pub fn learn_nat(skb: u64, p: &Pkt, dir: u8) {
-    if dir != DIR_REQUEST || is_guest(&p.saddr) {
+    if dir != DIR_REQUEST || is_guest(p.family, &p.saddr) {
         return;
     }
     let key = NatKey {
@@ -282,7 +508,7 @@ pub fn learn_nat(skb: u64, p: &Pkt, dir: u8) {
         local: p.saddr,
         local_port: p.sport,
         proto: p.proto,
-        _pad: 0,
+        family: p.family,
     };
     let origin = origin_of(skb, p.ip_id).unwrap_or_default();
     let _ = NAT_KEYS.insert(&key, &origin, 0);
@@ -299,17 +525,17 @@ pub fn origin_of(skb: u64, ip_id: u16) -> Option<NatOrigin> {
 /// The guest side of a reply seen before de-NAT (`None`: not a NATed reply, or not known).
 #[inline(always)]
 pub fn nat_origin(p: &Pkt) -> Option<NatOrigin> {
-    let local_port = if p.proto == 1 { p.sport } else { p.dport };
+    let local_port = if p.is_icmp() { p.sport } else { p.dport };
     let key = NatKey {
         remote: p.saddr,
         local: p.daddr,
         local_port,
         proto: p.proto,
-        _pad: 0,
+        family: p.family,
     };
     // SAFETY: read-only lookup.
     let o = unsafe { NAT_KEYS.get(&key) }?;
-    (o.guest != [0; 4]).then_some(*o)
+    (halves(&o.guest) != (0, 0)).then_some(*o)
 }
 
 /// The followed state of an skb (`DIR_*` | `TRACK_*`), when its entry is for this packet:
@@ -331,13 +557,14 @@ pub fn track_forget(skb: u64) {
     let _ = TRACKED.remove(&skb);
 }
 
-/// Protocol, IP id and addresses of an IPv4 header, read cheaply.
+/// Protocol, IP id and addresses of an IP header, read cheaply.
 #[derive(Clone, Copy)]
 pub struct Addrs {
+    pub family: u8,
     pub proto: u8,
     pub ip_id: u16,
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
 }
 
 impl Addrs {
@@ -345,10 +572,24 @@ impl Addrs {
     #[inline(always)]
     pub fn from_bytes(a: &[u8; 16]) -> Addrs {
         Addrs {
+            family: FAMILY_V4,
             proto: a[5],
             ip_id: u16::from_be_bytes([a[0], a[1]]),
-            src: [a[8], a[9], a[10], a[11]],
-            dst: [a[12], a[13], a[14], a[15]],
+            src: a4([a[8], a[9], a[10], a[11]]),
+            dst: a4([a[12], a[13], a[14], a[15]]),
+        }
+    }
+
+    /// From an IPv6 header (40 bytes: next header, addresses) and bytes 6–7 of the transport
+    /// header (`ident6`).
+    #[inline(always)]
+    pub fn from_v6(h: &[u8; 40], ident: u16) -> Addrs {
+        Addrs {
+            family: FAMILY_V6,
+            proto: h[6],
+            ip_id: ident,
+            src: b16(h, 8),
+            dst: b16(h, 24),
         }
     }
 
@@ -356,10 +597,11 @@ impl Addrs {
     /// a guest address)? No map lookup for most foreign packets.
     #[inline(always)]
     pub fn might_match(&self, c: &Config) -> bool {
-        if !proto_ok(c, self.proto) && self.proto != 1 {
+        if !proto_ok(c, self.proto) && self.proto != ICMP && self.proto != ICMPV6 {
             return false;
         }
-        in_dest(c, &self.dst) || in_dest(c, &self.src) || is_guest(&self.dst)
+        let f = self.family;
+        in_dest(c, f, &self.dst) || in_dest(c, f, &self.src) || is_guest(f, &self.dst)
     }
 
     /// Second cheap test, for a packet not followed yet, on addresses only: a request must
@@ -368,18 +610,22 @@ impl Addrs {
     /// traffic to the same destination from costing a full parse at every hook.
     #[inline(always)]
     pub fn could_start(&self, c: &Config, on_tap: impl FnOnce() -> bool) -> bool {
-        if in_dest(c, &self.src) || (self.proto == 1 && is_guest(&self.dst)) {
+        let f = self.family;
+        if in_dest(c, f, &self.src)
+            || ((self.proto == ICMP || self.proto == ICMPV6) && is_guest(f, &self.dst))
+        {
             return true;
         }
-        if !in_dest(c, &self.dst) {
+        if !in_dest(c, f, &self.dst) {
             return false;
         }
-        is_guest(&self.src) || on_tap()
+        is_guest(f, &self.src) || on_tap()
     }
 }
 
 /// The cheap first test on a kernel skb (tp_btf and netfilter programs): reads `head` and
-/// `network_header` with BTF loads and 16 header bytes with one helper call.
+/// `network_header` with BTF loads and the header's addresses with one helper call (IPv4) or
+/// two (IPv6, when followed).
 #[inline(always)]
 pub fn skb_addrs(c: &Config, skb: u64) -> Option<Addrs> {
     let head: u64 = btf_load(skb, off!(OFF_SKB_HEAD));
@@ -387,6 +633,25 @@ pub fn skb_addrs(c: &Config, skb: u64) -> Option<Addrs> {
     if nh == u16::MAX || head == 0 {
         return None;
     }
-    let a = Addrs::from_bytes(&rd::<[u8; 16]>(head + nh as u64 + 4)?);
+    let ip = head + nh as u64;
+    let h = rd::<[u8; 20]>(ip)?;
+    let a = match h[0] >> 4 {
+        4 => {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&h[4..20]);
+            Addrs::from_bytes(&b)
+        }
+        6 if c.filter.families & FOLLOW_V6 != 0 => {
+            let s = scratch()?;
+            s.clear_l4();
+            // SAFETY: bpf_probe_read_kernel faults safely on bad addresses.
+            unsafe {
+                bpf_probe_read_kernel_buf(ip as *const u8, &mut s.ip).ok()?;
+                let _ = bpf_probe_read_kernel_buf((ip + 40) as *const u8, &mut s.l4[..8]);
+            }
+            Addrs::from_v6(&s.ip, ident6(&s.l4))
+        }
+        _ => return None,
+    };
     a.might_match(c).then_some(a)
 }

@@ -35,7 +35,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use kvmtrace_common::{Config, FlowBudget, GuestList, NatKey, NatOrigin, CNT_MAX};
+use kvmtrace_common::{Config, FlowBudget, GuestList, GuestList6, NatKey, NatOrigin, CNT_MAX};
 
 /// Written by userspace once before attaching; read by every program.
 #[map]
@@ -55,6 +55,10 @@ static TRACKED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 static GUESTS: Array<GuestList> = Array::with_max_entries(1, 0);
 
+/// Guest IPv6 addresses learned the same way (link-local ones excepted).
+#[map]
+static GUESTS6: Array<GuestList6> = Array::with_max_entries(1, 0);
+
 /// Post-NAT tuples of requests (learned when a followed request shows a source other than a
 /// guest address): replies arrive under this tuple before conntrack restores the guest's.
 /// The value is the guest side of the tuple (from `ORIGIN`), to route a reply before de-NAT.
@@ -71,6 +75,10 @@ static ORIGIN: LruHashMap<u64, NatOrigin> = LruHashMap::with_max_entries(4096, 0
 /// PREROUTING is looked up again from there.
 #[map]
 static ROUTED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Per CPU: the packet being parsed (see `filter::Scratch`).
+#[map]
+static SCRATCH: PerCpuArray<filter::Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Counters (`CNT_*`), per CPU; userspace sums them.
 #[map]
@@ -102,8 +110,8 @@ const CUR_WINDOW_NS: u64 = 100_000;
 struct Cur {
     skb: u64,
     ts_ns: u64,
-    src: [u8; 4],
-    dst: [u8; 4],
+    src: [u8; 16],
+    dst: [u8; 16],
 }
 
 /// Every kernel offset the programs read, set by the loader in the frozen .rodata before

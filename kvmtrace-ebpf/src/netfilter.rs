@@ -4,7 +4,7 @@
 //! TC). The context is `struct bpf_nf_ctx { const struct nf_hook_state *state; struct sk_buff
 //! *skb; }` (include/linux/filter.h, 6.18). Must return NF_ACCEPT (1).
 
-use crate::emit::Extra;
+use crate::emit::{Extra, NO_EXTRA};
 use crate::skb::observe_skb;
 use crate::{config, off, rd};
 use kvmtrace_common::HookKind;
@@ -37,6 +37,7 @@ fn nf_common(ctx: *mut core::ffi::c_void, hook: HookKind) -> i32 {
         reason: 0,
         stack_id: -1,
         nf_hook,
+        ..NO_EXTRA
     };
     observe_skb(hook, skb, &x);
     1

@@ -5,12 +5,13 @@
 
 use crate::emit::{emit, set_cur, At, Extra, NO_EXTRA};
 use crate::filter::{
-    admit, classify, learn_guest, learn_nat, note_origin, parse, skb_addrs, track_forget,
-    track_get, track_put, Pkt,
+    admit, classify, learn_guest, learn_nat, note_origin, parse, parse6, scratch, skb_addrs,
+    track_forget, track_get, track_put, Pkt,
 };
 use crate::{btf_load, config, count, off, rd, STACKS};
 use aya_ebpf::{
-    macros::btf_tracepoint, programs::tracing::StackIdContext as _, programs::BtfTracePointContext,
+    helpers::bpf_probe_read_kernel_buf, macros::btf_tracepoint,
+    programs::tracing::StackIdContext as _, programs::BtfTracePointContext,
 };
 use kvmtrace_common::{
     Config, HookKind, CNT_SAMPLED_OUT, EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP, EV_FLAG_NEW,
@@ -60,22 +61,40 @@ fn skb_ifindex(skb: u64) -> u32 {
     btf_load(dev, off!(OFF_DEV_IFINDEX))
 }
 
-/// Reads the IPv4 packet of a kernel skb through `head + network_header`.
+/// Reads the IP packet of a kernel skb through `head + network_header` into this CPU's
+/// scratch: the parsed packet, its length, MACs and `EV_FLAG_*`.
 #[inline(always)]
-fn skb_pkt(skb: u64) -> Option<(Pkt, u32, [u8; 12], u8)> {
+fn skb_pkt(skb: u64) -> Option<(&'static mut Pkt, u32, [u8; 12], u8)> {
     let head: u64 = btf_load(skb, off!(OFF_SKB_HEAD));
     let nh: u16 = btf_load(skb, off!(OFF_SKB_NH));
     let len: u32 = btf_load(skb, off!(OFF_SKB_LEN));
     if nh == u16::MAX || head == 0 {
         return None;
     }
-    let ip: [u8; 20] = rd(head + nh as u64)?;
-    let ihl = ((ip[0] & 0x0f) as u64) * 4;
-    if ihl < 20 {
+    let at = head + nh as u64;
+    let s = scratch()?;
+    s.clear_l4();
+    // SAFETY: bpf_probe_read_kernel faults safely on bad addresses.
+    let ok = unsafe {
+        bpf_probe_read_kernel_buf(at as *const u8, &mut s.ip[..20]).is_ok()
+            && if s.ip[0] >> 4 == 6 {
+                bpf_probe_read_kernel_buf((at + 20) as *const u8, &mut s.ip[20..40]).is_ok() && {
+                    // The skb's head buffer holds at least the transport header's first
+                    // bytes; a short read past the packet only reads its tailroom.
+                    let _ = bpf_probe_read_kernel_buf((at + 40) as *const u8, &mut s.l4);
+                    parse6(s)
+                }
+            } else {
+                let ihl = ((s.ip[0] & 0x0f) as u64) * 4;
+                ihl >= 20 && {
+                    let _ = bpf_probe_read_kernel_buf((at + ihl) as *const u8, &mut s.l4[..28]);
+                    parse(s)
+                }
+            }
+    };
+    if !ok {
         return None;
     }
-    let l4: [u8; 28] = rd(head + nh as u64 + ihl).unwrap_or([0; 28]);
-    let p = parse(&ip, &l4)?;
     let mut flags = EV_FLAG_HAS_IP;
     let mut macs = [0u8; 12];
     let mh: u16 = btf_load(skb, off!(OFF_SKB_MH));
@@ -85,7 +104,7 @@ fn skb_pkt(skb: u64) -> Option<(Pkt, u32, [u8; 12], u8)> {
             flags |= EV_FLAG_HAS_ETH;
         }
     }
-    Some((p, len, macs, flags))
+    Some((&mut s.pkt, len, macs, flags))
 }
 
 /// The common path of every hook that has a BTF-typed kernel `sk_buff *`.
@@ -166,7 +185,7 @@ pub fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
                 return;
             }
             if on_tap {
-                learn_guest(&p.saddr);
+                learn_guest(p.family, &p.saddr);
             }
             if !admit(c, &p, d) {
                 if !freeing {
@@ -271,6 +290,7 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
         reason,
         stack_id,
         nf_hook: 0,
+        ..NO_EXTRA
     };
     observe_skb(HookKind::Drop, skb, &x);
     0

@@ -7,41 +7,69 @@
 use crate::emit::{emit, set_cur, At, NO_EXTRA};
 use crate::fib::{route_lookup, route_recheck};
 use crate::filter::{
-    admit, classify, learn_guest, learn_nat, note_origin, parse, track_get, track_put, Addrs, Pkt,
+    a4, admit, classify, ident6, learn_guest, learn_nat, note_origin, parse, parse6, scratch,
+    track_get, track_put, Addrs, Pkt, Scratch, ICMPV6,
 };
 use crate::{config, count};
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_UNSPEC, helpers::generated::bpf_skb_load_bytes, macros::classifier,
+    programs::TcContext,
+};
 use kvmtrace_common::{
     Config, HookKind, CNT_SAMPLED_OUT, DIR_REPLY, DIR_REQUEST, EV_FLAG_ARP, EV_FLAG_DHCP,
-    EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP, EV_FLAG_NEW, TRACK_SUPPRESSED,
+    EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP, EV_FLAG_NEW, FAMILY_V4, FAMILY_V6, FOLLOW_V6,
+    TRACK_SUPPRESSED,
 };
 
-/// The Ethernet header and parsed IPv4 packet of a frame, read with bpf_skb_load_bytes.
+/// Copies `len` bytes of the packet at `off` into `dst` (bpf_skb_load_bytes; fails past the
+/// packet's end).
 #[inline(always)]
-fn tc_ipv4(ctx: &TcContext, eth: &[u8; 14]) -> Option<Pkt> {
-    if eth[12] != 0x08 || eth[13] != 0x00 {
+fn load_to(ctx: &TcContext, off: usize, dst: *mut u8, len: u32) -> bool {
+    // SAFETY: `dst` points to at least `len` writable bytes (callers pass constants).
+    unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, off as u32, dst as *mut _, len) == 0 }
+}
+
+/// The transport header's start into `s.l4`: 48 bytes, or as many of the first 28, 20 or 8
+/// as the packet has (8 cover UDP and ICMP echo, 20 a TCP header, 28 an ICMP error's quote,
+/// 48 an ICMPv6 error's); the rest stays zero.
+#[inline(always)]
+fn load_l4(ctx: &TcContext, s: &mut Scratch, off: usize, max: u32) {
+    s.clear_l4();
+    let d = s.l4.as_mut_ptr();
+    let _ = (max == 48 && load_to(ctx, off, d, 48))
+        || load_to(ctx, off, d, 28)
+        || load_to(ctx, off, d, 20)
+        || load_to(ctx, off, d, 8);
+}
+
+/// The parsed IPv4 or IPv6 packet of a frame (Ethernet header `eth`), read with
+/// bpf_skb_load_bytes into this CPU's scratch. IPv6 only when an IPv6 destination is followed.
+#[inline(always)]
+fn tc_ip(ctx: &TcContext, c: &Config, eth: &[u8; 14]) -> Option<&'static mut Pkt> {
+    let v6 = eth[12] == 0x86 && eth[13] == 0xdd;
+    if v6 && c.filter.families & FOLLOW_V6 == 0 {
         return None;
     }
-    let ip = ctx.load::<[u8; 20]>(14).ok()?;
-    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    if !v6 && (eth[12] != 0x08 || eth[13] != 0x00) {
+        return None;
+    }
+    let s = scratch()?;
+    if v6 {
+        if !load_to(ctx, 14, s.ip.as_mut_ptr(), 40) {
+            return None;
+        }
+        load_l4(ctx, s, 54, 48);
+        return parse6(s).then_some(&mut s.pkt);
+    }
+    if !load_to(ctx, 14, s.ip.as_mut_ptr(), 20) {
+        return None;
+    }
+    let ihl = ((s.ip[0] & 0x0f) as usize) * 4;
     if !(20..=60).contains(&ihl) {
         return None;
     }
-    // bpf_skb_load_bytes fails past the end of the packet: take the longest prefix there is
-    // (28 bytes cover an ICMP error's quote, 20 a TCP header, 8 UDP and ICMP echo).
-    let l4 = match ctx.load::<[u8; 28]>(14 + ihl) {
-        Ok(b) => b,
-        Err(_) => {
-            let mut b = [0u8; 28];
-            if let Ok(t) = ctx.load::<[u8; 20]>(14 + ihl) {
-                b[..20].copy_from_slice(&t);
-            } else if let Ok(t) = ctx.load::<[u8; 8]>(14 + ihl) {
-                b[..8].copy_from_slice(&t);
-            }
-            b
-        }
-    };
-    parse(&ip, &l4)
+    load_l4(ctx, s, 14 + ihl, 28);
+    parse(s).then_some(&mut s.pkt)
 }
 
 /// A new packet: classified, admitted within its flow's budget and tracked. `None` when it is
@@ -53,7 +81,7 @@ fn start(c: &Config, skb: u64, p: &Pkt, on_tap: bool) -> Option<u8> {
         return None;
     }
     if on_tap {
-        learn_guest(&p.saddr);
+        learn_guest(p.family, &p.saddr);
     }
     if !admit(c, p, d) {
         track_put(skb, d | TRACK_SUPPRESSED, p.ip_id);
@@ -102,9 +130,10 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
         tap_arp(ctx, c, hook, &eth);
         return TC_ACT_UNSPEC;
     }
-    let Some(p) = tc_ipv4(ctx, &eth) else {
+    let Some(p) = tc_ip(ctx, c, &eth) else {
         return TC_ACT_UNSPEC;
     };
+    let p: &mut Pkt = p;
     let from_vm = matches!(hook, HookKind::TapIngress);
     if from_vm {
         let gm = &c.filter.guest_mac;
@@ -113,11 +142,21 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
             return TC_ACT_UNSPEC;
         }
     }
+    // Neighbour and router discovery (ICMPv6 133–137): IPv6's ARP, reported like it.
+    if p.proto == ICMPV6 && p.icmp_type >= 133 && p.icmp_type <= 137 {
+        tap_ndp(ctx, c, hook, p, &eth);
+        return TC_ACT_UNSPEC;
+    }
     // DHCP between the guest and whatever serves its network (not towards DEST, so not a
-    // flow): reported so that a guest without an address is seen asking.
+    // flow): reported so that a guest without an address is seen asking. DHCPv6 likewise.
+    let (client, server) = if p.family == FAMILY_V6 {
+        (546, 547)
+    } else {
+        (68, 67)
+    };
     if p.proto == 17
-        && ((from_vm && p.sport == 68 && p.dport == 67)
-            || (!from_vm && p.sport == 67 && p.dport == 68))
+        && ((from_vm && p.sport == client && p.dport == server)
+            || (!from_vm && p.sport == server && p.dport == client))
     {
         tap_l2_event(
             ctx,
@@ -180,10 +219,33 @@ fn tap_arp(ctx: &TcContext, c: &Config, hook: HookKind, eth: &[u8; 14]) {
         return;
     }
     let mut p = Pkt::empty();
+    p.family = FAMILY_V4;
     p.icmp_type = a[7];
-    p.saddr = [a[14], a[15], a[16], a[17]];
-    p.daddr = [a[24], a[25], a[26], a[27]];
+    p.saddr = a4([a[14], a[15], a[16], a[17]]);
+    p.daddr = a4([a[24], a[25], a[26], a[27]]);
     tap_l2_event(ctx, c, hook, &p, eth, EV_FLAG_ARP | EV_FLAG_HAS_ETH);
+}
+
+/// NDP on the tap: the guest soliciting routers or its gateway's address, and the answers.
+/// A neighbour solicitation or advertisement is reported with its target address as `daddr`.
+#[inline(always)]
+fn tap_ndp(ctx: &TcContext, c: &Config, hook: HookKind, p: &mut Pkt, eth: &[u8; 14]) {
+    if p.icmp_type == 135 || p.icmp_type == 136 {
+        // The target follows the 4-byte flags/reserved word after the ICMPv6 header.
+        if let Ok(t) = ctx.load::<[u8; 16]>(54 + 8) {
+            p.daddr = t;
+        }
+    }
+    p.sport = 0;
+    p.dport = 0;
+    tap_l2_event(
+        ctx,
+        c,
+        hook,
+        p,
+        eth,
+        EV_FLAG_ARP | EV_FLAG_HAS_IP | EV_FLAG_HAS_ETH,
+    );
 }
 
 /// Emits an ARP or DHCP event seen on the tap, within a per-(sender, target) budget.
@@ -221,7 +283,7 @@ pub fn tap_egress(ctx: TcContext) -> i32 {
 
 // ---------------------------------------------------------------------------------------------
 // The other devices of the path. Here most packets are other tenants': the first test reads
-// the IPv4 addresses in place (direct packet access, no helper call, no map lookup).
+// the IP addresses in place (direct packet access, no helper call, no map lookup).
 
 #[inline(always)]
 fn in_place<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
@@ -242,14 +304,27 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
         return TC_ACT_UNSPEC;
     };
     // SAFETY: bounds checked against data_end just above.
-    if unsafe { *ty } != [0x08, 0x00] {
-        return TC_ACT_UNSPEC;
-    }
-    let Some(h) = in_place::<[u8; 16]>(ctx, 14 + 4) else {
+    let ty = unsafe { *ty };
+    let a = if ty == [0x08, 0x00] {
+        let Some(h) = in_place::<[u8; 16]>(ctx, 14 + 4) else {
+            return TC_ACT_UNSPEC;
+        };
+        // SAFETY: bounds checked against data_end just above.
+        Addrs::from_bytes(unsafe { &*h })
+    } else if ty == [0x86, 0xdd] && c.filter.families & FOLLOW_V6 != 0 {
+        let Some(h) = in_place::<[u8; 40]>(ctx, 14) else {
+            return TC_ACT_UNSPEC;
+        };
+        let ident = match in_place::<[u8; 8]>(ctx, 14 + 40) {
+            // SAFETY: bounds checked against data_end.
+            Some(l4) => ident6(unsafe { &*l4 }),
+            None => 0,
+        };
+        // SAFETY: bounds checked against data_end just above.
+        Addrs::from_v6(unsafe { &*h }, ident)
+    } else {
         return TC_ACT_UNSPEC;
     };
-    // SAFETY: bounds checked against data_end just above.
-    let a = Addrs::from_bytes(unsafe { &*h });
     if !a.might_match(c) {
         return TC_ACT_UNSPEC;
     }
@@ -274,7 +349,7 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
     let Ok(eth) = ctx.load::<[u8; 14]>(0) else {
         return TC_ACT_UNSPEC;
     };
-    let Some(p) = tc_ipv4(ctx, &eth) else {
+    let Some(p) = tc_ip(ctx, c, &eth) else {
         return TC_ACT_UNSPEC;
     };
     let mut flags = EV_FLAG_HAS_IP | EV_FLAG_HAS_ETH;

@@ -16,7 +16,7 @@ use crate::views::output;
 use anyhow::{anyhow, Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::Write as _;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -47,8 +47,11 @@ pub enum Cmd {
         /// The VM: its name (QEMU -name, libvirt, Proxmox, OpenStack), Proxmox VMID, UUID, its
         /// tap device, or the guest's MAC.
         vm: String,
-        /// Destination: an IPv4 address or CIDR (203.0.113.1, 203.0.113.0/24).
-        dest: String,
+        /// Destination: an IPv4 or IPv6 address or prefix (203.0.113.1, 203.0.113.0/24,
+        /// 2001:db8::1, 2001:db8::/64). Give one of each to follow both at once
+        /// (`follow vm1 203.0.113.1 2001:db8::1`).
+        #[arg(required = true, num_args = 1..=2, value_name = "DEST")]
+        dest: Vec<String>,
         /// Which NIC of a VM with several: its number (Proxmox netN, else as `list` shows
         /// it), its tap or its MAC.
         #[arg(long, value_name = "N|TAP|MAC")]
@@ -125,28 +128,45 @@ pub enum Cmd {
     Watch(crate::watch::WatchArgs),
 }
 
-/// Parses `203.0.113.1` or `203.0.113.0/24`.
-pub fn parse_dest(s: &str) -> Result<(Ipv4Addr, u8)> {
-    let addr = s.split_once('/').map_or(s, |(a, _)| a);
-    if addr.parse::<std::net::Ipv6Addr>().is_ok() {
-        return Err(anyhow!(
-            "'{s}' is an IPv6 address: kvmtrace follows IPv4 only so far; give an IPv4 \
-             destination of the VM (examples: 203.0.113.1, 203.0.113.0/24)"
-        ));
-    }
-    let bad =
-        || anyhow!("'{s}' is not an IPv4 address or CIDR (examples: 203.0.113.1, 203.0.113.0/24)");
+/// Parses a destination: an IPv4 or IPv6 address (a /32 or /128) or a prefix
+/// (`203.0.113.0/24`, `2001:db8::/64`; host bits are cleared).
+pub fn parse_dest(s: &str) -> Result<ipnet::IpNet> {
+    let bad = || {
+        anyhow!(
+            "'{s}' is not an IP address or prefix (examples: 203.0.113.1, 203.0.113.0/24, \
+             2001:db8::1, 2001:db8::/64)"
+        )
+    };
     match s.split_once('/') {
         Some((a, p)) => {
-            if !p.parse::<u8>().is_ok_and(|p| p <= 32) {
-                return Err(anyhow!("bad prefix length in '{s}': expected 0-32"));
+            let addr: IpAddr = a.parse().map_err(|_| bad())?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            if !p.parse::<u8>().is_ok_and(|p| p <= max) {
+                return Err(anyhow!("bad prefix length in '{s}': expected 0-{max}"));
             }
-            a.parse::<Ipv4Addr>().map_err(|_| bad())?;
-            let net: ipnet::Ipv4Net = s.parse().map_err(|_| bad())?;
-            Ok((net.addr(), net.prefix_len()))
+            let net: ipnet::IpNet = s.parse().map_err(|_| bad())?;
+            Ok(net.trunc())
         }
-        None => Ok((s.parse().map_err(|_| bad())?, 32)),
+        None => Ok(ipnet::IpNet::from(s.parse::<IpAddr>().map_err(|_| bad())?)),
     }
+}
+
+/// Parses `follow`'s one or two destinations: at most one per IP version.
+pub fn parse_dests(v: &[String]) -> Result<Vec<ipnet::IpNet>> {
+    let nets = v
+        .iter()
+        .map(|d| parse_dest(d))
+        .collect::<Result<Vec<_>>>()?;
+    if let [a, b] = nets.as_slice() {
+        if a.addr().is_ipv4() == b.addr().is_ipv4() {
+            return Err(anyhow!(
+                "'{a}' and '{b}' are both {}: give one destination, or one IPv4 and one IPv6 \
+                 to follow both versions at once",
+                if a.addr().is_ipv4() { "IPv4" } else { "IPv6" }
+            ));
+        }
+    }
+    Ok(nets)
 }
 
 pub fn main() -> ExitCode {
@@ -236,7 +256,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 ))
                 .into());
             }
-            let (dst, prefix) = parse_dest(&dest).map_err(|e| Usage(format!("{e:#}")))?;
+            let dests = parse_dests(&dest).map_err(|e| Usage(format!("{e:#}")))?;
+            if explain_rules && !dests.iter().any(|d| d.addr().is_ipv4()) {
+                return Err(Usage(
+                    "--explain-rules traces IPv4 flows only so far: an IPv6 drop is still named \
+                     by its hook, chain family and drop reason without it"
+                        .into(),
+                )
+                .into());
+            }
+            let dest = dest.join(" ");
             if port.is_some() && proto == Proto::Icmp {
                 return Err(Usage("--port applies to tcp and udp, not icmp".into()).into());
             }
@@ -252,8 +281,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let spec = Spec {
                 tap: info.tap.clone(),
                 guest_mac: info.mac.as_deref().and_then(resolve::parse_mac),
-                dst,
-                prefix,
+                dests,
                 proto: match proto {
                     Proto::Icmp => 1,
                     Proto::Tcp => 6,
@@ -291,17 +319,23 @@ mod tests {
 
     #[test]
     fn dest_forms() {
+        let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+        assert_eq!(parse_dest("203.0.113.1").unwrap(), net("203.0.113.1/32"));
         assert_eq!(
-            parse_dest("203.0.113.1").unwrap(),
-            ("203.0.113.1".parse().unwrap(), 32)
+            parse_dest("198.51.100.7/24").unwrap(),
+            net("198.51.100.0/24")
         );
-        assert_eq!(parse_dest("198.51.100.0/24").unwrap().1, 24);
         assert!(parse_dest("203.0.113.1/33").is_err());
         let e = parse_dest("not-an-ip").unwrap_err().to_string();
-        assert!(e.contains("not an IPv4"), "{e}");
-        for v6 in ["2001:db8::1", "2001:db8::/32"] {
-            let e = parse_dest(v6).unwrap_err().to_string();
-            assert!(e.contains("IPv6") && e.contains("IPv4 only"), "{e}");
-        }
+        assert!(e.contains("not an IP address"), "{e}");
+        assert_eq!(parse_dest("2001:db8::1").unwrap(), net("2001:db8::1/128"));
+        assert_eq!(parse_dest("2001:db8::5/32").unwrap(), net("2001:db8::/32"));
+        let e = parse_dest("2001:db8::/129").unwrap_err().to_string();
+        assert!(e.contains("0-128"), "{e}");
+        let both = ["203.0.113.1".to_string(), "2001:db8::1".to_string()];
+        assert_eq!(parse_dests(&both).unwrap().len(), 2);
+        let two4 = ["203.0.113.1".to_string(), "198.51.100.1".to_string()];
+        let e = parse_dests(&two4).unwrap_err().to_string();
+        assert!(e.contains("both IPv4"), "{e}");
     }
 }

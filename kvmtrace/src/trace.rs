@@ -234,8 +234,8 @@ struct EndLine {
 #[derive(Serialize, Deserialize)]
 struct BudgetLine {
     proto: u8,
-    remote: std::net::Ipv4Addr,
-    local: std::net::Ipv4Addr,
+    remote: std::net::IpAddr,
+    local: std::net::IpAddr,
     local_port: u16,
     shown: u32,
     suppressed: u32,

@@ -111,8 +111,8 @@ fn forward_policy_drop_is_explained_as_the_chains_policy() {
     assert_eq!(d.handle, None);
     assert_eq!(d.rule, None);
     assert_eq!(d.hook.as_deref(), Some("FORWARD"));
-    assert_eq!(d.src, Some(lab.guest_ip));
-    assert_eq!(d.dst, Some(lab.dest));
+    assert_eq!(d.src, Some(lab.guest_ip.into()));
+    assert_eq!(d.dst, Some(lab.dest.into()));
     assert_eq!(d.proto, Some(1));
     assert!(
         all.iter().all(|d| !d.table.starts_with(TABLE_PREFIX)),
@@ -152,7 +152,7 @@ fn a_reject_rule_is_explained_by_handle_and_text() {
     assert_eq!(d.verdict, "reject");
     assert!(!d.policy);
     assert_eq!(d.hook.as_deref(), Some("FORWARD"));
-    assert_eq!(d.src, Some(lab.guest_ip));
+    assert_eq!(d.src, Some(lab.guest_ip.into()));
     assert_eq!(d.proto, Some(6));
 }
 
@@ -321,8 +321,8 @@ fn packets_of_other_flows_are_not_traced() {
     let all = tracer.stop();
     eprintln!("decisions:\n{}", dump(&all));
     for d in &all {
-        let ok =
-            (d.src == Some(lab.guest_ip) && d.dst == Some(lab.dest)) || d.src == Some(lab.dest);
+        let ok = (d.src == Some(lab.guest_ip.into()) && d.dst == Some(lab.dest.into()))
+            || d.src == Some(lab.dest.into());
         assert!(ok, "not the followed flow: {d}\n{}", dump(&all));
     }
 }
@@ -395,7 +395,7 @@ fn a_destination_rewritten_by_dnat_stays_followed_through_conntrack() {
     vm.ping(lab.dest, 9, 1, Duration::from_millis(500));
     let dnat = wait_for(&tracer, "by the DNAT rule", |d| d.chain == "pre");
     assert_eq!(dnat.hook.as_deref(), Some("PREROUTING"));
-    assert_eq!(dnat.dst, Some(lab.dest), "before the rewrite");
+    assert_eq!(dnat.dst, Some(lab.dest.into()), "before the rewrite");
     // At FORWARD the packet has another destination; its conntrack entry links it (Linux 6.16+
     // reports conntrack ids in traces).
     let fwd = wait_for(&tracer, "at FORWARD after DNAT", |d| {
@@ -403,7 +403,7 @@ fn a_destination_rewritten_by_dnat_stays_followed_through_conntrack() {
     });
     let all = tracer.stop();
     eprintln!("decisions:\n{}", dump(&all));
-    assert_eq!(fwd.dst, Some(lab.outside_gw));
+    assert_eq!(fwd.dst, Some(lab.outside_gw.into()));
     assert_eq!(fwd.verdict, "continue");
     assert_eq!(fwd.rule.as_deref(), Some("ip daddr 192.0.2.1 counter"));
 }

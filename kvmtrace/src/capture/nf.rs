@@ -19,6 +19,7 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_NETFILTER: u32 = 32;
 const BPF_NETFILTER: u32 = 45;
 const NFPROTO_IPV4: u32 = 2;
+const NFPROTO_IPV6: u32 = 10;
 /// NF_IP_PRI_FIRST and NF_IP_PRI_LAST are refused for BPF links (net/netfilter/nf_bpf_link.c):
 /// one step inside them is the earliest and the latest a link can run.
 pub const PRIO_FIRST: i32 = i32::MIN + 1;
@@ -132,11 +133,11 @@ fn load_prog(name: &str, insns: &[aya_obj::generated::bpf_insn]) -> Result<Owned
     }
 }
 
-fn link(prog: &OwnedFd, hooknum: u32, priority: i32) -> std::io::Result<OwnedFd> {
+fn link(prog: &OwnedFd, pf: u32, hooknum: u32, priority: i32) -> std::io::Result<OwnedFd> {
     let mut attr = LinkCreateNfAttr {
         prog_fd: prog.as_raw_fd() as u32,
         attach_type: BPF_NETFILTER,
-        pf: NFPROTO_IPV4,
+        pf,
         hooknum,
         priority,
         ..Default::default()
@@ -146,8 +147,8 @@ fn link(prog: &OwnedFd, hooknum: u32, priority: i32) -> std::io::Result<OwnedFd>
 }
 
 /// Loads `nf_enter` / `nf_exit` from `object` (the same bytes `ebpf` was loaded from) and
-/// links them at every IPv4 hook of the current network namespace.
-pub fn attach(object: &[u8], ebpf: &aya::Ebpf) -> Result<NfLinks> {
+/// links them at every hook of the current network namespace: IPv4's, and IPv6's with `v6`.
+pub fn attach(object: &[u8], ebpf: &aya::Ebpf, v4: bool, v6: bool) -> Result<NfLinks> {
     let mut obj = aya_obj::Object::parse(object).context("parsing the eBPF object")?;
     let text_sections: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
     let maps = std::mem::take(&mut obj.maps);
@@ -176,11 +177,14 @@ pub fn attach(object: &[u8], ebpf: &aya::Ebpf) -> Result<NfLinks> {
             .get(&p.function_key())
             .ok_or_else(|| anyhow!("code of {name} missing from the eBPF object"))?;
         let fd = load_prog(name, &f.instructions)?;
-        for hook in 0..5u32 {
-            let l = link(&fd, hook, prio).with_context(|| {
-                format!("linking {name} at IPv4 netfilter hook {hook}, priority {prio}")
-            })?;
-            links.push(l);
+        let families = [(NFPROTO_IPV4, "IPv4", v4), (NFPROTO_IPV6, "IPv6", v6)];
+        for (pf, fam, _) in families.iter().filter(|f| f.2) {
+            for hook in 0..5u32 {
+                let l = link(&fd, *pf, hook, prio).with_context(|| {
+                    format!("linking {name} at {fam} netfilter hook {hook}, priority {prio}")
+                })?;
+                links.push(l);
+            }
         }
         attached.push(format!("{name}@prio {prio}"));
         progs.push((name.to_string(), fd));

@@ -453,8 +453,8 @@ impl Collector {
             verdict,
             policy,
             hook,
-            src: hdr.map(|h| h.src),
-            dst: hdr.map(|h| h.dst),
+            src: hdr.map(|h| h.src.into()),
+            dst: hdr.map(|h| h.dst.into()),
             proto: hdr.map(|h| h.proto),
             trace_id: m.id,
         })
@@ -607,7 +607,7 @@ mod tests {
         assert!(d.policy && d.is_final());
         assert_eq!(d.verdict, "drop");
         assert_eq!(d.hook.as_deref(), Some("FORWARD"));
-        assert_eq!(d.src, Some(Ipv4Addr::new(10, 77, 0, 2)));
+        assert_eq!(d.src, Some(Ipv4Addr::new(10, 77, 0, 2).into()));
         assert_eq!(d.proto, Some(1));
         assert_eq!(d.handle, None);
         assert_eq!(
@@ -672,7 +672,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d.verdict, "accept");
-        assert_eq!(d.dst, Some(Ipv4Addr::new(192, 0, 2, 2)));
+        assert_eq!(d.dst, Some(Ipv4Addr::new(192, 0, 2, 2).into()));
     }
 
     #[test]
@@ -695,7 +695,7 @@ mod tests {
             ),
         )
         .expect("followed through conntrack");
-        assert_eq!(d.dst, Some(Ipv4Addr::new(172, 16, 0, 9)));
+        assert_eq!(d.dst, Some(Ipv4Addr::new(172, 16, 0, 9).into()));
         // Another connection to that address is not.
         let d = decide(
             &mut c,
@@ -753,8 +753,8 @@ mod tests {
             verdict: "reject".into(),
             policy: false,
             hook: Some("FORWARD".into()),
-            src: Some(Ipv4Addr::new(10, 77, 0, 2)),
-            dst: Some(Ipv4Addr::new(203, 0, 113, 1)),
+            src: Some(Ipv4Addr::new(10, 77, 0, 2).into()),
+            dst: Some(Ipv4Addr::new(203, 0, 113, 1).into()),
             proto: Some(6),
             trace_id: 3,
         };

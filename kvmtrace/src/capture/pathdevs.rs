@@ -52,8 +52,10 @@ pub fn contains(net: Ipv4Addr, len: u8, a: Ipv4Addr) -> bool {
     ipnet::Ipv4Net::new(net, len.min(32)).is_ok_and(|n| n.trunc().contains(&a))
 }
 
-/// The devices the path hook set attaches to, read from the host now.
-pub fn wanted(tap: &str, dst: Ipv4Addr, seen_oifs: &[u32]) -> Vec<Wanted> {
+/// The devices the path hook set attaches to, read from the host now: the tap's bridge and
+/// its other ports, a macvtap's lower device, the devices of the routes to each destination
+/// (IPv4 and IPv6), and those the followed packets were routed to.
+pub fn wanted(tap: &str, dests: &[ipnet::IpNet], seen_oifs: &[u32]) -> Vec<Wanted> {
     let mut out: Vec<Wanted> = Vec::new();
     let mut add = |ifindex: u32, name: String, why: String| {
         if name != tap && name != "lo" && !out.iter().any(|w| w.ifindex == ifindex) {
@@ -92,28 +94,71 @@ pub fn wanted(tap: &str, dst: Ipv4Addr, seen_oifs: &[u32]) -> Vec<Wanted> {
             }
         }
     }
+    let table_name = |t: u32| match t {
+        254 => "main".to_string(),
+        t => t.to_string(),
+    };
+    let v4: Vec<Ipv4Addr> = dests
+        .iter()
+        .filter_map(|d| match d {
+            ipnet::IpNet::V4(n) => Some(n.addr()),
+            _ => None,
+        })
+        .collect();
+    let v6: Vec<std::net::Ipv6Addr> = dests
+        .iter()
+        .filter_map(|d| match d {
+            ipnet::IpNet::V6(n) => Some(n.addr()),
+            _ => None,
+        })
+        .collect();
+    if !v6.is_empty() {
+        match netlink::routes6_all() {
+            Ok(routes) => {
+                for r in routes.iter().filter(|r| {
+                    r.kind == 1
+                        && v6.iter().any(|d| {
+                            ipnet::Ipv6Net::new(r.dst, r.dst_len.min(128))
+                                .is_ok_and(|n| n.trunc().contains(d))
+                        })
+                }) {
+                    for oif in &r.oifs {
+                        if let Some(name) = name_of(*oif) {
+                            let why = format!(
+                                "route {}/{} table {}",
+                                r.dst,
+                                r.dst_len,
+                                table_name(r.table)
+                            );
+                            add(*oif, name, why);
+                        }
+                    }
+                }
+            }
+            Err(e) => log::warn!("reading the IPv6 routes: {e}"),
+        }
+    }
     match netlink::routes() {
+        Ok(_) if v4.is_empty() => {}
         Ok(routes) => {
             for r in routes
                 .iter()
-                .filter(|r| r.kind == 1 && contains(r.dst, r.dst_len, dst))
+                .filter(|r| r.kind == 1 && v4.iter().any(|d| contains(r.dst, r.dst_len, *d)))
             {
                 for (oif, _) in &r.nexthops {
                     if let Some(name) = name_of(*oif) {
-                        let table = match r.table {
-                            254 => "main".to_string(),
-                            t => t.to_string(),
-                        };
-                        add(
-                            *oif,
-                            name,
-                            format!("route {}/{} table {table}", r.dst, r.dst_len),
+                        let why = format!(
+                            "route {}/{} table {}",
+                            r.dst,
+                            r.dst_len,
+                            table_name(r.table)
                         );
+                        add(*oif, name, why);
                     }
                 }
             }
         }
-        Err(e) => log::warn!("reading the routes to {dst}: {e}"),
+        Err(e) => log::warn!("reading the IPv4 routes: {e}"),
     }
     for oif in seen_oifs {
         if let Some(name) = name_of(*oif) {

@@ -15,10 +15,12 @@ use anyhow::{anyhow, Context as _, Result};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap};
 use aya::programs::{tc, BtfTracePoint, SchedClassifier, TcAttachType, TracePoint};
 use aya::{Btf, Ebpf};
-use kvmtrace_common::{Config, Event, Filter, CNT_EVENTS, CNT_LOST, CNT_SAMPLED_OUT};
+use kvmtrace_common::{
+    Config, Event, Filter, CNT_EVENTS, CNT_LOST, CNT_SAMPLED_OUT, FOLLOW_V4, FOLLOW_V6,
+};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 
 /// The compiled eBPF programs, embedded: one file to copy to a host.
@@ -32,9 +34,9 @@ use crate::error::EnvError;
 pub struct Spec {
     pub tap: String,
     pub guest_mac: Option<[u8; 6]>,
-    pub dst: Ipv4Addr,
-    pub prefix: u8,
-    /// 0 = ICMP, TCP and UDP.
+    /// The destinations: one or two networks, at most one per IP version.
+    pub dests: Vec<ipnet::IpNet>,
+    /// 0 = ICMP (ICMPv6 for IPv6), TCP and UDP; 1 = ICMP and ICMPv6.
     pub proto: u8,
     pub port: u16,
     /// Events per flow before the kernel only counts (0 = no limit).
@@ -175,12 +177,6 @@ fn ensure_tracefs() {
     }
 }
 
-fn prefix_mask(prefix: u8) -> [u8; 4] {
-    ipnet::Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, prefix.min(32))
-        .netmask()
-        .octets()
-}
-
 fn set_config(ebpf: &mut Ebpf, c: Config) -> Result<()> {
     let mut cfg: Array<_, Config> = Array::try_from(
         ebpf.map_mut("CONFIG")
@@ -188,6 +184,23 @@ fn set_config(ebpf: &mut Ebpf, c: Config) -> Result<()> {
     )?;
     cfg.set(0, c, 0)?;
     Ok(())
+}
+
+impl Spec {
+    /// The IPv4 destination, when one is followed.
+    pub fn v4(&self) -> Option<ipnet::Ipv4Net> {
+        self.dests.iter().find_map(|d| match d {
+            ipnet::IpNet::V4(n) => Some(n.trunc()),
+            _ => None,
+        })
+    }
+    /// The IPv6 destination, when one is followed.
+    pub fn v6(&self) -> Option<ipnet::Ipv6Net> {
+        self.dests.iter().find_map(|d| match d {
+            ipnet::IpNet::V6(n) => Some(n.trunc()),
+            _ => None,
+        })
+    }
 }
 
 impl Tracer {
@@ -230,10 +243,15 @@ impl Tracer {
             }
         }
         let tap_ifindex = ifindex(&spec.tap).map_err(|e| EnvError(format!("{e:#}")))?;
+        let v4 = spec.v4();
+        let v6 = spec.v6();
         let filter = Filter {
-            dst_net: (u32::from(spec.dst) & u32::from_be_bytes(prefix_mask(spec.prefix)))
-                .to_be_bytes(),
-            dst_mask: prefix_mask(spec.prefix),
+            dst_net: v4.map_or([0; 4], |n| n.network().octets()),
+            dst_mask: v4.map_or([0xff; 4], |n| n.netmask().octets()),
+            dst6_net: v6.map_or([0; 16], |n| n.network().octets()),
+            dst6_mask: v6.map_or([0xff; 16], |n| n.netmask().octets()),
+            families: if v4.is_some() { FOLLOW_V4 } else { 0 }
+                | if v6.is_some() { FOLLOW_V6 } else { 0 },
             proto: spec.proto,
             port: spec.port,
             netns: netns_inode()?,
@@ -368,13 +386,19 @@ impl Tracer {
         } else if skip("netfilter") {
             Err(skipped("netfilter"))
         } else {
-            nf::attach(OBJECT, &ebpf)
+            nf::attach(OBJECT, &ebpf, v4.is_some(), v6.is_some())
         };
         let nf = match nf_result {
             Ok(l) => {
+                let fams: Vec<&str> = [(v4.is_some(), "IPv4"), (v6.is_some(), "IPv6")]
+                    .iter()
+                    .filter(|f| f.0)
+                    .map(|f| f.1)
+                    .collect();
                 attached.push(format!(
-                    "netfilter links ({}) at 5 IPv4 hooks",
-                    l.attached.join(", ")
+                    "netfilter links ({}) at 5 {} hooks",
+                    l.attached.join(", "),
+                    fams.join(" and ")
                 ));
                 Some(l)
             }
@@ -400,7 +424,7 @@ impl Tracer {
             attached.push(
                 "route lookups: bpf_fib_lookup in dev_ingress, for followed packets only".into(),
             );
-            let want = crate::capture::pathdevs::wanted(&spec.tap, spec.dst, &[]);
+            let want = crate::capture::pathdevs::wanted(&spec.tap, &spec.dests, &[]);
             let (notes, warns) = path.sync(&mut ebpf, &want, 0.0);
             attached.extend(notes);
             warnings.extend(warns);
@@ -469,7 +493,7 @@ impl Tracer {
         if self.spec.hooks == HookSet::All {
             return Vec::new();
         }
-        let want = crate::capture::pathdevs::wanted(&self.spec.tap, self.spec.dst, seen_oifs);
+        let want = crate::capture::pathdevs::wanted(&self.spec.tap, &self.spec.dests, seen_oifs);
         let (mut notes, warns) = self.path.sync(&mut self.ebpf, &want, at_s);
         notes.extend(warns);
         self.attached.extend(notes.iter().cloned());
@@ -528,8 +552,8 @@ impl Tracer {
             .filter_map(|r| r.ok())
             .map(|(k, b)| crate::model::BudgetEntry {
                 proto: k.proto,
-                remote: Ipv4Addr::from(k.remote),
-                local: Ipv4Addr::from(k.local),
+                remote: crate::model::event::addr_of(k.family, &k.remote),
+                local: crate::model::event::addr_of(k.family, &k.local),
                 local_port: k.local_port,
                 shown: b.shown,
                 suppressed: b.suppressed,
@@ -667,15 +691,27 @@ fn route_detail(a: &RouteAsk) -> RouteDetail {
     };
     // The table of the blackhole / unreachable / prohibit route covering DST (longest prefix).
     let error_route = |kind: u8, err: i32| {
-        let table = routes()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| {
-                r.kind == kind && crate::capture::pathdevs::contains(r.dst, r.dst_len, a.dst)
-            })
-            .max_by_key(|r| r.dst_len)
-            .map(|r| r.table)
-            .unwrap_or(254);
+        let table = match a.dst {
+            IpAddr::V4(dst) => routes()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| {
+                    r.kind == kind && crate::capture::pathdevs::contains(r.dst, r.dst_len, dst)
+                })
+                .max_by_key(|r| r.dst_len)
+                .map(|r| r.table),
+            IpAddr::V6(dst) => crate::host::netlink::routes6_all()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| {
+                    r.kind == kind
+                        && ipnet::Ipv6Net::new(r.dst, r.dst_len.min(128))
+                            .is_ok_and(|n| n.trunc().contains(&dst))
+                })
+                .max_by_key(|r| r.dst_len)
+                .map(|r| r.table),
+        }
+        .unwrap_or(254);
         RouteDetail { table, err, oif: 0 }
     };
     let by_errno = |errno: i32| match errno {

@@ -46,11 +46,11 @@ async fn follow_async(
 
     let started = Instant::now();
     // Rule tracing first: it only reads the ruleset and adds its own table, before any hook.
-    let rules = if view.explain_rules {
+    let rules = if let (true, Some(v4)) = (view.explain_rules, spec.v4()) {
         let f = crate::capture::nftrace::TraceFilter {
             guest_ips: Vec::new(),
-            dst: spec.dst,
-            prefix: spec.prefix,
+            dst: v4.addr(),
+            prefix: v4.prefix_len(),
             proto: spec.proto,
             port: spec.port,
         };

@@ -67,7 +67,7 @@ pub fn devices(
                 .iter()
                 .filter(|a| Some(a.ifindex) == ifindex)
                 .map(|a| crate::model::DevAddr {
-                    addr: a.addr,
+                    addr: a.addr.into(),
                     prefix: a.prefix,
                 })
                 .collect(),

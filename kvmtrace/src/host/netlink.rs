@@ -198,8 +198,9 @@ fn request(protocol: i32, msg_type: u16, body: &[u8]) -> io::Result<(u16, Vec<u8
 /// came in on (0: a locally sent packet).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RouteQuery {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    /// Both of one family (IPv4 or IPv6).
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
@@ -214,17 +215,24 @@ pub struct RouteQuery {
 pub fn route_get(q: &RouteQuery) -> io::Result<Route> {
     use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage};
     let mut m = RouteMessage::default();
-    m.header.address_family = AddressFamily::Inet;
-    m.header.destination_prefix_length = 32;
+    let (family, full) = if q.dst.is_ipv6() {
+        (AddressFamily::Inet6, 128)
+    } else {
+        (AddressFamily::Inet, 32)
+    };
+    let ra = |a: IpAddr| match a {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    };
+    m.header.address_family = family;
+    m.header.destination_prefix_length = full;
     // FIB_MATCH: the route as it stands in its table; LOOKUP_TABLE: without it the answer's
     // table is main whatever rule chose the route.
     m.header.flags = RouteFlags::from_bits_retain(0x2000 | 0x1000);
-    m.attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet(q.dst)));
+    m.attributes.push(RouteAttribute::Destination(ra(q.dst)));
     if q.iif != 0 {
-        m.header.source_prefix_length = 32;
-        m.attributes
-            .push(RouteAttribute::Source(RouteAddress::Inet(q.src)));
+        m.header.source_prefix_length = full;
+        m.attributes.push(RouteAttribute::Source(ra(q.src)));
         m.attributes.push(RouteAttribute::Iif(q.iif));
     }
     if q.mark != 0 {
@@ -246,7 +254,70 @@ pub fn route_get(q: &RouteQuery) -> io::Result<Route> {
             format!("unexpected netlink answer type {ty}"),
         ));
     }
-    parse_route(&body).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad route"))
+    let r = if q.dst.is_ipv6() {
+        parse_route6(&body).map(|r| Route {
+            table: r.table,
+            dst: Ipv4Addr::UNSPECIFIED,
+            dst_len: r.dst_len,
+            kind: r.kind,
+            priority: 0,
+            nexthops: r.oifs.iter().map(|&o| (o, None)).collect(),
+        })
+    } else {
+        parse_route(&body)
+    };
+    r.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad route"))
+}
+
+/// One IPv6 route (of any table), as the route lookups need it: its table, prefix, kind and
+/// output devices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route6 {
+    pub table: u32,
+    pub dst: std::net::Ipv6Addr,
+    pub dst_len: u8,
+    /// `RTN_*` as in [`Route::kind`].
+    pub kind: u8,
+    pub oifs: Vec<u32>,
+}
+
+/// Parses one IPv6 `RTM_NEWROUTE` body.
+pub fn parse_route6(body: &[u8]) -> Option<Route6> {
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+    let m = RouteMessage::parse(body).ok()?;
+    if m.header.address_family != AddressFamily::Inet6 {
+        return None;
+    }
+    let mut r = Route6 {
+        table: u32::from(m.header.table),
+        dst: std::net::Ipv6Addr::UNSPECIFIED,
+        dst_len: m.header.destination_prefix_length,
+        kind: u8::from(m.header.kind),
+        oifs: Vec::new(),
+    };
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Table(t) => r.table = *t,
+            RouteAttribute::Destination(RouteAddress::Inet6(d)) => r.dst = *d,
+            RouteAttribute::Oif(oif) => r.oifs.push(*oif),
+            RouteAttribute::MultiPath(hops) => {
+                r.oifs.extend(hops.iter().map(|h| h.interface_index))
+            }
+            _ => {}
+        }
+    }
+    Some(r)
+}
+
+/// Every IPv6 route of every table.
+pub fn routes6_all() -> io::Result<Vec<Route6>> {
+    let mut b = vec![0u8; 12];
+    b[0] = 10; // AF_INET6
+    Ok(dump(NETLINK_ROUTE, RTM_GETROUTE, &b)?
+        .into_iter()
+        .filter(|(t, _)| *t == RTM_NEWROUTE)
+        .filter_map(|(_, b)| parse_route6(&b))
+        .collect())
 }
 
 /// An IPv4 address on an interface.

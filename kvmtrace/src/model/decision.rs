@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// One trace verdict: a rule that matched (its verdict, `continue` if it has none), the end of a
 /// regular chain (`return`), or a base chain's policy.
@@ -26,8 +26,8 @@ pub struct RuleDecision {
     /// netdev), when known.
     pub hook: Option<String>,
     /// The packet's addresses and protocol at that base chain (after any NAT before it).
-    pub src: Option<Ipv4Addr>,
-    pub dst: Option<Ipv4Addr>,
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
     pub proto: Option<u8>,
     /// The same for every decision about one packet (one skb) at one place.
     pub trace_id: u32,

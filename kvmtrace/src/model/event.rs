@@ -7,7 +7,7 @@
 use kvmtrace_common::{Event, HookKind, DIR_REPLY, EV_FLAG_HAS_IP, EV_FLAG_NEW};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Where an event was observed: the hook kind the kernel programs write, one enum on both sides.
 pub use kvmtrace_common::HookKind as Point;
@@ -85,8 +85,8 @@ pub enum DevKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
 pub struct Tuple {
     pub proto: u8,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     /// TCP/UDP source port; ICMP echo identifier.
     pub sport: u16,
     /// TCP/UDP destination port; ICMP echo sequence.
@@ -104,7 +104,29 @@ pub fn proto_name(p: u8) -> &'static str {
         1 => "icmp",
         6 => "tcp",
         17 => "udp",
+        58 => "icmp6",
         _ => "ip",
+    }
+}
+
+/// ICMP or ICMPv6.
+pub fn is_icmp(proto: u8) -> bool {
+    proto == 1 || proto == 58
+}
+
+/// An ICMP error that quotes the packet it is about: IPv4 unreachable (3), time exceeded
+/// (11), parameter problem (12); ICMPv6 unreachable (1), packet too big (2), time exceeded
+/// (3), parameter problem (4).
+pub fn is_icmp_error(proto: u8, ty: u8) -> bool {
+    (proto == 1 && matches!(ty, 3 | 11 | 12)) || (proto == 58 && matches!(ty, 1..=4))
+}
+
+/// An address of an event in its family (`FAMILY_V6`: all 16 bytes, else the first 4).
+pub fn addr_of(family: u8, a: &[u8; 16]) -> IpAddr {
+    if family == kvmtrace_common::FAMILY_V6 {
+        IpAddr::V6(Ipv6Addr::from(*a))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
     }
 }
 
@@ -152,10 +174,25 @@ pub struct TraceEvent {
     pub route: Option<Route>,
     /// ICMP errors: the destination of the packet the error is about.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub icmp_inner_dst: Option<Ipv4Addr>,
+    pub icmp_inner_dst: Option<IpAddr>,
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big": the MTU it announces.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub icmp_mtu: Option<u32>,
+    /// Seen inside a VXLAN packet on the underlay: the outer packet.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vxlan: Option<Vxlan>,
     /// ARP or DHCP seen on the tap (not part of any flow to the destination).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub l2: Option<L2>,
+}
+
+/// The outer packet of a VXLAN-encapsulated one (the underlay's view).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vxlan {
+    pub vni: u32,
+    /// Outer source and destination: the two tunnel endpoints (VTEPs).
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
 }
 
 /// Link-level conversation of the guest on its tap.
@@ -170,6 +207,16 @@ pub enum L2 {
     },
     /// DHCP: from the guest (client, UDP 68→67) or to it (server, 67→68).
     Dhcp { from_guest: bool },
+    /// NDP (IPv6's ARP and router discovery): ICMPv6 `icmp6_type` 133 router solicitation,
+    /// 134 router advertisement, 135 neighbour solicitation (for `target`), 136 neighbour
+    /// advertisement (of `target`), 137 redirect; `source` is the sender's address.
+    Ndp {
+        icmp6_type: u8,
+        source: Ipv6Addr,
+        target: Ipv6Addr,
+    },
+    /// DHCPv6: from the guest (client, UDP 546→547) or to it (server, 547→546).
+    Dhcp6 { from_guest: bool },
 }
 
 /// A `fib_table_lookup` result.
@@ -181,7 +228,7 @@ pub struct Route {
     pub oif: u32,
     pub device: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     /// What the output device is: a route out of the VM's own bridge or tap sends the packet
     /// back where it came from.
     #[serde(default)]
@@ -217,8 +264,8 @@ impl Route {
 /// forwarded", whether the destination is local or has no route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RouteAsk {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
@@ -284,8 +331,8 @@ impl TraceEvent {
         let (mut table, mut err, mut oif) = (e.table, e.route_err, e.ifindex);
         if helper {
             let ask = RouteAsk {
-                src: Ipv4Addr::from(e.saddr),
-                dst: Ipv4Addr::from(e.daddr),
+                src: addr_of(e.family, &e.saddr),
+                dst: addr_of(e.family, &e.daddr),
                 proto: e.proto,
                 sport: e.sport,
                 dport: e.dport,
@@ -314,8 +361,8 @@ impl TraceEvent {
         let has_ip = e.flags & EV_FLAG_HAS_IP != 0 || point == Point::Fib;
         let tuple = has_ip.then(|| Tuple {
             proto: e.proto,
-            src: Ipv4Addr::from(e.saddr),
-            dst: Ipv4Addr::from(e.daddr),
+            src: addr_of(e.family, &e.saddr),
+            dst: addr_of(e.family, &e.daddr),
             sport: e.sport,
             dport: e.dport,
         });
@@ -324,7 +371,7 @@ impl TraceEvent {
             err,
             oif,
             device: device.clone(),
-            gateway: (e.gw != [0; 4]).then(|| Ipv4Addr::from(e.gw)),
+            gateway: (e.gw != [0; 16]).then(|| addr_of(e.family, &e.gw)),
             dev_kind: d.dev_kind(0, &device),
         });
         if point == Point::Fib {
@@ -347,26 +394,40 @@ impl TraceEvent {
         } else {
             (None, None, Vec::new())
         };
-        let is_icmp_err = e.proto == 1 && matches!(e.icmp_type, 3 | 11 | 12);
+        let is_icmp_err = is_icmp_error(e.proto, e.icmp_type);
         let dev_kind = if point == Point::Fib {
             DevKind::Other
         } else {
             d.dev_kind(e.ifindex, &device)
         };
         let has_eth = e.flags & kvmtrace_common::EV_FLAG_HAS_ETH != 0;
+        let v6 = e.family == kvmtrace_common::FAMILY_V6;
+        let from_guest = point == Point::TapIngress;
         let l2 = if e.flags & kvmtrace_common::EV_FLAG_ARP != 0 {
-            Some(L2::Arp {
-                op: e.icmp_type,
-                sender: Ipv4Addr::from(e.saddr),
-                target: Ipv4Addr::from(e.daddr),
+            Some(if v6 {
+                L2::Ndp {
+                    icmp6_type: e.icmp_type,
+                    source: Ipv6Addr::from(e.saddr),
+                    target: Ipv6Addr::from(e.daddr),
+                }
+            } else {
+                L2::Arp {
+                    op: e.icmp_type,
+                    sender: Ipv4Addr::new(e.saddr[0], e.saddr[1], e.saddr[2], e.saddr[3]),
+                    target: Ipv4Addr::new(e.daddr[0], e.daddr[1], e.daddr[2], e.daddr[3]),
+                }
             })
         } else if e.flags & kvmtrace_common::EV_FLAG_DHCP != 0 {
-            Some(L2::Dhcp {
-                from_guest: point == Point::TapIngress,
+            Some(if v6 {
+                L2::Dhcp6 { from_guest }
+            } else {
+                L2::Dhcp { from_guest }
             })
         } else {
             None
         };
+        let has_ip = has_ip && e.flags & kvmtrace_common::EV_FLAG_ARP == 0;
+        let tuple = if has_ip { tuple } else { None };
         Some(TraceEvent {
             ts_ns: e.ts_ns,
             skb: e.skb,
@@ -388,8 +449,8 @@ impl TraceEvent {
             len: e.len,
             ttl: e.ttl,
             ip_id: e.ip_id,
-            icmp_type: if e.proto == 1 { e.icmp_type } else { 0 },
-            icmp_code: if e.proto == 1 { e.icmp_code } else { 0 },
+            icmp_type: if is_icmp(e.proto) { e.icmp_type } else { 0 },
+            icmp_code: if is_icmp(e.proto) { e.icmp_code } else { 0 },
             tcp_flags: if e.proto == 6 { e.icmp_type } else { 0 },
             tcp_seq: e.tcp_seq,
             smac: has_eth.then(|| mac(&e.smac)),
@@ -399,7 +460,13 @@ impl TraceEvent {
             stack,
             route,
             icmp_inner_dst: (is_icmp_err && point != Point::Fib && l2.is_none())
-                .then(|| Ipv4Addr::from(e.inner_daddr)),
+                .then(|| addr_of(e.family, &e.inner_daddr)),
+            icmp_mtu: (e.mtu != 0 && is_icmp_err).then_some(e.mtu),
+            vxlan: (e.flags & kvmtrace_common::EV_FLAG_VXLAN != 0).then(|| Vxlan {
+                vni: e.vni,
+                src: Ipv4Addr::from(e.outer_saddr),
+                dst: Ipv4Addr::from(e.outer_daddr),
+            }),
             l2,
         })
     }
@@ -425,10 +492,33 @@ impl TraceEvent {
                 )
             }
             Some(L2::Dhcp { from_guest: false }) => return "dhcp answer to the guest".into(),
+            Some(L2::Dhcp6 { from_guest: true }) => {
+                return format!(
+                    "dhcpv6 from the guest ({})",
+                    self.smac.as_deref().unwrap_or("?")
+                )
+            }
+            Some(L2::Dhcp6 { from_guest: false }) => return "dhcpv6 answer to the guest".into(),
+            Some(L2::Ndp {
+                icmp6_type,
+                source,
+                target,
+            }) => {
+                return match icmp6_type {
+                    133 => format!("ndp router solicitation from {source}"),
+                    134 => format!("ndp router advertisement from {source}"),
+                    135 => format!("ndp neighbour solicitation who-has {target} tell {source}"),
+                    136 => format!(
+                        "ndp neighbour advertisement {target} is-at {}",
+                        self.smac.as_deref().unwrap_or("?")
+                    ),
+                    t => format!("ndp type {t} from {source}"),
+                }
+            }
             None => {}
         }
         let Some(t) = &self.tuple else {
-            return "(no IPv4 header)".into();
+            return "(no IP header)".into();
         };
         match t.proto {
             1 => {
@@ -440,6 +530,17 @@ impl TraceEvent {
                     (ty, c) => format!("type={ty} code={c}"),
                 };
                 format!("{} > {} icmp {what}", t.src, t.dst)
+            }
+            58 => {
+                let what = match (self.icmp_type, self.icmp_code) {
+                    (128, _) => format!("echo request id={} seq={}", t.sport, t.dport),
+                    (129, _) => format!("echo reply id={} seq={}", t.sport, t.dport),
+                    (1, c) => format!("dest-unreachable code={c}"),
+                    (2, _) => format!("packet-too-big mtu={}", self.icmp_mtu.unwrap_or(0)),
+                    (3, _) => "time-exceeded".into(),
+                    (ty, c) => format!("type={ty} code={c}"),
+                };
+                format!("{} > {} icmp6 {what}", t.src, t.dst)
             }
             6 => format!(
                 "{}:{} > {}:{} tcp [{}] seq={}",

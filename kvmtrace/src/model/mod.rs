@@ -5,10 +5,12 @@ pub mod decision;
 mod diagnose;
 pub mod event;
 
-use crate::model::event::{DevKind, Direction, NfHook, Point, Route, TraceEvent, Tuple};
+use crate::model::event::{
+    is_icmp, is_icmp_error, DevKind, Direction, NfHook, Point, Route, TraceEvent, Tuple,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// Version of the JSON objects written by `--json` (docs/json-schema.md).
 pub const SCHEMA: u32 = 1;
@@ -86,14 +88,14 @@ pub struct DevFacts {
 /// An IPv4 address on a device, with its prefix length (`10.77.0.1/24`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DevAddr {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub prefix: u8,
 }
 
 impl DevAddr {
     /// Whether `ip` is in this address's subnet.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        ipnet::Ipv4Net::new(self.addr, self.prefix.min(32)).is_ok_and(|n| n.contains(&ip))
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ipnet::IpNet::new(self.addr, self.prefix).is_ok_and(|n| n.contains(&ip))
     }
 }
 
@@ -111,7 +113,7 @@ impl HostFacts {
     }
     /// The bridge a VM with address `guest` belongs to: the one whose subnet holds the address,
     /// else the only bridge of the host (None when neither says).
-    pub fn bridge_for(&self, guest: Ipv4Addr) -> Option<&str> {
+    pub fn bridge_for(&self, guest: IpAddr) -> Option<&str> {
         let bridges: Vec<&DevFacts> = self.devices.iter().filter(|d| d.bridge).collect();
         bridges
             .iter()
@@ -286,13 +288,17 @@ impl Journey {
         for (hop, t) in self.tuples() {
             if let Some(p) = prev {
                 let seen_at_hook = matches!(hop.point, Point::NfEnter | Point::NfExit);
-                let id_name = if t.proto == 1 { "icmp_id" } else { "sport" };
+                let id_name = if is_icmp(t.proto) { "icmp_id" } else { "sport" };
                 let changes = [
                     ("src", p.src.to_string(), t.src.to_string()),
                     ("dst", p.dst.to_string(), t.dst.to_string()),
                     (id_name, p.sport.to_string(), t.sport.to_string()),
                     (
-                        if t.proto == 1 { "icmp_seq" } else { "dport" },
+                        if is_icmp(t.proto) {
+                            "icmp_seq"
+                        } else {
+                            "dport"
+                        },
                         p.dport.to_string(),
                         t.dport.to_string(),
                     ),
@@ -529,9 +535,9 @@ pub fn point_label(h: &TraceEvent) -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct FlowKey {
     pub proto: u8,
-    pub guest: Ipv4Addr,
+    pub guest: IpAddr,
     pub guest_port: u16,
-    pub remote: Ipv4Addr,
+    pub remote: IpAddr,
     pub remote_port: u16,
 }
 
@@ -542,23 +548,26 @@ impl FlowKey {
             guest: t.src,
             guest_port: t.sport,
             remote: t.dst,
-            remote_port: if t.proto == 1 { 0 } else { t.dport },
+            remote_port: if is_icmp(t.proto) { 0 } else { t.dport },
         }
     }
     fn from_reply(t: &Tuple) -> Self {
         FlowKey {
             proto: t.proto,
             guest: t.dst,
-            guest_port: if t.proto == 1 { t.sport } else { t.dport },
+            guest_port: if is_icmp(t.proto) { t.sport } else { t.dport },
             remote: t.src,
-            remote_port: if t.proto == 1 { 0 } else { t.sport },
+            remote_port: if is_icmp(t.proto) { 0 } else { t.sport },
         }
     }
     pub fn describe(&self) -> String {
         match self.proto {
-            1 => format!(
-                "icmp {} > {} id={}",
-                self.guest, self.remote, self.guest_port
+            1 | 58 => format!(
+                "{} {} > {} id={}",
+                crate::model::event::proto_name(self.proto),
+                self.guest,
+                self.remote,
+                self.guest_port
             ),
             p => format!(
                 "{} {}:{} > {}:{}",
@@ -646,10 +655,10 @@ fn is_zero(n: &u64) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BudgetEntry {
     pub proto: u8,
-    pub remote: Ipv4Addr,
+    pub remote: IpAddr,
     /// The guest's address and port (ICMP: echo id), or their post-NAT form for replies
     /// first seen before de-NAT.
-    pub local: Ipv4Addr,
+    pub local: IpAddr,
     pub local_port: u16,
     pub shown: u32,
     pub suppressed: u32,
@@ -736,7 +745,7 @@ pub struct Model {
     max: Option<usize>,
     archive: BTreeMap<FlowKey, Archived>,
     /// Post-NAT (proto, address, port) → flow, learned from evicted requests.
-    archive_nat: HashMap<(u8, Ipv4Addr, u16), FlowKey>,
+    archive_nat: HashMap<(u8, IpAddr, u16), FlowKey>,
     /// Journeys folded away without a flow (ICMP errors, …) or past [`MAX_ARCHIVED_FLOWS`].
     pub flows_over_limit: usize,
     /// The guest's ARP and DHCP on its tap (the last [`L2_KEPT`]), and how many there were.
@@ -850,15 +859,15 @@ impl Model {
 
     /// The flow a journey belongs to. Replies seen only before de-NAT are mapped back through
     /// the rewrites of the requests.
-    fn flow_of(&self, j: &Journey, nat: &HashMap<(u8, Ipv4Addr, u16), FlowKey>) -> Option<FlowKey> {
+    fn flow_of(&self, j: &Journey, nat: &HashMap<(u8, IpAddr, u16), FlowKey>) -> Option<FlowKey> {
         match j.dir {
             Direction::Request => j.first_tuple().map(|t| FlowKey::from_request(&t)),
             Direction::Reply => {
                 let last = j.last_tuple()?;
-                let icmp_err = last.proto == 1
-                    && j.hops
-                        .iter()
-                        .any(|h| h.icmp_inner_dst.is_some() && matches!(h.icmp_type, 3 | 11 | 12));
+                let icmp_err = is_icmp(last.proto)
+                    && j.hops.iter().any(|h| {
+                        h.icmp_inner_dst.is_some() && is_icmp_error(last.proto, h.icmp_type)
+                    });
                 if icmp_err {
                     return None; // attached by the caller to the flow of the quoted packet
                 }
@@ -904,7 +913,7 @@ impl Model {
 
     /// Post-NAT (proto, address, port) → flow: what the archive learned plus the retained
     /// requests' rewrites.
-    fn nat_map(&self) -> HashMap<(u8, Ipv4Addr, u16), FlowKey> {
+    fn nat_map(&self) -> HashMap<(u8, IpAddr, u16), FlowKey> {
         let mut nat = self.archive_nat.clone();
         learn_nat(&mut nat, &self.journeys);
         nat
@@ -1009,7 +1018,7 @@ impl Model {
 
 /// Learns from requests' first and last tuples under which post-NAT (proto, address, port)
 /// their replies come back.
-fn learn_nat(nat: &mut HashMap<(u8, Ipv4Addr, u16), FlowKey>, journeys: &[Journey]) {
+fn learn_nat(nat: &mut HashMap<(u8, IpAddr, u16), FlowKey>, journeys: &[Journey]) {
     for j in journeys.iter().filter(|j| j.dir == Direction::Request) {
         if let (Some(first), Some(last)) = (j.first_tuple(), j.last_tuple()) {
             nat.insert(

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::model::event::TraceEvent;
+use std::net::Ipv4Addr;
 
 fn load(text: &str) -> Vec<TraceEvent> {
     text.lines()
@@ -286,7 +287,7 @@ fn tap_facts(master: Option<&str>) -> HostFacts {
                 None,
                 true,
                 vec![DevAddr {
-                    addr: Ipv4Addr::new(10, 77, 0, 1),
+                    addr: Ipv4Addr::new(10, 77, 0, 1).into(),
                     prefix: 24,
                 }],
             ),
@@ -437,20 +438,26 @@ fn otherhost_on_an_unbridged_tap_names_the_bridge_of_the_guests_subnet() {
 #[test]
 fn the_vms_bridge_is_the_one_holding_its_subnet_or_the_only_one() {
     let facts = tap_facts(None);
-    assert_eq!(facts.bridge_for(Ipv4Addr::new(10, 77, 0, 200)), Some("br0"));
+    assert_eq!(
+        facts.bridge_for(Ipv4Addr::new(10, 77, 0, 200).into()),
+        Some("br0")
+    );
     // Two bridges, neither holding the address: no guess.
-    assert_eq!(facts.bridge_for(Ipv4Addr::new(10, 78, 0, 2)), None);
+    assert_eq!(facts.bridge_for(Ipv4Addr::new(10, 78, 0, 2).into()), None);
     let mut one = facts.clone();
     one.devices.retain(|d| d.name != "br0");
-    assert_eq!(one.bridge_for(Ipv4Addr::new(10, 78, 0, 2)), Some("br1"));
+    assert_eq!(
+        one.bridge_for(Ipv4Addr::new(10, 78, 0, 2).into()),
+        Some("br1")
+    );
     let host = |prefix| DevAddr {
-        addr: Ipv4Addr::new(10, 77, 0, 1),
+        addr: Ipv4Addr::new(10, 77, 0, 1).into(),
         prefix,
     };
-    assert!(host(0).contains(Ipv4Addr::new(192, 0, 2, 1)));
-    assert!(host(32).contains(Ipv4Addr::new(10, 77, 0, 1)));
-    assert!(!host(32).contains(Ipv4Addr::new(10, 77, 0, 2)));
-    assert!(!host(24).contains(Ipv4Addr::new(10, 77, 1, 2)));
+    assert!(host(0).contains(Ipv4Addr::new(192, 0, 2, 1).into()));
+    assert!(host(32).contains(Ipv4Addr::new(10, 77, 0, 1).into()));
+    assert!(!host(32).contains(Ipv4Addr::new(10, 77, 0, 2).into()));
+    assert!(!host(24).contains(Ipv4Addr::new(10, 77, 1, 2).into()));
 }
 
 /// The guest's ARP for its gateway on the tap, as the tap hook reports it.
@@ -499,7 +506,7 @@ fn macvtap_facts(lower_up: bool) -> HostFacts {
                 mtu: Some(1500),
                 up: lower_up,
                 addrs: vec![DevAddr {
-                    addr: Ipv4Addr::new(10, 78, 0, 3),
+                    addr: Ipv4Addr::new(10, 78, 0, 3).into(),
                     prefix: 24,
                 }],
                 ..Default::default()

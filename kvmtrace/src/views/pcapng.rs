@@ -8,7 +8,9 @@
 //!   (ports) header, with valid checksums and no payload (none is recorded; the length the
 //!   kernel saw is in the comment). Window and acknowledgment number are not recorded: 65535
 //!   and 0 are written.
-//! - Link type raw IPv4 (LINKTYPE_IPV4, 228) everywhere: the MACs the kernel programs read at a
+//! - Link type raw IP (LINKTYPE_RAW, 101: IPv4 or IPv6 by the header's version) everywhere:
+//!   IPv6 packets are written with an IPv6 header and ICMPv6 in place of ICMP. The MACs the
+//!   kernel programs read at a
 //!   netfilter hook after routing are still those of the received frame, so an Ethernet header
 //!   built from them would mislead; the recorded MACs are in the comment instead.
 //! - Each packet has a comment: stage, hook, device, the packet's fate, its flow's verdict
@@ -16,12 +18,15 @@
 //!   Route lookups have no packet of their own: their result is in the comments.
 //! - Timestamps are wall-clock, ns resolution (if_tsresol 9), from the header's clocks.
 
-use crate::model::event::{Point, TraceEvent};
+use crate::model::event::{Point, TraceEvent, Tuple};
 use crate::model::{point_label, stage_of, Outcome, Rewrite, Status, Verdict};
 use crate::trace::analysis::Analysis;
 use crate::trace::Trace;
 use anyhow::{anyhow, Result};
-use etherparse::{Icmpv4Header, Icmpv4Type, IpNumber, Ipv4Header, TcpHeader, UdpHeader};
+use etherparse::{
+    Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, IpNumber, Ipv4Header, Ipv6Header,
+    TcpHeader, UdpHeader,
+};
 use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
 use pcap_file::pcapng::blocks::interface_description::{
     InterfaceDescriptionBlock, InterfaceDescriptionOption,
@@ -32,6 +37,7 @@ use pcap_file::DataLink;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Write;
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// What was written.
@@ -78,13 +84,17 @@ pub fn interface_name(e: &TraceEvent) -> String {
     }
 }
 
-/// A raw IPv4 packet (headers only) built from an event's recorded headers; None without an
-/// IPv4 header.
+/// A raw IP packet (headers only) built from an event's recorded headers; None without an IP
+/// header.
 pub fn packet(e: &TraceEvent) -> Option<Vec<u8>> {
     let t = e.tuple?;
+    let (src, dst) = match (t.src, t.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (s, d),
+        (IpAddr::V6(s), IpAddr::V6(d)) => return packet6(e, &t, s.octets(), d.octets()),
+        _ => return None,
+    };
     let mut l4: Vec<u8> = Vec::new();
-    let mut ip =
-        Ipv4Header::new(0, e.ttl, IpNumber(t.proto), t.src.octets(), t.dst.octets()).ok()?;
+    let mut ip = Ipv4Header::new(0, e.ttl, IpNumber(t.proto), src.octets(), dst.octets()).ok()?;
     ip.identification = e.ip_id;
     // Not recorded: written as a plain, unfragmented datagram.
     ip.dont_fragment = false;
@@ -134,6 +144,66 @@ pub fn packet(e: &TraceEvent) -> Option<Vec<u8>> {
     ip.set_payload_len(l4.len()).ok()?;
     ip.header_checksum = ip.calc_header_checksum();
     let mut out = Vec::with_capacity(20 + l4.len());
+    ip.write(&mut out).ok()?;
+    out.extend_from_slice(&l4);
+    Some(out)
+}
+
+/// The IPv6 form of [`packet`]: an IPv6 header and the ICMPv6, TCP or UDP header.
+fn packet6(e: &TraceEvent, t: &Tuple, src: [u8; 16], dst: [u8; 16]) -> Option<Vec<u8>> {
+    let mut l4: Vec<u8> = Vec::new();
+    let mut ip = Ipv6Header {
+        traffic_class: 0,
+        flow_label: Default::default(),
+        payload_length: 0,
+        next_header: IpNumber(t.proto),
+        hop_limit: e.ttl,
+        source: src,
+        destination: dst,
+    };
+    match t.proto {
+        58 => {
+            let rest = match e.icmp_type {
+                // Echo request / reply: identifier and sequence (RFC 4443).
+                128 | 129 => {
+                    let mut b = [0u8; 4];
+                    b[..2].copy_from_slice(&t.sport.to_be_bytes());
+                    b[2..].copy_from_slice(&t.dport.to_be_bytes());
+                    b
+                }
+                2 => e.icmp_mtu.unwrap_or(0).to_be_bytes(),
+                _ => [0; 4],
+            };
+            let ty = Icmpv6Type::Unknown {
+                type_u8: e.icmp_type,
+                code_u8: e.icmp_code,
+                bytes5to8: rest,
+            };
+            let h = Icmpv6Header::with_checksum(ty, src, dst, &[]).ok()?;
+            l4.extend_from_slice(&h.to_bytes());
+        }
+        6 => {
+            let mut h = TcpHeader::new(t.sport, t.dport, e.tcp_seq, 65535);
+            let f = e.tcp_flags;
+            h.fin = f & 0x01 != 0;
+            h.syn = f & 0x02 != 0;
+            h.rst = f & 0x04 != 0;
+            h.psh = f & 0x08 != 0;
+            h.ack = f & 0x10 != 0;
+            h.urg = f & 0x20 != 0;
+            ip.payload_length = h.header_len() as u16;
+            h.checksum = h.calc_checksum_ipv6(&ip, &[]).ok()?;
+            l4.extend_from_slice(&h.to_bytes());
+        }
+        17 => {
+            ip.payload_length = UdpHeader::LEN as u16;
+            let h = UdpHeader::with_ipv6_checksum(t.sport, t.dport, &ip, &[]).ok()?;
+            l4.extend_from_slice(&h.to_bytes());
+        }
+        _ => {}
+    }
+    ip.payload_length = l4.len() as u16;
+    let mut out = Vec::with_capacity(40 + l4.len());
     ip.write(&mut out).ok()?;
     out.extend_from_slice(&l4);
     Some(out)
@@ -305,7 +375,7 @@ pub fn write(t: &Trace, an: &Analysis, out: impl Write) -> Result<Exported> {
             None => {
                 let id = res.interfaces.len() as u32;
                 let idb = InterfaceDescriptionBlock {
-                    linktype: DataLink::IPV4,
+                    linktype: DataLink::RAW,
                     snaplen: 0,
                     options: vec![
                         InterfaceDescriptionOption::IfName(Cow::Owned(name.clone())),
@@ -380,6 +450,8 @@ mod tests {
             stack: vec![],
             route: None,
             icmp_inner_dst: None,
+            icmp_mtu: None,
+            vxlan: None,
             l2: None,
         }
     }

@@ -99,8 +99,9 @@ pub(super) fn classify(
         });
     let good_reply = delivered.iter().any(|j| {
         j.hops.iter().any(|h| {
-            let icmp_err =
-                h.tuple.is_some_and(|t| t.proto == 1) && matches!(h.icmp_type, 3 | 11 | 12);
+            let icmp_err = h
+                .tuple
+                .is_some_and(|t| crate::model::event::is_icmp_error(t.proto, h.icmp_type));
             !icmp_err
         })
     });

@@ -4,7 +4,7 @@
 use crate::model::event::Point;
 use crate::model::{DevFacts, FlowKey, HostFacts, Model, Status, Verdict};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 impl Model {
     /// Replies that came back but never reached the tap: does the guest answer the host's ARP?
@@ -73,23 +73,23 @@ impl Model {
     /// Why nothing reached the destination, from what the guest did say on its tap.
     pub(in crate::model) fn no_traffic_summary(&self, dest: &str, facts: &HostFacts) -> String {
         use crate::model::event::L2;
-        let mut asked: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
-        let mut answered: std::collections::BTreeSet<Ipv4Addr> = Default::default();
+        let mut asked: BTreeMap<IpAddr, usize> = BTreeMap::new();
+        let mut answered: std::collections::BTreeSet<IpAddr> = Default::default();
         let (mut dhcp_asks, mut dhcp_answers) = (0, 0);
         for e in &self.l2 {
             match &e.l2 {
                 Some(L2::Arp { op: 1, target, .. }) if e.point == Point::TapIngress => {
-                    *asked.entry(*target).or_default() += 1
+                    *asked.entry(IpAddr::V4(*target)).or_default() += 1
                 }
                 Some(L2::Arp { op: 2, sender, .. }) if e.point == Point::TapEgress => {
-                    answered.insert(*sender);
+                    answered.insert(IpAddr::V4(*sender));
                 }
                 Some(L2::Dhcp { from_guest: true }) => dhcp_asks += 1,
                 Some(L2::Dhcp { from_guest: false }) => dhcp_answers += 1,
                 _ => {}
             }
         }
-        let unanswered: Vec<(Ipv4Addr, usize)> = asked
+        let unanswered: Vec<(IpAddr, usize)> = asked
             .iter()
             .filter(|(ip, _)| !answered.contains(ip))
             .map(|(ip, n)| (*ip, *n))

@@ -601,6 +601,8 @@ mod tests {
             stack: Vec::new(),
             route: None,
             icmp_inner_dst: None,
+            icmp_mtu: None,
+            vxlan: None,
             l2: None,
         }
     }
