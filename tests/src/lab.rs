@@ -229,7 +229,6 @@ impl Lab {
         run("ip", &["netns", "add", hv]);
         run("ip", &["netns", "add", out]);
         for ns in [hv, out] {
-            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
             // Before any interface exists: a new device copies `default`, and the veth peer
             // gets the outside's defaults when it moves there (it re-registers). No DAD means
             // no tentative addresses and no waiting; no RA means no surprise routes.
@@ -250,6 +249,7 @@ impl Lab {
         // as soon as the fake VM attaches and the tap gets carrier.
         #[rustfmt::skip]
         let hv_steps: &[&[&str]] = &[
+            &["link", "set", "lo", "up"],
             &["link", "add", br, "type", "bridge", "stp_state", "0", "forward_delay", "0"],
             &["tuntap", "add", "dev", tap, "mode", "tap"],
             &["link", "set", tap, "master", br],
@@ -262,30 +262,24 @@ impl Lab {
             &["addr", "add", &uplink6_cidr, "dev", up, "nodad"],
             &["link", "set", up, "up"],
             &["route", "add", "default", "via", &outside_gw],
-            &["-6", "route", "add", "default", "via", &outside_gw6, "dev", up],
+            // `::/0`, not `-6 ... default`: a batch line takes no options.
+            &["route", "add", "::/0", "via", &outside_gw6, "dev", up],
         ];
-        for step in hv_steps {
-            let mut args = vec!["-n", hv];
-            args.extend_from_slice(step);
-            run("ip", &args);
-        }
+        ip_batch(hv, hv_steps);
 
         // Outside: the peer end and the destinations on lo; deliberately no route to 10.77.0.0/24,
         // but a route back to the IPv6 guest prefix (v6 is routed, not NATed).
         #[rustfmt::skip]
         let out_steps: &[&[&str]] = &[
+            &["link", "set", "lo", "up"],
             &["addr", "add", &outside_gw_cidr, "dev", "eth0"],
             &["addr", "add", &outside_gw6_cidr, "dev", "eth0", "nodad"],
             &["link", "set", "eth0", "up"],
             &["addr", "add", &dest_cidr, "dev", "lo"],
             &["addr", "add", &dest6_cidr, "dev", "lo", "nodad"],
-            &["-6", "route", "add", &guest_net6, "via", &uplink_ip6, "dev", "eth0"],
+            &["route", "add", &guest_net6, "via", &uplink_ip6, "dev", "eth0"],
         ];
-        for step in out_steps {
-            let mut args = vec!["-n", out];
-            args.extend_from_slice(step);
-            run("ip", &args);
-        }
+        ip_batch(out, out_steps);
 
         // The per-device values, explicitly: they already came from `default`, but a test that
         // reads them should not have to know that.
@@ -383,8 +377,8 @@ impl Lab {
     /// Set `net.ipv4.ip_forward` in the hypervisor namespace (this also sets every interface's
     /// `forwarding`).
     pub fn set_ip_forward(&self, on: bool) {
-        let value = format!("net.ipv4.ip_forward={}", u8::from(on));
-        self.hv_run(&["sysctl", "-q", "-w", &value]);
+        let value = if on { "1" } else { "0" };
+        write_sysctls(&self.hv, &[("net/ipv4/ip_forward", value)]);
     }
 
     /// Set `net.ipv6.conf.all.forwarding` in the hypervisor namespace (this also sets every
@@ -504,6 +498,39 @@ pub(crate) fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Resul
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
+}
+
+/// Run `ip -n NS -batch -` with one command per step: one process for a whole namespace's
+/// setup instead of one per step (a lab is built for nearly every test). Panics with ip's
+/// stderr, which names the failing line, and the batch.
+fn ip_batch(ns: &str, steps: &[&[&str]]) {
+    let batch: String = steps.iter().map(|step| step.join(" ") + "\n").collect();
+    let line = format!("ip -n {ns} -batch -");
+    let mut child = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("`{line}`: cannot spawn: {e}"));
+    let write_result = child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(batch.as_bytes());
+    let output = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("`{line}`: cannot wait: {e}"));
+    if !output.status.success() {
+        panic!(
+            "`{line}` failed ({}): {}\nbatch:\n{batch}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    if let Err(e) = write_result {
+        panic!("`{line}`: cannot write the batch: {e}");
+    }
 }
 
 /// The /64 network of `addr` (its first four 16-bit groups).
