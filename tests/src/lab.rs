@@ -4,7 +4,7 @@
 //!   FakeVm / QEMU            netns <id>-hv ("the hypervisor")                 netns <id>-out ("the outside")
 //!   ───────────── tap vnet0 ── br0 10.77.0.1/24      up0 192.0.2.2/24 ══ veth ══ eth0 192.0.2.1/24
 //!   guest 10.77.0.2              fd00:77::1/64          2001:db8:2::2/64          2001:db8:2::1/64
-//!   guest fd00:77::2         ip_forward, MASQUERADE out of up0,               lo 203.0.113.1/32 (`dest`)
+//!         fd00:77::2         ip_forward, MASQUERADE out of up0,               lo 203.0.113.1/32 (`dest`)
 //!                            IPv6 forwarding (routed, no NAT66),              lo 2001:db8:ffff::1/128 (`dest6`)
 //!                            optional FORWARD drop policies                   no route back to 10.77.0.0/24,
 //!                                                                             fd00:77::/64 via 2001:db8:2::2
@@ -21,8 +21,9 @@
 //! addresses are usable at once, so IPv6 costs the lab no waiting, and no DAD probes show up on
 //! the tap. The hypervisor takes no router advertisements (`accept_ra=0`).
 //!
-//! Every setup step panics with the command line and its stderr; a half-built lab is torn down by
-//! `Drop` while the panic unwinds, because the `Lab` value exists before the first step runs.
+//! Every setup step panics with the command line (or the `ip -batch` input) and its stderr; a
+//! half-built lab is torn down by `Drop` while the panic unwinds, because the `Lab` value exists
+//! before the first step runs.
 
 use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6, TcpListener};
@@ -540,8 +541,8 @@ fn guest_prefix6(addr: Ipv6Addr) -> Ipv6Addr {
 }
 
 /// Write `(key, value)` pairs under `/proc/sys/` from a thread inside `ns`: the net sysctls a
-/// task sees are those of its own network namespace (fs/proc/proc_sysctl.c looks the table up
-/// through `current->nsproxy->net_ns`). Cheaper than spawning `ip netns exec NS sysctl` per value.
+/// task sees are those of its own network namespace (net/sysctl_net.c, `net_ctl_header_lookup`
+/// and `is_seen` go by `current->nsproxy->net_ns`). Cheaper than spawning `ip netns exec NS sysctl` per value.
 /// Panics naming the key on failure.
 fn write_sysctls(ns: &str, pairs: &[(&str, &str)]) {
     let result = in_netns(ns, || {
