@@ -13,14 +13,37 @@
 //!
 //! Guest console lines (all on ttyS0, the kernel itself is `quiet`):
 //! - `KT ready <ip>` once `eth0` has its address and default route;
+//! - `KT ready6 <ip6>` after that, once `eth0` has its IPv6 address and default route (only with
+//!   `kt.ip6=`, see [`GuestConfig::ip6`]);
 //! - `KT ping ok` / `KT ping fail` for `ping -c1 -W1 <dest>`;
 //! - `KT tcp ok` / `KT tcp fail` for a TCP connect to `<dest>:<port>` (2 s timeout);
+//! - `KT ping6 ok` / `KT ping6 fail` for `ping -6 -c1 -W1 <dest6>` and `KT tcp6 ok` /
+//!   `KT tcp6 fail` for a TCP connect to `[<dest6>]:<port>`, in the same loop, only with
+//!   `kt.dest6=` (see [`GuestConfig::dest6`]);
 //! - `KT error: ...` if something in `/init` went wrong.
+//!
+//! The guest runs no commands on request: what it does is fixed at boot by the kernel command
+//! line. To make a guest ping an IPv6 address, set [`GuestConfig::dest6`] before
+//! [`Guest::boot`] (it becomes `kt.dest6=`) and wait for `KT ping6 ok` on the console:
+//!
+//! ```no_run
+//! # use kvmtrace_lab::{guest::*, lab::*};
+//! # use std::time::Duration;
+//! let lab = Lab::new(LabOptions::default());
+//! let mut cfg = GuestConfig::for_lab(&lab, "v6guest", 80);
+//! cfg.dest6 = Some(lab.dest6);
+//! let guest = Guest::boot(&build_image(&default_cache_dir()).unwrap(), &cfg).unwrap();
+//! assert!(guest.wait_for_serial("KT ping6 ok", Duration::from_secs(90)));
+//! ```
+//!
+//! busybox-static 1.35 (bookworm) has `ping` with `-6` (and a `ping6` applet), `ip` with IPv6,
+//! and `nc` that takes an IPv6 literal. Its `ip addr add` has no `nodad`, so `/init` turns DAD
+//! off through `/proc/sys` before `eth0` comes up instead.
 
 use std::{
     fs::{self, File},
     io::{ErrorKind, Write},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::unix::{fs::OpenOptionsExt, io::AsRawFd, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -71,12 +94,18 @@ ip=
 gw=
 dest=
 port=80
+ip6=
+gw6=
+dest6=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         kt.ip=*) ip="${arg#kt.ip=}" ;;
         kt.gw=*) gw="${arg#kt.gw=}" ;;
         kt.dest=*) dest="${arg#kt.dest=}" ;;
         kt.port=*) port="${arg#kt.port=}" ;;
+        kt.ip6=*) ip6="${arg#kt.ip6=}" ;;
+        kt.gw6=*) gw6="${arg#kt.gw6=}" ;;
+        kt.dest6=*) dest6="${arg#kt.dest6=}" ;;
     esac
 done
 
@@ -89,11 +118,26 @@ while ! ip link show eth0 >/dev/null 2>&1; do
     fi
     sleep 0.1
 done
+if [ -n "$ip6" ]; then
+    # busybox ip has no `nodad`: no DAD at all, set before eth0 comes up, so the link-local and
+    # the static address are usable at once. No router advertisements either.
+    for c in all default eth0; do
+        echo 0 > /proc/sys/net/ipv6/conf/$c/accept_dad || echo "KT error: accept_dad $c"
+        echo 0 > /proc/sys/net/ipv6/conf/$c/accept_ra || echo "KT error: accept_ra $c"
+    done
+fi
 ip link set lo up
 ip link set eth0 up
 ip addr add "$ip" dev eth0 || echo "KT error: ip addr add $ip"
 ip route add default via "$gw" || echo "KT error: ip route add default via $gw"
 echo "KT ready ${ip%/*}"
+if [ -n "$ip6" ]; then
+    ip -6 addr add "$ip6" dev eth0 || echo "KT error: ip -6 addr add $ip6"
+    if [ -n "$gw6" ]; then
+        ip -6 route add default via "$gw6" dev eth0 || echo "KT error: ip -6 route add default via $gw6"
+    fi
+    echo "KT ready6 ${ip6%/*}"
+fi
 
 while :; do
     if ping -c 1 -W 1 "$dest" >/dev/null 2>&1; then
@@ -107,6 +151,18 @@ while :; do
         echo "KT tcp ok"
     else
         echo "KT tcp fail"
+    fi
+    if [ -n "$dest6" ]; then
+        if ping -6 -c 1 -W 1 "$dest6" >/dev/null 2>&1; then
+            echo "KT ping6 ok"
+        else
+            echo "KT ping6 fail"
+        fi
+        if nc -w 2 "$dest6" "$port" -e /bin/true </dev/null >/dev/null 2>&1; then
+            echo "KT tcp6 ok"
+        else
+            echo "KT tcp6 fail"
+        fi
     fi
     sleep 1
 done
@@ -513,6 +569,15 @@ pub struct GuestConfig {
     /// What the guest pings and connects to, once a second.
     pub dest: Ipv4Addr,
     pub tcp_port: u16,
+    /// IPv6 address and prefix length on `eth0` (`kt.ip6=`); `KT ready6 <addr>` follows
+    /// `KT ready`. `None`: the guest has only its link-local address.
+    pub ip6: Option<(Ipv6Addr, u8)>,
+    /// IPv6 default gateway (`kt.gw6=`); used only with `ip6`.
+    pub gateway6: Option<Ipv6Addr>,
+    /// What the guest pings (`KT ping6 ok|fail`) and connects to on `tcp_port`
+    /// (`KT tcp6 ok|fail`) in its loop, after the IPv4 attempts (`kt.dest6=`). `None` (also
+    /// from [`GuestConfig::for_lab`]): no IPv6 attempts, the loop keeps its IPv4-only pace.
+    pub dest6: Option<Ipv6Addr>,
     /// VM name: QEMU's `-name guest=<name>`, as libvirt passes it.
     pub name: String,
     /// More QEMU arguments, appended (a second NIC, a `-pidfile` as Proxmox gives one).
@@ -520,7 +585,8 @@ pub struct GuestConfig {
 }
 
 impl GuestConfig {
-    /// A guest on `lab`'s tap with the lab's guest address, gateway and destination.
+    /// A guest on `lab`'s tap with the lab's guest addresses (IPv4 and IPv6), gateways and IPv4
+    /// destination. It does not ping over IPv6 unless the caller sets `dest6`.
     pub fn for_lab(lab: &crate::lab::Lab, name: &str, tcp_port: u16) -> Self {
         GuestConfig {
             netns: lab.hv.clone(),
@@ -531,6 +597,9 @@ impl GuestConfig {
             gateway: lab.gw_ip,
             dest: lab.dest,
             tcp_port,
+            ip6: Some((lab.guest_ip6, crate::lab::Lab::PREFIX6)),
+            gateway6: Some(lab.gw_ip6),
+            dest6: None,
             name: name.to_string(),
             extra_args: Vec::new(),
         }
@@ -589,10 +658,19 @@ impl Guest {
             "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
             m[0], m[1], m[2], m[3], m[4], m[5]
         );
-        let append = format!(
+        let mut append = format!(
             "console=ttyS0 quiet panic=-1 kt.ip={}/{} kt.gw={} kt.dest={} kt.port={}",
             cfg.ip, cfg.prefix, cfg.gateway, cfg.dest, cfg.tcp_port
         );
+        if let Some((ip6, prefix6)) = cfg.ip6 {
+            append.push_str(&format!(" kt.ip6={ip6}/{prefix6}"));
+            if let Some(gw6) = cfg.gateway6 {
+                append.push_str(&format!(" kt.gw6={gw6}"));
+            }
+        }
+        if let Some(dest6) = cfg.dest6 {
+            append.push_str(&format!(" kt.dest6={dest6}"));
+        }
         let mut cmd = Command::new("ip");
         // `ip netns exec` execs QEMU after setns, so the child's pid is QEMU's.
         cmd.args(["netns", "exec", &cfg.netns, "qemu-system-x86_64"])

@@ -3,20 +3,30 @@
 //! ```text
 //!   FakeVm / QEMU            netns <id>-hv ("the hypervisor")                 netns <id>-out ("the outside")
 //!   ───────────── tap vnet0 ── br0 10.77.0.1/24      up0 192.0.2.2/24 ══ veth ══ eth0 192.0.2.1/24
-//!   guest 10.77.0.2          ip_forward, MASQUERADE out of up0,               lo 203.0.113.1/32 (`dest`)
-//!                            optional FORWARD drop policy                     no route back to 10.77.0.0/24
+//!   guest 10.77.0.2              fd00:77::1/64          2001:db8:2::2/64          2001:db8:2::1/64
+//!         fd00:77::2         ip_forward, MASQUERADE out of up0,               lo 203.0.113.1/32 (`dest`)
+//!                            IPv6 forwarding (routed, no NAT66),              lo 2001:db8:ffff::1/128 (`dest6`)
+//!                            optional FORWARD drop policies                   no route back to 10.77.0.0/24,
+//!                                                                             fd00:77::/64 via 2001:db8:2::2
 //! ```
 //!
-//! The outside deliberately has no route to the guest subnet: without MASQUERADE in the hypervisor
-//! the replies die in the outside namespace, which is exactly the "VM has no internet" failure that
-//! kvmtrace must explain. All addresses are documentation ranges (RFC 5737) or private, and every
-//! packet stays inside the two namespaces.
+//! The outside deliberately has no route to the IPv4 guest subnet: without MASQUERADE in the
+//! hypervisor the replies die in the outside namespace, which is exactly the "VM has no internet"
+//! failure that kvmtrace must explain. IPv6 is routed the way real v6 hosts are: the outside has a
+//! route back to the guest prefix, so the default v6 path is healthy and only the forwarding
+//! sysctl or a firewall breaks it. All addresses are documentation ranges (RFC 5737, RFC 3849),
+//! private (RFC 1918) or unique local (RFC 4193), and every packet stays inside the two namespaces.
 //!
-//! Every setup step panics with the command line and its stderr; a half-built lab is torn down by
-//! `Drop` while the panic unwinds, because the `Lab` value exists before the first step runs.
+//! Duplicate address detection is off everywhere (`accept_dad=0`, addresses added `nodad`):
+//! addresses are usable at once, so IPv6 costs the lab no waiting, and no DAD probes show up on
+//! the tap. The hypervisor takes no router advertisements (`accept_ra=0`).
+//!
+//! Every setup step panics with the command line (or the `ip -batch` input) and its stderr; a
+//! half-built lab is torn down by `Drop` while the panic unwinds, because the `Lab` value exists
+//! before the first step runs.
 
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6, TcpListener};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -24,15 +34,22 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// How to build a [`Lab`]. `Default` is a healthy host: forwarding on, MASQUERADE on, no drop.
+/// How to build a [`Lab`]. `Default` is a healthy host: IPv4 and IPv6 forwarding on, MASQUERADE
+/// on, no drop.
 #[derive(Debug, Clone)]
 pub struct LabOptions {
     /// Install `table ip labnat` with a MASQUERADE rule for 10.77.0.0/24 leaving via `up0`.
     pub masquerade: bool,
-    /// Set the FORWARD policy of the hypervisor to drop, with this tool.
+    /// Set the FORWARD policy of the hypervisor to drop, with this tool. The nftables variant is an
+    /// `inet` table, so it drops forwarded IPv6 too; the iptables one drops IPv4 only.
     pub forward_drop: Option<Firewall>,
     /// Value of `net.ipv4.ip_forward` in the hypervisor namespace.
     pub ip_forward: bool,
+    /// Value of `net.ipv6.conf.all.forwarding` in the hypervisor namespace.
+    pub ip6_forward: bool,
+    /// Drop forwarded IPv6 only: `ip6tables -P FORWARD DROP`, or with nftables
+    /// [`FORWARD6_DROP_RULESET`] (`table ip6 labfilter6`).
+    pub forward6_drop: Option<Firewall>,
 }
 
 impl Default for LabOptions {
@@ -41,6 +58,8 @@ impl Default for LabOptions {
             masquerade: true,
             forward_drop: None,
             ip_forward: true,
+            ip6_forward: true,
+            forward6_drop: None,
         }
     }
 }
@@ -84,6 +103,16 @@ pub struct Lab {
     pub outside_gw: Ipv4Addr,
     /// 203.0.113.1/32 on the outside's lo: the "internet" destination.
     pub dest: Ipv4Addr,
+    /// fd00:77::2, the guest's IPv6 address (prefix [`Lab::PREFIX6`]).
+    pub guest_ip6: Ipv6Addr,
+    /// fd00:77::1/64 on `bridge`: the guest's IPv6 gateway.
+    pub gw_ip6: Ipv6Addr,
+    /// 2001:db8:2::2/64 on `uplink`.
+    pub uplink_ip6: Ipv6Addr,
+    /// 2001:db8:2::1/64 on eth0 in `outside`; the hypervisor's IPv6 default route points at it.
+    pub outside_gw6: Ipv6Addr,
+    /// 2001:db8:ffff::1/128 on the outside's lo: the IPv6 "internet" destination.
+    pub dest6: Ipv6Addr,
     /// Listening sockets created by [`Lab::tcp_listen`]; closed when the lab drops.
     listeners: Mutex<Vec<TcpListener>>,
 }
@@ -105,6 +134,16 @@ table ip labnat {
 }
 ";
 
+/// What `LabOptions::forward6_drop` with `Firewall::Nftables` loads: IPv6 only, so IPv4 keeps
+/// flowing. `delete table ip6 labfilter6` undoes it.
+pub const FORWARD6_DROP_RULESET: &str = "\
+table ip6 labfilter6 {
+    chain forward {
+        type filter hook forward priority 0; policy drop;
+    }
+}
+";
+
 /// What `Firewall::Nftables` loads: `delete table inet labfilter` undoes it.
 pub const FORWARD_DROP_RULESET: &str = "\
 table inet labfilter {
@@ -117,6 +156,9 @@ table inet labfilter {
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Lab {
+    /// Prefix length of the IPv6 guest and uplink subnets.
+    pub const PREFIX6: u8 = 64;
+
     /// Build the lab. Panics with the failing command line and its stderr; partial state is
     /// removed before the panic propagates.
     pub fn new(opts: LabOptions) -> Lab {
@@ -133,6 +175,11 @@ impl Lab {
             uplink_ip: Ipv4Addr::new(192, 0, 2, 2),
             outside_gw: Ipv4Addr::new(192, 0, 2, 1),
             dest: Ipv4Addr::new(203, 0, 113, 1),
+            guest_ip6: Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 2),
+            gw_ip6: Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 1),
+            uplink_ip6: Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 2),
+            outside_gw6: Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1),
+            dest6: Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1),
             listeners: Mutex::new(Vec::new()),
         }
         .with_fresh_names();
@@ -172,49 +219,85 @@ impl Lab {
         let outside_gw_cidr = format!("{}/24", self.outside_gw);
         let outside_gw = self.outside_gw.to_string();
         let dest_cidr = format!("{}/32", self.dest);
+        let gw6_cidr = format!("{}/{}", self.gw_ip6, Self::PREFIX6);
+        let uplink6_cidr = format!("{}/{}", self.uplink_ip6, Self::PREFIX6);
+        let outside_gw6_cidr = format!("{}/{}", self.outside_gw6, Self::PREFIX6);
+        let outside_gw6 = self.outside_gw6.to_string();
+        let dest6_cidr = format!("{}/128", self.dest6);
+        let guest_net6 = format!("{}/{}", guest_prefix6(self.guest_ip6), Self::PREFIX6);
+        let uplink_ip6 = self.uplink_ip6.to_string();
 
         run("ip", &["netns", "add", hv]);
         run("ip", &["netns", "add", out]);
         for ns in [hv, out] {
-            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+            // Before any interface exists: a new device copies `default`, and the veth peer
+            // gets the outside's defaults when it moves there (it re-registers). No DAD means
+            // no tentative addresses and no waiting; no RA means no surprise routes.
+            write_sysctls(
+                ns,
+                &[
+                    ("net/ipv6/conf/all/disable_ipv6", "0"),
+                    ("net/ipv6/conf/default/disable_ipv6", "0"),
+                    ("net/ipv6/conf/all/accept_dad", "0"),
+                    ("net/ipv6/conf/default/accept_dad", "0"),
+                    ("net/ipv6/conf/all/accept_ra", "0"),
+                    ("net/ipv6/conf/default/accept_ra", "0"),
+                ],
+            );
         }
 
         // Hypervisor: br0 with the tap as its port. STP off and forward_delay 0 so the port forwards
         // as soon as the fake VM attaches and the tap gets carrier.
         #[rustfmt::skip]
         let hv_steps: &[&[&str]] = &[
+            &["link", "set", "lo", "up"],
             &["link", "add", br, "type", "bridge", "stp_state", "0", "forward_delay", "0"],
             &["tuntap", "add", "dev", tap, "mode", "tap"],
             &["link", "set", tap, "master", br],
             &["link", "set", tap, "up"],
             &["addr", "add", &gw_cidr, "dev", br],
+            &["addr", "add", &gw6_cidr, "dev", br, "nodad"],
             &["link", "set", br, "up"],
             &["link", "add", up, "type", "veth", "peer", "name", "eth0", "netns", out],
             &["addr", "add", &uplink_cidr, "dev", up],
+            &["addr", "add", &uplink6_cidr, "dev", up, "nodad"],
             &["link", "set", up, "up"],
             &["route", "add", "default", "via", &outside_gw],
+            // `::/0`, not `-6 ... default`: a batch line takes no options.
+            &["route", "add", "::/0", "via", &outside_gw6, "dev", up],
         ];
-        for step in hv_steps {
-            let mut args = vec!["-n", hv];
-            args.extend_from_slice(step);
-            run("ip", &args);
-        }
+        ip_batch(hv, hv_steps);
 
-        // Outside: the peer end and the destination on lo; deliberately no route to 10.77.0.0/24.
+        // Outside: the peer end and the destinations on lo; deliberately no route to 10.77.0.0/24,
+        // but a route back to the IPv6 guest prefix (v6 is routed, not NATed).
+        #[rustfmt::skip]
         let out_steps: &[&[&str]] = &[
+            &["link", "set", "lo", "up"],
             &["addr", "add", &outside_gw_cidr, "dev", "eth0"],
+            &["addr", "add", &outside_gw6_cidr, "dev", "eth0", "nodad"],
             &["link", "set", "eth0", "up"],
             &["addr", "add", &dest_cidr, "dev", "lo"],
+            &["addr", "add", &dest6_cidr, "dev", "lo", "nodad"],
+            &["route", "add", &guest_net6, "via", &uplink_ip6, "dev", "eth0"],
         ];
-        for step in out_steps {
-            let mut args = vec!["-n", out];
-            args.extend_from_slice(step);
-            run("ip", &args);
+        ip_batch(out, out_steps);
+
+        // The per-device values, explicitly: they already came from `default`, but a test that
+        // reads them should not have to know that.
+        let mut per_device = Vec::new();
+        for dev in [br, tap, up] {
+            per_device.push((format!("net/ipv6/conf/{dev}/accept_dad"), "0"));
+            per_device.push((format!("net/ipv6/conf/{dev}/accept_ra"), "0"));
         }
+        let per_device: Vec<(&str, &str)> =
+            per_device.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        write_sysctls(hv, &per_device);
+        write_sysctls(out, &[("net/ipv6/conf/eth0/accept_dad", "0")]);
 
         // Set explicitly: a new netns may inherit IPv4 settings from init_net
         // (net.core.devconf_inherit_init_net), so the default is the host's, not 0.
         self.set_ip_forward(opts.ip_forward);
+        self.set_ip6_forward(opts.ip6_forward);
 
         if opts.masquerade {
             self.nft(MASQUERADE_RULESET);
@@ -224,6 +307,13 @@ impl Lab {
             Some(Firewall::Nftables) => self.nft(FORWARD_DROP_RULESET),
             Some(Firewall::Iptables) => {
                 self.hv_run(&["iptables", "-w", "-P", "FORWARD", "DROP"]);
+            }
+        }
+        match opts.forward6_drop {
+            None => {}
+            Some(Firewall::Nftables) => self.nft(FORWARD6_DROP_RULESET),
+            Some(Firewall::Iptables) => {
+                self.hv_run(&["ip6tables", "-w", "-P", "FORWARD", "DROP"]);
             }
         }
     }
@@ -288,8 +378,27 @@ impl Lab {
     /// Set `net.ipv4.ip_forward` in the hypervisor namespace (this also sets every interface's
     /// `forwarding`).
     pub fn set_ip_forward(&self, on: bool) {
-        let value = format!("net.ipv4.ip_forward={}", u8::from(on));
-        self.hv_run(&["sysctl", "-q", "-w", &value]);
+        let value = if on { "1" } else { "0" };
+        write_sysctls(&self.hv, &[("net/ipv4/ip_forward", value)]);
+    }
+
+    /// Set `net.ipv6.conf.all.forwarding` in the hypervisor namespace (this also sets every
+    /// interface's `forwarding`, net/ipv6/addrconf.c `addrconf_fixup_forwarding`).
+    pub fn set_ip6_forward(&self, on: bool) {
+        let value = if on { "1" } else { "0" };
+        write_sysctls(&self.hv, &[("net/ipv6/conf/all/forwarding", value)]);
+    }
+
+    /// Listen on `[dest6]:port` in the outside namespace: the IPv6 twin of [`Lab::tcp_listen`].
+    pub fn tcp_listen6(&self, port: u16) {
+        let addr = SocketAddrV6::new(self.dest6, port, 0, 0);
+        let listener = in_netns(&self.outside, || TcpListener::bind(addr))
+            .unwrap_or_else(|e| panic!("tcp_listen6({addr}) in {}: {e}", self.outside))
+            .unwrap_or_else(|e| panic!("tcp_listen6({addr}) in {}: bind: {e}", self.outside));
+        self.listeners
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push(listener);
     }
 
     /// Add another persistent tap `name` to the hypervisor, as a port of the bridge, up (a
@@ -390,6 +499,63 @@ pub(crate) fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Resul
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
+}
+
+/// Run `ip -n NS -batch -` with one command per step: one process for a whole namespace's
+/// setup instead of one per step (a lab is built for nearly every test). Panics with ip's
+/// stderr, which names the failing line, and the batch.
+fn ip_batch(ns: &str, steps: &[&[&str]]) {
+    let batch: String = steps.iter().map(|step| step.join(" ") + "\n").collect();
+    let line = format!("ip -n {ns} -batch -");
+    let mut child = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("`{line}`: cannot spawn: {e}"));
+    let write_result = child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(batch.as_bytes());
+    let output = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("`{line}`: cannot wait: {e}"));
+    if !output.status.success() {
+        panic!(
+            "`{line}` failed ({}): {}\nbatch:\n{batch}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    if let Err(e) = write_result {
+        panic!("`{line}`: cannot write the batch: {e}");
+    }
+}
+
+/// The /64 network of `addr` (its first four 16-bit groups).
+fn guest_prefix6(addr: Ipv6Addr) -> Ipv6Addr {
+    let s = addr.segments();
+    Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0)
+}
+
+/// Write `(key, value)` pairs under `/proc/sys/` from a thread inside `ns`: the net sysctls a
+/// task sees are those of its own network namespace (net/sysctl_net.c, `net_ctl_header_lookup`
+/// and `is_seen` go by `current->nsproxy->net_ns`). Cheaper than spawning `ip netns exec NS sysctl` per value.
+/// Panics naming the key on failure.
+fn write_sysctls(ns: &str, pairs: &[(&str, &str)]) {
+    let result = in_netns(ns, || {
+        for (key, value) in pairs {
+            let path = Path::new("/proc/sys").join(key);
+            std::fs::write(&path, value)
+                .map_err(|e| format!("write {value} to {}: {e}", path.display()))?;
+        }
+        Ok::<(), String>(())
+    });
+    if let Err(e) = result.and_then(|r| r) {
+        panic!("sysctl in netns {ns}: {e}");
+    }
 }
 
 fn run_in(ns: &str, args: &[&str]) -> String {

@@ -1,12 +1,12 @@
-//! Self-tests of the lab and the fake VM: the healthy lab forwards, and each knob that should
-//! break forwarding does break it — and stops breaking it when turned back. Run as root; each test
+//! Self-tests of the lab and the fake VM: the healthy lab forwards IPv4 and IPv6, and each knob
+//! that should break forwarding does break it — and stops breaking it when turned back. Run as root; each test
 //! builds its own namespaces, so they run in parallel.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use kvmtrace_lab::lab::{netns_path, Firewall, Lab, LabOptions, MASQUERADE_RULESET};
-use kvmtrace_lab::vm::{tcp_flags, FakeVm, Reply};
+use kvmtrace_lab::vm::{icmp6_type, tcp_flags, FakeVm, Reply, Reply6};
 
 /// Generous: a positive answer inside the lab takes well under a millisecond.
 const ANSWER: Duration = Duration::from_secs(3);
@@ -231,4 +231,319 @@ fn labs_get_distinct_names() {
     assert_ne!(a.id, b.id);
     assert_ne!(a.hv, b.hv);
     assert!(a.id.starts_with(&format!("kt{}-", std::process::id())));
+}
+
+// ---- IPv6 ----
+
+/// The fake VM reaches the IPv6 gateway (Neighbour Solicitation answered, local ping6): a later
+/// "no reply" is about forwarding, not a broken lab.
+fn attach_and_check_gateway6(lab: &Lab) -> FakeVm {
+    let mut vm = FakeVm::attach(lab);
+    assert!(
+        vm.resolve_gateway6(ANSWER),
+        "gateway {} did not answer Neighbour Solicitation",
+        lab.gw_ip6
+    );
+    assert!(vm.gateway6_mac().is_some());
+    let reply = vm.ping6(lab.gw_ip6, 0x6b01, 1, ANSWER);
+    assert_eq!(
+        reply,
+        Some(Reply6::EchoReply {
+            id: 0x6b01,
+            seq: 1,
+            src: lab.gw_ip6
+        }),
+        "ping6 of the gateway"
+    );
+    vm
+}
+
+fn assert_echo_reply6(vm: &mut FakeVm, dst: Ipv6Addr, id: u16, what: &str) {
+    let reply = vm.ping6(dst, id, 1, ANSWER);
+    assert_eq!(
+        reply,
+        Some(Reply6::EchoReply {
+            id,
+            seq: 1,
+            src: dst
+        }),
+        "{what}"
+    );
+}
+
+fn assert_no_reply6(vm: &mut FakeVm, dst: Ipv6Addr, id: u16, what: &str) {
+    let reply = vm.ping6(dst, id, 1, SILENCE);
+    assert_eq!(reply, None, "{what}");
+}
+
+#[test]
+fn ipv6_is_configured_without_dad() {
+    let lab = Lab::new(LabOptions::default());
+    let sysctl = |name: &str| lab.hv_run(&["sysctl", "-n", name]).trim().to_string();
+    assert_eq!(sysctl("net.ipv6.conf.all.forwarding"), "1");
+    assert_eq!(sysctl("net.ipv6.conf.all.accept_ra"), "0");
+    for dev in [&lab.bridge, &lab.tap, &lab.uplink] {
+        assert_eq!(
+            sysctl(&format!("net.ipv6.conf.{dev}.accept_dad")),
+            "0",
+            "{dev}"
+        );
+        assert_eq!(
+            sysctl(&format!("net.ipv6.conf.{dev}.accept_ra")),
+            "0",
+            "{dev}"
+        );
+    }
+    let br = lab.hv_run(&["ip", "-6", "addr", "show", "dev", &lab.bridge]);
+    assert!(br.contains(&format!("{}/64", lab.gw_ip6)), "{br}");
+    let all = lab.hv_run(&["ip", "-6", "addr", "show"]) + &lab.outside_run(&["ip", "-6", "addr"]);
+    assert!(
+        !all.contains("tentative"),
+        "an address waits for DAD:\n{all}"
+    );
+    let routes = lab.hv_run(&["ip", "-6", "route", "show", "default"]);
+    assert!(
+        routes.contains(&format!("via {} dev {}", lab.outside_gw6, lab.uplink)),
+        "{routes}"
+    );
+    let back = lab.outside_run(&["ip", "-6", "route", "show", "fd00:77::/64"]);
+    assert!(back.contains(&format!("via {}", lab.uplink_ip6)), "{back}");
+    let lo = lab.outside_run(&["ip", "-6", "addr", "show", "dev", "lo"]);
+    assert!(lo.contains(&format!("{}/128", lab.dest6)), "{lo}");
+}
+
+#[test]
+fn healthy_lab_forwards_ping6_tcp6_and_udp6() {
+    let lab = Lab::new(LabOptions::default());
+    let mut vm = attach_and_check_gateway6(&lab);
+    assert_echo_reply6(
+        &mut vm,
+        lab.dest6,
+        0x6b10,
+        "ping6 of dest6 through a healthy lab",
+    );
+
+    lab.tcp_listen6(8080);
+    let reply = vm.tcp_syn6(lab.dest6, 8080, 40000, ANSWER);
+    assert_eq!(
+        reply,
+        Some(Reply6::Tcp {
+            flags: tcp_flags::SYN | tcp_flags::ACK,
+            src: lab.dest6,
+            sport: 8080,
+            dport: 40000
+        }),
+        "SYN to a listening port over IPv6"
+    );
+    let reply = vm.tcp_syn6(lab.dest6, 9, 40001, ANSWER);
+    assert_eq!(
+        reply,
+        Some(Reply6::Tcp {
+            flags: tcp_flags::RST | tcp_flags::ACK,
+            src: lab.dest6,
+            sport: 9,
+            dport: 40001
+        }),
+        "SYN to a closed port over IPv6"
+    );
+    // Port unreachable (type 1 code 4) from dest6, quoting the datagram sent to it.
+    let reply = vm.udp6(lab.dest6, 9, 40002, b"kvmtrace", ANSWER);
+    assert_eq!(
+        reply,
+        Some(Reply6::IcmpError {
+            icmp_type: icmp6_type::DEST_UNREACHABLE,
+            code: 4,
+            src: lab.dest6,
+            mtu: None,
+            quoted_dst: Some(lab.dest6)
+        }),
+        "UDP to a closed port over IPv6"
+    );
+
+    // IPv4 keeps working beside it.
+    assert_echo_reply(&mut vm, lab.dest, 0x6b11, "ping of dest in the same lab");
+}
+
+#[test]
+fn replies_reach_the_guest_after_the_host_forgets_its_mac() {
+    // The gateway learned the guest's MAC from the option in its solicitation; forget it, so
+    // the echo reply waits for the fake VM to answer the host's own Neighbour Solicitation.
+    let lab = Lab::new(LabOptions::default());
+    let mut vm = attach_and_check_gateway6(&lab);
+    lab.hv_run(&["ip", "-6", "neigh", "flush", "dev", &lab.bridge]);
+    let guest = lab.guest_ip6.to_string();
+    let before = lab.hv_run(&["ip", "-6", "neigh", "show", &guest, "dev", &lab.bridge]);
+    assert!(
+        before.trim().is_empty() || before.contains("FAILED"),
+        "{before}"
+    );
+    let na0 = snmp6(&lab, "Icmp6InNeighborAdvertisements");
+    assert_echo_reply6(&mut vm, lab.dest6, 0x6b20, "ping6 after a neighbour flush");
+    assert!(
+        snmp6(&lab, "Icmp6InNeighborAdvertisements") > na0,
+        "the host got the reply's next hop without the fake VM's advertisement"
+    );
+    let after = lab.hv_run(&["ip", "-6", "neigh", "show", &guest, "dev", &lab.bridge]);
+    assert!(after.contains("lladdr 52:54:00:4b:54:02"), "{after}");
+}
+
+#[test]
+fn hop_limit_1_gets_time_exceeded_and_a_small_mtu_packet_too_big() {
+    let lab = Lab::new(LabOptions::default());
+    let mut vm = attach_and_check_gateway6(&lab);
+
+    vm.hop_limit = 1;
+    let reply = vm.ping6(lab.dest6, 0x6b30, 1, ANSWER);
+    assert_eq!(
+        reply,
+        Some(Reply6::IcmpError {
+            icmp_type: icmp6_type::TIME_EXCEEDED,
+            code: 0,
+            src: lab.gw_ip6,
+            mtu: None,
+            quoted_dst: Some(lab.dest6)
+        }),
+        "ping6 with hop limit 1"
+    );
+    vm.hop_limit = 64;
+
+    lab.hv_run(&["ip", "link", "set", &lab.uplink, "mtu", "1280"]);
+    let reply = vm.ping6_sized(lab.dest6, 0x6b31, 1, 1400, ANSWER);
+    assert_eq!(
+        reply,
+        Some(Reply6::IcmpError {
+            icmp_type: icmp6_type::PACKET_TOO_BIG,
+            code: 0,
+            src: lab.gw_ip6,
+            mtu: Some(1280),
+            quoted_dst: Some(lab.dest6)
+        }),
+        "1400-byte ping6 over a 1280-byte uplink"
+    );
+    let reply = vm.ping6_sized(lab.dest6, 0x6b32, 1, 1200, ANSWER);
+    assert!(
+        matches!(reply, Some(Reply6::EchoReply { id: 0x6b32, .. })),
+        "1200-byte ping6 fits: {reply:?}"
+    );
+}
+
+#[test]
+fn nftables_forward6_drop_blocks_ipv6_only() {
+    let lab = Lab::new(LabOptions {
+        forward6_drop: Some(Firewall::Nftables),
+        ..LabOptions::default()
+    });
+    let mut vm = attach_and_check_gateway6(&lab);
+    assert_no_reply6(&mut vm, lab.dest6, 0x6b40, "ping6 with ip6 labfilter6 drop");
+    assert_echo_reply(&mut vm, lab.dest, 0x6b41, "IPv4 ping beside an ip6 drop");
+
+    lab.nft("delete table ip6 labfilter6");
+    assert_echo_reply6(
+        &mut vm,
+        lab.dest6,
+        0x6b42,
+        "ping6 after deleting the drop table",
+    );
+}
+
+#[test]
+fn ip6tables_forward6_drop_blocks_ipv6_only() {
+    let lab = Lab::new(LabOptions {
+        forward6_drop: Some(Firewall::Iptables),
+        ..LabOptions::default()
+    });
+    let policy = lab.hv_run(&["ip6tables", "-w", "-S", "FORWARD"]);
+    assert!(policy.contains("-P FORWARD DROP"), "policy: {policy}");
+    let v4 = lab.hv_run(&["iptables", "-w", "-S", "FORWARD"]);
+    assert!(v4.contains("-P FORWARD ACCEPT"), "IPv4 policy: {v4}");
+    let mut vm = attach_and_check_gateway6(&lab);
+    assert_no_reply6(
+        &mut vm,
+        lab.dest6,
+        0x6b50,
+        "ping6 with ip6tables FORWARD DROP",
+    );
+    assert_echo_reply(&mut vm, lab.dest, 0x6b51, "IPv4 ping beside ip6tables DROP");
+
+    lab.hv_run(&["ip6tables", "-w", "-P", "FORWARD", "ACCEPT"]);
+    assert_echo_reply6(&mut vm, lab.dest6, 0x6b52, "ping6 after FORWARD ACCEPT");
+}
+
+#[test]
+fn ip6_forward_off_blocks() {
+    let lab = Lab::new(LabOptions {
+        ip6_forward: false,
+        ..LabOptions::default()
+    });
+    let sysctl = lab.hv_run(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"]);
+    assert_eq!(sysctl.trim(), "0");
+    let mut vm = attach_and_check_gateway6(&lab);
+    assert_no_reply6(&mut vm, lab.dest6, 0x6b60, "ping6 with forwarding=0");
+    assert_echo_reply(
+        &mut vm,
+        lab.dest,
+        0x6b61,
+        "IPv4 ping with only v6 forwarding off",
+    );
+
+    lab.set_ip6_forward(true);
+    assert_echo_reply6(&mut vm, lab.dest6, 0x6b62, "ping6 after forwarding=1");
+}
+
+/// A counter of the hypervisor's /proc/net/snmp6 (per namespace).
+fn snmp6(lab: &Lab, name: &str) -> u64 {
+    let text = lab.hv_run(&["cat", "/proc/net/snmp6"]);
+    text.lines()
+        .find_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next() == Some(name)).then(|| it.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("{name} not in /proc/net/snmp6:\n{text}"))
+}
+
+/// The tap's receive counter: frames the fake VM wrote.
+fn tap_rx_packets(lab: &Lab) -> u64 {
+    let path = format!("/sys/class/net/{}/statistics/rx_packets", lab.tap);
+    lab.hv_run(&["cat", &path])
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+#[test]
+fn router_and_neighbour_solicitations_and_dhcpv6_reach_the_host() {
+    let lab = Lab::new(LabOptions::default());
+    let mut vm = FakeVm::attach(&lab);
+    assert_eq!(
+        vm.link_local(),
+        "fe80::5054:ff:fe4b:5402".parse::<Ipv6Addr>().unwrap()
+    );
+    let (rx0, rs0) = (tap_rx_packets(&lab), snmp6(&lab, "Icmp6InRouterSolicits"));
+
+    vm.router_solicit();
+    vm.dhcpv6_solicit(0x00ab_cdef);
+    vm.neighbour_solicit(lab.gw_ip6);
+    // The answer to the NS is learned while replies are read.
+    let deadline = std::time::Instant::now() + ANSWER;
+    while vm.neighbour6(lab.gw_ip6).is_none() && std::time::Instant::now() < deadline {
+        vm.poll_replies6(Duration::from_millis(50));
+    }
+    assert!(
+        vm.neighbour6(lab.gw_ip6).is_some(),
+        "no Neighbour Advertisement for {}",
+        lab.gw_ip6
+    );
+    assert_eq!(vm.gateway6_mac(), vm.neighbour6(lab.gw_ip6));
+
+    assert!(
+        tap_rx_packets(&lab) >= rx0 + 3,
+        "the tap did not receive RS, DHCPv6 solicit and NS"
+    );
+    // Counted after the checksum check (net/ipv6/icmp.c icmpv6_rcv): the RS is well-formed.
+    assert_eq!(snmp6(&lab, "Icmp6InRouterSolicits"), rs0 + 1);
+    assert_eq!(snmp6(&lab, "Icmp6InCsumErrors"), 0);
+
+    // A solicitation for an address nobody has stays unanswered.
+    let nobody: Ipv6Addr = "fd00:77::99".parse().unwrap();
+    assert_eq!(vm.resolve6(nobody, SILENCE), None);
 }
