@@ -36,6 +36,9 @@ pub fn gather() -> HostFacts {
     });
     HostFacts {
         ip_forward,
+        ip6_forward: std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding")
+            .ok()
+            .map(|s| s.trim() == "1"),
         nft_chains,
         legacy_tables,
         devices: devices(std::path::Path::new("/sys/class/net"), &addresses),

@@ -56,6 +56,9 @@ pub struct NfChain {
 pub struct HostFacts {
     /// `net.ipv4.ip_forward` (None when unknown).
     pub ip_forward: Option<bool>,
+    /// `net.ipv6.conf.all.forwarding` (None when unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6_forward: Option<bool>,
     /// nftables base chains (including iptables-nft's).
     pub nft_chains: Vec<NfChain>,
     /// iptables-legacy tables present (`/proc/net/ip_tables_names`).
@@ -224,9 +227,15 @@ pub(crate) fn hook_from_stack(stack: &[String]) -> Option<(Stage, Option<NfHook>
             "ip_forward" => NfHook::Forward,
             "__ip_local_out" | "ip_local_out" => NfHook::Output,
             "ip_output" | "ip_finish_output" => NfHook::Postrouting,
+            // IPv6 (net/ipv6/ip6_input.c, ip6_output.c).
+            "ipv6_rcv" | "ip6_rcv_core" | "ipv6_list_rcv" | "ip6_sublist_rcv" => NfHook::Prerouting,
+            "ip6_input" => NfHook::Input,
+            "ip6_forward" => NfHook::Forward,
+            "__ip6_local_out" | "ip6_local_out" => NfHook::Output,
+            "ip6_output" | "ip6_finish_output" => NfHook::Postrouting,
             // Bridge netfilter runs the IPv4 hooks for bridged frames
             // (net/bridge/br_netfilter_hooks.c, Linux 6.18).
-            "br_nf_pre_routing" => NfHook::Prerouting,
+            "br_nf_pre_routing" | "br_nf_pre_routing_ipv6" => NfHook::Prerouting,
             "br_nf_forward_ip" | "br_nf_forward_arp" | "br_nf_forward" => NfHook::Forward,
             "br_nf_post_routing" => NfHook::Postrouting,
             c if c.starts_with("br_") => return Some((Stage::Bridge, None)),
@@ -425,6 +434,8 @@ impl Journey {
                 .any(|p| loc_fn.starts_with(p));
         let routing = loc_fn == "ip_error"
             || loc_fn.starts_with("ip_route")
+            || loc_fn.starts_with("ip6_route")
+            || loc_fn == "ip6_pkt_drop"
             || matches!(
                 reason.as_str(),
                 "IP_INNOROUTES"
@@ -436,7 +447,9 @@ impl Journey {
                     | "IP_INVALID_DEST"
             )
             || route.as_ref().is_some_and(|r| r.err != 0 && r.err != -11);
+        // IPv6 neighbour failures are freed by neigh_invalidate with no specific reason.
         let egress = reason.starts_with("NEIGH")
+            || loc_fn.starts_with("neigh_")
             || reason.starts_with("QDISC")
             || reason.starts_with("TC_")
             || reason == "PKT_TOO_BIG"

@@ -24,6 +24,7 @@ fn model(events: Vec<TraceEvent>) -> Model {
 fn nft_forward_drop_facts() -> HostFacts {
     HostFacts {
         ip_forward: Some(true),
+        ip6_forward: None,
         nft_chains: vec![NfChain {
             family: "inet".into(),
             table: "labfilter".into(),

@@ -29,7 +29,7 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
         let mut s =
             match (site.stage, site.hook) {
                 (Stage::Netfilter, Some(h)) => {
-                    let (fw, chains) = chains_on(facts, h);
+                    let (fw, chains) = chains_on(facts, h, k.remote.is_ipv6());
                     v.firewall = fw.clone();
                     v.chains = chains.clone();
                     let drop_policies: Vec<&String> = chains
@@ -68,7 +68,12 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
                     s
                 }
                 (Stage::Routing, _) => {
-                    let fwd_off = facts.ip_forward == Some(false);
+                    let v6 = k.remote.is_ipv6();
+                    let fwd_off = if v6 {
+                        facts.ip6_forward == Some(false)
+                    } else {
+                        facts.ip_forward == Some(false)
+                    };
                     let route = site.route.as_ref().and_then(|r| {
                         r.err_name()
                             .map(|e| format!("{e} in table {}", r.table_name()))
@@ -85,6 +90,12 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
                         if dir == Direction::Request { k.guest } else { k.remote },
                         site.device
                     ),
+                        (true, _) if v6 => format!(
+                            "{what} was dropped at routing on {}: IPv6 forwarding is off \
+                         (net.ipv6.conf.all.forwarding=0) [{}] → enable it: sysctl -w \
+                         net.ipv6.conf.all.forwarding=1",
+                            site.device, site.reason
+                        ),
                         (true, _) => format!(
                             "{what} was dropped at routing on {}: IP forwarding is off \
                          (net.ipv4.ip_forward=0) [{}] → enable it: sysctl -w net.ipv4.ip_forward=1",
@@ -105,6 +116,11 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
                             } else {
                                 k.guest
                             }
+                        ),
+                        (false, None) if v6 => format!(
+                            "{what} was dropped at routing on {} [{}] → check `ip -6 route get \
+                         {}` and net.ipv6.conf.all.forwarding",
+                            site.device, site.reason, k.remote
                         ),
                         (false, None) => format!(
                             "{what} was dropped at routing on {} [{}] → check `ip route get {}`, \
@@ -134,11 +150,13 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
 }
 
 /// Names the firewall and the base chains registered on `hook` that could have dropped.
-fn chains_on(facts: &HostFacts, hook: NfHook) -> (Option<String>, Vec<String>) {
+/// `v6`: the flow is IPv6 (the `ip6` and `inet` tables see it, `ip` ones do not).
+fn chains_on(facts: &HostFacts, hook: NfHook, v6: bool) -> (Option<String>, Vec<String>) {
+    let family = if v6 { "ip6" } else { "ip" };
     let on_hook: Vec<&NfChain> = facts
         .nft_chains
         .iter()
-        .filter(|c| c.hook == hook && matches!(c.family.as_str(), "ip" | "inet"))
+        .filter(|c| c.hook == hook && (c.family == family || c.family == "inet"))
         .collect();
     let legacy = facts
         .legacy_tables
@@ -173,32 +191,63 @@ fn egress_summary(
     let dev = &site.device;
     let reason = &site.reason;
     let r = reason.as_str();
-    if r.starts_with("NEIGH") {
+    let neigh_fn = site
+        .location
+        .as_deref()
+        .is_some_and(|l| l.starts_with("neigh_"));
+    if r.starts_with("NEIGH") || neigh_fn {
         let gw = site
             .route
             .as_ref()
             .and_then(|r| r.gateway)
             .map(|g| g.to_string())
             .unwrap_or_else(|| "the next hop".into());
+        let v6 = site
+            .route
+            .as_ref()
+            .and_then(|r| r.gateway)
+            .is_some_and(|g| g.is_ipv6());
+        let (how, ip) = if v6 {
+            ("neighbour solicitations (NDP)", "ip -6")
+        } else {
+            ("ARP", "ip")
+        };
         return format!(
-            "{what} was dropped on {dev}: {gw} does not answer ARP there (neighbour resolution \
-             failed) [{reason}] → check the upstream gateway: `ip neigh show dev {dev}`, cabling \
-             and the gateway's address"
+            "{what} was dropped on {dev}: {gw} does not answer {how} there (neighbour \
+             resolution failed) [{reason}] → check the upstream gateway: `{ip} neigh show dev \
+             {dev}`, cabling and the gateway's address"
         );
     }
     if r == "PKT_TOO_BIG" {
         // The host's ICMP fragmentation-needed carries the next-hop MTU where the echo
         // sequence would be (RFC 1191).
-        let mtu = rep
-            .iter()
-            .flat_map(|j| j.hops.iter())
-            .find(|h| h.icmp_type == 3 && h.icmp_code == 4)
-            .and_then(|h| h.tuple.map(|t| t.dport))
+        let ptb = rep.iter().flat_map(|j| j.hops.iter()).find(|h| {
+            h.tuple.is_some_and(|t| {
+                (t.proto == 1 && h.icmp_type == 3 && h.icmp_code == 4)
+                    || (t.proto == 58 && h.icmp_type == 2)
+            })
+        });
+        let v6 = ptb.and_then(|h| h.tuple).is_some_and(|t| t.proto == 58)
+            || site
+                .route
+                .as_ref()
+                .and_then(|r| r.gateway)
+                .is_some_and(|g| g.is_ipv6());
+        let mtu = ptb
+            .and_then(|h| h.icmp_mtu.or_else(|| h.tuple.map(|t| u32::from(t.dport))))
             .filter(|m| *m > 0)
-            .or_else(|| facts.mtu_of(dev).map(|m| m as u16));
+            .or_else(|| facts.mtu_of(dev));
         let mtu = mtu
             .map(|m| format!("MTU {m}"))
             .unwrap_or_else(|| "MTU".into());
+        if v6 {
+            return format!(
+                "{what} is larger than the {mtu} of {dev}: IPv6 routers never fragment, so the \
+                 host dropped it and answered ICMPv6 packet-too-big ({mtu}) [{reason}] → lower \
+                 the guest's MTU, or raise {dev}'s; if the guest never gets the packet-too-big \
+                 (ICMPv6 filtered on the way), path MTU discovery is blocked"
+            );
+        }
         return format!(
             "{what} is larger than the {mtu} of {dev} and has DF set: the host dropped it and \
              answered ICMP fragmentation-needed ({mtu}) [{reason}] → lower the guest's MTU, or \

@@ -76,6 +76,8 @@ impl Model {
         let mut asked: BTreeMap<IpAddr, usize> = BTreeMap::new();
         let mut answered: std::collections::BTreeSet<IpAddr> = Default::default();
         let (mut dhcp_asks, mut dhcp_answers) = (0, 0);
+        let (mut dhcp6_asks, mut dhcp6_answers) = (0, 0);
+        let (mut rs_asks, mut ra_answers) = (0, 0);
         for e in &self.l2 {
             match &e.l2 {
                 Some(L2::Arp { op: 1, target, .. }) if e.point == Point::TapIngress => {
@@ -84,8 +86,30 @@ impl Model {
                 Some(L2::Arp { op: 2, sender, .. }) if e.point == Point::TapEgress => {
                     answered.insert(IpAddr::V4(*sender));
                 }
+                Some(L2::Ndp {
+                    icmp6_type: 135,
+                    target,
+                    ..
+                }) if e.point == Point::TapIngress => {
+                    *asked.entry(IpAddr::V6(*target)).or_default() += 1
+                }
+                Some(L2::Ndp {
+                    icmp6_type: 136,
+                    target,
+                    ..
+                }) if e.point == Point::TapEgress => {
+                    answered.insert(IpAddr::V6(*target));
+                }
+                Some(L2::Ndp {
+                    icmp6_type: 133, ..
+                }) if e.point == Point::TapIngress => rs_asks += 1,
+                Some(L2::Ndp {
+                    icmp6_type: 134, ..
+                }) if e.point == Point::TapEgress => ra_answers += 1,
                 Some(L2::Dhcp { from_guest: true }) => dhcp_asks += 1,
                 Some(L2::Dhcp { from_guest: false }) => dhcp_answers += 1,
+                Some(L2::Dhcp6 { from_guest: true }) => dhcp6_asks += 1,
+                Some(L2::Dhcp6 { from_guest: false }) => dhcp6_answers += 1,
                 _ => {}
             }
         }
@@ -101,21 +125,38 @@ impl Model {
                  DHCP server serves its network (is the network's dnsmasq running?)"
             ));
         }
+        if dhcp6_asks > 0 && dhcp6_answers == 0 {
+            parts.push(format!(
+                "the guest asked DHCPv6 for an address {dhcp6_asks} time(s) and got no answer: \
+                 no DHCPv6 server serves its network (dnsmasq `dhcp-range` for IPv6, or a \
+                 DHCPv6 server on the bridge)"
+            ));
+        }
+        if rs_asks > 0 && ra_answers == 0 {
+            parts.push(format!(
+                "the guest sent a router solicitation {rs_asks} time(s) (IPv6) and no router \
+                 advertisement reached it: nothing advertises a prefix and a default route on \
+                 its network → run an RA service on the bridge (radvd, dnsmasq `enable-ra`, a \
+                 libvirt network with an IPv6 <ip>), or give the guest a static IPv6 address \
+                 and default route"
+            ));
+        }
         let unbridged = self.unbridged_asking_tap(facts);
         let macvtap = self.asking_macvtap(facts);
         for (ip, n) in &unanswered {
+            let how = if ip.is_ipv6() { "NDP" } else { "ARP" };
             // A macvtap: no bridge, no host stack; the lower device is the only way out.
             if let Some((tap, lower)) = &macvtap {
                 let l = &lower.name;
                 parts.push(if !lower.up {
                     format!(
-                        "the guest asked {n} time(s) who has {ip} (ARP) and nobody answered: \
+                        "the guest asked {n} time(s) who has {ip} ({how}) and nobody answered: \
                          the lower device {l} of its macvtap {tap} is down, so its frames \
                          leave nowhere → `ip link set {l} up` (and check {l}'s cable or peer)"
                     )
                 } else if lower.addrs.iter().any(|a| a.addr == *ip) {
                     format!(
-                        "the guest asked {n} time(s) who has {ip} (ARP) and nobody answered: \
+                        "the guest asked {n} time(s) who has {ip} ({how}) and nobody answered: \
                          {ip} is the host's own address on {l}, the lower device of the \
                          guest's macvtap {tap}, and a macvtap never passes frames between its \
                          guest and the host's stack on the lower device → reach the host on \
@@ -124,7 +165,7 @@ impl Model {
                     )
                 } else {
                     format!(
-                        "the guest asked {n} time(s) who has {ip} (ARP) and nobody on the \
+                        "the guest asked {n} time(s) who has {ip} ({how}) and nobody on the \
                          network of {l} (the lower device of its macvtap {tap}) answered: if \
                          {ip} is its gateway, the gateway setting is wrong or that address is \
                          not on {l}'s network"
@@ -135,14 +176,14 @@ impl Model {
             if let Some(tap) = &unbridged {
                 let br = facts.bridge_for(*ip).unwrap_or("BRIDGE");
                 parts.push(format!(
-                    "the guest asked {n} time(s) who has {ip} (ARP) and nobody answered: its tap \
+                    "the guest asked {n} time(s) who has {ip} ({how}) and nobody answered: its tap \
                      {tap} is not a port of any bridge, so no bridge hears it → add the tap to \
                      the VM's bridge: `ip link set {tap} master {br}`"
                 ));
                 continue;
             }
             parts.push(format!(
-                "the guest asked {n} time(s) who has {ip} (ARP) and nobody on its bridge \
+                "the guest asked {n} time(s) who has {ip} ({how}) and nobody on its bridge \
                  answered: if {ip} is its gateway, the gateway setting is wrong or that address \
                  is not on the bridge"
             ));
@@ -158,7 +199,8 @@ impl Model {
                 );
             } else {
                 s.push_str(&format!(
-                    " although it resolved {} by ARP (check the guest's routes and firewall)",
+                    " although it resolved {} by ARP or NDP (check the guest's routes and \
+                     firewall)",
                     resolved.join(", ")
                 ));
             }

@@ -1,0 +1,494 @@
+//! `kvmtrace follow` over IPv6 against real packets: the lab's routed IPv6 half (fd00:77::/64
+//! behind br0, 2001:db8:ffff::1 outside), a fake VM speaking NDP and ICMPv6/TCP/UDP into the
+//! tap, and each IPv6 fault created for real and asserted field by field. Needs root.
+
+mod common;
+
+use common::{field, start};
+use kvmtrace_lab::lab::{Firewall, Lab, LabOptions};
+use kvmtrace_lab::vm::{FakeVm, Reply6};
+use std::time::Duration;
+
+const DEST6: &str = "2001:db8:ffff::1";
+
+/// Pings the outside over IPv6 from the fake VM while kvmtrace follows `dests`.
+fn ping6_run(
+    lab: &Lab,
+    dests: &[&str],
+    extra: &[&str],
+    n: u16,
+) -> (common::Run, Vec<Option<Reply6>>) {
+    let mut args = vec!["follow", "vnet0"];
+    args.extend_from_slice(dests);
+    args.push("--json");
+    if !extra.contains(&"--duration") {
+        args.extend_from_slice(&["--duration", "4"]);
+    }
+    args.extend_from_slice(extra);
+    let running = start(lab, &args);
+    let mut vm = FakeVm::attach(lab);
+    let mut got = Vec::new();
+    for seq in 1..=n {
+        got.push(vm.ping6(lab.dest6, 0x4b36, seq, Duration::from_millis(500)));
+    }
+    (running.wait(), got)
+}
+
+#[test]
+fn healthy_ipv6_path_is_delivered_through_every_stage() {
+    let lab = Lab::new(LabOptions::default());
+    let (run, got) = ping6_run(&lab, &[DEST6], &[], 3);
+    assert!(
+        got.iter().all(Option::is_some),
+        "lab itself broken: {got:?}"
+    );
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
+    assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+    assert_eq!(v["requests"], 3, "{}", run.dump());
+    assert_eq!(run.code, 0, "{}", run.dump());
+    let attached = run.stats()["attached"].to_string();
+    assert!(
+        attached.contains("tc dev_ingress/dev_egress on up0 (route ::/0 table main)"),
+        "{attached}"
+    );
+    let hops = run.hops();
+    for stage in ["tap", "bridge", "routing", "egress"] {
+        assert!(
+            hops.iter()
+                .any(|h| h["dir"] == "request" && h["stage"] == stage),
+            "no request hop at {stage}:\n{}",
+            run.dump()
+        );
+    }
+    let req = hops
+        .iter()
+        .find(|h| h["dir"] == "request" && h["point"] == "tap_ingress" && h["tuple"].is_object())
+        .unwrap_or_else(|| panic!("{}", run.dump()));
+    assert_eq!(req["tuple"]["src"], "fd00:77::2");
+    assert_eq!(req["tuple"]["dst"], DEST6);
+    assert_eq!(req["tuple"]["proto"], 58);
+    // No NAT66 in the lab: the request leaves with the guest's own address.
+    assert!(
+        hops.iter().any(|h| h["dir"] == "request"
+            && h["device"] == "up0"
+            && h["tuple"]["src"] == "fd00:77::2"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        hops.iter()
+            .any(|h| h["dir"] == "reply" && h["point"] == "tap_egress"),
+        "{}",
+        run.dump()
+    );
+    let route = hops
+        .iter()
+        .find(|h| h["point"] == "fib" && h["dir"] == "request")
+        .unwrap_or_else(|| panic!("no route hop: {}", run.dump()));
+    assert_eq!(route["route"]["device"], "up0", "{}", run.dump());
+    assert_eq!(route["route"]["gateway"], "2001:db8:2::1", "{}", run.dump());
+    assert_eq!(route["route"]["table"], 254, "{}", run.dump());
+    assert_eq!(run.stats()["lost"], 0);
+}
+
+/// The guest resolving its gateway is seen on the tap as NDP, both ways.
+#[test]
+fn ndp_for_the_gateway_is_seen_on_the_tap() {
+    let lab = Lab::new(LabOptions::default());
+    let (run, _) = ping6_run(&lab, &[DEST6], &[], 1);
+    let hops = run.hops();
+    assert!(
+        hops.iter().any(|h| h["point"] == "tap_ingress"
+            && h["l2"]["kind"] == "ndp"
+            && h["l2"]["icmp6_type"] == 135
+            && h["l2"]["target"] == "fd00:77::1"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        hops.iter().any(|h| h["point"] == "tap_egress"
+            && h["l2"]["kind"] == "ndp"
+            && h["l2"]["icmp6_type"] == 136
+            && h["l2"]["target"] == "fd00:77::1"),
+        "{}",
+        run.dump()
+    );
+}
+
+fn assert_no_answer(got: &[Option<Reply6>]) {
+    assert!(
+        got.iter()
+            .all(|r| !matches!(r, Some(Reply6::EchoReply { .. }))),
+        "the fault did not break the lab: {got:?}"
+    );
+}
+
+fn assert_forward_drop(run: &common::Run, firewall: &str) {
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", run.dump());
+    assert_eq!(field(v, "firewall"), firewall, "{}", run.dump());
+    assert_eq!(field(v, "device"), "br0", "{}", run.dump());
+    assert!(
+        field(v, "summary").contains("FORWARD hook"),
+        "{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn ip6tables_forward_drop_is_named() {
+    let lab = Lab::new(LabOptions {
+        forward6_drop: Some(Firewall::Iptables),
+        ..LabOptions::default()
+    });
+    let (run, got) = ping6_run(&lab, &[DEST6], &[], 2);
+    assert_no_answer(&got);
+    // ip6tables on Debian 12 is the nf_tables back end.
+    assert_forward_drop(&run, "nftables");
+}
+
+#[test]
+fn nft_ip6_forward_drop_is_named() {
+    let lab = Lab::new(LabOptions {
+        forward6_drop: Some(Firewall::Nftables),
+        ..LabOptions::default()
+    });
+    let (run, got) = ping6_run(&lab, &[DEST6], &[], 2);
+    assert_no_answer(&got);
+    assert_forward_drop(&run, "nftables");
+}
+
+#[test]
+fn ipv6_forwarding_off_is_a_routing_drop() {
+    let lab = Lab::new(LabOptions {
+        ip6_forward: false,
+        ..LabOptions::default()
+    });
+    let (run, got) = ping6_run(&lab, &[DEST6], &[], 2);
+    assert_no_answer(&got);
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "routing", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert!(
+        field(v, "summary").contains("net.ipv6.conf.all.forwarding"),
+        "{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn no_ipv6_route_is_a_routing_drop() {
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&["ip", "-6", "route", "del", "default"]);
+    let (run, got) = ping6_run(&lab, &[DEST6], &[], 2);
+    assert_no_answer(&got);
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "routing", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert!(field(v, "summary").contains("no route"), "{}", run.dump());
+}
+
+#[test]
+fn ipv6_blackhole_and_unreachable_routes_are_named_with_their_table() {
+    for (kind, word) in [("blackhole", "blackhole"), ("unreachable", "unreachable")] {
+        let lab = Lab::new(LabOptions::default());
+        lab.hv_run(&[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            kind,
+            "2001:db8:ffff::/48",
+            "table",
+            "main",
+        ]);
+        let (run, got) = ping6_run(&lab, &[DEST6], &[], 2);
+        assert_no_answer(&got);
+        let v = run.verdict();
+        assert_eq!(field(v, "status"), "dropped", "{kind}: {}", run.dump());
+        assert_eq!(field(v, "stage"), "routing", "{kind}: {}", run.dump());
+        assert_eq!(field(v, "direction"), "request", "{kind}: {}", run.dump());
+        let s = field(v, "summary");
+        assert!(
+            s.contains(word) && s.contains("main"),
+            "{kind}: {}",
+            run.dump()
+        );
+    }
+}
+
+#[test]
+fn an_ipv6_gateway_that_does_not_answer_ndp_is_named() {
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&[
+        "ip",
+        "-6",
+        "route",
+        "replace",
+        "default",
+        "via",
+        "2001:db8:2::99",
+        "dev",
+        "up0",
+    ]);
+    let (run, got) = ping6_run(&lab, &[DEST6], &["--duration", "5"], 1);
+    assert_no_answer(&got);
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "device"), "up0", "{}", run.dump());
+    // IPv6's neighbour code frees the queued packet without a specific reason.
+    assert!(
+        field(v, "location").starts_with("neigh_invalidate"),
+        "{}",
+        run.dump()
+    );
+    assert!(field(v, "summary").contains("NDP"), "{}", run.dump());
+    assert!(
+        field(v, "summary").contains("2001:db8:2::99"),
+        "{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn too_big_for_the_uplink_gets_packet_too_big_with_the_mtu() {
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&["ip", "link", "set", "up0", "mtu", "1280"]);
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST6, "--json", "--duration", "3"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    let got = vm.ping6_sized(lab.dest6, 0x4536, 1, 1400, Duration::from_millis(800));
+    let run = running.wait();
+    assert!(
+        matches!(
+            got,
+            Some(Reply6::IcmpError {
+                icmp_type: 2,
+                mtu: Some(1280),
+                ..
+            })
+        ),
+        "{got:?}"
+    );
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "reason"), "PKT_TOO_BIG", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
+    assert_eq!(field(v, "device"), "up0", "{}", run.dump());
+    let s = field(v, "summary");
+    assert!(
+        s.contains("MTU 1280") && s.contains("up0"),
+        "{}",
+        run.dump()
+    );
+    // The host's packet-too-big reached the guest, with its MTU.
+    assert!(
+        run.hops().iter().any(|h| h["point"] == "tap_egress"
+            && h["icmp_type"] == 2
+            && h["tuple"]["proto"] == 58
+            && h["icmp_mtu"] == 1280),
+        "{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn an_ipv6_reverse_path_filter_rule_is_named() {
+    let lab = Lab::new(LabOptions::default());
+    // The guest learns its gateway first: the rule drops its NDP too.
+    let mut vm = FakeVm::attach(&lab);
+    assert!(
+        vm.resolve_gateway6(Duration::from_secs(2)),
+        "no NA from the gateway"
+    );
+    // The way back to the guest leaves through up0, so `fib saddr . iif oif missing` drops
+    // its packets in PREROUTING (what `ip6tables -m rpfilter` and firewalld do).
+    lab.hv_run(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "fd00:77::2/128",
+        "via",
+        "2001:db8:2::1",
+        "dev",
+        "up0",
+    ]);
+    lab.nft(
+        "table ip6 labrpf {\n chain pre {\n type filter hook prerouting priority raw;\n \
+         fib saddr . iif oif missing drop\n }\n}\n",
+    );
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST6, "--json", "--duration", "2"],
+    );
+    vm.send_echo6(lab.dest6, 0x4848, 1);
+    let run = running.wait();
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "PREROUTING", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", run.dump());
+}
+
+#[test]
+fn router_solicitations_without_an_advertisement_are_named() {
+    let lab = Lab::new(LabOptions::default());
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST6, "--json", "--duration", "2"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    for _ in 0..3 {
+        vm.router_solicit();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = running.wait();
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
+    let s = field(v, "summary");
+    assert!(
+        s.contains("router solicitation") && s.contains("3 time(s)"),
+        "{}",
+        run.dump()
+    );
+    assert!(s.contains("router advertisement"), "{}", run.dump());
+}
+
+#[test]
+fn dhcpv6_solicits_without_an_answer_are_named() {
+    let lab = Lab::new(LabOptions::default());
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST6, "--json", "--duration", "2"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    vm.dhcpv6_solicit(0x1234);
+    vm.dhcpv6_solicit(0x1235);
+    let run = running.wait();
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
+    assert!(field(v, "summary").contains("DHCPv6"), "{}", run.dump());
+    assert!(field(v, "summary").contains("2 time(s)"), "{}", run.dump());
+}
+
+#[test]
+fn a_gateway_nobody_owns_asked_by_ndp_is_named() {
+    let lab = Lab::new(LabOptions::default());
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST6, "--json", "--duration", "2"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    for _ in 0..3 {
+        vm.neighbour_solicit("fd00:77::fe".parse().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = running.wait();
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
+    let s = field(v, "summary");
+    assert!(
+        s.contains("who has fd00:77::fe") && s.contains("3 time(s)"),
+        "{}",
+        run.dump()
+    );
+}
+
+/// One run follows both versions: a v4 and a v6 destination, each flow with its verdict.
+#[test]
+fn both_versions_are_followed_at_once() {
+    let lab = Lab::new(LabOptions::default());
+    let running = start(
+        &lab,
+        &[
+            "follow",
+            "vnet0",
+            "203.0.113.1",
+            DEST6,
+            "--json",
+            "--duration",
+            "4",
+        ],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    assert!(vm
+        .ping(lab.dest, 0x4b34, 1, Duration::from_millis(800))
+        .is_some());
+    assert!(vm
+        .ping6(lab.dest6, 0x4b36, 1, Duration::from_millis(800))
+        .is_some());
+    let run = running.wait();
+    let vs = run.verdicts();
+    assert_eq!(vs.len(), 2, "{}", run.dump());
+    for v in &vs {
+        assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
+        assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+    }
+    let flows: Vec<String> = vs.iter().map(|v| field(v, "flow").to_string()).collect();
+    assert!(flows.iter().any(|f| f.contains("203.0.113.1")), "{flows:?}");
+    assert!(flows.iter().any(|f| f.contains(DEST6)), "{flows:?}");
+}
+
+#[test]
+fn tcp6_to_a_listening_port_is_delivered_and_a_reset_is_the_host_answering() {
+    let lab = Lab::new(LabOptions::default());
+    lab.tcp_listen6(8080);
+    let running = start(
+        &lab,
+        &[
+            "follow",
+            "vnet0",
+            DEST6,
+            "--proto",
+            "tcp",
+            "--port",
+            "8080",
+            "--json",
+            "--duration",
+            "3",
+        ],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    let got = vm.tcp_syn6(lab.dest6, 8080, 40000, Duration::from_millis(800));
+    let run = running.wait();
+    assert!(matches!(got, Some(Reply6::Tcp { .. })), "{got:?}");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
+    assert!(
+        run.hops()
+            .iter()
+            .any(|h| h["tuple"]["proto"] == 6 && h["tuple"]["dport"] == 8080),
+        "{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn follow_refuses_two_destinations_of_one_version() {
+    let lab = Lab::new(LabOptions::default());
+    let out = lab
+        .hv_cmd(common::BIN)
+        .args(["follow", "vnet0", DEST6, "2001:db8::2", "--duration", "1"])
+        .output()
+        .expect("run kvmtrace");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("both IPv6"), "{err}");
+}
