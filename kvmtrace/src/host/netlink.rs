@@ -681,20 +681,24 @@ pub fn addresses6() -> io::Result<Vec<IpIfAddr>> {
 
 /// IPv6 routes of every table.
 pub fn routes6() -> io::Result<Vec<IpRoute>> {
-    Ok(dump(NETLINK_ROUTE, RTM_GETROUTE, &family_body(AF_INET6, 12))?
-        .into_iter()
-        .filter(|(t, _)| *t == RTM_NEWROUTE)
-        .filter_map(|(_, b)| parse_ip_route(&b))
-        .collect())
+    Ok(
+        dump(NETLINK_ROUTE, RTM_GETROUTE, &family_body(AF_INET6, 12))?
+            .into_iter()
+            .filter(|(t, _)| *t == RTM_NEWROUTE)
+            .filter_map(|(_, b)| parse_ip_route(&b))
+            .collect(),
+    )
 }
 
 /// IPv6 neighbour (NDP) entries.
 pub fn neighbours6() -> io::Result<Vec<IpNeigh>> {
-    Ok(dump(NETLINK_ROUTE, RTM_GETNEIGH, &family_body(AF_INET6, 12))?
-        .into_iter()
-        .filter(|(t, _)| *t == RTM_NEWNEIGH)
-        .filter_map(|(_, b)| parse_ip_neigh(&b))
-        .collect())
+    Ok(
+        dump(NETLINK_ROUTE, RTM_GETNEIGH, &family_body(AF_INET6, 12))?
+            .into_iter()
+            .filter(|(t, _)| *t == RTM_NEWNEIGH)
+            .filter_map(|(_, b)| parse_ip_neigh(&b))
+            .collect(),
+    )
 }
 
 /// Policy-routing rules of one family (`ipv6`: IPv6, else IPv4), with their selectors.
