@@ -274,14 +274,28 @@ pub(super) fn ip6_forward_check(c: &Ctx) -> Check {
         );
     }
     if v != "1" && !forced {
+        // With forwarding on, the kernel ignores router advertisements on an interface with
+        // accept_ra = 1 (addrconf.c, ipv6_accept_ra()): an uplink that learns its default
+        // route from RAs needs accept_ra = 2 once forwarding is switched on.
+        let ra_uplink = c.v6.uplink.filter(|u| {
+            c.h.sysctl(&format!("net/ipv6/conf/{}/accept_ra", u.name)) == Some("1")
+                && c.v6.defaults.first().is_some_and(|d| d.protocol == 9)
+        });
+        let mut fix = "sysctl -w net.ipv6.conf.all.forwarding=1".to_string();
+        let mut note = String::new();
+        if let Some(u) = ra_uplink {
+            let k = sysctl_name(&format!("net/ipv6/conf/{}/accept_ra", u.name));
+            fix.push_str(&format!(" && sysctl -w {k}=2"));
+            note = format!(
+                "; {}'s default route comes from router advertisements, which forwarding = 1 makes it ignore unless {k} = 2",
+                u.name
+            );
+        }
         return check(
             name,
             Fail,
-            format!("{ev}: the host does not route IPv6 packets between interfaces, so the VM's IPv6 packets go no further than the host"),
-            Some(format!(
-                "sysctl -w net.ipv6.conf.all.forwarding=1 (the uplink then ignores router advertisements unless accept_ra = 2: `sysctl -w {}=2` if its default route comes from RAs)",
-                sysctl_name(&format!("net/ipv6/conf/{}/accept_ra", c.uplink6_desc().replace(' ', "_")))
-            )),
+            format!("{ev}: the host does not route IPv6 packets between interfaces, so the VM's IPv6 packets go no further than the host{note}"),
+            Some(fix),
         );
     }
     if v != "1" {
@@ -331,7 +345,6 @@ pub(super) fn rpfilter6_check(c: &Ctx) -> Check {
         (out_what, c.pkt6_out(subnet)),
         (back_what, c.pkt6_back(subnet)),
     ];
-    let mut culprits = Vec::new();
     let mut visit: Vec<&Chain> = chains.clone();
     // The chains the base chains jump to hold such rules too (firewalld's filter_PREROUTING).
     for ch in &chains {
@@ -366,7 +379,6 @@ pub(super) fn rpfilter6_check(c: &Ctx) -> Check {
                     Tri::Yes => {
                         status = worst(status, Fail);
                         lines.push(format!("{what} are dropped by {}: {r}", ch.id()));
-                        culprits.push((ch.id(), r.handle));
                     }
                     Tri::Maybe => {
                         status = worst(status, Warn);
@@ -385,10 +397,17 @@ pub(super) fn rpfilter6_check(c: &Ctx) -> Check {
             None,
         );
     }
-    let routed = match route6_dev(c.h, subnet.addr) {
-        Some(o) => format!(
+    let route = c.h.routes6.as_ref().ok().and_then(|rs| {
+        rs.iter()
+            .filter(|r| {
+                r.table == 254 && r.kind == 1 && Net::new(r.dst, r.dst_len).contains(subnet.addr)
+            })
+            .max_by_key(|r| (r.dst_len, std::cmp::Reverse(r.priority)))
+    });
+    let routed = match route.and_then(|r| r.nexthops.first()) {
+        Some((o, _)) => format!(
             "{subnet} is routed via {}",
-            c.h.dev_by_index(o).map(|d| d.name.as_str()).unwrap_or("?")
+            c.h.dev_by_index(*o).map(|d| d.name.as_str()).unwrap_or("?")
         ),
         None => format!("no route to {subnet}"),
     };
@@ -397,26 +416,34 @@ pub(super) fn rpfilter6_check(c: &Ctx) -> Check {
             name,
             Pass,
             format!(
-                "{}: the route back to the VM's and the destination's addresses leaves by the device they came in on ({routed})",
+                "{}: the routes back to the VM's prefix and to where its packets go leave by the devices they come in on ({routed})",
                 found.join(", ")
             ),
             None,
         );
     }
-    let fix = culprits
-        .iter()
-        .map(|(id, h)| {
-            format!(
-                "route {subnet} via {l3} (`ip -6 route replace {subnet} dev {l3}`), or remove the rule: nft delete rule {id} handle {h}"
-            )
-        })
-        .next()
-        .unwrap_or_else(|| format!("route {subnet} via {l3} (`ip -6 route replace {subnet} dev {l3}`)"));
+    // Send the VM's prefix back out of its own device: replacing the route that took it
+    // elsewhere (same prefix and metric), or adding one.
+    let fix = match route {
+        Some(r)
+            if r.nexthops
+                .first()
+                .is_some_and(|(o, _)| Some(*o) != c.l3.map(|d| d.ifindex)) =>
+        {
+            Some(format!(
+                "ip -6 route replace {} dev {l3} metric {}",
+                Net::new(r.dst, r.dst_len),
+                r.priority
+            ))
+        }
+        None => Some(format!("ip -6 route add {subnet} dev {l3}")),
+        _ => None,
+    };
     check(
         name,
         status,
         format!("{} ({routed})", lines.join("; ")),
-        Some(fix),
+        fix,
     )
 }
 

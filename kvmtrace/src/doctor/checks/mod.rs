@@ -889,11 +889,20 @@ mod tests {
                 .starts_with("net.ipv6.conf.all.forwarding = 0 (br0 forwarding = 1"),
             "{c:?}"
         );
-        assert!(c
-            .fix
-            .as_deref()
-            .unwrap()
-            .starts_with("sysctl -w net.ipv6.conf.all.forwarding=1"));
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("sysctl -w net.ipv6.conf.all.forwarding=1")
+        );
+        // An uplink whose default route comes from RAs also needs accept_ra = 2.
+        if let Ok(r) = &mut h.routes6 {
+            r[0].protocol = 9;
+        }
+        let c = get(&run(&h), "ip6_forward").clone();
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("sysctl -w net.ipv6.conf.all.forwarding=1 && sysctl -w net.ipv6.conf.up0.accept_ra=2")
+        );
+        assert!(c.evidence.ends_with("up0's default route comes from router advertisements, which forwarding = 1 makes it ignore unless net.ipv6.conf.up0.accept_ra = 2"), "{c:?}");
         // IPv4 forwarding is another switch.
         assert_eq!(get(&v, "ip_forward").status, Pass);
         // force_forwarding on the VM's bridge (Linux 6.17+) routes its packets anyway.
@@ -1011,7 +1020,10 @@ mod tests {
         let c = get(&run(&h), "rpfilter6").clone();
         assert_eq!(c.status, Fail, "{c:?}");
         assert_eq!(c.evidence, "new connections from fd00:77::/64 (br0 → up0) are dropped by inet raw6 pre: `fib saddr . iif oif missing drop` (handle 3) (fd00:77::/64 is routed via up0)");
-        assert_eq!(c.fix.as_deref(), Some("route fd00:77::/64 via br0 (`ip -6 route replace fd00:77::/64 dev br0`), or remove the rule: nft delete rule inet raw6 pre handle 3"));
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("ip -6 route replace fd00:77::/64 dev br0 metric 1024")
+        );
     }
 
     #[test]

@@ -702,19 +702,8 @@ pub(super) fn route_check(c: &Ctx, v6: bool) -> Check {
             None,
         ),
         Err(e) => {
-            // The host's own packets may be routed where forwarded ones are not.
-            if let Some(Ok(l)) = &d.local {
-                let ev = format!(
-                    "{asked} is refused ({}), but the host's own packets to {dst} are routed ({}): packets forwarded from {} are refused before routing — forwarding is off there (see {}) or a policy rule for traffic from it refuses them{skipped_note}",
-                    errno_text(*e).split(':').next().unwrap_or(""),
-                    route_text(c, l),
-                    d.from.as_ref().map(|(_, i)| i.as_str()).unwrap_or("the VM's device"),
-                    if v6 { "ip6_forward" } else { "ip_forward" },
-                );
-                return check(name, Fail, ev, None);
-            }
-            match hit {
-                Some(FibHit::Route(r, by)) if r.kind != 1 => {
+            match (hit, &d.local) {
+                (Some(FibHit::Route(r, by)), _) if r.kind != 1 => {
                     let rule = by
                         .map(|(p, t)| format!(" (chosen by policy rule {p}: lookup {})", table_name(t)))
                         .unwrap_or_default();
@@ -739,7 +728,7 @@ pub(super) fn route_check(c: &Ctx, v6: bool) -> Check {
                         )),
                     )
                 }
-                Some(FibHit::Rule(x)) => check(
+                (Some(FibHit::Rule(x)), _) => check(
                     name,
                     Fail,
                     format!(
@@ -750,6 +739,19 @@ pub(super) fn route_check(c: &Ctx, v6: bool) -> Check {
                     ),
                     Some(format!("{ip} rule del priority {}", x.priority)),
                 ),
+                // The host's own packets may be routed where forwarded ones are not.
+                (_, Some(Ok(l))) => check(
+                        name,
+                        Fail,
+                        format!(
+                            "{asked} is refused ({}), but the host's own packets to {dst} are routed ({}): packets forwarded from {} are refused before routing — forwarding is off there (see {}) or a policy rule for traffic from it refuses them{skipped_note}",
+                            errno_text(*e).split(':').next().unwrap_or(""),
+                            route_text(c, l),
+                            d.from.as_ref().map(|(_, i)| i.as_str()).unwrap_or("the VM's device"),
+                            if v6 { "ip6_forward" } else { "ip_forward" },
+                        ),
+                        None,
+                    ),
                 _ if *e == libc::ENETUNREACH => check(
                     name,
                     Fail,
