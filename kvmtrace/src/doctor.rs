@@ -327,4 +327,33 @@ mod tests {
              2 checks: 1 pass, 0 warn, 1 fail, 0 skip\n"
         );
     }
+
+    #[test]
+    fn destinations_of_both_families_and_clear_errors() {
+        let d = parse_dest("2001:db8:ffff::1").unwrap();
+        assert_eq!(d.addr, "2001:db8:ffff::1".parse::<IpAddr>().unwrap());
+        assert_eq!(d.net.to_string(), "2001:db8:ffff::1/128");
+        let d = parse_dest("2001:db8:ffff::5/48").unwrap();
+        assert_eq!(d.addr, "2001:db8:ffff::5".parse::<IpAddr>().unwrap());
+        assert_eq!(d.net.to_string(), "2001:db8:ffff::/48");
+        let d = parse_dest("203.0.113.7/24").unwrap();
+        assert_eq!(d.net.to_string(), "203.0.113.0/24");
+        assert_eq!(parse_dest("203.0.113.1").unwrap().net.len, 32);
+        assert_eq!(
+            parse_dest("vm1").unwrap_err(),
+            "'vm1' is not an IPv4 or IPv6 address or prefix (examples: 203.0.113.1, 203.0.113.0/24, 2001:db8::1, 2001:db8::/32)"
+        );
+        assert_eq!(
+            parse_dest("203.0.113.1/40").unwrap_err(),
+            "bad prefix length in '203.0.113.1/40': expected 0-32 for an IPv4 address"
+        );
+        assert_eq!(
+            parse_dest("2001:db8::/x").unwrap_err(),
+            "bad prefix length in '2001:db8::/x': expected 0-128 for an IPv6 address"
+        );
+        assert!(parse_dest("::")
+            .unwrap_err()
+            .contains("not a unicast destination"));
+        assert!(parse_dest("224.0.0.1").is_err());
+    }
 }

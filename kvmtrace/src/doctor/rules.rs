@@ -1781,4 +1781,119 @@ mod tests {
         let v = judge(&rs, &rs.chains[0], &out_pkt());
         assert_eq!(v.decided.what, "inet t fw: policy drop");
     }
+
+    fn v6net(a: &str, l: u8) -> Net {
+        Net::new(a.parse::<Ipv6Addr>().unwrap(), l)
+    }
+
+    #[test]
+    fn decodes_ipv6_addresses_by_the_tables_family_or_the_rules_nfproto() {
+        // ip6 table: `ip6 saddr fd00:77::/64 accept` (an 8-byte load at offset 8).
+        let mut pfx = [0u8; 8];
+        pfx[..4].copy_from_slice(&[0xfd, 0x00, 0x00, 0x77]);
+        let e = [
+            expr("payload", &payload(8, 8)),
+            expr("cmp", &cmp(0, &pfx)),
+            expr("immediate", &verdict(1, None)),
+        ]
+        .concat();
+        let r = decode_rule_in("ip6", 4, &e);
+        assert_eq!(
+            r.conds,
+            vec![Cond::Addr {
+                dst: false,
+                neg: false,
+                net: v6net("fd00:77::", 64)
+            }]
+        );
+        assert_eq!(r.to_string(), "`ip6 saddr fd00:77::/64 accept` (handle 4)");
+        // The same load in an `ip` table reads the IPv4 header's TTL onwards: not an address.
+        assert!(matches!(
+            decode_rule_in("ip", 4, &e).conds[0],
+            Cond::Other(_)
+        ));
+
+        // inet table: `meta nfproto ipv6 ip6 daddr 2001:db8:ffff::1 drop` (16 bytes at 24).
+        let a: Ipv6Addr = "2001:db8:ffff::1".parse().unwrap();
+        let e = [
+            expr("meta", &meta(META_NFPROTO)),
+            expr("cmp", &cmp(0, &[10])),
+            expr("payload", &payload(24, 16)),
+            expr("cmp", &cmp(0, &a.octets())),
+            expr("immediate", &verdict(0, None)),
+        ]
+        .concat();
+        let r = decode_rule_in("inet", 5, &e);
+        assert_eq!(
+            r.to_string(),
+            "`meta nfproto ipv6 ip6 daddr 2001:db8:ffff::1 drop` (handle 5)"
+        );
+        let mut p = out_pkt();
+        assert_eq!(r.matches(&p), Tri::No, "an IPv4 packet");
+        p.v6 = true;
+        p.src = Place::In(v6net("fd00:77::", 64));
+        p.dst = Place::In(v6net("2001:db8:ffff::1", 128));
+        assert_eq!(r.matches(&p), Tri::Yes);
+        p.dst = Place::Internet {
+            not_in: Some(v6net("fd00:77::", 64)),
+        };
+        assert_eq!(r.matches(&p), Tri::Maybe);
+        // An IPv4 address test never matches an IPv6 packet.
+        let r4 = decode_rule(2, &iptables_accept_subnet());
+        assert_eq!(r4.matches(&p), Tri::No);
+    }
+
+    #[test]
+    fn decodes_reverse_path_tests() {
+        // fib saddr . iif oif missing drop
+        let fib = [u32a(1, 1), u32a(2, 1), u32a(3, FIB_F_SADDR | FIB_F_IIF)].concat();
+        let e = [
+            expr("fib", &fib),
+            expr("cmp", &cmp(0, &0u32.to_ne_bytes())),
+            expr("immediate", &verdict(0, None)),
+        ]
+        .concat();
+        let r = decode_rule_in("inet", 3, &e);
+        assert_eq!(
+            r.to_string(),
+            "`fib saddr . iif oif missing drop` (handle 3)"
+        );
+        let mut p = out_pkt();
+        assert_eq!(r.matches(&p), Tri::Maybe, "the route back is not known");
+        p.rp = Tri::No;
+        assert_eq!(r.matches(&p), Tri::Yes);
+        p.rp = Tri::Yes;
+        assert_eq!(r.matches(&p), Tri::No);
+
+        // ip6tables -m rpfilter --invert -j DROP; --loose without --invert.
+        let m = [nla(1, b"rpfilter\0"), u32a(2, 0), nla(3, &[8, 0, 0, 0])].concat();
+        let r = decode_rule_in("ip6", 2, &expr("match", &m));
+        assert_eq!(r.to_string(), "`-m rpfilter --invert` (handle 2)");
+        assert_eq!(r.matches(&p), Tri::No);
+        let m = [nla(1, b"rpfilter\0"), u32a(2, 0), nla(3, &[1, 0, 0, 0])].concat();
+        let r = decode_rule_in("ip6", 2, &expr("match", &m));
+        assert_eq!(r.to_string(), "`-m rpfilter --loose` (handle 2)");
+        p.rp = Tri::No;
+        assert_eq!(
+            r.matches(&p),
+            Tri::Maybe,
+            "loose may pass where strict fails"
+        );
+    }
+
+    #[test]
+    fn ipv6_internet_excludes_ula_link_local_and_multicast() {
+        let i = Place::Internet {
+            not_in: Some(v6net("fd00:77::", 64)),
+        };
+        assert_eq!(i.in_net(&v6net("::", 0)), Tri::Yes);
+        assert_eq!(i.in_net(&v6net("fd12::", 16)), Tri::No);
+        assert_eq!(i.in_net(&v6net("fe80::", 64)), Tri::No);
+        assert_eq!(i.in_net(&v6net("ff02::1", 128)), Tri::No);
+        assert_eq!(i.in_net(&v6net("2001:db8:ffff::", 48)), Tri::Maybe);
+        assert!(v6net("fd00:77::", 64).is_private());
+        assert!(!v6net("2001:db8::", 32).is_private());
+        assert_eq!(v6net("fd00:77::1", 64).to_string(), "fd00:77::/64");
+        assert_eq!(v6net("fd00:77::", 64).size(), 1 << 63);
+    }
 }

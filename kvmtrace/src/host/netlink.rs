@@ -840,4 +840,58 @@ pub mod tests {
         b.extend(nla(6, &1000u32.to_ne_bytes()));
         assert_eq!(parse_fib_rule(&b), Some((1000, 100)));
     }
+
+    #[test]
+    fn parses_ipv6_address_route_neighbour_and_rule() {
+        let a: std::net::Ipv6Addr = "fd00:77::1".parse().unwrap();
+        let mut b = vec![10u8, 64, 0x80, 0];
+        b.extend_from_slice(&7u32.to_ne_bytes());
+        b.extend(nla(1, &a.octets()));
+        assert_eq!(
+            parse_ip_addr(&b),
+            Some(IpIfAddr {
+                ifindex: 7,
+                addr: IpAddr::V6(a),
+                prefix: 64,
+                scope: 0
+            })
+        );
+        // The IPv4-only parser keeps ignoring it.
+        assert_eq!(parse_addr(&b), None);
+
+        let gw: std::net::Ipv6Addr = "2001:db8:2::1".parse().unwrap();
+        let mut r = vec![10u8, 0, 0, 0, 254, 9, 0, 1, 0, 0, 0, 0];
+        r.extend(nla(15, &254u32.to_ne_bytes()));
+        r.extend(nla(5, &gw.octets()));
+        r.extend(nla(4, &4u32.to_ne_bytes()));
+        r.extend(nla(6, &1024u32.to_ne_bytes()));
+        let route = parse_ip_route(&r).expect("route");
+        assert_eq!(route.dst, IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+        assert_eq!(route.protocol, 9);
+        assert_eq!(route.priority, 1024);
+        assert_eq!(route.nexthops, vec![(4, Some(IpAddr::V6(gw)))]);
+        assert_eq!(parse_route(&r), None);
+
+        let mut n = vec![10u8, 0, 0, 0];
+        n.extend_from_slice(&4u32.to_ne_bytes());
+        n.extend_from_slice(&NUD_REACHABLE.to_ne_bytes());
+        n.extend_from_slice(&[0x80, 1]);
+        n.extend(nla(1, &gw.octets()));
+        let ne = parse_ip_neigh(&n).expect("neigh");
+        assert_eq!(ne.dst, IpAddr::V6(gw));
+        assert!(ne.router);
+        assert_eq!(nud_name(ne.state), "REACHABLE");
+
+        // from fd00:77::/64 lookup 100, priority 100
+        let mut ru = vec![10u8, 0, 64, 0, 100, 0, 0, 1];
+        ru.extend_from_slice(&[0; 4]);
+        ru.extend(nla(2, &a.octets()));
+        ru.extend(nla(6, &100u32.to_ne_bytes()));
+        let rule = parse_ip_rule(&ru).expect("rule");
+        assert_eq!(rule.priority, 100);
+        assert_eq!(rule.table, 100);
+        assert_eq!(rule.action, 1);
+        assert_eq!(rule.src, Some((IpAddr::V6(a), 64)));
+        assert!(rule.other.is_empty());
+    }
 }
