@@ -1,5 +1,5 @@
-//! `kvmtrace doctor <VM>`: a static check of everything along the VM's path, without waiting
-//! for traffic. Each check is pass / warn / fail / skip with the evidence it read and the command
+//! `kvmtrace doctor <VM> [DEST]`: a static check of everything along the VM's path, IPv4 and
+//! IPv6, without waiting for traffic; with DEST, of the way to that destination. Each check is pass / warn / fail / skip with the evidence it read and the command
 //! that fixes it.
 //!
 //! Why static: `follow` says where packets stop, but only when there are packets. A VM that
@@ -73,7 +73,10 @@ impl CheckStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
     /// `tap`, `bridge_port`, `bridge`, `mtu`, `br_netfilter`, `ip_forward`, `rp_filter`,
-    /// `forward_filter`, `nat`, `conntrack`, `default_route`, `gateway_neighbour`, `dhcp`.
+    /// `forward_filter`, `nat`, `conntrack`, `default_route` (or `route` to an IPv4 DEST),
+    /// `gateway_neighbour`, `dhcp`; the IPv6 half: `ip6_forward`, `rpfilter6`,
+    /// `forward_filter6`, `default_route6` (or `route6` to an IPv6 DEST),
+    /// `gateway_neighbour6`, `ra_service`; macvtap: `lower_device`, `macvtap_host`.
     pub name: String,
     pub status: CheckStatus,
     /// What was read and what it means.
