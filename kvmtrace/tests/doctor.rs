@@ -1056,3 +1056,84 @@ fn bad_destination_exits_2() {
         assert!(run.lines.is_empty(), "{dest}: {}", run.dump());
     }
 }
+
+#[test]
+fn ipv6_destination_turns_the_ipv6_checks_on_without_ipv6_on_the_bridge() {
+    let lab = Lab::new(LabOptions::default());
+    // IPv6 on the uplink only; forwarding left as a new namespace has it (0).
+    lab.outside_run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:2::1/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    lab.outside_run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:ffff::1/128",
+        "dev",
+        "lo",
+    ]);
+    lab.hv_run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:2::2/64",
+        "dev",
+        "up0",
+        "nodad",
+    ]);
+    lab.hv_run(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8:2::1",
+        "dev",
+        "up0",
+    ]);
+    lab.hv_run(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=0"]);
+    let run = doctor_after(&lab, "", &["vnet0", "2001:db8:ffff::1", "--json"]);
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(
+        &run,
+        "ip6_forward",
+        "fail",
+        &["net.ipv6.conf.all.forwarding = 0"],
+    );
+    // No VM address to look up from: the host's own route is asked.
+    assert_check(
+        &run,
+        "route6",
+        "pass",
+        &["`ip -6 route get 2001:db8:ffff::1`: default via 2001:db8:2::1 dev up0 table main metric 1024"],
+    );
+    assert_check(
+        &run,
+        "forward_filter6",
+        "skip",
+        &["the VM's IPv6 prefix is unknown: br0 has no global IPv6 address"],
+    );
+    assert_check(
+        &run,
+        "ra_service",
+        "skip",
+        &["br0 has no global IPv6 address: there is no prefix to advertise to the VM"],
+    );
+    // The IPv4 half keeps its default-route checks.
+    assert_check(
+        &run,
+        "default_route",
+        "pass",
+        &["default via 192.0.2.1 dev up0"],
+    );
+}

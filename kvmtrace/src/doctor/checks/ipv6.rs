@@ -86,14 +86,13 @@ impl<'a> Ctx6<'a> {
             Err(_) => Vec::new(),
         };
         defaults.sort_by_key(|d| d.priority);
-        let uplink = match dest {
-            Some(_) => dest_out_dev(h, true),
-            None => defaults
+        let uplink = dest.and_then(|_| dest_out_dev(h, true)).or_else(|| {
+            defaults
                 .first()
                 .filter(|d| d.kind == 1)
                 .and_then(|d| d.nexthops.first())
-                .and_then(|(oif, _)| h.dev_by_index(*oif)),
-        };
+                .and_then(|(oif, _)| h.dev_by_index(*oif))
+        });
         let bridged = matches!((uplink, l3), (Some(u), Some(l)) if u.name == l.name);
         Ctx6 {
             off,
@@ -144,7 +143,7 @@ fn rp_passes(h: &Host, src: &Place, iif: Option<&Dev>) -> Tri {
 }
 
 impl Ctx<'_> {
-    /// The VM's device name, as in the IPv4 checks.
+    /// `skip` with the reason when the IPv6 checks do not apply.
     fn skip6(&self, name: &str) -> Option<Check> {
         self.v6
             .off

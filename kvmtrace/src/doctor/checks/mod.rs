@@ -1,7 +1,8 @@
 //! The checks, in the order a packet from the VM meets what they check: tap, bridge port,
 //! bridge, MTU, bridge netfilter, forwarding, reverse-path filter, FORWARD rules, NAT,
-//! conntrack, default route, gateway neighbour, DHCP. Each is a pure function of a [`Host`]
-//! snapshot and says what it read (evidence) and what to run (fix).
+//! conntrack, default route (or the route to DEST), gateway neighbour, DHCP; then the IPv6
+//! half (`ipv6.rs`). Each is a pure function of a [`Host`] snapshot and says what it read
+//! (evidence) and what to run (fix).
 
 use super::host::{Dev, Host};
 use super::rules::{self, Chain, Fate, Iface, Net, Pkt, Place, Ruleset};
@@ -131,15 +132,15 @@ impl<'a> Ctx<'a> {
         };
         defaults.sort_by_key(|d| d.priority);
         let dest4 = dest.filter(|d| !d.is_v6());
-        let uplink = match dest4 {
-            // The way out to the destination is the device of the kernel's route to it.
-            Some(_) => dest_out_dev(h, false),
-            None => defaults
+        // The way out: to the destination, the device of the kernel's route to it; else (or
+        // when that route refuses) the default route's.
+        let uplink = dest4.and_then(|_| dest_out_dev(h, false)).or_else(|| {
+            defaults
                 .first()
                 .filter(|d| d.kind == 1)
                 .and_then(|d| d.nexthops.first())
-                .and_then(|(oif, _)| h.dev_by_index(*oif)),
-        };
+                .and_then(|(oif, _)| h.dev_by_index(*oif))
+        });
         let bridged = matches!((uplink, l3), (Some(u), Some(l)) if u.name == l.name);
         let v6 = Ctx6::new(h, bridge, l3, mac, dest);
         Ctx {
