@@ -1160,7 +1160,7 @@ mod tests {
         // The forward rules are judged for packets to the destination.
         assert!(get(&v, "forward_filter6")
             .evidence
-            .contains("new connections from fd00:77::/64 to 2001:db8:ffff::1 (br0 → any uplink) are accepted by its policy"));
+            .contains("new connections from fd00:77::/64 to 2001:db8:ffff::1 (br0 → up0) are accepted by its policy"));
 
         // A reachable destination: the route, its device and the gateway's state.
         h.dest_route = Some(DestRoute {
