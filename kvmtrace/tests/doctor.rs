@@ -1137,3 +1137,63 @@ fn ipv6_destination_turns_the_ipv6_checks_on_without_ipv6_on_the_bridge() {
         &["default via 192.0.2.1 dev up0"],
     );
 }
+
+#[test]
+fn unanswered_ipv6_gateway_fails_gateway_neighbour6() {
+    let lab = Lab::new(LabOptions::default());
+    add_ipv6(&lab);
+    // A default route via an address nobody has; one datagram makes the kernel solicit it,
+    // which fails after its probes (about 3 s).
+    lab.hv_run(&[
+        "ip",
+        "-6",
+        "route",
+        "replace",
+        "default",
+        "via",
+        "2001:db8:2::99",
+        "dev",
+        "up0",
+    ]);
+    lab.hv_run(&["bash", "-c", "echo x > /dev/udp/2001:db8:ffff::1/9"]);
+    wait_for(
+        &lab,
+        &["ip", "-6", "neigh", "show", "2001:db8:2::99", "dev", "up0"],
+        "FAILED",
+        Duration::from_secs(10),
+    );
+    let run = doctor(&lab);
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(
+        &run,
+        "default_route6",
+        "pass",
+        &["default via 2001:db8:2::99 dev up0 table main"],
+    );
+    assert_check(
+        &run,
+        "gateway_neighbour6",
+        "fail",
+        &[
+            "2001:db8:2::99 on up0 is FAILED",
+            "the gateway did not answer neighbour solicitations",
+        ],
+    );
+    // With the destination, the route check says the same of its next hop.
+    let run = doctor_after(&lab, "", &["vnet0", "2001:db8:ffff::1", "--json"]);
+    assert_check(
+        &run,
+        "route6",
+        "fail",
+        &[
+            "the gateway 2001:db8:2::99 on up0 is FAILED",
+            "every packet to 2001:db8:ffff::1 is dropped",
+        ],
+    );
+    assert_check(
+        &run,
+        "gateway_neighbour6",
+        "fail",
+        &["2001:db8:2::99 on up0 is FAILED"],
+    );
+}

@@ -313,6 +313,17 @@ pub(super) fn rpfilter6_check(c: &Ctx) -> Check {
     if let Some(s) = c.skip6(name) {
         return s;
     }
+    if c.v6.bridged {
+        return check(
+            name,
+            Skip,
+            format!(
+                "the IPv6 default route leaves through {} itself: the VM's packets are bridged, not routed",
+                c.l3_name()
+            ),
+            None,
+        );
+    }
     let Some(subnet) = c.v6.subnet else {
         return check(
             name,
