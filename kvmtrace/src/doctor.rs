@@ -198,18 +198,18 @@ pub fn tally(checks: &[Check]) -> Tally {
     t
 }
 
-/// One check as text: `FAIL  ip_forward         net.ipv4.ip_forward = 0: …` and, when there
-/// is one, an indented `fix:` line.
+/// One check as text: `FAIL  ip_forward         net.ipv4.ip_forward = 0: …` (names padded to
+/// the longest, `gateway_neighbour6`) and, when there is one, an indented `fix:` line.
 pub fn write_check_text(w: &mut dyn Write, c: &Check) -> io::Result<()> {
     writeln!(
         w,
-        "{:<4}  {:<17} {}",
+        "{:<4}  {:<18} {}",
         c.status.name().to_uppercase(),
         c.name,
         c.evidence
     )?;
     if let Some(f) = &c.fix {
-        writeln!(w, "{:<23} fix: {f}", "")?;
+        writeln!(w, "{:<24} fix: {f}", "")?;
     }
     Ok(())
 }
@@ -324,9 +324,9 @@ mod tests {
         let text = String::from_utf8(buf).unwrap();
         assert_eq!(
             text,
-            "FAIL  ip_forward        net.ipv4.ip_forward = 0\n\
-             \x20                       fix: sysctl -w net.ipv4.ip_forward=1\n\
-             PASS  ip_forward        net.ipv4.ip_forward = 0\n\
+            "FAIL  ip_forward         net.ipv4.ip_forward = 0\n\
+             \x20                        fix: sysctl -w net.ipv4.ip_forward=1\n\
+             PASS  ip_forward         net.ipv4.ip_forward = 0\n\
              2 checks: 1 pass, 0 warn, 1 fail, 0 skip\n"
         );
     }

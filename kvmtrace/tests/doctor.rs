@@ -316,7 +316,7 @@ fn ip_forward_off_fails_and_the_fix_works() {
     assert_eq!(text.code, 1);
     assert!(
         text.stdout
-            .contains("FAIL  ip_forward        net.ipv4.ip_forward = 0"),
+            .contains("FAIL  ip_forward         net.ipv4.ip_forward = 0"),
         "{}",
         text.dump()
     );
