@@ -1,5 +1,5 @@
-//! `kvmtrace doctor <VM>`: a static check of everything along the VM's path, without waiting
-//! for traffic. Each check is pass / warn / fail / skip with the evidence it read and the command
+//! `kvmtrace doctor <VM> [DEST]`: a static check of everything along the VM's path, IPv4 and
+//! IPv6, without waiting for traffic; with DEST, of the way to that destination. Each check is pass / warn / fail / skip with the evidence it read and the command
 //! that fixes it.
 //!
 //! Why static: `follow` says where packets stop, but only when there are packets. A VM that
@@ -20,19 +20,23 @@ mod checks;
 mod host;
 mod rules;
 
-use crate::error::EnvError;
+use crate::error::{EnvError, Usage};
 use crate::host::resolve::{self, Roots, VmInfo};
 use crate::model::SCHEMA;
 use anyhow::Result;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
     /// The VM: its name, Proxmox VMID, UUID, its tap device, or the guest's MAC.
     pub vm: String,
+    /// A destination the VM should reach (IPv4 or IPv6 address or prefix): the route to it
+    /// is looked up, and the firewall is judged for packets to it.
+    pub dest: Option<String>,
     /// Which NIC of a VM with several: its number, its tap or its MAC (as `follow --nic`).
     #[arg(long, value_name = "N|TAP|MAC")]
     pub nic: Option<String>,
@@ -69,7 +73,10 @@ impl CheckStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
     /// `tap`, `bridge_port`, `bridge`, `mtu`, `br_netfilter`, `ip_forward`, `rp_filter`,
-    /// `forward_filter`, `nat`, `conntrack`, `default_route`, `gateway_neighbour`, `dhcp`.
+    /// `forward_filter`, `nat`, `conntrack`, `default_route` (or `route` to an IPv4 DEST),
+    /// `gateway_neighbour`, `dhcp`; the IPv6 half: `ip6_forward`, `rpfilter6`,
+    /// `forward_filter6`, `default_route6` (or `route6` to an IPv6 DEST),
+    /// `gateway_neighbour6`, `ra_service`; macvtap: `lower_device`, `macvtap_host`.
     pub name: String,
     pub status: CheckStatus,
     /// What was read and what it means.
@@ -82,8 +89,59 @@ pub struct Check {
 /// Runs every check for the VM, in the current network namespace. Never fails: what cannot be
 /// read becomes a `skip` (or a `fail` when its absence is the problem).
 pub fn checks_for(info: &VmInfo) -> Vec<Check> {
-    let h = host::gather();
-    checks::run_checks(&h, &info.tap, info.mac.as_deref())
+    checks_for_dest(info, None)
+}
+
+/// [`checks_for`] with a destination (address or prefix, either family): the route to it is
+/// looked up (`route` / `route6` instead of `default_route` / `default_route6`) and the
+/// firewall is judged for packets to it.
+pub fn checks_for_dest(info: &VmInfo, dest: Option<Dest>) -> Vec<Check> {
+    let mut h = host::gather();
+    let mac = info.mac.as_deref();
+    if let Some(d) = dest {
+        let from = checks::vm_source(&h, &info.tap, mac, d.addr.is_ipv6());
+        h.dest_route = Some(host::lookup_dest(&h, d.addr, from));
+    }
+    checks::run_checks_to(&h, &info.tap, mac, dest.map(|d| d.net))
+}
+
+/// A destination as given: the address to look the route up for, and the prefix the model
+/// packets go to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dest {
+    pub addr: IpAddr,
+    pub net: rules::Net,
+}
+
+/// Parses `doctor`'s DEST: an IPv4 or IPv6 address (`203.0.113.1`, `2001:db8::1`) or prefix
+/// (`203.0.113.0/24`, `2001:db8::/32`). For a prefix the route is looked up for the address
+/// as written (`2001:db8::5/64` asks for 2001:db8::5).
+pub fn parse_dest(s: &str) -> Result<Dest, String> {
+    let examples = "examples: 203.0.113.1, 203.0.113.0/24, 2001:db8::1, 2001:db8::/32";
+    let (a, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let addr: IpAddr = a
+        .parse()
+        .map_err(|_| format!("'{s}' is not an IPv4 or IPv6 address or prefix ({examples})"))?;
+    let max = if addr.is_ipv6() { 128 } else { 32 };
+    let len = match len {
+        None => max,
+        Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(|| {
+            format!(
+                "bad prefix length in '{s}': expected 0-{max} for an {} address",
+                if addr.is_ipv6() { "IPv6" } else { "IPv4" }
+            )
+        })?,
+    };
+    if addr.is_unspecified() || addr.is_multicast() {
+        return Err(format!("'{s}' is not a unicast destination ({examples})"));
+    }
+    Ok(Dest {
+        addr,
+        net: rules::Net::new(addr, len),
+    })
 }
 
 #[derive(Serialize)]
@@ -140,18 +198,18 @@ pub fn tally(checks: &[Check]) -> Tally {
     t
 }
 
-/// One check as text: `FAIL  ip_forward         net.ipv4.ip_forward = 0: …` and, when there
-/// is one, an indented `fix:` line.
+/// One check as text: `FAIL  ip_forward         net.ipv4.ip_forward = 0: …` (names padded to
+/// the longest, `gateway_neighbour6`) and, when there is one, an indented `fix:` line.
 pub fn write_check_text(w: &mut dyn Write, c: &Check) -> io::Result<()> {
     writeln!(
         w,
-        "{:<4}  {:<17} {}",
+        "{:<4}  {:<18} {}",
         c.status.name().to_uppercase(),
         c.name,
         c.evidence
     )?;
     if let Some(f) = &c.fix {
-        writeln!(w, "{:<23} fix: {f}", "")?;
+        writeln!(w, "{:<24} fix: {f}", "")?;
     }
     Ok(())
 }
@@ -174,6 +232,13 @@ pub fn write_text(w: &mut dyn Write, checks: &[Check]) -> io::Result<()> {
 }
 
 pub fn run(a: DoctorArgs) -> Result<ExitCode> {
+    // A bad argument is a usage error (exit 2) whoever runs it.
+    let dest = a
+        .dest
+        .as_deref()
+        .map(parse_dest)
+        .transpose()
+        .map_err(Usage)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(EnvError(
@@ -190,7 +255,7 @@ pub fn run(a: DoctorArgs) -> Result<ExitCode> {
         .into());
     }
     let info = resolve::resolve(&a.vm, a.nic.as_deref(), &Roots::system())?;
-    let checks = checks_for(&info);
+    let checks = checks_for_dest(&info, dest);
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let t = tally(&checks);
@@ -259,10 +324,39 @@ mod tests {
         let text = String::from_utf8(buf).unwrap();
         assert_eq!(
             text,
-            "FAIL  ip_forward        net.ipv4.ip_forward = 0\n\
-             \x20                       fix: sysctl -w net.ipv4.ip_forward=1\n\
-             PASS  ip_forward        net.ipv4.ip_forward = 0\n\
+            "FAIL  ip_forward         net.ipv4.ip_forward = 0\n\
+             \x20                        fix: sysctl -w net.ipv4.ip_forward=1\n\
+             PASS  ip_forward         net.ipv4.ip_forward = 0\n\
              2 checks: 1 pass, 0 warn, 1 fail, 0 skip\n"
         );
+    }
+
+    #[test]
+    fn destinations_of_both_families_and_clear_errors() {
+        let d = parse_dest("2001:db8:ffff::1").unwrap();
+        assert_eq!(d.addr, "2001:db8:ffff::1".parse::<IpAddr>().unwrap());
+        assert_eq!(d.net.to_string(), "2001:db8:ffff::1/128");
+        let d = parse_dest("2001:db8:ffff::5/48").unwrap();
+        assert_eq!(d.addr, "2001:db8:ffff::5".parse::<IpAddr>().unwrap());
+        assert_eq!(d.net.to_string(), "2001:db8:ffff::/48");
+        let d = parse_dest("203.0.113.7/24").unwrap();
+        assert_eq!(d.net.to_string(), "203.0.113.0/24");
+        assert_eq!(parse_dest("203.0.113.1").unwrap().net.len, 32);
+        assert_eq!(
+            parse_dest("vm1").unwrap_err(),
+            "'vm1' is not an IPv4 or IPv6 address or prefix (examples: 203.0.113.1, 203.0.113.0/24, 2001:db8::1, 2001:db8::/32)"
+        );
+        assert_eq!(
+            parse_dest("203.0.113.1/40").unwrap_err(),
+            "bad prefix length in '203.0.113.1/40': expected 0-32 for an IPv4 address"
+        );
+        assert_eq!(
+            parse_dest("2001:db8::/x").unwrap_err(),
+            "bad prefix length in '2001:db8::/x': expected 0-128 for an IPv6 address"
+        );
+        assert!(parse_dest("::")
+            .unwrap_err()
+            .contains("not a unicast destination"));
+        assert!(parse_dest("224.0.0.1").is_err());
     }
 }

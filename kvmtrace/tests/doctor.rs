@@ -37,6 +37,87 @@ fn doctor_after(lab: &Lab, prelude: &str, args: &[&str]) -> Run {
     }
 }
 
+/// The checks of the IPv6 half of the path.
+const V6_CHECKS: [&str; 6] = [
+    "ip6_forward",
+    "rpfilter6",
+    "forward_filter6",
+    "default_route6",
+    "gateway_neighbour6",
+    "ra_service",
+];
+
+/// Gives the lab an IPv6 half: fd00:77::1/64 on br0, 2001:db8:2::2/64 on up0 and a default
+/// route via the outside's 2001:db8:2::1, forwarding on; the outside holds 2001:db8:ffff::1
+/// on lo (the IPv6 "internet" destination) and a route back to fd00:77::/64. One datagram
+/// makes the gateway's neighbour entry REACHABLE.
+fn add_ipv6(lab: &Lab) {
+    #[rustfmt::skip]
+    let hv: &[&[&str]] = &[
+        &["ip", "-6", "addr", "add", "fd00:77::1/64", "dev", "br0", "nodad"],
+        &["ip", "-6", "addr", "add", "2001:db8:2::2/64", "dev", "up0", "nodad"],
+        &["ip", "-6", "route", "add", "default", "via", "2001:db8:2::1", "dev", "up0"],
+        &["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"],
+    ];
+    #[rustfmt::skip]
+    let out: &[&[&str]] = &[
+        &["ip", "-6", "addr", "add", "2001:db8:2::1/64", "dev", "eth0", "nodad"],
+        &["ip", "-6", "addr", "add", "2001:db8:ffff::1/128", "dev", "lo"],
+        &["ip", "-6", "route", "add", "fd00:77::/64", "via", "2001:db8:2::2"],
+    ];
+    for c in out {
+        lab.outside_run(c);
+    }
+    for c in hv {
+        lab.hv_run(c);
+    }
+    // One datagram makes the kernel solicit the gateway (the image has no ping).
+    lab.hv_run(&["bash", "-c", "echo x > /dev/udp/2001:db8:ffff::1/9"]);
+    wait_for(
+        lab,
+        &["ip", "-6", "neigh", "show", "2001:db8:2::1", "dev", "up0"],
+        "REACHABLE",
+        Duration::from_secs(5),
+    );
+}
+
+/// A stand-in router-advertisement daemon (setup installs no radvd): a process whose name
+/// is `radvd`, started with `-C FILE` and a radvd configuration for br0, as doctor finds a
+/// real one. Killed with the lab's namespace.
+fn radvd_standin(lab: &Lab) -> std::process::Child {
+    let dir = std::env::temp_dir().join(format!("kvmtrace-doctor-radvd-{}", lab.id));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let conf = dir.join("radvd.conf");
+    std::fs::write(
+        &conf,
+        "interface br0 {\n    AdvSendAdvert on;\n    prefix fd00:77::/64 { };\n};\n",
+    )
+    .expect("write radvd.conf");
+    // A script's process name is the script's file name (fs/exec.c: comm from the filename).
+    let bin = dir.join("radvd");
+    std::fs::write(&bin, "#!/bin/sh\nsleep 600\n").expect("write stand-in");
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let child = lab
+        .hv_cmd(bin.to_str().expect("utf-8 path"))
+        .args(["-C", conf.to_str().expect("utf-8 path")])
+        .spawn()
+        .expect("start the radvd stand-in");
+    // Until the script runs, its name is `ip` (ip netns exec).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{}/comm", child.id()))
+        .map(|c| c.trim() != "radvd")
+        .unwrap_or(true)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the radvd stand-in did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 fn doctor(lab: &Lab) -> Run {
     doctor_after(lab, "", &["vnet0", "--json"])
 }
@@ -137,11 +218,20 @@ fn healthy_lab_passes_every_check() {
     let run = doctor(&lab);
     assert_eq!(run.code, 0, "{}", run.dump());
     let checks: Vec<&Value> = run.lines.iter().filter(|v| v["type"] == "check").collect();
-    assert_eq!(checks.len(), 13, "{}", run.dump());
+    assert_eq!(checks.len(), 19, "{}", run.dump());
     for c in &checks {
         assert_eq!(c["schema"], 1);
-        assert_eq!(s(c, "status"), "pass", "{}", run.dump());
         assert!(c.get("fix").is_none(), "{}", run.dump());
+        // The lab has no IPv6: the IPv6 half is skipped, with the reason.
+        if V6_CHECKS.contains(&s(c, "name")) {
+            assert_eq!(s(c, "status"), "skip", "{}", run.dump());
+            assert_eq!(
+                s(c, "evidence"),
+                "br0 has no global IPv6 address and no IPv6 destination was given: the VM has no IPv6 path through this host"
+            );
+        } else {
+            assert_eq!(s(c, "status"), "pass", "{}", run.dump());
+        }
     }
     assert_check(&run, "tap", "pass", &["vnet0 (tap) is up with carrier"]);
     assert_check(
@@ -194,6 +284,7 @@ fn healthy_lab_passes_every_check() {
         .find(|v| v["type"] == "summary")
         .unwrap_or_else(|| panic!("no summary:\n{}", run.dump()));
     assert_eq!(summary["pass"], 13);
+    assert_eq!(summary["skip"], 6);
     assert_eq!(summary["tap"], "vnet0");
 
     // The text view says the same.
@@ -201,7 +292,7 @@ fn healthy_lab_passes_every_check() {
     assert_eq!(text.code, 0, "{}", text.dump());
     assert!(
         text.stdout
-            .contains("13 checks: 13 pass, 0 warn, 0 fail, 0 skip"),
+            .contains("19 checks: 13 pass, 0 warn, 0 fail, 6 skip"),
         "{}",
         text.dump()
     );
@@ -225,7 +316,7 @@ fn ip_forward_off_fails_and_the_fix_works() {
     assert_eq!(text.code, 1);
     assert!(
         text.stdout
-            .contains("FAIL  ip_forward        net.ipv4.ip_forward = 0"),
+            .contains("FAIL  ip_forward         net.ipv4.ip_forward = 0"),
         "{}",
         text.dump()
     );
@@ -556,5 +647,553 @@ fn unknown_vm_exits_2() {
         run.stderr.contains("nosuchvm") && run.stderr.contains("vnet0"),
         "{}",
         run.dump()
+    );
+}
+
+#[test]
+fn healthy_ipv6_lab_passes_every_check() {
+    let lab = Lab::new(LabOptions::default());
+    let mut vm = running_vm(&lab);
+    assert!(
+        vm.ping(lab.dest, 0x4b54, 1, Duration::from_secs(2))
+            .is_some(),
+        "the healthy lab does not deliver"
+    );
+    add_ipv6(&lab);
+    let _dhcp = dhcp_listener(&lab);
+    let mut radvd = radvd_standin(&lab);
+    let run = doctor(&lab);
+    let _ = radvd.kill();
+    let _ = radvd.wait();
+    assert_eq!(run.code, 0, "{}", run.dump());
+    let checks: Vec<&Value> = run.lines.iter().filter(|v| v["type"] == "check").collect();
+    assert_eq!(checks.len(), 19, "{}", run.dump());
+    for c in &checks {
+        assert_eq!(s(c, "status"), "pass", "{}", run.dump());
+    }
+    assert_check(
+        &run,
+        "ip6_forward",
+        "pass",
+        &["net.ipv6.conf.all.forwarding = 1 (br0 forwarding = 1, up0 forwarding = 1)"],
+    );
+    assert_check(
+        &run,
+        "rpfilter6",
+        "pass",
+        &["no IPv6 reverse-path filter rule"],
+    );
+    assert_check(
+        &run,
+        "forward_filter6",
+        "pass",
+        &["no nftables or ip6tables-nft chain at the IPv6 forward hook"],
+    );
+    assert_check(
+        &run,
+        "default_route6",
+        "pass",
+        &["default via 2001:db8:2::1 dev up0 table main metric 1024"],
+    );
+    assert_check(
+        &run,
+        "gateway_neighbour6",
+        "pass",
+        &["2001:db8:2::1 on up0 is REACHABLE"],
+    );
+    assert_check(
+        &run,
+        "ra_service",
+        "pass",
+        &["(radvd) advertises on br0 (", "radvd.conf)"],
+    );
+    // The IPv4 half is judged as before.
+    assert_check(&run, "ip_forward", "pass", &["net.ipv4.ip_forward = 1"]);
+    assert_check(
+        &run,
+        "default_route",
+        "pass",
+        &["default via 192.0.2.1 dev up0"],
+    );
+
+    // Without the daemon nothing advertises the prefix to the guest.
+    let run = doctor(&lab);
+    assert_check(
+        &run,
+        "ra_service",
+        "warn",
+        &["no radvd or dnsmasq runs in this namespace: nothing sends router advertisements on br0"],
+    );
+    assert!(
+        s(check(&run, "ra_service"), "fix")
+            .contains("interface br0 { AdvSendAdvert on; prefix fd00:77::/64 { }; };"),
+        "{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn ipv6_forwarding_off_fails_and_the_fix_works() {
+    let lab = Lab::new(LabOptions::default());
+    add_ipv6(&lab);
+    lab.hv_run(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=0"]);
+    let run = doctor(&lab);
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(
+        &run,
+        "ip6_forward",
+        "fail",
+        &[
+            "net.ipv6.conf.all.forwarding = 0 (br0 forwarding = 0, up0 forwarding = 0)",
+            "the VM's IPv6 packets go no further than the host",
+        ],
+    );
+    assert_eq!(
+        s(check(&run, "ip6_forward"), "fix"),
+        "sysctl -w net.ipv6.conf.all.forwarding=1"
+    );
+    // IPv4 forwarding is another switch, still on.
+    assert_check(&run, "ip_forward", "pass", &["net.ipv4.ip_forward = 1"]);
+    apply_fix(&lab, &run, "ip6_forward");
+    assert_check(
+        &doctor(&lab),
+        "ip6_forward",
+        "pass",
+        &["net.ipv6.conf.all.forwarding = 1"],
+    );
+}
+
+#[test]
+fn ip6tables_forward_policy_drop_fails_and_the_fix_works() {
+    let lab = Lab::new(LabOptions::default());
+    add_ipv6(&lab);
+    lab.hv_run(&["ip6tables", "-w", "-P", "FORWARD", "DROP"]);
+    let run = doctor(&lab);
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(
+        &run,
+        "forward_filter6",
+        "fail",
+        &[
+            "ip6 filter FORWARD (filter, hook forward, priority 0, policy drop, 0 rules)",
+            "new connections from fd00:77::/64 (br0 → up0) are dropped by its policy",
+            "replies to fd00:77::/64 (up0 → br0) are dropped by its policy",
+        ],
+    );
+    assert_eq!(
+        s(check(&run, "forward_filter6"), "fix"),
+        "ip6tables -I FORWARD -i br0 -s fd00:77::/64 -j ACCEPT && ip6tables -I FORWARD -o br0 -d fd00:77::/64 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+    );
+    // ip6tables is not on the IPv4 path.
+    assert_check(&run, "forward_filter", "pass", &[]);
+    apply_fix(&lab, &run, "forward_filter6");
+    assert_check(
+        &doctor(&lab),
+        "forward_filter6",
+        "pass",
+        &[
+            "are accepted by rule `iifname \"br0\" ip6 saddr fd00:77::/64 accept`",
+            "are accepted by rule `oifname \"br0\" ip6 daddr fd00:77::/64 ct state established,related accept`",
+        ],
+    );
+}
+
+#[test]
+fn nft_ip6_forward_drop_fails_and_the_fix_works() {
+    let lab = Lab::new(LabOptions::default());
+    add_ipv6(&lab);
+    lab.nft("table ip6 lab6 {\n    chain fw6 {\n        type filter hook forward priority 0; policy drop;\n        ip6 saddr fd00:99::/64 accept\n    }\n}\n");
+    let run = doctor(&lab);
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(
+        &run,
+        "forward_filter6",
+        "fail",
+        &[
+            "ip6 lab6 fw6 (filter, hook forward, priority 0, policy drop, 1 rule)",
+            "new connections from fd00:77::/64 (br0 → up0) are dropped by its policy",
+        ],
+    );
+    let fix = s(check(&run, "forward_filter6"), "fix");
+    assert!(
+        fix.starts_with(
+            "nft 'insert rule ip6 lab6 fw6 iifname \"br0\" ip6 saddr fd00:77::/64 accept'"
+        ),
+        "{}",
+        run.dump()
+    );
+    assert_check(&run, "forward_filter", "pass", &[]);
+    assert_check(
+        &run,
+        "forward_filter6",
+        "fail",
+        &["replies to fd00:77::/64 (up0 → br0) are dropped by its policy"],
+    );
+    apply_fix(&lab, &run, "forward_filter6");
+    assert_check(
+        &doctor(&lab),
+        "forward_filter6",
+        "pass",
+        &["new connections from fd00:77::/64 (br0 → up0) are accepted by rule `iifname \"br0\" ip6 saddr fd00:77::/64 accept`"],
+    );
+}
+
+#[test]
+fn ipv6_rpfilter_rule_fails_when_the_prefix_is_routed_elsewhere() {
+    let lab = Lab::new(LabOptions::default());
+    add_ipv6(&lab);
+    lab.nft("table inet labrp {\n    chain pre {\n        type filter hook prerouting priority raw;\n        meta nfproto ipv6 fib saddr . iif oif missing drop\n    }\n}\n");
+    let run = doctor(&lab);
+    assert_check(
+        &run,
+        "rpfilter6",
+        "pass",
+        &["inet labrp pre: `meta nfproto ipv6 fib saddr . iif oif missing drop`"],
+    );
+    // A more preferred route sends the VM's prefix out of the uplink.
+    lab.hv_run(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "fd00:77::/64",
+        "dev",
+        "up0",
+        "metric",
+        "10",
+    ]);
+    let run = doctor(&lab);
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(
+        &run,
+        "rpfilter6",
+        "fail",
+        &[
+            "new connections from fd00:77::/64 (br0 → up0) are dropped by inet labrp pre: `meta nfproto ipv6 fib saddr . iif oif missing drop`",
+            "(fd00:77::/64 is routed via up0)",
+        ],
+    );
+    assert_eq!(
+        s(check(&run, "rpfilter6"), "fix"),
+        "ip -6 route replace fd00:77::/64 dev br0 metric 10"
+    );
+    apply_fix(&lab, &run, "rpfilter6");
+    assert_check(&doctor(&lab), "rpfilter6", "pass", &[]);
+}
+
+#[test]
+fn blackholed_ipv6_destination_fails_the_route_check_and_the_fix_works() {
+    let lab = Lab::new(LabOptions::default());
+    add_ipv6(&lab);
+    let args = ["vnet0", "2001:db8:ffff::1", "--json"];
+    let run = doctor_after(&lab, "", &args);
+    assert_eq!(run.code, 0, "{}", run.dump());
+    assert!(run.lines.iter().all(|v| v["name"] != "default_route6"));
+    assert_check(
+        &run,
+        "route6",
+        "pass",
+        &[
+            "`ip -6 route get 2001:db8:ffff::1 from fd00:77::2 iif br0`: default via 2001:db8:2::1 dev up0 table main metric 1024",
+            "the gateway 2001:db8:2::1 on up0 is REACHABLE",
+        ],
+    );
+    assert_check(
+        &run,
+        "forward_filter6",
+        "pass",
+        &["no nftables or ip6tables-nft chain at the IPv6 forward hook"],
+    );
+
+    lab.hv_run(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "blackhole",
+        "2001:db8:ffff::/48",
+    ]);
+    let run = doctor_after(&lab, "", &args);
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(
+        &run,
+        "route6",
+        "fail",
+        &[
+            "is refused (EINVAL: a blackhole route): blackhole 2001:db8:ffff::/48 table main metric 1024",
+            "every packet to 2001:db8:ffff::1 is dropped silently",
+        ],
+    );
+    assert_eq!(
+        s(check(&run, "route6"), "fix"),
+        "ip -6 route del blackhole 2001:db8:ffff::/48 table main"
+    );
+    assert_check(
+        &run,
+        "gateway_neighbour6",
+        "skip",
+        &["no route to the destination"],
+    );
+    apply_fix(&lab, &run, "route6");
+    assert_check(&doctor_after(&lab, "", &args), "route6", "pass", &[]);
+
+    // In a table of its own, chosen by a policy rule for the VM's prefix.
+    lab.hv_run(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "unreachable",
+        "2001:db8:ffff::/48",
+        "table",
+        "100",
+    ]);
+    lab.hv_run(&[
+        "ip",
+        "-6",
+        "rule",
+        "add",
+        "from",
+        "fd00:77::/64",
+        "table",
+        "100",
+        "pref",
+        "100",
+    ]);
+    let run = doctor_after(&lab, "", &args);
+    assert_check(
+        &run,
+        "route6",
+        "fail",
+        &[
+            "(EHOSTUNREACH: an unreachable route): unreachable 2001:db8:ffff::/48 table 100 metric 1024 (chosen by policy rule 100: lookup 100)",
+        ],
+    );
+    assert_eq!(
+        s(check(&run, "route6"), "fix"),
+        "ip -6 route del unreachable 2001:db8:ffff::/48 table 100"
+    );
+}
+
+#[test]
+fn ipv4_destination_route_check() {
+    let lab = Lab::new(LabOptions::default());
+    let args = ["vnet0", "203.0.113.1", "--json"];
+    let run = doctor_after(&lab, "", &args);
+    assert_eq!(run.code, 0, "{}", run.dump());
+    assert!(run.lines.iter().all(|v| v["name"] != "default_route"));
+    assert_check(
+        &run,
+        "route",
+        "pass",
+        &["`ip route get 203.0.113.1 from 10.77.0.2 iif br0`: default via 192.0.2.1 dev up0 table main metric 0"],
+    );
+    assert_check(
+        &run,
+        "nat",
+        "pass",
+        &["new connections from 10.77.0.0/24 to 203.0.113.1 leaving via up0 are source-NATed"],
+    );
+    // With DEST of one family, the other family's half is judged as without it.
+    assert_check(
+        &run,
+        "default_route6",
+        "skip",
+        &["br0 has no global IPv6 address"],
+    );
+
+    lab.hv_run(&["ip", "route", "add", "prohibit", "203.0.113.0/24"]);
+    let run = doctor_after(&lab, "", &args);
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(
+        &run,
+        "route",
+        "fail",
+        &["is refused (EACCES: a prohibit route): prohibit 203.0.113.0/24 table main metric 0"],
+    );
+    assert_eq!(
+        s(check(&run, "route"), "fix"),
+        "ip route del prohibit 203.0.113.0/24 table main"
+    );
+    apply_fix(&lab, &run, "route");
+
+    // Forwarding off: the host's own packets are routed, the VM's are refused.
+    lab.set_ip_forward(false);
+    let run = doctor_after(&lab, "", &args);
+    assert_check(
+        &run,
+        "route",
+        "fail",
+        &[
+            "`ip route get 203.0.113.1 from 10.77.0.2 iif br0` is refused (EHOSTUNREACH), but the host's own packets to 203.0.113.1 are routed (default via 192.0.2.1 dev up0 table main metric 0)",
+            "see ip_forward",
+        ],
+    );
+    assert_check(&run, "ip_forward", "fail", &["net.ipv4.ip_forward = 0"]);
+}
+
+#[test]
+fn bad_destination_exits_2() {
+    let lab = Lab::new(LabOptions::default());
+    for (dest, says) in [
+        (
+            "not-an-address",
+            "'not-an-address' is not an IPv4 or IPv6 address or prefix",
+        ),
+        (
+            "2001:db8::/129",
+            "bad prefix length in '2001:db8::/129': expected 0-128 for an IPv6 address",
+        ),
+        (
+            "203.0.113.0/33",
+            "bad prefix length in '203.0.113.0/33': expected 0-32 for an IPv4 address",
+        ),
+        ("ff02::1", "'ff02::1' is not a unicast destination"),
+    ] {
+        let run = doctor_after(&lab, "", &["vnet0", dest, "--json"]);
+        assert_eq!(run.code, 2, "{dest}: {}", run.dump());
+        assert!(run.stderr.contains(says), "{dest}: {}", run.dump());
+        assert!(run.lines.is_empty(), "{dest}: {}", run.dump());
+    }
+}
+
+#[test]
+fn ipv6_destination_turns_the_ipv6_checks_on_without_ipv6_on_the_bridge() {
+    let lab = Lab::new(LabOptions::default());
+    // IPv6 on the uplink only; forwarding left as a new namespace has it (0).
+    lab.outside_run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:2::1/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    lab.outside_run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:ffff::1/128",
+        "dev",
+        "lo",
+    ]);
+    lab.hv_run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:2::2/64",
+        "dev",
+        "up0",
+        "nodad",
+    ]);
+    lab.hv_run(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8:2::1",
+        "dev",
+        "up0",
+    ]);
+    lab.hv_run(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=0"]);
+    let run = doctor_after(&lab, "", &["vnet0", "2001:db8:ffff::1", "--json"]);
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(
+        &run,
+        "ip6_forward",
+        "fail",
+        &["net.ipv6.conf.all.forwarding = 0"],
+    );
+    // No VM address to look up from: the host's own route is asked.
+    assert_check(
+        &run,
+        "route6",
+        "pass",
+        &["`ip -6 route get 2001:db8:ffff::1`: default via 2001:db8:2::1 dev up0 table main metric 1024"],
+    );
+    assert_check(
+        &run,
+        "forward_filter6",
+        "skip",
+        &["the VM's IPv6 prefix is unknown: br0 has no global IPv6 address"],
+    );
+    assert_check(
+        &run,
+        "ra_service",
+        "skip",
+        &["br0 has no global IPv6 address: there is no prefix to advertise to the VM"],
+    );
+    // The IPv4 half keeps its default-route checks.
+    assert_check(
+        &run,
+        "default_route",
+        "pass",
+        &["default via 192.0.2.1 dev up0"],
+    );
+}
+
+#[test]
+fn unanswered_ipv6_gateway_fails_gateway_neighbour6() {
+    let lab = Lab::new(LabOptions::default());
+    add_ipv6(&lab);
+    // A default route via an address nobody has; one datagram makes the kernel solicit it,
+    // which fails after its probes (about 3 s).
+    lab.hv_run(&[
+        "ip",
+        "-6",
+        "route",
+        "replace",
+        "default",
+        "via",
+        "2001:db8:2::99",
+        "dev",
+        "up0",
+    ]);
+    lab.hv_run(&["bash", "-c", "echo x > /dev/udp/2001:db8:ffff::1/9"]);
+    wait_for(
+        &lab,
+        &["ip", "-6", "neigh", "show", "2001:db8:2::99", "dev", "up0"],
+        "FAILED",
+        Duration::from_secs(10),
+    );
+    let run = doctor(&lab);
+    assert_eq!(run.code, 1, "{}", run.dump());
+    assert_check(
+        &run,
+        "default_route6",
+        "pass",
+        &["default via 2001:db8:2::99 dev up0 table main"],
+    );
+    assert_check(
+        &run,
+        "gateway_neighbour6",
+        "fail",
+        &[
+            "2001:db8:2::99 on up0 is FAILED",
+            "the gateway did not answer neighbour solicitations",
+        ],
+    );
+    // With the destination, the route check says the same of its next hop.
+    let run = doctor_after(&lab, "", &["vnet0", "2001:db8:ffff::1", "--json"]);
+    assert_check(
+        &run,
+        "route6",
+        "fail",
+        &[
+            "the gateway 2001:db8:2::99 on up0 is FAILED",
+            "every packet to 2001:db8:ffff::1 is dropped",
+        ],
+    );
+    assert_check(
+        &run,
+        "gateway_neighbour6",
+        "fail",
+        &["2001:db8:2::99 on up0 is FAILED"],
     );
 }

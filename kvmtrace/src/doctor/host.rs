@@ -3,10 +3,10 @@
 //! `Host` by hand.
 
 use super::rules::{self, Ruleset};
-use crate::host::netlink::{self, IfAddr, Neigh, Route};
+use crate::host::netlink::{self, IfAddr, IpIfAddr, IpNeigh, IpRoute, IpRule, Neigh, Route};
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 /// A network device as sysfs shows it.
@@ -40,6 +40,8 @@ pub struct Dev {
     pub forward_delay: Option<u32>,
     /// IPv4 addresses (from netlink).
     pub addrs: Vec<(Ipv4Addr, u8)>,
+    /// IPv6 addresses of global scope (global unicast and ULA; from netlink).
+    pub addrs6: Vec<(Ipv6Addr, u8)>,
 }
 
 /// A UDP socket bound to port 67 (a DHCP server).
@@ -68,6 +70,69 @@ pub struct Host {
     /// `/proc/sys/net/bridge` exists: br_netfilter is loaded.
     pub br_netfilter: bool,
     pub udp67: Result<Vec<UdpSock>, String>,
+    /// IPv6 routes of every table.
+    pub routes6: Result<Vec<IpRoute>, String>,
+    /// IPv6 neighbour (NDP) entries.
+    pub neighs6: Result<Vec<IpNeigh>, String>,
+    /// Policy-routing rules with their selectors: IPv4, IPv6.
+    pub ip_rules4: Result<Vec<IpRule>, String>,
+    pub ip_rules6: Result<Vec<IpRule>, String>,
+    /// `/proc/net/ip6_tables_names`: ip6tables-legacy tables in use.
+    pub legacy_tables6: Vec<String>,
+    /// Router-advertisement daemons (radvd, dnsmasq) of this network namespace, or why the
+    /// processes could not be read.
+    pub ra_daemons: Result<Vec<RaDaemon>, String>,
+    /// The kernel's route to the destination given on the command line.
+    pub dest_route: Option<DestRoute>,
+}
+
+/// A process that may send router advertisements, and what its configuration says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaDaemon {
+    /// `pid N (comm)`.
+    pub who: String,
+    /// `radvd` or `dnsmasq`.
+    pub kind: String,
+    /// The interfaces it serves (None: every interface).
+    pub ifaces: Option<Vec<String>>,
+    /// It sends RAs: radvd with an `interface` block, dnsmasq with `enable-ra` or an RA mode
+    /// in an IPv6 `dhcp-range`.
+    pub sends_ra: bool,
+    /// The configuration read (command line, files).
+    pub config: String,
+}
+
+/// The kernel's answer for the route to a destination: the lookup a forwarded packet from
+/// the VM gets (`from`: a VM address and the input device), and, when that is refused, the
+/// lookup of a packet the host itself sends (which tells a routing fault from an input one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestRoute {
+    /// The destination looked up.
+    pub dst: IpAddr,
+    /// (source address, input device) of the forwarded lookup.
+    pub from: Option<(IpAddr, String)>,
+    /// The matched route, or the lookup's errno.
+    pub answer: Result<IpRoute, i32>,
+    /// The host's own lookup, when the forwarded one failed.
+    pub local: Option<Result<IpRoute, i32>>,
+}
+
+/// Asks the kernel for the route to `dst` as a packet from `from` (address, device) would
+/// get it.
+pub fn lookup_dest(h: &Host, dst: IpAddr, from: Option<(IpAddr, String)>) -> DestRoute {
+    let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+    let with_iif = from
+        .as_ref()
+        .and_then(|(a, d)| h.dev(d).map(|d| (*a, d.ifindex)));
+    let answer = netlink::route_lookup(dst, with_iif).map_err(errno);
+    let local = (answer.is_err() && with_iif.is_some())
+        .then(|| netlink::route_lookup(dst, None).map_err(errno));
+    DestRoute {
+        dst,
+        from,
+        answer,
+        local,
+    }
 }
 
 impl Host {
@@ -134,7 +199,191 @@ fn read_dev(sys: &Path, name: &str) -> Dev {
         nf_call_iptables: read(d.join("bridge/nf_call_iptables")).map(|v| v == "1"),
         forward_delay: read(d.join("bridge/forward_delay")).and_then(|s| s.parse().ok()),
         addrs: Vec::new(),
+        addrs6: Vec::new(),
     }
+}
+
+/// The words of a dnsmasq or radvd command line: `--key=value`, `--key value`, `-k value`.
+fn cmdline(pid: &str) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|w| !w.is_empty())
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// dnsmasq options as (key, value) from its command line (`--key[=value]`, `-i IF`, `-C F`,
+/// `-z`) and the configuration files it names (`key[=value]` lines), read through the
+/// process's root.
+fn dnsmasq_options(pid: &str, args: &[String]) -> (Vec<(String, String)>, Vec<String>) {
+    let mut opts = Vec::new();
+    let mut files = Vec::new();
+    let mut it = args.iter().skip(1).peekable();
+    while let Some(a) = it.next() {
+        if let Some(kv) = a.strip_prefix("--") {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            opts.push((k.to_string(), v.to_string()));
+        } else if let Some(short) = a.strip_prefix('-') {
+            let (k, inline) = short.split_at(short.len().min(1));
+            let long = match k {
+                "i" => "interface",
+                "C" => "conf-file",
+                "F" => "dhcp-range",
+                _ => continue,
+            };
+            let v = if inline.is_empty() {
+                it.next().cloned().unwrap_or_default()
+            } else {
+                inline.to_string()
+            };
+            opts.push((long.to_string(), v));
+        }
+    }
+    let mut confs: Vec<String> = opts
+        .iter()
+        .filter(|(k, _)| k == "conf-file")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if confs.is_empty() {
+        confs.push("/etc/dnsmasq.conf".into());
+    }
+    for c in confs.iter().filter(|c| !c.is_empty()) {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/root{c}")) else {
+            continue;
+        };
+        files.push(c.clone());
+        for l in text.lines().map(str::trim) {
+            if l.is_empty() || l.starts_with('#') {
+                continue;
+            }
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            opts.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    (opts, files)
+}
+
+/// What a dnsmasq's options say about RAs: (sends RAs, the interfaces it serves).
+pub fn dnsmasq_ra(opts: &[(String, String)]) -> (bool, Option<Vec<String>>) {
+    // RA modes of an IPv6 dhcp-range (dnsmasq(8): ra-only, slaac, ra-names, ra-stateless,
+    // ra-advrouter); `enable-ra` sends RAs for every IPv6 range.
+    let ra_mode = |v: &str| {
+        v.split(',').any(|p| {
+            matches!(
+                p.trim(),
+                "ra-only" | "slaac" | "ra-names" | "ra-stateless" | "ra-advrouter"
+            )
+        })
+    };
+    let v6_range = |v: &str| {
+        v.split(',').any(|p| {
+            let p = p.trim();
+            p.parse::<Ipv6Addr>().is_ok() || p.starts_with("constructor:")
+        })
+    };
+    let sends = opts
+        .iter()
+        .any(|(k, v)| k == "enable-ra" || (k == "dhcp-range" && v6_range(v) && ra_mode(v)))
+        && opts.iter().any(|(k, v)| k == "dhcp-range" && v6_range(v));
+    let mut ifaces: Vec<String> = opts
+        .iter()
+        .filter(|(k, _)| k == "interface")
+        .flat_map(|(_, v)| v.split(',').map(|s| s.trim().to_string()))
+        .collect();
+    // `constructor:IF` ranges take their prefix from IF's addresses and serve it.
+    for (k, v) in opts {
+        if k == "dhcp-range" {
+            for p in v.split(',') {
+                if let Some(i) = p.trim().strip_prefix("constructor:") {
+                    ifaces.push(i.to_string());
+                }
+            }
+        }
+    }
+    (sends, (!ifaces.is_empty()).then_some(ifaces))
+}
+
+/// The interfaces a radvd configuration advertises on (`interface NAME {`).
+pub fn radvd_ifaces(conf: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut words = conf
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .flat_map(str::split_whitespace);
+    while let Some(w) = words.next() {
+        if w == "interface" {
+            if let Some(n) = words.next() {
+                v.push(n.trim_end_matches('{').to_string());
+            }
+        }
+    }
+    v
+}
+
+/// radvd and dnsmasq processes of this network namespace.
+fn ra_daemons() -> Result<Vec<RaDaemon>, String> {
+    let me = fs::read_link("/proc/self/ns/net")
+        .map_err(|e| format!("reading /proc/self/ns/net: {e}"))?;
+    let mut out = Vec::new();
+    let dir = fs::read_dir("/proc").map_err(|e| format!("reading /proc: {e}"))?;
+    for e in dir.flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let comm = read(e.path().join("comm")).unwrap_or_default();
+        if comm != "radvd" && comm != "dnsmasq" {
+            continue;
+        }
+        if fs::read_link(e.path().join("ns/net")).ok().as_ref() != Some(&me) {
+            continue;
+        }
+        let args = cmdline(&pid);
+        let who = format!("pid {pid} ({comm})");
+        if comm == "radvd" {
+            let mut conf = "/etc/radvd.conf".to_string();
+            let mut it = args.iter();
+            while let Some(a) = it.next() {
+                if a == "-C" || a == "--config" {
+                    conf = it.next().cloned().unwrap_or(conf);
+                } else if let Some(c) = a.strip_prefix("--config=") {
+                    conf = c.to_string();
+                } else if let Some(c) = a.strip_prefix("-C").filter(|c| !c.is_empty()) {
+                    conf = c.to_string();
+                }
+            }
+            let text = fs::read_to_string(format!("/proc/{pid}/root{conf}"));
+            let ifaces = text.as_deref().map(radvd_ifaces).unwrap_or_default();
+            out.push(RaDaemon {
+                who,
+                kind: comm,
+                sends_ra: !ifaces.is_empty(),
+                ifaces: Some(ifaces),
+                config: match text {
+                    Ok(_) => conf,
+                    Err(e) => format!("{conf} (unreadable: {e})"),
+                },
+            });
+        } else {
+            let (opts, files) = dnsmasq_options(&pid, &args);
+            let (sends_ra, ifaces) = dnsmasq_ra(&opts);
+            out.push(RaDaemon {
+                who,
+                kind: comm,
+                ifaces,
+                sends_ra,
+                config: if files.is_empty() {
+                    "its command line".into()
+                } else {
+                    format!("its command line and {}", files.join(", "))
+                },
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Parses `/proc/net/udp`: sockets bound to local `port` as (address, inode).
@@ -204,6 +453,24 @@ pub fn gather() -> Host {
         }
         Err(e) => log::warn!("reading interface addresses: {e}"),
     }
+    match netlink::addresses6() {
+        Ok(addrs) => {
+            for IpIfAddr {
+                ifindex,
+                addr,
+                prefix,
+                scope,
+            } in addrs
+            {
+                if let (IpAddr::V6(a), 0) = (addr, scope) {
+                    if let Some(d) = devs.iter_mut().find(|d| d.ifindex == ifindex) {
+                        d.addrs6.push((a, prefix));
+                    }
+                }
+            }
+        }
+        Err(e) => log::warn!("reading IPv6 interface addresses: {e}"),
+    }
 
     let mut sysctl = BTreeMap::new();
     let mut keys: Vec<String> = vec![
@@ -215,6 +482,14 @@ pub fn gather() -> Host {
     for dev in std::iter::once("all").chain(names.iter().map(String::as_str)) {
         for k in ["forwarding", "rp_filter"] {
             keys.push(format!("net/ipv4/conf/{dev}/{k}"));
+        }
+        for k in [
+            "forwarding",
+            "force_forwarding",
+            "accept_ra",
+            "disable_ipv6",
+        ] {
+            keys.push(format!("net/ipv6/conf/{dev}/{k}"));
         }
     }
     for k in keys {
@@ -249,12 +524,61 @@ pub fn gather() -> Host {
             .unwrap_or_default(),
         br_netfilter: Path::new("/proc/sys/net/bridge").is_dir(),
         udp67,
+        routes6: netlink::routes6().map_err(|e| format!("reading IPv6 routes over netlink: {e}")),
+        neighs6: netlink::neighbours6()
+            .map_err(|e| format!("reading IPv6 neighbours over netlink: {e}")),
+        ip_rules4: netlink::ip_rules(false)
+            .map_err(|e| format!("reading policy-routing rules over netlink: {e}")),
+        ip_rules6: netlink::ip_rules(true)
+            .map_err(|e| format!("reading IPv6 policy-routing rules over netlink: {e}")),
+        legacy_tables6: read("/proc/net/ip6_tables_names")
+            .map(|s| s.lines().map(str::to_string).collect())
+            .unwrap_or_default(),
+        ra_daemons: ra_daemons(),
+        dest_route: None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kv(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn dnsmasq_sends_ras_only_with_an_ipv6_range_in_an_ra_mode_or_enable_ra() {
+        // libvirt's network: interface=, enable-ra, an IPv6 range.
+        let (ra, ifs) = dnsmasq_ra(&kv(&[
+            ("interface", "virbr0"),
+            ("enable-ra", ""),
+            ("dhcp-range", "fd00:77::100,fd00:77::1ff,64"),
+        ]));
+        assert!(ra);
+        assert_eq!(ifs, Some(vec!["virbr0".to_string()]));
+        let (ra, ifs) = dnsmasq_ra(&kv(&[("dhcp-range", "::,constructor:br0,ra-only")]));
+        assert!(ra);
+        assert_eq!(ifs, Some(vec!["br0".to_string()]));
+        // IPv4 DHCP only, with or without enable-ra: no RAs.
+        let (ra, ifs) = dnsmasq_ra(&kv(&[("dhcp-range", "10.77.0.128,10.77.0.254,12h")]));
+        assert!(!ra);
+        assert_eq!(ifs, None);
+        let (ra, _) = dnsmasq_ra(&kv(&[
+            ("enable-ra", ""),
+            ("dhcp-range", "set:x,10.77.0.128,10.77.0.254"),
+        ]));
+        assert!(!ra);
+    }
+
+    #[test]
+    fn radvd_interfaces_from_its_configuration() {
+        let conf = "# comment interface nope {\ninterface br0 {\n  AdvSendAdvert on;\n  prefix fd00:77::/64 { };\n};\ninterface virbr1{ AdvSendAdvert on; };\n";
+        assert_eq!(radvd_ifaces(conf), vec!["br0", "virbr1"]);
+        assert!(radvd_ifaces("").is_empty());
+    }
 
     #[test]
     fn finds_dhcp_listeners_in_proc_net_udp() {

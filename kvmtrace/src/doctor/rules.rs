@@ -17,7 +17,7 @@ use crate::model::event::NfHook;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWCHAIN: u16 = 3;
@@ -45,6 +45,13 @@ const META_OIF: u32 = 5;
 const META_IIFNAME: u32 = 6;
 const META_OIFNAME: u32 = 7;
 const META_NFPROTO: u32 = 15;
+const META_PROTOCOL: u32 = 1;
+/// `NFTA_FIB_F_*` (nf_tables.h).
+const FIB_F_SADDR: u32 = 1;
+const FIB_F_DADDR: u32 = 2;
+const FIB_F_MARK: u32 = 4;
+const FIB_F_IIF: u32 = 8;
+const FIB_F_OIF: u32 = 16;
 const META_L4PROTO: u32 = 16;
 const CT_STATE: u32 = 0;
 
@@ -55,40 +62,70 @@ pub const CT_RELATED: u32 = 4;
 pub const CT_NEW: u32 = 8;
 pub const CT_UNTRACKED: u32 = 64;
 
-/// An IPv4 prefix.
+/// An address prefix of either family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Net {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub len: u8,
 }
 
 impl Net {
     /// The network containing `addr` (host bits cleared).
-    pub fn new(addr: Ipv4Addr, len: u8) -> Net {
-        Net::from(ipnet::Ipv4Net::new_assert(addr, len.min(32)).trunc())
+    pub fn new(addr: impl Into<IpAddr>, len: u8) -> Net {
+        let a: IpAddr = addr.into();
+        let max = if a.is_ipv6() { 128 } else { 32 };
+        Net::from(ipnet::IpNet::new_assert(a, len.min(max)).trunc())
     }
-    fn ipnet(&self) -> ipnet::Ipv4Net {
-        ipnet::Ipv4Net::new_assert(self.addr, self.len)
+    fn ipnet(&self) -> ipnet::IpNet {
+        ipnet::IpNet::new_assert(self.addr, self.len)
     }
-    pub fn contains(&self, a: Ipv4Addr) -> bool {
-        self.ipnet().contains(&a)
+    pub fn is_v6(&self) -> bool {
+        self.addr.is_ipv6()
     }
-    /// Every address of `other` is in `self`.
+    /// The prefix length of one address of this family.
+    pub fn max_len(&self) -> u8 {
+        if self.is_v6() {
+            128
+        } else {
+            32
+        }
+    }
+    /// The IPv4 network address (None for IPv6).
+    pub fn v4(&self) -> Option<Ipv4Addr> {
+        match self.addr {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        }
+    }
+    pub fn contains(&self, a: impl Into<IpAddr>) -> bool {
+        self.ipnet().contains(&a.into())
+    }
+    /// Every address of `other` is in `self` (never across families).
     pub fn covers(&self, other: &Net) -> bool {
         self.ipnet().contains(&other.ipnet())
     }
     pub fn overlaps(&self, other: &Net) -> bool {
         self.covers(other) || other.covers(self)
     }
-    /// RFC 1918, CGNAT (RFC 6598), loopback, link-local, multicast, reserved: addresses that are
-    /// not "somewhere on the internet".
+    /// IPv4: RFC 1918, CGNAT (RFC 6598), loopback, link-local, multicast, reserved; IPv6:
+    /// unspecified, loopback, IPv4-mapped, link-local, ULA, multicast: addresses that are not
+    /// "somewhere on the internet".
     pub fn is_special(&self) -> bool {
-        SPECIAL
-            .iter()
-            .any(|(a, l)| Net::new(Ipv4Addr::from(*a), *l).covers(self))
+        if self.is_v6() {
+            SPECIAL6
+                .iter()
+                .any(|(a, l)| Net::new(Ipv6Addr::from(*a), *l).covers(self))
+        } else {
+            SPECIAL
+                .iter()
+                .any(|(a, l)| Net::new(Ipv4Addr::from(*a), *l).covers(self))
+        }
     }
-    /// RFC 1918 or CGNAT: needs NAT to reach the internet.
+    /// IPv4 RFC 1918 or CGNAT, IPv6 ULA (fc00::/7): needs NAT to reach the internet.
     pub fn is_private(&self) -> bool {
+        if self.is_v6() {
+            return Net::new(Ipv6Addr::from(0xfc00u128 << 112), 7).covers(self);
+        }
         [
             ([10, 0, 0, 0], 8),
             ([172, 16, 0, 0], 12),
@@ -98,8 +135,9 @@ impl Net {
         .iter()
         .any(|(a, l)| Net::new(Ipv4Addr::from(*a), *l).covers(self))
     }
+    /// How many addresses (saturated at 2^63 for IPv6).
     pub fn size(&self) -> u64 {
-        1u64 << (32 - u32::from(self.len))
+        1u64 << (u32::from(self.max_len() - self.len)).min(63)
     }
 }
 
@@ -115,12 +153,27 @@ const SPECIAL: [([u8; 4], u8); 9] = [
     ([240, 0, 0, 0], 4),
 ];
 
-impl From<ipnet::Ipv4Net> for Net {
-    fn from(n: ipnet::Ipv4Net) -> Net {
+const SPECIAL6: [(u128, u8); 6] = [
+    (0, 128),
+    (1, 128),
+    (0xffff_0000_0000, 96),
+    (0xfe80 << 112, 10),
+    (0xfc00 << 112, 7),
+    (0xff00 << 112, 8),
+];
+
+impl From<ipnet::IpNet> for Net {
+    fn from(n: ipnet::IpNet) -> Net {
         Net {
             addr: n.addr(),
             len: n.prefix_len(),
         }
+    }
+}
+
+impl From<ipnet::Ipv4Net> for Net {
+    fn from(n: ipnet::Ipv4Net) -> Net {
+        Net::from(ipnet::IpNet::V4(n))
     }
 }
 
@@ -151,8 +204,16 @@ pub enum Cond {
         neg: bool,
         value: u32,
     },
-    /// `meta nfproto [!=] N` (2 = IPv4).
+    /// `meta nfproto [!=] N` (2 = IPv4, 10 = IPv6).
     Nfproto { neg: bool, value: u8 },
+    /// A reverse-path test: nft `fib saddr [. mark] [. iif] oif missing|exists`, iptables
+    /// `-m rpfilter [--loose] [--invert]`. `strict`: the route back must leave by the input
+    /// device (`. iif`, not `--loose`); `on_fail`: the rule matches when the test fails.
+    RpFilter {
+        strict: bool,
+        on_fail: bool,
+        text: String,
+    },
     /// Anything else: always "maybe".
     Other(String),
 }
@@ -237,6 +298,16 @@ impl Chain {
     pub fn sees_ipv4(&self) -> bool {
         self.family == "ip" || self.family == "inet"
     }
+    /// Handles IPv6 packets at a hook (the `ip6` and `inet` families).
+    pub fn sees_ipv6(&self) -> bool {
+        self.family == "ip6" || self.family == "inet"
+    }
+    /// ip6tables-nft's own tables and chains (`ip6 filter FORWARD`).
+    pub fn is_ip6tables(&self) -> bool {
+        self.family == "ip6"
+            && ["filter", "nat", "mangle", "raw", "security"].contains(&self.table.as_str())
+            && self.name.chars().all(|c| !c.is_ascii_lowercase())
+    }
 }
 
 /// Every chain of every table.
@@ -248,10 +319,14 @@ pub struct Ruleset {
 impl Ruleset {
     /// IPv4 base chains at `hook` of type `kind`, in priority order.
     pub fn base_chains(&self, hook: NfHook, kind: &str) -> Vec<&Chain> {
+        self.base_chains_of(false, hook, kind)
+    }
+    /// IPv4 (`v6` false) or IPv6 base chains at `hook` of type `kind`, in priority order.
+    pub fn base_chains_of(&self, v6: bool, hook: NfHook, kind: &str) -> Vec<&Chain> {
         let mut v: Vec<&Chain> = self
             .chains
             .iter()
-            .filter(|c| c.sees_ipv4())
+            .filter(|c| if v6 { c.sees_ipv6() } else { c.sees_ipv4() })
             .filter(|c| {
                 c.base
                     .as_ref()
@@ -308,10 +383,11 @@ impl fmt::Display for Cond {
         match self {
             Cond::Addr { dst, neg, net } => {
                 let field = if *dst { "daddr" } else { "saddr" };
-                if net.len == 32 {
-                    write!(f, "ip {field} {}{}", ne(neg), net.addr)
+                let fam = if net.is_v6() { "ip6" } else { "ip" };
+                if net.len == net.max_len() {
+                    write!(f, "{fam} {field} {}{}", ne(neg), net.addr)
                 } else {
-                    write!(f, "ip {field} {}{net}", ne(neg))
+                    write!(f, "{fam} {field} {}{net}", ne(neg))
                 }
             }
             Cond::Ifname {
@@ -357,6 +433,7 @@ impl fmt::Display for Cond {
                     v => v.to_string(),
                 }
             ),
+            Cond::RpFilter { text, .. } => f.write_str(text),
             Cond::Other(s) => f.write_str(s),
         }
     }
@@ -399,12 +476,20 @@ impl fmt::Display for Rule {
 #[derive(Clone, Debug)]
 enum Src {
     /// `payload load LEN @ BASE + OFFSET` (base 0 link, 1 network, 2 transport).
+    /// `v6`: the network header is IPv6 (Some(true)), IPv4 (Some(false)) or not known: from
+    /// the table's family or the rule's `meta nfproto` test before the load.
     Payload {
         base: u32,
         offset: u32,
         len: u32,
+        v6: Option<bool>,
     },
     Meta(u32),
+    /// `fib` (NFTA_FIB_FLAGS, NFTA_FIB_RESULT).
+    Fib {
+        flags: u32,
+        result: u32,
+    },
     Ct(u32),
     Masked {
         inner: Box<Src>,
@@ -417,7 +502,27 @@ enum Src {
 impl Src {
     fn describe(&self) -> String {
         match self {
-            Src::Payload { base, offset, len } => match (base, offset, len) {
+            Src::Payload {
+                base,
+                offset,
+                len,
+                v6: Some(true),
+            } => match (base, offset, len) {
+                (1, 6, 1) => "ip6 nexthdr".into(),
+                (1, 8, _) => "ip6 saddr".into(),
+                (1, 24, _) => "ip6 daddr".into(),
+                (2, 0, 2) => "th sport".into(),
+                (2, 2, 2) => "th dport".into(),
+                _ => format!(
+                    "@{}h,{},{}",
+                    ["ll", "nh", "th", "ih"].get(*base as usize).unwrap_or(&"?"),
+                    offset * 8,
+                    len * 8
+                ),
+            },
+            Src::Payload {
+                base, offset, len, ..
+            } => match (base, offset, len) {
                 (1, 9, 1) => "ip protocol".into(),
                 (2, 0, 2) => "th sport".into(),
                 (2, 2, 2) => "th dport".into(),
@@ -443,6 +548,7 @@ impl Src {
                 1 => "ct direction".into(),
                 k => format!("ct key {k}"),
             },
+            Src::Fib { flags, result } => fib_text(*flags, *result),
             Src::Masked { inner, .. } => format!("{} & mask", inner.describe()),
             Src::Unknown(s) => s.clone(),
         }
@@ -464,28 +570,70 @@ fn data_value(p: &[u8]) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// The prefix a comparison of an address load with `value` (under `mask`) means, if any.
-fn prefix_of(load_len: u32, mask: Option<&[u8]>, value: &[u8]) -> Option<Net> {
-    let mut a = [0u8; 4];
-    for (i, b) in value.iter().take(4).enumerate() {
+/// The prefix a comparison of an address load with `value` (under `mask`) means, if any:
+/// IPv4 (`v6` false, loads of up to 4 bytes) or IPv6 (up to 16).
+fn prefix_of(v6: bool, load_len: u32, mask: Option<&[u8]>, value: &[u8]) -> Option<Net> {
+    let width = if v6 { 16 } else { 4 };
+    let mut a = [0u8; 16];
+    for (i, b) in value.iter().take(width).enumerate() {
         a[i] = *b;
     }
     let len = match mask {
-        None => (load_len.min(4) * 8) as u8,
+        None => (load_len.min(width as u32) * 8) as u8,
         Some(m) => {
-            let mut m4 = [0u8; 4];
-            for (i, b) in m.iter().take(4).enumerate() {
-                m4[i] = *b;
+            let mut mm = [0u8; 16];
+            for (i, b) in m.iter().take(width).enumerate() {
+                mm[i] = *b;
             }
-            let m = u32::from_be_bytes(m4);
+            // The mask's bits, left-aligned in a u128.
+            let m = u128::from_be_bytes(mm);
+            let bits = width as u32 * 8;
+            let ones = m.leading_ones();
             // Only a contiguous prefix mask is an address prefix.
-            if m.leading_ones() + m.trailing_zeros() != 32 {
+            if ones < 128 && m << ones != 0 {
                 return None;
             }
-            (m.leading_ones().min(load_len * 8)) as u8
+            ones.min(bits).min(load_len * 8) as u8
         }
     };
-    Some(Net::new(Ipv4Addr::from(a), len))
+    Some(if v6 {
+        Net::new(Ipv6Addr::from(a), len)
+    } else {
+        Net::new(Ipv4Addr::new(a[0], a[1], a[2], a[3]), len)
+    })
+}
+
+/// `fib saddr . iif oif`: the text of a fib load.
+fn fib_text(flags: u32, result: u32) -> String {
+    let keys: Vec<&str> = [
+        (FIB_F_SADDR, "saddr"),
+        (FIB_F_DADDR, "daddr"),
+        (FIB_F_MARK, "mark"),
+        (FIB_F_IIF, "iif"),
+        (FIB_F_OIF, "oif"),
+    ]
+    .iter()
+    .filter(|(b, _)| flags & b != 0)
+    .map(|(_, n)| *n)
+    .collect();
+    let r = match result {
+        1 => "oif",
+        2 => "oifname",
+        3 => "type",
+        _ => "?",
+    };
+    format!("fib {} {r}", keys.join(" . "))
+}
+
+/// Whether an address load at `offset` is the destination (true) or source (false) address,
+/// for the network header's family; None: not an address.
+fn addr_field(v6: Option<bool>, offset: u32, len: u32) -> Option<bool> {
+    match (v6, offset) {
+        (Some(true), 8 | 24) if len <= 16 => Some(offset == 24),
+        (Some(true), _) => None,
+        (_, 12 | 16) if len <= 4 => Some(offset == 16),
+        _ => None,
+    }
 }
 
 fn hex(v: &[u8]) -> String {
@@ -500,30 +648,53 @@ fn cmp_cond(src: &Src, op: u32, value: &[u8]) -> Cond {
     match src {
         Src::Payload {
             base: 1,
-            offset: off @ (12 | 16),
+            offset,
             len,
-        } if eqne && *len <= 4 => match prefix_of(*len, None, value) {
-            Some(net) => Cond::Addr {
-                dst: *off == 16,
-                neg,
-                net,
-            },
-            None => other(),
-        },
+            v6,
+        } if eqne && addr_field(*v6, *offset, *len).is_some() => {
+            match prefix_of(*v6 == Some(true), *len, None, value) {
+                Some(net) => Cond::Addr {
+                    dst: addr_field(*v6, *offset, *len) == Some(true),
+                    neg,
+                    net,
+                },
+                None => other(),
+            }
+        }
+        // `fib saddr [. mark] [. iif] oif missing` (== 0) or `exists` (!= 0).
+        Src::Fib { flags, result }
+            if eqne
+                && flags & FIB_F_SADDR != 0
+                && (*result == 1 || *result == 2)
+                && value.iter().all(|b| *b == 0) =>
+        {
+            Cond::RpFilter {
+                strict: flags & FIB_F_IIF != 0,
+                on_fail: !neg,
+                text: format!(
+                    "{} {}",
+                    fib_text(*flags, *result),
+                    if neg { "exists" } else { "missing" }
+                ),
+            }
+        }
         Src::Masked { inner, mask, xor } if eqne && xor.iter().all(|b| *b == 0) => {
             match inner.as_ref() {
                 Src::Payload {
                     base: 1,
-                    offset: off @ (12 | 16),
+                    offset,
                     len,
-                } if *len <= 4 => match prefix_of(*len, Some(mask), value) {
-                    Some(net) => Cond::Addr {
-                        dst: *off == 16,
-                        neg,
-                        net,
-                    },
-                    None => other(),
-                },
+                    v6,
+                } if addr_field(*v6, *offset, *len).is_some() => {
+                    match prefix_of(*v6 == Some(true), *len, Some(mask), value) {
+                        Some(net) => Cond::Addr {
+                            dst: addr_field(*v6, *offset, *len) == Some(true),
+                            neg,
+                            net,
+                        },
+                        None => other(),
+                    }
+                }
                 Src::Ct(CT_STATE) => Cond::CtState {
                     mask: ne32(mask).unwrap_or(u32::MAX),
                     xor: 0,
@@ -572,6 +743,13 @@ fn cmp_cond(src: &Src, op: u32, value: &[u8]) -> Cond {
             base: 1,
             offset: 9,
             len: 1,
+            v6: None | Some(false),
+        }
+        | Src::Payload {
+            base: 1,
+            offset: 6,
+            len: 1,
+            v6: Some(true),
         } if !value.is_empty() => Cond::Other(format!(
             "{} {}{}",
             src.describe(),
@@ -580,6 +758,7 @@ fn cmp_cond(src: &Src, op: u32, value: &[u8]) -> Cond {
                 1 => "icmp".to_string(),
                 6 => "tcp".to_string(),
                 17 => "udp".to_string(),
+                58 => "icmpv6".to_string(),
                 p => p.to_string(),
             }
         )),
@@ -601,6 +780,20 @@ fn xt_match(name: &str, rev: u32, info: &[u8]) -> Vec<Cond> {
     let u16_at = |o: usize| info.get(o..o + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
     match name {
         "comment" => Vec::new(),
+        // struct xt_rpfilter_info { __u8 flags; }: LOOSE 1, VALID_MARK 2, ACCEPT_LOCAL 4,
+        // INVERT 8 (linux/netfilter/xt_rpfilter.h).
+        "rpfilter" => {
+            let f = info.first().copied().unwrap_or(0);
+            vec![Cond::RpFilter {
+                strict: f & 1 == 0,
+                on_fail: f & 8 != 0,
+                text: format!(
+                    "-m rpfilter{}{}",
+                    if f & 1 != 0 { " --loose" } else { "" },
+                    if f & 8 != 0 { " --invert" } else { "" }
+                ),
+            }]
+        }
         "state" => match ne32(info) {
             Some(mask) => vec![Cond::CtState {
                 mask,
@@ -637,9 +830,22 @@ fn xt_match(name: &str, rev: u32, info: &[u8]) -> Vec<Cond> {
     }
 }
 
-/// Decodes one rule's expression list.
+/// Decodes one rule's expression list (of an `ip` table: IPv4 headers).
+#[cfg(test)]
 pub fn decode_rule(handle: u64, exprs: &[u8]) -> Rule {
+    decode_rule_in("ip", handle, exprs)
+}
+
+/// Decodes one rule's expression list in a table of `family`: its network header is IPv4
+/// (`ip`), IPv6 (`ip6`), or told by the rule's own `meta nfproto` / `meta protocol` test
+/// (`inet`, `bridge`, `netdev`).
+pub fn decode_rule_in(family: &str, handle: u64, exprs: &[u8]) -> Rule {
     let mut regs: HashMap<u32, Src> = HashMap::new();
+    let mut l3: Option<bool> = match family {
+        "ip" => Some(false),
+        "ip6" => Some(true),
+        _ => None,
+    };
     let mut conds = Vec::new();
     let mut action = Action::Continue;
     for (ty, elem) in attrs(exprs) {
@@ -653,7 +859,15 @@ pub fn decode_rule(handle: u64, exprs: &[u8]) -> Rule {
             "payload" => {
                 if let (Some(dreg), Some(base), Some(offset), Some(len)) = (u(1), u(2), u(3), u(4))
                 {
-                    regs.insert(norm_reg(dreg), Src::Payload { base, offset, len });
+                    regs.insert(
+                        norm_reg(dreg),
+                        Src::Payload {
+                            base,
+                            offset,
+                            len,
+                            v6: l3,
+                        },
+                    );
                 }
                 // With NFTA_PAYLOAD_SREG (5) instead: a packet rewrite, not a test.
             }
@@ -696,6 +910,16 @@ pub fn decode_rule(handle: u64, exprs: &[u8]) -> Rule {
                     .get(&norm_reg(sreg))
                     .cloned()
                     .unwrap_or(Src::Unknown("?".into()));
+                // A family test tells how the following header loads read.
+                if op == 0 {
+                    match (&src, value.as_slice()) {
+                        (Src::Meta(META_NFPROTO), [2, ..]) => l3 = Some(false),
+                        (Src::Meta(META_NFPROTO), [10, ..]) => l3 = Some(true),
+                        (Src::Meta(META_PROTOCOL), [0x08, 0x00, ..]) => l3 = Some(false),
+                        (Src::Meta(META_PROTOCOL), [0x86, 0xdd, ..]) => l3 = Some(true),
+                        _ => {}
+                    }
+                }
                 conds.push(cmp_cond(&src, op, &value));
             }
             "lookup" => {
@@ -742,6 +966,11 @@ pub fn decode_rule(handle: u64, exprs: &[u8]) -> Rule {
                     Some(3) => Action::Other("queue".into()),
                     c => Action::Other(format!("verdict {c:?}")),
                 };
+            }
+            "fib" => {
+                if let (Some(dreg), Some(result), Some(flags)) = (u(1), u(2), u(3)) {
+                    regs.insert(norm_reg(dreg), Src::Fib { flags, result });
+                }
             }
             "masq" => action = Action::Masquerade,
             "nat" => {
@@ -808,7 +1037,8 @@ pub fn parse_rule(body: &[u8]) -> Option<(String, String, String, Rule)> {
     let chain = attr(a, NFTA_RULE_CHAIN).map(cstr)?;
     let handle = attr(a, NFTA_RULE_HANDLE).and_then(be64).unwrap_or(0);
     let exprs = attr(a, NFTA_RULE_EXPRESSIONS).unwrap_or(&[]);
-    Some((family, table, chain, decode_rule(handle, exprs)))
+    let rule = decode_rule_in(&family, handle, exprs);
+    Some((family, table, chain, rule))
 }
 
 /// Parses one `NFT_MSG_NEWCHAIN` body (base or regular chain).
@@ -950,12 +1180,22 @@ pub struct Pkt {
     pub oif: Iface,
     /// One of the `CT_*` bits.
     pub ct: u32,
+    /// An IPv6 packet (else IPv4).
+    pub v6: bool,
+    /// Whether the route back to its source leaves by its input device (a strict
+    /// reverse-path test passes): Maybe when not worked out.
+    pub rp: Tri,
 }
 
 impl Cond {
     pub fn eval(&self, p: &Pkt) -> Tri {
         match self {
             Cond::Addr { dst, neg, net } => {
+                // An address of the other family: the kernel's load reads another header
+                // (nft tests the family first in `inet` tables), never a match.
+                if net.is_v6() != p.v6 {
+                    return Tri::No;
+                }
                 let t = if *dst { &p.dst } else { &p.src }.in_net(net);
                 if *neg {
                     t.not()
@@ -1010,10 +1250,25 @@ impl Cond {
                 }
             }
             Cond::Nfproto { neg, value } => {
-                if (*value == 2) != *neg {
+                if (*value == if p.v6 { 10 } else { 2 }) != *neg {
                     Tri::Yes
                 } else {
                     Tri::No
+                }
+            }
+            Cond::RpFilter {
+                strict, on_fail, ..
+            } => {
+                // A loose test passes whenever the strict one does; otherwise unknown.
+                let passes = match (strict, p.rp) {
+                    (true, t) => t,
+                    (false, Tri::Yes) => Tri::Yes,
+                    (false, _) => Tri::Maybe,
+                };
+                if *on_fail {
+                    passes.not()
+                } else {
+                    passes
                 }
             }
             Cond::Other(_) => Tri::Maybe,
@@ -1232,6 +1487,8 @@ mod tests {
                 index: 4,
             },
             ct: CT_NEW,
+            v6: false,
+            rp: Tri::Maybe,
         }
     }
 
@@ -1523,5 +1780,120 @@ mod tests {
         };
         let v = judge(&rs, &rs.chains[0], &out_pkt());
         assert_eq!(v.decided.what, "inet t fw: policy drop");
+    }
+
+    fn v6net(a: &str, l: u8) -> Net {
+        Net::new(a.parse::<Ipv6Addr>().unwrap(), l)
+    }
+
+    #[test]
+    fn decodes_ipv6_addresses_by_the_tables_family_or_the_rules_nfproto() {
+        // ip6 table: `ip6 saddr fd00:77::/64 accept` (an 8-byte load at offset 8).
+        let mut pfx = [0u8; 8];
+        pfx[..4].copy_from_slice(&[0xfd, 0x00, 0x00, 0x77]);
+        let e = [
+            expr("payload", &payload(8, 8)),
+            expr("cmp", &cmp(0, &pfx)),
+            expr("immediate", &verdict(1, None)),
+        ]
+        .concat();
+        let r = decode_rule_in("ip6", 4, &e);
+        assert_eq!(
+            r.conds,
+            vec![Cond::Addr {
+                dst: false,
+                neg: false,
+                net: v6net("fd00:77::", 64)
+            }]
+        );
+        assert_eq!(r.to_string(), "`ip6 saddr fd00:77::/64 accept` (handle 4)");
+        // The same load in an `ip` table reads the IPv4 header's TTL onwards: not an address.
+        assert!(matches!(
+            decode_rule_in("ip", 4, &e).conds[0],
+            Cond::Other(_)
+        ));
+
+        // inet table: `meta nfproto ipv6 ip6 daddr 2001:db8:ffff::1 drop` (16 bytes at 24).
+        let a: Ipv6Addr = "2001:db8:ffff::1".parse().unwrap();
+        let e = [
+            expr("meta", &meta(META_NFPROTO)),
+            expr("cmp", &cmp(0, &[10])),
+            expr("payload", &payload(24, 16)),
+            expr("cmp", &cmp(0, &a.octets())),
+            expr("immediate", &verdict(0, None)),
+        ]
+        .concat();
+        let r = decode_rule_in("inet", 5, &e);
+        assert_eq!(
+            r.to_string(),
+            "`meta nfproto ipv6 ip6 daddr 2001:db8:ffff::1 drop` (handle 5)"
+        );
+        let mut p = out_pkt();
+        assert_eq!(r.matches(&p), Tri::No, "an IPv4 packet");
+        p.v6 = true;
+        p.src = Place::In(v6net("fd00:77::", 64));
+        p.dst = Place::In(v6net("2001:db8:ffff::1", 128));
+        assert_eq!(r.matches(&p), Tri::Yes);
+        p.dst = Place::Internet {
+            not_in: Some(v6net("fd00:77::", 64)),
+        };
+        assert_eq!(r.matches(&p), Tri::Maybe);
+        // An IPv4 address test never matches an IPv6 packet.
+        let r4 = decode_rule(2, &iptables_accept_subnet());
+        assert_eq!(r4.matches(&p), Tri::No);
+    }
+
+    #[test]
+    fn decodes_reverse_path_tests() {
+        // fib saddr . iif oif missing drop
+        let fib = [u32a(1, 1), u32a(2, 1), u32a(3, FIB_F_SADDR | FIB_F_IIF)].concat();
+        let e = [
+            expr("fib", &fib),
+            expr("cmp", &cmp(0, &0u32.to_ne_bytes())),
+            expr("immediate", &verdict(0, None)),
+        ]
+        .concat();
+        let r = decode_rule_in("inet", 3, &e);
+        assert_eq!(
+            r.to_string(),
+            "`fib saddr . iif oif missing drop` (handle 3)"
+        );
+        let mut p = out_pkt();
+        assert_eq!(r.matches(&p), Tri::Maybe, "the route back is not known");
+        p.rp = Tri::No;
+        assert_eq!(r.matches(&p), Tri::Yes);
+        p.rp = Tri::Yes;
+        assert_eq!(r.matches(&p), Tri::No);
+
+        // ip6tables -m rpfilter --invert -j DROP; --loose without --invert.
+        let m = [nla(1, b"rpfilter\0"), u32a(2, 0), nla(3, &[8, 0, 0, 0])].concat();
+        let r = decode_rule_in("ip6", 2, &expr("match", &m));
+        assert_eq!(r.to_string(), "`-m rpfilter --invert` (handle 2)");
+        assert_eq!(r.matches(&p), Tri::No);
+        let m = [nla(1, b"rpfilter\0"), u32a(2, 0), nla(3, &[1, 0, 0, 0])].concat();
+        let r = decode_rule_in("ip6", 2, &expr("match", &m));
+        assert_eq!(r.to_string(), "`-m rpfilter --loose` (handle 2)");
+        p.rp = Tri::No;
+        assert_eq!(
+            r.matches(&p),
+            Tri::Maybe,
+            "loose may pass where strict fails"
+        );
+    }
+
+    #[test]
+    fn ipv6_internet_excludes_ula_link_local_and_multicast() {
+        let i = Place::Internet {
+            not_in: Some(v6net("fd00:77::", 64)),
+        };
+        assert_eq!(i.in_net(&v6net("::", 0)), Tri::Yes);
+        assert_eq!(i.in_net(&v6net("fd12::", 16)), Tri::No);
+        assert_eq!(i.in_net(&v6net("fe80::", 64)), Tri::No);
+        assert_eq!(i.in_net(&v6net("ff02::1", 128)), Tri::No);
+        assert_eq!(i.in_net(&v6net("2001:db8:ffff::", 48)), Tri::Maybe);
+        assert!(v6net("fd00:77::", 64).is_private());
+        assert!(!v6net("2001:db8::", 32).is_private());
+        assert_eq!(v6net("fd00:77::1", 64).to_string(), "fd00:77::/64");
+        assert_eq!(v6net("fd00:77::", 64).size(), 1 << 63);
     }
 }

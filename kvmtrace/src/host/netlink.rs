@@ -529,6 +529,298 @@ pub fn fib_rules() -> io::Result<Vec<(u32, u32)>> {
         .collect())
 }
 
+// Family-generic variants (IPv4 and IPv6), for `doctor`'s IPv6 checks and its route to a
+// destination. The IPv4-only functions above keep their types: `follow` and `capture` use them.
+
+const AF_INET6: u8 = 10;
+
+/// An address of either family on an interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpIfAddr {
+    pub ifindex: u32,
+    pub addr: IpAddr,
+    pub prefix: u8,
+    /// `RT_SCOPE_*`: 0 universe (global, ULA), 253 link, 254 host.
+    pub scope: u8,
+}
+
+/// Parses one `RTM_NEWADDR` body of either family.
+pub fn parse_ip_addr(body: &[u8]) -> Option<IpIfAddr> {
+    use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+    let m = AddressMessage::parse(body).ok()?;
+    if !matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6) {
+        return None;
+    }
+    // IFA_LOCAL is the interface's own address (IPv4 point-to-point: IFA_ADDRESS is the peer);
+    // IPv6 sends IFA_ADDRESS only, unless point-to-point.
+    let local = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(a) => Some(*a),
+        _ => None,
+    });
+    let address = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(a) => Some(*a),
+        _ => None,
+    });
+    Some(IpIfAddr {
+        ifindex: m.header.index,
+        addr: local.or(address)?,
+        prefix: m.header.prefix_len,
+        scope: u8::from(m.header.scope),
+    })
+}
+
+/// A route of either family (of any table).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpRoute {
+    pub table: u32,
+    pub dst: IpAddr,
+    pub dst_len: u8,
+    /// `RTN_UNICAST` = 1, `RTN_BLACKHOLE` = 6, `RTN_UNREACHABLE` = 7, `RTN_PROHIBIT` = 8, …
+    pub kind: u8,
+    /// `RTPROT_*`: 2 kernel, 3 boot, 4 static, 9 ra (router advertisement), …
+    pub protocol: u8,
+    pub priority: u32,
+    /// (output ifindex, gateway) of each next hop (one unless multipath).
+    pub nexthops: Vec<(u32, Option<IpAddr>)>,
+}
+
+/// Parses one `RTM_NEWROUTE` body of either family.
+pub fn parse_ip_route(body: &[u8]) -> Option<IpRoute> {
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteVia};
+    let m = RouteMessage::parse(body).ok()?;
+    let unspec = match m.header.address_family {
+        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    let ip = |a: &RouteAddress| match a {
+        RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        _ => None,
+    };
+    // RTA_VIA: an IPv4 route with an IPv6 next hop (RFC 5549).
+    let gateway = |attrs: &[RouteAttribute]| {
+        attrs.iter().find_map(|a| match a {
+            RouteAttribute::Gateway(g) => ip(g),
+            RouteAttribute::Via(RouteVia::Inet6(g)) => Some(IpAddr::V6(*g)),
+            RouteAttribute::Via(RouteVia::Inet(g)) => Some(IpAddr::V4(*g)),
+            _ => None,
+        })
+    };
+    let mut r = IpRoute {
+        table: u32::from(m.header.table),
+        dst: unspec,
+        dst_len: m.header.destination_prefix_length,
+        kind: u8::from(m.header.kind),
+        protocol: u8::from(m.header.protocol),
+        priority: 0,
+        nexthops: Vec::new(),
+    };
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Table(t) => r.table = *t,
+            RouteAttribute::Destination(d) => r.dst = ip(d).unwrap_or(r.dst),
+            RouteAttribute::Priority(p) => r.priority = *p,
+            RouteAttribute::Oif(oif) => r.nexthops.push((*oif, gateway(&m.attributes))),
+            RouteAttribute::MultiPath(hops) => r.nexthops.extend(
+                hops.iter()
+                    .map(|h| (h.interface_index, gateway(&h.attributes))),
+            ),
+            _ => {}
+        }
+    }
+    Some(r)
+}
+
+/// A neighbour entry of either family (ARP or NDP).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpNeigh {
+    pub ifindex: u32,
+    pub dst: IpAddr,
+    /// `NUD_*` bits (`linux/neighbour.h`).
+    pub state: u16,
+    pub lladdr: Option<String>,
+    /// `NTF_ROUTER`: the neighbour said it is a router (IPv6).
+    pub router: bool,
+}
+
+/// Parses one `RTM_NEWNEIGH` body of either family.
+pub fn parse_ip_neigh(body: &[u8]) -> Option<IpNeigh> {
+    use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+    let m = NeighbourMessage::parse(body).ok()?;
+    if !matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6) {
+        return None;
+    }
+    let dst = m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => Some(IpAddr::V4(*d)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => Some(IpAddr::V6(*d)),
+        _ => None,
+    })?;
+    let lladdr = m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(m) if m.len() == 6 => Some(
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+        ),
+        _ => None,
+    });
+    Some(IpNeigh {
+        ifindex: m.header.ifindex,
+        dst,
+        state: u16::from(m.header.state),
+        lladdr,
+        router: m.header.flags.bits() & 0x80 != 0,
+    })
+}
+
+/// A policy-routing rule of either family, with the selectors a route lookup can judge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpRule {
+    pub priority: u32,
+    pub table: u32,
+    /// `FR_ACT_*`: 1 to table, 2 goto, 3 nop, 6 blackhole, 7 unreachable, 8 prohibit.
+    pub action: u8,
+    /// `to PREFIX`, `from PREFIX`, `iif NAME`.
+    pub dst: Option<(IpAddr, u8)>,
+    pub src: Option<(IpAddr, u8)>,
+    pub iif: Option<String>,
+    /// `not`: the rule applies when its selectors do not match.
+    pub invert: bool,
+    /// Selectors not modelled (fwmark, oif, uid, ports, ip proto, tos, suppressors): the rule
+    /// may or may not apply.
+    pub other: Vec<String>,
+}
+
+/// Parses one `RTM_NEWRULE` body of either family.
+pub fn parse_ip_rule(body: &[u8]) -> Option<IpRule> {
+    use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
+    let m = RuleMessage::parse(body).ok()?;
+    if !matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6) {
+        return None;
+    }
+    let mut r = IpRule {
+        priority: 0,
+        table: u32::from(m.header.table),
+        action: u8::from(m.header.action),
+        dst: None,
+        src: None,
+        iif: None,
+        invert: m.header.flags.bits() & 2 != 0,
+        other: Vec::new(),
+    };
+    for a in &m.attributes {
+        match a {
+            RuleAttribute::Priority(p) => r.priority = *p,
+            RuleAttribute::Table(t) => r.table = *t,
+            RuleAttribute::Destination(d) => r.dst = Some((*d, m.header.dst_len)),
+            RuleAttribute::Source(s) => r.src = Some((*s, m.header.src_len)),
+            RuleAttribute::Iifname(n) => r.iif = Some(n.clone()),
+            RuleAttribute::Oifname(n) => r.other.push(format!("oif {n}")),
+            RuleAttribute::FwMark(v) if *v != 0 => r.other.push(format!("fwmark 0x{v:x}")),
+            RuleAttribute::SuppressPrefixLen(v) if *v != u32::MAX => {
+                r.other.push(format!("suppress_prefixlength {v}"))
+            }
+            RuleAttribute::UidRange(_) => r.other.push("uidrange".into()),
+            RuleAttribute::IpProtocol(_) => r.other.push("ipproto".into()),
+            RuleAttribute::SourcePortRange(_) | RuleAttribute::DestinationPortRange(_) => {
+                r.other.push("port range".into())
+            }
+            _ => {}
+        }
+    }
+    if m.header.tos != 0 {
+        r.other.push(format!("tos 0x{:x}", m.header.tos));
+    }
+    Some(r)
+}
+
+fn family_body(family: u8, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    b[0] = family;
+    b
+}
+
+/// IPv6 addresses of every interface.
+pub fn addresses6() -> io::Result<Vec<IpIfAddr>> {
+    Ok(dump(NETLINK_ROUTE, RTM_GETADDR, &family_body(AF_INET6, 8))?
+        .into_iter()
+        .filter(|(t, _)| *t == RTM_NEWADDR)
+        .filter_map(|(_, b)| parse_ip_addr(&b))
+        .collect())
+}
+
+/// IPv6 routes of every table.
+pub fn routes6() -> io::Result<Vec<IpRoute>> {
+    Ok(
+        dump(NETLINK_ROUTE, RTM_GETROUTE, &family_body(AF_INET6, 12))?
+            .into_iter()
+            .filter(|(t, _)| *t == RTM_NEWROUTE)
+            .filter_map(|(_, b)| parse_ip_route(&b))
+            .collect(),
+    )
+}
+
+/// IPv6 neighbour (NDP) entries.
+pub fn neighbours6() -> io::Result<Vec<IpNeigh>> {
+    Ok(
+        dump(NETLINK_ROUTE, RTM_GETNEIGH, &family_body(AF_INET6, 12))?
+            .into_iter()
+            .filter(|(t, _)| *t == RTM_NEWNEIGH)
+            .filter_map(|(_, b)| parse_ip_neigh(&b))
+            .collect(),
+    )
+}
+
+/// Policy-routing rules of one family (`ipv6`: IPv6, else IPv4), with their selectors.
+pub fn ip_rules(ipv6: bool) -> io::Result<Vec<IpRule>> {
+    let af = if ipv6 { AF_INET6 } else { AF_INET };
+    Ok(dump(NETLINK_ROUTE, RTM_GETRULE, &family_body(af, 12))?
+        .into_iter()
+        .filter(|(t, _)| *t == RTM_NEWRULE)
+        .filter_map(|(_, b)| parse_ip_rule(&b))
+        .collect())
+}
+
+/// The route the kernel's FIB matches for a packet to `dst` of either family (`ip route get
+/// fibmatch DST [from SRC iif DEV]`): with `from` (source, input ifindex) the lookup is the
+/// one a forwarded packet gets, policy rules on `from`/`iif` included. `Err` is the lookup's
+/// errno: ENETUNREACH no route, EINVAL blackhole, EHOSTUNREACH unreachable (IPv4 also: a
+/// forwarded packet while forwarding is off), EACCES prohibit, EXDEV reverse-path filter.
+pub fn route_lookup(dst: IpAddr, from: Option<(IpAddr, u32)>) -> io::Result<IpRoute> {
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage};
+    let addr = |a: IpAddr| match a {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    };
+    let full = if dst.is_ipv6() { 128 } else { 32 };
+    let mut m = RouteMessage::default();
+    m.header.address_family = if dst.is_ipv6() {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    m.header.destination_prefix_length = full;
+    // FIB_MATCH: the route as it stands in its table; LOOKUP_TABLE: the table it is in.
+    m.header.flags = RouteFlags::from_bits_retain(0x2000 | 0x1000);
+    m.attributes.push(RouteAttribute::Destination(addr(dst)));
+    if let Some((src, iif)) = from.filter(|(s, _)| s.is_ipv6() == dst.is_ipv6()) {
+        m.header.source_prefix_length = full;
+        m.attributes.push(RouteAttribute::Source(addr(src)));
+        m.attributes.push(RouteAttribute::Iif(iif));
+    }
+    let mut b = vec![0u8; m.buffer_len()];
+    m.emit(&mut b);
+    let (ty, body) = request(NETLINK_ROUTE, RTM_GETROUTE, &b)?;
+    if ty != RTM_NEWROUTE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected netlink answer type {ty}"),
+        ));
+    }
+    parse_ip_route(&body).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad route"))
+}
+
 #[cfg(test)]
 pub mod tests {
     use super::*;
@@ -618,5 +910,59 @@ pub mod tests {
         b.extend_from_slice(&[0; 4]);
         b.extend(nla(6, &1000u32.to_ne_bytes()));
         assert_eq!(parse_fib_rule(&b), Some((1000, 100)));
+    }
+
+    #[test]
+    fn parses_ipv6_address_route_neighbour_and_rule() {
+        let a: std::net::Ipv6Addr = "fd00:77::1".parse().unwrap();
+        let mut b = vec![10u8, 64, 0x80, 0];
+        b.extend_from_slice(&7u32.to_ne_bytes());
+        b.extend(nla(1, &a.octets()));
+        assert_eq!(
+            parse_ip_addr(&b),
+            Some(IpIfAddr {
+                ifindex: 7,
+                addr: IpAddr::V6(a),
+                prefix: 64,
+                scope: 0
+            })
+        );
+        // The IPv4-only parser keeps ignoring it.
+        assert_eq!(parse_addr(&b), None);
+
+        let gw: std::net::Ipv6Addr = "2001:db8:2::1".parse().unwrap();
+        let mut r = vec![10u8, 0, 0, 0, 254, 9, 0, 1, 0, 0, 0, 0];
+        r.extend(nla(15, &254u32.to_ne_bytes()));
+        r.extend(nla(5, &gw.octets()));
+        r.extend(nla(4, &4u32.to_ne_bytes()));
+        r.extend(nla(6, &1024u32.to_ne_bytes()));
+        let route = parse_ip_route(&r).expect("route");
+        assert_eq!(route.dst, IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+        assert_eq!(route.protocol, 9);
+        assert_eq!(route.priority, 1024);
+        assert_eq!(route.nexthops, vec![(4, Some(IpAddr::V6(gw)))]);
+        assert_eq!(parse_route(&r), None);
+
+        let mut n = vec![10u8, 0, 0, 0];
+        n.extend_from_slice(&4u32.to_ne_bytes());
+        n.extend_from_slice(&NUD_REACHABLE.to_ne_bytes());
+        n.extend_from_slice(&[0x80, 1]);
+        n.extend(nla(1, &gw.octets()));
+        let ne = parse_ip_neigh(&n).expect("neigh");
+        assert_eq!(ne.dst, IpAddr::V6(gw));
+        assert!(ne.router);
+        assert_eq!(nud_name(ne.state), "REACHABLE");
+
+        // from fd00:77::/64 lookup 100, priority 100
+        let mut ru = vec![10u8, 0, 64, 0, 100, 0, 0, 1];
+        ru.extend_from_slice(&[0; 4]);
+        ru.extend(nla(2, &a.octets()));
+        ru.extend(nla(6, &100u32.to_ne_bytes()));
+        let rule = parse_ip_rule(&ru).expect("rule");
+        assert_eq!(rule.priority, 100);
+        assert_eq!(rule.table, 100);
+        assert_eq!(rule.action, 1);
+        assert_eq!(rule.src, Some((IpAddr::V6(a), 64)));
+        assert!(rule.other.is_empty());
     }
 }

@@ -1,23 +1,26 @@
 //! The checks, in the order a packet from the VM meets what they check: tap, bridge port,
 //! bridge, MTU, bridge netfilter, forwarding, reverse-path filter, FORWARD rules, NAT,
-//! conntrack, default route, gateway neighbour, DHCP. Each is a pure function of a [`Host`]
-//! snapshot and says what it read (evidence) and what to run (fix).
+//! conntrack, default route (or the route to DEST), gateway neighbour, DHCP; then the IPv6
+//! half (`ipv6.rs`). Each is a pure function of a [`Host`] snapshot and says what it read
+//! (evidence) and what to run (fix).
 
 use super::host::{Dev, Host};
 use super::rules::{self, Chain, Fate, Iface, Net, Pkt, Place, Ruleset};
 use super::{Check, CheckStatus};
 use crate::host::netlink::{self, nud_name};
 use crate::model::event::NfHook;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use CheckStatus::{Fail, Pass, Skip, Warn};
 
 mod devices;
+mod ipv6;
 mod netfilter;
 mod routing;
 mod services;
 
 use devices::*;
+use ipv6::*;
 use netfilter::*;
 use routing::*;
 use services::*;
@@ -65,16 +68,24 @@ struct Ctx<'a> {
     /// network and the host does not route its packets.
     bridged: bool,
     guest: Option<(Ipv4Addr, u16)>,
+    /// The destination given on the command line (`doctor VM DEST`): the model packets go
+    /// there, and the route to it is looked up instead of judging the default route.
+    dest: Option<Net>,
+    /// The IPv6 half of the path.
+    v6: Ctx6<'a>,
 }
 
 impl<'a> Ctx<'a> {
-    fn new(h: &'a Host, tap_name: &'a str, mac: Option<&str>) -> Ctx<'a> {
+    fn new(h: &'a Host, tap_name: &'a str, mac: Option<&str>, dest: Option<Net>) -> Ctx<'a> {
         let tap = h.dev(tap_name);
         let bridge = tap
             .and_then(|t| t.master.as_deref())
             .and_then(|m| h.dev(m))
             .filter(|m| m.is_bridge);
-        let l3 = bridge.or(tap.filter(|t| t.master.is_none() && !t.addrs.is_empty()));
+        let l3 =
+            bridge.or(
+                tap.filter(|t| t.master.is_none() && (!t.addrs.is_empty() || !t.addrs6.is_empty()))
+            );
         let guest = match (l3, mac, &h.neighs) {
             (Some(l3), Some(mac), Ok(ns)) => ns
                 .iter()
@@ -120,12 +131,18 @@ impl<'a> Ctx<'a> {
             Err(_) => Vec::new(),
         };
         defaults.sort_by_key(|d| d.priority);
-        let uplink = defaults
-            .first()
-            .filter(|d| d.kind == 1)
-            .and_then(|d| d.nexthops.first())
-            .and_then(|(oif, _)| h.dev_by_index(*oif));
+        let dest4 = dest.filter(|d| !d.is_v6());
+        // The way out: to the destination, the device of the kernel's route to it; else (or
+        // when that route refuses) the default route's.
+        let uplink = dest4.and_then(|_| dest_out_dev(h, false)).or_else(|| {
+            defaults
+                .first()
+                .filter(|d| d.kind == 1)
+                .and_then(|d| d.nexthops.first())
+                .and_then(|(oif, _)| h.dev_by_index(*oif))
+        });
         let bridged = matches!((uplink, l3), (Some(u), Some(l)) if u.name == l.name);
+        let v6 = Ctx6::new(h, bridge, l3, mac, dest);
         Ctx {
             h,
             tap_name,
@@ -139,6 +156,8 @@ impl<'a> Ctx<'a> {
             uplink,
             bridged,
             guest,
+            dest: dest4,
+            v6,
         }
     }
 
@@ -152,29 +171,46 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Where the VM's new connections go: the destination, or the internet.
+    fn far(&self, subnet: Net) -> Place {
+        match self.dest {
+            Some(d) => Place::In(d),
+            None => Place::Internet {
+                not_in: Some(subnet),
+            },
+        }
+    }
+
+    /// ` to DEST` when a destination was given.
+    fn to_dest(&self) -> String {
+        self.dest
+            .map(|d| format!(" to {}", net_text(d)))
+            .unwrap_or_default()
+    }
+
     /// A new connection from the VM to the internet, at FORWARD.
     fn pkt_out(&self, subnet: Net) -> Pkt {
         Pkt {
             src: Place::In(subnet),
-            dst: Place::Internet {
-                not_in: Some(subnet),
-            },
+            dst: self.far(subnet),
             iif: Self::iface(self.l3),
             oif: Self::iface(self.uplink),
             ct: rules::CT_NEW,
+            v6: false,
+            rp: rules::Tri::Maybe,
         }
     }
 
     /// A reply from the internet to the VM (after de-NAT), at FORWARD.
     fn pkt_back(&self, subnet: Net) -> Pkt {
         Pkt {
-            src: Place::Internet {
-                not_in: Some(subnet),
-            },
+            src: self.far(subnet),
             dst: Place::In(subnet),
             iif: Self::iface(self.uplink),
             oif: Self::iface(self.l3),
             ct: rules::CT_ESTABLISHED,
+            v6: false,
+            rp: rules::Tri::Maybe,
         }
     }
 
@@ -188,6 +224,26 @@ impl<'a> Ctx<'a> {
             .map(|u| u.name.clone())
             .unwrap_or_else(|| "any uplink".into())
     }
+}
+
+/// An address prefix as written on the command line: a single address without `/32` or
+/// `/128`.
+fn net_text(n: Net) -> String {
+    if n.len == n.max_len() {
+        n.addr.to_string()
+    } else {
+        n.to_string()
+    }
+}
+
+/// The device of the kernel's route to the destination of `v6`'s family, when it has one.
+fn dest_out_dev(h: &Host, v6: bool) -> Option<&Dev> {
+    let d = h.dest_route.as_ref().filter(|d| d.dst.is_ipv6() == v6)?;
+    let r = d.answer.as_ref().ok()?;
+    (r.kind == 1)
+        .then(|| r.nexthops.first())
+        .flatten()
+        .and_then(|(o, _)| h.dev_by_index(*o))
 }
 
 /// `sysctl -w` name of a /proc/sys path: dotted, unless an interface name holds a dot (then
@@ -240,8 +296,44 @@ fn ruleset_or_skip<'a>(c: &'a Ctx, name: &str) -> Result<&'a Ruleset, Check> {
 }
 
 /// Every check for the VM whose tap is `tap` (guest MAC `mac`, when known), in path order.
+#[cfg(test)]
 pub fn run_checks(h: &Host, tap: &str, mac: Option<&str>) -> Vec<Check> {
-    let c = Ctx::new(h, tap, mac);
+    run_checks_to(h, tap, mac, None)
+}
+
+/// The address and device a forwarded packet from the VM comes from, for the route lookup
+/// to a destination of `v6`'s family: the guest's address when the host has seen it, else
+/// one of the VM's subnet that is not the gateway's.
+pub fn vm_source(h: &Host, tap: &str, mac: Option<&str>, v6: bool) -> Option<(IpAddr, String)> {
+    let c = Ctx::new(h, tap, mac, None);
+    let l3 = c.l3?;
+    let (guest, gw, subnet) = if v6 {
+        (
+            c.v6.guest.map(IpAddr::V6),
+            c.v6.gw.map(|(a, _)| IpAddr::V6(a)),
+            c.v6.subnet?,
+        )
+    } else {
+        (
+            c.guest.map(|(g, _)| IpAddr::V4(g)),
+            c.gw.map(|(a, _)| IpAddr::V4(a)),
+            c.subnet?,
+        )
+    };
+    let pick = guest.or_else(|| {
+        ipnet::IpNet::new(subnet.addr, subnet.len)
+            .ok()?
+            .hosts()
+            .take(4)
+            .find(|a| Some(*a) != gw && *a != subnet.addr)
+    })?;
+    Some((pick, l3.name.clone()))
+}
+
+/// Every check, with the model packets going to `dest` and the route to it looked up
+/// (`h.dest_route`) when one is given.
+pub fn run_checks_to(h: &Host, tap: &str, mac: Option<&str>, dest: Option<Net>) -> Vec<Check> {
+    let c = Ctx::new(h, tap, mac, dest);
     // A macvtap guest meets no bridge, no routing and no netfilter of this host: its frames
     // go straight out of the lower device. Its own faults are the lower device and the
     // host it cannot reach.
@@ -263,18 +355,32 @@ pub fn run_checks(h: &Host, tap: &str, mac: Option<&str>) -> Vec<Check> {
         forward_filter_check(&c),
         nat_check(&c),
         conntrack_check(&c),
-        default_route_check(&c),
+        if c.dest.is_some() {
+            route_check(&c, false)
+        } else {
+            default_route_check(&c)
+        },
         gateway_neighbour_check(&c),
         dhcp_check(&c),
+        ip6_forward_check(&c),
+        rpfilter6_check(&c),
+        forward_filter6_check(&c),
+        if c.v6.dest.is_some() {
+            route_check(&c, true)
+        } else {
+            default_route6_check(&c)
+        },
+        gateway_neighbour6_check(&c),
+        ra_service_check(&c),
     ]
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::host::UdpSock;
+    use super::super::host::{DestRoute, RaDaemon, UdpSock};
     use super::super::rules::{Action, Base, Cond, Rule};
     use super::*;
-    use crate::host::netlink::{Neigh, Route};
+    use crate::host::netlink::{IpNeigh, IpRoute, IpRule, Neigh, Route};
     use std::collections::BTreeMap;
 
     fn dev(name: &str, ifindex: u32) -> Dev {
@@ -397,6 +503,13 @@ mod tests {
                 inode: 1,
                 owner: Some("pid 9 (dnsmasq)".into()),
             }]),
+            routes6: Ok(vec![]),
+            neighs6: Ok(vec![]),
+            ip_rules4: Ok(vec![]),
+            ip_rules6: Ok(vec![]),
+            legacy_tables6: vec![],
+            ra_daemons: Ok(vec![]),
+            dest_route: None,
         }
     }
 
@@ -458,11 +571,30 @@ mod tests {
         );
     }
 
+    const V6_CHECKS: [&str; 6] = [
+        "ip6_forward",
+        "rpfilter6",
+        "forward_filter6",
+        "default_route6",
+        "gateway_neighbour6",
+        "ra_service",
+    ];
+
     #[test]
     fn healthy_host_passes_everything() {
         let v = run(&healthy());
+        assert_eq!(v.len(), 19, "{v:?}");
         for c in &v {
-            assert_eq!(c.status, Pass, "{c:?}");
+            if V6_CHECKS.contains(&c.name.as_str()) {
+                // No IPv6 on the VM's side: the IPv6 half is not judged, and says why.
+                assert_eq!(c.status, Skip, "{c:?}");
+                assert_eq!(
+                    c.evidence,
+                    "br0 has no global IPv6 address and no IPv6 destination was given: the VM has no IPv6 path through this host"
+                );
+            } else {
+                assert_eq!(c.status, Pass, "{c:?}");
+            }
         }
         assert!(get(&v, "bridge")
             .evidence
@@ -636,5 +768,457 @@ mod tests {
             n.remove(0);
         }
         assert_eq!(get(&run(&h), "gateway_neighbour").status, Skip);
+    }
+
+    fn v6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    fn route6(table: u32, dst: &str, len: u8, kind: u8, hops: Vec<(u32, Option<&str>)>) -> IpRoute {
+        IpRoute {
+            table,
+            dst: IpAddr::V6(v6(dst)),
+            dst_len: len,
+            kind,
+            protocol: 4,
+            priority: 1024,
+            nexthops: hops
+                .into_iter()
+                .map(|(o, g)| (o, g.map(|g| IpAddr::V6(v6(g)))))
+                .collect(),
+        }
+    }
+
+    /// The healthy lab with IPv6: fd00:77::1/64 on br0, 2001:db8:2::2/64 on up0, default via
+    /// 2001:db8:2::1, forwarding on, radvd advertising on br0.
+    fn healthy6() -> Host {
+        let mut h = healthy();
+        for d in h.devs.iter_mut() {
+            match d.name.as_str() {
+                "br0" => d.addrs6 = vec![(v6("fd00:77::1"), 64)],
+                "up0" => d.addrs6 = vec![(v6("2001:db8:2::2"), 64)],
+                _ => {}
+            }
+        }
+        for (k, v) in [
+            ("net/ipv6/conf/all/forwarding", "1"),
+            ("net/ipv6/conf/br0/forwarding", "1"),
+            ("net/ipv6/conf/up0/forwarding", "1"),
+            ("net/ipv6/conf/up0/accept_ra", "1"),
+        ] {
+            h.sysctl.insert(k.into(), v.into());
+        }
+        h.routes6 = Ok(vec![
+            route6(254, "::", 0, 1, vec![(4, Some("2001:db8:2::1"))]),
+            route6(254, "fd00:77::", 64, 1, vec![(2, None)]),
+            route6(254, "2001:db8:2::", 64, 1, vec![(4, None)]),
+        ]);
+        h.neighs6 = Ok(vec![IpNeigh {
+            ifindex: 4,
+            dst: IpAddr::V6(v6("2001:db8:2::1")),
+            state: netlink::NUD_REACHABLE,
+            lladdr: Some("02:00:00:00:00:01".into()),
+            router: true,
+        }]);
+        h.ra_daemons = Ok(vec![RaDaemon {
+            who: "pid 7 (radvd)".into(),
+            kind: "radvd".into(),
+            ifaces: Some(vec!["br0".into()]),
+            sends_ra: true,
+            config: "/etc/radvd.conf".into(),
+        }]);
+        h
+    }
+
+    fn fwd_chain(family: &str, table: &str, name: &str, policy: &str) -> Chain {
+        Chain {
+            family: family.into(),
+            table: table.into(),
+            name: name.into(),
+            base: Some(Base {
+                hook: NfHook::Forward,
+                priority: 0,
+                policy: policy.into(),
+                kind: "filter".into(),
+            }),
+            rules: vec![],
+        }
+    }
+
+    #[test]
+    fn healthy_ipv6_passes_every_ipv6_check() {
+        let v = run(&healthy6());
+        for c in &v {
+            assert_eq!(c.status, Pass, "{c:?}");
+        }
+        assert_eq!(
+            get(&v, "ip6_forward").evidence,
+            "net.ipv6.conf.all.forwarding = 1 (br0 forwarding = 1, up0 forwarding = 1)"
+        );
+        assert_eq!(
+            get(&v, "default_route6").evidence,
+            "default via 2001:db8:2::1 dev up0 table main metric 1024"
+        );
+        assert_eq!(
+            get(&v, "gateway_neighbour6").evidence,
+            "2001:db8:2::1 on up0 is REACHABLE, lladdr 02:00:00:00:00:01"
+        );
+        assert_eq!(
+            get(&v, "ra_service").evidence,
+            "pid 7 (radvd) advertises on br0 (/etc/radvd.conf)"
+        );
+        assert!(get(&v, "forward_filter6")
+            .evidence
+            .contains("no nftables or ip6tables-nft chain at the IPv6 forward hook"));
+        // The IPv4 verdicts are the same as without IPv6.
+        let v4 = run(&healthy());
+        for c in v4.iter().filter(|c| !V6_CHECKS.contains(&c.name.as_str())) {
+            assert_eq!(get(&v, &c.name), c);
+        }
+    }
+
+    #[test]
+    fn ipv6_forwarding_off_fails_with_the_sysctl_fix() {
+        let mut h = healthy6();
+        h.sysctl
+            .insert("net/ipv6/conf/all/forwarding".into(), "0".into());
+        let v = run(&h);
+        let c = get(&v, "ip6_forward");
+        assert_eq!(c.status, Fail, "{c:?}");
+        assert!(
+            c.evidence
+                .starts_with("net.ipv6.conf.all.forwarding = 0 (br0 forwarding = 1"),
+            "{c:?}"
+        );
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("sysctl -w net.ipv6.conf.all.forwarding=1")
+        );
+        // An uplink whose default route comes from RAs also needs accept_ra = 2.
+        if let Ok(r) = &mut h.routes6 {
+            r[0].protocol = 9;
+        }
+        let c = get(&run(&h), "ip6_forward").clone();
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("sysctl -w net.ipv6.conf.all.forwarding=1 && sysctl -w net.ipv6.conf.up0.accept_ra=2")
+        );
+        assert!(c.evidence.ends_with("up0's default route comes from router advertisements, which forwarding = 1 makes it ignore unless net.ipv6.conf.up0.accept_ra = 2"), "{c:?}");
+        // IPv4 forwarding is another switch.
+        assert_eq!(get(&v, "ip_forward").status, Pass);
+        // force_forwarding on the VM's bridge (Linux 6.17+) routes its packets anyway.
+        h.sysctl
+            .insert("net/ipv6/conf/br0/force_forwarding".into(), "1".into());
+        assert_eq!(get(&run(&h), "ip6_forward").status, Pass);
+    }
+
+    #[test]
+    fn ip6_forward_drop_fails_naming_the_chain_and_ipv4_tables_do_not_count() {
+        let mut h = healthy6();
+        h.ruleset = Ok(Ruleset {
+            chains: vec![
+                nat_chain(vec![masq_rule()]),
+                fwd_chain("ip6", "filter", "FORWARD", "drop"),
+            ],
+        });
+        let v = run(&h);
+        let c = get(&v, "forward_filter6");
+        assert_eq!(c.status, Fail, "{c:?}");
+        assert!(c.evidence.starts_with("ip6 filter FORWARD (filter, hook forward, priority 0, policy drop, 0 rules): new connections from fd00:77::/64 (br0 → up0) are dropped by its policy"), "{c:?}");
+        assert_eq!(c.fix.as_deref(), Some("ip6tables -I FORWARD -i br0 -s fd00:77::/64 -j ACCEPT && ip6tables -I FORWARD -o br0 -d fd00:77::/64 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"));
+        // An ip6 table is not on the IPv4 path.
+        assert_eq!(get(&v, "forward_filter").status, Pass);
+
+        // An `ip` drop is not on the IPv6 path; an `inet` one is on both.
+        h.ruleset = Ok(Ruleset {
+            chains: vec![
+                nat_chain(vec![masq_rule()]),
+                fwd_chain("ip", "t4", "fw", "drop"),
+            ],
+        });
+        let v = run(&h);
+        assert_eq!(get(&v, "forward_filter6").status, Pass);
+        assert_eq!(get(&v, "forward_filter").status, Fail);
+        h.ruleset = Ok(Ruleset {
+            chains: vec![
+                nat_chain(vec![masq_rule()]),
+                fwd_chain("inet", "labfilter", "forward", "drop"),
+            ],
+        });
+        let v = run(&h);
+        let c = get(&v, "forward_filter6");
+        assert_eq!(c.status, Fail);
+        assert!(c.fix.as_deref().unwrap().starts_with(
+            "nft 'insert rule inet labfilter forward iifname \"br0\" ip6 saddr fd00:77::/64 accept'"
+        ));
+
+        // An accept rule for the VM's prefix in an inet chain (IPv6 saddr after `meta nfproto
+        // ipv6`): new connections pass, replies still dropped.
+        let mut ch = fwd_chain("inet", "labfilter", "forward", "drop");
+        ch.rules.push(Rule {
+            handle: 4,
+            conds: vec![
+                Cond::Nfproto {
+                    neg: false,
+                    value: 10,
+                },
+                Cond::Addr {
+                    dst: false,
+                    neg: false,
+                    net: Net::new(v6("fd00:77::"), 64),
+                },
+            ],
+            action: Action::Accept,
+        });
+        h.ruleset = Ok(Ruleset {
+            chains: vec![nat_chain(vec![masq_rule()]), ch],
+        });
+        let v = run(&h);
+        let c = get(&v, "forward_filter6");
+        assert_eq!(c.status, Fail, "{c:?}");
+        assert!(c.evidence.contains("new connections from fd00:77::/64 (br0 → up0) are accepted by rule `meta nfproto ipv6 ip6 saddr fd00:77::/64 accept` (handle 4); replies to fd00:77::/64 (up0 → br0) are dropped by its policy"), "{c:?}");
+        // The IPv4 packets never match an IPv6 rule.
+        assert_eq!(get(&v, "forward_filter").status, Fail);
+    }
+
+    #[test]
+    fn strict_ipv6_rpfilter_drops_when_the_prefix_is_routed_elsewhere() {
+        let mut h = healthy6();
+        let rp = Chain {
+            family: "inet".into(),
+            table: "raw6".into(),
+            name: "pre".into(),
+            base: Some(Base {
+                hook: NfHook::Prerouting,
+                priority: -300,
+                policy: "accept".into(),
+                kind: "filter".into(),
+            }),
+            rules: vec![Rule {
+                handle: 3,
+                conds: vec![Cond::RpFilter {
+                    strict: true,
+                    on_fail: true,
+                    text: "fib saddr . iif oif missing".into(),
+                }],
+                action: Action::Drop,
+            }],
+        };
+        h.ruleset = Ok(Ruleset {
+            chains: vec![nat_chain(vec![masq_rule()]), rp],
+        });
+        let c = get(&run(&h), "rpfilter6").clone();
+        assert_eq!(c.status, Pass, "{c:?}");
+        assert!(
+            c.evidence
+                .starts_with("inet raw6 pre: `fib saddr . iif oif missing drop` (handle 3)"),
+            "{c:?}"
+        );
+        // The VM's prefix routed out of the uplink: every packet from the VM fails the test.
+        if let Ok(r) = &mut h.routes6 {
+            r[1].nexthops = vec![(4, None)];
+        }
+        let c = get(&run(&h), "rpfilter6").clone();
+        assert_eq!(c.status, Fail, "{c:?}");
+        assert_eq!(c.evidence, "new connections from fd00:77::/64 (br0 → up0) are dropped by inet raw6 pre: `fib saddr . iif oif missing drop` (handle 3) (fd00:77::/64 is routed via up0)");
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("ip -6 route replace fd00:77::/64 dev br0 metric 1024")
+        );
+    }
+
+    #[test]
+    fn no_ipv6_default_route_and_a_failed_gateway() {
+        let mut h = healthy6();
+        if let Ok(n) = &mut h.neighs6 {
+            n[0].state = netlink::NUD_FAILED;
+        }
+        let c = get(&run(&h), "gateway_neighbour6").clone();
+        assert_eq!(c.status, Fail, "{c:?}");
+        assert!(c.evidence.starts_with("2001:db8:2::1 on up0 is FAILED, lladdr 02:00:00:00:00:01: the gateway did not answer neighbour solicitations"), "{c:?}");
+        if let Ok(r) = &mut h.routes6 {
+            r.remove(0);
+        }
+        let v = run(&h);
+        let c = get(&v, "default_route6");
+        assert_eq!(c.status, Fail, "{c:?}");
+        // Forwarding on with accept_ra = 1 on the uplink: RAs are ignored, say so.
+        assert!(c.evidence.contains("accept_ra = 1 on up0"), "{c:?}");
+        assert!(
+            c.fix
+                .as_deref()
+                .unwrap()
+                .starts_with("sysctl -w net.ipv6.conf.up0.accept_ra=2"),
+            "{c:?}"
+        );
+        assert_eq!(get(&v, "gateway_neighbour6").status, Skip);
+        // A blackhole default.
+        if let Ok(r) = &mut h.routes6 {
+            r.push(route6(254, "::", 0, 6, vec![(1, None)]));
+        }
+        let c = get(&run(&h), "default_route6").clone();
+        assert_eq!(c.status, Fail, "{c:?}");
+        assert!(
+            c.evidence
+                .starts_with("blackhole default table main metric 1024"),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn ra_service_warns_without_a_daemon_for_the_bridge() {
+        let mut h = healthy6();
+        h.ra_daemons = Ok(vec![]);
+        let c = get(&run(&h), "ra_service").clone();
+        assert_eq!(c.status, Warn, "{c:?}");
+        assert!(c.evidence.starts_with("no radvd or dnsmasq runs in this namespace: nothing sends router advertisements on br0"), "{c:?}");
+        assert!(
+            c.fix
+                .as_deref()
+                .unwrap()
+                .contains("interface br0 { AdvSendAdvert on; prefix fd00:77::/64 { }; };"),
+            "{c:?}"
+        );
+        h.ra_daemons = Ok(vec![RaDaemon {
+            who: "pid 8 (dnsmasq)".into(),
+            kind: "dnsmasq".into(),
+            ifaces: Some(vec!["virbr9".into()]),
+            sends_ra: true,
+            config: "its command line".into(),
+        }]);
+        let c = get(&run(&h), "ra_service").clone();
+        assert_eq!(c.status, Warn, "{c:?}");
+        assert!(
+            c.evidence
+                .contains("pid 8 (dnsmasq) (its command line) serves virbr9 only"),
+            "{c:?}"
+        );
+        h.ra_daemons = Err("reading /proc: denied".into());
+        assert_eq!(get(&run(&h), "ra_service").status, Warn);
+    }
+
+    #[test]
+    fn route_to_a_blackholed_destination_names_the_route_and_table() {
+        let mut h = healthy6();
+        if let Ok(r) = &mut h.routes6 {
+            r.push(route6(100, "2001:db8:ffff::", 48, 6, vec![(1, None)]));
+        }
+        h.ip_rules6 = Ok(vec![
+            IpRule {
+                priority: 0,
+                table: 255,
+                action: 1,
+                dst: None,
+                src: None,
+                iif: None,
+                invert: false,
+                other: vec![],
+            },
+            IpRule {
+                priority: 100,
+                table: 100,
+                action: 1,
+                dst: None,
+                src: Some((IpAddr::V6(v6("fd00:77::")), 64)),
+                iif: None,
+                invert: false,
+                other: vec![],
+            },
+            IpRule {
+                priority: 32766,
+                table: 254,
+                action: 1,
+                dst: None,
+                src: None,
+                iif: None,
+                invert: false,
+                other: vec![],
+            },
+        ]);
+        let dst = IpAddr::V6(v6("2001:db8:ffff::1"));
+        h.ruleset = Ok(Ruleset {
+            chains: vec![fwd_chain("inet", "t", "fw", "accept")],
+        });
+        h.dest_route = Some(DestRoute {
+            dst,
+            from: Some((IpAddr::V6(v6("fd00:77::2")), "br0".into())),
+            answer: Err(libc::EINVAL),
+            local: Some(Err(libc::EINVAL)),
+        });
+        let v = run_checks_to(&h, "vnet0", None, Some(Net::new(dst, 128)));
+        assert!(v.iter().all(|c| c.name != "default_route6"), "{v:?}");
+        let c = get(&v, "route6");
+        assert_eq!(c.status, Fail, "{c:?}");
+        assert_eq!(c.evidence, "`ip -6 route get 2001:db8:ffff::1 from fd00:77::2 iif br0` is refused (EINVAL: a blackhole route): blackhole 2001:db8:ffff::/48 table 100 metric 1024 (chosen by policy rule 100: lookup 100): every packet to 2001:db8:ffff::1 is dropped silently");
+        assert_eq!(
+            c.fix.as_deref(),
+            Some("ip -6 route del blackhole 2001:db8:ffff::/48 table 100")
+        );
+        assert_eq!(get(&v, "gateway_neighbour6").status, Skip);
+        // The IPv4 half keeps its default-route checks.
+        assert_eq!(get(&v, "default_route").status, Pass);
+        // The forward rules are judged for packets to the destination.
+        assert!(get(&v, "forward_filter6")
+            .evidence
+            .contains("new connections from fd00:77::/64 to 2001:db8:ffff::1 (br0 → up0) are accepted by its policy"));
+
+        // A reachable destination: the route, its device and the gateway's state.
+        h.dest_route = Some(DestRoute {
+            dst,
+            from: None,
+            answer: Ok(route6(254, "::", 0, 1, vec![(4, Some("2001:db8:2::1"))])),
+            local: None,
+        });
+        let v = run_checks_to(&h, "vnet0", None, Some(Net::new(dst, 128)));
+        let c = get(&v, "route6");
+        assert_eq!(c.status, Pass, "{c:?}");
+        assert_eq!(c.evidence, "`ip -6 route get 2001:db8:ffff::1`: default via 2001:db8:2::1 dev up0 table main metric 1024; the gateway 2001:db8:2::1 on up0 is REACHABLE");
+        assert_eq!(get(&v, "gateway_neighbour6").status, Pass);
+    }
+
+    #[test]
+    fn route_to_an_ipv4_destination_refused_only_when_forwarded() {
+        let mut h = healthy();
+        if let Ok(rs) = &mut h.ruleset {
+            rs.chains.push(fwd_chain("inet", "t", "fw", "accept"));
+        }
+        let dst = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1));
+        let local = IpRoute {
+            table: 254,
+            dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            dst_len: 0,
+            kind: 1,
+            protocol: 0,
+            priority: 0,
+            nexthops: vec![(4, Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))))],
+        };
+        h.dest_route = Some(DestRoute {
+            dst,
+            from: Some((IpAddr::V4(Ipv4Addr::new(10, 77, 0, 2)), "br0".into())),
+            answer: Err(libc::EHOSTUNREACH),
+            local: Some(Ok(local.clone())),
+        });
+        let v = run_checks_to(&h, "vnet0", None, Some(Net::new(dst, 32)));
+        let c = get(&v, "route");
+        assert_eq!(c.status, Fail, "{c:?}");
+        assert!(c.evidence.starts_with("`ip route get 203.0.113.1 from 10.77.0.2 iif br0` is refused (EHOSTUNREACH), but the host's own packets to 203.0.113.1 are routed (default via 192.0.2.1 dev up0 table main metric 0)"), "{c:?}");
+        assert!(v.iter().all(|c| c.name != "default_route"));
+        h.dest_route = Some(DestRoute {
+            dst,
+            from: None,
+            answer: Ok(local),
+            local: None,
+        });
+        let v = run_checks_to(&h, "vnet0", None, Some(Net::new(dst, 32)));
+        assert_eq!(get(&v, "route").status, Pass, "{v:?}");
+        assert_eq!(
+            get(&v, "nat").evidence,
+            "new connections from 10.77.0.0/24 to 203.0.113.1 leaving via up0 are source-NATed by ip labnat post: `ip saddr 10.77.0.0/24 oifname \"up0\" masquerade` (handle 2)"
+        );
+        // A destination inside a prefix no rule covers: the NAT rule still matches, and the
+        // forward rules see the destination.
+        assert!(get(&v, "forward_filter")
+            .evidence
+            .contains("new connections from 10.77.0.0/24 to 203.0.113.1 (br0 → up0)"));
     }
 }

@@ -5,7 +5,7 @@ use super::*;
 
 /// How the FORWARD chains treat each of `pkts` (what, packet): the worst status, one sentence
 /// per chain, and the (packet index, chain) pairs that surely drop.
-fn forward_verdicts<'a>(
+pub(super) fn forward_verdicts<'a>(
     rs: &Ruleset,
     chains: &[&'a Chain],
     pkts: &[(&str, Pkt)],
@@ -129,6 +129,8 @@ pub(super) fn br_netfilter_check(c: &Ctx) -> Check {
             iif: Ctx::iface(Some(br)),
             oif: Ctx::iface(Some(br)),
             ct: rules::CT_NEW,
+            v6: false,
+            rp: rules::Tri::Maybe,
         };
         (
             "the VM's packets bridged onto the uplink's network",
@@ -154,6 +156,8 @@ pub(super) fn br_netfilter_check(c: &Ctx) -> Check {
             iif: Ctx::iface(Some(br)),
             oif: Ctx::iface(Some(br)),
             ct: rules::CT_NEW,
+            v6: false,
+            rp: rules::Tri::Maybe,
         };
         (
             "frames between ports of the bridge (guest to guest)",
@@ -220,7 +224,7 @@ pub(super) fn forward_filter_check(c: &Ctx) -> Check {
     let chains = rs.base_chains(NfHook::Forward, "filter");
     let l3 = c.l3_name();
     let up = c.uplink_desc();
-    let out_what = format!("new connections from {subnet} ({l3} → {up})");
+    let out_what = format!("new connections from {subnet}{} ({l3} → {up})", c.to_dest());
     let back_what = format!("replies to {subnet} ({up} → {l3})");
     let (mut status, mut lines, failing) = forward_verdicts(
         rs,
@@ -293,13 +297,13 @@ pub(super) fn nat_check(c: &Ctx) -> Check {
     };
     let pkt = Pkt {
         src: Place::In(subnet),
-        dst: Place::Internet {
-            not_in: Some(subnet),
-        },
+        dst: c.far(subnet),
         // No input device at POSTROUTING: `iifname` tests never match there.
         iif: Iface::Absent,
         oif: Ctx::iface(c.uplink),
         ct: rules::CT_NEW,
+        v6: false,
+        rp: rules::Tri::Maybe,
     };
     let chains = rs.base_chains(NfHook::Postrouting, "nat");
     let mut definite = Vec::new();
@@ -321,7 +325,11 @@ pub(super) fn nat_check(c: &Ctx) -> Check {
         }
     }
     let what = match c.uplink {
-        Some(u) => format!("new connections from {subnet} leaving via {}", u.name),
+        Some(u) => format!(
+            "new connections from {subnet}{} leaving via {}",
+            c.to_dest(),
+            u.name
+        ),
         None => format!("new connections from {subnet} leaving the host (no default route: by which device is unknown)"),
     };
     if let Some(d) = definite.first() {

@@ -55,9 +55,13 @@ pub(super) fn dhcp_check(c: &Ctx) -> Check {
         );
     }
     let l3 = c.l3_name();
-    let fix = match c.subnet.filter(|s| s.size() >= 8) {
-        Some(s) => {
-            let base = u32::from(s.addr);
+    let fix = match c
+        .subnet
+        .filter(|s| s.size() >= 8)
+        .and_then(|s| Some((s, s.v4()?)))
+    {
+        Some((s, a)) => {
+            let base = u32::from(a);
             let start = Ipv4Addr::from(base + (s.size() / 2) as u32);
             let end = Ipv4Addr::from(base + (s.size() - 2) as u32);
             format!(

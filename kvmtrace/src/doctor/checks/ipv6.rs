@@ -1,0 +1,751 @@
+//! The IPv6 half of the VM's path: forwarding, reverse-path filter rules, the FORWARD
+//! rules for IPv6, the default route and its gateway, router advertisements for the guest.
+//!
+//! They apply when the VM's side has IPv6 (its bridge holds a global or ULA address) or the
+//! destination given is IPv6; otherwise each is `skip` with the reason. IPv6 has no NAT on a
+//! usual KVM host (the guest's prefix is routed), and no `rp_filter` sysctl: reverse-path
+//! filtering is a netfilter rule (`fib saddr . iif oif missing drop`, `-m rpfilter`).
+
+use super::*;
+use crate::host::netlink::IpRoute;
+use rules::Tri;
+
+/// What the IPv6 checks share.
+pub(super) struct Ctx6<'a> {
+    /// Why the IPv6 checks do not apply (None: they do).
+    pub off: Option<String>,
+    /// The gateway address on the VM's device and the VM's prefix.
+    pub gw: Option<(Ipv6Addr, u8)>,
+    pub subnet: Option<Net>,
+    /// Main-table IPv6 default routes, lowest metric first.
+    pub defaults: Vec<&'a IpRoute>,
+    /// The way out: the device of the route to the destination, or of the default route.
+    pub uplink: Option<&'a Dev>,
+    /// The way out is the VM's own bridge: the VM is bridged onto the uplink's network.
+    pub bridged: bool,
+    /// The guest's global address, when the host has seen it (NDP entry of its MAC).
+    pub guest: Option<Ipv6Addr>,
+    pub dest: Option<Net>,
+}
+
+impl<'a> Ctx6<'a> {
+    pub(super) fn new(
+        h: &'a Host,
+        bridge: Option<&'a Dev>,
+        l3: Option<&'a Dev>,
+        mac: Option<&str>,
+        dest: Option<Net>,
+    ) -> Ctx6<'a> {
+        let dest = dest.filter(Net::is_v6);
+        let guest = match (l3, mac, &h.neighs6) {
+            (Some(l3), Some(mac), Ok(ns)) => ns
+                .iter()
+                .filter(|n| {
+                    n.ifindex == l3.ifindex
+                        && n.lladdr
+                            .as_deref()
+                            .is_some_and(|m| m.eq_ignore_ascii_case(mac))
+                })
+                .find_map(|n| match n.dst {
+                    IpAddr::V6(a)
+                        if l3.addrs6.iter().any(|(g, l)| Net::new(*g, *l).contains(a)) =>
+                    {
+                        Some(a)
+                    }
+                    _ => None,
+                }),
+            _ => None,
+        };
+        let gw = l3.and_then(|d| {
+            guest
+                .and_then(|g| {
+                    d.addrs6
+                        .iter()
+                        .find(|(a, l)| Net::new(*a, *l).contains(g))
+                        .copied()
+                })
+                .or_else(|| d.addrs6.first().copied())
+        });
+        let subnet = gw.map(|(a, l)| Net::new(a, l));
+        let off = match l3 {
+            None => Some(match bridge {
+                None => "the VM's device is unknown (no bridge, no routed tap)".to_string(),
+                Some(b) => format!("{} is not usable", b.name),
+            }),
+            Some(d) if d.addrs6.is_empty() && dest.is_none() => Some(format!(
+                "{} has no global IPv6 address and no IPv6 destination was given: the VM has no IPv6 path through this host",
+                d.name
+            )),
+            _ => None,
+        };
+        let mut defaults: Vec<&IpRoute> = match &h.routes6 {
+            Ok(rs) => rs
+                .iter()
+                .filter(|r| r.table == 254 && r.dst_len == 0)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        defaults.sort_by_key(|d| d.priority);
+        let uplink = dest.and_then(|_| dest_out_dev(h, true)).or_else(|| {
+            defaults
+                .first()
+                .filter(|d| d.kind == 1)
+                .and_then(|d| d.nexthops.first())
+                .and_then(|(oif, _)| h.dev_by_index(*oif))
+        });
+        let bridged = matches!((uplink, l3), (Some(u), Some(l)) if u.name == l.name);
+        Ctx6 {
+            off,
+            gw,
+            subnet,
+            defaults,
+            uplink,
+            bridged,
+            guest,
+            dest,
+        }
+    }
+
+    /// Where the VM's new IPv6 connections go.
+    fn far(&self) -> Place {
+        match self.dest {
+            Some(d) => Place::In(d),
+            None => Place::Internet {
+                not_in: self.subnet,
+            },
+        }
+    }
+}
+
+/// The snapshot's route for `a` (longest prefix of the main table): its output device.
+fn route6_dev(h: &Host, a: IpAddr) -> Option<u32> {
+    let rs = h.routes6.as_ref().ok()?;
+    rs.iter()
+        .filter(|r| r.table == 254 && r.kind == 1 && Net::new(r.dst, r.dst_len).contains(a))
+        .max_by_key(|r| (r.dst_len, std::cmp::Reverse(r.priority)))
+        .and_then(|r| r.nexthops.first().map(|(o, _)| *o))
+}
+
+/// Whether a strict reverse-path test passes for a packet from `src` arriving on `iif`.
+fn rp_passes(h: &Host, src: &Place, iif: Option<&Dev>) -> Tri {
+    let (Some(iif), Ok(_)) = (iif, &h.routes6) else {
+        return Tri::Maybe;
+    };
+    let probe = match src {
+        Place::In(n) => n.addr,
+        // Some internet address: the default route answers for it.
+        Place::Internet { .. } => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1)),
+    };
+    match route6_dev(h, probe) {
+        Some(o) if o == iif.ifindex => Tri::Yes,
+        _ => Tri::No,
+    }
+}
+
+impl Ctx<'_> {
+    /// `skip` with the reason when the IPv6 checks do not apply.
+    fn skip6(&self, name: &str) -> Option<Check> {
+        self.v6
+            .off
+            .as_ref()
+            .map(|r| check(name, Skip, r.clone(), None))
+    }
+
+    fn uplink6_desc(&self) -> String {
+        self.v6
+            .uplink
+            .map(|u| u.name.clone())
+            .unwrap_or_else(|| "any uplink".into())
+    }
+
+    fn to_dest6(&self) -> String {
+        self.v6
+            .dest
+            .map(|d| format!(" to {}", net_text(d)))
+            .unwrap_or_default()
+    }
+
+    /// A new IPv6 connection from the VM, at FORWARD (and PREROUTING).
+    fn pkt6_out(&self, subnet: Net) -> Pkt {
+        let src = Place::In(subnet);
+        Pkt {
+            rp: rp_passes(self.h, &src, self.l3),
+            src,
+            dst: self.v6.far(),
+            iif: Self::iface(self.l3),
+            oif: Self::iface(self.v6.uplink),
+            ct: rules::CT_NEW,
+            v6: true,
+        }
+    }
+}
+
+impl Ctx<'_> {
+    /// A reply to the VM's IPv6 prefix, at FORWARD (and PREROUTING).
+    fn pkt6_back(&self, subnet: Net) -> Pkt {
+        let src = self.v6.far();
+        Pkt {
+            rp: rp_passes(self.h, &src, self.v6.uplink),
+            src,
+            dst: Place::In(subnet),
+            iif: Self::iface(self.v6.uplink),
+            oif: Self::iface(self.l3),
+            ct: rules::CT_ESTABLISHED,
+            v6: true,
+        }
+    }
+}
+
+pub(super) fn ip6_forward_check(c: &Ctx) -> Check {
+    let name = "ip6_forward";
+    if let Some(s) = c.skip6(name) {
+        return s;
+    }
+    let Some(v) = c.h.sysctl("net/ipv6/conf/all/forwarding") else {
+        return check(
+            name,
+            Skip,
+            "cannot read /proc/sys/net/ipv6/conf/all/forwarding (IPv6 disabled in this kernel?)",
+            None,
+        );
+    };
+    let l3 = c.l3_name();
+    if c.v6.bridged {
+        return check(
+            name,
+            if v == "1" { Pass } else { Skip },
+            format!("net.ipv6.conf.all.forwarding = {v}; the IPv6 default route leaves through {l3} itself: the VM is bridged onto the uplink's network and the host does not route its packets"),
+            None,
+        );
+    }
+    let mut per = Vec::new();
+    let mut disabled = Vec::new();
+    for d in [c.l3, c.v6.uplink].into_iter().flatten() {
+        if let Some(f) = c.h.sysctl(&format!("net/ipv6/conf/{}/forwarding", d.name)) {
+            if !per
+                .iter()
+                .any(|p: &String| p.starts_with(&format!("{} ", d.name)))
+            {
+                per.push(format!("{} forwarding = {f}", d.name));
+            }
+        }
+        if c.h
+            .sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", d.name))
+            == Some("1")
+        {
+            disabled.push(d.name.clone());
+        }
+    }
+    let ev = format!(
+        "net.ipv6.conf.all.forwarding = {v}{}",
+        if per.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", per.join(", "))
+        }
+    );
+    // Linux 6.18 ip6_forward(): forwarding is all.forwarding, or force_forwarding of the
+    // input device (6.17+); the per-device `forwarding` only switches router behaviour
+    // (RAs, the NA router flag).
+    let forced = c.l3.and_then(|d| {
+        c.h.sysctl(&format!("net/ipv6/conf/{}/force_forwarding", d.name))
+    }) == Some("1");
+    if !disabled.is_empty() {
+        return check(
+            name,
+            Fail,
+            format!(
+                "{ev}; disable_ipv6 = 1 on {}: no IPv6 there at all",
+                disabled.join(", ")
+            ),
+            Some(
+                disabled
+                    .iter()
+                    .map(|d| {
+                        format!(
+                            "sysctl -w {}=0",
+                            sysctl_name(&format!("net/ipv6/conf/{d}/disable_ipv6"))
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" && "),
+            ),
+        );
+    }
+    if v != "1" && !forced {
+        // With forwarding on, the kernel ignores router advertisements on an interface with
+        // accept_ra = 1 (addrconf.c, ipv6_accept_ra()): an uplink that learns its default
+        // route from RAs needs accept_ra = 2 once forwarding is switched on.
+        let ra_uplink = c.v6.uplink.filter(|u| {
+            c.h.sysctl(&format!("net/ipv6/conf/{}/accept_ra", u.name)) == Some("1")
+                && c.v6.defaults.first().is_some_and(|d| d.protocol == 9)
+        });
+        let mut fix = "sysctl -w net.ipv6.conf.all.forwarding=1".to_string();
+        let mut note = String::new();
+        if let Some(u) = ra_uplink {
+            let k = sysctl_name(&format!("net/ipv6/conf/{}/accept_ra", u.name));
+            fix.push_str(&format!(" && sysctl -w {k}=2"));
+            note = format!(
+                "; {}'s default route comes from router advertisements, which forwarding = 1 makes it ignore unless {k} = 2",
+                u.name
+            );
+        }
+        return check(
+            name,
+            Fail,
+            format!("{ev}: the host does not route IPv6 packets between interfaces, so the VM's IPv6 packets go no further than the host{note}"),
+            Some(fix),
+        );
+    }
+    if v != "1" {
+        return check(
+            name,
+            Pass,
+            format!("{ev}, but {l3} force_forwarding = 1: packets from it are routed"),
+            None,
+        );
+    }
+    check(name, Pass, ev, None)
+}
+
+pub(super) fn rpfilter6_check(c: &Ctx) -> Check {
+    let name = "rpfilter6";
+    if let Some(s) = c.skip6(name) {
+        return s;
+    }
+    if c.v6.bridged {
+        return check(
+            name,
+            Skip,
+            format!(
+                "the IPv6 default route leaves through {} itself: the VM's packets are bridged, not routed",
+                c.l3_name()
+            ),
+            None,
+        );
+    }
+    let Some(subnet) = c.v6.subnet else {
+        return check(
+            name,
+            Skip,
+            format!(
+                "the VM's IPv6 prefix is unknown: {} has no global IPv6 address",
+                c.l3_name()
+            ),
+            None,
+        );
+    };
+    let rs = match ruleset_or_skip(c, name) {
+        Ok(r) => r,
+        Err(ch) => return ch,
+    };
+    // Reverse-path rules sit at prerouting (raw, mangle or filter priority).
+    let chains: Vec<&Chain> = rs.base_chains_of(true, NfHook::Prerouting, "filter");
+    let mut found = Vec::new();
+    let mut status = Pass;
+    let mut lines = Vec::new();
+    let l3 = c.l3_name();
+    let up = c.uplink6_desc();
+    let out_what = format!(
+        "new connections from {subnet}{} ({l3} → {up})",
+        c.to_dest6()
+    );
+    let back_what = format!("replies to {subnet} ({up} → {l3})");
+    let pkts = [
+        (out_what, c.pkt6_out(subnet)),
+        (back_what, c.pkt6_back(subnet)),
+    ];
+    let mut visit: Vec<&Chain> = chains.clone();
+    // The chains the base chains jump to hold such rules too (firewalld's filter_PREROUTING).
+    for ch in &chains {
+        for r in &ch.rules {
+            if let rules::Action::Jump(t) | rules::Action::Goto(t) = &r.action {
+                if let Some(x) = rs
+                    .chains
+                    .iter()
+                    .find(|x| x.family == ch.family && x.table == ch.table && &x.name == t)
+                {
+                    visit.push(x);
+                }
+            }
+        }
+    }
+    for ch in visit {
+        for r in &ch.rules {
+            if !r
+                .conds
+                .iter()
+                .any(|c| matches!(c, rules::Cond::RpFilter { .. }))
+            {
+                continue;
+            }
+            let drops = matches!(r.action, rules::Action::Drop | rules::Action::Reject);
+            found.push(format!("{}: {r}", ch.id()));
+            if !drops {
+                continue;
+            }
+            for (what, p) in &pkts {
+                match r.matches(p) {
+                    Tri::Yes => {
+                        status = worst(status, Fail);
+                        lines.push(format!("{what} are dropped by {}: {r}", ch.id()));
+                    }
+                    Tri::Maybe => {
+                        status = worst(status, Warn);
+                        lines.push(format!("{what} may be dropped by {}: {r}", ch.id()));
+                    }
+                    Tri::No => {}
+                }
+            }
+        }
+    }
+    if found.is_empty() {
+        return check(
+            name,
+            Pass,
+            "no IPv6 reverse-path filter rule (`fib saddr . iif oif missing`, `-m rpfilter`) at prerouting (IPv6 has no rp_filter sysctl)",
+            None,
+        );
+    }
+    let route = c.h.routes6.as_ref().ok().and_then(|rs| {
+        rs.iter()
+            .filter(|r| {
+                r.table == 254 && r.kind == 1 && Net::new(r.dst, r.dst_len).contains(subnet.addr)
+            })
+            .max_by_key(|r| (r.dst_len, std::cmp::Reverse(r.priority)))
+    });
+    let routed = match route.and_then(|r| r.nexthops.first()) {
+        Some((o, _)) => format!(
+            "{subnet} is routed via {}",
+            c.h.dev_by_index(*o).map(|d| d.name.as_str()).unwrap_or("?")
+        ),
+        None => format!("no route to {subnet}"),
+    };
+    if status == Pass {
+        return check(
+            name,
+            Pass,
+            format!(
+                "{}: the routes back to the VM's prefix and to where its packets go leave by the devices they come in on ({routed})",
+                found.join(", ")
+            ),
+            None,
+        );
+    }
+    // Send the VM's prefix back out of its own device: replacing the route that took it
+    // elsewhere (same prefix and metric), or adding one.
+    let fix = match route {
+        Some(r)
+            if r.nexthops
+                .first()
+                .is_some_and(|(o, _)| Some(*o) != c.l3.map(|d| d.ifindex)) =>
+        {
+            Some(format!(
+                "ip -6 route replace {} dev {l3} metric {}",
+                Net::new(r.dst, r.dst_len),
+                r.priority
+            ))
+        }
+        None => Some(format!("ip -6 route add {subnet} dev {l3}")),
+        _ => None,
+    };
+    check(
+        name,
+        status,
+        format!("{} ({routed})", lines.join("; ")),
+        fix,
+    )
+}
+
+pub(super) fn forward_filter6_check(c: &Ctx) -> Check {
+    let name = "forward_filter6";
+    if let Some(s) = c.skip6(name) {
+        return s;
+    }
+    if c.v6.bridged {
+        return check(
+            name,
+            Skip,
+            format!(
+                "the IPv6 default route leaves through {} itself: the VM's packets are bridged, not routed",
+                c.l3_name()
+            ),
+            None,
+        );
+    }
+    let Some(subnet) = c.v6.subnet else {
+        return check(
+            name,
+            Skip,
+            format!(
+                "the VM's IPv6 prefix is unknown: {} has no global IPv6 address",
+                c.l3_name()
+            ),
+            None,
+        );
+    };
+    let rs = match ruleset_or_skip(c, name) {
+        Ok(r) => r,
+        Err(ch) => return ch,
+    };
+    let chains = rs.base_chains_of(true, NfHook::Forward, "filter");
+    let l3 = c.l3_name();
+    let up = c.uplink6_desc();
+    let out_what = format!(
+        "new connections from {subnet}{} ({l3} → {up})",
+        c.to_dest6()
+    );
+    let back_what = format!("replies to {subnet} ({up} → {l3})");
+    let (mut status, mut lines, failing) = forward_verdicts(
+        rs,
+        &chains,
+        &[
+            (out_what.as_str(), c.pkt6_out(subnet)),
+            (back_what.as_str(), c.pkt6_back(subnet)),
+        ],
+    );
+    if chains.is_empty() {
+        lines.push(
+            "no nftables or ip6tables-nft chain at the IPv6 forward hook: forwarded packets are accepted"
+                .into(),
+        );
+    }
+    if c.h.legacy_tables6.iter().any(|t| t == "filter") {
+        status = worst(status, Warn);
+        lines.push("the ip6tables-legacy filter table is in use: its FORWARD chain is invisible to nftables, check it with `ip6tables-legacy -S FORWARD`".into());
+    }
+    let mut fixes = Vec::new();
+    for (i, ch) in &failing {
+        fixes.push(match (*i, ch.is_ip6tables()) {
+            (0, true) => format!("ip6tables -I {} -i {l3} -s {subnet} -j ACCEPT", ch.name),
+            (0, false) => format!(
+                "nft 'insert rule {} iifname \"{l3}\" ip6 saddr {subnet} accept'",
+                ch.id()
+            ),
+            (_, true) => format!(
+                "ip6tables -I {} -o {l3} -d {subnet} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                ch.name
+            ),
+            (_, false) => format!(
+                "nft 'insert rule {} oifname \"{l3}\" ip6 daddr {subnet} ct state established,related accept'",
+                ch.id()
+            ),
+        });
+    }
+    check(
+        name,
+        status,
+        lines.join("; "),
+        (!fixes.is_empty()).then(|| fixes.join(" && ")),
+    )
+}
+
+pub(super) fn default_route6_check(c: &Ctx) -> Check {
+    let name = "default_route6";
+    if let Some(s) = c.skip6(name) {
+        return s;
+    }
+    if let Err(e) = &c.h.routes6 {
+        return check(name, Skip, e.clone(), None);
+    }
+    let more = if c.v6.defaults.len() > 1 {
+        format!(" (and {} more default route(s))", c.v6.defaults.len() - 1)
+    } else {
+        String::new()
+    };
+    let Some(d) = c.v6.defaults.first() else {
+        // With forwarding on, RAs are ignored unless accept_ra = 2 (addrconf.c,
+        // ipv6_accept_ra()): a host whose IPv6 default came from RAs loses it.
+        let ra_hint =
+            c.h.devs
+                .iter()
+                .filter(|d| {
+                    !d.addrs6.is_empty() && Some(d.name.as_str()) != c.l3.map(|l| l.name.as_str())
+                })
+                .filter(|d| {
+                    c.h.sysctl("net/ipv6/conf/all/forwarding") == Some("1")
+                        && c.h.sysctl(&format!("net/ipv6/conf/{}/accept_ra", d.name)) == Some("1")
+                })
+                .map(|d| d.name.clone())
+                .collect::<Vec<_>>();
+        let (note, fix) = if ra_hint.is_empty() {
+            (
+                String::new(),
+                "ip -6 route add default via <gateway> dev <uplink>".to_string(),
+            )
+        } else {
+            (
+                format!("; forwarding is on and accept_ra = 1 on {}: router advertisements there are ignored, so a default route learnt from them is gone", ra_hint.join(", ")),
+                format!(
+                    "{} (or `ip -6 route add default via <gateway> dev <uplink>`)",
+                    ra_hint
+                        .iter()
+                        .map(|d| format!("sysctl -w {}=2", sysctl_name(&format!("net/ipv6/conf/{d}/accept_ra"))))
+                        .collect::<Vec<_>>()
+                        .join(" && ")
+                ),
+            )
+        };
+        return check(
+            name,
+            Fail,
+            format!("no IPv6 default route in the main table: the VM's IPv6 packets to the internet have no route (the host answers them with ICMPv6 no route){note}"),
+            Some(fix),
+        );
+    };
+    let text = route_text(c, d);
+    if d.kind != 1 {
+        return check(
+            name,
+            Fail,
+            format!("{text}{more}: the VM's IPv6 packets to the internet are refused"),
+            Some(format!(
+                "ip -6 route del {} default && ip -6 route add default via <gateway> dev <uplink>",
+                kind_name(d.kind)
+            )),
+        );
+    }
+    if let Some(down) = d
+        .nexthops
+        .iter()
+        .filter_map(|(o, _)| c.h.dev_by_index(*o))
+        .find(|x| dev_is_down(x))
+    {
+        return check(
+            name,
+            Fail,
+            format!(
+                "{text}{more}, but {} is down (operstate {})",
+                down.name, down.operstate
+            ),
+            Some(format!("ip link set dev {} up", down.name)),
+        );
+    }
+    let from_ra = if d.protocol == 9 {
+        " (learnt from router advertisements)"
+    } else {
+        ""
+    };
+    let bridged = if c.v6.bridged {
+        format!(
+            " (through the VM's own bridge {}: the VM is bridged onto this network)",
+            c.l3_name()
+        )
+    } else {
+        String::new()
+    };
+    check(name, Pass, format!("{text}{more}{from_ra}{bridged}"), None)
+}
+
+pub(super) fn gateway_neighbour6_check(c: &Ctx) -> Check {
+    let name = "gateway_neighbour6";
+    if let Some(s) = c.skip6(name) {
+        return s;
+    }
+    let hops: Vec<(u32, Option<IpAddr>)> = if c.v6.dest.is_some() {
+        match c.h.dest_route.as_ref().map(|d| &d.answer) {
+            Some(Ok(r)) if r.kind == 1 => r.nexthops.clone(),
+            _ => return check(name, Skip, "no route to the destination (see route6)", None),
+        }
+    } else {
+        match c.v6.defaults.first().filter(|d| d.kind == 1) {
+            Some(d) => d.nexthops.clone(),
+            None => return check(name, Skip, "no IPv6 default route", None),
+        }
+    };
+    neighbour_verdict(
+        c,
+        name,
+        &hops,
+        c.h.neighs6.as_deref(),
+        "neighbour solicitations",
+    )
+}
+
+pub(super) fn ra_service_check(c: &Ctx) -> Check {
+    let name = "ra_service";
+    if let Some(s) = c.skip6(name) {
+        return s;
+    }
+    let l3 = c.l3_name();
+    if c.v6.bridged {
+        return check(
+            name,
+            Skip,
+            format!("the VM is bridged onto the uplink's network through {l3}: its router advertisements, if any, come from that network"),
+            None,
+        );
+    }
+    let Some(subnet) = c.v6.subnet else {
+        return check(
+            name,
+            Skip,
+            format!("{l3} has no global IPv6 address: there is no prefix to advertise to the VM"),
+            None,
+        );
+    };
+    let daemons = match &c.h.ra_daemons {
+        Ok(d) => d,
+        Err(e) => {
+            return check(
+                name,
+                Warn,
+                format!("cannot tell whether anything sends router advertisements on {l3}: {e}"),
+                None,
+            )
+        }
+    };
+    let serves = |d: &super::super::host::RaDaemon| {
+        d.ifaces.as_ref().is_none_or(|i| {
+            i.iter()
+                .any(|n| n == l3 || (n.ends_with('*') && l3.starts_with(n.trim_end_matches('*'))))
+        })
+    };
+    let good: Vec<String> = daemons
+        .iter()
+        .filter(|d| d.sends_ra && serves(d))
+        .map(|d| format!("{} advertises on {l3} ({})", d.who, d.config))
+        .collect();
+    if !good.is_empty() {
+        return check(name, Pass, good.join("; "), None);
+    }
+    let fix = Some(format!(
+        "configure the guest statically, or advertise {subnet} on {l3}: radvd with `interface {l3} {{ AdvSendAdvert on; prefix {subnet} {{ }}; }};`, or dnsmasq --interface={l3} --bind-interfaces --enable-ra --dhcp-range={},ra-only",
+        subnet.addr
+    ));
+    let near: Vec<String> = daemons
+        .iter()
+        .map(|d| {
+            format!(
+                "{} ({}) {}",
+                d.who,
+                d.config,
+                if !serves(d) {
+                    format!(
+                        "serves {} only",
+                        d.ifaces.as_deref().unwrap_or_default().join(", ")
+                    )
+                } else {
+                    "sends no RAs (no enable-ra / RA mode)".to_string()
+                }
+            )
+        })
+        .collect();
+    if !near.is_empty() {
+        return check(
+            name,
+            Warn,
+            format!(
+                "nothing sends router advertisements on {l3}: {}; a guest using SLAAC gets no IPv6 address or default route (fine for a guest configured statically)",
+                near.join("; ")
+            ),
+            fix,
+        );
+    }
+    check(
+        name,
+        Warn,
+        format!("no radvd or dnsmasq runs in this namespace: nothing sends router advertisements on {l3}, so a guest using SLAAC gets no address in {subnet} and no IPv6 default route (fine for a guest configured statically)"),
+        fix,
+    )
+}
