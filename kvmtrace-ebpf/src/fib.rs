@@ -242,23 +242,86 @@ fn lookup_and_emit(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8, q: &
 }
 
 const UNSET: u32 = u32::MAX;
+/// `RT_TABLE_LOCAL` (include/uapi/linux/rtnetlink.h).
+const RT_TABLE_LOCAL: u32 = 255;
+
+/// Where the fields of one lookup tracepoint's record are (`OFF_FIB_*` / `OFF_FIB6_*`).
+struct Rec {
+    tb_id: u32,
+    err: u32,
+    oif: u32,
+    src: u32,
+    dst: u32,
+    gw: u32,
+    name: u32,
+    proto: u32,
+    sport: u32,
+    dport: u32,
+}
 
 #[tracepoint(category = "fib", name = "fib_table_lookup")]
 pub fn fib_table_lookup(ctx: TracePointContext) -> i32 {
+    let r = Rec {
+        tb_id: off!(OFF_FIB_TB_ID),
+        err: off!(OFF_FIB_ERR),
+        oif: off!(OFF_FIB_OIF),
+        src: off!(OFF_FIB_SRC),
+        dst: off!(OFF_FIB_DST),
+        gw: off!(OFF_FIB_GW4),
+        name: off!(OFF_FIB_NAME),
+        proto: off!(OFF_FIB_PROTO),
+        sport: off!(OFF_FIB_SPORT),
+        dport: off!(OFF_FIB_DPORT),
+    };
+    traced_lookup(&ctx, FAMILY_V4, &r)
+}
+
+/// `fib6:fib6_table_lookup` (include/trace/events/fib6.h): IPv6's route lookups, full hook set.
+#[tracepoint(category = "fib6", name = "fib6_table_lookup")]
+pub fn fib6_table_lookup(ctx: TracePointContext) -> i32 {
+    let r = Rec {
+        tb_id: off!(OFF_FIB6_TB_ID),
+        err: off!(OFF_FIB6_ERR),
+        oif: off!(OFF_FIB6_OIF),
+        src: off!(OFF_FIB6_SRC),
+        dst: off!(OFF_FIB6_DST),
+        gw: off!(OFF_FIB6_GW),
+        name: off!(OFF_FIB6_NAME),
+        proto: off!(OFF_FIB6_PROTO),
+        sport: off!(OFF_FIB6_SPORT),
+        dport: off!(OFF_FIB6_DPORT),
+    };
+    traced_lookup(&ctx, FAMILY_V6, &r)
+}
+
+/// An address of a lookup record: 4 bytes (IPv4) or 16.
+#[inline(always)]
+fn rec_addr(at: u64, family: u8) -> [u8; 16] {
+    if family == FAMILY_V6 {
+        rd(at).unwrap_or([0; 16])
+    } else {
+        a4(rd(at).unwrap_or([0; 4]))
+    }
+}
+
+/// A route lookup the tracepoint reported, attributed to the followed packet this CPU is
+/// processing (`CUR`) when it is that packet's.
+#[inline(always)]
+fn traced_lookup(ctx: &TracePointContext, family: u8, r: &Rec) -> i32 {
     let cur = match CUR.get(0) {
         Some(v) if v.skb != 0 => *v,
         _ => return 0,
     };
     let Some(c) = config() else { return 0 };
-    if off!(OFF_FIB_DST) == UNSET {
+    if r.dst == UNSET {
         return 0;
     }
     let rdc = |off: u32| -> u64 { ctx.as_ptr() as u64 + off as u64 };
-    let src = a4(rd(rdc(off!(OFF_FIB_SRC))).unwrap_or([0; 4]));
-    let dst = a4(rd(rdc(off!(OFF_FIB_DST))).unwrap_or([0; 4]));
-    let dir = if in_dest(c, FAMILY_V4, &dst) {
+    let src = rec_addr(rdc(r.src), family);
+    let dst = rec_addr(rdc(r.dst), family);
+    let dir = if in_dest(c, family, &dst) {
         DIR_REQUEST
-    } else if in_dest(c, FAMILY_V4, &src) {
+    } else if in_dest(c, family, &src) {
         DIR_REPLY
     } else {
         return 0;
@@ -271,14 +334,23 @@ pub fn fib_table_lookup(ctx: TracePointContext) -> i32 {
     if !own || now.wrapping_sub(cur.ts_ns) > CUR_WINDOW_NS {
         return 0;
     }
-    let tb_id: u32 = rd(rdc(off!(OFF_FIB_TB_ID))).unwrap_or(0);
-    let err: i32 = rd(rdc(off!(OFF_FIB_ERR))).unwrap_or(0);
-    let oif: i32 = rd(rdc(off!(OFF_FIB_OIF))).unwrap_or(0);
-    let gw = a4(rd(rdc(off!(OFF_FIB_GW4))).unwrap_or([0; 4]));
-    let name: [u8; 16] = rd(rdc(off!(OFF_FIB_NAME))).unwrap_or([0; 16]);
-    let proto: u8 = rd(rdc(off!(OFF_FIB_PROTO))).unwrap_or(0);
-    let sport: u16 = rd(rdc(off!(OFF_FIB_SPORT))).unwrap_or(0);
-    let dport: u16 = rd(rdc(off!(OFF_FIB_DPORT))).unwrap_or(0);
+    let tb_id: u32 = rd(rdc(r.tb_id)).unwrap_or(0);
+    let err: i32 = rd(rdc(r.err)).unwrap_or(0);
+    if family == FAMILY_V6 && tb_id == RT_TABLE_LOCAL && err != 0 {
+        // IPv6 reports a table without a match as its null route (-EHOSTUNREACH on lo), and
+        // every forwarded packet misses the local table first: not the packet's route.
+        return 0;
+    }
+    let oif: i32 = rd(rdc(r.oif)).unwrap_or(0);
+    let gw = if r.gw == UNSET {
+        [0; 16]
+    } else {
+        rec_addr(rdc(r.gw), family)
+    };
+    let name: [u8; 16] = rd(rdc(r.name)).unwrap_or([0; 16]);
+    let proto: u8 = rd(rdc(r.proto)).unwrap_or(0);
+    let sport: u16 = rd(rdc(r.sport)).unwrap_or(0);
+    let dport: u16 = rd(rdc(r.dport)).unwrap_or(0);
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(CNT_LOST);
         return 0;
@@ -297,11 +369,11 @@ pub fn fib_table_lookup(ctx: TracePointContext) -> i32 {
         (*e).saddr = src;
         (*e).daddr = dst;
         (*e).gw = gw;
-        // Already host order: fib.h stores ntohs() of the flow's ports.
+        // Already host order: fib.h and fib6.h store ntohs() of the flow's ports.
         (*e).sport = sport;
         (*e).dport = dport;
         (*e).proto = proto;
-        (*e).family = FAMILY_V4;
+        (*e).family = family;
         (*e).cpu = bpf_get_smp_processor_id();
         (*e).table = tb_id;
         (*e).route_err = err;

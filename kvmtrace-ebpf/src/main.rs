@@ -158,6 +158,26 @@ static OFF_FIB_PROTO: u32 = u32::MAX;
 static OFF_FIB_SPORT: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 static OFF_FIB_DPORT: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_FIB6_TB_ID: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_FIB6_ERR: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_FIB6_OIF: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_FIB6_SRC: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_FIB6_DST: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_FIB6_GW: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_FIB6_NAME: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_FIB6_PROTO: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_FIB6_SPORT: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_FIB6_DPORT: u32 = u32::MAX;
 
 /// Reads one of the `OFF_*` constants (a frozen .rodata value the verifier knows).
 macro_rules! off {

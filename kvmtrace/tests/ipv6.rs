@@ -492,3 +492,35 @@ fn follow_refuses_two_destinations_of_one_version() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("both IPv6"), "{err}");
 }
+
+/// `--hooks all` over IPv6: netfilter links at the IPv6 hooks show each hook's entry and exit,
+/// and the route comes from the `fib6:fib6_table_lookup` tracepoint.
+#[test]
+fn the_full_hook_set_shows_the_ipv6_netfilter_hooks_and_fib6() {
+    let lab = Lab::new(LabOptions::default());
+    let (run, got) = ping6_run(&lab, &[DEST6], &["--hooks", "all"], 2);
+    assert!(got.iter().all(Option::is_some), "{got:?}");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
+    let attached = run.stats()["attached"].to_string();
+    assert!(attached.contains("IPv6 hooks"), "{attached}");
+    assert!(
+        attached.contains("tracepoint fib6:fib6_table_lookup"),
+        "{attached}"
+    );
+    let hops = run.hops();
+    for hook in ["PREROUTING", "FORWARD", "POSTROUTING"] {
+        assert!(
+            hops.iter()
+                .any(|h| h["dir"] == "request" && h["point"] == "nf_exit" && h["nf_hook"] == hook),
+            "no {hook} exit:\n{}",
+            run.dump()
+        );
+    }
+    let route = hops
+        .iter()
+        .find(|h| h["point"] == "fib" && h["dir"] == "request")
+        .unwrap_or_else(|| panic!("no route hop: {}", run.dump()));
+    assert_eq!(route["route"]["device"], "up0", "{}", run.dump());
+    assert_eq!(route["route"]["gateway"], "2001:db8:2::1", "{}", run.dump());
+}

@@ -162,6 +162,18 @@ pub struct Offsets {
     pub fib_proto: u32,
     pub fib_sport: u32,
     pub fib_dport: u32,
+    /// Offsets inside the `fib6:fib6_table_lookup` record (its `src`, `dst` and `gw` are
+    /// 16-byte addresses).
+    pub fib6_tb_id: u32,
+    pub fib6_err: u32,
+    pub fib6_oif: u32,
+    pub fib6_src: u32,
+    pub fib6_dst: u32,
+    pub fib6_gw: u32,
+    pub fib6_name: u32,
+    pub fib6_proto: u32,
+    pub fib6_sport: u32,
+    pub fib6_dport: u32,
 }
 
 /// An object loader with every `OFF_*` constant set from `o` (for `follow` and `watch`: one
@@ -190,6 +202,16 @@ pub fn loader(o: &Offsets, ring_bytes: u32) -> aya::EbpfLoader<'_> {
         ("OFF_FIB_PROTO", &o.fib_proto),
         ("OFF_FIB_SPORT", &o.fib_sport),
         ("OFF_FIB_DPORT", &o.fib_dport),
+        ("OFF_FIB6_TB_ID", &o.fib6_tb_id),
+        ("OFF_FIB6_ERR", &o.fib6_err),
+        ("OFF_FIB6_OIF", &o.fib6_oif),
+        ("OFF_FIB6_SRC", &o.fib6_src),
+        ("OFF_FIB6_DST", &o.fib6_dst),
+        ("OFF_FIB6_GW", &o.fib6_gw),
+        ("OFF_FIB6_NAME", &o.fib6_name),
+        ("OFF_FIB6_PROTO", &o.fib6_proto),
+        ("OFF_FIB6_SPORT", &o.fib6_sport),
+        ("OFF_FIB6_DPORT", &o.fib6_dport),
     ] {
         l.override_global(name, value, true);
     }
@@ -222,6 +244,16 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<Offsets> {
         fib_proto: u32::MAX,
         fib_sport: u32::MAX,
         fib_dport: u32::MAX,
+        fib6_tb_id: u32::MAX,
+        fib6_err: u32::MAX,
+        fib6_oif: u32::MAX,
+        fib6_src: u32::MAX,
+        fib6_dst: u32::MAX,
+        fib6_gw: u32::MAX,
+        fib6_name: u32::MAX,
+        fib6_proto: u32::MAX,
+        fib6_sport: u32::MAX,
+        fib6_dport: u32::MAX,
     })
 }
 

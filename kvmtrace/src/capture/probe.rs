@@ -110,23 +110,21 @@ fn netns_inode() -> Result<u32> {
         .ino() as u32)
 }
 
-/// Offsets of the `fib:fib_table_lookup` record fields, from its tracefs format file.
-fn fib_offsets(o: &mut crate::capture::btf::Offsets) -> Result<()> {
-    let mut text = None;
-    for base in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
-        let p = format!("{base}/events/fib/fib_table_lookup/format");
-        if let Ok(t) = std::fs::read_to_string(&p) {
-            text = Some(t);
-            break;
-        }
-    }
-    let text = text.ok_or_else(|| anyhow!("tracefs has no fib/fib_table_lookup format"))?;
+/// The fields of a tracepoint record and their offsets, from its tracefs format file.
+fn record_offsets(category: &str, name: &str) -> Result<HashMap<String, u32>> {
+    let text = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .find_map(|base| {
+            std::fs::read_to_string(format!("{base}/events/{category}/{name}/format")).ok()
+        })
+        .ok_or_else(|| anyhow!("tracefs has no {category}/{name} format"))?;
+    let mut out = HashMap::new();
     for line in text.lines() {
         let Some(field) = line.trim().strip_prefix("field:") else {
             continue;
         };
         let decl = field.split(';').next().unwrap_or("");
-        let name = decl
+        let fname = decl
             .split_whitespace()
             .last()
             .unwrap_or("")
@@ -137,21 +135,44 @@ fn fib_offsets(o: &mut crate::capture::btf::Offsets) -> Result<()> {
             .split(';')
             .find_map(|p| p.trim().strip_prefix("offset:"))
             .and_then(|v| v.parse::<u32>().ok());
-        let Some(off) = off else { continue };
-        match name {
-            "tb_id" => o.fib_tb_id = off,
-            "err" => o.fib_err = off,
-            "oif" => o.fib_oif = off,
-            "src" => o.fib_src = off,
-            "dst" => o.fib_dst = off,
-            "gw4" => o.fib_gw4 = off,
-            "name" => o.fib_name = off,
-            "proto" => o.fib_proto = off,
-            "sport" => o.fib_sport = off,
-            "dport" => o.fib_dport = off,
-            _ => {}
+        if let Some(off) = off {
+            out.insert(fname.to_string(), off);
         }
     }
+    Ok(out)
+}
+
+/// Offsets of the `fib:fib_table_lookup` record fields.
+fn fib_offsets(o: &mut crate::capture::btf::Offsets) -> Result<()> {
+    let f = record_offsets("fib", "fib_table_lookup")?;
+    let get = |n: &str| f.get(n).copied().unwrap_or(u32::MAX);
+    o.fib_tb_id = get("tb_id");
+    o.fib_err = get("err");
+    o.fib_oif = get("oif");
+    o.fib_src = get("src");
+    o.fib_dst = get("dst");
+    o.fib_gw4 = get("gw4");
+    o.fib_name = get("name");
+    o.fib_proto = get("proto");
+    o.fib_sport = get("sport");
+    o.fib_dport = get("dport");
+    Ok(())
+}
+
+/// Offsets of the `fib6:fib6_table_lookup` record fields.
+fn fib6_offsets(o: &mut crate::capture::btf::Offsets) -> Result<()> {
+    let f = record_offsets("fib6", "fib6_table_lookup")?;
+    let get = |n: &str| f.get(n).copied().unwrap_or(u32::MAX);
+    o.fib6_tb_id = get("tb_id");
+    o.fib6_err = get("err");
+    o.fib6_oif = get("oif");
+    o.fib6_src = get("src");
+    o.fib6_dst = get("dst");
+    o.fib6_gw = get("gw");
+    o.fib6_name = get("name");
+    o.fib6_proto = get("proto");
+    o.fib6_sport = get("sport");
+    o.fib6_dport = get("dport");
     Ok(())
 }
 
@@ -240,6 +261,11 @@ impl Tracer {
         if all {
             if let Err(e) = fib_offsets(&mut offsets) {
                 warnings.push(format!("route lookups will not be shown: {e:#}"));
+            }
+            if spec.v6().is_some() {
+                if let Err(e) = fib6_offsets(&mut offsets) {
+                    warnings.push(format!("IPv6 route lookups will not be shown: {e:#}"));
+                }
             }
         }
         let tap_ifindex = ifindex(&spec.tap).map_err(|e| EnvError(format!("{e:#}")))?;
@@ -361,23 +387,31 @@ impl Tracer {
         }
         phase("tp_btf attached");
         if all {
-            let p: &mut TracePoint = ebpf
-                .program_mut("fib_table_lookup")
-                .ok_or_else(|| anyhow!("fib_table_lookup missing"))?
-                .try_into()?;
-            let r = if skip("fib") {
-                Err(skipped("fib"))
-            } else {
-                p.load().map_err(anyhow::Error::from).and_then(|_| {
-                    p.attach("fib", "fib_table_lookup")
+            let fams = [
+                ("fib", "fib_table_lookup", spec.v4().is_some()),
+                ("fib6", "fib6_table_lookup", spec.v6().is_some()),
+            ];
+            for (category, tp, wanted) in fams {
+                if !wanted {
+                    continue;
+                }
+                let p: &mut TracePoint = ebpf
+                    .program_mut(tp)
+                    .ok_or_else(|| anyhow!("{tp} missing"))?
+                    .try_into()?;
+                let r = if skip("fib") {
+                    Err(skipped("fib"))
+                } else {
+                    p.load()
                         .map_err(anyhow::Error::from)
-                })
-            };
-            match r {
-                Ok(_) => attached.push("tracepoint fib:fib_table_lookup".into()),
-                Err(e) => warnings.push(format!(
-                    "route lookups will not be shown: fib:fib_table_lookup: {e:#}"
-                )),
+                        .and_then(|_| p.attach(category, tp).map_err(anyhow::Error::from))
+                };
+                match r {
+                    Ok(_) => attached.push(format!("tracepoint {category}:{tp}")),
+                    Err(e) => warnings.push(format!(
+                        "route lookups will not be shown: {category}:{tp}: {e:#}"
+                    )),
+                }
             }
         }
         phase("fib attached");

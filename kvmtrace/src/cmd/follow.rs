@@ -307,7 +307,16 @@ async fn follow_async(
     );
     // Nothing seen at all: the static checks say what along the path is wrong.
     if verdicts.iter().any(|v| v.status == Status::NoTraffic) {
-        let checks = crate::doctor::checks_for(info);
+        // Checked towards each followed destination (its route, its firewall verdict).
+        let mut checks: Vec<crate::doctor::Check> = Vec::new();
+        for d in &spec.dests {
+            let dest = crate::doctor::parse_dest(&d.to_string()).ok();
+            for c in crate::doctor::checks_for_dest(info, dest) {
+                if !checks.iter().any(|k| k.name == c.name) {
+                    checks.push(c);
+                }
+            }
+        }
         let failing: Vec<&crate::doctor::Check> = checks
             .iter()
             .filter(|c| matches!(c.status, crate::doctor::CheckStatus::Fail))
