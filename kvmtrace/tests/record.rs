@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{field, run_plain, start};
+use common::{assert_offline_equals_live, field, run_plain, start};
 use kvmtrace_lab::lab::{Firewall, Lab, LabOptions};
 use kvmtrace_lab::vm::FakeVm;
 use std::os::unix::fs::PermissionsExt;
@@ -115,76 +115,6 @@ fn a_recorded_outage_replays_exports_and_reports_the_same_verdict() {
     let html = std::fs::read_to_string(base.with_extension("html")).expect("html report");
     assert!(html.contains("<html") && html.contains("NETFILTER_DROP"));
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// The JSON objects of one `type` in JSON Lines output (every line must parse).
-fn objects(stdout: &str, kind: &str) -> Vec<serde_json::Value> {
-    stdout
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
-        .filter(|v: &serde_json::Value| v["type"] == kind)
-        .collect()
-}
-
-/// `replay --json` and `export --format jsonl` of `file` print exactly `live`'s verdicts (whole
-/// objects, every field: rule, suppressed, summary, counts), and `report` says the same.
-fn assert_offline_equals_live(file: &str, live: &common::Run) -> serde_json::Value {
-    let live_v: Vec<serde_json::Value> = live.verdicts().into_iter().cloned().collect();
-    let replay = run_plain(&["replay", file, "--json"]);
-    assert_eq!(
-        replay.code,
-        live.code,
-        "the same exit code: {}",
-        replay.dump()
-    );
-    assert_eq!(
-        objects(&replay.stdout, "verdict"),
-        live_v,
-        "replay's verdicts differ from the live ones:\n--- live\n{}\n--- replay\n{}",
-        live.dump(),
-        replay.dump()
-    );
-    assert!(
-        !replay.stderr.contains("differ from the ones recomputed"),
-        "{}",
-        replay.dump()
-    );
-    let export = run_plain(&["export", file, "--format", "jsonl", "-o", "-"]);
-    assert_eq!(export.code, 0, "{}", export.dump());
-    assert_eq!(
-        objects(&export.stdout, "verdict"),
-        live_v,
-        "export's verdicts differ from the live ones:\n{}",
-        export.dump()
-    );
-    let report = run_plain(&["report", file, "--format", "md", "-o", "-"]);
-    assert_eq!(report.code, 0, "{}", report.dump());
-    let md = unescape_markdown(&report.stdout);
-    for v in &live_v {
-        assert!(
-            md.contains(field(v, "summary")),
-            "the report gives the live summary {:?}:\n{}",
-            field(v, "summary"),
-            report.stdout
-        );
-    }
-    let stats = objects(&replay.stdout, "stats");
-    assert_eq!(stats.len(), 1, "{}", replay.dump());
-    stats[0].clone()
-}
-
-/// Markdown text with its backslash escapes (`\[`, `\_`, …) undone.
-fn unescape_markdown(md: &str) -> String {
-    let mut out = String::with_capacity(md.len());
-    let mut chars = md.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, chars.peek()) {
-            ('\\', Some(n)) if n.is_ascii_punctuation() => out.push(chars.next().unwrap()),
-            _ => out.push(c),
-        }
-    }
-    out
 }
 
 #[test]

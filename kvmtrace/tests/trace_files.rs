@@ -72,6 +72,7 @@ fn meta() -> Meta {
 fn facts() -> HostFacts {
     HostFacts {
         ip_forward: Some(true),
+        ip6_forward: None,
         nft_chains: vec![NfChain {
             family: "inet".into(),
             table: "labfilter".into(),

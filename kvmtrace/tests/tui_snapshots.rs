@@ -16,18 +16,20 @@ const HEALTHY: &str = include_str!("../src/model/fixtures/healthy.jsonl");
 const FORWARD_DROP: &str = include_str!("../src/model/fixtures/forward_drop.jsonl");
 const NO_MASQ: &str = include_str!("../src/model/fixtures/no_masquerade.jsonl");
 const NO_ROUTE: &str = include_str!("../src/model/fixtures/no_route.jsonl");
+const FORWARD6_DROP: &str = include_str!("../src/model/fixtures/forward6_drop.jsonl");
 const DEST: &str = "203.0.113.1";
 
-/// The recorded events, in order, each with the journey number the run gave it.
+/// The recorded events, in order, each with the journey number the run gave it (link-level
+/// events, ARP or NDP on the tap, belong to no journey and are left out).
 fn load(text: &str) -> Vec<(usize, TraceEvent)> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| {
+        .filter_map(|l| {
             let v: serde_json::Value =
                 serde_json::from_str(l).unwrap_or_else(|e| panic!("fixture line {l}: {e}"));
-            let j = v["journey"].as_u64().expect("journey") as usize;
+            let j = v["journey"].as_u64()? as usize;
             let ev: TraceEvent = serde_json::from_value(v).expect("a TraceEvent");
-            (j, ev)
+            Some((j, ev))
         })
         .collect()
 }
@@ -44,6 +46,7 @@ fn meta() -> TuiMeta {
 fn forward_drop_facts() -> HostFacts {
     HostFacts {
         ip_forward: Some(true),
+        ip6_forward: None,
         nft_chains: vec![NfChain {
             family: "inet".into(),
             table: "labfilter".into(),
@@ -223,6 +226,42 @@ fn forward_drop_marks_the_hop_in_red_and_names_the_rule() {
         "{s}"
     );
     insta::assert_snapshot!("forward_drop_main", s);
+}
+
+/// An IPv6 flow (fd00:77::2 → 2001:db8:ffff::1) dropped by an `ip6` FORWARD policy: the
+/// same screen as IPv4, with the IPv6 addresses and the ip6 chain.
+#[test]
+fn an_ipv6_forward_drop_shows_the_ip6_chain_and_the_addresses() {
+    let mut facts = forward_drop_facts();
+    facts.nft_chains[0].family = "ip6".into();
+    facts.nft_chains[0].table = "labfilter6".into();
+    let mut app = App::new(TuiMeta {
+        dest: "2001:db8:ffff::1".into(),
+        ..meta()
+    });
+    let mut model = Model::new();
+    for (_, ev) in load(FORWARD6_DROP) {
+        let j = model.push(ev.clone()).expect("a journey");
+        app.push(j, &ev);
+    }
+    app.set_verdicts(model.verdicts(&facts, "2001:db8:ffff::1", None));
+    let s = screen(&app);
+    assert!(line_with(&s, "request ").contains("■ FORWARD 1 ✗1"), "{s}");
+    let drop = drop_row(&s, "NETFILTER_DROP");
+    for col in [
+        "req",
+        "netfilter",
+        "FORWARD",
+        "br0",
+        "ip6 labfilter6 forward",
+    ] {
+        assert!(drop.contains(col), "drop row lacks {col:?}: {drop}");
+    }
+    assert!(
+        line_with(&s, "DROPPED ").contains("icmp6 fd00:77::2 > 2001:db8:ffff::1"),
+        "{s}"
+    );
+    insta::assert_snapshot!("forward6_drop_main", s);
 }
 
 #[test]

@@ -303,3 +303,73 @@ pub mod bpf_objects {
         ours
     }
 }
+
+/// The JSON objects of one `type` in JSON Lines output (every line must parse).
+pub fn objects(stdout: &str, kind: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
+        .filter(|v: &serde_json::Value| v["type"] == kind)
+        .collect()
+}
+
+/// `replay --json` and `export --format jsonl` of `file` print exactly `live`'s verdicts (whole
+/// objects, every field: rule, suppressed, summary, counts), and `report` says the same.
+pub fn assert_offline_equals_live(file: &str, live: &Run) -> serde_json::Value {
+    let live_v: Vec<serde_json::Value> = live.verdicts().into_iter().cloned().collect();
+    let replay = run_plain(&["replay", file, "--json"]);
+    assert_eq!(
+        replay.code,
+        live.code,
+        "the same exit code: {}",
+        replay.dump()
+    );
+    assert_eq!(
+        objects(&replay.stdout, "verdict"),
+        live_v,
+        "replay's verdicts differ from the live ones:\n--- live\n{}\n--- replay\n{}",
+        live.dump(),
+        replay.dump()
+    );
+    assert!(
+        !replay.stderr.contains("differ from the ones recomputed"),
+        "{}",
+        replay.dump()
+    );
+    let export = run_plain(&["export", file, "--format", "jsonl", "-o", "-"]);
+    assert_eq!(export.code, 0, "{}", export.dump());
+    assert_eq!(
+        objects(&export.stdout, "verdict"),
+        live_v,
+        "export's verdicts differ from the live ones:\n{}",
+        export.dump()
+    );
+    let report = run_plain(&["report", file, "--format", "md", "-o", "-"]);
+    assert_eq!(report.code, 0, "{}", report.dump());
+    let md = unescape_markdown(&report.stdout);
+    for v in &live_v {
+        assert!(
+            md.contains(field(v, "summary")),
+            "the report gives the live summary {:?}:\n{}",
+            field(v, "summary"),
+            report.stdout
+        );
+    }
+    let stats = objects(&replay.stdout, "stats");
+    assert_eq!(stats.len(), 1, "{}", replay.dump());
+    stats[0].clone()
+}
+
+/// Markdown text with its backslash escapes (`\[`, `\_`, …) undone.
+pub fn unescape_markdown(md: &str) -> String {
+    let mut out = String::with_capacity(md.len());
+    let mut chars = md.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some(n)) if n.is_ascii_punctuation() => out.push(chars.next().unwrap()),
+            _ => out.push(c),
+        }
+    }
+    out
+}
