@@ -84,3 +84,94 @@ fn real_guest_is_followed_by_name_through_a_drop_and_a_repair() {
     assert_eq!(fixed.code, 0, "{}", fixed.dump());
     drop(guest);
 }
+
+/// The real guest over IPv6: its own kernel's ping6 (NDP for its gateway, ICMPv6 echo) is
+/// followed by name through an ip6 FORWARD drop and, repaired, to `delivered`; the same run
+/// follows IPv4 too (one destination of each version).
+#[test]
+fn real_guest_is_followed_over_ipv6_through_a_drop_and_a_repair() {
+    let lab = Lab::new(LabOptions::default());
+    lab.tcp_listen6(80);
+    let image = build_image(&default_cache_dir()).expect("guest image");
+    let name = format!("ktguest6-{}", std::process::id());
+    let mut cfg = GuestConfig::for_lab(&lab, &name, 80);
+    cfg.dest6 = Some(lab.dest6);
+    let guest = Guest::boot(&image, &cfg).expect("boot guest");
+    assert!(
+        guest.wait_for_serial("KT ping6 ok", Duration::from_secs(90)),
+        "guest never reached the outside over IPv6:\n{}",
+        guest.serial_log()
+    );
+    lab.nft("table ip6 qdrop6 {\n chain forward {\n  type filter hook forward priority 0; policy drop;\n }\n}\n");
+    let dest6 = lab.dest6.to_string();
+    let broken = start(
+        &lab,
+        &[
+            "follow",
+            &name,
+            &dest6,
+            "--json",
+            "--proto",
+            "icmp",
+            "--count",
+            "2",
+            "--duration",
+            "20",
+        ],
+    )
+    .wait();
+    assert!(!broken.verdicts().is_empty(), "{}", broken.dump());
+    for v in broken.verdicts() {
+        assert_eq!(field(v, "status"), "dropped", "{}", broken.dump());
+        assert_eq!(field(v, "stage"), "netfilter", "{}", broken.dump());
+        assert_eq!(field(v, "hook"), "FORWARD", "{}", broken.dump());
+        assert_eq!(field(v, "direction"), "request", "{}", broken.dump());
+        assert_eq!(field(v, "device"), "br0", "{}", broken.dump());
+        assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", broken.dump());
+        assert_eq!(v["key"]["guest"], "fd00:77::2");
+        assert_eq!(v["key"]["proto"], 58);
+        assert!(
+            field(v, "summary").contains("ip6 qdrop6 forward"),
+            "{}",
+            broken.dump()
+        );
+    }
+    assert_eq!(broken.code, 1);
+
+    lab.hv_run(&["nft", "delete", "table", "ip6", "qdrop6"]);
+    let dest4 = lab.dest.to_string();
+    let fixed = start(
+        &lab,
+        &[
+            "follow",
+            &name,
+            &dest4,
+            &dest6,
+            "--json",
+            "--proto",
+            "icmp",
+            "--count",
+            "4",
+            "--duration",
+            "20",
+        ],
+    )
+    .wait();
+    let vs = fixed.verdicts();
+    assert!(
+        vs.iter().any(|v| v["key"]["guest"] == "fd00:77::2"),
+        "{}",
+        fixed.dump()
+    );
+    assert!(
+        vs.iter().any(|v| v["key"]["guest"] == "10.77.0.2"),
+        "{}",
+        fixed.dump()
+    );
+    for v in vs {
+        assert_eq!(field(v, "status"), "delivered", "{}", fixed.dump());
+        assert_eq!(field(v, "stage"), "tap", "{}", fixed.dump());
+    }
+    // The guest's own NDP for its gateway was seen on the tap, or it had resolved it already.
+    assert_eq!(fixed.code, 0, "{}", fixed.dump());
+}
