@@ -638,3 +638,20 @@ fn record_ipv6_fixture() {
     let hops: Vec<String> = run.hops().iter().map(|h| h.to_string()).collect();
     std::fs::write(dir.join("forward6_drop.jsonl"), hops.join("\n") + "\n").unwrap();
 }
+
+#[test]
+#[ignore = "prints an IPv6 run for a human to read (the README's example)"]
+fn show_text_output_v6() {
+    let lab = Lab::new(LabOptions {
+        forward6_drop: Some(Firewall::Nftables),
+        ..LabOptions::default()
+    });
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST6, "--no-tui", "--duration", "3"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    vm.ping6(lab.dest6, 7, 1, Duration::from_millis(500));
+    let run = running.wait();
+    println!("{}", run.dump());
+}
