@@ -139,6 +139,10 @@ static OFF_NET_INUM: u32 = 0;
 #[unsafe(no_mangle)]
 static OFF_NF_STATE_HOOK: u32 = 0;
 #[unsafe(no_mangle)]
+static OFF_SKB_REFDST: u32 = u32::MAX;
+#[unsafe(no_mangle)]
+static OFF_DST_DEV: u32 = u32::MAX;
+#[unsafe(no_mangle)]
 static OFF_FIB_TB_ID: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 static OFF_FIB_ERR: u32 = u32::MAX;

@@ -20,12 +20,47 @@ use kvmtrace_common::{
 
 const NF_INET_PRE_ROUTING: u8 = 0;
 
-/// Device facts of a kernel skb: (ifindex, name, netns inode).
+/// For a packet the host made that has no `skb->dev` yet (dropped at OUTPUT, before
+/// `ip_output` sets it): the device of its route (`skb_dst(skb)->dev`), read with helper calls
+/// (the pointer is not BTF-typed). 0 when unknown.
+#[inline(always)]
+fn route_dev_of(skb: u64) -> u64 {
+    if off!(OFF_SKB_REFDST) == u32::MAX || off!(OFF_DST_DEV) == u32::MAX {
+        return 0;
+    }
+    let refdst: u64 = btf_load(skb, off!(OFF_SKB_REFDST));
+    // The low bit is SKB_DST_NOREF (include/linux/skbuff.h).
+    let dst = refdst & !1u64;
+    if dst == 0 {
+        return 0;
+    }
+    rd::<u64>(dst + off!(OFF_DST_DEV) as u64).unwrap_or(0)
+}
+
+/// Facts of a device reached through an untyped pointer: (ifindex, name, netns inode).
+#[inline(always)]
+fn untyped_dev(dev: u64) -> (u32, [u8; 16], u32) {
+    if dev == 0 {
+        return (0, [0; 16], 0);
+    }
+    let ifindex: u32 = rd(dev + off!(OFF_DEV_IFINDEX) as u64).unwrap_or(0);
+    let name: [u8; 16] = rd(dev + off!(OFF_DEV_NAME) as u64).unwrap_or([0; 16]);
+    let net: u64 = rd(dev + off!(OFF_DEV_ND_NET) as u64).unwrap_or(0);
+    let inum: u32 = if net != 0 {
+        rd(net + off!(OFF_NET_INUM) as u64).unwrap_or(0)
+    } else {
+        0
+    };
+    (ifindex, name, inum)
+}
+
+/// Device facts of a kernel skb: (ifindex, name, netns inode); without `skb->dev`, its
+/// route's device.
 #[inline(always)]
 fn skb_dev(skb: u64) -> (u32, [u8; 16], u32) {
     let dev: u64 = btf_load(skb, off!(OFF_SKB_DEV));
     if dev == 0 {
-        return (0, [0; 16], 0);
+        return untyped_dev(route_dev_of(skb));
     }
     let ifindex: u32 = btf_load(dev, off!(OFF_DEV_IFINDEX));
     let name: [u8; 16] = rd(dev + off!(OFF_DEV_NAME) as u64).unwrap_or([0; 16]);
@@ -38,12 +73,13 @@ fn skb_dev(skb: u64) -> (u32, [u8; 16], u32) {
     (ifindex, name, inum)
 }
 
-/// Inode of the skb's device's network namespace (0 when unknown).
+/// Inode of the skb's device's network namespace (0 when unknown). Three loads for the
+/// usual skb with a device.
 #[inline(always)]
 fn skb_netns(skb: u64) -> u32 {
     let dev: u64 = btf_load(skb, off!(OFF_SKB_DEV));
     if dev == 0 {
-        return 0;
+        return untyped_dev(route_dev_of(skb)).2;
     }
     let net: u64 = btf_load(dev, off!(OFF_DEV_ND_NET));
     if net == 0 {
@@ -56,7 +92,7 @@ fn skb_netns(skb: u64) -> u32 {
 fn skb_ifindex(skb: u64) -> u32 {
     let dev: u64 = btf_load(skb, off!(OFF_SKB_DEV));
     if dev == 0 {
-        return 0;
+        return untyped_dev(route_dev_of(skb)).0;
     }
     btf_load(dev, off!(OFF_DEV_IFINDEX))
 }

@@ -13,18 +13,29 @@ use std::time::Duration;
 fn a_bad_address_is_a_usage_error() {
     let r = run_plain(&["follow", "vnet0", "203.0.113"]);
     assert_eq!(r.code, 2, "{}", r.dump());
-    assert!(r.stderr.contains("not an IPv4 address"), "{}", r.dump());
+    assert!(r.stderr.contains("not an IP address"), "{}", r.dump());
     let r = run_plain(&["follow", "vnet0", "203.0.113.0/40"]);
     assert_eq!(r.code, 2, "{}", r.dump());
     assert!(r.stderr.contains("prefix"), "{}", r.dump());
-    // IPv6 is refused as such, not as garbage.
-    let r = run_plain(&["follow", "vnet0", "2001:db8::1"]);
+    let r = run_plain(&["follow", "vnet0", "2001:db8::/129"]);
     assert_eq!(r.code, 2, "{}", r.dump());
-    assert!(
-        r.stderr.contains("is an IPv6 address") && r.stderr.contains("IPv4 only"),
-        "{}",
-        r.dump()
-    );
+    assert!(r.stderr.contains("0-128"), "{}", r.dump());
+    // Two destinations of one version, or three: refused before anything is attached.
+    let r = run_plain(&["follow", "vnet0", "203.0.113.1", "198.51.100.1"]);
+    assert_eq!(r.code, 2, "{}", r.dump());
+    assert!(r.stderr.contains("both IPv4"), "{}", r.dump());
+    let r = run_plain(&[
+        "follow",
+        "vnet0",
+        "203.0.113.1",
+        "2001:db8::1",
+        "2001:db8::2",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.dump());
+    // --explain-rules traces IPv4 only: an IPv6-only run says so.
+    let r = run_plain(&["follow", "vnet0", "2001:db8::1", "--explain-rules"]);
+    assert_eq!(r.code, 2, "{}", r.dump());
+    assert!(r.stderr.contains("IPv4 flows only"), "{}", r.dump());
 }
 
 #[test]

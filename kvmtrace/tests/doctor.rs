@@ -47,30 +47,11 @@ const V6_CHECKS: [&str; 6] = [
     "ra_service",
 ];
 
-/// Gives the lab an IPv6 half: fd00:77::1/64 on br0, 2001:db8:2::2/64 on up0 and a default
-/// route via the outside's 2001:db8:2::1, forwarding on; the outside holds 2001:db8:ffff::1
-/// on lo (the IPv6 "internet" destination) and a route back to fd00:77::/64. One datagram
-/// makes the gateway's neighbour entry REACHABLE.
+/// The lab's IPv6 half (the lab builds it: fd00:77::1/64 on br0, 2001:db8:2::2/64 on up0, a
+/// default route via the outside's 2001:db8:2::1, forwarding on; the outside holds
+/// 2001:db8:ffff::1 and a route back to fd00:77::/64), with the gateway's neighbour entry made
+/// REACHABLE by one datagram.
 fn add_ipv6(lab: &Lab) {
-    #[rustfmt::skip]
-    let hv: &[&[&str]] = &[
-        &["ip", "-6", "addr", "add", "fd00:77::1/64", "dev", "br0", "nodad"],
-        &["ip", "-6", "addr", "add", "2001:db8:2::2/64", "dev", "up0", "nodad"],
-        &["ip", "-6", "route", "add", "default", "via", "2001:db8:2::1", "dev", "up0"],
-        &["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"],
-    ];
-    #[rustfmt::skip]
-    let out: &[&[&str]] = &[
-        &["ip", "-6", "addr", "add", "2001:db8:2::1/64", "dev", "eth0", "nodad"],
-        &["ip", "-6", "addr", "add", "2001:db8:ffff::1/128", "dev", "lo"],
-        &["ip", "-6", "route", "add", "fd00:77::/64", "via", "2001:db8:2::2"],
-    ];
-    for c in out {
-        lab.outside_run(c);
-    }
-    for c in hv {
-        lab.hv_run(c);
-    }
     // One datagram makes the kernel solicit the gateway (the image has no ping).
     lab.hv_run(&["bash", "-c", "echo x > /dev/udp/2001:db8:ffff::1/9"]);
     wait_for(
@@ -79,6 +60,15 @@ fn add_ipv6(lab: &Lab) {
         "REACHABLE",
         Duration::from_secs(5),
     );
+}
+
+/// Takes the IPv6 half away from the lab's hypervisor: no global address on br0 or up0, no
+/// IPv6 default route (an IPv4-only host).
+fn without_ipv6(lab: &Lab) {
+    for dev in ["br0", "up0"] {
+        lab.hv_run(&["ip", "-6", "addr", "flush", "dev", dev, "scope", "global"]);
+    }
+    lab.hv_run(&["ip", "-6", "route", "flush", "default"]);
 }
 
 /// A stand-in router-advertisement daemon (setup installs no radvd): a process whose name
@@ -207,6 +197,7 @@ fn running_vm(lab: &Lab) -> FakeVm {
 #[test]
 fn healthy_lab_passes_every_check() {
     let lab = Lab::new(LabOptions::default());
+    without_ipv6(&lab);
     let mut vm = running_vm(&lab);
     // Traffic through the gateway leaves its neighbour entry REACHABLE.
     assert!(
@@ -978,6 +969,7 @@ fn blackholed_ipv6_destination_fails_the_route_check_and_the_fix_works() {
 #[test]
 fn ipv4_destination_route_check() {
     let lab = Lab::new(LabOptions::default());
+    without_ipv6(&lab);
     let args = ["vnet0", "203.0.113.1", "--json"];
     let run = doctor_after(&lab, "", &args);
     assert_eq!(run.code, 0, "{}", run.dump());
@@ -1060,26 +1052,9 @@ fn bad_destination_exits_2() {
 #[test]
 fn ipv6_destination_turns_the_ipv6_checks_on_without_ipv6_on_the_bridge() {
     let lab = Lab::new(LabOptions::default());
-    // IPv6 on the uplink only; forwarding left as a new namespace has it (0).
-    lab.outside_run(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:2::1/64",
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
-    lab.outside_run(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:ffff::1/128",
-        "dev",
-        "lo",
-    ]);
+    without_ipv6(&lab);
+    // IPv6 on the uplink only (the outside keeps its half); forwarding as a new namespace
+    // has it (0).
     lab.hv_run(&[
         "ip",
         "-6",

@@ -626,6 +626,65 @@ fn a_recorded_ipv6_drop_replays_and_exports_the_same() {
 }
 
 /// Writes the IPv6 fixture of the terminal UI's snapshot tests (real packets in the lab).
+/// The host's packet-too-big to the guest filtered in its own OUTPUT chain: the request's
+/// drop is named with the black hole that follows from it.
+#[test]
+fn a_filtered_packet_too_big_is_named_a_pmtu_black_hole() {
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&["ip", "link", "set", "up0", "mtu", "1280"]);
+    lab.nft(
+        "table ip6 labptb {\n chain out {\n type filter hook output priority 0;\n \
+         icmpv6 type packet-too-big drop\n }\n}\n",
+    );
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST6, "--json", "--duration", "3"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    let got = vm.ping6_sized(lab.dest6, 0x4537, 1, 1400, Duration::from_millis(800));
+    let run = running.wait();
+    assert!(got.is_none(), "the packet-too-big got through: {got:?}");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "reason"), "PKT_TOO_BIG", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "device"), "up0", "{}", run.dump());
+    let s = field(v, "summary");
+    for want in ["MTU 1280", "black hole", "OUTPUT", "packet-too-big accept"] {
+        assert!(s.contains(want), "{want}: {}", run.dump());
+    }
+}
+
+/// NAT66 (masquerade out of the uplink): the source rewrite is reported where the kernel does
+/// it, and the reply, seen before de-NAT on the uplink, is followed back to the guest.
+#[test]
+fn nat66_masquerade_is_shown_as_a_rewrite() {
+    let lab = Lab::new(LabOptions::default());
+    lab.nft(
+        "table ip6 labnat6 {\n chain post {\n type nat hook postrouting priority srcnat;\n \
+         oifname \"up0\" ip6 saddr fd00:77::/64 masquerade\n }\n}\n",
+    );
+    let (run, got) = ping6_run(&lab, &[DEST6], &[], 2);
+    assert!(got.iter().all(Option::is_some), "{got:?}");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
+    let rw = v["rewrites"].as_array().expect("rewrites");
+    let src = rw
+        .iter()
+        .find(|r| r["field"] == "src")
+        .unwrap_or_else(|| panic!("{}", run.dump()));
+    assert_eq!(src["from"], "fd00:77::2", "{}", run.dump());
+    assert_eq!(src["to"], "2001:db8:2::2", "{}", run.dump());
+    assert_eq!(src["at"], "POSTROUTING exit", "{}", run.dump());
+    assert!(
+        run.hops().iter().any(|h| h["dir"] == "reply"
+            && h["device"] == "up0"
+            && h["tuple"]["dst"] == "2001:db8:2::2"),
+        "{}",
+        run.dump()
+    );
+}
+
 #[test]
 #[ignore = "writes kvmtrace/src/model/fixtures/forward6_drop.jsonl"]
 fn record_ipv6_fixture() {

@@ -151,6 +151,10 @@ pub struct Offsets {
     pub dev_nd_net: u32,
     pub net_ns_inum: u32,
     pub nf_state_hook: u32,
+    /// `sk_buff._skb_refdst` and `dst_entry.dev` (`u32::MAX`: absent): the device of a
+    /// locally made packet that has no `skb->dev` yet (dropped at OUTPUT).
+    pub skb_refdst: u32,
+    pub dst_dev: u32,
     /// Offsets inside the `fib:fib_table_lookup` tracepoint record (from its format file).
     pub fib_tb_id: u32,
     pub fib_err: u32,
@@ -192,6 +196,8 @@ pub fn loader(o: &Offsets, ring_bytes: u32) -> aya::EbpfLoader<'_> {
         ("OFF_DEV_ND_NET", &o.dev_nd_net),
         ("OFF_NET_INUM", &o.net_ns_inum),
         ("OFF_NF_STATE_HOOK", &o.nf_state_hook),
+        ("OFF_SKB_REFDST", &o.skb_refdst),
+        ("OFF_DST_DEV", &o.dst_dev),
         ("OFF_FIB_TB_ID", &o.fib_tb_id),
         ("OFF_FIB_ERR", &o.fib_err),
         ("OFF_FIB_OIF", &o.fib_oif),
@@ -234,6 +240,8 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<Offsets> {
         dev_nd_net: o("net_device", &["nd_net"])? + o("possible_net_t", &["net"]).unwrap_or(0),
         net_ns_inum: o("net", &["ns", "inum"])?,
         nf_state_hook: o("nf_hook_state", &["hook"]).unwrap_or(0),
+        skb_refdst: o("sk_buff", &["_skb_refdst"]).unwrap_or(u32::MAX),
+        dst_dev: o("dst_entry", &["dev"]).unwrap_or(u32::MAX),
         fib_tb_id: u32::MAX,
         fib_err: u32::MAX,
         fib_oif: u32::MAX,

@@ -240,6 +240,44 @@ fn egress_summary(
         let mtu = mtu
             .map(|m| format!("MTU {m}"))
             .unwrap_or_else(|| "MTU".into());
+        // The host's own error never reached the guest: a path-MTU black hole.
+        let lost = rep.iter().find_map(|j| {
+            let about_mtu = j.hops.iter().any(|h| {
+                h.tuple.is_some_and(|t| {
+                    (t.proto == 1 && h.icmp_type == 3 && h.icmp_code == 4)
+                        || (t.proto == 58 && h.icmp_type == 2)
+                })
+            });
+            match j.outcome() {
+                crate::model::Outcome::Dropped(d) if about_mtu => Some(d),
+                _ => None,
+            }
+        });
+        if let Some(d) = lost {
+            let at = d
+                .hook
+                .map(|h| format!("the {h} hook"))
+                .unwrap_or_else(|| format!("the {} stage", d.stage.name()));
+            let (what_err, allow) = if v6 {
+                (
+                    "ICMPv6 packet-too-big",
+                    "`icmpv6 type packet-too-big accept`",
+                )
+            } else {
+                (
+                    "ICMP fragmentation-needed",
+                    "`icmp type destination-unreachable accept`",
+                )
+            };
+            return format!(
+                "{what} is larger than the {mtu} of {dev} [{reason}], and the host's \
+                 {what_err} ({mtu}) to the guest was itself dropped by {at} on {} [{}]: a \
+                 path-MTU black hole, the guest never learns the MTU and its large packets \
+                 vanish → let the error through ({allow} in that chain), or lower the guest's \
+                 MTU",
+                d.device, d.reason
+            );
+        }
         if v6 {
             return format!(
                 "{what} is larger than the {mtu} of {dev}: IPv6 routers never fragment, so the \
@@ -343,7 +381,14 @@ fn root_cause(
         });
     }
     // A reply the host could not hand over on the VM's own side (its bridge or its tap).
-    if dir != Direction::Reply || !reason.starts_with("NEIGH") {
+    // (A neighbour entry flushed while the reply waited in its queue frees it from
+    // neigh_destroy as QUEUE_PURGE: the same failure to hand it over.)
+    let neigh = reason.starts_with("NEIGH")
+        || site
+            .location
+            .as_deref()
+            .is_some_and(|l| l.starts_with("neigh_"));
+    if dir != Direction::Reply || !neigh {
         return None;
     }
     let tap = vm_tap(req)?;
