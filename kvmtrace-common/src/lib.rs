@@ -92,7 +92,8 @@ pub const FAMILY_V4: u8 = 4;
 /// `Event::family`: the addresses are IPv6.
 pub const FAMILY_V6: u8 = 6;
 
-/// `Filter::families` bits: which IP versions are followed.
+/// Bits of the object's `FOLLOW` constant (set by the loader before verification, so that the
+/// verifier drops the code of a version not followed): which IP versions are followed.
 pub const FOLLOW_V4: u8 = 1;
 pub const FOLLOW_V6: u8 = 2;
 
@@ -210,9 +211,7 @@ pub struct Filter {
     /// IPv6 destination network and its mask (network order).
     pub dst6_net: [u8; 16],
     pub dst6_mask: [u8; 16],
-    /// `FOLLOW_V4` | `FOLLOW_V6`: which of the two destinations are followed.
-    pub families: u8,
-    pub _pad2: u8,
+    pub _pad2: [u8; 2],
     /// UDP port of the VXLAN overlay on the VM's bridge (host order; 0: none): the underlay
     /// devices look inside such packets for the followed ones.
     pub vxlan_port: u16,

@@ -1,7 +1,9 @@
 //! The shared test every program makes: is this packet one of the followed flow's? Cheap
 //! address tests first (no map lookup), then the tracked-skb lookup, then the full parse.
 
-use crate::{btf_load, off, rd, BUDGET, GUESTS, GUESTS6, NAT_KEYS, ORIGIN, SCRATCH, TRACKED};
+use crate::{
+    btf_load, follows, off, rd, BUDGET, GUESTS, GUESTS6, NAT_KEYS, ORIGIN, SCRATCH, TRACKED,
+};
 use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
 use kvmtrace_common::{
     Config, FlowBudget, NatKey, NatOrigin, DIR_REPLY, DIR_REQUEST, FAMILY_V4, FAMILY_V6, FOLLOW_V4,
@@ -230,7 +232,7 @@ pub fn parse6(s: &mut Scratch) -> bool {
 #[inline(always)]
 fn in_dest4(c: &Config, a: &[u8; 16]) -> bool {
     let f = &c.filter;
-    f.families & FOLLOW_V4 != 0
+    follows(FOLLOW_V4)
         && (a[0] & f.dst_mask[0]) == f.dst_net[0]
         && (a[1] & f.dst_mask[1]) == f.dst_net[1]
         && (a[2] & f.dst_mask[2]) == f.dst_net[2]
@@ -249,7 +251,7 @@ fn halves(a: &[u8; 16]) -> (u64, u64) {
 #[inline(always)]
 fn in_dest6(c: &Config, a: &[u8; 16]) -> bool {
     let f = &c.filter;
-    if f.families & FOLLOW_V6 == 0 {
+    if !follows(FOLLOW_V6) {
         return false;
     }
     let (ah, al) = halves(a);
@@ -641,7 +643,7 @@ pub fn skb_addrs(c: &Config, skb: u64) -> Option<Addrs> {
             b.copy_from_slice(&h[4..20]);
             Addrs::from_bytes(&b)
         }
-        6 if c.filter.families & FOLLOW_V6 != 0 => {
+        6 if follows(FOLLOW_V6) => {
             let s = scratch()?;
             s.clear_l4();
             // SAFETY: bpf_probe_read_kernel faults safely on bad addresses.

@@ -183,6 +183,19 @@ static OFF_FIB6_SPORT: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 static OFF_FIB6_DPORT: u32 = u32::MAX;
 
+/// `FOLLOW_V4` | `FOLLOW_V6`: the IP versions followed, set by the loader in the frozen .rodata
+/// before verification. A constant, not a `Filter` field: the verifier then knows it and
+/// removes the code of a version not followed (an IPv4-only run verifies and runs as if IPv6
+/// did not exist).
+#[unsafe(no_mangle)]
+static FOLLOW: u32 = 0;
+
+/// Whether IP version `bit` (`FOLLOW_V4` / `FOLLOW_V6`) is followed.
+#[inline(always)]
+fn follows(bit: u8) -> bool {
+    off!(FOLLOW) & bit as u32 != 0
+}
+
 /// Reads one of the `OFF_*` constants (a frozen .rodata value the verifier knows).
 macro_rules! off {
     ($name:ident) => {

@@ -8,13 +8,13 @@ use crate::filter::{
     admit, classify, learn_guest, learn_nat, note_origin, parse, parse6, scratch, skb_addrs,
     track_forget, track_get, track_put, Pkt,
 };
-use crate::{btf_load, config, count, off, rd, STACKS};
+use crate::{btf_load, config, count, follows, off, rd, STACKS};
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel_buf, macros::btf_tracepoint,
     programs::tracing::StackIdContext as _, programs::BtfTracePointContext,
 };
 use kvmtrace_common::{
-    Config, HookKind, CNT_SAMPLED_OUT, EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP, EV_FLAG_NEW,
+    Config, HookKind, CNT_SAMPLED_OUT, EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP, EV_FLAG_NEW, FOLLOW_V6,
     TRACK_SUPPRESSED,
 };
 
@@ -73,13 +73,12 @@ fn skb_dev(skb: u64) -> (u32, [u8; 16], u32) {
     (ifindex, name, inum)
 }
 
-/// Inode of the skb's device's network namespace (0 when unknown). Three loads for the
-/// usual skb with a device.
+/// Inode of the skb's device's network namespace (0 when unknown: no `skb->dev`). Three loads.
 #[inline(always)]
 fn skb_netns(skb: u64) -> u32 {
     let dev: u64 = btf_load(skb, off!(OFF_SKB_DEV));
     if dev == 0 {
-        return untyped_dev(route_dev_of(skb)).2;
+        return 0;
     }
     let net: u64 = btf_load(dev, off!(OFF_DEV_ND_NET));
     if net == 0 {
@@ -88,11 +87,17 @@ fn skb_netns(skb: u64) -> u32 {
     btf_load(net, off!(OFF_NET_INUM))
 }
 
+/// The namespace of an skb's route's device, for one without `skb->dev` (0: unknown).
+#[inline(always)]
+fn route_netns(skb: u64) -> u32 {
+    untyped_dev(route_dev_of(skb)).2
+}
+
 #[inline(always)]
 fn skb_ifindex(skb: u64) -> u32 {
     let dev: u64 = btf_load(skb, off!(OFF_SKB_DEV));
     if dev == 0 {
-        return untyped_dev(route_dev_of(skb)).0;
+        return 0;
     }
     btf_load(dev, off!(OFF_DEV_IFINDEX))
 }
@@ -113,7 +118,7 @@ fn skb_pkt(skb: u64) -> Option<(&'static mut Pkt, u32, [u8; 12], u8)> {
     // SAFETY: bpf_probe_read_kernel faults safely on bad addresses.
     let ok = unsafe {
         bpf_probe_read_kernel_buf(at as *const u8, &mut s.ip[..20]).is_ok()
-            && if s.ip[0] >> 4 == 6 {
+            && if s.ip[0] >> 4 == 6 && follows(FOLLOW_V6) {
                 bpf_probe_read_kernel_buf((at + 20) as *const u8, &mut s.ip[20..40]).is_ok() && {
                     // The skb's head buffer holds at least the transport header's first
                     // bytes; a short read past the packet only reads its tailroom.
@@ -143,6 +148,13 @@ fn skb_pkt(skb: u64) -> Option<(&'static mut Pkt, u32, [u8; 12], u8)> {
     Some((&mut s.pkt, len, macs, flags))
 }
 
+/// Whether an skb whose device's namespace is `ns` (0: no device yet) may be in the followed
+/// one: the device found later (its route's) decides for one without.
+#[inline(always)]
+fn ns_may_be(ns: u32, c: &Config) -> bool {
+    ns == 0 || ns == c.filter.netns
+}
+
 /// The common path of every hook that has a BTF-typed kernel `sk_buff *`.
 #[inline(always)]
 pub fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
@@ -170,7 +182,7 @@ pub fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
     if tracked.is_none()
         && (!addrs.could_start(c, || {
             matches!(hook, HookKind::NetifReceive) && skb_ifindex(skb) == c.filter.tap_ifindex
-        }) || skb_netns(skb) != c.filter.netns)
+        }) || !ns_may_be(skb_netns(skb), c))
     {
         return;
     }
@@ -312,6 +324,9 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
             }
         }
     }
+    // A packet the host made has no device before it is output (a drop at OUTPUT): its
+    // route's device tells the namespace.
+    let ns = if ns == 0 { route_netns(skb) } else { ns };
     if ns != c.filter.netns {
         // No device to tell the namespace by: not a drop this host path can place.
         track_forget(skb);

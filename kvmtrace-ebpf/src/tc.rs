@@ -10,7 +10,7 @@ use crate::filter::{
     a4, admit, classify, ident6, learn_guest, learn_nat, note_origin, parse, parse6, scratch,
     track_get, track_put, Addrs, Pkt, Scratch, ICMPV6,
 };
-use crate::{config, count};
+use crate::{config, count, follows};
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC, helpers::generated::bpf_skb_load_bytes, macros::classifier,
     programs::TcContext,
@@ -45,9 +45,9 @@ fn load_l4(ctx: &TcContext, s: &mut Scratch, off: usize, max: u32) {
 /// The parsed IPv4 or IPv6 packet of a frame (Ethernet header `eth`), read with
 /// bpf_skb_load_bytes into this CPU's scratch. IPv6 only when an IPv6 destination is followed.
 #[inline(always)]
-fn tc_ip(ctx: &TcContext, c: &Config, eth: &[u8; 14]) -> Option<&'static mut Pkt> {
+fn tc_ip(ctx: &TcContext, eth: &[u8; 14]) -> Option<&'static mut Pkt> {
     let v6 = eth[12] == 0x86 && eth[13] == 0xdd;
-    if v6 && c.filter.families & FOLLOW_V6 == 0 {
+    if v6 && !follows(FOLLOW_V6) {
         return None;
     }
     if !v6 && (eth[12] != 0x08 || eth[13] != 0x00) {
@@ -130,7 +130,7 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
         tap_arp(ctx, c, hook, &eth);
         return TC_ACT_UNSPEC;
     }
-    let Some(p) = tc_ip(ctx, c, &eth) else {
+    let Some(p) = tc_ip(ctx, &eth) else {
         return TC_ACT_UNSPEC;
     };
     let p: &mut Pkt = p;
@@ -143,7 +143,7 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
         }
     }
     // Neighbour and router discovery (ICMPv6 133–137): IPv6's ARP, reported like it.
-    if p.proto == ICMPV6 && p.icmp_type >= 133 && p.icmp_type <= 137 {
+    if follows(FOLLOW_V6) && p.proto == ICMPV6 && p.icmp_type >= 133 && p.icmp_type <= 137 {
         tap_ndp(ctx, c, hook, p, &eth);
         return TC_ACT_UNSPEC;
     }
@@ -311,7 +311,7 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
         };
         // SAFETY: bounds checked against data_end just above.
         Addrs::from_bytes(unsafe { &*h })
-    } else if ty == [0x86, 0xdd] && c.filter.families & FOLLOW_V6 != 0 {
+    } else if ty == [0x86, 0xdd] && follows(FOLLOW_V6) {
         let Some(h) = in_place::<[u8; 40]>(ctx, 14) else {
             return TC_ACT_UNSPEC;
         };
@@ -349,7 +349,7 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
     let Ok(eth) = ctx.load::<[u8; 14]>(0) else {
         return TC_ACT_UNSPEC;
     };
-    let Some(p) = tc_ip(ctx, c, &eth) else {
+    let Some(p) = tc_ip(ctx, &eth) else {
         return TC_ACT_UNSPEC;
     };
     let mut flags = EV_FLAG_HAS_IP | EV_FLAG_HAS_ETH;

@@ -276,8 +276,6 @@ impl Tracer {
             dst_mask: v4.map_or([0xff; 4], |n| n.netmask().octets()),
             dst6_net: v6.map_or([0; 16], |n| n.network().octets()),
             dst6_mask: v6.map_or([0xff; 16], |n| n.netmask().octets()),
-            families: if v4.is_some() { FOLLOW_V4 } else { 0 }
-                | if v6.is_some() { FOLLOW_V6 } else { 0 },
             proto: spec.proto,
             port: spec.port,
             netns: netns_inode()?,
@@ -289,7 +287,10 @@ impl Tracer {
         };
 
         phase("filter");
+        let follow = u32::from(if v4.is_some() { FOLLOW_V4 } else { 0 })
+            | u32::from(if v6.is_some() { FOLLOW_V6 } else { 0 });
         let mut ebpf = crate::capture::btf::loader(&offsets, spec.ring_bytes)
+            .override_global("FOLLOW", &follow, true)
             .load(OBJECT)
             .map_err(|e| EnvError(format!("loading the eBPF object: {e}")))?;
         set_config(&mut ebpf, Config { filter })?;
