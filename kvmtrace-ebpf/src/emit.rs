@@ -1,9 +1,9 @@
 //! The one record every program writes to userspace (`kvmtrace_common::Event`).
 
-use crate::filter::Pkt;
+use crate::filter::{scratch, Pkt};
 use crate::{count, Cur, CUR, EVENTS};
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns};
-use kvmtrace_common::{Event, HookKind, CNT_EVENTS, CNT_LOST};
+use kvmtrace_common::{Event, HookKind, CNT_EVENTS, CNT_LOST, EV_FLAG_VXLAN};
 
 /// Extra fields of an event that depend on the hook.
 pub struct Extra {
@@ -88,6 +88,17 @@ pub fn emit(
         (*e).outer_saddr = x.outer_saddr;
         (*e).outer_daddr = x.outer_daddr;
         (*e).mtu = p.mtu;
+    }
+    if flags & EV_FLAG_VXLAN != 0 {
+        // Noted by `vxlan::*_inner` earlier in this program run.
+        if let Some(s) = scratch() {
+            // SAFETY: as above.
+            unsafe {
+                (*e).vni = s.vx_vni;
+                (*e).outer_saddr = s.vx_saddr;
+                (*e).outer_daddr = s.vx_daddr;
+            }
+        }
     }
     entry.submit(0);
     count(CNT_EVENTS);

@@ -16,6 +16,8 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 pub const NETLINK_ROUTE: i32 = 0;
 pub const NETLINK_NETFILTER: i32 = 12;
 
+pub const RTM_NEWLINK: u16 = 16;
+pub const RTM_GETLINK: u16 = 18;
 pub const RTM_NEWROUTE: u16 = 24;
 pub const RTM_GETROUTE: u16 = 26;
 pub const RTM_NEWADDR: u16 = 20;
@@ -501,6 +503,79 @@ pub fn addresses() -> io::Result<Vec<IfAddr>> {
         .into_iter()
         .filter(|(t, _)| *t == RTM_NEWADDR)
         .filter_map(|(_, b)| parse_addr(&b))
+        .collect())
+}
+
+/// A VXLAN device (`ip -d link show type vxlan`): what its packets are wrapped in and where
+/// they go on the underlay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanLink {
+    pub ifindex: u32,
+    pub name: String,
+    pub vni: u32,
+    /// The default remote VTEP (`remote`, or a multicast `group`); None: none configured.
+    pub remote: Option<Ipv4Addr>,
+    pub local: Option<Ipv4Addr>,
+    /// The underlay device it is bound to (`dev`); 0: none.
+    pub link: u32,
+    /// Destination UDP port (host order).
+    pub port: u16,
+    pub mtu: u32,
+    /// The bridge it is a port of (ifindex; 0: none).
+    pub master: u32,
+}
+
+/// Parses one `RTM_NEWLINK` body; None unless it is a VXLAN device.
+pub fn parse_vxlan(body: &[u8]) -> Option<VxlanLink> {
+    use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
+    let m = LinkMessage::parse(body).ok()?;
+    let mut v = VxlanLink {
+        ifindex: m.header.index,
+        name: String::new(),
+        vni: 0,
+        remote: None,
+        local: None,
+        link: 0,
+        port: 0,
+        mtu: 0,
+        master: 0,
+    };
+    let mut vxlan = false;
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => v.name = n.clone(),
+            LinkAttribute::Mtu(n) => v.mtu = *n,
+            LinkAttribute::Controller(n) => v.master = *n,
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Data(InfoData::Vxlan(attrs)) = i {
+                        vxlan = true;
+                        for x in attrs {
+                            match x {
+                                InfoVxlan::Id(id) => v.vni = *id,
+                                InfoVxlan::Group(g) if !g.is_unspecified() => v.remote = Some(*g),
+                                InfoVxlan::Local(l) if !l.is_unspecified() => v.local = Some(*l),
+                                InfoVxlan::Link(l) => v.link = *l,
+                                InfoVxlan::Port(p) => v.port = *p,
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    vxlan.then_some(v)
+}
+
+/// The VXLAN devices of this namespace.
+pub fn vxlans() -> io::Result<Vec<VxlanLink>> {
+    // ifinfomsg: family, pad, type, index, flags, change (16 bytes).
+    Ok(dump(NETLINK_ROUTE, RTM_GETLINK, &[0u8; 16])?
+        .into_iter()
+        .filter(|(t, _)| *t == RTM_NEWLINK)
+        .filter_map(|(_, b)| parse_vxlan(&b))
         .collect())
 }
 
