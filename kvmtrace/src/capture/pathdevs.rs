@@ -76,17 +76,22 @@ pub fn wanted(tap: &str, dests: &[ipnet::IpNet], seen_oifs: &[u32]) -> Vec<Wante
         }
         // Bridged mode: frames leave through the bridge's other ports, never through the
         // bridge device itself. Other VMs' taps are not the way out.
+        let vxlans = bridge_vxlans(br);
         if let Ok(ports) = std::fs::read_dir(sys(br, "brif")) {
             for p in ports.flatten() {
                 let name = p.file_name().to_string_lossy().into_owned();
                 if name != tap && !is_tun(&name) {
                     if let Some(i) = index_of(&name) {
-                        add(i, name, format!("uplink port of {br}"));
+                        let why = match vxlans.iter().find(|v| v.ifindex == i) {
+                            Some(v) => format!("VXLAN port of {br} (vni {})", v.vni),
+                            None => format!("uplink port of {br}"),
+                        };
+                        add(i, name, why);
                     }
                 }
             }
         }
-        for vx in bridge_vxlans(br) {
+        for vx in vxlans {
             if let Some(i) = underlay_of(&vx) {
                 if let Some(name) = name_of(i) {
                     let remote = vx.remote.map_or("none".to_string(), |r| r.to_string());
@@ -196,23 +201,9 @@ pub fn bridge_vxlans(bridge: &str) -> Vec<netlink::VxlanLink> {
     }
 }
 
-/// The device a VXLAN device's outer packets leave through: the one it is bound to (`dev`),
-/// else the device of the route to its remote.
+/// The device a VXLAN device's outer packets leave through (see `VxlanLink::underlay`).
 pub fn underlay_of(vx: &netlink::VxlanLink) -> Option<u32> {
-    if vx.link != 0 {
-        return Some(vx.link);
-    }
-    let remote = vx.remote?;
-    let q = netlink::RouteQuery {
-        src: std::net::IpAddr::V4(vx.local.unwrap_or(Ipv4Addr::UNSPECIFIED)),
-        dst: std::net::IpAddr::V4(remote),
-        proto: 17,
-        sport: 0,
-        dport: vx.port,
-        iif: 0,
-        mark: 0,
-    };
-    netlink::route_get(&q).ok()?.nexthops.first().map(|h| h.0)
+    vx.underlay()
 }
 
 /// The UDP port of the VXLAN overlay on `tap`'s bridge (the first VXLAN port's), for
