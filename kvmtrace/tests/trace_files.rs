@@ -82,6 +82,7 @@ fn facts() -> HostFacts {
         }],
         legacy_tables: vec![],
         devices: vec![],
+        ..Default::default()
     }
 }
 

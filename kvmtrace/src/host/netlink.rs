@@ -525,6 +525,43 @@ pub struct VxlanLink {
     pub master: u32,
 }
 
+impl VxlanLink {
+    /// The device its outer packets leave through: the one it is bound to (`dev`), else the
+    /// device of the route to its remote.
+    pub fn underlay(&self) -> Option<u32> {
+        if self.link != 0 {
+            return Some(self.link);
+        }
+        self.route_dev()
+    }
+
+    /// The output device of the route to its remote (None: no remote, or no route).
+    pub fn route_dev(&self) -> Option<u32> {
+        let remote = self.remote?;
+        let q = RouteQuery {
+            src: IpAddr::V4(self.local.unwrap_or(Ipv4Addr::UNSPECIFIED)),
+            dst: IpAddr::V4(remote),
+            proto: 17,
+            sport: 0,
+            dport: self.port,
+            iif: 0,
+            mark: 0,
+        };
+        route_get(&q).ok()?.nexthops.first().map(|h| h.0)
+    }
+}
+
+/// The name of the device `ifindex` of this namespace.
+pub fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    Some(cstr(&buf))
+}
+
 /// Parses one `RTM_NEWLINK` body; None unless it is a VXLAN device.
 pub fn parse_vxlan(body: &[u8]) -> Option<VxlanLink> {
     use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};

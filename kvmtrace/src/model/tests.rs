@@ -35,6 +35,7 @@ fn nft_forward_drop_facts() -> HostFacts {
         }],
         legacy_tables: vec![],
         devices: vec![],
+        vxlans: vec![],
     }
 }
 
