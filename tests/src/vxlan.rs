@@ -6,7 +6,7 @@
 //!   guest 10.88.0.2 ── tap vnet0 ─┐                                         ("the other VTEP")
 //!                                 br0 10.88.0.1/24                          lo 198.51.100.1/32
 //!                       vx0 ──────┘ (vxlan id 42, dstport 4789,             vx0 (id 42, remote 192.0.2.2)
-//!                       local 192.0.2.2, remote 198.51.100.1, dev ul0)        10.88.0.3/24, MAC 52:54:00:4b:58:03
+//!                       local 192.0.2.2, remote 198.51.100.1, [dev ul0])        10.88.0.3/24, MAC 52:54:00:4b:58:03
 //!                       ul0 192.0.2.2/24 ══════════ veth ══════════════════ ul0 192.0.2.1/24
 //!                       route 198.51.100.1/32 via 192.0.2.1
 //! ```
@@ -33,6 +33,12 @@ pub struct VxlanOptions {
     pub remote: bool,
     /// The hypervisor's route to the remote VTEP (198.51.100.1/32 via 192.0.2.1).
     pub underlay_route: bool,
+    /// Bind the hypervisor's vx0 to the underlay veth (`dev ul0`). Bound, its MTU is the
+    /// underlay's less the 50 bytes of encapsulation (1450) and its route lookups name ul0 as
+    /// the output device, so that a missing route is taken for an on-link remote
+    /// (net/ipv4/route.c `ip_route_output_key_hash_rcu`, Linux 6.18); unbound, its MTU is 1500
+    /// whatever the underlay's and a missing route fails the lookup.
+    pub bind_dev: bool,
     /// Drop the outer packets (`udp dport 4789`) in this hook of the hypervisor's nftables
     /// (`table ip vxfw`): "output" or "postrouting".
     pub drop_outer_at: Option<&'static str>,
@@ -43,6 +49,7 @@ impl Default for VxlanOptions {
         VxlanOptions {
             remote: true,
             underlay_route: true,
+            bind_dev: true,
             drop_outer_at: None,
         }
     }
@@ -156,25 +163,14 @@ impl VxlanLab {
         for s in steps {
             run(s);
         }
+        #[rustfmt::skip]
         let mut vx: Vec<&str> = vec![
-            "ip",
-            "-n",
-            hv,
-            "link",
-            "add",
-            "vx0",
-            "type",
-            "vxlan",
-            "id",
-            "42",
-            "dstport",
-            "4789",
-            "local",
-            "192.0.2.2",
-            "dev",
-            "ul0",
-            "nolearning",
+            "ip", "-n", hv, "link", "add", "vx0", "type", "vxlan", "id", "42", "dstport", "4789",
+            "local", "192.0.2.2", "nolearning",
         ];
+        if opts.bind_dev {
+            vx.extend(["dev", "ul0"]);
+        }
         if opts.remote {
             vx.extend(["remote", "198.51.100.1"]);
         }
