@@ -192,8 +192,8 @@ pub fn bridge_vxlans(bridge: &str) -> Vec<netlink::VxlanLink> {
     let Some(bi) = index_of(bridge) else {
         return Vec::new();
     };
-    match netlink::vxlans() {
-        Ok(v) => v.into_iter().filter(|x| x.master == bi).collect(),
+    match netlink::vxlans_of(bi) {
+        Ok(v) => v,
         Err(e) => {
             log::warn!("reading the VXLAN devices: {e}");
             Vec::new()

@@ -608,8 +608,43 @@ pub fn parse_vxlan(body: &[u8]) -> Option<VxlanLink> {
 
 /// The VXLAN devices of this namespace.
 pub fn vxlans() -> io::Result<Vec<VxlanLink>> {
+    vxlan_dump(0)
+}
+
+/// The VXLAN devices that are ports of the bridge `master` (ifindex).
+pub fn vxlans_of(master: u32) -> io::Result<Vec<VxlanLink>> {
+    Ok(vxlan_dump(master)?
+        .into_iter()
+        .filter(|v| v.master == master)
+        .collect())
+}
+
+/// An `RTM_GETLINK` dump the kernel filters itself (net/core/rtnetlink.c `rtnl_dump_ifinfo`):
+/// devices of kind "vxlan" only, and of the bridge `master` when not 0, so that the path
+/// refresh (every 500 ms) does not read every device of a host with many.
+fn vxlan_dump(master: u32) -> io::Result<Vec<VxlanLink>> {
     // ifinfomsg: family, pad, type, index, flags, change (16 bytes).
-    Ok(dump(NETLINK_ROUTE, RTM_GETLINK, &[0u8; 16])?
+    let mut b = vec![0u8; 16];
+    let mut nla = |ty: u16, payload: &[u8]| {
+        let len = 4 + payload.len();
+        b.extend_from_slice(&(len as u16).to_ne_bytes());
+        b.extend_from_slice(&ty.to_ne_bytes());
+        b.extend_from_slice(payload);
+        b.resize(b.len() + ((4 - len % 4) % 4), 0);
+    };
+    const IFLA_MASTER: u16 = 10;
+    const IFLA_LINKINFO: u16 = 18;
+    const IFLA_INFO_KIND: u16 = 1;
+    if master != 0 {
+        nla(IFLA_MASTER, &master.to_ne_bytes());
+    }
+    // IFLA_LINKINFO { IFLA_INFO_KIND "vxlan\0" } (10 bytes, padded to 12).
+    let mut kind = Vec::new();
+    kind.extend_from_slice(&10u16.to_ne_bytes());
+    kind.extend_from_slice(&IFLA_INFO_KIND.to_ne_bytes());
+    kind.extend_from_slice(b"vxlan\0\0\0");
+    nla(IFLA_LINKINFO | 0x8000, &kind);
+    Ok(dump(NETLINK_ROUTE, RTM_GETLINK, &b)?
         .into_iter()
         .filter(|(t, _)| *t == RTM_NEWLINK)
         .filter_map(|(_, b)| parse_vxlan(&b))
