@@ -380,6 +380,85 @@ fn the_outer_packet_dropped_by_the_firewall_is_a_netfilter_drop_of_the_followed_
 }
 
 #[test]
+fn the_outer_packet_of_a_reply_dropped_at_input_is_a_netfilter_drop_of_the_reply() {
+    let lab = VxlanLab::new(VxlanOptions {
+        drop_outer_at: Some("input"),
+        ..Default::default()
+    });
+    // The other VTEP knows the guest's MAC: its echo replies need no ARP (which the same rule
+    // would drop on its way in).
+    lab.vtep_run(&[
+        "ip",
+        "neigh",
+        "replace",
+        "10.88.0.2",
+        "lladdr",
+        "52:54:00:4b:58:02",
+        "dev",
+        "vx0",
+    ]);
+    let mut got = Vec::new();
+    let run = follow(&lab, "2", |lab| got = ping_by_mac(lab, 0x7a0a, 2));
+    assert!(got.is_empty(), "{got:?}");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "INPUT", "{}", run.dump());
+    assert_eq!(field(v, "device"), "ul0", "{}", run.dump());
+    assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", run.dump());
+    assert_eq!(v["requests"], 2, "{}", run.dump());
+    assert_eq!(v["replies"], 2, "{}", run.dump());
+    // The requests left inside VXLAN; the replies were followed from their outer header on.
+    assert_eq!(hops_at(&run, "dev_xmit", "ul0", "request").len(), 2);
+    let back = hops_at(&run, "netif_receive", "ul0", "reply");
+    assert_eq!(back.len(), 2, "{}", run.dump());
+    assert_eq!(
+        back[0]["vxlan"],
+        json!({"vni": 42, "src": "198.51.100.1", "dst": "192.0.2.2"}),
+        "{}",
+        run.dump()
+    );
+    let s = field(v, "summary");
+    for words in [
+        "the reply came back for the VXLAN device vx0 (vni 42)",
+        "its encapsulated (outer) packet 198.51.100.1 > 192.0.2.2 udp/4789 was dropped by the \
+         INPUT hook",
+        "accept udp dport 4789 from 198.51.100.1 in the input rules",
+    ] {
+        assert!(s.contains(words), "{words:?} missing: {}", run.dump());
+    }
+}
+
+#[test]
+fn a_vni_mismatch_at_the_other_vtep_is_no_reply_past_this_host_not_a_missing_masquerade() {
+    let lab = VxlanLab::new(VxlanOptions {
+        remote_vni: 43,
+        ..Default::default()
+    });
+    let mut got = Vec::new();
+    let run = follow(&lab, "2", |lab| got = ping_by_mac(lab, 0x7a0b, 2));
+    assert!(got.is_empty(), "{got:?}");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_reply", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
+    assert_eq!(field(v, "device"), "ul0", "{}", run.dump());
+    assert!(v.get("reason").is_none(), "{}", run.dump());
+    assert_eq!(v["requests"], 2, "{}", run.dump());
+    assert_eq!(v["replies"], 0, "{}", run.dump());
+    let s = field(v, "summary");
+    for words in [
+        "left the host inside VXLAN from vx0 on ul0 (vxlan vni 42 192.0.2.2 > 198.51.100.1)",
+        "nothing came back through the overlay",
+        "the other VTEP 198.51.100.1 (a VXLAN device with vni 42",
+    ] {
+        assert!(s.contains(words), "{words:?} missing: {}", run.dump());
+    }
+    assert!(!s.contains("masquerade"), "{}", run.dump());
+}
+
+#[test]
 fn a_recorded_overlay_run_replays_to_the_same_verdicts_and_exports_the_outer_headers() {
     let lab = VxlanLab::new(VxlanOptions {
         drop_outer_at: Some("postrouting"),

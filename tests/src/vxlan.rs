@@ -40,8 +40,10 @@ pub struct VxlanOptions {
     /// whatever the underlay's and a missing route fails the lookup.
     pub bind_dev: bool,
     /// Drop the outer packets (`udp dport 4789`) in this hook of the hypervisor's nftables
-    /// (`table ip vxfw`): "output" or "postrouting".
+    /// (`table ip vxfw`): "output" or "postrouting" (leaving), "input" (coming back).
     pub drop_outer_at: Option<&'static str>,
+    /// The VNI of the other VTEP's vx0 (42 unless a mismatch is wanted).
+    pub remote_vni: u32,
 }
 
 impl Default for VxlanOptions {
@@ -51,6 +53,7 @@ impl Default for VxlanOptions {
             underlay_route: true,
             bind_dev: true,
             drop_outer_at: None,
+            remote_vni: 42,
         }
     }
 }
@@ -139,6 +142,7 @@ impl VxlanLab {
         run(&["ip", "netns", "add", &lab.vtep]);
         let (hv, vt) = (lab.hv.as_str(), lab.vtep.as_str());
         let remote_mac = mac_str(lab.remote_vm_mac);
+        let remote_vni = opts.remote_vni.to_string();
         #[rustfmt::skip]
         let steps: &[&[&str]] = &[
             &["ip", "-n", hv, "link", "set", "lo", "up"],
@@ -155,7 +159,7 @@ impl VxlanLab {
             &["ip", "-n", hv, "tuntap", "add", "dev", "vnet0", "mode", "tap"],
             &["ip", "-n", hv, "link", "set", "vnet0", "master", "br0"],
             &["ip", "-n", hv, "link", "set", "vnet0", "up"],
-            &["ip", "-n", vt, "link", "add", "vx0", "address", &remote_mac, "type", "vxlan", "id", "42",
+            &["ip", "-n", vt, "link", "add", "vx0", "address", &remote_mac, "type", "vxlan", "id", &remote_vni,
               "dstport", "4789", "local", "198.51.100.1", "remote", "192.0.2.2", "nolearning"],
             &["ip", "-n", vt, "addr", "add", "10.88.0.3/24", "dev", "vx0"],
             &["ip", "-n", vt, "link", "set", "vx0", "up"],
@@ -225,6 +229,13 @@ impl VxlanLab {
     /// `args` (program first) inside the hypervisor namespace; panics unless it succeeds.
     pub fn hv_run(&self, args: &[&str]) -> String {
         let mut full = vec!["ip", "netns", "exec", &self.hv];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// `args` (program first) inside the other VTEP's namespace; panics unless it succeeds.
+    pub fn vtep_run(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.vtep];
         full.extend_from_slice(args);
         run(&full)
     }

@@ -31,6 +31,10 @@ pub const RULES: &[(&str, Rule)] = &[
     ("dropped by a VXLAN overlay", overlay::overlay_drop),
     ("dropped", dropped::dropped),
     ("looped back to the VM's side", misrouted::looped_back),
+    (
+        "left the host through a VXLAN overlay, no reply",
+        overlay::left_through_overlay,
+    ),
     ("left the host, no reply", no_reply::left_host),
     ("no observed end", no_reply::unfinished),
 ];

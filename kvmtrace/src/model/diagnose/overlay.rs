@@ -121,10 +121,14 @@ pub(super) fn overlay_drop(f: &Flow, v: &mut Verdict) -> bool {
                 (Some(fw), None) => format!(" ({fw})"),
                 _ => String::new(),
             };
+            let (how, peer) = match dir {
+                Direction::Request => ("left through", format!("to {}", addr(outer_dst))),
+                Direction::Reply => ("came back for", format!("from {}", addr(outer_src))),
+            };
             format!(
-                "{what} left through the VXLAN device {} (vni {}), and its encapsulated (outer) \
+                "{what} {how} the VXLAN device {} (vni {}), and its encapsulated (outer) \
                  packet {} > {} udp/{} was dropped by the {hook} hook{who} on {} [{}] → let \
-                 the overlay's outer packets through: accept udp dport {} to {} in the {} rules",
+                 the overlay's outer packets through: accept udp dport {} {peer} in the {} rules",
                 vx.name,
                 vx.vni,
                 addr(outer_src),
@@ -133,7 +137,6 @@ pub(super) fn overlay_drop(f: &Flow, v: &mut Verdict) -> bool {
                 site.device,
                 site.reason,
                 vx.port,
-                addr(outer_dst),
                 hook.to_lowercase()
             )
         }
@@ -182,10 +185,11 @@ fn fault<'a>(f: &'a Flow, site: &DropSite, hop: &TraceEvent, ip_len: u32) -> Opt
     // The VXLAN device: the one the skb was on, else the one whose outer packet this is.
     let vx = facts.vxlan(&site.device).or_else(|| {
         let x = hop.vxlan?;
-        facts
-            .vxlans
-            .iter()
-            .find(|v| v.vni == x.vni && (v.local.is_none() || v.local == Some(x.src)))
+        facts.vxlans.iter().find(|v| {
+            // Ours leaving (local source) or coming back (local destination).
+            v.vni == x.vni
+                && (v.local.is_none() || v.local == Some(x.src) || v.local == Some(x.dst))
+        })
     });
     let vx = vx.or_else(|| match facts.vxlans.as_slice() {
         [only] if in_stack("vxlan_xmit") => Some(only),
@@ -261,6 +265,55 @@ pub(super) fn pmtu_answer(f: &Flow, v: &mut Verdict) -> bool {
          to {mtu} (`ip link set {} mtu {mtu}`, or bind it to its underlay with `dev`) and the \
          guest's to {mtu}, or raise the underlay's MTU by {VXLAN_OVERHEAD}",
         vx.name, vx.vni, vx.mtu, k.remote, vx.name, vx.name
+    );
+    true
+}
+
+/// Rule: the request left the host inside VXLAN on the underlay and no reply came back
+/// through the overlay. Without it the request would count as leaving on the VXLAN device
+/// with the VM's own source, and the verdict would ask for a MASQUERADE the overlay never
+/// needs.
+pub(super) fn left_through_overlay(f: &Flow, v: &mut Verdict) -> bool {
+    if !f.delivered.is_empty() || f.first_drop.is_some() {
+        return false;
+    }
+    let Some(out) = f
+        .req
+        .iter()
+        .flat_map(|j| j.hops.iter())
+        .find(|h| h.point == Point::DevXmit && h.vxlan.is_some())
+    else {
+        return false;
+    };
+    let Some(x) = out.vxlan else {
+        return false;
+    };
+    let vx = f.facts.vxlans.iter().find(|v| v.vni == x.vni);
+    v.status = Status::NoReply;
+    v.direction = Some(Direction::Request);
+    v.stage = Some(Stage::Egress);
+    v.device = Some(out.device.clone());
+    let via = vx.map_or(String::new(), |vx| format!(" from {}", vx.name));
+    let came_back = if f.rep.is_empty() {
+        "nothing came back through the overlay".to_string()
+    } else {
+        format!(
+            "{} reply packet(s) came back but did not reach the tap",
+            f.rep.len()
+        )
+    };
+    v.summary = format!(
+        "no reply: the request left the host inside VXLAN{via} on {} ({}) and {came_back} → \
+         the problem is past this host: the other VTEP {} (a VXLAN device with vni {} and \
+         port {}, a remote or forwarding entry back to {}, its firewall for udp/{}) or {} itself",
+        out.device,
+        x.describe(),
+        x.dst,
+        x.vni,
+        vx.map_or(4789, |v| v.port),
+        x.src,
+        vx.map_or(4789, |v| v.port),
+        f.k.remote
     );
     true
 }
