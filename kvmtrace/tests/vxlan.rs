@@ -139,6 +139,46 @@ fn a_healthy_overlay_ping_is_delivered_and_seen_encapsulated_on_the_underlay() {
     );
 }
 
+/// The full hook set reads the same outer headers in its global tracepoints: the underlay's
+/// transmit and receive of the followed packets carry the VXLAN header too.
+#[test]
+fn the_full_hook_set_sees_the_overlay_on_the_underlay_as_well() {
+    let lab = VxlanLab::new(VxlanOptions::default());
+    let mut replies = 0;
+    let run = follow_with(&lab, "3", &["--hooks", "all"], |lab| {
+        let mut vm = lab.attach_vm();
+        assert!(vm.resolve_gateway(Duration::from_secs(2)));
+        replies += usize::from(
+            vm.ping(lab.remote_vm, 0x7a0c, 1, Duration::from_millis(500))
+                .is_some(),
+        );
+    });
+    assert_eq!(replies, 1, "{}", run.dump());
+    assert_eq!(
+        field(run.verdict(), "status"),
+        "delivered",
+        "{}",
+        run.dump()
+    );
+    let out = hops_at(&run, "dev_xmit", "ul0", "request");
+    let back = hops_at(&run, "netif_receive", "ul0", "reply");
+    assert_eq!(out.len(), 1, "{}", run.dump());
+    assert_eq!(back.len(), 1, "{}", run.dump());
+    assert_eq!(out[0]["vxlan"]["dst"], "198.51.100.1", "{}", run.dump());
+    assert_eq!(back[0]["vxlan"]["src"], "198.51.100.1", "{}", run.dump());
+    assert_eq!(back[0]["tuple"]["dst"], "10.88.0.2", "{}", run.dump());
+    // The outer packet crosses the host's own OUTPUT and POSTROUTING hooks: seen there as the
+    // followed packet.
+    let hooks: Vec<&str> = run
+        .hops()
+        .into_iter()
+        .filter(|h| h["dir"] == "request" && h.get("vxlan").is_some())
+        .filter_map(|h| h["nf_hook"].as_str())
+        .collect();
+    assert!(hooks.contains(&"OUTPUT"), "{hooks:?}\n{}", run.dump());
+    assert!(hooks.contains(&"POSTROUTING"), "{hooks:?}\n{}", run.dump());
+}
+
 #[test]
 fn a_vxlan_port_without_a_remote_drops_with_no_tx_target_and_names_the_fdb_fix() {
     let lab = VxlanLab::new(VxlanOptions {
