@@ -310,8 +310,14 @@ fn dev_addrs(ctx: &TcContext, c: &Config) -> Option<Addrs> {
     let mut vx_base = 0usize;
     if ty == [0x08, 0x00]
         && c.filter.vxlan_port != 0
-        // SAFETY: as above.
-        && in_place::<u8>(ctx, 14 + 9).is_some_and(|p| unsafe { *p } == 17)
+        // UDP, and (read in place, no helper call) to the VXLAN port when the header has no
+        // options: other UDP traffic costs no more than these reads.
+        && in_place::<[u8; 24]>(ctx, 14).is_some_and(|h| {
+            // SAFETY: as above.
+            let h = unsafe { &*h };
+            h[9] == 17
+                && (h[0] != 0x45 || u16::from_be_bytes([h[22], h[23]]) == c.filter.vxlan_port)
+        })
     {
         if let Some(b) = crate::vxlan::tc_inner(ctx, c) {
             let s = scratch()?;
