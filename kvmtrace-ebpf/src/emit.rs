@@ -1,9 +1,9 @@
 //! The one record every program writes to userspace (`kvmtrace_common::Event`).
 
-use crate::filter::Pkt;
+use crate::filter::{scratch, Pkt};
 use crate::{count, Cur, CUR, EVENTS};
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns};
-use kvmtrace_common::{Event, HookKind, CNT_EVENTS, CNT_LOST};
+use kvmtrace_common::{Event, HookKind, CNT_EVENTS, CNT_LOST, EV_FLAG_VXLAN};
 
 /// Extra fields of an event that depend on the hook.
 pub struct Extra {
@@ -11,11 +11,6 @@ pub struct Extra {
     pub reason: u32,
     pub stack_id: i32,
     pub nf_hook: u8,
-    /// Seen inside a VXLAN packet on the underlay: its VNI and outer IPv4 addresses
-    /// (`EV_FLAG_VXLAN` in the flags).
-    pub vni: u32,
-    pub outer_saddr: [u8; 4],
-    pub outer_daddr: [u8; 4],
 }
 
 pub const NO_EXTRA: Extra = Extra {
@@ -23,9 +18,6 @@ pub const NO_EXTRA: Extra = Extra {
     reason: 0,
     stack_id: -1,
     nf_hook: 0,
-    vni: 0,
-    outer_saddr: [0; 4],
-    outer_daddr: [0; 4],
 };
 
 /// Where a packet was seen: device and namespace, and its length there.
@@ -84,10 +76,20 @@ pub fn emit(
         (*e).dmac = [macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]];
         (*e).cpu = bpf_get_smp_processor_id();
         (*e).tcp_seq = p.tcp_seq;
-        (*e).vni = x.vni;
-        (*e).outer_saddr = x.outer_saddr;
-        (*e).outer_daddr = x.outer_daddr;
         (*e).mtu = p.mtu;
+    }
+    if flags & EV_FLAG_VXLAN != 0 {
+        // Seen inside a VXLAN packet on the underlay: the VNI and outer IPv4 addresses, noted
+        // in the scratch by `vxlan::*_inner` earlier in this program run (not passed as an
+        // argument: the TC programs' stack has no room for them).
+        if let Some(s) = scratch() {
+            // SAFETY: as above.
+            unsafe {
+                (*e).vni = s.vx_vni;
+                (*e).outer_saddr = s.vx_saddr;
+                (*e).outer_daddr = s.vx_daddr;
+            }
+        }
     }
     entry.submit(0);
     count(CNT_EVENTS);

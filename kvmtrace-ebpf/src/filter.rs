@@ -103,6 +103,12 @@ pub struct Scratch {
     /// The transport header's start (IPv4 parses the first 28 bytes, IPv6 all 48).
     pub l4: [u8; 48],
     pub pkt: Pkt,
+    /// The outer packet of a VXLAN-encapsulated one (written by `vxlan::*_inner`, read by
+    /// `emit` for an event flagged `EV_FLAG_VXLAN` in the same program run): VNI and outer
+    /// IPv4 addresses.
+    pub vx_vni: u32,
+    pub vx_saddr: [u8; 4],
+    pub vx_daddr: [u8; 4],
 }
 
 impl Scratch {
@@ -567,6 +573,9 @@ pub struct Addrs {
     pub ip_id: u16,
     pub src: [u8; 16],
     pub dst: [u8; 16],
+    /// The header is the inner one of a VXLAN packet: its offset from the outer (network)
+    /// header; 0 for a plain packet.
+    pub vx_off: u16,
 }
 
 impl Addrs {
@@ -579,6 +588,7 @@ impl Addrs {
             ip_id: u16::from_be_bytes([a[0], a[1]]),
             src: a4([a[8], a[9], a[10], a[11]]),
             dst: a4([a[12], a[13], a[14], a[15]]),
+            vx_off: 0,
         }
     }
 
@@ -592,6 +602,7 @@ impl Addrs {
             ip_id: ident,
             src: b16(h, 8),
             dst: b16(h, 24),
+            vx_off: 0,
         }
     }
 
@@ -635,9 +646,17 @@ pub fn skb_addrs(c: &Config, skb: u64) -> Option<Addrs> {
     if nh == u16::MAX || head == 0 {
         return None;
     }
-    let ip = head + nh as u64;
-    let h = rd::<[u8; 20]>(ip)?;
-    let a = match h[0] >> 4 {
+    let outer = head + nh as u64;
+    let mut ip = outer;
+    let mut h = rd::<[u8; 20]>(ip)?;
+    // An outer VXLAN packet on the underlay: the inner packet is the one that may be ours.
+    if c.filter.vxlan_port != 0 && h[0] >> 4 == 4 && h[9] == 17 {
+        if let Some(off) = crate::vxlan::skb_inner(c, ip, &h) {
+            ip += off;
+            h = rd::<[u8; 20]>(ip)?;
+        }
+    }
+    let mut a = match h[0] >> 4 {
         4 => {
             let mut b = [0u8; 16];
             b.copy_from_slice(&h[4..20]);
@@ -655,5 +674,6 @@ pub fn skb_addrs(c: &Config, skb: u64) -> Option<Addrs> {
         }
         _ => return None,
     };
+    a.vx_off = (ip - outer) as u16;
     a.might_match(c).then_some(a)
 }

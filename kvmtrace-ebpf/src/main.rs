@@ -6,6 +6,7 @@
 //! - [`fib`]: route lookups: `bpf_fib_lookup` from the path devices' TC ingress (path hook
 //!   set), or the `fib_table_lookup` tracepoint (full hook set);
 //! - [`netfilter`]: BPF netfilter links at the IPv4 hooks (full hook set only);
+//! - [`vxlan`]: the inner packet of a VXLAN packet on the underlay;
 //! - [`filter`]: the shared test "is this packet ours", [`emit`]: the event written to userspace.
 //!
 //! Every program decides in its first few instructions whether a packet belongs to the
@@ -28,6 +29,7 @@ mod filter;
 mod netfilter;
 mod skb;
 mod tc;
+mod vxlan;
 mod watch;
 
 use aya_ebpf::{

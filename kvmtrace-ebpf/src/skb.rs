@@ -14,7 +14,8 @@ use aya_ebpf::{
     programs::tracing::StackIdContext as _, programs::BtfTracePointContext,
 };
 use kvmtrace_common::{
-    Config, HookKind, CNT_SAMPLED_OUT, EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP, EV_FLAG_NEW, FOLLOW_V6,
+    Config, HookKind, CNT_SAMPLED_OUT, EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP, EV_FLAG_NEW, EV_FLAG_VXLAN,
+    FOLLOW_V6,
     TRACK_SUPPRESSED,
 };
 
@@ -103,16 +104,18 @@ fn skb_ifindex(skb: u64) -> u32 {
 }
 
 /// Reads the IP packet of a kernel skb through `head + network_header` into this CPU's
-/// scratch: the parsed packet, its length, MACs and `EV_FLAG_*`.
+/// scratch: the parsed packet, its length, MACs and `EV_FLAG_*`. `vx_off` (from
+/// [`skb_addrs`]): the packet is the inner one of a VXLAN packet, that far after the network
+/// header (its Ethernet header just before it).
 #[inline(always)]
-fn skb_pkt(skb: u64) -> Option<(&'static mut Pkt, u32, [u8; 12], u8)> {
+fn skb_pkt(skb: u64, vx_off: u16) -> Option<(&'static mut Pkt, u32, [u8; 12], u8)> {
     let head: u64 = btf_load(skb, off!(OFF_SKB_HEAD));
     let nh: u16 = btf_load(skb, off!(OFF_SKB_NH));
     let len: u32 = btf_load(skb, off!(OFF_SKB_LEN));
     if nh == u16::MAX || head == 0 {
         return None;
     }
-    let at = head + nh as u64;
+    let at = head + nh as u64 + vx_off as u64;
     let s = scratch()?;
     s.clear_l4();
     // SAFETY: bpf_probe_read_kernel faults safely on bad addresses.
@@ -139,7 +142,14 @@ fn skb_pkt(skb: u64) -> Option<(&'static mut Pkt, u32, [u8; 12], u8)> {
     let mut flags = EV_FLAG_HAS_IP;
     let mut macs = [0u8; 12];
     let mh: u16 = btf_load(skb, off!(OFF_SKB_MH));
-    if mh != u16::MAX && mh < nh {
+    if vx_off != 0 {
+        // The inner Ethernet header, right before the inner IP header.
+        if let Some(m) = rd::<[u8; 12]>(at - 14) {
+            macs = m;
+            flags |= EV_FLAG_HAS_ETH;
+        }
+        flags |= EV_FLAG_VXLAN;
+    } else if mh != u16::MAX && mh < nh {
         if let Some(m) = rd::<[u8; 12]>(head + mh as u64) {
             macs = m;
             flags |= EV_FLAG_HAS_ETH;
@@ -207,7 +217,7 @@ pub fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
         }
         return;
     }
-    let Some((p, len, macs, mut flags)) = skb_pkt(skb) else {
+    let Some((p, len, macs, mut flags)) = skb_pkt(skb, addrs.vx_off) else {
         if let Some(dir) = tracked {
             // Followed but no readable IPv4 header here (should be rare): still report the hop.
             if !freeing {
@@ -284,8 +294,8 @@ pub fn net_dev_start_xmit(ctx: BtfTracePointContext) -> i32 {
 
 /// Is a packet not tracked (yet) one of ours? For a drop seen before any other hook.
 #[inline(always)]
-fn might_be_ours(c: &Config, skb: u64) -> bool {
-    let Some((p, _, _, _)) = skb_pkt(skb) else {
+fn might_be_ours(c: &Config, skb: u64, vx_off: u16) -> bool {
+    let Some((p, _, _, _)) = skb_pkt(skb, vx_off) else {
         return false;
     };
     classify(c, &p, false) != 0
@@ -319,7 +329,7 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
         }
         Some(_) => {}
         None => {
-            if !addrs.could_start(c, || false) || !might_be_ours(c, skb) {
+            if !addrs.could_start(c, || false) || !might_be_ours(c, skb, addrs.vx_off) {
                 return 0;
             }
         }

@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use kvmtrace_common::{
     Config, HookKind, CNT_SAMPLED_OUT, DIR_REPLY, DIR_REQUEST, EV_FLAG_ARP, EV_FLAG_DHCP,
-    EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP, EV_FLAG_NEW, FAMILY_V4, FAMILY_V6, FOLLOW_V6,
+    EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP, EV_FLAG_NEW, EV_FLAG_VXLAN, FAMILY_V4, FAMILY_V6, FOLLOW_V6,
     TRACK_SUPPRESSED,
 };
 
@@ -42,10 +42,11 @@ fn load_l4(ctx: &TcContext, s: &mut Scratch, off: usize, max: u32) {
         || load_to(ctx, off, d, 8);
 }
 
-/// The parsed IPv4 or IPv6 packet of a frame (Ethernet header `eth`), read with
-/// bpf_skb_load_bytes into this CPU's scratch. IPv6 only when an IPv6 destination is followed.
+/// The parsed IPv4 or IPv6 packet of a frame (Ethernet header `eth`, at `base`: 0, or the
+/// inner frame of a VXLAN packet), read with bpf_skb_load_bytes into this CPU's scratch. IPv6
+/// only when an IPv6 destination is followed.
 #[inline(always)]
-fn tc_ip(ctx: &TcContext, eth: &[u8; 14]) -> Option<&'static mut Pkt> {
+fn tc_ip(ctx: &TcContext, eth: &[u8; 14], base: usize) -> Option<&'static mut Pkt> {
     let v6 = eth[12] == 0x86 && eth[13] == 0xdd;
     if v6 && !follows(FOLLOW_V6) {
         return None;
@@ -54,21 +55,22 @@ fn tc_ip(ctx: &TcContext, eth: &[u8; 14]) -> Option<&'static mut Pkt> {
         return None;
     }
     let s = scratch()?;
+    let ip = base + 14;
     if v6 {
-        if !load_to(ctx, 14, s.ip.as_mut_ptr(), 40) {
+        if !load_to(ctx, ip, s.ip.as_mut_ptr(), 40) {
             return None;
         }
-        load_l4(ctx, s, 54, 48);
+        load_l4(ctx, s, ip + 40, 48);
         return parse6(s).then_some(&mut s.pkt);
     }
-    if !load_to(ctx, 14, s.ip.as_mut_ptr(), 20) {
+    if !load_to(ctx, ip, s.ip.as_mut_ptr(), 20) {
         return None;
     }
     let ihl = ((s.ip[0] & 0x0f) as usize) * 4;
     if !(20..=60).contains(&ihl) {
         return None;
     }
-    load_l4(ctx, s, 14 + ihl, 28);
+    load_l4(ctx, s, ip + ihl, 28);
     parse(s).then_some(&mut s.pkt)
 }
 
@@ -130,7 +132,7 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
         tap_arp(ctx, c, hook, &eth);
         return TC_ACT_UNSPEC;
     }
-    let Some(p) = tc_ip(ctx, &eth) else {
+    let Some(p) = tc_ip(ctx, &eth, 0) else {
         return TC_ACT_UNSPEC;
     };
     let p: &mut Pkt = p;
@@ -295,34 +297,79 @@ fn in_place<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
     Some((start + off) as *const T)
 }
 
+/// The addresses of a frame on a path device: of its IP packet, or of the inner packet when
+/// it is a VXLAN packet on the followed port (`vx_off` then says where the inner frame is).
+/// One `Addrs` whichever it is, read in place or from the scratch: the TC programs' stack has
+/// no room for a second one.
+#[inline(always)]
+fn dev_addrs(ctx: &TcContext, c: &Config) -> Option<Addrs> {
+    // SAFETY: in_place checked the bounds against data_end.
+    let mut ty = unsafe { *in_place::<[u8; 2]>(ctx, 12)? };
+    // On the underlay, a UDP packet may be VXLAN: the inner packet is the one that may be
+    // ours (its Ethernet header at `vx_base`, its type left in the scratch by tc_inner).
+    let mut vx_base = 0usize;
+    if ty == [0x08, 0x00]
+        && c.filter.vxlan_port != 0
+        // UDP, and (read in place, no helper call) to the VXLAN port when the header has no
+        // options: other UDP traffic costs no more than these reads.
+        && in_place::<[u8; 24]>(ctx, 14).is_some_and(|h| {
+            // SAFETY: as above.
+            let h = unsafe { &*h };
+            h[9] == 17
+                && (h[0] != 0x45 || u16::from_be_bytes([h[22], h[23]]) == c.filter.vxlan_port)
+        })
+    {
+        if let Some(b) = crate::vxlan::tc_inner(ctx, c) {
+            let s = scratch()?;
+            vx_base = b;
+            ty = [s.l4[16 + 12], s.l4[16 + 13]];
+        }
+    }
+    let mut a = if ty == [0x08, 0x00] {
+        let h: *const [u8; 16] = if vx_base == 0 {
+            in_place::<[u8; 16]>(ctx, 14 + 4)?
+        } else {
+            let s = scratch()?;
+            if !load_to(ctx, vx_base + 14 + 4, s.ip.as_mut_ptr(), 16) {
+                return None;
+            }
+            s.ip.as_ptr() as *const [u8; 16]
+        };
+        // SAFETY: bounds checked against data_end, or 16 of the scratch's 40 bytes.
+        Addrs::from_bytes(unsafe { &*h })
+    } else if ty == [0x86, 0xdd] && follows(FOLLOW_V6) {
+        let (h, ident): (*const [u8; 40], u16) = if vx_base == 0 {
+            let h = in_place::<[u8; 40]>(ctx, 14)?;
+            let ident = match in_place::<[u8; 8]>(ctx, 14 + 40) {
+                // SAFETY: bounds checked against data_end.
+                Some(l4) => ident6(unsafe { &*l4 }),
+                None => 0,
+            };
+            (h, ident)
+        } else {
+            let s = scratch()?;
+            if !load_to(ctx, vx_base + 14, s.ip.as_mut_ptr(), 40) {
+                return None;
+            }
+            s.clear_l4();
+            let _ = load_to(ctx, vx_base + 14 + 40, s.l4.as_mut_ptr(), 8);
+            (s.ip.as_ptr() as *const [u8; 40], ident6(&s.l4))
+        };
+        // SAFETY: bounds checked against data_end, or the scratch's 40-byte header.
+        Addrs::from_v6(unsafe { &*h }, ident)
+    } else {
+        return None;
+    };
+    a.vx_off = vx_base as u16;
+    Some(a)
+}
+
 #[inline(always)]
 fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
     let Some(c) = config() else {
         return TC_ACT_UNSPEC;
     };
-    let Some(ty) = in_place::<[u8; 2]>(ctx, 12) else {
-        return TC_ACT_UNSPEC;
-    };
-    // SAFETY: bounds checked against data_end just above.
-    let ty = unsafe { *ty };
-    let a = if ty == [0x08, 0x00] {
-        let Some(h) = in_place::<[u8; 16]>(ctx, 14 + 4) else {
-            return TC_ACT_UNSPEC;
-        };
-        // SAFETY: bounds checked against data_end just above.
-        Addrs::from_bytes(unsafe { &*h })
-    } else if ty == [0x86, 0xdd] && follows(FOLLOW_V6) {
-        let Some(h) = in_place::<[u8; 40]>(ctx, 14) else {
-            return TC_ACT_UNSPEC;
-        };
-        let ident = match in_place::<[u8; 8]>(ctx, 14 + 40) {
-            // SAFETY: bounds checked against data_end.
-            Some(l4) => ident6(unsafe { &*l4 }),
-            None => 0,
-        };
-        // SAFETY: bounds checked against data_end just above.
-        Addrs::from_v6(unsafe { &*h }, ident)
-    } else {
+    let Some(a) = dev_addrs(ctx, c) else {
         return TC_ACT_UNSPEC;
     };
     if !a.might_match(c) {
@@ -346,13 +393,18 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
         None if !received && !a.could_start(c, || false) => return TC_ACT_UNSPEC,
         _ => {}
     }
-    let Ok(eth) = ctx.load::<[u8; 14]>(0) else {
+    // The frame to parse: the packet itself, or the inner frame of a VXLAN packet.
+    let base = a.vx_off as usize;
+    let Ok(eth) = ctx.load::<[u8; 14]>(base) else {
         return TC_ACT_UNSPEC;
     };
-    let Some(p) = tc_ip(ctx, &eth) else {
+    let Some(p) = tc_ip(ctx, &eth, base) else {
         return TC_ACT_UNSPEC;
     };
     let mut flags = EV_FLAG_HAS_IP | EV_FLAG_HAS_ETH;
+    if base != 0 {
+        flags |= EV_FLAG_VXLAN;
+    }
     let dir = match tracked {
         Some(d) => d,
         None => {
@@ -379,7 +431,9 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
         &macs_of(&eth),
         &NO_EXTRA,
     );
-    if c.filter.route_helper != 0 {
+    // An encapsulated packet is bridged inside the overlay, not routed by its inner header:
+    // its underlay route is the outer packet's.
+    if c.filter.route_helper != 0 && base == 0 {
         if received {
             route_lookup(ctx, c, skb, &p, dir);
         } else {

@@ -83,6 +83,7 @@ fn facts() -> HostFacts {
         }],
         legacy_tables: vec![],
         devices: vec![],
+        ..Default::default()
     }
 }
 

@@ -57,6 +57,7 @@ fn forward_drop_facts() -> HostFacts {
         }],
         legacy_tables: vec![],
         devices: vec![],
+        ..Default::default()
     }
 }
 

@@ -4,3 +4,4 @@ pub mod guest;
 pub mod lab;
 pub mod macvtap;
 pub mod vm;
+pub mod vxlan;

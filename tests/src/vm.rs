@@ -1381,6 +1381,12 @@ pub fn open_macvtap(path: &std::path::Path) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
+/// Opens the persistent tap `tap` of the network namespace `ns` as a VM's tun fd (the fd
+/// must be opened in the tap's namespace, see [`FakeVm::attach`]), for [`FakeVm::on_fd`].
+pub fn open_tap_in(ns: &str, tap: &str) -> Result<OwnedFd, String> {
+    crate::lab::in_netns(ns, || open_tap(tap)).and_then(|r| r)
+}
+
 /// Open /dev/net/tun non-blocking and attach it to the existing tap `name` (in the calling
 /// thread's network namespace).
 fn open_tap(name: &str) -> Result<OwnedFd, String> {

@@ -4,6 +4,11 @@
 //! actually routed to. The `dev_ingress` / `dev_egress` TC programs are attached to exactly
 //! these (TCX links), and the set follows route and port changes while kvmtrace runs.
 //!
+//! A bridge with a VXLAN port takes the VM's frames into an overlay: they leave the host
+//! encapsulated through the VXLAN device's underlay device (its `dev`, else the device of the
+//! route to its remote), which is attached too; the kernel programs look inside the outer
+//! UDP packets there (`Filter::vxlan_port`).
+//!
 //! Per-device programs cost nothing to traffic that never crosses those devices, where the
 //! global tracepoints and netfilter links cost every packet of the host.
 
@@ -71,13 +76,27 @@ pub fn wanted(tap: &str, dests: &[ipnet::IpNet], seen_oifs: &[u32]) -> Vec<Wante
         }
         // Bridged mode: frames leave through the bridge's other ports, never through the
         // bridge device itself. Other VMs' taps are not the way out.
+        let vxlans = bridge_vxlans(br);
         if let Ok(ports) = std::fs::read_dir(sys(br, "brif")) {
             for p in ports.flatten() {
                 let name = p.file_name().to_string_lossy().into_owned();
                 if name != tap && !is_tun(&name) {
                     if let Some(i) = index_of(&name) {
-                        add(i, name, format!("uplink port of {br}"));
+                        let why = match vxlans.iter().find(|v| v.ifindex == i) {
+                            Some(v) => format!("VXLAN port of {br} (vni {})", v.vni),
+                            None => format!("uplink port of {br}"),
+                        };
+                        add(i, name, why);
                     }
+                }
+            }
+        }
+        for vx in vxlans {
+            if let Some(i) = underlay_of(&vx) {
+                if let Some(name) = name_of(i) {
+                    let remote = vx.remote.map_or("none".to_string(), |r| r.to_string());
+                    let why = format!("underlay of {} (vni {}, remote {remote})", vx.name, vx.vni);
+                    add(i, name, why);
                 }
             }
         }
@@ -166,6 +185,35 @@ pub fn wanted(tap: &str, dests: &[ipnet::IpNet], seen_oifs: &[u32]) -> Vec<Wante
         }
     }
     out
+}
+
+/// The VXLAN devices that are ports of `bridge` (empty when none, or unreadable).
+pub fn bridge_vxlans(bridge: &str) -> Vec<netlink::VxlanLink> {
+    let Some(bi) = index_of(bridge) else {
+        return Vec::new();
+    };
+    match netlink::vxlans_of(bi) {
+        Ok(v) => v,
+        Err(e) => {
+            log::warn!("reading the VXLAN devices: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// The device a VXLAN device's outer packets leave through (see `VxlanLink::underlay`).
+pub fn underlay_of(vx: &netlink::VxlanLink) -> Option<u32> {
+    vx.underlay()
+}
+
+/// The UDP port of the VXLAN overlay on `tap`'s bridge (the first VXLAN port's), for
+/// `Filter::vxlan_port`; 0: the bridge has none.
+pub fn tap_vxlan_port(tap: &str) -> u16 {
+    std::fs::read_link(sys(tap, "master"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .and_then(|br| bridge_vxlans(&br).first().map(|v| v.port))
+        .unwrap_or(0)
 }
 
 /// One program's link on a device.

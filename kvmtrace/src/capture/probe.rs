@@ -283,6 +283,7 @@ impl Tracer {
             guest_mac: spec.guest_mac.unwrap_or([0; 6]),
             budget: spec.budget,
             route_helper: u8::from(!all),
+            vxlan_port: crate::capture::pathdevs::tap_vxlan_port(&spec.tap),
             ..Default::default()
         };
 

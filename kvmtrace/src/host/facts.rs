@@ -42,7 +42,30 @@ pub fn gather() -> HostFacts {
         nft_chains,
         legacy_tables,
         devices: devices(std::path::Path::new("/sys/class/net"), &addresses),
+        vxlans: vxlans(),
     }
+}
+
+/// The VXLAN devices, with the device of the route to each remote (an RTM_GETLINK dump and a
+/// route query per device).
+fn vxlans() -> Vec<crate::model::VxlanFacts> {
+    let list = crate::host::netlink::vxlans().unwrap_or_else(|e| {
+        log::debug!("reading the VXLAN devices: {e}");
+        Vec::new()
+    });
+    let name = crate::host::netlink::ifname;
+    list.iter()
+        .map(|v| crate::model::VxlanFacts {
+            name: v.name.clone(),
+            vni: v.vni,
+            remote: v.remote,
+            local: v.local,
+            dev: (v.link != 0).then(|| name(v.link)).flatten(),
+            route_dev: v.route_dev().and_then(name),
+            port: v.port,
+            mtu: v.mtu,
+        })
+        .collect()
 }
 
 /// Devices, their bridge, MTU and state, from sysfs; their IPv4 addresses from `addrs`

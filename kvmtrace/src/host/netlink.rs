@@ -16,6 +16,8 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 pub const NETLINK_ROUTE: i32 = 0;
 pub const NETLINK_NETFILTER: i32 = 12;
 
+pub const RTM_NEWLINK: u16 = 16;
+pub const RTM_GETLINK: u16 = 18;
 pub const RTM_NEWROUTE: u16 = 24;
 pub const RTM_GETROUTE: u16 = 26;
 pub const RTM_NEWADDR: u16 = 20;
@@ -501,6 +503,151 @@ pub fn addresses() -> io::Result<Vec<IfAddr>> {
         .into_iter()
         .filter(|(t, _)| *t == RTM_NEWADDR)
         .filter_map(|(_, b)| parse_addr(&b))
+        .collect())
+}
+
+/// A VXLAN device (`ip -d link show type vxlan`): what its packets are wrapped in and where
+/// they go on the underlay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanLink {
+    pub ifindex: u32,
+    pub name: String,
+    pub vni: u32,
+    /// The default remote VTEP (`remote`, or a multicast `group`); None: none configured.
+    pub remote: Option<Ipv4Addr>,
+    pub local: Option<Ipv4Addr>,
+    /// The underlay device it is bound to (`dev`); 0: none.
+    pub link: u32,
+    /// Destination UDP port (host order).
+    pub port: u16,
+    pub mtu: u32,
+    /// The bridge it is a port of (ifindex; 0: none).
+    pub master: u32,
+}
+
+impl VxlanLink {
+    /// The device its outer packets leave through: the one it is bound to (`dev`), else the
+    /// device of the route to its remote.
+    pub fn underlay(&self) -> Option<u32> {
+        if self.link != 0 {
+            return Some(self.link);
+        }
+        self.route_dev()
+    }
+
+    /// The output device of the route to its remote (None: no remote, or no route).
+    pub fn route_dev(&self) -> Option<u32> {
+        let remote = self.remote?;
+        let q = RouteQuery {
+            src: IpAddr::V4(self.local.unwrap_or(Ipv4Addr::UNSPECIFIED)),
+            dst: IpAddr::V4(remote),
+            proto: 17,
+            sport: 0,
+            dport: self.port,
+            iif: 0,
+            mark: 0,
+        };
+        route_get(&q).ok()?.nexthops.first().map(|h| h.0)
+    }
+}
+
+/// The name of the device `ifindex` of this namespace.
+pub fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    Some(cstr(&buf))
+}
+
+/// Parses one `RTM_NEWLINK` body; None unless it is a VXLAN device.
+pub fn parse_vxlan(body: &[u8]) -> Option<VxlanLink> {
+    use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
+    let m = LinkMessage::parse(body).ok()?;
+    let mut v = VxlanLink {
+        ifindex: m.header.index,
+        name: String::new(),
+        vni: 0,
+        remote: None,
+        local: None,
+        link: 0,
+        port: 0,
+        mtu: 0,
+        master: 0,
+    };
+    let mut vxlan = false;
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => v.name = n.clone(),
+            LinkAttribute::Mtu(n) => v.mtu = *n,
+            LinkAttribute::Controller(n) => v.master = *n,
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Data(InfoData::Vxlan(attrs)) = i {
+                        vxlan = true;
+                        for x in attrs {
+                            match x {
+                                InfoVxlan::Id(id) => v.vni = *id,
+                                InfoVxlan::Group(g) if !g.is_unspecified() => v.remote = Some(*g),
+                                InfoVxlan::Local(l) if !l.is_unspecified() => v.local = Some(*l),
+                                InfoVxlan::Link(l) => v.link = *l,
+                                InfoVxlan::Port(p) => v.port = *p,
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    vxlan.then_some(v)
+}
+
+/// The VXLAN devices of this namespace.
+pub fn vxlans() -> io::Result<Vec<VxlanLink>> {
+    vxlan_dump(0)
+}
+
+/// The VXLAN devices that are ports of the bridge `master` (ifindex).
+pub fn vxlans_of(master: u32) -> io::Result<Vec<VxlanLink>> {
+    Ok(vxlan_dump(master)?
+        .into_iter()
+        .filter(|v| v.master == master)
+        .collect())
+}
+
+/// An `RTM_GETLINK` dump the kernel filters itself (net/core/rtnetlink.c `rtnl_dump_ifinfo`):
+/// devices of kind "vxlan" only, and of the bridge `master` when not 0, so that the path
+/// refresh (every 500 ms) does not read every device of a host with many.
+fn vxlan_dump(master: u32) -> io::Result<Vec<VxlanLink>> {
+    // ifinfomsg: family, pad, type, index, flags, change (16 bytes).
+    let mut b = vec![0u8; 16];
+    let mut nla = |ty: u16, payload: &[u8]| {
+        let len = 4 + payload.len();
+        b.extend_from_slice(&(len as u16).to_ne_bytes());
+        b.extend_from_slice(&ty.to_ne_bytes());
+        b.extend_from_slice(payload);
+        b.resize(b.len() + ((4 - len % 4) % 4), 0);
+    };
+    const IFLA_MASTER: u16 = 10;
+    const IFLA_LINKINFO: u16 = 18;
+    const IFLA_INFO_KIND: u16 = 1;
+    if master != 0 {
+        nla(IFLA_MASTER, &master.to_ne_bytes());
+    }
+    // IFLA_LINKINFO { IFLA_INFO_KIND "vxlan\0" } (10 bytes, padded to 12).
+    let mut kind = Vec::new();
+    kind.extend_from_slice(&10u16.to_ne_bytes());
+    kind.extend_from_slice(&IFLA_INFO_KIND.to_ne_bytes());
+    kind.extend_from_slice(b"vxlan\0\0\0");
+    nla(IFLA_LINKINFO | 0x8000, &kind);
+    Ok(dump(NETLINK_ROUTE, RTM_GETLINK, &b)?
+        .into_iter()
+        .filter(|(t, _)| *t == RTM_NEWLINK)
+        .filter_map(|(_, b)| parse_vxlan(&b))
         .collect())
 }
 

@@ -195,6 +195,13 @@ pub struct Vxlan {
     pub dst: Ipv4Addr,
 }
 
+impl Vxlan {
+    /// `vxlan vni 42 192.0.2.2 > 198.51.100.1`: the outer packet as the underlay carries it.
+    pub fn describe(&self) -> String {
+        format!("vxlan vni {} {} > {}", self.vni, self.src, self.dst)
+    }
+}
+
 /// Link-level conversation of the guest on its tap.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -520,6 +527,15 @@ impl TraceEvent {
         let Some(t) = &self.tuple else {
             return "(no IP header)".into();
         };
+        let inner = self.inner_headers(t);
+        match &self.vxlan {
+            Some(x) => format!("{inner} [{}]", x.describe()),
+            None => inner,
+        }
+    }
+
+    /// The IP headers of [`TraceEvent::headers`] (the inner packet's on the underlay).
+    fn inner_headers(&self, t: &Tuple) -> String {
         match t.proto {
             1 => {
                 let what = match (self.icmp_type, self.icmp_code) {

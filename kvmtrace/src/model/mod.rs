@@ -10,7 +10,7 @@ use crate::model::event::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// Version of the JSON objects written by `--json` (docs/json-schema.md).
 pub const SCHEMA: u32 = 1;
@@ -66,7 +66,33 @@ pub struct HostFacts {
     /// Network devices of the namespace.
     #[serde(default)]
     pub devices: Vec<DevFacts>,
+    /// The VXLAN devices of the namespace (overlay verdicts name their remote and underlay).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vxlans: Vec<VxlanFacts>,
 }
+
+/// A VXLAN device: where its encapsulated packets go (`ip -d link show type vxlan`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VxlanFacts {
+    pub name: String,
+    pub vni: u32,
+    /// The default remote VTEP (`remote`); None: no default remote.
+    pub remote: Option<Ipv4Addr>,
+    pub local: Option<Ipv4Addr>,
+    /// The underlay device it is bound to (`dev`); None: unbound (the route to the remote
+    /// decides).
+    pub dev: Option<String>,
+    /// The device of the route to the remote, when one exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_dev: Option<String>,
+    /// Destination UDP port.
+    pub port: u16,
+    pub mtu: u32,
+}
+
+/// Bytes VXLAN adds in front of an IPv4 inner frame on an IPv4 underlay: outer IPv4 (20),
+/// UDP (8), VXLAN (8) and the inner Ethernet header (14), RFC 7348.
+pub const VXLAN_OVERHEAD: u32 = 50;
 
 /// One network device as `/sys/class/net` shows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +152,10 @@ impl HostFacts {
                 _ => None,
             })
             .map(|b| b.name.as_str())
+    }
+    /// The VXLAN device `dev`, when it is one.
+    pub fn vxlan(&self, dev: &str) -> Option<&VxlanFacts> {
+        self.vxlans.iter().find(|v| v.name == dev)
     }
     pub fn mtu_of(&self, dev: &str) -> Option<u32> {
         self.devices

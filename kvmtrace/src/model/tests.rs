@@ -35,6 +35,7 @@ fn nft_forward_drop_facts() -> HostFacts {
         }],
         legacy_tables: vec![],
         devices: vec![],
+        vxlans: vec![],
     }
 }
 
@@ -569,4 +570,125 @@ fn a_macvtap_guest_unanswered_names_the_lower_device_or_the_host_isolation_not_a
         "{}",
         v.summary
     );
+}
+
+/// Facts of a host whose br0 has the VXLAN port vx0 (vni 42, bound to ul0, MTU 1450).
+fn vxlan_facts(remote: Option<Ipv4Addr>) -> HostFacts {
+    HostFacts {
+        devices: vec![
+            DevFacts {
+                name: "vx0".into(),
+                master: Some("br0".into()),
+                mtu: Some(1450),
+                up: true,
+                ..Default::default()
+            },
+            DevFacts {
+                name: "ul0".into(),
+                mtu: Some(1500),
+                up: true,
+                ..Default::default()
+            },
+        ],
+        vxlans: vec![VxlanFacts {
+            name: "vx0".into(),
+            vni: 42,
+            remote,
+            local: Some(Ipv4Addr::new(192, 0, 2, 2)),
+            dev: Some("ul0".into()),
+            route_dev: Some("ul0".into()),
+            port: 4789,
+            mtu: 1450,
+        }],
+        ..Default::default()
+    }
+}
+
+/// The healthy run's requests, each dropped on `device` right after the tap (replies gone),
+/// the drop as `edit` makes it.
+fn requests_dropped_after_the_tap(device: &str, edit: impl Fn(&mut TraceEvent)) -> Vec<TraceEvent> {
+    let mut out = Vec::new();
+    let mut cut = std::collections::HashSet::new();
+    for mut e in load(HEALTHY) {
+        if e.dir == Direction::Reply || cut.contains(&e.skb) {
+            continue;
+        }
+        if !matches!(e.point, Point::TapIngress | Point::NetifReceive) || e.device != "vnet0" {
+            e.point = Point::Drop;
+            e.device = device.into();
+            e.dev_kind = DevKind::Other;
+            e.nf_hook = None;
+            edit(&mut e);
+            cut.insert(e.skb);
+        }
+        out.push(e);
+    }
+    out
+}
+
+#[test]
+fn a_drop_for_want_of_a_vxlan_remote_names_the_fdb_entry_to_add() {
+    let events = requests_dropped_after_the_tap("vx0", |e| {
+        e.reason = Some("NO_TX_TARGET".into());
+        e.location = Some("vxlan_xmit+0xdab".into());
+        e.dmac = Some("52:54:00:4b:58:03".into());
+    });
+    let remote = Ipv4Addr::new(198, 51, 100, 1);
+    let v = &model(events).verdicts(&vxlan_facts(Some(remote)), "x", None)[0];
+    assert_eq!(v.status, Status::Dropped);
+    assert_eq!(v.stage, Some(Stage::Egress));
+    assert_eq!(v.device.as_deref(), Some("vx0"));
+    assert_eq!(v.reason.as_deref(), Some("NO_TX_TARGET"));
+    // A remote is configured (its default entry was removed): the fix names it.
+    assert!(
+        v.summary.contains(
+            "`bridge fdb append 00:00:00:00:00:00 dev vx0 dst 198.51.100.1` (or an entry for \
+             52:54:00:4b:58:03)"
+        ),
+        "{}",
+        v.summary
+    );
+}
+
+#[test]
+fn an_outer_packet_dropped_at_postrouting_is_found_by_its_vni_and_outer_source() {
+    let events = requests_dropped_after_the_tap("ul0", |e| {
+        e.reason = Some("NETFILTER_DROP".into());
+        e.location = Some("nft_do_chain+0x46f".into());
+        e.stack = ["nft_do_chain+0x46f", "nf_hook_slow+0x43", "ip_output+0x70"]
+            .map(String::from)
+            .to_vec();
+        e.vxlan = Some(crate::model::event::Vxlan {
+            vni: 42,
+            src: Ipv4Addr::new(192, 0, 2, 2),
+            dst: Ipv4Addr::new(198, 51, 100, 1),
+        });
+    });
+    let v = &model(events).verdicts(&vxlan_facts(None), "x", None)[0];
+    assert_eq!(v.status, Status::Dropped);
+    assert_eq!(v.stage, Some(Stage::Netfilter));
+    assert_eq!(v.hook, Some(NfHook::Postrouting));
+    assert_eq!(v.device.as_deref(), Some("ul0"));
+    assert!(
+        v.summary
+            .contains("left through the VXLAN device vx0 (vni 42)")
+            && v.summary.contains(
+                "encapsulated (outer) packet 192.0.2.2 > 198.51.100.1 udp/4789 was dropped by \
+                 the POSTROUTING hook"
+            ),
+        "{}",
+        v.summary
+    );
+    // Another VNI is not this overlay's: an ordinary netfilter drop.
+    let other = requests_dropped_after_the_tap("ul0", |e| {
+        e.reason = Some("NETFILTER_DROP".into());
+        e.location = Some("nft_do_chain+0x46f".into());
+        e.vxlan = Some(crate::model::event::Vxlan {
+            vni: 7,
+            src: Ipv4Addr::new(192, 0, 2, 9),
+            dst: Ipv4Addr::new(198, 51, 100, 1),
+        });
+    });
+    let v = &model(other).verdicts(&vxlan_facts(None), "x", None)[0];
+    assert!(!v.summary.contains("VXLAN"), "{}", v.summary);
 }

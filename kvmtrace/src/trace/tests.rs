@@ -54,6 +54,7 @@ fn facts() -> HostFacts {
         }],
         legacy_tables: vec![],
         devices: vec![],
+        vxlans: vec![],
     }
 }
 

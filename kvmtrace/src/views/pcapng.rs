@@ -318,6 +318,9 @@ pub fn comment(an: &Analysis, journey: usize, hop: usize, e: &TraceEvent) -> Str
     if let Some(inner) = e.icmp_inner_dst {
         hdr.push_str(&format!(" icmp-about {inner}"));
     }
+    if let Some(x) = &e.vxlan {
+        hdr.push_str(&format!(" outer {}", x.describe()));
+    }
     parts.push(hdr);
     parts.join(" | ")
 }

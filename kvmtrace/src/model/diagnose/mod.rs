@@ -9,6 +9,7 @@ mod dropped;
 mod misrouted;
 mod no_reply;
 mod no_traffic;
+mod overlay;
 
 use super::event::{DevKind, Direction, Point};
 use super::{Archived, DropSite, FlowKey, HostFacts, Journey, Outcome, Rewrite, Status, Verdict};
@@ -18,13 +19,22 @@ type Rule = fn(&Flow, &mut Verdict) -> bool;
 
 /// The rules, in order; the last always decides.
 pub const RULES: &[(&str, Rule)] = &[
+    (
+        "too big for a VXLAN underlay, answered by the host",
+        overlay::pmtu_answer,
+    ),
     ("delivered", delivered::delivered),
     (
         "misrouted into the VM's own side",
         misrouted::route_to_vm_side,
     ),
+    ("dropped by a VXLAN overlay", overlay::overlay_drop),
     ("dropped", dropped::dropped),
     ("looped back to the VM's side", misrouted::looped_back),
+    (
+        "left the host through a VXLAN overlay, no reply",
+        overlay::left_through_overlay,
+    ),
     ("left the host, no reply", no_reply::left_host),
     ("no observed end", no_reply::unfinished),
 ];
