@@ -211,10 +211,7 @@ pub struct Filter {
     /// IPv6 destination network and its mask (network order).
     pub dst6_net: [u8; 16],
     pub dst6_mask: [u8; 16],
-    pub _pad2: [u8; 2],
-    /// UDP port of the VXLAN overlay on the VM's bridge (host order; 0: none): the underlay
-    /// devices look inside such packets for the followed ones.
-    pub vxlan_port: u16,
+    pub _pad2: [u8; 4],
 }
 
 /// Value of the `CONFIG` array map (index 0).

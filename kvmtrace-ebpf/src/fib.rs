@@ -145,7 +145,7 @@ struct Lookup {
 fn lookup_and_emit(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8, q: &Lookup) {
     let (dst, sport, dport, ifindex, mark) = (q.dst, q.sport, q.dport, q.iif, q.mark);
     let ports = p.proto == 6 || p.proto == 17;
-    let v6 = p.family == FAMILY_V6;
+    let v6 = crate::follows(kvmtrace_common::FOLLOW_V6) && p.family == FAMILY_V6;
     // SAFETY: a plain C struct of integers and unions of integers; all-zero is valid.
     let mut f: FibParams = unsafe { core::mem::zeroed() };
     let set = |f: &mut FibParams| {

@@ -55,14 +55,14 @@ impl Pkt {
     /// ICMP for IPv4, ICMPv6 for IPv6.
     #[inline(always)]
     pub fn is_icmp(&self) -> bool {
-        self.proto == ICMP || self.proto == ICMPV6
+        self.proto == ICMP || (v6() && self.proto == ICMPV6)
     }
 
     /// An echo request (ICMP 8, ICMPv6 128).
     #[inline(always)]
     pub fn is_echo_request(&self) -> bool {
         (self.proto == ICMP && self.icmp_type == 8)
-            || (self.proto == ICMPV6 && self.icmp_type == 128)
+            || (v6() && self.proto == ICMPV6 && self.icmp_type == 128)
     }
 
     /// An ICMP error quoting the packet it is about: IPv4 unreachable, time exceeded,
@@ -71,8 +71,16 @@ impl Pkt {
     pub fn is_icmp_error(&self) -> bool {
         (self.proto == ICMP
             && (self.icmp_type == 3 || self.icmp_type == 11 || self.icmp_type == 12))
-            || (self.proto == ICMPV6 && self.icmp_type >= 1 && self.icmp_type <= 4)
+            || (v6() && self.proto == ICMPV6 && self.icmp_type >= 1 && self.icmp_type <= 4)
     }
+}
+
+/// Whether IPv6 is followed. Every test of a packet's version or of ICMPv6 asks this first:
+/// the verifier knows it (a load-time constant), so an IPv4-only run has one path where a
+/// test of the packet's own field would split each check in two.
+#[inline(always)]
+pub fn v6() -> bool {
+    follows(FOLLOW_V6)
 }
 
 pub const ICMP: u8 = 1;
@@ -269,7 +277,7 @@ fn in_dest6(c: &Config, a: &[u8; 16]) -> bool {
 /// Is `a` (of `family`) in the followed destination?
 #[inline(always)]
 pub fn in_dest(c: &Config, family: u8, a: &[u8; 16]) -> bool {
-    if family == FAMILY_V6 {
+    if v6() && family == FAMILY_V6 {
         in_dest6(c, a)
     } else {
         in_dest4(c, a)
@@ -280,9 +288,9 @@ pub fn in_dest(c: &Config, family: u8, a: &[u8; 16]) -> bool {
 pub fn proto_ok(c: &Config, proto: u8) -> bool {
     let want = c.filter.proto;
     if want == 0 {
-        proto == ICMP || proto == 6 || proto == 17 || proto == ICMPV6
+        proto == ICMP || proto == 6 || proto == 17 || (v6() && proto == ICMPV6)
     } else if want == ICMP {
-        proto == ICMP || proto == ICMPV6
+        proto == ICMP || (v6() && proto == ICMPV6)
     } else {
         proto == want
     }
@@ -329,7 +337,7 @@ fn is_guest6(a: &[u8; 16]) -> bool {
 /// Is `a` (of `family`) one of the guest's learned addresses?
 #[inline(always)]
 pub fn is_guest(family: u8, a: &[u8; 16]) -> bool {
-    if family == FAMILY_V6 {
+    if v6() && family == FAMILY_V6 {
         is_guest6(a)
     } else {
         is_guest4(a)
@@ -343,7 +351,7 @@ pub fn learn_guest(family: u8, a: &[u8; 16]) {
     if is_guest(family, a) {
         return;
     }
-    if family == FAMILY_V6 {
+    if v6() && family == FAMILY_V6 {
         if (a[0] == 0xfe && a[1] & 0xc0 == 0x80) || halves(a) == (0, 0) {
             return;
         }
@@ -374,27 +382,27 @@ pub fn learn_guest(family: u8, a: &[u8; 16]) {
     }
 }
 
-#[inline(always)]
-fn icmp_error_about_ours(c: &Config, p: &Pkt) -> bool {
-    p.is_icmp_error()
-        && in_dest(c, p.family, &p.inner_daddr)
-        && (is_guest(p.family, &p.daddr) || is_guest(p.family, &p.inner_saddr))
-}
-
 /// Classifies a packet not yet tracked. `on_tap`: seen on the VM's tap, going out of the VM.
+///
+/// Each field is read once into a local: the packet lives in a map (`Scratch`), and the
+/// verifier knows nothing of a value read from a map, so every re-read would split its walk
+/// again; a tested local keeps what the test proved.
 #[inline(always)]
 pub fn classify(c: &Config, p: &Pkt, on_tap: bool) -> u8 {
-    if !proto_ok(c, p.proto) {
+    let proto = p.proto;
+    if !proto_ok(c, proto) {
         return 0;
     }
-    let port = c.filter.port;
-    let echo_or_port = |remote_port: u16| p.is_icmp() || port == 0 || remote_port == port;
     let fam = p.family;
-    if in_dest(c, fam, &p.daddr) && (on_tap || is_guest(fam, &p.saddr)) {
-        if p.is_icmp() && !p.is_echo_request() && !on_tap {
+    let icmp = proto == ICMP || (v6() && proto == ICMPV6);
+    let port = c.filter.port;
+    let any_port = icmp || port == 0;
+    let to_dest = in_dest(c, fam, &p.daddr);
+    if to_dest && (on_tap || is_guest(fam, &p.saddr)) {
+        if icmp && !on_tap && !p.is_echo_request() {
             return 0;
         }
-        if echo_or_port(p.dport) {
+        if any_port || p.dport == port {
             return DIR_REQUEST;
         }
         return 0;
@@ -402,35 +410,44 @@ pub fn classify(c: &Config, p: &Pkt, on_tap: bool) -> u8 {
     if on_tap {
         return 0;
     }
-    if in_dest(c, fam, &p.saddr) && is_guest(fam, &p.daddr) && echo_or_port(p.sport) {
+    let from_dest = in_dest(c, fam, &p.saddr);
+    if from_dest && is_guest(fam, &p.daddr) && (any_port || p.sport == port) {
         return DIR_REPLY;
     }
-    if !in_dest(c, fam, &p.saddr) {
+    if !from_dest {
         // Neither to nor from the destination: only an ICMP error about our packet remains.
-        return if icmp_error_about_ours(c, p) {
+        return if icmp && error_about_ours(c, fam, p) {
             DIR_REPLY
         } else {
             0
         };
     }
     // Before de-NAT: the reply carries the post-NAT local address and port.
-    let local_port = if p.is_icmp() { p.sport } else { p.dport };
+    let local_port = if icmp { p.sport } else { p.dport };
     let key = NatKey {
         remote: p.saddr,
         local: p.daddr,
         local_port,
-        proto: p.proto,
-        family: p.family,
+        proto,
+        family: fam,
     };
     // SAFETY: read-only lookup.
     if unsafe { NAT_KEYS.get(&key).is_some() } {
         return DIR_REPLY;
     }
-    // ICMP errors (unreachable, time exceeded, parameter problem) about our requests.
-    if icmp_error_about_ours(c, p) {
+    if icmp && error_about_ours(c, fam, p) {
         return DIR_REPLY;
     }
     0
+}
+
+/// An ICMP error (unreachable, too big, time exceeded, parameter problem) about a packet to
+/// the destination, sent to a guest address (or quoting one).
+#[inline(always)]
+fn error_about_ours(c: &Config, fam: u8, p: &Pkt) -> bool {
+    p.is_icmp_error()
+        && in_dest(c, fam, &p.inner_daddr)
+        && (is_guest(fam, &p.daddr) || is_guest(fam, &p.inner_saddr))
 }
 
 /// Guest-side flow key used for the per-flow budget.
@@ -610,7 +627,7 @@ impl Addrs {
     /// a guest address)? No map lookup for most foreign packets.
     #[inline(always)]
     pub fn might_match(&self, c: &Config) -> bool {
-        if !proto_ok(c, self.proto) && self.proto != ICMP && self.proto != ICMPV6 {
+        if !proto_ok(c, self.proto) && self.proto != ICMP && !(v6() && self.proto == ICMPV6) {
             return false;
         }
         let f = self.family;
@@ -625,7 +642,7 @@ impl Addrs {
     pub fn could_start(&self, c: &Config, on_tap: impl FnOnce() -> bool) -> bool {
         let f = self.family;
         if in_dest(c, f, &self.src)
-            || ((self.proto == ICMP || self.proto == ICMPV6) && is_guest(f, &self.dst))
+            || ((self.proto == ICMP || (v6() && self.proto == ICMPV6)) && is_guest(f, &self.dst))
         {
             return true;
         }
@@ -646,13 +663,15 @@ pub fn skb_addrs(c: &Config, skb: u64) -> Option<Addrs> {
     if nh == u16::MAX || head == 0 {
         return None;
     }
-    let outer = head + nh as u64;
-    let mut ip = outer;
+    let mut ip = head + nh as u64;
     let mut h = rd::<[u8; 20]>(ip)?;
     // An outer VXLAN packet on the underlay: the inner packet is the one that may be ours.
-    if c.filter.vxlan_port != 0 && h[0] >> 4 == 4 && h[9] == 17 {
-        if let Some(off) = crate::vxlan::skb_inner(c, ip, &h) {
+    // (`vx_off` is set only here, so without an overlay the verifier knows it is 0.)
+    let mut vx_off = 0u16;
+    if crate::vxlan_port() != 0 && h[0] >> 4 == 4 && h[9] == 17 {
+        if let Some(off) = crate::vxlan::skb_inner(ip, &h) {
             ip += off;
+            vx_off = off as u16;
             h = rd::<[u8; 20]>(ip)?;
         }
     }
@@ -674,6 +693,6 @@ pub fn skb_addrs(c: &Config, skb: u64) -> Option<Addrs> {
         }
         _ => return None,
     };
-    a.vx_off = (ip - outer) as u16;
+    a.vx_off = vx_off;
     a.might_match(c).then_some(a)
 }

@@ -192,6 +192,17 @@ static OFF_FIB6_DPORT: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 static FOLLOW: u32 = 0;
 
+/// UDP port of the VXLAN overlay on the VM's bridge (0: none), set by the loader like
+/// `FOLLOW`: without an overlay the verifier drops the code that looks inside UDP packets.
+#[unsafe(no_mangle)]
+static VXLAN_PORT: u32 = 0;
+
+/// The VXLAN port to look inside (0: no overlay).
+#[inline(always)]
+fn vxlan_port() -> u16 {
+    off!(VXLAN_PORT) as u16
+}
+
 /// Whether IP version `bit` (`FOLLOW_V4` / `FOLLOW_V6`) is followed.
 #[inline(always)]
 fn follows(bit: u8) -> bool {

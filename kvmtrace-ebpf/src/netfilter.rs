@@ -39,7 +39,7 @@ fn nf_common(ctx: *mut core::ffi::c_void, hook: HookKind) -> i32 {
         nf_hook,
         ..NO_EXTRA
     };
-    observe_skb(hook, skb, &x);
+    observe_skb(hook, skb, &x, None);
     1
 }
 

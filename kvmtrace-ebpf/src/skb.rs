@@ -5,7 +5,7 @@
 
 use crate::emit::{emit, set_cur, At, Extra, NO_EXTRA};
 use crate::filter::{
-    admit, classify, learn_guest, learn_nat, note_origin, parse, parse6, scratch, skb_addrs,
+    admit, classify, learn_guest, Addrs, learn_nat, note_origin, parse, parse6, scratch, skb_addrs,
     track_forget, track_get, track_put, Pkt,
 };
 use crate::{btf_load, config, count, follows, off, rd, STACKS};
@@ -167,35 +167,45 @@ fn ns_may_be(ns: u32, c: &Config) -> bool {
 
 /// The common path of every hook that has a BTF-typed kernel `sk_buff *`.
 #[inline(always)]
-pub fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
+pub fn observe_skb(hook: HookKind, skb: u64, x: &Extra, pre: Option<(Addrs, Option<u8>)>) {
     let Some(c) = config() else { return };
     let freeing = matches!(hook, HookKind::Drop | HookKind::Consume);
-    if freeing {
-        // A free in another namespace (a container's, the lab's outside) is never reported:
-        // three loads turn it away before the packet is read or a map is asked. A followed
-        // skb freed there keeps its TRACKED entry until the LRU bound ages it out (its IP id
-        // tells it from the next packet in the same memory).
-        let ns = skb_netns(skb);
-        if ns != 0 && ns != c.filter.netns {
-            return;
+    // `pre`: the caller made the first tests already (kfree_skb: its addresses and tracked
+    // state); the verifier then walks them once.
+    let (addrs, tracked) = match pre {
+        Some(p) => p,
+        None => {
+            if freeing {
+                // A free in another namespace (a container's, the lab's outside) is never
+                // reported: three loads turn it away before the packet is read or a map is
+                // asked. A followed skb freed there keeps its TRACKED entry until the LRU
+                // bound ages it out (its IP id tells it from the next packet in the same
+                // memory).
+                let ns = skb_netns(skb);
+                if ns != 0 && ns != c.filter.netns {
+                    return;
+                }
+            }
+            // A few reads decide for most packets that they are not ours, before any map
+            // lookup. Every followed packet passes this test at every hook (its addresses are
+            // to or from the destination, before and after NAT), so it comes first; an skb
+            // freed without passing it leaves a TRACKED entry that the LRU map ages out (and
+            // its IP id tells it from the next packet in the same memory).
+            let Some(addrs) = skb_addrs(c, skb) else {
+                return;
+            };
+            let tracked = track_get(skb, addrs.ip_id);
+            if tracked.is_none()
+                && (!addrs.could_start(c, || {
+                    matches!(hook, HookKind::NetifReceive)
+                        && skb_ifindex(skb) == c.filter.tap_ifindex
+                }) || !ns_may_be(skb_netns(skb), c))
+            {
+                return;
+            }
+            (addrs, tracked)
         }
-    }
-    // A few reads decide for most packets that they are not ours, before any map lookup.
-    // Every followed packet passes this test at every hook (its addresses are to or from the
-    // destination, before and after NAT), so it comes first; an skb freed without passing it
-    // leaves a TRACKED entry that the LRU map ages out (and its IP id tells it from the next
-    // packet in the same memory).
-    let Some(addrs) = skb_addrs(c, skb) else {
-        return;
     };
-    let tracked = track_get(skb, addrs.ip_id);
-    if tracked.is_none()
-        && (!addrs.could_start(c, || {
-            matches!(hook, HookKind::NetifReceive) && skb_ifindex(skb) == c.filter.tap_ifindex
-        }) || !ns_may_be(skb_netns(skb), c))
-    {
-        return;
-    }
     if freeing {
         if tracked.is_some() {
             track_forget(skb);
@@ -279,7 +289,7 @@ pub fn observe_skb(hook: HookKind, skb: u64, x: &Extra) {
 #[btf_tracepoint(function = "netif_receive_skb")]
 pub fn netif_receive_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
-    observe_skb(HookKind::NetifReceive, skb, &NO_EXTRA);
+    observe_skb(HookKind::NetifReceive, skb, &NO_EXTRA, None);
     0
 }
 
@@ -288,7 +298,7 @@ pub fn netif_receive_skb(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "net_dev_start_xmit")]
 pub fn net_dev_start_xmit(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
-    observe_skb(HookKind::DevXmit, skb, &NO_EXTRA);
+    observe_skb(HookKind::DevXmit, skb, &NO_EXTRA, None);
     0
 }
 
@@ -321,7 +331,8 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     let Some(addrs) = skb_addrs(c, skb) else {
         return 0;
     };
-    match track_get(skb, addrs.ip_id) {
+    let tracked = track_get(skb, addrs.ip_id);
+    match tracked {
         Some(t) if t & TRACK_SUPPRESSED != 0 => {
             track_forget(skb);
             count(CNT_SAMPLED_OUT);
@@ -353,7 +364,7 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
         nf_hook: 0,
         ..NO_EXTRA
     };
-    observe_skb(HookKind::Drop, skb, &x);
+    observe_skb(HookKind::Drop, skb, &x, Some((addrs, tracked)));
     0
 }
 
@@ -362,6 +373,6 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "consume_skb")]
 pub fn consume_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
-    observe_skb(HookKind::Consume, skb, &NO_EXTRA);
+    observe_skb(HookKind::Consume, skb, &NO_EXTRA, None);
     0
 }

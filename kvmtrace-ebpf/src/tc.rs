@@ -151,7 +151,7 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
     }
     // DHCP between the guest and whatever serves its network (not towards DEST, so not a
     // flow): reported so that a guest without an address is seen asking. DHCPv6 likewise.
-    let (client, server) = if p.family == FAMILY_V6 {
+    let (client, server) = if follows(FOLLOW_V6) && p.family == FAMILY_V6 {
         (546, 547)
     } else {
         (68, 67)
@@ -302,24 +302,24 @@ fn in_place<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
 /// One `Addrs` whichever it is, read in place or from the scratch: the TC programs' stack has
 /// no room for a second one.
 #[inline(always)]
-fn dev_addrs(ctx: &TcContext, c: &Config) -> Option<Addrs> {
+fn dev_addrs(ctx: &TcContext) -> Option<Addrs> {
     // SAFETY: in_place checked the bounds against data_end.
     let mut ty = unsafe { *in_place::<[u8; 2]>(ctx, 12)? };
     // On the underlay, a UDP packet may be VXLAN: the inner packet is the one that may be
     // ours (its Ethernet header at `vx_base`, its type left in the scratch by tc_inner).
     let mut vx_base = 0usize;
     if ty == [0x08, 0x00]
-        && c.filter.vxlan_port != 0
+        && crate::vxlan_port() != 0
         // UDP, and (read in place, no helper call) to the VXLAN port when the header has no
         // options: other UDP traffic costs no more than these reads.
         && in_place::<[u8; 24]>(ctx, 14).is_some_and(|h| {
             // SAFETY: as above.
             let h = unsafe { &*h };
             h[9] == 17
-                && (h[0] != 0x45 || u16::from_be_bytes([h[22], h[23]]) == c.filter.vxlan_port)
+                && (h[0] != 0x45 || u16::from_be_bytes([h[22], h[23]]) == crate::vxlan_port())
         })
     {
-        if let Some(b) = crate::vxlan::tc_inner(ctx, c) {
+        if let Some(b) = crate::vxlan::tc_inner(ctx) {
             let s = scratch()?;
             vx_base = b;
             ty = [s.l4[16 + 12], s.l4[16 + 13]];
@@ -369,7 +369,7 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
     let Some(c) = config() else {
         return TC_ACT_UNSPEC;
     };
-    let Some(a) = dev_addrs(ctx, c) else {
+    let Some(a) = dev_addrs(ctx) else {
         return TC_ACT_UNSPEC;
     };
     if !a.might_match(c) {

@@ -5,13 +5,12 @@
 //! device and back), so the inner packet is followed exactly as a plain one: these helpers
 //! only say where it starts and note the outer header in this CPU's scratch for the event.
 //!
-//! Cost for foreign traffic: callers ask only when `Filter::vxlan_port` is set and the outer
+//! Cost for foreign traffic: callers ask only when `VXLAN_PORT` is set and the outer
 //! packet is UDP; a UDP packet to another port costs one more 2-byte read.
 
 use crate::filter::scratch;
 use crate::rd;
 use aya_ebpf::{helpers::generated::bpf_skb_load_bytes, programs::TcContext};
-use kvmtrace_common::Config;
 
 /// VXLAN header flags byte: the I flag (a valid VNI follows), RFC 7348 §5.
 const VXLAN_FLAG_I: u8 = 0x08;
@@ -41,7 +40,7 @@ fn ip_type(t: [u8; 2]) -> bool {
 /// VNI and outer addresses are noted for the event. For tp_btf programs (`skb->head +
 /// network_header`).
 #[inline(always)]
-pub fn skb_inner(c: &Config, ip: u64, h: &[u8; 20]) -> Option<u64> {
+pub fn skb_inner(ip: u64, h: &[u8; 20]) -> Option<u64> {
     let ihl = ((h[0] & 0x0f) as u64) * 4;
     if ihl < 20 {
         return None;
@@ -49,7 +48,7 @@ pub fn skb_inner(c: &Config, ip: u64, h: &[u8; 20]) -> Option<u64> {
     // UDP header (8) and VXLAN header (8). Both directions go to the VXLAN port: the source
     // port is a flow hash (vxlan_xmit_one: udp_flow_src_port).
     let u = rd::<[u8; 16]>(ip + ihl)?;
-    if u16::from_be_bytes([u[2], u[3]]) != c.filter.vxlan_port || u[8] & VXLAN_FLAG_I == 0 {
+    if u16::from_be_bytes([u[2], u[3]]) != crate::vxlan_port() || u[8] & VXLAN_FLAG_I == 0 {
         return None;
     }
     let off = ihl + UDP_VXLAN as u64;
@@ -72,7 +71,7 @@ pub fn skb_inner(c: &Config, ip: u64, h: &[u8; 20]) -> Option<u64> {
 /// addresses are noted for the event. For TC programs: read with bpf_skb_load_bytes into this
 /// CPU's scratch (the TC programs' stack has no room for the outer headers).
 #[inline(always)]
-pub fn tc_inner(ctx: &TcContext, c: &Config) -> Option<usize> {
+pub fn tc_inner(ctx: &TcContext) -> Option<usize> {
     let s = scratch()?;
     if !load_to(ctx, ETH, s.ip.as_mut_ptr(), 20) {
         return None;
@@ -86,7 +85,7 @@ pub fn tc_inner(ctx: &TcContext, c: &Config) -> Option<usize> {
         return None;
     }
     let u = &s.l4;
-    if u16::from_be_bytes([u[2], u[3]]) != c.filter.vxlan_port
+    if u16::from_be_bytes([u[2], u[3]]) != crate::vxlan_port()
         || u[8] & VXLAN_FLAG_I == 0
         || !ip_type([u[UDP_VXLAN + 12], u[UDP_VXLAN + 13]])
     {

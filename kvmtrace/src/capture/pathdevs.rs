@@ -7,7 +7,7 @@
 //! A bridge with a VXLAN port takes the VM's frames into an overlay: they leave the host
 //! encapsulated through the VXLAN device's underlay device (its `dev`, else the device of the
 //! route to its remote), which is attached too; the kernel programs look inside the outer
-//! UDP packets there (`Filter::vxlan_port`).
+//! UDP packets there (the object's `VXLAN_PORT` constant).
 //!
 //! Per-device programs cost nothing to traffic that never crosses those devices, where the
 //! global tracepoints and netfilter links cost every packet of the host.
@@ -207,7 +207,7 @@ pub fn underlay_of(vx: &netlink::VxlanLink) -> Option<u32> {
 }
 
 /// The UDP port of the VXLAN overlay on `tap`'s bridge (the first VXLAN port's), for
-/// `Filter::vxlan_port`; 0: the bridge has none.
+/// the object's `VXLAN_PORT` constant; 0: the bridge has none.
 pub fn tap_vxlan_port(tap: &str) -> u16 {
     std::fs::read_link(sys(tap, "master"))
         .ok()

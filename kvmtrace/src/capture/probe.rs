@@ -283,15 +283,17 @@ impl Tracer {
             guest_mac: spec.guest_mac.unwrap_or([0; 6]),
             budget: spec.budget,
             route_helper: u8::from(!all),
-            vxlan_port: crate::capture::pathdevs::tap_vxlan_port(&spec.tap),
             ..Default::default()
         };
 
         phase("filter");
+        // Looked up once: a VXLAN port added to the bridge later is not looked into.
+        let vxlan_port = u32::from(crate::capture::pathdevs::tap_vxlan_port(&spec.tap));
         let follow = u32::from(if v4.is_some() { FOLLOW_V4 } else { 0 })
             | u32::from(if v6.is_some() { FOLLOW_V6 } else { 0 });
         let mut ebpf = crate::capture::btf::loader(&offsets, spec.ring_bytes)
             .override_global("FOLLOW", &follow, true)
+            .override_global("VXLAN_PORT", &vxlan_port, true)
             .load(OBJECT)
             .map_err(|e| EnvError(format!("loading the eBPF object: {e}")))?;
         set_config(&mut ebpf, Config { filter })?;
