@@ -267,12 +267,16 @@ pub struct NatKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatOrigin {
-    /// Guest address, network order (IPv4: the first 4 bytes; 0: not known).
-    pub guest: [u8; 16],
+    /// Guest address: its 16 bytes as two words in memory order (IPv4: the first 4 bytes).
+    /// Words, so that the kernel programs copy it without a `memset`/`memmove` call.
+    pub guest: [u64; 2],
     /// Guest port or ICMP id (host order).
     pub guest_port: u16,
     /// `ORIGIN`: the IP id of the packet the entry is about.
     pub ip_id: u16,
+    /// 1: `guest` and `guest_port` are known (the request was seen leaving the tap).
+    pub known: u16,
+    pub _pad: u16,
 }
 
 /// Value of the per-flow `BUDGET` map: packets of the flow shown in full, and packets past the
@@ -315,7 +319,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Event>(), 200);
         assert_eq!(core::mem::size_of::<Filter>(), 72);
         assert_eq!(core::mem::size_of::<NatKey>(), 36);
-        assert_eq!(core::mem::size_of::<NatOrigin>(), 20);
+        assert_eq!(core::mem::size_of::<NatOrigin>(), 24);
         assert_eq!(core::mem::size_of::<GuestList>(), 36);
         assert_eq!(core::mem::size_of::<GuestList6>(), 132);
     }

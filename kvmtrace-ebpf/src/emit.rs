@@ -1,9 +1,18 @@
 //! The one record every program writes to userspace (`kvmtrace_common::Event`).
 
-use crate::filter::{scratch, Pkt};
-use crate::{count, Cur, CUR, EVENTS};
+use crate::filter::{scratch, zero_words, Pkt};
+use crate::{count, CUR, EVENTS};
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns};
 use kvmtrace_common::{Event, HookKind, CNT_EVENTS, CNT_LOST, EV_FLAG_VXLAN};
+
+/// Writes one event field through a volatile store: plain stores of the many zero fields next
+/// to each other are merged by the compiler into a `memset` call (a byte loop on BPF).
+macro_rules! set {
+    ($e:expr, $f:ident, $v:expr) => {
+        core::ptr::write_volatile(&raw mut (*$e).$f, $v)
+    };
+}
+pub(crate) use set;
 
 /// Extra fields of an event that depend on the hook.
 pub struct Extra {
@@ -23,8 +32,9 @@ pub const NO_EXTRA: Extra = Extra {
 /// Where a packet was seen: device and namespace, and its length there.
 pub struct At {
     pub ifindex: u32,
-    /// Empty for TC programs: userspace names the device from its ifindex.
-    pub ifname: [u8; 16],
+    /// Empty for TC programs: userspace names the device from its ifindex. (Words, as
+    /// `filter::Addr`, so that no `memset` zeroes it.)
+    pub ifname: [u64; 2],
     pub netns: u32,
     pub len: u32,
 }
@@ -48,35 +58,44 @@ pub fn emit(
     blank(e);
     // SAFETY: `e` points to the reserved event; every field was initialised by `blank`.
     unsafe {
-        (*e).ts_ns = bpf_ktime_get_ns();
-        (*e).skb = skb;
-        (*e).location = x.location;
-        (*e).hook = hook as u8;
-        (*e).dir = dir;
-        (*e).flags = flags;
-        (*e).nf_hook = x.nf_hook;
-        (*e).ifindex = at.ifindex;
-        (*e).ifname = at.ifname;
-        (*e).netns = at.netns;
-        (*e).reason = x.reason;
-        (*e).stack_id = x.stack_id;
-        (*e).len = at.len;
-        (*e).saddr = p.saddr;
-        (*e).daddr = p.daddr;
-        (*e).inner_daddr = p.inner_daddr;
-        (*e).sport = p.sport;
-        (*e).dport = p.dport;
-        (*e).proto = p.proto;
-        (*e).icmp_type = p.icmp_type;
-        (*e).icmp_code = p.icmp_code;
-        (*e).ttl = p.ttl;
-        (*e).ip_id = p.ip_id;
-        (*e).family = p.family;
-        (*e).smac = [macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]];
-        (*e).dmac = [macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]];
-        (*e).cpu = bpf_get_smp_processor_id();
-        (*e).tcp_seq = p.tcp_seq;
-        (*e).mtu = p.mtu;
+        set!(e, ts_ns, bpf_ktime_get_ns());
+        set!(e, skb, skb);
+        set!(e, location, x.location);
+        set!(e, hook, hook as u8);
+        set!(e, dir, dir);
+        set!(e, flags, flags);
+        set!(e, nf_hook, x.nf_hook);
+        set!(e, ifindex, at.ifindex);
+        put16(&raw mut (*e).ifname, at.ifname);
+        set!(e, netns, at.netns);
+        set!(e, reason, x.reason);
+        set!(e, stack_id, x.stack_id);
+        set!(e, len, at.len);
+        put16(&raw mut (*e).saddr, p.saddr);
+        put16(&raw mut (*e).daddr, p.daddr);
+        put16(&raw mut (*e).inner_daddr, p.inner_daddr);
+        set!(e, sport, p.sport);
+        set!(e, dport, p.dport);
+        set!(e, proto, p.proto);
+        set!(e, icmp_type, p.icmp_type);
+        set!(e, icmp_code, p.icmp_code);
+        set!(e, ttl, p.ttl);
+        set!(e, ip_id, p.ip_id);
+        set!(e, family, p.family);
+        // The frame's destination MAC comes first, then its source: `dmac` and `smac` are
+        // adjacent in the event, so the 12 bytes are swapped in halves.
+        let m = macs.as_ptr();
+        let sm = &raw mut (*e).smac as *mut u8;
+        let dm = &raw mut (*e).dmac as *mut u8;
+        let mut i = 0;
+        while i < 6 {
+            core::ptr::write_volatile(sm.add(i), *m.add(6 + i));
+            core::ptr::write_volatile(dm.add(i), *m.add(i));
+            i += 1;
+        }
+        set!(e, cpu, bpf_get_smp_processor_id());
+        set!(e, tcp_seq, p.tcp_seq);
+        set!(e, mtu, p.mtu);
     }
     if flags & EV_FLAG_VXLAN != 0 {
         // Seen inside a VXLAN packet on the underlay: the VNI and outer IPv4 addresses, noted
@@ -85,9 +104,9 @@ pub fn emit(
         if let Some(s) = scratch() {
             // SAFETY: as above.
             unsafe {
-                (*e).vni = s.vx_vni;
-                (*e).outer_saddr = s.vx_saddr;
-                (*e).outer_daddr = s.vx_daddr;
+                set!(e, vni, s.vx_vni);
+                set!(e, outer_saddr, s.vx_saddr);
+                set!(e, outer_daddr, s.vx_daddr);
             }
         }
     }
@@ -95,75 +114,47 @@ pub fn emit(
     count(CNT_EVENTS);
 }
 
+/// Writes an address (or a device name) into a 16-byte event field with two word stores (a
+/// copy of the array becomes a `memmove` call; see `filter::Addr`).
+#[inline(always)]
+pub fn put16(dst: *mut [u8; 16], a: [u64; 2]) {
+    let w = dst as *mut u64;
+    // SAFETY: 16 writable bytes at an 8-aligned offset of the event.
+    unsafe {
+        core::ptr::write_volatile(w, a[0]);
+        core::ptr::write_volatile(w.add(1), a[1]);
+    }
+}
+
 /// Initialises every field of a reserved ring-buffer event in place (its memory is not zeroed,
 /// and userspace reads all of it). In place, not as a value: a 200-byte event built on the
 /// stack does not fit the 512-byte BPF stack next to a parsed IPv6 packet.
 #[inline(always)]
 pub fn blank(e: *mut Event) {
-    // SAFETY: `e` points to a reserved, writable event.
-    unsafe {
-        (*e).ts_ns = 0;
-        (*e).skb = 0;
-        (*e).location = 0;
-        (*e).hook = 0;
-        (*e).dir = 0;
-        (*e).flags = 0;
-        (*e).nf_hook = 0;
-        (*e).ifindex = 0;
-        (*e).ifname = [0; 16];
-        (*e).netns = 0;
-        (*e).reason = 0;
-        (*e).stack_id = -1;
-        (*e).len = 0;
-        (*e).saddr = [0; 16];
-        (*e).daddr = [0; 16];
-        (*e).gw = [0; 16];
-        (*e).inner_daddr = [0; 16];
-        (*e).sport = 0;
-        (*e).dport = 0;
-        (*e).proto = 0;
-        (*e).icmp_type = 0;
-        (*e).icmp_code = 0;
-        (*e).ttl = 0;
-        (*e).ip_id = 0;
-        (*e).family = 0;
-        (*e)._pad0 = 0;
-        (*e).smac = [0; 6];
-        (*e).dmac = [0; 6];
-        (*e).cpu = 0;
-        (*e).tcp_seq = 0;
-        (*e).mark = 0;
-        (*e).table = 0;
-        (*e).route_err = 0;
-        (*e).fib_ret = 0;
-        (*e).iif = 0;
-        (*e).vni = 0;
-        (*e).outer_saddr = [0; 4];
-        (*e).outer_daddr = [0; 4];
-        (*e).mtu = 0;
-        (*e)._pad1 = 0;
-    }
+    const _: () = assert!(core::mem::size_of::<Event>() == 25 * 8);
+    zero_words::<25>(e as *mut u64);
+    // SAFETY: `e` points to the reserved event.
+    unsafe { (*e).stack_id = -1 };
 }
 
 /// Sets the packet whose route lookup may come next on this CPU (`None`: none).
 #[inline(always)]
 pub fn set_cur(cur: Option<(u64, &Pkt)>) {
     if let Some(slot) = CUR.get_ptr_mut(0) {
-        let v = match cur {
-            Some((skb, p)) => Cur {
-                skb,
-                ts_ns: unsafe { bpf_ktime_get_ns() },
-                src: p.saddr,
-                dst: p.daddr,
-            },
-            None => Cur {
-                skb: 0,
-                ts_ns: 0,
-                src: [0; 16],
-                dst: [0; 16],
-            },
-        };
-        // SAFETY: per-CPU slot.
-        unsafe { *slot = v };
+        // SAFETY: per-CPU slot. Field by field (a whole-struct store of zeros becomes a
+        // `memset` call); readers ignore the slot while `skb` is 0.
+        unsafe {
+            match cur {
+                Some((skb, p)) => {
+                    (*slot).skb = skb;
+                    (*slot).ts_ns = bpf_ktime_get_ns();
+                    (*slot).src[0] = p.saddr[0];
+                    (*slot).src[1] = p.saddr[1];
+                    (*slot).dst[0] = p.daddr[0];
+                    (*slot).dst[1] = p.daddr[1];
+                }
+                None => (*slot).skb = 0,
+            }
+        }
     }
 }

@@ -7,8 +7,8 @@
 //!   from the tracepoint's format file (the `OFF_FIB_*` constants). The lookup has no skb: it belongs
 //!   to the followed skb this CPU is processing (`CUR`), if any.
 
-use crate::emit::blank;
-use crate::filter::{a4, in_dest, is_guest, nat_origin, origin_of, Pkt};
+use crate::emit::{blank, set};
+use crate::filter::{a4, in_dest, is_guest, nat_origin, origin_of, Addr, Pkt};
 use crate::{config, count, off, rd, CUR, CUR_WINDOW_NS, EVENTS, ROUTED};
 use aya_ebpf::{
     bindings::{
@@ -25,25 +25,24 @@ use kvmtrace_common::{
     FAMILY_V4, FAMILY_V6,
 };
 
-/// An IPv6 address as `bpf_fib_lookup`'s four 32-bit words (network order bytes).
+/// An address as `bpf_fib_lookup`'s four 32-bit words (the same bytes).
 #[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
+fn words(a: &Addr) -> [u32; 4] {
     [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+        a[0] as u32,
+        (a[0] >> 32) as u32,
+        a[1] as u32,
+        (a[1] >> 32) as u32,
     ]
 }
 
+/// The address in `bpf_fib_lookup`'s four 32-bit words.
 #[inline(always)]
-fn unwords(w: [u32; 4]) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a[0..4].copy_from_slice(&w[0].to_ne_bytes());
-    a[4..8].copy_from_slice(&w[1].to_ne_bytes());
-    a[8..12].copy_from_slice(&w[2].to_ne_bytes());
-    a[12..16].copy_from_slice(&w[3].to_ne_bytes());
-    a
+fn unwords(w: [u32; 4]) -> Addr {
+    [
+        w[0] as u64 | ((w[1] as u64) << 32),
+        w[2] as u64 | ((w[3] as u64) << 32),
+    ]
 }
 
 /// `BPF_FIB_LOOKUP_MARK` (Linux 6.10): the lookup uses `mark` (the skb's, for fwmark rules).
@@ -131,10 +130,16 @@ pub fn route_recheck(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8) {
     lookup_and_emit(ctx, c, skb, p, dir, &q);
 }
 
+/// `struct bpf_fib_lookup`, 8-aligned so that it can be zeroed by words.
+#[repr(C, align(8))]
+struct Aligned(FibParams);
+
+const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
+
 /// What one route lookup asks.
 struct Lookup {
-    src: [u8; 16],
-    dst: [u8; 16],
+    src: Addr,
+    dst: Addr,
     sport: u16,
     dport: u16,
     iif: u32,
@@ -147,7 +152,13 @@ fn lookup_and_emit(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8, q: &
     let ports = p.proto == 6 || p.proto == 17;
     let v6 = crate::follows(kvmtrace_common::FOLLOW_V6) && p.family == FAMILY_V6;
     // SAFETY: a plain C struct of integers and unions of integers; all-zero is valid.
-    let mut f: FibParams = unsafe { core::mem::zeroed() };
+    let mut fa = core::mem::MaybeUninit::<Aligned>::uninit();
+    // SAFETY: 64 bytes of an 8-aligned buffer zeroed word by word (`mem::zeroed` would be a
+    // `memset` call), then used as the plain C struct of integers it is.
+    let f: &mut FibParams = unsafe {
+        crate::filter::zero_words::<8>(fa.as_mut_ptr() as *mut u64);
+        &mut (*fa.as_mut_ptr()).0
+    };
     let set = |f: &mut FibParams| {
         f.family = if v6 { 10 } else { 2 }; // AF_INET6 / AF_INET
         f.l4_protocol = p.proto;
@@ -160,16 +171,16 @@ fn lookup_and_emit(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8, q: &
             f.__bindgen_anon_3.ipv6_src = words(&q.src);
             f.__bindgen_anon_4.ipv6_dst = words(&dst);
         } else {
-            f.__bindgen_anon_3.ipv4_src =
-                u32::from_ne_bytes([q.src[0], q.src[1], q.src[2], q.src[3]]);
-            f.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
+            // The first 4 bytes of the address: the low half of its first word.
+            f.__bindgen_anon_3.ipv4_src = q.src[0] as u32;
+            f.__bindgen_anon_4.ipv4_dst = dst[0] as u32;
         }
     };
-    set(&mut f);
+    set(f);
     // `mark` shares its bytes with the output MACs (struct bpf_fib_lookup, Linux 6.10).
     f.smac[..4].copy_from_slice(&mark.to_ne_bytes());
     let plen = core::mem::size_of::<FibParams>() as i32;
-    let params = &mut f as *mut FibParams;
+    let params = f as *mut FibParams;
     // SAFETY: helper call with a valid context and a stack buffer of `plen` bytes.
     let mut rc = unsafe {
         bpf_fib_lookup(
@@ -181,8 +192,11 @@ fn lookup_and_emit(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8, q: &
     };
     if rc < 0 {
         // An older kernel without BPF_FIB_LOOKUP_MARK: without the mark.
-        f.smac = [0; 6];
-        set(&mut f);
+        for b in f.smac.iter_mut() {
+            // SAFETY: a byte of the stack struct (no `memset` for the compiler to make).
+            unsafe { core::ptr::write_volatile(b, 0) };
+        }
+        set(f);
         // SAFETY: as above.
         rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), params, plen, BPF_FIB_LOOKUP_SKIP_NEIGH) };
         if rc < 0 {
@@ -207,7 +221,7 @@ fn lookup_and_emit(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8, q: &
     let gw = if found && out_dst != dst {
         out_dst
     } else {
-        [0; 16]
+        [0; 2]
     };
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(CNT_LOST);
@@ -217,25 +231,25 @@ fn lookup_and_emit(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8, q: &
     blank(e);
     // SAFETY: `e` points to the reserved event, initialised by `blank`.
     unsafe {
-        (*e).ts_ns = bpf_ktime_get_ns();
-        (*e).skb = skb;
-        (*e).hook = HookKind::Fib as u8;
-        (*e).dir = dir;
-        (*e).flags = EV_FLAG_ROUTE_HELPER;
-        (*e).ifindex = if found { f.ifindex } else { 0 };
-        (*e).netns = c.filter.netns;
-        (*e).saddr = q.src;
-        (*e).daddr = dst;
-        (*e).gw = gw;
-        (*e).sport = if p.is_icmp() { 0 } else { sport };
-        (*e).dport = if p.is_icmp() { 0 } else { dport };
-        (*e).proto = p.proto;
-        (*e).family = p.family;
-        (*e).cpu = bpf_get_smp_processor_id();
-        (*e).mark = mark;
-        (*e).route_err = err;
-        (*e).fib_ret = rc as u32;
-        (*e).iif = ifindex;
+        set!(e, ts_ns, bpf_ktime_get_ns());
+        set!(e, skb, skb);
+        set!(e, hook, HookKind::Fib as u8);
+        set!(e, dir, dir);
+        set!(e, flags, EV_FLAG_ROUTE_HELPER);
+        set!(e, ifindex, if found { f.ifindex } else { 0 });
+        set!(e, netns, c.filter.netns);
+        crate::emit::put16(&raw mut (*e).saddr, q.src);
+        crate::emit::put16(&raw mut (*e).daddr, dst);
+        crate::emit::put16(&raw mut (*e).gw, gw);
+        set!(e, sport, if p.is_icmp() { 0 } else { sport });
+        set!(e, dport, if p.is_icmp() { 0 } else { dport });
+        set!(e, proto, p.proto);
+        set!(e, family, p.family);
+        set!(e, cpu, bpf_get_smp_processor_id());
+        set!(e, mark, mark);
+        set!(e, route_err, err);
+        set!(e, fib_ret, rc as u32);
+        set!(e, iif, ifindex);
     }
     entry.submit(0);
     count(CNT_EVENTS);
@@ -296,9 +310,9 @@ pub fn fib6_table_lookup(ctx: TracePointContext) -> i32 {
 
 /// An address of a lookup record: 4 bytes (IPv4) or 16.
 #[inline(always)]
-fn rec_addr(at: u64, family: u8) -> [u8; 16] {
+fn rec_addr(at: u64, family: u8) -> Addr {
     if family == FAMILY_V6 {
-        rd(at).unwrap_or([0; 16])
+        crate::rd_words::<2>(at)
     } else {
         a4(rd(at).unwrap_or([0; 4]))
     }
@@ -343,11 +357,11 @@ fn traced_lookup(ctx: &TracePointContext, family: u8, r: &Rec) -> i32 {
     }
     let oif: i32 = rd(rdc(r.oif)).unwrap_or(0);
     let gw = if r.gw == UNSET {
-        [0; 16]
+        [0; 2]
     } else {
         rec_addr(rdc(r.gw), family)
     };
-    let name: [u8; 16] = rd(rdc(r.name)).unwrap_or([0; 16]);
+    let name: [u64; 2] = crate::rd_words(rdc(r.name));
     let proto: u8 = rd(rdc(r.proto)).unwrap_or(0);
     let sport: u16 = rd(rdc(r.sport)).unwrap_or(0);
     let dport: u16 = rd(rdc(r.dport)).unwrap_or(0);
@@ -359,24 +373,24 @@ fn traced_lookup(ctx: &TracePointContext, family: u8, r: &Rec) -> i32 {
     blank(e);
     // SAFETY: `e` points to the reserved event, initialised by `blank`.
     unsafe {
-        (*e).ts_ns = now;
-        (*e).skb = cur.skb;
-        (*e).hook = HookKind::Fib as u8;
-        (*e).dir = dir;
-        (*e).ifindex = oif as u32;
-        (*e).ifname = name;
-        (*e).netns = c.filter.netns;
-        (*e).saddr = src;
-        (*e).daddr = dst;
-        (*e).gw = gw;
+        set!(e, ts_ns, now);
+        set!(e, skb, cur.skb);
+        set!(e, hook, HookKind::Fib as u8);
+        set!(e, dir, dir);
+        set!(e, ifindex, oif as u32);
+        crate::emit::put16(&raw mut (*e).ifname, name);
+        set!(e, netns, c.filter.netns);
+        crate::emit::put16(&raw mut (*e).saddr, src);
+        crate::emit::put16(&raw mut (*e).daddr, dst);
+        crate::emit::put16(&raw mut (*e).gw, gw);
         // Already host order: fib.h and fib6.h store ntohs() of the flow's ports.
-        (*e).sport = sport;
-        (*e).dport = dport;
-        (*e).proto = proto;
-        (*e).family = family;
-        (*e).cpu = bpf_get_smp_processor_id();
-        (*e).table = tb_id;
-        (*e).route_err = err;
+        set!(e, sport, sport);
+        set!(e, dport, dport);
+        set!(e, proto, proto);
+        set!(e, family, family);
+        set!(e, cpu, bpf_get_smp_processor_id());
+        set!(e, table, tb_id);
+        set!(e, route_err, err);
     }
     entry.submit(0);
     count(CNT_EVENTS);

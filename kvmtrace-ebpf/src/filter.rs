@@ -11,45 +11,59 @@ use kvmtrace_common::{
 };
 
 /// Headers of one packet, as parsed at a hook. Addresses are 16 bytes; an IPv4 address fills
-/// the first 4 (`family`).
+/// the first 4 (`family`). Whole words first and a size of 11 words: [`Pkt::clear`] zeroes it
+/// word by word.
 #[derive(Clone, Copy)]
+#[repr(C, align(8))]
 pub struct Pkt {
-    pub family: u8,
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
-    pub proto: u8,
-    pub ttl: u8,
+    pub saddr: Addr,
+    pub daddr: Addr,
+    /// ICMP error: destination and source of the quoted (inner) packet.
+    pub inner_daddr: Addr,
+    pub inner_saddr: Addr,
+    pub tcp_seq: u32,
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big": the announced MTU.
+    pub mtu: u32,
     pub ip_id: u16,
     pub sport: u16,
     pub dport: u16,
+    pub family: u8,
+    pub proto: u8,
+    pub ttl: u8,
     pub icmp_type: u8,
     pub icmp_code: u8,
-    pub tcp_seq: u32,
-    /// ICMP error: destination and source of the quoted (inner) packet.
-    pub inner_daddr: [u8; 16],
-    pub inner_saddr: [u8; 16],
-    /// ICMP "fragmentation needed" / ICMPv6 "packet too big": the announced MTU.
-    pub mtu: u32,
+    pub _pad: u8,
 }
+
+/// A packet with nothing read: the event of a followed skb whose header cannot be read.
+pub static EMPTY_PKT: Pkt = Pkt::empty();
 
 impl Pkt {
     pub const fn empty() -> Self {
         Pkt {
-            family: 0,
-            saddr: [0; 16],
-            daddr: [0; 16],
-            proto: 0,
-            ttl: 0,
+            saddr: [0; 2],
+            daddr: [0; 2],
+            inner_daddr: [0; 2],
+            inner_saddr: [0; 2],
+            tcp_seq: 0,
+            mtu: 0,
             ip_id: 0,
             sport: 0,
             dport: 0,
+            family: 0,
+            proto: 0,
+            ttl: 0,
             icmp_type: 0,
             icmp_code: 0,
-            tcp_seq: 0,
-            inner_daddr: [0; 16],
-            inner_saddr: [0; 16],
-            mtu: 0,
+            _pad: 0,
         }
+    }
+
+    /// Zeroes every field in place with word stores (an assignment of `Pkt::empty()` becomes
+    /// a byte-looping `memset`).
+    #[inline(always)]
+    pub fn clear(&mut self) {
+        zero_words::<11>(self as *mut Pkt as *mut u64);
     }
 
     /// ICMP for IPv4, ICMPv6 for IPv6.
@@ -86,17 +100,78 @@ pub fn v6() -> bool {
 pub const ICMP: u8 = 1;
 pub const ICMPV6: u8 = 58;
 
-/// An IPv4 address in the 16-byte form (first 4 bytes).
+/// Zeroes `N` words at `p` with volatile stores, written out one by one (no loop for the
+/// verifier to walk, and nothing the compiler can merge into a `memset` call, which on BPF is
+/// a byte loop).
 #[inline(always)]
-pub fn a4(a: [u8; 4]) -> [u8; 16] {
-    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+pub fn zero_words<const N: usize>(p: *mut u64) {
+    macro_rules! z {
+        ($($i:literal)*) => {$(
+            if $i < N {
+                // SAFETY: callers pass N writable, 8-aligned words.
+                unsafe { core::ptr::write_volatile(p.add($i), 0) };
+            }
+        )*};
+    }
+    z!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
+    const { assert!(N <= 32) };
 }
 
+/// An IP address as two words in memory order (the 16 bytes of an IPv6 address; an IPv4
+/// address in the first 4). Words, not bytes: zeroing or copying a byte array here becomes a
+/// call to a byte-looping `memset`/`memcpy`, which the verifier walks byte by byte.
+pub type Addr = [u64; 2];
+
+/// An IPv4 address in the 16-byte form (first 4 bytes).
 #[inline(always)]
-fn b16(b: &[u8], at: usize) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&b[at..at + 16]);
-    a
+pub fn a4(a: [u8; 4]) -> Addr {
+    [u32::from_ne_bytes(a) as u64, 0]
+}
+
+/// The wire form of an address (the event's and the maps' `[u8; 16]`).
+#[inline(always)]
+pub fn bytes(a: Addr) -> [u8; 16] {
+    // SAFETY: same size, every bit pattern valid.
+    unsafe { core::mem::transmute::<Addr, [u8; 16]>(a) }
+}
+
+/// An address from its wire form.
+#[inline(always)]
+pub fn addr(b: &[u8; 16]) -> Addr {
+    // SAFETY: 16 readable bytes; unaligned read.
+    unsafe { core::ptr::read_unaligned(b.as_ptr() as *const Addr) }
+}
+
+/// The address at byte `at` of `b` (16 bytes, bounds from the constant callers).
+#[inline(always)]
+fn b16(b: &[u8], at: usize) -> Addr {
+    let w0 = u64::from_ne_bytes([
+        b[at],
+        b[at + 1],
+        b[at + 2],
+        b[at + 3],
+        b[at + 4],
+        b[at + 5],
+        b[at + 6],
+        b[at + 7],
+    ]);
+    let w1 = u64::from_ne_bytes([
+        b[at + 8],
+        b[at + 9],
+        b[at + 10],
+        b[at + 11],
+        b[at + 12],
+        b[at + 13],
+        b[at + 14],
+        b[at + 15],
+    ]);
+    [w0, w1]
+}
+
+/// The first 4 bytes of an address (IPv4).
+#[inline(always)]
+fn v4_bytes(a: &Addr) -> [u8; 4] {
+    (a[0] as u32).to_ne_bytes()
 }
 
 /// Per-CPU room for one packet: its raw IP header and the start of its payload, and the
@@ -154,7 +229,7 @@ pub fn parse(s: &mut Scratch) -> bool {
         return false;
     }
     let p = &mut s.pkt;
-    *p = Pkt::empty();
+    p.clear();
     p.family = FAMILY_V4;
     p.proto = ip[9];
     p.ttl = ip[8];
@@ -208,7 +283,7 @@ pub fn parse6(s: &mut Scratch) -> bool {
         return false;
     }
     let p = &mut s.pkt;
-    *p = Pkt::empty();
+    p.clear();
     p.family = FAMILY_V6;
     p.proto = ip[6];
     p.ttl = ip[7];
@@ -244,8 +319,9 @@ pub fn parse6(s: &mut Scratch) -> bool {
 }
 
 #[inline(always)]
-fn in_dest4(c: &Config, a: &[u8; 16]) -> bool {
+fn in_dest4(c: &Config, a: &Addr) -> bool {
     let f = &c.filter;
+    let a = v4_bytes(a);
     follows(FOLLOW_V4)
         && (a[0] & f.dst_mask[0]) == f.dst_net[0]
         && (a[1] & f.dst_mask[1]) == f.dst_net[1]
@@ -254,29 +330,19 @@ fn in_dest4(c: &Config, a: &[u8; 16]) -> bool {
 }
 
 #[inline(always)]
-fn halves(a: &[u8; 16]) -> (u64, u64) {
-    let mut h = [0u8; 8];
-    let mut l = [0u8; 8];
-    h.copy_from_slice(&a[0..8]);
-    l.copy_from_slice(&a[8..16]);
-    (u64::from_ne_bytes(h), u64::from_ne_bytes(l))
-}
-
-#[inline(always)]
-fn in_dest6(c: &Config, a: &[u8; 16]) -> bool {
+fn in_dest6(c: &Config, a: &Addr) -> bool {
     let f = &c.filter;
     if !follows(FOLLOW_V6) {
         return false;
     }
-    let (ah, al) = halves(a);
-    let (mh, ml) = halves(&f.dst6_mask);
-    let (nh, nl) = halves(&f.dst6_net);
-    (ah & mh) == nh && (al & ml) == nl
+    let m = addr(&f.dst6_mask);
+    let n = addr(&f.dst6_net);
+    (a[0] & m[0]) == n[0] && (a[1] & m[1]) == n[1]
 }
 
 /// Is `a` (of `family`) in the followed destination?
 #[inline(always)]
-pub fn in_dest(c: &Config, family: u8, a: &[u8; 16]) -> bool {
+pub fn in_dest(c: &Config, family: u8, a: &Addr) -> bool {
     if v6() && family == FAMILY_V6 {
         in_dest6(c, a)
     } else {
@@ -297,11 +363,11 @@ pub fn proto_ok(c: &Config, proto: u8) -> bool {
 }
 
 #[inline(always)]
-fn is_guest4(a: &[u8; 16]) -> bool {
+fn is_guest4(a: &Addr) -> bool {
     let Some(g) = GUESTS.get(0) else {
         return false;
     };
-    let want = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
+    let want = a[0] as u32;
     let mut i = 0;
     while i < MAX_GUEST_IPS {
         if i as u32 >= g.n {
@@ -316,17 +382,17 @@ fn is_guest4(a: &[u8; 16]) -> bool {
 }
 
 #[inline(always)]
-fn is_guest6(a: &[u8; 16]) -> bool {
+fn is_guest6(a: &Addr) -> bool {
     let Some(g) = GUESTS6.get(0) else {
         return false;
     };
-    let want = halves(a);
+    let want = *a;
     let mut i = 0;
     while i < MAX_GUEST_IPS {
         if i as u32 >= g.n {
             return false;
         }
-        if halves(&g.addrs[i]) == want {
+        if addr(&g.addrs[i]) == want {
             return true;
         }
         i += 1;
@@ -336,7 +402,7 @@ fn is_guest6(a: &[u8; 16]) -> bool {
 
 /// Is `a` (of `family`) one of the guest's learned addresses?
 #[inline(always)]
-pub fn is_guest(family: u8, a: &[u8; 16]) -> bool {
+pub fn is_guest(family: u8, a: &Addr) -> bool {
     if v6() && family == FAMILY_V6 {
         is_guest6(a)
     } else {
@@ -347,12 +413,13 @@ pub fn is_guest(family: u8, a: &[u8; 16]) -> bool {
 /// Adds a guest address seen leaving the tap (once; a full list keeps its first ones). IPv6
 /// link-local and unspecified sources are not learned: they never leave the link.
 #[inline(always)]
-pub fn learn_guest(family: u8, a: &[u8; 16]) {
+pub fn learn_guest(family: u8, a: &Addr) {
     if is_guest(family, a) {
         return;
     }
     if v6() && family == FAMILY_V6 {
-        if (a[0] == 0xfe && a[1] & 0xc0 == 0x80) || halves(a) == (0, 0) {
+        // fe80::/10 (bytes 0xfe, 0x80..0xbf first: the low bytes of the first word) or ::.
+        if a[0] & 0xc0ff == 0x80fe || *a == [0, 0] {
             return;
         }
         let Some(g) = GUESTS6.get_ptr_mut(0) else {
@@ -363,7 +430,7 @@ pub fn learn_guest(family: u8, a: &[u8; 16]) {
         unsafe {
             let n = (*g).n as usize;
             if n < MAX_GUEST_IPS {
-                (*g).addrs[n] = *a;
+                (*g).addrs[n] = bytes(*a);
                 (*g).n = n as u32 + 1;
             }
         }
@@ -376,7 +443,7 @@ pub fn learn_guest(family: u8, a: &[u8; 16]) {
     unsafe {
         let n = (*g).n as usize;
         if n < MAX_GUEST_IPS {
-            (*g).addrs[n] = [a[0], a[1], a[2], a[3]];
+            (*g).addrs[n] = v4_bytes(a);
             (*g).n = n as u32 + 1;
         }
     }
@@ -425,8 +492,8 @@ pub fn classify(c: &Config, p: &Pkt, on_tap: bool) -> u8 {
     // Before de-NAT: the reply carries the post-NAT local address and port.
     let local_port = if icmp { p.sport } else { p.dport };
     let key = NatKey {
-        remote: p.saddr,
-        local: p.daddr,
+        remote: bytes(p.saddr),
+        local: bytes(p.daddr),
         local_port,
         proto,
         family: fam,
@@ -463,8 +530,8 @@ fn flow_key(p: &Pkt, dir: u8) -> NatKey {
         )
     };
     NatKey {
-        remote,
-        local,
+        remote: bytes(remote),
+        local: bytes(local),
         local_port,
         proto: p.proto,
         family: p.family,
@@ -517,6 +584,8 @@ pub fn note_origin(skb: u64, p: &Pkt, dir: u8) {
         guest: p.saddr,
         guest_port: p.sport,
         ip_id: p.ip_id,
+        known: 1,
+        _pad: 0,
     };
     let _ = ORIGIN.insert(&skb, &o, 0);
 }
@@ -529,13 +598,21 @@ pub fn learn_nat(skb: u64, p: &Pkt, dir: u8) {
         return;
     }
     let key = NatKey {
-        remote: p.daddr,
-        local: p.saddr,
+        remote: bytes(p.daddr),
+        local: bytes(p.saddr),
         local_port: p.sport,
         proto: p.proto,
         family: p.family,
     };
-    let origin = origin_of(skb, p.ip_id).unwrap_or_default();
+    // Unknown (the request was not seen leaving the tap): the entry still marks the tuple
+    // as a reply's, with `known` 0 (its other fields then mean nothing).
+    let origin = origin_of(skb, p.ip_id).unwrap_or(NatOrigin {
+        guest: p.saddr,
+        guest_port: p.sport,
+        ip_id: p.ip_id,
+        known: 0,
+        _pad: 0,
+    });
     let _ = NAT_KEYS.insert(&key, &origin, 0);
 }
 
@@ -552,15 +629,15 @@ pub fn origin_of(skb: u64, ip_id: u16) -> Option<NatOrigin> {
 pub fn nat_origin(p: &Pkt) -> Option<NatOrigin> {
     let local_port = if p.is_icmp() { p.sport } else { p.dport };
     let key = NatKey {
-        remote: p.saddr,
-        local: p.daddr,
+        remote: bytes(p.saddr),
+        local: bytes(p.daddr),
         local_port,
         proto: p.proto,
         family: p.family,
     };
     // SAFETY: read-only lookup.
     let o = unsafe { NAT_KEYS.get(&key) }?;
-    (halves(&o.guest) != (0, 0)).then_some(*o)
+    (o.known != 0).then_some(*o)
 }
 
 /// The followed state of an skb (`DIR_*` | `TRACK_*`), when its entry is for this packet:
@@ -588,8 +665,8 @@ pub struct Addrs {
     pub family: u8,
     pub proto: u8,
     pub ip_id: u16,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: Addr,
+    pub dst: Addr,
     /// The header is the inner one of a VXLAN packet: its offset from the outer (network)
     /// header; 0 for a plain packet.
     pub vx_off: u16,

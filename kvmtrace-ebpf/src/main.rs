@@ -112,8 +112,8 @@ const CUR_WINDOW_NS: u64 = 100_000;
 struct Cur {
     skb: u64,
     ts_ns: u64,
-    src: [u8; 16],
-    dst: [u8; 16],
+    src: filter::Addr,
+    dst: filter::Addr,
 }
 
 /// Every kernel offset the programs read, set by the loader in the frozen .rodata before
@@ -243,6 +243,26 @@ fn config() -> Option<&'static Config> {
 fn rd<T>(addr: u64) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel faults safely on bad addresses.
     unsafe { bpf_probe_read_kernel(addr as *const T).ok() }
+}
+
+/// `N` words of kernel memory at `addr`, zeros where they cannot be read. For more than one
+/// word: `rd(..).unwrap_or([0; N])` zeroes through a `memset` call (a byte loop on BPF).
+#[inline(always)]
+fn rd_words<const N: usize>(addr: u64) -> [u64; N] {
+    let mut v = core::mem::MaybeUninit::<[u64; N]>::uninit();
+    // SAFETY: a helper call writing N * 8 bytes into `v`; on failure `v` is zeroed word by
+    // word before it is read.
+    unsafe {
+        let rc = aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            v.as_mut_ptr() as *mut core::ffi::c_void,
+            (N * 8) as u32,
+            addr as *const core::ffi::c_void,
+        );
+        if rc != 0 {
+            filter::zero_words::<N>(v.as_mut_ptr() as *mut u64);
+        }
+        v.assume_init()
+    }
 }
 
 #[cfg(not(test))]

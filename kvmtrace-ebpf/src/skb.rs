@@ -5,18 +5,17 @@
 
 use crate::emit::{emit, set_cur, At, Extra, NO_EXTRA};
 use crate::filter::{
-    admit, classify, learn_guest, Addrs, learn_nat, note_origin, parse, parse6, scratch, skb_addrs,
-    track_forget, track_get, track_put, Pkt,
+    admit, classify, learn_guest, learn_nat, note_origin, parse, parse6, scratch, skb_addrs,
+    track_forget, track_get, track_put, Addrs, Pkt, EMPTY_PKT,
 };
-use crate::{btf_load, config, count, follows, off, rd, STACKS};
+use crate::{btf_load, config, count, follows, off, rd, rd_words, STACKS};
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel_buf, macros::btf_tracepoint,
     programs::tracing::StackIdContext as _, programs::BtfTracePointContext,
 };
 use kvmtrace_common::{
     Config, HookKind, CNT_SAMPLED_OUT, EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP, EV_FLAG_NEW, EV_FLAG_VXLAN,
-    FOLLOW_V6,
-    TRACK_SUPPRESSED,
+    FOLLOW_V6, TRACK_SUPPRESSED,
 };
 
 const NF_INET_PRE_ROUTING: u8 = 0;
@@ -40,12 +39,12 @@ fn route_dev_of(skb: u64) -> u64 {
 
 /// Facts of a device reached through an untyped pointer: (ifindex, name, netns inode).
 #[inline(always)]
-fn untyped_dev(dev: u64) -> (u32, [u8; 16], u32) {
+fn untyped_dev(dev: u64) -> (u32, [u64; 2], u32) {
     if dev == 0 {
-        return (0, [0; 16], 0);
+        return (0, [0; 2], 0);
     }
     let ifindex: u32 = rd(dev + off!(OFF_DEV_IFINDEX) as u64).unwrap_or(0);
-    let name: [u8; 16] = rd(dev + off!(OFF_DEV_NAME) as u64).unwrap_or([0; 16]);
+    let name: [u64; 2] = rd_words(dev + off!(OFF_DEV_NAME) as u64);
     let net: u64 = rd(dev + off!(OFF_DEV_ND_NET) as u64).unwrap_or(0);
     let inum: u32 = if net != 0 {
         rd(net + off!(OFF_NET_INUM) as u64).unwrap_or(0)
@@ -58,13 +57,13 @@ fn untyped_dev(dev: u64) -> (u32, [u8; 16], u32) {
 /// Device facts of a kernel skb: (ifindex, name, netns inode); without `skb->dev`, its
 /// route's device.
 #[inline(always)]
-fn skb_dev(skb: u64) -> (u32, [u8; 16], u32) {
+fn skb_dev(skb: u64) -> (u32, [u64; 2], u32) {
     let dev: u64 = btf_load(skb, off!(OFF_SKB_DEV));
     if dev == 0 {
         return untyped_dev(route_dev_of(skb));
     }
     let ifindex: u32 = btf_load(dev, off!(OFF_DEV_IFINDEX));
-    let name: [u8; 16] = rd(dev + off!(OFF_DEV_NAME) as u64).unwrap_or([0; 16]);
+    let name: [u64; 2] = rd_words(dev + off!(OFF_DEV_NAME) as u64);
     let net: u64 = btf_load(dev, off!(OFF_DEV_ND_NET));
     let inum: u32 = if net != 0 {
         btf_load(net, off!(OFF_NET_INUM))
@@ -240,7 +239,7 @@ pub fn observe_skb(hook: HookKind, skb: u64, x: &Extra, pre: Option<(Addrs, Opti
                 netns,
                 len,
             };
-            emit(hook, skb, dir, 0, &Pkt::empty(), &at, &[0; 12], x);
+            emit(hook, skb, dir, 0, &EMPTY_PKT, &at, &[0; 12], x);
         }
         return;
     };

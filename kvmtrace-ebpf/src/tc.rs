@@ -8,7 +8,7 @@ use crate::emit::{emit, set_cur, At, NO_EXTRA};
 use crate::fib::{route_lookup, route_recheck};
 use crate::filter::{
     a4, admit, classify, ident6, learn_guest, learn_nat, note_origin, parse, parse6, scratch,
-    track_get, track_put, Addrs, Pkt, Scratch, ICMPV6,
+    track_get, track_put, Addr, Addrs, Pkt, Scratch, ICMPV6,
 };
 use crate::{config, count, follows};
 use aya_ebpf::{
@@ -103,7 +103,7 @@ fn at(ctx: &TcContext, c: &Config) -> At {
     let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
     At {
         ifindex,
-        ifname: [0; 16],
+        ifname: [0; 2],
         netns: c.filter.netns,
         len,
     }
@@ -234,7 +234,7 @@ fn tap_arp(ctx: &TcContext, c: &Config, hook: HookKind, eth: &[u8; 14]) {
 fn tap_ndp(ctx: &TcContext, c: &Config, hook: HookKind, p: &mut Pkt, eth: &[u8; 14]) {
     if p.icmp_type == 135 || p.icmp_type == 136 {
         // The target follows the 4-byte flags/reserved word after the ICMPv6 header.
-        if let Ok(t) = ctx.load::<[u8; 16]>(54 + 8) {
+        if let Ok(t) = ctx.load::<Addr>(54 + 8) {
             p.daddr = t;
         }
     }

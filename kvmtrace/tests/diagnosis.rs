@@ -376,7 +376,13 @@ fn a_tap_outside_any_bridge_is_named() {
     assert_eq!(field(v2, "status"), "dropped", "{}", run.dump());
     assert_eq!(field(v2, "stage"), "tap", "{}", run.dump());
     assert_eq!(field(v2, "device"), "vnet0", "{}", run.dump());
-    assert_eq!(field(v2, "reason"), "NEIGH_FAILED", "{}", run.dump());
+    // The host gave up on the guest's neighbour entry: NEIGH_FAILED once its solicitations
+    // ran out, or QUEUE_PURGE when br0 (no port left, no carrier) flushed its entries first.
+    assert!(
+        ["NEIGH_FAILED", "QUEUE_PURGE"].contains(&field(v2, "reason")),
+        "{}",
+        run.dump()
+    );
     assert_eq!(field(v2, "direction"), "reply", "{}", run.dump());
     assert_eq!(v2["requests"], 1, "{}", run.dump());
     assert_eq!(v2["replies"], 1, "{}", run.dump());
@@ -794,7 +800,21 @@ fn a_tap_on_the_wrong_bridge_is_named() {
     // routed to br0, where the VM no longer is.
     // (stage, device and direction name the request's exit, up0, although the cause is the
     // tap's bridge; issue 9 part 3 is about that, so they are not pinned here.)
-    assert_eq!(field(v, "status"), "no_reply", "{}", run.dump());
+    // no_reply while the host still solicits the guest on br0; dropped (same cause, the tap,
+    // docs/diagnosis.md) once it gave up or br0 flushed its neighbour entries.
+    match field(v, "status") {
+        "no_reply" => {}
+        "dropped" => {
+            assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
+            assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+            assert!(
+                ["NEIGH_FAILED", "QUEUE_PURGE"].contains(&field(v, "reason")),
+                "{}",
+                run.dump()
+            );
+        }
+        other => panic!("status {other}: {}", run.dump()),
+    }
     let s = field(v, "summary");
     assert!(
         s.contains("wrong bridge") && s.contains("br1") && s.contains("br0"),
