@@ -321,12 +321,10 @@ pub fn parse6(s: &mut Scratch) -> bool {
 #[inline(always)]
 fn in_dest4(c: &Config, a: &Addr) -> bool {
     let f = &c.filter;
-    let a = v4_bytes(a);
+    // One masked 32-bit compare: the address's first 4 bytes are the low half of its first
+    // word, and the network and mask are in the same (network) byte order.
     follows(FOLLOW_V4)
-        && (a[0] & f.dst_mask[0]) == f.dst_net[0]
-        && (a[1] & f.dst_mask[1]) == f.dst_net[1]
-        && (a[2] & f.dst_mask[2]) == f.dst_net[2]
-        && (a[3] & f.dst_mask[3]) == f.dst_net[3]
+        && (a[0] as u32 & u32::from_ne_bytes(f.dst_mask)) == u32::from_ne_bytes(f.dst_net)
 }
 
 #[inline(always)]
