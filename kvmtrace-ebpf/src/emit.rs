@@ -1,6 +1,6 @@
 //! The one record every program writes to userspace (`kvmtrace_common::Event`).
 
-use crate::filter::{scratch, zero_words, Pkt};
+use crate::pkt::{scratch, zero_words, Pkt};
 use crate::{count, CUR, EVENTS};
 use aya_ebpf::helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns};
 use kvmtrace_common::{Event, HookKind, CNT_EVENTS, CNT_LOST, EV_FLAG_VXLAN};

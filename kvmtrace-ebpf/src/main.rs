@@ -7,7 +7,9 @@
 //!   set), or the `fib_table_lookup` tracepoint (full hook set);
 //! - [`netfilter`]: BPF netfilter links at the IPv4 hooks (full hook set only);
 //! - [`vxlan`]: the inner packet of a VXLAN packet on the underlay;
-//! - [`filter`]: the shared test "is this packet ours", [`emit`]: the event written to userspace.
+//! - [`pkt`]: a packet's addresses, parsed headers and per-CPU scratch; [`filter`]: the shared
+//!   test "is this packet ours"; [`emit`]: the event written to userspace; [`vxlan`]: the inner
+//!   packet of an overlay's outer one.
 //!
 //! Every program decides in its first few instructions whether a packet belongs to the
 //! followed VM and destination, and returns otherwise. A packet is "ours" when
@@ -27,6 +29,7 @@ mod emit;
 mod fib;
 mod filter;
 mod netfilter;
+mod pkt;
 mod skb;
 mod tc;
 mod vxlan;
@@ -80,7 +83,7 @@ static ROUTED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
 
 /// Per CPU: the packet being parsed (see `filter::Scratch`).
 #[map]
-static SCRATCH: PerCpuArray<filter::Scratch> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<pkt::Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Counters (`CNT_*`), per CPU; userspace sums them.
 #[map]
@@ -112,8 +115,8 @@ const CUR_WINDOW_NS: u64 = 100_000;
 struct Cur {
     skb: u64,
     ts_ns: u64,
-    src: filter::Addr,
-    dst: filter::Addr,
+    src: pkt::Addr,
+    dst: pkt::Addr,
 }
 
 /// Every kernel offset the programs read, set by the loader in the frozen .rodata before
@@ -259,7 +262,7 @@ fn rd_words<const N: usize>(addr: u64) -> [u64; N] {
             addr as *const core::ffi::c_void,
         );
         if rc != 0 {
-            filter::zero_words::<N>(v.as_mut_ptr() as *mut u64);
+            pkt::zero_words::<N>(v.as_mut_ptr() as *mut u64);
         }
         v.assume_init()
     }

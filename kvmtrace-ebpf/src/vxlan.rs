@@ -8,7 +8,7 @@
 //! Cost for foreign traffic: callers ask only when `VXLAN_PORT` is set and the outer
 //! packet is UDP; a UDP packet to another port costs one more 2-byte read.
 
-use crate::filter::scratch;
+use crate::pkt::scratch;
 use crate::rd;
 use aya_ebpf::{helpers::generated::bpf_skb_load_bytes, programs::TcContext};
 

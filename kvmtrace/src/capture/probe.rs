@@ -142,37 +142,49 @@ fn record_offsets(category: &str, name: &str) -> Result<HashMap<String, u32>> {
     Ok(out)
 }
 
-/// Offsets of the `fib:fib_table_lookup` record fields.
-fn fib_offsets(o: &mut crate::capture::btf::Offsets) -> Result<()> {
-    let f = record_offsets("fib", "fib_table_lookup")?;
+/// Offsets of the `fib:fib_table_lookup` and (`v6`) `fib6:fib6_table_lookup` record fields.
+fn fib_offsets(o: &mut crate::capture::btf::Offsets, v6: bool) -> Result<()> {
+    let (category, name) = if v6 {
+        ("fib6", "fib6_table_lookup")
+    } else {
+        ("fib", "fib_table_lookup")
+    };
+    let f = record_offsets(category, name)?;
     let get = |n: &str| f.get(n).copied().unwrap_or(u32::MAX);
-    o.fib_tb_id = get("tb_id");
-    o.fib_err = get("err");
-    o.fib_oif = get("oif");
-    o.fib_src = get("src");
-    o.fib_dst = get("dst");
-    o.fib_gw4 = get("gw4");
-    o.fib_name = get("name");
-    o.fib_proto = get("proto");
-    o.fib_sport = get("sport");
-    o.fib_dport = get("dport");
-    Ok(())
-}
-
-/// Offsets of the `fib6:fib6_table_lookup` record fields.
-fn fib6_offsets(o: &mut crate::capture::btf::Offsets) -> Result<()> {
-    let f = record_offsets("fib6", "fib6_table_lookup")?;
-    let get = |n: &str| f.get(n).copied().unwrap_or(u32::MAX);
-    o.fib6_tb_id = get("tb_id");
-    o.fib6_err = get("err");
-    o.fib6_oif = get("oif");
-    o.fib6_src = get("src");
-    o.fib6_dst = get("dst");
-    o.fib6_gw = get("gw");
-    o.fib6_name = get("name");
-    o.fib6_proto = get("proto");
-    o.fib6_sport = get("sport");
-    o.fib6_dport = get("dport");
+    let fields = if v6 {
+        [
+            &mut o.fib6_tb_id,
+            &mut o.fib6_err,
+            &mut o.fib6_oif,
+            &mut o.fib6_src,
+            &mut o.fib6_dst,
+            &mut o.fib6_gw,
+            &mut o.fib6_name,
+            &mut o.fib6_proto,
+            &mut o.fib6_sport,
+            &mut o.fib6_dport,
+        ]
+    } else {
+        [
+            &mut o.fib_tb_id,
+            &mut o.fib_err,
+            &mut o.fib_oif,
+            &mut o.fib_src,
+            &mut o.fib_dst,
+            &mut o.fib_gw4,
+            &mut o.fib_name,
+            &mut o.fib_proto,
+            &mut o.fib_sport,
+            &mut o.fib_dport,
+        ]
+    };
+    let gw = if v6 { "gw" } else { "gw4" };
+    let names = [
+        "tb_id", "err", "oif", "src", "dst", gw, "name", "proto", "sport", "dport",
+    ];
+    for (slot, n) in fields.into_iter().zip(names) {
+        *slot = get(n);
+    }
     Ok(())
 }
 
@@ -259,11 +271,11 @@ impl Tracer {
         // The path set asks the FIB itself from the path devices' TC ingress (bpf_fib_lookup,
         // for followed packets only); the full set reads the host-wide lookup tracepoint.
         if all {
-            if let Err(e) = fib_offsets(&mut offsets) {
+            if let Err(e) = fib_offsets(&mut offsets, false) {
                 warnings.push(format!("route lookups will not be shown: {e:#}"));
             }
             if spec.v6().is_some() {
-                if let Err(e) = fib6_offsets(&mut offsets) {
+                if let Err(e) = fib_offsets(&mut offsets, true) {
                     warnings.push(format!("IPv6 route lookups will not be shown: {e:#}"));
                 }
             }

@@ -120,16 +120,7 @@ pub fn packet(e: &TraceEvent) -> Option<Vec<u8>> {
             l4.extend_from_slice(&h.to_bytes());
         }
         6 => {
-            let mut h = TcpHeader::new(t.sport, t.dport, e.tcp_seq, 65535);
-            let f = e.tcp_flags;
-            h.fin = f & 0x01 != 0;
-            h.syn = f & 0x02 != 0;
-            h.rst = f & 0x04 != 0;
-            h.psh = f & 0x08 != 0;
-            h.ack = f & 0x10 != 0;
-            h.urg = f & 0x20 != 0;
-            h.ece = f & 0x40 != 0;
-            h.cwr = f & 0x80 != 0;
+            let mut h = tcp_header(e, &t);
             ip.set_payload_len(h.header_len()).ok()?;
             h.checksum = h.calc_checksum_ipv4(&ip, &[]).ok()?;
             l4.extend_from_slice(&h.to_bytes());
@@ -147,6 +138,21 @@ pub fn packet(e: &TraceEvent) -> Option<Vec<u8>> {
     ip.write(&mut out).ok()?;
     out.extend_from_slice(&l4);
     Some(out)
+}
+
+/// The TCP header of an event (ports, sequence, flags; the window is not recorded: 65535).
+fn tcp_header(e: &TraceEvent, t: &Tuple) -> TcpHeader {
+    let mut h = TcpHeader::new(t.sport, t.dport, e.tcp_seq, 65535);
+    let f = e.tcp_flags;
+    h.fin = f & 0x01 != 0;
+    h.syn = f & 0x02 != 0;
+    h.rst = f & 0x04 != 0;
+    h.psh = f & 0x08 != 0;
+    h.ack = f & 0x10 != 0;
+    h.urg = f & 0x20 != 0;
+    h.ece = f & 0x40 != 0;
+    h.cwr = f & 0x80 != 0;
+    h
 }
 
 /// The IPv6 form of [`packet`]: an IPv6 header and the ICMPv6, TCP or UDP header.
@@ -183,14 +189,7 @@ fn packet6(e: &TraceEvent, t: &Tuple, src: [u8; 16], dst: [u8; 16]) -> Option<Ve
             l4.extend_from_slice(&h.to_bytes());
         }
         6 => {
-            let mut h = TcpHeader::new(t.sport, t.dport, e.tcp_seq, 65535);
-            let f = e.tcp_flags;
-            h.fin = f & 0x01 != 0;
-            h.syn = f & 0x02 != 0;
-            h.rst = f & 0x04 != 0;
-            h.psh = f & 0x08 != 0;
-            h.ack = f & 0x10 != 0;
-            h.urg = f & 0x20 != 0;
+            let mut h = tcp_header(e, t);
             ip.payload_length = h.header_len() as u16;
             h.checksum = h.calc_checksum_ipv6(&ip, &[]).ok()?;
             l4.extend_from_slice(&h.to_bytes());
