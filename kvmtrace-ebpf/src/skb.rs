@@ -286,6 +286,7 @@ pub fn observe_skb(hook: HookKind, skb: u64, x: &Extra, pre: Option<(Addrs, Opti
 
 /// `netif_receive_skb(struct sk_buff *skb)`: a device received the skb. Full hook set only.
 #[btf_tracepoint(function = "netif_receive_skb")]
+#[inline(always)]
 pub fn netif_receive_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     observe_skb(HookKind::NetifReceive, skb, &NO_EXTRA, None);
@@ -295,6 +296,7 @@ pub fn netif_receive_skb(ctx: BtfTracePointContext) -> i32 {
 /// `net_dev_start_xmit(const struct sk_buff *skb, const struct net_device *dev)`. Full hook
 /// set only.
 #[btf_tracepoint(function = "net_dev_start_xmit")]
+#[inline(always)]
 pub fn net_dev_start_xmit(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     observe_skb(HookKind::DevXmit, skb, &NO_EXTRA, None);
@@ -312,6 +314,7 @@ fn might_be_ours(c: &Config, skb: u64, vx_off: u16) -> bool {
 
 /// `kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk)`.
 #[btf_tracepoint(function = "kfree_skb")]
+#[inline(always)]
 pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
@@ -370,6 +373,7 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
 /// `consume_skb(struct sk_buff *skb, void *location)`: normal end of an skb's life. Full hook
 /// set only (the path set lets TRACKED age instead).
 #[btf_tracepoint(function = "consume_skb")]
+#[inline(always)]
 pub fn consume_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     observe_skb(HookKind::Consume, skb, &NO_EXTRA, None);

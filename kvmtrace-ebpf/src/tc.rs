@@ -273,12 +273,14 @@ fn tap_l2_event(ctx: &TcContext, c: &Config, hook: HookKind, p: &Pkt, eth: &[u8;
 
 /// TC ingress of the tap: frames coming out of the guest. Always continues (TCX_NEXT).
 #[classifier]
+#[inline(always)]
 pub fn tap_ingress(ctx: TcContext) -> i32 {
     tap_common(&ctx, HookKind::TapIngress)
 }
 
 /// TC egress of the tap: frames about to be handed to the guest. Always continues.
 #[classifier]
+#[inline(always)]
 pub fn tap_egress(ctx: TcContext) -> i32 {
     tap_common(&ctx, HookKind::TapEgress)
 }
@@ -445,12 +447,14 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
 
 /// TC ingress of a path device: reported as the device receiving the packet.
 #[classifier]
+#[inline(always)]
 pub fn dev_ingress(ctx: TcContext) -> i32 {
     dev_common(&ctx, HookKind::NetifReceive)
 }
 
 /// TC egress of a path device: reported as the device transmitting the packet.
 #[classifier]
+#[inline(always)]
 pub fn dev_egress(ctx: TcContext) -> i32 {
     dev_common(&ctx, HookKind::DevXmit)
 }
