@@ -569,3 +569,82 @@ fn a_recorded_overlay_run_replays_to_the_same_verdicts_and_exports_the_outer_hea
     assert!(comments.contains("NETFILTER_DROP"), "{comments}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `kvmtrace doctor` on the overlay lab: the VXLAN port is checked for a remote, a route to it
+/// and room for the encapsulation, each fault with its evidence and fix.
+#[test]
+fn doctor_checks_the_vxlan_port_remote_route_and_mtu() {
+    let vxlan_check = |lab: &VxlanLab| -> Value {
+        let _vm = lab.attach_vm();
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.hv,
+                common::BIN,
+                "doctor",
+                "vnet0",
+                "--json",
+            ])
+            .output()
+            .expect("run kvmtrace doctor");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["type"] == "check" && v["name"] == "vxlan")
+            .unwrap_or_else(|| panic!("no vxlan check:\n{text}"))
+    };
+    let healthy = VxlanLab::new(VxlanOptions::default());
+    let c = vxlan_check(&healthy);
+    assert_eq!(c["status"], "pass", "{c}");
+    let ev = c["evidence"].as_str().unwrap();
+    assert!(
+        ev.contains("vx0") && ev.contains("vni 42") && ev.contains("remote 198.51.100.1"),
+        "{ev}"
+    );
+    // The underlay's MTU lowered below vx0's plus the encapsulation.
+    healthy.hv_run(&["ip", "link", "set", &healthy.underlay, "mtu", "1400"]);
+    healthy.hv_run(&["ip", "link", "set", "vx0", "mtu", "1450"]);
+    let c = vxlan_check(&healthy);
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(c["evidence"].as_str().unwrap().contains("MTU 1450"), "{c}");
+    assert!(c["fix"].as_str().unwrap().contains("mtu 1350"), "{c}");
+    drop(healthy);
+
+    let no_route = VxlanLab::new(VxlanOptions {
+        underlay_route: false,
+        bind_dev: false,
+        ..VxlanOptions::default()
+    });
+    let c = vxlan_check(&no_route);
+    assert_eq!(c["status"], "fail", "{c}");
+    assert!(
+        c["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("no route to the remote VTEP 198.51.100.1"),
+        "{c}"
+    );
+    assert!(
+        c["fix"]
+            .as_str()
+            .unwrap()
+            .contains("ip route get 198.51.100.1"),
+        "{c}"
+    );
+    drop(no_route);
+
+    let no_remote = VxlanLab::new(VxlanOptions {
+        remote: false,
+        ..VxlanOptions::default()
+    });
+    let c = vxlan_check(&no_remote);
+    assert_eq!(c["status"], "warn", "{c}");
+    assert!(
+        c["fix"]
+            .as_str()
+            .unwrap()
+            .contains("bridge fdb append 00:00:00:00:00:00 dev vx0"),
+        "{c}"
+    );
+}

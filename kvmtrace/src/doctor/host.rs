@@ -79,6 +79,8 @@ pub struct Host {
     pub ip_rules6: Result<Vec<IpRule>, String>,
     /// `/proc/net/ip6_tables_names`: ip6tables-legacy tables in use.
     pub legacy_tables6: Vec<String>,
+    /// The VXLAN devices (a bridge's VXLAN port carries the VM's frames into an overlay).
+    pub vxlans: Vec<crate::model::VxlanFacts>,
     /// Router-advertisement daemons (radvd, dnsmasq) of this network namespace, or why the
     /// processes could not be read.
     pub ra_daemons: Result<Vec<RaDaemon>, String>,
@@ -536,6 +538,7 @@ pub fn gather() -> Host {
             .unwrap_or_default(),
         ra_daemons: ra_daemons(),
         dest_route: None,
+        vxlans: crate::host::facts::vxlans(),
     }
 }
 

@@ -48,7 +48,8 @@ pub fn gather() -> HostFacts {
 
 /// The VXLAN devices, with the device of the route to each remote (an RTM_GETLINK dump and a
 /// route query per device).
-fn vxlans() -> Vec<crate::model::VxlanFacts> {
+/// The host's VXLAN devices (empty when they cannot be read: logged).
+pub fn vxlans() -> Vec<crate::model::VxlanFacts> {
     let list = crate::host::netlink::vxlans().unwrap_or_else(|e| {
         log::debug!("reading the VXLAN devices: {e}");
         Vec::new()

@@ -16,6 +16,7 @@ use CheckStatus::{Fail, Pass, Skip, Warn};
 mod devices;
 mod ipv6;
 mod netfilter;
+mod overlay;
 mod routing;
 mod services;
 
@@ -344,7 +345,7 @@ pub fn run_checks_to(h: &Host, tap: &str, mac: Option<&str>, dest: Option<Net>) 
             macvtap_host_check(&c, lower),
         ];
     }
-    vec![
+    let mut out = vec![
         tap_check(&c),
         bridge_port_check(&c),
         bridge_check(&c),
@@ -372,7 +373,9 @@ pub fn run_checks_to(h: &Host, tap: &str, mac: Option<&str>, dest: Option<Net>) 
         },
         gateway_neighbour6_check(&c),
         ra_service_check(&c),
-    ]
+    ];
+    out.extend(overlay::vxlan_checks(&c));
+    out
 }
 
 #[cfg(test)]
@@ -510,6 +513,7 @@ mod tests {
             legacy_tables6: vec![],
             ra_daemons: Ok(vec![]),
             dest_route: None,
+            vxlans: Vec::new(),
         }
     }
 
