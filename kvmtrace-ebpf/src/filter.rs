@@ -2,8 +2,8 @@
 //! address tests first (no map lookup), then the tracked-skb lookup, then the full parse.
 
 pub use crate::pkt::{
-    a4, addr, bytes, ident6, parse, parse6, scratch, v6, zero_words, Addr, Pkt, Scratch, EMPTY_PKT,
-    ICMP, ICMPV6,
+    a4, addr, bytes, ident6, is_v6, parse, parse6, scratch, v6, zero_words, Addr, Pkt, Scratch,
+    EMPTY_PKT, ICMP, ICMPV6,
 };
 use crate::pkt::{b16, v4_bytes};
 use crate::{btf_load, follows, off, rd, BUDGET, GUESTS, GUESTS6, NAT_KEYS, ORIGIN, TRACKED};
@@ -36,7 +36,7 @@ fn in_dest6(c: &Config, a: &Addr) -> bool {
 /// Is `a` (of `family`) in the followed destination?
 #[inline(always)]
 pub fn in_dest(c: &Config, family: u8, a: &Addr) -> bool {
-    if v6() && family == FAMILY_V6 {
+    if is_v6(family) {
         in_dest6(c, a)
     } else {
         in_dest4(c, a)
@@ -96,7 +96,7 @@ fn is_guest6(a: &Addr) -> bool {
 /// Is `a` (of `family`) one of the guest's learned addresses?
 #[inline(always)]
 pub fn is_guest(family: u8, a: &Addr) -> bool {
-    if v6() && family == FAMILY_V6 {
+    if is_v6(family) {
         is_guest6(a)
     } else {
         is_guest4(a)
@@ -110,7 +110,7 @@ pub fn learn_guest(family: u8, a: &Addr) {
     if is_guest(family, a) {
         return;
     }
-    if v6() && family == FAMILY_V6 {
+    if is_v6(family) {
         // fe80::/10 (bytes 0xfe, 0x80..0xbf first: the low bytes of the first word) or ::.
         if a[0] & 0xc0ff == 0x80fe || *a == [0, 0] {
             return;
@@ -446,7 +446,7 @@ pub fn skb_addrs(c: &Config, skb: u64) -> Option<Addrs> {
         }
     }
     let mut a = match h[0] >> 4 {
-        4 => {
+        4 if follows(FOLLOW_V4) => {
             let mut b = [0u8; 16];
             b.copy_from_slice(&h[4..20]);
             Addrs::from_bytes(&b)

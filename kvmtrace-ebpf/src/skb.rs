@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use kvmtrace_common::{
     Config, HookKind, CNT_SAMPLED_OUT, EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP, EV_FLAG_NEW, EV_FLAG_VXLAN,
-    FOLLOW_V6, TRACK_SUPPRESSED,
+    FOLLOW_V4, FOLLOW_V6, TRACK_SUPPRESSED,
 };
 
 const NF_INET_PRE_ROUTING: u8 = 0;
@@ -129,7 +129,7 @@ fn skb_pkt(skb: u64, vx_off: u16) -> Option<(&'static mut Pkt, u32, [u8; 12], u8
                 }
             } else {
                 let ihl = ((s.ip[0] & 0x0f) as u64) * 4;
-                ihl >= 20 && {
+                follows(FOLLOW_V4) && ihl >= 20 && {
                     let _ = bpf_probe_read_kernel_buf((at + ihl) as *const u8, &mut s.l4[..28]);
                     parse(s)
                 }

@@ -17,8 +17,8 @@ use aya_ebpf::{
 };
 use kvmtrace_common::{
     Config, HookKind, CNT_SAMPLED_OUT, DIR_REPLY, DIR_REQUEST, EV_FLAG_ARP, EV_FLAG_DHCP,
-    EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP, EV_FLAG_NEW, EV_FLAG_VXLAN, FAMILY_V4, FAMILY_V6, FOLLOW_V6,
-    TRACK_SUPPRESSED,
+    EV_FLAG_HAS_ETH, EV_FLAG_HAS_IP, EV_FLAG_NEW, EV_FLAG_VXLAN, FAMILY_V4, FAMILY_V6, FOLLOW_V4,
+    FOLLOW_V6, TRACK_SUPPRESSED,
 };
 
 /// Copies `len` bytes of the packet at `off` into `dst` (bpf_skb_load_bytes; fails past the
@@ -51,7 +51,7 @@ fn tc_ip(ctx: &TcContext, eth: &[u8; 14], base: usize) -> Option<&'static mut Pk
     if v6 && !follows(FOLLOW_V6) {
         return None;
     }
-    if !v6 && (eth[12] != 0x08 || eth[13] != 0x00) {
+    if !v6 && (eth[12] != 0x08 || eth[13] != 0x00 || !follows(FOLLOW_V4)) {
         return None;
     }
     let s = scratch()?;
@@ -327,7 +327,7 @@ fn dev_addrs(ctx: &TcContext) -> Option<Addrs> {
             ty = [s.l4[16 + 12], s.l4[16 + 13]];
         }
     }
-    let mut a = if ty == [0x08, 0x00] {
+    let mut a = if ty == [0x08, 0x00] && follows(FOLLOW_V4) {
         let h: *const [u8; 16] = if vx_base == 0 {
             in_place::<[u8; 16]>(ctx, 14 + 4)?
         } else {
