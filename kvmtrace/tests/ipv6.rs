@@ -626,6 +626,29 @@ fn a_recorded_ipv6_drop_replays_and_exports_the_same() {
 }
 
 /// Writes the IPv6 fixture of the terminal UI's snapshot tests (real packets in the lab).
+/// The outside has no route back to the VM's prefix: the request leaves with the guest's own
+/// address and nothing comes back. IPv6 is routed, so the next step is the route back, not a
+/// MASQUERADE rule.
+#[test]
+fn no_route_back_to_the_vm_prefix_is_no_reply_with_the_route_as_next_step() {
+    let lab = Lab::new(LabOptions::default());
+    lab.outside_run(&["ip", "-6", "route", "del", "fd00:77::/64"]);
+    let (run, got) = ping6_run(&lab, &[DEST6], &[], 2);
+    assert_no_answer(&got);
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_reply", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
+    assert_eq!(field(v, "device"), "up0", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    let s = field(v, "summary");
+    assert!(
+        s.contains("route back to the VM's IPv6 prefix"),
+        "{}",
+        run.dump()
+    );
+    assert!(!s.contains("add a masquerade rule"), "{}", run.dump());
+}
+
 /// The host's packet-too-big to the guest filtered in its own OUTPUT chain: the request's
 /// drop is named with the black hole that follows from it.
 #[test]

@@ -22,7 +22,17 @@ pub(super) fn left_host(f: &Flow, v: &mut Verdict) -> bool {
         v.device = Some(device.clone());
         let src = tuple.map(|t| t.src);
         let private = src.is_some_and(|s| s == k.guest);
-        v.summary = if private {
+        v.summary = if private && k.guest.is_ipv6() {
+            // IPv6 is routed, not translated, as a rule: the way back is a route to the VM's
+            // prefix (NAT66/NPTv6 only where a host hides its guests).
+            format!(
+                "no reply: the request left the host on {device} with the VM's own source {} \
+                 and nothing came back → the outside needs a route back to the VM's IPv6 prefix \
+                 via this host (or the guest a routable address, or NAT66/NPTv6 out of \
+                 {device}); past this host: upstream gateway, remote firewall, destination down",
+                k.guest
+            )
+        } else if private {
             format!(
                 "no reply: the request left the host on {device} with the VM's own source {} \
                  (not rewritten: no MASQUERADE/SNAT for it), so the outside cannot answer → add \
