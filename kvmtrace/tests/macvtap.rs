@@ -4,12 +4,11 @@
 
 mod common;
 
-use common::{field, start_in, BIN};
+use common::{field, hand_down_fds, start_in, BIN};
 use kvmtrace_lab::macvtap::MacvtapLab;
 use kvmtrace_lab::vm::{open_macvtap, FakeVm};
 use serde_json::Value;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -43,16 +42,7 @@ fn qemu_standin(lab: &MacvtapLab, fd: &OwnedFd, name: &str) -> Child {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: dup2 and prctl are async-signal-safe; the fd stays open in the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(raw, 7) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    hand_down_fds(&mut cmd, vec![raw], 7);
     let mut child = cmd.spawn().expect("spawn the stand-in QEMU");
     let pid = child.id();
     for _ in 0..100 {

@@ -5,13 +5,12 @@
 
 mod common;
 
-use common::{field, start, BIN};
+use common::{field, hand_down_fds, start, BIN};
 use kvmtrace_lab::guest::{build_image, default_cache_dir, Guest, GuestConfig};
 use kvmtrace_lab::lab::{Lab, LabOptions};
 use kvmtrace_lab::vm::FakeVm;
 use serde_json::{json, Value};
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -69,19 +68,7 @@ fn pve_standin(lab: &Lab, nics: [&FakeVm; 2]) -> Child {
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(Stdio::null());
-    // SAFETY: dup2 and prctl are async-signal-safe; the fds stay open in the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            for (fd, to) in fds.into_iter().zip([7, 8]) {
-                // dup2 clears FD_CLOEXEC on the copy.
-                if libc::dup2(fd, to) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    hand_down_fds(&mut cmd, fds.to_vec(), 7);
     cmd.spawn().expect("spawn the stand-in QEMU")
 }
 

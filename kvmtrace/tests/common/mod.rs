@@ -373,3 +373,32 @@ pub fn unescape_markdown(md: &str) -> String {
     }
     out
 }
+
+/// Makes the child of `cmd` (a stand-in QEMU) inherit `fds` as descriptors `first`,
+/// `first + 1`, … and die with the test. Each source is first copied above every target,
+/// so that a source that already has a target's number (the test threads share one fd
+/// table) is neither clobbered nor left close-on-exec by a `dup2` onto itself.
+pub fn hand_down_fds(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>, first: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: fcntl, dup2 and prctl are async-signal-safe; the fds stay open in the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            let above = first + fds.len() as std::os::fd::RawFd;
+            let mut high = [0; 8];
+            for (i, &fd) in fds.iter().enumerate() {
+                high[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above);
+                if high[i] < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, &h) in high.iter().take(fds.len()).enumerate() {
+                // dup2 clears FD_CLOEXEC on the copy.
+                if libc::dup2(h, first + i as std::os::fd::RawFd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
