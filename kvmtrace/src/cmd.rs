@@ -257,14 +257,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 .into());
             }
             let dests = parse_dests(&dest).map_err(|e| Usage(format!("{e:#}")))?;
-            if explain_rules && !dests.iter().any(|d| d.addr().is_ipv4()) {
-                return Err(Usage(
-                    "--explain-rules traces IPv4 flows only so far: an IPv6 drop is still named \
-                     by its hook, chain family and drop reason without it"
-                        .into(),
-                )
-                .into());
-            }
             let dest = dest.join(" ");
             if port.is_some() && proto == Proto::Icmp {
                 return Err(Usage("--port applies to tcp and udp, not icmp".into()).into());

@@ -32,10 +32,6 @@ fn a_bad_address_is_a_usage_error() {
         "2001:db8::2",
     ]);
     assert_eq!(r.code, 2, "{}", r.dump());
-    // --explain-rules traces IPv4 only: an IPv6-only run says so.
-    let r = run_plain(&["follow", "vnet0", "2001:db8::1", "--explain-rules"]);
-    assert_eq!(r.code, 2, "{}", r.dump());
-    assert!(r.stderr.contains("IPv4 flows only"), "{}", r.dump());
 }
 
 #[test]

@@ -39,9 +39,8 @@ fn start(lab: &Lab, f: &TraceFilter) -> (RuleTracer, Vec<String>) {
 
 fn filter(lab: &Lab, proto: u8, port: u16) -> TraceFilter {
     TraceFilter {
-        guest_ips: vec![lab.guest_ip],
-        dst: lab.dest,
-        prefix: 32,
+        guest_ips: vec![lab.guest_ip.into()],
+        dsts: vec![std::net::IpAddr::from(lab.dest).into()],
         proto,
         port,
     }
@@ -234,11 +233,14 @@ fn crash_child_holds_a_tracer() {
     if std::env::var_os(CHILD_ENV).is_none() {
         return;
     }
-    // A prefix, a protocol and a port: every kind of match the table's rules use.
+    // Prefixes of both versions, a protocol and a port: every kind of match the table's rules
+    // use.
     let f = TraceFilter {
-        guest_ips: vec![Ipv4Addr::new(10, 77, 0, 2)],
-        dst: Ipv4Addr::new(203, 0, 113, 0),
-        prefix: 24,
+        guest_ips: vec![Ipv4Addr::new(10, 77, 0, 2).into()],
+        dsts: vec![
+            "203.0.113.0/24".parse().unwrap(),
+            "2001:db8::/64".parse().unwrap(),
+        ],
         proto: 6,
         port: 8080,
     };

@@ -737,3 +737,91 @@ fn show_text_output_v6() {
     let run = running.wait();
     println!("{}", run.dump());
 }
+
+#[test]
+fn explain_rules_names_the_ip6_rule_that_dropped_and_cleans_up() {
+    let lab = Lab::new(LabOptions::default());
+    lab.nft(
+        "table ip6 labguard6 {\n chain forward {\n  type filter hook forward priority 0;\n  icmpv6 type echo-request drop\n }\n}\n",
+    );
+    let listing = lab.hv_run(&["nft", "-a", "list", "table", "ip6", "labguard6"]);
+    let handle = listing
+        .lines()
+        .find(|l| l.contains("echo-request drop"))
+        .and_then(|l| l.rsplit_once("# handle "))
+        .map(|(_, h)| h.trim().to_string())
+        .unwrap_or_else(|| panic!("{listing}"));
+    let (run, got) = ping6_run(&lab, &[DEST6], &["--explain-rules"], 2);
+    assert_no_answer(&got);
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", run.dump());
+    assert_eq!(
+        field(v, "rule"),
+        format!(
+            "ip6 labguard6 forward handle {handle} (FORWARD): icmpv6 type echo-request drop → drop"
+        ),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        field(v, "summary").contains("decided by ip6 labguard6"),
+        "{}",
+        run.dump()
+    );
+    let tables = lab.hv_run(&["nft", "list", "tables"]);
+    assert!(
+        !tables.contains("kvmtrace_nftrace"),
+        "tracing table left behind: {tables}"
+    );
+}
+
+#[test]
+fn explain_rules_traces_both_versions_in_one_run() {
+    let lab = Lab::new(LabOptions {
+        forward6_drop: Some(Firewall::Nftables),
+        ..LabOptions::default()
+    });
+    let running = start(
+        &lab,
+        &[
+            "follow",
+            "vnet0",
+            "203.0.113.1",
+            DEST6,
+            "--json",
+            "--duration",
+            "4",
+            "--explain-rules",
+        ],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    assert!(vm
+        .ping(lab.dest, 0x4b34, 1, Duration::from_millis(800))
+        .is_some());
+    assert_no_answer(&[vm.ping6(lab.dest6, 0x4b36, 1, Duration::from_millis(800))]);
+    let run = running.wait();
+    let vs = run.verdicts();
+    assert_eq!(vs.len(), 2, "{}", run.dump());
+    let v6 = vs
+        .iter()
+        .find(|v| field(v, "flow").contains(DEST6))
+        .unwrap_or_else(|| panic!("{}", run.dump()));
+    assert_eq!(field(v6, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v6, "hook"), "FORWARD", "{}", run.dump());
+    assert_eq!(
+        field(v6, "rule"),
+        "ip6 labfilter6 forward (FORWARD): policy drop",
+        "{}",
+        run.dump()
+    );
+    let v4 = vs
+        .iter()
+        .find(|v| field(v, "flow").contains("203.0.113.1"))
+        .unwrap_or_else(|| panic!("{}", run.dump()));
+    assert_eq!(field(v4, "status"), "delivered", "{}", run.dump());
+    assert!(v4.get("rule").is_none(), "{}", run.dump());
+}

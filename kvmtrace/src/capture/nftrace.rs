@@ -25,7 +25,7 @@ mod ruleset;
 mod ruletext;
 
 use anyhow::{bail, Context as _, Result};
-use decode::{family_name, parse_ipv4, parse_trace, verdict_name, Ipv4Hdr, TraceMsg, TraceType};
+use decode::{family_name, parse_ip, parse_trace, verdict_name, IpHdr, TraceMsg, TraceType};
 use nl::{NlSocket, NFNLGRP_NFTRACE, NFT_MSG_GETCHAIN, NFT_MSG_GETTABLE, NFT_MSG_TRACE};
 use ruletext::RuleText;
 
@@ -33,7 +33,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -44,31 +44,47 @@ pub use ruleset::TABLE_PREFIX;
 /// Which packets to trace: the followed flow.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TraceFilter {
-    /// The guest's addresses; empty: requests are matched by destination only.
-    pub guest_ips: Vec<Ipv4Addr>,
-    pub dst: Ipv4Addr,
-    /// Prefix length of `dst` (32: one address).
-    pub prefix: u8,
-    /// IP protocol number; 0: any.
+    /// The guest's addresses; none of a destination's version: requests to it are matched by
+    /// destination only.
+    pub guest_ips: Vec<IpAddr>,
+    /// The destinations followed (at most one of each IP version).
+    pub dsts: Vec<ipnet::IpNet>,
+    /// IP protocol number; 0: any. 1 (ICMP) means ICMPv6 for an IPv6 destination.
     pub proto: u8,
     /// Remote TCP/UDP/SCTP port; 0: any. Ignored for protocols without ports.
     pub port: u16,
 }
 
 impl TraceFilter {
+    /// The protocol number followed towards a destination of that version.
+    fn proto_for(&self, v6: bool) -> u8 {
+        match (self.proto, v6) {
+            (1, true) => 58,
+            (p, _) => p,
+        }
+    }
+
     /// Whether a packet with these headers belongs to the flow (the same test as the table's
     /// rules).
-    fn matches(&self, h: &Ipv4Hdr) -> bool {
-        let proto_ok = self.proto == 0 || h.proto == self.proto;
-        let port_applies = self.port != 0 && (self.proto == 0 || decode::has_ports(self.proto));
+    fn matches(&self, h: &IpHdr) -> bool {
+        let proto = self.proto_for(h.src.is_ipv6());
+        let proto_ok = proto == 0 || h.proto == proto;
+        let port_applies = self.port != 0 && (proto == 0 || decode::has_ports(proto));
         let port_ok = |p: Option<u16>| {
             !port_applies || (matches!(h.proto, 6 | 17 | 132) && p == Some(self.port))
         };
-        let request = (self.guest_ips.is_empty() || self.guest_ips.contains(&h.src))
-            && ruleset::in_prefix(h.dst, self.dst, self.prefix)
-            && port_ok(h.dport);
-        let reply = ruleset::in_prefix(h.src, self.dst, self.prefix) && port_ok(h.sport);
-        proto_ok && (request || reply)
+        let guest_known = self
+            .guest_ips
+            .iter()
+            .any(|g| g.is_ipv6() == h.src.is_ipv6());
+        let from_guest = !guest_known || self.guest_ips.contains(&h.src);
+        proto_ok
+            && self.dsts.iter().any(|d| {
+                let d = d.trunc();
+                let request = from_guest && d.contains(&h.dst) && port_ok(h.dport);
+                let reply = d.contains(&h.src) && port_ok(h.sport);
+                request || reply
+            })
     }
 }
 
@@ -114,8 +130,8 @@ impl RuleTracer {
     /// Returns warnings for the user, one line each: a left-over table removed (or that could
     /// not be), no owner tables in this kernel, no `nft` for rule text.
     pub fn start(f: &TraceFilter) -> Result<(RuleTracer, Vec<String>)> {
-        if f.prefix > 32 {
-            bail!("--explain-rules: bad prefix length /{}", f.prefix);
+        if f.dsts.is_empty() {
+            bail!("--explain-rules: no destination to trace");
         }
         let mut warnings = Vec::new();
         let netns = File::open("/proc/thread-self/ns/net")
@@ -296,7 +312,7 @@ fn remove_leftovers(ctl: &mut NlSocket, warnings: &mut Vec<String>) {
 
 /// What is known about one traced skb at one hook.
 struct TraceState {
-    hdr: Option<Ipv4Hdr>,
+    hdr: Option<IpHdr>,
     /// Seen with headers of the followed flow, or with its conntrack entry.
     followed: bool,
     hook: Option<String>,
@@ -376,7 +392,7 @@ impl Collector {
         let Some(nh) = &m.network else {
             return;
         };
-        let hdr = parse_ipv4(nh, m.transport.as_deref());
+        let hdr = parse_ip(nh, m.transport.as_deref());
         let by_headers = hdr.is_some_and(|h| self.filter.matches(&h));
         if self.conntracks.len() >= MAX_TRACES {
             self.conntracks.clear();
@@ -453,8 +469,8 @@ impl Collector {
             verdict,
             policy,
             hook,
-            src: hdr.map(|h| h.src.into()),
-            dst: hdr.map(|h| h.dst.into()),
+            src: hdr.map(|h| h.src),
+            dst: hdr.map(|h| h.dst),
             proto: hdr.map(|h| h.proto),
             trace_id: m.id,
         })
@@ -533,8 +549,9 @@ pub fn explain(verdicts: &mut [crate::model::Verdict], decisions: &[RuleDecision
 
 #[cfg(test)]
 mod tests {
-    use super::decode::tests::{ipv4, policy_msg, rule_msg, with_ct};
+    use super::decode::tests::{ipv4, ipv6, policy_msg, rule_msg, with_ct};
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn collector(f: TraceFilter) -> Collector {
         Collector {
@@ -560,9 +577,8 @@ mod tests {
 
     fn lab_filter() -> TraceFilter {
         TraceFilter {
-            guest_ips: vec![Ipv4Addr::new(10, 77, 0, 2)],
-            dst: Ipv4Addr::new(203, 0, 113, 1),
-            prefix: 32,
+            guest_ips: vec![Ipv4Addr::new(10, 77, 0, 2).into()],
+            dsts: vec!["203.0.113.1/32".parse().unwrap()],
             proto: 0,
             port: 0,
         }
@@ -714,7 +730,7 @@ mod tests {
             port: 8080,
             ..lab_filter()
         };
-        let h = |src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16| Ipv4Hdr {
+        let h = |src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16| IpHdr {
             src: src.into(),
             dst: dst.into(),
             proto,
@@ -726,6 +742,48 @@ mod tests {
         assert!(!f.matches(&h([10, 77, 0, 2], [203, 0, 113, 1], 6, 40000, 22)));
         assert!(!f.matches(&h([10, 77, 0, 2], [203, 0, 113, 1], 17, 40000, 8080)));
         assert!(!f.matches(&h([10, 77, 0, 3], [203, 0, 113, 1], 6, 40000, 8080)));
+    }
+
+    #[test]
+    fn both_versions_are_followed_and_icmp_means_icmpv6_for_ipv6() {
+        let f = TraceFilter {
+            guest_ips: vec![
+                Ipv4Addr::new(10, 77, 0, 2).into(),
+                "fd00:77::2".parse().unwrap(),
+            ],
+            dsts: vec![
+                "203.0.113.1/32".parse().unwrap(),
+                "2001:db8::/64".parse().unwrap(),
+            ],
+            proto: 1,
+            port: 0,
+        };
+        let mut c = collector(f.clone());
+        let request = ipv6("fd00:77::2", "2001:db8::9", 58);
+        let d = decide(
+            &mut c,
+            rule_msg("labfilter", "forward", 5, 0, 21, Some(&request), None),
+        )
+        .expect("the IPv6 request");
+        assert_eq!(d.verdict, "drop");
+        assert_eq!(d.src, Some("fd00:77::2".parse().unwrap()));
+        assert_eq!(d.proto, Some(58));
+        let reply = ipv6("2001:db8::9", "2001:db8:2::2", 58);
+        assert!(decide(
+            &mut c,
+            rule_msg("labfilter", "forward", 5, 1, 22, Some(&reply), None)
+        )
+        .is_some());
+        for other in [
+            ipv6("fd00:77::3", "2001:db8::9", 58),   // another guest
+            ipv6("fd00:77::2", "2001:db8:1::9", 58), // outside the prefix
+            ipv6("fd00:77::2", "2001:db8::9", 1),    // not ICMPv6
+        ] {
+            let h = parse_ip(&other, None).unwrap();
+            assert!(!f.matches(&h), "{h:?}");
+        }
+        let v4 = parse_ip(&ipv4([10, 77, 0, 2], [203, 0, 113, 1], 1), None).unwrap();
+        assert!(f.matches(&v4));
     }
 
     #[test]

@@ -46,11 +46,10 @@ async fn follow_async(
 
     let started = Instant::now();
     // Rule tracing first: it only reads the ruleset and adds its own table, before any hook.
-    let rules = if let (true, Some(v4)) = (view.explain_rules, spec.v4()) {
+    let rules = if view.explain_rules {
         let f = crate::capture::nftrace::TraceFilter {
             guest_ips: Vec::new(),
-            dst: v4.addr(),
-            prefix: v4.prefix_len(),
+            dsts: spec.dests.clone(),
             proto: spec.proto,
             port: spec.port,
         };

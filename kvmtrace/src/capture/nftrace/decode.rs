@@ -9,7 +9,7 @@
 //! caller keeps them per trace id.
 
 use super::nl::{attrs, be32, be64, cstr, ne32, NFGENMSG_LEN};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 const NFTA_TRACE_TABLE: u16 = 1;
 const NFTA_TRACE_CHAIN: u16 = 2;
@@ -125,11 +125,14 @@ pub fn parse_trace(body: &[u8]) -> Option<TraceMsg> {
     have_id.then_some(m)
 }
 
-/// The IPv4 facts of a traced packet.
+/// The IP facts of a traced packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Hdr {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+pub struct IpHdr {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// The transport protocol; for IPv6 the fixed header's next header (a packet with
+    /// extension headers has theirs, and then no ports: the kernel's 40-byte dump of the
+    /// network header holds only the fixed header).
     pub proto: u8,
     /// TCP, UDP, SCTP (the first two 16-bit words of the transport header).
     pub sport: Option<u16>,
@@ -141,21 +144,30 @@ pub fn has_ports(proto: u8) -> bool {
     matches!(proto, 6 | 17 | 132 | 33 | 136)
 }
 
-/// Parses the network header (and the transport header, for ports) of an IPv4 packet.
-pub fn parse_ipv4(nh: &[u8], th: Option<&[u8]>) -> Option<Ipv4Hdr> {
-    if nh.len() < 20 || nh[0] >> 4 != 4 {
-        return None;
-    }
-    let proto = nh[9];
-    let src = Ipv4Addr::new(nh[12], nh[13], nh[14], nh[15]);
-    let dst = Ipv4Addr::new(nh[16], nh[17], nh[18], nh[19]);
+/// Parses the network header (and the transport header, for ports) of an IPv4 or IPv6 packet.
+pub fn parse_ip(nh: &[u8], th: Option<&[u8]>) -> Option<IpHdr> {
+    let (src, dst, proto): (IpAddr, IpAddr, u8) = match nh.first()? >> 4 {
+        4 if nh.len() >= 20 => (
+            Ipv4Addr::new(nh[12], nh[13], nh[14], nh[15]).into(),
+            Ipv4Addr::new(nh[16], nh[17], nh[18], nh[19]).into(),
+            nh[9],
+        ),
+        6 if nh.len() >= 40 => {
+            let addr = |o: usize| {
+                let b: [u8; 16] = nh[o..o + 16].try_into().expect("16 bytes");
+                IpAddr::from(Ipv6Addr::from(b))
+            };
+            (addr(8), addr(24), nh[6])
+        }
+        _ => return None,
+    };
     let ports = th.filter(|t| t.len() >= 4 && has_ports(proto)).map(|t| {
         (
             u16::from_be_bytes([t[0], t[1]]),
             u16::from_be_bytes([t[2], t[3]]),
         )
     });
-    Some(Ipv4Hdr {
+    Some(IpHdr {
         src,
         dst,
         proto,
@@ -209,6 +221,14 @@ pub fn family_name(f: u8) -> &'static str {
 pub(crate) mod tests {
     use super::super::nl::Attrs;
     use super::*;
+
+    /// An IPv6 header (40 bytes) from `src` to `dst` with next header `proto`.
+    pub(crate) fn ipv6(src: &str, dst: &str, proto: u8) -> Vec<u8> {
+        let mut h = vec![0x60, 0, 0, 0, 0, 20, proto, 64];
+        h.extend_from_slice(&src.parse::<Ipv6Addr>().unwrap().octets());
+        h.extend_from_slice(&dst.parse::<Ipv6Addr>().unwrap().octets());
+        h
+    }
 
     /// An IPv4 header (20 bytes) from `src` to `dst` with protocol `proto`.
     pub(crate) fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8) -> Vec<u8> {
@@ -292,7 +312,7 @@ pub(crate) mod tests {
         assert_eq!(m.id, 0xabcd);
         assert_eq!(m.nfproto, Some(2));
         assert_eq!(m.ct_id, None);
-        let h = parse_ipv4(m.network.as_deref().unwrap(), m.transport.as_deref()).unwrap();
+        let h = parse_ip(m.network.as_deref().unwrap(), m.transport.as_deref()).unwrap();
         assert_eq!(h.src, Ipv4Addr::new(10, 77, 0, 2));
         assert_eq!(h.dst, Ipv4Addr::new(203, 0, 113, 1));
         assert_eq!(h.proto, 6);
@@ -368,12 +388,27 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn non_ipv4_and_short_headers_are_not_parsed() {
-        let mut v6 = ipv4([1, 1, 1, 1], [2, 2, 2, 2], 6);
-        v6[0] = 0x60;
-        assert_eq!(parse_ipv4(&v6, None), None);
-        assert_eq!(parse_ipv4(&[0x45; 12], None), None);
-        let icmp = parse_ipv4(&ipv4([1, 1, 1, 1], [2, 2, 2, 2], 1), Some(&[8, 0, 0, 0])).unwrap();
+    fn ipv6_headers_are_parsed_and_short_or_other_ones_are_not() {
+        let h = parse_ip(
+            &ipv6("fd00:77::2", "2001:db8::1", 6),
+            Some(&[0x9c, 0x40, 0x1f, 0x90]),
+        )
+        .unwrap();
+        assert_eq!(h.src, "fd00:77::2".parse::<IpAddr>().unwrap());
+        assert_eq!(h.dst, "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!((h.proto, h.sport, h.dport), (6, Some(40000), Some(8080)));
+        let echo = parse_ip(
+            &ipv6("fd00:77::2", "2001:db8::1", 58),
+            Some(&[128, 0, 0, 0]),
+        );
+        assert_eq!(echo.map(|h| (h.proto, h.sport)), Some((58, None)));
+        assert_eq!(parse_ip(&ipv6("::1", "::2", 6)[..39], None), None);
+        let mut other = ipv4([1, 1, 1, 1], [2, 2, 2, 2], 6);
+        other[0] = 0x55;
+        assert_eq!(parse_ip(&other, None), None);
+        assert_eq!(parse_ip(&[0x45; 12], None), None);
+        assert_eq!(parse_ip(&[], None), None);
+        let icmp = parse_ip(&ipv4([1, 1, 1, 1], [2, 2, 2, 2], 1), Some(&[8, 0, 0, 0])).unwrap();
         assert_eq!(icmp.sport, None, "ICMP has no ports");
     }
 }

@@ -11,6 +11,8 @@
 //!     chain out { type filter hook output priority -350; policy accept; (the same rules) }
 //! }
 //! ```
+//!
+//! An IPv6 destination gets the same rules with `meta nfproto ipv6` and `ip6 saddr/daddr`.
 
 use super::decode::{family_name, has_ports};
 use super::nl::{
@@ -18,7 +20,8 @@ use super::nl::{
     NFT_MSG_NEWRULE, NFT_MSG_NEWTABLE, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL,
 };
 use super::TraceFilter;
-use std::net::Ipv4Addr;
+use ipnet::IpNet;
+use std::net::IpAddr;
 
 /// Every table kvmtrace adds starts with this; the rest is `<pid>_<n>`.
 pub const TABLE_PREFIX: &str = "kvmtrace_nftrace_";
@@ -99,81 +102,74 @@ pub fn pid_of(table: &str) -> Option<u32> {
 /// One match of a rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Match {
-    /// `meta nfproto ipv4` (the dependency nft adds before `ip …` in an inet table).
-    Ipv4,
-    Saddr(Ipv4Addr, u8),
-    Daddr(Ipv4Addr, u8),
+    /// `meta nfproto ipv4` or `ipv6` (the dependency nft adds before `ip …`/`ip6 …` in an
+    /// inet table).
+    Family {
+        v6: bool,
+    },
+    Saddr(IpNet),
+    Daddr(IpNet),
     L4proto(u8),
     Sport(u16),
     Dport(u16),
 }
 
-fn mask(prefix: u8) -> u32 {
-    u32::from(ipnet::Ipv4Net::new_assert(Ipv4Addr::UNSPECIFIED, prefix.min(32)).netmask())
-}
-
-fn masked(a: Ipv4Addr, prefix: u8) -> Ipv4Addr {
-    ipnet::Ipv4Net::new_assert(a, prefix.min(32)).network()
-}
-
-/// Whether `a` is in `net/prefix`.
-pub fn in_prefix(a: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
-    ipnet::Ipv4Net::new_assert(net, prefix.min(32))
-        .trunc()
-        .contains(&a)
-}
-
-/// The rules of each chain: requests (guest → destination, or anything → destination when no
-/// guest address is known) and replies (destination → anywhere: before de-NAT the reply is
-/// addressed to the host).
+/// The rules of each chain, for each destination followed: requests (guest → destination, or
+/// anything → destination when no guest address of that version is known) and replies
+/// (destination → anywhere: before de-NAT the reply is addressed to the host).
 pub fn rules(f: &TraceFilter) -> Vec<Vec<Match>> {
-    let protos: Vec<Option<u8>> = match (f.proto, f.port) {
-        (0, 0) => vec![None],
-        (0, _) => vec![Some(6), Some(17), Some(132)], // a port: TCP, UDP, SCTP
-        (p, _) => vec![Some(p)],
-    };
-    let sources: Vec<Option<Ipv4Addr>> = if f.guest_ips.is_empty() {
-        vec![None]
-    } else {
-        f.guest_ips.iter().copied().map(Some).collect()
-    };
-    let dst = Match::Daddr(masked(f.dst, f.prefix), f.prefix.min(32));
     let mut out = Vec::new();
-    for proto in &protos {
-        let l4 = |port_match: fn(u16) -> Match| {
-            let mut m = Vec::new();
-            if let Some(p) = *proto {
-                m.push(Match::L4proto(p));
-                if f.port != 0 && has_ports(p) {
-                    m.push(port_match(f.port));
-                }
-            }
-            m
+    for dst in f.dsts.iter().map(IpNet::trunc) {
+        let v6 = matches!(dst, IpNet::V6(_));
+        let protos: Vec<Option<u8>> = match (f.proto_for(v6), f.port) {
+            (0, 0) => vec![None],
+            (0, _) => vec![Some(6), Some(17), Some(132)], // a port: TCP, UDP, SCTP
+            (p, _) => vec![Some(p)],
         };
-        for s in &sources {
-            let mut r = vec![Match::Ipv4];
-            if let Some(s) = s {
-                r.push(Match::Saddr(*s, 32));
+        let mut sources: Vec<Option<IpAddr>> = f
+            .guest_ips
+            .iter()
+            .filter(|g| g.is_ipv6() == v6)
+            .copied()
+            .map(Some)
+            .collect();
+        if sources.is_empty() {
+            sources.push(None);
+        }
+        let family = Match::Family { v6 };
+        for proto in &protos {
+            let l4 = |port_match: fn(u16) -> Match| {
+                let mut m = Vec::new();
+                if let Some(p) = *proto {
+                    m.push(Match::L4proto(p));
+                    if f.port != 0 && has_ports(p) {
+                        m.push(port_match(f.port));
+                    }
+                }
+                m
+            };
+            for s in &sources {
+                let mut r = vec![family];
+                if let Some(s) = s {
+                    r.push(Match::Saddr(IpNet::from(*s)));
+                }
+                r.push(Match::Daddr(dst));
+                r.extend(l4(Match::Dport));
+                out.push(r);
             }
-            r.push(dst);
-            r.extend(l4(Match::Dport));
+            let mut r = vec![family, Match::Saddr(dst)];
+            r.extend(l4(Match::Sport));
             out.push(r);
         }
-        let mut r = vec![
-            Match::Ipv4,
-            Match::Saddr(masked(f.dst, f.prefix), f.prefix.min(32)),
-        ];
-        r.extend(l4(Match::Sport));
-        out.push(r);
     }
     out
 }
 
-fn addr_text(a: Ipv4Addr, prefix: u8) -> String {
-    if prefix >= 32 {
-        a.to_string()
+fn addr_text(n: IpNet) -> String {
+    if n.prefix_len() == n.max_prefix_len() {
+        n.addr().to_string()
     } else {
-        format!("{a}/{prefix}")
+        n.to_string()
     }
 }
 
@@ -182,9 +178,17 @@ pub fn rule_text(r: &[Match]) -> String {
     let mut parts: Vec<String> = r
         .iter()
         .map(|m| match *m {
-            Match::Ipv4 => "meta nfproto ipv4".to_string(),
-            Match::Saddr(a, p) => format!("ip saddr {}", addr_text(a, p)),
-            Match::Daddr(a, p) => format!("ip daddr {}", addr_text(a, p)),
+            Match::Family { v6 } => format!("meta nfproto {}", ip_word(v6, "ipv4", "ipv6")),
+            Match::Saddr(n) => format!(
+                "{} saddr {}",
+                ip_word(n.addr().is_ipv6(), "ip", "ip6"),
+                addr_text(n)
+            ),
+            Match::Daddr(n) => format!(
+                "{} daddr {}",
+                ip_word(n.addr().is_ipv6(), "ip", "ip6"),
+                addr_text(n)
+            ),
             Match::L4proto(p) => format!("meta l4proto {p}"),
             Match::Sport(p) => format!("th sport {p}"),
             Match::Dport(p) => format!("th dport {p}"),
@@ -192,6 +196,14 @@ pub fn rule_text(r: &[Match]) -> String {
         .collect();
     parts.push("meta nftrace set 1".into());
     parts.join(" ")
+}
+
+fn ip_word(v6: bool, four: &'static str, six: &'static str) -> &'static str {
+    if v6 {
+        six
+    } else {
+        four
+    }
 }
 
 /// The whole table in nft syntax (for logs and docs).
@@ -250,37 +262,51 @@ fn cmp_eq(v: &[u8]) -> Attrs {
     )
 }
 
-fn bitwise_mask(m: u32) -> Attrs {
+fn bitwise_mask(m: &[u8]) -> Attrs {
     expr(
         "bitwise",
         Attrs::new()
             .be32(NFTA_BITWISE_SREG, REG)
             .be32(NFTA_BITWISE_DREG, REG)
-            .be32(NFTA_BITWISE_LEN, 4)
-            .nested(NFTA_BITWISE_MASK, data(&m.to_be_bytes()))
-            .nested(NFTA_BITWISE_XOR, data(&[0; 4])),
+            .be32(NFTA_BITWISE_LEN, m.len() as u32)
+            .nested(NFTA_BITWISE_MASK, data(m))
+            .nested(NFTA_BITWISE_XOR, data(&vec![0; m.len()])),
     )
+}
+
+fn octets(a: IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
 }
 
 /// The expressions of one rule: each match loads into a register and compares; the rule ends
 /// with `immediate reg 1 = 1; meta set nftrace with reg 1`.
 pub fn rule_exprs(r: &[Match]) -> Vec<Attrs> {
     let mut e = Vec::new();
-    let addr = |e: &mut Vec<Attrs>, offset: u32, a: Ipv4Addr, prefix: u8| {
-        e.push(payload_load(NFT_PAYLOAD_NETWORK_HEADER, offset, 4));
-        if prefix < 32 {
-            e.push(bitwise_mask(mask(prefix)));
+    // Source and destination: IPv4 at offsets 12 and 16, IPv6 at 8 and 24.
+    let addr = |e: &mut Vec<Attrs>, dst: bool, n: IpNet| {
+        let (v4, len) = if n.addr().is_ipv4() {
+            ((12, 16), 4)
+        } else {
+            ((8, 24), 16)
+        };
+        let offset = if dst { v4.1 } else { v4.0 };
+        e.push(payload_load(NFT_PAYLOAD_NETWORK_HEADER, offset, len));
+        if n.prefix_len() < n.max_prefix_len() {
+            e.push(bitwise_mask(&octets(n.netmask())));
         }
-        e.push(cmp_eq(&masked(a, prefix).octets()));
+        e.push(cmp_eq(&octets(n.network())));
     };
     for m in r {
         match *m {
-            Match::Ipv4 => {
+            Match::Family { v6 } => {
                 e.push(meta_load(NFT_META_NFPROTO));
-                e.push(cmp_eq(&[2])); // NFPROTO_IPV4
+                e.push(cmp_eq(&[if v6 { 10 } else { 2 }])); // NFPROTO_IPV6, NFPROTO_IPV4
             }
-            Match::Saddr(a, p) => addr(&mut e, 12, a, p),
-            Match::Daddr(a, p) => addr(&mut e, 16, a, p),
+            Match::Saddr(n) => addr(&mut e, false, n),
+            Match::Daddr(n) => addr(&mut e, true, n),
             Match::L4proto(p) => {
                 e.push(meta_load(NFT_META_L4PROTO));
                 e.push(cmp_eq(&[p]));
@@ -417,11 +443,10 @@ pub fn parse_table(body: &[u8]) -> Option<TableInfo> {
 mod tests {
     use super::*;
 
-    fn filter(guests: &[[u8; 4]], dst: [u8; 4], prefix: u8, proto: u8, port: u16) -> TraceFilter {
+    fn filter(guests: &[&str], dsts: &[&str], proto: u8, port: u16) -> TraceFilter {
         TraceFilter {
-            guest_ips: guests.iter().map(|&g| Ipv4Addr::from(g)).collect(),
-            dst: Ipv4Addr::from(dst),
-            prefix,
+            guest_ips: guests.iter().map(|g| g.parse().unwrap()).collect(),
+            dsts: dsts.iter().map(|d| d.parse().unwrap()).collect(),
             proto,
             port,
         }
@@ -429,7 +454,7 @@ mod tests {
 
     #[test]
     fn a_tcp_port_flow_traces_requests_and_replies() {
-        let f = filter(&[[10, 77, 0, 2]], [203, 0, 113, 1], 32, 6, 8080);
+        let f = filter(&["10.77.0.2"], &["203.0.113.1/32"], 6, 8080);
         let texts: Vec<String> = rules(&f).iter().map(|r| rule_text(r)).collect();
         assert_eq!(
             texts,
@@ -442,7 +467,7 @@ mod tests {
 
     #[test]
     fn without_guest_address_only_the_destination_is_matched() {
-        let f = filter(&[], [203, 0, 113, 77], 24, 0, 0);
+        let f = filter(&[], &["203.0.113.77/24"], 0, 0);
         let texts: Vec<String> = rules(&f).iter().map(|r| rule_text(r)).collect();
         assert_eq!(
             texts,
@@ -455,13 +480,79 @@ mod tests {
 
     #[test]
     fn a_port_without_protocol_means_tcp_udp_and_sctp_and_icmp_ignores_ports() {
-        let f = filter(&[[10, 0, 0, 1], [10, 0, 0, 2]], [1, 1, 1, 1], 32, 0, 53);
+        let f = filter(&["10.0.0.1", "10.0.0.2"], &["1.1.1.1/32"], 0, 53);
         assert_eq!(rules(&f).len(), 3 * 3, "(2 guests + 1 reply) × 3 protocols");
-        let f = filter(&[], [1, 1, 1, 1], 32, 1, 53);
+        let f = filter(&[], &["1.1.1.1/32"], 1, 53);
         assert!(rules(&f)
             .iter()
             .flatten()
             .all(|m| !matches!(m, Match::Dport(_) | Match::Sport(_))));
+    }
+
+    #[test]
+    fn an_ipv6_destination_gets_ip6_rules_with_icmpv6_and_its_own_guests_only() {
+        let f = filter(
+            &["10.77.0.2", "fd00:77::2"],
+            &["203.0.113.1/32", "2001:db8::/64"],
+            1,
+            0,
+        );
+        let texts: Vec<String> = rules(&f).iter().map(|r| rule_text(r)).collect();
+        assert_eq!(
+            texts,
+            [
+                "meta nfproto ipv4 ip saddr 10.77.0.2 ip daddr 203.0.113.1 meta l4proto 1 meta nftrace set 1",
+                "meta nfproto ipv4 ip saddr 203.0.113.1 meta l4proto 1 meta nftrace set 1",
+                "meta nfproto ipv6 ip6 saddr fd00:77::2 ip6 daddr 2001:db8::/64 meta l4proto 58 meta nftrace set 1",
+                "meta nfproto ipv6 ip6 saddr 2001:db8::/64 meta l4proto 58 meta nftrace set 1",
+            ]
+        );
+    }
+
+    #[test]
+    fn ipv6_expressions_load_16_bytes_at_the_ipv6_offsets_and_mask_the_prefix() {
+        let r = [
+            Match::Family { v6: true },
+            Match::Saddr("fd00:77::2/128".parse().unwrap()),
+            Match::Daddr("2001:db8::/64".parse().unwrap()),
+        ];
+        let e = rule_exprs(&r);
+        assert_eq!(
+            expr_names(&e),
+            [
+                "meta",
+                "cmp",
+                "payload",
+                "cmp",
+                "payload",
+                "bitwise",
+                "cmp",
+                "immediate",
+                "meta"
+            ]
+        );
+        let fields = |i: usize| -> Vec<(u16, u32)> {
+            let data = attrs(e[i].as_bytes()).nth(1).expect("data").1;
+            attrs(data)
+                .map(|(t, p)| (t, be32(p).unwrap_or(0)))
+                .collect()
+        };
+        // nfproto compared with NFPROTO_IPV6.
+        let cmp = attrs(e[1].as_bytes()).nth(1).expect("data").1;
+        let value = attrs(cmp)
+            .find(|(t, _)| *t == NFTA_CMP_DATA)
+            .expect("cmp data")
+            .1;
+        assert_eq!(attrs(value).next().expect("value").1, [10]);
+        assert_eq!(
+            fields(2)[2..],
+            [(NFTA_PAYLOAD_OFFSET, 8), (NFTA_PAYLOAD_LEN, 16)]
+        );
+        assert_eq!(
+            fields(4)[2..],
+            [(NFTA_PAYLOAD_OFFSET, 24), (NFTA_PAYLOAD_LEN, 16)]
+        );
+        assert_eq!(fields(5)[2], (NFTA_BITWISE_LEN, 16));
     }
 
     fn expr_names(e: &[Attrs]) -> Vec<String> {
@@ -477,8 +568,8 @@ mod tests {
     #[test]
     fn expressions_load_compare_and_set_nftrace() {
         let r = [
-            Match::Ipv4,
-            Match::Daddr(Ipv4Addr::new(203, 0, 113, 0), 24),
+            Match::Family { v6: false },
+            Match::Daddr("203.0.113.0/24".parse().unwrap()),
             Match::L4proto(17),
             Match::Dport(53),
         ];
@@ -549,28 +640,5 @@ mod tests {
             ("inet", "kvmtrace_nftrace_1_0", Some(77))
         );
         assert_eq!(parse_table(&body(0)).unwrap().owner, None);
-    }
-
-    #[test]
-    fn prefixes_mask_addresses() {
-        assert!(in_prefix(
-            Ipv4Addr::new(203, 0, 113, 9),
-            Ipv4Addr::new(203, 0, 113, 1),
-            24
-        ));
-        assert!(!in_prefix(
-            Ipv4Addr::new(203, 0, 114, 9),
-            Ipv4Addr::new(203, 0, 113, 1),
-            24
-        ));
-        assert!(in_prefix(
-            Ipv4Addr::new(1, 2, 3, 4),
-            Ipv4Addr::UNSPECIFIED,
-            0
-        ));
-        assert_eq!(
-            masked(Ipv4Addr::new(10, 1, 2, 3), 8),
-            Ipv4Addr::new(10, 0, 0, 0)
-        );
     }
 }
