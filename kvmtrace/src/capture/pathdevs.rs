@@ -94,7 +94,11 @@ pub fn wanted(tap: &str, dests: &[ipnet::IpNet], seen_oifs: &[u32]) -> Vec<Wante
         for vx in vxlans {
             if let Some(i) = underlay_of(&vx) {
                 if let Some(name) = name_of(i) {
-                    let remote = vx.remote.map_or("none".to_string(), |r| r.to_string());
+                    let remote = match (vx.remote, vx.remote.or_else(|| vx.default_remote())) {
+                        (Some(r), _) => r.to_string(),
+                        (None, Some(r)) => format!("{r} (fdb 00:00:00:00:00:00)"),
+                        (None, None) => "none".to_string(),
+                    };
                     let why = format!("underlay of {} (vni {}, remote {remote})", vx.name, vx.vni);
                     add(i, name, why);
                 }

@@ -56,15 +56,33 @@ pub fn vxlans() -> Vec<crate::model::VxlanFacts> {
     });
     let name = crate::host::netlink::ifname;
     list.iter()
-        .map(|v| crate::model::VxlanFacts {
-            name: v.name.clone(),
-            vni: v.vni,
-            remote: v.remote,
-            local: v.local,
-            dev: (v.link != 0).then(|| name(v.link)).flatten(),
-            route_dev: v.route_dev().and_then(name),
-            port: v.port,
-            mtu: v.mtu,
+        .map(|v| {
+            let fdb = crate::host::netlink::fdb_of(v.ifindex).unwrap_or_else(|e| {
+                log::debug!("reading the forwarding entries of {}: {e}", v.name);
+                Vec::new()
+            });
+            let fdb_remote = fdb
+                .iter()
+                .filter(|e| e.mac == [0; 6])
+                .find_map(|e| match e.dst {
+                    Some(std::net::IpAddr::V4(a)) => Some(a),
+                    _ => None,
+                });
+            crate::model::VxlanFacts {
+                name: v.name.clone(),
+                vni: v.vni,
+                remote: v.remote,
+                local: v.local,
+                dev: (v.link != 0).then(|| name(v.link)).flatten(),
+                route_dev: v.route_dev().and_then(name),
+                port: v.port,
+                mtu: v.mtu,
+                fdb_remote: fdb_remote.filter(|_| v.remote.is_none()),
+                fdb_macs: fdb
+                    .iter()
+                    .filter(|e| e.mac != [0; 6] && e.dst.is_some())
+                    .count(),
+            }
         })
         .collect()
 }

@@ -535,9 +535,24 @@ impl VxlanLink {
         self.route_dev()
     }
 
-    /// The output device of the route to its remote (None: no remote, or no route).
+    /// Its default VTEP: the `remote`, else the first IPv4 destination of its all-zeros
+    /// forwarding entries (read only then: one dump of the bridge FDB).
+    pub fn default_remote(&self) -> Option<Ipv4Addr> {
+        self.remote.or_else(|| {
+            fdb_of(self.ifindex)
+                .ok()?
+                .into_iter()
+                .filter(|e| e.mac == [0; 6])
+                .find_map(|e| match e.dst {
+                    Some(IpAddr::V4(a)) => Some(a),
+                    _ => None,
+                })
+        })
+    }
+
+    /// The output device of the route to its default VTEP (None: none, or no route).
     pub fn route_dev(&self) -> Option<u32> {
-        let remote = self.remote?;
+        let remote = self.default_remote()?;
         let q = RouteQuery {
             src: IpAddr::V4(self.local.unwrap_or(Ipv4Addr::UNSPECIFIED)),
             dst: IpAddr::V4(remote),
@@ -549,6 +564,67 @@ impl VxlanLink {
         };
         route_get(&q).ok()?.nexthops.first().map(|h| h.0)
     }
+}
+
+/// One forwarding entry of a VXLAN device (`bridge fdb show dev vx0`): frames for `mac` are
+/// sent to the VTEP `dst`. The all-zeros MAC is the default entry (what `remote` creates,
+/// or `bridge fdb append 00:00:00:00:00:00 … dst`): every frame without an entry of its own,
+/// broadcasts and ARP included, is sent there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub mac: [u8; 6],
+    pub dst: Option<IpAddr>,
+}
+
+/// Parses one `RTM_NEWNEIGH` body of an `AF_BRIDGE` dump: (ifindex, entry).
+pub fn parse_fdb(body: &[u8]) -> Option<(u32, FdbEntry)> {
+    const AF_BRIDGE: u8 = 7;
+    const NDA_DST: u16 = 1;
+    const NDA_LLADDR: u16 = 2;
+    // ndmsg: family, pad, pad(2), ifindex(4), state(2), flags, type (12 bytes).
+    if body.len() < 12 || body[0] != AF_BRIDGE {
+        return None;
+    }
+    let ifindex = ne32(&body[4..8])?;
+    let mut e = FdbEntry {
+        mac: [0; 6],
+        dst: None,
+    };
+    let mut has_mac = false;
+    for (ty, p) in attrs(&body[12..]) {
+        match ty {
+            NDA_LLADDR if p.len() == 6 => {
+                e.mac.copy_from_slice(p);
+                has_mac = true;
+            }
+            NDA_DST if p.len() == 4 => {
+                e.dst = Some(IpAddr::V4(Ipv4Addr::new(p[0], p[1], p[2], p[3])));
+            }
+            NDA_DST if p.len() == 16 => {
+                let b: [u8; 16] = p.try_into().ok()?;
+                e.dst = Some(IpAddr::V6(b.into()));
+            }
+            _ => {}
+        }
+    }
+    has_mac.then_some((ifindex, e))
+}
+
+/// The forwarding entries of the device `ifindex` (an `AF_BRIDGE` `RTM_GETNEIGH` dump).
+/// The request is an `ifinfomsg` naming the device, which the kernel takes as a filter
+/// (net/core/rtnetlink.c `valid_fdb_dump_legacy`: `brport_idx`), so a host with a large
+/// FDB is not read whole.
+pub fn fdb_of(ifindex: u32) -> io::Result<Vec<FdbEntry>> {
+    let mut body = vec![0u8; 16];
+    body[0] = 7; // AF_BRIDGE
+    body[4..8].copy_from_slice(&ifindex.to_ne_bytes());
+    Ok(dump(NETLINK_ROUTE, RTM_GETNEIGH, &body)?
+        .into_iter()
+        .filter(|(t, _)| *t == RTM_NEWNEIGH)
+        .filter_map(|(_, b)| parse_fdb(&b))
+        .filter(|(i, _)| *i == ifindex)
+        .map(|(_, e)| e)
+        .collect())
 }
 
 /// The name of the device `ifindex` of this namespace.
@@ -971,6 +1047,42 @@ pub fn route_lookup(dst: IpAddr, from: Option<(IpAddr, u32)>) -> io::Result<IpRo
 #[cfg(test)]
 pub mod tests {
     use super::*;
+
+    #[test]
+    fn fdb_entries_of_a_vxlan_carry_their_mac_and_vtep() {
+        // ndmsg: AF_BRIDGE, ifindex 9; NDA_LLADDR all zeros, NDA_DST 198.51.100.1.
+        let mut b = vec![7u8, 0, 0, 0];
+        b.extend_from_slice(&9u32.to_ne_bytes());
+        b.extend_from_slice(&[0x80, 0, 0x02, 0]);
+        b.extend(nla(2, &[0; 6]));
+        b.extend(nla(1, &[198, 51, 100, 1]));
+        let (i, e) = parse_fdb(&b).expect("entry");
+        assert_eq!(i, 9);
+        assert_eq!(e.mac, [0; 6]);
+        assert_eq!(e.dst, Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1))));
+        // An IPv6 VTEP, and a bridge port's own entry without one.
+        let mut b6 = b[..12].to_vec();
+        b6.extend(nla(2, &[0x52, 0x54, 0, 0x4b, 0x58, 3]));
+        b6.extend(nla(
+            1,
+            &"2001:db8::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        ));
+        assert_eq!(
+            parse_fdb(&b6).unwrap().1.dst,
+            Some("2001:db8::1".parse().unwrap())
+        );
+        let mut own = b[..12].to_vec();
+        own.extend(nla(2, &[0x52, 0x54, 0, 0x4b, 0x58, 3]));
+        assert_eq!(parse_fdb(&own).unwrap().1.dst, None);
+        // Not AF_BRIDGE, or no MAC: not an entry.
+        let mut inet = b.clone();
+        inet[0] = 2;
+        assert_eq!(parse_fdb(&inet), None);
+        assert_eq!(parse_fdb(&b[..12]), None);
+    }
 
     /// One netlink attribute, padded to 4 bytes.
     pub fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {

@@ -88,6 +88,17 @@ pub struct VxlanFacts {
     /// Destination UDP port.
     pub port: u16,
     pub mtu: u32,
+    /// Without `remote`: the VTEP of its all-zeros forwarding entry (`bridge fdb append
+    /// 00:00:00:00:00:00 dev vx0 dst …`), which plays the same part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fdb_remote: Option<Ipv4Addr>,
+    /// Forwarding entries for a single MAC with a VTEP (EVPN, static `bridge fdb`).
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    pub fdb_macs: usize,
+}
+
+fn is_zero_usize(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Bytes VXLAN adds in front of an IPv4 inner frame on an IPv4 underlay: outer IPv4 (20),

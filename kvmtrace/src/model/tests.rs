@@ -599,6 +599,7 @@ fn vxlan_facts(remote: Option<Ipv4Addr>) -> HostFacts {
             route_dev: Some("ul0".into()),
             port: 4789,
             mtu: 1450,
+            ..Default::default()
         }],
         ..Default::default()
     }

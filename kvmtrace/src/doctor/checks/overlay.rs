@@ -20,29 +20,48 @@ pub(super) fn vxlan_checks(c: &Ctx) -> Vec<Check> {
         .map(|v| {
             let name = &v.name;
             let underlay = v.dev.clone().or_else(|| v.route_dev.clone());
+            // The default VTEP: `remote`, else the all-zeros forwarding entry's.
+            let remote = v.remote.or(v.fdb_remote);
+            let remote_text = match (v.remote, v.fdb_remote) {
+                (Some(r), _) => r.to_string(),
+                (None, Some(r)) => format!("{r} (fdb 00:00:00:00:00:00)"),
+                (None, None) => "none".into(),
+            };
             let what = format!(
-                "{name} (VXLAN port of {}: vni {}, udp {}, remote {}, underlay {})",
+                "{name} (VXLAN port of {}: vni {}, udp {}, remote {remote_text}, underlay {})",
                 br.name,
                 v.vni,
                 v.port,
-                v.remote
-                    .map(|r| r.to_string())
-                    .unwrap_or_else(|| "none".into()),
                 underlay.as_deref().unwrap_or("none")
             );
-            let Some(remote) = v.remote else {
+            let fdb_fix = format!(
+                "`bridge fdb show dev {name}`; for flooding to a VTEP: `bridge fdb append \
+                 00:00:00:00:00:00 dev {name} dst REMOTE_VTEP`"
+            );
+            let Some(remote) = remote else {
+                if v.fdb_macs == 0 {
+                    return check(
+                        "vxlan",
+                        CheckStatus::Fail,
+                        format!(
+                            "{what}: no default remote VTEP and no forwarding entry: every \
+                             frame into the overlay is dropped (NO_TX_TARGET)"
+                        ),
+                        Some(fdb_fix),
+                    );
+                }
                 return check(
                     "vxlan",
                     CheckStatus::Warn,
                     format!(
-                        "{what}: no default remote VTEP, so a frame reaches another host only \
-                         for a MAC with its own forwarding entry (else the kernel drops it, \
-                         NO_TX_TARGET)"
+                        "{what}: no default remote VTEP; {} MAC{} {} a forwarding entry to a \
+                         VTEP, frames to any other MAC (broadcasts and ARP included) are \
+                         dropped (NO_TX_TARGET)",
+                        v.fdb_macs,
+                        if v.fdb_macs == 1 { "" } else { "s" },
+                        if v.fdb_macs == 1 { "has" } else { "have" },
                     ),
-                    Some(format!(
-                        "`bridge fdb show dev {name}`; for flooding to a VTEP: `bridge fdb \
-                         append 00:00:00:00:00:00 dev {name} dst REMOTE_VTEP`"
-                    )),
+                    Some(fdb_fix),
                 );
             };
             let Some(ul) = underlay else {
