@@ -74,8 +74,8 @@ impl CheckStatus {
 pub struct Check {
     /// `tap`, `bridge_port`, `bridge`, `mtu`, `br_netfilter`, `ip_forward`, `rp_filter`,
     /// `forward_filter`, `nat`, `conntrack`, `default_route` (or `route` to an IPv4 DEST),
-    /// `gateway_neighbour`, `dhcp`; the IPv6 half: `ip6_forward`, `rpfilter6`,
-    /// `forward_filter6`, `default_route6` (or `route6` to an IPv6 DEST),
+    /// `gateway_neighbour`, `dhcp`; the IPv6 half: `br_netfilter6`, `ip6_forward`, `rpfilter6`,
+    /// `forward_filter6`, `nat6`, `default_route6` (or `route6` to an IPv6 DEST),
     /// `gateway_neighbour6`, `ra_service`; macvtap: `lower_device`, `macvtap_host`.
     pub name: String,
     pub status: CheckStatus,

@@ -36,6 +36,8 @@ pub struct Dev {
     pub ports: Vec<String>,
     /// A bridge's `bridge/nf_call_iptables` option.
     pub nf_call_iptables: Option<bool>,
+    /// A bridge's `bridge/nf_call_ip6tables` option.
+    pub nf_call_ip6tables: Option<bool>,
     /// A bridge's `bridge/forward_delay` (centiseconds).
     pub forward_delay: Option<u32>,
     /// IPv4 addresses (from netlink).
@@ -199,6 +201,7 @@ fn read_dev(sys: &Path, name: &str) -> Dev {
         brport_state: read(d.join("brport/state")).and_then(|s| s.parse().ok()),
         ports,
         nf_call_iptables: read(d.join("bridge/nf_call_iptables")).map(|v| v == "1"),
+        nf_call_ip6tables: read(d.join("bridge/nf_call_ip6tables")).map(|v| v == "1"),
         forward_delay: read(d.join("bridge/forward_delay")).and_then(|s| s.parse().ok()),
         addrs: Vec::new(),
         addrs6: Vec::new(),
@@ -478,6 +481,7 @@ pub fn gather() -> Host {
     let mut keys: Vec<String> = vec![
         "net/ipv4/ip_forward".into(),
         "net/bridge/bridge-nf-call-iptables".into(),
+        "net/bridge/bridge-nf-call-ip6tables".into(),
         "net/netfilter/nf_conntrack_count".into(),
         "net/netfilter/nf_conntrack_max".into(),
     ];

@@ -1,10 +1,12 @@
-//! The IPv6 half of the VM's path: forwarding, reverse-path filter rules, the FORWARD
-//! rules for IPv6, the default route and its gateway, router advertisements for the guest.
+//! The IPv6 half of the VM's path: bridge netfilter for IPv6, forwarding, reverse-path filter
+//! rules, the FORWARD rules for IPv6, NAT66 for a unique-local prefix, the default route and
+//! its gateway, router advertisements for the guest.
 //!
 //! They apply when the VM's side has IPv6 (its bridge holds a global or ULA address) or the
-//! destination given is IPv6; otherwise each is `skip` with the reason. IPv6 has no NAT on a
-//! usual KVM host (the guest's prefix is routed), and no `rp_filter` sysctl: reverse-path
-//! filtering is a netfilter rule (`fib saddr . iif oif missing drop`, `-m rpfilter`).
+//! destination given is IPv6; otherwise each is `skip` with the reason. IPv6 needs no NAT on a
+//! usual KVM host (the guest's prefix is routed): only a unique-local prefix leaving by an
+//! uplink without NAT66 is a warning. IPv6 has no `rp_filter` sysctl: reverse-path filtering
+//! is a netfilter rule (`fib saddr . iif oif missing drop`, `-m rpfilter`).
 
 use super::*;
 use crate::host::netlink::IpRoute;
@@ -194,6 +196,13 @@ impl Ctx<'_> {
             v6: true,
         }
     }
+}
+
+pub(super) fn br_netfilter6_check(c: &Ctx) -> Check {
+    if let Some(s) = c.skip6("br_netfilter6") {
+        return s;
+    }
+    br_netfilter_of(c, true)
 }
 
 pub(super) fn ip6_forward_check(c: &Ctx) -> Check {
@@ -538,6 +547,90 @@ pub(super) fn forward_filter6_check(c: &Ctx) -> Check {
         lines.join("; "),
         (!fixes.is_empty()).then(|| fixes.join(" && ")),
     )
+}
+
+pub(super) fn nat6_check(c: &Ctx) -> Check {
+    let name = "nat6";
+    if let Some(s) = c.skip6(name) {
+        return s;
+    }
+    if c.v6.bridged {
+        return check(
+            name,
+            Skip,
+            format!(
+                "the IPv6 default route leaves through {} itself: the VM is on the uplink's network and needs no NAT on this host",
+                c.l3_name()
+            ),
+            None,
+        );
+    }
+    let Some(subnet) = c.v6.subnet else {
+        return check(
+            name,
+            Skip,
+            format!(
+                "the VM's IPv6 prefix is unknown: {} has no global IPv6 address",
+                c.l3_name()
+            ),
+            None,
+        );
+    };
+    if !subnet.is_private() {
+        return check(
+            name,
+            Pass,
+            format!("{subnet} is a global prefix: no NAT is needed for a routed global prefix (replies come back when the upstream network routes it to this host)"),
+            None,
+        );
+    }
+    let Some(up) = c.v6.uplink else {
+        return check(
+            name,
+            Skip,
+            format!(
+                "no IPv6 route out of the host (see {}): no uplink for {subnet} to be source-NATed on",
+                if c.v6.dest.is_some() {
+                    "route6"
+                } else {
+                    "default_route6"
+                }
+            ),
+            None,
+        );
+    };
+    let rs = match ruleset_or_skip(c, name) {
+        Ok(r) => r,
+        Err(ch) => return ch,
+    };
+    let pkt = Pkt {
+        src: Place::In(subnet),
+        dst: c.v6.far(),
+        // No input device at POSTROUTING: `iifname` tests never match there.
+        iif: Iface::Absent,
+        oif: Ctx::iface(Some(up)),
+        ct: rules::CT_NEW,
+        v6: true,
+        rp: Tri::Maybe,
+    };
+    let f = find_snat(rs, &pkt);
+    let what = format!(
+        "new connections from {subnet}{} leaving via {}",
+        c.to_dest6(),
+        up.name
+    );
+    if let Some(ch) = f.found(name, &what) {
+        return ch;
+    }
+    let mut ev = f.none_text(&what, "IPv6 ");
+    if c.h.legacy_tables6.iter().any(|t| t == "nat") {
+        ev.push_str("; the ip6tables-legacy nat table is in use and invisible to nftables: check `ip6tables-legacy -t nat -S POSTROUTING`");
+    }
+    ev.push_str(&format!(
+        ": {subnet} is a unique-local (ULA, fc00::/7) prefix: replies come back only if the upstream network routes {subnet} to this host; otherwise it needs NAT66"
+    ));
+    let fix = snat_fix(rs, &f.chains, subnet, Some(&up.name));
+    check(name, Warn, ev, Some(fix))
 }
 
 pub(super) fn default_route6_check(c: &Ctx) -> Check {

@@ -82,7 +82,19 @@ pub(super) fn forward_verdicts<'a>(
 }
 
 pub(super) fn br_netfilter_check(c: &Ctx) -> Check {
-    let name = "br_netfilter";
+    br_netfilter_of(c, false)
+}
+
+/// Bridge netfilter for one IP version: `bridge-nf-call-iptables` and the bridge's
+/// `nf_call_iptables` (IPv4), or `bridge-nf-call-ip6tables` and `nf_call_ip6tables` (IPv6),
+/// hand bridged frames of that version to its FORWARD hook (net/bridge/br_netfilter_hooks.c:
+/// either switch is enough).
+pub(super) fn br_netfilter_of(c: &Ctx, v6: bool) -> Check {
+    let (name, ver, tables) = if v6 {
+        ("br_netfilter6", "IPv6", "ip6tables")
+    } else {
+        ("br_netfilter", "IPv4", "iptables")
+    };
     let Some(br) = c.bridge else {
         return check(name, Skip, "the VM is not on a Linux bridge", None);
     };
@@ -91,16 +103,21 @@ pub(super) fn br_netfilter_check(c: &Ctx) -> Check {
             name,
             Pass,
             format!(
-                "br_netfilter is not loaded (no /proc/sys/net/bridge): frames bridged on {} do not pass the IPv4 netfilter hooks",
+                "br_netfilter is not loaded (no /proc/sys/net/bridge): frames bridged on {} do not pass the {ver} netfilter hooks",
                 br.name
             ),
             None,
         );
     }
-    let global = c.h.sysctl("net/bridge/bridge-nf-call-iptables");
-    let per_bridge = br.nf_call_iptables.unwrap_or(false);
+    let global = c.h.sysctl(&format!("net/bridge/bridge-nf-call-{tables}"));
+    let per_bridge = if v6 {
+        br.nf_call_ip6tables
+    } else {
+        br.nf_call_iptables
+    }
+    .unwrap_or(false);
     let ev_vals = format!(
-        "net.bridge.bridge-nf-call-iptables = {}, {} nf_call_iptables = {}",
+        "net.bridge.bridge-nf-call-{tables} = {}, {} nf_call_{tables} = {}",
         global.unwrap_or("?"),
         br.name,
         u8::from(per_bridge)
@@ -110,26 +127,35 @@ pub(super) fn br_netfilter_check(c: &Ctx) -> Check {
             name,
             Pass,
             format!(
-                "{ev_vals}: frames bridged on {} skip the IPv4 hooks",
+                "{ev_vals}: frames bridged on {} skip the {ver} hooks",
                 br.name
             ),
             None,
         );
     }
     let fix = if per_bridge {
-        format!("ip link set dev {} type bridge nf_call_iptables 0", br.name)
+        format!("ip link set dev {} type bridge nf_call_{tables} 0", br.name)
     } else {
-        "sysctl -w net.bridge.bridge-nf-call-iptables=0".to_string()
+        format!("sysctl -w net.bridge.bridge-nf-call-{tables}=0")
+    };
+    let (bridged, subnet, any) = if v6 {
+        (
+            c.v6.bridged,
+            c.v6.subnet,
+            Net::new(Ipv6Addr::UNSPECIFIED, 0),
+        )
+    } else {
+        (c.bridged, c.subnet, Net::new(Ipv4Addr::UNSPECIFIED, 0))
     };
     // Bridged traffic: onto the uplink's network (a bridged VM), or between guests.
-    let (what, pkt, bad) = if c.bridged {
+    let (what, pkt, bad) = if bridged {
         let p = Pkt {
-            src: Place::In(c.subnet.unwrap_or(Net::new(Ipv4Addr::UNSPECIFIED, 0))),
-            dst: Place::Internet { not_in: c.subnet },
+            src: Place::In(subnet.unwrap_or(any)),
+            dst: Place::Internet { not_in: subnet },
             iif: Ctx::iface(Some(br)),
             oif: Ctx::iface(Some(br)),
             ct: rules::CT_NEW,
-            v6: false,
+            v6,
             rp: rules::Tri::Maybe,
         };
         (
@@ -149,14 +175,14 @@ pub(super) fn br_netfilter_check(c: &Ctx) -> Check {
                 None,
             );
         }
-        let any = c.subnet.unwrap_or(Net::new(Ipv4Addr::UNSPECIFIED, 0));
+        let any = subnet.unwrap_or(any);
         let p = Pkt {
             src: Place::In(any),
             dst: Place::In(any),
             iif: Ctx::iface(Some(br)),
             oif: Ctx::iface(Some(br)),
             ct: rules::CT_NEW,
-            v6: false,
+            v6,
             rp: rules::Tri::Maybe,
         };
         (
@@ -172,16 +198,16 @@ pub(super) fn br_netfilter_check(c: &Ctx) -> Check {
                 name,
                 Skip,
                 format!(
-                    "{ev_vals}: {what} pass the IPv4 FORWARD hook, whose rules cannot be read: {e}"
+                    "{ev_vals}: {what} pass the {ver} FORWARD hook, whose rules cannot be read: {e}"
                 ),
                 None,
             )
         }
     };
-    let chains = rs.base_chains(NfHook::Forward, "filter");
+    let chains = rs.base_chains_of(v6, NfHook::Forward, "filter");
     let (st, lines, _) = forward_verdicts(rs, &chains, &[(what, pkt)]);
     let ev = format!(
-        "{ev_vals}: {what} also pass the IPv4 FORWARD hook{}{}",
+        "{ev_vals}: {what} also pass the {ver} FORWARD hook{}{}",
         if lines.is_empty() {
             " (no chain there: accepted)"
         } else {
@@ -305,12 +331,57 @@ pub(super) fn nat_check(c: &Ctx) -> Check {
         v6: false,
         rp: rules::Tri::Maybe,
     };
-    let chains = rs.base_chains(NfHook::Postrouting, "nat");
+    let f = find_snat(rs, &pkt);
+    let what = match c.uplink {
+        Some(u) => format!(
+            "new connections from {subnet}{} leaving via {}",
+            c.to_dest(),
+            u.name
+        ),
+        None => format!("new connections from {subnet} leaving the host (no default route: by which device is unknown)"),
+    };
+    if let Some(ch) = f.found(name, &what) {
+        return ch;
+    }
+    let mut ev = f.none_text(&what, "");
+    let legacy = c.h.legacy_tables.iter().any(|t| t == "nat");
+    if legacy {
+        ev.push_str("; the iptables-legacy nat table is in use and invisible to nftables: check `iptables-legacy -t nat -S POSTROUTING`");
+    }
+    let fix = snat_fix(rs, &f.chains, subnet, c.uplink.map(|u| u.name.as_str()));
+    if subnet.is_private() && !legacy {
+        ev.push_str(&format!(
+            ": {subnet} is a private network, so replies from the internet cannot find their way back"
+        ));
+        check(name, Fail, ev, Some(fix))
+    } else if legacy {
+        check(name, Warn, ev, Some(fix))
+    } else {
+        ev.push_str(&format!(
+            ": fine if the upstream network routes {subnet} back to this host"
+        ));
+        check(name, Warn, ev, Some(fix))
+    }
+}
+
+/// What source-NATs a model packet at postrouting, in the nat base chains of its IP version.
+pub(super) struct Snat<'a> {
+    pub chains: Vec<&'a Chain>,
+    /// Rules that surely source-NAT it.
+    definite: Vec<String>,
+    /// Rules that may (they test what kvmtrace cannot judge).
+    maybe: Vec<String>,
+    /// Rules that may decide otherwise first.
+    blockers: Vec<String>,
+}
+
+pub(super) fn find_snat<'a>(rs: &'a Ruleset, pkt: &Pkt) -> Snat<'a> {
+    let chains = rs.base_chains_of(pkt.v6, NfHook::Postrouting, "nat");
     let mut definite = Vec::new();
     let mut maybe = Vec::new();
     let mut blockers = Vec::new();
     for ch in &chains {
-        let v = rules::judge(rs, ch, &pkt);
+        let v = rules::judge(rs, ch, pkt);
         for d in &v.doubts {
             match d.fate {
                 Fate::SourceNat => maybe.push(d.what.clone()),
@@ -324,100 +395,112 @@ pub(super) fn nat_check(c: &Ctx) -> Check {
             _ => {}
         }
     }
-    let what = match c.uplink {
-        Some(u) => format!(
-            "new connections from {subnet}{} leaving via {}",
-            c.to_dest(),
-            u.name
-        ),
-        None => format!("new connections from {subnet} leaving the host (no default route: by which device is unknown)"),
-    };
-    if let Some(d) = definite.first() {
-        return if blockers.is_empty() {
-            check(name, Pass, format!("{what} are source-NATed by {d}"), None)
-        } else {
-            check(
+    Snat {
+        chains,
+        definite,
+        maybe,
+        blockers,
+    }
+}
+
+impl Snat<'_> {
+    /// The check when a rule source-NATs (or may source-NAT) `what`; None when none does.
+    pub(super) fn found(&self, name: &str, what: &str) -> Option<Check> {
+        if let Some(d) = self.definite.first() {
+            return Some(if self.blockers.is_empty() {
+                check(name, Pass, format!("{what} are source-NATed by {d}"), None)
+            } else {
+                check(
+                    name,
+                    Warn,
+                    format!(
+                        "{what} are source-NATed by {d}, unless {} decides first (it tests what kvmtrace cannot judge statically)",
+                        self.blockers.join(" or ")
+                    ),
+                    None,
+                )
+            });
+        }
+        if !self.maybe.is_empty() {
+            return Some(check(
                 name,
                 Warn,
                 format!(
-                    "{what} are source-NATed by {d}, unless {} decides first (it tests what kvmtrace cannot judge statically)",
-                    blockers.join(" or ")
+                    "{what}: only {} may source-NAT them (it tests what kvmtrace cannot judge statically: some traffic only?)",
+                    self.maybe.join(" or ")
                 ),
                 None,
-            )
-        };
-    }
-    if !maybe.is_empty() {
-        return check(
-            name,
-            Warn,
-            format!(
-                "{what}: only {} may source-NAT them (it tests what kvmtrace cannot judge statically: some traffic only?)",
-                maybe.join(" or ")
-            ),
-            None,
-        );
-    }
-    let others: Vec<String> = chains
-        .iter()
-        .flat_map(|ch| {
-            ch.rules
-                .iter()
-                .filter(|r| matches!(r.action, rules::Action::Masquerade | rules::Action::Snat))
-                .map(|r| format!("{}: {r}", ch.id()))
-        })
-        .take(5)
-        .collect();
-    let mut ev = format!(
-        "no nftables or iptables-nft rule source-NATs {what} ({} nat chain(s) at postrouting{})",
-        chains.len(),
-        if others.is_empty() {
-            String::new()
-        } else {
-            format!("; source NAT for other traffic: {}", others.join(", "))
+            ));
         }
-    );
-    let legacy = c.h.legacy_tables.iter().any(|t| t == "nat");
-    if legacy {
-        ev.push_str("; the iptables-legacy nat table is in use and invisible to nftables: check `iptables-legacy -t nat -S POSTROUTING`");
+        None
     }
-    let oif = c.uplink.map(|u| u.name.clone());
-    let nft_chain = chains.iter().find(|ch| !ch.is_iptables());
-    let fix = if let Some(ch) = nft_chain {
+
+    /// The evidence when no rule source-NATs `what`: the nat chains counted (`ver`: "" or
+    /// "IPv6 "), the source NAT there is for other traffic.
+    pub(super) fn none_text(&self, what: &str, ver: &str) -> String {
+        let others: Vec<String> = self
+            .chains
+            .iter()
+            .flat_map(|ch| {
+                ch.rules
+                    .iter()
+                    .filter(|r| matches!(r.action, rules::Action::Masquerade | rules::Action::Snat))
+                    .map(|r| format!("{}: {r}", ch.id()))
+            })
+            .take(5)
+            .collect();
         format!(
-            "nft 'insert rule {} ip saddr {subnet} {}masquerade'",
-            ch.id(),
-            oif.as_ref()
-                .map(|o| format!("oifname \"{o}\" "))
-                .unwrap_or_else(|| format!("ip daddr != {subnet} "))
+            "no nftables or {}-nft rule source-NATs {what} ({} nat chain(s) at {ver}postrouting{})",
+            if ver.is_empty() {
+                "iptables"
+            } else {
+                "ip6tables"
+            },
+            self.chains.len(),
+            if others.is_empty() {
+                String::new()
+            } else {
+                format!("; source NAT for other traffic: {}", others.join(", "))
+            }
         )
-    } else if rs.has_iptables_tables() {
+    }
+}
+
+/// A masquerade rule for `subnet` leaving via `oif` (or to anywhere outside it): into the
+/// first nftables nat chain of its IP version, else with iptables / ip6tables when
+/// iptables-nft's tables are in use, else in a new `ip nat` / `ip6 nat` table.
+pub(super) fn snat_fix(rs: &Ruleset, chains: &[&Chain], subnet: Net, oif: Option<&str>) -> String {
+    let (fam, ipt) = if subnet.is_v6() {
+        ("ip6", "ip6tables")
+    } else {
+        ("ip", "iptables")
+    };
+    let nft_out = oif
+        .map(|o| format!("oifname \"{o}\" "))
+        .unwrap_or_else(|| format!("{fam} daddr != {subnet} "));
+    let nft_chain = chains
+        .iter()
+        .find(|ch| !ch.is_iptables() && !ch.is_ip6tables());
+    let ipt_tables = if subnet.is_v6() {
+        rs.chains.iter().any(Chain::is_ip6tables)
+    } else {
+        rs.has_iptables_tables()
+    };
+    if let Some(ch) = nft_chain {
         format!(
-            "iptables -t nat -A POSTROUTING -s {subnet} {}-j MASQUERADE",
-            oif.as_ref()
-                .map(|o| format!("-o {o} "))
+            "nft 'insert rule {} {fam} saddr {subnet} {nft_out}masquerade'",
+            ch.id()
+        )
+    } else if ipt_tables {
+        format!(
+            "{ipt} -t nat -A POSTROUTING -s {subnet} {}-j MASQUERADE",
+            oif.map(|o| format!("-o {o} "))
                 .unwrap_or_else(|| format!("! -d {subnet} "))
         )
     } else {
         format!(
-            "nft 'add table ip nat' && nft 'add chain ip nat postrouting {{ type nat hook postrouting priority srcnat; }}' && nft 'add rule ip nat postrouting ip saddr {subnet} {}masquerade'",
-            oif.as_ref()
-                .map(|o| format!("oifname \"{o}\" "))
-                .unwrap_or_else(|| format!("ip daddr != {subnet} "))
+            "nft 'add table {fam} nat' && nft 'add chain {fam} nat postrouting {{ type nat hook postrouting priority srcnat; }}' && nft 'add rule {fam} nat postrouting {fam} saddr {subnet} {nft_out}masquerade'"
         )
-    };
-    if subnet.is_private() && !legacy {
-        ev.push_str(&format!(
-            ": {subnet} is a private network, so replies from the internet cannot find their way back"
-        ));
-        check(name, Fail, ev, Some(fix))
-    } else if legacy {
-        check(name, Warn, ev, Some(fix))
-    } else {
-        ev.push_str(&format!(
-            ": fine if the upstream network routes {subnet} back to this host"
-        ));
-        check(name, Warn, ev, Some(fix))
     }
 }
 
