@@ -10,6 +10,7 @@ use kvmtrace_lab::lab::{netns_path, Lab, LabOptions};
 use kvmtrace_lab::vm::FakeVm;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::IpAddr;
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -681,7 +682,7 @@ fn a_frame_at_a_watched_tap_costs_one_cheap_count() {
     assert_eq!(from_vm.bytes, 64 * RUNS as u64);
     assert_eq!(to_vm.packets, RUNS as u64, "{to_vm:?}");
     assert_eq!(from_vm.vm, 7);
-    assert_eq!(learned, vec![(lab.guest_ip, 7)]);
+    assert_eq!(learned, vec![(IpAddr::V4(lab.guest_ip), 7)]);
     // A ring-buffer event per packet costs microseconds (docs/benchmarks.md); a count must not.
     assert!(ns < 1000 && out.1 < 1000, "{ns} ns, {} ns per run", out.1);
 }
