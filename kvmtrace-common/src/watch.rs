@@ -5,7 +5,8 @@
 pub const WATCH_FROM_VM: u32 = 0;
 /// `WatchTapKey::dir`: frames handed to the VM (TC egress of its tap).
 pub const WATCH_TO_VM: u32 = 1;
-/// `WatchDropKey::dir`: a drop whose packet could not be placed (not IPv4, at the tap).
+/// `WatchDropKey::dir`: a drop placed by its tap only (neither its IPv4 nor its IPv6 source or
+/// destination is a learned guest address).
 pub const WATCH_DIR_UNKNOWN: u32 = 2;
 
 /// Most VMs watched at once: `WatchTapStats::vm` and `WatchDropKey::vm` are below this.
@@ -36,9 +37,23 @@ pub struct WatchTapStats {
     /// Last IPv4 source learned on this CPU (network order): a new address is looked up in
     /// `WATCH_VM_IPS` only when it differs, so steady traffic costs no map lookup for it.
     pub last_src: [u8; 4],
-    /// Requests (from the VM) or replies (to the VM) by kind and class of the remote address:
-    /// index `kind * WATCH_CLASSES + class` (`WATCH_KIND_*`, `WATCH_CLASS_*`).
+    /// Requests (from the VM) or replies (to the VM) by kind and class of the remote address,
+    /// IPv4 and IPv6 together: index `kind * WATCH_CLASSES + class` (`WATCH_KIND_*`,
+    /// `WATCH_CLASS_*`).
     pub conv: [u64; WATCH_CONV],
+    /// NDP (ICMPv6, RFC 4861) seen in this direction: neighbour solicitations (type 135) and
+    /// advertisements (136), router solicitations (133) and advertisements (134).
+    pub ndp_ns: u64,
+    pub ndp_na: u64,
+    pub ndp_rs: u64,
+    pub ndp_ra: u64,
+    /// DHCPv6 client→server (UDP 546 → 547, from the VM) or server→client (547 → 546, to the
+    /// VM) datagrams.
+    pub dhcp6: u64,
+    /// Last IPv6 source learned on this CPU: its 16 bytes as two words in memory order (words,
+    /// not bytes: compared and stored without byte loops). Looked up in `WATCH_VM_IPS6` only
+    /// when it differs, like `last_src`.
+    pub last_src6: [u64; 2],
 }
 
 /// Request kinds counted at the tap: TCP SYN (reply: SYN+ACK or RST), ICMP echo request
@@ -71,6 +86,45 @@ pub fn watch_class(a: [u8; 4]) -> Option<usize> {
         Some(WATCH_CLASS_LINK_LOCAL)
     } else {
         Some(WATCH_CLASS_PUBLIC)
+    }
+}
+
+/// The class of a remote IPv6 address (`WATCH_CLASS_*`), or `None` when not counted: fc00::/7
+/// (unique local) is private, fe80::/10 link-local, 2000::/3 (global unicast) public; anything
+/// else (loopback, unspecified, multicast, IPv4-mapped, the unassigned ranges) is not counted.
+/// Only the first two bytes decide.
+#[inline(always)]
+pub fn watch_class6(a: &[u8; 16]) -> Option<usize> {
+    if a[0] & 0xfe == 0xfc {
+        Some(WATCH_CLASS_PRIVATE)
+    } else if a[0] == 0xfe && a[1] & 0xc0 == 0x80 {
+        Some(WATCH_CLASS_LINK_LOCAL)
+    } else if a[0] & 0xe0 == 0x20 {
+        Some(WATCH_CLASS_PUBLIC)
+    } else {
+        None
+    }
+}
+
+/// Value of `WATCH_LAST_REMOTE`: the remote address of a VM's last dropped packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchRemote {
+    /// The address's bytes (network order) as two words in memory order: an IPv6 address's
+    /// 16, an IPv4 address's 4 then zeros.
+    pub addr: [u64; 2],
+    /// 4 or 6; 0: no drop placed by address yet.
+    pub family: u32,
+    pub _pad: u32,
+}
+
+impl WatchRemote {
+    /// The address's 16 bytes in network order.
+    pub fn bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.addr[0].to_ne_bytes());
+        b[8..].copy_from_slice(&self.addr[1].to_ne_bytes());
+        b
     }
 }
 
@@ -114,7 +168,7 @@ pub struct WatchConfig {
 pub const WCNT_DROPS: u32 = 0;
 /// Drops of watched VMs not counted by site because `WATCH_DROPS` was full.
 pub const WCNT_DROPS_UNKEYED: u32 = 1;
-/// New guest addresses not learned because `WATCH_VM_IPS` was full.
+/// New guest addresses not learned because `WATCH_VM_IPS` or `WATCH_VM_IPS6` was full.
 pub const WCNT_IPS_FULL: u32 = 2;
 pub const WCNT_MAX: u32 = 3;
 
@@ -125,15 +179,21 @@ mod pod {
     unsafe impl aya::Pod for super::WatchTapStats {}
     unsafe impl aya::Pod for super::WatchDropKey {}
     unsafe impl aya::Pod for super::WatchConfig {}
+    unsafe impl aya::Pod for super::WatchRemote {}
 }
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
     #[test]
     fn layouts_are_stable() {
         assert_eq!(core::mem::size_of::<WatchTapKey>(), 8);
-        assert_eq!(core::mem::size_of::<WatchTapStats>(), 48 + 8 * WATCH_CONV);
+        assert_eq!(
+            core::mem::size_of::<WatchTapStats>(),
+            48 + 8 * WATCH_CONV + 5 * 8 + 16
+        );
+        assert_eq!(core::mem::size_of::<WatchRemote>(), 24);
         assert_eq!(
             core::mem::size_of::<WatchDropKey>(),
             24 + 8 * WATCH_STACK_DEPTH
@@ -158,5 +218,48 @@ mod tests {
         assert_eq!(watch_class([224, 0, 0, 251]), None);
         assert_eq!(watch_class([255, 255, 255, 255]), None);
         assert_eq!(watch_class([0, 0, 0, 0]), None);
+    }
+
+    fn v6(s: &str) -> [u8; 16] {
+        s.parse::<std::net::Ipv6Addr>().unwrap().octets()
+    }
+
+    #[test]
+    fn ipv6_address_classes() {
+        for (a, class) in [
+            ("fd00:77::1", Some(WATCH_CLASS_PRIVATE)),
+            ("fc00::1", Some(WATCH_CLASS_PRIVATE)),
+            ("fdff:ffff::1", Some(WATCH_CLASS_PRIVATE)),
+            ("fe80::1", Some(WATCH_CLASS_LINK_LOCAL)),
+            ("febf:ffff::1", Some(WATCH_CLASS_LINK_LOCAL)),
+            // fec0::/10 (deprecated site-local) is not fe80::/10.
+            ("fec0::1", None),
+            ("2001:db8:ffff::1", Some(WATCH_CLASS_PUBLIC)),
+            ("2a00:1450::1", Some(WATCH_CLASS_PUBLIC)),
+            ("3fff:ffff::1", Some(WATCH_CLASS_PUBLIC)),
+            ("4000::1", None),
+            ("1fff::1", None),
+            ("::1", None),
+            ("::", None),
+            ("::ffff:203.0.113.1", None),
+            ("ff02::1", None),
+            ("ff0e::1", None),
+        ] {
+            assert_eq!(watch_class6(&v6(a)), class, "{}", a);
+        }
+    }
+
+    #[test]
+    fn a_remote_reads_back_as_its_bytes() {
+        let a = v6("2001:db8:ffff::1");
+        let r = WatchRemote {
+            addr: [
+                u64::from_ne_bytes(a[..8].try_into().unwrap()),
+                u64::from_ne_bytes(a[8..].try_into().unwrap()),
+            ],
+            family: 6,
+            _pad: 0,
+        };
+        assert_eq!(r.bytes(), a);
     }
 }

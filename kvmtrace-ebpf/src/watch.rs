@@ -1,19 +1,21 @@
 //! `kvmtrace watch`: always-on counters for every VM of the host, with maps of their own.
 //!
 //! - `watch_tap_in` / `watch_tap_out` (TC, TCX links on each watched tap): one per-CPU hash
-//!   lookup and a few adds per frame (packets, bytes, ARP, DHCP), no ring-buffer event, no
-//!   map update; a guest's IPv4 source is learned into `WATCH_VM_IPS` only when it differs
-//!   from the last one this CPU saw on that tap.
+//!   lookup and a few adds per frame (packets, bytes, ARP, DHCP, NDP, DHCPv6), no ring-buffer
+//!   event, no map update; a guest's IPv4 source is learned into `WATCH_VM_IPS` (its IPv6
+//!   source, not link-local, into `WATCH_VM_IPS6`) only when it differs from the last one this
+//!   CPU saw on that tap.
 //! - `watch_kfree_skb` (tp_btf `kfree_skb`): runs only when the kernel drops a packet; decides
 //!   with a namespace test and one or two hash lookups whether the packet is a watched VM's
-//!   (its IPv4 source or destination is a learned guest address, or it was dropped on a
-//!   watched tap) and then counts it by (VM, reason, device, direction, location, innermost
+//!   (its IPv4 or IPv6 source or destination is a learned guest address, or it was dropped on
+//!   a watched tap) and then counts it by (VM, reason, device, direction, location, innermost
 //!   kernel frames) in the bounded `WATCH_DROPS`. Userspace names the hook from the frames and
 //!   the reason from the kernel's BTF.
 //!
 //! Observe only: the TC programs return TC_ACT_UNSPEC (TCX_NEXT).
 
-use crate::{btf_load, off, rd};
+use crate::pkt::{b16, bytes, Addr};
+use crate::{btf_load, off, rd, rd_words};
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     helpers::bpf_get_stack,
@@ -23,10 +25,10 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use kvmtrace_common::watch::{
-    watch_class, WatchConfig, WatchDropKey, WatchTapKey, WatchTapStats, WATCH_CLASSES, WATCH_CONV,
-    WATCH_DIR_UNKNOWN, WATCH_FROM_VM, WATCH_KIND_DNS, WATCH_KIND_ICMP_ECHO, WATCH_KIND_TCP_SYN,
-    WATCH_MAX_VMS, WATCH_STACK_DEPTH, WATCH_TO_VM, WCNT_DROPS, WCNT_DROPS_UNKEYED, WCNT_IPS_FULL,
-    WCNT_MAX,
+    watch_class, watch_class6, WatchConfig, WatchDropKey, WatchRemote, WatchTapKey, WatchTapStats,
+    WATCH_CLASSES, WATCH_CONV, WATCH_DIR_UNKNOWN, WATCH_FROM_VM, WATCH_KIND_DNS,
+    WATCH_KIND_ICMP_ECHO, WATCH_KIND_TCP_SYN, WATCH_MAX_VMS, WATCH_STACK_DEPTH, WATCH_TO_VM,
+    WCNT_DROPS, WCNT_DROPS_UNKEYED, WCNT_IPS_FULL, WCNT_MAX,
 };
 
 /// Written by userspace once every program is attached; read by every watch program.
@@ -44,16 +46,21 @@ static WATCH_TAP_STATS: PerCpuHashMap<WatchTapKey, WatchTapStats> =
 #[map]
 static WATCH_VM_IPS: HashMap<[u8; 4], u32> = HashMap::with_max_entries(1024, 0);
 
+/// Guest IPv6 address (network order) → VM index, as `WATCH_VM_IPS` for IPv6 sources (not
+/// link-local, not unspecified).
+#[map]
+static WATCH_VM_IPS6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(1024, 0);
+
 /// Drop site → drops, per CPU (no atomics on the BPF target; userspace sums). Written at drops
 /// only; read by userspace. Bounded: when full, further sites are counted in
 /// `WCNT_DROPS_UNKEYED` only.
 #[map]
 static WATCH_DROPS: PerCpuHashMap<WatchDropKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
 
-/// VM index → the remote IPv4 address (network order) of its last dropped packet: the
-/// flight recorder follows the VM towards it.
+/// VM index → the remote address (IPv4 or IPv6) of its last dropped packet: the flight
+/// recorder follows the VM towards it.
 #[map]
-static WATCH_LAST_REMOTE: Array<[u8; 4]> = Array::with_max_entries(WATCH_MAX_VMS, 0);
+static WATCH_LAST_REMOTE: Array<WatchRemote> = Array::with_max_entries(WATCH_MAX_VMS, 0);
 
 /// `WCNT_*` counters, per CPU; userspace sums them.
 #[map]
@@ -114,6 +121,10 @@ fn tap_count(ctx: &TcContext, dir: u32) {
         return;
     }
     if ty != [0x08, 0x00] {
+        // IPv6 costs an IPv4 frame nothing: it is tested only once a frame is not IPv4.
+        if ty == [0x86, 0xdd] {
+            tap_count6(ctx, s, dir);
+        }
         return;
     }
     // IPv4 without options (IHL 5) covers DHCP; addresses at 12..20, UDP ports right after.
@@ -198,6 +209,105 @@ fn conversation(ctx: &TcContext, s: &mut WatchTapStats, ip: &[u8; 24], dir: u32)
     }
 }
 
+/// The IPv6 part of [`tap_count`]: the fixed 40-byte header and the first 4 bytes after it
+/// (ICMPv6 type and code, or UDP ports), read in place; no extension-header walk (a packet
+/// whose next header is not the transport's is counted as a frame only).
+#[inline(always)]
+fn tap_count6(ctx: &TcContext, s: &mut WatchTapStats, dir: u32) {
+    let Some(ip) = at::<[u8; 44]>(ctx, 14) else {
+        return;
+    };
+    // SAFETY: bounds checked against data_end in `at`.
+    let ip = unsafe { &*ip };
+    let from_vm = dir == WATCH_FROM_VM;
+    let kind = match ip[6] {
+        58 => match ip[40] {
+            128 if from_vm => Some(WATCH_KIND_ICMP_ECHO),
+            129 if !from_vm => Some(WATCH_KIND_ICMP_ECHO),
+            133 => {
+                s.ndp_rs += 1;
+                None
+            }
+            134 => {
+                s.ndp_ra += 1;
+                None
+            }
+            135 => {
+                s.ndp_ns += 1;
+                None
+            }
+            136 => {
+                s.ndp_na += 1;
+                None
+            }
+            _ => None,
+        },
+        17 => {
+            let (sport, dport) = (
+                u16::from_be_bytes([ip[40], ip[41]]),
+                u16::from_be_bytes([ip[42], ip[43]]),
+            );
+            if (from_vm && sport == 546 && dport == 547)
+                || (!from_vm && sport == 547 && dport == 546)
+            {
+                s.dhcp6 += 1;
+                None
+            } else if (from_vm && dport == 53) || (!from_vm && sport == 53) {
+                Some(WATCH_KIND_DNS)
+            } else {
+                None
+            }
+        }
+        6 => match at::<[u8; 14]>(ctx, 14 + 40) {
+            Some(t) => {
+                // TCP flags: byte 13 of the TCP header. SYN 2, RST 4, ACK 16.
+                // SAFETY: bounds checked.
+                let flags = unsafe { (*t)[13] };
+                if (from_vm && flags & 0x12 == 0x02)
+                    || (!from_vm && (flags & 0x12 == 0x12 || flags & 0x04 != 0))
+                {
+                    Some(WATCH_KIND_TCP_SYN)
+                } else {
+                    None
+                }
+            }
+            None => None,
+        },
+        _ => None,
+    };
+    if let Some(kind) = kind {
+        // The remote: a request's destination (bytes 24..40), a reply's source (8..24).
+        let at = if from_vm { 24 } else { 8 };
+        // SAFETY: 16 bytes of the 44 checked, alignment 1.
+        let remote = unsafe { &*(ip.as_ptr().add(at) as *const [u8; 16]) };
+        if let Some(class) = watch_class6(remote) {
+            let i = kind * WATCH_CLASSES + class;
+            if i < WATCH_CONV {
+                s.conv[i] += 1;
+            }
+        }
+    }
+    if !from_vm {
+        return;
+    }
+    // Learn the guest's source: not fe80::/10 (every guest has one; drops are placed by the
+    // routable ones), not :: (duplicate address detection).
+    if ip[8] == 0xfe && ip[9] & 0xc0 == 0x80 {
+        return;
+    }
+    let src: Addr = b16(ip, 8);
+    if src == s.last_src6 || src[0] | src[1] == 0 {
+        return;
+    }
+    s.last_src6 = src;
+    let key = bytes(src);
+    // SAFETY: read-only lookup.
+    let known = unsafe { WATCH_VM_IPS6.get(&key) }.copied();
+    if known != Some(s.vm) && WATCH_VM_IPS6.insert(&key, &s.vm, 0).is_err() {
+        wcount(WCNT_IPS_FULL);
+    }
+}
+
 /// TC ingress of a watched tap: frames leaving the VM. Always continues (TCX_NEXT).
 #[classifier]
 pub fn watch_tap_in(ctx: TcContext) -> i32 {
@@ -238,8 +348,11 @@ pub fn watch_kfree_skb(ctx: BtfTracePointContext) -> i32 {
     }
     let ifindex: u32 = btf_load(dev, off!(OFF_DEV_IFINDEX));
     // Whose packet: a learned guest address as source (leaving the VM) or destination
-    // (entering it, after de-NAT), else dropped on a watched tap.
-    let mut found: Option<(u32, u32, [u8; 4])> = None;
+    // (entering it, after de-NAT), IPv4 or IPv6, else dropped on a watched tap. The remote
+    // (the other address) is kept as the VM's last (`family` 0: none).
+    let mut found: Option<(u32, u32)> = None;
+    let mut remote: Addr = [0; 2];
+    let mut family = 0u32;
     let head: u64 = btf_load(skb, off!(OFF_SKB_HEAD));
     let nh: u16 = btf_load(skb, off!(OFF_SKB_NH));
     if head != 0 && nh != u16::MAX {
@@ -249,31 +362,53 @@ pub fn watch_kfree_skb(ctx: BtfTracePointContext) -> i32 {
                 let dst = [ip[16], ip[17], ip[18], ip[19]];
                 // SAFETY: read-only lookups.
                 if let Some(vm) = unsafe { WATCH_VM_IPS.get(&src) } {
-                    found = Some((*vm, WATCH_FROM_VM, dst));
+                    found = Some((*vm, WATCH_FROM_VM));
+                    remote = [u32::from_ne_bytes(dst) as u64, 0];
                 } else if let Some(vm) = unsafe { WATCH_VM_IPS.get(&dst) } {
-                    found = Some((*vm, WATCH_TO_VM, src));
+                    found = Some((*vm, WATCH_TO_VM));
+                    remote = [u32::from_ne_bytes(src) as u64, 0];
                 }
+                family = 4;
+            } else if ip[0] >> 4 == 6 {
+                // Source and destination: bytes 8..40 of the fixed header, read as words.
+                let a: [u64; 4] = rd_words(head + nh as u64 + 8);
+                let (src, dst): (Addr, Addr) = ([a[0], a[1]], [a[2], a[3]]);
+                // SAFETY: read-only lookups.
+                if let Some(vm) = unsafe { WATCH_VM_IPS6.get(&bytes(src)) } {
+                    found = Some((*vm, WATCH_FROM_VM));
+                    remote = dst;
+                } else if let Some(vm) = unsafe { WATCH_VM_IPS6.get(&bytes(dst)) } {
+                    found = Some((*vm, WATCH_TO_VM));
+                    remote = src;
+                }
+                family = 6;
             }
         }
     }
     if found.is_none() {
+        family = 0;
         let key = WatchTapKey {
             ifindex,
             dir: WATCH_FROM_VM,
         };
         // SAFETY: read-only lookup.
         if let Some(s) = unsafe { WATCH_TAP_STATS.get(&key) } {
-            found = Some((s.vm, WATCH_DIR_UNKNOWN, [0; 4]));
+            found = Some((s.vm, WATCH_DIR_UNKNOWN));
         }
     }
-    let Some((vm, dir, remote)) = found else {
+    let Some((vm, dir)) = found else {
         return 0;
     };
     wcount(WCNT_DROPS);
-    if remote != [0; 4] {
+    if family != 0 && remote[0] | remote[1] != 0 {
         if let Some(p) = WATCH_LAST_REMOTE.get_ptr_mut(vm) {
-            // SAFETY: array slot; a racing writer can only store another remote address.
-            unsafe { *p = remote };
+            // SAFETY: array slot; a racing writer can only store another remote address (a
+            // reader may see one writer's family with the other's address: at worst the flight
+            // recorder follows a wrong address once).
+            unsafe {
+                (*p).addr = remote;
+                (*p).family = family;
+            }
         }
     }
     let mut key = WatchDropKey {

@@ -6,10 +6,11 @@
 mod common;
 
 use common::bpf_objects;
-use kvmtrace_lab::lab::{netns_path, Lab, LabOptions};
-use kvmtrace_lab::vm::FakeVm;
+use kvmtrace_lab::lab::{netns_path, Firewall, Lab, LabOptions};
+use kvmtrace_lab::vm::{FakeVm, Reply6};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -306,6 +307,38 @@ fn ping_until<T>(
     None
 }
 
+/// Polls until `f` gives Some, pinging `lab.dest6` over IPv6 from the VM meanwhile.
+fn ping6_until<T>(
+    lab: &Lab,
+    vm: &mut FakeVm,
+    seq: &mut u16,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        *seq = seq.wrapping_add(1);
+        let _ = vm.ping6(lab.dest6, 0x5756, *seq, Duration::from_millis(250));
+        if let Some(v) = f() {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The value of the sample `series` (metric name and its exact label set, as the exposition
+/// writes them) in a `/metrics` text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn metrics(lab: &Lab, watch: &Watch) -> String {
+    http_get(lab, watch.port, "/metrics")
+        .map(|r| r.1)
+        .unwrap_or_default()
+}
+
 fn replay_json(file: &Path) -> Vec<Value> {
     let out = Command::new(BIN)
         .args(["replay", file.to_str().unwrap(), "--json"])
@@ -458,6 +491,187 @@ fn forward_drop_shows_in_prometheus_and_is_flight_recorded() {
             })
             .is_some()
     );
+    let (code, stderr) = watch.stop();
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// The IPv6 twin of `forward_drop_shows_in_prometheus_and_is_flight_recorded`: the guest's
+/// IPv6 pings are dropped at FORWARD (an ip6 table only, so IPv4 flows); watch places the drops
+/// by the IPv6 source it learned at the tap, and the flight recorder follows the VM towards
+/// the IPv6 remote.
+#[test]
+fn ipv6_forward_drop_shows_in_metrics_and_is_flight_recorded() {
+    let lab = Lab::new(LabOptions {
+        forward6_drop: Some(Firewall::Nftables),
+        ..LabOptions::default()
+    });
+    let rec = TempDir::new(&lab, "rec6");
+    let watch = Watch::start(
+        &lab,
+        &[
+            "--record-dir",
+            rec.0.to_str().unwrap(),
+            "--record-s",
+            "4",
+            "--rescan-s",
+            "1",
+        ],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    // The VM has no name (its tap is held by this test, in another namespace): `vm` is the tap.
+    let fwd = "kvmtrace_drops_total{vm=\"vnet0\",tap=\"vnet0\",stage=\"netfilter\",hook=\"FORWARD\",reason=\"NETFILTER_DROP\",device=\"br0\",direction=\"from_vm\"}";
+    let mut seq = 0u16;
+    let drops = ping6_until(&lab, &mut vm, &mut seq, Duration::from_secs(40), || {
+        sample(&metrics(&lab, &watch), fwd).filter(|v| *v >= 5.0)
+    });
+    let text = metrics(&lab, &watch);
+    assert!(
+        drops.is_some(),
+        "{fwd} did not reach 5; metrics now:\n{text}\nwatch:\n{}",
+        watch.stderr()
+    );
+    // Every drop of the VM is placed by its address: none on the tap with direction unknown,
+    // none towards the VM.
+    assert!(!text.contains("direction=\"unknown\""), "{text}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("kvmtrace_drops_total") && l.contains("to_vm")),
+        "{text}"
+    );
+    // The pings left the VM and none was answered: requests to a public address, no reply.
+    let requests = sample(
+        &text,
+        "kvmtrace_tap_requests_total{vm=\"vnet0\",tap=\"vnet0\",kind=\"icmp_echo\",dest_class=\"public\"}",
+    );
+    assert!(requests.is_some_and(|r| r >= 5.0), "{text}");
+    assert!(!text.contains("kvmtrace_tap_replies_total{"), "{text}");
+
+    let done = ping6_until(&lab, &mut vm, &mut seq, Duration::from_secs(40), || {
+        watch.line("flight_recording")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no flight recording finished; stdout: {:?}\nstderr:\n{}",
+            watch.lines.lock().unwrap(),
+            watch.stderr()
+        )
+    });
+    eprintln!("flight recording: {done}");
+    assert_eq!(done["tap"], "vnet0", "{done}");
+    assert_eq!(done["vm"], "vnet0", "{done}");
+    assert_eq!(done["dest"], lab.dest6.to_string(), "{done}");
+    assert_eq!(done["verdict"]["status"], "dropped", "{done}");
+    assert_eq!(done["verdict"]["hook"], "FORWARD", "{done}");
+    let file = PathBuf::from(done["file"].as_str().unwrap());
+    assert!(file.starts_with(&rec.0), "{}", file.display());
+    let replay = replay_json(&file);
+    let dropped: Vec<&Value> = replay
+        .iter()
+        .filter(|v| {
+            v["type"] == "verdict"
+                && v["status"] == "dropped"
+                && v["hook"] == "FORWARD"
+                && v["stage"] == "netfilter"
+        })
+        .collect();
+    assert!(
+        !dropped.is_empty(),
+        "replay of {} does not name the FORWARD drop: {replay:?}",
+        file.display()
+    );
+    // The recorded journey is the VM's IPv6 one towards dest6.
+    let journey = serde_json::to_string(&dropped).unwrap();
+    assert!(
+        journey.contains(&lab.dest6.to_string()) && journey.contains(&lab.guest_ip6.to_string()),
+        "the recorded drop is not the IPv6 flow {} -> {}: {journey}",
+        lab.guest_ip6,
+        lab.dest6
+    );
+    let (code, stderr) = watch.stop();
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// A healthy IPv6 lab: the guest's echo requests and the replies, its neighbour and router
+/// solicitations, the host's neighbour advertisements and a DHCPv6 SOLICIT are counted at the
+/// tap with the label values docs/watch.md gives.
+#[test]
+fn ipv6_echo_ndp_and_dhcpv6_are_counted_at_the_tap() {
+    let lab = Lab::new(LabOptions::default());
+    let watch = Watch::start(&lab, &["--no-record", "--rescan-s", "1"]);
+    let mut vm = FakeVm::attach(&lab);
+    let added = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        metrics(&lab, &watch).contains("kvmtrace_vm_info{vm=\"vnet0\",tap=\"vnet0\"")
+    });
+    assert!(added, "vnet0 not watched:\n{}", watch.stderr());
+    // Resolving the gateway: the guest's neighbour solicitation, the host's advertisement.
+    assert!(
+        vm.resolve_gateway6(Duration::from_secs(5)),
+        "the IPv6 gateway did not answer"
+    );
+    vm.router_solicit();
+    vm.dhcpv6_solicit(0x77);
+    let answered = (1..=3u16)
+        .filter(|s| {
+            matches!(
+                vm.ping6(lab.dest6, 0x5756, *s, Duration::from_secs(2)),
+                Some(Reply6::EchoReply { .. })
+            )
+        })
+        .count() as f64;
+    assert_eq!(answered, 3.0, "the lab's healthy IPv6 path did not answer");
+    let l = |dir: &str| format!("{{vm=\"vnet0\",tap=\"vnet0\",direction=\"{dir}\"}}");
+    let conv = "{vm=\"vnet0\",tap=\"vnet0\",kind=\"icmp_echo\",dest_class=\"public\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = metrics(&lab, &watch);
+        if sample(&text, &format!("kvmtrace_tap_replies_total{conv}")) == Some(3.0)
+            && sample(&text, &format!("kvmtrace_tap_dhcpv6_total{}", l("from_vm"))) == Some(1.0)
+        {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the echo replies and the DHCPv6 SOLICIT were not counted in 10 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let get = |name: &str, dir: &str| sample(&text, &format!("{name}{}", l(dir)));
+    assert_eq!(
+        sample(&text, &format!("kvmtrace_tap_requests_total{conv}")),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &format!("kvmtrace_tap_replies_total{conv}")),
+        Some(answered),
+        "{text}"
+    );
+    // Neighbour discovery: at least the gateway's resolution (the host may probe the guest
+    // too, and the guest answers).
+    let ns = get("kvmtrace_tap_ndp_neighbor_solicitations_total", "from_vm");
+    assert!(ns.is_some_and(|n| n >= 1.0), "{text}");
+    let na = get("kvmtrace_tap_ndp_neighbor_advertisements_total", "to_vm");
+    assert!(na.is_some_and(|n| n >= 1.0), "{text}");
+    assert_eq!(
+        get("kvmtrace_tap_ndp_router_solicitations_total", "from_vm"),
+        Some(1.0),
+        "{text}"
+    );
+    // The lab runs no router advertiser and no DHCPv6 server.
+    assert_eq!(
+        get("kvmtrace_tap_ndp_router_advertisements_total", "to_vm"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        get("kvmtrace_tap_dhcpv6_total", "to_vm"),
+        Some(0.0),
+        "{text}"
+    );
+    // No drop on a healthy path.
+    assert!(!text.contains("kvmtrace_drops_total{"), "{text}");
     let (code, stderr) = watch.stop();
     assert_eq!(code, 0, "{stderr}");
 }
@@ -681,9 +895,203 @@ fn a_frame_at_a_watched_tap_costs_one_cheap_count() {
     assert_eq!(from_vm.bytes, 64 * RUNS as u64);
     assert_eq!(to_vm.packets, RUNS as u64, "{to_vm:?}");
     assert_eq!(from_vm.vm, 7);
-    assert_eq!(learned, vec![(lab.guest_ip, 7)]);
+    assert_eq!(learned, vec![(IpAddr::V4(lab.guest_ip), 7)]);
     // A ring-buffer event per packet costs microseconds (docs/benchmarks.md); a count must not.
     assert!(ns < 1000 && out.1 < 1000, "{ns} ns, {} ns per run", out.1);
+}
+
+/// An Ethernet frame holding an IPv6 packet (fixed header, `next` header, hop limit 64) with
+/// `l4` after it; no checksums (the tap programs read headers only).
+fn frame6(lab: &Lab, src: Ipv6Addr, dst: Ipv6Addr, next: u8, l4: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1];
+    f.extend_from_slice(&lab.guest_mac);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[next, 64]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(l4);
+    f
+}
+
+/// IPv6 frames at a watched tap, run through the tap programs with BPF_PROG_TEST_RUN: each
+/// counter gets exactly the frames docs/watch.md says, the guest's global source is learned
+/// and its link-local one is not, and an IPv6 frame stays a cheap count.
+#[test]
+fn ipv6_frames_at_a_watched_tap_are_counted_exactly() {
+    use kvmtrace::capture::watch::WatchKernel;
+    use kvmtrace_common::watch::{
+        WATCH_CLASSES, WATCH_CLASS_LINK_LOCAL, WATCH_CLASS_PRIVATE, WATCH_CLASS_PUBLIC,
+        WATCH_KIND_DNS, WATCH_KIND_ICMP_ECHO, WATCH_KIND_TCP_SYN,
+    };
+    let lab = Lab::new(LabOptions::default());
+    let ll: Ipv6Addr = "fe80::5054:ff:fe4b:5402".parse().unwrap();
+    let (guest, gw, dest) = (lab.guest_ip6, lab.gw_ip6, lab.dest6);
+    let group = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+    let echo = |ty: u8| {
+        let mut b = vec![ty, 0, 0, 0, 0x57, 0x56, 0, 1];
+        b.extend((0..56).map(|i| i as u8));
+        b
+    };
+    let udp = |sport: u16, dport: u16| {
+        let mut b = sport.to_be_bytes().to_vec();
+        b.extend_from_slice(&dport.to_be_bytes());
+        b.extend_from_slice(&[0, 12, 0, 0, 1, 2, 3, 4]);
+        b
+    };
+    let tcp = |sport: u16, dport: u16, flags: u8| {
+        let mut b = sport.to_be_bytes().to_vec();
+        b.extend_from_slice(&dport.to_be_bytes());
+        b.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+        b
+    };
+    let ndp = |ty: u8| {
+        let mut b = vec![ty, 0, 0, 0, 0, 0, 0, 0];
+        b.extend_from_slice(&gw.octets());
+        b
+    };
+    // (from the VM?, frame, runs)
+    let frames: Vec<(bool, Vec<u8>, u32)> = vec![
+        // From the guest: 5 echo requests to a public address, a SYN to a private one, a DNS
+        // query to a link-local resolver, a non-SYN segment (not a request), an echo to a
+        // multicast group (no class), neighbour and router solicitations and a DHCPv6 SOLICIT
+        // from its link-local address, a hop-by-hop header (no walk: counted as a frame).
+        (true, frame6(&lab, guest, dest, 58, &echo(128)), 5),
+        (true, frame6(&lab, guest, gw, 6, &tcp(40000, 22, 0x02)), 2),
+        (
+            true,
+            frame6(&lab, ll, group("fe80::1"), 17, &udp(40000, 53)),
+            1,
+        ),
+        (true, frame6(&lab, guest, dest, 6, &tcp(40000, 22, 0x10)), 1),
+        (
+            true,
+            frame6(&lab, guest, group("ff02::1"), 58, &echo(128)),
+            1,
+        ),
+        (
+            true,
+            frame6(&lab, guest, group("ff02::1:ff00:1"), 58, &ndp(135)),
+            3,
+        ),
+        (true, frame6(&lab, ll, group("ff02::2"), 58, &ndp(133)), 1),
+        (
+            true,
+            frame6(&lab, ll, group("ff02::1:2"), 17, &udp(546, 547)),
+            2,
+        ),
+        (true, frame6(&lab, guest, dest, 0, &echo(128)), 1),
+        // To the guest: 4 echo replies from the public address, a SYN+ACK and an RST from
+        // it, a neighbour advertisement, a router advertisement, a DHCPv6 ADVERTISE, and a
+        // DNS answer from the private gateway.
+        (false, frame6(&lab, dest, guest, 58, &echo(129)), 4),
+        (
+            false,
+            frame6(&lab, dest, guest, 6, &tcp(22, 40000, 0x12)),
+            1,
+        ),
+        (
+            false,
+            frame6(&lab, dest, guest, 6, &tcp(22, 40000, 0x04)),
+            1,
+        ),
+        (false, frame6(&lab, gw, guest, 58, &ndp(136)), 1),
+        (
+            false,
+            frame6(&lab, group("fe80::1"), group("ff02::1"), 58, &ndp(134)),
+            2,
+        ),
+        (
+            false,
+            frame6(&lab, group("fe80::1"), ll, 17, &udp(547, 546)),
+            1,
+        ),
+        (false, frame6(&lab, gw, guest, 17, &udp(53, 40000)), 1),
+    ];
+    const RUNS: u32 = 100_000;
+    let cost_frame = frames[0].1.clone();
+    let (totals, learned, ns) = in_hv(&lab, || {
+        let mut k = WatchKernel::start().expect("load the watch programs");
+        let ifindex = k.add_tap(7, &lab.tap).expect("watch the lab's tap");
+        for (from_vm, f, runs) in &frames {
+            let (retval, _) = k
+                .test_run_tap(*from_vm, ifindex, f, *runs)
+                .expect("test run");
+            assert_eq!(retval as i32, -1, "TC_ACT_UNSPEC");
+        }
+        let totals = k.tap_totals();
+        let learned = k.guest_addresses();
+        // The cost of an IPv6 echo request (its source already learned), on a fresh tap.
+        k.remove_tap(ifindex, 7);
+        let ifindex = k.add_tap(7, &lab.tap).expect("watch the lab's tap again");
+        let (_, ns) = k
+            .test_run_tap(true, ifindex, &cost_frame, RUNS)
+            .expect("test run");
+        (totals, learned, ns)
+    });
+    eprintln!("watch_tap_in: {ns} ns per IPv6 echo request frame (mean of {RUNS} runs)");
+    let dir = |d: u32| {
+        totals
+            .iter()
+            .find(|(k, _)| k.dir == d)
+            .map(|(_, t)| *t)
+            .expect("counters")
+    };
+    let (from_vm, to_vm) = (dir(0), dir(1));
+    let runs = |out: bool| {
+        frames
+            .iter()
+            .filter(|f| f.0 == out)
+            .map(|f| f.2 as u64)
+            .sum::<u64>()
+    };
+    assert_eq!(from_vm.packets, runs(true), "{from_vm:?}");
+    assert_eq!(to_vm.packets, runs(false), "{to_vm:?}");
+    let conv = |kind: usize, class: usize| kind * WATCH_CLASSES + class;
+    let mut want_out = [0u64; 9];
+    want_out[conv(WATCH_KIND_ICMP_ECHO, WATCH_CLASS_PUBLIC)] = 5;
+    want_out[conv(WATCH_KIND_TCP_SYN, WATCH_CLASS_PRIVATE)] = 2;
+    want_out[conv(WATCH_KIND_DNS, WATCH_CLASS_LINK_LOCAL)] = 1;
+    assert_eq!(from_vm.conv, want_out, "{from_vm:?}");
+    let mut want_in = [0u64; 9];
+    want_in[conv(WATCH_KIND_ICMP_ECHO, WATCH_CLASS_PUBLIC)] = 4;
+    want_in[conv(WATCH_KIND_TCP_SYN, WATCH_CLASS_PUBLIC)] = 2;
+    want_in[conv(WATCH_KIND_DNS, WATCH_CLASS_PRIVATE)] = 1;
+    assert_eq!(to_vm.conv, want_in, "{to_vm:?}");
+    assert_eq!(
+        (
+            from_vm.ndp_ns,
+            from_vm.ndp_na,
+            from_vm.ndp_rs,
+            from_vm.ndp_ra,
+            from_vm.dhcp6
+        ),
+        (3, 0, 1, 0, 2),
+        "{from_vm:?}"
+    );
+    assert_eq!(
+        (
+            to_vm.ndp_ns,
+            to_vm.ndp_na,
+            to_vm.ndp_rs,
+            to_vm.ndp_ra,
+            to_vm.dhcp6
+        ),
+        (0, 1, 0, 2, 1),
+        "{to_vm:?}"
+    );
+    // Nothing of IPv4's: no ARP, no DHCP.
+    assert_eq!(
+        (
+            from_vm.arp_requests + to_vm.arp_requests,
+            from_vm.arp_replies + to_vm.arp_replies,
+            from_vm.dhcp + to_vm.dhcp
+        ),
+        (0, 0, 0)
+    );
+    // Only the guest's global source, once; not its link-local one, not a remote's.
+    assert_eq!(learned, vec![(IpAddr::V6(guest), 7)]);
+    assert!(ns < 1000, "{ns} ns per run");
 }
 
 /// Set in the child process of [`a_vm_named_after_its_tap_appeared_moves_its_series`]: the tap

@@ -13,11 +13,11 @@ use aya::programs::tc::SchedClassifierLinkId;
 use aya::programs::{tc, BtfTracePoint, SchedClassifier, TcAttachType};
 use aya::{Btf, Ebpf};
 use kvmtrace_common::watch::{
-    WatchConfig, WatchDropKey, WatchTapKey, WatchTapStats, WATCH_FROM_VM, WATCH_TO_VM,
+    WatchConfig, WatchDropKey, WatchRemote, WatchTapKey, WatchTapStats, WATCH_FROM_VM, WATCH_TO_VM,
     WCNT_DROPS_UNKEYED, WCNT_IPS_FULL,
 };
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 /// Where and why a drop happened, in label words.
@@ -71,6 +71,17 @@ pub fn place_of(reason: &str, loc_fn: &str, stack: &[String], dev_kind: Stage) -
         stage: stage.name(),
         hook: hook_name(hook),
     }
+}
+
+/// The address a `WATCH_LAST_REMOTE` value holds (`None`: no drop placed by address yet).
+pub fn remote_addr(r: &WatchRemote) -> Option<IpAddr> {
+    let b = r.bytes();
+    let a = match r.family {
+        4 => IpAddr::from([b[0], b[1], b[2], b[3]]),
+        6 => IpAddr::from(b),
+        _ => return None,
+    };
+    (!a.is_unspecified()).then_some(a)
 }
 
 /// Per-CPU counters of one tap direction, summed.
@@ -236,17 +247,11 @@ impl WatchKernel {
                 let _ = m.remove(&WatchTapKey { ifindex, dir });
             }
         }
-        if let Some(m) = self.ebpf.map_mut("WATCH_VM_IPS") {
-            if let Ok(mut ips) = aya::maps::HashMap::<_, [u8; 4], u32>::try_from(m) {
-                let mine: Vec<[u8; 4]> = ips
-                    .iter()
-                    .filter_map(|r| r.ok())
-                    .filter(|(_, v)| *v == vm)
-                    .map(|(k, _)| k)
-                    .collect();
-                for k in mine {
-                    let _ = ips.remove(&k);
-                }
+        self.forget_addresses::<4>("WATCH_VM_IPS", vm);
+        self.forget_addresses::<16>("WATCH_VM_IPS6", vm);
+        if let Some(p) = self.ebpf.map_mut("WATCH_LAST_REMOTE") {
+            if let Ok(mut a) = Array::<_, WatchRemote>::try_from(p) {
+                let _ = a.set(vm, WatchRemote::default(), 0);
             }
         }
         if let Some(m) = self.ebpf.map_mut("WATCH_DROPS") {
@@ -260,6 +265,26 @@ impl WatchKernel {
                     let _ = d.remove(&k);
                 }
             }
+        }
+    }
+
+    /// Removes the guest addresses learned for VM slot `vm` from the address map `map`
+    /// (`WATCH_VM_IPS`: 4-byte keys, `WATCH_VM_IPS6`: 16-byte keys).
+    fn forget_addresses<const N: usize>(&mut self, map: &str, vm: u32) {
+        let Some(m) = self.ebpf.map_mut(map) else {
+            return;
+        };
+        let Ok(mut ips) = aya::maps::HashMap::<_, [u8; N], u32>::try_from(m) else {
+            return;
+        };
+        let mine: Vec<[u8; N]> = ips
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, v)| *v == vm)
+            .map(|(k, _)| k)
+            .collect();
+        for k in mine {
+            let _ = ips.remove(&k);
         }
     }
 
@@ -281,6 +306,11 @@ impl WatchKernel {
                     t.arp_requests += s.arp_requests;
                     t.arp_replies += s.arp_replies;
                     t.dhcp += s.dhcp;
+                    t.ndp_ns += s.ndp_ns;
+                    t.ndp_na += s.ndp_na;
+                    t.ndp_rs += s.ndp_rs;
+                    t.ndp_ra += s.ndp_ra;
+                    t.dhcp6 += s.dhcp6;
                     for (a, b) in t.conv.iter_mut().zip(s.conv.iter()) {
                         *a += b;
                     }
@@ -305,26 +335,36 @@ impl WatchKernel {
             .collect()
     }
 
-    /// The remote address of VM slot `vm`'s last dropped packet.
-    pub fn last_remote(&self, vm: u32) -> Option<Ipv4Addr> {
+    /// The remote address (IPv4 or IPv6) of VM slot `vm`'s last dropped packet.
+    pub fn last_remote(&self, vm: u32) -> Option<IpAddr> {
         let m = self.ebpf.map("WATCH_LAST_REMOTE")?;
-        let a = Array::<_, [u8; 4]>::try_from(m).ok()?;
-        let v = a.get(&vm, 0).ok()?;
-        (v != [0; 4]).then(|| Ipv4Addr::from(v))
+        let a = Array::<_, WatchRemote>::try_from(m).ok()?;
+        remote_addr(&a.get(&vm, 0).ok()?)
     }
 
-    /// Learned guest addresses → VM slot.
-    pub fn guest_addresses(&self) -> Vec<(Ipv4Addr, u32)> {
-        let Some(m) = self.ebpf.map("WATCH_VM_IPS") else {
+    /// Learned guest addresses (IPv4, then IPv6) → VM slot.
+    pub fn guest_addresses(&self) -> Vec<(IpAddr, u32)> {
+        let mut out: Vec<(IpAddr, u32)> = self
+            .learned::<4>("WATCH_VM_IPS")
+            .into_iter()
+            .map(|(k, v)| (Ipv4Addr::from(k).into(), v))
+            .collect();
+        out.extend(
+            self.learned::<16>("WATCH_VM_IPS6")
+                .into_iter()
+                .map(|(k, v)| (Ipv6Addr::from(k).into(), v)),
+        );
+        out
+    }
+
+    fn learned<const N: usize>(&self, map: &str) -> Vec<([u8; N], u32)> {
+        let Some(m) = self.ebpf.map(map) else {
             return Vec::new();
         };
-        let Ok(m) = aya::maps::HashMap::<_, [u8; 4], u32>::try_from(m) else {
+        let Ok(m) = aya::maps::HashMap::<_, [u8; N], u32>::try_from(m) else {
             return Vec::new();
         };
-        m.iter()
-            .filter_map(|r| r.ok())
-            .map(|(k, v)| (Ipv4Addr::from(k), v))
-            .collect()
+        m.iter().filter_map(|r| r.ok()).collect()
     }
 
     /// Kernel-side counters: (drops not keyed, addresses not learned).
@@ -522,6 +562,35 @@ mod tests {
                 hook: "none"
             }
         );
+    }
+
+    #[test]
+    fn remotes_of_either_family_read_back() {
+        let words = |b: [u8; 16]| {
+            [
+                u64::from_ne_bytes(b[..8].try_into().unwrap()),
+                u64::from_ne_bytes(b[8..].try_into().unwrap()),
+            ]
+        };
+        let v6: Ipv6Addr = "2001:db8:ffff::1".parse().unwrap();
+        let r6 = WatchRemote {
+            addr: words(v6.octets()),
+            family: 6,
+            _pad: 0,
+        };
+        assert_eq!(remote_addr(&r6), Some(IpAddr::V6(v6)));
+        let mut b4 = [0u8; 16];
+        b4[..4].copy_from_slice(&[203, 0, 113, 1]);
+        let r4 = WatchRemote {
+            addr: words(b4),
+            family: 4,
+            _pad: 0,
+        };
+        assert_eq!(
+            remote_addr(&r4),
+            Some(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1)))
+        );
+        assert_eq!(remote_addr(&WatchRemote::default()), None);
     }
 
     #[test]

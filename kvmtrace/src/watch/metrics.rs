@@ -4,7 +4,8 @@
 //!
 //! Cardinality is bounded by design (docs/watch.md):
 //! - VMs: at most `WATCH_MAX_VMS` (256) at once; a VM that goes away has its series removed;
-//! - tap series: 2 directions per VM;
+//! - tap series: 2 directions per VM (of each tap metric), requests and replies by kind and
+//!   class as they appear (9 each at most);
 //! - drop series: at most `max_drop_series` distinct label sets; past it a new combination is
 //!   counted under `stage="other",hook="other",reason="other",device="other"` of its VM and
 //!   direction (3 more series per VM at most), and `kvmtrace_drop_series_capped_total` rises.
@@ -134,6 +135,12 @@ pub struct TapDelta {
     pub arp_requests: u64,
     pub arp_replies: u64,
     pub dhcp: u64,
+    /// NDP neighbour solicitations and advertisements, router solicitations and advertisements.
+    pub ndp_ns: u64,
+    pub ndp_na: u64,
+    pub ndp_rs: u64,
+    pub ndp_ra: u64,
+    pub dhcp6: u64,
     /// Requests (`from_vm`) or replies (`to_vm`) by kind and remote class
     /// (`kvmtrace_common::watch::WATCH_KIND_*`, `WATCH_CLASS_*`).
     pub conv: [u64; WATCH_CONV],
@@ -151,6 +158,11 @@ pub struct Metrics {
     arp_requests: Family<TapLabels, Counter>,
     arp_replies: Family<TapLabels, Counter>,
     dhcp: Family<TapLabels, Counter>,
+    ndp_ns: Family<TapLabels, Counter>,
+    ndp_na: Family<TapLabels, Counter>,
+    ndp_rs: Family<TapLabels, Counter>,
+    ndp_ra: Family<TapLabels, Counter>,
+    dhcp6: Family<TapLabels, Counter>,
     requests: Family<ConvLabels, Counter>,
     replies: Family<ConvLabels, Counter>,
     vm_info: Family<VmLabels, Gauge>,
@@ -178,6 +190,11 @@ impl Metrics {
         let arp_requests = Family::<TapLabels, Counter>::default();
         let arp_replies = Family::<TapLabels, Counter>::default();
         let dhcp = Family::<TapLabels, Counter>::default();
+        let ndp_ns = Family::<TapLabels, Counter>::default();
+        let ndp_na = Family::<TapLabels, Counter>::default();
+        let ndp_rs = Family::<TapLabels, Counter>::default();
+        let ndp_ra = Family::<TapLabels, Counter>::default();
+        let dhcp6 = Family::<TapLabels, Counter>::default();
         let requests = Family::<ConvLabels, Counter>::default();
         let replies = Family::<ConvLabels, Counter>::default();
         let vm_info = Family::<VmLabels, Gauge>::default();
@@ -219,13 +236,38 @@ impl Metrics {
             dhcp.clone(),
         );
         registry.register(
+            "kvmtrace_tap_ndp_neighbor_solicitations",
+            "IPv6 neighbor solicitations (NDP, ICMPv6 135) seen on a VM's tap",
+            ndp_ns.clone(),
+        );
+        registry.register(
+            "kvmtrace_tap_ndp_neighbor_advertisements",
+            "IPv6 neighbor advertisements (NDP, ICMPv6 136) seen on a VM's tap",
+            ndp_na.clone(),
+        );
+        registry.register(
+            "kvmtrace_tap_ndp_router_solicitations",
+            "IPv6 router solicitations (NDP, ICMPv6 133) seen on a VM's tap",
+            ndp_rs.clone(),
+        );
+        registry.register(
+            "kvmtrace_tap_ndp_router_advertisements",
+            "IPv6 router advertisements (NDP, ICMPv6 134) seen on a VM's tap",
+            ndp_ra.clone(),
+        );
+        registry.register(
+            "kvmtrace_tap_dhcpv6",
+            "DHCPv6 datagrams on a VM's tap (from_vm: client to server; to_vm: server to client)",
+            dhcp6.clone(),
+        );
+        registry.register(
             "kvmtrace_tap_requests",
-            "Requests leaving a VM (TCP SYN, ICMP echo request, DNS query) by remote address class",
+            "Requests leaving a VM (TCP SYN, ICMP or ICMPv6 echo request, DNS query; IPv4 and IPv6) by remote address class",
             requests.clone(),
         );
         registry.register(
             "kvmtrace_tap_replies",
-            "Replies reaching a VM (TCP SYN+ACK or RST, ICMP echo reply, DNS answer) by remote address class",
+            "Replies reaching a VM (TCP SYN+ACK or RST, ICMP or ICMPv6 echo reply, DNS answer; IPv4 and IPv6) by remote address class",
             replies.clone(),
         );
         registry.register(
@@ -272,6 +314,11 @@ impl Metrics {
             arp_requests,
             arp_replies,
             dhcp,
+            ndp_ns,
+            ndp_na,
+            ndp_rs,
+            ndp_ra,
+            dhcp6,
             requests,
             replies,
             vm_info,
@@ -317,6 +364,11 @@ impl Metrics {
         self.arp_requests.get_or_create(&l).inc_by(d.arp_requests);
         self.arp_replies.get_or_create(&l).inc_by(d.arp_replies);
         self.dhcp.get_or_create(&l).inc_by(d.dhcp);
+        self.ndp_ns.get_or_create(&l).inc_by(d.ndp_ns);
+        self.ndp_na.get_or_create(&l).inc_by(d.ndp_na);
+        self.ndp_rs.get_or_create(&l).inc_by(d.ndp_rs);
+        self.ndp_ra.get_or_create(&l).inc_by(d.ndp_ra);
+        self.dhcp6.get_or_create(&l).inc_by(d.dhcp6);
         // Requests leave the VM; replies reach it.
         let fam = if direction == "to_vm" {
             &self.replies
@@ -405,6 +457,11 @@ impl Metrics {
                 &self.arp_requests,
                 &self.arp_replies,
                 &self.dhcp,
+                &self.ndp_ns,
+                &self.ndp_na,
+                &self.ndp_rs,
+                &self.ndp_ra,
+                &self.dhcp6,
             ] {
                 f.remove(&l);
             }
@@ -534,6 +591,11 @@ mod tests {
                 arp_requests: 2,
                 arp_replies: 0,
                 dhcp: 1,
+                ndp_ns: 3,
+                ndp_na: 1,
+                ndp_rs: 1,
+                ndp_ra: 0,
+                dhcp6: 1,
                 // 3 pings to a public address, 1 SYN to a private one.
                 conv: [1, 0, 0, 0, 0, 3, 0, 0, 0],
             },
@@ -548,6 +610,11 @@ mod tests {
                 arp_requests: 0,
                 arp_replies: 2,
                 dhcp: 1,
+                ndp_ns: 1,
+                ndp_na: 2,
+                ndp_rs: 0,
+                ndp_ra: 1,
+                dhcp6: 0,
                 // 1 echo reply.
                 conv: [0, 0, 0, 0, 0, 1, 0, 0, 0],
             },

@@ -418,6 +418,11 @@ impl Watch {
                 arp_requests: sub(t.arp_requests, p.arp_requests),
                 arp_replies: sub(t.arp_replies, p.arp_replies),
                 dhcp: sub(t.dhcp, p.dhcp),
+                ndp_ns: sub(t.ndp_ns, p.ndp_ns),
+                ndp_na: sub(t.ndp_na, p.ndp_na),
+                ndp_rs: sub(t.ndp_rs, p.ndp_rs),
+                ndp_ra: sub(t.ndp_ra, p.ndp_ra),
+                dhcp6: sub(t.dhcp6, p.dhcp6),
                 conv: Default::default(),
             };
             for (i, d) in delta.conv.iter_mut().enumerate() {
