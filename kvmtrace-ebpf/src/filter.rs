@@ -314,7 +314,26 @@ pub fn learn_nat(skb: u64, p: &Pkt, dir: u8) {
 pub fn origin_of(skb: u64, ip_id: u16) -> Option<NatOrigin> {
     // SAFETY: read-only lookup.
     let o = unsafe { ORIGIN.get(&skb) }?;
-    (o.ip_id == ip_id).then_some(*o)
+    (o.ip_id == ip_id).then(|| copy_origin(o))
+}
+
+/// A map value's copy, field by field with volatile reads: a plain `*o` of these 24 bytes
+/// becomes a call to a byte-looping `memmove` on BPF.
+#[inline(always)]
+fn copy_origin(o: &NatOrigin) -> NatOrigin {
+    // SAFETY: `o` is a valid reference; volatile only keeps LLVM from merging the reads.
+    unsafe {
+        NatOrigin {
+            guest: [
+                core::ptr::read_volatile(&o.guest[0]),
+                core::ptr::read_volatile(&o.guest[1]),
+            ],
+            guest_port: core::ptr::read_volatile(&o.guest_port),
+            ip_id: core::ptr::read_volatile(&o.ip_id),
+            known: core::ptr::read_volatile(&o.known),
+            _pad: 0,
+        }
+    }
 }
 
 /// The guest side of a reply seen before de-NAT (`None`: not a NATed reply, or not known).
@@ -330,7 +349,7 @@ pub fn nat_origin(p: &Pkt) -> Option<NatOrigin> {
     };
     // SAFETY: read-only lookup.
     let o = unsafe { NAT_KEYS.get(&key) }?;
-    (o.known != 0).then_some(*o)
+    (o.known != 0).then(|| copy_origin(o))
 }
 
 /// The followed state of an skb (`DIR_*` | `TRACK_*`), when its entry is for this packet:

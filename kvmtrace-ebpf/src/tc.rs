@@ -140,7 +140,15 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
     if from_vm {
         let gm = &c.filter.guest_mac;
         let any = gm[0] | gm[1] | gm[2] | gm[3] | gm[4] | gm[5] == 0;
-        if !any && (eth[6..12] != gm[..]) {
+        // Byte by byte: a slice comparison becomes a call to a byte-looping `memcmp` on BPF.
+        let differs = (eth[6] ^ gm[0])
+            | (eth[7] ^ gm[1])
+            | (eth[8] ^ gm[2])
+            | (eth[9] ^ gm[3])
+            | (eth[10] ^ gm[4])
+            | (eth[11] ^ gm[5])
+            != 0;
+        if !any && differs {
             return TC_ACT_UNSPEC;
         }
     }
