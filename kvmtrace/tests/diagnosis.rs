@@ -307,6 +307,46 @@ fn uplink_qdisc_drops_are_named() {
     assert!(field(v, "summary").contains("tc "), "{}", run.dump());
 }
 
+/// An uplink without carrier (its peer, the "cable", down): the kernel swaps its qdisc for one
+/// that drops everything, so the drop reads QDISC_DROP. Named as the link without carrier, with
+/// the device to look at, not as a full queue.
+#[test]
+fn an_uplink_without_carrier_is_named_as_down_not_as_a_full_queue() {
+    let lab = Lab::new(LabOptions::default());
+    // The next hop is known, so the packets reach up0's queue rather than wait for ARP.
+    let gw_mac = lab.outside_run(&["cat", "/sys/class/net/eth0/address"]);
+    lab.hv_run(&[
+        "ip",
+        "neigh",
+        "replace",
+        "192.0.2.1",
+        "lladdr",
+        gw_mac.trim(),
+        "dev",
+        "up0",
+        "nud",
+        "permanent",
+    ]);
+    lab.outside_run(&["ip", "link", "set", "eth0", "down"]);
+    let (run, got) = ping_run(&lab, &[], 2, "3");
+    assert!(got.iter().all(Option::is_none), "{got:?}");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "device"), "up0", "{}", run.dump());
+    assert_eq!(field(v, "reason"), "QDISC_DROP", "{}", run.dump());
+    assert!(
+        field(v, "summary").ends_with(
+            "was dropped on up0 [QDISC_DROP]: up0 has no carrier, and a device without a \
+             working link drops everything it is given (its qdisc is swapped for one that \
+             drops) → check up0's cable or peer (`ip link show up0`: NO-CARRIER)"
+        ),
+        "{}",
+        run.dump()
+    );
+}
+
 /// A tap outside any bridge, in both phases an operator meets: first the guest's frames (sent to
 /// the bridge's MAC it learned earlier) die as OTHERHOST on the tap; then, once the host answers
 /// the guest's ARP on the tap itself (proxy_arp there), the requests are routed out and their

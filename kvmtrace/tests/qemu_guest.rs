@@ -4,9 +4,12 @@
 
 mod common;
 
-use common::{field, start};
+use common::{field, start, start_in};
 use kvmtrace_lab::guest::{build_image, default_cache_dir, Guest, GuestConfig};
 use kvmtrace_lab::lab::{Lab, LabOptions};
+use kvmtrace_lab::macvtap::MacvtapLab;
+use kvmtrace_lab::vm::open_macvtap;
+use std::os::fd::AsRawFd as _;
 use std::time::Duration;
 
 #[test]
@@ -185,4 +188,107 @@ fn real_guest_is_followed_over_ipv6_through_a_drop_and_a_repair() {
         "{}",
         fixed.dump()
     );
+}
+
+/// A real guest on a macvtap ("direct"), QEMU holding the macvtap's character device as
+/// libvirt hands it over (`-netdev tap,fd=N`): found by name, its pings followed out through
+/// the lower device and delivered back at the macvtap; then the lower device taken down.
+#[test]
+fn real_guest_on_a_macvtap_is_followed_through_the_lower_device() {
+    let lab = MacvtapLab::new("bridge", false);
+    let nic = open_macvtap(&lab.node).expect("open the macvtap");
+    let image = build_image(&default_cache_dir()).expect("guest image");
+    let name = format!("ktdirect-{}", std::process::id());
+    let cfg = GuestConfig {
+        netns: lab.hv.clone(),
+        tap: lab.macvtap.clone(),
+        mac: lab.guest_mac,
+        ip: lab.guest_ip,
+        prefix: 24,
+        gateway: lab.gw_ip,
+        dest: lab.dest,
+        tcp_port: 80,
+        ip6: None,
+        gateway6: None,
+        dest6: None,
+        name: name.clone(),
+        extra_args: Vec::new(),
+        tap_fd: Some(nic.as_raw_fd()),
+    };
+    let guest = Guest::boot(&image, &cfg).expect("boot guest");
+    assert!(
+        guest.wait_for_serial("KT ping ok", Duration::from_secs(90)),
+        "guest never reached the outside through the macvtap:\n{}",
+        guest.serial_log()
+    );
+    let follow = |secs: &str| {
+        start_in(
+            &lab.hv,
+            &[
+                "follow",
+                &name,
+                "203.0.113.1",
+                "--json",
+                "--proto",
+                "icmp",
+                "--count",
+                "3",
+                "--duration",
+                secs,
+            ],
+            &[],
+        )
+        .wait()
+    };
+    let run = follow("20");
+    assert!(
+        run.stderr.contains(&format!(
+            "following {name} (tap mvtap0, mac 52:54:00:4b:54:20)"
+        )),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        run.stats()["attached"]
+            .to_string()
+            .contains("tc dev_ingress/dev_egress on low0 (mvtap0's lower device)"),
+        "{}",
+        run.dump()
+    );
+    assert!(!run.verdicts().is_empty(), "{}", run.dump());
+    for v in run.verdicts() {
+        assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
+        assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
+        assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
+        assert_eq!(field(v, "device"), "mvtap0", "{}", run.dump());
+        assert_eq!(v["key"]["guest"], "10.78.0.2", "{}", run.dump());
+    }
+    assert_eq!(run.code, 0, "{}", run.dump());
+
+    // The lower device down: the macvtap loses its carrier, its qdisc drops every frame the
+    // guest writes (QDISC_DROP in __dev_queue_xmit): named as the lower device being down,
+    // not as a full queue.
+    lab.hv_run(&["ip", "link", "set", "low0", "down"]);
+    let run = follow("8");
+    let vs = run.verdicts();
+    assert!(!vs.is_empty(), "{}", run.dump());
+    for v in vs {
+        assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+        assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
+        assert_eq!(field(v, "device"), "mvtap0", "{}", run.dump());
+        assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+        assert_eq!(field(v, "reason"), "QDISC_DROP", "{}", run.dump());
+        assert!(
+            field(v, "summary").ends_with(
+                "was dropped on mvtap0 [QDISC_DROP]: the lower device low0 of the macvtap \
+                 mvtap0 is down, so the macvtap has no carrier and its frames leave nowhere → \
+                 `ip link set low0 up` (and check low0's cable or peer)"
+            ),
+            "{}",
+            run.dump()
+        );
+    }
+    assert_eq!(run.code, 1, "{}", run.dump());
+    drop(guest);
+    drop(nic);
 }

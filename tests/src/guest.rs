@@ -44,7 +44,11 @@ use std::{
     fs::{self, File},
     io::{ErrorKind, Write},
     net::{Ipv4Addr, Ipv6Addr},
-    os::unix::{fs::OpenOptionsExt, io::AsRawFd, process::CommandExt},
+    os::unix::{
+        fs::OpenOptionsExt,
+        io::{AsRawFd, RawFd},
+        process::CommandExt,
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -582,7 +586,14 @@ pub struct GuestConfig {
     pub name: String,
     /// More QEMU arguments, appended (a second NIC, a `-pidfile` as Proxmox gives one).
     pub extra_args: Vec<String>,
+    /// An open tap or macvtap character device (`/dev/tapN`) QEMU is handed as its NIC
+    /// (`-netdev tap,fd=N`), as libvirt does for `<interface type='direct'>`; `tap` then only
+    /// names the device. `None`: QEMU opens `tap` by name.
+    pub tap_fd: Option<RawFd>,
 }
+
+/// The descriptor number a handed-down NIC fd has in QEMU.
+const QEMU_NIC_FD: RawFd = 10;
 
 impl GuestConfig {
     /// A guest on `lab`'s tap with the lab's guest addresses (IPv4 and IPv6), gateways and IPv4
@@ -602,6 +613,7 @@ impl GuestConfig {
             dest6: None,
             name: name.to_string(),
             extra_args: Vec::new(),
+            tap_fd: None,
         }
     }
 }
@@ -680,10 +692,10 @@ impl Guest {
             .arg("-serial")
             .arg(format!("file:{}", serial_log.display()))
             .arg("-netdev")
-            .arg(format!(
-                "tap,id=n0,ifname={},script=no,downscript=no",
-                cfg.tap
-            ))
+            .arg(match cfg.tap_fd {
+                Some(_) => format!("tap,id=n0,fd={QEMU_NIC_FD}"),
+                None => format!("tap,id=n0,ifname={},script=no,downscript=no", cfg.tap),
+            })
             .arg("-device")
             .arg(format!("virtio-net-pci,netdev=n0,mac={mac},romfile="))
             .arg("-kernel")
@@ -695,9 +707,18 @@ impl Guest {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        let tap_fd = cfg.tap_fd;
+        // SAFETY: fcntl, dup2 and prctl are async-signal-safe and touch no memory of the parent.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                if let Some(fd) = tap_fd {
+                    // Copied above the target first: a dup2 of an fd onto its own number would
+                    // keep it close-on-exec.
+                    let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, QEMU_NIC_FD + 1);
+                    if high < 0 || libc::dup2(high, QEMU_NIC_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }

@@ -64,6 +64,7 @@ fn guest_boots_and_reaches_outside_through_the_bridge() {
         dest6: None,
         name: format!("ktgb-{}", std::process::id()),
         extra_args: Vec::new(),
+        tap_fd: None,
     };
     let booted = Instant::now();
     let guest = Guest::boot(&image, &cfg).expect("starting qemu");

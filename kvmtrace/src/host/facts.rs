@@ -106,6 +106,10 @@ pub fn devices(
                 .map(|s| s.trim().to_string())
         };
         let ifindex: Option<u32> = read("ifindex").and_then(|i| i.parse().ok());
+        // IFF_UP: set up by its administrator.
+        let admin_up = read("flags")
+            .and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+            .is_some_and(|f| f & 1 != 0);
         out.push(crate::model::DevFacts {
             bridge: p.join("bridge").is_dir(),
             addrs: addrs
@@ -121,10 +125,9 @@ pub fn devices(
                 .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned())),
             mtu: read("mtu").and_then(|m| m.parse().ok()),
             macvtap_lower: p.join("macvtap").is_dir().then(|| lower_of(&p)).flatten(),
-            up: read("operstate").is_some_and(|s| s != "down")
-                && read("flags")
-                    .and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok())
-                    .is_some_and(|f| f & 1 != 0),
+            up: read("operstate").is_some_and(|s| s != "down") && admin_up,
+            // `carrier` reads only while the device is up (EINVAL otherwise).
+            no_carrier: admin_up && read("carrier").as_deref() == Some("0"),
             name,
         });
     }

@@ -123,6 +123,14 @@ pub struct DevFacts {
     /// there, without a bridge and without the host's stack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub macvtap_lower: Option<String>,
+    /// Set up by its administrator but without carrier (`carrier` 0: the cable, the veth peer
+    /// or a macvtap's lower device is down). `up` may still be true (`lowerlayerdown`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_carrier: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// An IPv4 address on a device, with its prefix length (`10.77.0.1/24`).

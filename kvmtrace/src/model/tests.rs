@@ -279,6 +279,7 @@ fn tap_facts(master: Option<&str>) -> HostFacts {
         bridge,
         addrs,
         macvtap_lower: None,
+        no_carrier: false,
     };
     HostFacts {
         ip_forward: Some(true),

@@ -300,6 +300,43 @@ fn egress_summary(
         );
     }
     if r.starts_with("QDISC") || r.starts_with("TC_") || r == "TXQUEUE_FULL" {
+        // A device without carrier swaps its qdisc for one that drops everything
+        // (`noop_qdisc`, QDISC_DROP): a link that is down, not a full queue. A macvtap loses
+        // its carrier with its lower device.
+        let link = |d: &str| -> Option<(&'static str, String)> {
+            let f = facts.device(d)?;
+            if f.no_carrier {
+                Some((
+                    "has no carrier",
+                    format!("check {d}'s cable or peer (`ip link show {d}`: NO-CARRIER)"),
+                ))
+            } else if !f.up {
+                Some((
+                    "is down",
+                    format!("`ip link set {d} up` (and check {d}'s cable or peer)"),
+                ))
+            } else {
+                None
+            }
+        };
+        if let Some((l, (state, fix))) = facts
+            .device(dev)
+            .and_then(|f| f.macvtap_lower.as_deref())
+            .and_then(|l| Some((l, link(l)?)))
+        {
+            return format!(
+                "{what} was dropped on {dev} [{reason}]: the lower device {l} of the macvtap \
+                 {dev} {state}, so the macvtap has no carrier and its frames leave nowhere → \
+                 {fix}"
+            );
+        }
+        if let Some((state, fix)) = link(dev) {
+            return format!(
+                "{what} was dropped on {dev} [{reason}]: {dev} {state}, and a device without \
+                 a working link drops everything it is given (its qdisc is swapped for one \
+                 that drops) → {fix}"
+            );
+        }
         return format!(
             "{what} was dropped by the qdisc or a tc action of {dev} (queue full, rate limit \
              or policer) [{reason}] → `tc -s qdisc show dev {dev}` and `tc -s filter show dev {dev}`"
