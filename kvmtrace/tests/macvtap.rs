@@ -27,7 +27,22 @@ fn text(b: &[u8]) -> String {
 /// A stand-in QEMU in the hypervisor holding the macvtap's character device as fd 7, with the
 /// command line libvirt gives a `<interface type='direct'>` guest.
 fn qemu_standin(lab: &MacvtapLab, fd: &OwnedFd, name: &str) -> Child {
+    // Twice at most: a stand-in that died before it was seen holding the fd is started
+    // again once, and the second failure says how the first attempt ended.
+    let mut why = String::new();
+    for _ in 0..2 {
+        match try_standin(lab, fd, name) {
+            Ok(child) => return child,
+            Err(e) => why.push_str(&format!("{e}\n")),
+        }
+    }
+    panic!("the stand-in never held the macvtap:\n{why}");
+}
+
+fn try_standin(lab: &MacvtapLab, fd: &OwnedFd, name: &str) -> Result<Child, String> {
     let raw = fd.as_raw_fd();
+    let err_file = std::env::temp_dir().join(format!("kvmtrace-standin-{name}.err"));
+    let err = std::fs::File::create(&err_file).map_err(|e| e.to_string())?;
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &lab.hv, "sh", "-c", "sleep 60 7>&-; :"])
         .args([
@@ -41,19 +56,31 @@ fn qemu_standin(lab: &MacvtapLab, fd: &OwnedFd, name: &str) -> Child {
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(err);
     hand_down_fds(&mut cmd, vec![raw], 7);
-    let mut child = cmd.spawn().expect("spawn the stand-in QEMU");
+    let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
     let pid = child.id();
-    for _ in 0..100 {
+    for _ in 0..250 {
         if std::fs::read_link(format!("/proc/{pid}/fd/7")).is_ok() {
-            return child;
+            return Ok(child);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let stderr = std::fs::read_to_string(&err_file).unwrap_or_default();
+            return Err(format!("the stand-in ended ({status}): {stderr}"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
     let _ = child.wait();
-    panic!("the stand-in never held the macvtap");
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    Err(format!("no fd 7 in 5 s (fds: {fds})"))
 }
 
 fn vm(lab: &MacvtapLab, gw: std::net::Ipv4Addr) -> (FakeVm, OwnedFd) {
@@ -227,15 +254,144 @@ fn a_macvtap_guest_asking_for_the_hosts_own_address_is_told_macvtap_keeps_them_a
         .filter(|v| v["type"] == "check")
         .collect();
     let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["tap", "lower_device", "macvtap_host"], "{checks:?}");
+    assert_eq!(
+        names,
+        ["tap", "lower_device", "macvtap_mode", "macvtap_host"],
+        "{checks:?}"
+    );
     assert_eq!(checks[1]["status"], "pass", "{checks:?}");
-    assert_eq!(checks[2]["status"], "warn", "{checks:?}");
+    assert_eq!(checks[2]["status"], "pass", "{checks:?}");
+    assert_eq!(
+        checks[2]["evidence"],
+        "mvtap0 is in bridge mode and is the only macvtap on low0: it keeps no guests of this \
+         host apart",
+        "{checks:?}"
+    );
+    assert_eq!(checks[3]["status"], "warn", "{checks:?}");
     assert!(
-        checks[2]["evidence"]
+        checks[3]["evidence"]
             .as_str()
             .unwrap()
             .starts_with("the host's 10.78.0.3/24 on low0 cannot reach the guest"),
         "{checks:?}"
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// Whether a frame from `src` carrying IPv4 reaches the macvtap fd `fd` within `timeout`.
+fn frame_from(fd: &OwnedFd, src: [u8; 6], timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut buf = [0u8; 2048];
+    while std::time::Instant::now() < deadline {
+        // SAFETY: buf is writable for its length; the fd is non-blocking.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 14 && buf[6..12] == src && buf[12..14] == [8, 0] {
+            return true;
+        }
+        if n <= 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    false
+}
+
+/// Two guests on macvtaps of one lower device in VEPA mode: a frame from one to the other goes
+/// out on the wire (no switch there reflects it) and never arrives. doctor warns of the mode,
+/// follow names the other guest's macvtap and both modes; in bridge mode the frame arrives
+/// and doctor passes.
+#[test]
+fn two_guests_on_vepa_macvtaps_of_one_lower_device_are_named_kept_apart() {
+    let lab = MacvtapLab::new("vepa", false);
+    let other_mac = [0x52, 0x54, 0x00, 0x4b, 0x54, 0x21];
+    let node = lab.add_macvtap("mvtap1", "52:54:00:4b:54:21", "vepa");
+    let other = open_macvtap(&node).expect("open mvtap1");
+    let other_ip = std::net::Ipv4Addr::new(10, 78, 0, 4);
+    let (mut guest, _held) = vm(&lab, lab.gw_ip);
+
+    let mode_check = || -> Value {
+        let out = in_hv(&lab, &["doctor", "mvtap0", "--json"]);
+        text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|v| v["type"] == "check" && v["name"] == "macvtap_mode")
+            .unwrap_or_else(|| panic!("no macvtap_mode check:\n{}", text(&out.stdout)))
+    };
+    let c = mode_check();
+    assert_eq!(c["status"], "warn", "{c}");
+    assert_eq!(
+        c["evidence"],
+        "mvtap0 is in vepa mode and low0 also carries mvtap1 (vepa): its guest sends even \
+         frames for the other guests on it out on the wire (vepa): they come back only if the \
+         switch reflects them (VEPA hairpin), never to a private macvtap",
+        "{c}"
+    );
+    assert!(
+        c["fix"].as_str().unwrap().starts_with(
+            "if the guests must talk to each other: `ip link set mvtap0 type macvtap mode bridge`"
+        ),
+        "{c}"
+    );
+
+    let running = start_in(
+        &lab.hv,
+        &[
+            "follow",
+            "mvtap0",
+            "10.78.0.4",
+            "--json",
+            "--proto",
+            "icmp",
+            "--duration",
+            "3",
+        ],
+        &[],
+    );
+    for seq in 1..=2 {
+        guest.send_echo_to_mac(other_ip, 0x4d57, seq, other_mac);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let arrived = frame_from(&other, lab.guest_mac, Duration::from_millis(300));
+    let run = running.wait();
+    assert!(
+        !arrived,
+        "a VEPA macvtap's frame reached its sibling without a hairpin switch"
+    );
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_reply", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "device"), "low0", "{}", run.dump());
+    assert_eq!(
+        field(v, "summary"),
+        "no reply: the request to 10.78.0.4 is for the guest on mvtap1 (MAC 52:54:00:4b:54:21), \
+         another macvtap on low0, but it left the host through low0: macvtaps of one lower \
+         device pass frames to each other only when both are in bridge mode (mvtap0 is vepa, \
+         mvtap1 is vepa); otherwise the frames go out on low0's wire and come back only if the \
+         switch there reflects them (VEPA hairpin), never to a private macvtap → put both in \
+         bridge mode: `ip link set mvtap0 type macvtap mode bridge` and `ip link set mvtap1 \
+         type macvtap mode bridge` (libvirt: `<source dev='low0' mode='bridge'/>`)",
+        "{}",
+        run.dump()
+    );
+
+    // The fix: both in bridge mode. The frame now goes from one macvtap to the other.
+    lab.hv_run(&[
+        "ip", "link", "set", "mvtap0", "type", "macvtap", "mode", "bridge",
+    ]);
+    lab.hv_run(&[
+        "ip", "link", "set", "mvtap1", "type", "macvtap", "mode", "bridge",
+    ]);
+    let c = mode_check();
+    assert_eq!(c["status"], "pass", "{c}");
+    assert_eq!(
+        c["evidence"],
+        "mvtap0 and the other macvtaps on low0 (mvtap1 (bridge)) are in bridge mode: their \
+         guests reach each other directly",
+        "{c}"
+    );
+    guest.send_echo_to_mac(other_ip, 0x4d57, 3, other_mac);
+    assert!(
+        frame_from(&other, lab.guest_mac, Duration::from_secs(2)),
+        "in bridge mode the frame should reach mvtap1's guest"
+    );
 }

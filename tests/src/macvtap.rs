@@ -4,6 +4,7 @@
 //!   FakeVm on /dev/tapN      netns <id>-hv                           netns <id>-out
 //!   guest 10.78.0.2 ── mvtap0 (macvtap, mode M) on low0 ══ veth ══ eth0 10.78.0.1/24 (gateway)
 //!                            low0 [10.78.0.3/24 with `host_addr`]    lo 203.0.113.1/32 (`dest`)
+//!   [another guest ── mvtap1 on low0, with `add_macvtap`]
 //! ```
 //!
 //! The kernel creates `/dev/tapN` in the host's /dev with N the macvtap's ifindex in its own
@@ -119,6 +120,26 @@ impl MacvtapLab {
         let node = lab.node.to_str().unwrap();
         run(&["mknod", node, "c", maj, min]);
         lab
+    }
+
+    /// Another guest's macvtap `name` on the same lower device, with `mac` and `mode`; returns
+    /// the character device node this lab made for it (open it with `open_macvtap`).
+    pub fn add_macvtap(&self, name: &str, mac: &str, mode: &str) -> PathBuf {
+        let hv = self.hv.as_str();
+        run(&[
+            "ip", "-n", hv, "link", "add", "link", "low0", "name", name, "address", mac, "type",
+            "macvtap", "mode", mode,
+        ]);
+        run(&["ip", "-n", hv, "link", "set", name, "up"]);
+        let dev = self.hv_run(&[
+            "sh",
+            "-c",
+            &format!("cat /sys/class/net/{name}/macvtap/*/dev"),
+        ]);
+        let (maj, min) = dev.trim().split_once(':').expect("major:minor");
+        let node = self.dir.join(name);
+        run(&["mknod", node.to_str().unwrap(), "c", maj, min]);
+        node
     }
 
     /// `args` (program first) inside the hypervisor namespace; panics unless it succeeds.

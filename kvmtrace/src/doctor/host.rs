@@ -29,6 +29,8 @@ pub struct Dev {
     pub is_tap: bool,
     /// A macvtap (has `macvtap/`): its lower device (`lower_DEV`).
     pub macvtap_lower: Option<String>,
+    /// A macvtap's mode (`bridge`, `vepa`, `private`, `passthru`, `source`; netlink).
+    pub macvtap_mode: Option<String>,
     /// `brport/state` of a bridge port: 0 disabled, 1 listening, 2 learning, 3 forwarding,
     /// 4 blocking (`BR_STATE_*`, linux/if_bridge.h).
     pub brport_state: Option<u8>,
@@ -205,6 +207,7 @@ fn read_dev(sys: &Path, name: &str) -> Dev {
         forward_delay: read(d.join("bridge/forward_delay")).and_then(|s| s.parse().ok()),
         addrs: Vec::new(),
         addrs6: Vec::new(),
+        macvtap_mode: None,
     }
 }
 
@@ -443,6 +446,18 @@ pub fn gather() -> Host {
         .unwrap_or_default();
     names.sort();
     let mut devs: Vec<Dev> = names.iter().map(|n| read_dev(sys, n)).collect();
+    if devs.iter().any(|d| d.macvtap_lower.is_some()) {
+        match netlink::macvtap_modes() {
+            Ok(modes) => {
+                for (n, m) in modes {
+                    if let Some(d) = devs.iter_mut().find(|d| d.name == n) {
+                        d.macvtap_mode = Some(m);
+                    }
+                }
+            }
+            Err(e) => log::warn!("reading the macvtaps' modes: {e}"),
+        }
+    }
     match netlink::addresses() {
         Ok(addrs) => {
             for IfAddr {

@@ -41,7 +41,7 @@ pub fn gather() -> HostFacts {
             .map(|s| s.trim() == "1"),
         nft_chains,
         legacy_tables,
-        devices: devices(std::path::Path::new("/sys/class/net"), &addresses),
+        devices: with_macvtap_modes(devices(std::path::Path::new("/sys/class/net"), &addresses)),
         vxlans: vxlans(),
     }
 }
@@ -87,6 +87,24 @@ pub fn vxlans() -> Vec<crate::model::VxlanFacts> {
         .collect()
 }
 
+/// Fills in the macvtaps' modes (not in sysfs: an `RTM_GETLINK` dump of the macvtaps).
+fn with_macvtap_modes(mut devs: Vec<crate::model::DevFacts>) -> Vec<crate::model::DevFacts> {
+    if devs.iter().all(|d| d.macvtap_lower.is_none()) {
+        return devs;
+    }
+    let modes = crate::host::netlink::macvtap_modes().unwrap_or_else(|e| {
+        log::debug!("reading the macvtaps' modes: {e}");
+        Vec::new()
+    });
+    for d in &mut devs {
+        d.macvtap_mode = modes
+            .iter()
+            .find(|(n, _)| *n == d.name)
+            .map(|(_, m)| m.clone());
+    }
+    devs
+}
+
 /// Devices, their bridge, MTU and state, from sysfs; their IPv4 addresses from `addrs`
 /// (an RTM_GETADDR dump), matched by ifindex.
 pub fn devices(
@@ -125,6 +143,12 @@ pub fn devices(
                 .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned())),
             mtu: read("mtu").and_then(|m| m.parse().ok()),
             macvtap_lower: p.join("macvtap").is_dir().then(|| lower_of(&p)).flatten(),
+            mac: p
+                .join("macvtap")
+                .is_dir()
+                .then(|| read("address"))
+                .flatten(),
+            macvtap_mode: None,
             up: read("operstate").is_some_and(|s| s != "down") && admin_up,
             // `carrier` reads only while the device is up (EINVAL otherwise).
             no_carrier: admin_up && read("carrier").as_deref() == Some("0"),

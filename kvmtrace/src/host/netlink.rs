@@ -696,9 +696,19 @@ pub fn vxlans_of(master: u32) -> io::Result<Vec<VxlanLink>> {
 }
 
 /// An `RTM_GETLINK` dump the kernel filters itself (net/core/rtnetlink.c `rtnl_dump_ifinfo`):
-/// devices of kind "vxlan" only, and of the bridge `master` when not 0, so that the path
-/// refresh (every 500 ms) does not read every device of a host with many.
+/// VXLAN devices only, and of the bridge `master` when not 0, so that the path refresh (every
+/// 500 ms) does not read every device of a host with many.
 fn vxlan_dump(master: u32) -> io::Result<Vec<VxlanLink>> {
+    Ok(link_dump("vxlan", master)?
+        .iter()
+        .filter_map(|b| parse_vxlan(b))
+        .collect())
+}
+
+/// The `RTM_NEWLINK` bodies of the devices of `kind` ("vxlan", "macvtap"), of the bridge
+/// `master` when not 0: the kernel filters on `IFLA_LINKINFO { IFLA_INFO_KIND }` and
+/// `IFLA_MASTER`.
+fn link_dump(kind: &str, master: u32) -> io::Result<Vec<Vec<u8>>> {
     // ifinfomsg: family, pad, type, index, flags, change (16 bytes).
     let mut b = vec![0u8; 16];
     let mut nla = |ty: u16, payload: &[u8]| {
@@ -714,16 +724,64 @@ fn vxlan_dump(master: u32) -> io::Result<Vec<VxlanLink>> {
     if master != 0 {
         nla(IFLA_MASTER, &master.to_ne_bytes());
     }
-    // IFLA_LINKINFO { IFLA_INFO_KIND "vxlan\0" } (10 bytes, padded to 12).
-    let mut kind = Vec::new();
-    kind.extend_from_slice(&10u16.to_ne_bytes());
-    kind.extend_from_slice(&IFLA_INFO_KIND.to_ne_bytes());
-    kind.extend_from_slice(b"vxlan\0\0\0");
-    nla(IFLA_LINKINFO | 0x8000, &kind);
+    // IFLA_LINKINFO { IFLA_INFO_KIND "<kind>\0" }.
+    let mut name = kind.as_bytes().to_vec();
+    name.push(0);
+    let klen = 4 + name.len();
+    let mut inner = Vec::new();
+    inner.extend_from_slice(&(klen as u16).to_ne_bytes());
+    inner.extend_from_slice(&IFLA_INFO_KIND.to_ne_bytes());
+    inner.extend_from_slice(&name);
+    inner.resize(inner.len() + ((4 - klen % 4) % 4), 0);
+    nla(IFLA_LINKINFO | 0x8000, &inner);
     Ok(dump(NETLINK_ROUTE, RTM_GETLINK, &b)?
         .into_iter()
         .filter(|(t, _)| *t == RTM_NEWLINK)
-        .filter_map(|(_, b)| parse_vxlan(&b))
+        .map(|(_, b)| b)
+        .collect())
+}
+
+/// Parses one `RTM_NEWLINK` body: (name, mode) of a macvtap (`private`, `vepa`, `bridge`,
+/// `passthru`, `source`), None for any other device.
+pub fn parse_macvtap_mode(body: &[u8]) -> Option<(String, String)> {
+    use netlink_packet_route::link::{
+        InfoData, InfoMacVtap, LinkAttribute, LinkInfo, LinkMessage, MacVtapMode,
+    };
+    let m = LinkMessage::parse(body).ok()?;
+    let mut name = None;
+    let mut mode = None;
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Data(InfoData::MacVtap(attrs)) = i {
+                        for x in attrs {
+                            if let InfoMacVtap::Mode(md) = x {
+                                mode = Some(match md {
+                                    MacVtapMode::Private => "private".to_string(),
+                                    MacVtapMode::Vepa => "vepa".into(),
+                                    MacVtapMode::Bridge => "bridge".into(),
+                                    MacVtapMode::Passthrough => "passthru".into(),
+                                    MacVtapMode::Source => "source".into(),
+                                    other => format!("{other:?}").to_ascii_lowercase(),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some((name?, mode?))
+}
+
+/// The macvtaps of this namespace and their modes.
+pub fn macvtap_modes() -> io::Result<Vec<(String, String)>> {
+    Ok(link_dump("macvtap", 0)?
+        .iter()
+        .filter_map(|b| parse_macvtap_mode(b))
         .collect())
 }
 

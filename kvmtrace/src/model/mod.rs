@@ -123,6 +123,13 @@ pub struct DevFacts {
     /// there, without a bridge and without the host's stack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub macvtap_lower: Option<String>,
+    /// A macvtap's mode (`bridge`, `vepa`, `private`, `passthru`, `source`): whether it
+    /// passes frames to the other macvtaps of its lower device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macvtap_mode: Option<String>,
+    /// A macvtap's MAC address (its guest's), lower case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
     /// Set up by its administrator but without carrier (`carrier` 0: the cable, the veth peer
     /// or a macvtap's lower device is down). `up` may still be true (`lowerlayerdown`).
     #[serde(default, skip_serializing_if = "is_false")]
@@ -158,6 +165,16 @@ impl HostFacts {
     /// The device, when the facts know it.
     pub fn device(&self, dev: &str) -> Option<&DevFacts> {
         self.devices.iter().find(|d| d.name == dev)
+    }
+    /// The other macvtaps on the lower device of the macvtap `dev` (other guests on its wire).
+    pub fn macvtap_siblings(&self, dev: &str) -> Vec<&DevFacts> {
+        let Some(lower) = self.device(dev).and_then(|d| d.macvtap_lower.as_deref()) else {
+            return Vec::new();
+        };
+        self.devices
+            .iter()
+            .filter(|d| d.name != dev && d.macvtap_lower.as_deref() == Some(lower))
+            .collect()
     }
     /// The bridge a VM with address `guest` belongs to: the one whose subnet holds the address,
     /// else the only bridge of the host (None when neither says).

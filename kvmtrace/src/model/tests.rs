@@ -280,6 +280,8 @@ fn tap_facts(master: Option<&str>) -> HostFacts {
         addrs,
         macvtap_lower: None,
         no_carrier: false,
+        macvtap_mode: None,
+        mac: None,
     };
     HostFacts {
         ip_forward: Some(true),

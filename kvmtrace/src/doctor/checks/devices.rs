@@ -106,6 +106,70 @@ pub(super) fn lower_device_check(c: &Ctx, lower: &str) -> Check {
     )
 }
 
+/// The macvtap's mode against the other macvtaps of its lower device: guests reach each other
+/// directly only when both macvtaps are in bridge mode.
+pub(super) fn macvtap_mode_check(c: &Ctx, lower: &str) -> Check {
+    let name = "macvtap_mode";
+    let t = c.tap_name;
+    let Some(mode) = c.tap.and_then(|d| d.macvtap_mode.clone()) else {
+        return check(
+            name,
+            Skip,
+            format!("the mode of the macvtap {t} could not be read"),
+            None,
+        );
+    };
+    let sibs: Vec<&crate::doctor::host::Dev> =
+        c.h.devs
+            .iter()
+            .filter(|d| d.name != t && d.macvtap_lower.as_deref() == Some(lower))
+            .collect();
+    let mode_of = |d: &crate::doctor::host::Dev| d.macvtap_mode.clone().unwrap_or("?".into());
+    let others = sibs
+        .iter()
+        .map(|d| format!("{} ({})", d.name, mode_of(d)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if sibs.is_empty() {
+        return check(
+            name,
+            Pass,
+            format!("{t} is in {mode} mode and is the only macvtap on {lower}: it keeps no guests of this host apart"),
+            None,
+        );
+    }
+    if mode == "bridge" && sibs.iter().all(|d| mode_of(d) == "bridge") {
+        return check(
+            name,
+            Pass,
+            format!(
+                "{t} and the other macvtaps on {lower} ({others}) are in bridge mode: their \
+                 guests reach each other directly"
+            ),
+            None,
+        );
+    }
+    let how = match mode.as_str() {
+        "private" => "never reaches the other guests on it, whatever the switch does".to_string(),
+        "bridge" => "reaches a guest whose macvtap is not in bridge mode only through the switch \
+                     on the wire reflecting frames (VEPA hairpin)"
+            .to_string(),
+        m => format!(
+            "sends even frames for the other guests on it out on the wire ({m}): they come \
+             back only if the switch reflects them (VEPA hairpin), never to a private macvtap"
+        ),
+    };
+    check(
+        name,
+        Warn,
+        format!("{t} is in {mode} mode and {lower} also carries {others}: its guest {how}"),
+        Some(format!(
+            "if the guests must talk to each other: `ip link set {t} type macvtap mode bridge` \
+             and the same for the others (libvirt: `<source dev='{lower}' mode='bridge'/>`)"
+        )),
+    )
+}
+
 /// A macvtap's guest and the host's own addresses on the lower device cannot reach each other.
 pub(super) fn macvtap_host_check(c: &Ctx, lower: &str) -> Check {
     let name = "macvtap_host";

@@ -343,6 +343,7 @@ pub fn run_checks_to(h: &Host, tap: &str, mac: Option<&str>, dest: Option<Net>) 
         return vec![
             tap_check(&c),
             lower_device_check(&c, lower),
+            macvtap_mode_check(&c, lower),
             macvtap_host_check(&c, lower),
         ];
     }
@@ -544,6 +545,7 @@ mod tests {
         }
         let mut mv = dev("mvtap0", 3);
         mv.macvtap_lower = Some("low0".into());
+        mv.macvtap_mode = Some("bridge".into());
         Host {
             devs: vec![low, mv],
             ..healthy()
@@ -554,8 +556,26 @@ mod tests {
     fn a_macvtap_is_checked_on_its_lower_device_and_host_isolation_only() {
         let c = run_checks(&macvtap_host(true, false), "mvtap0", None);
         let names: Vec<&str> = c.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["tap", "lower_device", "macvtap_host"]);
+        assert_eq!(
+            names,
+            ["tap", "lower_device", "macvtap_mode", "macvtap_host"]
+        );
         assert!(c.iter().all(|c| c.status == Pass), "{c:?}");
+
+        // A private macvtap with another guest's on the same lower device: kept apart.
+        let mut h = macvtap_host(true, false);
+        h.devs[1].macvtap_mode = Some("private".into());
+        let mut sib = dev("mvtap1", 4);
+        sib.macvtap_lower = Some("low0".into());
+        sib.macvtap_mode = Some("bridge".into());
+        h.devs.push(sib);
+        let m = get(&run_checks(&h, "mvtap0", None), "macvtap_mode").clone();
+        assert_eq!(m.status, Warn, "{m:?}");
+        assert_eq!(
+            m.evidence,
+            "mvtap0 is in private mode and low0 also carries mvtap1 (bridge): its guest never \
+             reaches the other guests on it, whatever the switch does"
+        );
         assert!(get(&c, "tap")
             .evidence
             .starts_with("mvtap0 (macvtap) is up"));

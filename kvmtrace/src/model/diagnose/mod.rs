@@ -35,6 +35,10 @@ pub const RULES: &[(&str, Rule)] = &[
         "left the host through a VXLAN overlay, no reply",
         overlay::left_through_overlay,
     ),
+    (
+        "left a macvtap's lower device for another guest's macvtap",
+        no_reply::macvtap_sibling,
+    ),
     ("left the host, no reply", no_reply::left_host),
     ("no observed end", no_reply::unfinished),
 ];

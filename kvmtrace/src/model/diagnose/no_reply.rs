@@ -4,6 +4,64 @@ use super::{tap_misplaced, Flow};
 use crate::model::event::{DevKind, Direction, NfHook};
 use crate::model::{Outcome, Stage, Status, Verdict};
 
+/// The request left a macvtap guest's lower device addressed to the MAC of another macvtap on
+/// that lower device (another guest of this host): macvtaps pass frames to each other only
+/// when both are in bridge mode; otherwise they go out on the wire and come back only if the
+/// switch there reflects them (VEPA hairpin), never to a private one.
+pub(super) fn macvtap_sibling(f: &Flow, v: &mut Verdict) -> bool {
+    let facts = f.facts;
+    let Some(device) = f.req_out.iter().find_map(|(_, o)| match o {
+        Outcome::LeftHost { device, .. } => Some(device.clone()),
+        _ => None,
+    }) else {
+        return false;
+    };
+    let Some(hop) = f
+        .req
+        .iter()
+        .flat_map(|j| j.hops.iter())
+        .find(|h| h.dev_kind == DevKind::Tap && h.dmac.is_some())
+    else {
+        return false;
+    };
+    let tap = &hop.device;
+    let Some(mine) = facts.device(tap) else {
+        return false;
+    };
+    if mine.macvtap_lower.as_deref() != Some(device.as_str()) {
+        return false;
+    }
+    let dmac = hop.dmac.as_deref().unwrap_or_default();
+    let Some(other) = facts.macvtap_siblings(tap).into_iter().find(|d| {
+        d.mac
+            .as_deref()
+            .is_some_and(|m| m.eq_ignore_ascii_case(dmac))
+    }) else {
+        return false;
+    };
+    let mode = |d: &crate::model::DevFacts| d.macvtap_mode.clone().unwrap_or("?".into());
+    let (m1, m2) = (mode(mine), mode(other));
+    if m1 == "bridge" && m2 == "bridge" {
+        return false;
+    }
+    let o = &other.name;
+    v.status = Status::NoReply;
+    v.direction = Some(Direction::Request);
+    v.stage = Some(Stage::Egress);
+    v.device = Some(device.clone());
+    v.summary = format!(
+        "no reply: the request to {} is for the guest on {o} (MAC {dmac}), another macvtap on \
+         {device}, but it left the host through {device}: macvtaps of one lower device pass \
+         frames to each other only when both are in bridge mode ({tap} is {m1}, {o} is {m2}); \
+         otherwise the frames go out on {device}'s wire and come back only if the switch there \
+         reflects them (VEPA hairpin), never to a private macvtap → put both in bridge mode: \
+         `ip link set {tap} type macvtap mode bridge` and `ip link set {o} type macvtap mode \
+         bridge` (libvirt: `<source dev='{device}' mode='bridge'/>`)",
+        f.k.remote
+    );
+    true
+}
+
 /// The request left the host and no reply reached the VM: not rewritten (no MASQUERADE),
 /// nothing came back, or the replies came back to a bridge the tap is not on.
 pub(super) fn left_host(f: &Flow, v: &mut Verdict) -> bool {

@@ -163,6 +163,12 @@ impl Model {
                          another address, or give the host a macvlan on {l} (`ip link add \
                          link {l} name mvhost type macvlan mode bridge`) and move {ip} there"
                     )
+                } else if let Some(hint) = sibling_hint(facts, tap) {
+                    format!(
+                        "the guest asked {n} time(s) who has {ip} ({how}) and nobody on the \
+                         network of {l} (the lower device of its macvtap {tap}) answered: \
+                         {hint}"
+                    )
                 } else {
                     format!(
                         "the guest asked {n} time(s) who has {ip} ({how}) and nobody on the \
@@ -208,4 +214,30 @@ impl Model {
         }
         format!("no packet from the VM to {dest}: {}", parts.join("; "))
     }
+}
+
+/// When the macvtap `tap` is not in bridge mode (or a sibling is not) and other guests'
+/// macvtaps share its lower device: the address asked for may be one of those guests, which
+/// it cannot reach directly.
+fn sibling_hint(facts: &HostFacts, tap: &str) -> Option<String> {
+    let mine = facts.device(tap)?;
+    let l = mine.macvtap_lower.as_deref()?;
+    let sibs = facts.macvtap_siblings(tap);
+    let mode = |d: &DevFacts| d.macvtap_mode.clone().unwrap_or("?".into());
+    let m = mode(mine);
+    if sibs.is_empty() || (m == "bridge" && sibs.iter().all(|d| mode(d) == "bridge")) {
+        return None;
+    }
+    let others = sibs
+        .iter()
+        .map(|d| format!("{} ({})", d.name, mode(d)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!(
+        "{tap} is in {m} mode and {l} also carries {others}: if the address belongs to one of \
+         those guests, macvtaps of one lower device reach each other only when both are in \
+         bridge mode (vepa: only through a switch that reflects frames; private: never) → \
+         `ip link set {tap} type macvtap mode bridge` and the same for the other guest's \
+         macvtap; else the gateway setting is wrong or that address is not on {l}'s network"
+    ))
 }
