@@ -251,10 +251,9 @@ fn strict_reverse_path_filtering_is_named() {
     assert!(field(v, "summary").contains("rp_filter"), "{}", run.dump());
 }
 
-#[test]
-fn uplink_qdisc_drops_are_named() {
-    let lab = Lab::new(LabOptions::default());
-    // The next hop is known (no ARP through the slow queue), then the queue is made tiny.
+/// Makes the host's neighbour entry for the outside gateway permanent, so that packets reach
+/// up0's queue instead of waiting for ARP.
+fn pin_gateway_neighbour(lab: &Lab) {
     let gw_mac = lab.outside_run(&["cat", "/sys/class/net/eth0/address"]);
     lab.hv_run(&[
         "ip",
@@ -268,6 +267,13 @@ fn uplink_qdisc_drops_are_named() {
         "nud",
         "permanent",
     ]);
+}
+
+#[test]
+fn uplink_qdisc_drops_are_named() {
+    let lab = Lab::new(LabOptions::default());
+    // The next hop is known (no ARP through the slow queue), then the queue is made tiny.
+    pin_gateway_neighbour(&lab);
     lab.hv_run(&[
         "tc", "qdisc", "add", "dev", "up0", "root", "tbf", "rate", "8kbit", "burst", "1600",
         "limit", "1",
@@ -314,19 +320,7 @@ fn uplink_qdisc_drops_are_named() {
 fn an_uplink_without_carrier_is_named_as_down_not_as_a_full_queue() {
     let lab = Lab::new(LabOptions::default());
     // The next hop is known, so the packets reach up0's queue rather than wait for ARP.
-    let gw_mac = lab.outside_run(&["cat", "/sys/class/net/eth0/address"]);
-    lab.hv_run(&[
-        "ip",
-        "neigh",
-        "replace",
-        "192.0.2.1",
-        "lladdr",
-        gw_mac.trim(),
-        "dev",
-        "up0",
-        "nud",
-        "permanent",
-    ]);
+    pin_gateway_neighbour(&lab);
     lab.outside_run(&["ip", "link", "set", "eth0", "down"]);
     let (run, got) = ping_run(&lab, &[], 2, "3");
     assert!(got.iter().all(Option::is_none), "{got:?}");

@@ -153,6 +153,32 @@ impl Ctx<'_> {
             .map(|r| check(name, Skip, r.clone(), None))
     }
 
+    /// The VM's IPv6 prefix, for a check of its routed IPv6 path; else the check's skip:
+    /// the IPv6 half off, the VM bridged onto the uplink's network (`bridged`: what that means
+    /// for this check), or no prefix known.
+    fn routed6(&self, name: &str, bridged: &str) -> Result<Net, Check> {
+        if let Some(s) = self.skip6(name) {
+            return Err(s);
+        }
+        let l3 = self.l3_name();
+        if self.v6.bridged {
+            return Err(check(
+                name,
+                Skip,
+                format!("the IPv6 default route leaves through {l3} itself: {bridged}"),
+                None,
+            ));
+        }
+        self.v6.subnet.ok_or_else(|| {
+            check(
+                name,
+                Skip,
+                format!("the VM's IPv6 prefix is unknown: {l3} has no global IPv6 address"),
+                None,
+            )
+        })
+    }
+
     fn uplink6_desc(&self) -> String {
         self.v6
             .uplink
@@ -319,30 +345,9 @@ pub(super) fn ip6_forward_check(c: &Ctx) -> Check {
 
 pub(super) fn rpfilter6_check(c: &Ctx) -> Check {
     let name = "rpfilter6";
-    if let Some(s) = c.skip6(name) {
-        return s;
-    }
-    if c.v6.bridged {
-        return check(
-            name,
-            Skip,
-            format!(
-                "the IPv6 default route leaves through {} itself: the VM's packets are bridged, not routed",
-                c.l3_name()
-            ),
-            None,
-        );
-    }
-    let Some(subnet) = c.v6.subnet else {
-        return check(
-            name,
-            Skip,
-            format!(
-                "the VM's IPv6 prefix is unknown: {} has no global IPv6 address",
-                c.l3_name()
-            ),
-            None,
-        );
+    let subnet = match c.routed6(name, "the VM's packets are bridged, not routed") {
+        Ok(s) => s,
+        Err(skip) => return skip,
     };
     let rs = match ruleset_or_skip(c, name) {
         Ok(r) => r,
@@ -468,30 +473,9 @@ pub(super) fn rpfilter6_check(c: &Ctx) -> Check {
 
 pub(super) fn forward_filter6_check(c: &Ctx) -> Check {
     let name = "forward_filter6";
-    if let Some(s) = c.skip6(name) {
-        return s;
-    }
-    if c.v6.bridged {
-        return check(
-            name,
-            Skip,
-            format!(
-                "the IPv6 default route leaves through {} itself: the VM's packets are bridged, not routed",
-                c.l3_name()
-            ),
-            None,
-        );
-    }
-    let Some(subnet) = c.v6.subnet else {
-        return check(
-            name,
-            Skip,
-            format!(
-                "the VM's IPv6 prefix is unknown: {} has no global IPv6 address",
-                c.l3_name()
-            ),
-            None,
-        );
+    let subnet = match c.routed6(name, "the VM's packets are bridged, not routed") {
+        Ok(s) => s,
+        Err(skip) => return skip,
     };
     let rs = match ruleset_or_skip(c, name) {
         Ok(r) => r,
@@ -551,30 +535,12 @@ pub(super) fn forward_filter6_check(c: &Ctx) -> Check {
 
 pub(super) fn nat6_check(c: &Ctx) -> Check {
     let name = "nat6";
-    if let Some(s) = c.skip6(name) {
-        return s;
-    }
-    if c.v6.bridged {
-        return check(
-            name,
-            Skip,
-            format!(
-                "the IPv6 default route leaves through {} itself: the VM is on the uplink's network and needs no NAT on this host",
-                c.l3_name()
-            ),
-            None,
-        );
-    }
-    let Some(subnet) = c.v6.subnet else {
-        return check(
-            name,
-            Skip,
-            format!(
-                "the VM's IPv6 prefix is unknown: {} has no global IPv6 address",
-                c.l3_name()
-            ),
-            None,
-        );
+    let subnet = match c.routed6(
+        name,
+        "the VM is on the uplink's network and needs no NAT on this host",
+    ) {
+        Ok(s) => s,
+        Err(skip) => return skip,
     };
     if !subnet.is_private() {
         return check(
