@@ -9,6 +9,7 @@ use kvmtrace_lab::guest::{build_image, default_cache_dir, Guest, GuestConfig};
 use kvmtrace_lab::lab::{Lab, LabOptions};
 use kvmtrace_lab::macvtap::MacvtapLab;
 use kvmtrace_lab::vm::open_macvtap;
+use kvmtrace_lab::vxlan::{VxlanLab, VxlanOptions};
 use std::os::fd::AsRawFd as _;
 use std::time::Duration;
 
@@ -291,4 +292,114 @@ fn real_guest_on_a_macvtap_is_followed_through_the_lower_device() {
     assert_eq!(run.code, 1, "{}", run.dump());
     drop(guest);
     drop(nic);
+}
+
+/// A real guest whose bridge has a VXLAN port that sends by a static all-zeros forwarding
+/// entry (no `remote`: the kernel refuses to delete the entry `remote` makes): its pings to the
+/// VM across the overlay are followed by name into the overlay and out of the underlay (the
+/// outer header on ul0), and delivered; then the entry removed, and the guest's pings (its ARP
+/// cache still holds the remote VM) named as NO_TX_TARGET with the entry to add back.
+#[test]
+fn real_guest_is_followed_across_a_vxlan_overlay_and_its_missing_fdb_entry_named() {
+    let lab = VxlanLab::new(VxlanOptions {
+        remote: false,
+        ..VxlanOptions::default()
+    });
+    let fdb = |op: &str| {
+        lab.hv_run(&[
+            "bridge",
+            "fdb",
+            op,
+            "00:00:00:00:00:00",
+            "dev",
+            "vx0",
+            "dst",
+            "198.51.100.1",
+        ]);
+    };
+    fdb("append");
+    let image = build_image(&default_cache_dir()).expect("guest image");
+    let name = format!("ktvx-{}", std::process::id());
+    let cfg = GuestConfig {
+        netns: lab.hv.clone(),
+        tap: lab.tap.clone(),
+        mac: lab.guest_mac,
+        ip: lab.guest_ip,
+        prefix: 24,
+        gateway: std::net::Ipv4Addr::new(10, 88, 0, 1),
+        dest: lab.remote_vm,
+        tcp_port: 80,
+        ip6: None,
+        gateway6: None,
+        dest6: None,
+        name: name.clone(),
+        extra_args: Vec::new(),
+        tap_fd: None,
+    };
+    let guest = Guest::boot(&image, &cfg).expect("boot guest");
+    assert!(
+        guest.wait_for_serial("KT ping ok", Duration::from_secs(90)),
+        "guest never reached the VM across the overlay:\n{}",
+        guest.serial_log()
+    );
+    let remote = lab.remote_vm.to_string();
+    let follow = || {
+        start_in(
+            &lab.hv,
+            &[
+                "follow",
+                &name,
+                &remote,
+                "--json",
+                "--proto",
+                "icmp",
+                "--count",
+                "3",
+                "--duration",
+                "20",
+            ],
+            &[],
+        )
+        .wait()
+    };
+    let run = follow();
+    assert!(!run.verdicts().is_empty(), "{}", run.dump());
+    for v in run.verdicts() {
+        assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
+        assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
+        assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+    }
+    let outer: Vec<_> = run
+        .hops()
+        .into_iter()
+        .filter(|h| h["device"] == "ul0" && h["dir"] == "request")
+        .collect();
+    assert!(!outer.is_empty(), "{}", run.dump());
+    assert_eq!(
+        outer[0]["vxlan"],
+        serde_json::json!({"vni": 42, "src": "192.0.2.2", "dst": "198.51.100.1"}),
+        "{}",
+        run.dump()
+    );
+
+    fdb("del");
+    let run = follow();
+    let vs = run.verdicts();
+    assert!(!vs.is_empty(), "{}", run.dump());
+    for v in vs {
+        assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+        assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
+        assert_eq!(field(v, "device"), "vx0", "{}", run.dump());
+        assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+        assert_eq!(field(v, "reason"), "NO_TX_TARGET", "{}", run.dump());
+        let summary = field(v, "summary");
+        assert!(
+            summary.contains(
+                "no entry for the destination MAC 52:54:00:4b:58:03 and no default remote"
+            ) && summary.contains("`bridge fdb append 00:00:00:00:00:00 dev vx0 dst REMOTE_VTEP`"),
+            "{}",
+            run.dump()
+        );
+    }
+    drop(guest);
 }
