@@ -495,6 +495,55 @@ fn forward_drop_shows_in_prometheus_and_is_flight_recorded() {
     assert_eq!(code, 0, "{stderr}");
 }
 
+/// Drops that name no remote (the VM's ARP requests, dropped on its tap by a netdev ingress
+/// chain): the flight recorder follows the VM towards everything, of both versions
+/// (`0.0.0.0/0 ::/0`), and the recording names the unanswered ARP.
+#[test]
+fn drops_without_a_remote_are_recorded_towards_both_versions() {
+    let lab = Lab::new(LabOptions::default());
+    lab.nft(
+        "table netdev labarp {\n chain in {\n  type filter hook ingress device \"vnet0\" priority 0;\n  meta protocol arp drop\n }\n}\n",
+    );
+    let rec = TempDir::new(&lab, "recnone");
+    let mut vm = FakeVm::attach(&lab);
+    let watch = Watch::start(
+        &lab,
+        &[
+            "--record-dir",
+            rec.0.to_str().unwrap(),
+            "--record-s",
+            "3",
+            "--rescan-s",
+            "1",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let done = loop {
+        vm.arp_request(lab.gw_ip);
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(d) = watch.line("flight_recording") {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no flight recording finished:\n{}\n{}",
+            metrics(&lab, &watch),
+            watch.stderr()
+        );
+    };
+    assert_eq!(done["tap"], "vnet0", "{done}");
+    assert_eq!(done["dest"], "0.0.0.0/0 ::/0", "{done}");
+    assert_eq!(done["verdict"]["status"], "no_traffic", "{done}");
+    assert!(
+        done["verdict"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("who has 10.77.0.1 (ARP)")),
+        "{done}"
+    );
+    let (code, stderr) = watch.stop();
+    assert_eq!(code, 0, "{stderr}");
+}
+
 /// The IPv6 twin of `forward_drop_shows_in_prometheus_and_is_flight_recorded`: the guest's
 /// IPv6 pings are dropped at FORWARD (an ip6 table only, so IPv4 flows); watch places the drops
 /// by the IPv6 source it learned at the tap, and the flight recorder follows the VM towards

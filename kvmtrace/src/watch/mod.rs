@@ -498,7 +498,8 @@ impl Watch {
                 .kernel
                 .last_remote(slot)
                 .map(|a| a.to_string())
-                .unwrap_or_else(|| "0.0.0.0/0".into());
+                // No remote known (e.g. only drops on the tap): everything, either version.
+                .unwrap_or_else(|| "0.0.0.0/0 ::/0".into());
             if let Err(e) = ensure_dir(&s.recorder.dir) {
                 log::warn!("flight recorder for {tap}: {e:#}");
                 // Not again every second: the cooldown applies to a failed start too.

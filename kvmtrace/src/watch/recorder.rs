@@ -185,6 +185,7 @@ pub struct Finished {
 pub struct Job {
     pub vm: String,
     pub tap: String,
+    /// `follow`'s DEST: one address, or one prefix of each version separated by a space.
     pub dest: String,
     pub file: PathBuf,
     pub record_s: f64,
@@ -200,7 +201,7 @@ pub fn spawn(job: Job, done: tokio::sync::mpsc::UnboundedSender<Finished>) -> Re
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("follow")
         .arg(&job.tap)
-        .arg(&job.dest)
+        .args(job.dest.split_whitespace())
         .arg("--record")
         .arg(&job.file)
         .arg("--duration")
