@@ -341,6 +341,55 @@ fn an_uplink_without_carrier_is_named_as_down_not_as_a_full_queue() {
     );
 }
 
+/// A tap without carrier while its VM still writes to it (`ip link set vnet0 carrier off`): the
+/// bridge disables the port and drops the guest's frames for its STP state. Named as the tap
+/// without carrier, not as an STP setting to change.
+#[test]
+fn a_tap_without_carrier_is_named_not_its_stp_state() {
+    let lab = Lab::new(LabOptions::default());
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST, "--json", "--duration", "3"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    assert!(vm.resolve_gateway(Duration::from_secs(3)));
+    lab.hv_run(&["ip", "link", "set", "vnet0", "carrier", "off"]);
+    // The bridge learns of it through the link watcher, within a second or so.
+    let disabled = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        lab.hv_run(&["cat", "/sys/class/net/vnet0/brport/state"])
+            .trim()
+            == "0"
+    });
+    assert!(disabled, "br0 did not disable vnet0 without carrier");
+    let got: Vec<_> = (1..=2)
+        .map(|seq| vm.ping(lab.dest, 0x4747, seq, Duration::from_millis(500)))
+        .collect();
+    let run = running.wait();
+    assert!(got.iter().all(Option::is_none), "{got:?}");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "bridge", "{}", run.dump());
+    assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+    assert_eq!(
+        field(v, "reason"),
+        "BRIDGE_INGRESS_STP_STATE",
+        "{}",
+        run.dump()
+    );
+    assert!(
+        field(v, "summary").ends_with(
+            "was dropped by br0 at port vnet0: vnet0 has no carrier, so br0 disabled the port \
+             [BRIDGE_INGRESS_STP_STATE] → nothing holds the tap open or the VM's NIC link is \
+             down: start the VM or re-attach its network interface (`ip link show vnet0` says \
+             NO-CARRIER)"
+        ),
+        "{}",
+        run.dump()
+    );
+}
+
 /// A tap outside any bridge, in both phases an operator meets: first the guest's frames (sent to
 /// the bridge's MAC it learned earlier) die as OTHERHOST on the tap; then, once the host answers
 /// the guest's ARP on the tap itself (proxy_arp there), the requests are routed out and their

@@ -351,6 +351,15 @@ fn egress_summary(
                  dev {dev}`"
             );
         }
+        if r.contains("STP") && facts.device(dev).is_some_and(|f| f.no_carrier) {
+            // A port without carrier is disabled by the bridge itself: no STP setting fixes it.
+            return format!(
+                "{what} was dropped by {br} at port {dev}: {dev} has no carrier, so {br} \
+                 disabled the port [{reason}] → nothing holds the tap open or the VM's NIC link \
+                 is down: start the VM or re-attach its network interface (`ip link show {dev}` \
+                 says NO-CARRIER)"
+            );
+        }
         if r.contains("STP") {
             return format!(
                 "{what} was dropped by {br} at port {dev}: the port is not forwarding (its STP \
