@@ -512,6 +512,12 @@ fn a_guest_asking_for_a_gateway_nobody_owns_is_named() {
         run.dump()
     );
     assert!(s.contains("3 time(s)"), "{}", run.dump());
+    // The bridge's own address on that subnet is the gateway the guest most likely means.
+    assert!(
+        s.ends_with("→ set the guest's default gateway to 10.77.0.1"),
+        "{}",
+        run.dump()
+    );
     assert!(
         run.hops()
             .iter()

@@ -403,3 +403,45 @@ fn real_guest_is_followed_across_a_vxlan_overlay_and_its_missing_fdb_entry_named
     }
     drop(guest);
 }
+
+/// A real guest configured with a gateway nobody owns (10.77.0.254 instead of br0's 10.77.0.1):
+/// its kernel asks ARP for it and sends nothing else. Followed by name: `no_traffic`, naming
+/// the address asked for and br0's, which is the one to use.
+#[test]
+fn real_guest_with_a_wrong_gateway_is_named_no_traffic_with_the_right_one() {
+    let lab = Lab::new(LabOptions::default());
+    let image = build_image(&default_cache_dir()).expect("guest image");
+    let name = format!("ktgw-{}", std::process::id());
+    let mut cfg = GuestConfig::for_lab(&lab, &name, 80);
+    cfg.gateway = std::net::Ipv4Addr::new(10, 77, 0, 254);
+    let guest = Guest::boot(&image, &cfg).expect("boot guest");
+    assert!(
+        guest.wait_for_serial("KT ping fail", Duration::from_secs(90)),
+        "the guest never tried:\n{}",
+        guest.serial_log()
+    );
+    let run = start(
+        &lab,
+        &[
+            "follow",
+            &name,
+            &lab.dest.to_string(),
+            "--json",
+            "--duration",
+            "8",
+        ],
+    )
+    .wait();
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
+    assert!(
+        field(v, "summary").ends_with(
+            "who has 10.77.0.254 (ARP) and nobody on its bridge answered: the host's br0 is \
+             10.77.0.1 on that subnet, so if 10.77.0.254 is meant as the guest's gateway, that \
+             setting is wrong → set the guest's default gateway to 10.77.0.1"
+        ),
+        "{}",
+        run.dump()
+    );
+    drop(guest);
+}

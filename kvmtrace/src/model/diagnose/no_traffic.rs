@@ -58,6 +58,25 @@ impl Model {
         (unbridged && !answered).then_some(tap)
     }
 
+    /// The bridge of the tap the guest asked ARP on, and its own address on the subnet of
+    /// `ip` (another one): the gateway the guest most likely means.
+    fn bridge_address_near(&self, facts: &HostFacts, ip: IpAddr) -> Option<(String, IpAddr)> {
+        use crate::model::event::L2;
+        let tap = &self
+            .l2
+            .iter()
+            .find(|e| e.point == Point::TapIngress && matches!(e.l2, Some(L2::Arp { op: 1, .. })))?
+            .device;
+        let br = facts.master_of(tap)?;
+        let own = facts
+            .device(br)?
+            .addrs
+            .iter()
+            .find(|a| a.addr != ip && a.addr.is_ipv4() == ip.is_ipv4() && a.contains(ip))?
+            .addr;
+        Some((br.to_string(), own))
+    }
+
     /// The macvtap the guest asked ARP on and its lower device, when the facts show one.
     fn asking_macvtap<'f>(&self, facts: &'f HostFacts) -> Option<(String, &'f DevFacts)> {
         use crate::model::event::L2;
@@ -185,6 +204,15 @@ impl Model {
                     "the guest asked {n} time(s) who has {ip} ({how}) and nobody answered: its tap \
                      {tap} is not a port of any bridge, so no bridge hears it → add the tap to \
                      the VM's bridge: `ip link set {tap} master {br}`"
+                ));
+                continue;
+            }
+            if let Some((br, own)) = self.bridge_address_near(facts, *ip) {
+                parts.push(format!(
+                    "the guest asked {n} time(s) who has {ip} ({how}) and nobody on its bridge \
+                     answered: the host's {br} is {own} on that subnet, so if {ip} is meant as \
+                     the guest's gateway, that setting is wrong → set the guest's default \
+                     gateway to {own}"
                 ));
                 continue;
             }
