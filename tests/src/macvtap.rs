@@ -43,6 +43,13 @@ pub struct MacvtapLab {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// The macvtap's ifindex in its namespace. The kernel names its character device
+/// `/dev/tap<ifindex>` in the host's one /dev, and QEMU 10 opens `/dev/tap<ifindex>` for a
+/// `-netdev tap,ifname=X` whose X has that ifindex in *its* namespace: with a small ifindex
+/// (mvtap0 would be 3), another lab's QEMU on its tap vnet0 (also ifindex 3) opened this lab's
+/// macvtap. An ifindex no lab's tap ever has keeps them apart.
+const MVTAP_INDEX: &str = "4000";
+
 fn run(args: &[&str]) -> String {
     let out = Command::new(args[0])
         .args(&args[1..])
@@ -96,7 +103,7 @@ impl MacvtapLab {
             &["ip", "-n", out, "addr", "add", "10.78.0.1/24", "dev", "eth0"],
             &["ip", "-n", out, "link", "set", "eth0", "up"],
             &["ip", "-n", out, "addr", "add", "203.0.113.1/32", "dev", "lo"],
-            &["ip", "-n", hv, "link", "add", "link", "low0", "name", "mvtap0", "address", mac, "type", "macvtap", "mode", mode],
+            &["ip", "-n", hv, "link", "add", "link", "low0", "name", "mvtap0", "index", MVTAP_INDEX, "address", mac, "type", "macvtap", "mode", mode],
             &["ip", "-n", hv, "link", "set", "mvtap0", "up"],
         ];
         for s in steps {
@@ -122,13 +129,20 @@ impl MacvtapLab {
         lab
     }
 
-    /// Another guest's macvtap `name` on the same lower device, with `mac` and `mode`; returns
+    /// Another guest's macvtap `name` (`mvtapN`, N ≥ 1) on the same lower device, with `mac` and
+    /// `mode`; returns
     /// the character device node this lab made for it (open it with `open_macvtap`).
     pub fn add_macvtap(&self, name: &str, mac: &str, mode: &str) -> PathBuf {
         let hv = self.hv.as_str();
+        // mvtapN gets ifindex MVTAP_INDEX + N (mvtap0 has MVTAP_INDEX).
+        let n: u32 = name
+            .trim_start_matches(|c: char| !c.is_ascii_digit())
+            .parse()
+            .expect("a macvtap name ending in its number, e.g. mvtap1");
+        let index = (MVTAP_INDEX.parse::<u32>().unwrap() + n).to_string();
         run(&[
-            "ip", "-n", hv, "link", "add", "link", "low0", "name", name, "address", mac, "type",
-            "macvtap", "mode", mode,
+            "ip", "-n", hv, "link", "add", "link", "low0", "name", name, "index", &index,
+            "address", mac, "type", "macvtap", "mode", mode,
         ]);
         run(&["ip", "-n", hv, "link", "set", name, "up"]);
         let dev = self.hv_run(&[
