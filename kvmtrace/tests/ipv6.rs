@@ -408,6 +408,16 @@ fn a_gateway_nobody_owns_asked_by_ndp_is_named() {
         "{}",
         run.dump()
     );
+    // br0's own address on that prefix is the gateway the guest most likely means.
+    assert!(
+        s.ends_with(
+            "the host's br0 is fd00:77::1 on that subnet, so if fd00:77::fe is meant as the \
+             guest's gateway, that setting is wrong → set the guest's default gateway to \
+             fd00:77::1"
+        ),
+        "{}",
+        run.dump()
+    );
 }
 
 /// One run follows both versions: a v4 and a v6 destination, each flow with its verdict.

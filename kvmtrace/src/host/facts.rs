@@ -26,10 +26,25 @@ pub fn gather() -> HostFacts {
     let legacy_tables = std::fs::read_to_string("/proc/net/ip_tables_names")
         .map(|s| s.lines().map(str::to_string).collect())
         .unwrap_or_default();
-    let addresses = crate::host::netlink::addresses().unwrap_or_else(|e| {
-        log::debug!("reading addresses: {e}");
-        Vec::new()
-    });
+    // (ifindex, address, prefix) of both versions; IPv6 link-local ones left out.
+    let mut addresses: Vec<(u32, std::net::IpAddr, u8)> = crate::host::netlink::addresses()
+        .unwrap_or_else(|e| {
+            log::debug!("reading addresses: {e}");
+            Vec::new()
+        })
+        .into_iter()
+        .map(|a| (a.ifindex, a.addr.into(), a.prefix))
+        .collect();
+    addresses.extend(
+        crate::host::netlink::addresses6()
+            .unwrap_or_else(|e| {
+                log::debug!("reading IPv6 addresses: {e}");
+                Vec::new()
+            })
+            .into_iter()
+            .filter(|a| a.scope == 0)
+            .map(|a| (a.ifindex, a.addr, a.prefix)),
+    );
     let nft_chains = nft_chains().unwrap_or_else(|e| {
         log::debug!("reading nftables chains: {e}");
         Vec::new()
@@ -105,11 +120,11 @@ fn with_macvtap_modes(mut devs: Vec<crate::model::DevFacts>) -> Vec<crate::model
     devs
 }
 
-/// Devices, their bridge, MTU and state, from sysfs; their IPv4 addresses from `addrs`
-/// (an RTM_GETADDR dump), matched by ifindex.
+/// Devices, their bridge, MTU and state, from sysfs; their addresses (IPv4, and IPv6 but
+/// link-local) from `addrs` (RTM_GETADDR dumps: ifindex, address, prefix), by ifindex.
 pub fn devices(
     sys_class_net: &std::path::Path,
-    addrs: &[crate::host::netlink::IfAddr],
+    addrs: &[(u32, std::net::IpAddr, u8)],
 ) -> Vec<crate::model::DevFacts> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(sys_class_net) else {
@@ -132,11 +147,8 @@ pub fn devices(
             bridge: p.join("bridge").is_dir(),
             addrs: addrs
                 .iter()
-                .filter(|a| Some(a.ifindex) == ifindex)
-                .map(|a| crate::model::DevAddr {
-                    addr: a.addr.into(),
-                    prefix: a.prefix,
-                })
+                .filter(|a| Some(a.0) == ifindex)
+                .map(|&(_, addr, prefix)| crate::model::DevAddr { addr, prefix })
                 .collect(),
             master: std::fs::read_link(p.join("master"))
                 .ok()

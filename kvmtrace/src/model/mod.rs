@@ -116,7 +116,7 @@ pub struct DevFacts {
     /// A Linux bridge itself (`/sys/class/net/NAME/bridge`), whether or not it has ports.
     #[serde(default)]
     pub bridge: bool,
-    /// Its IPv4 addresses.
+    /// Its addresses: IPv4, and IPv6 but link-local (traces before session 5 hold IPv4 only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addrs: Vec<DevAddr>,
     /// A macvtap's lower device (`lower_DEV` of a device with `macvtap/`): its frames leave

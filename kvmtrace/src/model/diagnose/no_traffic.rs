@@ -58,14 +58,24 @@ impl Model {
         (unbridged && !answered).then_some(tap)
     }
 
-    /// The bridge of the tap the guest asked ARP on, and its own address on the subnet of
-    /// `ip` (another one): the gateway the guest most likely means.
+    /// The bridge of the tap the guest asked ARP or NDP on, and its own address on the subnet
+    /// of `ip` (another one): the gateway the guest most likely means.
     fn bridge_address_near(&self, facts: &HostFacts, ip: IpAddr) -> Option<(String, IpAddr)> {
         use crate::model::event::L2;
         let tap = &self
             .l2
             .iter()
-            .find(|e| e.point == Point::TapIngress && matches!(e.l2, Some(L2::Arp { op: 1, .. })))?
+            .find(|e| {
+                e.point == Point::TapIngress
+                    && matches!(
+                        e.l2,
+                        Some(L2::Arp { op: 1, .. })
+                            | Some(L2::Ndp {
+                                icmp6_type: 135,
+                                ..
+                            })
+                    )
+            })?
             .device;
         let br = facts.master_of(tap)?;
         let own = facts
