@@ -97,6 +97,11 @@ pub const FAMILY_V6: u8 = 6;
 pub const FOLLOW_V4: u8 = 1;
 pub const FOLLOW_V6: u8 = 2;
 
+/// The `reason` of a `Drop` event (and of watch's drop key) on a kernel whose `kfree_skb`
+/// tracepoint passes none (before 5.17): no `enum skb_drop_reason` value is this large, so it
+/// never has a name, and userspace infers one from the drop's location.
+pub const KFREE_NO_REASON: u32 = u32::MAX;
+
 /// One observation of one packet at one hook. 200 bytes, no implicit padding. Every field has
 /// one meaning; the ones of one kind of hook are zero elsewhere. Addresses are 16 bytes: an
 /// IPv4 address fills the first 4 (`family` says which).
@@ -124,7 +129,7 @@ pub struct Event {
     pub ifname: [u8; 16],
     /// Inode number of the device's network namespace.
     pub netns: u32,
-    /// `Drop`: `enum skb_drop_reason` value.
+    /// `Drop`: `enum skb_drop_reason` value (`KFREE_NO_REASON`: the kernel passes none).
     pub reason: u32,
     /// `Drop`: id in the stack-trace map, or negative error.
     pub stack_id: i32,

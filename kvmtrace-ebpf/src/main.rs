@@ -195,6 +195,23 @@ static OFF_FIB6_DPORT: u32 = u32::MAX;
 #[unsafe(no_mangle)]
 static FOLLOW: u32 = 0;
 
+/// 1 when the `kfree_skb` tracepoint passes the drop reason (Linux 5.17+), set by the loader
+/// like `FOLLOW`: before 5.17 the argument does not exist, a program that reads it is refused
+/// by the verifier, and with this 0 the verifier never sees the read.
+#[unsafe(no_mangle)]
+static KFREE_REASON: u32 = 1;
+
+/// The drop reason of a `kfree_skb` tracepoint call, or `KFREE_NO_REASON` on a kernel that
+/// passes none.
+#[inline(always)]
+fn kfree_reason(ctx: &aya_ebpf::programs::BtfTracePointContext) -> u32 {
+    if off!(KFREE_REASON) != 0 {
+        ctx.arg(2)
+    } else {
+        kvmtrace_common::KFREE_NO_REASON
+    }
+}
+
 /// UDP port of the VXLAN overlay on the VM's bridge (0: none), set by the loader like
 /// `FOLLOW`: without an overlay the verifier drops the code that looks inside UDP packets.
 #[unsafe(no_mangle)]

@@ -312,13 +312,14 @@ fn might_be_ours(c: &Config, skb: u64, vx_off: u16) -> bool {
     classify(c, &p, false) != 0
 }
 
-/// `kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk)`.
+/// `kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk)`
+/// (`reason` since 5.17, `rx_sk` since 6.11: only the first two are read on every kernel).
 #[btf_tracepoint(function = "kfree_skb")]
 #[inline(always)]
 pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
-    let reason: u32 = ctx.arg(2);
+    let reason = crate::kfree_reason(&ctx);
     // Everything cheap before the stack walk (microseconds): only a packet of ours, not past
     // its budget, in the tap's namespace, gets a stack.
     let Some(c) = config() else { return 0 };

@@ -413,7 +413,7 @@ pub fn watch_kfree_skb(ctx: BtfTracePointContext) -> i32 {
     }
     let mut key = WatchDropKey {
         vm,
-        reason: ctx.arg(2),
+        reason: crate::kfree_reason(&ctx),
         ifindex,
         dir,
         location: ctx.arg(1),

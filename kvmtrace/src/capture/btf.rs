@@ -109,6 +109,37 @@ impl KernelBtf {
         Ok(total)
     }
 
+    /// Number of arguments the tracepoint `tp` passes to a tp_btf program: the parameters of
+    /// its `btf_trace_<tp>` typedef, a pointer to a function whose first parameter is the
+    /// program's context (not an argument).
+    pub fn tracepoint_args(&self, tp: &str) -> Result<usize> {
+        let name = format!("btf_trace_{tp}");
+        let types = self
+            .btf
+            .resolve_types_by_name(&name)
+            .map_err(|e| anyhow!("BTF has no {name}: {e}"))?;
+        let mut t = types
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("BTF has no {name}"))?;
+        for _ in 0..8 {
+            match t {
+                Type::FuncProto(f) => return Ok(f.parameters.len().saturating_sub(1)),
+                Type::Typedef(_) | Type::Ptr(_) | Type::Const(_) => {
+                    let bt = t
+                        .as_btf_type()
+                        .ok_or_else(|| anyhow!("{name}: untyped link"))?;
+                    t = self
+                        .btf
+                        .resolve_chained_type(bt)
+                        .map_err(|e| anyhow!("{name}: {e}"))?;
+                }
+                _ => break,
+            }
+        }
+        bail!("{name} is not a pointer to a function prototype")
+    }
+
     /// Value → name (without the `SKB_DROP_REASON_` prefix) of `enum skb_drop_reason`.
     pub fn drop_reasons(&self) -> Result<HashMap<u32, String>> {
         let types = self
@@ -178,6 +209,10 @@ pub struct Offsets {
     pub fib6_proto: u32,
     pub fib6_sport: u32,
     pub fib6_dport: u32,
+    /// 1 when the `kfree_skb` tracepoint passes the drop reason (its third argument, Linux
+    /// 5.17+), 0 before: the programs then never read that argument, which the verifier
+    /// would refuse, and report `KFREE_NO_REASON` instead.
+    pub kfree_reason: u32,
 }
 
 /// An object loader with every `OFF_*` constant set from `o` (for `follow` and `watch`: one
@@ -218,6 +253,7 @@ pub fn loader(o: &Offsets, ring_bytes: u32) -> aya::EbpfLoader<'_> {
         ("OFF_FIB6_PROTO", &o.fib6_proto),
         ("OFF_FIB6_SPORT", &o.fib6_sport),
         ("OFF_FIB6_DPORT", &o.fib6_dport),
+        ("KFREE_REASON", &o.kfree_reason),
     ] {
         l.override_global(name, value, true);
     }
@@ -262,6 +298,9 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<Offsets> {
         fib6_proto: u32::MAX,
         fib6_sport: u32::MAX,
         fib6_dport: u32::MAX,
+        // (skb, location) before 5.17; (skb, location, reason[, rx_sk]) since. A kernel
+        // whose BTF lacks the typedef has no tp_btf for it either: attaching says so.
+        kfree_reason: u32::from(btf.tracepoint_args("kfree_skb").is_ok_and(|n| n >= 3)),
     })
 }
 
@@ -299,6 +338,16 @@ mod tests {
         let r = btf.drop_reasons().expect("reasons");
         assert_eq!(r.get(&2).map(String::as_str), Some("NOT_SPECIFIED"));
         assert!(r.values().any(|n| n == "NETFILTER_DROP"));
+    }
+
+    /// 6.18 passes (skb, location, reason, rx_sk): the programs read the reason.
+    #[test]
+    fn the_running_kernels_kfree_skb_passes_its_reason() {
+        let btf = KernelBtf::open(Path::new(VMLINUX_BTF)).expect("kernel BTF");
+        assert_eq!(btf.tracepoint_args("kfree_skb").expect("kfree_skb"), 4);
+        assert_eq!(btf.tracepoint_args("consume_skb").expect("consume_skb"), 2);
+        assert_eq!(kernel_offsets(&btf).expect("offsets").kfree_reason, 1);
+        assert!(btf.tracepoint_args("no_such_tracepoint").is_err());
     }
 
     #[test]

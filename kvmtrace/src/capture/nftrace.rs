@@ -154,7 +154,10 @@ impl RuleTracer {
         );
         let mut owner = true;
         if let Err(e) = ctl.batch(&ruleset::create_batch(&table, f, true)) {
-            if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+            // Before 5.12 the kernel knows no table flag but `dormant`: 5.10's
+            // nf_tables_newtable answers EINVAL for the owner flag, later kernels EOPNOTSUPP
+            // for a flag they do not know.
+            if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) {
                 owner = false;
                 warnings.push(format!(
                     "--explain-rules: this kernel has no owner tables (Linux < 5.12): if kvmtrace \

@@ -5,8 +5,6 @@
 
 use crate::capture::btf::{kernel_offsets, KernelBtf, VMLINUX_BTF};
 use crate::error::EnvError;
-use crate::model::event::NfHook;
-use crate::model::Stage;
 use anyhow::{anyhow, Context as _, Result};
 use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::tc::SchedClassifierLinkId;
@@ -19,59 +17,6 @@ use kvmtrace_common::watch::{
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
-
-/// Where and why a drop happened, in label words.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Place {
-    pub stage: &'static str,
-    pub hook: &'static str,
-}
-
-/// Names the stage and netfilter hook of a drop from its reason, the dropping function and
-/// the kernel stack, with the rules the journey model uses (model::Journey::drop_site): the
-/// reason and function decide first, the stack names the netfilter hook.
-pub fn place_of(reason: &str, loc_fn: &str, stack: &[String], dev_kind: Stage) -> Place {
-    let netfilter = reason.starts_with("NETFILTER")
-        || ["nft_", "nf_", "ipt_", "ebt_", "nfqnl_"]
-            .iter()
-            .any(|p| loc_fn.starts_with(p));
-    let routing = loc_fn == "ip_error"
-        || loc_fn.starts_with("ip_route")
-        || matches!(
-            reason,
-            "IP_INNOROUTES"
-                | "IP_OUTNOROUTES"
-                | "IP_INADDRERRORS"
-                | "IP_RPFILTER"
-                | "IP_INVALID_SOURCE"
-                | "IP_LOCAL_SOURCE"
-                | "IP_INVALID_DEST"
-        );
-    let egress = reason.starts_with("NEIGH")
-        || reason.starts_with("QDISC")
-        || reason.starts_with("TC_")
-        || reason == "PKT_TOO_BIG"
-        || reason == "DEV_READY"
-        || reason == "TXQUEUE_FULL";
-    let bridge =
-        reason.starts_with("BRIDGE") || reason.contains("VLAN") || loc_fn.starts_with("br_");
-    let hook_name = |h: Option<NfHook>| h.map(NfHook::name).unwrap_or("none");
-    let (stage, hook) = if routing {
-        (Stage::Routing, None)
-    } else if bridge && !netfilter {
-        (Stage::Bridge, None)
-    } else if netfilter {
-        crate::model::hook_from_stack(stack).unwrap_or((Stage::Netfilter, None))
-    } else if egress {
-        (Stage::Egress, None)
-    } else {
-        (dev_kind, None)
-    };
-    Place {
-        stage: stage.name(),
-        hook: hook_name(hook),
-    }
-}
 
 /// The address a `WATCH_LAST_REMOTE` value holds (`None`: no drop placed by address yet).
 pub fn remote_addr(r: &WatchRemote) -> Option<IpAddr> {
@@ -379,11 +324,10 @@ impl WatchKernel {
         (sum(WCNT_DROPS_UNKEYED), sum(WCNT_IPS_FULL))
     }
 
-    pub fn reason_name(&self, v: u32) -> String {
-        self.reasons
-            .get(&v)
-            .cloned()
-            .unwrap_or_else(|| format!("reason_{v}"))
+    /// The kernel's name of a drop reason value (`None`: a kernel that passes no reason to
+    /// `kfree_skb`, before 5.17, or a value its BTF does not name).
+    pub fn reason_name(&self, v: u32) -> Option<String> {
+        self.reasons.get(&v).cloned()
     }
 
     fn symbol(&mut self, addr: u64) -> Option<String> {
@@ -523,47 +467,6 @@ impl WatchKernel {
 mod tests {
     use super::*;
 
-    fn st(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    /// The stacks recorded by live lab runs (model fixtures), cut to the frames the kernel
-    /// program keeps, name the same place as the full stacks.
-    #[test]
-    fn recorded_stacks_cut_to_the_kept_depth_name_the_hook() {
-        let stack_of = |fixture: &str| -> Vec<String> {
-            fixture
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .find_map(|v| {
-                    let s = v.get("stack")?.as_array()?.clone();
-                    (!s.is_empty()).then(|| {
-                        s.iter()
-                            .filter_map(|f| f.as_str().map(str::to_string))
-                            .take(kvmtrace_common::watch::WATCH_STACK_DEPTH)
-                            .collect()
-                    })
-                })
-                .expect("a drop with a stack")
-        };
-        let fwd = stack_of(include_str!("../model/fixtures/forward_drop.jsonl"));
-        assert_eq!(
-            place_of("NETFILTER_DROP", "nft_do_chain", &fwd, Stage::Bridge),
-            Place {
-                stage: "netfilter",
-                hook: "FORWARD"
-            }
-        );
-        let no_route = stack_of(include_str!("../model/fixtures/no_route.jsonl"));
-        assert_eq!(
-            place_of("IP_INNOROUTES", "ip_error", &no_route, Stage::Bridge),
-            Place {
-                stage: "routing",
-                hook: "none"
-            }
-        );
-    }
-
     #[test]
     fn remotes_of_either_family_read_back() {
         let words = |b: [u8; 16]| {
@@ -591,43 +494,5 @@ mod tests {
             Some(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1)))
         );
         assert_eq!(remote_addr(&WatchRemote::default()), None);
-    }
-
-    #[test]
-    fn places_of_drops() {
-        let fwd = st(&[
-            "nft_do_chain+0x1",
-            "nf_hook_slow+0x3e",
-            "ip_forward+0x4a0",
-            "ip_rcv+0x1",
-        ]);
-        assert_eq!(
-            place_of("NETFILTER_DROP", "nf_hook_slow", &fwd, Stage::Bridge),
-            Place {
-                stage: "netfilter",
-                hook: "FORWARD"
-            }
-        );
-        assert_eq!(
-            place_of("IP_INNOROUTES", "ip_error", &[], Stage::Bridge),
-            Place {
-                stage: "routing",
-                hook: "none"
-            }
-        );
-        assert_eq!(
-            place_of("NEIGH_FAILED", "neigh_invalidate", &[], Stage::Egress),
-            Place {
-                stage: "egress",
-                hook: "none"
-            }
-        );
-        assert_eq!(
-            place_of("NOT_SPECIFIED", "tun_get_user", &[], Stage::Tap),
-            Place {
-                stage: "tap",
-                hook: "none"
-            }
-        );
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod decision;
 mod diagnose;
+pub mod drop;
 pub mod event;
 
 use crate::model::event::{
@@ -229,6 +230,10 @@ pub struct DropSite {
     pub hook: Option<NfHook>,
     pub device: String,
     pub reason: String,
+    /// The kernel gave no reason (before 5.17): `reason` was inferred from the location
+    /// (model::drop::INFERRED_REASONS).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reason_inferred: bool,
     pub location: Option<String>,
     pub route: Option<Route>,
     /// Dropped inside bridge netfilter (br_netfilter passing bridged frames to the IP hooks).
@@ -275,41 +280,6 @@ pub fn stage_of(e: &TraceEvent) -> Stage {
             DevKind::Other => Stage::Egress,
         },
     }
-}
-
-/// Netfilter hook named by the kernel stack of a drop (the function that called nf_hook_slow),
-/// per net/ipv4/ip_input.c, ip_forward.c, ip_output.c and net/bridge (Linux 6.x).
-pub(crate) fn hook_from_stack(stack: &[String]) -> Option<(Stage, Option<NfHook>)> {
-    // `br_nf_forward_ip.part.0+0x2b2` → `br_nf_forward_ip`.
-    let sym = |s: &String| {
-        let f = s.split('+').next().unwrap_or("");
-        f.split('.').next().unwrap_or("").to_string()
-    };
-    let pos = stack.iter().position(|s| sym(s) == "nf_hook_slow")?;
-    for caller in stack[pos + 1..].iter().map(sym) {
-        let hook = match caller.as_str() {
-            "ip_rcv" | "ip_rcv_core" | "ip_list_rcv" | "ip_sublist_rcv" => NfHook::Prerouting,
-            "ip_local_deliver" => NfHook::Input,
-            "ip_forward" => NfHook::Forward,
-            "__ip_local_out" | "ip_local_out" => NfHook::Output,
-            "ip_output" | "ip_finish_output" => NfHook::Postrouting,
-            // IPv6 (net/ipv6/ip6_input.c, ip6_output.c).
-            "ipv6_rcv" | "ip6_rcv_core" | "ipv6_list_rcv" | "ip6_sublist_rcv" => NfHook::Prerouting,
-            "ip6_input" => NfHook::Input,
-            "ip6_forward" => NfHook::Forward,
-            "__ip6_local_out" | "ip6_local_out" => NfHook::Output,
-            "ip6_output" | "ip6_finish_output" => NfHook::Postrouting,
-            // Bridge netfilter runs the IPv4 hooks for bridged frames
-            // (net/bridge/br_netfilter_hooks.c, Linux 6.18).
-            "br_nf_pre_routing" | "br_nf_pre_routing_ipv6" => NfHook::Prerouting,
-            "br_nf_forward_ip" | "br_nf_forward_arp" | "br_nf_forward" => NfHook::Forward,
-            "br_nf_post_routing" => NfHook::Postrouting,
-            c if c.starts_with("br_") => return Some((Stage::Bridge, None)),
-            _ => continue,
-        };
-        return Some((Stage::Netfilter, Some(hook)));
-    }
-    Some((Stage::Netfilter, None))
 }
 
 impl Journey {
@@ -472,7 +442,6 @@ impl Journey {
     }
 
     fn drop_site(&self, drop: &TraceEvent) -> DropSite {
-        let reason = drop.reason.clone().unwrap_or_else(|| "unknown".into());
         let before: Vec<&TraceEvent> = self
             .hops
             .iter()
@@ -487,66 +456,39 @@ impl Journey {
                 _ => {}
             }
         }
-        let from_stack = hook_from_stack(&drop.stack);
-        let loc = drop.location.clone().unwrap_or_default();
-        let loc_fn = loc.split('+').next().unwrap_or("");
+        let class = drop::classify(
+            drop.reason.as_deref(),
+            drop.location.as_deref(),
+            &drop.stack,
+        );
         let route = self.route();
-        // The drop reason and the function that dropped decide first (include/net/dropreason-core.h,
-        // Linux 6.18); the stack only says which hook a netfilter verdict came from. Route errors
-        // are answered by ip_error() (net/ipv4/route.c) even under bridge netfilter's hooks.
-        let netfilter = reason.starts_with("NETFILTER")
-            || ["nft_", "nf_", "ipt_", "ebt_", "nfqnl_"]
-                .iter()
-                .any(|p| loc_fn.starts_with(p));
-        let routing = loc_fn == "ip_error"
-            || loc_fn.starts_with("ip_route")
-            || loc_fn.starts_with("ip6_route")
-            || loc_fn == "ip6_pkt_drop"
-            || matches!(
-                reason.as_str(),
-                "IP_INNOROUTES"
-                    | "IP_OUTNOROUTES"
-                    | "IP_INADDRERRORS"
-                    | "IP_RPFILTER"
-                    | "IP_INVALID_SOURCE"
-                    | "IP_LOCAL_SOURCE"
-                    | "IP_INVALID_DEST"
-            )
-            || route.as_ref().is_some_and(|r| r.err != 0 && r.err != -11);
-        // IPv6 neighbour failures are freed by neigh_invalidate with no specific reason.
-        let egress = reason.starts_with("NEIGH")
-            || loc_fn.starts_with("neigh_")
-            || reason.starts_with("QDISC")
-            || reason.starts_with("TC_")
-            || reason == "PKT_TOO_BIG"
-            || reason == "DEV_READY"
-            || reason == "TXQUEUE_FULL";
-        let bridge =
-            reason.starts_with("BRIDGE") || reason.contains("VLAN") || loc_fn.starts_with("br_");
-        let (stage, hook) = if routing {
-            (Stage::Routing, None)
-        } else if bridge && !netfilter {
-            (Stage::Bridge, None)
-        } else if netfilter {
-            match (open_hook, from_stack) {
+        // A failed lookup of the packet's own route places it too (blackhole, prohibit).
+        let route_failed = route.as_ref().is_some_and(|r| r.err != 0 && r.err != -11);
+        let (stage, hook) = match class.area {
+            _ if route_failed => (Stage::Routing, None),
+            // The hook the packet entered and never left is surer than the stack.
+            drop::DropArea::Netfilter(from_stack) => match (open_hook, from_stack) {
                 (Some(h), _) => (Stage::Netfilter, Some(h)),
                 (None, Some((st, h))) => (st, h),
                 (None, None) => (Stage::Netfilter, None),
+            },
+            drop::DropArea::Elsewhere => {
+                let prev = before.iter().rev().find(|h| h.point != Point::Fib);
+                let st = match prev {
+                    // After POSTROUTING the packet is on its way out of that device.
+                    Some(h)
+                        if h.point == Point::NfExit && h.nf_hook == Some(NfHook::Postrouting) =>
+                    {
+                        Stage::Egress
+                    }
+                    Some(h) => stage_of(h),
+                    None => Stage::Tap,
+                };
+                (st, None)
             }
-        } else if egress {
-            (Stage::Egress, None)
-        } else {
-            let prev = before.iter().rev().find(|h| h.point != Point::Fib);
-            let st = match prev {
-                // After POSTROUTING the packet is on its way out of that device.
-                Some(h) if h.point == Point::NfExit && h.nf_hook == Some(NfHook::Postrouting) => {
-                    Stage::Egress
-                }
-                Some(h) => stage_of(h),
-                None => Stage::Tap,
-            };
-            (st, None)
+            _ => class.place(Stage::Egress),
         };
+        let reason = class.reason.clone();
         // Too big for the next hop: the device that matters is the route's.
         let route_dev = route
             .as_ref()
@@ -559,6 +501,7 @@ impl Journey {
                     hook,
                     device: d.clone(),
                     reason,
+                    reason_inferred: class.reason_inferred,
                     location: drop.location.clone(),
                     route,
                     bridged: false,
@@ -575,16 +518,9 @@ impl Journey {
             hook,
             device,
             reason,
+            reason_inferred: class.reason_inferred,
             location: drop.location.clone(),
-            // The hook that dropped was run by bridge netfilter (br_nf_forward_ip, …), not by
-            // the IP stack (ip_forward, …): the frame was being bridged, not routed.
-            bridged: netfilter
-                && drop
-                    .stack
-                    .iter()
-                    .skip_while(|f| !f.starts_with("nf_hook_slow"))
-                    .nth(1)
-                    .is_some_and(|f| f.starts_with("br_nf_")),
+            bridged: class.bridged,
             route: if matches!(stage, Stage::Routing | Stage::Egress) {
                 route
             } else {
@@ -709,6 +645,10 @@ pub struct Verdict {
     pub direction: Option<Direction>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `reason` was inferred from `location`: the kernel's `kfree_skb` tracepoint gives no
+    /// reason before 5.17 (model::drop).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reason_inferred: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -758,6 +698,7 @@ impl Verdict {
             device: None,
             direction: None,
             reason: None,
+            reason_inferred: false,
             location: None,
             route: None,
             rewrites: Vec::new(),

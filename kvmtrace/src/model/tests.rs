@@ -696,3 +696,83 @@ fn an_outer_packet_dropped_at_postrouting_is_found_by_its_vni_and_outer_source()
     let v = &model(other).verdicts(&vxlan_facts(None), "x", None)[0];
     assert!(!v.summary.contains("VXLAN"), "{}", v.summary);
 }
+
+/// `watch` labels a drop from its reason, location, stack (cut to the depth its kernel program
+/// keeps) and the kind of device; `follow` from its journey. Both go through the one drop
+/// classifier (model::drop), and on every recorded drop they name the same stage and hook.
+#[test]
+fn watch_and_follow_place_every_recorded_drop_alike() {
+    let fixtures = [
+        HEALTHY,
+        FORWARD_DROP,
+        NO_MASQ,
+        NO_ROUTE,
+        include_str!("fixtures/forward6_drop.jsonl"),
+    ];
+    let mut compared = 0;
+    for text in fixtures {
+        let m = model(load(text));
+        let v = m.verdicts(&HostFacts::default(), "any", None);
+        for e in load(text).iter().filter(|e| e.point == Point::Drop) {
+            let stack: Vec<String> = e
+                .stack
+                .iter()
+                .take(kvmtrace_common::watch::WATCH_STACK_DEPTH)
+                .cloned()
+                .collect();
+            let device_stage = match e.dev_kind {
+                DevKind::Tap => Stage::Tap,
+                DevKind::Bridge => Stage::Bridge,
+                DevKind::Other => Stage::Egress,
+            };
+            let watch = drop::classify(e.reason.as_deref(), e.location.as_deref(), &stack)
+                .place(device_stage);
+            let verdict = v
+                .iter()
+                .find(|v| v.status == Status::Dropped)
+                .expect("a dropped verdict for a fixture with a drop");
+            assert_eq!(
+                (Some(watch.0), watch.1),
+                (verdict.stage, verdict.hook),
+                "drop at {:?}",
+                e.location
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, 3, "the fixtures hold three drops");
+}
+
+/// A kernel before 5.17 gives `kfree_skb` no reason: the recorded FORWARD drop with its reason
+/// taken away (and the location such a kernel reports) is still a FORWARD drop, named
+/// NETFILTER_DROP, and the verdict says the reason was inferred.
+#[test]
+fn a_drop_without_a_kernel_reason_is_named_from_its_location_and_marked_inferred() {
+    let events: Vec<TraceEvent> = load(FORWARD_DROP)
+        .into_iter()
+        .map(|mut e| {
+            if e.point == Point::Drop {
+                e.reason = None;
+                e.location = Some("nf_hook_slow+0x8e".into());
+            }
+            e
+        })
+        .collect();
+    let m = model(events);
+    let v = m.verdicts(&nft_forward_drop_facts(), "203.0.113.1", None);
+    let v = &v[0];
+    assert_eq!(v.status, Status::Dropped);
+    assert_eq!(v.stage, Some(Stage::Netfilter));
+    assert_eq!(v.hook, Some(NfHook::Forward));
+    assert_eq!(v.reason.as_deref(), Some("NETFILTER_DROP"));
+    assert!(v.reason_inferred);
+    assert!(v.summary.contains("inferred"), "{}", v.summary);
+    let json = serde_json::to_value(v).unwrap();
+    assert_eq!(json["reason_inferred"], true);
+    // A kernel that names the reason: the field is absent, as before.
+    let v = model(load(FORWARD_DROP)).verdicts(&nft_forward_drop_facts(), "203.0.113.1", None);
+    assert!(serde_json::to_value(&v[0])
+        .unwrap()
+        .get("reason_inferred")
+        .is_none());
+}

@@ -12,8 +12,9 @@ pub mod http;
 pub mod metrics;
 pub mod recorder;
 
-use crate::capture::watch::{place_of, WatchKernel};
+use crate::capture::watch::WatchKernel;
 use crate::host::resolve::{self, Roots};
+use crate::model::event::NfHook;
 use crate::model::Stage;
 use anyhow::{anyhow, Context as _, Result};
 use kvmtrace_common::watch::{
@@ -376,13 +377,14 @@ impl Watch {
         } else {
             Stage::Egress
         };
-        let place = place_of(&reason, &loc_fn, &stack, kind);
+        let class = crate::model::drop::classify(reason.as_deref(), Some(&loc_fn), &stack);
+        let (stage, hook) = class.place(kind);
         DropLabels {
             vm,
             tap,
-            stage: place.stage.into(),
-            hook: place.hook.into(),
-            reason,
+            stage: stage.name().into(),
+            hook: hook.map(NfHook::name).unwrap_or("none").into(),
+            reason: class.reason,
             device,
             direction: direction(k.dir).into(),
         }

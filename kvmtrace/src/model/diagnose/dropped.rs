@@ -20,6 +20,7 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
         v.hook = site.hook;
         v.device = Some(site.device.clone()).filter(|d| !d.is_empty());
         v.reason = Some(site.reason.clone());
+        v.reason_inferred = site.reason_inferred;
         v.location = site.location.clone();
         v.route = site.route.clone();
         let what = match dir {
@@ -142,6 +143,14 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
                     "; the host answered in the destination's place ({r})"
                 ));
             }
+        }
+        if site.reason_inferred {
+            s.push_str(&format!(
+                " (reason {} inferred from where the kernel freed the packet, {}: this kernel's \
+                 kfree_skb tracepoint gives no reason)",
+                site.reason,
+                site.location.as_deref().unwrap_or("unknown")
+            ));
         }
         v.summary = s;
         return true;

@@ -1,0 +1,300 @@
+//! The one drop classifier: what a drop's own evidence — the kernel's drop reason, the function
+//! that freed the skb and the kernel stack — says about where and why a packet died.
+//!
+//! `follow` (a journey's drop site, [`super::Journey`]) and `watch` (the labels of its drop
+//! metrics) both place a drop through [`classify`], so a drop is named the same way in a verdict
+//! and in `/metrics`. A journey adds what only it knows (the hook the packet entered and never
+//! left, the route looked up for it, the hop before the drop); `watch`, which has no journey,
+//! uses [`DropClass::place`] with the kind of device that dropped.
+//!
+//! Kernels before 5.17 pass no reason to the `kfree_skb` tracepoint
+//! (`include/trace/events/skb.h`: the `reason` argument arrived in 5.17). There the reason is
+//! inferred from the function that freed the skb ([`INFERRED_REASONS`], the one place a reason
+//! name is not read from the kernel's BTF enum), and the class says so.
+
+use crate::model::event::NfHook;
+use crate::model::Stage;
+
+/// Where a drop's own evidence puts it, before any journey context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropArea {
+    /// A route lookup failed (no route, blackhole, rp_filter, …).
+    Routing,
+    /// The bridge dropped the frame itself (STP state, VLAN, …), not a netfilter hook it ran.
+    Bridge,
+    /// A netfilter verdict; the stack names the hook where it can (`None`: it does not).
+    Netfilter(Option<(Stage, Option<NfHook>)>),
+    /// On the way out of a device: neighbour, qdisc, tc, size.
+    Egress,
+    /// Nothing in the evidence places it: the hop before it (or the device) does.
+    Elsewhere,
+}
+
+/// What [`classify`] makes of one drop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DropClass {
+    /// The kernel's reason name (`NETFILTER_DROP`), inferred when the kernel gave none.
+    pub reason: String,
+    /// The kernel gave no reason (before 5.17): `reason` was inferred from the location.
+    pub reason_inferred: bool,
+    pub area: DropArea,
+    /// The dropping hook was run by bridge netfilter (`br_nf_forward_ip`, …) for a bridged
+    /// frame, not by the IP stack for a routed packet.
+    pub bridged: bool,
+}
+
+impl DropClass {
+    /// The stage and netfilter hook of the drop from its evidence alone; `device_stage` is the
+    /// stage of the device that dropped it (tap, bridge or another device), used when nothing
+    /// else places it.
+    pub fn place(&self, device_stage: Stage) -> (Stage, Option<NfHook>) {
+        match self.area {
+            DropArea::Routing => (Stage::Routing, None),
+            DropArea::Bridge => (Stage::Bridge, None),
+            DropArea::Netfilter(from_stack) => from_stack.unwrap_or((Stage::Netfilter, None)),
+            DropArea::Egress => (Stage::Egress, None),
+            DropArea::Elsewhere => (device_stage, None),
+        }
+    }
+}
+
+/// Reason names for kernels whose `kfree_skb` tracepoint has no reason argument (5.10–5.16),
+/// by the function that freed the skb there (Linux 5.10 sources). Only sites whose drops have
+/// one cause in practice are listed; any other drop keeps `NOT_SPECIFIED` and is placed by
+/// its location and stack as on any kernel.
+pub const INFERRED_REASONS: &[(&str, &str)] = &[
+    // A netfilter verdict: nf_hook_slow frees the skb on NF_DROP (net/netfilter/core.c).
+    ("nf_hook_slow", "NETFILTER_DROP"),
+    ("nft_do_chain", "NETFILTER_DROP"),
+    ("ipt_do_table", "NETFILTER_DROP"),
+    ("ebt_do_table", "NETFILTER_DROP"),
+    // The route lookup's error route answers and frees (net/ipv4/route.c ip_error,
+    // net/ipv6/route.c ip6_pkt_drop).
+    ("ip_error", "IP_INNOROUTES"),
+    ("ip6_pkt_drop", "IP_INNOROUTES"),
+    // A qdisc's enqueue refused the packet; __dev_xmit_skb frees its to_free list
+    // (net/core/dev.c).
+    ("kfree_skb_list", "QDISC_DROP"),
+    ("__dev_xmit_skb", "QDISC_DROP"),
+    // The neighbour never resolved (net/core/neighbour.c).
+    ("neigh_invalidate", "NEIGH_FAILED"),
+    ("__neigh_event_send", "NEIGH_QUEUEFULL"),
+    // VXLAN with no forwarding entry for the destination (drivers/net/vxlan.c).
+    ("vxlan_xmit", "NO_TX_TARGET"),
+];
+
+/// The reason name for a drop at `loc_fn` on a kernel that gives none.
+pub fn inferred_reason(loc_fn: &str) -> Option<&'static str> {
+    INFERRED_REASONS
+        .iter()
+        .find(|(f, _)| *f == loc_fn)
+        .map(|(_, r)| *r)
+}
+
+/// `nft_do_chain+0x637` → `nft_do_chain`; `br_nf_forward_ip.part.0+0x2b2` → `br_nf_forward_ip`.
+pub fn symbol_fn(frame: &str) -> &str {
+    let f = frame.split('+').next().unwrap_or("");
+    f.split('.').next().unwrap_or("")
+}
+
+/// Places a drop from its own evidence: `reason` as the kernel named it (`None`: the kernel
+/// gave none, or its value has no name), `location` (`ip_error+0x94`) and the kernel stack.
+pub fn classify(reason: Option<&str>, location: Option<&str>, stack: &[String]) -> DropClass {
+    let loc_fn = location.map(symbol_fn).unwrap_or("");
+    let (reason, reason_inferred) = match reason {
+        Some(r) => (r.to_string(), false),
+        None => match inferred_reason(loc_fn) {
+            Some(r) => (r.to_string(), true),
+            None => ("NOT_SPECIFIED".to_string(), true),
+        },
+    };
+    let r = reason.as_str();
+    // The drop reason and the function that dropped decide first (include/net/dropreason-core.h,
+    // Linux 6.18); the stack only says which hook a netfilter verdict came from. Route errors
+    // are answered by ip_error() (net/ipv4/route.c) even under bridge netfilter's hooks.
+    let netfilter = r.starts_with("NETFILTER")
+        || ["nft_", "nf_", "ipt_", "ebt_", "nfqnl_"]
+            .iter()
+            .any(|p| loc_fn.starts_with(p));
+    let routing = loc_fn == "ip_error"
+        || loc_fn.starts_with("ip_route")
+        || loc_fn.starts_with("ip6_route")
+        || loc_fn == "ip6_pkt_drop"
+        || matches!(
+            r,
+            "IP_INNOROUTES"
+                | "IP_OUTNOROUTES"
+                | "IP_INADDRERRORS"
+                | "IP_RPFILTER"
+                | "IP_INVALID_SOURCE"
+                | "IP_LOCAL_SOURCE"
+                | "IP_INVALID_DEST"
+        );
+    // IPv6 neighbour failures are freed by neigh_invalidate with no specific reason.
+    let egress = r.starts_with("NEIGH")
+        || loc_fn.starts_with("neigh_")
+        || r.starts_with("QDISC")
+        || r.starts_with("TC_")
+        || r == "PKT_TOO_BIG"
+        || r == "DEV_READY"
+        || r == "TXQUEUE_FULL";
+    let bridge = r.starts_with("BRIDGE") || r.contains("VLAN") || loc_fn.starts_with("br_");
+    let area = if routing {
+        DropArea::Routing
+    } else if bridge && !netfilter {
+        DropArea::Bridge
+    } else if netfilter {
+        DropArea::Netfilter(hook_from_stack(stack))
+    } else if egress {
+        DropArea::Egress
+    } else {
+        DropArea::Elsewhere
+    };
+    DropClass {
+        reason,
+        reason_inferred,
+        area,
+        // The hook that dropped was run by bridge netfilter (br_nf_forward_ip, …), not by
+        // the IP stack (ip_forward, …): the frame was being bridged, not routed.
+        bridged: netfilter
+            && stack
+                .iter()
+                .skip_while(|f| symbol_fn(f) != "nf_hook_slow")
+                .nth(1)
+                .is_some_and(|f| f.starts_with("br_nf_")),
+    }
+}
+
+/// Netfilter hook named by the kernel stack of a drop (the function that called nf_hook_slow),
+/// per net/ipv4/ip_input.c, ip_forward.c, ip_output.c and net/bridge (Linux 5.10–6.18).
+pub fn hook_from_stack(stack: &[String]) -> Option<(Stage, Option<NfHook>)> {
+    let pos = stack.iter().position(|s| symbol_fn(s) == "nf_hook_slow")?;
+    for caller in stack[pos + 1..].iter().map(|s| symbol_fn(s)) {
+        let hook = match caller {
+            "ip_rcv" | "ip_rcv_core" | "ip_list_rcv" | "ip_sublist_rcv" => NfHook::Prerouting,
+            "ip_local_deliver" => NfHook::Input,
+            "ip_forward" => NfHook::Forward,
+            "__ip_local_out" | "ip_local_out" => NfHook::Output,
+            "ip_output" | "ip_finish_output" => NfHook::Postrouting,
+            // IPv6 (net/ipv6/ip6_input.c, ip6_output.c).
+            "ipv6_rcv" | "ip6_rcv_core" | "ipv6_list_rcv" | "ip6_sublist_rcv" => NfHook::Prerouting,
+            "ip6_input" => NfHook::Input,
+            "ip6_forward" => NfHook::Forward,
+            "__ip6_local_out" | "ip6_local_out" => NfHook::Output,
+            "ip6_output" | "ip6_finish_output" => NfHook::Postrouting,
+            // Bridge netfilter runs the IPv4 hooks for bridged frames
+            // (net/bridge/br_netfilter_hooks.c, Linux 6.18).
+            "br_nf_pre_routing" | "br_nf_pre_routing_ipv6" => NfHook::Prerouting,
+            "br_nf_forward_ip" | "br_nf_forward_arp" | "br_nf_forward" => NfHook::Forward,
+            "br_nf_post_routing" => NfHook::Postrouting,
+            c if c.starts_with("br_") => return Some((Stage::Bridge, None)),
+            _ => continue,
+        };
+        return Some((Stage::Netfilter, Some(hook)));
+    }
+    Some((Stage::Netfilter, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(frames: &[&str]) -> Vec<String> {
+        frames.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_kernel_reason_is_kept_and_never_marked_inferred() {
+        let c = classify(Some("IP_INNOROUTES"), Some("ip_error+0x94"), &[]);
+        assert_eq!(c.reason, "IP_INNOROUTES");
+        assert!(!c.reason_inferred);
+        assert_eq!(c.area, DropArea::Routing);
+    }
+
+    /// Kernels before 5.17: the same drops, with no reason, get the names and places a 6.18
+    /// kernel gives them, marked inferred.
+    #[test]
+    fn drops_without_a_reason_are_named_from_their_location() {
+        let fwd = st(&[
+            "kfree_skb+0x5a",
+            "nf_hook_slow+0x8e",
+            "ip_forward+0x4a0",
+            "ip_rcv+0x1",
+        ]);
+        let c = classify(None, Some("nf_hook_slow+0x8e"), &fwd);
+        assert_eq!(c.reason, "NETFILTER_DROP");
+        assert!(c.reason_inferred);
+        assert_eq!(
+            c.place(Stage::Bridge),
+            (Stage::Netfilter, Some(NfHook::Forward))
+        );
+        let c = classify(None, Some("ip_error+0x30"), &[]);
+        assert_eq!(
+            (c.reason.as_str(), c.area),
+            ("IP_INNOROUTES", DropArea::Routing)
+        );
+        let c = classify(None, Some("kfree_skb_list+0x1c"), &[]);
+        assert_eq!(
+            (c.reason.as_str(), c.area),
+            ("QDISC_DROP", DropArea::Egress)
+        );
+        let c = classify(None, Some("neigh_invalidate+0x7e"), &[]);
+        assert_eq!(
+            (c.reason.as_str(), c.area),
+            ("NEIGH_FAILED", DropArea::Egress)
+        );
+        // A site with several causes is not guessed at.
+        let c = classify(None, Some("ip_forward+0x1f0"), &[]);
+        assert_eq!(c.reason, "NOT_SPECIFIED");
+        assert!(c.reason_inferred);
+        assert_eq!(c.place(Stage::Bridge), (Stage::Bridge, None));
+    }
+
+    #[test]
+    fn places_of_drops() {
+        let fwd = st(&[
+            "nft_do_chain+0x1",
+            "nf_hook_slow+0x3e",
+            "ip_forward+0x4a0",
+            "ip_rcv+0x1",
+        ]);
+        let place =
+            |r: &str, l: &str, s: &[String], k: Stage| classify(Some(r), Some(l), s).place(k);
+        assert_eq!(
+            place("NETFILTER_DROP", "nf_hook_slow", &fwd, Stage::Bridge),
+            (Stage::Netfilter, Some(NfHook::Forward))
+        );
+        assert_eq!(
+            place("IP_INNOROUTES", "ip_error", &[], Stage::Bridge),
+            (Stage::Routing, None)
+        );
+        assert_eq!(
+            place("NEIGH_FAILED", "neigh_invalidate", &[], Stage::Egress),
+            (Stage::Egress, None)
+        );
+        assert_eq!(
+            place("NOT_SPECIFIED", "tun_get_user", &[], Stage::Tap),
+            (Stage::Tap, None)
+        );
+        // The IPv6 sites watch's old copy did not know.
+        assert_eq!(
+            place("NOT_SPECIFIED", "ip6_pkt_drop", &[], Stage::Bridge),
+            (Stage::Routing, None)
+        );
+        assert_eq!(
+            place("NOT_SPECIFIED", "neigh_invalidate", &[], Stage::Bridge),
+            (Stage::Egress, None)
+        );
+        let bridged = st(&[
+            "nft_do_chain+0x1",
+            "nf_hook_slow+0x3e",
+            "br_nf_forward_ip+0x2b2",
+        ]);
+        let c = classify(Some("NETFILTER_DROP"), Some("nft_do_chain+0x1"), &bridged);
+        assert!(c.bridged);
+        assert_eq!(
+            c.place(Stage::Bridge),
+            (Stage::Netfilter, Some(NfHook::Forward))
+        );
+    }
+}
