@@ -10,7 +10,7 @@ use crate::{btf_load, follows, off, rd, BUDGET, GUESTS, GUESTS6, NAT_KEYS, ORIGI
 use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
 use kvmtrace_common::{
     Config, FlowBudget, NatKey, NatOrigin, DIR_REPLY, DIR_REQUEST, FAMILY_V4, FAMILY_V6, FOLLOW_V4,
-    FOLLOW_V6, MAX_GUEST_IPS,
+    FOLLOW_V6, MAX_GUEST_IPS, TRACK_SUPPRESSED,
 };
 
 #[inline(always)]
@@ -421,6 +421,21 @@ impl Addrs {
         }
         let f = self.family;
         in_dest(c, f, &self.dst) || in_dest(c, f, &self.src) || is_guest(f, &self.dst)
+    }
+
+    /// Whether a TRACKED entry in direction `state` cannot be this packet's, which was just
+    /// received: a followed request never comes from the destination, nor a reply goes to
+    /// it. The entry then belongs to an earlier packet in the same skb memory (the path set
+    /// does not see every free, and an IPv6 echo reply carries its request's ident), and the
+    /// packet is a new one.
+    #[inline(always)]
+    pub fn contradicts(&self, c: &Config, state: u8) -> bool {
+        let f = self.family;
+        match state & !TRACK_SUPPRESSED {
+            DIR_REQUEST => in_dest(c, f, &self.src) && !is_guest(f, &self.src),
+            DIR_REPLY => in_dest(c, f, &self.dst) && !is_guest(f, &self.dst),
+            _ => false,
+        }
     }
 
     /// Second cheap test, for a packet not followed yet, on addresses only: a request must

@@ -193,7 +193,8 @@ pub fn observe_skb(hook: HookKind, skb: u64, x: &Extra, pre: Option<(Addrs, Opti
             let Some(addrs) = skb_addrs(c, skb) else {
                 return;
             };
-            let tracked = track_get(skb, addrs.ip_id);
+            let tracked = track_get(skb, addrs.ip_id)
+                .filter(|&t| !(matches!(hook, HookKind::NetifReceive) && addrs.contradicts(c, t)));
             if tracked.is_none()
                 && (!addrs.could_start(c, || {
                     matches!(hook, HookKind::NetifReceive)

@@ -394,7 +394,7 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
         return TC_ACT_UNSPEC;
     }
     let skb = ctx.skb.skb as u64;
-    let tracked = track_get(skb, a.ip_id);
+    let tracked = track_get(skb, a.ip_id).filter(|&t| !(received && a.contradicts(c, t)));
     match tracked {
         Some(t) if t & TRACK_SUPPRESSED != 0 => {
             count(CNT_SAMPLED_OUT);

@@ -3,6 +3,7 @@
 
 pub mod decision;
 mod diagnose;
+pub use diagnose::delivered_clause;
 pub mod drop;
 pub mod event;
 
@@ -96,10 +97,6 @@ pub struct VxlanFacts {
     /// Forwarding entries for a single MAC with a VTEP (EVPN, static `bridge fdb`).
     #[serde(default, skip_serializing_if = "is_zero_usize")]
     pub fdb_macs: usize,
-}
-
-fn is_zero_usize(n: &usize) -> bool {
-    *n == 0
 }
 
 /// Bytes VXLAN adds in front of an IPv4 inner frame on an IPv4 underlay: outer IPv4 (20),
@@ -288,6 +285,47 @@ impl Journey {
             .iter()
             .filter(|h| h.point != Point::Fib)
             .filter_map(|h| h.tuple.as_ref().map(|t| (h, t)))
+    }
+
+    /// Whether `ev`, seen on this journey's skb address and not marked new by the kernel, can
+    /// be the same packet. The kernel reuses an freed skb's memory at once, and its per-skb
+    /// entry may outlive the packet (the path set has no `consume_skb`; IPv6 has no IP id to
+    /// tell two packets apart, and an echo reply carries its request's sequence): so the
+    /// address alone never continues a journey. A hop that contradicts it — another
+    /// direction, IP version or protocol, another ICMP type or TCP flags (no NAT changes
+    /// those), the journey's own endpoints swapped (its answer, not itself), or a packet
+    /// received on a device of the host's outside after this one was sent out of one — is a
+    /// new packet.
+    pub fn continues_with(&self, ev: &TraceEvent) -> bool {
+        if ev.dir != self.dir {
+            return false;
+        }
+        let Some(t) = ev.tuple.as_ref() else {
+            return true;
+        };
+        let mut left_host = false;
+        for h in &self.hops {
+            if h.point == Point::DevXmit && h.dev_kind == DevKind::Other {
+                left_host = true;
+            }
+            if h.point == Point::Fib {
+                continue;
+            }
+            let Some(p) = h.tuple.as_ref() else { continue };
+            if p.src.is_ipv4() != t.src.is_ipv4() || p.proto != t.proto {
+                return false;
+            }
+            if is_icmp(t.proto) && h.icmp_type != ev.icmp_type {
+                return false;
+            }
+            if t.proto == 6 && h.tcp_flags != ev.tcp_flags {
+                return false;
+            }
+            if t.src == p.dst && t.dst == p.src && t.src != t.dst {
+                return false;
+            }
+        }
+        !(left_host && ev.point == Point::NetifReceive && ev.dev_kind == DevKind::Other)
     }
 
     pub fn first_tuple(&self) -> Option<Tuple> {
@@ -656,6 +694,9 @@ pub struct Verdict {
     pub rewrites: Vec<Rewrite>,
     pub requests: usize,
     pub replies: usize,
+    /// Delivered flows: the replies that reached the VM (a group of flows sums them).
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    pub answered: usize,
     /// `--explain-rules`: the nftables rule (or chain policy) that decided, from nftables
     /// tracing: `inet filter forward handle 7 (FORWARD): tcp dport 8080 reject → reject`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -667,6 +708,10 @@ pub struct Verdict {
 }
 
 fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_usize(n: &usize) -> bool {
     *n == 0
 }
 
@@ -703,6 +748,7 @@ impl Verdict {
             route: None,
             rewrites: Vec::new(),
             requests: 0,
+            answered: 0,
             replies: 0,
             rule: None,
             suppressed: 0,
@@ -850,7 +896,7 @@ impl Model {
         }
         let ends = matches!(ev.point, Point::Drop | Point::Consume);
         let idx = match self.open.get(&skb) {
-            Some(&i) if !ev.new => i,
+            Some(&i) if !ev.new && self.journeys[i - self.base].continues_with(&ev) => i,
             _ => {
                 if let Some(old) = self.open.remove(&skb) {
                     self.journeys[old - self.base].closed = true;

@@ -2,7 +2,7 @@
 
 use crate::model::event::Counters;
 use crate::model::event::TraceEvent;
-use crate::model::{point_label, FlowKey, Model, Stage, Verdict, SCHEMA};
+use crate::model::{point_label, FlowKey, Model, Stage, Status, Verdict, SCHEMA};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -230,9 +230,22 @@ impl<'a> VerdictGroup<'a> {
     pub fn summary(&self) -> String {
         let v = self.first();
         if self.count() == 1 {
-            v.summary.clone()
-        } else {
-            mask_own(&v.summary, &own_numbers(v))
+            return v.summary.clone();
+        }
+        let own = own_numbers(v);
+        // A delivered group states its own totals, not its first member's counts.
+        let clause = crate::model::delivered_clause(v.answered, v.requests);
+        match v.summary.strip_prefix(&clause) {
+            Some(rest) if v.status == Status::Delivered => format!(
+                "{} in {} flows{}",
+                crate::model::delivered_clause(
+                    self.iter().map(|m| m.answered).sum(),
+                    self.requests()
+                ),
+                self.count(),
+                mask_own(rest, &own)
+            ),
+            _ => mask_own(&v.summary, &own),
         }
     }
     /// A rewrite of the first member as the group shows it (own id/port masked).
@@ -497,6 +510,51 @@ mod tests {
         assert_eq!(a, t0);
         // The fixture's drop comes 98 878 ns after its first event; the 4th run starts at 3 s.
         assert_eq!(b - t0, 3_000_098_878, "the last drop of the 4th run");
+    }
+
+    /// Issue 18: four delivered flows of 4 requests and 5 replies each (a TCP answer's data
+    /// and ACKs) read "delivered: 5 of 4 requests answered" as a group. The group states its
+    /// own totals, and no member claims more answers than requests.
+    #[test]
+    fn a_delivered_group_states_its_own_totals() {
+        let m = flood(HEALTHY, 4);
+        let mut v = verdicts_of(&m);
+        for x in v.iter_mut() {
+            assert_eq!(x.status, Status::Delivered, "{}", x.summary);
+            assert!(
+                x.summary.starts_with("delivered: 2 of 2 requests answered"),
+                "{}",
+                x.summary
+            );
+            // As a TCP flow would be: more replies than requests.
+            let rest = x.summary
+                ["delivered: 2 of 2 requests answered and the replies reached the VM".len()..]
+                .to_string();
+            (x.requests, x.replies, x.answered) = (4, 5, 5);
+            x.summary = format!("{}{rest}", crate::model::delivered_clause(5, 4));
+            assert!(x
+                .summary
+                .starts_with("delivered: 4 requests, 5 replies reached the VM"));
+        }
+        let g = group_verdicts(&v, &flow_times(&m, &v));
+        assert_eq!(g.len(), 1);
+        assert_eq!((g[0].requests(), g[0].replies()), (16, 20));
+        let s = g[0].summary();
+        assert!(
+            s.starts_with("delivered: 16 requests, 20 replies reached the VM in 4 flows"),
+            "{s}"
+        );
+        // ICMP: one answer per request, summed.
+        let v = verdicts_of(&flood(HEALTHY, 3));
+        let g = group_verdicts(&v, &[]);
+        assert!(
+            g[0].summary().starts_with(
+                "delivered: 6 of 6 requests answered and the replies reached the VM in 3 flows"
+            ),
+            "{}",
+            g[0].summary()
+        );
+        assert_eq!(g[0].first().answered, 2);
     }
 
     #[test]

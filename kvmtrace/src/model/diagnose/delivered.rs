@@ -4,6 +4,19 @@ use super::{fmt_rewrites, Flow};
 use crate::model::event::Direction;
 use crate::model::{DropSite, Outcome, Stage, Status, Verdict};
 
+/// How a delivered flow (or a group of them, with their totals) opens its summary. A TCP
+/// flow can have more replies than requests (the answer's data and ACKs): it is never "5 of 4
+/// requests answered".
+pub fn delivered_clause(answered: usize, requests: usize) -> String {
+    if answered <= requests {
+        format!(
+            "delivered: {answered} of {requests} requests answered and the replies reached the VM"
+        )
+    } else {
+        format!("delivered: {requests} requests, {answered} replies reached the VM")
+    }
+}
+
 /// The replies reached the VM (a TCP reset from the destination counts: the path works);
 /// drops on the way are added as intermittent loss.
 pub(super) fn delivered(f: &Flow, v: &mut Verdict) -> bool {
@@ -18,6 +31,7 @@ pub(super) fn delivered(f: &Flow, v: &mut Verdict) -> bool {
     let n_delivered = f.n_delivered;
     if good_reply && !host_answered {
         v.status = Status::Delivered;
+        v.answered = n_delivered;
         v.direction = Some(Direction::Reply);
         v.stage = Some(Stage::Tap);
         v.device = delivered.first().and_then(|j| match j.outcome() {
@@ -44,9 +58,7 @@ pub(super) fn delivered(f: &Flow, v: &mut Verdict) -> bool {
                 k.remote, k.remote_port
             )
         } else {
-            format!(
-                "delivered: {n_delivered} of {n_req} requests answered and the replies reached the VM{nat}"
-            )
+            format!("{}{nat}", delivered_clause(n_delivered, n_req))
         };
         let reply_drops: Vec<&DropSite> = rep_out
             .iter()

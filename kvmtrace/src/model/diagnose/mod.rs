@@ -5,6 +5,7 @@
 //! its test. Child of the model: pure, like it.
 
 mod delivered;
+pub use delivered::delivered_clause;
 mod dropped;
 mod misrouted;
 mod no_reply;
