@@ -15,3 +15,29 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// Whether a followed VM is still there: its tap (by name and ifindex, read at the start) in
+/// this namespace, and its QEMU process when one was found. `None` while it is; else what went
+/// away, in words (`tap vnet0 was removed`, `its QEMU (pid 4242) exited`).
+pub fn vm_went_away(tap: &str, tap_ifindex: u32, qemu_pid: Option<u32>) -> Option<String> {
+    let now = std::fs::read_to_string(format!("/sys/class/net/{tap}/ifindex"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    match now {
+        None => return Some(format!("tap {tap} was removed")),
+        Some(i) if i != tap_ifindex => {
+            return Some(format!(
+            "tap {tap} was removed (a new device of that name has ifindex {i}, not {tap_ifindex})"
+        ))
+        }
+        Some(_) => {}
+    }
+    let pid = qemu_pid?;
+    // A zombie still has its /proc entry, but its fds (the tap) are gone.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+    let exited = state.as_deref().is_none_or(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+    });
+    exited.then(|| format!("its QEMU (pid {pid}) exited"))
+}

@@ -5,6 +5,7 @@
 //! ```text
 //! {"type":"kvmtrace-trace","format":2, …meta}    header: who, where, what was followed
 //! {"type":"event","journey":0, …TraceEvent}       one per decoded event, as they arrive
+//! {"type":"vm_gone","at_ns":…,"what":…}          optional: the VM went away, as it happened
 //! {"type":"stop","until_ns":…}                    optional: when the trace was asked to stop
 //! {"type":"rule", …RuleDecision}                  format 2: one per distinct nftables decision
 //! {"type":"budget","proto":…,"suppressed":…}      format 2: one per kernel per-flow budget entry
@@ -32,7 +33,7 @@ pub mod analysis;
 use crate::model::decision::RuleDecision;
 use crate::model::event::Counters;
 use crate::model::event::TraceEvent;
-use crate::model::{BudgetEntry, HostFacts, Model, Verdict};
+use crate::model::{BudgetEntry, HostFacts, Model, Verdict, VmGone};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -288,6 +289,8 @@ pub struct Inputs {
     /// folds old journeys into per-flow counts, and replay folds them the same way
     /// ([`Inputs::model`]) so that its verdicts are the live ones.
     pub retained: Option<usize>,
+    /// The VM went away during the run (its tap removed, its QEMU gone).
+    pub vm_gone: Option<VmGone>,
 }
 
 impl Inputs {
@@ -297,6 +300,9 @@ impl Inputs {
         let mut v = model.verdicts(&self.facts, &self.dest, self.until_ns);
         crate::capture::nftrace::explain(&mut v, &self.decisions);
         model.apply_budgets(&mut v, &self.budgets, self.budget);
+        if let Some(g) = &self.vm_gone {
+            g.mark(&mut v);
+        }
         v
     }
 
@@ -389,6 +395,23 @@ impl<W: Write> Writer<W> {
             journey: journey.into(),
             event: ev,
         })
+    }
+
+    /// Records that the VM went away, when it is seen (flushed at once: a run cut short after
+    /// it still says so).
+    pub fn vm_gone(&mut self, gone: &VmGone) -> Result<()> {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            #[serde(flatten)]
+            gone: &'a VmGone,
+        }
+        self.line(&Line {
+            kind: "vm_gone",
+            gone,
+        })?;
+        self.flush()
     }
 
     /// Records when the trace was asked to stop (kernel monotonic ns, the `until` given to
@@ -514,6 +537,8 @@ pub struct Trace {
     pub budgets: Vec<BudgetEntry>,
     /// The `--budget` value, from the end line (format 2).
     pub budget: Option<u32>,
+    /// The `vm_gone` line: the VM went away during the run.
+    pub vm_gone: Option<VmGone>,
     /// The live model's bound, from the end line (format 2; None: unbounded or unknown).
     pub retained: Option<usize>,
     /// From the end line: None when the trace is incomplete.
@@ -546,6 +571,7 @@ impl Trace {
             // Without budget lines the value is never used.
             budget: self.budget.unwrap_or(0),
             retained: self.retained,
+            vm_gone: self.vm_gone.clone(),
         }
     }
 }
@@ -720,6 +746,15 @@ pub fn read_from(mut r: impl BufRead) -> Result<Trace> {
                 t.until_ns = Some(s.until_ns);
                 stop_seen = true;
             }
+            ("vm_gone", Section::Events) if t.vm_gone.is_none() => {
+                let g = VmGone::deserialize(Value::Object(obj))
+                    .with_context(|| format!("line {line_no}: a malformed vm_gone line"))?;
+                t.vm_gone = Some(g);
+            }
+            ("vm_gone", _) => bail!(
+                "line {line_no}: a second vm_gone line, or one after the rule decisions, budget \
+                 counts or verdicts"
+            ),
             ("stop", _) => bail!(
                 "line {line_no}: a second stop line, or one after the rule decisions, budget \
                  counts or verdicts"

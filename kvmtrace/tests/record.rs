@@ -225,3 +225,79 @@ fn a_replay_of_a_flood_over_the_budget_equals_the_live_run() {
     drop(vm);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 18: a guest stopped mid-run ended DELIVERED with exit 0 and nothing said. The VM's
+/// tap going away is said at that moment, ends the run, is in every verdict and in the trace,
+/// and the replay says and exits the same.
+#[test]
+fn a_vm_that_goes_away_is_said_at_once_in_every_verdict_and_in_the_replay() {
+    let lab = Lab::new(LabOptions::default());
+    let dir = std::env::temp_dir().join(format!("{}-gone", lab.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gone.kvmtrace");
+    let f = file.to_str().unwrap();
+    let started = std::time::Instant::now();
+    let running = start(
+        &lab,
+        &[
+            "follow",
+            "vnet0",
+            "203.0.113.1",
+            "--json",
+            "--duration",
+            "20",
+            "--record",
+            f,
+        ],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    for seq in 1..=2 {
+        assert!(vm
+            .ping(lab.dest, 0x6666, seq, Duration::from_secs(2))
+            .is_some());
+    }
+    drop(vm);
+    lab.hv_run(&["ip", "link", "del", "vnet0"]);
+    let live = running.wait();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the run ends when the VM goes, not at --duration ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(live.code, 1, "not a success: {}", live.dump());
+    assert!(
+        live.stderr.contains("kvmtrace: the VM went away at +")
+            && live.stderr.contains("tap vnet0 was removed"),
+        "{}",
+        live.dump()
+    );
+    let v = live.verdict().clone();
+    assert_eq!(field(&v, "status"), "delivered", "{}", live.dump());
+    let gone = v["vm_gone"].as_str().expect("vm_gone in the verdict");
+    assert!(gone.contains("tap vnet0 was removed"), "{gone}");
+    assert!(
+        field(&v, "summary").contains("the VM went away"),
+        "{}",
+        live.dump()
+    );
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("\"type\":\"vm_gone\""))
+            .count(),
+        1,
+        "one vm_gone line in the trace"
+    );
+    let replay = run_plain(&["replay", f, "--json"]);
+    assert_eq!(replay.code, 1, "{}", replay.dump());
+    let rv: serde_json::Value = replay
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|v: &serde_json::Value| v["type"] == "verdict")
+        .expect("a replayed verdict");
+    assert_eq!(rv["vm_gone"], v["vm_gone"], "{}", replay.dump());
+    assert_eq!(rv["summary"], v["summary"], "{}", replay.dump());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -77,6 +77,12 @@ async fn follow_async(
         started.elapsed().as_millis(),
         tracer.attached.join("; ")
     );
+    // Read at the start: a tap removed and made again under its name is another device.
+    let tap_ifindex: Option<u32> =
+        std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", info.tap))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+    let mut vm_gone: Option<crate::model::VmGone> = None;
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
     let mut ring = unsafe { AsyncFd::register(tracer.take_ring()) }
         .map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
@@ -161,6 +167,28 @@ async fn follow_async(
                     } else {
                         eprintln!("kvmtrace: {note}");
                     }
+                }
+                // The VM going away ends the run: nothing more of it can be seen, and every
+                // verdict says so (not "delivered", not "the guest sent nothing").
+                let gone = tap_ifindex
+                    .and_then(|i| crate::host::vm_went_away(&info.tap, i, info.pid));
+                if let Some(what) = gone {
+                    let g = crate::model::VmGone {
+                        at_ns: crate::host::monotonic_ns(),
+                        after_s: started.elapsed().as_secs_f64(),
+                        what,
+                    };
+                    let line = format!("the VM went away at +{:.1} s: {}; the run ends here", g.after_s, g.what);
+                    if view.tui {
+                        log::warn!("{line}");
+                    } else {
+                        eprintln!("kvmtrace: {line}");
+                    }
+                    if let Some(w) = &mut st.writer {
+                        w.vm_gone(&g)?;
+                    }
+                    vm_gone = Some(g);
+                    break;
                 }
             }
             _ = progress.tick(), if view.stats_every.is_some() => {
@@ -270,6 +298,7 @@ async fn follow_async(
         budget: spec.budget,
         // The bound of `st.model`: replay folds old journeys the same way.
         retained: Some(crate::model::DEFAULT_RETAINED),
+        vm_gone,
     };
     let verdicts = inputs.verdicts(&st.model);
     if let Some(mut w) = st.writer.take() {
@@ -344,8 +373,7 @@ async fn follow_async(
             st.undecodable
         );
     }
-    let ok = verdicts.iter().all(|v| v.status == Status::Delivered);
-    Ok(if ok {
+    Ok(if crate::model::all_delivered(&verdicts) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

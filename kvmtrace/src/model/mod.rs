@@ -704,7 +704,47 @@ pub struct Verdict {
     /// Packets of this flow past the per-flow budget: counted by the kernel, not shown.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub suppressed: u64,
+    /// The VM went away while it was followed (its tap removed, its QEMU gone): what was seen,
+    /// with the time from the start of the run. The verdict then is not the path's alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_gone: Option<String>,
     pub summary: String,
+}
+
+/// Whether a run's verdicts are all good news (exit 0): every flow delivered, and the VM
+/// still there at the end. `follow` and `replay` exit by this one test.
+pub fn all_delivered(verdicts: &[Verdict]) -> bool {
+    verdicts
+        .iter()
+        .all(|v| v.status == Status::Delivered && v.vm_gone.is_none())
+}
+
+/// The VM going away during a run: when (kernel monotonic ns) and what was seen (`tap vnet0
+/// was removed`, `QEMU (pid 4242) exited`). An input of the verdicts, recorded in the trace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmGone {
+    pub at_ns: u64,
+    /// Seconds from the start of the run, as shown live.
+    pub after_s: f64,
+    pub what: String,
+}
+
+impl VmGone {
+    /// Says in every verdict that the VM went away: a flow that was delivered so far stops
+    /// there, an unanswered or silent one may be the VM's going, not the path's fault.
+    pub fn mark(&self, verdicts: &mut [Verdict]) {
+        let said = format!(
+            "the VM went away {:.1} s into the run: {}",
+            self.after_s, self.what
+        );
+        for v in verdicts {
+            v.summary.push_str(&format!(
+                "; {said} (packets after that were never sent or received by it: start the VM \
+                 again and follow it anew)"
+            ));
+            v.vm_gone = Some(said.clone());
+        }
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -751,6 +791,7 @@ impl Verdict {
             answered: 0,
             replies: 0,
             rule: None,
+            vm_gone: None,
             suppressed: 0,
             summary: String::new(),
         }

@@ -82,7 +82,7 @@ impl Analysis {
 
     /// `follow`'s exit code for these verdicts: 0 when every flow was delivered, else 1.
     pub fn exit_code(&self) -> ExitCode {
-        if self.verdicts.iter().all(|v| v.status == Status::Delivered) {
+        if crate::model::all_delivered(&self.verdicts) {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)

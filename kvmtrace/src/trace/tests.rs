@@ -86,6 +86,7 @@ fn record_with(fixture: &str, decisions: Vec<RuleDecision>, budgets: Vec<BudgetE
         budgets,
         budget: 200,
         retained: None,
+        vm_gone: None,
     };
     w.inputs(&inputs).unwrap();
     let verdicts = inputs.verdicts(&m);
@@ -583,6 +584,7 @@ fn a_long_run_replays_to_the_verdicts_of_the_bounded_live_model() {
             facts: facts(),
             until_ns: Some(u64::MAX),
             retained: Some(crate::model::DEFAULT_RETAINED),
+            vm_gone: None,
             ..Inputs::default()
         };
         w.stop(u64::MAX).unwrap();
