@@ -708,6 +708,10 @@ pub struct Verdict {
     /// with the time from the start of the run. The verdict then is not the path's alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_gone: Option<String>,
+    /// The next step, when it is one command an operator can run as it stands on this host
+    /// (`sysctl -w net.ipv4.ip_forward=1`), as doctor's checks carry theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
     pub summary: String,
 }
 
@@ -792,6 +796,7 @@ impl Verdict {
             replies: 0,
             rule: None,
             vm_gone: None,
+            fix: None,
             suppressed: 0,
             summary: String::new(),
         }
