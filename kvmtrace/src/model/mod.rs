@@ -236,6 +236,9 @@ pub struct DropSite {
     /// Dropped inside bridge netfilter (br_netfilter passing bridged frames to the IP hooks).
     #[serde(default)]
     pub bridged: bool,
+    /// Dropped by a bridge-family hook (an nftables `bridge` table, ebtables).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bridge_family: bool,
 }
 
 /// How a journey ended.
@@ -543,6 +546,7 @@ impl Journey {
                     location: drop.location.clone(),
                     route,
                     bridged: false,
+                    bridge_family: false,
                 };
             }
         }
@@ -559,6 +563,7 @@ impl Journey {
             reason_inferred: class.reason_inferred,
             location: drop.location.clone(),
             bridged: class.bridged,
+            bridge_family: class.bridge_family,
             route: if matches!(stage, Stage::Routing | Stage::Egress) {
                 route
             } else {
@@ -674,6 +679,10 @@ pub struct Verdict {
     /// `nftables` or `iptables-legacy`, for netfilter drops.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub firewall: Option<String>,
+    /// `bridge` for a drop by a bridge-family hook (an nftables `bridge` table, ebtables);
+    /// absent for the IP families.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
     /// The base chains on that hook that could have dropped it (`inet filter forward (policy drop)`).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub chains: Vec<String>,
@@ -783,6 +792,7 @@ impl Verdict {
             stage: None,
             hook: None,
             firewall: None,
+            family: None,
             chains: Vec::new(),
             device: None,
             direction: None,
