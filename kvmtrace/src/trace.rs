@@ -32,7 +32,7 @@ pub mod analysis;
 use crate::model::decision::RuleDecision;
 use crate::model::event::Counters;
 use crate::model::event::TraceEvent;
-use crate::model::{BudgetEntry, HostFacts, Model, Verdict};
+use crate::model::{Blind, BudgetEntry, HostFacts, Model, Verdict};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -89,6 +89,9 @@ pub struct Meta {
     /// cut short still name the firewall chains.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub facts: Option<HostFacts>,
+    /// Observation points on the tap that could not be attached (see [`Blind`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blind: Option<Blind>,
 }
 
 impl Meta {
@@ -116,6 +119,7 @@ impl Meta {
             started_mono_ns: Some(crate::host::monotonic_ns()),
             snaplen: 0,
             facts: None,
+            blind: None,
         }
     }
 
@@ -288,6 +292,9 @@ pub struct Inputs {
     /// folds old journeys into per-flow counts, and replay folds them the same way
     /// ([`Inputs::model`]) so that its verdicts are the live ones.
     pub retained: Option<usize>,
+    /// The tap's observation points that could not be attached: verdicts resting on them
+    /// are `blind`.
+    pub blind: Option<Blind>,
 }
 
 impl Inputs {
@@ -295,6 +302,9 @@ impl Inputs {
     /// rule of each netfilter drop, then the exact counts of packets over the budget.
     pub fn verdicts(&self, model: &Model) -> Vec<Verdict> {
         let mut v = model.verdicts(&self.facts, &self.dest, self.until_ns);
+        if let Some(b) = &self.blind {
+            b.apply(&mut v, &self.dest);
+        }
         crate::capture::nftrace::explain(&mut v, &self.decisions);
         model.apply_budgets(&mut v, &self.budgets, self.budget);
         v
@@ -546,6 +556,7 @@ impl Trace {
             // Without budget lines the value is never used.
             budget: self.budget.unwrap_or(0),
             retained: self.retained,
+            blind: self.meta.blind.clone(),
         }
     }
 }

@@ -63,9 +63,21 @@ async fn follow_async(
         None
     };
     let mut tracer = Tracer::start(spec)?;
+    // The probe line: what this kernel offers, and what each missing piece costs.
+    eprintln!("kvmtrace: {}", tracer.caps.summary());
+    for g in tracer
+        .caps
+        .gaps(spec.hooks == crate::capture::probe::HookSet::All)
+    {
+        eprintln!("kvmtrace: {g}");
+    }
+    for n in &tracer.notes {
+        eprintln!("kvmtrace: {n}");
+    }
     for w in &tracer.warnings {
         eprintln!("kvmtrace: warning: {w}");
     }
+    let blind = tracer.blind.clone();
     eprintln!(
         "kvmtrace: following {} (tap {}{}) → {dest}, ready in {} ms; attached: {}",
         info.name.as_deref().unwrap_or("VM"),
@@ -109,6 +121,7 @@ async fn follow_async(
                 &crate::views::tui::filter_label(spec.proto, spec.port),
             );
             meta.facts = Some(facts_live.clone());
+            meta.blind = blind.clone();
             Some(
                 crate::trace::Writer::create(path, &meta)
                     .with_context(|| format!("creating the trace file {}", path.display()))?,
@@ -270,6 +283,7 @@ async fn follow_async(
         budget: spec.budget,
         // The bound of `st.model`: replay folds old journeys the same way.
         retained: Some(crate::model::DEFAULT_RETAINED),
+        blind: blind.clone(),
     };
     let verdicts = inputs.verdicts(&st.model);
     if let Some(mut w) = st.writer.take() {
@@ -343,6 +357,10 @@ async fn follow_async(
             "kvmtrace: warning: {} events could not be decoded",
             st.undecodable
         );
+    }
+    // Blind at the tap: an environment limit, like a hook missing at start (exit 3).
+    if verdicts.iter().any(|v| v.status == Status::Blind) {
+        return Ok(ExitCode::from(3));
     }
     let ok = verdicts.iter().all(|v| v.status == Status::Delivered);
     Ok(if ok {

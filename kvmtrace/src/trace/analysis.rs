@@ -80,9 +80,12 @@ impl Analysis {
         self.verdicts.iter().min_by_key(|v| severity(v.status))
     }
 
-    /// `follow`'s exit code for these verdicts: 0 when every flow was delivered, else 1.
+    /// `follow`'s exit code for these verdicts: 0 when every flow was delivered, 3 when
+    /// kvmtrace was blind at the tap (an environment limit), else 1.
     pub fn exit_code(&self) -> ExitCode {
-        if self.verdicts.iter().all(|v| v.status == Status::Delivered) {
+        if self.verdicts.iter().any(|v| v.status == Status::Blind) {
+            ExitCode::from(3)
+        } else if self.verdicts.iter().all(|v| v.status == Status::Delivered) {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)
@@ -97,7 +100,8 @@ pub fn severity(s: Status) -> u8 {
         Status::Misrouted => 1,
         Status::NoReply => 2,
         Status::NoTraffic => 3,
-        Status::Delivered => 4,
+        Status::Blind => 4,
+        Status::Delivered => 5,
     }
 }
 
