@@ -86,11 +86,16 @@ struct Watch {
 
 impl Watch {
     fn start(lab: &Lab, extra: &[&str]) -> Watch {
+        Watch::start_env(lab, extra, &[])
+    }
+
+    fn start_env(lab: &Lab, extra: &[&str], env: &[(&str, &str)]) -> Watch {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut child = Command::new("ip")
             .args(["netns", "exec", &lab.hv, BIN, "watch", "--listen", &listen])
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -723,6 +728,46 @@ fn ipv6_echo_ndp_and_dhcpv6_are_counted_at_the_tap() {
     );
     // No drop on a healthy path.
     assert!(!text.contains("kvmtrace_drops_total{"), "{text}");
+    let (code, stderr) = watch.stop();
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// A tap whose programs cannot be attached (TC refused, here by KVMTRACE_SKIP_HOOKS=tc) is
+/// never a silent "0 VMs": it is said once, not at every rescan, and exported with the
+/// reason; the start line counts it.
+#[test]
+fn a_tap_watch_cannot_attach_to_is_said_once_and_exported() {
+    let lab = Lab::new(LabOptions::default());
+    let watch = Watch::start_env(
+        &lab,
+        &["--no-record", "--rescan-s", "1"],
+        &[("KVMTRACE_SKIP_HOOKS", "tc")],
+    );
+    // Several rescans retry it.
+    std::thread::sleep(Duration::from_millis(3500));
+    let m = metrics(&lab, &watch);
+    let series = "kvmtrace_vm_unwatched{vm=\"vnet0\",tap=\"vnet0\",reason=\"attaching \
+                  watch_tap_in to vnet0: left out by KVMTRACE_SKIP_HOOKS=tc\"}";
+    assert_eq!(sample(&m, series), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "kvmtrace_vms"), Some(0.0), "{m}");
+    let stderr = watch.stderr();
+    assert_eq!(stderr.matches("cannot watch").count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot watch vnet0 (tap vnet0): attaching watch_tap_in to vnet0: left out by KVMTRACE_SKIP_HOOKS=tc"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("watching 0 VM(s) []; 1 VM(s) found but not watchable [vnet0]"),
+        "{stderr}"
+    );
+    let unwatched = watch
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["type"] == "vm" && v["event"] == "unwatched" && v["tap"] == "vnet0")
+        .count();
+    assert_eq!(unwatched, 1);
     let (code, stderr) = watch.stop();
     assert_eq!(code, 0, "{stderr}");
 }
