@@ -270,9 +270,8 @@ fn another_tools_clsact_and_filter_survive_a_killed_run_and_the_next() {
         run.dump()
     );
     assert!(
-        run.stderr.contains(&format!(
-            "removed cls_bpf filter tap_ingress from vnet0 ingress"
-        )),
+        run.stderr
+            .contains("removed cls_bpf filter tap_ingress from vnet0 ingress"),
         "{}",
         run.dump()
     );
