@@ -285,3 +285,67 @@ fn another_tools_clsact_and_filter_survive_a_killed_run_and_the_next() {
     assert_eq!(filters(&lab, "vnet0"), vec![theirs]);
     assert!(has_clsact(&lab, "vnet0"));
 }
+
+/// Without TCX a device that already has another tool's `ingress` qdisc cannot take
+/// kvmtrace's clsact: a real refusal, reported with its cause (not a later "Parent Qdisc
+/// doesn't exists"), once; the tap is then seen by the tracepoints and the path stays
+/// followed. The other tool's qdisc is left alone.
+#[test]
+fn a_tap_holding_another_tools_ingress_qdisc_is_seen_by_the_tracepoints() {
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&["tc", "qdisc", "add", "dev", "vnet0", "ingress"]);
+    let (run, got) = ping_run(&lab, "tcx", 2, 0x6106);
+    assert!(got.iter().all(Option::is_some), "lab broken: {got:?}");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
+    assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+    assert_eq!(run.code, 0, "{}", run.dump());
+    let why = "cannot attach tap_ingress to vnet0 (vnet0 has an ingress qdisc (another tool's) \
+               where kvmtrace needs clsact; it is left as it is); its packets from the guest \
+               are seen by tp_btf netif_receive_skb instead";
+    assert_eq!(run.stderr.matches(why).count(), 1, "{}", run.dump());
+    assert!(!run.stderr.contains("Parent Qdisc"), "{}", run.dump());
+    let q = lab.hv_run(&["tc", "qdisc", "show", "dev", "vnet0"]);
+    assert!(q.contains("qdisc ingress ffff:"), "{q}");
+    for dev in ["vnet0", "br0", "up0"] {
+        assert!(!has_clsact(&lab, dev), "{dev}");
+    }
+}
+
+/// A path device (the uplink) that refuses clsact: said once, and the run switches to the
+/// receive/transmit tracepoints for the whole path, with the same verdict.
+#[test]
+fn an_uplink_refusing_clsact_switches_the_path_to_the_tracepoints_once() {
+    let lab = Lab::new(LabOptions {
+        forward_drop: Some(Firewall::Nftables),
+        ..Default::default()
+    });
+    lab.hv_run(&["tc", "qdisc", "add", "dev", "up0", "ingress"]);
+    let (run, got) = ping_run(&lab, "tcx", 2, 0x6107);
+    assert!(got.iter().all(Option::is_none), "{got:?}");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
+    assert_eq!(field(v, "device"), "br0", "{}", run.dump());
+    assert_eq!(run.code, 1, "{}", run.dump());
+    let why = "cannot attach dev_ingress to up0 (route 0.0.0.0/0 table main): up0 has an \
+               ingress qdisc (another tool's) where kvmtrace needs clsact";
+    assert_eq!(run.stderr.matches(why).count(), 1, "{}", run.dump());
+    let attached = run.stats()["attached"].to_string();
+    assert!(
+        attached.contains("tc tap_ingress on vnet0 (clsact)"),
+        "{attached}"
+    );
+    assert!(attached.contains("tp_btf netif_receive_skb"), "{attached}");
+    assert!(
+        !attached.contains("dev_ingress/dev_egress on"),
+        "{attached}"
+    );
+    // Nothing of kvmtrace's is left on any device; the other tool's qdisc is.
+    for dev in ["vnet0", "br0", "up0"] {
+        assert!(!has_clsact(&lab, dev), "{dev}");
+    }
+    let q = lab.hv_run(&["tc", "qdisc", "show", "dev", "up0"]);
+    assert!(q.contains("qdisc ingress ffff:"), "{q}");
+}

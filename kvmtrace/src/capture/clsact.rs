@@ -21,6 +21,7 @@ pub const STATE_DIR: &str = "/run/kvmtrace";
 
 // include/uapi/linux/rtnetlink.h, pkt_sched.h, pkt_cls.h (Linux 6.18).
 const RTM_DELQDISC: u16 = 37;
+const RTM_GETQDISC: u16 = 38;
 const RTM_DELTFILTER: u16 = 45;
 const RTM_GETTFILTER: u16 = 46;
 const TCA_KIND: u16 = 1;
@@ -128,7 +129,17 @@ impl Ledger {
             Err(aya::programs::tc::TcError::NetlinkError(e))
                 if e.raw_os_error() == Some(libc::EEXIST) =>
             {
-                Ok(())
+                // Something holds the ingress handle: a clsact qdisc takes the filters; an
+                // `ingress` qdisc (another tool's) has no egress side, and a filter meant for
+                // egress would land on its ingress.
+                match qdisc_kind(i, CLSACT_HANDLE) {
+                    Some(k) if k == "clsact" => Ok(()),
+                    Some(k) => Err(format!(
+                        "{dev} has an {k} qdisc (another tool's) where kvmtrace needs clsact; \
+                         it is left as it is"
+                    )),
+                    None => Err(format!("creating a clsact qdisc on {dev}: {e}")),
+                }
             }
             Err(e) => Err(format!("creating a clsact qdisc on {dev}: {e}")),
         }
@@ -354,18 +365,18 @@ pub fn filters(ifindex: u32, parent: u32) -> io::Result<Vec<TcFilter>> {
         .collect())
 }
 
-/// Filters on `dev`'s clsact ingress and egress: (egress, filter).
-pub fn filters_of(dev: &str) -> Vec<(bool, TcFilter)> {
-    let Some(i) = ifindex(dev) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for (egress, p) in [(false, PARENT_INGRESS), (true, PARENT_EGRESS)] {
-        for f in filters(i, p).unwrap_or_default() {
-            out.push((egress, f));
+/// The kind (`clsact`, `ingress`, …) of the qdisc with `handle` on a device.
+fn qdisc_kind(ifindex: u32, handle: u32) -> Option<String> {
+    let msgs = dump(NETLINK_ROUTE, RTM_GETQDISC, &tcmsg(ifindex, 0, 0, 0)).ok()?;
+    msgs.into_iter().find_map(|(_, body)| {
+        if body.len() < 20 {
+            return None;
         }
-    }
-    out
+        let word = |i: usize| u32::from_ne_bytes(body[i..i + 4].try_into().unwrap_or([0; 4]));
+        (word(4) == ifindex && word(8) == handle)
+            .then(|| attr(&body[20..], TCA_KIND).map(cstr))
+            .flatten()
+    })
 }
 
 fn del_filter(ifindex: u32, parent: u32, prio: u16, proto: u16, handle: u32) -> io::Result<()> {

@@ -296,7 +296,10 @@ fn attach_global(
                 .and_then(|_| p.attach().map(|_| ()).map_err(|e| format!("{e:#}")))
         };
         match &r {
-            Ok(()) => attached.push(format!("tp_btf {tp}")),
+            Ok(()) if all || tp == "consume_skb" => attached.push(format!("tp_btf {tp}")),
+            Ok(()) => attached.push(format!(
+                "tp_btf {tp} (instead of TC: every packet of every device pays for it)"
+            )),
             Err(e) if required && all => {
                 return Err(EnvError(format!(
                     "cannot attach to the tp_btf tracepoint {tp}: {e} (kvmtrace needs \
