@@ -13,7 +13,18 @@ use std::time::Duration;
 const DEST: &str = "203.0.113.1";
 
 fn ping_run(lab: &Lab, skip: &str, n: u16, id: u16) -> (common::Run, Vec<Option<Reply>>) {
-    let args = ["follow", "vnet0", DEST, "--json", "--duration", "4"];
+    ping_run_with(lab, skip, n, id, &[])
+}
+
+fn ping_run_with(
+    lab: &Lab,
+    skip: &str,
+    n: u16,
+    id: u16,
+    extra: &[&str],
+) -> (common::Run, Vec<Option<Reply>>) {
+    let mut args = vec!["follow", "vnet0", DEST, "--json", "--duration", "4"];
+    args.extend_from_slice(extra);
     let running = start_env(lab, &args, &[("KVMTRACE_SKIP_HOOKS", skip)]);
     let mut vm = FakeVm::attach(lab);
     let got = (1..=n)
@@ -87,7 +98,15 @@ fn without_tc_a_forward_policy_drop_is_dropped_at_forward() {
 #[test]
 fn blind_at_the_tap_is_said_and_exits_3_never_no_traffic() {
     let lab = Lab::new(LabOptions::default());
-    let (run, got) = ping_run(&lab, "tc,netif_receive_skb,net_dev_start_xmit", 2, 0x6103);
+    let trace = std::env::temp_dir().join(format!("kvmtrace-blind-{}.trace", lab.id));
+    let trace = trace.to_str().unwrap().to_string();
+    let (run, got) = ping_run_with(
+        &lab,
+        "tc,netif_receive_skb,net_dev_start_xmit",
+        2,
+        0x6103,
+        &["--record", &trace],
+    );
     assert!(got.iter().all(Option::is_some), "lab broken: {got:?}");
     let v = run.verdict();
     assert_eq!(field(v, "status"), "blind", "{}", run.dump());
@@ -113,6 +132,9 @@ fn blind_at_the_tap_is_said_and_exits_3_never_no_traffic() {
     );
     // No doctor output for "no traffic" either: nothing was judged as silence.
     assert!(!run.stdout.contains("\"type\":\"check\""), "{}", run.dump());
+    // The trace carries it: replay says `blind` and exits 3 as well.
+    common::assert_offline_equals_live(&trace, &run);
+    let _ = std::fs::remove_file(&trace);
 }
 
 /// The cls_bpf filters on a device's clsact: (direction, pref, name), sorted.

@@ -81,7 +81,11 @@ impl KernelCaps {
 
     /// The probe line's capability part: `kernel 6.18.0: TCX yes, netfilter links yes`.
     pub fn summary(&self) -> String {
-        let yn = |r: &Result<(), String>| if r.is_ok() { "yes" } else { "no" };
+        let yn = |r: &Result<(), String>| match r {
+            Ok(()) => "yes".to_string(),
+            Err(e) if e.starts_with("left out") => e.clone(),
+            Err(_) => "no".to_string(),
+        };
         format!(
             "kernel {}: TCX {}, netfilter links {}",
             self.release,
@@ -182,4 +186,50 @@ fn chain(e: &dyn std::error::Error) -> String {
         src = x.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skip_values_are_read_as_a_comma_separated_list() {
+        let s = Skip::parse(" tcx, netif_receive_skb ,,");
+        assert!(s.has("tcx"));
+        assert!(s.has("netif_receive_skb"));
+        assert!(!s.has("tc"));
+        assert!(!Skip::parse("").has(""));
+    }
+
+    #[test]
+    fn the_probe_line_names_what_is_missing_and_what_it_costs() {
+        let caps = KernelCaps {
+            release: "6.1.0-28-amd64".into(),
+            tcx: Err("this kernel has no TCX links (Linux 6.6+)".into()),
+            netfilter_links: Err("this kernel has no BPF netfilter links (Linux 6.4+)".into()),
+            skip: Skip::default(),
+        };
+        assert_eq!(
+            caps.summary(),
+            "kernel 6.1.0-28-amd64: TCX no, netfilter links no"
+        );
+        let gaps = caps.gaps(false);
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert!(gaps[0].starts_with(
+            "no TCX (this kernel has no TCX links (Linux 6.6+)): TC programs go on a clsact qdisc"
+        ));
+        let all = caps.gaps(true);
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert!(all[1].contains("no entry/exit hop per netfilter hook"));
+        let skipped = KernelCaps {
+            tcx: Err(Skip::why("tc")),
+            skip: Skip::parse("tc"),
+            ..caps
+        };
+        assert_eq!(
+            skipped.summary(),
+            "kernel 6.1.0-28-amd64: TCX left out by KVMTRACE_SKIP_HOOKS=tc, netfilter links no"
+        );
+        assert!(skipped.gaps(false).is_empty());
+    }
 }
