@@ -732,6 +732,61 @@ fn ipv6_echo_ndp_and_dhcpv6_are_counted_at_the_tap() {
     assert_eq!(code, 0, "{stderr}");
 }
 
+/// Without TCX (here KVMTRACE_SKIP_HOOKS=tcx) watch counts through cls_bpf filters on a
+/// clsact qdisc it creates, and leaves neither behind when it stops.
+#[test]
+fn without_tcx_watch_counts_through_clsact_and_removes_it_on_exit() {
+    let lab = Lab::new(LabOptions::default());
+    let mut vm = FakeVm::attach(&lab);
+    let watch = Watch::start_env(
+        &lab,
+        &["--no-record", "--rescan-s", "1"],
+        &[("KVMTRACE_SKIP_HOOKS", "tcx")],
+    );
+    let added = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        metrics(&lab, &watch).contains("kvmtrace_vm_info{vm=\"vnet0\",tap=\"vnet0\"")
+    });
+    assert!(added, "vnet0 not watched:\n{}", watch.stderr());
+    assert!(
+        watch
+            .stderr()
+            .contains("no TCX (left out by KVMTRACE_SKIP_HOOKS=tcx)"),
+        "{}",
+        watch.stderr()
+    );
+    let ingress = lab.hv_run(&["tc", "filter", "show", "dev", "vnet0", "ingress"]);
+    assert!(ingress.contains("watch_tap_in"), "{ingress}");
+    let egress = lab.hv_run(&["tc", "filter", "show", "dev", "vnet0", "egress"]);
+    assert!(egress.contains("watch_tap_out"), "{egress}");
+    for seq in 1..=2u16 {
+        assert!(
+            vm.ping(lab.dest, 0x5758, seq, Duration::from_secs(2))
+                .is_some(),
+            "the lab's healthy path did not answer"
+        );
+    }
+    let conv = "{vm=\"vnet0\",tap=\"vnet0\",kind=\"icmp_echo\",dest_class=\"public\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = metrics(&lab, &watch);
+        if sample(&text, &format!("kvmtrace_tap_replies_total{conv}")) == Some(2.0) {
+            assert_eq!(
+                sample(&text, &format!("kvmtrace_tap_requests_total{conv}")),
+                Some(2.0),
+                "{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "replies not counted:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, stderr) = watch.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let q = lab.hv_run(&["tc", "qdisc", "show", "dev", "vnet0"]);
+    assert!(!q.contains("clsact"), "{q}");
+}
+
 /// A tap whose programs cannot be attached (TC refused, here by KVMTRACE_SKIP_HOOKS=tc) is
 /// never a silent "0 VMs": it is said once, not at every rescan, and exported with the
 /// reason; the start line counts it.
