@@ -823,6 +823,13 @@ fn a_tap_watch_cannot_attach_to_is_said_once_and_exported() {
         .filter(|v| v["type"] == "vm" && v["event"] == "unwatched" && v["tap"] == "vnet0")
         .count();
     assert_eq!(unwatched, 1);
+    let (status, body) = http_get(&lab, watch.port, "/healthz").expect("healthz");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(
+        body,
+        "ok\nnot watched: vnet0 (tap vnet0): attaching watch_tap_in to vnet0: left out by \
+         KVMTRACE_SKIP_HOOKS=tc\n"
+    );
     let (code, stderr) = watch.stop();
     assert_eq!(code, 0, "{stderr}");
 }

@@ -453,6 +453,21 @@ impl Metrics {
         self.unwatched_series.insert(l);
     }
 
+    /// The `/healthz` text: `ok` (the service runs), then one line per VM found that cannot
+    /// be watched, with why.
+    pub fn health(&self) -> String {
+        let mut out = String::from("ok\n");
+        let mut v: Vec<&UnwatchedLabels> = self.unwatched_series.iter().collect();
+        v.sort();
+        for l in v {
+            out.push_str(&format!(
+                "not watched: {} (tap {}): {}\n",
+                l.vm, l.tap, l.reason
+            ));
+        }
+        out
+    }
+
     /// A tap that could not be attached to is watched now, or gone.
     pub fn vm_watched_again(&mut self, tap: &str) {
         let old: Vec<UnwatchedLabels> = self

@@ -661,7 +661,9 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
     let local = listener.local_addr()?;
     let m2 = metrics.clone();
     let render: http::Render = Arc::new(move || m2.lock().expect("metrics lock").encode());
-    let server = tokio::spawn(http::serve(listener, render));
+    let m3 = metrics.clone();
+    let health: http::Render = Arc::new(move || m3.lock().expect("metrics lock").health());
+    let server = tokio::spawn(http::serve(listener, render, health));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut w = Watch {
         kernel,
