@@ -100,7 +100,7 @@ fn a_macvtap_without_tc_is_blind_not_silent() {
     let lab = MacvtapLab::new("bridge", false);
     let (mut guest, held) = vm(&lab, lab.gw_ip);
     let name = format!("direct-blind-{}", std::process::id());
-    let _standin = qemu_standin(&lab, &held, &name);
+    let mut standin = qemu_standin(&lab, &held, &name);
     let running = start_in(
         &lab.hv,
         &[
@@ -138,6 +138,8 @@ fn a_macvtap_without_tc_is_blind_not_silent() {
         "{}",
         run.dump()
     );
+    let _ = standin.kill();
+    let _ = standin.wait();
 }
 
 #[test]
