@@ -371,3 +371,65 @@ fn an_uplink_refusing_clsact_switches_the_path_to_the_tracepoints_once() {
     let q = lab.hv_run(&["tc", "qdisc", "show", "dev", "up0"]);
     assert!(q.contains("qdisc ingress ffff:"), "{q}");
 }
+
+/// A device that joins the path while kvmtrace runs (a route to DEST in another table, on a
+/// device holding another tool's `ingress` qdisc) and refuses clsact: said once at the next
+/// refresh, not every half second, and from then on the path is seen by the tracepoints; the
+/// packets before and after are judged as one healthy flow.
+#[test]
+fn a_device_joining_the_path_that_refuses_clsact_switches_once_while_running() {
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&[
+        "ip", "link", "add", "up1", "type", "veth", "peer", "name", "up1p",
+    ]);
+    lab.hv_run(&["ip", "link", "set", "up1", "up"]);
+    lab.hv_run(&["ip", "link", "set", "up1p", "up"]);
+    lab.hv_run(&["tc", "qdisc", "add", "dev", "up1", "ingress"]);
+    let running = start_env(
+        &lab,
+        &["follow", "vnet0", DEST, "--json", "--duration", "5"],
+        &[("KVMTRACE_SKIP_HOOKS", "tcx")],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    let first = vm.ping(lab.dest, 0x6108, 1, Duration::from_millis(500));
+    // Not used by any rule: it only makes up1 a device of the path.
+    lab.hv_run(&[
+        "ip",
+        "route",
+        "add",
+        "203.0.113.1/32",
+        "dev",
+        "up1",
+        "table",
+        "100",
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let later: Vec<Option<Reply>> = (2..=3)
+        .map(|seq| vm.ping(lab.dest, 0x6108, seq, Duration::from_millis(500)))
+        .collect();
+    let run = running.wait();
+    assert!(
+        first.is_some() && later.iter().all(Option::is_some),
+        "lab broken"
+    );
+    let why = "cannot attach dev_ingress to up1 (route 203.0.113.1/32 table 100): up1 has an \
+               ingress qdisc (another tool's) where kvmtrace needs clsact";
+    assert_eq!(run.stderr.matches(why).count(), 1, "{}", run.dump());
+    assert!(
+        run.stderr
+            .contains("the path is seen by tp_btf netif_receive_skb"),
+        "{}",
+        run.dump()
+    );
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
+    assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+    assert_eq!(v["requests"], 3, "{}", run.dump());
+    assert_eq!(v["replies"], 3, "{}", run.dump());
+    assert_eq!(run.code, 0, "{}", run.dump());
+    for dev in ["vnet0", "br0", "up0", "up1"] {
+        assert!(!has_clsact(&lab, dev), "{dev}");
+    }
+    let q = lab.hv_run(&["tc", "qdisc", "show", "dev", "up1"]);
+    assert!(q.contains("qdisc ingress ffff:"), "{q}");
+}
