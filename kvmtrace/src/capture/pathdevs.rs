@@ -2,7 +2,8 @@
 //! uplink ports (bridged mode), and the devices of every route that covers the destination
 //! (any table, so that a policy route is covered too), plus any device a followed packet was
 //! actually routed to. The `dev_ingress` / `dev_egress` TC programs are attached to exactly
-//! these (TCX links; clsact filters before Linux 6.6), and the set follows route and port changes while kvmtrace runs.
+//! these (TCX links; clsact filters before Linux 6.6), and the set follows route and port
+//! changes while kvmtrace runs.
 //!
 //! A bridge with a VXLAN port takes the VM's frames into an overlay: they leave the host
 //! encapsulated through the VXLAN device's underlay device (its `dev`, else the device of the
@@ -282,9 +283,9 @@ impl Attached {
                     continue;
                 };
                 match attach_tc(p, prog, &w.name, at, caps, ledger) {
-                    Ok((link, w)) => {
+                    Ok((link, how)) => {
                         links.push((prog, link));
-                        way = w;
+                        way = how;
                     }
                     Err(e) => {
                         err = Some(format!(

@@ -2,9 +2,13 @@
 //! turns ring-buffer records into [`TraceEvent`]s. Needs root.
 //!
 //! Everything attached is an fd-based link (TCX, tp_btf, perf-event tracepoint, netfilter
-//! link): the kernel detaches it when the process exits, however it exits. Only the netlink
-//! TC fallback (kernels before 6.6) leaves state behind; it is removed on detach and a left-over
-//! is replaced at the next start.
+//! link): the kernel detaches it when the process exits, however it exits. Only TC through
+//! clsact (kernels before 6.6) leaves state behind: [`crate::capture::clsact`] records it,
+//! removes it on exit, and removes a killed run's at the next start.
+//!
+//! The plan follows the kernel ([`crate::capture::kernel::KernelCaps`]): where TC cannot be
+//! attached to the tap or a path device, the receive/transmit tracepoints stand in for it;
+//! where those fail too, the tap is blind ([`crate::model::Blind`]).
 
 use crate::capture::btf::{kernel_offsets, KernelBtf, VMLINUX_BTF};
 use crate::capture::clsact::Ledger;

@@ -1,7 +1,8 @@
 //! Loads the watch programs (`kvmtrace-ebpf/src/watch.rs`) from the same embedded object as
 //! `follow`, attaches `watch_kfree_skb` once and the tap programs per VM, and reads their
-//! maps. Needs root. Everything attached is an fd-based link owned by the `Ebpf`: dropping
-//! [`WatchKernel`] (or the process ending, however it ends) detaches all of it.
+//! maps. Needs root. Everything attached is an fd-based link (dropping [`WatchKernel`], or the
+//! process ending however it ends, detaches all of it), except TC through clsact before Linux
+//! 6.6, which [`crate::capture::clsact`] records and removes (a killed run's at the next start).
 
 use crate::capture::btf::{kernel_offsets, KernelBtf, VMLINUX_BTF};
 use crate::capture::clsact::Ledger;
