@@ -648,6 +648,10 @@ pub enum Status {
     NoReply,
     Misrouted,
     NoTraffic,
+    /// kvmtrace could not observe the VM's tap on this kernel (neither TC nor the tp_btf
+    /// fallback attached): it cannot say what the guest sent. An environment limit (exit 3),
+    /// never read as "the guest sent nothing".
+    Blind,
 }
 
 impl Status {
@@ -658,6 +662,7 @@ impl Status {
             Self::NoReply => "no_reply",
             Self::Misrouted => "misrouted",
             Self::NoTraffic => "no_traffic",
+            Self::Blind => "blind",
         }
     }
 }
@@ -724,12 +729,20 @@ pub struct Verdict {
     pub summary: String,
 }
 
-/// Whether a run's verdicts are all good news (exit 0): every flow delivered, and the VM
-/// still there at the end. `follow` and `replay` exit by this one test.
-pub fn all_delivered(verdicts: &[Verdict]) -> bool {
-    verdicts
+/// The exit code of a run with these verdicts, for `follow` and `replay` alike: 3 when
+/// kvmtrace was blind at the tap (an environment limit, never the guest's fault), 0 when every
+/// flow was delivered and the VM was still there at the end, else 1 (a problem found).
+pub fn exit_status(verdicts: &[Verdict]) -> u8 {
+    if verdicts.iter().any(|v| v.status == Status::Blind) {
+        3
+    } else if verdicts
         .iter()
         .all(|v| v.status == Status::Delivered && v.vm_gone.is_none())
+    {
+        0
+    } else {
+        1
+    }
 }
 
 /// The VM going away during a run: when (kernel monotonic ns) and what was seen (`tap vnet0
@@ -1135,6 +1148,59 @@ impl Model {
             return vec![v];
         }
         out
+    }
+}
+
+/// The tap's observation points that could not be attached at all (TC refused, and the
+/// global receive/transmit tracepoints too): recorded in the trace, so that replay judges
+/// the same.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blind {
+    pub tap: String,
+    /// Nothing the guest sends is seen.
+    pub from_guest: bool,
+    /// Nothing handed to the guest is seen.
+    pub to_guest: bool,
+    /// What failed, one line per point.
+    pub why: Vec<String>,
+}
+
+impl Blind {
+    /// Verdicts that rest on what the blind side did not see become `blind`: with the guest's
+    /// side unseen, "no traffic"; with the side towards the guest unseen, "no reply" too. A
+    /// drop or misroute that was seen stands.
+    pub fn apply(&self, verdicts: &mut [Verdict], dest: &str) {
+        for v in verdicts.iter_mut() {
+            let unseen = match v.status {
+                Status::NoTraffic => self.from_guest || self.to_guest,
+                Status::NoReply => self.to_guest,
+                _ => false,
+            };
+            if !unseen {
+                continue;
+            }
+            let side = match (self.from_guest, self.to_guest) {
+                (true, true) => "in either direction",
+                (true, false) => "from the guest",
+                _ => "towards the guest",
+            };
+            v.status = Status::Blind;
+            v.stage = Some(Stage::Tap);
+            v.device = Some(self.tap.clone());
+            v.direction = Some(if self.from_guest {
+                Direction::Request
+            } else {
+                Direction::Reply
+            });
+            v.summary = format!(
+                "kvmtrace could not observe the tap {} {side} on this kernel, so it cannot tell \
+                 what the guest sent to {dest} or what reached it: not a finding about the \
+                 guest ({}) → run kvmtrace on a kernel with TCX (6.6+) or with the clsact \
+                 qdisc available (module sch_ingress, cls_bpf), or with BTF tracepoints",
+                self.tap,
+                self.why.join("; ")
+            );
+        }
     }
 }
 
