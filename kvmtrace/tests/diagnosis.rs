@@ -985,3 +985,79 @@ fn a_bridge_family_firewall_drop_names_its_hook_table_and_chain() {
         run.dump()
     );
 }
+
+/// The IPv4 twin of the NDP case: an `arp` family input chain with policy drop keeps the host
+/// from answering the guest's ARP for its own gateway address; named with the chain, not as
+/// a wrong gateway setting, and the printed command makes the host answer.
+#[test]
+fn an_arp_input_policy_dropping_the_guests_arp_is_named_not_the_gateway() {
+    let lab = Lab::new(LabOptions::default());
+    lab.nft(
+        "table arp labarp {\n chain input {\n  type filter hook input priority 0; policy drop;\n }\n}\n",
+    );
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST, "--json", "--duration", "2"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    assert!(!vm.resolve_gateway(Duration::from_millis(800)));
+    let run = running.wait();
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
+    let s = field(v, "summary");
+    assert!(
+        s.contains("10.77.0.1 is the host's own address on br0")
+            && s.contains("at INPUT (arp labarp input (input, policy drop))"),
+        "{}",
+        run.dump()
+    );
+    assert!(!s.contains("gateway setting"), "{}", run.dump());
+    let cmd = s.split('`').nth(1).expect("a command").to_string();
+    assert_eq!(cmd, "nft insert rule arp labarp input accept");
+    lab.nft(&format!("{}\n", cmd.trim_start_matches("nft ")));
+    assert!(
+        vm.resolve_gateway(Duration::from_secs(2)),
+        "answered after the fix"
+    );
+}
+
+/// Issue 18: a PMTU black hole. The host's own firewall drops the "fragmentation needed" it
+/// sends the guest (an OUTPUT rule against ICMP): that drop is the root cause, named with its
+/// hook, chain, the message and who sent it — not "if the guest never gets the ICMP".
+#[test]
+fn the_hosts_firewall_dropping_its_frag_needed_is_the_root_cause() {
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&["ip", "link", "set", "up0", "mtu", "1000"]);
+    lab.nft("table inet labout {\n chain output {\n  type filter hook output priority 0;\n  icmp type destination-unreachable drop\n }\n}\n");
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST, "--json", "--duration", "3"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    vm.dont_fragment = true;
+    let got = vm.ping_sized(lab.dest, 0x4646, 1, 1400, Duration::from_millis(800));
+    let run = running.wait();
+    assert!(
+        got.is_none(),
+        "the ICMP error must not reach the guest: {got:?}"
+    );
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "OUTPUT", "{}", run.dump());
+    assert_eq!(
+        v["chains"][0],
+        "inet labout output (policy accept, priority 0)",
+        "{}",
+        run.dump()
+    );
+    let s = field(v, "summary");
+    assert!(
+        s.contains("fragmentation-needed (MTU 1000)")
+            && s.contains("sent by the host from br0")
+            && s.contains("inet labout output"),
+        "{}",
+        run.dump()
+    );
+}

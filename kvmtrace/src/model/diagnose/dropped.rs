@@ -161,6 +161,35 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
             }
             (stage, _) => egress_summary(what, stage, &site, rep, facts),
         };
+        // A packet too big whose "fragmentation needed" / "packet too big" the host's own
+        // firewall dropped on its way to the guest: that drop is the root cause (the guest
+        // would have lowered its MTU), so the verdict names its hook, chains and device; the
+        // summary tells both.
+        if let Some(d) = (site.reason == "PKT_TOO_BIG")
+            .then(|| lost_mtu_error(rep))
+            .flatten()
+            .filter(|d| d.stage == Stage::Netfilter && d.hook.is_some())
+        {
+            let h = d.hook.expect("filtered");
+            let family = if k.remote.is_ipv6() { "ip6" } else { "ip" };
+            let (fw, chains) = chains_on(facts, h, family);
+            v.direction = Some(Direction::Reply);
+            v.stage = Some(Stage::Netfilter);
+            v.hook = Some(h);
+            v.device = Some(d.device.clone()).filter(|d| !d.is_empty());
+            v.reason = Some(d.reason.clone());
+            v.location = d.location.clone();
+            v.route = None;
+            if !chains.is_empty() {
+                s.push_str(&format!(
+                    " (sent by the host from {}; the chains on {h}: {})",
+                    d.device,
+                    chains.join(", ")
+                ));
+            }
+            v.firewall = fw;
+            v.chains = chains;
+        }
         if let Some(c) = root_cause(k, dir, &site, req, facts) {
             v.stage = Some(c.stage);
             v.device = Some(c.device);
@@ -220,6 +249,23 @@ fn chains_on(facts: &HostFacts, hook: NfHook, family: &str) -> (Option<String>, 
         (true, false) => None,
     };
     (fw, names)
+}
+
+/// Where the host's ICMP "fragmentation needed" (ICMPv6 "packet too big") to the guest died,
+/// when it did not reach the guest.
+fn lost_mtu_error(rep: &[&Journey]) -> Option<DropSite> {
+    rep.iter().find_map(|j| {
+        let about_mtu = j.hops.iter().any(|h| {
+            h.tuple.is_some_and(|t| {
+                (t.proto == 1 && h.icmp_type == 3 && h.icmp_code == 4)
+                    || (t.proto == 58 && h.icmp_type == 2)
+            })
+        });
+        match j.outcome() {
+            crate::model::Outcome::Dropped(d) if about_mtu => Some(d),
+            _ => None,
+        }
+    })
 }
 
 /// The summary of a drop outside netfilter and routing: the tap, the bridge, the way out.
@@ -283,19 +329,7 @@ fn egress_summary(
             .map(|m| format!("MTU {m}"))
             .unwrap_or_else(|| "MTU".into());
         // The host's own error never reached the guest: a path-MTU black hole.
-        let lost = rep.iter().find_map(|j| {
-            let about_mtu = j.hops.iter().any(|h| {
-                h.tuple.is_some_and(|t| {
-                    (t.proto == 1 && h.icmp_type == 3 && h.icmp_code == 4)
-                        || (t.proto == 58 && h.icmp_type == 2)
-                })
-            });
-            match j.outcome() {
-                crate::model::Outcome::Dropped(d) if about_mtu => Some(d),
-                _ => None,
-            }
-        });
-        if let Some(d) = lost {
+        if let Some(d) = lost_mtu_error(rep) {
             let at = d
                 .hook
                 .map(|h| format!("the {h} hook"))
