@@ -659,8 +659,9 @@ fn no_route_back_to_the_vm_prefix_is_no_reply_with_the_route_as_next_step() {
     assert!(!s.contains("add a masquerade rule"), "{}", run.dump());
 }
 
-/// The host's packet-too-big to the guest filtered in its own OUTPUT chain: the request's
-/// drop is named with the black hole that follows from it.
+/// The host's packet-too-big to the guest filtered in its own OUTPUT chain: that drop is the
+/// root cause (the guest would have lowered its MTU), named with its hook and chain, and the
+/// summary tells the black hole that follows from it.
 #[test]
 fn a_filtered_packet_too_big_is_named_a_pmtu_black_hole() {
     let lab = Lab::new(LabOptions::default());
@@ -679,11 +680,23 @@ fn a_filtered_packet_too_big_is_named_a_pmtu_black_hole() {
     assert!(got.is_none(), "the packet-too-big got through: {got:?}");
     let v = run.verdict();
     assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "reason"), "PKT_TOO_BIG", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
-    assert_eq!(field(v, "device"), "up0", "{}", run.dump());
+    assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "OUTPUT", "{}", run.dump());
+    assert_eq!(
+        v["chains"][0],
+        "ip6 labptb out (policy accept, priority 0)",
+        "{}",
+        run.dump()
+    );
     let s = field(v, "summary");
-    for want in ["MTU 1280", "black hole", "OUTPUT", "packet-too-big accept"] {
+    for want in [
+        "larger than the MTU 1280 of up0 [PKT_TOO_BIG]",
+        "black hole",
+        "OUTPUT",
+        "packet-too-big accept",
+    ] {
         assert!(s.contains(want), "{want}: {}", run.dump());
     }
 }
