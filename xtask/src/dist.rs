@@ -9,7 +9,8 @@
 //! Why musl and not `-C target-feature=+crt-static` on glibc: the musl std is one `rustup
 //! target add` away, no crate of kvmtrace compiles C, and kvmtrace calls nothing that goes
 //! through NSS (no user, group or host name lookups: `watch --listen` takes an address, not a
-//! name), which is what a static glibc would break.
+//! name; the dynamic build imports none of `getaddrinfo`, `getpw*`, `getgr*`, `gethostby*` or
+//! `dlopen`), which is what a static glibc would break.
 //!
 //! The eBPF object is unaffected by the target: `kvmtrace/build.rs` is a host program (an
 //! explicit `--target` keeps build scripts host-built and out of reach of target flags) and
