@@ -15,7 +15,10 @@
 //! The eBPF object is unaffected by the target: `kvmtrace/build.rs` is a host program (an
 //! explicit `--target` keeps build scripts host-built and out of reach of target flags) and
 //! aya-build compiles the eBPF crate for `bpfel-unknown-none` with nightly, replacing the
-//! inherited flags with its own `CARGO_ENCODED_RUSTFLAGS`.
+//! inherited flags with its own `CARGO_ENCODED_RUSTFLAGS`. Checked: the eBPF object of this
+//! build, of the dynamic release build and of a static glibc build made with
+//! `RUSTFLAGS="-C target-feature=+crt-static"` and `--target x86_64-unknown-linux-gnu` are the
+//! same bytes (that glibc build links without a warning and also runs on Debian 11, 13.2 MiB).
 //!
 //! It is built in its own target directory, `target/static`: `cargo test` holds the lock of
 //! the workspace's target directory while tests run, and a test here builds this binary.
