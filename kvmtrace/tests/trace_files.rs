@@ -10,7 +10,11 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_kvmtrace");
+/// The binary under test; `KVMTRACE_BIN` at compile time overrides it (see `common::BIN`).
+const BIN: &str = match option_env!("KVMTRACE_BIN") {
+    Some(bin) => bin,
+    None => env!("CARGO_BIN_EXE_kvmtrace"),
+};
 const FORWARD_DROP: &str = include_str!("../src/model/fixtures/forward_drop.jsonl");
 const HEALTHY: &str = include_str!("../src/model/fixtures/healthy.jsonl");
 const NO_MASQ: &str = include_str!("../src/model/fixtures/no_masquerade.jsonl");

@@ -7,7 +7,11 @@ use kvmtrace_lab::vm::FakeVm;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const BIN: &str = env!("CARGO_BIN_EXE_kvmtrace");
+/// The binary under test; `KVMTRACE_BIN` at compile time overrides it (see `common::BIN`).
+const BIN: &str = match option_env!("KVMTRACE_BIN") {
+    Some(bin) => bin,
+    None => env!("CARGO_BIN_EXE_kvmtrace"),
+};
 
 /// A detached tmux session, killed on drop (also when an assertion fails).
 struct Tmux {

@@ -6,6 +6,7 @@
 
 mod bench;
 mod demo;
+mod dist;
 mod setup;
 mod soak;
 
@@ -35,6 +36,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Follow a VM under steady load for minutes: RSS and kernel maps must stay flat.
     Soak(soak::SoakArgs),
+    /// Build the static (musl) release binary, eBPF object inside, and print its path.
+    Static,
     /// Re-record the model's fixtures (kvmtrace/src/model/fixtures) from live runs in a lab.
     Fixtures,
 }
@@ -73,6 +76,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) => bench::run(&args),
         Command::Soak(args) => soak::run(&args),
         Command::Fixtures => fixtures(),
+        Command::Static => {
+            println!("{}", dist::static_binary(&dist::workspace())?.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -11,7 +11,10 @@
 //!   `watch` tests) and QEMU 10 from bookworm-backports for the real-guest tests (bookworm's
 //!   QEMU 7.2 would remove the image's qemu-utils 10, see shared/LAB.md);
 //! - the `br_netfilter` kernel module (`modprobe`), without which the bridged-mode netfilter
-//!   test cannot show a FORWARD drop of bridged frames.
+//!   test cannot show a FORWARD drop of bridged frames;
+//! - the Rust std for `x86_64-unknown-linux-musl` (`rustup target add`) for the static binary
+//!   (`cargo xtask static`), and a Debian 11 root (`debootstrap --variant=minbase bullseye`,
+//!   ~215 MB in /var/cache/kvmtrace) that the test of that binary runs it in.
 
 use std::{
     collections::HashMap,
@@ -25,6 +28,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+
+use crate::dist::{musl_std_installed, BULLSEYE_DONE, BULLSEYE_ROOT, STATIC_TARGET};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// LLVM majors bpf-linker 0.13.0 has a `llvm-N` cargo feature for.
@@ -43,7 +48,11 @@ const DEB_PACKAGES: &[&str] = &[
     "kmod",
     // The `watch` lab tests scrape kvmtrace with a real Prometheus server (2.42 on bookworm).
     "prometheus",
+    // Makes the Debian 11 root the static binary is tested in.
+    "debootstrap",
 ];
+/// Where debootstrap fetches Debian 11 from.
+const BULLSEYE_MIRROR: &str = "http://deb.debian.org/debian";
 const QEMU_PACKAGE: &str = "qemu-system-x86";
 const BACKPORTS_SUITE: &str = "bookworm-backports";
 const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/kvmtrace-backports.sources";
@@ -88,8 +97,10 @@ pub fn run(args: &SetupArgs) -> Result<ExitCode> {
         Some(sysroot) => setup.bpf_linker(&sysroot)?,
         None => say("bpf-linker", "not checked (no nightly toolchain)"),
     }
+    setup.musl_target()?;
     setup.debian()?;
     setup.br_netfilter()?;
+    setup.bullseye_root()?;
 
     let took = start.elapsed();
     if setup.missing.is_empty() {
@@ -379,6 +390,89 @@ impl Setup {
         }
         self.changed = true;
         say(ITEM, "loaded");
+        Ok(())
+    }
+
+    /// Makes sure the default toolchain can build for the static binary's target.
+    fn musl_target(&mut self) -> Result<()> {
+        let item = format!("rust std {STATIC_TARGET}");
+        if musl_std_installed() {
+            say(&item, "present");
+            return Ok(());
+        }
+        if self.check {
+            say(&item, "MISSING");
+            self.missing.push(item);
+            return Ok(());
+        }
+        say(&item, "installing (rustup target add)…");
+        self.changed = true;
+        run_cmd(Command::new("rustup").args(["target", "add", STATIC_TARGET]))?;
+        if !musl_std_installed() {
+            bail!("`rustup target add {STATIC_TARGET}` succeeded but its std is still missing");
+        }
+        say(&item, "installed");
+        Ok(())
+    }
+
+    /// Makes sure the Debian 11 root exists (made once, then reused). debootstrap works in a
+    /// sibling directory that is renamed into place when it has finished, so an interrupted
+    /// run leaves nothing that looks complete.
+    fn bullseye_root(&mut self) -> Result<()> {
+        const ITEM: &str = "debian 11 root";
+        let root = Path::new(BULLSEYE_ROOT);
+        if root.join(BULLSEYE_DONE).exists() {
+            say(ITEM, &format!("present ({BULLSEYE_ROOT})"));
+            return Ok(());
+        }
+        if self.check {
+            say(ITEM, &format!("MISSING ({BULLSEYE_ROOT})"));
+            self.missing.push(ITEM.into());
+            return Ok(());
+        }
+        let work = root.with_extension("partial");
+        let log = root.with_extension("log");
+        for dir in [&work, &root.to_path_buf()] {
+            if dir.exists() {
+                fs::remove_dir_all(dir)
+                    .with_context(|| format!("removing the unfinished {}", dir.display()))?;
+            }
+        }
+        if let Some(parent) = root.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        say(
+            ITEM,
+            &format!(
+                "making {BULLSEYE_ROOT} with debootstrap --variant=minbase bullseye \
+                 (~1.5 min, ~215 MB; log {})…",
+                log.display()
+            ),
+        );
+        let start = Instant::now();
+        let out = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let status = Command::new("debootstrap")
+            .args(["--variant=minbase", "bullseye"])
+            .arg(&work)
+            .arg(BULLSEYE_MIRROR)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .status()
+            .context("running debootstrap")?;
+        if !status.success() {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            for line in tail.iter().rev() {
+                say(ITEM, line);
+            }
+            bail!("debootstrap failed ({status}); see {}", log.display());
+        }
+        fs::write(work.join(BULLSEYE_DONE), "")?;
+        fs::rename(&work, root)
+            .with_context(|| format!("renaming {} to {BULLSEYE_ROOT}", work.display()))?;
+        self.changed = true;
+        say(ITEM, &format!("made in {:.0?}", start.elapsed()));
         Ok(())
     }
 

@@ -9,7 +9,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_kvmtrace");
+/// The binary under test: the one cargo builds for the tests, or the one `KVMTRACE_BIN` names
+/// when the tests are compiled, e.g. the static build:
+/// `KVMTRACE_BIN=$(cargo xtask static) cargo test -p kvmtrace --test follow`.
+pub const BIN: &str = match option_env!("KVMTRACE_BIN") {
+    Some(bin) => bin,
+    None => env!("CARGO_BIN_EXE_kvmtrace"),
+};
 
 /// A running `kvmtrace follow`.
 pub struct Running {

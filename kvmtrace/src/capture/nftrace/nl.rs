@@ -226,9 +226,11 @@ impl NlSocket {
     }
 
     pub fn set_recv_timeout(&self, d: Duration) -> io::Result<()> {
+        // Conversions rather than casts to `time_t`/`suseconds_t`: the libc crate marks those
+        // aliases deprecated on musl (the static build), and both are 64-bit on x86_64.
         let tv = libc::timeval {
-            tv_sec: d.as_secs() as libc::time_t,
-            tv_usec: d.subsec_micros() as libc::suseconds_t,
+            tv_sec: d.as_secs().try_into().unwrap_or(i64::MAX),
+            tv_usec: d.subsec_micros().into(),
         };
         self.setsockopt(libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
     }

@@ -1,0 +1,503 @@
+//! `cargo xtask static`: the kvmtrace binary to copy onto a hypervisor.
+//!
+//! The ordinary release binary links glibc dynamically and asks for the glibc of the machine
+//! that built it (2.34+ here), so it does not start on Debian 11 (2.31), Ubuntu 20.04 or
+//! RHEL 8. Built for `x86_64-unknown-linux-musl` it links musl's libc statically: one file,
+//! no interpreter, no shared library, the eBPF object inside (`include_bytes!` in
+//! `capture/probe.rs`), so it runs on any x86_64 Linux whose kernel kvmtrace supports.
+//!
+//! Why musl and not `-C target-feature=+crt-static` on glibc: the musl std is one `rustup
+//! target add` away, no crate of kvmtrace compiles C, and kvmtrace calls nothing that goes
+//! through NSS (no user, group or host name lookups: `watch --listen` takes an address, not a
+//! name; the dynamic build imports none of `getaddrinfo`, `getpw*`, `getgr*`, `gethostby*` or
+//! `dlopen`), which is what a static glibc would break.
+//!
+//! The eBPF object is unaffected by the target: `kvmtrace/build.rs` is a host program (an
+//! explicit `--target` keeps build scripts host-built and out of reach of target flags) and
+//! aya-build compiles the eBPF crate for `bpfel-unknown-none` with nightly, replacing the
+//! inherited flags with its own `CARGO_ENCODED_RUSTFLAGS`. Checked: the eBPF object of this
+//! build, of the dynamic release build and of a static glibc build made with
+//! `RUSTFLAGS="-C target-feature=+crt-static"` and `--target x86_64-unknown-linux-gnu` are the
+//! same bytes (that glibc build links without a warning and also runs on Debian 11, 13.2 MiB).
+//!
+//! It is built in its own target directory, `target/static`: `cargo test` holds the lock of
+//! the workspace's target directory while tests run, and a test here builds this binary.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+
+/// The Rust target of the static binary.
+pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// A Debian 11 (bullseye, glibc 2.31) root made by `cargo xtask setup` with
+/// `debootstrap --variant=minbase`: the oldest userland the static binary is tested in.
+pub const BULLSEYE_ROOT: &str = "/var/cache/kvmtrace/bullseye-root";
+/// Written into [`BULLSEYE_ROOT`] once debootstrap has finished, so that a root left half
+/// made by an interrupted run is made again rather than trusted.
+pub const BULLSEYE_DONE: &str = ".kvmtrace-debootstrap-done";
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits inside the workspace")
+        .to_path_buf()
+}
+
+/// Builds kvmtrace as a static x86_64 musl binary (release) and returns its path, after
+/// checking that it is static and carries the eBPF object.
+pub fn static_binary(workspace: &Path) -> Result<PathBuf> {
+    if !musl_std_installed() {
+        bail!(
+            "the Rust std for {STATIC_TARGET} is not installed: run `cargo xtask setup` (or \
+             `rustup target add {STATIC_TARGET}`)"
+        );
+    }
+    let target_dir = workspace.join("target/static");
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "--release", "--package", "kvmtrace", "--bin"])
+        .args(["kvmtrace", "--target", STATIC_TARGET, "--target-dir"])
+        .arg(&target_dir)
+        .stdin(Stdio::null());
+    eprintln!("[static] building: {cmd:?}");
+    let start = Instant::now();
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("building the static binary failed ({status})");
+    }
+    let bin = target_dir.join(STATIC_TARGET).join("release/kvmtrace");
+    let image = fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
+    match linkage(&image)? {
+        Linkage::Static => {}
+        Linkage::Dynamic {
+            interpreter,
+            needed,
+        } => bail!(
+            "{} is dynamically linked (interpreter {interpreter:?}, libraries {needed:?}): \
+             are RUSTFLAGS turning crt-static off?",
+            bin.display()
+        ),
+    }
+    let Some(ebpf) = embedded_bpf_object(&image) else {
+        bail!("{} carries no eBPF object", bin.display());
+    };
+    eprintln!(
+        "[static] {} in {:.1?}: static, {} KiB, eBPF object inside ({} KiB)",
+        bin.display(),
+        start.elapsed(),
+        image.len() / 1024,
+        ebpf / 1024
+    );
+    Ok(bin)
+}
+
+/// Whether the default toolchain has the musl std (`rustup target add` puts it in its sysroot).
+pub fn musl_std_installed() -> bool {
+    let Ok(out) = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+    else {
+        return false;
+    };
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let lib = sysroot.join("lib/rustlib").join(STATIC_TARGET).join("lib");
+    fs::read_dir(lib).is_ok_and(|entries| {
+        entries.filter_map(|e| e.ok()).any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("libstd-") && name.ends_with(".rlib")
+        })
+    })
+}
+
+/// How an ELF executable finds its libraries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Linkage {
+    /// No program interpreter and no shared library (static or static-pie).
+    Static,
+    Dynamic {
+        /// `PT_INTERP`, e.g. `/lib64/ld-linux-x86-64.so.2`.
+        interpreter: Option<String>,
+        /// `DT_NEEDED` names, e.g. `libc.so.6`.
+        needed: Vec<String>,
+    },
+}
+
+// ELF constants (include/uapi/linux/elf.h).
+const PT_DYNAMIC: u32 = 2;
+const PT_INTERP: u32 = 3;
+const DT_NULL: u64 = 0;
+const DT_NEEDED: u64 = 1;
+const DT_STRTAB: u64 = 5;
+const EM_BPF: u16 = 247;
+
+fn u16_at(b: &[u8], off: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(off..off + 2)?.try_into().ok()?))
+}
+fn u32_at(b: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
+}
+fn u64_at(b: &[u8], off: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?))
+}
+
+/// A program header of a 64-bit little-endian ELF file.
+struct Phdr {
+    kind: u32,
+    offset: u64,
+    vaddr: u64,
+    filesz: u64,
+}
+
+/// Reads the program headers: what the kernel and the dynamic loader look at.
+fn program_headers(elf: &[u8]) -> Result<Vec<Phdr>> {
+    if elf.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        bail!("not a 64-bit little-endian ELF file");
+    }
+    let bad = || anyhow::anyhow!("truncated ELF header");
+    let phoff = usize::try_from(u64_at(elf, 0x20).ok_or_else(bad)?)?;
+    let phentsize = usize::from(u16_at(elf, 0x36).ok_or_else(bad)?);
+    let phnum = usize::from(u16_at(elf, 0x38).ok_or_else(bad)?);
+    (0..phnum)
+        .map(|i| {
+            let p = phoff + i * phentsize;
+            Ok(Phdr {
+                kind: u32_at(elf, p).ok_or_else(bad)?,
+                offset: u64_at(elf, p + 8).ok_or_else(bad)?,
+                vaddr: u64_at(elf, p + 16).ok_or_else(bad)?,
+                filesz: u64_at(elf, p + 32).ok_or_else(bad)?,
+            })
+        })
+        .collect()
+}
+
+/// Whether an executable needs a dynamic loader or shared libraries (what `file` and `ldd`
+/// tell, read from the program headers).
+pub fn linkage(elf: &[u8]) -> Result<Linkage> {
+    let phdrs = program_headers(elf)?;
+    let slice = |off: u64, len: u64| -> Result<&[u8]> {
+        let start = usize::try_from(off)?;
+        let end = start + usize::try_from(len)?;
+        elf.get(start..end)
+            .context("segment beyond the end of file")
+    };
+    let interpreter = match phdrs.iter().find(|p| p.kind == PT_INTERP) {
+        Some(p) => {
+            let raw = slice(p.offset, p.filesz)?;
+            let raw = raw.split(|&c| c == 0).next().unwrap_or_default();
+            Some(String::from_utf8_lossy(raw).into_owned())
+        }
+        None => None,
+    };
+    let mut needed = Vec::new();
+    if let Some(dynamic) = phdrs.iter().find(|p| p.kind == PT_DYNAMIC) {
+        let table = slice(dynamic.offset, dynamic.filesz)?;
+        let entries: Vec<(u64, u64)> = table
+            .chunks_exact(16)
+            .map(|e| (u64_at(e, 0).unwrap_or(0), u64_at(e, 8).unwrap_or(0)))
+            .take_while(|&(tag, _)| tag != DT_NULL)
+            .collect();
+        let names: Vec<u64> = entries
+            .iter()
+            .filter(|&&(tag, _)| tag == DT_NEEDED)
+            .map(|&(_, v)| v)
+            .collect();
+        if !names.is_empty() {
+            // DT_STRTAB is an address: find the loaded segment that holds it.
+            let strtab = entries
+                .iter()
+                .find(|&&(tag, _)| tag == DT_STRTAB)
+                .map(|&(_, v)| v)
+                .context("DT_NEEDED without DT_STRTAB")?;
+            let seg = phdrs
+                .iter()
+                .find(|p| p.vaddr <= strtab && strtab < p.vaddr + p.filesz)
+                .context("DT_STRTAB outside every segment")?;
+            let strings = usize::try_from(seg.offset + (strtab - seg.vaddr))?;
+            for off in names {
+                let start = strings + usize::try_from(off)?;
+                let raw = elf
+                    .get(start..)
+                    .context("DT_NEEDED beyond the end of file")?;
+                let raw = raw.split(|&c| c == 0).next().unwrap_or_default();
+                needed.push(String::from_utf8_lossy(raw).into_owned());
+            }
+        }
+    }
+    if interpreter.is_none() && needed.is_empty() {
+        Ok(Linkage::Static)
+    } else {
+        Ok(Linkage::Dynamic {
+            interpreter,
+            needed,
+        })
+    }
+}
+
+/// The size of the first eBPF ELF object (machine `EM_BPF`) embedded in a file, if any:
+/// kvmtrace carries its kernel programs as such an object.
+pub fn embedded_bpf_object(image: &[u8]) -> Option<usize> {
+    const MAGIC: &[u8] = b"\x7fELF\x02\x01";
+    let mut from = 1; // the file's own header is not embedded
+    while let Some(pos) = image
+        .get(from..)?
+        .windows(MAGIC.len())
+        .position(|w| w == MAGIC)
+    {
+        let obj = &image[from + pos..];
+        if u16_at(obj, 18) == Some(EM_BPF) {
+            // Section headers come last in what bpf-linker writes: they end the object.
+            let shoff = usize::try_from(u64_at(obj, 0x28)?).ok()?;
+            let shentsize = usize::from(u16_at(obj, 0x3a)?);
+            let shnum = usize::from(u16_at(obj, 0x3c)?);
+            return Some(shoff + shentsize * shnum);
+        }
+        from += pos + 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvmtrace_lab::lab::{Lab, LabOptions};
+    use kvmtrace_lab::vm::FakeVm;
+    use serde_json::Value;
+    use std::io::Read as _;
+    use std::os::fd::{AsRawFd as _, RawFd};
+    use std::os::unix::process::CommandExt as _;
+    use std::process::{Child, Output};
+    use std::time::Duration;
+
+    #[test]
+    fn a_glibc_executable_is_dynamic_with_its_loader_and_libc() {
+        let ls = fs::read("/bin/ls").unwrap();
+        match linkage(&ls).unwrap() {
+            Linkage::Dynamic {
+                interpreter,
+                needed,
+            } => {
+                assert_eq!(interpreter.as_deref(), Some("/lib64/ld-linux-x86-64.so.2"));
+                assert!(needed.iter().any(|n| n == "libc.so.6"), "{needed:?}");
+            }
+            Linkage::Static => panic!("/bin/ls read as static"),
+        }
+        assert_eq!(embedded_bpf_object(&ls), None);
+    }
+
+    #[test]
+    fn busybox_static_is_static() {
+        // Debian's busybox-static (installed by `cargo xtask setup` for the QEMU guest).
+        let busybox = fs::read("/bin/busybox").unwrap();
+        assert_eq!(linkage(&busybox).unwrap(), Linkage::Static);
+        assert_eq!(embedded_bpf_object(&busybox), None);
+    }
+
+    #[test]
+    fn a_file_that_is_not_elf_is_an_error() {
+        let err = linkage(b"#!/bin/sh\necho hi\n").unwrap_err();
+        assert_eq!(err.to_string(), "not a 64-bit little-endian ELF file");
+    }
+
+    /// Runs `/mnt/kvmtrace ARGS` chrooted into the Debian 11 root, inside the lab's hypervisor
+    /// namespace. `ip netns exec` gives the command its own mount namespace, so the tmpfs that
+    /// carries the binary and the proc, sysfs and tracefs mounts the root gets vanish with it
+    /// and the cached root is never written.
+    fn in_bullseye(lab: &Lab, bin: &Path, args: &[&str]) -> Command {
+        const SCRIPT: &str = r#"root=$1 bin=$2; shift 2
+            mount -t tmpfs kvmtrace "$root/mnt" && cp "$bin" "$root/mnt/kvmtrace" &&
+            mount -t proc proc "$root/proc" && mount -t sysfs sysfs "$root/sys" &&
+            mount -t tracefs tracefs "$root/sys/kernel/tracing" &&
+            exec chroot "$root" /mnt/kvmtrace "$@""#;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &lab.hv, "sh", "-c", SCRIPT, "sh"])
+            .arg(BULLSEYE_ROOT)
+            .arg(bin)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn text(b: &[u8]) -> String {
+        String::from_utf8_lossy(b).into_owned()
+    }
+
+    fn dump(out: &Output) -> String {
+        format!(
+            "{}\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    }
+
+    /// A stand-in QEMU in the lab's hypervisor named `guest=old-host-vm`, holding the fake VM's
+    /// tun fd as its fd 7 (as QEMU holds its tap), so `list` names it.
+    fn qemu_standin(lab: &Lab, vm: &FakeVm) -> Child {
+        let fd: RawFd = vm.tap_fd().as_raw_fd();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &lab.hv, "sh", "-c", "sleep 60 7>&-; :"])
+            .args(["qemu-system-x86_64", "-name", "guest=old-host-vm"])
+            .args(["-netdev", "tap,id=n0,ifname=vnet0,script=no,downscript=no"])
+            .args(["-device", "virtio-net-pci,netdev=n0,mac=52:54:00:4b:54:02"])
+            .stdin(Stdio::null());
+        // SAFETY: dup2 and prctl are async-signal-safe; the fd stays open in the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                // dup2 leaves the copy without FD_CLOEXEC, so the shell inherits it.
+                if libc::dup2(fd, 7) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawn the stand-in QEMU");
+        let pid = child.id();
+        for _ in 0..100 {
+            let holds = fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|d| {
+                d.flatten()
+                    .any(|e| fs::read_link(e.path()).is_ok_and(|t| t == Path::new("/dev/net/tun")))
+            });
+            if holds {
+                return child;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the stand-in QEMU (pid {pid}) never held the tap");
+    }
+
+    /// The shipped binary on a Debian 11 userland (glibc 2.31, older than the 2.34 the dynamic
+    /// build needs): it starts, lists the VM of a lab and follows its pings to a verdict.
+    #[test]
+    fn the_static_binary_runs_in_a_debian_11_root() {
+        let root = Path::new(BULLSEYE_ROOT);
+        assert!(
+            root.join(BULLSEYE_DONE).exists(),
+            "no Debian 11 root at {BULLSEYE_ROOT}: run `cargo xtask setup`"
+        );
+        let ldd = Command::new("chroot")
+            .arg(root)
+            .args(["ldd", "--version"])
+            .output()
+            .unwrap();
+        let first = text(&ldd.stdout).lines().next().unwrap_or("").to_owned();
+        assert!(first.ends_with(" 2.31"), "not glibc 2.31: {first}");
+
+        let bin = static_binary(&workspace()).unwrap();
+        let image = fs::read(&bin).unwrap();
+        assert_eq!(linkage(&image).unwrap(), Linkage::Static);
+        assert!(embedded_bpf_object(&image).is_some_and(|n| n > 4096));
+
+        let lab = Lab::new(LabOptions::default());
+        let out = in_bullseye(&lab, &bin, &["--version"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
+        assert_eq!(
+            text(&out.stdout).trim(),
+            format!("kvmtrace {}", env!("CARGO_PKG_VERSION"))
+        );
+
+        let mut vm = FakeVm::attach(&lab);
+        let mut standin = qemu_standin(&lab, &vm);
+        let out = in_bullseye(&lab, &bin, &["list", "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
+        let listed: Vec<Value> = text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .filter(|v: &Value| v["pid"] == standin.id())
+            .collect();
+        assert_eq!(listed.len(), 1, "{}", dump(&out));
+        let nic = &listed[0];
+        assert_eq!(nic["name"], "old-host-vm", "{nic}");
+        assert_eq!(nic["tap"], "vnet0", "{nic}");
+        assert_eq!(nic["mac"], "52:54:00:4b:54:02", "{nic}");
+        assert_eq!(nic["followable"], true, "{nic}");
+
+        // `follow` by the VM's name while the fake VM pings through the lab's NAT.
+        let mut child = in_bullseye(
+            &lab,
+            &bin,
+            &[
+                "follow",
+                "old-host-vm",
+                "203.0.113.1",
+                "--json",
+                "--proto",
+                "icmp",
+                "--duration",
+                "5",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let err = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok)
+            {
+                if line.contains("following") {
+                    let _ = tx.send(());
+                }
+                all += &line;
+                all.push('\n');
+            }
+            all
+        });
+        // Until it has attached (or has ended: the assertions below then show why).
+        let _ = rx.recv_timeout(Duration::from_secs(60));
+        let mut replies = 0;
+        for seq in 1..=3 {
+            let got = vm.ping(
+                "203.0.113.1".parse().unwrap(),
+                0x5b11,
+                seq,
+                Duration::from_millis(500),
+            );
+            replies += usize::from(got.is_some());
+        }
+        let mut stdout = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        let status = child.wait().unwrap();
+        let stderr = stderr.join().unwrap();
+        let _ = standin.kill();
+        let _ = standin.wait();
+        let run = format!("{status}\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
+        assert_eq!(replies, 3, "the lab itself is broken: {run}");
+        let verdicts: Vec<Value> = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["type"] == "verdict")
+            .collect();
+        assert_eq!(verdicts.len(), 1, "{run}");
+        let v = &verdicts[0];
+        assert_eq!(v["status"], "delivered", "{run}");
+        assert_eq!(v["stage"], "tap", "{run}");
+        assert_eq!(v["direction"], "reply", "{run}");
+        assert_eq!(v["device"], "vnet0", "{run}");
+        assert_eq!(v["requests"], 3, "{run}");
+        assert_eq!(status.code(), Some(0), "{run}");
+    }
+}
