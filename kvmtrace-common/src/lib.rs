@@ -42,19 +42,37 @@ pub enum HookKind {
 }
 
 impl HookKind {
+    /// Every hook, in value order.
+    pub const ALL: [HookKind; 9] = [
+        Self::TapIngress,
+        Self::TapEgress,
+        Self::NetifReceive,
+        Self::DevXmit,
+        Self::NfEnter,
+        Self::NfExit,
+        Self::Fib,
+        Self::Drop,
+        Self::Consume,
+    ];
+
     pub fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            1 => Self::TapIngress,
-            2 => Self::TapEgress,
-            3 => Self::NetifReceive,
-            4 => Self::DevXmit,
-            5 => Self::NfEnter,
-            6 => Self::NfExit,
-            7 => Self::Fib,
-            8 => Self::Drop,
-            9 => Self::Consume,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|h| *h as u8 == v)
+    }
+
+    /// The name every view uses (the JSON `point`, pcapng's interface names): a new hook does
+    /// not compile until it has one.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::TapIngress => "tap_ingress",
+            Self::TapEgress => "tap_egress",
+            Self::NetifReceive => "netif_receive",
+            Self::DevXmit => "dev_xmit",
+            Self::NfEnter => "nf_enter",
+            Self::NfExit => "nf_exit",
+            Self::Fib => "fib",
+            Self::Drop => "drop",
+            Self::Consume => "consume",
+        }
     }
 }
 

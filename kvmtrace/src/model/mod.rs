@@ -274,7 +274,7 @@ pub fn stage_of(e: &TraceEvent) -> Stage {
         Point::TapIngress | Point::TapEgress => Stage::Tap,
         Point::NfEnter | Point::NfExit => Stage::Netfilter,
         Point::Fib => Stage::Routing,
-        _ => match e.dev_kind {
+        Point::NetifReceive | Point::DevXmit | Point::Drop | Point::Consume => match e.dev_kind {
             DevKind::Tap => Stage::Tap,
             DevKind::Bridge => Stage::Bridge,
             DevKind::Other => Stage::Egress,

@@ -942,3 +942,13 @@ fn recycled_skb_addresses_never_stitch_two_packets_together() {
         assert_eq!(v.rewrites[0].field, "src");
     }
 }
+
+/// One name per hook: the JSON `point` (serde) is the name every other view uses.
+#[test]
+fn every_hook_is_named_alike_in_json_and_in_the_views() {
+    for h in Point::ALL {
+        assert_eq!(serde_json::to_value(h).unwrap(), h.name(), "{h:?}");
+        assert_eq!(Point::from_u8(h as u8), Some(h));
+    }
+    assert_eq!(Point::from_u8(0), None);
+}

@@ -50,28 +50,13 @@ pub struct Exported {
     pub skipped: usize,
 }
 
-/// The hook's name as in the JSON views (`tap_ingress`, `nf_exit`, …).
-pub fn point_name(p: Point) -> &'static str {
-    match p {
-        Point::TapIngress => "tap_ingress",
-        Point::TapEgress => "tap_egress",
-        Point::NetifReceive => "netif_receive",
-        Point::DevXmit => "dev_xmit",
-        Point::NfEnter => "nf_enter",
-        Point::NfExit => "nf_exit",
-        Point::Fib => "fib",
-        Point::Drop => "drop",
-        Point::Consume => "consume",
-    }
-}
-
 /// The hook part of an observation point: `tap_ingress`, `nf_exit POSTROUTING`.
 pub fn hook_name(e: &TraceEvent) -> String {
     match e.nf_hook {
         Some(h) if matches!(e.point, Point::NfEnter | Point::NfExit) => {
-            format!("{} {}", point_name(e.point), h.name())
+            format!("{} {}", e.point.name(), h.name())
         }
-        _ => point_name(e.point).to_string(),
+        _ => e.point.name().to_string(),
     }
 }
 
