@@ -6,6 +6,7 @@
 
 mod bench;
 mod demo;
+mod deps;
 mod dist;
 mod setup;
 mod soak;
@@ -102,6 +103,7 @@ fn test(args: &TestArgs) -> Result<ExitCode> {
     // The QEMU image is built once up front so that its progress is visible and the test
     // that boots it does not spend its time on it.
     guest(&GuestArgs { dir: None })?;
+    deps::check(&dist::workspace())?;
     step(
         "format",
         std::process::Command::new(&cargo).args(["fmt", "--all", "--", "--check"]),
