@@ -26,7 +26,7 @@ mod ruletext;
 
 use anyhow::{bail, Context as _, Result};
 use decode::{family_name, parse_ip, parse_trace, verdict_name, IpHdr, TraceMsg, TraceType};
-use nl::{NlSocket, NFNLGRP_NFTRACE, NFT_MSG_GETCHAIN, NFT_MSG_GETTABLE, NFT_MSG_TRACE};
+use nl::{Socket, NFNLGRP_NFTRACE, NFT_MSG_GETCHAIN, NFT_MSG_GETTABLE, NFT_MSG_TRACE};
 use ruletext::RuleText;
 
 use std::collections::{HashMap, HashSet};
@@ -107,7 +107,7 @@ static TABLE_COUNTER: AtomicU32 = AtomicU32::new(0);
 pub struct RuleTracer {
     table: String,
     /// The socket that created (and, with owner flag, owns) the table.
-    ctl: Option<NlSocket>,
+    ctl: Option<Socket>,
     owner: bool,
     shared: Arc<Shared>,
     collector: Option<JoinHandle<()>>,
@@ -136,14 +136,14 @@ impl RuleTracer {
         let mut warnings = Vec::new();
         let netns = File::open("/proc/thread-self/ns/net")
             .context("--explain-rules: opening this thread's network namespace")?;
-        let trace = NlSocket::open().context("--explain-rules: netlink socket")?;
+        let trace = nl::open().context("--explain-rules: netlink socket")?;
         trace.set_rcvbuf(8 << 20);
         trace
             .join_group(NFNLGRP_NFTRACE)
             .context("--explain-rules: subscribing to nftables trace events")?;
-        let query = NlSocket::open().context("--explain-rules: netlink socket")?;
+        let query = nl::open().context("--explain-rules: netlink socket")?;
         query.set_recv_timeout(Duration::from_secs(2))?;
-        let mut ctl = NlSocket::open().context("--explain-rules: netlink socket")?;
+        let mut ctl = nl::open().context("--explain-rules: netlink socket")?;
         ctl.set_recv_timeout(Duration::from_secs(5))?;
 
         remove_leftovers(&mut ctl, &mut warnings);
@@ -279,8 +279,8 @@ fn pid_alive(pid: u32) -> bool {
 
 /// Deletes `inet kvmtrace_nftrace_<pid>_*` tables of processes that are gone. Tables with an
 /// owner are never left-overs (the kernel removes them with their socket), whatever their pid.
-fn remove_leftovers(ctl: &mut NlSocket, warnings: &mut Vec<String>) {
-    let tables = match ctl.dump(NFT_MSG_GETTABLE) {
+fn remove_leftovers(ctl: &mut Socket, warnings: &mut Vec<String>) {
+    let tables = match nl::dump(ctl, NFT_MSG_GETTABLE) {
         Ok(t) => t,
         Err(e) => {
             warnings.push(format!(
@@ -325,9 +325,9 @@ struct TraceState {
 const MAX_TRACES: usize = 16_384;
 
 struct Collector {
-    sock: NlSocket,
+    sock: Socket,
     /// For base-chain dumps (hook names).
-    query: NlSocket,
+    query: Socket,
     filter: TraceFilter,
     shared: Arc<Shared>,
     traces: HashMap<u32, TraceState>,
@@ -486,7 +486,7 @@ impl Collector {
         if let Some(h) = self.hooks.get(&key) {
             return h.clone();
         }
-        match self.query.dump(NFT_MSG_GETCHAIN) {
+        match nl::dump(&mut self.query, NFT_MSG_GETCHAIN) {
             Ok(bodies) => {
                 for c in bodies
                     .iter()
@@ -558,8 +558,8 @@ mod tests {
 
     fn collector(f: TraceFilter) -> Collector {
         Collector {
-            sock: NlSocket::open().expect("netlink socket"),
-            query: NlSocket::open().expect("netlink socket"),
+            sock: nl::open().expect("netlink socket"),
+            query: nl::open().expect("netlink socket"),
             filter: f,
             shared: Arc::new(Shared::default()),
             traces: HashMap::new(),

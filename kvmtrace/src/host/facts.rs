@@ -1,12 +1,11 @@
 //! Reads the host facts that verdicts cite: ip_forward, the nftables base chains (a read-only
 //! NFT_MSG_GETCHAIN dump over nfnetlink), and the iptables-legacy tables.
 
-use crate::host::netlink::{attrs, be32, cstr, dump};
+use crate::host::nl::{attrs, be32, cstr, dump, NETLINK_NETFILTER};
 use crate::model::event::NfHook;
 use crate::model::{HostFacts, NfChain};
 use std::io;
 
-const NETLINK_NETFILTER: i32 = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_NEWCHAIN: u16 = 3;

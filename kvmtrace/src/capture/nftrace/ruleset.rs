@@ -16,7 +16,7 @@
 
 use super::decode::{family_name, has_ports};
 use super::nl::{
-    attrs, be32, cstr, Attrs, BatchMsg, NFGENMSG_LEN, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN,
+    attrs, be32, cstr, nft_type, Attrs, BatchMsg, NFGENMSG_LEN, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN,
     NFT_MSG_NEWRULE, NFT_MSG_NEWTABLE, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL,
 };
 use super::TraceFilter;
@@ -355,7 +355,7 @@ pub fn create_batch(table: &str, f: &TraceFilter, owner: bool) -> Vec<BatchMsg> 
         t = t.be32(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER);
     }
     let mut msgs = vec![BatchMsg {
-        msg: NFT_MSG_NEWTABLE,
+        ty: nft_type(NFT_MSG_NEWTABLE),
         flags: NLM_F_CREATE | NLM_F_EXCL,
         family: FAMILY_INET,
         attrs: t,
@@ -364,7 +364,7 @@ pub fn create_batch(table: &str, f: &TraceFilter, owner: bool) -> Vec<BatchMsg> 
     let rules = rules(f);
     for (chain, hook) in CHAINS {
         msgs.push(BatchMsg {
-            msg: NFT_MSG_NEWCHAIN,
+            ty: nft_type(NFT_MSG_NEWCHAIN),
             flags: NLM_F_CREATE | NLM_F_EXCL,
             family: FAMILY_INET,
             attrs: Attrs::new()
@@ -386,7 +386,7 @@ pub fn create_batch(table: &str, f: &TraceFilter, owner: bool) -> Vec<BatchMsg> 
                 list = list.nested(NFTA_LIST_ELEM, e);
             }
             msgs.push(BatchMsg {
-                msg: NFT_MSG_NEWRULE,
+                ty: nft_type(NFT_MSG_NEWRULE),
                 flags: NLM_F_CREATE | NLM_F_APPEND,
                 family: FAMILY_INET,
                 attrs: Attrs::new()
@@ -403,7 +403,7 @@ pub fn create_batch(table: &str, f: &TraceFilter, owner: bool) -> Vec<BatchMsg> 
 /// `delete table inet <table>`.
 pub fn delete_msg(table: &str) -> BatchMsg {
     BatchMsg {
-        msg: NFT_MSG_DELTABLE,
+        ty: nft_type(NFT_MSG_DELTABLE),
         flags: 0,
         family: FAMILY_INET,
         attrs: Attrs::new().str(NFTA_TABLE_NAME, table),

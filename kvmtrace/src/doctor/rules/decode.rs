@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::host::facts::family_name;
-use crate::host::netlink::{self, attr, attrs, be32, be64, cstr, ne32};
+use crate::host::nl::{self, attr, attrs, be32, be64, cstr, ne32};
 use std::collections::HashMap;
 use std::io;
 
@@ -639,8 +639,8 @@ pub fn parse_chain(body: &[u8]) -> Option<Chain> {
 /// Reads every chain and rule of this network namespace (needs CAP_NET_ADMIN).
 pub fn read_ruleset() -> io::Result<Ruleset> {
     let nfgen = [0u8, 0, 0, 0]; // AF_UNSPEC: every family
-    let mut chains: Vec<Chain> = netlink::dump(
-        netlink::NETLINK_NETFILTER,
+    let mut chains: Vec<Chain> = nl::dump(
+        nl::NETLINK_NETFILTER,
         (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN,
         &nfgen,
     )?
@@ -648,8 +648,8 @@ pub fn read_ruleset() -> io::Result<Ruleset> {
     .filter(|(t, _)| t & 0xff == NFT_MSG_NEWCHAIN)
     .filter_map(|(_, b)| parse_chain(&b))
     .collect();
-    let rules = netlink::dump(
-        netlink::NETLINK_NETFILTER,
+    let rules = nl::dump(
+        nl::NETLINK_NETFILTER,
         (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE,
         &nfgen,
     )?;
