@@ -2,31 +2,12 @@
 //! expression loads into a register or compares one, and the comparisons become conditions.
 
 use super::*;
-use crate::host::facts::family_name;
-use crate::host::nl::{self, attr, attrs, be32, be64, cstr, ne32};
+use crate::host::nftables::{
+    self, NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE,
+};
+use crate::host::nl::{attr, be32, cstr, ne32};
 use std::collections::HashMap;
 use std::io;
-
-pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
-pub(super) const NFT_MSG_NEWCHAIN: u16 = 3;
-pub(super) const NFT_MSG_GETCHAIN: u16 = 4;
-pub(super) const NFT_MSG_NEWRULE: u16 = 6;
-pub(super) const NFT_MSG_GETRULE: u16 = 7;
-
-pub(super) const NFTA_CHAIN_TABLE: u16 = 1;
-pub(super) const NFTA_CHAIN_NAME: u16 = 3;
-pub(super) const NFTA_CHAIN_TYPE: u16 = 7;
-pub(super) const NFTA_RULE_TABLE: u16 = 1;
-pub(super) const NFTA_RULE_CHAIN: u16 = 2;
-pub(super) const NFTA_RULE_HANDLE: u16 = 3;
-pub(super) const NFTA_RULE_EXPRESSIONS: u16 = 4;
-pub(super) const NFTA_LIST_ELEM: u16 = 1;
-pub(super) const NFTA_EXPR_NAME: u16 = 1;
-pub(super) const NFTA_EXPR_DATA: u16 = 2;
-pub(super) const NFTA_DATA_VALUE: u16 = 1;
-pub(super) const NFTA_DATA_VERDICT: u16 = 2;
-pub(super) const NFTA_VERDICT_CODE: u16 = 1;
-pub(super) const NFTA_VERDICT_CHAIN: u16 = 2;
 
 pub(super) const META_IIF: u32 = 4;
 pub(super) const META_OIF: u32 = 5;
@@ -419,12 +400,7 @@ pub fn decode_rule_in(family: &str, handle: u64, exprs: &[u8]) -> Rule {
     };
     let mut conds = Vec::new();
     let mut action = Action::Continue;
-    for (ty, elem) in attrs(exprs) {
-        if ty != NFTA_LIST_ELEM {
-            continue;
-        }
-        let name = attr(elem, NFTA_EXPR_NAME).map(cstr).unwrap_or_default();
-        let d = attr(elem, NFTA_EXPR_DATA).unwrap_or(&[]);
+    for (name, d) in nftables::exprs(exprs) {
         let u = |t: u16| attr(d, t).and_then(be32);
         match name.as_str() {
             "payload" => {
@@ -600,69 +576,25 @@ pub fn decode_rule_in(family: &str, handle: u64, exprs: &[u8]) -> Rule {
     }
 }
 
-/// Parses one `NFT_MSG_NEWRULE` body: (family, table, chain, rule).
-pub fn parse_rule(body: &[u8]) -> Option<(String, String, String, Rule)> {
-    let family = family_name(*body.first()?);
-    let a = body.get(4..)?;
-    let table = attr(a, NFTA_RULE_TABLE).map(cstr)?;
-    let chain = attr(a, NFTA_RULE_CHAIN).map(cstr)?;
-    let handle = attr(a, NFTA_RULE_HANDLE).and_then(be64).unwrap_or(0);
-    let exprs = attr(a, NFTA_RULE_EXPRESSIONS).unwrap_or(&[]);
-    let rule = decode_rule_in(&family, handle, exprs);
-    Some((family, table, chain, rule))
-}
-
-/// Parses one `NFT_MSG_NEWCHAIN` body (base or regular chain).
-pub fn parse_chain(body: &[u8]) -> Option<Chain> {
-    let family = family_name(*body.first()?);
-    let a = body.get(4..)?;
-    let table = attr(a, NFTA_CHAIN_TABLE).map(cstr)?;
-    let name = attr(a, NFTA_CHAIN_NAME).map(cstr)?;
-    // Hook, priority and policy: the same decoding `facts` uses for verdicts.
-    let base = crate::host::facts::parse_chain(body).map(|c| Base {
-        hook: c.hook,
-        priority: c.priority,
-        policy: c.policy,
-        kind: attr(a, NFTA_CHAIN_TYPE)
-            .map(cstr)
-            .unwrap_or_else(|| "filter".into()),
-    });
-    Some(Chain {
-        family,
-        table,
-        name,
-        base,
-        rules: Vec::new(),
-    })
-}
-
-/// Reads every chain and rule of this network namespace (needs CAP_NET_ADMIN).
+/// Reads every chain and rule of this network namespace (needs CAP_NET_ADMIN) through the
+/// nftables reader, and decodes each rule into the model.
 pub fn read_ruleset() -> io::Result<Ruleset> {
-    let nfgen = [0u8, 0, 0, 0]; // AF_UNSPEC: every family
-    let mut chains: Vec<Chain> = nl::dump(
-        nl::NETLINK_NETFILTER,
-        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN,
-        &nfgen,
-    )?
-    .into_iter()
-    .filter(|(t, _)| t & 0xff == NFT_MSG_NEWCHAIN)
-    .filter_map(|(_, b)| parse_chain(&b))
-    .collect();
-    let rules = nl::dump(
-        nl::NETLINK_NETFILTER,
-        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE,
-        &nfgen,
-    )?;
-    for (t, b) in rules {
-        if t & 0xff != NFT_MSG_NEWRULE {
-            continue;
-        }
-        let Some((family, table, chain, rule)) = parse_rule(&b) else {
-            continue;
-        };
+    let (chains, rules) = nftables::ruleset()?;
+    let mut chains: Vec<Chain> = chains
+        .into_iter()
+        .map(|c| Chain {
+            family: c.family,
+            table: c.table,
+            name: c.name,
+            base: c.base,
+            rules: Vec::new(),
+        })
+        .collect();
+    for r in rules {
+        let rule = decode_rule_in(&r.family, r.handle, &r.exprs);
         if let Some(c) = chains
             .iter_mut()
-            .find(|c| c.family == family && c.table == table && c.name == chain)
+            .find(|c| c.family == r.family && c.table == r.table && c.name == r.chain)
         {
             c.rules.push(rule);
         }

@@ -217,16 +217,8 @@ pub struct Rule {
     pub action: Action,
 }
 
-/// A base chain's hook.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Base {
-    pub hook: NfHook,
-    pub priority: i32,
-    /// `accept` or `drop`.
-    pub policy: String,
-    /// `filter`, `nat`, `route`.
-    pub kind: String,
-}
+/// A base chain's hook, priority, policy and type, as the nftables reader gives them.
+pub use crate::host::nftables::Hook as Base;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chain {
