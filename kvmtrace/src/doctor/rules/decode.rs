@@ -1,5 +1,6 @@
-//! Decoding nf_tables rules and chains from their netlink attributes into the model: each
-//! expression loads into a register or compares one, and the comparisons become conditions.
+//! Decoding nf_tables rules into the model: the nftables reader (`host/nftables.rs`) lists the
+//! chains and each rule's expressions; here each expression loads into a register or compares
+//! one, and the comparisons become conditions.
 
 use super::*;
 use crate::host::nftables::{

@@ -1,5 +1,5 @@
-//! nftables chains and rules (iptables-nft's included), read over nfnetlink and judged against a
-//! model packet.
+//! nftables chains and rules (iptables-nft's included), read by the host's nftables reader
+//! (`host/nftables.rs`) and judged against a model packet.
 //!
 //! A rule is decoded into conditions (`ip saddr 10.77.0.0/24`, `oifname "up0"`, `ct state
 //! established,related`, …) and an action (accept, drop, jump, masquerade, …). Only what a
@@ -12,7 +12,7 @@
 //! compat `match`/`target` payloads: `include/uapi/linux/netfilter/xt_conntrack.h`, `xt_state.h`.
 //!
 //! Layout: the model here (prefixes, conditions, actions, rules, chains), [`decode`] (the
-//! kernel's expressions read over nfnetlink), [`judge`] (a model packet walked through a base
+//! kernel's expressions, as the reader lists them, into conditions), [`judge`] (a model packet walked through a base
 //! chain).
 
 mod decode;
