@@ -80,11 +80,31 @@ pub struct Table {
     pub owner: Option<u32>,
 }
 
+/// An nf_tables message body: the family's name (from `nfgenmsg`) and the attributes after it.
+fn split(body: &[u8]) -> Option<(String, &[u8])> {
+    Some((
+        family_name(*body.first()?).to_string(),
+        body.get(NFGENMSG_LEN..)?,
+    ))
+}
+
+/// A string attribute.
+fn text(a: &[u8], ty: u16) -> Option<String> {
+    attr(a, ty).map(cstr)
+}
+
+/// A chain's or rule's place: (family, table, its own or its chain's name, attributes); None
+/// without table or name.
+fn placed(body: &[u8], table: u16, name: u16) -> Option<(String, String, String, &[u8])> {
+    let (family, a) = split(body)?;
+    Some((family, text(a, table)?, text(a, name)?, a))
+}
+
 /// Parses one NFT_MSG_NEWTABLE body (nfgenmsg + attributes).
 pub fn parse_table(body: &[u8]) -> Option<Table> {
-    let family = family_name(*body.first()?).to_string();
+    let (family, a) = split(body)?;
     let (mut name, mut owner, mut flags) = (None, None, 0);
-    for (ty, p) in attrs(body.get(NFGENMSG_LEN..)?) {
+    for (ty, p) in attrs(a) {
         match ty {
             NFTA_TABLE_NAME => name = Some(cstr(p)),
             NFTA_TABLE_FLAGS => flags = be32(p)?,
@@ -160,21 +180,19 @@ fn hook_of(a: &[u8]) -> Option<Hook> {
         hook: hook?,
         priority,
         policy,
-        kind: attr(a, NFTA_CHAIN_TYPE)
-            .map(cstr)
-            .unwrap_or_else(|| "filter".into()),
+        kind: text(a, NFTA_CHAIN_TYPE).unwrap_or_else(|| "filter".into()),
     })
 }
 
 /// Parses one NFT_MSG_NEWCHAIN body (nfgenmsg + attributes), base or regular chain.
 pub fn parse_chain(body: &[u8]) -> Option<Chain> {
-    let family = family_name(*body.first()?).to_string();
-    let a = body.get(NFGENMSG_LEN..)?;
+    let (family, table, name, a) = placed(body, NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME)?;
+    let base = hook_of(a);
     Some(Chain {
         family,
-        table: attr(a, NFTA_CHAIN_TABLE).map(cstr)?,
-        name: attr(a, NFTA_CHAIN_NAME).map(cstr)?,
-        base: hook_of(a),
+        table,
+        name,
+        base,
     })
 }
 
@@ -191,12 +209,11 @@ pub struct Rule {
 
 /// Parses one NFT_MSG_NEWRULE body (nfgenmsg + attributes).
 pub fn parse_rule(body: &[u8]) -> Option<Rule> {
-    let family = family_name(*body.first()?).to_string();
-    let a = body.get(NFGENMSG_LEN..)?;
+    let (family, table, chain, a) = placed(body, NFTA_RULE_TABLE, NFTA_RULE_CHAIN)?;
     Some(Rule {
         family,
-        table: attr(a, NFTA_RULE_TABLE).map(cstr)?,
-        chain: attr(a, NFTA_RULE_CHAIN).map(cstr)?,
+        table,
+        chain,
         handle: attr(a, NFTA_RULE_HANDLE).and_then(be64).unwrap_or(0),
         exprs: attr(a, NFTA_RULE_EXPRESSIONS).unwrap_or(&[]).to_vec(),
     })

@@ -6,14 +6,19 @@
 //! (`capture/nftrace`) all talk to the kernel through [`Socket`]. A socket belongs to the
 //! network namespace of the thread that opened it, whatever thread uses it later.
 //!
-//! Constants are from include/uapi/linux/netlink.h and netfilter/nfnetlink.h (Linux 6.x).
+//! nfnetlink's constants are from include/uapi/linux/netfilter/nfnetlink.h (Linux 6.x).
 
 use std::io;
 use std::os::fd::{AsRawFd as _, RawFd};
 use std::time::Duration;
 
-pub const NETLINK_ROUTE: isize = 0;
-pub const NETLINK_NETFILTER: isize = 12;
+// The protocols, message flags and types of netlink.h, as netlink-sys and netlink-packet-core
+// name them.
+use netlink_packet_core::{NLA_F_NESTED, NLM_F_ACK};
+pub use netlink_packet_core::{
+    NLMSG_DONE, NLMSG_ERROR, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+};
+pub use netlink_sys::protocols::{NETLINK_NETFILTER, NETLINK_ROUTE};
 
 /// `enum nfnl_subsys_ids`: NFNL_SUBSYS_NFTABLES.
 pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -22,16 +27,7 @@ pub const NFNLGRP_NFTRACE: u32 = 9;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10; // NLMSG_MIN_TYPE
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 
-pub const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-pub const NLM_F_EXCL: u16 = 0x200;
-pub const NLM_F_CREATE: u16 = 0x400;
-pub const NLM_F_APPEND: u16 = 0x800;
-pub const NLM_F_DUMP: u16 = 0x300;
-pub const NLMSG_ERROR: u16 = 2;
-pub const NLMSG_DONE: u16 = 3;
-const NLA_F_NESTED: u16 = 0x8000;
-
+/// `struct nlmsghdr`: len, type, flags, seq, pid.
 pub const NLMSG_HDRLEN: usize = 16;
 /// `struct nfgenmsg`: family, version, res_id.
 pub const NFGENMSG_LEN: usize = 4;
@@ -339,16 +335,19 @@ impl Socket {
     /// Sends `msgs` as one nf_tables transaction (all or nothing) and waits for the kernel's
     /// answer to each. The first error is returned, naming the message it answers.
     pub fn batch(&mut self, msgs: &[BatchMsg]) -> io::Result<()> {
-        let res_id = NFNL_SUBSYS_NFTABLES;
-        let unspec = libc::AF_UNSPEC as u8;
-        let mut buf = message(
-            NFNL_MSG_BATCH_BEGIN,
-            NLM_F_REQUEST,
-            self.next_seq(),
-            unspec,
-            res_id,
-            &Attrs::new(),
-        );
+        // BATCH_BEGIN and BATCH_END: no attributes, res_id the subsystem the batch is for.
+        let control = |ty: u16, seq: u32| {
+            let unspec = libc::AF_UNSPEC as u8;
+            message(
+                ty,
+                NLM_F_REQUEST,
+                seq,
+                unspec,
+                NFNL_SUBSYS_NFTABLES,
+                &Attrs::new(),
+            )
+        };
+        let mut buf = control(NFNL_MSG_BATCH_BEGIN, self.next_seq());
         let first = self.seq;
         let mut pending = Vec::new();
         for m in msgs {
@@ -363,14 +362,7 @@ impl Socket {
                 &m.attrs,
             ));
         }
-        buf.extend(message(
-            NFNL_MSG_BATCH_END,
-            NLM_F_REQUEST,
-            self.next_seq(),
-            unspec,
-            res_id,
-            &Attrs::new(),
-        ));
+        buf.extend(control(NFNL_MSG_BATCH_END, self.next_seq()));
         let last = self.seq;
         self.send(&buf)?;
         let mut rbuf = vec![0u8; 1 << 16];
