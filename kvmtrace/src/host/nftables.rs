@@ -52,6 +52,38 @@ pub const NFTA_DATA_VERDICT: u16 = 2;
 pub const NFTA_VERDICT_CODE: u16 = 1;
 pub const NFTA_VERDICT_CHAIN: u16 = 2;
 
+// The attributes of the expressions both kvmtrace's own trace rules and doctor's decoding use.
+pub const NFTA_META_DREG: u16 = 1;
+pub const NFTA_META_KEY: u16 = 2;
+pub const NFTA_META_SREG: u16 = 3;
+pub const NFTA_CMP_SREG: u16 = 1;
+pub const NFTA_CMP_OP: u16 = 2;
+pub const NFTA_CMP_DATA: u16 = 3;
+pub const NFT_CMP_EQ: u32 = 0;
+pub const NFTA_PAYLOAD_DREG: u16 = 1;
+pub const NFTA_PAYLOAD_BASE: u16 = 2;
+pub const NFTA_PAYLOAD_OFFSET: u16 = 3;
+pub const NFTA_PAYLOAD_LEN: u16 = 4;
+pub const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+pub const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+pub const NFTA_BITWISE_SREG: u16 = 1;
+pub const NFTA_BITWISE_DREG: u16 = 2;
+pub const NFTA_BITWISE_LEN: u16 = 3;
+pub const NFTA_BITWISE_MASK: u16 = 4;
+pub const NFTA_BITWISE_XOR: u16 = 5;
+pub const NFTA_BITWISE_OP: u16 = 6;
+pub const NFTA_IMMEDIATE_DREG: u16 = 1;
+pub const NFTA_IMMEDIATE_DATA: u16 = 2;
+/// `enum nft_meta_keys`.
+pub const NFT_META_PROTOCOL: u32 = 1;
+pub const NFT_META_IIF: u32 = 4;
+pub const NFT_META_OIF: u32 = 5;
+pub const NFT_META_IIFNAME: u32 = 6;
+pub const NFT_META_OIFNAME: u32 = 7;
+pub const NFT_META_NFTRACE: u32 = 12;
+pub const NFT_META_NFPROTO: u32 = 15;
+pub const NFT_META_L4PROTO: u32 = 16;
+
 /// The full nlmsg type of an nf_tables message.
 pub fn nft_type(msg: u16) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | msg

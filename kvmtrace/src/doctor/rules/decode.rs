@@ -4,25 +4,27 @@
 
 use super::*;
 use crate::host::nftables::{
-    self, NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE,
+    self, NFTA_BITWISE_DREG, NFTA_BITWISE_MASK, NFTA_BITWISE_OP, NFTA_BITWISE_SREG,
+    NFTA_BITWISE_XOR, NFTA_CMP_DATA, NFTA_CMP_OP, NFTA_CMP_SREG, NFTA_DATA_VALUE,
+    NFTA_DATA_VERDICT, NFTA_IMMEDIATE_DATA, NFTA_IMMEDIATE_DREG, NFTA_META_DREG, NFTA_META_KEY,
+    NFTA_PAYLOAD_BASE, NFTA_PAYLOAD_DREG, NFTA_PAYLOAD_LEN, NFTA_PAYLOAD_OFFSET,
+    NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE,
+};
+pub(super) use crate::host::nftables::{
+    NFT_META_IIF as META_IIF, NFT_META_IIFNAME as META_IIFNAME, NFT_META_L4PROTO as META_L4PROTO,
+    NFT_META_NFPROTO as META_NFPROTO, NFT_META_OIF as META_OIF, NFT_META_OIFNAME as META_OIFNAME,
+    NFT_META_PROTOCOL as META_PROTOCOL,
 };
 use crate::host::nl::{attr, be32, cstr, ne32};
 use std::collections::HashMap;
 use std::io;
 
-pub(super) const META_IIF: u32 = 4;
-pub(super) const META_OIF: u32 = 5;
-pub(super) const META_IIFNAME: u32 = 6;
-pub(super) const META_OIFNAME: u32 = 7;
-pub(super) const META_NFPROTO: u32 = 15;
-pub(super) const META_PROTOCOL: u32 = 1;
 /// `NFTA_FIB_F_*` (nf_tables.h).
 pub(super) const FIB_F_SADDR: u32 = 1;
 pub(super) const FIB_F_DADDR: u32 = 2;
 pub(super) const FIB_F_MARK: u32 = 4;
 pub(super) const FIB_F_IIF: u32 = 8;
 pub(super) const FIB_F_OIF: u32 = 16;
-pub(super) const META_L4PROTO: u32 = 16;
 pub(super) const CT_STATE: u32 = 0;
 
 /// What a register holds while a rule's expressions are decoded.
@@ -405,8 +407,12 @@ pub fn decode_rule_in(family: &str, handle: u64, exprs: &[u8]) -> Rule {
         let u = |t: u16| attr(d, t).and_then(be32);
         match name.as_str() {
             "payload" => {
-                if let (Some(dreg), Some(base), Some(offset), Some(len)) = (u(1), u(2), u(3), u(4))
-                {
+                if let (Some(dreg), Some(base), Some(offset), Some(len)) = (
+                    u(NFTA_PAYLOAD_DREG),
+                    u(NFTA_PAYLOAD_BASE),
+                    u(NFTA_PAYLOAD_OFFSET),
+                    u(NFTA_PAYLOAD_LEN),
+                ) {
                     regs.insert(
                         norm_reg(dreg),
                         Src::Payload {
@@ -420,7 +426,7 @@ pub fn decode_rule_in(family: &str, handle: u64, exprs: &[u8]) -> Rule {
                 // With NFTA_PAYLOAD_SREG (5) instead: a packet rewrite, not a test.
             }
             "meta" => {
-                if let (Some(dreg), Some(key)) = (u(1), u(2)) {
+                if let (Some(dreg), Some(key)) = (u(NFTA_META_DREG), u(NFTA_META_KEY)) {
                     regs.insert(norm_reg(dreg), Src::Meta(key));
                 }
             }
@@ -430,7 +436,7 @@ pub fn decode_rule_in(family: &str, handle: u64, exprs: &[u8]) -> Rule {
                 }
             }
             "bitwise" => {
-                let (Some(sreg), Some(dreg)) = (u(1), u(2)) else {
+                let (Some(sreg), Some(dreg)) = (u(NFTA_BITWISE_SREG), u(NFTA_BITWISE_DREG)) else {
                     continue;
                 };
                 let src = regs
@@ -438,11 +444,15 @@ pub fn decode_rule_in(family: &str, handle: u64, exprs: &[u8]) -> Rule {
                     .cloned()
                     .unwrap_or(Src::Unknown("?".into()));
                 // NFTA_BITWISE_OP (6): 0 = mask-and-xor; shifts and the rest are not decoded.
-                let v = if u(6).unwrap_or(0) == 0 {
+                let v = if u(NFTA_BITWISE_OP).unwrap_or(0) == 0 {
                     Src::Masked {
                         inner: Box::new(src),
-                        mask: attr(d, 4).map(data_value).unwrap_or_default(),
-                        xor: attr(d, 5).map(data_value).unwrap_or_default(),
+                        mask: attr(d, NFTA_BITWISE_MASK)
+                            .map(data_value)
+                            .unwrap_or_default(),
+                        xor: attr(d, NFTA_BITWISE_XOR)
+                            .map(data_value)
+                            .unwrap_or_default(),
                     }
                 } else {
                     Src::Unknown(format!("{} (shifted)", src.describe()))
@@ -450,10 +460,10 @@ pub fn decode_rule_in(family: &str, handle: u64, exprs: &[u8]) -> Rule {
                 regs.insert(norm_reg(dreg), v);
             }
             "cmp" => {
-                let (Some(sreg), Some(op)) = (u(1), u(2)) else {
+                let (Some(sreg), Some(op)) = (u(NFTA_CMP_SREG), u(NFTA_CMP_OP)) else {
                     continue;
                 };
-                let value = attr(d, 3).map(data_value).unwrap_or_default();
+                let value = attr(d, NFTA_CMP_DATA).map(data_value).unwrap_or_default();
                 let src = regs
                     .get(&norm_reg(sreg))
                     .cloned()
@@ -495,8 +505,10 @@ pub fn decode_rule_in(family: &str, handle: u64, exprs: &[u8]) -> Rule {
                 )));
             }
             "immediate" => {
-                let Some(dreg) = u(1) else { continue };
-                let data = attr(d, 2).unwrap_or(&[]);
+                let Some(dreg) = u(NFTA_IMMEDIATE_DREG) else {
+                    continue;
+                };
+                let data = attr(d, NFTA_IMMEDIATE_DATA).unwrap_or(&[]);
                 if dreg != 0 {
                     regs.insert(norm_reg(dreg), Src::Unknown("immediate".into()));
                     continue;
