@@ -11,7 +11,7 @@ use netlink_packet_route::AddressFamily;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::nl::{attrs, cstr, dump, ne32, request, NETLINK_ROUTE};
+use super::nl::{attrs, cstr, dump, ne32, request, Attrs, NETLINK_ROUTE};
 
 pub const RTM_NEWLINK: u16 = 16;
 pub const RTM_GETLINK: u16 = 18;
@@ -539,31 +539,18 @@ fn vxlan_dump(master: u32) -> io::Result<Vec<VxlanLink>> {
 /// `master` when not 0: the kernel filters on `IFLA_LINKINFO { IFLA_INFO_KIND }` and
 /// `IFLA_MASTER`.
 fn link_dump(kind: &str, master: u32) -> io::Result<Vec<Vec<u8>>> {
-    // ifinfomsg: family, pad, type, index, flags, change (16 bytes).
-    let mut b = vec![0u8; 16];
-    let mut nla = |ty: u16, payload: &[u8]| {
-        let len = 4 + payload.len();
-        b.extend_from_slice(&(len as u16).to_ne_bytes());
-        b.extend_from_slice(&ty.to_ne_bytes());
-        b.extend_from_slice(payload);
-        b.resize(b.len() + ((4 - len % 4) % 4), 0);
-    };
     const IFLA_MASTER: u16 = 10;
     const IFLA_LINKINFO: u16 = 18;
     const IFLA_INFO_KIND: u16 = 1;
+    let mut a = Attrs::new();
     if master != 0 {
-        nla(IFLA_MASTER, &master.to_ne_bytes());
+        a = a.bytes(IFLA_MASTER, &master.to_ne_bytes());
     }
     // IFLA_LINKINFO { IFLA_INFO_KIND "<kind>\0" }.
-    let mut name = kind.as_bytes().to_vec();
-    name.push(0);
-    let klen = 4 + name.len();
-    let mut inner = Vec::new();
-    inner.extend_from_slice(&(klen as u16).to_ne_bytes());
-    inner.extend_from_slice(&IFLA_INFO_KIND.to_ne_bytes());
-    inner.extend_from_slice(&name);
-    inner.resize(inner.len() + ((4 - klen % 4) % 4), 0);
-    nla(IFLA_LINKINFO | 0x8000, &inner);
+    a = a.nested(IFLA_LINKINFO, Attrs::new().str(IFLA_INFO_KIND, kind));
+    // ifinfomsg: family, pad, type, index, flags, change (16 bytes).
+    let mut b = vec![0u8; 16];
+    b.extend_from_slice(a.as_bytes());
     Ok(dump(NETLINK_ROUTE, RTM_GETLINK, &b)?
         .into_iter()
         .filter(|(t, _)| *t == RTM_NEWLINK)
@@ -974,14 +961,10 @@ pub mod tests {
 
     /// One netlink attribute, padded to 4 bytes.
     pub fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        v.extend_from_slice(&ty.to_ne_bytes());
-        v.extend_from_slice(payload);
-        while v.len() % 4 != 0 {
-            v.push(0);
-        }
-        v
+        crate::host::nl::Attrs::new()
+            .bytes(ty, payload)
+            .as_bytes()
+            .to_vec()
     }
 
     #[test]
