@@ -21,13 +21,12 @@
 
 mod decode;
 mod ruleset;
-mod ruletext;
 
+use crate::host::nftables::ruletext::{self, RuleText};
 use crate::host::nftables::{self, family_name, NFNLGRP_NFTRACE, NFT_MSG_TRACE};
 use crate::host::nl::{self, Socket};
 use anyhow::{bail, Context as _, Result};
 use decode::{parse_ip, parse_trace, verdict_name, IpHdr, TraceMsg, TraceType};
-use ruletext::RuleText;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

@@ -1,5 +1,5 @@
 //! Reads the host facts that verdicts cite: ip_forward, the nftables base chains (from the
-//! nftables reader, `host/nftables.rs`), and the iptables-legacy tables.
+//! nftables reader, `host/nftables/`), and the iptables-legacy tables.
 
 use crate::model::HostFacts;
 

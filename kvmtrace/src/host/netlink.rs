@@ -4,7 +4,7 @@
 //!
 //! rtnetlink messages (addresses, routes, neighbours, policy rules) are parsed and built with
 //! `netlink-packet-route`; they travel over the one transport, `host/nl.rs` (a dump, one
-//! request). nftables is read by `host/nftables.rs`.
+//! request). nftables is read by `host/nftables/`.
 
 use netlink_packet_core::{Emitable as _, Parseable as _};
 use netlink_packet_route::AddressFamily;

@@ -2,7 +2,7 @@
 //! answers, attribute walking and building, and the nfnetlink pieces on top (`nfgenmsg`, the
 //! batch of nf_tables changes with an ack per message, multicast groups).
 //!
-//! rtnetlink (`host/netlink.rs`), the nftables reader (`host/nftables.rs`) and `--explain-rules`
+//! rtnetlink (`host/netlink.rs`), the nftables reader (`host/nftables/`) and `--explain-rules`
 //! (`capture/nftrace`) all talk to the kernel through [`Socket`]. A socket belongs to the
 //! network namespace of the thread that opened it, whatever thread uses it later.
 //!

@@ -1,4 +1,4 @@
-//! Decoding nf_tables rules into the model: the nftables reader (`host/nftables.rs`) lists the
+//! Decoding nf_tables rules into the model: the nftables reader (`host/nftables/`) lists the
 //! chains and each rule's expressions; here each expression loads into a register or compares
 //! one, and the comparisons become conditions.
 

@@ -1,5 +1,5 @@
 //! nftables chains and rules (iptables-nft's included), read by the host's nftables reader
-//! (`host/nftables.rs`) and judged against a model packet.
+//! (`host/nftables/`) and judged against a model packet.
 //!
 //! A rule is decoded into conditions (`ip saddr 10.77.0.0/24`, `oifname "up0"`, `ct state
 //! established,related`, …) and an action (accept, drop, jump, masquerade, …). Only what a

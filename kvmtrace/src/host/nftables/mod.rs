@@ -2,11 +2,14 @@
 //! rules as the kernel lists them (NFT_MSG_GET* dumps over nfnetlink), read-only.
 //!
 //! Host facts (the base chains a verdict cites), `doctor`'s firewall rules and `follow
-//! --explain-rules` (left-over tables, base-chain hooks) read nftables here; what each makes of
-//! a rule's expressions is its own (`doctor/rules/decode.rs` judges them).
+//! --explain-rules` (left-over tables, base-chain hooks, and the text of the rule that decided:
+//! [`ruletext`], as `nft` prints it) read nftables here; what each makes of a rule's expressions
+//! is its own (`doctor/rules/decode.rs` judges them).
 //!
 //! Constants are from include/uapi/linux/netfilter/nf_tables.h (Linux 6.x); the numbering of
 //! `enum nf_tables_msg_types` counts from NFT_MSG_NEWTABLE = 0, so NFT_MSG_TRACE is 17.
+
+pub mod ruletext;
 
 use super::nl::{attr, attrs, be32, be64, cstr, Socket, NETLINK_NETFILTER, NFGENMSG_LEN};
 pub use super::nl::{NFNLGRP_NFTRACE, NFNL_SUBSYS_NFTABLES};
