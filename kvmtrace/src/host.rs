@@ -1,8 +1,11 @@
 //! Reading the host, never changing it: which tap a VM has ([`resolve`]), the facts verdicts
-//! cite ([`facts`]: forwarding, addresses, nftables chains), and the rtnetlink / nfnetlink
-//! requests behind them ([`netlink`]).
+//! cite ([`facts`]: forwarding, addresses, nftables chains), the rtnetlink requests behind
+//! them ([`netlink`]), the one nftables reader ([`nftables`]), and the one netlink transport
+//! every netlink user shares ([`nl`]).
 pub mod facts;
 pub mod netlink;
+pub mod nftables;
+pub mod nl;
 pub mod resolve;
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, so comparable with event times.

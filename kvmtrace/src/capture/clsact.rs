@@ -9,11 +9,10 @@
 //! a qdisc only when kvmtrace created it and no filter is left on it. A clsact qdisc or filter
 //! of another tool is never touched.
 
-use crate::host::netlink::{attr, attrs, cstr, dump, NETLINK_ROUTE};
+use crate::host::nl::{attr, attrs, change, cstr, dump, NETLINK_ROUTE};
 use aya::programs::TcAttachType;
 use serde::{Deserialize, Serialize};
 use std::io;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// Where runs record what they added.
@@ -387,59 +386,13 @@ fn del_filter(ifindex: u32, parent: u32, prio: u16, proto: u16, handle: u32) -> 
         (u32::from(prio) << 16) | u32::from(proto),
     );
     push_attr(&mut b, TCA_KIND, b"bpf\0");
-    ack(RTM_DELTFILTER, &b)
+    change(NETLINK_ROUTE, RTM_DELTFILTER, &b)
 }
 
 fn del_clsact(ifindex: u32) -> io::Result<()> {
     let mut b = tcmsg(ifindex, CLSACT_HANDLE, CLSACT_PARENT, 0);
     push_attr(&mut b, TCA_KIND, b"clsact\0");
-    ack(RTM_DELQDISC, &b)
-}
-
-/// Sends one change request with NLM_F_ACK and returns the kernel's answer.
-fn ack(msg_type: u16, body: &[u8]) -> io::Result<()> {
-    const NLM_F_REQUEST: u16 = 1;
-    const NLM_F_ACK: u16 = 4;
-    const NLMSG_ERROR: u16 = 2;
-    // SAFETY: plain socket syscall; the fd is owned by `guard`.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just created and nothing else owns it.
-    let guard = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = 16 + body.len();
-    let mut req = Vec::with_capacity(len);
-    req.extend_from_slice(&(len as u32).to_ne_bytes());
-    req.extend_from_slice(&msg_type.to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    req.extend_from_slice(body);
-    // SAFETY: req is a valid buffer of req.len() bytes.
-    if unsafe { libc::send(guard.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; 8192];
-    // SAFETY: buf is writable for its whole length.
-    let n = unsafe { libc::recv(guard.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let b = &buf[..n as usize];
-    if b.len() >= 20 && u16::from_ne_bytes([b[4], b[5]]) == NLMSG_ERROR {
-        let errno = i32::from_ne_bytes([b[16], b[17], b[18], b[19]]);
-        if errno != 0 {
-            return Err(io::Error::from_raw_os_error(-errno));
-        }
-    }
-    Ok(())
+    change(NETLINK_ROUTE, RTM_DELQDISC, &b)
 }
 
 #[cfg(test)]

@@ -20,14 +20,13 @@
 //! Everything happens in the network namespace of the thread that calls `start`.
 
 mod decode;
-mod nl;
 mod ruleset;
-mod ruletext;
 
+use crate::host::nftables::ruletext::{self, RuleText};
+use crate::host::nftables::{self, family_name, NFNLGRP_NFTRACE, NFT_MSG_TRACE};
+use crate::host::nl::{self, Socket};
 use anyhow::{bail, Context as _, Result};
-use decode::{family_name, parse_ip, parse_trace, verdict_name, IpHdr, TraceMsg, TraceType};
-use nl::{NlSocket, NFNLGRP_NFTRACE, NFT_MSG_GETCHAIN, NFT_MSG_GETTABLE, NFT_MSG_TRACE};
-use ruletext::RuleText;
+use decode::{parse_ip, parse_trace, verdict_name, IpHdr, TraceMsg, TraceType};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -107,7 +106,7 @@ static TABLE_COUNTER: AtomicU32 = AtomicU32::new(0);
 pub struct RuleTracer {
     table: String,
     /// The socket that created (and, with owner flag, owns) the table.
-    ctl: Option<NlSocket>,
+    ctl: Option<Socket>,
     owner: bool,
     shared: Arc<Shared>,
     collector: Option<JoinHandle<()>>,
@@ -136,14 +135,14 @@ impl RuleTracer {
         let mut warnings = Vec::new();
         let netns = File::open("/proc/thread-self/ns/net")
             .context("--explain-rules: opening this thread's network namespace")?;
-        let trace = NlSocket::open().context("--explain-rules: netlink socket")?;
+        let trace = nftables::open().context("--explain-rules: netlink socket")?;
         trace.set_rcvbuf(8 << 20);
         trace
             .join_group(NFNLGRP_NFTRACE)
             .context("--explain-rules: subscribing to nftables trace events")?;
-        let query = NlSocket::open().context("--explain-rules: netlink socket")?;
+        let query = nftables::open().context("--explain-rules: netlink socket")?;
         query.set_recv_timeout(Duration::from_secs(2))?;
-        let mut ctl = NlSocket::open().context("--explain-rules: netlink socket")?;
+        let mut ctl = nftables::open().context("--explain-rules: netlink socket")?;
         ctl.set_recv_timeout(Duration::from_secs(5))?;
 
         remove_leftovers(&mut ctl, &mut warnings);
@@ -279,8 +278,8 @@ fn pid_alive(pid: u32) -> bool {
 
 /// Deletes `inet kvmtrace_nftrace_<pid>_*` tables of processes that are gone. Tables with an
 /// owner are never left-overs (the kernel removes them with their socket), whatever their pid.
-fn remove_leftovers(ctl: &mut NlSocket, warnings: &mut Vec<String>) {
-    let tables = match ctl.dump(NFT_MSG_GETTABLE) {
+fn remove_leftovers(ctl: &mut Socket, warnings: &mut Vec<String>) {
+    let tables = match nftables::tables_on(ctl) {
         Ok(t) => t,
         Err(e) => {
             warnings.push(format!(
@@ -289,7 +288,7 @@ fn remove_leftovers(ctl: &mut NlSocket, warnings: &mut Vec<String>) {
             return;
         }
     };
-    for t in tables.iter().filter_map(|b| ruleset::parse_table(b)) {
+    for t in tables {
         if t.family != "inet" || t.owner.is_some() {
             continue;
         }
@@ -325,9 +324,9 @@ struct TraceState {
 const MAX_TRACES: usize = 16_384;
 
 struct Collector {
-    sock: NlSocket,
+    sock: Socket,
     /// For base-chain dumps (hook names).
-    query: NlSocket,
+    query: Socket,
     filter: TraceFilter,
     shared: Arc<Shared>,
     traces: HashMap<u32, TraceState>,
@@ -360,7 +359,7 @@ impl Collector {
                 Ok(n) => {
                     let datagram = buf[..n].to_vec();
                     for m in nl::messages(&datagram) {
-                        if m.ty == nl::nft_type(NFT_MSG_TRACE) {
+                        if m.ty == nftables::nft_type(NFT_MSG_TRACE) {
                             if let Some(t) = parse_trace(m.body) {
                                 self.handle(t);
                             }
@@ -486,12 +485,9 @@ impl Collector {
         if let Some(h) = self.hooks.get(&key) {
             return h.clone();
         }
-        match self.query.dump(NFT_MSG_GETCHAIN) {
-            Ok(bodies) => {
-                for c in bodies
-                    .iter()
-                    .filter_map(|b| crate::host::facts::parse_chain(b))
-                {
+        match nftables::chains_on(&mut self.query) {
+            Ok(chains) => {
+                for c in chains.iter().filter_map(nftables::Chain::base_chain) {
                     let hook = if c.family == "netdev" {
                         // NF_NETDEV_INGRESS 0, NF_NETDEV_EGRESS 1.
                         match c.hook {
@@ -558,8 +554,8 @@ mod tests {
 
     fn collector(f: TraceFilter) -> Collector {
         Collector {
-            sock: NlSocket::open().expect("netlink socket"),
-            query: NlSocket::open().expect("netlink socket"),
+            sock: nftables::open().expect("netlink socket"),
+            query: nftables::open().expect("netlink socket"),
             filter: f,
             shared: Arc::new(Shared::default()),
             traces: HashMap::new(),

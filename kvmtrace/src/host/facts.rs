@@ -1,21 +1,7 @@
-//! Reads the host facts that verdicts cite: ip_forward, the nftables base chains (a read-only
-//! NFT_MSG_GETCHAIN dump over nfnetlink), and the iptables-legacy tables.
+//! Reads the host facts that verdicts cite: ip_forward, the nftables base chains (from the
+//! nftables reader, `host/nftables/`), and the iptables-legacy tables.
 
-use crate::host::netlink::{attrs, be32, cstr, dump};
-use crate::model::event::NfHook;
-use crate::model::{HostFacts, NfChain};
-use std::io;
-
-const NETLINK_NETFILTER: i32 = 12;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFT_MSG_GETCHAIN: u16 = 4;
-const NFT_MSG_NEWCHAIN: u16 = 3;
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_CHAIN_HOOK: u16 = 4;
-const NFTA_CHAIN_POLICY: u16 = 5;
-const NFTA_HOOK_HOOKNUM: u16 = 1;
-const NFTA_HOOK_PRIORITY: u16 = 2;
+use crate::model::HostFacts;
 
 /// Gathers the facts for the current network namespace. Never fails: what cannot be read is
 /// left out.
@@ -45,7 +31,7 @@ pub fn gather() -> HostFacts {
             .filter(|a| a.scope == 0)
             .map(|a| (a.ifindex, a.addr, a.prefix)),
     );
-    let nft_chains = nft_chains().unwrap_or_else(|e| {
+    let nft_chains = crate::host::nftables::base_chains().unwrap_or_else(|e| {
         log::debug!("reading nftables chains: {e}");
         Vec::new()
     });
@@ -179,115 +165,4 @@ fn lower_of(dev: &std::path::Path) -> Option<String> {
             .strip_prefix("lower_")
             .map(str::to_string)
     })
-}
-
-/// nfproto family number → nftables family name.
-pub(crate) fn family_name(f: u8) -> String {
-    match f {
-        1 => "inet",
-        2 => "ip",
-        3 => "arp",
-        5 => "netdev",
-        7 => "bridge",
-        10 => "ip6",
-        _ => "?",
-    }
-    .to_string()
-}
-
-/// Parses one NFT_MSG_NEWCHAIN message body (after nlmsghdr): nfgenmsg + attributes.
-pub fn parse_chain(body: &[u8]) -> Option<NfChain> {
-    if body.len() < 4 {
-        return None;
-    }
-    let family = body[0];
-    let (mut table, mut chain, mut hook, mut prio, mut policy) = (
-        String::new(),
-        String::new(),
-        None,
-        0i32,
-        "accept".to_string(),
-    );
-    for (ty, p) in attrs(&body[4..]) {
-        match ty {
-            NFTA_CHAIN_TABLE => table = cstr(p),
-            NFTA_CHAIN_NAME => chain = cstr(p),
-            NFTA_CHAIN_POLICY => {
-                policy = if be32(p)? == 0 { "drop" } else { "accept" }.into();
-            }
-            NFTA_CHAIN_HOOK => {
-                for (hty, hp) in attrs(p) {
-                    match hty {
-                        NFTA_HOOK_HOOKNUM => hook = NfHook::from_num(be32(hp)? as u8),
-                        NFTA_HOOK_PRIORITY => prio = be32(hp)? as i32,
-                        _ => {}
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    Some(NfChain {
-        family: family_name(family),
-        table,
-        chain,
-        hook: hook?,
-        priority: prio,
-        policy,
-    })
-}
-
-fn nft_chains() -> io::Result<Vec<NfChain>> {
-    // nfgenmsg: AF_UNSPEC (every family), version 0, res_id 0.
-    let msgs = dump(
-        NETLINK_NETFILTER,
-        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN,
-        &[0, 0, 0, 0],
-    )?;
-    Ok(msgs
-        .iter()
-        .filter(|(t, _)| t & 0xff == NFT_MSG_NEWCHAIN)
-        .filter_map(|(_, body)| parse_chain(body))
-        .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        v.extend_from_slice(&ty.to_ne_bytes());
-        v.extend_from_slice(payload);
-        while v.len() % 4 != 0 {
-            v.push(0);
-        }
-        v
-    }
-
-    #[test]
-    fn parses_a_forward_chain_with_policy_drop() {
-        let mut body = vec![1u8, 0, 0, 0]; // inet
-        body.extend(attr(NFTA_CHAIN_TABLE, b"filter\0"));
-        body.extend(attr(NFTA_CHAIN_NAME, b"forward\0"));
-        let mut hook = attr(NFTA_HOOK_HOOKNUM, &2u32.to_be_bytes());
-        hook.extend(attr(NFTA_HOOK_PRIORITY, &0u32.to_be_bytes()));
-        body.extend(attr(NFTA_CHAIN_HOOK | 0x8000, &hook));
-        body.extend(attr(NFTA_CHAIN_POLICY, &0u32.to_be_bytes()));
-        let c = parse_chain(&body).expect("chain");
-        assert_eq!(c.family, "inet");
-        assert_eq!(c.table, "filter");
-        assert_eq!(c.chain, "forward");
-        assert_eq!(c.hook, NfHook::Forward);
-        assert_eq!(c.policy, "drop");
-    }
-
-    #[test]
-    fn a_regular_chain_without_hook_is_not_a_base_chain() {
-        let mut body = vec![2u8, 0, 0, 0];
-        body.extend(attr(NFTA_CHAIN_TABLE, b"t\0"));
-        body.extend(attr(NFTA_CHAIN_NAME, b"c\0"));
-        assert!(parse_chain(&body).is_none());
-    }
 }

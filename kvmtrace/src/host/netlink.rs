@@ -1,20 +1,17 @@
-//! Read-only netlink for `doctor` and the route details of `follow`: addresses, routes,
-//! neighbours and policy rules over rtnetlink, chains and rules over nfnetlink (nftables),
-//! and one route query (`route_get`, as `ip route get fibmatch`). Requests are gets only:
-//! nothing is ever changed.
+//! Read-only rtnetlink for `doctor` and the route details of `follow`: addresses, routes,
+//! neighbours, policy rules, links, and one route query (`route_get`, as `ip route get
+//! fibmatch`). Requests are gets only: nothing is ever changed.
 //!
 //! rtnetlink messages (addresses, routes, neighbours, policy rules) are parsed and built with
-//! `netlink-packet-route`; the sockets are ours (a dump, one request), and so is the attribute
-//! walk that nfnetlink (nftables: `nfgenmsg`, `linux/netfilter/nfnetlink.h`) needs.
+//! `netlink-packet-route`; they travel over the one transport, `host/nl.rs` (a dump, one
+//! request). nftables is read by `host/nftables/`.
 
 use netlink_packet_core::{Emitable as _, Parseable as _};
 use netlink_packet_route::AddressFamily;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 
-pub const NETLINK_ROUTE: i32 = 0;
-pub const NETLINK_NETFILTER: i32 = 12;
+use super::nl::{attrs, cstr, dump, ne32, request, Attrs, NETLINK_ROUTE};
 
 pub const RTM_NEWLINK: u16 = 16;
 pub const RTM_GETLINK: u16 = 18;
@@ -27,174 +24,7 @@ pub const RTM_GETNEIGH: u16 = 30;
 pub const RTM_NEWRULE: u16 = 32;
 pub const RTM_GETRULE: u16 = 34;
 
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const AF_INET: u8 = 2;
-
-/// Iterates netlink attributes: (type without the nested / byte-order flags, payload).
-pub fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let payload = &b[4..len];
-        b = &b[((len + 3) & !3).min(b.len())..];
-        Some((ty, payload))
-    })
-}
-
-/// The payload of the first attribute of type `ty`.
-pub fn attr(b: &[u8], ty: u16) -> Option<&[u8]> {
-    attrs(b).find(|(t, _)| *t == ty).map(|(_, p)| p)
-}
-
-pub fn be32(p: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(p.get(..4)?.try_into().ok()?))
-}
-
-pub fn ne32(p: &[u8]) -> Option<u32> {
-    Some(u32::from_ne_bytes(p.get(..4)?.try_into().ok()?))
-}
-
-pub fn be64(p: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(p.get(..8)?.try_into().ok()?))
-}
-
-pub fn cstr(p: &[u8]) -> String {
-    let end = p.iter().position(|&c| c == 0).unwrap_or(p.len());
-    String::from_utf8_lossy(&p[..end]).into_owned()
-}
-
-/// Opens a netlink socket of `protocol` (answers bounded by `timeout_s`) and sends one
-/// request: `nlmsghdr` with `flags` + `body`.
-fn send(
-    protocol: i32,
-    msg_type: u16,
-    flags: u16,
-    body: &[u8],
-    timeout_s: i64,
-) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket syscall; the fd is owned by `guard` below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            protocol,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just created and nothing else owns it.
-    let guard = unsafe { OwnedFd::from_raw_fd(fd) };
-    let sock = guard.as_raw_fd();
-    let tv = libc::timeval {
-        tv_sec: timeout_s,
-        tv_usec: 0,
-    };
-    // SAFETY: tv is a valid timeval for the duration of the call.
-    unsafe {
-        libc::setsockopt(
-            sock,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
-    let len = 16 + body.len();
-    let mut req = Vec::with_capacity(len);
-    req.extend_from_slice(&(len as u32).to_ne_bytes());
-    req.extend_from_slice(&msg_type.to_ne_bytes());
-    req.extend_from_slice(&flags.to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    req.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel fills it in
-    req.extend_from_slice(body);
-    // SAFETY: req is a valid buffer of req.len() bytes.
-    if unsafe { libc::send(sock, req.as_ptr().cast(), req.len(), 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(guard)
-}
-
-/// Sends one dump request and collects every answer message as (type, body after `nlmsghdr`).
-pub fn dump(protocol: i32, msg_type: u16, body: &[u8]) -> io::Result<Vec<(u16, Vec<u8>)>> {
-    // A dump never blocks for long; a bound keeps a confused kernel from hanging `doctor`.
-    let guard = send(protocol, msg_type, NLM_F_REQUEST | NLM_F_DUMP, body, 5)?;
-    let sock = guard.as_raw_fd();
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 1 << 18];
-    loop {
-        // SAFETY: buf is writable for its whole length.
-        let n = unsafe { libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n == 0 {
-            return Ok(out);
-        }
-        let mut b = &buf[..n as usize];
-        while b.len() >= 16 {
-            let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-            let ty = u16::from_ne_bytes([b[4], b[5]]);
-            if len < 16 || len > b.len() {
-                return Ok(out);
-            }
-            match ty {
-                NLMSG_DONE => return Ok(out),
-                NLMSG_ERROR => {
-                    let errno = b
-                        .get(16..20)
-                        .map(|e| i32::from_ne_bytes([e[0], e[1], e[2], e[3]]))
-                        .unwrap_or(0);
-                    if errno != 0 {
-                        return Err(io::Error::from_raw_os_error(-errno));
-                    }
-                    return Ok(out);
-                }
-                _ => out.push((ty, b[16..len].to_vec())),
-            }
-            b = &b[((len + 3) & !3).min(b.len())..];
-        }
-    }
-}
-
-/// Sends one non-dump request and returns the first answer as (type, body), or the kernel's
-/// error.
-fn request(protocol: i32, msg_type: u16, body: &[u8]) -> io::Result<(u16, Vec<u8>)> {
-    let guard = send(protocol, msg_type, NLM_F_REQUEST, body, 1)?;
-    let sock = guard.as_raw_fd();
-    let mut buf = vec![0u8; 1 << 16];
-    // SAFETY: buf is writable for its whole length.
-    let n = unsafe { libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let b = &buf[..n as usize];
-    if b.len() < 16 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "short netlink answer",
-        ));
-    }
-    let len = (u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize).min(b.len());
-    let ty = u16::from_ne_bytes([b[4], b[5]]);
-    if ty == NLMSG_ERROR {
-        let errno = b
-            .get(16..20)
-            .map(|e| i32::from_ne_bytes([e[0], e[1], e[2], e[3]]))
-            .unwrap_or(0);
-        return Err(io::Error::from_raw_os_error(-errno));
-    }
-    Ok((ty, b[16..len.max(16)].to_vec()))
-}
 
 /// What a route query asks: a packet's addresses, protocol and ports, and the device it
 /// came in on (0: a locally sent packet).
@@ -709,31 +539,18 @@ fn vxlan_dump(master: u32) -> io::Result<Vec<VxlanLink>> {
 /// `master` when not 0: the kernel filters on `IFLA_LINKINFO { IFLA_INFO_KIND }` and
 /// `IFLA_MASTER`.
 fn link_dump(kind: &str, master: u32) -> io::Result<Vec<Vec<u8>>> {
-    // ifinfomsg: family, pad, type, index, flags, change (16 bytes).
-    let mut b = vec![0u8; 16];
-    let mut nla = |ty: u16, payload: &[u8]| {
-        let len = 4 + payload.len();
-        b.extend_from_slice(&(len as u16).to_ne_bytes());
-        b.extend_from_slice(&ty.to_ne_bytes());
-        b.extend_from_slice(payload);
-        b.resize(b.len() + ((4 - len % 4) % 4), 0);
-    };
     const IFLA_MASTER: u16 = 10;
     const IFLA_LINKINFO: u16 = 18;
     const IFLA_INFO_KIND: u16 = 1;
+    let mut a = Attrs::new();
     if master != 0 {
-        nla(IFLA_MASTER, &master.to_ne_bytes());
+        a = a.bytes(IFLA_MASTER, &master.to_ne_bytes());
     }
     // IFLA_LINKINFO { IFLA_INFO_KIND "<kind>\0" }.
-    let mut name = kind.as_bytes().to_vec();
-    name.push(0);
-    let klen = 4 + name.len();
-    let mut inner = Vec::new();
-    inner.extend_from_slice(&(klen as u16).to_ne_bytes());
-    inner.extend_from_slice(&IFLA_INFO_KIND.to_ne_bytes());
-    inner.extend_from_slice(&name);
-    inner.resize(inner.len() + ((4 - klen % 4) % 4), 0);
-    nla(IFLA_LINKINFO | 0x8000, &inner);
+    a = a.nested(IFLA_LINKINFO, Attrs::new().str(IFLA_INFO_KIND, kind));
+    // ifinfomsg: family, pad, type, index, flags, change (16 bytes).
+    let mut b = vec![0u8; 16];
+    b.extend_from_slice(a.as_bytes());
     Ok(dump(NETLINK_ROUTE, RTM_GETLINK, &b)?
         .into_iter()
         .filter(|(t, _)| *t == RTM_NEWLINK)
@@ -1144,14 +961,10 @@ pub mod tests {
 
     /// One netlink attribute, padded to 4 bytes.
     pub fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        v.extend_from_slice(&ty.to_ne_bytes());
-        v.extend_from_slice(payload);
-        while v.len() % 4 != 0 {
-            v.push(0);
-        }
-        v
+        crate::host::nl::Attrs::new()
+            .bytes(ty, payload)
+            .as_bytes()
+            .to_vec()
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! to 20) come only in the first message of each base-chain evaluation (`packet_dumped`), so the
 //! caller keeps them per trace id.
 
-use super::nl::{attrs, be32, be64, cstr, ne32, NFGENMSG_LEN};
+use crate::host::nftables::{NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE};
+use crate::host::nl::{attrs, be32, be64, cstr, ne32, NFGENMSG_LEN};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 const NFTA_TRACE_TABLE: u16 = 1;
@@ -23,8 +24,6 @@ const NFTA_TRACE_NFPROTO: u16 = 15;
 const NFTA_TRACE_POLICY: u16 = 16;
 /// Linux 6.16 ("add packets conntrack state to debug trace info"), with the packet dump.
 const NFTA_TRACE_CT_ID: u16 = 18;
-const NFTA_VERDICT_CODE: u16 = 1;
-const NFTA_VERDICT_CHAIN: u16 = 2;
 
 /// `enum nft_trace_types`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,24 +202,10 @@ pub fn verdict_name(code: i32, target: Option<&str>) -> String {
     }
 }
 
-/// `nfgen_family` names, as nft spells them.
-pub fn family_name(f: u8) -> &'static str {
-    match f {
-        0 => "unspec",
-        1 => "inet",
-        2 => "ip",
-        3 => "arp",
-        5 => "netdev",
-        7 => "bridge",
-        10 => "ip6",
-        _ => "?",
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::super::nl::Attrs;
     use super::*;
+    use crate::host::nl::Attrs;
 
     /// An IPv6 header (40 bytes) from `src` to `dst` with next header `proto`.
     pub(crate) fn ipv6(src: &str, dst: &str, proto: u8) -> Vec<u8> {

@@ -14,12 +14,21 @@
 //!
 //! An IPv6 destination gets the same rules with `meta nfproto ipv6` and `ip6 saddr/daddr`.
 
-use super::decode::{family_name, has_ports};
-use super::nl::{
-    attrs, be32, cstr, Attrs, BatchMsg, NFGENMSG_LEN, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN,
-    NFT_MSG_NEWRULE, NFT_MSG_NEWTABLE, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL,
-};
+use super::decode::has_ports;
 use super::TraceFilter;
+use crate::host::nftables::{
+    nft_type, NFTA_BITWISE_DREG, NFTA_BITWISE_LEN, NFTA_BITWISE_MASK, NFTA_BITWISE_SREG,
+    NFTA_BITWISE_XOR, NFTA_CHAIN_HOOK, NFTA_CHAIN_NAME, NFTA_CHAIN_POLICY, NFTA_CHAIN_TABLE,
+    NFTA_CHAIN_TYPE, NFTA_CMP_DATA, NFTA_CMP_OP, NFTA_CMP_SREG, NFTA_DATA_VALUE, NFTA_EXPR_DATA,
+    NFTA_EXPR_NAME, NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY, NFTA_IMMEDIATE_DATA,
+    NFTA_IMMEDIATE_DREG, NFTA_LIST_ELEM, NFTA_META_DREG, NFTA_META_KEY, NFTA_META_SREG,
+    NFTA_PAYLOAD_BASE, NFTA_PAYLOAD_DREG, NFTA_PAYLOAD_LEN, NFTA_PAYLOAD_OFFSET, NFTA_RULE_CHAIN,
+    NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE, NFTA_TABLE_FLAGS, NFTA_TABLE_NAME, NFTA_TABLE_USERDATA,
+    NFT_CMP_EQ, NFT_META_L4PROTO, NFT_META_NFPROTO, NFT_META_NFTRACE, NFT_MSG_DELTABLE,
+    NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWTABLE, NFT_PAYLOAD_NETWORK_HEADER,
+    NFT_PAYLOAD_TRANSPORT_HEADER, NFT_TABLE_F_OWNER,
+};
+use crate::host::nl::{Attrs, BatchMsg, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -33,56 +42,11 @@ pub const PRIORITY: i32 = -350;
 /// (chain, hook number): NF_INET_PRE_ROUTING, NF_INET_LOCAL_OUT.
 pub const CHAINS: [(&str, u32); 2] = [("pre", 0), ("out", 3)];
 
-const NFTA_TABLE_NAME: u16 = 1;
-const NFTA_TABLE_FLAGS: u16 = 2;
-const NFTA_TABLE_USERDATA: u16 = 6;
-const NFTA_TABLE_OWNER: u16 = 7;
-/// NFT_TABLE_F_OWNER (Linux 5.12): the table belongs to the netlink socket that created it and
-/// is removed when that socket is closed, however the process ends.
-pub const NFT_TABLE_F_OWNER: u32 = 2;
 /// libnftnl's NFTNL_UDATA_TABLE_COMMENT: what `nft list` shows as `comment "…"`.
 const UDATA_TABLE_COMMENT: u8 = 0;
 
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_CHAIN_HOOK: u16 = 4;
-const NFTA_CHAIN_POLICY: u16 = 5;
-const NFTA_CHAIN_TYPE: u16 = 7;
-const NFTA_HOOK_HOOKNUM: u16 = 1;
-const NFTA_HOOK_PRIORITY: u16 = 2;
 const NF_ACCEPT: u32 = 1;
 
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_EXPR_NAME: u16 = 1;
-const NFTA_EXPR_DATA: u16 = 2;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_META_DREG: u16 = 1;
-const NFTA_META_KEY: u16 = 2;
-const NFTA_META_SREG: u16 = 3;
-const NFTA_CMP_SREG: u16 = 1;
-const NFTA_CMP_OP: u16 = 2;
-const NFTA_CMP_DATA: u16 = 3;
-const NFT_CMP_EQ: u32 = 0;
-const NFTA_PAYLOAD_DREG: u16 = 1;
-const NFTA_PAYLOAD_BASE: u16 = 2;
-const NFTA_PAYLOAD_OFFSET: u16 = 3;
-const NFTA_PAYLOAD_LEN: u16 = 4;
-const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
-const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
-const NFTA_BITWISE_SREG: u16 = 1;
-const NFTA_BITWISE_DREG: u16 = 2;
-const NFTA_BITWISE_LEN: u16 = 3;
-const NFTA_BITWISE_MASK: u16 = 4;
-const NFTA_BITWISE_XOR: u16 = 5;
-const NFTA_IMMEDIATE_DREG: u16 = 1;
-const NFTA_IMMEDIATE_DATA: u16 = 2;
-/// `enum nft_meta_keys`.
-const NFT_META_NFTRACE: u32 = 12;
-const NFT_META_NFPROTO: u32 = 15;
-const NFT_META_L4PROTO: u32 = 16;
 /// NFT_REG_1 (a 16-byte register; nft uses it the same way).
 const REG: u32 = 1;
 
@@ -355,7 +319,7 @@ pub fn create_batch(table: &str, f: &TraceFilter, owner: bool) -> Vec<BatchMsg> 
         t = t.be32(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER);
     }
     let mut msgs = vec![BatchMsg {
-        msg: NFT_MSG_NEWTABLE,
+        ty: nft_type(NFT_MSG_NEWTABLE),
         flags: NLM_F_CREATE | NLM_F_EXCL,
         family: FAMILY_INET,
         attrs: t,
@@ -364,7 +328,7 @@ pub fn create_batch(table: &str, f: &TraceFilter, owner: bool) -> Vec<BatchMsg> 
     let rules = rules(f);
     for (chain, hook) in CHAINS {
         msgs.push(BatchMsg {
-            msg: NFT_MSG_NEWCHAIN,
+            ty: nft_type(NFT_MSG_NEWCHAIN),
             flags: NLM_F_CREATE | NLM_F_EXCL,
             family: FAMILY_INET,
             attrs: Attrs::new()
@@ -386,7 +350,7 @@ pub fn create_batch(table: &str, f: &TraceFilter, owner: bool) -> Vec<BatchMsg> 
                 list = list.nested(NFTA_LIST_ELEM, e);
             }
             msgs.push(BatchMsg {
-                msg: NFT_MSG_NEWRULE,
+                ty: nft_type(NFT_MSG_NEWRULE),
                 flags: NLM_F_CREATE | NLM_F_APPEND,
                 family: FAMILY_INET,
                 attrs: Attrs::new()
@@ -403,7 +367,7 @@ pub fn create_batch(table: &str, f: &TraceFilter, owner: bool) -> Vec<BatchMsg> 
 /// `delete table inet <table>`.
 pub fn delete_msg(table: &str) -> BatchMsg {
     BatchMsg {
-        msg: NFT_MSG_DELTABLE,
+        ty: nft_type(NFT_MSG_DELTABLE),
         flags: 0,
         family: FAMILY_INET,
         attrs: Attrs::new().str(NFTA_TABLE_NAME, table),
@@ -411,37 +375,10 @@ pub fn delete_msg(table: &str) -> BatchMsg {
     }
 }
 
-/// A table from an NFT_MSG_GETTABLE dump.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TableInfo {
-    pub family: String,
-    pub name: String,
-    /// The owning netlink port id: the table lives exactly as long as that socket.
-    pub owner: Option<u32>,
-}
-
-/// Parses one NFT_MSG_NEWTABLE body (nfgenmsg + attributes).
-pub fn parse_table(body: &[u8]) -> Option<TableInfo> {
-    let family = family_name(*body.first()?).to_string();
-    let (mut name, mut owner, mut flags) = (None, None, 0);
-    for (ty, p) in attrs(body.get(NFGENMSG_LEN..)?) {
-        match ty {
-            NFTA_TABLE_NAME => name = Some(cstr(p)),
-            NFTA_TABLE_FLAGS => flags = be32(p)?,
-            NFTA_TABLE_OWNER => owner = be32(p),
-            _ => {}
-        }
-    }
-    Some(TableInfo {
-        family,
-        name: name?,
-        owner: owner.filter(|_| flags & NFT_TABLE_F_OWNER != 0),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::nl::{attrs, be32, cstr};
 
     fn filter(guests: &[&str], dsts: &[&str], proto: u8, port: u16) -> TraceFilter {
         TraceFilter {
@@ -619,26 +556,5 @@ mod tests {
         assert_eq!(pid_of("kvmtrace_nftrace_x_1"), None);
         assert_eq!(pid_of("kvmtrace_nftrace_12"), None);
         assert_eq!(pid_of("labfilter"), None);
-    }
-
-    #[test]
-    fn a_dumped_table_reports_its_owner_only_with_the_owner_flag() {
-        let body = |flags: u32| {
-            let mut b = vec![1u8, 0, 0, 0];
-            b.extend_from_slice(
-                Attrs::new()
-                    .str(NFTA_TABLE_NAME, "kvmtrace_nftrace_1_0")
-                    .be32(NFTA_TABLE_FLAGS, flags)
-                    .be32(NFTA_TABLE_OWNER, 77)
-                    .as_bytes(),
-            );
-            b
-        };
-        let t = parse_table(&body(NFT_TABLE_F_OWNER)).unwrap();
-        assert_eq!(
-            (t.family.as_str(), t.name.as_str(), t.owner),
-            ("inet", "kvmtrace_nftrace_1_0", Some(77))
-        );
-        assert_eq!(parse_table(&body(0)).unwrap().owner, None);
     }
 }

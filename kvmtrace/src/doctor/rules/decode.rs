@@ -1,46 +1,30 @@
-//! Decoding nf_tables rules and chains from their netlink attributes into the model: each
-//! expression loads into a register or compares one, and the comparisons become conditions.
+//! Decoding nf_tables rules into the model: the nftables reader (`host/nftables/`) lists the
+//! chains and each rule's expressions; here each expression loads into a register or compares
+//! one, and the comparisons become conditions.
 
 use super::*;
-use crate::host::facts::family_name;
-use crate::host::netlink::{self, attr, attrs, be32, be64, cstr, ne32};
+use crate::host::nftables::{
+    self, NFTA_BITWISE_DREG, NFTA_BITWISE_MASK, NFTA_BITWISE_OP, NFTA_BITWISE_SREG,
+    NFTA_BITWISE_XOR, NFTA_CMP_DATA, NFTA_CMP_OP, NFTA_CMP_SREG, NFTA_DATA_VALUE,
+    NFTA_DATA_VERDICT, NFTA_IMMEDIATE_DATA, NFTA_IMMEDIATE_DREG, NFTA_META_DREG, NFTA_META_KEY,
+    NFTA_PAYLOAD_BASE, NFTA_PAYLOAD_DREG, NFTA_PAYLOAD_LEN, NFTA_PAYLOAD_OFFSET,
+    NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE,
+};
+pub(super) use crate::host::nftables::{
+    NFT_META_IIF as META_IIF, NFT_META_IIFNAME as META_IIFNAME, NFT_META_L4PROTO as META_L4PROTO,
+    NFT_META_NFPROTO as META_NFPROTO, NFT_META_OIF as META_OIF, NFT_META_OIFNAME as META_OIFNAME,
+    NFT_META_PROTOCOL as META_PROTOCOL,
+};
+use crate::host::nl::{attr, be32, cstr, ne32};
 use std::collections::HashMap;
 use std::io;
 
-pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
-pub(super) const NFT_MSG_NEWCHAIN: u16 = 3;
-pub(super) const NFT_MSG_GETCHAIN: u16 = 4;
-pub(super) const NFT_MSG_NEWRULE: u16 = 6;
-pub(super) const NFT_MSG_GETRULE: u16 = 7;
-
-pub(super) const NFTA_CHAIN_TABLE: u16 = 1;
-pub(super) const NFTA_CHAIN_NAME: u16 = 3;
-pub(super) const NFTA_CHAIN_TYPE: u16 = 7;
-pub(super) const NFTA_RULE_TABLE: u16 = 1;
-pub(super) const NFTA_RULE_CHAIN: u16 = 2;
-pub(super) const NFTA_RULE_HANDLE: u16 = 3;
-pub(super) const NFTA_RULE_EXPRESSIONS: u16 = 4;
-pub(super) const NFTA_LIST_ELEM: u16 = 1;
-pub(super) const NFTA_EXPR_NAME: u16 = 1;
-pub(super) const NFTA_EXPR_DATA: u16 = 2;
-pub(super) const NFTA_DATA_VALUE: u16 = 1;
-pub(super) const NFTA_DATA_VERDICT: u16 = 2;
-pub(super) const NFTA_VERDICT_CODE: u16 = 1;
-pub(super) const NFTA_VERDICT_CHAIN: u16 = 2;
-
-pub(super) const META_IIF: u32 = 4;
-pub(super) const META_OIF: u32 = 5;
-pub(super) const META_IIFNAME: u32 = 6;
-pub(super) const META_OIFNAME: u32 = 7;
-pub(super) const META_NFPROTO: u32 = 15;
-pub(super) const META_PROTOCOL: u32 = 1;
 /// `NFTA_FIB_F_*` (nf_tables.h).
 pub(super) const FIB_F_SADDR: u32 = 1;
 pub(super) const FIB_F_DADDR: u32 = 2;
 pub(super) const FIB_F_MARK: u32 = 4;
 pub(super) const FIB_F_IIF: u32 = 8;
 pub(super) const FIB_F_OIF: u32 = 16;
-pub(super) const META_L4PROTO: u32 = 16;
 pub(super) const CT_STATE: u32 = 0;
 
 /// What a register holds while a rule's expressions are decoded.
@@ -419,17 +403,16 @@ pub fn decode_rule_in(family: &str, handle: u64, exprs: &[u8]) -> Rule {
     };
     let mut conds = Vec::new();
     let mut action = Action::Continue;
-    for (ty, elem) in attrs(exprs) {
-        if ty != NFTA_LIST_ELEM {
-            continue;
-        }
-        let name = attr(elem, NFTA_EXPR_NAME).map(cstr).unwrap_or_default();
-        let d = attr(elem, NFTA_EXPR_DATA).unwrap_or(&[]);
+    for (name, d) in nftables::exprs(exprs) {
         let u = |t: u16| attr(d, t).and_then(be32);
         match name.as_str() {
             "payload" => {
-                if let (Some(dreg), Some(base), Some(offset), Some(len)) = (u(1), u(2), u(3), u(4))
-                {
+                if let (Some(dreg), Some(base), Some(offset), Some(len)) = (
+                    u(NFTA_PAYLOAD_DREG),
+                    u(NFTA_PAYLOAD_BASE),
+                    u(NFTA_PAYLOAD_OFFSET),
+                    u(NFTA_PAYLOAD_LEN),
+                ) {
                     regs.insert(
                         norm_reg(dreg),
                         Src::Payload {
@@ -443,7 +426,7 @@ pub fn decode_rule_in(family: &str, handle: u64, exprs: &[u8]) -> Rule {
                 // With NFTA_PAYLOAD_SREG (5) instead: a packet rewrite, not a test.
             }
             "meta" => {
-                if let (Some(dreg), Some(key)) = (u(1), u(2)) {
+                if let (Some(dreg), Some(key)) = (u(NFTA_META_DREG), u(NFTA_META_KEY)) {
                     regs.insert(norm_reg(dreg), Src::Meta(key));
                 }
             }
@@ -453,7 +436,7 @@ pub fn decode_rule_in(family: &str, handle: u64, exprs: &[u8]) -> Rule {
                 }
             }
             "bitwise" => {
-                let (Some(sreg), Some(dreg)) = (u(1), u(2)) else {
+                let (Some(sreg), Some(dreg)) = (u(NFTA_BITWISE_SREG), u(NFTA_BITWISE_DREG)) else {
                     continue;
                 };
                 let src = regs
@@ -461,11 +444,15 @@ pub fn decode_rule_in(family: &str, handle: u64, exprs: &[u8]) -> Rule {
                     .cloned()
                     .unwrap_or(Src::Unknown("?".into()));
                 // NFTA_BITWISE_OP (6): 0 = mask-and-xor; shifts and the rest are not decoded.
-                let v = if u(6).unwrap_or(0) == 0 {
+                let v = if u(NFTA_BITWISE_OP).unwrap_or(0) == 0 {
                     Src::Masked {
                         inner: Box::new(src),
-                        mask: attr(d, 4).map(data_value).unwrap_or_default(),
-                        xor: attr(d, 5).map(data_value).unwrap_or_default(),
+                        mask: attr(d, NFTA_BITWISE_MASK)
+                            .map(data_value)
+                            .unwrap_or_default(),
+                        xor: attr(d, NFTA_BITWISE_XOR)
+                            .map(data_value)
+                            .unwrap_or_default(),
                     }
                 } else {
                     Src::Unknown(format!("{} (shifted)", src.describe()))
@@ -473,10 +460,10 @@ pub fn decode_rule_in(family: &str, handle: u64, exprs: &[u8]) -> Rule {
                 regs.insert(norm_reg(dreg), v);
             }
             "cmp" => {
-                let (Some(sreg), Some(op)) = (u(1), u(2)) else {
+                let (Some(sreg), Some(op)) = (u(NFTA_CMP_SREG), u(NFTA_CMP_OP)) else {
                     continue;
                 };
-                let value = attr(d, 3).map(data_value).unwrap_or_default();
+                let value = attr(d, NFTA_CMP_DATA).map(data_value).unwrap_or_default();
                 let src = regs
                     .get(&norm_reg(sreg))
                     .cloned()
@@ -518,8 +505,10 @@ pub fn decode_rule_in(family: &str, handle: u64, exprs: &[u8]) -> Rule {
                 )));
             }
             "immediate" => {
-                let Some(dreg) = u(1) else { continue };
-                let data = attr(d, 2).unwrap_or(&[]);
+                let Some(dreg) = u(NFTA_IMMEDIATE_DREG) else {
+                    continue;
+                };
+                let data = attr(d, NFTA_IMMEDIATE_DATA).unwrap_or(&[]);
                 if dreg != 0 {
                     regs.insert(norm_reg(dreg), Src::Unknown("immediate".into()));
                     continue;
@@ -600,69 +589,25 @@ pub fn decode_rule_in(family: &str, handle: u64, exprs: &[u8]) -> Rule {
     }
 }
 
-/// Parses one `NFT_MSG_NEWRULE` body: (family, table, chain, rule).
-pub fn parse_rule(body: &[u8]) -> Option<(String, String, String, Rule)> {
-    let family = family_name(*body.first()?);
-    let a = body.get(4..)?;
-    let table = attr(a, NFTA_RULE_TABLE).map(cstr)?;
-    let chain = attr(a, NFTA_RULE_CHAIN).map(cstr)?;
-    let handle = attr(a, NFTA_RULE_HANDLE).and_then(be64).unwrap_or(0);
-    let exprs = attr(a, NFTA_RULE_EXPRESSIONS).unwrap_or(&[]);
-    let rule = decode_rule_in(&family, handle, exprs);
-    Some((family, table, chain, rule))
-}
-
-/// Parses one `NFT_MSG_NEWCHAIN` body (base or regular chain).
-pub fn parse_chain(body: &[u8]) -> Option<Chain> {
-    let family = family_name(*body.first()?);
-    let a = body.get(4..)?;
-    let table = attr(a, NFTA_CHAIN_TABLE).map(cstr)?;
-    let name = attr(a, NFTA_CHAIN_NAME).map(cstr)?;
-    // Hook, priority and policy: the same decoding `facts` uses for verdicts.
-    let base = crate::host::facts::parse_chain(body).map(|c| Base {
-        hook: c.hook,
-        priority: c.priority,
-        policy: c.policy,
-        kind: attr(a, NFTA_CHAIN_TYPE)
-            .map(cstr)
-            .unwrap_or_else(|| "filter".into()),
-    });
-    Some(Chain {
-        family,
-        table,
-        name,
-        base,
-        rules: Vec::new(),
-    })
-}
-
-/// Reads every chain and rule of this network namespace (needs CAP_NET_ADMIN).
+/// Reads every chain and rule of this network namespace (needs CAP_NET_ADMIN) through the
+/// nftables reader, and decodes each rule into the model.
 pub fn read_ruleset() -> io::Result<Ruleset> {
-    let nfgen = [0u8, 0, 0, 0]; // AF_UNSPEC: every family
-    let mut chains: Vec<Chain> = netlink::dump(
-        netlink::NETLINK_NETFILTER,
-        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETCHAIN,
-        &nfgen,
-    )?
-    .into_iter()
-    .filter(|(t, _)| t & 0xff == NFT_MSG_NEWCHAIN)
-    .filter_map(|(_, b)| parse_chain(&b))
-    .collect();
-    let rules = netlink::dump(
-        netlink::NETLINK_NETFILTER,
-        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE,
-        &nfgen,
-    )?;
-    for (t, b) in rules {
-        if t & 0xff != NFT_MSG_NEWRULE {
-            continue;
-        }
-        let Some((family, table, chain, rule)) = parse_rule(&b) else {
-            continue;
-        };
+    let (chains, rules) = nftables::ruleset()?;
+    let mut chains: Vec<Chain> = chains
+        .into_iter()
+        .map(|c| Chain {
+            family: c.family,
+            table: c.table,
+            name: c.name,
+            base: c.base,
+            rules: Vec::new(),
+        })
+        .collect();
+    for r in rules {
+        let rule = decode_rule_in(&r.family, r.handle, &r.exprs);
         if let Some(c) = chains
             .iter_mut()
-            .find(|c| c.family == family && c.table == table && c.name == chain)
+            .find(|c| c.family == r.family && c.table == r.table && c.name == r.chain)
         {
             c.rules.push(rule);
         }

@@ -1,5 +1,5 @@
-//! nftables chains and rules (iptables-nft's included), read over nfnetlink and judged against a
-//! model packet.
+//! nftables chains and rules (iptables-nft's included), read by the host's nftables reader
+//! (`host/nftables/`) and judged against a model packet.
 //!
 //! A rule is decoded into conditions (`ip saddr 10.77.0.0/24`, `oifname "up0"`, `ct state
 //! established,related`, …) and an action (accept, drop, jump, masquerade, …). Only what a
@@ -12,7 +12,7 @@
 //! compat `match`/`target` payloads: `include/uapi/linux/netfilter/xt_conntrack.h`, `xt_state.h`.
 //!
 //! Layout: the model here (prefixes, conditions, actions, rules, chains), [`decode`] (the
-//! kernel's expressions read over nfnetlink), [`judge`] (a model packet walked through a base
+//! kernel's expressions, as the reader lists them, into conditions), [`judge`] (a model packet walked through a base
 //! chain).
 
 mod decode;
@@ -217,16 +217,8 @@ pub struct Rule {
     pub action: Action,
 }
 
-/// A base chain's hook.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Base {
-    pub hook: NfHook,
-    pub priority: i32,
-    /// `accept` or `drop`.
-    pub policy: String,
-    /// `filter`, `nat`, `route`.
-    pub kind: String,
-}
+/// A base chain's hook, priority, policy and type, as the nftables reader gives them.
+pub use crate::host::nftables::Hook as Base;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chain {
