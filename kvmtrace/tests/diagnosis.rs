@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{field, start, Run};
+use common::{field, fix_then_delivered, start, Run};
 use kvmtrace_lab::lab::{Lab, LabOptions};
 use kvmtrace_lab::vm::{FakeVm, Reply};
 use std::time::Duration;
@@ -43,6 +43,15 @@ fn a_forward_chain_without_established_accept_drops_the_reply() {
     );
     // The request itself was rewritten and left: the SNAT is still reported.
     assert_eq!(v["rewrites"][0]["field"], "src", "{}", run.dump());
+    // Only the replies need letting through.
+    fix_then_delivered(
+        &lab.hv,
+        &run,
+        v,
+        "nft 'insert rule inet replydrop forward oifname \"br0\" ip daddr 10.77.0.0/24 ct state \
+         established,related accept'",
+        || ping_run(&lab, &[], 2, "3").0,
+    );
 }
 
 #[test]
@@ -215,6 +224,19 @@ fn too_big_with_df_gets_frag_needed_and_the_mtu() {
         "{}",
         run.dump()
     );
+    // The uplink raised to the VM side's MTU (br0's 1500): the same packet goes through.
+    fix_then_delivered(&lab.hv, &run, v, "ip link set dev up0 mtu 1500", || {
+        drop(vm);
+        let running = start(
+            &lab,
+            &["follow", "vnet0", DEST, "--json", "--duration", "3"],
+        );
+        let mut vm = FakeVm::attach(&lab);
+        vm.dont_fragment = true;
+        let got = vm.ping_sized(lab.dest, 0x4545, 2, 1400, Duration::from_millis(800));
+        assert!(matches!(got, Some(Reply::IcmpEchoReply { .. })), "{got:?}");
+        running.wait()
+    });
 }
 
 #[test]
@@ -480,6 +502,19 @@ fn a_tap_outside_any_bridge_is_named() {
         run.dump()
     );
     assert!(!s2.contains("upstream"), "{}", run.dump());
+    // Both phases have the one repair; a guest that asks for its gateway again is answered by
+    // br0 and reaches the outside.
+    assert_eq!(field(v1, "fix"), "ip link set dev vnet0 master br0");
+    fix_then_delivered(
+        &lab.hv,
+        &run,
+        v2,
+        "ip link set dev vnet0 master br0",
+        || {
+            drop(vm);
+            ping_run(&lab, &[], 2, "3").0
+        },
+    );
 }
 
 fn parse_mac(s: &str) -> [u8; 6] {
@@ -623,6 +658,16 @@ fn a_disabled_bridge_port_is_named() {
         field(v, "summary").contains("bridge link"),
         "{}",
         run.dump()
+    );
+    fix_then_delivered(
+        &lab.hv,
+        &run,
+        v,
+        "bridge link set dev vnet0 state 3",
+        || {
+            drop(vm);
+            ping_run(&lab, &[], 2, "3").0
+        },
     );
 }
 
@@ -868,6 +913,16 @@ fn a_reject_with_icmp_is_the_host_answering() {
         "{}",
         run.dump()
     );
+    // An accept for the VM's connections ahead of the rejecting rule, in the one forward chain.
+    fix_then_delivered(
+        &lab.hv,
+        &run,
+        v,
+        "nft 'insert rule inet icmpreject forward iifname \"br0\" ip saddr 10.77.0.0/24 accept' && \
+         nft 'insert rule inet icmpreject forward oifname \"br0\" ip daddr 10.77.0.0/24 ct state \
+         established,related accept'",
+        || ping_run(&lab, &[], 2, "3").0,
+    );
 }
 
 #[test]
@@ -910,4 +965,8 @@ fn a_tap_on_the_wrong_bridge_is_named() {
         "{}",
         run.dump()
     );
+    fix_then_delivered(&lab.hv, &run, v, "ip link set dev vnet0 master br0", || {
+        drop(vm);
+        ping_run(&lab, &[], 2, "3").0
+    });
 }
