@@ -368,6 +368,40 @@ fn tcp_syn_rejected_with_a_reset_by_the_host() {
         run.dump()
     );
     assert!(field(v, "summary").contains("[R"), "{}", run.dump());
+    // With something listening behind the host, the VM's connections let through ahead of the
+    // rejecting rule are answered by the destination itself.
+    lab.tcp_listen(8080);
+    fix_then_delivered(
+        &lab.hv,
+        &run,
+        v,
+        "nft 'insert rule inet labreject forward iifname \"br0\" ip saddr 10.77.0.0/24 accept' && \
+         nft 'insert rule inet labreject forward oifname \"br0\" ip daddr 10.77.0.0/24 ct state \
+         established,related accept'",
+        || {
+            drop(vm);
+            let running = start(
+                &lab,
+                &[
+                    "follow",
+                    "vnet0",
+                    DEST,
+                    "--json",
+                    "--duration",
+                    "3",
+                    "--proto",
+                    "tcp",
+                ],
+            );
+            let mut vm = FakeVm::attach(&lab);
+            let got = vm.tcp_syn(lab.dest, 8080, 40101, Duration::from_millis(800));
+            assert!(
+                matches!(got, Some(Reply::Tcp { flags, .. }) if flags & 0x12 == 0x12),
+                "{got:?}"
+            );
+            running.wait()
+        },
+    );
 }
 
 #[test]
