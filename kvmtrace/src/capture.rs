@@ -3,6 +3,8 @@
 //! tracepoints, netfilter links), drains the ring buffer and decodes events; traces the
 //! followed flow through nftables. Nothing outside this folder imports aya.
 pub mod btf;
+pub mod clsact;
+pub mod kernel;
 pub mod nf;
 pub mod nftrace;
 pub mod pathdevs;

@@ -33,7 +33,7 @@ pub mod analysis;
 use crate::model::decision::RuleDecision;
 use crate::model::event::Counters;
 use crate::model::event::TraceEvent;
-use crate::model::{BudgetEntry, HostFacts, Model, Verdict, VmGone};
+use crate::model::{Blind, BudgetEntry, HostFacts, Model, Verdict, VmGone};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -90,6 +90,9 @@ pub struct Meta {
     /// cut short still name the firewall chains.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub facts: Option<HostFacts>,
+    /// Observation points on the tap that could not be attached (see [`Blind`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blind: Option<Blind>,
 }
 
 impl Meta {
@@ -117,6 +120,7 @@ impl Meta {
             started_mono_ns: Some(crate::host::monotonic_ns()),
             snaplen: 0,
             facts: None,
+            blind: None,
         }
     }
 
@@ -291,6 +295,9 @@ pub struct Inputs {
     pub retained: Option<usize>,
     /// The VM went away during the run (its tap removed, its QEMU gone).
     pub vm_gone: Option<VmGone>,
+    /// The tap's observation points that could not be attached: verdicts resting on them
+    /// are `blind`.
+    pub blind: Option<Blind>,
 }
 
 impl Inputs {
@@ -298,6 +305,9 @@ impl Inputs {
     /// rule of each netfilter drop, then the exact counts of packets over the budget.
     pub fn verdicts(&self, model: &Model) -> Vec<Verdict> {
         let mut v = model.verdicts(&self.facts, &self.dest, self.until_ns);
+        if let Some(b) = &self.blind {
+            b.apply(&mut v, &self.dest);
+        }
         crate::capture::nftrace::explain(&mut v, &self.decisions);
         model.apply_budgets(&mut v, &self.budgets, self.budget);
         if let Some(g) = &self.vm_gone {
@@ -572,6 +582,7 @@ impl Trace {
             budget: self.budget.unwrap_or(0),
             retained: self.retained,
             vm_gone: self.vm_gone.clone(),
+            blind: self.meta.blind.clone(),
         }
     }
 }

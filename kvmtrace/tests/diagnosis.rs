@@ -970,3 +970,153 @@ fn a_tap_on_the_wrong_bridge_is_named() {
         ping_run(&lab, &[], 2, "3").0
     });
 }
+
+/// The bridged lab of `a_forward_drop_of_bridged_traffic_is_named_as_such`: up0 a port of br0,
+/// the outside on the VM's subnet, no NAT; bridge netfilter off unless asked.
+fn bridged_lab() -> Lab {
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&["nft", "delete", "table", "ip", "labnat"]);
+    lab.hv_run(&["ip", "addr", "flush", "dev", "br0"]);
+    lab.hv_run(&["ip", "addr", "flush", "dev", "up0"]);
+    lab.hv_run(&["ip", "link", "set", "up0", "master", "br0"]);
+    lab.outside_run(&["ip", "addr", "add", "10.77.0.1/24", "dev", "eth0"]);
+    let mut vm = FakeVm::attach(&lab);
+    assert!(
+        vm.ping(lab.dest, 0x4a4a, 1, Duration::from_millis(800))
+            .is_some(),
+        "bridged lab broken"
+    );
+    lab
+}
+
+/// Issue 18: a frame dropped by an nftables `bridge` table was "dropped by br0 at port eno9
+/// [NETFILTER_DROP]", with no hook, table or chain. The bridge hook, its family, the table and
+/// chain are named, with the next step.
+#[test]
+fn a_bridge_family_firewall_drop_names_its_hook_table_and_chain() {
+    let lab = bridged_lab();
+    // IPv4 only: the guest's ARP still crosses the bridge.
+    lab.nft("table bridge labbr {\n chain forward {\n  type filter hook forward priority 0;\n  ether type ip drop\n }\n}\n");
+    let (run, got) = ping_run(&lab, &[], 2, "3");
+    assert!(got.iter().all(Option::is_none), "{got:?}");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
+    assert_eq!(field(v, "family"), "bridge", "{}", run.dump());
+    assert_eq!(field(v, "firewall"), "nftables", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", run.dump());
+    assert_eq!(
+        v["chains"][0],
+        "bridge labbr forward (policy accept, priority 0)",
+        "{}",
+        run.dump()
+    );
+    let s = field(v, "summary");
+    assert!(
+        s.contains("bridge FORWARD hook") && s.contains("a rule in bridge labbr forward"),
+        "{}",
+        run.dump()
+    );
+    assert!(!s.contains("bridge-nf-call-iptables"), "{}", run.dump());
+
+    // The same table dropping at the bridge's input in the routed lab: the guest's packets
+    // to the host (its gateway) die at the bridge INPUT hook of br0.
+    drop(lab);
+    let lab = Lab::new(LabOptions::default());
+    lab.nft("table bridge labbrin {\n chain input {\n  type filter hook input priority 0;\n  ip saddr 10.77.0.2 drop\n }\n}\n");
+    let (run, got) = ping_run(&lab, &[], 2, "3");
+    assert!(got.iter().all(Option::is_none), "{got:?}");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "INPUT", "{}", run.dump());
+    assert_eq!(field(v, "family"), "bridge", "{}", run.dump());
+    assert_eq!(
+        v["chains"][0],
+        "bridge labbrin input (policy accept, priority 0)",
+        "{}",
+        run.dump()
+    );
+    assert!(
+        field(v, "summary").contains("a rule in bridge labbrin input"),
+        "{}",
+        run.dump()
+    );
+}
+
+/// The IPv4 twin of the NDP case: an `arp` family input chain with policy drop keeps the host
+/// from answering the guest's ARP for its own gateway address; named with the chain, not as
+/// a wrong gateway setting, and the printed command makes the host answer.
+#[test]
+fn an_arp_input_policy_dropping_the_guests_arp_is_named_not_the_gateway() {
+    let lab = Lab::new(LabOptions::default());
+    lab.nft(
+        "table arp labarp {\n chain input {\n  type filter hook input priority 0; policy drop;\n }\n}\n",
+    );
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST, "--json", "--duration", "2"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    assert!(!vm.resolve_gateway(Duration::from_millis(800)));
+    let run = running.wait();
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
+    let s = field(v, "summary");
+    assert!(
+        s.contains("10.77.0.1 is the host's own address on br0")
+            && s.contains("at INPUT (arp labarp input (input, policy drop))"),
+        "{}",
+        run.dump()
+    );
+    assert!(!s.contains("gateway setting"), "{}", run.dump());
+    let cmd = s.split('`').nth(1).expect("a command").to_string();
+    assert_eq!(cmd, "nft insert rule arp labarp input accept");
+    lab.nft(&format!("{}\n", cmd.trim_start_matches("nft ")));
+    assert!(
+        vm.resolve_gateway(Duration::from_secs(2)),
+        "answered after the fix"
+    );
+}
+
+/// Issue 18: a PMTU black hole. The host's own firewall drops the "fragmentation needed" it
+/// sends the guest (an OUTPUT rule against ICMP): that drop is the root cause, named with its
+/// hook, chain, the message and who sent it — not "if the guest never gets the ICMP".
+#[test]
+fn the_hosts_firewall_dropping_its_frag_needed_is_the_root_cause() {
+    let lab = Lab::new(LabOptions::default());
+    lab.hv_run(&["ip", "link", "set", "up0", "mtu", "1000"]);
+    lab.nft("table inet labout {\n chain output {\n  type filter hook output priority 0;\n  icmp type destination-unreachable drop\n }\n}\n");
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST, "--json", "--duration", "3"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    vm.dont_fragment = true;
+    let got = vm.ping_sized(lab.dest, 0x4646, 1, 1400, Duration::from_millis(800));
+    let run = running.wait();
+    assert!(
+        got.is_none(),
+        "the ICMP error must not reach the guest: {got:?}"
+    );
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "OUTPUT", "{}", run.dump());
+    assert_eq!(
+        v["chains"][0],
+        "inet labout output (policy accept, priority 0)",
+        "{}",
+        run.dump()
+    );
+    let s = field(v, "summary");
+    assert!(
+        s.contains("fragmentation-needed (MTU 1000)")
+            && s.contains("sent by the host from br0")
+            && s.contains("inet labout output"),
+        "{}",
+        run.dump()
+    );
+}

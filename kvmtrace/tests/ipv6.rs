@@ -871,3 +871,49 @@ fn explain_rules_traces_both_versions_in_one_run() {
     assert_eq!(field(v4, "status"), "delivered", "{}", run.dump());
     assert!(v4.get("rule").is_none(), "{}", run.dump());
 }
+
+/// Issue 18: an INPUT policy that drops NDP was reported as "if fd77::1 is its gateway, the
+/// gateway setting is wrong", while fd77::1 was on the bridge and the firewall dropped the
+/// question. The host's own address asked and not answered names the INPUT chain that keeps
+/// the host from answering, and the command that lets the solicitations in (which then works).
+#[test]
+fn an_input_policy_dropping_the_guests_ndp_is_named_not_the_gateway() {
+    let lab = Lab::new(LabOptions::default());
+    lab.nft("table inet labin {\n chain input {\n  type filter hook input priority 0; policy drop;\n }\n}\n");
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST6, "--json", "--duration", "2"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    for _ in 0..3 {
+        vm.neighbour_solicit("fd00:77::1".parse().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = running.wait();
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
+    let s = field(v, "summary");
+    assert!(
+        s.contains("fd00:77::1 is the host's own address on br0")
+            && s.contains("at INPUT (inet labin input (INPUT, policy drop))"),
+        "{}",
+        run.dump()
+    );
+    assert!(!s.contains("gateway setting"), "{}", run.dump());
+    let cmd = s
+        .split('`')
+        .nth(1)
+        .expect("a command in the summary")
+        .to_string();
+    assert!(
+        cmd.starts_with("nft insert rule inet labin input icmpv6 type"),
+        "{cmd}"
+    );
+    // The printed command, applied, makes the host answer.
+    lab.nft(&format!("{}\n", cmd.trim_start_matches("nft ")));
+    assert!(
+        vm.resolve6("fd00:77::1".parse().unwrap(), Duration::from_secs(2))
+            .is_some(),
+        "the host answers once the rule is in"
+    );
+}

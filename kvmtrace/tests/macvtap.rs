@@ -92,6 +92,56 @@ fn vm(lab: &MacvtapLab, gw: std::net::Ipv4Addr) -> (FakeVm, OwnedFd) {
     )
 }
 
+/// A macvtap whose TC cannot be attached: the receive/transmit tracepoints that stand in for
+/// a tap's TC do not follow a macvtap guest's packets (measured: no event), so the run says it
+/// is blind there and exits 3; it never tells the healthy guest it sent nothing.
+#[test]
+fn a_macvtap_without_tc_is_blind_not_silent() {
+    let lab = MacvtapLab::new("bridge", false);
+    let (mut guest, held) = vm(&lab, lab.gw_ip);
+    let name = format!("direct-blind-{}", std::process::id());
+    let mut standin = qemu_standin(&lab, &held, &name);
+    let running = start_in(
+        &lab.hv,
+        &[
+            "follow",
+            &name,
+            "203.0.113.1",
+            "--json",
+            "--proto",
+            "icmp",
+            "--duration",
+            "3",
+        ],
+        &[("KVMTRACE_SKIP_HOOKS", "tc")],
+    );
+    let replies = (1..=2)
+        .filter(|seq| {
+            guest
+                .ping(lab.dest, 0x4d57, *seq, Duration::from_millis(500))
+                .is_some()
+        })
+        .count();
+    let run = running.wait();
+    assert_eq!(replies, 2, "lab itself broken\n{}", run.dump());
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "blind", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
+    assert_eq!(field(v, "device"), "mvtap0", "{}", run.dump());
+    assert_eq!(run.code, 3, "{}", run.dump());
+    assert!(
+        run.stderr.contains(
+            "kvmtrace is blind at the tap mvtap0 from the guest: TC tap_ingress: left out by \
+             KVMTRACE_SKIP_HOOKS=tc; tp_btf netif_receive_skb: the tracepoint fallback does not \
+             follow a macvtap guest's packets"
+        ),
+        "{}",
+        run.dump()
+    );
+    let _ = standin.kill();
+    let _ = standin.wait();
+}
+
 #[test]
 fn a_macvtap_guest_is_found_by_its_char_device_and_delivered_through_the_lower_device() {
     let lab = MacvtapLab::new("bridge", false);

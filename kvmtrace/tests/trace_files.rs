@@ -66,6 +66,7 @@ fn meta() -> Meta {
         started_mono_ns: Some(1_006_000_000_000),
         snaplen: 0,
         facts: None,
+        blind: None,
     }
 }
 

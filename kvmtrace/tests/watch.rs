@@ -86,11 +86,16 @@ struct Watch {
 
 impl Watch {
     fn start(lab: &Lab, extra: &[&str]) -> Watch {
+        Watch::start_env(lab, extra, &[])
+    }
+
+    fn start_env(lab: &Lab, extra: &[&str], env: &[(&str, &str)]) -> Watch {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut child = Command::new("ip")
             .args(["netns", "exec", &lab.hv, BIN, "watch", "--listen", &listen])
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -723,6 +728,108 @@ fn ipv6_echo_ndp_and_dhcpv6_are_counted_at_the_tap() {
     );
     // No drop on a healthy path.
     assert!(!text.contains("kvmtrace_drops_total{"), "{text}");
+    let (code, stderr) = watch.stop();
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// Without TCX (here KVMTRACE_SKIP_HOOKS=tcx) watch counts through cls_bpf filters on a
+/// clsact qdisc it creates, and leaves neither behind when it stops.
+#[test]
+fn without_tcx_watch_counts_through_clsact_and_removes_it_on_exit() {
+    let lab = Lab::new(LabOptions::default());
+    let mut vm = FakeVm::attach(&lab);
+    let watch = Watch::start_env(
+        &lab,
+        &["--no-record", "--rescan-s", "1"],
+        &[("KVMTRACE_SKIP_HOOKS", "tcx")],
+    );
+    let added = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        metrics(&lab, &watch).contains("kvmtrace_vm_info{vm=\"vnet0\",tap=\"vnet0\"")
+    });
+    assert!(added, "vnet0 not watched:\n{}", watch.stderr());
+    assert!(
+        watch
+            .stderr()
+            .contains("no TCX (left out by KVMTRACE_SKIP_HOOKS=tcx)"),
+        "{}",
+        watch.stderr()
+    );
+    let ingress = lab.hv_run(&["tc", "filter", "show", "dev", "vnet0", "ingress"]);
+    assert!(ingress.contains("watch_tap_in"), "{ingress}");
+    let egress = lab.hv_run(&["tc", "filter", "show", "dev", "vnet0", "egress"]);
+    assert!(egress.contains("watch_tap_out"), "{egress}");
+    for seq in 1..=2u16 {
+        assert!(
+            vm.ping(lab.dest, 0x5758, seq, Duration::from_secs(2))
+                .is_some(),
+            "the lab's healthy path did not answer"
+        );
+    }
+    let conv = "{vm=\"vnet0\",tap=\"vnet0\",kind=\"icmp_echo\",dest_class=\"public\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = metrics(&lab, &watch);
+        if sample(&text, &format!("kvmtrace_tap_replies_total{conv}")) == Some(2.0) {
+            assert_eq!(
+                sample(&text, &format!("kvmtrace_tap_requests_total{conv}")),
+                Some(2.0),
+                "{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "replies not counted:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, stderr) = watch.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let q = lab.hv_run(&["tc", "qdisc", "show", "dev", "vnet0"]);
+    assert!(!q.contains("clsact"), "{q}");
+}
+
+/// A tap whose programs cannot be attached (TC refused, here by KVMTRACE_SKIP_HOOKS=tc) is
+/// never a silent "0 VMs": it is said once, not at every rescan, and exported with the
+/// reason; the start line counts it.
+#[test]
+fn a_tap_watch_cannot_attach_to_is_said_once_and_exported() {
+    let lab = Lab::new(LabOptions::default());
+    let watch = Watch::start_env(
+        &lab,
+        &["--no-record", "--rescan-s", "1"],
+        &[("KVMTRACE_SKIP_HOOKS", "tc")],
+    );
+    // Several rescans retry it.
+    std::thread::sleep(Duration::from_millis(3500));
+    let m = metrics(&lab, &watch);
+    let series = "kvmtrace_vm_unwatched{vm=\"vnet0\",tap=\"vnet0\",reason=\"attaching \
+                  watch_tap_in to vnet0: left out by KVMTRACE_SKIP_HOOKS=tc\"}";
+    assert_eq!(sample(&m, series), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "kvmtrace_vms"), Some(0.0), "{m}");
+    let stderr = watch.stderr();
+    assert_eq!(stderr.matches("cannot watch").count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot watch vnet0 (tap vnet0): attaching watch_tap_in to vnet0: left out by KVMTRACE_SKIP_HOOKS=tc"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("watching 0 VM(s) []; 1 VM(s) found but not watchable [vnet0]"),
+        "{stderr}"
+    );
+    let unwatched = watch
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["type"] == "vm" && v["event"] == "unwatched" && v["tap"] == "vnet0")
+        .count();
+    assert_eq!(unwatched, 1);
+    let (status, body) = http_get(&lab, watch.port, "/healthz").expect("healthz");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(
+        body,
+        "ok\nnot watched: vnet0 (tap vnet0): attaching watch_tap_in to vnet0: left out by \
+         KVMTRACE_SKIP_HOOKS=tc\n"
+    );
     let (code, stderr) = watch.stop();
     assert_eq!(code, 0, "{stderr}");
 }

@@ -161,6 +161,25 @@ impl KernelBtf {
         }
         Ok(out)
     }
+
+    /// Whether `enum enum_name` has a member `member`: how a kernel tells what it supports
+    /// (`enum bpf_attach_type` gains a value with each new kind of attachment).
+    pub fn enum_has(&self, enum_name: &str, member: &str) -> bool {
+        let Ok(types) = self.btf.resolve_types_by_name(enum_name) else {
+            return false;
+        };
+        types.iter().any(|t| match t {
+            Type::Enum(e) => e
+                .members
+                .iter()
+                .any(|m| self.btf.resolve_name(m).is_ok_and(|n| n == member)),
+            Type::Enum64(e) => e
+                .members
+                .iter()
+                .any(|m| self.btf.resolve_name(m).is_ok_and(|n| n == member)),
+            _ => false,
+        })
+    }
 }
 
 /// The kernel offsets the eBPF programs need, read from BTF.

@@ -2,7 +2,8 @@
 //! uplink ports (bridged mode), and the devices of every route that covers the destination
 //! (any table, so that a policy route is covered too), plus any device a followed packet was
 //! actually routed to. The `dev_ingress` / `dev_egress` TC programs are attached to exactly
-//! these (TCX links), and the set follows route and port changes while kvmtrace runs.
+//! these (TCX links; clsact filters before Linux 6.6), and the set follows route and port
+//! changes while kvmtrace runs.
 //!
 //! A bridge with a VXLAN port takes the VM's frames into an overlay: they leave the host
 //! encapsulated through the VXLAN device's underlay device (its `dev`, else the device of the
@@ -12,8 +13,10 @@
 //! Per-device programs cost nothing to traffic that never crosses those devices, where the
 //! global tracepoints and netfilter links cost every packet of the host.
 
+use crate::capture::clsact::Ledger;
+use crate::capture::kernel::{attach_tc, KernelCaps, TcWay};
 use crate::host::netlink;
-use aya::programs::{tc, SchedClassifier, TcAttachType};
+use aya::programs::{SchedClassifier, TcAttachType};
 use aya::Ebpf;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -220,8 +223,8 @@ pub fn tap_vxlan_port(tap: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// One program's link on a device.
-type DevLink = (&'static str, aya::programs::tc::SchedClassifierLinkId);
+/// One program's link on a device (dropping it detaches the program).
+type DevLink = (&'static str, aya::programs::tc::SchedClassifierLink);
 
 /// The path devices with programs attached, by ifindex.
 #[derive(Default)]
@@ -231,14 +234,17 @@ pub struct Attached {
 
 impl Attached {
     /// Attaches to what is wanted and not attached, detaches what is no longer wanted.
-    /// Returns (what changed, warnings), one line each.
+    /// Returns (what changed, devices that could not take the programs and why), one line
+    /// each. A device that failed is left without programs (none half-attached).
     pub fn sync(
         &mut self,
         ebpf: &mut Ebpf,
         want: &[Wanted],
         at_s: f64,
+        caps: &KernelCaps,
+        ledger: &mut Ledger,
     ) -> (Vec<String>, Vec<String>) {
-        let (mut notes, mut warns) = (Vec::new(), Vec::new());
+        let (mut notes, mut failed) = (Vec::new(), Vec::new());
         let when = if at_s > 0.0 {
             format!(" from +{at_s:.1} s")
         } else {
@@ -251,18 +257,10 @@ impl Attached {
             .filter(|i| !want.iter().any(|w| w.ifindex == *i))
             .collect();
         for i in gone {
-            let Some((name, links)) = self.links.remove(&i) else {
+            // Dropping the links detaches them (a device that vanished took them with it).
+            let Some((name, _links)) = self.links.remove(&i) else {
                 continue;
             };
-            for (prog, id) in links {
-                if let Some(p) = ebpf
-                    .program_mut(prog)
-                    .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
-                {
-                    // A device that vanished took its links with it: nothing to detach.
-                    let _ = p.detach(id);
-                }
-            }
             notes.push(format!(
                 "tc dev_ingress/dev_egress detached from {name}{when}"
             ));
@@ -272,6 +270,8 @@ impl Attached {
                 continue;
             }
             let mut links = Vec::new();
+            let mut way = TcWay::Tcx;
+            let mut err = None;
             for (prog, at) in [
                 ("dev_ingress", TcAttachType::Ingress),
                 ("dev_egress", TcAttachType::Egress),
@@ -282,28 +282,35 @@ impl Attached {
                 else {
                     continue;
                 };
-                let r = p.attach(&w.name, at).or_else(|_| {
-                    // Kernels before 6.6 have no TCX: a clsact qdisc takes the program.
-                    let _ = tc::qdisc_add_clsact(&w.name);
-                    p.attach(&w.name, at)
-                });
-                match r {
-                    Ok(id) => links.push((prog, id)),
-                    Err(e) => warns.push(format!(
-                        "cannot attach {prog} to {} ({e}): packets there are not seen",
-                        w.name
-                    )),
+                match attach_tc(p, prog, &w.name, at, caps, ledger) {
+                    Ok((link, how)) => {
+                        links.push((prog, link));
+                        way = how;
+                    }
+                    Err(e) => {
+                        err = Some(format!(
+                            "cannot attach {prog} to {} ({}): {e}",
+                            w.name, w.why
+                        ));
+                        break;
+                    }
                 }
+            }
+            if let Some(e) = err {
+                failed.push(e);
+                continue;
             }
             if !links.is_empty() {
                 notes.push(format!(
-                    "tc dev_ingress/dev_egress on {} ({}){when}",
-                    w.name, w.why
+                    "tc dev_ingress/dev_egress on {} ({}){}{when}",
+                    w.name,
+                    w.why,
+                    if way == TcWay::Clsact { "; clsact" } else { "" }
                 ));
                 self.links.insert(w.ifindex, (w.name.clone(), links));
             }
         }
-        (notes, warns)
+        (notes, failed)
     }
 }
 

@@ -2,18 +2,24 @@
 //! turns ring-buffer records into [`TraceEvent`]s. Needs root.
 //!
 //! Everything attached is an fd-based link (TCX, tp_btf, perf-event tracepoint, netfilter
-//! link): the kernel detaches it when the process exits, however it exits. Only the netlink
-//! TC fallback (kernels before 6.6) leaves state behind; it is removed on detach and a left-over
-//! is replaced at the next start.
+//! link): the kernel detaches it when the process exits, however it exits. Only TC through
+//! clsact (kernels before 6.6) leaves state behind: [`crate::capture::clsact`] records it,
+//! removes it on exit, and removes a killed run's at the next start.
+//!
+//! The plan follows the kernel ([`crate::capture::kernel::KernelCaps`]): where TC cannot be
+//! attached to the tap or a path device, the receive/transmit tracepoints stand in for it;
+//! where those fail too, the tap is blind ([`crate::model::Blind`]).
 
 use crate::capture::btf::{kernel_offsets, KernelBtf, VMLINUX_BTF};
+use crate::capture::clsact::Ledger;
+use crate::capture::kernel::{attach_tc, KernelCaps, Skip, TcWay};
 use crate::capture::nf;
 use crate::model::event::{
     Counters, Decoder, DevKind, ProgStats, RouteAsk, RouteDetail, TraceEvent,
 };
 use anyhow::{anyhow, Context as _, Result};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap};
-use aya::programs::{tc, BtfTracePoint, SchedClassifier, TcAttachType, TracePoint};
+use aya::programs::{BtfTracePoint, SchedClassifier, TcAttachType, TracePoint};
 use aya::{Btf, Ebpf};
 use kvmtrace_common::{
     Config, Event, Filter, CNT_EVENTS, CNT_LOST, CNT_SAMPLED_OUT, FOLLOW_V4, FOLLOW_V6,
@@ -87,7 +93,22 @@ pub struct Tracer {
     ring: Option<RingBuf<MapData>>,
     pub attached: Vec<String>,
     pub warnings: Vec<String>,
+    /// The probe line: the kernel's capabilities, and what each missing one costs.
+    pub caps: KernelCaps,
+    /// Things the operator should know about the plan: fallbacks taken, leftovers removed.
+    pub notes: Vec<String>,
+    /// The tap's observation points that could not be attached at all: a flow not seen
+    /// there is judged `blind`, never `no_traffic`.
+    pub blind: Option<crate::model::Blind>,
+    /// The device hooks are the global receive/transmit tracepoints (the full set, or a
+    /// fallback for TC): no TC on path devices then.
+    global: bool,
+    /// Why the route lookup tracepoints' record layout could not be read (IPv4, IPv6).
+    fib_errs: [Option<String>; 2],
     decoder: HostDecoder,
+    /// The tap's TC links, then what kvmtrace added to TC (removed after the links go).
+    _tap_links: Vec<aya::programs::tc::SchedClassifierLink>,
+    ledger: Ledger,
 }
 
 fn ifindex(name: &str) -> Result<u32> {
@@ -236,6 +257,109 @@ impl Spec {
     }
 }
 
+/// What the global receive/transmit tracepoints gave: `None` when not tried.
+#[derive(Default)]
+struct TapSight {
+    receive: Option<Result<(), String>>,
+    xmit: Option<Result<(), String>>,
+}
+
+/// Attaches the global device hooks (`--hooks all`'s, and the fallback where TC cannot be
+/// attached): tp_btf `netif_receive_skb`, `net_dev_start_xmit`, `consume_skb`, and the route
+/// lookup tracepoints. With `all` a missing receive/transmit tracepoint is an environment
+/// error, as before; as a fallback it is reported in the result.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the start-up state, passed once or twice"
+)]
+fn attach_global(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    caps: &KernelCaps,
+    spec: &Spec,
+    all: bool,
+    fib_errs: &[Option<String>; 2],
+    attached: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Result<TapSight> {
+    let mut sight = TapSight::default();
+    for (tp, required) in [
+        ("netif_receive_skb", true),
+        ("net_dev_start_xmit", true),
+        ("consume_skb", false),
+    ] {
+        let p: &mut BtfTracePoint = ebpf
+            .program_mut(tp)
+            .ok_or_else(|| anyhow!("{tp} missing"))?
+            .try_into()?;
+        let r = if caps.skip.has(tp) {
+            Err(Skip::why(tp))
+        } else {
+            p.load(tp, btf)
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|_| p.attach().map(|_| ()).map_err(|e| format!("{e:#}")))
+        };
+        match &r {
+            Ok(()) if all || tp == "consume_skb" => attached.push(format!("tp_btf {tp}")),
+            Ok(()) => attached.push(format!(
+                "tp_btf {tp} (instead of TC: every packet of every device pays for it)"
+            )),
+            Err(e) if required && all => {
+                return Err(EnvError(format!(
+                    "cannot attach to the tp_btf tracepoint {tp}: {e} (kvmtrace needs \
+                     BTF-enabled tracepoints, Linux 5.5+)"
+                ))
+                .into())
+            }
+            Err(e) if required => warnings.push(format!("tp_btf {tp} unavailable: {e}")),
+            Err(e) => warnings.push(format!(
+                "tp_btf {tp} unavailable ({e}): packets that end normally are closed later"
+            )),
+        }
+        match tp {
+            "netif_receive_skb" => sight.receive = Some(r),
+            "net_dev_start_xmit" => sight.xmit = Some(r),
+            _ => {}
+        }
+    }
+    let fams = [
+        ("fib", "fib_table_lookup", spec.v4().is_some(), &fib_errs[0]),
+        (
+            "fib6",
+            "fib6_table_lookup",
+            spec.v6().is_some(),
+            &fib_errs[1],
+        ),
+    ];
+    for (category, tp, wanted, layout) in fams {
+        if !wanted {
+            continue;
+        }
+        let p: &mut TracePoint = ebpf
+            .program_mut(tp)
+            .ok_or_else(|| anyhow!("{tp} missing"))?
+            .try_into()?;
+        let r = if caps.skip.has("fib") {
+            Err(Skip::why("fib"))
+        } else if let Some(e) = layout {
+            Err(e.clone())
+        } else {
+            p.load().map_err(|e| format!("{e:#}")).and_then(|_| {
+                p.attach(category, tp)
+                    .map(|_| ())
+                    .map_err(|e| format!("{e:#}"))
+            })
+        };
+        match r {
+            Ok(()) => attached.push(format!("tracepoint {category}:{tp}")),
+            Err(e) => warnings.push(format!(
+                "route lookups will not be shown: {category}:{tp}: {e}"
+            )),
+        }
+    }
+    Ok(sight)
+}
+
 impl Tracer {
     /// Checks the environment, loads and attaches. Environment problems come back as
     /// [`EnvError`].
@@ -268,22 +392,26 @@ impl Tracer {
         ensure_tracefs();
         let mut warnings = Vec::new();
         let all = spec.hooks == HookSet::All;
-        // The path set asks the FIB itself from the path devices' TC ingress (bpf_fib_lookup,
-        // for followed packets only); the full set reads the host-wide lookup tracepoint.
-        if all {
-            if let Err(e) = fib_offsets(&mut offsets, false) {
-                warnings.push(format!("route lookups will not be shown: {e:#}"));
-            }
+        let caps = KernelCaps::probe(&kbtf, Skip::from_env());
+        // The route lookup tracepoints' record offsets are constants of the object, so they
+        // are read before loading: the full set uses the tracepoints, and so does a run whose
+        // TC programs cannot be attached (the path set's `bpf_fib_lookup` runs in TC).
+        let fib_errs: [Option<String>; 2] = [
+            fib_offsets(&mut offsets, false)
+                .err()
+                .map(|e| format!("{e:#}")),
             if spec.v6().is_some() {
-                if let Err(e) = fib_offsets(&mut offsets, true) {
-                    warnings.push(format!("IPv6 route lookups will not be shown: {e:#}"));
-                }
-            }
-        }
+                fib_offsets(&mut offsets, true)
+                    .err()
+                    .map(|e| format!("{e:#}"))
+            } else {
+                None
+            },
+        ];
         let tap_ifindex = ifindex(&spec.tap).map_err(|e| EnvError(format!("{e:#}")))?;
         let v4 = spec.v4();
         let v6 = spec.v6();
-        let filter = Filter {
+        let mut filter = Filter {
             dst_net: v4.map_or([0; 4], |n| n.network().octets()),
             dst_mask: v4.map_or([0xff; 4], |n| n.netmask().octets()),
             dst6_net: v6.map_or([0; 16], |n| n.network().octets()),
@@ -312,12 +440,11 @@ impl Tracer {
         phase("object loaded");
         let mut attached = Vec::new();
 
-        // Optional hooks can be left out on purpose (a kernel where one misbehaves, or a test of
-        // the degraded paths): KVMTRACE_SKIP_HOOKS=tc,consume_skb,fib,netfilter.
-        let skip_list = std::env::var("KVMTRACE_SKIP_HOOKS").unwrap_or_default();
-        let skip = |name: &str| skip_list.split(',').any(|s| s.trim() == name);
-        let skipped = |name: &str| anyhow!("left out by KVMTRACE_SKIP_HOOKS={name}");
-        // The tap: TCX links (6.6+), else netlink clsact. A macvtap is the other way round:
+        // Leftovers of a run that died (kill -9) on a kernel without TCX: its cls_bpf filters
+        // and the clsact qdiscs it created, nothing else.
+        let notes: Vec<String> = crate::capture::clsact::sweep();
+        let mut ledger = Ledger::new();
+        // The tap: TC (a TCX link, else clsact + cls_bpf). A macvtap is the other way round:
         // what the guest writes to /dev/tapN is transmitted by the macvtap device (TC egress)
         // and what it will read arrives through its receive path (TC ingress), measured in
         // tests/macvtap.rs; `tap_ingress` stays "from the guest", so it goes to egress there.
@@ -330,111 +457,75 @@ impl Tracer {
         } else {
             (TcAttachType::Ingress, TcAttachType::Egress)
         };
+        let mut tap_links = Vec::new();
+        let mut tap_errs: Vec<(&str, String)> = Vec::new();
         for (prog, at) in [("tap_ingress", from_guest), ("tap_egress", to_guest)] {
             let p: &mut SchedClassifier = ebpf
                 .program_mut(prog)
                 .ok_or_else(|| anyhow!("{prog} missing"))?
                 .try_into()?;
             p.load().with_context(|| format!("loading {prog}"))?;
-            let r = if skip("tc") {
-                Err(skipped("tc"))
-            } else {
-                p.attach(&spec.tap, at)
-                    .or_else(|_| {
-                        let _ = tc::qdisc_add_clsact(&spec.tap);
-                        p.attach(&spec.tap, at)
-                    })
-                    .map_err(anyhow::Error::from)
-            };
-            match r {
-                Ok(_) if macvtap => attached.push(format!(
-                    "tc {prog} on {} (macvtap: {})",
-                    spec.tap,
-                    if at == TcAttachType::Egress {
+            match attach_tc(p, prog, &spec.tap, at, &caps, &mut ledger) {
+                Ok((link, way)) => {
+                    tap_links.push(link);
+                    let side = if at == TcAttachType::Egress {
                         "egress"
                     } else {
                         "ingress"
-                    }
-                )),
-                Ok(_) => attached.push(format!("tc {prog} on {}", spec.tap)),
-                Err(e) => warnings.push(format!(
-                    "cannot attach {prog} to {} ({e}); the tap is still seen by netif_receive_skb",
-                    spec.tap
-                )),
+                    };
+                    let how = match (macvtap, way) {
+                        (true, TcWay::Tcx) => format!(" (macvtap: {side})"),
+                        (true, TcWay::Clsact) => format!(" (macvtap: {side}; clsact)"),
+                        (false, TcWay::Tcx) => String::new(),
+                        (false, TcWay::Clsact) => " (clsact)".into(),
+                    };
+                    attached.push(format!("tc {prog} on {}{how}", spec.tap));
+                }
+                Err(e) => tap_errs.push((prog, e)),
             }
         }
-
         phase("tap attached");
         let btf = Btf::from_sys_fs().map_err(|e| EnvError(format!("kernel BTF: {e}")))?;
         phase("aya BTF parsed");
-        for (prog, tp, required, wanted) in [
-            ("netif_receive_skb", "netif_receive_skb", true, all),
-            ("net_dev_start_xmit", "net_dev_start_xmit", true, all),
-            ("kfree_skb", "kfree_skb", true, true),
-            ("consume_skb", "consume_skb", false, all),
-        ] {
-            if !wanted {
-                continue;
-            }
-            let p: &mut BtfTracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("{prog} missing"))?
-                .try_into()?;
-            let r = if !required && skip(tp) {
-                Err(skipped(tp))
-            } else {
-                p.load(tp, &btf)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|_| p.attach().map_err(anyhow::Error::from))
-            };
-            match r {
-                Ok(_) => attached.push(format!("tp_btf {tp}")),
-                Err(e) if required => {
-                    return Err(EnvError(format!(
-                        "cannot attach to the tp_btf tracepoint {tp}: {e:#} (kvmtrace needs \
-                         BTF-enabled tracepoints, Linux 5.5+)"
-                    ))
-                    .into())
-                }
-                Err(e) => warnings.push(format!(
-                    "tp_btf {tp} unavailable ({e:#}): packets that end normally are closed later"
-                )),
-            }
-        }
+        // Without TC on the tap its packets are seen where `--hooks all` sees them: the
+        // receive and transmit tracepoints of every device (and then no TC on path devices,
+        // whose hops those tracepoints show too).
+        let global = all || !tap_errs.is_empty();
+        let kfree: &mut BtfTracePoint = ebpf
+            .program_mut("kfree_skb")
+            .ok_or_else(|| anyhow!("kfree_skb missing"))?
+            .try_into()?;
+        kfree
+            .load("kfree_skb", &btf)
+            .and_then(|_| kfree.attach().map(|_| ()))
+            .map_err(|e| {
+                EnvError(format!(
+                    "cannot attach to the tp_btf tracepoint kfree_skb: {e:#} (kvmtrace needs \
+                 BTF-enabled tracepoints, Linux 5.5+)"
+                ))
+            })?;
+        attached.push("tp_btf kfree_skb".into());
         phase("tp_btf attached");
-        if all {
-            let fams = [
-                ("fib", "fib_table_lookup", spec.v4().is_some()),
-                ("fib6", "fib6_table_lookup", spec.v6().is_some()),
-            ];
-            for (category, tp, wanted) in fams {
-                if !wanted {
-                    continue;
-                }
-                let p: &mut TracePoint = ebpf
-                    .program_mut(tp)
-                    .ok_or_else(|| anyhow!("{tp} missing"))?
-                    .try_into()?;
-                let r = if skip("fib") {
-                    Err(skipped("fib"))
-                } else {
-                    p.load()
-                        .map_err(anyhow::Error::from)
-                        .and_then(|_| p.attach(category, tp).map_err(anyhow::Error::from))
-                };
-                match r {
-                    Ok(_) => attached.push(format!("tracepoint {category}:{tp}")),
-                    Err(e) => warnings.push(format!(
-                        "route lookups will not be shown: {category}:{tp}: {e:#}"
-                    )),
-                }
-            }
+        let mut seen = TapSight::default();
+        if global {
+            seen = attach_global(
+                &mut ebpf,
+                &btf,
+                &caps,
+                spec,
+                all,
+                &fib_errs,
+                &mut attached,
+                &mut warnings,
+            )?;
         }
         phase("fib attached");
         let nf_result = if !all {
             Err(anyhow!("not in the path hook set"))
-        } else if skip("netfilter") {
-            Err(skipped("netfilter"))
+        } else if caps.skip.has("netfilter") {
+            Err(anyhow!(Skip::why("netfilter")))
+        } else if let Err(e) = &caps.netfilter_links {
+            Err(anyhow!("{e}"))
         } else {
             nf::attach(OBJECT, &ebpf, v4.is_some(), v6.is_some())
         };
@@ -463,7 +554,8 @@ impl Tracer {
         };
         phase("netfilter attached");
         let mut path = crate::capture::pathdevs::Attached::default();
-        if !all {
+        let mut global = global;
+        if !global {
             for p in ["dev_ingress", "dev_egress"] {
                 let prog: &mut SchedClassifier = ebpf
                     .program_mut(p)
@@ -471,15 +563,84 @@ impl Tracer {
                     .try_into()?;
                 prog.load().with_context(|| format!("loading {p}"))?;
             }
-            attached.push(
-                "route lookups: bpf_fib_lookup in dev_ingress, for followed packets only".into(),
-            );
             let want = crate::capture::pathdevs::wanted(&spec.tap, &spec.dests, &[]);
-            let (notes, warns) = path.sync(&mut ebpf, &want, 0.0);
-            attached.extend(notes);
-            warnings.extend(warns);
+            let (path_notes, failed) = path.sync(&mut ebpf, &want, 0.0, &caps, &mut ledger);
+            if failed.is_empty() {
+                attached.push(
+                    "route lookups: bpf_fib_lookup in dev_ingress, for followed packets only"
+                        .into(),
+                );
+                attached.extend(path_notes);
+            } else {
+                // A path device without TC: its hops are seen by the global tracepoints
+                // instead, and then on every device (TC there too would show them twice).
+                path = crate::capture::pathdevs::Attached::default();
+                warnings.extend(failed.iter().cloned());
+                seen = attach_global(
+                    &mut ebpf,
+                    &btf,
+                    &caps,
+                    spec,
+                    all,
+                    &fib_errs,
+                    &mut attached,
+                    &mut warnings,
+                )?;
+                global = true;
+            }
             phase("path devices attached");
         }
+        // What the tap's packets are seen by, and what is lost.
+        let mut blind = crate::model::Blind {
+            tap: spec.tap.clone(),
+            ..Default::default()
+        };
+        for (prog, e) in &tap_errs {
+            let from_guest = *prog == "tap_ingress";
+            let (tp, tp_res, dir) = if from_guest {
+                ("netif_receive_skb", &seen.receive, "from the guest")
+            } else {
+                ("net_dev_start_xmit", &seen.xmit, "to the guest")
+            };
+            // A macvtap is the other way round (the guest's frames are transmitted by it, not
+            // received), and the kernel programs learn the guest only from a receive on the
+            // tap: measured, the fallback sees none of a macvtap guest's packets, so it is not
+            // counted on.
+            let macvtap_gap = Some(Err(
+                "the tracepoint fallback does not follow a macvtap guest's packets".to_string(),
+            ));
+            let tp_res = if macvtap { &macvtap_gap } else { tp_res };
+            match tp_res {
+                Some(Ok(())) => warnings.push(format!(
+                    "cannot attach {prog} to {} ({e}); its packets {dir} are seen by tp_btf \
+                     {tp} instead: every packet of every device of the host pays for the \
+                     receive/transmit tracepoints (~70 ns per hook), and the guest's ARP, DHCP \
+                     and NDP are not shown",
+                    spec.tap
+                )),
+                other => {
+                    let tp_err = match other {
+                        Some(Err(te)) => format!("; tp_btf {tp}: {te}"),
+                        _ => String::new(),
+                    };
+                    blind.why.push(format!("{dir}: TC {prog}: {e}{tp_err}"));
+                    if from_guest {
+                        blind.from_guest = true;
+                    } else {
+                        blind.to_guest = true;
+                    }
+                }
+            }
+        }
+        for b in &blind.why {
+            warnings.push(format!(
+                "kvmtrace is blind at the tap {} {b}: a flow it cannot see there gets the \
+                 verdict `blind` (exit 3), not `no_traffic`",
+                spec.tap
+            ));
+        }
+        let blind = (!blind.why.is_empty()).then_some(blind);
+        filter.route_helper = u8::from(!global);
         // Every hook is in place: start following (see Filter::enabled).
         set_config(
             &mut ebpf,
@@ -512,7 +673,14 @@ impl Tracer {
             ring: Some(ring),
             attached,
             warnings,
+            caps,
+            notes,
+            blind,
+            global,
+            fib_errs,
             decoder,
+            _tap_links: tap_links,
+            ledger,
         };
         t.decoder.stacks = t
             .ebpf
@@ -540,14 +708,61 @@ impl Tracer {
     /// `seen_oifs`: output devices of the followed packets' route lookups so far. Returns a
     /// line per change, for the operator (`at_s`: seconds since start).
     pub fn refresh_path(&mut self, seen_oifs: &[u32], at_s: f64) -> Vec<String> {
-        if self.spec.hooks == HookSet::All {
+        if self.global {
             return Vec::new();
         }
         let want = crate::capture::pathdevs::wanted(&self.spec.tap, &self.spec.dests, seen_oifs);
-        let (mut notes, warns) = self.path.sync(&mut self.ebpf, &want, at_s);
-        notes.extend(warns);
+        let (mut notes, failed) =
+            self.path
+                .sync(&mut self.ebpf, &want, at_s, &self.caps, &mut self.ledger);
+        if !failed.is_empty() {
+            // A device that joined the path cannot take TC: from now on every device's hops
+            // come from the global tracepoints (said once; no retry every refresh).
+            notes.extend(failed);
+            self.path = crate::capture::pathdevs::Attached::default();
+            let mut attached = Vec::new();
+            let mut warnings = Vec::new();
+            let r = Btf::from_sys_fs()
+                .map_err(|e| anyhow!("kernel BTF: {e}"))
+                .and_then(|btf| {
+                    attach_global(
+                        &mut self.ebpf,
+                        &btf,
+                        &self.caps,
+                        &self.spec,
+                        false,
+                        &self.fib_errs,
+                        &mut attached,
+                        &mut warnings,
+                    )
+                });
+            match r {
+                Ok(_) => notes.push(format!(
+                    "from +{at_s:.1} s the path is seen by {} instead of TC",
+                    attached.join(", ")
+                )),
+                Err(e) => notes.push(format!("the global tracepoints failed too: {e:#}")),
+            }
+            notes.extend(warnings.into_iter().map(|w| format!("warning: {w}")));
+            self.global = true;
+            if let Err(e) = self.set_route_helper(0) {
+                log::warn!("switching route lookups to the tracepoint: {e:#}");
+            }
+        }
         self.attached.extend(notes.iter().cloned());
         notes
+    }
+
+    fn set_route_helper(&mut self, v: u8) -> Result<()> {
+        let mut cfg: Array<_, Config> = Array::try_from(
+            self.ebpf
+                .map_mut("CONFIG")
+                .ok_or_else(|| anyhow!("CONFIG map missing"))?,
+        )?;
+        let mut c = cfg.get(&0, 0)?;
+        c.filter.route_helper = v;
+        cfg.set(0, c, 0)?;
+        Ok(())
     }
 
     /// The ring buffer, for the caller's event loop.

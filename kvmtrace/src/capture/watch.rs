@@ -1,14 +1,17 @@
 //! Loads the watch programs (`kvmtrace-ebpf/src/watch.rs`) from the same embedded object as
 //! `follow`, attaches `watch_kfree_skb` once and the tap programs per VM, and reads their
-//! maps. Needs root. Everything attached is an fd-based link owned by the `Ebpf`: dropping
-//! [`WatchKernel`] (or the process ending, however it ends) detaches all of it.
+//! maps. Needs root. Everything attached is an fd-based link (dropping [`WatchKernel`], or the
+//! process ending however it ends, detaches all of it), except TC through clsact before Linux
+//! 6.6, which [`crate::capture::clsact`] records and removes (a killed run's at the next start).
 
 use crate::capture::btf::{kernel_offsets, KernelBtf, VMLINUX_BTF};
+use crate::capture::clsact::Ledger;
+use crate::capture::kernel::{attach_tc, KernelCaps, Skip};
 use crate::error::EnvError;
 use anyhow::{anyhow, Context as _, Result};
 use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
-use aya::programs::tc::SchedClassifierLinkId;
-use aya::programs::{tc, BtfTracePoint, SchedClassifier, TcAttachType};
+use aya::programs::tc::SchedClassifierLink;
+use aya::programs::{BtfTracePoint, SchedClassifier, TcAttachType};
 use aya::{Btf, Ebpf};
 use kvmtrace_common::watch::{
     WatchConfig, WatchDropKey, WatchRemote, WatchTapKey, WatchTapStats, WATCH_FROM_VM, WATCH_TO_VM,
@@ -34,11 +37,18 @@ pub type TapTotals = WatchTapStats;
 
 pub struct WatchKernel {
     ebpf: Ebpf,
-    links: BTreeMap<u32, Vec<(&'static str, SchedClassifierLinkId)>>,
+    /// Each tap's TC links (dropping them detaches the programs).
+    links: BTreeMap<u32, Vec<SchedClassifierLink>>,
     reasons: HashMap<u32, String>,
     syms: Option<Vec<(u64, String)>>,
     nr_cpus: usize,
     pub attached: Vec<String>,
+    /// The kernel's capabilities (the probe line).
+    pub caps: KernelCaps,
+    /// What the start did besides attaching: a dead run's clsact leftovers removed.
+    pub notes: Vec<String>,
+    /// What was added to TC where TCX is missing; dropped after the links.
+    ledger: Ledger,
 }
 
 fn netns_inode() -> Result<u32> {
@@ -75,6 +85,8 @@ impl WatchKernel {
         let offsets = kernel_offsets(&kbtf)
             .map_err(|e| EnvError(format!("this kernel's BTF lacks a field: {e:#}")))?;
         let reasons = kbtf.drop_reasons().unwrap_or_default();
+        let caps = KernelCaps::probe(&kbtf, Skip::from_env());
+        let notes = crate::capture::clsact::sweep();
         // follow's ring buffer is not used here: the smallest one.
         let mut ebpf = crate::capture::btf::loader(&offsets, 4096)
             .load(crate::capture::probe::OBJECT)
@@ -116,6 +128,9 @@ impl WatchKernel {
             syms: None,
             nr_cpus,
             attached: vec!["tp_btf kfree_skb".into()],
+            caps,
+            notes,
+            ledger: Ledger::new(),
         })
     }
 
@@ -156,13 +171,12 @@ impl WatchKernel {
                 .program_mut(prog)
                 .ok_or_else(|| anyhow!("{prog} missing"))?
                 .try_into()?;
-            match p.attach(tap, at).or_else(|_| {
-                // Kernels before 6.6 have no TCX: a clsact qdisc takes the program.
-                let _ = tc::qdisc_add_clsact(tap);
-                p.attach(tap, at)
-            }) {
-                Ok(id) => links.push((prog, id)),
-                Err(e) => err = Some(anyhow!("attaching {prog} to {tap}: {e}")),
+            match attach_tc(p, prog, tap, at, &self.caps, &mut self.ledger) {
+                Ok((link, _)) => links.push(link),
+                Err(e) => {
+                    err = Some(anyhow!("attaching {prog} to {tap}: {e}"));
+                    break;
+                }
             }
         }
         self.links.insert(ifindex, links);
@@ -175,18 +189,8 @@ impl WatchKernel {
 
     /// Stops counting a tap: its links, counters, learned addresses and drop entries go.
     pub fn remove_tap(&mut self, ifindex: u32, vm: u32) {
-        if let Some(links) = self.links.remove(&ifindex) {
-            for (prog, id) in links {
-                if let Some(p) = self
-                    .ebpf
-                    .program_mut(prog)
-                    .and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
-                {
-                    // A device that vanished took its links with it: nothing to detach.
-                    let _ = p.detach(id);
-                }
-            }
-        }
+        // Dropping the links detaches them (a device that vanished took them with it).
+        drop(self.links.remove(&ifindex));
         if let Ok(mut m) = self.tap_map() {
             for dir in [WATCH_FROM_VM, WATCH_TO_VM] {
                 let _ = m.remove(&WatchTapKey { ifindex, dir });

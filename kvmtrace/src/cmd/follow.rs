@@ -63,9 +63,21 @@ async fn follow_async(
         None
     };
     let mut tracer = Tracer::start(spec)?;
+    // The probe line: what this kernel offers, and what each missing piece costs.
+    eprintln!("kvmtrace: {}", tracer.caps.summary());
+    for g in tracer
+        .caps
+        .gaps(spec.hooks == crate::capture::probe::HookSet::All)
+    {
+        eprintln!("kvmtrace: {g}");
+    }
+    for n in &tracer.notes {
+        eprintln!("kvmtrace: {n}");
+    }
     for w in &tracer.warnings {
         eprintln!("kvmtrace: warning: {w}");
     }
+    let blind = tracer.blind.clone();
     eprintln!(
         "kvmtrace: following {} (tap {}{}) → {dest}, ready in {} ms; attached: {}",
         info.name.as_deref().unwrap_or("VM"),
@@ -115,6 +127,7 @@ async fn follow_async(
                 &crate::views::tui::filter_label(spec.proto, spec.port),
             );
             meta.facts = Some(facts_live.clone());
+            meta.blind = blind.clone();
             Some(
                 crate::trace::Writer::create(path, &meta)
                     .with_context(|| format!("creating the trace file {}", path.display()))?,
@@ -299,6 +312,7 @@ async fn follow_async(
         // The bound of `st.model`: replay folds old journeys the same way.
         retained: Some(crate::model::DEFAULT_RETAINED),
         vm_gone,
+        blind: blind.clone(),
     };
     let verdicts = inputs.verdicts(&st.model);
     if let Some(mut w) = st.writer.take() {
@@ -373,11 +387,7 @@ async fn follow_async(
             st.undecodable
         );
     }
-    Ok(if crate::model::all_delivered(&verdicts) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(ExitCode::from(crate::model::exit_status(&verdicts)))
 }
 
 /// VmRSS of this process (KiB).

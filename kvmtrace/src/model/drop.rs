@@ -41,6 +41,9 @@ pub struct DropClass {
     /// The dropping hook was run by bridge netfilter (`br_nf_forward_ip`, …) for a bridged
     /// frame, not by the IP stack for a routed packet.
     pub bridged: bool,
+    /// The dropping hook is one of the bridge family's own (an nftables `bridge` table or
+    /// ebtables), run by the bridge itself (`__br_forward`, `br_handle_frame`, …).
+    pub bridge_family: bool,
 }
 
 impl DropClass {
@@ -156,13 +159,32 @@ pub fn classify(reason: Option<&str>, location: Option<&str>, stack: &[String]) 
         area,
         // The hook that dropped was run by bridge netfilter (br_nf_forward_ip, …), not by
         // the IP stack (ip_forward, …): the frame was being bridged, not routed.
-        bridged: netfilter
-            && stack
-                .iter()
-                .skip_while(|f| symbol_fn(f) != "nf_hook_slow")
-                .nth(1)
-                .is_some_and(|f| f.starts_with("br_nf_")),
+        bridged: netfilter && hook_caller(stack).is_some_and(|f| f.starts_with("br_nf_")),
+        bridge_family: netfilter && hook_caller(stack).is_some_and(|f| bridge_hook(f).is_some()),
     }
+}
+
+/// The function that ran the netfilter hook which dropped: the caller of the innermost
+/// `nf_hook_slow`.
+fn hook_caller(stack: &[String]) -> Option<&str> {
+    stack
+        .iter()
+        .map(|f| symbol_fn(f))
+        .skip_while(|f| *f != "nf_hook_slow")
+        .nth(1)
+}
+
+/// The bridge family's own hooks, by the bridge function that runs them
+/// (net/bridge/br_input.c, br_forward.c; Linux 5.10–6.18): an nftables `bridge` table or
+/// ebtables decides there, for frames the bridge handles.
+fn bridge_hook(caller: &str) -> Option<NfHook> {
+    Some(match caller {
+        "br_handle_frame" => NfHook::Prerouting,
+        "br_pass_frame_up" => NfHook::Input,
+        "__br_forward" | "br_forward" => NfHook::Forward,
+        "br_forward_finish" => NfHook::Postrouting,
+        _ => return None,
+    })
 }
 
 /// Netfilter hook named by the kernel stack of a drop (the function that called nf_hook_slow),
@@ -187,6 +209,7 @@ pub fn hook_from_stack(stack: &[String]) -> Option<(Stage, Option<NfHook>)> {
             "br_nf_pre_routing" | "br_nf_pre_routing_ipv6" => NfHook::Prerouting,
             "br_nf_forward_ip" | "br_nf_forward_arp" | "br_nf_forward" => NfHook::Forward,
             "br_nf_post_routing" => NfHook::Postrouting,
+            c if bridge_hook(c).is_some() => bridge_hook(c)?,
             c if c.starts_with("br_") => return Some((Stage::Bridge, None)),
             _ => continue,
         };
@@ -250,6 +273,41 @@ mod tests {
         assert_eq!(c.place(Stage::Bridge), (Stage::Bridge, None));
     }
 
+    /// Recorded on 6.18: an nftables `bridge` table's forward chain dropping a bridged frame.
+    #[test]
+    fn a_bridge_family_hook_is_named_with_its_hook() {
+        let stack = st(&[
+            "sk_skb_reason_drop+0x90",
+            "nft_do_chain+0x46f",
+            "nft_do_chain_bridge+0x216",
+            "nf_hook_slow+0x43",
+            "__br_forward+0xe6",
+            "br_handle_frame_finish+0x392",
+            "br_nf_hook_thresh+0x137",
+            "br_nf_pre_routing_finish+0x173",
+            "br_nf_pre_routing+0x219",
+            "br_handle_frame+0x2b4",
+        ]);
+        let c = classify(Some("NETFILTER_DROP"), Some("nft_do_chain+0x46f"), &stack);
+        assert!(c.bridge_family);
+        assert!(!c.bridged, "not br_netfilter's IP hooks");
+        assert_eq!(
+            c.place(Stage::Egress),
+            (Stage::Netfilter, Some(NfHook::Forward))
+        );
+        let input = st(&[
+            "nft_do_chain+0x1",
+            "nf_hook_slow+0x43",
+            "br_pass_frame_up+0x1",
+        ]);
+        let c = classify(Some("NETFILTER_DROP"), Some("nft_do_chain+0x1"), &input);
+        assert!(c.bridge_family);
+        assert_eq!(
+            c.place(Stage::Bridge),
+            (Stage::Netfilter, Some(NfHook::Input))
+        );
+    }
+
     #[test]
     fn places_of_drops() {
         let fwd = st(&[
@@ -292,6 +350,7 @@ mod tests {
         ]);
         let c = classify(Some("NETFILTER_DROP"), Some("nft_do_chain+0x1"), &bridged);
         assert!(c.bridged);
+        assert!(!c.bridge_family);
         assert_eq!(
             c.place(Stage::Bridge),
             (Stage::Netfilter, Some(NfHook::Forward))

@@ -237,6 +237,9 @@ pub struct DropSite {
     /// Dropped inside bridge netfilter (br_netfilter passing bridged frames to the IP hooks).
     #[serde(default)]
     pub bridged: bool,
+    /// Dropped by a bridge-family hook (an nftables `bridge` table, ebtables).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bridge_family: bool,
 }
 
 /// How a journey ended.
@@ -544,6 +547,7 @@ impl Journey {
                     location: drop.location.clone(),
                     route,
                     bridged: false,
+                    bridge_family: false,
                 };
             }
         }
@@ -560,6 +564,7 @@ impl Journey {
             reason_inferred: class.reason_inferred,
             location: drop.location.clone(),
             bridged: class.bridged,
+            bridge_family: class.bridge_family,
             route: if matches!(stage, Stage::Routing | Stage::Egress) {
                 route
             } else {
@@ -644,6 +649,10 @@ pub enum Status {
     NoReply,
     Misrouted,
     NoTraffic,
+    /// kvmtrace could not observe the VM's tap on this kernel (neither TC nor the tp_btf
+    /// fallback attached): it cannot say what the guest sent. An environment limit (exit 3),
+    /// never read as "the guest sent nothing".
+    Blind,
 }
 
 impl Status {
@@ -654,6 +663,7 @@ impl Status {
             Self::NoReply => "no_reply",
             Self::Misrouted => "misrouted",
             Self::NoTraffic => "no_traffic",
+            Self::Blind => "blind",
         }
     }
 }
@@ -675,6 +685,10 @@ pub struct Verdict {
     /// `nftables` or `iptables-legacy`, for netfilter drops.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub firewall: Option<String>,
+    /// `bridge` for a drop by a bridge-family hook (an nftables `bridge` table, ebtables);
+    /// absent for the IP families.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
     /// The base chains on that hook that could have dropped it (`inet filter forward (policy drop)`).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub chains: Vec<String>,
@@ -716,12 +730,20 @@ pub struct Verdict {
     pub summary: String,
 }
 
-/// Whether a run's verdicts are all good news (exit 0): every flow delivered, and the VM
-/// still there at the end. `follow` and `replay` exit by this one test.
-pub fn all_delivered(verdicts: &[Verdict]) -> bool {
-    verdicts
+/// The exit code of a run with these verdicts, for `follow` and `replay` alike: 3 when
+/// kvmtrace was blind at the tap (an environment limit, never the guest's fault), 0 when every
+/// flow was delivered and the VM was still there at the end, else 1 (a problem found).
+pub fn exit_status(verdicts: &[Verdict]) -> u8 {
+    if verdicts.iter().any(|v| v.status == Status::Blind) {
+        3
+    } else if verdicts
         .iter()
         .all(|v| v.status == Status::Delivered && v.vm_gone.is_none())
+    {
+        0
+    } else {
+        1
+    }
 }
 
 /// The VM going away during a run: when (kernel monotonic ns) and what was seen (`tap vnet0
@@ -784,6 +806,7 @@ impl Verdict {
             stage: None,
             hook: None,
             firewall: None,
+            family: None,
             chains: Vec::new(),
             device: None,
             direction: None,
@@ -1127,6 +1150,59 @@ impl Model {
             return vec![v];
         }
         out
+    }
+}
+
+/// The tap's observation points that could not be attached at all (TC refused, and the
+/// global receive/transmit tracepoints too): recorded in the trace, so that replay judges
+/// the same.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blind {
+    pub tap: String,
+    /// Nothing the guest sends is seen.
+    pub from_guest: bool,
+    /// Nothing handed to the guest is seen.
+    pub to_guest: bool,
+    /// What failed, one line per point.
+    pub why: Vec<String>,
+}
+
+impl Blind {
+    /// Verdicts that rest on what the blind side did not see become `blind`: with the guest's
+    /// side unseen, "no traffic"; with the side towards the guest unseen, "no reply" too. A
+    /// drop or misroute that was seen stands.
+    pub fn apply(&self, verdicts: &mut [Verdict], dest: &str) {
+        for v in verdicts.iter_mut() {
+            let unseen = match v.status {
+                Status::NoTraffic => self.from_guest || self.to_guest,
+                Status::NoReply => self.to_guest,
+                _ => false,
+            };
+            if !unseen {
+                continue;
+            }
+            let side = match (self.from_guest, self.to_guest) {
+                (true, true) => "in either direction",
+                (true, false) => "from the guest",
+                _ => "towards the guest",
+            };
+            v.status = Status::Blind;
+            v.stage = Some(Stage::Tap);
+            v.device = Some(self.tap.clone());
+            v.direction = Some(if self.from_guest {
+                Direction::Request
+            } else {
+                Direction::Reply
+            });
+            v.summary = format!(
+                "kvmtrace could not observe the tap {} {side} on this kernel, so it cannot tell \
+                 what the guest sent to {dest} or what reached it: not a finding about the \
+                 guest ({}) → run kvmtrace on a kernel with TCX (6.6+) or with the clsact \
+                 qdisc available (module sch_ingress, cls_bpf), or with BTF tracepoints",
+                self.tap,
+                self.why.join("; ")
+            );
+        }
     }
 }
 

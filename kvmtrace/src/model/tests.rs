@@ -214,6 +214,44 @@ fn nothing_seen_is_no_traffic() {
     assert!(v[0].key.is_none());
 }
 
+/// Nothing seen because kvmtrace was blind at the tap is `blind`, never `no_traffic`; a drop
+/// that was seen stands; "no reply" becomes `blind` only when the side towards the guest was
+/// unseen.
+#[test]
+fn a_blind_tap_turns_silence_into_blind_and_leaves_seen_drops() {
+    let blind = |from_guest, to_guest| Blind {
+        tap: "vnet0".into(),
+        from_guest,
+        to_guest,
+        why: vec!["from the guest: TC tap_ingress: refused".into()],
+    };
+    let mut v = Model::new().verdicts(&HostFacts::default(), "203.0.113.1", None);
+    blind(true, false).apply(&mut v, "203.0.113.1");
+    assert_eq!(v[0].status, Status::Blind);
+    assert_eq!(v[0].stage, Some(Stage::Tap));
+    assert_eq!(v[0].device.as_deref(), Some("vnet0"));
+    assert_eq!(v[0].direction, Some(Direction::Request));
+    assert!(
+        v[0].summary
+            .contains("could not observe the tap vnet0 from the guest"),
+        "{}",
+        v[0].summary
+    );
+    assert!(v[0].summary.contains("TC tap_ingress: refused"));
+
+    let mut dropped = model(load(FORWARD_DROP)).verdicts(&nft_forward_drop_facts(), "x", None);
+    assert_eq!(dropped[0].status, Status::Dropped);
+    blind(true, true).apply(&mut dropped, "x");
+    assert_eq!(dropped[0].status, Status::Dropped);
+
+    let mut no_reply = vec![Verdict::new("f".into(), None, Status::NoReply)];
+    blind(true, false).apply(&mut no_reply, "x");
+    assert_eq!(no_reply[0].status, Status::NoReply);
+    blind(false, true).apply(&mut no_reply, "x");
+    assert_eq!(no_reply[0].status, Status::Blind);
+    assert_eq!(no_reply[0].direction, Some(Direction::Reply));
+}
+
 #[test]
 fn requests_after_the_stop_and_half_seen_packets_are_not_judged() {
     let events = load(HEALTHY);
@@ -532,12 +570,16 @@ fn unanswered_arp_on_an_unbridged_tap_names_the_tap_not_the_gateway_setting() {
          add the tap to the VM's bridge: `ip link set vnet0 master br0`"
     );
     assert_eq!(v.fix.as_deref(), Some("ip link set dev vnet0 master br0"));
-    // Bridged: the gateway setting is the suspect, as before.
+    // Bridged, and the address asked is br0's own: the host was asked and did not answer
+    // (no firewall chain in these facts): not the guest's gateway setting.
     let v = &m.verdicts(&tap_facts(Some("br0")), "203.0.113.1", None)[0];
     assert_eq!(v.device, None);
     assert_eq!(v.fix, None);
     assert!(
-        v.summary.contains("the gateway setting is wrong"),
+        v.summary
+            .contains("10.77.0.1 is the host's own address on br0: the host was asked")
+            && v.summary.contains("no firewall chain sits on its INPUT")
+            && !v.summary.contains("gateway setting"),
         "{}",
         v.summary
     );

@@ -80,13 +80,10 @@ impl Analysis {
         self.verdicts.iter().min_by_key(|v| severity(v.status))
     }
 
-    /// `follow`'s exit code for these verdicts: 0 when every flow was delivered, else 1.
+    /// `follow`'s exit code for these verdicts: 0 when every flow was delivered, 3 when
+    /// kvmtrace was blind at the tap (an environment limit), else 1.
     pub fn exit_code(&self) -> ExitCode {
-        if crate::model::all_delivered(&self.verdicts) {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        }
+        ExitCode::from(crate::model::exit_status(&self.verdicts))
     }
 }
 
@@ -97,7 +94,8 @@ pub fn severity(s: Status) -> u8 {
         Status::Misrouted => 1,
         Status::NoReply => 2,
         Status::NoTraffic => 3,
-        Status::Delivered => 4,
+        Status::Blind => 4,
+        Status::Delivered => 5,
     }
 }
 

@@ -37,6 +37,7 @@ fn meta() -> Meta {
         started_mono_ns: Some(1_006_000_000_000),
         snaplen: 0,
         facts: None,
+        blind: None,
     }
 }
 
@@ -87,6 +88,7 @@ fn record_with(fixture: &str, decisions: Vec<RuleDecision>, budgets: Vec<BudgetE
         budget: 200,
         retained: None,
         vm_gone: None,
+        blind: None,
     };
     w.inputs(&inputs).unwrap();
     let verdicts = inputs.verdicts(&m);

@@ -888,7 +888,7 @@ code{background:#f6f8fa;padding:0 .2rem;border-radius:3px}
 pre{background:#f6f8fa;padding:.6rem;overflow-x:auto}
 .status{font-weight:700;padding:0 .4rem;border-radius:3px;color:#fff;white-space:nowrap}
 .status.delivered{background:#1a7f37}.status.dropped{background:#cf222e}
-.status.no_reply{background:#bc4c00}.status.misrouted{background:#8250df}.status.no_traffic{background:#57606a}
+.status.no_reply{background:#bc4c00}.status.misrouted{background:#8250df}.status.no_traffic{background:#57606a}.status.blind{background:#0969da}
 .note{background:#fff8c5;border-left:4px solid #d4a72c;padding:.4rem .6rem;margin:.5rem 0}
 ";
 

@@ -19,8 +19,9 @@ const MAX_HEAD: usize = 8192;
 /// What the server answers with: the exposition text, rendered at each scrape.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Serves until the task is aborted.
-pub async fn serve(listener: TcpListener, render: Render) {
+/// Serves until the task is aborted. `health`: the `/healthz` text (`ok`, then anything the
+/// operator should know, such as VMs that cannot be watched).
+pub async fn serve(listener: TcpListener, render: Render, health: Render) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
@@ -34,16 +35,17 @@ pub async fn serve(listener: TcpListener, render: Render) {
             continue;
         };
         let render = render.clone();
+        let health = health.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = handle(stream, &render).await {
+            if let Err(e) = handle(stream, &render, &health).await {
                 log::debug!("metrics: {peer}: {e}");
             }
         });
     }
 }
 
-async fn handle(mut s: TcpStream, render: &Render) -> std::io::Result<()> {
+async fn handle(mut s: TcpStream, render: &Render, health: &Render) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let head = tokio::time::timeout(READ_TIMEOUT, async {
         let mut chunk = [0u8; 1024];
@@ -82,7 +84,7 @@ async fn handle(mut s: TcpStream, render: &Render) -> std::io::Result<()> {
         let path = target.split('?').next().unwrap_or("");
         match (method, path) {
             ("GET" | "HEAD", "/metrics") => ("200 OK", super::metrics::CONTENT_TYPE, render()),
-            ("GET" | "HEAD", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+            ("GET" | "HEAD", "/healthz") => ("200 OK", "text/plain", health()),
             ("GET" | "HEAD", "/") => (
                 "200 OK",
                 "text/plain",
@@ -152,8 +154,9 @@ mod tests {
                 let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
                 tx.send(l.local_addr().unwrap()).unwrap();
                 let render: Render = Arc::new(|| "# EOF\n".to_string());
+                let health: Render = Arc::new(|| "ok\n".to_string());
                 // Ends with the test process.
-                serve(l, render).await;
+                serve(l, render, health).await;
             });
         });
         (rx.recv().unwrap(), h)

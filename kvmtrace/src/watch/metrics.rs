@@ -58,6 +58,14 @@ pub struct VmLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct UnwatchedLabels {
+    pub vm: String,
+    pub tap: String,
+    /// Why its programs could not be attached (the kernel's answer).
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct ProgramLabels {
     pub program: String,
 }
@@ -168,6 +176,8 @@ pub struct Metrics {
     vm_info: Family<VmLabels, Gauge>,
     recordings: Family<RecordingLabels, Counter>,
     vms: Gauge,
+    unwatched: Family<UnwatchedLabels, Gauge>,
+    unwatched_series: HashSet<UnwatchedLabels>,
     capped: Counter,
     unkeyed: Counter,
     ips_full: Counter,
@@ -200,6 +210,7 @@ impl Metrics {
         let vm_info = Family::<VmLabels, Gauge>::default();
         let recordings = Family::<RecordingLabels, Counter>::default();
         let vms = Gauge::default();
+        let unwatched = Family::<UnwatchedLabels, Gauge>::default();
         let capped = Counter::default();
         let unkeyed = Counter::default();
         let ips_full = Counter::default();
@@ -282,6 +293,12 @@ impl Metrics {
         );
         registry.register("kvmtrace_vms", "VMs watched now", vms.clone());
         registry.register(
+            "kvmtrace_vm_unwatched",
+            "A VM found whose tap kvmtrace cannot attach to (always 1), with the reason: its \
+             packets and drops are not counted",
+            unwatched.clone(),
+        );
+        registry.register(
             "kvmtrace_drop_series_capped",
             "Drops counted under the `other` bucket because the drop label sets hit their bound",
             capped.clone(),
@@ -324,6 +341,8 @@ impl Metrics {
             vm_info,
             recordings,
             vms,
+            unwatched,
+            unwatched_series: HashSet::new(),
             capped,
             unkeyed,
             ips_full,
@@ -420,6 +439,47 @@ impl Metrics {
         self.vm_info.get_or_create(&l).set(1);
         self.vm_series.insert(l);
         self.vms.set(self.vm_series.len() as i64);
+    }
+
+    /// A VM whose tap cannot be attached to (`reason`); replaces an earlier reason.
+    pub fn vm_unwatched(&mut self, vm: &str, tap: &str, reason: &str) {
+        self.vm_watched_again(tap);
+        let l = UnwatchedLabels {
+            vm: vm.into(),
+            tap: tap.into(),
+            reason: reason.into(),
+        };
+        self.unwatched.get_or_create(&l).set(1);
+        self.unwatched_series.insert(l);
+    }
+
+    /// The `/healthz` text: `ok` (the service runs), then one line per VM found that cannot
+    /// be watched, with why.
+    pub fn health(&self) -> String {
+        let mut out = String::from("ok\n");
+        let mut v: Vec<&UnwatchedLabels> = self.unwatched_series.iter().collect();
+        v.sort();
+        for l in v {
+            out.push_str(&format!(
+                "not watched: {} (tap {}): {}\n",
+                l.vm, l.tap, l.reason
+            ));
+        }
+        out
+    }
+
+    /// A tap that could not be attached to is watched now, or gone.
+    pub fn vm_watched_again(&mut self, tap: &str) {
+        let old: Vec<UnwatchedLabels> = self
+            .unwatched_series
+            .iter()
+            .filter(|l| l.tap == tap)
+            .cloned()
+            .collect();
+        for l in old {
+            self.unwatched.remove(&l);
+            self.unwatched_series.remove(&l);
+        }
     }
 
     pub fn recording_started(&mut self, vm: &str, tap: &str) {

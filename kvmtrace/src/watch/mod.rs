@@ -251,6 +251,9 @@ struct Watch {
     /// Recordings running: tap → pid of the `follow` child. Kept apart from `vms` so that a
     /// VM that vanishes mid-recording still has its recording waited for at exit.
     recordings: HashMap<String, u32>,
+    /// Taps found whose programs could not be attached, with why: said once per tap and
+    /// reason (retried at each rescan), and kept as `kvmtrace_vm_unwatched`.
+    unwatched: BTreeMap<String, String>,
 }
 
 impl Watch {
@@ -339,7 +342,7 @@ impl Watch {
                         Vm {
                             slot,
                             name,
-                            tap,
+                            tap: tap.clone(),
                             ifindex,
                             prev_tap: Default::default(),
                             drops_total: 0,
@@ -352,8 +355,47 @@ impl Watch {
                         },
                     );
                 }
-                Err(e) => log::warn!("cannot watch {tap}: {e:#}"),
+                Err(e) => {
+                    let reason = format!("{e:#}");
+                    if self.unwatched.get(&tap) != Some(&reason) {
+                        let name = info.name.clone().unwrap_or_else(|| tap.clone());
+                        eprintln!(
+                            "kvmtrace watch: cannot watch {name} (tap {tap}): {reason}; its \
+                             packets and drops are not counted (kvmtrace_vm_unwatched)"
+                        );
+                        json_line(serde_json::json!({
+                            "type": "vm", "event": "unwatched", "vm": name, "tap": tap,
+                            "reason": reason,
+                        }));
+                        self.metrics
+                            .lock()
+                            .expect("metrics lock")
+                            .vm_unwatched(&name, &tap, &reason);
+                        self.unwatched.insert(tap.clone(), reason);
+                    }
+                    continue;
+                }
             }
+            if self.unwatched.remove(&tap).is_some() {
+                self.metrics
+                    .lock()
+                    .expect("metrics lock")
+                    .vm_watched_again(&tap);
+            }
+        }
+        // Taps gone: no longer reported as unwatched.
+        let vanished: Vec<String> = self
+            .unwatched
+            .keys()
+            .filter(|t| crate::capture::watch::ifindex(t).is_none())
+            .cloned()
+            .collect();
+        for t in vanished {
+            self.unwatched.remove(&t);
+            self.metrics
+                .lock()
+                .expect("metrics lock")
+                .vm_watched_again(&t);
         }
     }
 
@@ -621,7 +663,9 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
     let local = listener.local_addr()?;
     let m2 = metrics.clone();
     let render: http::Render = Arc::new(move || m2.lock().expect("metrics lock").encode());
-    let server = tokio::spawn(http::serve(listener, render));
+    let m3 = metrics.clone();
+    let health: http::Render = Arc::new(move || m3.lock().expect("metrics lock").health());
+    let server = tokio::spawn(http::serve(listener, render, health));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut w = Watch {
         kernel,
@@ -637,15 +681,32 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
         done_tx,
         seq: 0,
         recordings: HashMap::new(),
+        unwatched: BTreeMap::new(),
     };
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    eprintln!("kvmtrace watch: {}", w.kernel.caps.summary());
+    for g in w.kernel.caps.gaps(false) {
+        eprintln!("kvmtrace watch: {g}");
+    }
+    for n in &w.kernel.notes {
+        eprintln!("kvmtrace watch: {n}");
+    }
     w.rescan();
     eprintln!(
-        "kvmtrace watch: listening on http://{local}/metrics, watching {} VM(s) [{}], ready in {} ms",
+        "kvmtrace watch: listening on http://{local}/metrics, watching {} VM(s) [{}]{}, ready in {} ms",
         w.vms.len(),
         w.vms.keys().cloned().collect::<Vec<_>>().join(", "),
+        if w.unwatched.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} VM(s) found but not watchable [{}]",
+                w.unwatched.len(),
+                w.unwatched.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        },
         started.elapsed().as_millis()
     );
     let mut tick = tokio::time::interval(Duration::from_secs(1));

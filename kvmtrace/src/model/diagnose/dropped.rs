@@ -27,70 +27,98 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
             Direction::Request => "the request",
             Direction::Reply => "the reply",
         };
-        let mut s =
-            match (site.stage, site.hook) {
-                (Stage::Netfilter, Some(h)) => {
-                    let (fw, chains) = chains_on(facts, h, k.remote.is_ipv6());
-                    v.firewall = fw.clone();
-                    v.chains = chains.clone();
-                    let drop_policies: Vec<&String> = chains
-                        .iter()
-                        .filter(|c| c.contains("policy drop"))
-                        .collect();
-                    let who = match (fw.as_deref(), drop_policies.first(), chains.first()) {
-                        (Some(fw), Some(c), _) => format!(" ({fw}: chain {c})"),
-                        (Some(fw), None, Some(c)) => format!(" ({fw}: a rule in {c})"),
-                        (Some(fw), None, None) => format!(" ({fw})"),
-                        _ => String::new(),
-                    };
-                    let mut s = format!(
-                        "{what} was dropped by the {h} hook{who} on {} [{}] → check the {} rules \
-                     for {} → {}",
+        let mut s = match (site.stage, site.hook) {
+            (Stage::Netfilter, Some(h)) if site.bridge_family => {
+                let (fw, chains) = chains_on(facts, h, "bridge");
+                v.firewall = fw.clone();
+                v.chains = chains.clone();
+                v.family = Some("bridge".into());
+                let who = match (
+                    fw.as_deref(),
+                    chains.iter().find(|c| c.contains("policy drop")),
+                    chains.first(),
+                ) {
+                    (Some(fw), Some(c), _) => format!(" ({fw}: chain {c})"),
+                    (Some(fw), None, Some(c)) => format!(" ({fw}: a rule in {c})"),
+                    _ => {
+                        " (no nftables bridge chain is on that hook: ebtables-legacy?)".to_string()
+                    }
+                };
+                format!(
+                        "{what} was dropped by the bridge {h} hook{who} on {} [{}]: the bridge's own \
+                         firewall, which sees frames the bridge handles → check the bridge {} rules \
+                         (`nft list ruleset bridge`, or `ebtables -L`) for {} → {}",
                         site.device,
                         site.reason,
                         h.name().to_lowercase(),
                         k.guest,
                         k.remote
-                    );
-                    if site.bridged {
-                        s.push_str(
+                    )
+            }
+            (Stage::Netfilter, Some(h)) => {
+                let (fw, chains) =
+                    chains_on(facts, h, if k.remote.is_ipv6() { "ip6" } else { "ip" });
+                v.firewall = fw.clone();
+                v.chains = chains.clone();
+                let drop_policies: Vec<&String> = chains
+                    .iter()
+                    .filter(|c| c.contains("policy drop"))
+                    .collect();
+                let who = match (fw.as_deref(), drop_policies.first(), chains.first()) {
+                    (Some(fw), Some(c), _) => format!(" ({fw}: chain {c})"),
+                    (Some(fw), None, Some(c)) => format!(" ({fw}: a rule in {c})"),
+                    (Some(fw), None, None) => format!(" ({fw})"),
+                    _ => String::new(),
+                };
+                let mut s = format!(
+                    "{what} was dropped by the {h} hook{who} on {} [{}] → check the {} rules \
+                     for {} → {}",
+                    site.device,
+                    site.reason,
+                    h.name().to_lowercase(),
+                    k.guest,
+                    k.remote
+                );
+                if site.bridged {
+                    s.push_str(
                         ": this is bridged traffic, which br_netfilter hands to the IPv4 hooks \
                          (net.bridge.bridge-nf-call-iptables=1); allow the VM's traffic in that \
                          chain, or set bridge-nf-call-iptables=0 if the host is not meant to \
                          filter bridged frames",
                     );
-                    }
-                    if h == NfHook::Forward && !site.bridged {
-                        v.fix = forward_fix(k, dir, facts);
-                    }
-                    if dir == Direction::Reply && h == NfHook::Forward {
-                        s.push_str(
-                            ": the requests are let out but their replies are not; accept \
-                         established connections first (`ct state established,related accept`)",
-                        );
-                    }
-                    s
                 }
-                (Stage::Routing, _) => {
-                    let v6 = k.remote.is_ipv6();
-                    let fwd_off = if v6 {
-                        facts.ip6_forward == Some(false)
-                    } else {
-                        facts.ip_forward == Some(false)
-                    };
-                    let route = site.route.as_ref().and_then(|r| {
-                        r.err_name()
-                            .map(|e| format!("{e} in table {}", r.table_name()))
-                    });
-                    v.fix = if site.reason == "IP_RPFILTER" {
-                        Some(fix::rp_filter_loose(&site.device))
-                    } else if fwd_off {
-                        Some(fix::forwarding_on(v6))
-                    } else {
-                        None
-                    };
-                    match (fwd_off, route) {
-                        _ if site.reason == "IP_RPFILTER" => format!(
+                if h == NfHook::Forward && !site.bridged {
+                    v.fix = forward_fix(k, dir, facts);
+                }
+                if dir == Direction::Reply && h == NfHook::Forward {
+                    s.push_str(
+                        ": the requests are let out but their replies are not; accept \
+                         established connections first (`ct state established,related accept`)",
+                    );
+                }
+                s
+            }
+            (Stage::Routing, _) => {
+                let v6 = k.remote.is_ipv6();
+                let fwd_off = if v6 {
+                    facts.ip6_forward == Some(false)
+                } else {
+                    facts.ip_forward == Some(false)
+                };
+                let route = site.route.as_ref().and_then(|r| {
+                    r.err_name()
+                        .map(|e| format!("{e} in table {}", r.table_name()))
+                });
+                v.fix = if site.reason == "IP_RPFILTER" {
+                    Some(fix::rp_filter_loose(&site.device))
+                } else if fwd_off {
+                    Some(fix::forwarding_on(v6))
+                } else {
+                    None
+                };
+                match (fwd_off, route) {
+                    _ if site.reason == "IP_RPFILTER" => {
+                        format!(
                         "{what} was dropped by reverse-path filtering (rp_filter) on {}: the way \
                          back to {} does not leave through {} [{}] → check `ip route get {}` and \
                          net.ipv4.conf.{{all,{}}}.rp_filter (2 = loose)",
@@ -100,51 +128,81 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
                         site.reason,
                         if dir == Direction::Request { k.guest } else { k.remote },
                         site.device
-                    ),
-                        (true, _) if v6 => format!(
-                            "{what} was dropped at routing on {}: IPv6 forwarding is off \
+                    )
+                    }
+                    (true, _) if v6 => format!(
+                        "{what} was dropped at routing on {}: IPv6 forwarding is off \
                          (net.ipv6.conf.all.forwarding=0) [{}] → enable it: sysctl -w \
                          net.ipv6.conf.all.forwarding=1",
-                            site.device, site.reason
-                        ),
-                        (true, _) => format!(
-                            "{what} was dropped at routing on {}: IP forwarding is off \
+                        site.device, site.reason
+                    ),
+                    (true, _) => format!(
+                        "{what} was dropped at routing on {}: IP forwarding is off \
                          (net.ipv4.ip_forward=0) [{}] → enable it: sysctl -w net.ipv4.ip_forward=1",
-                            site.device, site.reason
-                        ),
-                        (false, Some(r)) => format!(
-                            "{what} was dropped at routing on {}: {r} for {} [{}] → check \
+                        site.device, site.reason
+                    ),
+                    (false, Some(r)) => format!(
+                        "{what} was dropped at routing on {}: {r} for {} [{}] → check \
                          `ip route get {}` and the routes of that table",
-                            site.device,
-                            if dir == Direction::Request {
-                                k.remote
-                            } else {
-                                k.guest
-                            },
-                            site.reason,
-                            if dir == Direction::Request {
-                                k.remote
-                            } else {
-                                k.guest
-                            }
-                        ),
-                        (false, None) if v6 => format!(
-                            "{what} was dropped at routing on {} [{}] → check `ip -6 route get \
+                        site.device,
+                        if dir == Direction::Request {
+                            k.remote
+                        } else {
+                            k.guest
+                        },
+                        site.reason,
+                        if dir == Direction::Request {
+                            k.remote
+                        } else {
+                            k.guest
+                        }
+                    ),
+                    (false, None) if v6 => format!(
+                        "{what} was dropped at routing on {} [{}] → check `ip -6 route get \
                          {}` and net.ipv6.conf.all.forwarding",
-                            site.device, site.reason, k.remote
-                        ),
-                        (false, None) => format!(
-                            "{what} was dropped at routing on {} [{}] → check `ip route get {}`, \
+                        site.device, site.reason, k.remote
+                    ),
+                    (false, None) => format!(
+                        "{what} was dropped at routing on {} [{}] → check `ip route get {}`, \
                          rp_filter and ip_forward",
-                            site.device, site.reason, k.remote
-                        ),
-                    }
+                        site.device, site.reason, k.remote
+                    ),
                 }
-                (stage, _) => {
-                    v.fix = egress_fix(k, stage, &site, rep, facts);
-                    egress_summary(what, stage, &site, rep, facts)
-                }
-            };
+            }
+            (stage, _) => {
+                v.fix = egress_fix(k, stage, &site, rep, facts);
+                egress_summary(what, stage, &site, rep, facts)
+            }
+        };
+        // A packet too big whose "fragmentation needed" / "packet too big" the host's own
+        // firewall dropped on its way to the guest: that drop is the root cause (the guest
+        // would have lowered its MTU), so the verdict names its hook, chains and device; the
+        // summary tells both.
+        if let Some(d) = (site.reason == "PKT_TOO_BIG")
+            .then(|| lost_mtu_error(rep))
+            .flatten()
+            .filter(|d| d.stage == Stage::Netfilter && d.hook.is_some())
+        {
+            let h = d.hook.expect("filtered");
+            let family = if k.remote.is_ipv6() { "ip6" } else { "ip" };
+            let (fw, chains) = chains_on(facts, h, family);
+            v.direction = Some(Direction::Reply);
+            v.stage = Some(Stage::Netfilter);
+            v.hook = Some(h);
+            v.device = Some(d.device.clone()).filter(|d| !d.is_empty());
+            v.reason = Some(d.reason.clone());
+            v.location = d.location.clone();
+            v.route = None;
+            if !chains.is_empty() {
+                s.push_str(&format!(
+                    " (sent by the host from {}; the chains on {h}: {})",
+                    d.device,
+                    chains.join(", ")
+                ));
+            }
+            v.firewall = fw;
+            v.chains = chains;
+        }
         if let Some(c) = root_cause(k, dir, &site, req, facts) {
             v.stage = Some(c.stage);
             v.device = Some(c.device);
@@ -174,17 +232,21 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
 
 /// Names the firewall and the base chains registered on `hook` that could have dropped.
 /// `v6`: the flow is IPv6 (the `ip6` and `inet` tables see it, `ip` ones do not).
-fn chains_on(facts: &HostFacts, hook: NfHook, v6: bool) -> (Option<String>, Vec<String>) {
-    let family = if v6 { "ip6" } else { "ip" };
+/// The base chains of `family` (`ip`, `ip6` — with `inet` — or `bridge`) on `hook`, and which
+/// firewall holds them.
+fn chains_on(facts: &HostFacts, hook: NfHook, family: &str) -> (Option<String>, Vec<String>) {
     let on_hook: Vec<&NfChain> = facts
         .nft_chains
         .iter()
-        .filter(|c| c.hook == hook && (c.family == family || c.family == "inet"))
+        .filter(|c| {
+            c.hook == hook && (c.family == family || (c.family == "inet" && family != "bridge"))
+        })
         .collect();
-    let legacy = facts
-        .legacy_tables
-        .iter()
-        .any(|t| t == "filter" || t == "raw" || t == "mangle");
+    let legacy = family != "bridge"
+        && facts
+            .legacy_tables
+            .iter()
+            .any(|t| t == "filter" || t == "raw" || t == "mangle");
     let names: Vec<String> = on_hook
         .iter()
         .map(|c| {
@@ -201,6 +263,23 @@ fn chains_on(facts: &HostFacts, hook: NfHook, v6: bool) -> (Option<String>, Vec<
         (true, false) => None,
     };
     (fw, names)
+}
+
+/// Where the host's ICMP "fragmentation needed" (ICMPv6 "packet too big") to the guest died,
+/// when it did not reach the guest.
+fn lost_mtu_error(rep: &[&Journey]) -> Option<DropSite> {
+    rep.iter().find_map(|j| {
+        let about_mtu = j.hops.iter().any(|h| {
+            h.tuple.is_some_and(|t| {
+                (t.proto == 1 && h.icmp_type == 3 && h.icmp_code == 4)
+                    || (t.proto == 58 && h.icmp_type == 2)
+            })
+        });
+        match j.outcome() {
+            crate::model::Outcome::Dropped(d) if about_mtu => Some(d),
+            _ => None,
+        }
+    })
 }
 
 /// The summary of a drop outside netfilter and routing: the tap, the bridge, the way out.
@@ -264,19 +343,7 @@ fn egress_summary(
             .map(|m| format!("MTU {m}"))
             .unwrap_or_else(|| "MTU".into());
         // The host's own error never reached the guest: a path-MTU black hole.
-        let lost = rep.iter().find_map(|j| {
-            let about_mtu = j.hops.iter().any(|h| {
-                h.tuple.is_some_and(|t| {
-                    (t.proto == 1 && h.icmp_type == 3 && h.icmp_code == 4)
-                        || (t.proto == 58 && h.icmp_type == 2)
-                })
-            });
-            match j.outcome() {
-                crate::model::Outcome::Dropped(d) if about_mtu => Some(d),
-                _ => None,
-            }
-        });
-        if let Some(d) = lost {
+        if let Some(d) = lost_mtu_error(rep) {
             let at = d
                 .hook
                 .map(|h| format!("the {h} hook"))

@@ -1,7 +1,7 @@
 //! No traffic: what the guest said on its tap (ARP, DHCP) when no request reached DEST, and
 //! the guest's ARP as evidence for replies that never reached it.
 
-use crate::model::event::Point;
+use crate::model::event::{NfHook, Point};
 use crate::model::{fix, DevFacts, FlowKey, HostFacts, Model, Status, Verdict};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -60,6 +60,23 @@ impl Model {
 
     /// The bridge of the tap the guest asked ARP or NDP on, and its own address on the subnet
     /// of `ip` (another one): the gateway the guest most likely means.
+    /// The bridge of the tap that asked, when `ip` is that bridge's own address: the host
+    /// itself was asked.
+    fn bridge_owning(&self, facts: &HostFacts, ip: IpAddr) -> Option<String> {
+        let tap = &self
+            .l2
+            .iter()
+            .find(|e| e.point == Point::TapIngress && e.l2.is_some())?
+            .device;
+        let br = facts.master_of(tap)?;
+        facts
+            .device(br)?
+            .addrs
+            .iter()
+            .any(|a| a.addr == ip)
+            .then(|| br.to_string())
+    }
+
     fn bridge_address_near(&self, facts: &HostFacts, ip: IpAddr) -> Option<(String, IpAddr)> {
         use crate::model::event::L2;
         let tap = &self
@@ -234,6 +251,10 @@ impl Model {
                 ));
                 continue;
             }
+            if let Some(br) = self.bridge_owning(facts, *ip) {
+                parts.push(host_firewall_hint(facts, *ip, &br, *n));
+                continue;
+            }
             if let Some((br, own)) = self.bridge_address_near(facts, *ip) {
                 parts.push(format!(
                     "the guest asked {n} time(s) who has {ip} ({how}) and nobody on its bridge \
@@ -268,6 +289,69 @@ impl Model {
             return s;
         }
         format!("no packet from the VM to {dest}: {}", parts.join("; "))
+    }
+}
+
+/// The guest asked the host itself (`ip` is `br`'s own address) and got no answer: the host
+/// heard the question and its firewall kept it from answering. The chains that can: for
+/// NDP the ip6/inet INPUT chains, for ARP the `arp` family's input chains (hook 0,
+/// NF_ARP_IN), and for both the `bridge` family's INPUT.
+fn host_firewall_hint(facts: &HostFacts, ip: IpAddr, br: &str, n: usize) -> String {
+    let (how, what) = if ip.is_ipv6() {
+        ("NDP", "neighbour solicitations")
+    } else {
+        ("ARP", "ARP requests")
+    };
+    let chains: Vec<&crate::model::NfChain> = facts
+        .nft_chains
+        .iter()
+        .filter(|c| {
+            let f = c.family.as_str();
+            (ip.is_ipv6() && matches!(f, "ip6" | "inet") && c.hook == NfHook::Input)
+                || (ip.is_ipv4() && f == "arp" && c.hook == NfHook::Prerouting)
+                || (f == "bridge" && c.hook == NfHook::Input)
+        })
+        .collect();
+    let name = |c: &crate::model::NfChain| {
+        let hook = if c.family == "arp" { "input" } else { "INPUT" };
+        format!(
+            "{} {} {} ({hook}, policy {})",
+            c.family, c.table, c.chain, c.policy
+        )
+    };
+    let head = format!(
+        "the guest asked {n} time(s) who has {ip} ({how}) and got no answer although {ip} is \
+         the host's own address on {br}: the host was asked and did not answer"
+    );
+    match chains
+        .iter()
+        .find(|c| c.policy == "drop")
+        .or(chains.first())
+    {
+        Some(c) => {
+            let allow = if ip.is_ipv6() {
+                "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept"
+            } else {
+                "accept"
+            };
+            format!(
+                "{head}: its firewall drops the guest's {what} at INPUT ({}) → let them in: `nft \
+                 insert rule {} {} {} {allow}`",
+                chains
+                    .iter()
+                    .map(|c| name(c))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                c.family,
+                c.table,
+                c.chain
+            )
+        }
+        None => format!(
+            "{head}, and no firewall chain sits on its INPUT: check the address's state on {br} \
+             (`ip addr show dev {br}`: tentative or dadfailed addresses do not answer) and, for \
+             ARP, net.ipv4.conf.{br}.arp_ignore"
+        ),
     }
 }
 

@@ -184,6 +184,7 @@ fn status_style(s: Status) -> Style {
         Status::NoReply => bold().fg(Color::Yellow),
         Status::Misrouted => bold().fg(Color::Magenta),
         Status::NoTraffic => bold().fg(Color::DarkGray),
+        Status::Blind => bold().fg(Color::Cyan),
     }
 }
 
