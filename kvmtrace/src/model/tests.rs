@@ -1000,3 +1000,51 @@ fn recycled_skb_addresses_never_stitch_two_packets_together() {
         assert_eq!(v.rewrites[0].field, "src");
     }
 }
+
+#[test]
+fn a_drop_on_a_downed_device_or_below_the_vm_sides_mtu_carries_the_one_command() {
+    let qdisc = || {
+        requests_dropped_after_the_tap("up0", |e| {
+            e.reason = Some("QDISC_DROP".into());
+            e.location = Some("__dev_queue_xmit+0x8b1".into());
+        })
+    };
+    let mut facts = tap_facts(Some("br0"));
+    fn up0(f: &mut HostFacts) -> &mut DevFacts {
+        f.devices.iter_mut().find(|d| d.name == "up0").unwrap()
+    }
+    up0(&mut facts).up = false;
+    let v = &model(qdisc()).verdicts(&facts, "x", None)[0];
+    assert_eq!(v.status, Status::Dropped);
+    assert_eq!(
+        v.fix.as_deref(),
+        Some("ip link set dev up0 up"),
+        "{}",
+        v.summary
+    );
+    // Without carrier the cable or the peer is at fault: nothing to run here.
+    up0(&mut facts).up = true;
+    up0(&mut facts).no_carrier = true;
+    assert_eq!(model(qdisc()).verdicts(&facts, "x", None)[0].fix, None);
+    // A full queue is no command either.
+    up0(&mut facts).no_carrier = false;
+    assert_eq!(model(qdisc()).verdicts(&facts, "x", None)[0].fix, None);
+
+    let too_big = || {
+        requests_dropped_after_the_tap("up0", |e| {
+            e.reason = Some("PKT_TOO_BIG".into());
+            e.location = Some("ip_forward+0x3a1".into());
+        })
+    };
+    up0(&mut facts).mtu = Some(1000);
+    let v = &model(too_big()).verdicts(&facts, "x", None)[0];
+    assert_eq!(
+        v.fix.as_deref(),
+        Some("ip link set dev up0 mtu 1500"),
+        "{}",
+        v.summary
+    );
+    // The uplink is not below the VM's bridge: only the guest's MTU is left to change.
+    up0(&mut facts).mtu = Some(1500);
+    assert_eq!(model(too_big()).verdicts(&facts, "x", None)[0].fix, None);
+}
