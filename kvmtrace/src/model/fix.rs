@@ -130,6 +130,27 @@ pub fn forward_accept_back(ch: ChainRef, l3: &str, subnet: &str, v6: bool) -> St
     }
 }
 
+/// Accepts, at the head of `ch`, a VXLAN overlay's outer packets (UDP to `port`) going to
+/// (`to_peer`) or coming from the remote VTEP `peer`.
+pub fn overlay_accept(ch: ChainRef, port: u16, peer: &str, to_peer: bool) -> String {
+    if ch.is_xtables() {
+        format!(
+            "{} -I {} -p udp --dport {port} {} {peer} -j ACCEPT",
+            ch.xtables_cmd(),
+            ch.chain,
+            if to_peer { "-d" } else { "-s" }
+        )
+    } else {
+        format!(
+            "nft 'insert rule {} {} {} ip {} {peer} udp dport {port} accept'",
+            ch.family,
+            ch.table,
+            ch.chain,
+            if to_peer { "daddr" } else { "saddr" }
+        )
+    }
+}
+
 /// Where a masquerade rule goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NatTarget<'a> {
@@ -284,6 +305,28 @@ mod tests {
         assert_eq!(
             forward_accept_back(nft, "br0", "fd00:77::/64", true),
             "nft 'insert rule inet labfilter forward oifname \"br0\" ip6 daddr fd00:77::/64 ct state established,related accept'"
+        );
+    }
+
+    #[test]
+    fn overlay_accepts_name_the_remote_vtep_in_its_direction() {
+        let nft = ChainRef {
+            family: "ip",
+            table: "vxfw",
+            chain: "c",
+        };
+        assert_eq!(
+            overlay_accept(nft, 4789, "198.51.100.1", true),
+            "nft 'insert rule ip vxfw c ip daddr 198.51.100.1 udp dport 4789 accept'"
+        );
+        let ipt = ChainRef {
+            family: "ip",
+            table: "filter",
+            chain: "INPUT",
+        };
+        assert_eq!(
+            overlay_accept(ipt, 4789, "198.51.100.1", false),
+            "iptables -I INPUT -p udp --dport 4789 -s 198.51.100.1 -j ACCEPT"
         );
     }
 

@@ -130,6 +130,18 @@ pub(super) fn overlay_drop(f: &Flow, v: &mut Verdict) -> bool {
                 Direction::Request => ("left through", format!("to {}", addr(outer_dst))),
                 Direction::Reply => ("came back for", format!("from {}", addr(outer_src))),
             };
+            // The remote VTEP, named: the accept rule at the head of the one chain on the hook.
+            let remote = match dir {
+                Direction::Request => outer_dst,
+                Direction::Reply => outer_src,
+            };
+            v.fix = site
+                .hook
+                .and_then(|h| fix::only_chain(f.facts, h, false))
+                .zip(remote)
+                .map(|(ch, r)| {
+                    fix::overlay_accept(ch, vx.port, &r.to_string(), dir == Direction::Request)
+                });
             format!(
                 "{what} {how} the VXLAN device {} (vni {}), and its encapsulated (outer) \
                  packet {} > {} udp/{} was dropped by the {hook} hook{who} on {} [{}] → let \
