@@ -306,7 +306,10 @@ pub(super) fn bridge_port_check(c: &Ctx) -> Check {
             name,
             Fail,
             format!("{head}: the bridge does not forward through it"),
-            Some(format!("ip link set dev {t} down && ip link set dev {t} up")),
+            // The state set by hand (`bridge link set … state 0`): set it back. With the
+            // kernel's STP on the bridge refuses a state from userspace (EBUSY,
+            // br_set_port_state in net/bridge/br_netlink.c), so it cannot fight the spanning tree.
+            Some(repair::port_forwarding(t)),
         ),
     }
 }

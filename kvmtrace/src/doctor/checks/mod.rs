@@ -646,6 +646,19 @@ mod tests {
     }
 
     #[test]
+    fn a_disabled_port_with_its_link_up_is_set_forwarding_as_follow_says() {
+        let mut h = healthy();
+        h.devs
+            .iter_mut()
+            .find(|d| d.name == "vnet0")
+            .unwrap()
+            .brport_state = Some(0);
+        let b = get(&run(&h), "bridge_port").clone();
+        assert_eq!(b.status, Fail, "{b:?}");
+        assert_eq!(b.fix.as_deref(), Some("bridge link set dev vnet0 state 3"));
+    }
+
+    #[test]
     fn conntrack_thresholds() {
         let mut h = healthy();
         h.sysctl
