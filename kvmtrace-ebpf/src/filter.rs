@@ -55,9 +55,14 @@ pub fn proto_ok(c: &Config, proto: u8) -> bool {
     }
 }
 
+/// Slots of `GUESTS` / `GUESTS6`: the guest's own addresses, and the destinations DNAT gave
+/// its followed requests.
+pub const LIST_GUESTS: u32 = 0;
+pub const LIST_DNAT: u32 = 1;
+
 #[inline(always)]
-fn is_guest4(a: &Addr) -> bool {
-    let Some(g) = GUESTS.get(0) else {
+fn in_list4(list: u32, a: &Addr) -> bool {
+    let Some(g) = GUESTS.get(list) else {
         return false;
     };
     let want = a[0] as u32;
@@ -75,8 +80,8 @@ fn is_guest4(a: &Addr) -> bool {
 }
 
 #[inline(always)]
-fn is_guest6(a: &Addr) -> bool {
-    let Some(g) = GUESTS6.get(0) else {
+fn in_list6(list: u32, a: &Addr) -> bool {
+    let Some(g) = GUESTS6.get(list) else {
         return false;
     };
     let want = *a;
@@ -93,21 +98,33 @@ fn is_guest6(a: &Addr) -> bool {
     false
 }
 
+/// Is `a` (of `family`) in the list `list` (`LIST_GUESTS`, `LIST_DNAT`)?
+#[inline(always)]
+pub fn in_list(list: u32, family: u8, a: &Addr) -> bool {
+    if is_v6(family) {
+        in_list6(list, a)
+    } else {
+        in_list4(list, a)
+    }
+}
+
 /// Is `a` (of `family`) one of the guest's learned addresses?
 #[inline(always)]
 pub fn is_guest(family: u8, a: &Addr) -> bool {
-    if is_v6(family) {
-        is_guest6(a)
-    } else {
-        is_guest4(a)
-    }
+    in_list(LIST_GUESTS, family, a)
 }
 
 /// Adds a guest address seen leaving the tap (once; a full list keeps its first ones). IPv6
 /// link-local and unspecified sources are not learned: they never leave the link.
 #[inline(always)]
 pub fn learn_guest(family: u8, a: &Addr) {
-    if is_guest(family, a) {
+    learn(LIST_GUESTS, family, a)
+}
+
+/// Adds `a` to the list `list` (once; a full list keeps its first ones).
+#[inline(always)]
+pub fn learn(list: u32, family: u8, a: &Addr) {
+    if in_list(list, family, a) {
         return;
     }
     if is_v6(family) {
@@ -115,7 +132,7 @@ pub fn learn_guest(family: u8, a: &Addr) {
         if a[0] & 0xc0ff == 0x80fe || *a == [0, 0] {
             return;
         }
-        let Some(g) = GUESTS6.get_ptr_mut(0) else {
+        let Some(g) = GUESTS6.get_ptr_mut(list) else {
             return;
         };
         // SAFETY: the map's one value; two CPUs learning at once may both write slot n (one
@@ -129,7 +146,7 @@ pub fn learn_guest(family: u8, a: &Addr) {
         }
         return;
     }
-    let Some(g) = GUESTS.get_ptr_mut(0) else {
+    let Some(g) = GUESTS.get_ptr_mut(list) else {
         return;
     };
     // SAFETY: as above.
@@ -170,7 +187,8 @@ pub fn classify(c: &Config, p: &Pkt, on_tap: bool) -> u8 {
     if on_tap {
         return 0;
     }
-    let from_dest = in_dest(c, fam, &p.saddr);
+    // A reply comes from DEST, or from the address a DNAT rule sent the request to.
+    let from_dest = in_dest(c, fam, &p.saddr) || in_list(LIST_DNAT, fam, &p.saddr);
     if from_dest && is_guest(fam, &p.daddr) && (any_port || p.sport == port) {
         return DIR_REPLY;
     }
@@ -420,7 +438,11 @@ impl Addrs {
             return false;
         }
         let f = self.family;
-        in_dest(c, f, &self.dst) || in_dest(c, f, &self.src) || is_guest(f, &self.dst)
+        in_dest(c, f, &self.dst)
+            || in_dest(c, f, &self.src)
+            || is_guest(f, &self.dst)
+            || in_list(LIST_DNAT, f, &self.dst)
+            || in_list(LIST_DNAT, f, &self.src)
     }
 
     /// Whether a TRACKED entry in direction `state` cannot be this packet's, which was just
@@ -446,6 +468,7 @@ impl Addrs {
     pub fn could_start(&self, c: &Config, on_tap: impl FnOnce() -> bool) -> bool {
         let f = self.family;
         if in_dest(c, f, &self.src)
+            || in_list(LIST_DNAT, f, &self.src)
             || ((self.proto == ICMP || (v6() && self.proto == ICMPV6)) && is_guest(f, &self.dst))
         {
             return true;

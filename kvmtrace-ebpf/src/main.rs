@@ -56,13 +56,15 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 static TRACKED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
 
-/// Guest IPv4 addresses learned from frames leaving the tap (see `GuestList`).
+/// Guest IPv4 addresses learned from frames leaving the tap (slot `LIST_GUESTS`, see
+/// `GuestList`), and the destinations a DNAT rule gave followed requests (slot `LIST_DNAT`):
+/// a rewritten request leaving a path device is ours only by those.
 #[map]
-static GUESTS: Array<GuestList> = Array::with_max_entries(1, 0);
+static GUESTS: Array<GuestList> = Array::with_max_entries(2, 0);
 
-/// Guest IPv6 addresses learned the same way (link-local ones excepted).
+/// Guest IPv6 addresses learned the same way (link-local ones excepted), and DNAT targets.
 #[map]
-static GUESTS6: Array<GuestList6> = Array::with_max_entries(1, 0);
+static GUESTS6: Array<GuestList6> = Array::with_max_entries(2, 0);
 
 /// Post-NAT tuples of requests (learned when a followed request shows a source other than a
 /// guest address): replies arrive under this tuple before conntrack restores the guest's.

@@ -7,8 +7,8 @@
 use crate::emit::{emit, set_cur, At, NO_EXTRA};
 use crate::fib::{route_lookup, route_recheck};
 use crate::filter::{
-    a4, admit, classify, ident6, learn_guest, learn_nat, note_origin, parse, parse6, scratch,
-    track_get, track_put, Addr, Addrs, Pkt, Scratch, ICMPV6,
+    a4, admit, classify, ident6, in_dest, is_guest, learn, learn_guest, learn_nat, note_origin,
+    parse, parse6, scratch, track_get, track_put, Addr, Addrs, Pkt, Scratch, ICMPV6, LIST_DNAT,
 };
 use crate::{config, count, follows};
 use aya_ebpf::{
@@ -382,19 +382,33 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
     let Some(a) = dev_addrs(ctx) else {
         return TC_ACT_UNSPEC;
     };
-    if !a.might_match(c) {
-        return TC_ACT_UNSPEC;
-    }
-    // Received on a path device, a followed packet is either a request still carrying the
-    // guest's address (NAT comes later) or a reply from the destination: another VM's traffic
-    // to the same destination is turned away here, before any map lookup. Leaving, a
-    // request's source may already be the host's (SNAT): only the tracked skb tells it apart.
     let received = matches!(hook, HookKind::NetifReceive);
-    if received && !a.could_start(c, || false) {
-        return TC_ACT_UNSPEC;
+    // A guest's request whose destination was rewritten before this hook (DNAT in
+    // PREROUTING, which bridge netfilter runs before the bridge's own ingress) no longer goes
+    // to DEST: only its tracked skb says it is ours. Asked of the guest's own packets alone.
+    let dnat = received && !in_dest(c, a.family, &a.dst) && is_guest(a.family, &a.src);
+    if !dnat {
+        if !a.might_match(c) {
+            return TC_ACT_UNSPEC;
+        }
+        // Received on a path device, a followed packet is either a request still carrying
+        // the guest's address (NAT comes later) or a reply from the destination: another
+        // VM's traffic to the same destination is turned away here, before any map lookup.
+        // Leaving, a request's source may already be the host's (SNAT): only the tracked skb
+        // tells it apart.
+        if received && !a.could_start(c, || false) {
+            return TC_ACT_UNSPEC;
+        }
     }
     let skb = ctx.skb.skb as u64;
     let tracked = track_get(skb, a.ip_id).filter(|&t| !(received && a.contradicts(c, t)));
+    if dnat {
+        if tracked.is_none() {
+            return TC_ACT_UNSPEC;
+        }
+        // Its new destination: where it leaves a path device, it is ours by that.
+        learn(LIST_DNAT, a.family, &a.dst);
+    }
     match tracked {
         Some(t) if t & TRACK_SUPPRESSED != 0 => {
             count(CNT_SAMPLED_OUT);

@@ -1153,3 +1153,76 @@ fn the_hosts_firewall_dropping_its_frag_needed_is_the_root_cause() {
         run.dump()
     );
 }
+
+/// Issue 18: a DNAT rule sends the guest's traffic to an address that does not answer. The
+/// packet is followed after the rewrite: the rewrite is shown (dst, at PREROUTING), the route
+/// is the one after it, and the verdict names the rewrite as the cause, with the fix at it.
+#[test]
+fn a_destination_rewritten_to_an_address_that_does_not_answer_names_the_rewrite() {
+    let lab = Lab::new(LabOptions::default());
+    lab.nft("table ip labdnat {\n chain pre {\n  type nat hook prerouting priority -100;\n  ip daddr 203.0.113.1 dnat to 198.51.100.99\n }\n}\n");
+    let (run, got) = ping_run(&lab, &[], 2, "3");
+    assert!(got.iter().all(Option::is_none), "{got:?}");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_reply", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    let rw: Vec<_> = v["rewrites"].as_array().unwrap().iter().collect();
+    assert!(
+        rw.iter().any(|r| r["field"] == "dst"
+            && r["from"] == "203.0.113.1"
+            && r["to"] == "198.51.100.99"
+            && r["at"].as_str().unwrap().starts_with("PREROUTING")),
+        "{}",
+        run.dump()
+    );
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "PREROUTING", "{}", run.dump());
+    let s = field(v, "summary");
+    assert!(
+        s.contains("198.51.100.99") && s.contains("DNAT") && s.contains("ip labdnat pre"),
+        "{}",
+        run.dump()
+    );
+    // The rewritten request is followed out of the uplink with its new destination.
+    assert!(
+        run.hops().iter().any(|h| h["point"] == "dev_xmit"
+            && h["device"] == "up0"
+            && h["tuple"]["dst"] == "198.51.100.99"),
+        "{}",
+        run.dump()
+    );
+
+    // A DNAT to an address that answers: delivered, the rewrite shown, and nothing blamed.
+    lab.nft("flush table ip labdnat\nadd rule ip labdnat pre ip daddr 203.0.113.77 dnat to 203.0.113.1\n");
+    let running = start(
+        &lab,
+        &[
+            "follow",
+            "vnet0",
+            "203.0.113.77",
+            "--json",
+            "--duration",
+            "3",
+        ],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    let got = vm.ping(
+        "203.0.113.77".parse().unwrap(),
+        0x4848,
+        1,
+        Duration::from_millis(800),
+    );
+    let run = running.wait();
+    assert!(got.is_some(), "the DNAT target answers");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
+    assert!(
+        v["rewrites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["field"] == "dst" && r["to"] == "203.0.113.1"),
+        "{}",
+        run.dump()
+    );
+}

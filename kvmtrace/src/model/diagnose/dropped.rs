@@ -265,6 +265,66 @@ fn chains_on(facts: &HostFacts, hook: NfHook, family: &str) -> (Option<String>, 
     (fw, names)
 }
 
+/// A request whose destination (or port) a DNAT rule rewrote, and that then failed: the
+/// rewrite is where the operator must look. When nothing came back, the packet was
+/// misrouted or its route failed, the verdict is the rewrite's (netfilter, PREROUTING, the
+/// chains there), and the summary says what it was rewritten to before what became of it; a
+/// drop by a firewall after the rewrite keeps its own verdict and gains the rewrite as context.
+pub(super) fn rewritten_destination(f: &Flow, v: &mut Verdict) {
+    if v.status == Status::Delivered || v.direction == Some(Direction::Reply) {
+        return;
+    }
+    let dnat: Vec<&crate::model::Rewrite> = v
+        .rewrites
+        .iter()
+        .filter(|r| matches!(r.field.as_str(), "dst" | "dport"))
+        .collect();
+    if dnat.is_empty() {
+        return;
+    }
+    let what = dnat
+        .iter()
+        .map(|r| format!("{} {} → {}", r.field, r.from, r.to))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let at = dnat[0]
+        .at
+        .split(' ')
+        .next()
+        .unwrap_or("PREROUTING")
+        .to_string();
+    let family = if f.k.remote.is_ipv6() { "ip6" } else { "ip" };
+    let (fw, chains) = chains_on(f.facts, NfHook::Prerouting, family);
+    let to = dnat
+        .iter()
+        .find(|r| r.field == "dst")
+        .map(|r| r.to.clone())
+        .unwrap_or_else(|| f.k.remote.to_string());
+    let the_cause = matches!(v.status, Status::NoReply | Status::Misrouted)
+        || (v.status == Status::Dropped && v.stage == Some(Stage::Routing));
+    let rule_at = if chains.is_empty() {
+        String::new()
+    } else {
+        format!(" (the chains on {at}: {})", chains.join(", "))
+    };
+    if the_cause {
+        v.summary = format!(
+            "the request's destination was rewritten by DNAT at {at} ({what}){rule_at}, and \
+             then: {} → check that {to} is the address meant and answers, or the DNAT rule \
+             (`nft -a list ruleset`, `iptables -t nat -S PREROUTING`)",
+            v.summary
+        );
+        v.stage = Some(Stage::Netfilter);
+        v.hook = Some(NfHook::Prerouting);
+        v.firewall = fw;
+        v.chains = chains;
+    } else {
+        v.summary.push_str(&format!(
+            " (its destination had been rewritten by DNAT at {at}: {what})"
+        ));
+    }
+}
+
 /// Where the host's ICMP "fragmentation needed" (ICMPv6 "packet too big") to the guest died,
 /// when it did not reach the guest.
 fn lost_mtu_error(rep: &[&Journey]) -> Option<DropSite> {

@@ -155,6 +155,7 @@ pub(super) fn classify(
             break;
         }
     }
+    dropped::rewritten_destination(&f, &mut v);
     v
 }
 
