@@ -318,6 +318,9 @@ pub(super) fn rewritten_destination(f: &Flow, v: &mut Verdict) {
         v.hook = Some(NfHook::Prerouting);
         v.firewall = fw;
         v.chains = chains;
+        // Whether the rewrite or what came after it is wrong is the operator's call: no
+        // single command.
+        v.fix = None;
     } else {
         v.summary.push_str(&format!(
             " (its destination had been rewritten by DNAT at {at}: {what})"
