@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{field, start, Run};
+use common::{field, fix_then_delivered, start, Run};
 use kvmtrace_lab::lab::{Lab, LabOptions};
 use kvmtrace_lab::vm::{FakeVm, Reply};
 use std::time::Duration;
@@ -43,6 +43,15 @@ fn a_forward_chain_without_established_accept_drops_the_reply() {
     );
     // The request itself was rewritten and left: the SNAT is still reported.
     assert_eq!(v["rewrites"][0]["field"], "src", "{}", run.dump());
+    // Only the replies need letting through.
+    fix_then_delivered(
+        &lab.hv,
+        &run,
+        v,
+        "nft 'insert rule inet replydrop forward oifname \"br0\" ip daddr 10.77.0.0/24 ct state \
+         established,related accept'",
+        || ping_run(&lab, &[], 2, "3").0,
+    );
 }
 
 #[test]
@@ -215,6 +224,19 @@ fn too_big_with_df_gets_frag_needed_and_the_mtu() {
         "{}",
         run.dump()
     );
+    // The uplink raised to the VM side's MTU (br0's 1500): the same packet goes through.
+    fix_then_delivered(&lab.hv, &run, v, "ip link set dev up0 mtu 1500", || {
+        drop(vm);
+        let running = start(
+            &lab,
+            &["follow", "vnet0", DEST, "--json", "--duration", "3"],
+        );
+        let mut vm = FakeVm::attach(&lab);
+        vm.dont_fragment = true;
+        let got = vm.ping_sized(lab.dest, 0x4545, 2, 1400, Duration::from_millis(800));
+        assert!(matches!(got, Some(Reply::IcmpEchoReply { .. })), "{got:?}");
+        running.wait()
+    });
 }
 
 #[test]
@@ -230,6 +252,27 @@ fn strict_reverse_path_filtering_is_named() {
         "192.0.2.1",
         "dev",
         "up0",
+    ]);
+    // The replies come back anyway: marked where they enter (up0), they are routed by a rule
+    // for the mark to a table that sends the guest's subnet to br0. The reverse-path check
+    // looks the source up without the mark (src_valid_mark = 0, `IN_DEV_SRC_VMARK` in
+    // __fib_validate_source, net/ipv4/fib_frontend.c), so only the check is broken and
+    // loosening it repairs the path.
+    lab.nft(
+        "table ip labmark {\n chain pre {\n  type filter hook prerouting priority mangle;\n  iifname \"up0\" meta mark set 1\n }\n}\n",
+    );
+    lab.hv_run(&[
+        "ip",
+        "route",
+        "add",
+        "10.77.0.0/24",
+        "dev",
+        "br0",
+        "table",
+        "100",
+    ]);
+    lab.hv_run(&[
+        "ip", "rule", "add", "fwmark", "1", "lookup", "100", "pref", "100",
     ]);
     lab.hv_run(&["sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1"]);
     lab.hv_run(&["sysctl", "-qw", "net.ipv4.conf.br0.rp_filter=1"]);
@@ -249,6 +292,18 @@ fn strict_reverse_path_filtering_is_named() {
     assert_eq!(field(v, "direction"), "request", "{}", run.dump());
     assert_eq!(field(v, "reason"), "IP_RPFILTER", "{}", run.dump());
     assert!(field(v, "summary").contains("rp_filter"), "{}", run.dump());
+    // Loose mode on br0 alone is enough although `all` stays strict (the kernel takes the
+    // larger value).
+    fix_then_delivered(
+        &lab.hv,
+        &run,
+        v,
+        "sysctl -w net.ipv4.conf.br0.rp_filter=2",
+        || {
+            drop(vm);
+            ping_run(&lab, &[], 2, "3").0
+        },
+    );
 }
 
 /// Makes the host's neighbour entry for the outside gateway permanent, so that packets reach
@@ -480,6 +535,19 @@ fn a_tap_outside_any_bridge_is_named() {
         run.dump()
     );
     assert!(!s2.contains("upstream"), "{}", run.dump());
+    // Both phases have the one repair; a guest that asks for its gateway again is answered by
+    // br0 and reaches the outside.
+    assert_eq!(field(v1, "fix"), "ip link set dev vnet0 master br0");
+    fix_then_delivered(
+        &lab.hv,
+        &run,
+        v2,
+        "ip link set dev vnet0 master br0",
+        || {
+            drop(vm);
+            ping_run(&lab, &[], 2, "3").0
+        },
+    );
 }
 
 fn parse_mac(s: &str) -> [u8; 6] {
@@ -623,6 +691,16 @@ fn a_disabled_bridge_port_is_named() {
         field(v, "summary").contains("bridge link"),
         "{}",
         run.dump()
+    );
+    fix_then_delivered(
+        &lab.hv,
+        &run,
+        v,
+        "bridge link set dev vnet0 state 3",
+        || {
+            drop(vm);
+            ping_run(&lab, &[], 2, "3").0
+        },
     );
 }
 
@@ -868,6 +946,16 @@ fn a_reject_with_icmp_is_the_host_answering() {
         "{}",
         run.dump()
     );
+    // An accept for the VM's connections ahead of the rejecting rule, in the one forward chain.
+    fix_then_delivered(
+        &lab.hv,
+        &run,
+        v,
+        "nft 'insert rule inet icmpreject forward iifname \"br0\" ip saddr 10.77.0.0/24 accept' && \
+         nft 'insert rule inet icmpreject forward oifname \"br0\" ip daddr 10.77.0.0/24 ct state \
+         established,related accept'",
+        || ping_run(&lab, &[], 2, "3").0,
+    );
 }
 
 #[test]
@@ -910,6 +998,10 @@ fn a_tap_on_the_wrong_bridge_is_named() {
         "{}",
         run.dump()
     );
+    fix_then_delivered(&lab.hv, &run, v, "ip link set dev vnet0 master br0", || {
+        drop(vm);
+        ping_run(&lab, &[], 2, "3").0
+    });
 }
 
 /// The bridged lab of `a_forward_drop_of_bridged_traffic_is_named_as_such`: up0 a port of br0,

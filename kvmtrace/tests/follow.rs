@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{field, start};
+use common::{field, fix_then_delivered, start};
 use kvmtrace_lab::lab::{Firewall, Lab, LabOptions};
 use kvmtrace_lab::vm::{FakeVm, Reply};
 use std::time::Duration;
@@ -183,6 +183,15 @@ fn forward_policy_drop_with_nftables_is_named() {
         run.dump()
     );
     assert_eq!(run.code, 1);
+    fix_then_delivered(
+        &lab.hv,
+        &run,
+        v,
+        "nft 'insert rule inet labfilter forward iifname \"br0\" ip saddr 10.77.0.0/24 accept' && \
+         nft 'insert rule inet labfilter forward oifname \"br0\" ip daddr 10.77.0.0/24 ct state \
+         established,related accept'",
+        || ping_run(&lab, &[], 2).0,
+    );
 }
 
 #[test]
@@ -210,6 +219,14 @@ fn forward_policy_drop_with_iptables_is_named() {
         run.dump()
     );
     assert_eq!(run.code, 1);
+    fix_then_delivered(
+        &lab.hv,
+        &run,
+        v,
+        "iptables -I FORWARD -i br0 -s 10.77.0.0/24 -j ACCEPT && iptables -I FORWARD -o br0 -d \
+         10.77.0.0/24 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        || ping_run(&lab, &[], 2).0,
+    );
 }
 
 #[test]
@@ -240,6 +257,16 @@ fn missing_masquerade_leaves_with_the_private_source_and_gets_no_reply() {
         run.dump()
     );
     assert_eq!(run.code, 1);
+    // No nat chain at all: a new `ip nat` table with one, as doctor's `nat` check says.
+    fix_then_delivered(
+        &lab.hv,
+        &run,
+        v,
+        "nft 'add table ip nat' && nft 'add chain ip nat postrouting { type nat hook postrouting \
+         priority srcnat; }' && nft 'add rule ip nat postrouting ip saddr 10.77.0.0/24 oifname \
+         \"up0\" masquerade'",
+        || ping_run(&lab, &[], 2).0,
+    );
 }
 
 #[test]
@@ -261,6 +288,9 @@ fn ip_forward_off_is_a_routing_drop() {
         "{}",
         run.dump()
     );
+    fix_then_delivered(&lab.hv, &run, v, "sysctl -w net.ipv4.ip_forward=1", || {
+        ping_run(&lab, &[], 2).0
+    });
 }
 
 #[test]
@@ -338,6 +368,40 @@ fn tcp_syn_rejected_with_a_reset_by_the_host() {
         run.dump()
     );
     assert!(field(v, "summary").contains("[R"), "{}", run.dump());
+    // With something listening behind the host, the VM's connections let through ahead of the
+    // rejecting rule are answered by the destination itself.
+    lab.tcp_listen(8080);
+    fix_then_delivered(
+        &lab.hv,
+        &run,
+        v,
+        "nft 'insert rule inet labreject forward iifname \"br0\" ip saddr 10.77.0.0/24 accept' && \
+         nft 'insert rule inet labreject forward oifname \"br0\" ip daddr 10.77.0.0/24 ct state \
+         established,related accept'",
+        || {
+            drop(vm);
+            let running = start(
+                &lab,
+                &[
+                    "follow",
+                    "vnet0",
+                    DEST,
+                    "--json",
+                    "--duration",
+                    "3",
+                    "--proto",
+                    "tcp",
+                ],
+            );
+            let mut vm = FakeVm::attach(&lab);
+            let got = vm.tcp_syn(lab.dest, 8080, 40101, Duration::from_millis(800));
+            assert!(
+                matches!(got, Some(Reply::Tcp { flags, .. }) if flags & 0x12 == 0x12),
+                "{got:?}"
+            );
+            running.wait()
+        },
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{field, start};
+use common::{field, fix_then_delivered, start};
 use kvmtrace_lab::lab::{Firewall, Lab, LabOptions};
 use kvmtrace_lab::vm::{FakeVm, Reply6};
 use std::time::Duration;
@@ -152,6 +152,14 @@ fn ip6tables_forward_drop_is_named() {
     assert_no_answer(&got);
     // ip6tables on Debian 12 is the nf_tables back end.
     assert_forward_drop(&run, "nftables");
+    fix_then_delivered(
+        &lab.hv,
+        &run,
+        run.verdict(),
+        "ip6tables -I FORWARD -i br0 -s fd00:77::/64 -j ACCEPT && ip6tables -I FORWARD -o br0 -d \
+         fd00:77::/64 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        || ping6_run(&lab, &[DEST6], &[], 2).0,
+    );
 }
 
 #[test]
@@ -163,6 +171,15 @@ fn nft_ip6_forward_drop_is_named() {
     let (run, got) = ping6_run(&lab, &[DEST6], &[], 2);
     assert_no_answer(&got);
     assert_forward_drop(&run, "nftables");
+    fix_then_delivered(
+        &lab.hv,
+        &run,
+        run.verdict(),
+        "nft 'insert rule ip6 labfilter6 forward iifname \"br0\" ip6 saddr fd00:77::/64 accept' \
+         && nft 'insert rule ip6 labfilter6 forward oifname \"br0\" ip6 daddr fd00:77::/64 ct \
+         state established,related accept'",
+        || ping6_run(&lab, &[DEST6], &[], 2).0,
+    );
 }
 
 #[test]
@@ -181,6 +198,13 @@ fn ipv6_forwarding_off_is_a_routing_drop() {
         field(v, "summary").contains("net.ipv6.conf.all.forwarding"),
         "{}",
         run.dump()
+    );
+    fix_then_delivered(
+        &lab.hv,
+        &run,
+        v,
+        "sysctl -w net.ipv6.conf.all.forwarding=1",
+        || ping6_run(&lab, &[DEST6], &[], 2).0,
     );
 }
 
@@ -304,6 +328,18 @@ fn too_big_for_the_uplink_gets_packet_too_big_with_the_mtu() {
         "{}",
         run.dump()
     );
+    // The uplink raised to the VM side's MTU (br0's 1500): the same packet goes through.
+    fix_then_delivered(&lab.hv, &run, v, "ip link set dev up0 mtu 1500", || {
+        drop(vm);
+        let running = start(
+            &lab,
+            &["follow", "vnet0", DEST6, "--json", "--duration", "3"],
+        );
+        let mut vm = FakeVm::attach(&lab);
+        let got = vm.ping6_sized(lab.dest6, 0x4536, 2, 1400, Duration::from_millis(800));
+        assert!(matches!(got, Some(Reply6::EchoReply { .. })), "{got:?}");
+        running.wait()
+    });
 }
 
 #[test]

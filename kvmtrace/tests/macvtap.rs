@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{field, hand_down_fds, start_in, BIN};
+use common::{field, fix_then_delivered, hand_down_fds, start_in, BIN};
 use kvmtrace_lab::macvtap::MacvtapLab;
 use kvmtrace_lab::vm::{open_macvtap, FakeVm};
 use serde_json::Value;
@@ -279,6 +279,33 @@ fn a_macvtap_whose_lower_device_is_down_is_named_with_the_fix() {
     assert_eq!(failing[0]["name"], "lower_device");
     assert_eq!(failing[0]["fix"], "ip link set dev low0 up");
     assert_eq!(run.code, 1, "{}", run.dump());
+    // The verdict carries the same command, and it works.
+    fix_then_delivered(&lab.hv, &run, v, "ip link set dev low0 up", || {
+        let (mut guest, _held) = vm(&lab, lab.gw_ip);
+        let running = start_in(
+            &lab.hv,
+            &[
+                "follow",
+                "mvtap0",
+                "203.0.113.1",
+                "--json",
+                "--proto",
+                "icmp",
+                "--duration",
+                "4",
+            ],
+            &[],
+        );
+        let replies = (1..=4)
+            .filter(|seq| {
+                guest
+                    .ping(lab.dest, 0x4d58, *seq, Duration::from_millis(600))
+                    .is_some()
+            })
+            .count();
+        assert!(replies > 0, "no reply after the fix");
+        running.wait()
+    });
 }
 
 #[test]
@@ -424,13 +451,12 @@ fn two_guests_on_vepa_macvtaps_of_one_lower_device_are_named_kept_apart() {
         run.dump()
     );
 
-    // The fix: both in bridge mode. The frame now goes from one macvtap to the other.
-    lab.hv_run(&[
-        "ip", "link", "set", "mvtap0", "type", "macvtap", "mode", "bridge",
-    ]);
-    lab.hv_run(&[
-        "ip", "link", "set", "mvtap1", "type", "macvtap", "mode", "bridge",
-    ]);
+    // The fix, the verdict's own command: both in bridge mode. The frame now goes from one
+    // macvtap to the other.
+    let fix = "ip link set dev mvtap0 type macvtap mode bridge && ip link set dev mvtap1 type \
+               macvtap mode bridge";
+    assert_eq!(field(v, "fix"), fix, "{}", run.dump());
+    lab.hv_run(&["sh", "-c", fix]);
     let c = mode_check();
     assert_eq!(c["status"], "pass", "{c}");
     assert_eq!(

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{field, run_plain, start_in, Run};
+use common::{field, fix_then_delivered, run_plain, start_in, Run};
 use kvmtrace_lab::vm::Reply;
 use kvmtrace_lab::vxlan::{VxlanLab, VxlanOptions};
 use serde_json::{json, Value};
@@ -416,6 +416,13 @@ fn the_outer_packet_dropped_by_the_firewall_is_a_netfilter_drop_of_the_followed_
                 run.dump()
             );
         }
+        fix_then_delivered(
+            &lab.hv,
+            &run,
+            v,
+            "nft 'insert rule ip vxfw c ip daddr 198.51.100.1 udp dport 4789 accept'",
+            || follow(&lab, "2", |lab| got = ping_by_mac(lab, 0x7a08, 2)),
+        );
     }
 }
 
@@ -468,6 +475,13 @@ fn the_outer_packet_of_a_reply_dropped_at_input_is_a_netfilter_drop_of_the_reply
     ] {
         assert!(s.contains(words), "{words:?} missing: {}", run.dump());
     }
+    fix_then_delivered(
+        &lab.hv,
+        &run,
+        v,
+        "nft 'insert rule ip vxfw c ip saddr 198.51.100.1 udp dport 4789 accept'",
+        || follow(&lab, "2", |lab| got = ping_by_mac(lab, 0x7a0c, 2)),
+    );
 }
 
 #[test]

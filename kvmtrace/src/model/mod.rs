@@ -6,6 +6,7 @@ mod diagnose;
 pub use diagnose::delivered_clause;
 pub mod drop;
 pub mod event;
+pub mod fix;
 
 use crate::model::event::{
     is_icmp, is_icmp_error, DevKind, Direction, NfHook, Point, Route, TraceEvent, Tuple,
@@ -1116,6 +1117,7 @@ impl Model {
         if flows.is_empty() {
             let mut v = Verdict::new(format!("any > {dest}"), None, Status::NoTraffic);
             v.summary = self.no_traffic_summary(dest, facts);
+            v.fix = self.no_traffic_fix(facts);
             // The guest's ARP went unanswered because its tap is in no bridge: name the tap.
             if let Some(tap) = self.unbridged_asking_tap(facts) {
                 v.stage = Some(Stage::Tap);

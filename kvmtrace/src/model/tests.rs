@@ -90,6 +90,24 @@ fn forward_drop_names_hook_reason_firewall_and_chain() {
         "{}",
         v.summary
     );
+    // Without the VM's bridge and subnet in the facts, no command can be complete.
+    assert_eq!(v.fix, None);
+    let mut facts = nft_forward_drop_facts();
+    facts.devices = tap_facts(Some("br0")).devices;
+    let v = &m.verdicts(&facts, "203.0.113.1", None)[0];
+    assert_eq!(
+        v.fix.as_deref(),
+        Some(
+            "nft 'insert rule inet labfilter forward iifname \"br0\" ip saddr 10.77.0.0/24 \
+             accept' && nft 'insert rule inet labfilter forward oifname \"br0\" ip daddr \
+             10.77.0.0/24 ct state established,related accept'"
+        )
+    );
+    // A second chain on the hook might be the one that dropped: no single command then.
+    let mut other = facts.nft_chains[0].clone();
+    other.table = "other".into();
+    facts.nft_chains.push(other);
+    assert_eq!(m.verdicts(&facts, "203.0.113.1", None)[0].fix, None);
 }
 
 #[test]
@@ -133,6 +151,22 @@ fn missing_masquerade_is_no_reply_with_the_private_source() {
     assert_eq!(v.device.as_deref(), Some("up0"));
     assert!(v.rewrites.is_empty());
     assert!(v.summary.contains("MASQUERADE"), "{}", v.summary);
+    assert_eq!(v.fix, None, "the VM's subnet is not known");
+    // With the VM's subnet known: into iptables-nft's nat table when it is there.
+    let mut facts = tap_facts(Some("br0"));
+    facts.nft_chains.push(NfChain {
+        family: "ip".into(),
+        table: "nat".into(),
+        chain: "POSTROUTING".into(),
+        hook: NfHook::Postrouting,
+        priority: 100,
+        policy: "accept".into(),
+    });
+    let v = &model(load(NO_MASQ)).verdicts(&facts, "203.0.113.1", None)[0];
+    assert_eq!(
+        v.fix.as_deref(),
+        Some("iptables -t nat -A POSTROUTING -s 10.77.0.0/24 -o up0 -j MASQUERADE")
+    );
 }
 
 #[test]
@@ -383,6 +417,7 @@ fn replies_dying_on_the_bridge_of_an_unbridged_tap_name_the_tap() {
          tap vnet0 is not a port of any bridge, so the guest is not on br0 and cannot answer the \
          host's ARP there → add the tap to the VM's bridge: `ip link set vnet0 master br0`"
     );
+    assert_eq!(v.fix.as_deref(), Some("ip link set dev vnet0 master br0"));
 }
 
 #[test]
@@ -398,6 +433,7 @@ fn replies_dying_on_the_bridge_of_a_tap_in_another_bridge_name_the_tap() {
         "{}",
         v.summary
     );
+    assert_eq!(v.fix.as_deref(), Some("ip link set dev vnet0 master br0"));
 }
 
 #[test]
@@ -414,6 +450,8 @@ fn replies_dying_on_the_bridge_of_a_bridged_tap_blame_the_guest_not_upstream() {
         v.summary
     );
     assert!(!v.summary.contains("upstream"), "{}", v.summary);
+    // The guest's side: nothing on the host to run.
+    assert_eq!(v.fix, None);
 }
 
 #[test]
@@ -468,6 +506,7 @@ fn otherhost_on_an_unbridged_tap_names_the_bridge_of_the_guests_subnet() {
         "{}",
         v.summary
     );
+    assert_eq!(v.fix.as_deref(), Some("ip link set dev vnet0 master br0"));
     // Without host facts the bridge cannot be named.
     let v = &model(otherhost_on_the_tap()).verdicts(&HostFacts::default(), "x", None)[0];
     assert!(
@@ -476,6 +515,7 @@ fn otherhost_on_an_unbridged_tap_names_the_bridge_of_the_guests_subnet() {
         "{}",
         v.summary
     );
+    assert_eq!(v.fix, None, "no placeholder in a fix");
 }
 
 #[test]
@@ -529,10 +569,12 @@ fn unanswered_arp_on_an_unbridged_tap_names_the_tap_not_the_gateway_setting() {
          and nobody answered: its tap vnet0 is not a port of any bridge, so no bridge hears it → \
          add the tap to the VM's bridge: `ip link set vnet0 master br0`"
     );
+    assert_eq!(v.fix.as_deref(), Some("ip link set dev vnet0 master br0"));
     // Bridged, and the address asked is br0's own: the host was asked and did not answer
     // (no firewall chain in these facts): not the guest's gateway setting.
     let v = &m.verdicts(&tap_facts(Some("br0")), "203.0.113.1", None)[0];
     assert_eq!(v.device, None);
+    assert_eq!(v.fix, None);
     assert!(
         v.summary
             .contains("10.77.0.1 is the host's own address on br0: the host was asked")
@@ -593,7 +635,9 @@ fn a_macvtap_guest_unanswered_names_the_lower_device_or_the_host_isolation_not_a
          and nobody answered: the lower device low0 of its macvtap mvtap0 is down, so its frames \
          leave nowhere → `ip link set low0 up` (and check low0's cable or peer)"
     );
+    assert_eq!(v.fix.as_deref(), Some("ip link set dev low0 up"));
     let v = &m.verdicts(&macvtap_facts(true), "203.0.113.1", None)[0];
+    assert_eq!(v.fix, None);
     assert!(
         v.summary.contains(
             "nobody on the network of low0 (the lower device of its macvtap mvtap0) answered"
@@ -693,6 +737,20 @@ fn a_drop_for_want_of_a_vxlan_remote_names_the_fdb_entry_to_add() {
         ),
         "{}",
         v.summary
+    );
+    assert_eq!(
+        v.fix.as_deref(),
+        Some("bridge fdb append 00:00:00:00:00:00 dev vx0 dst 198.51.100.1")
+    );
+    // No remote known: the summary keeps its placeholder, and there is no fix.
+    let events = requests_dropped_after_the_tap("vx0", |e| {
+        e.reason = Some("NO_TX_TARGET".into());
+        e.location = Some("vxlan_xmit+0xdab".into());
+        e.dmac = Some("52:54:00:4b:58:03".into());
+    });
+    assert_eq!(
+        model(events).verdicts(&vxlan_facts(None), "x", None)[0].fix,
+        None
     );
 }
 
@@ -951,4 +1009,52 @@ fn every_hook_is_named_alike_in_json_and_in_the_views() {
         assert_eq!(Point::from_u8(h as u8), Some(h));
     }
     assert_eq!(Point::from_u8(0), None);
+}
+
+#[test]
+fn a_drop_on_a_downed_device_or_below_the_vm_sides_mtu_carries_the_one_command() {
+    let qdisc = || {
+        requests_dropped_after_the_tap("up0", |e| {
+            e.reason = Some("QDISC_DROP".into());
+            e.location = Some("__dev_queue_xmit+0x8b1".into());
+        })
+    };
+    let mut facts = tap_facts(Some("br0"));
+    fn up0(f: &mut HostFacts) -> &mut DevFacts {
+        f.devices.iter_mut().find(|d| d.name == "up0").unwrap()
+    }
+    up0(&mut facts).up = false;
+    let v = &model(qdisc()).verdicts(&facts, "x", None)[0];
+    assert_eq!(v.status, Status::Dropped);
+    assert_eq!(
+        v.fix.as_deref(),
+        Some("ip link set dev up0 up"),
+        "{}",
+        v.summary
+    );
+    // Without carrier the cable or the peer is at fault: nothing to run here.
+    up0(&mut facts).up = true;
+    up0(&mut facts).no_carrier = true;
+    assert_eq!(model(qdisc()).verdicts(&facts, "x", None)[0].fix, None);
+    // A full queue is no command either.
+    up0(&mut facts).no_carrier = false;
+    assert_eq!(model(qdisc()).verdicts(&facts, "x", None)[0].fix, None);
+
+    let too_big = || {
+        requests_dropped_after_the_tap("up0", |e| {
+            e.reason = Some("PKT_TOO_BIG".into());
+            e.location = Some("ip_forward+0x3a1".into());
+        })
+    };
+    up0(&mut facts).mtu = Some(1000);
+    let v = &model(too_big()).verdicts(&facts, "x", None)[0];
+    assert_eq!(
+        v.fix.as_deref(),
+        Some("ip link set dev up0 mtu 1500"),
+        "{}",
+        v.summary
+    );
+    // The uplink is not below the VM's bridge: only the guest's MTU is left to change.
+    up0(&mut facts).mtu = Some(1500);
+    assert_eq!(model(too_big()).verdicts(&facts, "x", None)[0].fix, None);
 }

@@ -91,7 +91,16 @@ pub fn write_verdict_text(w: &mut dyn Write, v: &Verdict) -> io::Result<()> {
             r.field, r.from, r.to, r.at
         )?;
     }
-    writeln!(w, "  summary: {}", v.summary)
+    writeln!(w, "  summary: {}", v.summary)?;
+    write_fix(w, v)
+}
+
+/// The verdict's one-command next step, on a line of its own that can be copied whole.
+fn write_fix(w: &mut dyn Write, v: &Verdict) -> io::Result<()> {
+    match &v.fix {
+        Some(f) => writeln!(w, "  fix: {f}"),
+        None => Ok(()),
+    }
 }
 
 /// The verdicts as `follow` and `replay` print them at the end: flows that ended identically
@@ -153,7 +162,8 @@ fn write_group_text(w: &mut dyn Write, g: &VerdictGroup, t0: u64) -> io::Result<
         writeln!(w, "  rewrite: {} {from} → {to} (at {})", r.field, r.at)?;
     }
     writeln!(w, "  flows: {}", g.members_text(GROUP_LIST_MAX))?;
-    writeln!(w, "  summary: {}", g.summary())
+    writeln!(w, "  summary: {}", g.summary())?;
+    write_fix(w, v)
 }
 
 /// Members a grouped line names before "and N more".
@@ -651,5 +661,27 @@ mod tests {
         let mut single = Vec::new();
         write_verdict_text(&mut single, &v[0]).expect("written");
         assert_eq!(grouped, single);
+    }
+
+    #[test]
+    fn a_verdict_with_a_fix_prints_it_on_a_line_of_its_own_after_the_summary() {
+        let mut v = flood(FORWARD_DROP, 1)
+            .verdicts(&HostFacts::default(), "203.0.113.1", None)
+            .remove(0);
+        v.summary = "the request was dropped at routing".into();
+        let text = |v: &Verdict| {
+            let mut out = Vec::new();
+            write_verdict_text(&mut out, v).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert!(!text(&v).contains("fix:"), "{}", text(&v));
+        v.fix = Some("sysctl -w net.ipv4.ip_forward=1".into());
+        assert!(
+            text(&v).ends_with(
+                "  summary: the request was dropped at routing\n  fix: sysctl -w net.ipv4.ip_forward=1\n"
+            ),
+            "{}",
+            text(&v)
+        );
     }
 }

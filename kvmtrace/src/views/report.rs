@@ -197,6 +197,12 @@ pub fn build(tr: &Trace, an: &Analysis, source: &str) -> Doc {
         let g = gr.members.as_slice();
         blocks.push(Block::Heading(3, group_title(an, g)));
         blocks.push(Block::Para(vec![t(gr.summary())]));
+        if let Some(f) = &gr.first().fix {
+            blocks.push(Block::Para(vec![
+                t("The one command that repairs it: "),
+                c(f),
+            ]));
+        }
         if g.len() > 1 {
             let mut p = vec![t(format!("The {} flows ({}): ", g.len(), gr.label()))];
             p.push(c(gr.members_text(GROUP_NAMES_MAX)));

@@ -408,3 +408,41 @@ pub fn hand_down_fds(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>, first: std
         });
     }
 }
+
+/// The verdict's next step works: its `fix` is exactly `want`; run as a shell would in the
+/// network namespace `ns` (`ip netns exec NS sh -c FIX`) it succeeds, and `recheck` (a new
+/// `follow` with the same traffic) then ends in one verdict, `delivered` at the VM's tap, with
+/// no fix of its own. Returns that run.
+#[track_caller]
+pub fn fix_then_delivered(
+    ns: &str,
+    broken: &Run,
+    v: &Value,
+    want: &str,
+    recheck: impl FnOnce() -> Run,
+) -> Run {
+    assert_eq!(field(v, "fix"), want, "{}", broken.dump());
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "sh", "-c", want])
+        .output()
+        .expect("run the fix");
+    assert!(
+        out.status.success(),
+        "the fix `{want}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = recheck();
+    let after = run.verdict();
+    assert_eq!(
+        field(after, "status"),
+        "delivered",
+        "after `{want}`: {}",
+        run.dump()
+    );
+    assert_eq!(field(after, "stage"), "tap", "{}", run.dump());
+    assert_eq!(field(after, "direction"), "reply", "{}", run.dump());
+    assert!(after.get("fix").is_none(), "{}", run.dump());
+    assert_eq!(run.code, 0, "{}", run.dump());
+    run
+}

@@ -31,7 +31,7 @@ pub(super) fn tap_check(c: &Ctx) -> Check {
                 "{t} is administratively down (flags 0x{:x}, operstate {}): no frame passes it either way",
                 d.flags, d.operstate
             ),
-            Some(format!("ip link set dev {t} up")),
+            Some(repair::link_up(t)),
         );
     }
     if d.carrier == Some(false) {
@@ -78,7 +78,7 @@ pub(super) fn lower_device_check(c: &Ctx, lower: &str) -> Check {
                  (operstate {}): the guest's frames leave nowhere and nothing reaches it",
                 d.operstate
             ),
-            Some(format!("ip link set dev {lower} up")),
+            Some(repair::link_up(lower)),
         );
     }
     if d.carrier == Some(false) {
@@ -242,7 +242,7 @@ pub(super) fn bridge_port_check(c: &Ctx) -> Check {
                 "{t} has no master: it is in no bridge and has no address, so the VM's frames reach nothing (bridges here: {})",
                 if bridges.is_empty() { "none".to_string() } else { bridges.join(", ") }
             ),
-            Some(format!("ip link set dev {t} master {target}")),
+            Some(repair::set_master(t, target)),
         );
     };
     let Some(br) = c.bridge else {
@@ -273,7 +273,7 @@ pub(super) fn bridge_port_check(c: &Ctx) -> Check {
             name,
             Fail,
             format!("{head}: {} is down, which disables its ports", br.name),
-            Some(format!("ip link set dev {} up", br.name)),
+            Some(repair::link_up(&br.name)),
         ),
         Some(0) if dev_is_down(tap) => check(
             name,
@@ -306,7 +306,10 @@ pub(super) fn bridge_port_check(c: &Ctx) -> Check {
             name,
             Fail,
             format!("{head}: the bridge does not forward through it"),
-            Some(format!("ip link set dev {t} down && ip link set dev {t} up")),
+            // The state set by hand (`bridge link set … state 0`): set it back. With the
+            // kernel's STP on the bridge refuses a state from userspace (EBUSY,
+            // br_set_port_state in net/bridge/br_netlink.c), so it cannot fight the spanning tree.
+            Some(repair::port_forwarding(t)),
         ),
     }
 }
@@ -321,7 +324,7 @@ pub(super) fn bridge_check(c: &Ctx) -> Check {
             name,
             Fail,
             format!("{} is administratively down", d.name),
-            Some(format!("ip link set dev {} up", d.name)),
+            Some(repair::link_up(&d.name)),
         );
     }
     let Some((gw, len)) = c.gw else {
@@ -404,7 +407,7 @@ pub(super) fn mtu_check(c: &Ctx) -> Check {
                     tap.name,
                     m(tap)
                 ),
-                Some(format!("ip link set dev {} mtu {}", tap.name, m(b))),
+                Some(repair::link_mtu(&tap.name, m(b))),
             );
         }
         if m(tap) > m(b) {
@@ -416,7 +419,7 @@ pub(super) fn mtu_check(c: &Ctx) -> Check {
                     b.name,
                     m(b)
                 ),
-                Some(format!("ip link set dev {} mtu {}", b.name, m(tap))),
+                Some(repair::link_mtu(&b.name, m(tap))),
             );
         }
     }

@@ -315,7 +315,7 @@ pub(super) fn ip6_forward_check(c: &Ctx) -> Check {
             c.h.sysctl(&format!("net/ipv6/conf/{}/accept_ra", u.name)) == Some("1")
                 && c.v6.defaults.first().is_some_and(|d| d.protocol == 9)
         });
-        let mut fix = "sysctl -w net.ipv6.conf.all.forwarding=1".to_string();
+        let mut fix = repair::forwarding_on(true);
         let mut note = String::new();
         if let Some(u) = ra_uplink {
             let k = sysctl_name(&format!("net/ipv6/conf/{}/accept_ra", u.name));
@@ -509,20 +509,16 @@ pub(super) fn forward_filter6_check(c: &Ctx) -> Check {
     }
     let mut fixes = Vec::new();
     for (i, ch) in &failing {
-        fixes.push(match (*i, ch.is_ip6tables()) {
-            (0, true) => format!("ip6tables -I {} -i {l3} -s {subnet} -j ACCEPT", ch.name),
-            (0, false) => format!(
-                "nft 'insert rule {} iifname \"{l3}\" ip6 saddr {subnet} accept'",
-                ch.id()
-            ),
-            (_, true) => format!(
-                "ip6tables -I {} -o {l3} -d {subnet} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-                ch.name
-            ),
-            (_, false) => format!(
-                "nft 'insert rule {} oifname \"{l3}\" ip6 daddr {subnet} ct state established,related accept'",
-                ch.id()
-            ),
+        let chain = repair::ChainRef {
+            family: &ch.family,
+            table: &ch.table,
+            chain: &ch.name,
+        };
+        let subnet = subnet.to_string();
+        fixes.push(if *i == 0 {
+            repair::forward_accept_out(chain, l3, &subnet, true)
+        } else {
+            repair::forward_accept_back(chain, l3, &subnet, true)
         });
     }
     check(

@@ -10,6 +10,7 @@ use super::rules::{self, Chain, Fate, Iface, Net, Pkt, Place, Ruleset};
 use super::{Check, CheckStatus};
 use crate::host::netlink::{self, nud_name};
 use crate::model::event::NfHook;
+use crate::model::fix::{self as repair, sysctl_name};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use CheckStatus::{Fail, Pass, Skip, Warn};
@@ -246,17 +247,6 @@ fn dest_out_dev(h: &Host, v6: bool) -> Option<&Dev> {
         .then(|| r.nexthops.first())
         .flatten()
         .and_then(|(o, _)| h.dev_by_index(*o))
-}
-
-/// `sysctl -w` name of a /proc/sys path: dotted, unless an interface name holds a dot (then
-/// the path form, which sysctl also takes).
-fn sysctl_name(path: &str) -> String {
-    let parts: Vec<&str> = path.split('/').collect();
-    if parts.iter().any(|p| p.contains('.')) {
-        path.to_string()
-    } else {
-        parts.join(".")
-    }
 }
 
 fn dev_is_down(d: &Dev) -> bool {
@@ -653,6 +643,19 @@ mod tests {
         let m = get(&run(&h), "mtu").clone();
         assert_eq!(m.status, Warn, "{m:?}");
         assert!(m.evidence.contains("path-MTU black hole"), "{m:?}");
+    }
+
+    #[test]
+    fn a_disabled_port_with_its_link_up_is_set_forwarding_as_follow_says() {
+        let mut h = healthy();
+        h.devs
+            .iter_mut()
+            .find(|d| d.name == "vnet0")
+            .unwrap()
+            .brport_state = Some(0);
+        let b = get(&run(&h), "bridge_port").clone();
+        assert_eq!(b.status, Fail, "{b:?}");
+        assert_eq!(b.fix.as_deref(), Some("bridge link set dev vnet0 state 3"));
     }
 
     #[test]

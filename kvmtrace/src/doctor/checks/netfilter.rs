@@ -272,20 +272,16 @@ pub(super) fn forward_filter_check(c: &Ctx) -> Check {
     }
     let mut fixes = Vec::new();
     for (i, ch) in &failing {
-        fixes.push(match (*i, ch.is_iptables()) {
-            (0, true) => format!("iptables -I {} -i {l3} -s {subnet} -j ACCEPT", ch.name),
-            (0, false) => format!(
-                "nft 'insert rule {} iifname \"{l3}\" ip saddr {subnet} accept'",
-                ch.id()
-            ),
-            (_, true) => format!(
-                "iptables -I {} -o {l3} -d {subnet} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-                ch.name
-            ),
-            (_, false) => format!(
-                "nft 'insert rule {} oifname \"{l3}\" ip daddr {subnet} ct state established,related accept'",
-                ch.id()
-            ),
+        let chain = repair::ChainRef {
+            family: &ch.family,
+            table: &ch.table,
+            chain: &ch.name,
+        };
+        let subnet = subnet.to_string();
+        fixes.push(if *i == 0 {
+            repair::forward_accept_out(chain, l3, &subnet, false)
+        } else {
+            repair::forward_accept_back(chain, l3, &subnet, false)
         });
     }
     check(
@@ -470,38 +466,25 @@ impl Snat<'_> {
 /// first nftables nat chain of its IP version, else with iptables / ip6tables when
 /// iptables-nft's tables are in use, else in a new `ip nat` / `ip6 nat` table.
 pub(super) fn snat_fix(rs: &Ruleset, chains: &[&Chain], subnet: Net, oif: Option<&str>) -> String {
-    let (fam, ipt) = if subnet.is_v6() {
-        ("ip6", "ip6tables")
-    } else {
-        ("ip", "iptables")
-    };
-    let nft_out = oif
-        .map(|o| format!("oifname \"{o}\" "))
-        .unwrap_or_else(|| format!("{fam} daddr != {subnet} "));
+    let v6 = subnet.is_v6();
     let nft_chain = chains
         .iter()
         .find(|ch| !ch.is_iptables() && !ch.is_ip6tables());
-    let ipt_tables = if subnet.is_v6() {
+    let ipt_tables = if v6 {
         rs.chains.iter().any(Chain::is_ip6tables)
     } else {
         rs.has_iptables_tables()
     };
-    if let Some(ch) = nft_chain {
-        format!(
-            "nft 'insert rule {} {fam} saddr {subnet} {nft_out}masquerade'",
-            ch.id()
-        )
-    } else if ipt_tables {
-        format!(
-            "{ipt} -t nat -A POSTROUTING -s {subnet} {}-j MASQUERADE",
-            oif.map(|o| format!("-o {o} "))
-                .unwrap_or_else(|| format!("! -d {subnet} "))
-        )
-    } else {
-        format!(
-            "nft 'add table {fam} nat' && nft 'add chain {fam} nat postrouting {{ type nat hook postrouting priority srcnat; }}' && nft 'add rule {fam} nat postrouting {fam} saddr {subnet} {nft_out}masquerade'"
-        )
-    }
+    let target = match nft_chain {
+        Some(ch) => repair::NatTarget::Chain(repair::ChainRef {
+            family: &ch.family,
+            table: &ch.table,
+            chain: &ch.name,
+        }),
+        None if ipt_tables => repair::NatTarget::Xtables,
+        None => repair::NatTarget::NewTable,
+    };
+    repair::masquerade(target, &subnet.to_string(), v6, oif)
 }
 
 pub(super) fn conntrack_check(c: &Ctx) -> Check {

@@ -30,7 +30,7 @@ pub(super) fn ip_forward_check(c: &Ctx) -> Check {
             name,
             Fail,
             format!("net.ipv4.ip_forward = {v}: the host does not route packets between interfaces, so the VM's packets go no further than the host"),
-            Some("sysctl -w net.ipv4.ip_forward=1".into()),
+            Some(repair::forwarding_on(false)),
         );
     }
     let mut per = Vec::new();

@@ -2,7 +2,7 @@
 
 use super::{tap_misplaced, Flow};
 use crate::model::event::{DevKind, Direction, NfHook};
-use crate::model::{DropSite, FlowKey, HostFacts, Journey, NfChain, Stage, Status, Verdict};
+use crate::model::{fix, DropSite, FlowKey, HostFacts, Journey, NfChain, Stage, Status, Verdict};
 
 /// The first drop, request or reply, named where the kernel dropped it — or, when its cause
 /// is elsewhere on the VM's side, where the cause is ([`root_cause`]).
@@ -87,6 +87,9 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
                          filter bridged frames",
                     );
                 }
+                if h == NfHook::Forward && !site.bridged {
+                    v.fix = forward_fix(k, dir, facts);
+                }
                 if dir == Direction::Reply && h == NfHook::Forward {
                     s.push_str(
                         ": the requests are let out but their replies are not; accept \
@@ -106,6 +109,13 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
                     r.err_name()
                         .map(|e| format!("{e} in table {}", r.table_name()))
                 });
+                v.fix = if site.reason == "IP_RPFILTER" {
+                    Some(fix::rp_filter_loose(&site.device))
+                } else if fwd_off {
+                    Some(fix::forwarding_on(v6))
+                } else {
+                    None
+                };
                 match (fwd_off, route) {
                     _ if site.reason == "IP_RPFILTER" => {
                         format!(
@@ -159,7 +169,10 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
                     ),
                 }
             }
-            (stage, _) => egress_summary(what, stage, &site, rep, facts),
+            (stage, _) => {
+                v.fix = egress_fix(k, stage, &site, rep, facts);
+                egress_summary(what, stage, &site, rep, facts)
+            }
         };
         // A packet too big whose "fragmentation needed" / "packet too big" the host's own
         // firewall dropped on its way to the guest: that drop is the root cause (the guest
@@ -193,6 +206,7 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
         if let Some(c) = root_cause(k, dir, &site, req, facts) {
             v.stage = Some(c.stage);
             v.device = Some(c.device);
+            v.fix = c.fix;
             s = c.summary;
         }
         if host_answered {
@@ -304,6 +318,9 @@ pub(super) fn rewritten_destination(f: &Flow, v: &mut Verdict) {
         v.hook = Some(NfHook::Prerouting);
         v.firewall = fw;
         v.chains = chains;
+        // Whether the rewrite or what came after it is wrong is the operator's call: no
+        // single command.
+        v.fix = None;
     } else {
         v.summary.push_str(&format!(
             " (its destination had been rewritten by DNAT at {at}: {what})"
@@ -517,6 +534,8 @@ struct RootCause {
     stage: Stage,
     device: String,
     summary: String,
+    /// The one command that removes the cause, when the facts name everything in it.
+    fix: Option<String>,
 }
 
 /// The VM's tap: where its requests entered the host.
@@ -548,13 +567,15 @@ fn root_cause(
         && matches!(reason.as_str(), "OTHERHOST" | "IP_INADDRERRORS")
         && facts.master_of(dev).is_none()
     {
-        let fix = match facts.bridge_for(k.guest) {
+        let br = facts.bridge_for(k.guest);
+        let fix = match br {
             Some(br) => format!("`ip link set {dev} master {br}`"),
             None => format!("`ip link set {dev} master BRIDGE`, BRIDGE being the VM's bridge"),
         };
         return Some(RootCause {
             stage: Stage::Tap,
             device: dev.clone(),
+            fix: br.map(|br| fix::set_master(dev, br)),
             summary: format!(
                 "{what} was dropped on {dev}: the tap is not a port of any bridge, so the \
                  guest's frames reach the host's own stack on {dev} and are not for it \
@@ -586,6 +607,7 @@ fn root_cause(
         if let Some(why) = tap_misplaced(facts, &tap, dev) {
             return Some(RootCause {
                 stage: Stage::Tap,
+                fix: Some(fix::set_master(&tap, dev)),
                 device: tap,
                 summary: format!("{what} was dropped on {dev} [{reason}]: {why}"),
             });
@@ -594,6 +616,7 @@ fn root_cause(
     Some(RootCause {
         stage: Stage::Tap,
         device: tap.clone(),
+        fix: None,
         summary: format!(
             "{what} was dropped on {dev}: the guest does not answer the host's ARP for {} \
              there (neighbour resolution failed) [{reason}]; the request went out and its reply \
@@ -603,4 +626,69 @@ fn root_cause(
             k.guest, k.guest
         ),
     })
+}
+
+/// A FORWARD drop's repair: accept the VM's new connections (for a dropped request) and their
+/// replies at the head of the one chain on that hook, with doctor's `forward_filter` rules.
+/// None when several chains (or iptables-legacy) could have dropped, or the VM's subnet is
+/// not known.
+fn forward_fix(k: FlowKey, dir: Direction, facts: &HostFacts) -> Option<String> {
+    let v6 = k.remote.is_ipv6();
+    let chain = fix::only_chain(facts, NfHook::Forward, v6)?;
+    let (l3, subnet) = fix::vm_subnet(facts, k.guest)?;
+    let back = fix::forward_accept_back(chain, l3, &subnet, v6);
+    Some(match dir {
+        Direction::Request => format!(
+            "{} && {back}",
+            fix::forward_accept_out(chain, l3, &subnet, v6)
+        ),
+        Direction::Reply => back,
+    })
+}
+
+/// The repair of a drop [`egress_summary`] names, when it is one command on this host: a
+/// device that is down (a macvtap's lower device, or the device itself), a bridge port that
+/// does not forward, an uplink whose MTU is below the VM side's.
+fn egress_fix(
+    k: FlowKey,
+    stage: Stage,
+    site: &DropSite,
+    rep: &[&Journey],
+    facts: &HostFacts,
+) -> Option<String> {
+    let dev = site.device.as_str();
+    let r = site.reason.as_str();
+    if r.starts_with("QDISC") || r.starts_with("TC_") || r == "TXQUEUE_FULL" {
+        // Down by its administrator (not merely without carrier: a cable or a peer).
+        let down = |d: &str| facts.device(d).filter(|f| !f.no_carrier && !f.up);
+        let lower = facts.device(dev).and_then(|f| f.macvtap_lower.as_deref());
+        return match lower {
+            Some(l) if down(l).is_some() => Some(fix::link_up(l)),
+            Some(_) => None,
+            None => down(dev).map(|_| fix::link_up(dev)),
+        };
+    }
+    if stage == Stage::Bridge
+        && r.contains("STP")
+        && !r.contains("VLAN")
+        && facts.device(dev).is_some_and(|f| !f.no_carrier)
+    {
+        return Some(fix::port_forwarding(dev));
+    }
+    if r == "PKT_TOO_BIG" {
+        // The host's own error dropped on its way to the guest: the black hole is the cause.
+        let lost = rep.iter().any(|j| {
+            matches!(j.outcome(), crate::model::Outcome::Dropped(_))
+                && j.hops.iter().any(|h| {
+                    h.tuple.is_some_and(|t| {
+                        (t.proto == 1 && h.icmp_type == 3 && h.icmp_code == 4)
+                            || (t.proto == 58 && h.icmp_type == 2)
+                    })
+                })
+        });
+        let (br, _) = fix::vm_subnet(facts, k.guest)?;
+        let (vm_mtu, mtu) = (facts.mtu_of(br)?, facts.mtu_of(dev)?);
+        return (!lost && vm_mtu > mtu).then(|| fix::link_mtu(dev, vm_mtu));
+    }
+    None
 }

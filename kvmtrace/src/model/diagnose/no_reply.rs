@@ -2,7 +2,7 @@
 
 use super::{tap_misplaced, Flow};
 use crate::model::event::{DevKind, Direction, NfHook};
-use crate::model::{Outcome, Stage, Status, Verdict};
+use crate::model::{fix, Outcome, Stage, Status, Verdict};
 
 /// The request left a macvtap guest's lower device addressed to the MAC of another macvtap on
 /// that lower device (another guest of this host): macvtaps pass frames to each other only
@@ -45,6 +45,14 @@ pub(super) fn macvtap_sibling(f: &Flow, v: &mut Verdict) -> bool {
         return false;
     }
     let o = &other.name;
+    v.fix = Some(
+        [(tap.as_str(), &m1), (o.as_str(), &m2)]
+            .iter()
+            .filter(|(_, m)| m.as_str() != "bridge")
+            .map(|(d, _)| fix::macvtap_bridge_mode(d))
+            .collect::<Vec<_>>()
+            .join(" && "),
+    );
     v.status = Status::NoReply;
     v.direction = Some(Direction::Request);
     v.stage = Some(Stage::Egress);
@@ -91,6 +99,9 @@ pub(super) fn left_host(f: &Flow, v: &mut Verdict) -> bool {
                 k.guest
             )
         } else if private {
+            v.fix = fix::vm_subnet(facts, k.guest).map(|(_, subnet)| {
+                fix::masquerade(fix::nat_target(facts, false), &subnet, false, Some(device))
+            });
             format!(
                 "no reply: the request left the host on {device} with the VM's own source {} \
                  (not rewritten: no MASQUERADE/SNAT for it), so the outside cannot answer → add \
@@ -123,6 +134,7 @@ pub(super) fn left_host(f: &Flow, v: &mut Verdict) -> bool {
             if let (Some(tap), Some(rd)) = (tap, reply_dev) {
                 if let Some(why) = tap_misplaced(facts, &tap, &rd) {
                     s.push_str(&format!(": {why}"));
+                    v.fix = Some(fix::set_master(&tap, &rd));
                     v.stage = Some(Stage::Tap);
                     v.device = Some(tap);
                 }

@@ -2,7 +2,7 @@
 //! the guest's ARP as evidence for replies that never reached it.
 
 use crate::model::event::{NfHook, Point};
-use crate::model::{DevFacts, FlowKey, HostFacts, Model, Status, Verdict};
+use crate::model::{fix, DevFacts, FlowKey, HostFacts, Model, Status, Verdict};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -114,6 +114,23 @@ impl Model {
             .device;
         let lower = facts.device(tap)?.macvtap_lower.as_deref()?;
         Some((tap.clone(), facts.device(lower)?))
+    }
+
+    /// The one command behind [`Self::no_traffic_summary`]'s next step, when it is one on
+    /// this host: the macvtap's lower device to set up, or the bridgeless tap to put into
+    /// the bridge that holds the address the guest asked for.
+    pub(in crate::model) fn no_traffic_fix(&self, facts: &HostFacts) -> Option<String> {
+        use crate::model::event::L2;
+        if let Some((_, lower)) = self.asking_macvtap(facts) {
+            return (!lower.up).then(|| fix::link_up(&lower.name));
+        }
+        let tap = self.unbridged_asking_tap(facts)?;
+        let asked = self.l2.iter().find_map(|e| match e.l2 {
+            Some(L2::Arp { op: 1, target, .. }) if e.point == Point::TapIngress => Some(target),
+            _ => None,
+        })?;
+        let br = facts.bridge_for(IpAddr::V4(asked))?;
+        Some(fix::set_master(&tap, br))
     }
 
     /// Why nothing reached the destination, from what the guest did say on its tap.

@@ -18,7 +18,7 @@
 
 use super::{dropped, Flow};
 use crate::model::event::{Direction, Point, TraceEvent};
-use crate::model::{DropSite, Outcome, Stage, Status, Verdict, VxlanFacts, VXLAN_OVERHEAD};
+use crate::model::{fix, DropSite, Outcome, Stage, Status, Verdict, VxlanFacts, VXLAN_OVERHEAD};
 
 /// The overlay's faults, as the drop shows them.
 enum Fault<'a> {
@@ -40,6 +40,8 @@ pub(super) fn overlay_drop(f: &Flow, v: &mut Verdict) -> bool {
     };
     // Status, direction, reason, location, hook and firewall as for any drop.
     dropped::dropped(f, v);
+    // The overlay's fix, not the generic drop's.
+    v.fix = None;
     let what = match dir {
         Direction::Request => "the request",
         Direction::Reply => "the reply",
@@ -58,6 +60,9 @@ pub(super) fn overlay_drop(f: &Flow, v: &mut Verdict) -> bool {
             let dst = vx
                 .remote
                 .map_or("REMOTE_VTEP".to_string(), |r| r.to_string());
+            v.fix = vx
+                .remote
+                .map(|r| fix::vxlan_default_remote(&vx.name, &r.to_string()));
             format!(
                 "{what} was dropped by the VXLAN device {} (vni {}): its forwarding database \
                  has no entry for the destination MAC {mac} and no default remote to send it \
@@ -125,6 +130,18 @@ pub(super) fn overlay_drop(f: &Flow, v: &mut Verdict) -> bool {
                 Direction::Request => ("left through", format!("to {}", addr(outer_dst))),
                 Direction::Reply => ("came back for", format!("from {}", addr(outer_src))),
             };
+            // The remote VTEP, named: the accept rule at the head of the one chain on the hook.
+            let remote = match dir {
+                Direction::Request => outer_dst,
+                Direction::Reply => outer_src,
+            };
+            v.fix = site
+                .hook
+                .and_then(|h| fix::only_chain(f.facts, h, false))
+                .zip(remote)
+                .map(|(ch, r)| {
+                    fix::overlay_accept(ch, vx.port, &r.to_string(), dir == Direction::Request)
+                });
             format!(
                 "{what} {how} the VXLAN device {} (vni {}), and its encapsulated (outer) \
                  packet {} > {} udp/{} was dropped by the {hook} hook{who} on {} [{}] → let \

@@ -3,7 +3,7 @@
 use super::*;
 
 /// Each flow: its status, name, counts and place, then the summary (the next step after its
-/// `→`) wrapped under it. Flows that ended identically (`output::same_as`) are one entry: their
+/// `→`) wrapped under it, and its one-command fix when it has one. Flows that ended identically (`output::same_as`) are one entry: their
 /// count, common name, summed counts and the times of their first and last packet.
 pub(super) fn verdict_text(v: &View, width: usize) -> Text<'static> {
     if v.verdicts.is_empty() {
@@ -54,6 +54,11 @@ pub(super) fn verdict_text(v: &View, width: usize) -> Text<'static> {
         }
         for l in wrap(&g.summary(), width.saturating_sub(10)) {
             lines.push(Line::raw(format!("{:10}{l}", "")));
+        }
+        if let Some(f) = &first.fix {
+            for l in wrap(&format!("fix: {f}"), width.saturating_sub(10)) {
+                lines.push(Line::raw(format!("{:10}{l}", "")));
+            }
         }
     }
     Text::from(lines)

@@ -1,0 +1,353 @@
+//! Repairs that are one shell command, worded once for the two places that propose them: a
+//! verdict's `fix` (model/diagnose) and a doctor check's `fix` (doctor/checks). Each function
+//! only builds the text; whoever calls it decides that the fault is the one the command
+//! repairs and that every name in it is known (no placeholders). Pure, like the model.
+//!
+//! Commands that need several steps are joined with ` && `, as doctor always did: the whole
+//! string runs with `sh -c`.
+
+/// Turns IP forwarding on (`net.ipv4.ip_forward`, or `net.ipv6.conf.all.forwarding`).
+pub fn forwarding_on(v6: bool) -> String {
+    if v6 {
+        "sysctl -w net.ipv6.conf.all.forwarding=1".into()
+    } else {
+        "sysctl -w net.ipv4.ip_forward=1".into()
+    }
+}
+
+/// Sets a device up.
+pub fn link_up(dev: &str) -> String {
+    format!("ip link set dev {dev} up")
+}
+
+/// Makes `dev` a port of `bridge`.
+pub fn set_master(dev: &str, bridge: &str) -> String {
+    format!("ip link set dev {dev} master {bridge}")
+}
+
+/// Puts a bridge port in the forwarding state (3, `BR_STATE_FORWARDING`,
+/// include/uapi/linux/if_bridge.h).
+pub fn port_forwarding(dev: &str) -> String {
+    format!("bridge link set dev {dev} state 3")
+}
+
+/// Sets a device's MTU.
+pub fn link_mtu(dev: &str, mtu: u32) -> String {
+    format!("ip link set dev {dev} mtu {mtu}")
+}
+
+/// A sysctl path (`net/ipv4/conf/br0/rp_filter`) in the form `sysctl -w` takes: dotted, unless
+/// a part holds a dot itself (an interface `eth0.100`), when the slashed path is the only
+/// unambiguous spelling.
+pub fn sysctl_name(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').collect();
+    if parts.iter().any(|p| p.contains('.')) {
+        path.to_string()
+    } else {
+        parts.join(".")
+    }
+}
+
+/// Loose reverse-path filtering on `dev`. The kernel applies the larger of the `all` and the
+/// device's value (`IN_DEV_RPFILTER`, include/linux/inetdevice.h), and 2 is the largest, so
+/// setting the device alone is enough whatever `all` says.
+pub fn rp_filter_loose(dev: &str) -> String {
+    format!(
+        "sysctl -w {}=2",
+        sysctl_name(&format!("net/ipv4/conf/{dev}/rp_filter"))
+    )
+}
+
+/// Gives a VXLAN device a default remote VTEP through an all-zeros forwarding entry.
+pub fn vxlan_default_remote(dev: &str, remote: &str) -> String {
+    format!("bridge fdb append 00:00:00:00:00:00 dev {dev} dst {remote}")
+}
+
+/// Puts a macvtap in bridge mode, where it passes frames to the other macvtaps of its lower
+/// device.
+pub fn macvtap_bridge_mode(dev: &str) -> String {
+    format!("ip link set dev {dev} type macvtap mode bridge")
+}
+
+/// A base chain a rule goes into: `family table chain`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainRef<'a> {
+    pub family: &'a str,
+    pub table: &'a str,
+    pub chain: &'a str,
+}
+
+impl ChainRef<'_> {
+    /// One of iptables-nft's / ip6tables-nft's own chains (their tables, upper-case chain
+    /// names): a rule there is added with iptables, which keeps the table readable to it.
+    pub fn is_xtables(&self) -> bool {
+        matches!(self.family, "ip" | "ip6")
+            && ["filter", "nat", "mangle", "raw", "security"].contains(&self.table)
+            && self.chain.chars().all(|c| !c.is_ascii_lowercase())
+    }
+    fn xtables_cmd(&self) -> &'static str {
+        if self.family == "ip6" {
+            "ip6tables"
+        } else {
+            "iptables"
+        }
+    }
+}
+
+/// Accepts, at the head of the forward chain `ch`, new connections from the VM's `subnet`
+/// entering through `l3` (its bridge).
+pub fn forward_accept_out(ch: ChainRef, l3: &str, subnet: &str, v6: bool) -> String {
+    if ch.is_xtables() {
+        format!(
+            "{} -I {} -i {l3} -s {subnet} -j ACCEPT",
+            ch.xtables_cmd(),
+            ch.chain
+        )
+    } else {
+        let fam = if v6 { "ip6" } else { "ip" };
+        format!(
+            "nft 'insert rule {} {} {} iifname \"{l3}\" {fam} saddr {subnet} accept'",
+            ch.family, ch.table, ch.chain
+        )
+    }
+}
+
+/// Accepts, at the head of the forward chain `ch`, the replies going back to `subnet`
+/// through `l3`.
+pub fn forward_accept_back(ch: ChainRef, l3: &str, subnet: &str, v6: bool) -> String {
+    if ch.is_xtables() {
+        format!(
+            "{} -I {} -o {l3} -d {subnet} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            ch.xtables_cmd(),
+            ch.chain
+        )
+    } else {
+        let fam = if v6 { "ip6" } else { "ip" };
+        format!(
+            "nft 'insert rule {} {} {} oifname \"{l3}\" {fam} daddr {subnet} ct state established,related accept'",
+            ch.family, ch.table, ch.chain
+        )
+    }
+}
+
+/// Accepts, at the head of `ch`, a VXLAN overlay's outer packets (UDP to `port`) going to
+/// (`to_peer`) or coming from the remote VTEP `peer`.
+pub fn overlay_accept(ch: ChainRef, port: u16, peer: &str, to_peer: bool) -> String {
+    if ch.is_xtables() {
+        format!(
+            "{} -I {} -p udp --dport {port} {} {peer} -j ACCEPT",
+            ch.xtables_cmd(),
+            ch.chain,
+            if to_peer { "-d" } else { "-s" }
+        )
+    } else {
+        format!(
+            "nft 'insert rule {} {} {} ip {} {peer} udp dport {port} accept'",
+            ch.family,
+            ch.table,
+            ch.chain,
+            if to_peer { "daddr" } else { "saddr" }
+        )
+    }
+}
+
+/// Where a masquerade rule goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatTarget<'a> {
+    /// An nftables nat chain at postrouting that already exists.
+    Chain(ChainRef<'a>),
+    /// iptables-nft's (ip6tables-nft's) `nat` table is in use.
+    Xtables,
+    /// No nat chain: a new `ip nat` / `ip6 nat` table with one.
+    NewTable,
+}
+
+/// Masquerades `subnet` leaving through `oif` (or, without one, to anywhere outside it).
+pub fn masquerade(target: NatTarget, subnet: &str, v6: bool, oif: Option<&str>) -> String {
+    let (fam, ipt) = if v6 {
+        ("ip6", "ip6tables")
+    } else {
+        ("ip", "iptables")
+    };
+    let nft_out = oif
+        .map(|o| format!("oifname \"{o}\" "))
+        .unwrap_or_else(|| format!("{fam} daddr != {subnet} "));
+    match target {
+        NatTarget::Chain(ch) => format!(
+            "nft 'insert rule {} {} {} {fam} saddr {subnet} {nft_out}masquerade'",
+            ch.family, ch.table, ch.chain
+        ),
+        NatTarget::Xtables => format!(
+            "{ipt} -t nat -A POSTROUTING -s {subnet} {}-j MASQUERADE",
+            oif.map(|o| format!("-o {o} "))
+                .unwrap_or_else(|| format!("! -d {subnet} "))
+        ),
+        NatTarget::NewTable => format!(
+            "nft 'add table {fam} nat' && nft 'add chain {fam} nat postrouting {{ type nat hook postrouting priority srcnat; }}' && nft 'add rule {fam} nat postrouting {fam} saddr {subnet} {nft_out}masquerade'"
+        ),
+    }
+}
+
+/// The VM's bridge and its subnet there (`10.77.0.0/24`): the bridge whose address covers
+/// `guest`. None when the facts do not show one.
+pub fn vm_subnet(facts: &super::HostFacts, guest: std::net::IpAddr) -> Option<(&str, String)> {
+    facts.devices.iter().filter(|d| d.bridge).find_map(|d| {
+        let a = d.addrs.iter().find(|a| a.contains(guest))?;
+        let net = ipnet::IpNet::new(a.addr, a.prefix).ok()?.trunc();
+        Some((d.name.as_str(), net.to_string()))
+    })
+}
+
+/// The one base chain of `hook` that handles the flow's family (`ip`/`ip6` and `inet`), when
+/// there is exactly one and no iptables-legacy table could drop beside it: a rule inserted at
+/// its head is then the rule that decides.
+pub fn only_chain(
+    facts: &super::HostFacts,
+    hook: super::event::NfHook,
+    v6: bool,
+) -> Option<ChainRef<'_>> {
+    let family = if v6 { "ip6" } else { "ip" };
+    if !facts.legacy_tables.is_empty() {
+        return None;
+    }
+    let mut on_hook = facts
+        .nft_chains
+        .iter()
+        .filter(|c| c.hook == hook && (c.family == family || c.family == "inet"));
+    let c = on_hook.next()?;
+    if on_hook.next().is_some() {
+        return None;
+    }
+    Some(ChainRef {
+        family: &c.family,
+        table: &c.table,
+        chain: &c.chain,
+    })
+}
+
+/// Where a masquerade rule for the flow's family goes, from the base chains the facts list
+/// (their type is not among them: a chain at postrouting in a table named `nat` is taken for
+/// the nat chain, as iptables-nft and most rulesets name it).
+pub fn nat_target(facts: &super::HostFacts, v6: bool) -> NatTarget<'_> {
+    let family = if v6 { "ip6" } else { "ip" };
+    let at_post = || {
+        facts.nft_chains.iter().filter(|c| {
+            c.hook == super::event::NfHook::Postrouting
+                && (c.family == family || c.family == "inet")
+        })
+    };
+    let xtables = |c: &super::NfChain| {
+        ChainRef {
+            family: &c.family,
+            table: &c.table,
+            chain: &c.chain,
+        }
+        .is_xtables()
+    };
+    if at_post().any(|c| xtables(c) && c.table == "nat") {
+        return NatTarget::Xtables;
+    }
+    match at_post().find(|c| c.table == "nat") {
+        Some(c) => NatTarget::Chain(ChainRef {
+            family: &c.family,
+            table: &c.table,
+            chain: &c.chain,
+        }),
+        None => NatTarget::NewTable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctl_names_keep_dotted_interfaces_as_paths() {
+        assert_eq!(
+            rp_filter_loose("br0"),
+            "sysctl -w net.ipv4.conf.br0.rp_filter=2"
+        );
+        assert_eq!(
+            rp_filter_loose("eth0.100"),
+            "sysctl -w net/ipv4/conf/eth0.100/rp_filter=2"
+        );
+    }
+
+    #[test]
+    fn forward_rules_use_iptables_in_its_own_chains_and_nft_elsewhere() {
+        let ipt = ChainRef {
+            family: "ip",
+            table: "filter",
+            chain: "FORWARD",
+        };
+        let nft = ChainRef {
+            family: "inet",
+            table: "labfilter",
+            chain: "forward",
+        };
+        let ip6t = ChainRef {
+            family: "ip6",
+            ..ipt
+        };
+        assert!(ipt.is_xtables() && ip6t.is_xtables() && !nft.is_xtables());
+        assert_eq!(
+            forward_accept_out(ipt, "br0", "10.77.0.0/24", false),
+            "iptables -I FORWARD -i br0 -s 10.77.0.0/24 -j ACCEPT"
+        );
+        assert_eq!(
+            forward_accept_back(ip6t, "br0", "fd00:77::/64", true),
+            "ip6tables -I FORWARD -o br0 -d fd00:77::/64 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        );
+        assert_eq!(
+            forward_accept_out(nft, "br0", "10.77.0.0/24", false),
+            "nft 'insert rule inet labfilter forward iifname \"br0\" ip saddr 10.77.0.0/24 accept'"
+        );
+        assert_eq!(
+            forward_accept_back(nft, "br0", "fd00:77::/64", true),
+            "nft 'insert rule inet labfilter forward oifname \"br0\" ip6 daddr fd00:77::/64 ct state established,related accept'"
+        );
+    }
+
+    #[test]
+    fn overlay_accepts_name_the_remote_vtep_in_its_direction() {
+        let nft = ChainRef {
+            family: "ip",
+            table: "vxfw",
+            chain: "c",
+        };
+        assert_eq!(
+            overlay_accept(nft, 4789, "198.51.100.1", true),
+            "nft 'insert rule ip vxfw c ip daddr 198.51.100.1 udp dport 4789 accept'"
+        );
+        let ipt = ChainRef {
+            family: "ip",
+            table: "filter",
+            chain: "INPUT",
+        };
+        assert_eq!(
+            overlay_accept(ipt, 4789, "198.51.100.1", false),
+            "iptables -I INPUT -p udp --dport 4789 -s 198.51.100.1 -j ACCEPT"
+        );
+    }
+
+    #[test]
+    fn masquerade_goes_into_an_existing_chain_iptables_or_a_new_table() {
+        let ch = ChainRef {
+            family: "ip",
+            table: "nat",
+            chain: "post",
+        };
+        assert_eq!(
+            masquerade(NatTarget::Chain(ch), "10.77.0.0/24", false, Some("up0")),
+            "nft 'insert rule ip nat post ip saddr 10.77.0.0/24 oifname \"up0\" masquerade'"
+        );
+        assert_eq!(
+            masquerade(NatTarget::Xtables, "10.77.0.0/24", false, Some("up0")),
+            "iptables -t nat -A POSTROUTING -s 10.77.0.0/24 -o up0 -j MASQUERADE"
+        );
+        assert_eq!(
+            masquerade(NatTarget::NewTable, "10.77.0.0/24", false, Some("up0")),
+            "nft 'add table ip nat' && nft 'add chain ip nat postrouting { type nat hook postrouting priority srcnat; }' && nft 'add rule ip nat postrouting ip saddr 10.77.0.0/24 oifname \"up0\" masquerade'"
+        );
+    }
+}
