@@ -11,7 +11,10 @@
 //!   `watch` tests) and QEMU 10 from bookworm-backports for the real-guest tests (bookworm's
 //!   QEMU 7.2 would remove the image's qemu-utils 10, see shared/LAB.md);
 //! - the `br_netfilter` kernel module (`modprobe`), without which the bridged-mode netfilter
-//!   test cannot show a FORWARD drop of bridged frames.
+//!   test cannot show a FORWARD drop of bridged frames;
+//! - Debian's kernels for the kernel matrix (5.10 from bullseye, 6.1 from bookworm, 6.12 from
+//!   trixie), downloaded with a private `APT_CONFIG` and extracted, never installed
+//!   (`kvmtrace_lab::kernels::fetch`, into `/var/cache/kvmtrace/kernels`).
 
 use std::{
     collections::HashMap,
@@ -41,6 +44,8 @@ const DEB_PACKAGES: &[&str] = &[
     "tmux",
     "procps",
     "kmod",
+    // The kernel matrix decompresses Debian's `.ko.xz` modules.
+    "xz-utils",
     // The `watch` lab tests scrape kvmtrace with a real Prometheus server (2.42 on bookworm).
     "prometheus",
 ];
@@ -90,6 +95,7 @@ pub fn run(args: &SetupArgs) -> Result<ExitCode> {
     }
     setup.debian()?;
     setup.br_netfilter()?;
+    setup.kernels()?;
 
     let took = start.elapsed();
     if setup.missing.is_empty() {
@@ -379,6 +385,15 @@ impl Setup {
         }
         self.changed = true;
         say(ITEM, "loaded");
+        Ok(())
+    }
+
+    /// Debian's kernels for the kernel matrix (kvmtrace/tests/kernels.rs).
+    fn kernels(&mut self) -> Result<()> {
+        let fetched =
+            kvmtrace_lab::kernels::fetch(&kvmtrace_lab::kernels::cache_dir(), self.check)?;
+        self.missing.extend(fetched.missing);
+        self.changed |= fetched.changed;
         Ok(())
     }
 
