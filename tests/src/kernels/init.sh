@@ -18,12 +18,6 @@ echo "KTM boot $(uname -r) $(cut -d' ' -f1 /proc/uptime)s"
 for m in $(cat /lib/kt/early); do
     insmod "/lib/kt/$m.ko" || echo "KTM error: insmod $m"
 done
-[ -e /sys/kernel/btf/vmlinux ] && echo "KTM cap btf yes" || echo "KTM cap btf no"
-if grep -q reason /sys/kernel/tracing/events/skb/kfree_skb/format 2>/dev/null; then
-    echo "KTM cap kfree_skb_reason yes"
-else
-    echo "KTM cap kfree_skb_reason no"
-fi
 for a in $(cat /proc/cmdline); do
     case "$a" in
         kt.d=*) D="${a#kt.d=}" ;;

@@ -26,6 +26,27 @@ MAC=52:54:00:4b:54:01
 say() { echo "KTM $*"; }
 must() { "$@" || say "error: $*"; }
 
+# What the kernel offers, for docs/kernels.md: BTF, the reason argument of kfree_skb (5.17+),
+# and by their kernel functions TCX (6.6+), BPF netfilter links (6.4+), the BPF ring buffer (5.8+).
+caps() {
+    [ -e /sys/kernel/btf/vmlinux ] && say "cap btf yes" || say "cap btf no"
+    f=/sys/kernel/tracing/events/skb/kfree_skb/format
+    # On the host this runs in `ip netns exec`'s own mount namespace: the mount stays there.
+    [ -e $f ] || mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+    if grep -q 'reason' $f 2>/dev/null; then
+        say "cap kfree_skb_reason yes"
+    else
+        say "cap kfree_skb_reason no"
+    fi
+    found=$(grep -owE 'tcx_prog_attach|bpf_nf_link_attach|bpf_ringbuf_output' /proc/kallsyms | sort -u)
+    for pair in tcx:tcx_prog_attach netfilter_link:bpf_nf_link_attach ringbuf:bpf_ringbuf_output; do
+        case " $(echo $found) " in
+            *" ${pair#*:} "*) say "cap ${pair%%:*} yes" ;;
+            *) say "cap ${pair%%:*} no" ;;
+        esac
+    done
+}
+
 setup() {
     echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad
     echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad
@@ -115,7 +136,7 @@ kt() {
     say "begin $name"
     "$KT" "$@" >/tmp/kt.out 2>/tmp/kt.err
     rc=$?
-    sed "s/^/KTM out $name /" /tmp/kt.out
+    grep -v "\"type\":\"hop\"" /tmp/kt.out | sed "s/^/KTM out $name /"
     sed "s/^/KTM err $name /" /tmp/kt.err | head -n 40
     say "end $name rc=$rc"
 }
@@ -206,6 +227,7 @@ teardown() {
     done
 }
 
+caps
 setup
 cases
 teardown
