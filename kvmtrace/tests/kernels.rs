@@ -302,8 +302,10 @@ fn judge(id: &str, case: &str, run: &MatrixRun) -> (String, bool) {
     };
     // The documented degraded form where the tap cannot be hooked: a verdict that says kvmtrace
     // was blind, exit 3, never NO_TRAFFIC.
-    let degraded =
-        case == "noclsact" && out.rc == Some(3) && got.iter().all(|c| c.status != "no_traffic");
+    let degraded = case == "noclsact"
+        && out.rc == Some(3)
+        && !got.is_empty()
+        && got.iter().all(|c| c.status != "no_traffic");
     let text = if got.is_empty() {
         format!(
             "rc={} no verdict",

@@ -596,6 +596,8 @@ pub fn boot(kernel: &Kernel, kvmtrace: &Path, standin: &Path, work: &Path) -> Re
         Some(_) => {}
     }
     run.serial_log = Some(serial);
+    // 150+ MB each (the debug binaries): rebuilt at every run, so not kept.
+    let _ = fs::remove_file(&initrd);
     Ok(run)
 }
 
