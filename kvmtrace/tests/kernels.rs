@@ -266,62 +266,16 @@ fn run_column(name: &str, id: &str, kvmtrace: &Path, standin: &Path, work: &Path
 
 /// A cell's text and whether it passes.
 fn judge(id: &str, case: &str, run: &MatrixRun) -> (String, bool) {
-    let gap = KNOWN_GAPS
-        .iter()
-        .find(|(k, c, _, _)| *k == id && *c == case)
-        .map(|(_, _, seen, why)| (*seen, *why));
     if id == "host" && case == "noclsact" {
         // Modules on the host cannot be unloaded for one case: not run there.
         return ("n/a".into(), true);
     }
-    let Some(out) = run.cases.get(case) else {
-        return ("FAIL: not run".into(), false);
-    };
-    let got = match case {
-        "watch" => Cell::watch_drops(&out.out),
-        "doctor" => Cell::doctor_fails(&out.out),
-        _ => Cell::verdicts(&out.out),
-    };
-    let show = |cells: &[Cell]| {
-        cells
-            .iter()
-            .map(|c| {
-                format!(
-                    "{} {} {} {} {}",
-                    c.status, c.stage, c.hook, c.reason, c.device
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" | ")
-    };
-    let matches = match expected(case) {
-        // Follow: every flow's verdict (one ping, one flow). Doctor and watch: the whole set.
-        Some(want) if want.len() == 1 => !got.is_empty() && got.iter().all(|c| *c == want[0]),
-        Some(want) => got == want,
-        None => false,
-    };
-    // The documented degraded form where the tap cannot be hooked: a verdict that says kvmtrace
-    // was blind, exit 3, never NO_TRAFFIC.
-    let degraded = case == "noclsact"
-        && out.rc == Some(3)
-        && !got.is_empty()
-        && got.iter().all(|c| c.status != "no_traffic");
-    let text = if got.is_empty() {
-        format!(
-            "rc={} no verdict",
-            out.rc.map_or("-".into(), |r| r.to_string())
-        )
-    } else {
-        show(&got)
-    };
-    match (matches || degraded, gap) {
-        (true, None) if degraded && !matches => (format!("degraded: rc=3 {text}"), true),
-        (true, None) => (text, true),
-        (true, Some(_)) => (format!("FIXED (drop its KNOWN_GAPS line): {text}"), true),
-        (false, Some((seen, why))) if text == seen => (format!("gap ({why}): {text}"), true),
-        (false, Some(_)) => (format!("FAIL (not the known gap): {text}"), false),
-        (false, None) => (format!("FAIL: {text}"), false),
-    }
+    let gap = KNOWN_GAPS
+        .iter()
+        .find(|(k, c, _, _)| *k == id && *c == case)
+        .map(|(_, _, seen, why)| (*seen, *why));
+    let want = expected(case).expect("every case has its expected cells");
+    kernels::judge(case, run.cases.get(case), &want, gap)
 }
 
 fn print_table(columns: &[Column]) {
