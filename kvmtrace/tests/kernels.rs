@@ -11,6 +11,7 @@
 //!
 //! The binary under test is `$KVMTRACE_MATRIX_BIN`, else this workspace's `kvmtrace`. The kernels
 //! come from `cargo xtask setup` (`kvmtrace_lab::kernels::fetch`); a missing one fails its test.
+//! The host column runs first, then the VMs `$KVMTRACE_MATRIX_JOBS` (default 2) at a time.
 //!
 //! A cell passes when the verdict's status, stage, hook, reason and device are the expected ones
 //! ([`expected`]: the host's, measured), or the documented degraded form. Cells a kernel cannot
@@ -167,9 +168,16 @@ fn main() -> ExitCode {
     );
     let standin = std::env::current_exe().expect("current_exe");
     let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernels");
-    let mut columns = Vec::new();
-    for (name, id) in selected {
-        let col = run_column(&name, &id, &kvmtrace, &standin, &work);
+    // The host column first, alone; then the VMs, `jobs` at a time: each TCG guest keeps one
+    // core busy (`-smp 1`), and the machine has two.
+    let jobs: usize = std::env::var("KVMTRACE_MATRIX_JOBS")
+        .ok()
+        .and_then(|j| j.parse().ok())
+        .filter(|&j| j > 0)
+        .unwrap_or(2);
+    let queue = std::sync::Mutex::new(selected.iter().enumerate().collect::<Vec<_>>());
+    let done = std::sync::Mutex::new(Vec::new());
+    let report = |i: usize, col: Column| {
         let failed: Vec<&str> = CASES
             .iter()
             .zip(&col.cells)
@@ -177,6 +185,7 @@ fn main() -> ExitCode {
             .map(|(c, _)| *c)
             .collect();
         let ok = col.error.is_none() && failed.is_empty();
+        let name = &col.name;
         println!("test {name} ... {}", if ok { "ok" } else { "FAILED" });
         if let Some(e) = &col.error {
             println!("    {name}: {e}");
@@ -184,8 +193,33 @@ fn main() -> ExitCode {
         if !failed.is_empty() {
             println!("    {name}: failed cells: {}", failed.join(", "));
         }
-        columns.push(col);
+        done.lock().unwrap().push((i, col));
+    };
+    let next = || {
+        let mut q = queue.lock().unwrap();
+        (!q.is_empty()).then(|| q.remove(0))
+    };
+    if let Some(host) = {
+        let mut q = queue.lock().unwrap();
+        q.iter()
+            .position(|(_, (_, id))| id == "host")
+            .map(|p| q.remove(p))
+    } {
+        let (i, (name, id)) = host;
+        report(i, run_column(name, id, &kvmtrace, &standin, &work));
     }
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                while let Some((i, (name, id))) = next() {
+                    report(i, run_column(name, id, &kvmtrace, &standin, &work));
+                }
+            });
+        }
+    });
+    let mut columns = done.into_inner().unwrap();
+    columns.sort_by_key(|(i, _)| *i);
+    let columns: Vec<Column> = columns.into_iter().map(|(_, c)| c).collect();
     print_table(&columns);
     let passed = columns
         .iter()
