@@ -37,6 +37,18 @@ enum Command {
     Soak(soak::SoakArgs),
     /// Re-record the model's fixtures (kvmtrace/src/model/fixtures) from live runs in a lab.
     Fixtures,
+    /// Run the kernel matrix alone (docs/kernels.md): Debian's 5.10, 6.1 and 6.12 under QEMU
+    /// and the host kernel, with a given kvmtrace binary.
+    Kernels(KernelsArgs),
+}
+
+#[derive(Args)]
+struct KernelsArgs {
+    /// The kvmtrace binary to test (e.g. a static release build) [default: the workspace's].
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Only the columns whose test name contains this (`kernel_6_1`, `kernel_host`, …).
+    filter: Option<String>,
 }
 
 #[derive(Args)]
@@ -73,6 +85,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) => bench::run(&args),
         Command::Soak(args) => soak::run(&args),
         Command::Fixtures => fixtures(),
+        Command::Kernels(args) => kernels(&args),
     }
 }
 
@@ -230,6 +243,28 @@ fn fixtures() -> Result<ExitCode> {
     )?;
     eprintln!("[fixtures] written to kvmtrace/src/model/fixtures; review with `git diff`");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The kernel matrix alone: `cargo test -p kvmtrace --test kernels`, the binary under test in
+/// `KVMTRACE_MATRIX_BIN`.
+fn kernels(args: &KernelsArgs) -> Result<ExitCode> {
+    let code = setup::run(&setup::SetupArgs::default())?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut t = std::process::Command::new(&cargo);
+    t.args(["test", "-p", "kvmtrace", "--test", "kernels"]);
+    if let Some(bin) = &args.binary {
+        let bin =
+            std::fs::canonicalize(bin).map_err(|e| anyhow::anyhow!("{}: {e}", bin.display()))?;
+        t.env("KVMTRACE_MATRIX_BIN", bin);
+    }
+    if let Some(f) = &args.filter {
+        t.arg("--").arg(f);
+    }
+    eprintln!("[kernels] {t:?}");
+    run_tests_and_total(&mut t)
 }
 
 fn guest(args: &GuestArgs) -> Result<ExitCode> {
