@@ -474,13 +474,13 @@ fn read_module(root: &Path, module: &str) -> Result<Vec<u8>> {
 
 /// Writer of an uncompressed `newc` cpio archive (the format the kernel's initramfs unpacker
 /// reads: Documentation/driver-api/early-userspace/buffer-format.rst).
-struct Cpio<W: Write> {
+pub(crate) struct Cpio<W: Write> {
     out: W,
     ino: u32,
 }
 
 impl<W: Write> Cpio<W> {
-    fn new(out: W) -> Self {
+    pub(crate) fn new(out: W) -> Self {
         Self { out, ino: 1 }
     }
 
@@ -511,23 +511,23 @@ impl<W: Write> Cpio<W> {
         Ok(())
     }
 
-    fn dir(&mut self, name: &str) -> Result<()> {
+    pub(crate) fn dir(&mut self, name: &str) -> Result<()> {
         self.entry(name, 0o040755, (0, 0), &[])
     }
 
-    fn file(&mut self, name: &str, perm: u32, data: &[u8]) -> Result<()> {
+    pub(crate) fn file(&mut self, name: &str, perm: u32, data: &[u8]) -> Result<()> {
         self.entry(name, 0o100000 | perm, (0, 0), data)
     }
 
-    fn symlink(&mut self, name: &str, target: &str) -> Result<()> {
+    pub(crate) fn symlink(&mut self, name: &str, target: &str) -> Result<()> {
         self.entry(name, 0o120777, (0, 0), target.as_bytes())
     }
 
-    fn char_dev(&mut self, name: &str, perm: u32, major: u32, minor: u32) -> Result<()> {
+    pub(crate) fn char_dev(&mut self, name: &str, perm: u32, major: u32, minor: u32) -> Result<()> {
         self.entry(name, 0o020000 | perm, (major, minor), &[])
     }
 
-    fn finish(mut self) -> Result<W> {
+    pub(crate) fn finish(mut self) -> Result<W> {
         self.entry("TRAILER!!!", 0, (0, 0), &[])?;
         self.out.flush()?;
         Ok(self.out)
@@ -535,12 +535,12 @@ impl<W: Write> Cpio<W> {
 }
 
 /// An exclusive `flock` on a file, released when the file is closed on drop.
-struct FileLock {
+pub(crate) struct FileLock {
     _file: File,
 }
 
 impl FileLock {
-    fn acquire(path: &Path) -> Result<Self> {
+    pub(crate) fn acquire(path: &Path) -> Result<Self> {
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)

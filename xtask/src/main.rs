@@ -41,6 +41,18 @@ enum Command {
     Static,
     /// Re-record the model's fixtures (kvmtrace/src/model/fixtures) from live runs in a lab.
     Fixtures,
+    /// Run the kernel matrix alone (docs/kernels.md): Debian's 5.10, 6.1 and 6.12 under QEMU
+    /// and the host kernel, with a given kvmtrace binary.
+    Kernels(KernelsArgs),
+}
+
+#[derive(Args)]
+struct KernelsArgs {
+    /// The kvmtrace binary to test (e.g. a static release build) [default: the workspace's].
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Only the columns whose test name contains this (`kernel_6_1`, `kernel_host`, …).
+    filter: Option<String>,
 }
 
 #[derive(Args)]
@@ -81,6 +93,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{}", dist::static_binary(&dist::workspace())?.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Kernels(args) => kernels(&args),
     }
 }
 
@@ -139,6 +152,13 @@ fn test(args: &TestArgs) -> Result<ExitCode> {
     if !args.rest.is_empty() {
         t.arg("--").args(&args.rest);
     }
+    // The kernel matrix runs the shipped binary: the static musl build (issue 17: the tested
+    // binary is the one that goes onto hosts).
+    eprintln!("[test] static binary for the kernel matrix");
+    t.env(
+        "KVMTRACE_MATRIX_BIN",
+        dist::static_binary(&dist::workspace())?,
+    );
     eprintln!("[test] tests: {t:?}");
     run_tests_and_total(&mut t)
 }
@@ -239,6 +259,28 @@ fn fixtures() -> Result<ExitCode> {
     )?;
     eprintln!("[fixtures] written to kvmtrace/src/model/fixtures; review with `git diff`");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The kernel matrix alone: `cargo test -p kvmtrace --test kernels`, the binary under test in
+/// `KVMTRACE_MATRIX_BIN`.
+fn kernels(args: &KernelsArgs) -> Result<ExitCode> {
+    let code = setup::run(&setup::SetupArgs::default())?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut t = std::process::Command::new(&cargo);
+    t.args(["test", "-p", "kvmtrace", "--test", "kernels"]);
+    if let Some(bin) = &args.binary {
+        let bin =
+            std::fs::canonicalize(bin).map_err(|e| anyhow::anyhow!("{}: {e}", bin.display()))?;
+        t.env("KVMTRACE_MATRIX_BIN", bin);
+    }
+    if let Some(f) = &args.filter {
+        t.arg("--").arg(f);
+    }
+    eprintln!("[kernels] {t:?}");
+    run_tests_and_total(&mut t)
 }
 
 fn guest(args: &GuestArgs) -> Result<ExitCode> {

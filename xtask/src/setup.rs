@@ -14,7 +14,10 @@
 //!   test cannot show a FORWARD drop of bridged frames;
 //! - the Rust std for `x86_64-unknown-linux-musl` (`rustup target add`) for the static binary
 //!   (`cargo xtask static`), and a Debian 11 root (`debootstrap --variant=minbase bullseye`,
-//!   ~215 MB in /var/cache/kvmtrace) that the test of that binary runs it in.
+//!   ~215 MB in /var/cache/kvmtrace) that the test of that binary runs it in;
+//! - Debian's kernels for the kernel matrix (5.10 from bullseye, 6.1 from bookworm, 6.12 from
+//!   trixie), downloaded with a private `APT_CONFIG` and extracted, never installed
+//!   (`kvmtrace_lab::kernels::fetch`, into `/var/cache/kvmtrace/kernels`).
 
 use std::{
     collections::HashMap,
@@ -46,6 +49,8 @@ const DEB_PACKAGES: &[&str] = &[
     "tmux",
     "procps",
     "kmod",
+    // The kernel matrix decompresses Debian's `.ko.xz` modules.
+    "xz-utils",
     // The `watch` lab tests scrape kvmtrace with a real Prometheus server (2.42 on bookworm).
     "prometheus",
     // Makes the Debian 11 root the static binary is tested in.
@@ -101,6 +106,7 @@ pub fn run(args: &SetupArgs) -> Result<ExitCode> {
     setup.debian()?;
     setup.br_netfilter()?;
     setup.bullseye_root()?;
+    setup.kernels()?;
 
     let took = start.elapsed();
     if setup.missing.is_empty() {
@@ -473,6 +479,15 @@ impl Setup {
             .with_context(|| format!("renaming {} to {BULLSEYE_ROOT}", work.display()))?;
         self.changed = true;
         say(ITEM, &format!("made in {:.0?}", start.elapsed()));
+        Ok(())
+    }
+
+    /// Debian's kernels for the kernel matrix (kvmtrace/tests/kernels.rs).
+    fn kernels(&mut self) -> Result<()> {
+        let fetched =
+            kvmtrace_lab::kernels::fetch(&kvmtrace_lab::kernels::cache_dir(), self.check)?;
+        self.missing.extend(fetched.missing);
+        self.changed |= fetched.changed;
         Ok(())
     }
 
