@@ -71,10 +71,6 @@ pub const INFERRED_REASONS: &[(&str, &str)] = &[
     ("nft_do_chain", "NETFILTER_DROP"),
     ("ipt_do_table", "NETFILTER_DROP"),
     ("ebt_do_table", "NETFILTER_DROP"),
-    // The route lookup's error route answers and frees (net/ipv4/route.c ip_error,
-    // net/ipv6/route.c ip6_pkt_drop).
-    ("ip_error", "IP_INNOROUTES"),
-    ("ip6_pkt_drop", "IP_INNOROUTES"),
     // A qdisc's enqueue refused the packet; __dev_xmit_skb frees its to_free list
     // (net/core/dev.c).
     ("kfree_skb_list", "QDISC_DROP"),
@@ -85,6 +81,18 @@ pub const INFERRED_REASONS: &[(&str, &str)] = &[
     // VXLAN with no forwarding entry for the destination (drivers/net/vxlan.c).
     ("vxlan_xmit", "NO_TX_TARGET"),
 ];
+
+/// The reason ip_error (net/ipv4/route.c) gives a packet on 5.17+, from what the route
+/// lookup of the packet said: a route found yet the packet refused means forwarding is off
+/// (IP_INADDRERRORS), no route at all IP_INNOROUTES, anything else (blackhole, unreachable,
+/// prohibit) no specific reason. For kernels that pass none, where a journey knows its route.
+pub fn ip_error_reason(route_err: i32) -> &'static str {
+    match route_err {
+        0 => "IP_INADDRERRORS",
+        -101 => "IP_INNOROUTES",
+        _ => "NOT_SPECIFIED",
+    }
+}
 
 /// The reason name for a drop at `loc_fn` on a kernel that gives none.
 pub fn inferred_reason(loc_fn: &str) -> Option<&'static str> {
@@ -251,11 +259,15 @@ mod tests {
             c.place(Stage::Bridge),
             (Stage::Netfilter, Some(NfHook::Forward))
         );
+        // ip_error's reason depends on the route: left to the journey (ip_error_reason).
         let c = classify(None, Some("ip_error+0x30"), &[]);
         assert_eq!(
             (c.reason.as_str(), c.area),
-            ("IP_INNOROUTES", DropArea::Routing)
+            ("NOT_SPECIFIED", DropArea::Routing)
         );
+        assert_eq!(ip_error_reason(0), "IP_INADDRERRORS");
+        assert_eq!(ip_error_reason(-101), "IP_INNOROUTES");
+        assert_eq!(ip_error_reason(-22), "NOT_SPECIFIED");
         let c = classify(None, Some("kfree_skb_list+0x1c"), &[]);
         assert_eq!(
             (c.reason.as_str(), c.area),

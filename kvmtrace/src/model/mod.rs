@@ -530,7 +530,15 @@ impl Journey {
             }
             _ => class.place(Stage::Egress),
         };
-        let reason = class.reason.clone();
+        let mut reason = class.reason.clone();
+        // No reason from the kernel, freed by ip_error: the route lookup tells which.
+        if class.reason_inferred
+            && drop.location.as_deref().map(drop::symbol_fn) == Some("ip_error")
+        {
+            if let Some(r) = &route {
+                reason = drop::ip_error_reason(r.err).to_string();
+            }
+        }
         // Too big for the next hop: the device that matters is the route's.
         let route_dev = route
             .as_ref()

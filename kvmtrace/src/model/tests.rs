@@ -1058,3 +1058,23 @@ fn a_drop_on_a_downed_device_or_below_the_vm_sides_mtu_carries_the_one_command()
     up0(&mut facts).mtu = Some(1500);
     assert_eq!(model(too_big()).verdicts(&facts, "x", None)[0].fix, None);
 }
+
+/// Before 5.17, ip_error's drop has no reason: the journey's route names it as 6.18 would
+/// (no route: IP_INNOROUTES), marked inferred.
+#[test]
+fn an_ip_error_drop_without_a_kernel_reason_is_named_from_its_route() {
+    let events: Vec<TraceEvent> = load(NO_ROUTE)
+        .into_iter()
+        .map(|mut e| {
+            if e.point == Point::Drop {
+                e.reason = None;
+            }
+            e
+        })
+        .collect();
+    let v = &model(events).verdicts(&HostFacts::default(), "203.0.113.1", None)[0];
+    assert_eq!(v.status, Status::Dropped);
+    assert_eq!(v.stage, Some(Stage::Routing));
+    assert_eq!(v.reason.as_deref(), Some("IP_INNOROUTES"));
+    assert!(v.reason_inferred);
+}
