@@ -32,6 +32,23 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
+/// `--hooks`: which hook set to attach (capture::probe::HookSet; the flag's values are the
+/// command line's business, not the loader's).
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Hooks {
+    Path,
+    All,
+}
+
+impl From<Hooks> for crate::capture::probe::HookSet {
+    fn from(h: Hooks) -> Self {
+        match h {
+            Hooks::Path => Self::Path,
+            Hooks::All => Self::All,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum Proto {
     Icmp,
@@ -100,8 +117,8 @@ pub enum Cmd {
         /// lookups: other traffic pays only where it crosses those devices) or `all` (also
         /// every device's receive/transmit tracepoints and netfilter links at every IPv4 hook:
         /// each netfilter hook's entry and exit shown, at a cost to every packet of the host).
-        #[arg(long, value_enum, default_value_t = crate::capture::probe::HookSet::Path)]
-        hooks: crate::capture::probe::HookSet,
+        #[arg(long, value_enum, default_value_t = Hooks::Path)]
+        hooks: Hooks,
     },
     /// List the VMs (one line per NIC) and taps that can be followed from this network
     /// namespace.
@@ -283,7 +300,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 port: port.unwrap_or(0),
                 budget,
                 ring_bytes: ring_kib * 1024,
-                hooks,
+                hooks: hooks.into(),
             };
             let tui = !json && !no_tui && std::io::IsTerminal::is_terminal(&std::io::stdout());
             let view = follow::View {

@@ -308,7 +308,7 @@ impl Inputs {
         if let Some(b) = &self.blind {
             b.apply(&mut v, &self.dest);
         }
-        crate::capture::nftrace::explain(&mut v, &self.decisions);
+        crate::model::decision::explain(&mut v, &self.decisions);
         model.apply_budgets(&mut v, &self.budgets, self.budget);
         if let Some(g) = &self.vm_gone {
             g.mark(&mut v);
@@ -331,7 +331,7 @@ impl Inputs {
 
 /// The decisions with repeats left out: a repeat differs from an earlier decision only in its
 /// `trace_id` (one per packet), so a flood does not write one line per packet and hook. Verdicts
-/// are unchanged: [`crate::capture::nftrace::explain`] takes the first decision that matches, and a
+/// are unchanged: [`crate::model::decision::explain`] takes the first decision that matches, and a
 /// repeat matches exactly when its first occurrence (earlier, kept) does.
 pub fn distinct_decisions(all: Vec<RuleDecision>) -> Vec<RuleDecision> {
     let mut seen = std::collections::HashSet::new();

@@ -53,8 +53,11 @@ pub struct Spec {
     pub hooks: HookSet,
 }
 
+/// The ring buffer the kernel programs' events arrive in (the caller polls it).
+pub type Ring = RingBuf<MapData>;
+
 /// The hooks a run attaches (docs/architecture.md, "The hook set").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum HookSet {
     /// TC on the devices of the VM's path (tap, bridge, the route's devices, bridged uplink
     /// ports), `kfree_skb` and the route lookup: other traffic pays only where it crosses

@@ -433,7 +433,7 @@ impl Follow {
     fn drain(
         &mut self,
         tracer: &Tracer,
-        rb: &mut aya::maps::RingBuf<aya::maps::MapData>,
+        rb: &mut crate::capture::probe::Ring,
         out: &mut dyn std::io::Write,
     ) -> Result<()> {
         while let Some(item) = rb.next() {

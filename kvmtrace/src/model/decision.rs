@@ -64,3 +64,29 @@ impl fmt::Display for RuleDecision {
         }
     }
 }
+
+/// Puts the deciding rule into each netfilter drop verdict: the final decision (drop, reject,
+/// or a drop policy) about a packet of that flow, in that direction, at that hook.
+pub fn explain(verdicts: &mut [crate::model::Verdict], decisions: &[RuleDecision]) {
+    use crate::model::event::Direction;
+    for v in verdicts.iter_mut() {
+        let (Some(k), Some(hook)) = (v.key, v.hook) else {
+            continue;
+        };
+        let reply = v.direction == Some(Direction::Reply);
+        let hit = decisions.iter().find(|d| {
+            let to_remote = d.dst == Some(k.remote) && !reply;
+            let from_remote = d.src == Some(k.remote) && reply;
+            d.is_final()
+                && matches!(d.verdict.as_str(), "drop" | "reject")
+                && d.hook.as_deref() == Some(hook.name())
+                && d.proto.is_none_or(|p| p == k.proto)
+                && (to_remote || from_remote)
+        });
+        if let Some(d) = hit {
+            v.rule = Some(d.to_string());
+            v.summary.push_str(&format!("; decided by {d}"));
+        }
+    }
+}
+

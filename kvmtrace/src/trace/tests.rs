@@ -768,8 +768,8 @@ fn repeated_decisions_are_recorded_once_in_order() {
     // The first matching decision is the same in both lists, so the verdicts are.
     let t = read_bytes(&record(FORWARD_DROP)).unwrap();
     let (mut full, mut short) = (t.verdicts.clone(), t.verdicts.clone());
-    crate::capture::nftrace::explain(&mut full, &all);
-    crate::capture::nftrace::explain(&mut short, &kept);
+    crate::model::decision::explain(&mut full, &all);
+    crate::model::decision::explain(&mut short, &kept);
     assert_eq!(full, short);
     assert!(full[0].rule.is_some());
 }
