@@ -200,7 +200,14 @@ fn lookup_and_emit(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8, q: &
         // SAFETY: as above.
         rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), params, plen, BPF_FIB_LOOKUP_SKIP_NEIGH) };
         if rc < 0 {
-            return;
+            // Before 6.3 there is no BPF_FIB_LOOKUP_SKIP_NEIGH either: a plain lookup, which
+            // also asks the neighbour table (NO_NEIGH still names the device and gateway).
+            set(f);
+            // SAFETY: as above.
+            rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), params, plen, 0) };
+            if rc < 0 {
+                return;
+            }
         }
     }
     let err: i32 = match rc as u32 {

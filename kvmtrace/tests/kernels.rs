@@ -31,6 +31,7 @@ const CASES: &[&str] = &[
     "healthy4",
     "healthy6",
     "forward_drop",
+    "explain",
     "blackhole",
     "ip_forward_off",
     "qdisc_drop",
@@ -41,38 +42,12 @@ const CASES: &[&str] = &[
     "noclsact",
 ];
 
-/// Before 5.17 `kfree_skb` has no reason argument: the tp_btf program that reads it is refused
-/// by the verifier and neither `follow` nor `watch` starts (exit 3). Being fixed on main.
-const NO_REASON_ARG: &str = "kfree_skb has no reason argument before 5.17: nothing starts, exit 3";
-
 /// Cells a kernel cannot do yet: (kernel id, case, what the cell shows today, why). Reported as
 /// `gap` and not failed while the cell shows exactly that; anything else fails, and a gap that
-/// starts passing shows as `FIXED` so that its line goes.
-const KNOWN_GAPS: &[(&str, &str, &str, &str)] = &[
-    ("5.10", "healthy4", "rc=3 no verdict", NO_REASON_ARG),
-    ("5.10", "healthy6", "rc=3 no verdict", NO_REASON_ARG),
-    ("5.10", "forward_drop", "rc=3 no verdict", NO_REASON_ARG),
-    ("5.10", "blackhole", "rc=3 no verdict", NO_REASON_ARG),
-    ("5.10", "ip_forward_off", "rc=3 no verdict", NO_REASON_ARG),
-    ("5.10", "qdisc_drop", "rc=3 no verdict", NO_REASON_ARG),
-    ("5.10", "no_masquerade", "rc=3 no verdict", NO_REASON_ARG),
-    ("5.10", "watch", "rc=3 no verdict", NO_REASON_ARG),
-    (
-        "5.10",
-        "replay",
-        "rc=2 no verdict",
-        "nothing recorded: healthy4 did not start",
-    ),
-    ("5.10", "noclsact", "rc=3 no verdict", NO_REASON_ARG),
-    // Without clsact the tap is not hooked and the healthy guest is reported as sending
-    // nothing: being fixed on branch tcfallback (a verdict that says blind, exit 3).
-    (
-        "6.1",
-        "noclsact",
-        "no_traffic - - - -",
-        "without sch_ingress/cls_bpf: a false NO_TRAFFIC",
-    ),
-];
+/// starts passing shows as `FIXED` so that its line goes. Empty: every kernel of the matrix
+/// gives every cell (5.10 infers its drop reasons, 6.1 without clsact is seen through the
+/// tracepoints).
+const KNOWN_GAPS: &[(&str, &str, &str, &str)] = &[];
 
 /// What a case must give: measured on the host kernel (6.18), every field.
 fn expected(case: &str) -> Option<Vec<Cell>> {
@@ -81,7 +56,7 @@ fn expected(case: &str) -> Option<Vec<Cell>> {
         "healthy4" | "healthy6" | "replay" | "noclsact" => {
             vec![c("delivered", "tap", "-", "-", "vnet0")]
         }
-        "forward_drop" => vec![c(
+        "forward_drop" | "explain" => vec![c(
             "dropped",
             "netfilter",
             "FORWARD",

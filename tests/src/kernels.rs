@@ -843,6 +843,14 @@ pub fn judge(
         [one] => !got.is_empty() && got.iter().all(|c| c == one),
         _ => got == want,
     };
+    // --explain-rules must also name the chain policy that dropped, on every verdict.
+    let matches = matches
+        && (case != "explain"
+            || out
+                .out
+                .iter()
+                .filter(|l| l.contains("\"type\":\"verdict\""))
+                .all(|l| l.contains("\"rule\":\"inet ktfilter forward (FORWARD): policy drop")));
     let degraded = case == "noclsact"
         && out.rc == Some(3)
         && !got.is_empty()

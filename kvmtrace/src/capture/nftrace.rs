@@ -156,7 +156,10 @@ impl RuleTracer {
             // Before 5.12 the kernel knows no table flag but `dormant`: 5.10's
             // nf_tables_newtable answers EINVAL for the owner flag, later kernels EOPNOTSUPP
             // for a flag they do not know.
-            if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) {
+            if matches!(
+                crate::host::nl::errno_in(&e),
+                Some(libc::EOPNOTSUPP | libc::EINVAL)
+            ) {
                 owner = false;
                 warnings.push(format!(
                     "--explain-rules: this kernel has no owner tables (Linux < 5.12): if kvmtrace \

@@ -410,18 +410,57 @@ impl Socket {
                     continue; // an answer to an earlier request on this socket
                 }
                 if errno != 0 {
-                    let e = io::Error::from_raw_os_error(-errno);
                     let what = pending
                         .iter()
                         .find(|(s, _)| *s == seq)
                         .map_or("the batch", |(_, w)| w);
-                    return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+                    return Err(BatchError {
+                        errno: -errno,
+                        what: what.to_string(),
+                    }
+                    .into());
                 }
                 pending.retain(|(s, _)| *s != seq);
             }
         }
         Ok(())
     }
+}
+
+/// The kernel refused a message of an nf_tables batch: its errno and which message.
+#[derive(Debug)]
+pub struct BatchError {
+    pub errno: i32,
+    pub what: String,
+}
+
+impl std::fmt::Display for BatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {}",
+            self.what,
+            io::Error::from_raw_os_error(self.errno)
+        )
+    }
+}
+
+impl std::error::Error for BatchError {}
+
+impl From<BatchError> for io::Error {
+    fn from(e: BatchError) -> io::Error {
+        io::Error::new(io::Error::from_raw_os_error(e.errno).kind(), e)
+    }
+}
+
+/// The errno behind a netlink error: the kernel's own, or the one a batch message was refused
+/// with (`BatchError` keeps it beside the message it answers).
+pub fn errno_in(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<BatchError>())
+            .map(|b| b.errno)
+    })
 }
 
 /// One dump on a socket of its own (answers bounded by 5 s: a dump never blocks for long).
@@ -448,6 +487,28 @@ pub fn request(protocol: isize, ty: u16, body: &[u8]) -> io::Result<(u16, Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A refused batch message keeps its errno (the caller retries on some: --explain-rules
+    /// without the owner flag before 5.12) and names the message.
+    #[test]
+    fn a_batch_error_keeps_its_errno_and_names_the_message() {
+        let e: io::Error = BatchError {
+            errno: libc::EINVAL,
+            what: "add table inet t".into(),
+        }
+        .into();
+        assert_eq!(errno_in(&e), Some(libc::EINVAL));
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert!(
+            e.to_string()
+                .starts_with("add table inet t: Invalid argument"),
+            "{e}"
+        );
+        assert_eq!(
+            errno_in(&io::Error::from_raw_os_error(libc::EPERM)),
+            Some(libc::EPERM)
+        );
+    }
 
     #[test]
     fn attributes_round_trip_with_padding_and_nesting() {

@@ -89,4 +89,3 @@ pub fn explain(verdicts: &mut [crate::model::Verdict], decisions: &[RuleDecision
         }
     }
 }
-

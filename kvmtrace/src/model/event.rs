@@ -389,8 +389,14 @@ impl TraceEvent {
         }
         let (reason, location, stack) = if point == Point::Drop {
             (
-                d.drop_reason(e.reason)
-                    .or_else(|| Some(format!("reason {}", e.reason))),
+                // No reason from the kernel (before 5.17): the drop classifier infers one
+                // from the location (model::drop).
+                if e.reason == kvmtrace_common::KFREE_NO_REASON {
+                    None
+                } else {
+                    d.drop_reason(e.reason)
+                        .or_else(|| Some(format!("reason {}", e.reason)))
+                },
                 d.symbol(e.location),
                 if e.stack_id >= 0 {
                     d.stack(e.stack_id)

@@ -168,6 +168,9 @@ cases() {
         '}' | must $NFT -f -
     pinger -i 0.5 203.0.113.1
     follow4 forward_drop
+    # The same drop with --explain-rules: its own nftables table (an owner table from 5.12;
+    # before, a plain one removed on exit).
+    kt explain follow kvm1 203.0.113.1 --json --duration "$D" --proto icmp --explain-rules
     say "begin watch"
     "$KT" watch --listen 127.0.0.1:9464 >/tmp/kt.out 2>/tmp/kt.err &
     wpid=$!

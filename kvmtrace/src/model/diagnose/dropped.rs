@@ -13,7 +13,20 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
     let facts = f.facts;
     let host_answered = f.host_answered;
     let reply_kind = &f.reply_kind;
-    if let Some((dir, site)) = f.first_drop.clone() {
+    if let Some((dir, mut site)) = f.first_drop.clone() {
+        // No reason from the kernel (before 5.17) and freed by ip_error: with forwarding off
+        // (a host fact) it is the reason 6.18 gives then, whatever the route lookup saw.
+        let fwd_off = if k.remote.is_ipv6() {
+            facts.ip6_forward == Some(false)
+        } else {
+            facts.ip_forward == Some(false)
+        };
+        if site.reason_inferred
+            && fwd_off
+            && site.location.as_deref().map(crate::model::drop::symbol_fn) == Some("ip_error")
+        {
+            site.reason = crate::model::drop::ip_error_reason(0).to_string();
+        }
         v.status = Status::Dropped;
         v.direction = Some(dir);
         v.stage = Some(site.stage);
