@@ -76,7 +76,13 @@ fn not_root_is_an_environment_error() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(err.contains("needs root"), "{err}");
+    assert!(
+        err.contains(
+            "kvmtrace lacks the capabilities CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYSLOG, \
+             CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH: run it as root"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
