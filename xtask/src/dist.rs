@@ -802,4 +802,142 @@ mod tests {
         assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
         assert_eq!(text(&out.stderr), "", "{}", dump(&out));
     }
+
+    /// The capabilities the shipped unit gives `watch` (`AmbientCapabilities=`), checked to be
+    /// its bounding set too, as `setpriv` flags (`+bpf,+perfmon,…`).
+    fn unit_capabilities() -> Vec<String> {
+        let unit = fs::read_to_string(workspace().join("contrib/kvmtrace-watch.service")).unwrap();
+        let value = |key: &str| -> Vec<String> {
+            let line = unit
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in the unit"));
+            line.split_whitespace().map(str::to_owned).collect()
+        };
+        let ambient = value("AmbientCapabilities=");
+        assert_eq!(ambient, value("CapabilityBoundingSet="));
+        ambient
+    }
+
+    fn setpriv_caps(caps: &[String]) -> String {
+        let mut s = String::from("-all");
+        for c in caps {
+            s += ",+";
+            s += &c.trim_start_matches("CAP_").to_lowercase();
+        }
+        s
+    }
+
+    /// `kvmtrace watch` as `nobody` (not root, as the unit's dynamic user) with exactly the
+    /// given capabilities, no new privileges, in the lab's hypervisor namespace.
+    fn watch_as_nobody(lab: &Lab, bin: &Path, caps: &[String], port: u16) -> Child {
+        let set = setpriv_caps(caps);
+        Command::new("ip")
+            .args(["netns", "exec", &lab.hv, "setpriv"])
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(format!("--inh-caps={set}"))
+            .arg(format!("--ambient-caps={set}"))
+            .arg(format!("--bounding-set={set}"))
+            .arg("--no-new-privs")
+            .arg(bin)
+            .args(["watch", "--no-record", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// GET /metrics inside the lab's hypervisor namespace (a thread that enters it).
+    fn metrics(lab: &Lab, port: u16) -> Option<String> {
+        use std::io::Write as _;
+        let ns = fs::File::open(format!("/run/netns/{}", lab.hv)).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns(2) on an fd we own; only this thread changes namespace.
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+                c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                write!(
+                    c,
+                    "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )
+                .ok()?;
+                let mut text = String::new();
+                c.read_to_string(&mut text).ok()?;
+                text.starts_with("HTTP/1.1 200").then_some(text)
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    /// Least privilege, measured: with the unit's capabilities and nothing else, as a user
+    /// that is not root, `watch` serves /metrics and names the VM of a root-owned QEMU; with
+    /// any one of them taken away it exits 3 naming that one.
+    #[test]
+    fn watch_runs_with_the_units_capabilities_only_and_names_a_missing_one() {
+        let caps = unit_capabilities();
+        assert_eq!(
+            caps,
+            [
+                "CAP_BPF",
+                "CAP_PERFMON",
+                "CAP_NET_ADMIN",
+                "CAP_SYSLOG",
+                "CAP_SYS_PTRACE",
+                "CAP_DAC_READ_SEARCH"
+            ]
+        );
+        let bin = static_binary(&workspace()).unwrap();
+        let lab = Lab::new(LabOptions::default());
+        let vm = FakeVm::attach(&lab);
+        let mut standin = qemu_standin(&lab, &vm);
+        let port = 9464;
+
+        let mut watch = watch_as_nobody(&lab, &bin, &caps, port);
+        let mut body = None;
+        for _ in 0..100 {
+            body = metrics(&lab, port);
+            if body
+                .as_deref()
+                .is_some_and(|b| b.contains("kvmtrace_vm_info{"))
+            {
+                break;
+            }
+            if watch.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = watch.kill();
+        let out = watch.wait_with_output().unwrap();
+        let _ = standin.kill();
+        let _ = standin.wait();
+        let body = body.unwrap_or_else(|| panic!("no /metrics: {}", dump(&out)));
+        let info: Vec<&str> = body
+            .lines()
+            .filter(|l| l.starts_with("kvmtrace_vm_info{"))
+            .collect();
+        assert_eq!(info.len(), 1, "{body}");
+        assert!(info[0].contains(r#"vm="old-host-vm""#), "{}", info[0]);
+        assert!(info[0].contains(r#"tap="vnet0""#), "{}", info[0]);
+
+        for gone in &caps {
+            let fewer: Vec<String> = caps.iter().filter(|c| *c != gone).cloned().collect();
+            let watch = watch_as_nobody(&lab, &bin, &fewer, port);
+            let out = watch.wait_with_output().unwrap();
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(3), "without {gone}: {}", dump(&out));
+            assert!(
+                err.contains(&format!(
+                    "kvmtrace watch lacks the capability {gone}: run it as root"
+                )),
+                "without {gone}: {err}"
+            );
+        }
+    }
 }
