@@ -14,6 +14,9 @@
 //!   `/proc/PID/fdinfo` (fs/proc/fd.c: the directory's mode, then `ptrace_may_access`), which
 //!   tell which QEMU holds a tap, hence the VM's name; without either a root-owned QEMU's tap
 //!   is seen as a bare tap. Also the tracefs format files `follow` reads (mode 0700 root).
+//!
+//! Not root, kvmtrace cannot mount tracefs itself (`CAP_SYS_ADMIN`): where it is not mounted,
+//! the route lookup tracepoints of `--hooks all` are left out with a warning.
 
 use crate::error::EnvError;
 
