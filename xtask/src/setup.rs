@@ -491,10 +491,13 @@ impl Setup {
         if let Some(parent) = root.parent() {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
+        let with = include
+            .map(|i| format!(" --include={i}"))
+            .unwrap_or_default();
         say(
             item,
             &format!(
-                "making {path} with debootstrap --variant=minbase {suite} \
+                "making {path} with debootstrap --variant=minbase{with} {suite} \
                  (~2 min, 200-300 MB; log {})…",
                 log.display()
             ),
