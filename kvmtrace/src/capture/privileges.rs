@@ -40,6 +40,10 @@ pub const TRACING: [Cap; 6] = [
     CAP_DAC_READ_SEARCH,
 ];
 
+/// What `doctor` needs: the nftables rules over netlink (`CAP_NET_ADMIN`), and which QEMU
+/// holds the tap, as for `follow`. It loads nothing.
+pub const DOCTOR: [Cap; 3] = [CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH];
+
 /// The effective set of this process (`CapEff` of /proc/self/status).
 pub fn effective() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -69,8 +73,7 @@ pub fn require(what: &str, needed: &[Cap]) -> Result<(), EnvError> {
     }
     let all: Vec<&str> = needed.iter().map(|(_, n)| *n).collect();
     Err(EnvError(format!(
-        "{what} lacks the capabilit{} {}: run it as root, or with all of {} (as the \
-         kvmtrace-watch service does)",
+        "{what} lacks the capabilit{} {}: run it as root, or with all of {}",
         if lacking.len() == 1 { "y" } else { "ies" },
         lacking.join(", "),
         all.join(", ")
