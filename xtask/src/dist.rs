@@ -831,6 +831,17 @@ mod tests {
     /// `kvmtrace watch` as `nobody` (not root, as the unit's dynamic user) with exactly the
     /// given capabilities, no new privileges, in the lab's hypervisor namespace.
     fn watch_as_nobody(lab: &Lab, bin: &Path, caps: &[String], port: u16) -> Child {
+        watch_as_nobody_with(lab, bin, caps, port, &["--no-record"], Stdio::null())
+    }
+
+    fn watch_as_nobody_with(
+        lab: &Lab,
+        bin: &Path,
+        caps: &[String],
+        port: u16,
+        extra: &[&str],
+        stdout: Stdio,
+    ) -> Child {
         let set = setpriv_caps(caps);
         Command::new("ip")
             .args(["netns", "exec", &lab.hv, "setpriv"])
@@ -840,11 +851,12 @@ mod tests {
             .arg(format!("--bounding-set={set}"))
             .arg("--no-new-privs")
             .arg(bin)
-            .args(["watch", "--no-record", "--listen"])
+            .args(["watch", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
@@ -939,5 +951,82 @@ mod tests {
                 "without {gone}: {err}"
             );
         }
+    }
+
+    /// The flight recorder under the unit's capabilities: its `follow` child inherits them (as
+    /// `nobody`), records the VM's packets once a FORWARD drop crosses the threshold, and the
+    /// trace names the drop's hook (from the drop's kernel stack, read with CAP_SYSLOG).
+    #[test]
+    fn the_flight_recorder_works_with_the_units_capabilities() {
+        let caps = unit_capabilities();
+        let bin = static_binary(&workspace()).unwrap();
+        let lab = Lab::new(LabOptions::default());
+        let rec = env::temp_dir().join(format!("kvmtrace-rec-{}", lab.id));
+        let _ = fs::remove_dir_all(&rec);
+        fs::create_dir_all(&rec).unwrap();
+        std::os::unix::fs::chown(&rec, Some(65534), Some(65534)).unwrap();
+        let mut vm = FakeVm::attach(&lab);
+        let mut watch = watch_as_nobody_with(
+            &lab,
+            &bin,
+            &caps,
+            9464,
+            &[
+                "--record-dir",
+                rec.join("r").to_str().unwrap(),
+                "--record-s",
+                "3",
+                "--rescan-s",
+                "1",
+                "--threshold-drops",
+                "3",
+            ],
+            Stdio::piped(),
+        );
+        let out = watch.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<Value>();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        // Until watch has its counters on the tap.
+        for _ in 0..100 {
+            if metrics(&lab, 9464).is_some_and(|b| b.contains(r#"tap="vnet0""#)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        lab.nft(
+            "table inet pkgtest {\n chain forward {\n  type filter hook forward priority 0; \
+             policy drop;\n }\n}\n",
+        );
+        let mut done = None;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut seq = 0u16;
+        while done.is_none() && std::time::Instant::now() < deadline {
+            seq += 1;
+            let _ = vm.ping(lab.dest, 0x5c11, seq, Duration::from_millis(250));
+            while let Ok(v) = rx.try_recv() {
+                if v["type"] == "flight_recording" {
+                    done = Some(v);
+                }
+            }
+        }
+        let _ = watch.kill();
+        let out = watch.wait_with_output().unwrap();
+        let done = done.unwrap_or_else(|| panic!("no flight recording: {}", dump(&out)));
+        assert_eq!(done["tap"], "vnet0", "{done}");
+        assert_eq!(done["verdict"]["status"], "dropped", "{done}");
+        assert_eq!(done["verdict"]["stage"], "netfilter", "{done}");
+        assert_eq!(done["verdict"]["hook"], "FORWARD", "{done}");
+        let file = PathBuf::from(done["file"].as_str().unwrap());
+        assert!(file.starts_with(&rec), "{}", file.display());
+        let meta = fs::metadata(&file).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
+        let _ = fs::remove_dir_all(&rec);
     }
 }
