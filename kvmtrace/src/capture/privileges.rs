@@ -64,8 +64,30 @@ pub fn missing(effective: u64, needed: &[Cap]) -> Vec<&'static str> {
         .collect()
 }
 
+pub const CAP_SYS_ADMIN: Cap = (21, "CAP_SYS_ADMIN");
+
+/// `needed` as this kernel knows it: before Linux 5.8 there is no CAP_BPF or CAP_PERFMON
+/// (above `cap_last_cap`), and CAP_SYS_ADMIN grants what they later split off.
+pub fn for_kernel(needed: &[Cap], last_cap: u32) -> Vec<Cap> {
+    let mut v: Vec<Cap> = needed
+        .iter()
+        .copied()
+        .filter(|(bit, _)| *bit <= last_cap)
+        .collect();
+    if v.len() < needed.len() && !v.contains(&CAP_SYS_ADMIN) {
+        v.push(CAP_SYS_ADMIN);
+    }
+    v
+}
+
 /// An [`EnvError`] naming what is missing, if anything is.
 pub fn require(what: &str, needed: &[Cap]) -> Result<(), EnvError> {
+    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63);
+    let needed = for_kernel(needed, last_cap);
+    let needed = needed.as_slice();
     let eff = effective().unwrap_or(0);
     let lacking = missing(eff, needed);
     if lacking.is_empty() {
@@ -98,5 +120,21 @@ mod tests {
             missing(0, &[CAP_BPF, CAP_NET_ADMIN]),
             ["CAP_BPF", "CAP_NET_ADMIN"]
         );
+    }
+
+    #[test]
+    fn a_kernel_before_cap_bpf_asks_for_cap_sys_admin_instead() {
+        assert_eq!(for_kernel(&TRACING, 40), TRACING.to_vec());
+        assert_eq!(
+            for_kernel(&TRACING, 37),
+            [
+                CAP_NET_ADMIN,
+                CAP_SYSLOG,
+                CAP_SYS_PTRACE,
+                CAP_DAC_READ_SEARCH,
+                CAP_SYS_ADMIN
+            ]
+        );
+        assert_eq!(for_kernel(&DOCTOR, 37), DOCTOR.to_vec());
     }
 }
