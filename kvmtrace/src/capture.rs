@@ -8,5 +8,6 @@ pub mod kernel;
 pub mod nf;
 pub mod nftrace;
 pub mod pathdevs;
+pub mod privileges;
 pub mod probe;
 pub mod watch;

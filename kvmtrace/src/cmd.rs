@@ -3,6 +3,7 @@
 //! Exit codes: 0 every flow delivered; 1 a problem found; 2 usage error (bad flag, bad
 //! address, unknown VM); 3 environment error (not root, no BTF, a kernel feature missing).
 
+pub mod assets;
 mod follow;
 mod list;
 pub mod offline;
@@ -143,6 +144,16 @@ pub enum Cmd {
     /// (`/metrics`), and a flight recording (`follow --record`) of a VM whose drops cross a
     /// threshold. docs/watch.md.
     Watch(crate::watch::WatchArgs),
+    /// Print a shell completion script on stdout (bash, zsh, fish, elvish, powershell).
+    Completions(crate::cmd::assets::CompletionsArgs),
+    /// Write one man page per command into DIR (for packagers).
+    #[command(hide = true)]
+    Manpages(crate::cmd::assets::ManpagesArgs),
+}
+
+/// The whole command line as a `clap::Command`, for generators (man pages, completions).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
 }
 
 /// Parses a destination: an IPv4 or IPv6 address (a /32 or /128) or a prefix
@@ -250,6 +261,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Report(a) => crate::cmd::offline::report(a),
         Cmd::Doctor(a) => crate::doctor::run(a),
         Cmd::Watch(a) => crate::watch::run(a),
+        Cmd::Completions(a) => assets::completions(a),
+        Cmd::Manpages(a) => assets::manpages(a),
         Cmd::Follow {
             vm,
             dest,

@@ -239,15 +239,7 @@ pub fn run(a: DoctorArgs) -> Result<ExitCode> {
         .map(parse_dest)
         .transpose()
         .map_err(Usage)?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(EnvError(
-            "kvmtrace doctor reads the nftables rules over netlink, which needs CAP_NET_ADMIN: \
-             run it as root (sudo)"
-                .into(),
-        )
-        .into());
-    }
+    crate::capture::privileges::require("kvmtrace doctor", &crate::capture::privileges::DOCTOR)?;
     if !std::path::Path::new("/proc/sys/net/ipv4").is_dir() {
         return Err(EnvError(
             "/proc/sys/net/ipv4 is missing: doctor needs procfs (and sysfs at /sys) mounted".into(),

@@ -76,7 +76,60 @@ fn not_root_is_an_environment_error() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(err.contains("needs root"), "{err}");
+    assert!(
+        err.contains(
+            "kvmtrace lacks the capabilities CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SYSLOG, \
+             CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH: run it as root"
+        ),
+        "{err}"
+    );
+}
+
+/// `doctor` as `nobody`: without capabilities it names the three it needs (exit 3); with
+/// exactly those three it prints what root prints.
+#[test]
+fn doctor_names_the_capabilities_it_lacks_and_runs_with_them() {
+    let lab = Lab::new(LabOptions::default());
+    let doctor = |caps: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", &lab.hv, "setpriv"])
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args([
+                format!("--inh-caps={caps}"),
+                format!("--ambient-caps={caps}"),
+                format!("--bounding-set={caps}"),
+            ])
+            .args([BIN, "doctor", "vnet0"])
+            .output()
+            .unwrap()
+    };
+    let out = doctor("-all");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(
+            "kvmtrace doctor lacks the capabilities CAP_NET_ADMIN, CAP_SYS_PTRACE, \
+             CAP_DAC_READ_SEARCH: run it as root"
+        ),
+        "{err}"
+    );
+    let out = doctor("-all,+net_admin,+sys_ptrace,+dac_read_search");
+    let root = Command::new("ip")
+        .args(["netns", "exec", &lab.hv, BIN, "doctor", "vnet0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.starts_with("doctor: VM (tap vnet0)\n"),
+        "{text}\n{err}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("PASS  bridge ")),
+        "{text}\n{err}"
+    );
+    assert_eq!(text, String::from_utf8_lossy(&root.stdout), "{err}");
+    assert_eq!(out.status.code(), root.status.code(), "{err}");
 }
 
 #[test]

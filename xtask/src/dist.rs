@@ -38,9 +38,21 @@ pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
 /// A Debian 11 (bullseye, glibc 2.31) root made by `cargo xtask setup` with
 /// `debootstrap --variant=minbase`: the oldest userland the static binary is tested in.
 pub const BULLSEYE_ROOT: &str = "/var/cache/kvmtrace/bullseye-root";
-/// Written into [`BULLSEYE_ROOT`] once debootstrap has finished, so that a root left half
-/// made by an interrupted run is made again rather than trusted.
-pub const BULLSEYE_DONE: &str = ".kvmtrace-debootstrap-done";
+/// Written into a Debian root ([`BULLSEYE_ROOT`], [`BOOKWORM_ROOT`]) once debootstrap has
+/// finished, so that a root left half made by an interrupted run is made again rather than
+/// trusted.
+pub const ROOT_DONE: &str = ".kvmtrace-debootstrap-done";
+
+/// A Debian 12 (bookworm) root made by `cargo xtask setup` with `debootstrap
+/// --variant=minbase --include=man-db,systemd`: the clean system the package is installed in
+/// by its test (through an overlay, so the cached root itself stays clean).
+pub const BOOKWORM_ROOT: &str = "/var/cache/kvmtrace/bookworm-root";
+/// Packages debootstrap adds to the minimal bookworm root: `man` for the man pages,
+/// `systemd-analyze` for the unit.
+pub const BOOKWORM_INCLUDE: &str = "man-db,systemd";
+
+/// cargo-deb, the packaging tool `cargo xtask dist` runs (`cargo xtask setup` installs it).
+pub const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// The workspace root (xtask lives one level below it).
 pub fn workspace() -> PathBuf {
@@ -97,6 +109,138 @@ pub fn static_binary(workspace: &Path) -> Result<PathBuf> {
         ebpf / 1024
     );
     Ok(bin)
+}
+
+/// What `cargo xtask dist` made.
+pub struct Dist {
+    pub binary: PathBuf,
+    pub deb: PathBuf,
+}
+
+/// `cargo xtask dist`: the static binary, then the Debian package around it. The man pages
+/// and completions are written by that very binary (`kvmtrace manpages`, `kvmtrace
+/// completions`), so they describe the flags it has; cargo-deb (`[package.metadata.deb]` in
+/// kvmtrace/Cargo.toml) then packs them with the unit and the contrib files.
+pub fn dist(workspace: &Path) -> Result<Dist> {
+    let binary = static_binary(workspace)?;
+    let release = binary.parent().context("the binary has a directory")?;
+    // cargo-deb reads `target/release/dist/…` assets from here (its "target/release" prefix
+    // means the profile directory of the target being packaged).
+    let out = release.join("dist");
+    if out.exists() {
+        fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
+    }
+    fs::create_dir_all(out.join("completions"))?;
+    let status = Command::new(&binary)
+        .arg("manpages")
+        .arg(out.join("man"))
+        .stdin(Stdio::null())
+        .status()
+        .context("running kvmtrace manpages")?;
+    if !status.success() {
+        bail!("kvmtrace manpages failed ({status})");
+    }
+    // Debian installs man pages compressed (policy 12.1); -n leaves the time out, so the same
+    // flags give the same bytes.
+    let status = Command::new("sh")
+        .args(["-c", r#"gzip -9nf "$1"/*.1"#, "sh"])
+        .arg(out.join("man"))
+        .status()
+        .context("running gzip")?;
+    if !status.success() {
+        bail!("compressing the man pages failed ({status})");
+    }
+    for (shell, file) in [
+        ("bash", "kvmtrace.bash"),
+        ("zsh", "_kvmtrace"),
+        ("fish", "kvmtrace.fish"),
+    ] {
+        let o = Command::new(&binary)
+            .args(["completions", shell])
+            .stdin(Stdio::null())
+            .output()
+            .context("running kvmtrace completions")?;
+        if !o.status.success() || o.stdout.is_empty() {
+            bail!(
+                "kvmtrace completions {shell} failed ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        fs::write(out.join("completions").join(file), &o.stdout)?;
+    }
+    let unit = fs::read_to_string(workspace.join("contrib/kvmtrace-watch.service"))?;
+    fs::write(
+        out.join("kvmtrace-watch.service"),
+        packaged_unit(&unit).context("contrib/kvmtrace-watch.service")?,
+    )?;
+
+    let Some(cargo_deb) = cargo_deb() else {
+        bail!("cargo-deb is not installed: run `cargo xtask setup`");
+    };
+    let debian = workspace.join("target/static/debian");
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo_deb);
+    // `cargo-deb` run as `cargo deb` gets its own name as the first argument.
+    cmd.current_dir(workspace)
+        .arg("deb")
+        .args([
+            "--package",
+            "kvmtrace",
+            "--no-build",
+            "--target",
+            STATIC_TARGET,
+        ])
+        .arg("--output")
+        .arg(&debian)
+        .env("CARGO", cargo)
+        .env("CARGO_TARGET_DIR", workspace.join("target/static"))
+        .stdin(Stdio::null());
+    eprintln!("[dist] packaging: {cmd:?}");
+    let o = cmd.output().context("running cargo-deb")?;
+    eprint!("{}", String::from_utf8_lossy(&o.stderr));
+    if !o.status.success() {
+        bail!("cargo-deb failed ({})", o.status);
+    }
+    let deb = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    if deb.extension().is_none_or(|e| e != "deb") || !deb.is_file() {
+        bail!(
+            "cargo-deb printed no package path: {:?}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+    eprintln!(
+        "[dist] {} ({} KiB)",
+        deb.display(),
+        fs::metadata(&deb)?.len() / 1024
+    );
+    Ok(Dist { binary, deb })
+}
+
+/// The unit as the package installs it: the binary is `/usr/bin/kvmtrace` there, not the
+/// `/usr/local/bin/kvmtrace` of a hand install.
+pub fn packaged_unit(unit: &str) -> Result<String> {
+    const HAND: &str = "ExecStart=/usr/local/bin/kvmtrace ";
+    if !unit.lines().any(|l| l.starts_with(HAND)) {
+        bail!("no `{HAND}…` line to point at /usr/bin/kvmtrace");
+    }
+    Ok(unit.replace(HAND, "ExecStart=/usr/bin/kvmtrace "))
+}
+
+/// The cargo-deb executable: on PATH, else where `cargo install` puts it.
+pub fn cargo_deb() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = env::var_os("PATH")
+        .map(|p| env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = env::var_os("CARGO_HOME") {
+        dirs.push(PathBuf::from(home).join("bin"));
+    }
+    if let Some(home) = env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("cargo-deb"))
+        .find(|p| p.is_file())
 }
 
 /// Whether the default toolchain has the musl std (`rustup target add` puts it in its sysroot).
@@ -386,7 +530,7 @@ mod tests {
     fn the_static_binary_runs_in_a_debian_11_root() {
         let root = Path::new(BULLSEYE_ROOT);
         assert!(
-            root.join(BULLSEYE_DONE).exists(),
+            root.join(ROOT_DONE).exists(),
             "no Debian 11 root at {BULLSEYE_ROOT}: run `cargo xtask setup`"
         );
         let ldd = Command::new("chroot")
@@ -499,5 +643,390 @@ mod tests {
         assert_eq!(v["device"], "vnet0", "{run}");
         assert_eq!(v["requests"], 3, "{run}");
         assert_eq!(status.code(), Some(0), "{run}");
+    }
+
+    /// A Debian 12 root seen through an overlay on a tmpfs of its own: the package is installed
+    /// into the overlay, the cached root is never written, and dropping this unmounts it all.
+    struct Bookworm {
+        dir: PathBuf,
+        root: PathBuf,
+    }
+
+    impl Bookworm {
+        fn new() -> Bookworm {
+            let dir = env::temp_dir().join(format!("kvmtrace-deb-{}", std::process::id()));
+            fs::create_dir_all(&dir).unwrap();
+            let sh = |script: &str| {
+                let st = Command::new("sh")
+                    .args(["-ec", script, "sh"])
+                    .arg(&dir)
+                    .arg(BOOKWORM_ROOT)
+                    .status()
+                    .unwrap();
+                assert!(st.success(), "{script}: {st}");
+            };
+            sh(
+                r#"mount -t tmpfs kvmtrace-deb "$1"; mkdir "$1/upper" "$1/work" "$1/root"
+                mount -t overlay overlay -o "lowerdir=$2,upperdir=$1/upper,workdir=$1/work" "$1/root""#,
+            );
+            Bookworm {
+                root: dir.join("root"),
+                dir,
+            }
+        }
+
+        /// `chroot ROOT ARGS`, in the lab's hypervisor namespace with its own /proc and /sys
+        /// (mounted in the private mount namespace `ip netns exec` makes, gone with it).
+        fn run(&self, lab: &Lab, args: &[&str]) -> Output {
+            const SCRIPT: &str = r#"root=$1; shift
+                mount -t proc proc "$root/proc" && mount -t sysfs sysfs "$root/sys" &&
+                exec chroot "$root" "$@""#;
+            Command::new("ip")
+                .args(["netns", "exec", &lab.hv, "sh", "-c", SCRIPT, "sh"])
+                .arg(&self.root)
+                .args(args)
+                .env("RUST_LOG", "warn")
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("LANG", "C")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        }
+    }
+
+    impl Drop for Bookworm {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.root).status();
+            let _ = Command::new("umount").arg(&self.dir).status();
+            let _ = fs::remove_dir(&self.dir);
+        }
+    }
+
+    /// `cargo xtask dist`'s package in a clean Debian 12 root: `dpkg -i` installs it, and what
+    /// it installed works there: the binary lists a lab's VM, `man` shows a command's page, the
+    /// completions load, systemd accepts the unit.
+    #[test]
+    fn the_package_installs_and_runs_in_a_clean_debian_12_root() {
+        assert!(
+            Path::new(BOOKWORM_ROOT).join(ROOT_DONE).exists(),
+            "no Debian 12 root at {BOOKWORM_ROOT}: run `cargo xtask setup`"
+        );
+        let d = dist(&workspace()).unwrap();
+        let lab = Lab::new(LabOptions::default());
+        let root = Bookworm::new();
+        assert!(
+            root.run(&lab, &["dpkg", "-s", "kvmtrace"]).status.code() == Some(1),
+            "the root is not clean"
+        );
+        fs::copy(&d.deb, root.root.join("tmp/kvmtrace.deb")).unwrap();
+        let out = root.run(&lab, &["dpkg", "-i", "/tmp/kvmtrace.deb"]);
+        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
+
+        let out = root.run(&lab, &["dpkg", "-L", "kvmtrace"]);
+        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
+        let files = text(&out.stdout);
+        for f in [
+            "/usr/bin/kvmtrace",
+            "/usr/share/man/man1/kvmtrace.1.gz",
+            "/usr/share/man/man1/kvmtrace-follow.1.gz",
+            "/usr/share/man/man1/kvmtrace-watch.1.gz",
+            "/usr/share/bash-completion/completions/kvmtrace",
+            "/usr/share/zsh/vendor-completions/_kvmtrace",
+            "/usr/share/fish/vendor_completions.d/kvmtrace.fish",
+            "/lib/systemd/system/kvmtrace-watch.service",
+            "/usr/share/doc/kvmtrace/examples/watch.json",
+            "/usr/share/kvmtrace/grafana-kvmtrace.json",
+            "/usr/share/kvmtrace/kvmtrace-alerts.yml",
+        ] {
+            assert!(
+                files.lines().any(|l| l == f),
+                "{f} not in the package:\n{files}"
+            );
+        }
+
+        let out = root.run(&lab, &["kvmtrace", "--version"]);
+        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
+        assert_eq!(
+            text(&out.stdout).trim(),
+            format!("kvmtrace {}", env!("CARGO_PKG_VERSION"))
+        );
+
+        let vm = FakeVm::attach(&lab);
+        let mut standin = qemu_standin(&lab, &vm);
+        let out = root.run(&lab, &["kvmtrace", "list", "--json"]);
+        let _ = standin.kill();
+        let _ = standin.wait();
+        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
+        let listed: Vec<Value> = text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .filter(|v: &Value| v["pid"] == standin.id())
+            .collect();
+        assert_eq!(listed.len(), 1, "{}", dump(&out));
+        assert_eq!(listed[0]["name"], "old-host-vm", "{}", listed[0]);
+        assert_eq!(listed[0]["tap"], "vnet0", "{}", listed[0]);
+
+        let out = root.run(&lab, &["man", "-P", "cat", "kvmtrace-follow"]);
+        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
+        let page = text(&out.stdout);
+        assert!(page.starts_with("kvmtrace-follow(1)"), "{page}");
+        for flag in ["--explain-rules", "--record", "--nic"] {
+            assert!(page.contains(flag), "{flag} not in the man page:\n{page}");
+        }
+
+        let out = root.run(
+            &lab,
+            &[
+                "bash",
+                "-c",
+                ". /usr/share/bash-completion/completions/kvmtrace && complete -p kvmtrace",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
+        assert!(
+            text(&out.stdout)
+                .trim_end()
+                .ends_with(" -F _kvmtrace kvmtrace"),
+            "{}",
+            dump(&out)
+        );
+
+        let out = root.run(
+            &lab,
+            &[
+                "systemd-analyze",
+                "verify",
+                "/lib/systemd/system/kvmtrace-watch.service",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
+        assert_eq!(text(&out.stderr), "", "{}", dump(&out));
+    }
+
+    /// The capabilities the shipped unit gives `watch` (`AmbientCapabilities=`), checked to be
+    /// its bounding set too, as `setpriv` flags (`+bpf,+perfmon,…`).
+    fn unit_capabilities() -> Vec<String> {
+        let unit = fs::read_to_string(workspace().join("contrib/kvmtrace-watch.service")).unwrap();
+        let value = |key: &str| -> Vec<String> {
+            let line = unit
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in the unit"));
+            line.split_whitespace().map(str::to_owned).collect()
+        };
+        let ambient = value("AmbientCapabilities=");
+        assert_eq!(ambient, value("CapabilityBoundingSet="));
+        ambient
+    }
+
+    fn setpriv_caps(caps: &[String]) -> String {
+        let mut s = String::from("-all");
+        for c in caps {
+            s += ",+";
+            s += &c.trim_start_matches("CAP_").to_lowercase();
+        }
+        s
+    }
+
+    /// `kvmtrace watch` as `nobody` (not root, as the unit's dynamic user) with exactly the
+    /// given capabilities, no new privileges, in the lab's hypervisor namespace.
+    fn watch_as_nobody(lab: &Lab, bin: &Path, caps: &[String], port: u16) -> Child {
+        watch_as_nobody_with(lab, bin, caps, port, &["--no-record"], Stdio::null())
+    }
+
+    fn watch_as_nobody_with(
+        lab: &Lab,
+        bin: &Path,
+        caps: &[String],
+        port: u16,
+        extra: &[&str],
+        stdout: Stdio,
+    ) -> Child {
+        let set = setpriv_caps(caps);
+        Command::new("ip")
+            .args(["netns", "exec", &lab.hv, "setpriv"])
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(format!("--inh-caps={set}"))
+            .arg(format!("--ambient-caps={set}"))
+            .arg(format!("--bounding-set={set}"))
+            .arg("--no-new-privs")
+            .arg(bin)
+            .args(["watch", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// GET /metrics inside the lab's hypervisor namespace (a thread that enters it).
+    fn metrics(lab: &Lab, port: u16) -> Option<String> {
+        use std::io::Write as _;
+        let ns = fs::File::open(format!("/run/netns/{}", lab.hv)).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns(2) on an fd we own; only this thread changes namespace.
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+                c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                write!(
+                    c,
+                    "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )
+                .ok()?;
+                let mut text = String::new();
+                c.read_to_string(&mut text).ok()?;
+                text.starts_with("HTTP/1.1 200").then_some(text)
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    /// Least privilege, measured: with the unit's capabilities and nothing else, as a user
+    /// that is not root, `watch` serves /metrics and names the VM of a root-owned QEMU; with
+    /// any one of them taken away it exits 3 naming that one.
+    #[test]
+    fn watch_runs_with_the_units_capabilities_only_and_names_a_missing_one() {
+        let caps = unit_capabilities();
+        assert_eq!(
+            caps,
+            [
+                "CAP_BPF",
+                "CAP_PERFMON",
+                "CAP_NET_ADMIN",
+                "CAP_SYSLOG",
+                "CAP_SYS_PTRACE",
+                "CAP_DAC_READ_SEARCH"
+            ]
+        );
+        let bin = static_binary(&workspace()).unwrap();
+        let lab = Lab::new(LabOptions::default());
+        let vm = FakeVm::attach(&lab);
+        let mut standin = qemu_standin(&lab, &vm);
+        let port = 9464;
+
+        let mut watch = watch_as_nobody(&lab, &bin, &caps, port);
+        let mut body = None;
+        for _ in 0..100 {
+            body = metrics(&lab, port);
+            if body
+                .as_deref()
+                .is_some_and(|b| b.contains("kvmtrace_vm_info{"))
+            {
+                break;
+            }
+            if watch.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = watch.kill();
+        let out = watch.wait_with_output().unwrap();
+        let _ = standin.kill();
+        let _ = standin.wait();
+        let body = body.unwrap_or_else(|| panic!("no /metrics: {}", dump(&out)));
+        let info: Vec<&str> = body
+            .lines()
+            .filter(|l| l.starts_with("kvmtrace_vm_info{"))
+            .collect();
+        assert_eq!(info.len(), 1, "{body}");
+        assert!(info[0].contains(r#"vm="old-host-vm""#), "{}", info[0]);
+        assert!(info[0].contains(r#"tap="vnet0""#), "{}", info[0]);
+
+        for gone in &caps {
+            let fewer: Vec<String> = caps.iter().filter(|c| *c != gone).cloned().collect();
+            let watch = watch_as_nobody(&lab, &bin, &fewer, port);
+            let out = watch.wait_with_output().unwrap();
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(3), "without {gone}: {}", dump(&out));
+            assert!(
+                err.contains(&format!(
+                    "kvmtrace watch lacks the capability {gone}: run it as root"
+                )),
+                "without {gone}: {err}"
+            );
+        }
+    }
+
+    /// The flight recorder under the unit's capabilities: its `follow` child inherits them (as
+    /// `nobody`), records the VM's packets once a FORWARD drop crosses the threshold, and the
+    /// trace names the drop's hook (from the drop's kernel stack, read with CAP_SYSLOG).
+    #[test]
+    fn the_flight_recorder_works_with_the_units_capabilities() {
+        let caps = unit_capabilities();
+        let bin = static_binary(&workspace()).unwrap();
+        let lab = Lab::new(LabOptions::default());
+        let rec = env::temp_dir().join(format!("kvmtrace-rec-{}", lab.id));
+        let _ = fs::remove_dir_all(&rec);
+        fs::create_dir_all(&rec).unwrap();
+        std::os::unix::fs::chown(&rec, Some(65534), Some(65534)).unwrap();
+        let mut vm = FakeVm::attach(&lab);
+        let mut watch = watch_as_nobody_with(
+            &lab,
+            &bin,
+            &caps,
+            9464,
+            &[
+                "--record-dir",
+                rec.join("r").to_str().unwrap(),
+                "--record-s",
+                "3",
+                "--rescan-s",
+                "1",
+                "--threshold-drops",
+                "3",
+            ],
+            Stdio::piped(),
+        );
+        let out = watch.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<Value>();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        // Until watch has its counters on the tap.
+        for _ in 0..100 {
+            if metrics(&lab, 9464).is_some_and(|b| b.contains(r#"tap="vnet0""#)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        lab.nft(
+            "table inet pkgtest {\n chain forward {\n  type filter hook forward priority 0; \
+             policy drop;\n }\n}\n",
+        );
+        let mut done = None;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut seq = 0u16;
+        while done.is_none() && std::time::Instant::now() < deadline {
+            seq += 1;
+            let _ = vm.ping(lab.dest, 0x5c11, seq, Duration::from_millis(250));
+            while let Ok(v) = rx.try_recv() {
+                if v["type"] == "flight_recording" {
+                    done = Some(v);
+                }
+            }
+        }
+        let _ = watch.kill();
+        let out = watch.wait_with_output().unwrap();
+        let done = done.unwrap_or_else(|| panic!("no flight recording: {}", dump(&out)));
+        assert_eq!(done["tap"], "vnet0", "{done}");
+        assert_eq!(done["verdict"]["status"], "dropped", "{done}");
+        assert_eq!(done["verdict"]["stage"], "netfilter", "{done}");
+        assert_eq!(done["verdict"]["hook"], "FORWARD", "{done}");
+        let file = PathBuf::from(done["file"].as_str().unwrap());
+        assert!(file.starts_with(&rec), "{}", file.display());
+        let meta = fs::metadata(&file).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
+        let _ = fs::remove_dir_all(&rec);
     }
 }

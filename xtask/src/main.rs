@@ -39,6 +39,8 @@ enum Command {
     Soak(soak::SoakArgs),
     /// Build the static (musl) release binary, eBPF object inside, and print its path.
     Static,
+    /// Build the static binary and the Debian package around it (cargo-deb); print both paths.
+    Dist,
     /// Re-record the model's fixtures (kvmtrace/src/model/fixtures) from live runs in a lab.
     Fixtures,
     /// Run the kernel matrix alone (docs/kernels.md): Debian's 5.10, 6.1 and 6.12 under QEMU
@@ -89,6 +91,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) => bench::run(&args),
         Command::Soak(args) => soak::run(&args),
         Command::Fixtures => fixtures(),
+        Command::Dist => {
+            let d = dist::dist(&dist::workspace())?;
+            println!("{}", d.binary.display());
+            println!("{}", d.deb.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Static => {
             println!("{}", dist::static_binary(&dist::workspace())?.display());
             Ok(ExitCode::SUCCESS)

@@ -17,7 +17,10 @@
 //!   ~215 MB in /var/cache/kvmtrace) that the test of that binary runs it in;
 //! - Debian's kernels for the kernel matrix (5.10 from bullseye, 6.1 from bookworm, 6.12 from
 //!   trixie), downloaded with a private `APT_CONFIG` and extracted, never installed
-//!   (`kvmtrace_lab::kernels::fetch`, into `/var/cache/kvmtrace/kernels`).
+//!   (`kvmtrace_lab::kernels::fetch`, into `/var/cache/kvmtrace/kernels`);
+//! - cargo-deb (`cargo install`) for the Debian package (`cargo xtask dist`), and a Debian 12
+//!   root with man-db and systemd (`debootstrap --variant=minbase --include=man-db,systemd
+//!   bookworm`, in /var/cache/kvmtrace) that the package's test installs it into.
 
 use std::{
     collections::HashMap,
@@ -32,7 +35,10 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::dist::{musl_std_installed, BULLSEYE_DONE, BULLSEYE_ROOT, STATIC_TARGET};
+use crate::dist::{
+    cargo_deb, musl_std_installed, BOOKWORM_INCLUDE, BOOKWORM_ROOT, BULLSEYE_ROOT,
+    CARGO_DEB_VERSION, ROOT_DONE, STATIC_TARGET,
+};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// LLVM majors bpf-linker 0.13.0 has a `llvm-N` cargo feature for.
@@ -56,8 +62,8 @@ const DEB_PACKAGES: &[&str] = &[
     // Makes the Debian 11 root the static binary is tested in.
     "debootstrap",
 ];
-/// Where debootstrap fetches Debian 11 from.
-const BULLSEYE_MIRROR: &str = "http://deb.debian.org/debian";
+/// Where debootstrap fetches Debian from.
+const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
 const QEMU_PACKAGE: &str = "qemu-system-x86";
 const BACKPORTS_SUITE: &str = "bookworm-backports";
 const BACKPORTS_SOURCES: &str = "/etc/apt/sources.list.d/kvmtrace-backports.sources";
@@ -105,7 +111,14 @@ pub fn run(args: &SetupArgs) -> Result<ExitCode> {
     setup.musl_target()?;
     setup.debian()?;
     setup.br_netfilter()?;
-    setup.bullseye_root()?;
+    setup.cargo_deb()?;
+    setup.debian_root("debian 11 root", "bullseye", BULLSEYE_ROOT, None)?;
+    setup.debian_root(
+        "debian 12 root",
+        "bookworm",
+        BOOKWORM_ROOT,
+        Some(BOOKWORM_INCLUDE),
+    )?;
     setup.kernels()?;
 
     let took = start.elapsed();
@@ -421,19 +434,56 @@ impl Setup {
         Ok(())
     }
 
-    /// Makes sure the Debian 11 root exists (made once, then reused). debootstrap works in a
-    /// sibling directory that is renamed into place when it has finished, so an interrupted
-    /// run leaves nothing that looks complete.
-    fn bullseye_root(&mut self) -> Result<()> {
-        const ITEM: &str = "debian 11 root";
-        let root = Path::new(BULLSEYE_ROOT);
-        if root.join(BULLSEYE_DONE).exists() {
-            say(ITEM, &format!("present ({BULLSEYE_ROOT})"));
+    /// Makes sure cargo-deb is installed (built from crates.io with the stable toolchain).
+    fn cargo_deb(&mut self) -> Result<()> {
+        let item = format!("cargo-deb {CARGO_DEB_VERSION}");
+        let installed = cargo_deb().and_then(|p| {
+            let out = Command::new(p).arg("--version").output().ok()?;
+            Some(String::from_utf8_lossy(&out.stdout).into_owned())
+        });
+        if installed
+            .as_deref()
+            .is_some_and(|v| v.split_whitespace().any(|w| w == CARGO_DEB_VERSION))
+        {
+            say(&item, "present");
             return Ok(());
         }
         if self.check {
-            say(ITEM, &format!("MISSING ({BULLSEYE_ROOT})"));
-            self.missing.push(ITEM.into());
+            say(&item, "MISSING");
+            self.missing.push(item);
+            return Ok(());
+        }
+        say(&item, "installing (cargo install, ~3 min)…");
+        self.changed = true;
+        run_cmd(Command::new("cargo").args([
+            "install",
+            "--locked",
+            "cargo-deb",
+            "--version",
+            CARGO_DEB_VERSION,
+        ]))?;
+        say(&item, "installed");
+        Ok(())
+    }
+
+    /// Makes sure a Debian root of `suite` exists at `path` (made once, then reused).
+    /// debootstrap works in a sibling directory that is renamed into place when it has
+    /// finished, so an interrupted run leaves nothing that looks complete.
+    fn debian_root(
+        &mut self,
+        item: &str,
+        suite: &str,
+        path: &str,
+        include: Option<&str>,
+    ) -> Result<()> {
+        let root = Path::new(path);
+        if root.join(ROOT_DONE).exists() {
+            say(item, &format!("present ({path})"));
+            return Ok(());
+        }
+        if self.check {
+            say(item, &format!("MISSING ({path})"));
+            self.missing.push(item.into());
             return Ok(());
         }
         let work = root.with_extension("partial");
@@ -447,20 +497,28 @@ impl Setup {
         if let Some(parent) = root.parent() {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
+        let with = include
+            .map(|i| format!(" --include={i}"))
+            .unwrap_or_default();
         say(
-            ITEM,
+            item,
             &format!(
-                "making {BULLSEYE_ROOT} with debootstrap --variant=minbase bullseye \
-                 (~1.5 min, ~215 MB; log {})…",
+                "making {path} with debootstrap --variant=minbase{with} {suite} \
+                 (~2 min, 200-300 MB; log {})…",
                 log.display()
             ),
         );
         let start = Instant::now();
         let out = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let status = Command::new("debootstrap")
-            .args(["--variant=minbase", "bullseye"])
+        let mut cmd = Command::new("debootstrap");
+        cmd.arg("--variant=minbase");
+        if let Some(include) = include {
+            cmd.arg(format!("--include={include}"));
+        }
+        let status = cmd
+            .arg(suite)
             .arg(&work)
-            .arg(BULLSEYE_MIRROR)
+            .arg(DEBIAN_MIRROR)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -470,15 +528,15 @@ impl Setup {
             let text = fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(5).collect();
             for line in tail.iter().rev() {
-                say(ITEM, line);
+                say(item, line);
             }
             bail!("debootstrap failed ({status}); see {}", log.display());
         }
-        fs::write(work.join(BULLSEYE_DONE), "")?;
+        fs::write(work.join(ROOT_DONE), "")?;
         fs::rename(&work, root)
-            .with_context(|| format!("renaming {} to {BULLSEYE_ROOT}", work.display()))?;
+            .with_context(|| format!("renaming {} to {path}", work.display()))?;
         self.changed = true;
-        say(ITEM, &format!("made in {:.0?}", start.elapsed()));
+        say(item, &format!("made in {:.0?}", start.elapsed()));
         Ok(())
     }
 

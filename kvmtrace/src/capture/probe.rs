@@ -367,15 +367,7 @@ impl Tracer {
     /// Checks the environment, loads and attaches. Environment problems come back as
     /// [`EnvError`].
     pub fn start(spec: &Spec) -> Result<Tracer> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(EnvError(
-                "kvmtrace needs root (CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN) to load eBPF \
-                 programs: run it with sudo"
-                    .into(),
-            )
-            .into());
-        }
+        crate::capture::privileges::require("kvmtrace", &crate::capture::privileges::TRACING)?;
         let t0 = std::time::Instant::now();
         let phase = |what: &str| log::debug!("start-up: {what} at {} ms", t0.elapsed().as_millis());
         let btf_path = std::env::var("KVMTRACE_BTF").unwrap_or_else(|_| VMLINUX_BTF.into());

@@ -69,13 +69,10 @@ impl WatchKernel {
     /// Loads the object and attaches the drop program. Environment problems come back as
     /// [`EnvError`].
     pub fn start() -> Result<WatchKernel> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(EnvError(
-                "kvmtrace watch needs root (CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)".into(),
-            )
-            .into());
-        }
+        crate::capture::privileges::require(
+            "kvmtrace watch",
+            &crate::capture::privileges::TRACING,
+        )?;
         let btf_path = std::env::var("KVMTRACE_BTF").unwrap_or_else(|_| VMLINUX_BTF.into());
         let kbtf = KernelBtf::open(Path::new(&btf_path)).map_err(|e| {
             EnvError(format!(

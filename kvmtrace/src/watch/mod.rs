@@ -174,6 +174,23 @@ impl Settings {
     }
 }
 
+/// The config file: JSON, where a line whose first non-blank character is `#` is a comment
+/// (blanked, so that an error's line number is still the file's).
+pub fn parse_config(text: &str) -> serde_json::Result<ConfigFile> {
+    let json: String = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with('#') {
+                ""
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    serde_json::from_str(&json)
+}
+
 /// Flags, then the config file over them.
 fn load_settings(a: &WatchArgs) -> Result<Settings> {
     let base = Settings::from_args(a);
@@ -181,7 +198,7 @@ fn load_settings(a: &WatchArgs) -> Result<Settings> {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("reading the config file {}", p.display()))?;
-            let f: ConfigFile = serde_json::from_str(&text)
+            let f = parse_config(&text)
                 .with_context(|| format!("parsing the config file {}", p.display()))?;
             base.apply(&f)
         }
@@ -812,6 +829,23 @@ mod tests {
         let e = format!("{:#}", load_settings(&a).unwrap_err());
         assert!(e.contains("thresold_drops"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The example the package ships (contrib/watch.json): valid once its comments are
+    /// dropped, it sets every field, and each one to the flag's default, so that copying it
+    /// changes nothing until an operator edits it.
+    #[test]
+    fn the_shipped_example_config_sets_every_field_to_its_default() {
+        let text = include_str!("../../../contrib/watch.json");
+        let f = parse_config(text).unwrap();
+        assert!(
+            !format!("{f:?}").contains("None"),
+            "a field is missing: {f:?}"
+        );
+        let defaults = load_settings(&args(&[])).unwrap();
+        assert_eq!(defaults.clone().apply(&f), defaults);
+        let e = parse_config("{\n# a comment\n\"rescan_s\": x}").unwrap_err();
+        assert_eq!(e.line(), 3, "{e}");
     }
 
     #[test]
