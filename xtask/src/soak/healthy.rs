@@ -17,9 +17,12 @@
 //! any`, `--json`, `--record`) for `--minutes`. Reported: flows and verdicts by status and by
 //! kind, every verdict that is not `delivered` in full with the hops of its flow (from the
 //! trace, `kvmtrace export --format jsonl`), the guest's own count of successes and failures
-//! in the same window, events, lost events, RSS at the first and last progress line. Exits 1
-//! when any verdict is not `delivered` (or none was given). The trace is kept in
-//! `target/bench/soak-healthy.trace` for `kvmtrace replay`.
+//! in the same window, events, lost events, RSS at the first and last progress line, and the
+//! hops the trace shows outside every judged flow (among them, journeys carrying the other
+//! VM's packets). Exits 1 when any verdict is not `delivered`, none was given, a verdict is
+//! about an address that is not the guest's, or a hop of the other VM's packets sits in a
+//! judged flow. The trace is kept in `target/bench/soak-healthy.trace` for `kvmtrace replay`;
+//! the numbers in `target/bench/soak-healthy.json`.
 
 use anyhow::{bail, Context as _, Result};
 use kvmtrace_lab::guest::{build_image, default_cache_dir, Guest, GuestConfig};
@@ -446,6 +449,7 @@ pub fn run(a: &Healthy) -> Result<ExitCode> {
     let sent = writer.join().unwrap_or(0);
     let _ = drain.join();
     let accepted = server.join().unwrap_or_default();
+    let lab_guest = (lab.guest_ip, lab.guest_ip6);
     let guest_running = guest.is_running();
     drop(tap2);
     drop(guest);
@@ -484,21 +488,64 @@ pub fn run(a: &Healthy) -> Result<ExitCode> {
         .and_then(|v| v["rss_kib"].as_u64())
         .unwrap_or(0);
 
-    // Each verdict that is not `delivered`, in full, with every hop of its flow.
+    // Each verdict that is not `delivered`, in full, with every hop of its flow; and the hops
+    // the trace holds outside every judged flow (shown, but belonging to no verdict), of which
+    // those of journeys that carry the other VM's packets.
+    let hops_flowed = flow_hops(&bin, &trace)?;
     let mut bad_hops: Vec<Value> = Vec::new();
-    if !bad.is_empty() {
-        let hops = flow_hops(&bin, &trace)?;
-        for v in &bad {
-            let flow = v["flow"].as_str().unwrap_or_default();
-            let mine: Vec<&Value> = hops.iter().filter(|h| h["flow"] == flow).collect();
-            println!("NOT DELIVERED: {}", serde_json::to_string_pretty(v)?);
-            println!("  its {} hops (from the trace):", mine.len());
-            for h in &mine {
-                println!("    {h}");
-            }
-            bad_hops.push(json!({"verdict": v, "hops": mine}));
+    for v in &bad {
+        let flow = v["flow"].as_str().unwrap_or_default();
+        let mine: Vec<&Value> = hops_flowed.iter().filter(|h| h["flow"] == flow).collect();
+        println!("NOT DELIVERED: {}", serde_json::to_string_pretty(v)?);
+        println!("  its {} hops (from the trace):", mine.len());
+        for h in &mine {
+            println!("    {h}");
         }
+        bad_hops.push(json!({"verdict": v, "hops": mine}));
     }
+    let guest_addrs = [lab_guest.0.to_string(), lab_guest.1.to_string()];
+    let foreign_flows: Vec<&Value> = verdicts
+        .iter()
+        .copied()
+        .filter(|v| {
+            v["key"]["guest"]
+                .as_str()
+                .is_some_and(|g| !guest_addrs.iter().any(|a| a == g))
+        })
+        .collect();
+    for v in &foreign_flows {
+        println!("A FLOW OF ANOTHER ADDRESS: {v}");
+    }
+    let unflowed: Vec<&Value> = hops_flowed
+        .iter()
+        .filter(|h| h.get("flow").is_none())
+        .collect();
+    let vm2_journeys: std::collections::BTreeSet<i64> = hops_flowed
+        .iter()
+        .filter(|h| {
+            let t = &h["tuple"];
+            let vm2 = [VM2_IP6.to_string(), "10.77.0.3".to_string()];
+            t["proto"] == 17 || vm2.iter().any(|a| t["src"] == **a || t["dst"] == **a)
+        })
+        .filter_map(|h| h["journey"].as_i64())
+        .collect();
+    let vm2_hops = hops_flowed
+        .iter()
+        .filter(|h| {
+            h["journey"]
+                .as_i64()
+                .is_some_and(|j| vm2_journeys.contains(&j))
+        })
+        .count();
+    let vm2_in_flows = hops_flowed
+        .iter()
+        .filter(|h| h.get("flow").is_some())
+        .filter(|h| {
+            h["journey"]
+                .as_i64()
+                .is_some_and(|j| vm2_journeys.contains(&j))
+        })
+        .count();
 
     let out = json!({
         "minutes": a.minutes,
@@ -518,6 +565,9 @@ pub fn run(a: &Healthy) -> Result<ExitCode> {
         "tcp_accepted": {"ipv4": accepted.first(), "ipv6": accepted.get(1)},
         "guest_running_at_end": guest_running,
         "not_delivered": bad_hops,
+        "flows_of_another_address": foreign_flows,
+        "hops_in_no_flow": unflowed.len(),
+        "hops_of_the_other_vm": {"journeys": vm2_journeys.len(), "hops": vm2_hops, "in_a_judged_flow": vm2_in_flows},
         "progress": progress,
         "trace": trace,
     });
@@ -549,16 +599,28 @@ pub fn run(a: &Healthy) -> Result<ExitCode> {
     )?;
     writeln!(
         o,
+        "  hops in no judged flow {}; journeys carrying the other VM's packets {} ({vm2_hops} hops, {vm2_in_flows} of them in a judged flow)",
+        unflowed.len(),
+        vm2_journeys.len()
+    )?;
+    writeln!(
+        o,
         "  kvmtrace exit {:?}; trace {}",
         status.code(),
         trace.display()
     )?;
-    if verdicts.is_empty() || !bad.is_empty() || status.code() != Some(0) {
+    if verdicts.is_empty()
+        || !bad.is_empty()
+        || !foreign_flows.is_empty()
+        || vm2_in_flows > 0
+        || status.code() != Some(0)
+    {
         writeln!(
             o,
-            "FAILED: {} verdict(s) not delivered of {}, kvmtrace exit {:?}",
+            "FAILED: {} verdict(s) not delivered of {}, {} flow(s) of another address, {vm2_in_flows} hop(s) of the other VM in a judged flow, kvmtrace exit {:?}",
             bad.len(),
             verdicts.len(),
+            foreign_flows.len(),
             status.code()
         )?;
         return Ok(ExitCode::FAILURE);
