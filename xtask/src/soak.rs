@@ -9,6 +9,11 @@
 //! `--watch`: `kvmtrace watch` instead, over every VM of the lab, with the flood dropped at
 //! FORWARD (every packet a counted drop, flight recordings every cooldown) and its RSS sampled
 //! from /proc every 10 s.
+//!
+//! `--healthy`: a real guest and a flooding second VM on a healthy path, every verdict must be
+//! `delivered` ([`healthy`]).
+
+mod healthy;
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -34,8 +39,13 @@ pub struct SoakArgs {
     #[arg(long, default_value_t = 8192)]
     flows: u16,
     /// Soak `kvmtrace watch` (every VM, the flood dropped at FORWARD) instead of `follow`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "healthy")]
     watch: bool,
+    /// A real QEMU guest (IPv4 and IPv6, ICMP and TCP) followed on a healthy path while a second
+    /// VM floods the same destinations at `--rate` (UDP over `--flows` source ports, and ICMP
+    /// echo): exits 1 unless every verdict is `delivered`.
+    #[arg(long)]
+    healthy: bool,
 }
 
 /// VmRSS of a process (KiB), 0 when it is gone.
@@ -51,6 +61,13 @@ fn rss_of(pid: u32) -> u64 {
 }
 
 pub fn run(a: &SoakArgs) -> Result<ExitCode> {
+    if a.healthy {
+        return healthy::run(&healthy::Healthy {
+            minutes: a.minutes,
+            rate: a.rate,
+            flows: a.flows,
+        });
+    }
     let bin = crate::bench::build_release()?;
     let lab = Lab::new(LabOptions::default());
     crate::bench::discard_udp9(&lab);

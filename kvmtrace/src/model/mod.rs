@@ -298,8 +298,10 @@ impl Journey {
     /// address alone never continues a journey. A hop that contradicts it — another
     /// direction, IP version or protocol, another ICMP type or TCP flags (no NAT changes
     /// those), the journey's own endpoints swapped (its answer, not itself), or a packet
-    /// received on a device of the host's outside after this one was sent out of one — is a
-    /// new packet.
+    /// received on a device of the host's outside after this one was sent out of one or
+    /// handed to the VM (tap egress: a delivered IPv6 echo reply's memory is reused by the
+    /// next reply, and `ping -c1`'s echo sequence, IPv6's stand-in for the IP id, is 0 for
+    /// both) — is a new packet.
     pub fn continues_with(&self, ev: &TraceEvent) -> bool {
         if ev.dir != self.dir {
             return false;
@@ -309,7 +311,9 @@ impl Journey {
         };
         let mut left_host = false;
         for h in &self.hops {
-            if h.point == Point::DevXmit && h.dev_kind == DevKind::Other {
+            if (h.point == Point::DevXmit && h.dev_kind == DevKind::Other)
+                || h.point == Point::TapEgress
+            {
                 left_host = true;
             }
             if h.point == Point::Fib {

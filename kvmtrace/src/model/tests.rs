@@ -1078,3 +1078,45 @@ fn an_ip_error_drop_without_a_kernel_reason_is_named_from_its_route() {
     assert_eq!(v.reason.as_deref(), Some("IP_INNOROUTES"));
     assert!(v.reason_inferred);
 }
+
+/// Recorded by `cargo xtask soak --healthy` (a real guest's `ping -6 -c1`, once a loop, while a
+/// second VM flooded the same destination): the echo reply of flow id=136 was handed to the
+/// guest (tap egress) and its skb memory was reused 58 s later by the echo reply of flow
+/// id=411. The kernel marked that second reply "not new" (its per-skb entry was still there,
+/// and the IPv6 stand-in for the IP id, the echo sequence, is 0 for every `ping -c1`), and the
+/// model continued the finished journey with it: the journey's last tuple made it flow 411's,
+/// and flow 136, whose reply the guest got, was judged `no_reply`.
+#[test]
+fn a_reply_handed_to_the_guest_is_not_continued_by_the_next_reply_in_its_memory() {
+    let m = model(load(include_str!("fixtures/soak_icmp6_reply_reuse.jsonl")));
+    let v = m.verdicts(&HostFacts::default(), "2001:db8:ffff::1", None);
+    let flows: Vec<(&str, Status, usize, usize)> = v
+        .iter()
+        .map(|v| (v.flow.as_str(), v.status, v.requests, v.replies))
+        .collect();
+    assert_eq!(
+        flows,
+        vec![
+            (
+                "icmp6 fd00:77::2 > 2001:db8:ffff::1 id=136",
+                Status::Delivered,
+                1,
+                1
+            ),
+            (
+                "icmp6 fd00:77::2 > 2001:db8:ffff::1 id=411",
+                Status::Delivered,
+                1,
+                1
+            ),
+        ],
+        "{v:#?}"
+    );
+    // Four packets, four journeys: the second reply starts its own at up0.
+    assert_eq!(m.journeys.len(), 4, "{:#?}", m.journeys);
+    for v in &v {
+        assert_eq!(v.stage, Some(Stage::Tap), "{}", v.flow);
+        assert_eq!(v.device.as_deref(), Some("vnet0"), "{}", v.flow);
+        assert_eq!(v.direction, Some(Direction::Reply), "{}", v.flow);
+    }
+}
