@@ -299,7 +299,9 @@ pub struct NatOrigin {
     pub ip_id: u16,
     /// 1: `guest` and `guest_port` are known (the request was seen leaving the tap).
     pub known: u16,
-    pub _pad: u16,
+    /// `FAMILY_V4` / `FAMILY_V6` of `guest`: an entry is about a packet of its own version
+    /// only (a stale IPv6 entry's first word is not an IPv4 guest).
+    pub family: u16,
 }
 
 /// Value of the per-flow `BUDGET` map: packets of the flow shown in full, and packets past the

@@ -114,7 +114,7 @@ pub fn route_recheck(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8) {
     let (mut src, mut sport) = (p.saddr, p.sport);
     if dir == DIR_REQUEST {
         // After SNAT: the route was chosen for the guest's own source.
-        if let Some(o) = origin_of(skb, p.ip_id) {
+        if let Some(o) = origin_of(skb, p.ip_id, p.family) {
             src = o.guest;
             sport = o.guest_port;
         }

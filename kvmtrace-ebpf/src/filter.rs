@@ -296,7 +296,7 @@ pub fn note_origin(skb: u64, p: &Pkt, dir: u8) {
         guest_port: p.sport,
         ip_id: p.ip_id,
         known: 1,
-        _pad: 0,
+        family: p.family as u16,
     };
     let _ = ORIGIN.insert(&skb, &o, 0);
 }
@@ -317,22 +317,23 @@ pub fn learn_nat(skb: u64, p: &Pkt, dir: u8) {
     };
     // Unknown (the request was not seen leaving the tap): the entry still marks the tuple
     // as a reply's, with `known` 0 (its other fields then mean nothing).
-    let origin = origin_of(skb, p.ip_id).unwrap_or(NatOrigin {
+    let origin = origin_of(skb, p.ip_id, p.family).unwrap_or(NatOrigin {
         guest: p.saddr,
         guest_port: p.sport,
         ip_id: p.ip_id,
         known: 0,
-        _pad: 0,
+        family: p.family as u16,
     });
     let _ = NAT_KEYS.insert(&key, &origin, 0);
 }
 
-/// The guest side of the followed request in `skb` (`ip_id`: the packet it must be about).
+/// The guest side of the followed request in `skb` (`ip_id`, `family`: the packet it must be
+/// about).
 #[inline(always)]
-pub fn origin_of(skb: u64, ip_id: u16) -> Option<NatOrigin> {
+pub fn origin_of(skb: u64, ip_id: u16, family: u8) -> Option<NatOrigin> {
     // SAFETY: read-only lookup.
     let o = unsafe { ORIGIN.get(&skb) }?;
-    (o.ip_id == ip_id).then(|| copy_origin(o))
+    (o.ip_id == ip_id && o.family == family as u16).then(|| copy_origin(o))
 }
 
 /// A map value's copy, field by field with volatile reads: a plain `*o` of these 24 bytes
@@ -349,7 +350,7 @@ fn copy_origin(o: &NatOrigin) -> NatOrigin {
             guest_port: core::ptr::read_volatile(&o.guest_port),
             ip_id: core::ptr::read_volatile(&o.ip_id),
             known: core::ptr::read_volatile(&o.known),
-            _pad: 0,
+            family: core::ptr::read_volatile(&o.family),
         }
     }
 }
