@@ -648,7 +648,10 @@ fn replay_groups_flows_that_ended_identically_and_json_keeps_one_per_flow() {
     );
     assert_eq!(md.matches("| **DROPPED** |").count(), 1, "one row: {md}");
     assert!(
-        md.contains("### DROPPED: 5 flows — netfilter FORWARD on br0 (request)"),
+        md.contains(
+            "### DROPPED: 5 flows icmp 10.77.0.2 > 203.0.113.1 id=\\* — netfilter FORWARD on \
+             br0 (request)"
+        ),
         "{md}"
     );
     assert!(md.contains("| 8 | drop | `br0` | 5 |"), "{md}");

@@ -195,7 +195,7 @@ pub fn build(tr: &Trace, an: &Analysis, source: &str) -> Doc {
     blocks.push(Block::Heading(2, "Findings".into()));
     for gr in &groups {
         let g = gr.members.as_slice();
-        blocks.push(Block::Heading(3, group_title(an, g)));
+        blocks.push(Block::Heading(3, group_title(an, gr)));
         blocks.push(Block::Para(vec![t(gr.summary())]));
         if let Some(f) = &gr.first().fix {
             blocks.push(Block::Para(vec![
@@ -237,7 +237,7 @@ pub fn build(tr: &Trace, an: &Analysis, source: &str) -> Doc {
             if rows.is_empty() {
                 continue;
             }
-            let title = format!("{} — {}", group_title(an, g), dir_plural(dir));
+            let title = format!("{} — {}", group_title(an, gr), dir_plural(dir));
             let v = gr.first();
             let failed_here =
                 v.status != Status::Delivered && v.direction.unwrap_or(Direction::Request) == dir;
@@ -362,15 +362,20 @@ fn span_text(an: &Analysis, span: Option<(u64, u64)>) -> String {
     }
 }
 
-fn group_title(an: &Analysis, g: &[usize]) -> String {
+/// A finding's heading. A group names its flows (`icmp 10.77.0.2 > 203.0.113.1 id=*`), so that
+/// two groups that ended the same way (ICMP and TCP flows both delivered at the tap) never
+/// share a heading.
+fn group_title(an: &Analysis, gr: &VerdictGroup) -> String {
+    let g = gr.members.as_slice();
     let v = &an.verdicts[g[0]];
     if g.len() == 1 {
         format!("{}: {}", v.flow, status_word(v.status))
     } else {
         format!(
-            "{}: {} flows — {}",
+            "{}: {} flows {} — {}",
             status_word(v.status),
             g.len(),
+            gr.label(),
             where_of(v)
         )
     }
