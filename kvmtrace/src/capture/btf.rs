@@ -162,23 +162,30 @@ impl KernelBtf {
         Ok(out)
     }
 
-    /// Whether `enum enum_name` has a member `member`: how a kernel tells what it supports
-    /// (`enum bpf_attach_type` gains a value with each new kind of attachment).
-    pub fn enum_has(&self, enum_name: &str, member: &str) -> bool {
+    /// The member names of the enum(s) called `enum_name` (one BTF lookup by name): how a
+    /// kernel tells what it supports (`enum bpf_attach_type` gains a value with each new kind
+    /// of attachment).
+    pub fn enum_members(&self, enum_name: &str) -> Vec<String> {
         let Ok(types) = self.btf.resolve_types_by_name(enum_name) else {
-            return false;
+            return Vec::new();
         };
-        types.iter().any(|t| match t {
-            Type::Enum(e) => e
-                .members
-                .iter()
-                .any(|m| self.btf.resolve_name(m).is_ok_and(|n| n == member)),
-            Type::Enum64(e) => e
-                .members
-                .iter()
-                .any(|m| self.btf.resolve_name(m).is_ok_and(|n| n == member)),
-            _ => false,
-        })
+        let mut out = Vec::new();
+        for t in &types {
+            match t {
+                Type::Enum(e) => out.extend(
+                    e.members
+                        .iter()
+                        .filter_map(|m| self.btf.resolve_name(m).ok()),
+                ),
+                Type::Enum64(e) => out.extend(
+                    e.members
+                        .iter()
+                        .filter_map(|m| self.btf.resolve_name(m).ok()),
+                ),
+                _ => {}
+            }
+        }
+        out
     }
 }
 

@@ -59,25 +59,30 @@ pub struct KernelCaps {
 }
 
 impl KernelCaps {
-    pub fn probe(btf: &KernelBtf, skip: Skip) -> KernelCaps {
+    /// `kfree_reason`: whether the `kfree_skb` tracepoint passes the reason, as the offsets
+    /// already read it (`Offsets::kfree_reason`): each BTF lookup by name walks the whole of
+    /// vmlinux's types with the mmap backend (~15 ms here), so none is made twice.
+    pub fn probe(btf: &KernelBtf, skip: Skip, kfree_reason: bool) -> KernelCaps {
+        let attach_types = btf.enum_members("bpf_attach_type");
+        let has = |m: &str| attach_types.iter().any(|n| n == m);
         let tcx = if skip.has("tcx") || skip.has("tc") {
             Err(Skip::why(if skip.has("tc") { "tc" } else { "tcx" }))
-        } else if btf.enum_has("bpf_attach_type", "BPF_TCX_INGRESS") {
+        } else if has("BPF_TCX_INGRESS") {
             Ok(())
         } else {
             Err("this kernel has no TCX links (Linux 6.6+)".into())
         };
         let netfilter_links = if skip.has("netfilter") {
             Err(Skip::why("netfilter"))
-        } else if btf.enum_has("bpf_attach_type", "BPF_NETFILTER") {
+        } else if has("BPF_NETFILTER") {
             Ok(())
         } else {
             Err("this kernel has no BPF netfilter links (Linux 6.4+)".into())
         };
-        let kfree_reason = match btf.tracepoint_args("kfree_skb") {
-            Ok(n) if n >= 3 => Ok(()),
-            Ok(_) => Err("kfree_skb passes no drop reason (Linux 5.17+)".into()),
-            Err(e) => Err(format!("{e:#}")),
+        let kfree_reason = if kfree_reason {
+            Ok(())
+        } else {
+            Err("kfree_skb passes no drop reason (Linux 5.17+)".into())
         };
         KernelCaps {
             release: release(),
@@ -270,8 +275,11 @@ mod tests {
     fn the_running_kernel_passes_drop_reasons() {
         let btf = KernelBtf::open(std::path::Path::new(crate::capture::btf::VMLINUX_BTF))
             .expect("kernel BTF");
-        assert!(KernelCaps::probe(&btf, Skip::default())
-            .kfree_reason
-            .is_ok());
+        let o = crate::capture::btf::kernel_offsets(&btf).expect("offsets");
+        assert!(
+            KernelCaps::probe(&btf, Skip::default(), o.kfree_reason == 1)
+                .kfree_reason
+                .is_ok()
+        );
     }
 }

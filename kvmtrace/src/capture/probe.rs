@@ -387,7 +387,7 @@ impl Tracer {
         ensure_tracefs();
         let mut warnings = Vec::new();
         let all = spec.hooks == HookSet::All;
-        let caps = KernelCaps::probe(&kbtf, Skip::from_env());
+        let caps = KernelCaps::probe(&kbtf, Skip::from_env(), offsets.kfree_reason == 1);
         // The route lookup tracepoints' record offsets are constants of the object, so they
         // are read before loading: the full set uses the tracepoints, and so does a run whose
         // TC programs cannot be attached (the path set's `bpf_fib_lookup` runs in TC).

@@ -82,7 +82,7 @@ impl WatchKernel {
         let offsets = kernel_offsets(&kbtf)
             .map_err(|e| EnvError(format!("this kernel's BTF lacks a field: {e:#}")))?;
         let reasons = kbtf.drop_reasons().unwrap_or_default();
-        let caps = KernelCaps::probe(&kbtf, Skip::from_env());
+        let caps = KernelCaps::probe(&kbtf, Skip::from_env(), offsets.kfree_reason == 1);
         let notes = crate::capture::clsact::sweep();
         // follow's ring buffer is not used here: the smallest one.
         let mut ebpf = crate::capture::btf::loader(&offsets, 4096)
