@@ -387,7 +387,7 @@ impl ModuleDeps {
         Ok(Self { deps, builtin })
     }
 
-    /// `name` and what it needs, dependencies first, skipping those in `loaded`.
+    /// `name` and what it needs, dependencies first, leaving out those in `loaded`.
     fn load_order(&self, name: &str, loaded: &mut BTreeSet<String>, out: &mut Vec<String>) {
         if loaded.contains(name) {
             return;
