@@ -66,11 +66,18 @@ fn a_flooded_ring_buffer_loses_events_but_counts_every_one() {
     assert!(lost > 0, "the flood did not overflow a 4 KiB ring: {st}");
     assert_eq!(delivered, events, "every submitted event is read: {st}");
     assert_eq!(hops as u64, delivered, "every read event is printed");
-    assert_eq!(
-        events + lost,
-        n as u64 * per_packet,
-        "produced = delivered + lost: {st}"
+    // Produced = delivered + lost, exactly, unless the kernel skipped runs of the programs
+    // (another BPF program on that CPU: `missed`, counted by the kernel, also for runs on
+    // other tests' packets): then no more than that many events are absent.
+    let missed = st["missed"].as_u64().unwrap();
+    let produced = n as u64 * per_packet;
+    assert!(
+        events + lost <= produced && events + lost + missed >= produced,
+        "produced ({produced}) = delivered + lost, short by at most missed: {st}"
     );
+    if missed == 0 {
+        assert_eq!(events + lost, produced, "{st}");
+    }
 }
 
 #[test]

@@ -107,6 +107,7 @@ fn record_events(path: &Path, events: &[(Option<usize>, TraceEvent)], finish: bo
             events: events.len() as u64,
             lost: 0,
             sampled_out: 0,
+            missed: 0,
         };
         w.end(&v, c, &facts(), 1_700_000_002_000_000_000).unwrap();
     }

@@ -70,8 +70,9 @@ pub enum HookSet {
     All,
 }
 
-/// `run_cnt` and `run_time_ns` from /proc/self/fdinfo of a program fd.
-fn prog_stats(name: &str, fd: std::os::fd::RawFd) -> ProgStats {
+/// `run_cnt`, `run_time_ns` and `recursion_misses` (5.12+; 0 before) from /proc/self/fdinfo
+/// of a program fd: the one reader, for follow's programs and watch's.
+pub(crate) fn prog_stats(name: &str, fd: std::os::fd::RawFd) -> ProgStats {
     let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
     let field = |k: &str| {
         text.lines()
@@ -83,6 +84,7 @@ fn prog_stats(name: &str, fd: std::os::fd::RawFd) -> ProgStats {
         name: name.to_string(),
         runs: field("run_cnt:"),
         run_time_ns: field("run_time_ns:"),
+        missed: field("recursion_misses:"),
     }
 }
 
@@ -873,6 +875,7 @@ impl Tracer {
             events: sum(CNT_EVENTS),
             lost: sum(CNT_LOST),
             sampled_out: sum(CNT_SAMPLED_OUT),
+            missed: self.program_stats().iter().map(|p| p.missed).sum(),
         }
     }
 }

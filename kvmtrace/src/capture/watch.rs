@@ -447,18 +447,7 @@ impl WatchKernel {
             .filter(|(n, _)| n.starts_with("watch_"))
             .filter_map(|(name, p)| {
                 let fd = p.fd().ok()?.as_fd().as_raw_fd();
-                let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-                let field = |k: &str| {
-                    text.lines()
-                        .find_map(|l| l.strip_prefix(k))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0)
-                };
-                Some(crate::model::event::ProgStats {
-                    name: name.to_string(),
-                    runs: field("run_cnt:"),
-                    run_time_ns: field("run_time_ns:"),
-                })
+                Some(crate::capture::probe::prog_stats(name, fd))
             })
             .collect()
     }

@@ -347,6 +347,12 @@ async fn follow_async(
         "kvmtrace: {} events ({} read), {} lost to a full ring buffer, {} over the per-flow budget (counted, not shown); all hooks detached",
         counters.events, st.delivered, counters.lost, counters.sampled_out
     );
+    if counters.missed > 0 {
+        eprintln!(
+            "kvmtrace: the kernel skipped {} runs of kvmtrace's programs (another BPF program was running on that CPU); a packet may lack a hop there",
+            counters.missed
+        );
+    }
     // Nothing seen at all: the static checks say what along the path is wrong.
     if verdicts.iter().any(|v| v.status == Status::NoTraffic) {
         // Checked towards each followed destination (its route, its firewall verdict).

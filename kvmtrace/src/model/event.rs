@@ -604,13 +604,21 @@ pub struct Counters {
     pub events: u64,
     pub lost: u64,
     pub sampled_out: u64,
+    /// Program runs the kernel skipped because another BPF program was already running on
+    /// that CPU (its `recursion_misses`, 5.12+): a followed packet's hop may be among them.
+    /// Absent from traces written before it was kept.
+    #[serde(default)]
+    pub missed: u64,
 }
 
 /// Run count and total run time of one program (`kernel.bpf_stats_enabled=1` makes the
-/// kernel keep them; they stay 0 otherwise).
+/// kernel keep them; they stay 0 otherwise), and the runs the kernel skipped (always kept).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProgStats {
     pub name: String,
     pub runs: u64,
     pub run_time_ns: u64,
+    /// Runs skipped because a BPF program was already running on that CPU.
+    #[serde(default)]
+    pub missed: u64,
 }

@@ -175,6 +175,7 @@ pub fn counters_of(t: &Trace) -> Counters {
         events: t.events.len() as u64,
         lost: 0,
         sampled_out: 0,
+        missed: 0,
     })
 }
 

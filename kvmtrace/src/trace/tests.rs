@@ -96,6 +96,7 @@ fn record_with(fixture: &str, decisions: Vec<RuleDecision>, budgets: Vec<BudgetE
         events: events.len() as u64,
         lost: 0,
         sampled_out: inputs.budgets.iter().map(|b| b.suppressed as u64).sum(),
+        missed: 0,
     };
     w.end(&verdicts, counters, &facts(), 1_700_000_002_000_000_000)
         .unwrap()

@@ -183,6 +183,7 @@ pub struct Metrics {
     ips_full: Counter,
     program_runs: Family<ProgramLabels, Counter>,
     program_seconds: Family<ProgramLabels, Counter<f64>>,
+    program_missed: Family<ProgramLabels, Counter>,
     cap: LabelCap,
     /// Every drop series created, "other" buckets too (to remove a VM's).
     drop_series: HashSet<DropLabels>,
@@ -216,6 +217,7 @@ impl Metrics {
         let ips_full = Counter::default();
         let program_runs = Family::<ProgramLabels, Counter>::default();
         let program_seconds = Family::<ProgramLabels, Counter<f64>>::default();
+        let program_missed = Family::<ProgramLabels, Counter>::default();
         registry.register(
             "kvmtrace_drops",
             "Packets of a watched VM the kernel dropped, by where and why",
@@ -323,6 +325,11 @@ impl Metrics {
             "Time spent in watch's kernel programs (counted while kernel.bpf_stats_enabled=1)",
             program_seconds.clone(),
         );
+        registry.register(
+            "kvmtrace_program_missed_runs",
+            "Runs of watch's kernel programs the kernel skipped because another BPF program was running on that CPU (their packets are not counted)",
+            program_missed.clone(),
+        );
         Metrics {
             registry,
             drops,
@@ -348,6 +355,7 @@ impl Metrics {
             ips_full,
             program_runs,
             program_seconds,
+            program_missed,
             cap: LabelCap::new(max_drop_series),
             drop_series: HashSet::new(),
             tap_series: HashSet::new(),
@@ -420,7 +428,7 @@ impl Metrics {
     }
 
     /// What one of watch's programs ran since the last update (deltas).
-    pub fn add_program(&mut self, program: &str, runs: u64, run_ns: u64) {
+    pub fn add_program(&mut self, program: &str, runs: u64, run_ns: u64, missed: u64) {
         let l = ProgramLabels {
             program: program.into(),
         };
@@ -428,6 +436,7 @@ impl Metrics {
         self.program_seconds
             .get_or_create(&l)
             .inc_by(run_ns as f64 / 1e9);
+        self.program_missed.get_or_create(&l).inc_by(missed);
     }
 
     pub fn vm_added(&mut self, vm: &str, tap: &str, mac: &str) {
@@ -692,7 +701,7 @@ mod tests {
         );
         m.recording_started("web1", "vnet0");
         m.add_kernel(0, 0);
-        m.add_program("watch_tap_in", 14, 700);
+        m.add_program("watch_tap_in", 14, 700, 1);
         insta::assert_snapshot!(samples_sorted(&m.encode()));
     }
 

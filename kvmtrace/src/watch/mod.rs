@@ -260,7 +260,7 @@ struct Watch {
     drop_labels: HashMap<WatchDropKey, DropLabels>,
     prev_overflow: (u64, u64),
     /// Program → (runs, run time ns) at the last update.
-    prev_programs: HashMap<String, (u64, u64)>,
+    prev_programs: HashMap<String, (u64, u64, u64)>,
     dev_names: HashMap<u32, String>,
     started: Instant,
     done_tx: tokio::sync::mpsc::UnboundedSender<recorder::Finished>,
@@ -500,9 +500,14 @@ impl Watch {
         for p in self.kernel.program_stats() {
             let prev = self
                 .prev_programs
-                .insert(p.name.clone(), (p.runs, p.run_time_ns));
-            let (r0, t0) = prev.unwrap_or((0, 0));
-            m.add_program(&p.name, sub(p.runs, r0), sub(p.run_time_ns, t0));
+                .insert(p.name.clone(), (p.runs, p.run_time_ns, p.missed));
+            let (r0, t0, x0) = prev.unwrap_or((0, 0, 0));
+            m.add_program(
+                &p.name,
+                sub(p.runs, r0),
+                sub(p.run_time_ns, t0),
+                sub(p.missed, x0),
+            );
         }
         drop(m);
         let mut seen = HashMap::with_capacity(drops.len());
