@@ -33,9 +33,6 @@ fn nf_common(ctx: *mut core::ffi::c_void, hook: HookKind) -> i32 {
         255
     };
     let x = Extra {
-        location: 0,
-        reason: 0,
-        stack_id: -1,
         nf_hook,
         ..NO_EXTRA
     };

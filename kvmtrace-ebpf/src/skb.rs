@@ -248,14 +248,14 @@ pub fn observe_skb(hook: HookKind, skb: u64, x: &Extra, pre: Option<(Addrs, Opti
         Some(d) => d,
         None => {
             let on_tap = ifindex == c.filter.tap_ifindex && matches!(hook, HookKind::NetifReceive);
-            let d = classify(c, &p, on_tap);
+            let d = classify(c, p, on_tap);
             if d == 0 {
                 return;
             }
             if on_tap {
                 learn_guest(p.family, &p.saddr);
             }
-            if !admit(c, &p, d) {
+            if !admit(c, p, d) {
                 if !freeing {
                     track_put(skb, d | TRACK_SUPPRESSED, p.ip_id);
                 }
@@ -265,24 +265,24 @@ pub fn observe_skb(hook: HookKind, skb: u64, x: &Extra, pre: Option<(Addrs, Opti
             if !freeing {
                 track_put(skb, d, p.ip_id);
                 if on_tap {
-                    note_origin(skb, &p, d);
+                    note_origin(skb, p, d);
                 }
             }
             flags |= EV_FLAG_NEW;
             d
         }
     };
-    learn_nat(skb, &p, dir);
+    learn_nat(skb, p, dir);
     let keep_cur = matches!(hook, HookKind::NetifReceive)
         || (matches!(hook, HookKind::NfExit) && x.nf_hook == NF_INET_PRE_ROUTING);
-    set_cur(keep_cur.then_some((skb, &p)));
+    set_cur(keep_cur.then_some((skb, p)));
     let at = At {
         ifindex,
         ifname,
         netns,
         len,
     };
-    emit(hook, skb, dir, flags, &p, &at, &macs, x);
+    emit(hook, skb, dir, flags, p, &at, &macs, x);
 }
 
 /// `netif_receive_skb(struct sk_buff *skb)`: a device received the skb. Full hook set only.
@@ -310,7 +310,7 @@ fn might_be_ours(c: &Config, skb: u64, vx_off: u16) -> bool {
     let Some((p, _, _, _)) = skb_pkt(skb, vx_off) else {
         return false;
     };
-    classify(c, &p, false) != 0
+    classify(c, p, false) != 0
 }
 
 /// `kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk)`
@@ -366,7 +366,6 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
         reason,
         stack_id,
         nf_hook: 0,
-        ..NO_EXTRA
     };
     observe_skb(HookKind::Drop, skb, &x, Some((addrs, tracked)));
     0

@@ -172,7 +172,7 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
             ctx,
             c,
             hook,
-            &p,
+            p,
             &eth,
             EV_FLAG_DHCP | EV_FLAG_HAS_IP | EV_FLAG_HAS_ETH,
         );
@@ -197,7 +197,7 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
         }
         Some(d) => d,
         None => {
-            let Some(d) = start(c, skb, &p, from_vm) else {
+            let Some(d) = start(c, skb, p, from_vm) else {
                 return TC_ACT_UNSPEC;
             };
             flags |= EV_FLAG_NEW;
@@ -210,7 +210,7 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
         skb,
         dir,
         flags,
-        &p,
+        p,
         &at(ctx, c),
         &macs_of(&eth),
         &NO_EXTRA,
@@ -432,25 +432,25 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
     let dir = match tracked {
         Some(d) => d,
         None => {
-            let Some(d) = start(c, skb, &p, false) else {
+            let Some(d) = start(c, skb, p, false) else {
                 return TC_ACT_UNSPEC;
             };
             flags |= EV_FLAG_NEW;
             d
         }
     };
-    learn_nat(skb, &p, dir);
+    learn_nat(skb, p, dir);
     if c.filter.route_helper == 0 {
         // A packet received here is routed next, on this CPU: the tracepoint's lookup is
         // attributed to it.
-        set_cur(received.then_some((skb, &p)));
+        set_cur(received.then_some((skb, p)));
     }
     emit(
         hook,
         skb,
         dir,
         flags,
-        &p,
+        p,
         &at(ctx, c),
         &macs_of(&eth),
         &NO_EXTRA,
@@ -459,9 +459,9 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
     // its underlay route is the outer packet's.
     if c.filter.route_helper != 0 && base == 0 {
         if received {
-            route_lookup(ctx, c, skb, &p, dir);
+            route_lookup(ctx, c, skb, p, dir);
         } else {
-            route_recheck(ctx, c, skb, &p, dir);
+            route_recheck(ctx, c, skb, p, dir);
         }
     }
     TC_ACT_UNSPEC

@@ -13,12 +13,18 @@
 //! - [`cmd`]: flags, the commands (follow, replay, export, report, doctor, list), exit codes.
 //! - [`watch`]: the always-on service beside `cmd` (per-VM counters → Prometheus, flight
 //!   recorder); its kernel side is `capture::watch`.
+//!
+//! `capture`, `doctor` and `watch` (and `follow`, `doctor` and `watch` on the command line) are
+//! the live half, feature `live` (default); without it the crate is the offline half.
+#[cfg(feature = "live")]
 pub mod capture;
 pub mod cmd;
+#[cfg(feature = "live")]
 pub mod doctor;
 pub mod error;
 pub mod host;
 pub mod model;
 pub mod trace;
 pub mod views;
+#[cfg(feature = "live")]
 pub mod watch;

@@ -67,6 +67,71 @@ pub fn check(workspace: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The crates of a `cargo tree --prefix none` listing whose name starts with `aya`.
+fn aya_crates(tree: &str) -> Vec<String> {
+    let mut v: Vec<String> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| name.starts_with("aya"))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The offline half (`replay`, `export`, `report`) stands alone: `kvmtrace` built without its
+/// default `live` feature has no aya crate anywhere in its dependency tree (normal and build
+/// dependencies), and passes clippy.
+pub fn check_offline(cargo: &str, workspace: &Path) -> Result<()> {
+    let out = std::process::Command::new(cargo)
+        .current_dir(workspace)
+        .args([
+            "tree",
+            "-p",
+            "kvmtrace",
+            "--no-default-features",
+            "-e",
+            "normal,build",
+            "--prefix",
+            "none",
+        ])
+        .output()
+        .context("running cargo tree")?;
+    if !out.status.success() {
+        bail!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let aya = aya_crates(&String::from_utf8_lossy(&out.stdout));
+    if !aya.is_empty() {
+        bail!(
+            "kvmtrace --no-default-features (the offline half) depends on {}: only the `live` \
+             feature may bring aya in",
+            aya.join(", ")
+        );
+    }
+    let status = std::process::Command::new(cargo)
+        .current_dir(workspace)
+        .args([
+            "clippy",
+            "-p",
+            "kvmtrace",
+            "--no-default-features",
+            "--lib",
+            "--bins",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .status()?;
+    if !status.success() {
+        bail!("kvmtrace --no-default-features (the offline half) does not build cleanly");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +148,13 @@ mod tests {
             "[dev-dependencies]\nbytes.workspace = true\n",
             "bytes"
         ));
+    }
+
+    #[test]
+    fn names_the_aya_crates_of_a_tree() {
+        let tree = "kvmtrace v0.1.0 (/w/kvmtrace)\nanyhow v1.0.1\naya v0.14.0\naya-obj v0.3.0\naya v0.14.0\nlibc v0.2.1\n";
+        assert_eq!(aya_crates(tree), ["aya", "aya-obj"]);
+        assert!(aya_crates("kvmtrace v0.1.0\nserde v1.0.0\n").is_empty());
     }
 
     /// The project's own manifests pass.

@@ -31,6 +31,9 @@ enum Command {
     Guest(GuestArgs),
     /// Set up the machine, then run the whole test suite (unit, lab and QEMU tests).
     Test(TestArgs),
+    /// The checks `test` starts with: format, clippy (userspace and the eBPF crate), unused
+    /// workspace dependencies, and the offline half built without aya.
+    Lint,
     /// Set up, build a lab, boot a real guest, break its path, follow it, repair it, tear down.
     Demo,
     /// Measure what following costs: packet rate with kvmtrace off and on, interleaved.
@@ -87,6 +90,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Setup(args) => setup::run(&args),
         Command::Guest(args) => guest(&args),
         Command::Test(args) => test(&args),
+        Command::Lint => lint().map(|()| ExitCode::SUCCESS),
         Command::Demo => demo::run(),
         Command::Bench(args) => bench::run(&args),
         Command::Soak(args) => soak::run(&args),
@@ -115,16 +119,12 @@ fn step(what: &str, cmd: &mut std::process::Command) -> Result<()> {
     Ok(())
 }
 
-fn test(args: &TestArgs) -> Result<ExitCode> {
-    let code = setup::run(&setup::SetupArgs::default())?;
-    if code != ExitCode::SUCCESS {
-        return Ok(code);
-    }
+/// Format, clippy over the userspace crates and over the eBPF crate (for its own target, with
+/// the nightly that builds it), unused workspace dependencies, the offline half.
+fn lint() -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // The QEMU image is built once up front so that its progress is visible and the test
-    // that boots it does not spend its time on it.
-    guest(&GuestArgs { dir: None })?;
-    deps::check(&dist::workspace())?;
+    let ws = dist::workspace();
+    deps::check(&ws)?;
     step(
         "format",
         std::process::Command::new(&cargo).args(["fmt", "--all", "--", "--check"]),
@@ -144,6 +144,42 @@ fn test(args: &TestArgs) -> Result<ExitCode> {
             "warnings",
         ]),
     )?;
+    // The eBPF crate: its nightly (not the stable that runs this), its target, its own target
+    // directory (so that it never invalidates what kvmtrace/build.rs built).
+    let mut ebpf = std::process::Command::new("rustup");
+    ebpf.current_dir(ws.join("kvmtrace-ebpf"))
+        .env_remove("CARGO")
+        .env_remove("RUSTC")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env("CARGO_TARGET_DIR", ws.join("target/ebpf-clippy"))
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ]);
+    step("clippy (eBPF)", &mut ebpf)?;
+    eprintln!("[test] the offline half: kvmtrace --no-default-features, no aya in its tree");
+    deps::check_offline(&cargo, &ws)
+}
+
+fn test(args: &TestArgs) -> Result<ExitCode> {
+    let code = setup::run(&setup::SetupArgs::default())?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The QEMU image is built once up front so that its progress is visible and the test
+    // that boots it does not spend its time on it.
+    guest(&GuestArgs { dir: None })?;
+    lint()?;
     // A short smoke of the benchmark: it must run end to end; its numbers are not judged here.
     // (Before the tests, so that the test runner's summary closes the output.)
     eprintln!("[test] benchmark smoke (numbers not judged)");

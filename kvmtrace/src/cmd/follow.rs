@@ -1,7 +1,176 @@
 //! `kvmtrace follow`: attach, read events, show them live (text, JSON Lines or the terminal
 //! UI), record them, and print one verdict per flow at the end.
 
-use super::*;
+use crate::capture::probe::{Spec, Tracer};
+use crate::cmd::dest::parse_dests;
+use crate::error::{EnvError, Usage};
+use crate::host::resolve::{self, Roots};
+use crate::model::event::Direction;
+use crate::model::{stage_of, HostFacts, Model, Status};
+use crate::views::output;
+use anyhow::{anyhow, Context as _, Result};
+use clap::ValueEnum;
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// `--hooks`: which hook set to attach (capture::probe::HookSet; the flag's values are the
+/// command line's business, not the loader's).
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Hooks {
+    Path,
+    All,
+}
+
+impl From<Hooks> for crate::capture::probe::HookSet {
+    fn from(h: Hooks) -> Self {
+        match h {
+            Hooks::Path => Self::Path,
+            Hooks::All => Self::All,
+        }
+    }
+}
+
+/// `--proto`: the protocol to follow.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Proto {
+    Icmp,
+    Tcp,
+    Udp,
+    Any,
+}
+
+/// `kvmtrace follow VM DEST… [flags]`: the flags as typed, validated once by [`run`].
+#[derive(clap::Args, Debug)]
+pub struct FollowArgs {
+    /// The VM: its name (QEMU -name, libvirt, Proxmox, OpenStack), Proxmox VMID, UUID, its
+    /// tap device, or the guest's MAC.
+    vm: String,
+    /// Destination: an IPv4 or IPv6 address or prefix (203.0.113.1, 203.0.113.0/24,
+    /// 2001:db8::1, 2001:db8::/64). Give one of each to follow both at once
+    /// (`follow vm1 203.0.113.1 2001:db8::1`).
+    #[arg(required = true, num_args = 1..=2, value_name = "DEST")]
+    dest: Vec<String>,
+    /// Which NIC of a VM with several: its number (Proxmox netN, else as `list` shows
+    /// it), its tap or its MAC.
+    #[arg(long, value_name = "N|TAP|MAC")]
+    nic: Option<String>,
+    /// Protocol to follow.
+    #[arg(long, value_enum, default_value_t = Proto::Any)]
+    proto: Proto,
+    /// Remote TCP/UDP port to follow (default: any).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Stop after this many request packets (and a short wait for their replies).
+    #[arg(long)]
+    count: Option<u64>,
+    /// JSON Lines on stdout: hop events, then one verdict per flow, then stats.
+    #[arg(long)]
+    json: bool,
+    /// Print hop lines instead of the terminal UI (the UI opens only when stdout is a
+    /// terminal; logs then go to /tmp/kvmtrace-PID.log).
+    #[arg(long)]
+    no_tui: bool,
+    /// Also write everything to this trace file (mode 0600; headers only, never payload),
+    /// for `replay`, `export` and `report`.
+    #[arg(long, value_name = "FILE")]
+    record: Option<std::path::PathBuf>,
+    /// Name the exact nftables rule (or chain policy) behind each netfilter drop, with
+    /// nftables tracing for the followed flow only. This adds a table of its own while
+    /// running (removed on exit, also by the kernel after a crash); off by default.
+    #[arg(long)]
+    explain_rules: bool,
+    /// Packets per flow and direction shown in full; past it the kernel only counts them
+    /// (exact counts, reported per flow). 0 = no limit.
+    #[arg(long, default_value_t = 200)]
+    budget: u32,
+    /// Ring buffer size in KiB (a power of two, at least 4). Events that find it full are
+    /// counted as lost and reported.
+    #[arg(long, default_value_t = 4096)]
+    ring_kib: u32,
+    /// Every SECS seconds, a progress line on stderr (JSON): events, lost, peak RSS and the
+    /// kernel maps' entries, for long runs and soak tests.
+    #[arg(long, value_name = "SECS")]
+    stats_every: Option<u64>,
+    /// Which hooks to attach: `path` (TC on the devices of the VM's path, drops and route
+    /// lookups: other traffic pays only where it crosses those devices) or `all` (also
+    /// every device's receive/transmit tracepoints and netfilter links at every IPv4 hook:
+    /// each netfilter hook's entry and exit shown, at a cost to every packet of the host).
+    #[arg(long, value_enum, default_value_t = Hooks::Path)]
+    hooks: Hooks,
+}
+
+impl FollowArgs {
+    /// Whether the run takes over the terminal (logs then go to a file).
+    pub(super) fn shows_tui(&self) -> bool {
+        !self.json && !self.no_tui && std::io::IsTerminal::is_terminal(&std::io::stdout())
+    }
+}
+
+impl Proto {
+    /// The IP protocol number the kernel programs match (0: any).
+    fn number(self) -> u8 {
+        match self {
+            Proto::Icmp => 1,
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Any => 0,
+        }
+    }
+}
+
+/// Validates the flags (a bad one is a usage error, exit 2), resolves the VM and follows it.
+pub(super) fn run(a: FollowArgs) -> Result<ExitCode> {
+    let ring_kib = a.ring_kib;
+    if !(ring_kib >= 4 && ring_kib.is_power_of_two() && ring_kib <= 1 << 20) {
+        return Err(Usage(format!(
+            "--ring-kib must be a power of two between 4 and 1048576, not {ring_kib}"
+        ))
+        .into());
+    }
+    let dests = parse_dests(&a.dest).map_err(|e| Usage(format!("{e:#}")))?;
+    let dest = a.dest.join(" ");
+    if a.port.is_some() && a.proto == Proto::Icmp {
+        return Err(Usage("--port applies to tcp and udp, not icmp".into()).into());
+    }
+    if let Some(d) = a.duration {
+        if !(d > 0.0 && d.is_finite()) {
+            return Err(Usage(format!(
+                "--duration must be a positive number of seconds, not {d}"
+            ))
+            .into());
+        }
+    }
+    let info = resolve::resolve(&a.vm, a.nic.as_deref(), &Roots::system())?;
+    let spec = Spec {
+        tap: info.tap.clone(),
+        guest_mac: info.mac.as_deref().and_then(resolve::parse_mac),
+        dests,
+        proto: a.proto.number(),
+        port: a.port.unwrap_or(0),
+        budget: a.budget,
+        ring_bytes: ring_kib * 1024,
+        hooks: a.hooks.into(),
+    };
+    let view = View {
+        json: a.json,
+        tui: a.shows_tui(),
+        record: a.record.as_deref(),
+        explain_rules: a.explain_rules,
+        stats_every: a.stats_every.filter(|s| *s > 0).map(Duration::from_secs),
+    };
+    follow(
+        &info,
+        &spec,
+        &dest,
+        a.duration.map(Duration::from_secs_f64),
+        a.count,
+        view,
+    )
+}
 
 /// After the stop (deadline, count, signal), how long replies to requests in flight are
 /// still collected.
