@@ -8,16 +8,9 @@ pub mod nftables;
 pub mod nl;
 pub mod resolve;
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, so comparable with event times.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub mod sys;
+
+pub use sys::monotonic_ns;
 
 /// Whether a followed VM is still there: its tap (by name and ifindex, read at the start) in
 /// this namespace, and its QEMU process when one was found. `None` while it is; else what went

@@ -30,6 +30,7 @@
 
 pub mod analysis;
 
+use crate::host::sys::uname;
 use crate::model::decision::RuleDecision;
 use crate::model::event::Counters;
 use crate::model::event::TraceEvent;
@@ -142,23 +143,6 @@ pub fn check_snaplen(snaplen: u32) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn uname() -> (String, String) {
-    // SAFETY: utsname is plain data; uname fills it and NUL-terminates each field.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return (String::new(), String::new());
-    }
-    let field = |f: &[libc::c_char]| {
-        let bytes: Vec<u8> = f
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    };
-    (field(&u.nodename), field(&u.release))
 }
 
 /// Creates (or truncates) a file only its owner can read: mode 0600, also when it existed

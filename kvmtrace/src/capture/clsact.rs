@@ -80,12 +80,7 @@ fn netns() -> u64 {
         .unwrap_or(0)
 }
 
-fn ifindex(dev: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(dev).ok()?;
-    // SAFETY: valid C string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (i != 0).then_some(i)
-}
+use crate::host::sys::ifindex;
 
 impl Default for Ledger {
     fn default() -> Self {

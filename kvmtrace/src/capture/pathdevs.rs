@@ -38,23 +38,8 @@ fn is_tun(dev: &str) -> bool {
     sys(dev, "tun_flags").exists()
 }
 
-pub fn name_of(ifindex: u32) -> Option<String> {
-    let mut buf = [0u8; libc::IF_NAMESIZE];
-    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
-    if p.is_null() {
-        return None;
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
-}
-
-fn index_of(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: valid C string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (i != 0).then_some(i)
-}
+use crate::host::sys::ifindex as index_of;
+pub use crate::host::sys::ifname as name_of;
 
 pub fn contains(net: Ipv4Addr, len: u8, a: Ipv4Addr) -> bool {
     ipnet::Ipv4Net::new(net, len.min(32)).is_ok_and(|n| n.trunc().contains(&a))

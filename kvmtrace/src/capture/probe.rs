@@ -117,15 +117,11 @@ pub struct Tracer {
 }
 
 fn ifindex(name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name)?;
-    // SAFETY: valid C string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        Err(anyhow!(
+    match crate::host::sys::ifindex(name) {
+        None => Err(anyhow!(
             "no network device {name} in this network namespace"
-        ))
-    } else {
-        Ok(i)
+        )),
+        Some(i) => Ok(i),
     }
 }
 

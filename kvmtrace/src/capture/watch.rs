@@ -58,12 +58,7 @@ fn netns_inode() -> Result<u32> {
         .ino() as u32)
 }
 
-pub fn ifindex(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: valid C string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (i != 0).then_some(i)
-}
+pub use crate::host::sys::ifindex;
 
 impl WatchKernel {
     /// Loads the object and attaches the drop program. Environment problems come back as
