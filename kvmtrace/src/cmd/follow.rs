@@ -216,48 +216,13 @@ async fn follow_async(
     let started = Instant::now();
     // Rule tracing first: it only reads the ruleset and adds its own table, before any hook.
     let rules = if view.explain_rules {
-        let f = crate::capture::nftrace::TraceFilter {
-            guest_ips: Vec::new(),
-            dsts: spec.dests.clone(),
-            proto: spec.proto,
-            port: spec.port,
-        };
-        let (rt, warnings) = crate::capture::nftrace::RuleTracer::start(&f)
-            .map_err(|e| EnvError(format!("--explain-rules: nftables tracing: {e:#}")))?;
-        for w in warnings {
-            eprintln!("kvmtrace: warning: {w}");
-        }
-        Some(rt)
+        Some(start_rule_tracer(spec)?)
     } else {
         None
     };
     let mut tracer = Tracer::start(spec)?;
-    // The probe line: what this kernel offers, and what each missing piece costs.
-    eprintln!("kvmtrace: {}", tracer.caps.summary());
-    for g in tracer
-        .caps
-        .gaps(spec.hooks == crate::capture::probe::HookSet::All)
-    {
-        eprintln!("kvmtrace: {g}");
-    }
-    for n in &tracer.notes {
-        eprintln!("kvmtrace: {n}");
-    }
-    for w in &tracer.warnings {
-        eprintln!("kvmtrace: warning: {w}");
-    }
+    announce(&tracer, spec, info, dest, started);
     let blind = tracer.blind.clone();
-    eprintln!(
-        "kvmtrace: following {} (tap {}{}) → {dest}, ready in {} ms; attached: {}",
-        info.name.as_deref().unwrap_or("VM"),
-        info.tap,
-        info.mac
-            .as_deref()
-            .map(|m| format!(", mac {m}"))
-            .unwrap_or_default(),
-        started.elapsed().as_millis(),
-        tracer.attached.join("; ")
-    );
     // Read at the start: a tap removed and made again under its name is another device.
     let tap_ifindex: Option<u32> =
         std::fs::read_to_string(format!("/sys/class/net/{}/ifindex", info.tap))
@@ -287,21 +252,7 @@ async fn follow_async(
     let mut last_verdicts = Instant::now();
     let mut filter = (spec.proto, spec.port);
     let writer = match view.record {
-        Some(path) => {
-            let mut meta = crate::trace::Meta::new(
-                info.name.clone(),
-                &info.tap,
-                info.mac.clone(),
-                dest,
-                &crate::views::tui::filter_label(spec.proto, spec.port),
-            );
-            meta.facts = Some(facts_live.clone());
-            meta.blind = blind.clone();
-            Some(
-                crate::trace::Writer::create(path, &meta)
-                    .with_context(|| format!("creating the trace file {}", path.display()))?,
-            )
-        }
+        Some(path) => Some(open_trace(path, info, spec, dest, &facts_live, &blind)?),
         None => None,
     };
     let mut st = Follow {
@@ -352,49 +303,13 @@ async fn follow_async(
                 }
                 // The VM going away ends the run: nothing more of it can be seen, and every
                 // verdict says so (not "delivered", not "the guest sent nothing").
-                let gone = tap_ifindex
-                    .and_then(|i| crate::host::vm_went_away(&info.tap, i, info.pid));
-                if let Some(what) = gone {
-                    let g = crate::model::VmGone {
-                        at_ns: crate::host::monotonic_ns(),
-                        after_s: started.elapsed().as_secs_f64(),
-                        what,
-                    };
-                    let line = format!("the VM went away at +{:.1} s: {}; the run ends here", g.after_s, g.what);
-                    if view.tui {
-                        log::warn!("{line}");
-                    } else {
-                        eprintln!("kvmtrace: {line}");
-                    }
-                    if let Some(w) = &mut st.writer {
-                        w.vm_gone(&g)?;
-                    }
+                if let Some(g) = vm_gone_now(info, tap_ifindex, started, view.tui, &mut st)? {
                     vm_gone = Some(g);
                     break;
                 }
             }
             _ = progress.tick(), if view.stats_every.is_some() => {
-                let c = tracer.counters();
-                let maps: serde_json::Map<String, serde_json::Value> = tracer
-                    .map_entries()
-                    .into_iter()
-                    .map(|(k, v)| (k, serde_json::json!(v)))
-                    .collect();
-                eprintln!(
-                    "{}",
-                    serde_json::json!({
-                        "type": "progress",
-                        "elapsed_s": started.elapsed().as_secs_f64(),
-                        "events": c.events,
-                        "delivered": st.delivered,
-                        "lost": c.lost,
-                        "sampled_out": c.sampled_out,
-                        "rss_kib": rss_kib(),
-                        "peak_rss_kib": peak_rss_kib(),
-                        "journeys_held": st.model.journeys.len(),
-                        "maps": maps,
-                    })
-                );
+                eprintln!("{}", progress_line(&tracer, &st, started));
             }
             _ = tick.tick(), if live.is_some() => {
                 let c = tracer.counters();
@@ -462,26 +377,177 @@ async fn follow_async(
         }
     }
     st.drain(&tracer, ring.get_mut(), &mut out)?;
+    let decisions = rules
+        .map(|rt| crate::trace::distinct_decisions(rt.stop()))
+        .unwrap_or_default();
+    let end = End {
+        until,
+        decisions,
+        vm_gone,
+        blind,
+    };
+    conclude(st, tracer, end, spec, info, dest, &mut out)
+}
+
+/// `--explain-rules`: the nftables rule tracer for the followed flow, its warnings said.
+fn start_rule_tracer(spec: &Spec) -> Result<crate::capture::nftrace::RuleTracer> {
+    let f = crate::capture::nftrace::TraceFilter {
+        guest_ips: Vec::new(),
+        dsts: spec.dests.clone(),
+        proto: spec.proto,
+        port: spec.port,
+    };
+    let (rt, warnings) = crate::capture::nftrace::RuleTracer::start(&f)
+        .map_err(|e| EnvError(format!("--explain-rules: nftables tracing: {e:#}")))?;
+    for w in warnings {
+        eprintln!("kvmtrace: warning: {w}");
+    }
+    Ok(rt)
+}
+
+/// The start-up lines: the probe line (what this kernel offers, and what each missing piece
+/// costs), notes and warnings, then "following … ready in N ms".
+fn announce(tracer: &Tracer, spec: &Spec, info: &resolve::VmInfo, dest: &str, started: Instant) {
+    eprintln!("kvmtrace: {}", tracer.caps.summary());
+    for g in tracer
+        .caps
+        .gaps(spec.hooks == crate::capture::probe::HookSet::All)
+    {
+        eprintln!("kvmtrace: {g}");
+    }
+    for n in &tracer.notes {
+        eprintln!("kvmtrace: {n}");
+    }
+    for w in &tracer.warnings {
+        eprintln!("kvmtrace: warning: {w}");
+    }
+    eprintln!(
+        "kvmtrace: following {} (tap {}{}) → {dest}, ready in {} ms; attached: {}",
+        info.name.as_deref().unwrap_or("VM"),
+        info.tap,
+        info.mac
+            .as_deref()
+            .map(|m| format!(", mac {m}"))
+            .unwrap_or_default(),
+        started.elapsed().as_millis(),
+        tracer.attached.join("; ")
+    );
+}
+
+/// `--record FILE`: the trace, its metadata written.
+fn open_trace(
+    path: &std::path::Path,
+    info: &resolve::VmInfo,
+    spec: &Spec,
+    dest: &str,
+    facts: &HostFacts,
+    blind: &Option<crate::model::Blind>,
+) -> Result<crate::trace::Writer> {
+    let mut meta = crate::trace::Meta::new(
+        info.name.clone(),
+        &info.tap,
+        info.mac.clone(),
+        dest,
+        &crate::views::tui::filter_label(spec.proto, spec.port),
+    );
+    meta.facts = Some(facts.clone());
+    meta.blind = blind.clone();
+    crate::trace::Writer::create(path, &meta)
+        .with_context(|| format!("creating the trace file {}", path.display()))
+}
+
+/// Whether the VM went away (its tap, or its QEMU): said at once, live and in the trace.
+fn vm_gone_now(
+    info: &resolve::VmInfo,
+    tap_ifindex: Option<u32>,
+    started: Instant,
+    tui: bool,
+    st: &mut Follow,
+) -> Result<Option<crate::model::VmGone>> {
+    let Some(what) = tap_ifindex.and_then(|i| crate::host::vm_went_away(&info.tap, i, info.pid))
+    else {
+        return Ok(None);
+    };
+    let g = crate::model::VmGone {
+        at_ns: crate::host::monotonic_ns(),
+        after_s: started.elapsed().as_secs_f64(),
+        what,
+    };
+    let line = format!(
+        "the VM went away at +{:.1} s: {}; the run ends here",
+        g.after_s, g.what
+    );
+    if tui {
+        log::warn!("{line}");
+    } else {
+        eprintln!("kvmtrace: {line}");
+    }
+    if let Some(w) = &mut st.writer {
+        w.vm_gone(&g)?;
+    }
+    Ok(Some(g))
+}
+
+/// `--stats-every`: one JSON progress line.
+fn progress_line(tracer: &Tracer, st: &Follow, started: Instant) -> serde_json::Value {
+    let c = tracer.counters();
+    let maps: serde_json::Map<String, serde_json::Value> = tracer
+        .map_entries()
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::json!(v)))
+        .collect();
+    serde_json::json!({
+        "type": "progress",
+        "elapsed_s": started.elapsed().as_secs_f64(),
+        "events": c.events,
+        "delivered": st.delivered,
+        "lost": c.lost,
+        "sampled_out": c.sampled_out,
+        "rss_kib": rss_kib(),
+        "peak_rss_kib": peak_rss_kib(),
+        "journeys_held": st.model.journeys.len(),
+        "maps": maps,
+    })
+}
+
+/// What the run learned besides the events, for the verdicts.
+struct End {
+    /// Requests seen after this instant are not judged.
+    until: u64,
+    decisions: Vec<crate::model::decision::RuleDecision>,
+    vm_gone: Option<crate::model::VmGone>,
+    blind: Option<crate::model::Blind>,
+}
+
+/// After the last event: the verdicts (from the same inputs a replay uses), the trace's end,
+/// hooks detached, the verdicts and stats printed, the static checks when nothing was seen.
+fn conclude(
+    mut st: Follow,
+    tracer: Tracer,
+    end: End,
+    spec: &Spec,
+    info: &resolve::VmInfo,
+    dest: &str,
+    out: &mut dyn std::io::Write,
+) -> Result<ExitCode> {
+    let json = st.json;
     let counters = tracer.counters();
     let programs = tracer.program_stats();
     let (attached, warnings) = (tracer.attached.clone(), tracer.warnings.clone());
     // Every input of the verdicts besides the events goes into the trace too, and replay
     // computes its verdicts from them with the same function: a replay equals this run.
     // The rule tracer's own table is removed first, so the host facts do not show it.
-    let decisions = rules
-        .map(|rt| crate::trace::distinct_decisions(rt.stop()))
-        .unwrap_or_default();
     let inputs = crate::trace::Inputs {
         dest: dest.to_string(),
         facts: crate::host::facts::gather(),
-        until_ns: Some(until),
-        decisions,
+        until_ns: Some(end.until),
+        decisions: end.decisions,
         budgets: tracer.flow_budgets(),
         budget: spec.budget,
         // The bound of `st.model`: replay folds old journeys the same way.
         retained: Some(crate::model::DEFAULT_RETAINED),
-        vm_gone,
-        blind: blind.clone(),
+        vm_gone: end.vm_gone,
+        blind: end.blind,
     };
     let verdicts = inputs.verdicts(&st.model);
     if let Some(mut w) = st.writer.take() {
@@ -505,7 +571,7 @@ async fn follow_async(
     } else {
         writeln!(out)?;
         output::write_verdicts_text(
-            &mut out,
+            &mut *out,
             &verdicts,
             &output::flow_times(&st.model, &verdicts),
             st.t0.unwrap_or(0),
@@ -524,37 +590,7 @@ async fn follow_async(
     }
     // Nothing seen at all: the static checks say what along the path is wrong.
     if verdicts.iter().any(|v| v.status == Status::NoTraffic) {
-        // Checked towards each followed destination (its route, its firewall verdict).
-        let mut checks: Vec<crate::doctor::Check> = Vec::new();
-        for d in &spec.dests {
-            let dest = crate::doctor::parse_dest(&d.to_string()).ok();
-            for c in crate::doctor::checks_for_dest(info, dest) {
-                if !checks.iter().any(|k| k.name == c.name) {
-                    checks.push(c);
-                }
-            }
-        }
-        let failing: Vec<&crate::doctor::Check> = checks
-            .iter()
-            .filter(|c| matches!(c.status, crate::doctor::CheckStatus::Fail))
-            .collect();
-        if !failing.is_empty() {
-            if json {
-                for c in &failing {
-                    writeln!(out, "{}", crate::doctor::check_json(c))?;
-                }
-            } else {
-                writeln!(
-                    out,
-                    "\nno traffic: `kvmtrace doctor` finds {} failing check(s):",
-                    failing.len()
-                )?;
-                for c in &failing {
-                    crate::doctor::write_check_text(&mut out, c)?;
-                }
-            }
-            out.flush()?;
-        }
+        write_failing_checks(spec, info, json, out)?;
     }
     if st.undecodable > 0 {
         eprintln!(
@@ -563,6 +599,48 @@ async fn follow_async(
         );
     }
     Ok(ExitCode::from(crate::model::exit_status(&verdicts)))
+}
+
+/// The doctor's failing checks towards each followed destination (its route, its firewall
+/// verdict), for a run that saw nothing.
+fn write_failing_checks(
+    spec: &Spec,
+    info: &resolve::VmInfo,
+    json: bool,
+    out: &mut dyn std::io::Write,
+) -> Result<()> {
+    // Checked towards each followed destination (its route, its firewall verdict).
+    let mut checks: Vec<crate::doctor::Check> = Vec::new();
+    for d in &spec.dests {
+        let dest = crate::doctor::parse_dest(&d.to_string()).ok();
+        for c in crate::doctor::checks_for_dest(info, dest) {
+            if !checks.iter().any(|k| k.name == c.name) {
+                checks.push(c);
+            }
+        }
+    }
+    let failing: Vec<&crate::doctor::Check> = checks
+        .iter()
+        .filter(|c| matches!(c.status, crate::doctor::CheckStatus::Fail))
+        .collect();
+    if !failing.is_empty() {
+        if json {
+            for c in &failing {
+                writeln!(out, "{}", crate::doctor::check_json(c))?;
+            }
+        } else {
+            writeln!(
+                out,
+                "\nno traffic: `kvmtrace doctor` finds {} failing check(s):",
+                failing.len()
+            )?;
+            for c in &failing {
+                crate::doctor::write_check_text(&mut *out, c)?;
+            }
+        }
+        out.flush()?;
+    }
+    Ok(())
 }
 
 /// VmRSS of this process (KiB).
