@@ -68,8 +68,22 @@ pub fn hop_json(journey: impl Into<Option<usize>>, e: &TraceEvent, stage: Stage)
 
 pub fn write_verdict_text(w: &mut dyn Write, v: &Verdict) -> io::Result<()> {
     writeln!(w, "flow {}: {}", v.flow, v.status.name().to_uppercase())?;
+    write_place(w, v, v.requests, v.replies)?;
+    for r in &v.rewrites {
+        writeln!(
+            w,
+            "  rewrite: {} {} → {} (at {})",
+            r.field, r.from, r.to, r.at
+        )?;
+    }
+    writeln!(w, "  summary: {}", v.summary)?;
+    write_fix(w, v)
+}
+
+/// The `stage=… requests=… replies=…` line, then the verdict's chains and its route.
+fn write_place(w: &mut dyn Write, v: &Verdict, requests: usize, replies: usize) -> io::Result<()> {
     let mut kv = place_kv(v);
-    kv.push(format!("requests={} replies={}", v.requests, v.replies));
+    kv.push(format!("requests={requests} replies={replies}"));
     writeln!(w, "  {}", kv.join(" "))?;
     for c in &v.chains {
         writeln!(w, "  chain: {c}")?;
@@ -84,15 +98,7 @@ pub fn write_verdict_text(w: &mut dyn Write, v: &Verdict) -> io::Result<()> {
             r.gateway.map(|g| format!(" via {g}")).unwrap_or_default()
         )?;
     }
-    for r in &v.rewrites {
-        writeln!(
-            w,
-            "  rewrite: {} {} → {} (at {})",
-            r.field, r.from, r.to, r.at
-        )?;
-    }
-    writeln!(w, "  summary: {}", v.summary)?;
-    write_fix(w, v)
+    Ok(())
 }
 
 /// The verdict's one-command next step, on a line of its own that can be copied whole.
@@ -141,22 +147,7 @@ fn write_group_text(w: &mut dyn Write, g: &VerdictGroup, t0: u64) -> io::Result<
         )?,
         None => writeln!(w)?,
     }
-    let mut kv = place_kv(v);
-    kv.push(format!("requests={} replies={}", g.requests(), g.replies()));
-    writeln!(w, "  {}", kv.join(" "))?;
-    for c in &v.chains {
-        writeln!(w, "  chain: {c}")?;
-    }
-    if let Some(r) = &v.route {
-        writeln!(
-            w,
-            "  route: table {} → {}{}",
-            r.table_name(),
-            r.err_name()
-                .unwrap_or(if r.device.is_empty() { "?" } else { &r.device }),
-            r.gateway.map(|g| format!(" via {g}")).unwrap_or_default()
-        )?;
-    }
+    write_place(w, v, g.requests(), g.replies())?;
     for r in &v.rewrites {
         let (from, to) = g.rewrite_text(r);
         writeln!(w, "  rewrite: {} {from} → {to} (at {})", r.field, r.at)?;

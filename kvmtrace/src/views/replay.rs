@@ -22,14 +22,7 @@ pub fn write_replay(out: &mut dyn Write, t: &Trace, an: &Analysis, json: bool) -
         }
     }
     if json {
-        for v in &an.verdicts {
-            writeln!(out, "{}", serde_json::to_string(v)?)?;
-        }
-        writeln!(
-            out,
-            "{}",
-            output::stats_json(counters_of(t), &[], &warnings(t, an))
-        )?;
+        write_verdicts_json(out, t, an)?;
     } else {
         writeln!(out)?;
         output::write_verdicts_text(
@@ -76,6 +69,11 @@ pub fn write_jsonl(out: &mut dyn Write, t: &Trace, an: &Analysis) -> io::Result<
         };
         writeln!(out, "{}", serde_json::to_string(&line)?)?;
     }
+    write_verdicts_json(out, t, an)
+}
+
+/// The verdicts and the stats line, as `follow --json` ends.
+fn write_verdicts_json(out: &mut dyn Write, t: &Trace, an: &Analysis) -> io::Result<()> {
     for v in &an.verdicts {
         writeln!(out, "{}", serde_json::to_string(v)?)?;
     }
