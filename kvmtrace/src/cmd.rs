@@ -7,7 +7,7 @@ pub mod assets;
 pub mod dest;
 #[cfg(feature = "live")]
 mod follow;
-mod list;
+pub mod list;
 pub mod offline;
 
 use crate::error::{EnvError, Usage};
@@ -35,14 +35,7 @@ pub enum Cmd {
     Follow(follow::FollowArgs),
     /// List the VMs (one line per NIC) and taps that can be followed from this network
     /// namespace.
-    List {
-        /// Also VMs whose QEMU runs in another network namespace, with its name.
-        #[arg(long)]
-        all: bool,
-        /// JSON Lines on stdout: one `vm` object per NIC.
-        #[arg(long)]
-        json: bool,
-    },
+    List(list::ListArgs),
     /// Show a recorded trace (`follow --record`) with the same views, offline, without root.
     Replay(crate::cmd::offline::ReplayArgs),
     /// Export a recorded trace (pcapng for Wireshark/tshark, JSON Lines for scripts).
@@ -124,7 +117,7 @@ pub fn main() -> ExitCode {
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::List { all, json } => list::list(all, json),
+        Cmd::List(a) => list::list(a),
         Cmd::Replay(a) => crate::cmd::offline::replay(a),
         Cmd::Export(a) => crate::cmd::offline::export(a),
         Cmd::Report(a) => crate::cmd::offline::report(a),

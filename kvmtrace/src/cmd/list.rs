@@ -6,7 +6,18 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 /// `kvmtrace list [--all] [--json]`.
-pub(super) fn list(all: bool, json: bool) -> Result<ExitCode> {
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    /// Also VMs whose QEMU runs in another network namespace, with its name.
+    #[arg(long)]
+    all: bool,
+    /// JSON Lines on stdout: one `vm` object per NIC.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn list(a: ListArgs) -> Result<ExitCode> {
+    let ListArgs { all, json } = a;
     let roots = Roots::system();
     let every = resolve::list_all(&roots);
     let elsewhere = every.iter().filter(|v| !v.netns.here).count();
