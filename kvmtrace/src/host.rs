@@ -30,10 +30,5 @@ pub fn vm_went_away(tap: &str, tap_ifindex: u32, qemu_pid: Option<u32>) -> Optio
     }
     let pid = qemu_pid?;
     // A zombie still has its /proc entry, but its fds (the tap) are gone.
-    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
-    let exited = state.as_deref().is_none_or(|s| {
-        s.rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
-    });
-    exited.then(|| format!("its QEMU (pid {pid}) exited"))
+    sys::process_exited(pid).then(|| format!("its QEMU (pid {pid}) exited"))
 }

@@ -66,18 +66,10 @@ pub struct Ledger {
     state: State,
 }
 
-fn start_time(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: count from its closing parenthesis.
-    let rest = &s[s.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
+use crate::host::sys::start_time;
 
 fn netns() -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self/ns/net")
-        .map(|m| m.ino())
-        .unwrap_or(0)
+    crate::host::sys::netns_inode().unwrap_or(0)
 }
 
 use crate::host::sys::ifindex;

@@ -126,10 +126,7 @@ fn ifindex(name: &str) -> Result<u32> {
 }
 
 fn netns_inode() -> Result<u32> {
-    use std::os::unix::fs::MetadataExt;
-    Ok(std::fs::metadata("/proc/self/ns/net")
-        .context("reading /proc/self/ns/net")?
-        .ino() as u32)
+    Ok(crate::host::sys::netns_inode().context("reading /proc/self/ns/net")? as u32)
 }
 
 /// The fields of a tracepoint record and their offsets, from its tracefs format file.

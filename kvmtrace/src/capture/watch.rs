@@ -52,10 +52,7 @@ pub struct WatchKernel {
 }
 
 fn netns_inode() -> Result<u32> {
-    use std::os::unix::fs::MetadataExt;
-    Ok(std::fs::metadata("/proc/self/ns/net")
-        .context("reading /proc/self/ns/net")?
-        .ino() as u32)
+    Ok(crate::host::sys::netns_inode().context("reading /proc/self/ns/net")? as u32)
 }
 
 pub use crate::host::sys::ifindex;

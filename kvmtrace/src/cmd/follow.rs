@@ -645,21 +645,12 @@ fn write_failing_checks(
 
 /// VmRSS of this process (KiB).
 fn rss_kib() -> u64 {
-    proc_status_kib("VmRSS:")
-}
-
-fn proc_status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    crate::host::sys::rss_kib().0
 }
 
 /// VmHWM of this process (KiB), for the benchmark.
 fn peak_rss_kib() -> u64 {
-    proc_status_kib("VmHWM:")
+    crate::host::sys::rss_kib().1
 }
 
 /// State of a running `follow`: the model and what the views need.
