@@ -1066,6 +1066,106 @@ fn a_bridge_family_firewall_drop_names_its_hook_table_and_chain() {
     );
 }
 
+/// Issue 18: with `--explain-rules` a drop by an nftables `bridge` table names its rule, not
+/// only its hook and chain (the tracer's `inet` table never sees a bridged frame, and `meta
+/// nfproto` is NFPROTO_BRIDGE in a bridge chain: its bridge table matches the ether type). The
+/// tracer changes no frame's fate (a healthy bridged ping is answered while it runs) and removes
+/// both its tables on exit.
+#[test]
+fn explain_rules_names_the_bridge_family_rule_that_dropped() {
+    let lab = bridged_lab();
+    let running = start(
+        &lab,
+        &[
+            "follow",
+            "vnet0",
+            DEST,
+            "--json",
+            "--duration",
+            "3",
+            "--explain-rules",
+        ],
+    );
+    let tables = lab.hv_run(&["nft", "list", "tables"]);
+    let ours: Vec<&str> = tables
+        .lines()
+        .filter(|l| l.contains("kvmtrace_nftrace_"))
+        .collect();
+    assert_eq!(ours.len(), 2, "an inet and a bridge table: {tables}");
+    assert!(
+        ours[0].starts_with("table inet kvmtrace_nftrace_"),
+        "{tables}"
+    );
+    assert!(
+        ours[1].starts_with("table bridge kvmtrace_nftrace_"),
+        "{tables}"
+    );
+    let mut vm = FakeVm::attach(&lab);
+    let got: Vec<Option<Reply>> = (1..=2)
+        .map(|seq| vm.ping(lab.dest, 0x4444, seq, Duration::from_millis(800)))
+        .collect();
+    drop(vm);
+    let run = running.wait();
+    assert!(
+        got.iter().all(Option::is_some),
+        "tracing changed the path: {got:?}"
+    );
+    assert_eq!(
+        field(run.verdict(), "status"),
+        "delivered",
+        "{}",
+        run.dump()
+    );
+    assert!(run.verdict().get("rule").is_none(), "{}", run.dump());
+    assert!(
+        !run.stderr.contains("cannot add table bridge"),
+        "{}",
+        run.dump()
+    );
+
+    lab.nft("table bridge labbr {\n chain forward {\n  type filter hook forward priority 0;\n  ether type ip drop\n }\n}\n");
+    let listing = lab.hv_run(&["nft", "-a", "list", "table", "bridge", "labbr"]);
+    let handle: u64 = listing
+        .lines()
+        .find(|l| l.contains("ether type ip drop"))
+        .and_then(|l| l.rsplit_once("# handle "))
+        .and_then(|(_, h)| h.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no handle in:\n{listing}"));
+    let (run, got) = ping_run(&lab, &["--explain-rules"], 2, "3");
+    assert!(got.iter().all(Option::is_none), "{got:?}");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
+    assert_eq!(field(v, "family"), "bridge", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", run.dump());
+    assert_eq!(
+        v["chains"][0],
+        "bridge labbr forward (policy accept, priority 0)",
+        "{}",
+        run.dump()
+    );
+    assert_eq!(
+        field(v, "rule"),
+        format!("bridge labbr forward handle {handle} (FORWARD): ether type ip drop → drop"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        field(v, "summary").ends_with(&format!(
+            "; decided by bridge labbr forward handle {handle} (FORWARD): ether type ip drop → drop"
+        )),
+        "{}",
+        run.dump()
+    );
+    let tables = lab.hv_run(&["nft", "list", "tables"]);
+    assert!(
+        !tables.contains("kvmtrace_nftrace"),
+        "tracing table left behind: {tables}"
+    );
+}
+
 /// The IPv4 twin of the NDP case: an `arp` family input chain with policy drop keeps the host
 /// from answering the guest's ARP for its own gateway address; named with the chain, not as
 /// a wrong gateway setting, and the printed command makes the host answer.
