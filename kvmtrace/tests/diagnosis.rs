@@ -1166,6 +1166,80 @@ fn explain_rules_names_the_bridge_family_rule_that_dropped() {
     );
 }
 
+/// Issue 18: the guest's DHCP discovers reach the host (10.77.0.1 on br0), where a DHCP server
+/// listens on udp 67 (here a plain socket, as dnsmasq's), and an INPUT policy drops them. Named
+/// as the host's INPUT (the chain, the message, its sender), not "no DHCP server serves its
+/// network"; the `fix`, applied, lets the next discover reach the listening socket.
+#[test]
+fn an_input_policy_dropping_the_guests_dhcp_is_named_and_fixed() {
+    let lab = Lab::new(LabOptions::default());
+    lab.nft("table inet labin {\n chain input {\n  type filter hook input priority 0; policy drop;\n }\n}\n");
+    let server = kvmtrace_lab::lab::in_netns(&lab.hv, || std::net::UdpSocket::bind("0.0.0.0:67"))
+        .expect("enter the hypervisor namespace")
+        .expect("bind udp 67");
+    server
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("timeout");
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST, "--json", "--duration", "2"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    for xid in [0x4b1801, 0x4b1802] {
+        vm.dhcp_discover(xid);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = running.wait();
+    let mut buf = [0u8; 1500];
+    assert!(
+        server.recv_from(&mut buf).is_err(),
+        "the INPUT policy should drop the discover"
+    );
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "INPUT", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "device"), "br0", "{}", run.dump());
+    assert_eq!(field(v, "firewall"), "nftables", "{}", run.dump());
+    assert_eq!(
+        v["chains"],
+        serde_json::json!(["inet labin input (policy drop, priority 0)"]),
+        "{}",
+        run.dump()
+    );
+    assert_eq!(
+        field(v, "summary"),
+        "no packet from the VM to 203.0.113.1: the guest (52:54:00:4b:54:02 on vnet0) asked \
+         DHCP for an address 2 time(s) and got no answer: the host is on its network (10.77.0.1 \
+         on br0) and its firewall drops the guest's DHCP requests (udp 67) at INPUT (inet labin \
+         input (INPUT, policy drop)), so a DHCP server on the host (dnsmasq) never hears them → \
+         let them in: `nft 'insert rule inet labin input udp dport 67 accept'`",
+        "{}",
+        run.dump()
+    );
+    let fix = "nft 'insert rule inet labin input udp dport 67 accept'";
+    assert_eq!(field(v, "fix"), fix, "{}", run.dump());
+    assert_eq!(run.code, 1, "{}", run.dump());
+    let out = lab
+        .hv_cmd("sh")
+        .args(["-c", fix])
+        .output()
+        .expect("run the fix");
+    assert!(out.status.success(), "{out:?}");
+    vm.dhcp_discover(0x4b1803);
+    let (n, from) = server
+        .recv_from(&mut buf)
+        .expect("the discover reaches the host's DHCP socket after the fix");
+    assert_eq!(from, "0.0.0.0:68".parse().unwrap());
+    assert!(n >= 240, "{n} bytes");
+    assert_eq!(
+        buf[4..8],
+        0x4b1803u32.to_be_bytes(),
+        "the third discover's xid"
+    );
+}
+
 /// The IPv4 twin of the NDP case: an `arp` family input chain with policy drop keeps the host
 /// from answering the guest's ARP for its own gateway address; named with the chain, not as
 /// a wrong gateway setting, and the printed command makes the host answer.
