@@ -1043,3 +1043,83 @@ fn an_input_policy_dropping_the_guests_router_solicitations_is_named_and_fixed()
         "the solicitation reaches the host after the fix"
     );
 }
+
+/// Issue 18, DHCPv6: the guest's solicits to all-DHCP-servers (ff02::1:2, udp 547) reach the
+/// host (fd00:77::1 on br0), where a DHCPv6 server listens (here a socket on udp 547 that joined
+/// the group on br0, as dnsmasq's does), and the INPUT policy drops them. Named as the host's
+/// INPUT with the message and its sender; the `fix`, applied, lets the next solicit reach it.
+#[test]
+fn an_input_policy_dropping_the_guests_dhcpv6_is_named_and_fixed() {
+    let lab = Lab::new(LabOptions::default());
+    lab.nft("table inet labin {\n chain input {\n  type filter hook input priority 0; policy drop;\n }\n}\n");
+    let br0: u32 = lab
+        .hv_run(&["cat", "/sys/class/net/br0/ifindex"])
+        .trim()
+        .parse()
+        .expect("br0's ifindex");
+    let server = kvmtrace_lab::lab::in_netns(&lab.hv, || {
+        let s = std::net::UdpSocket::bind("[::]:547").expect("bind udp 547");
+        s.join_multicast_v6(&"ff02::1:2".parse().unwrap(), br0)
+            .expect("join all-DHCP-servers on br0");
+        s
+    })
+    .expect("enter the hypervisor namespace");
+    server
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("timeout");
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST6, "--json", "--duration", "2"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    let ll = vm.link_local();
+    for xid in [0x4b61, 0x4b62] {
+        vm.dhcpv6_solicit(xid);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = running.wait();
+    let mut buf = [0u8; 1500];
+    assert!(
+        server.recv_from(&mut buf).is_err(),
+        "the INPUT policy should drop the solicits"
+    );
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "INPUT", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "device"), "br0", "{}", run.dump());
+    assert_eq!(
+        v["chains"],
+        serde_json::json!(["inet labin input (policy drop, priority 0)"]),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        field(v, "summary").contains(
+            "the guest (52:54:00:4b:54:02 on vnet0) asked DHCPv6 for an address 2 time(s) and \
+             got no answer: the host is on its network (fd00:77::1 on br0) and its firewall \
+             drops the guest's DHCPv6 solicits (udp 547) at INPUT (inet labin input (INPUT, \
+             policy drop)), so a DHCPv6 server on the host (dnsmasq) never hears them → let \
+             them in: `nft 'insert rule inet labin input udp dport 547 accept'`"
+        ),
+        "{}",
+        run.dump()
+    );
+    let fix = "nft 'insert rule inet labin input udp dport 547 accept'";
+    assert_eq!(field(v, "fix"), fix, "{}", run.dump());
+    let out = lab
+        .hv_cmd("sh")
+        .args(["-c", fix])
+        .output()
+        .expect("run the fix");
+    assert!(out.status.success(), "{out:?}");
+    vm.dhcpv6_solicit(0x4b63);
+    let (n, from) = server
+        .recv_from(&mut buf)
+        .expect("the solicit reaches the host's DHCPv6 socket after the fix");
+    assert_eq!(from.ip(), std::net::IpAddr::from(ll));
+    assert_eq!(from.port(), 546);
+    assert!(n >= 4, "{n} bytes");
+    assert_eq!(buf[..4], [1, 0, 0x4b, 0x63], "a SOLICIT with the third xid");
+}
