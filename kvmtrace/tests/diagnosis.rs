@@ -1066,6 +1066,180 @@ fn a_bridge_family_firewall_drop_names_its_hook_table_and_chain() {
     );
 }
 
+/// Issue 18: with `--explain-rules` a drop by an nftables `bridge` table names its rule, not
+/// only its hook and chain (the tracer's `inet` table never sees a bridged frame, and `meta
+/// nfproto` is NFPROTO_BRIDGE in a bridge chain: its bridge table matches the ether type). The
+/// tracer changes no frame's fate (a healthy bridged ping is answered while it runs) and removes
+/// both its tables on exit.
+#[test]
+fn explain_rules_names_the_bridge_family_rule_that_dropped() {
+    let lab = bridged_lab();
+    let running = start(
+        &lab,
+        &[
+            "follow",
+            "vnet0",
+            DEST,
+            "--json",
+            "--duration",
+            "3",
+            "--explain-rules",
+        ],
+    );
+    let tables = lab.hv_run(&["nft", "list", "tables"]);
+    let ours: Vec<&str> = tables
+        .lines()
+        .filter(|l| l.contains("kvmtrace_nftrace_"))
+        .collect();
+    assert_eq!(ours.len(), 2, "an inet and a bridge table: {tables}");
+    assert!(
+        ours[0].starts_with("table inet kvmtrace_nftrace_"),
+        "{tables}"
+    );
+    assert!(
+        ours[1].starts_with("table bridge kvmtrace_nftrace_"),
+        "{tables}"
+    );
+    let mut vm = FakeVm::attach(&lab);
+    let got: Vec<Option<Reply>> = (1..=2)
+        .map(|seq| vm.ping(lab.dest, 0x4444, seq, Duration::from_millis(800)))
+        .collect();
+    drop(vm);
+    let run = running.wait();
+    assert!(
+        got.iter().all(Option::is_some),
+        "tracing changed the path: {got:?}"
+    );
+    assert_eq!(
+        field(run.verdict(), "status"),
+        "delivered",
+        "{}",
+        run.dump()
+    );
+    assert!(run.verdict().get("rule").is_none(), "{}", run.dump());
+    assert!(
+        !run.stderr.contains("cannot add table bridge"),
+        "{}",
+        run.dump()
+    );
+
+    lab.nft("table bridge labbr {\n chain forward {\n  type filter hook forward priority 0;\n  ether type ip drop\n }\n}\n");
+    let listing = lab.hv_run(&["nft", "-a", "list", "table", "bridge", "labbr"]);
+    let handle: u64 = listing
+        .lines()
+        .find(|l| l.contains("ether type ip drop"))
+        .and_then(|l| l.rsplit_once("# handle "))
+        .and_then(|(_, h)| h.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no handle in:\n{listing}"));
+    let (run, got) = ping_run(&lab, &["--explain-rules"], 2, "3");
+    assert!(got.iter().all(Option::is_none), "{got:?}");
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
+    assert_eq!(field(v, "family"), "bridge", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", run.dump());
+    assert_eq!(
+        v["chains"][0],
+        "bridge labbr forward (policy accept, priority 0)",
+        "{}",
+        run.dump()
+    );
+    assert_eq!(
+        field(v, "rule"),
+        format!("bridge labbr forward handle {handle} (FORWARD): ether type ip drop → drop"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        field(v, "summary").ends_with(&format!(
+            "; decided by bridge labbr forward handle {handle} (FORWARD): ether type ip drop → drop"
+        )),
+        "{}",
+        run.dump()
+    );
+    let tables = lab.hv_run(&["nft", "list", "tables"]);
+    assert!(
+        !tables.contains("kvmtrace_nftrace"),
+        "tracing table left behind: {tables}"
+    );
+}
+
+/// Issue 18: the guest's DHCP discovers reach the host (10.77.0.1 on br0), where a DHCP server
+/// listens on udp 67 (here a plain socket, as dnsmasq's), and an INPUT policy drops them. Named
+/// as the host's INPUT (the chain, the message, its sender), not "no DHCP server serves its
+/// network"; the `fix`, applied, lets the next discover reach the listening socket.
+#[test]
+fn an_input_policy_dropping_the_guests_dhcp_is_named_and_fixed() {
+    let lab = Lab::new(LabOptions::default());
+    lab.nft("table inet labin {\n chain input {\n  type filter hook input priority 0; policy drop;\n }\n}\n");
+    let server = kvmtrace_lab::lab::in_netns(&lab.hv, || std::net::UdpSocket::bind("0.0.0.0:67"))
+        .expect("enter the hypervisor namespace")
+        .expect("bind udp 67");
+    server
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("timeout");
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST, "--json", "--duration", "2"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    for xid in [0x4b1801, 0x4b1802] {
+        vm.dhcp_discover(xid);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = running.wait();
+    let mut buf = [0u8; 1500];
+    assert!(
+        server.recv_from(&mut buf).is_err(),
+        "the INPUT policy should drop the discover"
+    );
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "INPUT", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "device"), "br0", "{}", run.dump());
+    assert_eq!(field(v, "firewall"), "nftables", "{}", run.dump());
+    assert_eq!(
+        v["chains"],
+        serde_json::json!(["inet labin input (policy drop, priority 0)"]),
+        "{}",
+        run.dump()
+    );
+    assert_eq!(
+        field(v, "summary"),
+        "no packet from the VM to 203.0.113.1: the guest (52:54:00:4b:54:02 on vnet0) asked \
+         DHCP for an address 2 time(s) and got no answer: the host is on its network (10.77.0.1 \
+         on br0) and its firewall drops the guest's DHCP requests (udp 67) at INPUT (inet labin \
+         input (INPUT, policy drop)), so a DHCP server on the host (dnsmasq) never hears them → \
+         let them in: `nft 'insert rule inet labin input udp dport 67 accept'`",
+        "{}",
+        run.dump()
+    );
+    let fix = "nft 'insert rule inet labin input udp dport 67 accept'";
+    assert_eq!(field(v, "fix"), fix, "{}", run.dump());
+    assert_eq!(run.code, 1, "{}", run.dump());
+    let out = lab
+        .hv_cmd("sh")
+        .args(["-c", fix])
+        .output()
+        .expect("run the fix");
+    assert!(out.status.success(), "{out:?}");
+    vm.dhcp_discover(0x4b1803);
+    let (n, from) = server
+        .recv_from(&mut buf)
+        .expect("the discover reaches the host's DHCP socket after the fix");
+    assert_eq!(from, "0.0.0.0:68".parse().unwrap());
+    assert!(n >= 240, "{n} bytes");
+    assert_eq!(
+        buf[4..8],
+        0x4b1803u32.to_be_bytes(),
+        "the third discover's xid"
+    );
+}
+
 /// The IPv4 twin of the NDP case: an `arp` family input chain with policy drop keeps the host
 /// from answering the guest's ARP for its own gateway address; named with the chain, not as
 /// a wrong gateway setting, and the printed command makes the host answer.

@@ -167,6 +167,9 @@ fn stop_and_drop_remove_the_table() {
     );
     let listed = tables(&lab);
     assert!(listed.contains(&format!("table inet {name}")), "{listed}");
+    // Its bridge-family sibling, for frames the bridge forwards (issue 18).
+    assert!(listed.contains(&format!("table bridge {name}")), "{listed}");
+    assert_eq!(tracer.families(), ["inet", "bridge"]);
     // Nobody else can change it: it belongs to the tracer's socket.
     let del = lab
         .hv_cmd("nft")
@@ -203,9 +206,11 @@ fn a_leftover_of_a_dead_run_is_removed_at_the_next_start() {
     let leftover = format!("{TABLE_PREFIX}{dead}_0");
     let alive = format!("{TABLE_PREFIX}{}_999", std::process::id());
     for t in [&leftover, &alive] {
-        lab.nft(&format!(
-            "table inet {t} {{\n    chain pre {{\n        type filter hook prerouting priority -350; policy accept;\n    }}\n}}\n"
-        ));
+        for family in ["inet", "bridge"] {
+            lab.nft(&format!(
+                "table {family} {t} {{\n    chain pre {{\n        type filter hook prerouting priority -350; policy accept;\n    }}\n}}\n"
+            ));
+        }
     }
     assert!(tables(&lab).contains(&leftover));
     let (tracer, warnings) = start(&lab, &filter(&lab, 0, 0));
@@ -215,13 +220,15 @@ fn a_leftover_of_a_dead_run_is_removed_at_the_next_start() {
         listed.contains(&alive),
         "a table of a live process is not a left-over:\n{listed}"
     );
-    assert!(
-        warnings
-            .iter()
-            .any(|w| w.contains(&leftover) && w.contains("removed")),
-        "{warnings:?}"
-    );
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    for family in ["inet", "bridge"] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains(&format!("removed table {family} {leftover} left over"))),
+            "{warnings:?}"
+        );
+    }
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
     tracer.stop();
 }
 

@@ -930,3 +930,196 @@ fn an_input_policy_dropping_the_guests_ndp_is_named_not_the_gateway() {
         "the host answers once the rule is in"
     );
 }
+
+/// A raw ICMPv6 socket in the lab's hypervisor namespace: what the host's router advertisement
+/// service (radvd) reads router solicitations from. The kernel hands it every ICMPv6 message
+/// that passed INPUT (`raw6_local_deliver` runs after NF_INET_LOCAL_IN, net/ipv6/ip6_input.c).
+fn icmp6_listener(lab: &Lab) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd as _;
+    kvmtrace_lab::lab::in_netns(&lab.hv, || {
+        // SAFETY: socket(2) returns a new fd or -1.
+        let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        // SAFETY: fd is ours and open.
+        unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+    })
+    .expect("enter the hypervisor namespace")
+}
+
+/// Whether a router solicitation (ICMPv6 133) from `source` arrives on `sock` within `wait`.
+fn router_solicit_seen(
+    sock: &std::os::fd::OwnedFd,
+    source: std::net::Ipv6Addr,
+    wait: Duration,
+) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let deadline = std::time::Instant::now() + wait;
+    let mut buf = [0u8; 1500];
+    while std::time::Instant::now() < deadline {
+        let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        // SAFETY: buffers of the sizes given; non-blocking receive.
+        let n = unsafe {
+            libc::recvfrom(
+                sock.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+                (&mut from as *mut libc::sockaddr_in6).cast(),
+                &mut len,
+            )
+        };
+        if n > 0 && buf[0] == 133 && from.sin6_addr.s6_addr == source.octets() {
+            return true;
+        }
+        if n <= 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    false
+}
+
+/// Issue 18: the guest's router solicitations reach the host (fd00:77::1 on br0, forwarding
+/// on: a router), whose INPUT policy drops them before a router advertisement service can hear
+/// them. Named as the host's INPUT with the chain, the message and its sender (not "nothing
+/// advertises a prefix"), and the `fix`, applied, lets the next solicitation in.
+#[test]
+fn an_input_policy_dropping_the_guests_router_solicitations_is_named_and_fixed() {
+    let lab = Lab::new(LabOptions::default());
+    lab.nft("table inet labin {\n chain input {\n  type filter hook input priority 0; policy drop;\n }\n}\n");
+    let listener = icmp6_listener(&lab);
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST6, "--json", "--duration", "2"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    let ll = vm.link_local();
+    for _ in 0..2 {
+        vm.router_solicit();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = running.wait();
+    assert!(
+        !router_solicit_seen(&listener, ll, Duration::from_millis(300)),
+        "the INPUT policy should drop the solicitations"
+    );
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "INPUT", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "device"), "br0", "{}", run.dump());
+    assert_eq!(
+        v["chains"],
+        serde_json::json!(["inet labin input (policy drop, priority 0)"]),
+        "{}",
+        run.dump()
+    );
+    let s = field(v, "summary");
+    assert!(
+        s.contains(&format!(
+            "the guest ({ll}, 52:54:00:4b:54:02 on vnet0) sent a router solicitation (IPv6) 2 \
+             time(s) and got no answer: the host is on its network (fd00:77::1 on br0) and its \
+             firewall drops the guest's router solicitations (icmpv6 133) at INPUT (inet labin \
+             input (INPUT, policy drop)), so a router advertisement service on the host (radvd, \
+             dnsmasq `enable-ra`) never hears them → let them in: `nft 'insert rule inet labin \
+             input icmpv6 type nd-router-solicit accept'`"
+        )),
+        "{}",
+        run.dump()
+    );
+    assert!(!s.contains("nothing advertises"), "{}", run.dump());
+    let fix = "nft 'insert rule inet labin input icmpv6 type nd-router-solicit accept'";
+    assert_eq!(field(v, "fix"), fix, "{}", run.dump());
+    let out = lab
+        .hv_cmd("sh")
+        .args(["-c", fix])
+        .output()
+        .expect("run the fix");
+    assert!(out.status.success(), "{out:?}");
+    vm.router_solicit();
+    assert!(
+        router_solicit_seen(&listener, ll, Duration::from_secs(2)),
+        "the solicitation reaches the host after the fix"
+    );
+}
+
+/// Issue 18, DHCPv6: the guest's solicits to all-DHCP-servers (ff02::1:2, udp 547) reach the
+/// host (fd00:77::1 on br0), where a DHCPv6 server listens (here a socket on udp 547 that joined
+/// the group on br0, as dnsmasq's does), and the INPUT policy drops them. Named as the host's
+/// INPUT with the message and its sender; the `fix`, applied, lets the next solicit reach it.
+#[test]
+fn an_input_policy_dropping_the_guests_dhcpv6_is_named_and_fixed() {
+    let lab = Lab::new(LabOptions::default());
+    lab.nft("table inet labin {\n chain input {\n  type filter hook input priority 0; policy drop;\n }\n}\n");
+    let br0: u32 = lab
+        .hv_run(&["cat", "/sys/class/net/br0/ifindex"])
+        .trim()
+        .parse()
+        .expect("br0's ifindex");
+    let server = kvmtrace_lab::lab::in_netns(&lab.hv, || {
+        let s = std::net::UdpSocket::bind("[::]:547").expect("bind udp 547");
+        s.join_multicast_v6(&"ff02::1:2".parse().unwrap(), br0)
+            .expect("join all-DHCP-servers on br0");
+        s
+    })
+    .expect("enter the hypervisor namespace");
+    server
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("timeout");
+    let running = start(
+        &lab,
+        &["follow", "vnet0", DEST6, "--json", "--duration", "2"],
+    );
+    let mut vm = FakeVm::attach(&lab);
+    let ll = vm.link_local();
+    for xid in [0x4b61, 0x4b62] {
+        vm.dhcpv6_solicit(xid);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = running.wait();
+    let mut buf = [0u8; 1500];
+    assert!(
+        server.recv_from(&mut buf).is_err(),
+        "the INPUT policy should drop the solicits"
+    );
+    let v = run.verdict();
+    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "INPUT", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "device"), "br0", "{}", run.dump());
+    assert_eq!(
+        v["chains"],
+        serde_json::json!(["inet labin input (policy drop, priority 0)"]),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        field(v, "summary").contains(
+            "the guest (52:54:00:4b:54:02 on vnet0) asked DHCPv6 for an address 2 time(s) and \
+             got no answer: the host is on its network (fd00:77::1 on br0) and its firewall \
+             drops the guest's DHCPv6 solicits (udp 547) at INPUT (inet labin input (INPUT, \
+             policy drop)), so a DHCPv6 server on the host (dnsmasq) never hears them → let \
+             them in: `nft 'insert rule inet labin input udp dport 547 accept'`"
+        ),
+        "{}",
+        run.dump()
+    );
+    let fix = "nft 'insert rule inet labin input udp dport 547 accept'";
+    assert_eq!(field(v, "fix"), fix, "{}", run.dump());
+    let out = lab
+        .hv_cmd("sh")
+        .args(["-c", fix])
+        .output()
+        .expect("run the fix");
+    assert!(out.status.success(), "{out:?}");
+    vm.dhcpv6_solicit(0x4b63);
+    let (n, from) = server
+        .recv_from(&mut buf)
+        .expect("the solicit reaches the host's DHCPv6 socket after the fix");
+    assert_eq!(from.ip(), std::net::IpAddr::from(ll));
+    assert_eq!(from.port(), 546);
+    assert!(n >= 4, "{n} bytes");
+    assert_eq!(buf[..4], [1, 0, 0x4b, 0x63], "a SOLICIT with the third xid");
+}

@@ -445,3 +445,82 @@ fn real_guest_with_a_wrong_gateway_is_named_no_traffic_with_the_right_one() {
     );
     drop(guest);
 }
+
+/// Issue 18, `vm_gone` with a real QEMU: the guest (pinging once a second) is followed by its
+/// name and its QEMU is killed mid-run. Its tap is a persistent one (as libvirt's), so it stays:
+/// only the pid check (every 500 ms) can see the VM go. The run ends at once, says it, every
+/// verdict carries it, exit 1.
+#[test]
+fn real_guest_whose_qemu_exits_mid_run_is_said_at_once() {
+    let lab = Lab::new(LabOptions::default());
+    lab.tcp_listen(80);
+    let image = build_image(&default_cache_dir()).expect("guest image");
+    let name = format!("ktgone-{}", std::process::id());
+    let guest = Guest::boot(&image, &GuestConfig::for_lab(&lab, &name, 80)).expect("boot guest");
+    assert!(
+        guest.wait_for_serial("KT ping ok", Duration::from_secs(90)),
+        "guest never reached the outside:\n{}",
+        guest.serial_log()
+    );
+    let dest = lab.dest.to_string();
+    let running = start(
+        &lab,
+        &[
+            "follow",
+            &name,
+            &dest,
+            "--json",
+            "--proto",
+            "icmp",
+            "--duration",
+            "40",
+        ],
+    );
+    // A few of its pings followed.
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = guest.pid();
+    let killed = std::time::Instant::now();
+    guest.kill();
+    let run = running.wait();
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "the run ends when QEMU exits, not at --duration ({:?}): {}",
+        killed.elapsed(),
+        run.dump()
+    );
+    assert_eq!(run.code, 1, "{}", run.dump());
+    let said = format!("its QEMU (pid {pid}) exited; the run ends here");
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.starts_with("kvmtrace: the VM went away at +") && l.ends_with(&said)),
+        "{}",
+        run.dump()
+    );
+    let verdicts = run.verdicts();
+    assert!(!verdicts.is_empty(), "{}", run.dump());
+    for v in &verdicts {
+        let gone = field(v, "vm_gone");
+        assert!(
+            gone.starts_with("the VM went away ")
+                && gone.ends_with(&format!(" s into the run: its QEMU (pid {pid}) exited")),
+            "{}",
+            run.dump()
+        );
+        assert_eq!(v["key"]["guest"], "10.77.0.2", "{}", run.dump());
+    }
+    assert!(
+        verdicts.iter().any(|v| field(v, "status") == "delivered"
+            && field(v, "stage") == "tap"
+            && field(v, "device") == "vnet0"),
+        "its pings were answered until it went: {}",
+        run.dump()
+    );
+    assert!(
+        lab.hv_run(&["cat", "/sys/class/net/vnet0/ifindex"])
+            .trim()
+            .parse::<u32>()
+            .is_ok(),
+        "the tap is still there: only the pid check can have seen QEMU go"
+    );
+}

@@ -2,10 +2,12 @@
 
 mod common;
 
-use common::{assert_offline_equals_live, field, run_plain, start};
+use common::{assert_offline_equals_live, field, hand_down_fds, run_plain, start};
 use kvmtrace_lab::lab::{Firewall, Lab, LabOptions};
 use kvmtrace_lab::vm::FakeVm;
+use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[test]
@@ -300,4 +302,107 @@ fn a_vm_that_goes_away_is_said_at_once_in_every_verdict_and_in_the_replay() {
     assert_eq!(rv["vm_gone"], v["vm_gone"], "{}", replay.dump());
     assert_eq!(rv["summary"], v["summary"], "{}", replay.dump());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 18, the other half of `vm_gone`: the VM's QEMU exits while its tap stays (a
+/// persistent tap, as libvirt's and the lab's are, outlives the process that held it). A
+/// stand-in QEMU in the hypervisor holds the tap's tun fd with QEMU's command line, so `follow`
+/// resolves the VM by its `-name` to that process; killed mid-run, the pid check (every 500 ms)
+/// says so at once, ends the run, and every verdict carries it (exit 1). Without the pid check
+/// the tap alone would keep the run going until --duration.
+#[test]
+fn a_vm_whose_qemu_exits_is_said_at_once_while_its_tap_stays() {
+    let lab = Lab::new(LabOptions::default());
+    let mut vm = FakeVm::attach(&lab);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.hv, "sh", "-c", "sleep 60 7>&-; :"])
+        .args([
+            "/usr/bin/qemu-system-x86_64",
+            "-name",
+            "guest=gonevm,debug-threads=on",
+            "-netdev",
+            "tap,id=n0,ifname=vnet0,script=no,downscript=no",
+            "-device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:4b:54:02",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    hand_down_fds(&mut cmd, vec![vm.tap_fd().as_raw_fd()], 7);
+    let mut qemu = cmd.spawn().expect("spawn the stand-in QEMU");
+    let pid = qemu.id();
+    // Wait until the shell (exec'd by `ip netns exec` in place) holds the tun fd.
+    let holds = || {
+        std::fs::read_link(format!("/proc/{pid}/fd/7"))
+            .is_ok_and(|t| t.as_os_str() == "/dev/net/tun")
+            && std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.contains("guest=gonevm"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !holds() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stand-in never held the tap"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = std::time::Instant::now();
+    let running = start(
+        &lab,
+        &[
+            "follow",
+            "gonevm",
+            "203.0.113.1",
+            "--json",
+            "--duration",
+            "20",
+        ],
+    );
+    for seq in 1..=2 {
+        assert!(vm
+            .ping(lab.dest, 0x6767, seq, Duration::from_secs(2))
+            .is_some());
+    }
+    qemu.kill().expect("kill the stand-in QEMU");
+    qemu.wait().expect("reap it");
+    let live = running.wait();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the run ends when QEMU exits, not at --duration ({:?}): {}",
+        started.elapsed(),
+        live.dump()
+    );
+    assert!(
+        live.stderr
+            .contains("kvmtrace: following gonevm (tap vnet0, mac 52:54:00:4b:54:02)"),
+        "followed as the stand-in's VM: {}",
+        live.dump()
+    );
+    let said = format!("its QEMU (pid {pid}) exited; the run ends here");
+    assert!(
+        live.stderr
+            .lines()
+            .any(|l| l.starts_with("kvmtrace: the VM went away at +") && l.ends_with(&said)),
+        "{}",
+        live.dump()
+    );
+    assert_eq!(live.code, 1, "not a success: {}", live.dump());
+    let v = live.verdict();
+    assert_eq!(field(v, "status"), "delivered", "{}", live.dump());
+    assert_eq!(field(v, "stage"), "tap", "{}", live.dump());
+    assert_eq!(field(v, "device"), "vnet0", "{}", live.dump());
+    let gone = field(v, "vm_gone");
+    assert!(
+        gone.starts_with("the VM went away ")
+            && gone.ends_with(&format!(" s into the run: its QEMU (pid {pid}) exited")),
+        "{gone}"
+    );
+    assert!(field(v, "summary").contains(gone), "{}", live.dump());
+    assert!(
+        lab.hv_run(&["cat", "/sys/class/net/vnet0/ifindex"])
+            .trim()
+            .parse::<u32>()
+            .is_ok(),
+        "the tap is still there: only the pid check can have seen it"
+    );
 }

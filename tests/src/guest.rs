@@ -774,6 +774,15 @@ impl Guest {
         self.pid
     }
 
+    /// Kills QEMU (SIGKILL, as a crash or the OOM killer would) and reaps it; the tap it
+    /// attached to stays when it is a persistent one (the lab's are).
+    pub fn kill(&self) {
+        if let Ok(mut child) = self.child.lock() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Whether QEMU is still running.
     pub fn is_running(&self) -> bool {
         matches!(self.child.lock().map(|mut c| c.try_wait()), Ok(Ok(None)))

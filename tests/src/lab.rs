@@ -478,7 +478,7 @@ impl Drop for Lab {
 
 /// Run `f` on a fresh thread that first joined the named network namespace. Sockets and fds that
 /// `f` creates keep that namespace after the thread ends. Errors are for the setns part only.
-pub(crate) fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T, String> {
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T, String> {
     let path = netns_path(ns);
     let file = std::fs::File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
     std::thread::scope(|scope| {

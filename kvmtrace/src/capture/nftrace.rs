@@ -4,14 +4,18 @@
 //! Tracing needs a rule that sets `meta nftrace`, so this is the one part of kvmtrace that
 //! changes the ruleset, and only when asked. [`RuleTracer::start`] adds its own table
 //! `inet kvmtrace_nftrace_<pid>_<n>` over nfnetlink (chains at prerouting and output, priority
-//! -350, rules matching only the followed flow in both directions), and a background thread
-//! reads the kernel's trace messages (NFNLGRP_NFTRACE) and decodes them into [`RuleDecision`]s.
+//! -350, rules matching only the followed flow in both directions), and the same chains in a
+//! `bridge` table of the same name for the frames a bridge forwards (which no inet hook sees);
+//! a background thread reads the kernel's trace messages (NFNLGRP_NFTRACE) and decodes them
+//! into [`RuleDecision`]s. A kernel that refuses the bridge table (nf_tables without bridge
+//! support) keeps the inet one, with a warning: bridge-family drops then have no rule.
 //!
 //! The table is created with NFT_TABLE_F_OWNER (Linux 5.12): it belongs to the netlink socket
 //! that created it, and the kernel deletes it when that socket closes, so even `kill -9` leaves
 //! nothing behind. [`RuleTracer::stop`] and `Drop` also delete it explicitly. On kernels without
 //! owner tables a crash does leave the table; the next start in that network namespace deletes
-//! every `kvmtrace_nftrace_<pid>_*` table whose pid is not running, and says so.
+//! every `inet`/`bridge` `kvmtrace_nftrace_<pid>_*` table whose pid is not running, and says
+//! so.
 //!
 //! A trace message is reported when its packet's headers match the flow, or its conntrack
 //! entry (Linux 6.16+ puts the id in traces) was seen with matching headers, which keeps a
@@ -38,6 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use ruleset::Family;
 pub use ruleset::TABLE_PREFIX;
 
 /// Which packets to trace: the followed flow.
@@ -105,6 +110,8 @@ static TABLE_COUNTER: AtomicU32 = AtomicU32::new(0);
 /// panics).
 pub struct RuleTracer {
     table: String,
+    /// The families it was added in: `inet`, and `bridge` unless the kernel refused it.
+    families: Vec<Family>,
     /// The socket that created (and, with owner flag, owns) the table.
     ctl: Option<Socket>,
     owner: bool,
@@ -152,7 +159,7 @@ impl RuleTracer {
             TABLE_COUNTER.fetch_add(1, Ordering::Relaxed),
         );
         let mut owner = true;
-        if let Err(e) = ctl.batch(&ruleset::create_batch(&table, f, true)) {
+        if let Err(e) = ctl.batch(&ruleset::create_batch(Family::Inet, &table, f, true)) {
             // Before 5.12 the kernel knows no table flag but `dormant`: 5.10's
             // nf_tables_newtable answers EINVAL for the owner flag, later kernels EOPNOTSUPP
             // for a flag they do not know.
@@ -163,9 +170,10 @@ impl RuleTracer {
                 owner = false;
                 warnings.push(format!(
                     "--explain-rules: this kernel has no owner tables (Linux < 5.12): if kvmtrace \
-                     is killed, table inet {table} stays until the next --explain-rules run"
+                     is killed, its tables (inet and bridge {table}) stay until the next \
+                     --explain-rules run"
                 ));
-                ctl.batch(&ruleset::create_batch(&table, f, false))
+                ctl.batch(&ruleset::create_batch(Family::Inet, &table, f, false))
                     .with_context(|| format!("--explain-rules: adding table inet {table}"))?;
             } else {
                 return Err(anyhow::Error::new(e))
@@ -174,8 +182,24 @@ impl RuleTracer {
         }
         log::debug!(
             "--explain-rules: added\n{}",
-            ruleset::ruleset_text(&table, f)
+            ruleset::ruleset_text(Family::Inet, &table, f)
         );
+        let mut families = vec![Family::Inet];
+        match ctl.batch(&ruleset::create_batch(Family::Bridge, &table, f, owner)) {
+            Ok(()) => {
+                families.push(Family::Bridge);
+                log::debug!(
+                    "--explain-rules: added\n{}",
+                    ruleset::ruleset_text(Family::Bridge, &table, f)
+                );
+            }
+            // Its own transaction: the inet table stays useful when this one is refused
+            // (a kernel without CONFIG_NF_TABLES_BRIDGE answers EAFNOSUPPORT or EOPNOTSUPP).
+            Err(e) => warnings.push(format!(
+                "--explain-rules: cannot add table bridge {table} ({e}): a drop by a bridge-family \
+                 table is named by its hook and chains but not by its rule"
+            )),
+        }
 
         let nft = ruletext::nft_available();
         if !nft {
@@ -201,13 +225,16 @@ impl RuleTracer {
         let collector = match handle {
             Ok(h) => h,
             Err(e) => {
-                let _ = ctl.batch(&[ruleset::delete_msg(&table)]);
+                for fam in &families {
+                    let _ = ctl.batch(&[ruleset::delete_msg(*fam, &table)]);
+                }
                 return Err(e).context("--explain-rules: starting the collector thread");
             }
         };
         Ok((
             RuleTracer {
                 table,
+                families,
                 ctl: Some(ctl),
                 owner,
                 shared,
@@ -217,9 +244,14 @@ impl RuleTracer {
         ))
     }
 
-    /// The table this tracer added (`inet <name>`).
+    /// The name of the tables this tracer added (`inet <name>`, and `bridge <name>`).
     pub fn table(&self) -> &str {
         &self.table
+    }
+
+    /// The families of the tables it added (`inet`, and `bridge` unless the kernel refused it).
+    pub fn families(&self) -> Vec<&'static str> {
+        self.families.iter().map(|f| f.name()).collect()
     }
 
     /// Whether the kernel removes the table by itself when kvmtrace ends (owner table).
@@ -247,9 +279,15 @@ impl RuleTracer {
     fn shutdown(&mut self) {
         // Table first: no new traces, then the collector drains what is queued and ends.
         if let Some(mut ctl) = self.ctl.take() {
-            if let Err(e) = ctl.batch(&[ruleset::delete_msg(&self.table)]) {
-                // With an owner table, closing `ctl` below removes it anyway.
-                log::warn!("--explain-rules: deleting table inet {}: {e}", self.table);
+            for fam in &self.families {
+                if let Err(e) = ctl.batch(&[ruleset::delete_msg(*fam, &self.table)]) {
+                    // With an owner table, closing `ctl` below removes it anyway.
+                    log::warn!(
+                        "--explain-rules: deleting table {} {}: {e}",
+                        fam.name(),
+                        self.table
+                    );
+                }
             }
         }
         self.shared.stop.store(true, Ordering::Relaxed);
@@ -279,7 +317,7 @@ fn pid_alive(pid: u32) -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// Deletes `inet kvmtrace_nftrace_<pid>_*` tables of processes that are gone. Tables with an
+/// Deletes `inet` and `bridge` `kvmtrace_nftrace_<pid>_*` tables of processes that are gone. Tables with an
 /// owner are never left-overs (the kernel removes them with their socket), whatever their pid.
 fn remove_leftovers(ctl: &mut Socket, warnings: &mut Vec<String>) {
     let tables = match nftables::tables_on(ctl) {
@@ -292,7 +330,10 @@ fn remove_leftovers(ctl: &mut Socket, warnings: &mut Vec<String>) {
         }
     };
     for t in tables {
-        if t.family != "inet" || t.owner.is_some() {
+        let Some(fam) = Family::from_name(&t.family) else {
+            continue;
+        };
+        if t.owner.is_some() {
             continue;
         }
         let Some(pid) = ruleset::pid_of(&t.name) else {
@@ -301,15 +342,15 @@ fn remove_leftovers(ctl: &mut Socket, warnings: &mut Vec<String>) {
         if pid_alive(pid) {
             continue;
         }
-        match ctl.batch(&[ruleset::delete_msg(&t.name)]) {
+        match ctl.batch(&[ruleset::delete_msg(fam, &t.name)]) {
             Ok(()) => warnings.push(format!(
-                "--explain-rules: removed table inet {} left over by a kvmtrace run that \
+                "--explain-rules: removed table {} {} left over by a kvmtrace run that \
                  ended without cleaning up (pid {pid})",
-                t.name
+                t.family, t.name
             )),
             Err(e) => warnings.push(format!(
-                "--explain-rules: cannot remove left-over table inet {}: {e}",
-                t.name
+                "--explain-rules: cannot remove left-over table {} {}: {e}",
+                t.family, t.name
             )),
         }
     }
@@ -423,7 +464,7 @@ impl Collector {
     fn decide(&mut self, m: TraceMsg) -> Option<RuleDecision> {
         self.learn(&m);
         let family = family_name(m.family);
-        if family == "inet" && m.table.starts_with(TABLE_PREFIX) {
+        if Family::from_name(family).is_some() && m.table.starts_with(TABLE_PREFIX) {
             return None; // kvmtrace's own (this run's or another's)
         }
         if !self.traces.get(&m.id)?.followed {

@@ -74,12 +74,16 @@ pub fn explain(verdicts: &mut [crate::model::Verdict], decisions: &[RuleDecision
             continue;
         };
         let reply = v.direction == Some(Direction::Reply);
+        // A drop by a bridge-family table is decided by a bridge chain, any other by an
+        // ip/ip6/inet one: both families have a FORWARD hook.
+        let bridge = v.family.as_deref() == Some("bridge");
         let hit = decisions.iter().find(|d| {
             let to_remote = d.dst == Some(k.remote) && !reply;
             let from_remote = d.src == Some(k.remote) && reply;
             d.is_final()
                 && matches!(d.verdict.as_str(), "drop" | "reject")
                 && d.hook.as_deref() == Some(hook.name())
+                && (d.family == "bridge") == bridge
                 && d.proto.is_none_or(|p| p == k.proto)
                 && (to_remote || from_remote)
         });

@@ -94,6 +94,45 @@ impl ChainRef<'_> {
     }
 }
 
+/// A message of the guest that a service on the host answers: DHCP (UDP 67), DHCPv6 (UDP
+/// 547), a router solicitation (ICMPv6 133, answered by radvd or dnsmasq's `enable-ra`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostService {
+    Dhcp,
+    Dhcp6,
+    RouterSolicit,
+}
+
+impl HostService {
+    /// Its IP version is 6.
+    pub fn v6(self) -> bool {
+        !matches!(self, HostService::Dhcp)
+    }
+}
+
+/// Accepts the guest's `what` at the head of the input chain `ch`, so that the host's own
+/// service hears it.
+pub fn input_accept(ch: ChainRef, what: HostService) -> String {
+    if ch.is_xtables() {
+        let m = match what {
+            HostService::Dhcp => "-p udp --dport 67",
+            HostService::Dhcp6 => "-p udp --dport 547",
+            HostService::RouterSolicit => "-p ipv6-icmp --icmpv6-type router-solicitation",
+        };
+        format!("{} -I {} {m} -j ACCEPT", ch.xtables_cmd(), ch.chain)
+    } else {
+        let m = match what {
+            HostService::Dhcp => "udp dport 67",
+            HostService::Dhcp6 => "udp dport 547",
+            HostService::RouterSolicit => "icmpv6 type nd-router-solicit",
+        };
+        format!(
+            "nft 'insert rule {} {} {} {m} accept'",
+            ch.family, ch.table, ch.chain
+        )
+    }
+}
+
 /// Accepts, at the head of the forward chain `ch`, new connections from the VM's `subnet`
 /// entering through `l3` (its bridge).
 pub fn forward_accept_out(ch: ChainRef, l3: &str, subnet: &str, v6: bool) -> String {

@@ -1130,6 +1130,8 @@ impl Model {
             let mut v = Verdict::new(format!("any > {dest}"), None, Status::NoTraffic);
             v.summary = self.no_traffic_summary(dest, facts);
             v.fix = self.no_traffic_fix(facts);
+            // The guest's DHCP / RS dropped by the host's INPUT: that hook is where it stopped.
+            self.place_host_input_drop(facts, &mut v);
             // The guest's ARP went unanswered because its tap is in no bridge: name the tap.
             if let Some(tap) = self.unbridged_asking_tap(facts) {
                 v.stage = Some(Stage::Tap);

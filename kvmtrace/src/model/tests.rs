@@ -585,6 +585,126 @@ fn unanswered_arp_on_an_unbridged_tap_names_the_tap_not_the_gateway_setting() {
     );
 }
 
+/// Issue 18: the guest's DHCP, DHCPv6 and router solicitations, unanswered while the host is
+/// on its network (br0's own addresses) and an INPUT chain with policy drop sees them: the
+/// host's firewall is named with the message, its sender and the rule that lets it in, not
+/// "no DHCP server serves its network".
+#[test]
+fn dhcp_and_router_solicitations_dropped_by_the_hosts_input_name_the_chain_and_the_fix() {
+    use crate::model::event::L2;
+    let msg = |ts_ns: u64, l2: L2| {
+        let mut e = guest_arp(ts_ns);
+        e.smac = Some("52:54:00:12:34:56".into());
+        e.l2 = Some(l2);
+        e
+    };
+    let rs = |ts_ns| {
+        msg(
+            ts_ns,
+            L2::Ndp {
+                icmp6_type: 133,
+                source: "fe80::5054:ff:fe12:3456".parse().unwrap(),
+                target: "ff02::2".parse().unwrap(),
+            },
+        )
+    };
+    let m = model(vec![
+        msg(1, L2::Dhcp { from_guest: true }),
+        msg(2, L2::Dhcp { from_guest: true }),
+        rs(3),
+        msg(4, L2::Dhcp6 { from_guest: true }),
+    ]);
+    let mut facts = tap_facts(Some("br0"));
+    let chain = |family: &str, table: &str, chain: &str, policy: &str| NfChain {
+        family: family.into(),
+        table: table.into(),
+        chain: chain.into(),
+        hook: NfHook::Input,
+        priority: 0,
+        policy: policy.into(),
+    };
+    facts.nft_chains = vec![
+        chain("ip", "filter", "INPUT", "accept"),
+        chain("inet", "labin", "input", "drop"),
+    ];
+    // br0 has no IPv6 address: the host is not expected to answer DHCPv6 or RS.
+    let v = &m.verdicts(&facts, "203.0.113.1", None)[0];
+    assert_eq!(v.status, Status::NoTraffic);
+    assert_eq!(
+        v.summary,
+        "no packet from the VM to 203.0.113.1: the guest (52:54:00:12:34:56 on vnet0) asked \
+         DHCP for an address 2 time(s) and got no answer: the host is on its network (10.77.0.1 \
+         on br0) and its firewall drops the guest's DHCP requests (udp 67) at INPUT (ip filter \
+         INPUT (INPUT, policy accept), inet labin input (INPUT, policy drop)), so a DHCP server \
+         on the host (dnsmasq) never hears them → let them in: `nft 'insert rule inet labin \
+         input udp dport 67 accept'`; the guest asked DHCPv6 for an address 1 time(s) and got \
+         no answer: no DHCPv6 server serves its network (dnsmasq `dhcp-range` for IPv6, or a \
+         DHCPv6 server on the bridge); the guest sent a router solicitation 1 time(s) (IPv6) \
+         and no router advertisement reached it: nothing advertises a prefix and a default \
+         route on its network → run an RA service on the bridge (radvd, dnsmasq `enable-ra`, \
+         a libvirt network with an IPv6 <ip>), or give the guest a static IPv6 address and \
+         default route"
+    );
+    assert_eq!(
+        v.fix.as_deref(),
+        Some("nft 'insert rule inet labin input udp dport 67 accept'")
+    );
+    assert_eq!(v.stage, Some(Stage::Netfilter));
+    assert_eq!(v.hook, Some(NfHook::Input));
+    assert_eq!(v.direction, Some(Direction::Request));
+    assert_eq!(v.device.as_deref(), Some("br0"));
+    assert_eq!(
+        v.chains,
+        [
+            "ip filter INPUT (policy accept, priority 0)",
+            "inet labin input (policy drop, priority 0)"
+        ]
+    );
+    // With fd00:77::1 on br0 all three are the firewall's, and one command lets them in.
+    let br0 = facts.devices.iter_mut().find(|d| d.name == "br0").unwrap();
+    br0.addrs.push(DevAddr {
+        addr: "fd00:77::1".parse().unwrap(),
+        prefix: 64,
+    });
+    let v = &m.verdicts(&facts, "203.0.113.1", None)[0];
+    assert!(
+        v.summary.contains(
+            "the guest (fe80::5054:ff:fe12:3456, 52:54:00:12:34:56 on vnet0) sent a router \
+             solicitation (IPv6) 1 time(s) and got no answer: the host is on its network \
+             (fd00:77::1 on br0) and its firewall drops the guest's router solicitations \
+             (icmpv6 133) at INPUT (inet labin input (INPUT, policy drop))"
+        ),
+        "{}",
+        v.summary
+    );
+    assert_eq!(
+        v.fix.as_deref(),
+        Some(
+            "nft 'insert rule inet labin input udp dport 67 accept' && nft 'insert rule inet \
+             labin input udp dport 547 accept' && nft 'insert rule inet labin input icmpv6 type \
+             nd-router-solicit accept'"
+        )
+    );
+    // No drop policy on INPUT: not the firewall's (an accept policy with rules is not
+    // evidence), the old words stay and there is no fix.
+    facts.nft_chains = vec![chain("ip", "filter", "INPUT", "accept")];
+    let v = &m.verdicts(&facts, "203.0.113.1", None)[0];
+    assert!(
+        v.summary.contains("no DHCP server serves its network"),
+        "{}",
+        v.summary
+    );
+    assert_eq!(v.fix, None);
+    assert_eq!((v.stage, v.hook), (None, None));
+    // iptables-nft's own chain gets an iptables command.
+    facts.nft_chains = vec![chain("ip", "filter", "INPUT", "drop")];
+    let v = &m.verdicts(&facts, "203.0.113.1", None)[0];
+    assert_eq!(
+        v.fix.as_deref(),
+        Some("iptables -I INPUT -p udp --dport 67 -j ACCEPT")
+    );
+}
+
 /// Facts of a macvtap guest: mvtap0 on low0 (up or down), the host's 10.78.0.3/24 on low0.
 fn macvtap_facts(lower_up: bool) -> HostFacts {
     HostFacts {

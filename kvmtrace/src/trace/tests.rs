@@ -774,3 +774,42 @@ fn repeated_decisions_are_recorded_once_in_order() {
     assert_eq!(full, short);
     assert!(full[0].rule.is_some());
 }
+
+/// Issue 18: a FORWARD drop by an ip/inet chain is never explained by a bridge chain's drop
+/// at the bridge's FORWARD hook (a hook of the same name), and a bridge-family drop only by
+/// one.
+#[test]
+fn a_drop_is_explained_only_by_a_decision_of_its_family() {
+    let t = read_bytes(&record(FORWARD_DROP)).unwrap();
+    let bridge_drop = RuleDecision {
+        family: "bridge".into(),
+        table: "labbr".into(),
+        chain: "forward".into(),
+        handle: Some(2),
+        rule: Some("ether type ip drop".into()),
+        verdict: "drop".into(),
+        policy: false,
+        hook: Some("FORWARD".into()),
+        src: Some("10.77.0.2".parse().unwrap()),
+        dst: Some("203.0.113.1".parse().unwrap()),
+        proto: Some(1),
+        trace_id: 0x2001,
+    };
+    let mut inet_verdicts = t.verdicts.clone();
+    crate::model::decision::explain(&mut inet_verdicts, std::slice::from_ref(&bridge_drop));
+    assert_eq!(inet_verdicts[0].rule, None);
+    let mut both = vec![bridge_drop.clone()];
+    both.extend(forward_drop_decisions());
+    crate::model::decision::explain(&mut inet_verdicts, &both);
+    assert_eq!(
+        inet_verdicts[0].rule.as_deref(),
+        Some("inet labfilter forward (FORWARD): policy drop")
+    );
+    let mut bridged = t.verdicts.clone();
+    bridged[0].family = Some("bridge".into());
+    crate::model::decision::explain(&mut bridged, &both);
+    assert_eq!(
+        bridged[0].rule.as_deref(),
+        Some("bridge labbr forward handle 2 (FORWARD): ether type ip drop → drop")
+    );
+}

@@ -13,6 +13,25 @@
 //! ```
 //!
 //! An IPv6 destination gets the same rules with `meta nfproto ipv6` and `ip6 saddr/daddr`.
+//!
+//! A frame the bridge forwards never reaches the `inet` hooks (without br_netfilter), so a
+//! second table of the same name in the `bridge` family holds the same chains and rules, with
+//! `ether type ip`/`ether type ip6` where the inet ones say `meta nfproto` (in a bridge chain
+//! `meta nfproto` is NFPROTO_BRIDGE for every frame: `nft_meta_get_eval`,
+//! net/netfilter/nft_meta.c). A bridge chain sees the IP and transport headers the same way
+//! (`nft_do_chain_bridge` sets the packet info from the ether type, net/netfilter/
+//! nft_chain_filter.c), so the payload loads are the inet ones. Priority -350 is before the
+//! bridge's DNAT (-300) and filter (-200) priorities.
+//!
+//! ```text
+//! table bridge kvmtrace_nftrace_<pid>_<n> {
+//!     chain pre { type filter hook prerouting priority -350; policy accept;
+//!         ether type ip ip saddr 10.77.0.2 ip daddr 203.0.113.1 meta nftrace set 1
+//!         ether type ip ip saddr 203.0.113.1 meta nftrace set 1
+//!     }
+//!     chain out { type filter hook output priority -350; policy accept; (the same rules) }
+//! }
+//! ```
 
 use super::decode::has_ports;
 use super::TraceFilter;
@@ -25,8 +44,8 @@ use crate::host::nftables::{
     NFTA_PAYLOAD_BASE, NFTA_PAYLOAD_DREG, NFTA_PAYLOAD_LEN, NFTA_PAYLOAD_OFFSET, NFTA_RULE_CHAIN,
     NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE, NFTA_TABLE_FLAGS, NFTA_TABLE_NAME, NFTA_TABLE_USERDATA,
     NFT_CMP_EQ, NFT_META_L4PROTO, NFT_META_NFPROTO, NFT_META_NFTRACE, NFT_MSG_DELTABLE,
-    NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWTABLE, NFT_PAYLOAD_NETWORK_HEADER,
-    NFT_PAYLOAD_TRANSPORT_HEADER, NFT_TABLE_F_OWNER,
+    NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWTABLE, NFT_PAYLOAD_LL_HEADER,
+    NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER, NFT_TABLE_F_OWNER,
 };
 use crate::host::nl::{Attrs, BatchMsg, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
 use ipnet::IpNet;
@@ -36,6 +55,39 @@ use std::net::IpAddr;
 pub const TABLE_PREFIX: &str = "kvmtrace_nftrace_";
 /// NFPROTO_INET.
 pub const FAMILY_INET: u8 = 1;
+/// NFPROTO_BRIDGE.
+pub const FAMILY_BRIDGE: u8 = 7;
+
+/// The two families kvmtrace adds a table in: `inet` for what the host routes or receives,
+/// `bridge` for the frames its bridges forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Inet,
+    Bridge,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::Inet, Family::Bridge];
+
+    pub fn num(self) -> u8 {
+        match self {
+            Family::Inet => FAMILY_INET,
+            Family::Bridge => FAMILY_BRIDGE,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Inet => "inet",
+            Family::Bridge => "bridge",
+        }
+    }
+
+    /// The family of a table name as nft spells it.
+    pub fn from_name(name: &str) -> Option<Family> {
+        Family::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
 /// Before conntrack (-200) and raw (-300), after defragmentation (-400): NF_IP_PRI_* in
 /// include/uapi/linux/netfilter_ipv4.h.
 pub const PRIORITY: i32 = -350;
@@ -71,11 +123,29 @@ pub enum Match {
     Family {
         v6: bool,
     },
+    /// `ether type ip` or `ip6`: the same dependency in a bridge table.
+    EtherType {
+        v6: bool,
+    },
     Saddr(IpNet),
     Daddr(IpNet),
     L4proto(u8),
     Sport(u16),
     Dport(u16),
+}
+
+/// The rules of a table of `family`: [`rules`], with the ether type instead of `meta nfproto`
+/// in a bridge table.
+pub fn rules_for(family: Family, f: &TraceFilter) -> Vec<Vec<Match>> {
+    let mut out = rules(f);
+    if family == Family::Bridge {
+        for m in out.iter_mut().flatten() {
+            if let Match::Family { v6 } = *m {
+                *m = Match::EtherType { v6 };
+            }
+        }
+    }
+    out
 }
 
 /// The rules of each chain, for each destination followed: requests (guest → destination, or
@@ -143,6 +213,7 @@ pub fn rule_text(r: &[Match]) -> String {
         .iter()
         .map(|m| match *m {
             Match::Family { v6 } => format!("meta nfproto {}", ip_word(v6, "ipv4", "ipv6")),
+            Match::EtherType { v6 } => format!("ether type {}", ip_word(v6, "ip", "ip6")),
             Match::Saddr(n) => format!(
                 "{} saddr {}",
                 ip_word(n.addr().is_ipv6(), "ip", "ip6"),
@@ -171,14 +242,14 @@ fn ip_word(v6: bool, four: &'static str, six: &'static str) -> &'static str {
 }
 
 /// The whole table in nft syntax (for logs and docs).
-pub fn ruleset_text(table: &str, f: &TraceFilter) -> String {
-    let mut s = format!("table inet {table} {{\n");
+pub fn ruleset_text(family: Family, table: &str, f: &TraceFilter) -> String {
+    let mut s = format!("table {} {table} {{\n", family.name());
     for (chain, hook) in CHAINS {
         let hook = if hook == 0 { "prerouting" } else { "output" };
         s += &format!(
             "    chain {chain} {{\n        type filter hook {hook} priority {PRIORITY}; policy accept;\n"
         );
-        for r in rules(f) {
+        for r in rules_for(family, f) {
             s += &format!("        {}\n", rule_text(&r));
         }
         s += "    }\n";
@@ -269,6 +340,11 @@ pub fn rule_exprs(r: &[Match]) -> Vec<Attrs> {
                 e.push(meta_load(NFT_META_NFPROTO));
                 e.push(cmp_eq(&[if v6 { 10 } else { 2 }])); // NFPROTO_IPV6, NFPROTO_IPV4
             }
+            Match::EtherType { v6 } => {
+                // The Ethernet header's type field (ETH_P_IP, ETH_P_IPV6), as nft loads it.
+                e.push(payload_load(NFT_PAYLOAD_LL_HEADER, 12, 2));
+                e.push(cmp_eq(if v6 { &[0x86, 0xdd] } else { &[0x08, 0x00] }));
+            }
             Match::Saddr(n) => addr(&mut e, false, n),
             Match::Daddr(n) => addr(&mut e, true, n),
             Match::L4proto(p) => {
@@ -306,8 +382,9 @@ fn comment(text: &str) -> Vec<u8> {
     u
 }
 
-/// The transaction that adds the table, its chains and rules.
-pub fn create_batch(table: &str, f: &TraceFilter, owner: bool) -> Vec<BatchMsg> {
+/// The transaction that adds the table of `family`, its chains and rules.
+pub fn create_batch(family: Family, table: &str, f: &TraceFilter, owner: bool) -> Vec<BatchMsg> {
+    let (fam, fname) = (family.num(), family.name());
     let mut t = Attrs::new().str(NFTA_TABLE_NAME, table).bytes(
         NFTA_TABLE_USERDATA,
         &comment(&format!(
@@ -321,16 +398,16 @@ pub fn create_batch(table: &str, f: &TraceFilter, owner: bool) -> Vec<BatchMsg> 
     let mut msgs = vec![BatchMsg {
         ty: nft_type(NFT_MSG_NEWTABLE),
         flags: NLM_F_CREATE | NLM_F_EXCL,
-        family: FAMILY_INET,
+        family: fam,
         attrs: t,
-        what: format!("add table inet {table}"),
+        what: format!("add table {fname} {table}"),
     }];
-    let rules = rules(f);
+    let rules = rules_for(family, f);
     for (chain, hook) in CHAINS {
         msgs.push(BatchMsg {
             ty: nft_type(NFT_MSG_NEWCHAIN),
             flags: NLM_F_CREATE | NLM_F_EXCL,
-            family: FAMILY_INET,
+            family: fam,
             attrs: Attrs::new()
                 .str(NFTA_CHAIN_TABLE, table)
                 .str(NFTA_CHAIN_NAME, chain)
@@ -342,7 +419,7 @@ pub fn create_batch(table: &str, f: &TraceFilter, owner: bool) -> Vec<BatchMsg> 
                 )
                 .be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
                 .str(NFTA_CHAIN_TYPE, "filter"),
-            what: format!("add chain inet {table} {chain}"),
+            what: format!("add chain {fname} {table} {chain}"),
         });
         for r in &rules {
             let mut list = Attrs::new();
@@ -352,26 +429,26 @@ pub fn create_batch(table: &str, f: &TraceFilter, owner: bool) -> Vec<BatchMsg> 
             msgs.push(BatchMsg {
                 ty: nft_type(NFT_MSG_NEWRULE),
                 flags: NLM_F_CREATE | NLM_F_APPEND,
-                family: FAMILY_INET,
+                family: fam,
                 attrs: Attrs::new()
                     .str(NFTA_RULE_TABLE, table)
                     .str(NFTA_RULE_CHAIN, chain)
                     .nested(NFTA_RULE_EXPRESSIONS, list),
-                what: format!("add rule inet {table} {chain} {}", rule_text(r)),
+                what: format!("add rule {fname} {table} {chain} {}", rule_text(r)),
             });
         }
     }
     msgs
 }
 
-/// `delete table inet <table>`.
-pub fn delete_msg(table: &str) -> BatchMsg {
+/// `delete table <family> <table>`.
+pub fn delete_msg(family: Family, table: &str) -> BatchMsg {
     BatchMsg {
         ty: nft_type(NFT_MSG_DELTABLE),
         flags: 0,
-        family: FAMILY_INET,
+        family: family.num(),
         attrs: Attrs::new().str(NFTA_TABLE_NAME, table),
-        what: format!("delete table inet {table}"),
+        what: format!("delete table {} {table}", family.name()),
     }
 }
 
@@ -545,6 +622,57 @@ mod tests {
         assert_eq!(
             fields,
             [(NFTA_META_KEY, NFT_META_NFTRACE), (NFTA_META_SREG, REG)]
+        );
+    }
+
+    /// Issue 18: a bridge table cannot use `meta nfproto` (NFPROTO_BRIDGE for every frame); its
+    /// rules match the ether type, loaded from the link-layer header as nft does it.
+    #[test]
+    fn a_bridge_table_matches_the_ether_type_instead_of_nfproto() {
+        let f = filter(
+            &["10.77.0.2", "fd00:77::2"],
+            &["10.77.0.1/32", "fd00:77::1/128"],
+            1,
+            0,
+        );
+        let texts: Vec<String> = rules_for(Family::Bridge, &f)
+            .iter()
+            .map(|r| rule_text(r))
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "ether type ip ip saddr 10.77.0.2 ip daddr 10.77.0.1 meta l4proto 1 meta nftrace set 1",
+                "ether type ip ip saddr 10.77.0.1 meta l4proto 1 meta nftrace set 1",
+                "ether type ip6 ip6 saddr fd00:77::2 ip6 daddr fd00:77::1 meta l4proto 58 meta nftrace set 1",
+                "ether type ip6 ip6 saddr fd00:77::1 meta l4proto 58 meta nftrace set 1",
+            ]
+        );
+        assert_eq!(rules_for(Family::Inet, &f), rules(&f));
+        let e = rule_exprs(&rules_for(Family::Bridge, &f)[2]);
+        let data = attrs(e[0].as_bytes()).nth(1).expect("data").1;
+        let fields: Vec<(u16, u32)> = attrs(data).map(|(t, p)| (t, be32(p).unwrap())).collect();
+        assert_eq!(
+            fields,
+            [
+                (NFTA_PAYLOAD_DREG, REG),
+                (NFTA_PAYLOAD_BASE, NFT_PAYLOAD_LL_HEADER),
+                (NFTA_PAYLOAD_OFFSET, 12),
+                (NFTA_PAYLOAD_LEN, 2)
+            ]
+        );
+        let cmp = attrs(e[1].as_bytes()).nth(1).expect("data").1;
+        let value = attrs(cmp)
+            .find(|(t, _)| *t == NFTA_CMP_DATA)
+            .expect("cmp data")
+            .1;
+        assert_eq!(attrs(value).next().expect("value").1, [0x86, 0xdd]);
+        let batch = create_batch(Family::Bridge, "kvmtrace_nftrace_1_0", &f, true);
+        assert!(batch.iter().all(|m| m.family == FAMILY_BRIDGE));
+        assert_eq!(batch[0].what, "add table bridge kvmtrace_nftrace_1_0");
+        assert_eq!(
+            delete_msg(Family::Bridge, "t").what,
+            "delete table bridge t"
         );
     }
 

@@ -2,7 +2,8 @@
 //! the guest's ARP as evidence for replies that never reached it.
 
 use crate::model::event::{NfHook, Point};
-use crate::model::{fix, DevFacts, FlowKey, HostFacts, Model, Status, Verdict};
+use crate::model::fix::{self, ChainRef, HostService};
+use crate::model::{DevFacts, FlowKey, HostFacts, Model, NfChain, Status, Verdict};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -124,13 +125,158 @@ impl Model {
         if let Some((_, lower)) = self.asking_macvtap(facts) {
             return (!lower.up).then(|| fix::link_up(&lower.name));
         }
-        let tap = self.unbridged_asking_tap(facts)?;
-        let asked = self.l2.iter().find_map(|e| match e.l2 {
-            Some(L2::Arp { op: 1, target, .. }) if e.point == Point::TapIngress => Some(target),
-            _ => None,
+        if let Some(tap) = self.unbridged_asking_tap(facts) {
+            let asked = self.l2.iter().find_map(|e| match e.l2 {
+                Some(L2::Arp { op: 1, target, .. }) if e.point == Point::TapIngress => Some(target),
+                _ => None,
+            })?;
+            let br = facts.bridge_for(IpAddr::V4(asked))?;
+            return Some(fix::set_master(&tap, br));
+        }
+        // The host's firewall keeps its own DHCP / RA service from hearing the guest: one
+        // accept rule per message, in the chain whose policy drops it.
+        let mut cmds: Vec<String> = Vec::new();
+        for (what, asks, answers) in self.service_asks() {
+            if asks == 0 || answers > 0 {
+                continue;
+            }
+            if let Some(d) = self.host_input_drop(facts, what) {
+                let cmd = fix::input_accept(
+                    ChainRef {
+                        family: &d.chain.family,
+                        table: &d.chain.table,
+                        chain: &d.chain.chain,
+                    },
+                    what,
+                );
+                if !cmds.contains(&cmd) {
+                    cmds.push(cmd);
+                }
+            }
+        }
+        (!cmds.is_empty()).then(|| cmds.join(" && "))
+    }
+
+    /// Places a `no_traffic` verdict at the host's INPUT (stage netfilter, the bridge, the
+    /// chains that see the message) when the first unanswered message a host service answers
+    /// is dropped there ([`Self::host_input_drop`]).
+    pub(in crate::model) fn place_host_input_drop(&self, facts: &HostFacts, v: &mut Verdict) {
+        let Some(d) = self
+            .service_asks()
+            .into_iter()
+            .filter(|(_, asks, answers)| *asks > 0 && *answers == 0)
+            .find_map(|(what, _, _)| self.host_input_drop(facts, what))
+        else {
+            return;
+        };
+        v.stage = Some(crate::model::Stage::Netfilter);
+        v.hook = Some(NfHook::Input);
+        v.direction = Some(crate::model::event::Direction::Request);
+        v.device = Some(d.bridge.clone());
+        v.firewall = Some("nftables".into());
+        v.chains = d
+            .chains
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} {} (policy {}, priority {})",
+                    c.family, c.table, c.chain, c.policy, c.priority
+                )
+            })
+            .collect();
+    }
+
+    /// How often the guest sent each message a host service answers, and how often an answer
+    /// reached it: DHCP (request, answer), DHCPv6, router solicitation (advertisement).
+    fn service_asks(&self) -> [(HostService, usize, usize); 3] {
+        use crate::model::event::L2;
+        let mut out = [
+            (HostService::Dhcp, 0, 0),
+            (HostService::Dhcp6, 0, 0),
+            (HostService::RouterSolicit, 0, 0),
+        ];
+        for e in &self.l2 {
+            let (i, ask) = match &e.l2 {
+                Some(L2::Dhcp { from_guest }) => (0, *from_guest),
+                Some(L2::Dhcp6 { from_guest }) => (1, *from_guest),
+                Some(L2::Ndp {
+                    icmp6_type: 133, ..
+                }) if e.point == Point::TapIngress => (2, true),
+                Some(L2::Ndp {
+                    icmp6_type: 134, ..
+                }) if e.point == Point::TapEgress => (2, false),
+                _ => continue,
+            };
+            if ask {
+                out[i].1 += 1;
+            } else {
+                out[i].2 += 1;
+            }
+        }
+        out
+    }
+
+    /// The guest's `what` went unanswered, the host is on the guest's network (the tap's
+    /// bridge holds an address of that IP version: the host is the one expected to answer,
+    /// as libvirt's dnsmasq and radvd do) and a base chain on the host's INPUT with policy
+    /// drop sees it: an `ip`/`ip6` (by version), `inet` or `bridge` chain. The messages are
+    /// addressed to the host (broadcast, all-routers, all-DHCP-servers), so INPUT is their
+    /// only way to a listening service, and a drop policy there is what keeps it silent.
+    fn host_input_drop<'f>(
+        &self,
+        facts: &'f HostFacts,
+        what: HostService,
+    ) -> Option<HostInputDrop<'f>> {
+        use crate::model::event::L2;
+        let first = self.l2.iter().find(|e| {
+            e.point == Point::TapIngress
+                && matches!(
+                    (&e.l2, what),
+                    (Some(L2::Dhcp { from_guest: true }), HostService::Dhcp)
+                        | (Some(L2::Dhcp6 { from_guest: true }), HostService::Dhcp6)
+                        | (
+                            Some(L2::Ndp {
+                                icmp6_type: 133,
+                                ..
+                            }),
+                            HostService::RouterSolicit
+                        )
+                )
         })?;
-        let br = facts.bridge_for(IpAddr::V4(asked))?;
-        Some(fix::set_master(&tap, br))
+        let tap = &first.device;
+        // Who sent it: the guest's MAC on its tap, and for NDP its (link-local) source.
+        let mut sender = match &first.smac {
+            Some(mac) => format!("{mac} on {tap}"),
+            None => format!("on {tap}"),
+        };
+        if let Some(L2::Ndp { source, .. }) = &first.l2 {
+            sender = format!("{source}, {sender}");
+        }
+        let br = facts.master_of(tap)?;
+        let v6 = what.v6();
+        let own = facts
+            .device(br)?
+            .addrs
+            .iter()
+            .find(|a| a.addr.is_ipv6() == v6)?
+            .addr;
+        let ip_family = if v6 { "ip6" } else { "ip" };
+        let chains: Vec<&NfChain> = facts
+            .nft_chains
+            .iter()
+            .filter(|c| {
+                c.hook == NfHook::Input
+                    && [ip_family, "inet", "bridge"].contains(&c.family.as_str())
+            })
+            .collect();
+        let chain = *chains.iter().find(|c| c.policy == "drop")?;
+        Some(HostInputDrop {
+            sender,
+            bridge: br.to_string(),
+            own,
+            chains,
+            chain,
+        })
     }
 
     /// Why nothing reached the destination, from what the guest did say on its tap.
@@ -182,20 +328,39 @@ impl Model {
             .map(|(ip, n)| (*ip, *n))
             .collect();
         let mut parts = Vec::new();
-        if dhcp_asks > 0 && dhcp_answers == 0 {
+        let host_drop = |what: HostService, n: usize| {
+            self.host_input_drop(facts, what)
+                .map(|d| d.summary(what, n))
+        };
+        if let Some(p) = (dhcp_asks > 0 && dhcp_answers == 0)
+            .then(|| host_drop(HostService::Dhcp, dhcp_asks))
+            .flatten()
+        {
+            parts.push(p);
+        } else if dhcp_asks > 0 && dhcp_answers == 0 {
             parts.push(format!(
                 "the guest asked DHCP for an address {dhcp_asks} time(s) and got no answer: no \
                  DHCP server serves its network (is the network's dnsmasq running?)"
             ));
         }
-        if dhcp6_asks > 0 && dhcp6_answers == 0 {
+        if let Some(p) = (dhcp6_asks > 0 && dhcp6_answers == 0)
+            .then(|| host_drop(HostService::Dhcp6, dhcp6_asks))
+            .flatten()
+        {
+            parts.push(p);
+        } else if dhcp6_asks > 0 && dhcp6_answers == 0 {
             parts.push(format!(
                 "the guest asked DHCPv6 for an address {dhcp6_asks} time(s) and got no answer: \
                  no DHCPv6 server serves its network (dnsmasq `dhcp-range` for IPv6, or a \
                  DHCPv6 server on the bridge)"
             ));
         }
-        if rs_asks > 0 && ra_answers == 0 {
+        if let Some(p) = (rs_asks > 0 && ra_answers == 0)
+            .then(|| host_drop(HostService::RouterSolicit, rs_asks))
+            .flatten()
+        {
+            parts.push(p);
+        } else if rs_asks > 0 && ra_answers == 0 {
             parts.push(format!(
                 "the guest sent a router solicitation {rs_asks} time(s) (IPv6) and no router \
                  advertisement reached it: nothing advertises a prefix and a default route on \
@@ -289,6 +454,67 @@ impl Model {
             return s;
         }
         format!("no packet from the VM to {dest}: {}", parts.join("; "))
+    }
+}
+
+/// The host's INPUT dropping a message of the guest that a service of the host answers.
+struct HostInputDrop<'f> {
+    /// Who sent the first message: `52:54:00:… on vnet0` (with the source address for NDP).
+    sender: String,
+    bridge: String,
+    /// The host's address on the bridge, of the message's IP version.
+    own: IpAddr,
+    /// The base chains on INPUT that see the message.
+    chains: Vec<&'f NfChain>,
+    /// The first of them whose policy is drop.
+    chain: &'f NfChain,
+}
+
+impl HostInputDrop<'_> {
+    fn summary(&self, what: HostService, n: usize) -> String {
+        let (asked, msgs, service) = match what {
+            HostService::Dhcp => (
+                "asked DHCP for an address",
+                "DHCP requests (udp 67)",
+                "a DHCP server on the host (dnsmasq)",
+            ),
+            HostService::Dhcp6 => (
+                "asked DHCPv6 for an address",
+                "DHCPv6 solicits (udp 547)",
+                "a DHCPv6 server on the host (dnsmasq)",
+            ),
+            HostService::RouterSolicit => (
+                "sent a router solicitation (IPv6)",
+                "router solicitations (icmpv6 133)",
+                "a router advertisement service on the host (radvd, dnsmasq `enable-ra`)",
+            ),
+        };
+        let chains = self
+            .chains
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} {} (INPUT, policy {})",
+                    c.family, c.table, c.chain, c.policy
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let c = self.chain;
+        let cmd = fix::input_accept(
+            ChainRef {
+                family: &c.family,
+                table: &c.table,
+                chain: &c.chain,
+            },
+            what,
+        );
+        format!(
+            "the guest ({}) {asked} {n} time(s) and got no answer: the host is on its network \
+             ({} on {}) and its firewall drops the guest's {msgs} at INPUT ({chains}), so \
+             {service} never hears them → let them in: `{cmd}`",
+            self.sender, self.own, self.bridge
+        )
     }
 }
 
