@@ -33,8 +33,9 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct WatchArgs {
-    /// Address of the metrics endpoint (`/metrics`, `/healthz`). Localhost unless told
-    /// otherwise.
+    /// Address and port of the metrics endpoint (`/metrics`, `/healthz`): localhost only by
+    /// default. Plain HTTP without authentication: to scrape it from another machine, bind a
+    /// management address or put a TLS proxy in front (docs/watch.md, "Exposing /metrics").
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
     /// Watch only this VM (name, tap or MAC); repeat for more. Default: every VM and tap in
@@ -664,6 +665,45 @@ fn ensure_dir(dir: &std::path::Path) -> Result<()> {
         .with_context(|| format!("creating {}", dir.display()))
 }
 
+/// Raises the open-files soft limit to the hard one (issue 19: each metrics connection is a
+/// descriptor, and a shell's usual soft limit of 1024 would run out before the server's cap of
+/// 4096 connections; the unit sets `LimitNOFILE=65536`, both limits). Said only when it fails.
+/// Returns the soft limit in force.
+fn raise_open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        eprintln!(
+            "kvmtrace watch: cannot read the open-files limit: {}",
+            std::io::Error::last_os_error()
+        );
+        return 1024;
+    }
+    if lim.rlim_cur >= lim.rlim_max {
+        return lim.rlim_cur;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: setrlimit(2) reads the struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        eprintln!(
+            "kvmtrace watch: cannot raise the open-files limit from {} to {}: {}; serving at most \
+             {} metrics connections at once",
+            lim.rlim_cur,
+            lim.rlim_max,
+            std::io::Error::last_os_error(),
+            http::connection_cap(lim.rlim_cur)
+        );
+        return lim.rlim_cur;
+    }
+    lim.rlim_max
+}
+
 pub fn run(args: WatchArgs) -> Result<ExitCode> {
     let settings = load_settings(&args).map_err(|e| crate::error::usage(format!("{e:#}")))?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -676,6 +716,7 @@ pub fn run(args: WatchArgs) -> Result<ExitCode> {
 async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
     use tokio::signal::unix::{signal, SignalKind};
     let started = Instant::now();
+    let open_files = raise_open_files_limit();
     // The address first: a port in use fails before anything is loaded into the kernel.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -687,7 +728,12 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
     let render: http::Render = Arc::new(move || m2.lock().expect("metrics lock").encode());
     let m3 = metrics.clone();
     let health: http::Render = Arc::new(move || m3.lock().expect("metrics lock").health());
-    let server = tokio::spawn(http::serve(listener, render, health));
+    let server = tokio::spawn(http::serve(
+        listener,
+        render,
+        health,
+        http::Limits::new(open_files),
+    ));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut w = Watch {
         kernel,
