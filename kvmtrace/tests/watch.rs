@@ -81,7 +81,13 @@ fn http_raw(lab: &Lab, port: u16, request: &str) -> String {
 fn blank_date(answer: &str) -> String {
     answer
         .split("\r\n")
-        .map(|l| if l.starts_with("Date: ") { "Date: -" } else { l })
+        .map(|l| {
+            if l.starts_with("Date: ") {
+                "Date: -"
+            } else {
+                l
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -1463,7 +1469,10 @@ fn a_scrape_succeeds_while_1000_idle_or_half_sent_connections_are_open() {
     let pid = watch.child.id();
     let hard = open_files_limits(std::process::id()).1;
     assert_eq!(open_files_limits(pid), (hard, hard), "{}", watch.stderr());
-    assert!(hard >= 2048, "this machine's hard open-files limit is {hard}");
+    assert!(
+        hard >= 2048,
+        "this machine's hard open-files limit is {hard}"
+    );
     assert!(
         !watch.stderr().contains("open-files limit"),
         "{}",
@@ -1487,6 +1496,7 @@ fn a_scrape_succeeds_while_1000_idle_or_half_sent_connections_are_open() {
     }
     let port = watch.port;
     let (conns, opened) = in_hv(&lab, || {
+        let t = Instant::now();
         let conns: Vec<std::net::TcpStream> = (0..1000)
             .map(|i| {
                 let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
@@ -1497,6 +1507,7 @@ fn a_scrape_succeeds_while_1000_idle_or_half_sent_connections_are_open() {
                 s
             })
             .collect();
+        eprintln!("1000 connections opened in {:?}", t.elapsed());
         (conns, Instant::now())
     });
     // Accepted and waiting for their heads.
@@ -1513,8 +1524,9 @@ fn a_scrape_succeeds_while_1000_idle_or_half_sent_connections_are_open() {
     let mut head = head.lines();
     assert_eq!(head.next(), Some("HTTP/1.1 200 OK"), "{answer}");
     assert!(
-        head.any(|h| h
-            == "Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        head.any(
+            |h| h == "Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8"
+        ),
         "{answer}"
     );
     assert_eq!(sample(body, "kvmtrace_vms"), Some(1.0), "{body}");
@@ -1524,13 +1536,13 @@ fn a_scrape_succeeds_while_1000_idle_or_half_sent_connections_are_open() {
     let open = conns.iter().filter(|s| still_open(s)).count();
     assert_eq!(open, 1000, "{}", watch.stderr());
     // The header-read timeout closes every one of them (5 s after it was accepted).
-    let deadline = opened + Duration::from_secs(5) + Duration::from_secs(3);
+    let deadline = opened + Duration::from_secs(8);
     let mut open = conns.len();
     while open > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
         open = conns.iter().filter(|s| still_open(s)).count();
     }
-    assert_eq!(open, 0, "still open 8 s after they were opened");
+    assert_eq!(open, 0, "still open 8 s after the last was opened");
     drop(conns);
     let (code, stderr) = watch.stop();
     assert_eq!(code, 0, "{stderr}");

@@ -362,7 +362,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         let t = Instant::now();
         let r = ask(addr, b"GET /healthz HTTP/1.1\r\n\r\n");
-        assert!(r.starts_with("HTTP/1.1 200 OK\n") && r.ends_with("\n\nok"), "{r}");
+        assert!(
+            r.starts_with("HTTP/1.1 200 OK\n") && r.ends_with("\n\nok"),
+            "{r}"
+        );
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
         // The first one was closed for it; the others are still open.
         let open = |s: &mut std::net::TcpStream| {
