@@ -41,6 +41,26 @@ const MAX_HEAD: usize = 8192;
 /// link per tap and direction for up to 256 VMs, netlink sockets, the recorder's pipes).
 const RESERVED_FDS: usize = 1024;
 
+/// The listening socket's accept queue, clamped by the kernel to `net.core.somaxconn` (4096
+/// since Linux 5.4). tokio's `TcpListener::bind` asks for 128: a burst of connections (1000
+/// opened at once in the test) overflowed it while the accept loop caught up, and every SYN
+/// dropped then, a scrape's included, waited a second for its retransmission.
+pub const BACKLOG: u32 = 4096;
+
+/// Binds the metrics address with a [`BACKLOG`]-long accept queue.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restart binds while the last run's connections linger in
+    // TIME_WAIT (a second listener on the port is still refused).
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// What the server answers with: the exposition text, rendered at each scrape.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
@@ -258,7 +278,7 @@ mod tests {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let l = bind("127.0.0.1:0".parse().unwrap()).unwrap();
                 tx.send(l.local_addr().unwrap()).unwrap();
                 let render: Render = Arc::new(|| "# EOF\n".to_string());
                 let health: Render = Arc::new(|| "ok\n".to_string());
@@ -380,6 +400,20 @@ mod tests {
         std::thread::sleep(limits.header_timeout + Duration::from_millis(500));
         let states: Vec<bool> = idle.iter_mut().map(open).collect();
         assert_eq!(states, [false; 8]);
+    }
+
+    /// SO_REUSEADDR lets a restart bind past TIME_WAIT, never beside a running watch.
+    #[test]
+    fn a_port_in_use_is_refused() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let first = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let e = bind(first.local_addr().unwrap()).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+        });
     }
 
     #[test]

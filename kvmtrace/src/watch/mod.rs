@@ -718,9 +718,8 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
     let started = Instant::now();
     let open_files = raise_open_files_limit();
     // The address first: a port in use fails before anything is loaded into the kernel.
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+    let listener =
+        http::bind(args.listen).with_context(|| format!("listening on {}", args.listen))?;
     let kernel = WatchKernel::start()?;
     let metrics = Arc::new(Mutex::new(Metrics::new(settings.max_drop_series)));
     let local = listener.local_addr()?;
