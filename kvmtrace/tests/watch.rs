@@ -65,6 +65,54 @@ fn http_get(lab: &Lab, port: u16, path: &str) -> Option<(String, String)> {
     })
 }
 
+/// Sends `request` as is to 127.0.0.1:`port` inside the lab's namespace and reads the whole
+/// answer, the `Date` header's value blanked (`Date: -`) and line ends made `\n`.
+fn http_raw(lab: &Lab, port: u16, request: &str) -> String {
+    in_hv(lab, || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).expect("send the request");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read the answer");
+        blank_date(&text)
+    })
+}
+
+fn blank_date(answer: &str) -> String {
+    answer
+        .split("\r\n")
+        .map(|l| {
+            if l.starts_with("Date: ") {
+                "Date: -"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether the server still holds `s` open: nothing to read yet, no end, no reset.
+fn still_open(mut s: &std::net::TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 64];
+    matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// The (soft, hard) open-files limits of process `pid`.
+fn open_files_limits(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (v[0], v[1])
+}
+
 fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -90,18 +138,46 @@ impl Watch {
     }
 
     fn start_env(lab: &Lab, extra: &[&str], env: &[(&str, &str)]) -> Watch {
+        Watch::spawn(lab, extra, env, None)
+    }
+
+    /// With its open-files soft limit lowered to `soft_nofile` (the hard one left as is).
+    fn start_nofile(lab: &Lab, extra: &[&str], soft_nofile: u64) -> Watch {
+        Watch::spawn(lab, extra, &[], Some(soft_nofile))
+    }
+
+    fn spawn(lab: &Lab, extra: &[&str], env: &[(&str, &str)], soft_nofile: Option<u64>) -> Watch {
+        use std::os::unix::process::CommandExt as _;
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &lab.hv, BIN, "watch", "--listen", &listen])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &lab.hv, BIN, "watch", "--listen", &listen])
             .args(extra)
             .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kvmtrace watch");
+            .stderr(Stdio::piped());
+        if let Some(soft) = soft_nofile {
+            // SAFETY: getrlimit/setrlimit only, async-signal-safe, between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut l = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    l.rlim_cur = soft;
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn kvmtrace watch");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let l2 = lines.clone();
         let out = child.stdout.take().unwrap();
@@ -1377,6 +1453,180 @@ fn a_vm_named_after_its_tap_appeared_moves_its_series() {
     // Read the holder's last lines (libtest's summary) so that it exits cleanly.
     out.for_each(drop);
     let _ = holder.wait();
+    let (code, stderr) = watch.stop();
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// Issue 19: the server before hyper served 16 connections, so a local process holding 16
+/// idle ones (or 64, for good measure) made every scrape fail until they timed out. Now a
+/// scrape is answered at once while 500 connections that sent nothing and 500 that sent half
+/// a request line are open; watch, started with an open-files soft limit of 256, raised its
+/// own to the hard limit to hold them; and the header-read timeout (5 s) then closes all 1000.
+#[test]
+fn a_scrape_succeeds_while_1000_idle_or_half_sent_connections_are_open() {
+    let lab = Lab::new(LabOptions::default());
+    let watch = Watch::start_nofile(&lab, &["--no-record", "--rescan-s", "1"], 256);
+    let pid = watch.child.id();
+    let hard = open_files_limits(std::process::id()).1;
+    assert_eq!(open_files_limits(pid), (hard, hard), "{}", watch.stderr());
+    assert!(
+        hard >= 2048,
+        "this machine's hard open-files limit is {hard}"
+    );
+    assert!(
+        !watch.stderr().contains("open-files limit"),
+        "{}",
+        watch.stderr()
+    );
+    let watched = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        sample(&metrics(&lab, &watch), "kvmtrace_vms") == Some(1.0)
+    });
+    assert!(watched, "vnet0 not watched:\n{}", watch.stderr());
+    // This process holds the 1000 client ends.
+    // SAFETY: getrlimit/setrlimit on structs we own.
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut l), 0);
+        l.rlim_cur = l.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &l), 0);
+    }
+    let port = watch.port;
+    let (conns, opened, took_to_open) = in_hv(&lab, || {
+        let t = Instant::now();
+        let conns: Vec<std::net::TcpStream> = (0..1000)
+            .map(|i| {
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+                    .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                if i % 2 == 1 {
+                    s.write_all(b"GET /metr").unwrap();
+                }
+                s
+            })
+            .collect();
+        eprintln!("1000 connections opened in {:?}", t.elapsed());
+        (conns, Instant::now(), t.elapsed())
+    });
+    // 60 ms on the build machine; 3 s when the accept queue was 128 long (SYNs dropped while
+    // the accept loop caught up, each retried a second later).
+    assert!(took_to_open < Duration::from_secs(2), "{took_to_open:?}");
+    // Accepted and waiting for their heads.
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let answer = http_raw(
+        &lab,
+        port,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
+    let took = t.elapsed();
+    eprintln!("scrape with 1000 connections open: {took:?}");
+    let (head, body) = answer.split_once("\n\n").expect("a head and a body");
+    let mut head = head.lines();
+    assert_eq!(head.next(), Some("HTTP/1.1 200 OK"), "{answer}");
+    assert!(
+        head.any(
+            |h| h == "Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8"
+        ),
+        "{answer}"
+    );
+    assert_eq!(sample(body, "kvmtrace_vms"), Some(1.0), "{body}");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // All 1000 were open during the scrape and still are.
+    let open = conns.iter().filter(|s| still_open(s)).count();
+    assert_eq!(open, 1000, "{}", watch.stderr());
+    // The header-read timeout closes every one of them (5 s after it was accepted).
+    let deadline = opened + Duration::from_secs(8);
+    let mut open = conns.len();
+    while open > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        open = conns.iter().filter(|s| still_open(s)).count();
+    }
+    assert_eq!(open, 0, "still open 8 s after the last was opened");
+    drop(conns);
+    let (code, stderr) = watch.stop();
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// Issue 20: watch serves `/metrics` and `/healthz` (GET and HEAD) and nothing else: another
+/// path is 404 whatever the method, another method on those two is 405 with `Allow`.
+#[test]
+fn watch_serves_only_metrics_and_healthz() {
+    let lab = Lab::new(LabOptions::default());
+    let watch = Watch::start(&lab, &["--no-record"]);
+    let port = watch.port;
+    let ask = |req: &str| http_raw(&lab, port, &format!("{req}\r\nHost: localhost\r\n\r\n"));
+
+    let metrics = ask("GET /metrics HTTP/1.1");
+    let (head, body) = metrics.split_once("\n\n").unwrap();
+    assert_eq!(
+        head,
+        format!(
+            "HTTP/1.1 200 OK\nContent-Type: application/openmetrics-text; version=1.0.0; \
+             charset=utf-8\nConnection: close\nContent-Length: {}\nDate: -",
+            body.len()
+        )
+    );
+    assert!(body.contains("\n# TYPE kvmtrace_vms gauge\n"), "{body}");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    let head_only = ask("HEAD /metrics HTTP/1.1");
+    assert!(
+        head_only.starts_with(
+            "HTTP/1.1 200 OK\nContent-Type: application/openmetrics-text; version=1.0.0; \
+             charset=utf-8\nConnection: close\nContent-Length: "
+        ) && head_only.ends_with("\nDate: -\n\n"),
+        "{head_only}"
+    );
+    assert_eq!(
+        ask("GET /healthz HTTP/1.1"),
+        "HTTP/1.1 200 OK\nContent-Type: text/plain\nConnection: close\nContent-Length: 3\n\
+         Date: -\n\nok\n"
+    );
+    assert_eq!(
+        ask("HEAD /healthz HTTP/1.1"),
+        "HTTP/1.1 200 OK\nContent-Type: text/plain\nConnection: close\nContent-Length: 3\n\
+         Date: -\n\n"
+    );
+    // The query string is ignored.
+    assert!(ask("GET /healthz?x=1 HTTP/1.1").ends_with("\n\nok\n"));
+
+    let not_found = "HTTP/1.1 404 Not Found\nContent-Type: text/plain\nConnection: close\n\
+                     Content-Length: 55\nDate: -\n\n\
+                     not found: kvmtrace watch serves /metrics and /healthz\n";
+    for req in [
+        "GET / HTTP/1.1",
+        "GET /metrics/ HTTP/1.1",
+        "GET /metrics.txt HTTP/1.1",
+        "GET /healthz/ready HTTP/1.1",
+        "GET /debug/pprof HTTP/1.1",
+        "HEAD /nope HTTP/1.1",
+        "POST /nope HTTP/1.1\r\nContent-Length: 0",
+    ] {
+        let a = ask(req);
+        let expected = if req.starts_with("HEAD") {
+            not_found.trim_end_matches("not found: kvmtrace watch serves /metrics and /healthz\n")
+        } else {
+            not_found
+        };
+        assert_eq!(a, expected, "{req}");
+    }
+    let not_allowed = "HTTP/1.1 405 Method Not Allowed\nContent-Type: text/plain\n\
+                       Connection: close\nAllow: GET, HEAD\nContent-Length: 32\nDate: -\n\n\
+                       method not allowed: GET or HEAD\n";
+    for req in [
+        "POST /metrics HTTP/1.1\r\nContent-Length: 0",
+        "PUT /metrics HTTP/1.1\r\nContent-Length: 0",
+        "DELETE /metrics HTTP/1.1",
+        "PATCH /metrics HTTP/1.1\r\nContent-Length: 0",
+        "OPTIONS /metrics HTTP/1.1",
+        "POST /healthz HTTP/1.1\r\nContent-Length: 0",
+        "DELETE /healthz HTTP/1.1",
+    ] {
+        assert_eq!(ask(req), not_allowed, "{req}");
+    }
     let (code, stderr) = watch.stop();
     assert_eq!(code, 0, "{stderr}");
 }

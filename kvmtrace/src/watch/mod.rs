@@ -33,8 +33,9 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct WatchArgs {
-    /// Address of the metrics endpoint (`/metrics`, `/healthz`). Localhost unless told
-    /// otherwise.
+    /// Address and port of the metrics endpoint (`/metrics`, `/healthz`): localhost only by
+    /// default. Plain HTTP without authentication: to scrape it from another machine, bind a
+    /// management address or put a TLS proxy in front (docs/watch.md, "Exposing /metrics").
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
     /// Watch only this VM (name, tap or MAC); repeat for more. Default: every VM and tap in
@@ -664,6 +665,33 @@ fn ensure_dir(dir: &std::path::Path) -> Result<()> {
         .with_context(|| format!("creating {}", dir.display()))
 }
 
+/// Raises the open-files soft limit to the hard one (issue 19: each metrics connection is a
+/// descriptor, and a shell's usual soft limit of 1024 would run out before the server's cap of
+/// 4096 connections; the unit sets `LimitNOFILE=65536`, both limits). Said only when it fails.
+/// Returns the soft limit in force.
+fn raise_open_files_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("kvmtrace watch: cannot read the open-files limit: {e}");
+            return 1024;
+        }
+    };
+    if soft >= hard {
+        return soft;
+    }
+    if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        eprintln!(
+            "kvmtrace watch: cannot raise the open-files limit from {soft} to {hard}: {e}; \
+             serving at most {} metrics connections at once",
+            http::connection_cap(soft)
+        );
+        return soft;
+    }
+    hard
+}
+
 pub fn run(args: WatchArgs) -> Result<ExitCode> {
     let settings = load_settings(&args).map_err(|e| crate::error::usage(format!("{e:#}")))?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -676,10 +704,10 @@ pub fn run(args: WatchArgs) -> Result<ExitCode> {
 async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
     use tokio::signal::unix::{signal, SignalKind};
     let started = Instant::now();
+    let open_files = raise_open_files_limit();
     // The address first: a port in use fails before anything is loaded into the kernel.
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+    let listener =
+        http::bind(args.listen).with_context(|| format!("listening on {}", args.listen))?;
     let kernel = WatchKernel::start()?;
     let metrics = Arc::new(Mutex::new(Metrics::new(settings.max_drop_series)));
     let local = listener.local_addr()?;
@@ -687,7 +715,12 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
     let render: http::Render = Arc::new(move || m2.lock().expect("metrics lock").encode());
     let m3 = metrics.clone();
     let health: http::Render = Arc::new(move || m3.lock().expect("metrics lock").health());
-    let server = tokio::spawn(http::serve(listener, render, health));
+    let server = tokio::spawn(http::serve(
+        listener,
+        render,
+        health,
+        http::Limits::new(open_files),
+    ));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut w = Watch {
         kernel,
