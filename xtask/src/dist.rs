@@ -53,6 +53,8 @@ pub const BOOKWORM_INCLUDE: &str = "man-db,systemd";
 
 /// cargo-deb, the packaging tool `cargo xtask dist` runs (`cargo xtask setup` installs it).
 pub const CARGO_DEB_VERSION: &str = "3.8.0";
+/// cargo-generate-rpm, which builds the RPM beside the Debian package (pure Rust: no rpmbuild).
+pub const CARGO_GENERATE_RPM_VERSION: &str = "0.21.1";
 
 /// The workspace root (xtask lives one level below it).
 pub fn workspace() -> PathBuf {
@@ -115,9 +117,10 @@ pub fn static_binary(workspace: &Path) -> Result<PathBuf> {
 pub struct Dist {
     pub binary: PathBuf,
     pub deb: PathBuf,
+    pub rpm: PathBuf,
 }
 
-/// `cargo xtask dist`: the static binary, then the Debian package around it. The man pages
+/// `cargo xtask dist`: the static binary, then the Debian package and the RPM around it. The man pages
 /// and completions are written by that very binary (`kvmtrace manpages`, `kvmtrace
 /// completions`), so they describe the flags it has; cargo-deb (`[package.metadata.deb]` in
 /// kvmtrace/Cargo.toml) then packs them with the unit and the contrib files.
@@ -175,7 +178,7 @@ pub fn dist(workspace: &Path) -> Result<Dist> {
         packaged_unit(&unit).context("contrib/kvmtrace-watch.service")?,
     )?;
 
-    let Some(cargo_deb) = cargo_deb() else {
+    let Some(cargo_deb) = cargo_bin("cargo-deb") else {
         bail!("cargo-deb is not installed: run `cargo xtask setup`");
     };
     let debian = workspace.join("target/static/debian");
@@ -214,7 +217,53 @@ pub fn dist(workspace: &Path) -> Result<Dist> {
         deb.display(),
         fs::metadata(&deb)?.len() / 1024
     );
-    Ok(Dist { binary, deb })
+    let rpm = rpm(workspace)?;
+    Ok(Dist { binary, deb, rpm })
+}
+
+/// The RPM (`[package.metadata.generate-rpm]` in kvmtrace/Cargo.toml): the same files as the
+/// Debian package, written by cargo-generate-rpm, which needs no rpmbuild.
+fn rpm(workspace: &Path) -> Result<PathBuf> {
+    let Some(tool) = cargo_bin("cargo-generate-rpm") else {
+        bail!("cargo-generate-rpm is not installed: run `cargo xtask setup`");
+    };
+    let dir = workspace.join("target/static/rpm");
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    fs::create_dir_all(&dir)?;
+    let mut cmd = Command::new(tool);
+    // Run as `cargo generate-rpm`: its own name comes first.
+    cmd.current_dir(workspace)
+        .args(["generate-rpm", "-p", "kvmtrace", "--target", STATIC_TARGET])
+        .arg("--target-dir")
+        .arg(workspace.join("target/static"))
+        .arg("-o")
+        .arg(&dir)
+        .stdin(Stdio::null());
+    eprintln!("[dist] packaging: {cmd:?}");
+    let o = cmd.output().context("running cargo-generate-rpm")?;
+    eprint!("{}", String::from_utf8_lossy(&o.stderr));
+    if !o.status.success() {
+        bail!("cargo-generate-rpm failed ({})", o.status);
+    }
+    let found: Vec<PathBuf> = fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "rpm"))
+        .collect();
+    let [rpm] = found.as_slice() else {
+        bail!(
+            "cargo-generate-rpm left {} packages in {}",
+            found.len(),
+            dir.display()
+        );
+    };
+    eprintln!(
+        "[dist] {} ({} KiB)",
+        rpm.display(),
+        fs::metadata(rpm)?.len() / 1024
+    );
+    Ok(rpm.clone())
 }
 
 /// The unit as the package installs it: the binary is `/usr/bin/kvmtrace` there, not the
@@ -227,8 +276,9 @@ pub fn packaged_unit(unit: &str) -> Result<String> {
     Ok(unit.replace(HAND, "ExecStart=/usr/bin/kvmtrace "))
 }
 
-/// The cargo-deb executable: on PATH, else where `cargo install` puts it.
-pub fn cargo_deb() -> Option<PathBuf> {
+/// A cargo subcommand's executable (`cargo-deb`, `cargo-generate-rpm`): on PATH, else where
+/// `cargo install` puts it.
+pub fn cargo_bin(name: &str) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> = env::var_os("PATH")
         .map(|p| env::split_paths(&p).collect())
         .unwrap_or_default();
@@ -238,9 +288,7 @@ pub fn cargo_deb() -> Option<PathBuf> {
     if let Some(home) = env::var_os("HOME") {
         dirs.push(PathBuf::from(home).join(".cargo/bin"));
     }
-    dirs.into_iter()
-        .map(|d| d.join("cargo-deb"))
-        .find(|p| p.is_file())
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 /// Whether the default toolchain has the musl std (`rustup target add` puts it in its sysroot).
@@ -801,6 +849,81 @@ mod tests {
         );
         assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
         assert_eq!(text(&out.stderr), "", "{}", dump(&out));
+
+        // The RPM of the same build (here, not in a test of its own: `dist` rewrites the
+        // files both packages are made from).
+        rpm_installs_into_a_scratch_root(&d);
+    }
+
+    /// The RPM holds the same files as the Debian package (the unit where RHEL keeps units),
+    /// and installed with `rpm --root` into an empty root its binary runs.
+    fn rpm_installs_into_a_scratch_root(d: &Dist) {
+        let root = env::temp_dir().join(format!("kvmtrace-rpm-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        let rpm = |args: &[&str]| {
+            Command::new("rpm")
+                .arg("--root")
+                .arg(&root)
+                .args(args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        };
+        let out = rpm(&["--initdb"]);
+        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
+        let pkg = d.rpm.to_str().unwrap();
+        let out = rpm(&["-qp", "--queryformat", "%{NAME} %{VERSION} %{ARCH}\n", pkg]);
+        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
+        assert_eq!(
+            text(&out.stdout).trim(),
+            format!("kvmtrace {} x86_64", env!("CARGO_PKG_VERSION"))
+        );
+        let out = rpm(&["-qpR", pkg]);
+        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
+        let requires: Vec<String> = text(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("rpmlib("))
+            .map(str::to_string)
+            .collect();
+        assert!(
+            requires.is_empty(),
+            "a static binary requires nothing: {requires:?}"
+        );
+        // --nodeps: the scratch root has no rpm database of a distribution to satisfy
+        // `rpmlib(…)` features against.
+        let out = rpm(&["-i", "--nodeps", "--noscripts", pkg]);
+        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
+        let out = rpm(&["-ql", "kvmtrace"]);
+        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
+        let files = text(&out.stdout);
+        for f in [
+            "/usr/bin/kvmtrace",
+            "/usr/share/man/man1/kvmtrace-follow.1.gz",
+            "/usr/share/bash-completion/completions/kvmtrace",
+            "/usr/lib/systemd/system/kvmtrace-watch.service",
+            "/usr/share/doc/kvmtrace/examples/watch.json",
+            "/usr/share/kvmtrace/kvmtrace-alerts.yml",
+        ] {
+            assert!(
+                files.lines().any(|l| l == f),
+                "{f} not in the RPM:\n{files}"
+            );
+            assert!(root.join(&f[1..]).is_file(), "{f} not installed");
+        }
+        let out = Command::new(root.join("usr/bin/kvmtrace"))
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
+        assert_eq!(
+            text(&out.stdout).trim(),
+            format!("kvmtrace {}", env!("CARGO_PKG_VERSION"))
+        );
+        let unit =
+            fs::read_to_string(root.join("usr/lib/systemd/system/kvmtrace-watch.service")).unwrap();
+        assert!(unit.contains("ExecStart=/usr/bin/kvmtrace "), "{unit}");
+        let _ = fs::remove_dir_all(&root);
     }
 
     /// The capabilities the shipped unit gives `watch` (`AmbientCapabilities=`), checked to be

@@ -42,7 +42,8 @@ enum Command {
     Soak(soak::SoakArgs),
     /// Build the static (musl) release binary, eBPF object inside, and print its path.
     Static,
-    /// Build the static binary and the Debian package around it (cargo-deb); print both paths.
+    /// Build the static binary, the Debian package (cargo-deb) and the RPM (cargo-generate-rpm)
+    /// around it; print the three paths.
     Dist,
     /// Re-record the model's fixtures (kvmtrace/src/model/fixtures) from live runs in a lab.
     Fixtures,
@@ -99,6 +100,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let d = dist::dist(&dist::workspace())?;
             println!("{}", d.binary.display());
             println!("{}", d.deb.display());
+            println!("{}", d.rpm.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Static => {

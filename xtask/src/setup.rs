@@ -18,7 +18,8 @@
 //! - Debian's kernels for the kernel matrix (5.10 from bullseye, 6.1 from bookworm, 6.12 from
 //!   trixie), downloaded with a private `APT_CONFIG` and extracted, never installed
 //!   (`kvmtrace_lab::kernels::fetch`, into `/var/cache/kvmtrace/kernels`);
-//! - cargo-deb (`cargo install`) for the Debian package (`cargo xtask dist`), and a Debian 12
+//! - cargo-deb and cargo-generate-rpm (`cargo install`) for the Debian and RPM packages
+//!   (`cargo xtask dist`), Debian's `rpm` to install the RPM in its test, and a Debian 12
 //!   root with man-db and systemd (`debootstrap --variant=minbase --include=man-db,systemd
 //!   bookworm`, in /var/cache/kvmtrace) that the package's test installs it into.
 
@@ -36,8 +37,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::dist::{
-    cargo_deb, musl_std_installed, BOOKWORM_INCLUDE, BOOKWORM_ROOT, BULLSEYE_ROOT,
-    CARGO_DEB_VERSION, ROOT_DONE, STATIC_TARGET,
+    cargo_bin, musl_std_installed, BOOKWORM_INCLUDE, BOOKWORM_ROOT, BULLSEYE_ROOT,
+    CARGO_DEB_VERSION, CARGO_GENERATE_RPM_VERSION, ROOT_DONE, STATIC_TARGET,
 };
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -61,6 +62,8 @@ const DEB_PACKAGES: &[&str] = &[
     "prometheus",
     // Makes the Debian 11 root the static binary is tested in.
     "debootstrap",
+    // Installs the RPM package into a scratch root in its test (`rpm --root`).
+    "rpm",
 ];
 /// Where debootstrap fetches Debian from.
 const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
@@ -111,7 +114,8 @@ pub fn run(args: &SetupArgs) -> Result<ExitCode> {
     setup.musl_target()?;
     setup.debian()?;
     setup.br_netfilter()?;
-    setup.cargo_deb()?;
+    setup.cargo_tool("cargo-deb", CARGO_DEB_VERSION)?;
+    setup.cargo_tool("cargo-generate-rpm", CARGO_GENERATE_RPM_VERSION)?;
     setup.debian_root("debian 11 root", "bullseye", BULLSEYE_ROOT, None)?;
     setup.debian_root(
         "debian 12 root",
@@ -434,16 +438,18 @@ impl Setup {
         Ok(())
     }
 
-    /// Makes sure cargo-deb is installed (built from crates.io with the stable toolchain).
-    fn cargo_deb(&mut self) -> Result<()> {
-        let item = format!("cargo-deb {CARGO_DEB_VERSION}");
-        let installed = cargo_deb().and_then(|p| {
+    /// Makes sure a cargo subcommand (a packaging tool) is installed at `version`, built from
+    /// crates.io with the stable toolchain.
+    fn cargo_tool(&mut self, name: &str, version: &str) -> Result<()> {
+        let item = format!("{name} {version}");
+        let installed = cargo_bin(name).and_then(|p| {
+            // Both tools answer `--version` when run by their own name.
             let out = Command::new(p).arg("--version").output().ok()?;
             Some(String::from_utf8_lossy(&out.stdout).into_owned())
         });
         if installed
             .as_deref()
-            .is_some_and(|v| v.split_whitespace().any(|w| w == CARGO_DEB_VERSION))
+            .is_some_and(|v| v.split_whitespace().any(|w| w == version))
         {
             say(&item, "present");
             return Ok(());
@@ -455,13 +461,7 @@ impl Setup {
         }
         say(&item, "installing (cargo install, ~3 min)…");
         self.changed = true;
-        run_cmd(Command::new("cargo").args([
-            "install",
-            "--locked",
-            "cargo-deb",
-            "--version",
-            CARGO_DEB_VERSION,
-        ]))?;
+        run_cmd(Command::new("cargo").args(["install", "--locked", name, "--version", version]))?;
         say(&item, "installed");
         Ok(())
     }
