@@ -1,7 +1,14 @@
 //! Checks of the VM's own devices: the tap (or macvtap and its lower device), its bridge
 //! port, the bridge, the MTU along the path.
 
-use super::*;
+use super::ctx::{check, dev_is_down, Ctx};
+use crate::doctor::check::{Check, CheckStatus};
+use crate::doctor::host::Dev;
+use crate::doctor::rules::Net;
+use crate::host::netlink::nud_name;
+use crate::model::fix::{self as repair};
+
+use CheckStatus::{Fail, Pass, Skip, Warn};
 
 pub(super) fn tap_check(c: &Ctx) -> Check {
     let name = "tap";

@@ -8,221 +8,16 @@
 //! uplink without NAT66 is a warning. IPv6 has no `rp_filter` sysctl: reverse-path filtering
 //! is a netfilter rule (`fib saddr . iif oif missing drop`, `-m rpfilter`).
 
-use super::*;
-use crate::host::netlink::IpRoute;
-use rules::Tri;
+use super::ctx::{check, dev_is_down, ruleset_or_skip, worst, Ctx};
+use crate::doctor::check::{Check, CheckStatus};
+use crate::doctor::rules::{self, Chain, Iface, Net, Pkt, Place, Tri};
+use crate::model::event::NfHook;
+use crate::model::fix::{self as repair, sysctl_name};
+use std::net::IpAddr;
 
-/// What the IPv6 checks share.
-pub(super) struct Ctx6<'a> {
-    /// Why the IPv6 checks do not apply (None: they do).
-    pub off: Option<String>,
-    /// The gateway address on the VM's device and the VM's prefix.
-    pub gw: Option<(Ipv6Addr, u8)>,
-    pub subnet: Option<Net>,
-    /// Main-table IPv6 default routes, lowest metric first.
-    pub defaults: Vec<&'a IpRoute>,
-    /// The way out: the device of the route to the destination, or of the default route.
-    pub uplink: Option<&'a Dev>,
-    /// The way out is the VM's own bridge: the VM is bridged onto the uplink's network.
-    pub bridged: bool,
-    /// The guest's global address, when the host has seen it (NDP entry of its MAC).
-    pub guest: Option<Ipv6Addr>,
-    pub dest: Option<Net>,
-}
-
-impl<'a> Ctx6<'a> {
-    pub(super) fn new(
-        h: &'a Host,
-        bridge: Option<&'a Dev>,
-        l3: Option<&'a Dev>,
-        mac: Option<&str>,
-        dest: Option<Net>,
-    ) -> Ctx6<'a> {
-        let dest = dest.filter(Net::is_v6);
-        let guest = match (l3, mac, &h.neighs6) {
-            (Some(l3), Some(mac), Ok(ns)) => ns
-                .iter()
-                .filter(|n| {
-                    n.ifindex == l3.ifindex
-                        && n.lladdr
-                            .as_deref()
-                            .is_some_and(|m| m.eq_ignore_ascii_case(mac))
-                })
-                .find_map(|n| match n.dst {
-                    IpAddr::V6(a)
-                        if l3.addrs6.iter().any(|(g, l)| Net::new(*g, *l).contains(a)) =>
-                    {
-                        Some(a)
-                    }
-                    _ => None,
-                }),
-            _ => None,
-        };
-        let gw = l3.and_then(|d| {
-            guest
-                .and_then(|g| {
-                    d.addrs6
-                        .iter()
-                        .find(|(a, l)| Net::new(*a, *l).contains(g))
-                        .copied()
-                })
-                .or_else(|| d.addrs6.first().copied())
-        });
-        let subnet = gw.map(|(a, l)| Net::new(a, l));
-        let off = match l3 {
-            None => Some(match bridge {
-                None => "the VM's device is unknown (no bridge, no routed tap)".to_string(),
-                Some(b) => format!("{} is not usable", b.name),
-            }),
-            Some(d) if d.addrs6.is_empty() && dest.is_none() => Some(format!(
-                "{} has no global IPv6 address and no IPv6 destination was given: the VM has no IPv6 path through this host",
-                d.name
-            )),
-            _ => None,
-        };
-        let mut defaults: Vec<&IpRoute> = match &h.routes6 {
-            Ok(rs) => rs
-                .iter()
-                .filter(|r| r.table == 254 && r.dst_len == 0)
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        defaults.sort_by_key(|d| d.priority);
-        let uplink = dest.and_then(|_| dest_out_dev(h, true)).or_else(|| {
-            defaults
-                .first()
-                .filter(|d| d.kind == 1)
-                .and_then(|d| d.nexthops.first())
-                .and_then(|(oif, _)| h.dev_by_index(*oif))
-        });
-        let bridged = matches!((uplink, l3), (Some(u), Some(l)) if u.name == l.name);
-        Ctx6 {
-            off,
-            gw,
-            subnet,
-            defaults,
-            uplink,
-            bridged,
-            guest,
-            dest,
-        }
-    }
-
-    /// Where the VM's new IPv6 connections go.
-    fn far(&self) -> Place {
-        match self.dest {
-            Some(d) => Place::In(d),
-            None => Place::Internet {
-                not_in: self.subnet,
-            },
-        }
-    }
-}
-
-/// The snapshot's route for `a` (longest prefix of the main table): its output device.
-fn route6_dev(h: &Host, a: IpAddr) -> Option<u32> {
-    let rs = h.routes6.as_ref().ok()?;
-    rs.iter()
-        .filter(|r| r.table == 254 && r.kind == 1 && Net::new(r.dst, r.dst_len).contains(a))
-        .max_by_key(|r| (r.dst_len, std::cmp::Reverse(r.priority)))
-        .and_then(|r| r.nexthops.first().map(|(o, _)| *o))
-}
-
-/// Whether a strict reverse-path test passes for a packet from `src` arriving on `iif`.
-fn rp_passes(h: &Host, src: &Place, iif: Option<&Dev>) -> Tri {
-    let (Some(iif), Ok(_)) = (iif, &h.routes6) else {
-        return Tri::Maybe;
-    };
-    let probe = match src {
-        Place::In(n) => n.addr,
-        // Some internet address: the default route answers for it.
-        Place::Internet { .. } => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1)),
-    };
-    match route6_dev(h, probe) {
-        Some(o) if o == iif.ifindex => Tri::Yes,
-        _ => Tri::No,
-    }
-}
-
-impl Ctx<'_> {
-    /// `skip` with the reason when the IPv6 checks do not apply.
-    fn skip6(&self, name: &str) -> Option<Check> {
-        self.v6
-            .off
-            .as_ref()
-            .map(|r| check(name, Skip, r.clone(), None))
-    }
-
-    /// The VM's IPv6 prefix, for a check of its routed IPv6 path; else the check's skip:
-    /// the IPv6 half off, the VM bridged onto the uplink's network (`bridged`: what that means
-    /// for this check), or no prefix known.
-    fn routed6(&self, name: &str, bridged: &str) -> Result<Net, Check> {
-        if let Some(s) = self.skip6(name) {
-            return Err(s);
-        }
-        let l3 = self.l3_name();
-        if self.v6.bridged {
-            return Err(check(
-                name,
-                Skip,
-                format!("the IPv6 default route leaves through {l3} itself: {bridged}"),
-                None,
-            ));
-        }
-        self.v6.subnet.ok_or_else(|| {
-            check(
-                name,
-                Skip,
-                format!("the VM's IPv6 prefix is unknown: {l3} has no global IPv6 address"),
-                None,
-            )
-        })
-    }
-
-    fn uplink6_desc(&self) -> String {
-        self.v6
-            .uplink
-            .map(|u| u.name.clone())
-            .unwrap_or_else(|| "any uplink".into())
-    }
-
-    fn to_dest6(&self) -> String {
-        self.v6
-            .dest
-            .map(|d| format!(" to {}", net_text(d)))
-            .unwrap_or_default()
-    }
-
-    /// A new IPv6 connection from the VM, at FORWARD (and PREROUTING).
-    fn pkt6_out(&self, subnet: Net) -> Pkt {
-        let src = Place::In(subnet);
-        Pkt {
-            rp: rp_passes(self.h, &src, self.l3),
-            src,
-            dst: self.v6.far(),
-            iif: Self::iface(self.l3),
-            oif: Self::iface(self.v6.uplink),
-            ct: rules::CT_NEW,
-            v6: true,
-        }
-    }
-}
-
-impl Ctx<'_> {
-    /// A reply to the VM's IPv6 prefix, at FORWARD (and PREROUTING).
-    fn pkt6_back(&self, subnet: Net) -> Pkt {
-        let src = self.v6.far();
-        Pkt {
-            rp: rp_passes(self.h, &src, self.v6.uplink),
-            src,
-            dst: Place::In(subnet),
-            iif: Self::iface(self.v6.uplink),
-            oif: Self::iface(self.l3),
-            ct: rules::CT_ESTABLISHED,
-            v6: true,
-        }
-    }
-}
+use super::netfilter::{br_netfilter_of, find_snat, forward_verdicts, snat_fix};
+use super::routing::{kind_name, neighbour_verdict, route_text};
+use CheckStatus::{Fail, Pass, Skip, Warn};
 
 pub(super) fn br_netfilter6_check(c: &Ctx) -> Check {
     if let Some(s) = c.skip6("br_netfilter6") {
@@ -750,7 +545,7 @@ pub(super) fn ra_service_check(c: &Ctx) -> Check {
             )
         }
     };
-    let serves = |d: &super::super::host::RaDaemon| {
+    let serves = |d: &crate::doctor::host::RaDaemon| {
         d.ifaces.as_ref().is_none_or(|i| {
             i.iter()
                 .any(|n| n == l3 || (n.ends_with('*') && l3.starts_with(n.trim_end_matches('*'))))

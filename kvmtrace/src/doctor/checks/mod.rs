@@ -5,16 +5,7 @@
 //! default route (or the route to DEST), gateway neighbour, router advertisements. Each is a pure function of a [`Host`] snapshot and says what it read
 //! (evidence) and what to run (fix).
 
-use super::host::{Dev, Host};
-use super::rules::{self, Chain, Fate, Iface, Net, Pkt, Place, Ruleset};
-use super::{Check, CheckStatus};
-use crate::host::netlink::{self, nud_name};
-use crate::model::event::NfHook;
-use crate::model::fix::{self as repair, sysctl_name};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-use CheckStatus::{Fail, Pass, Skip, Warn};
-
+mod ctx;
 mod devices;
 mod ipv6;
 mod netfilter;
@@ -22,270 +13,24 @@ mod overlay;
 mod routing;
 mod services;
 
-use devices::*;
-use ipv6::*;
-use netfilter::*;
-use routing::*;
-use services::*;
-
-fn check(
-    name: &str,
-    status: CheckStatus,
-    evidence: impl Into<String>,
-    fix: Option<String>,
-) -> Check {
-    Check {
-        name: name.to_string(),
-        status,
-        evidence: evidence.into(),
-        fix,
-    }
-}
-
-/// The default route the VM's packets to the internet take.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct DefaultRoute {
-    kind: u8,
-    priority: u32,
-    /// (output device index, gateway) per next hop.
-    nexthops: Vec<(u32, Option<Ipv4Addr>)>,
-}
-
-/// What the checks share: the VM's devices and network, the way out.
-struct Ctx<'a> {
-    h: &'a Host,
-    tap_name: &'a str,
-    tap: Option<&'a Dev>,
-    /// The tap's master, when it is a Linux bridge.
-    bridge: Option<&'a Dev>,
-    /// The device holding the VM's gateway address: the bridge, or a routed tap.
-    l3: Option<&'a Dev>,
-    /// The gateway address on `l3` and the VM's subnet.
-    gw: Option<(Ipv4Addr, u8)>,
-    subnet: Option<Net>,
-    /// Why `subnet` is unknown.
-    no_subnet: String,
-    defaults: Vec<DefaultRoute>,
-    uplink: Option<&'a Dev>,
-    /// The default route leaves through `l3` itself: the VM is bridged onto the uplink's
-    /// network and the host does not route its packets.
-    bridged: bool,
-    guest: Option<(Ipv4Addr, u16)>,
-    /// The destination given on the command line (`doctor VM DEST`): the model packets go
-    /// there, and the route to it is looked up instead of judging the default route.
-    dest: Option<Net>,
-    /// The IPv6 half of the path.
-    v6: Ctx6<'a>,
-}
-
-impl<'a> Ctx<'a> {
-    fn new(h: &'a Host, tap_name: &'a str, mac: Option<&str>, dest: Option<Net>) -> Ctx<'a> {
-        let tap = h.dev(tap_name);
-        let bridge = tap
-            .and_then(|t| t.master.as_deref())
-            .and_then(|m| h.dev(m))
-            .filter(|m| m.is_bridge);
-        let l3 =
-            bridge.or(
-                tap.filter(|t| t.master.is_none() && (!t.addrs.is_empty() || !t.addrs6.is_empty()))
-            );
-        let guest = match (l3, mac, &h.neighs) {
-            (Some(l3), Some(mac), Ok(ns)) => ns
-                .iter()
-                .find(|n| {
-                    n.ifindex == l3.ifindex
-                        && n.lladdr
-                            .as_deref()
-                            .is_some_and(|m| m.eq_ignore_ascii_case(mac))
-                })
-                .map(|n| (n.dst, n.state)),
-            _ => None,
-        };
-        let gw = l3.and_then(|d| {
-            guest
-                .and_then(|(g, _)| {
-                    d.addrs
-                        .iter()
-                        .find(|(a, l)| Net::new(*a, *l).contains(g))
-                        .copied()
-                })
-                .or_else(|| d.addrs.first().copied())
-        });
-        let subnet = gw.map(|(a, l)| Net::new(a, l));
-        let no_subnet = match (tap, bridge, l3) {
-            (None, _, _) => format!("{tap_name} is not in this network namespace"),
-            (Some(t), None, None) => match &t.master {
-                Some(m) => format!("{tap_name}'s master {m} is not a Linux bridge"),
-                None => format!("{tap_name} is in no bridge"),
-            },
-            (_, _, Some(d)) if d.addrs.is_empty() => format!("{} has no IPv4 address", d.name),
-            _ => String::new(),
-        };
-        let mut defaults: Vec<DefaultRoute> = match &h.routes {
-            Ok(rs) => rs
-                .iter()
-                .filter(|r| r.table == 254 && r.dst_len == 0)
-                .map(|r| DefaultRoute {
-                    kind: r.kind,
-                    priority: r.priority,
-                    nexthops: r.nexthops.clone(),
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        defaults.sort_by_key(|d| d.priority);
-        let dest4 = dest.filter(|d| !d.is_v6());
-        // The way out: to the destination, the device of the kernel's route to it; else (or
-        // when that route refuses) the default route's.
-        let uplink = dest4.and_then(|_| dest_out_dev(h, false)).or_else(|| {
-            defaults
-                .first()
-                .filter(|d| d.kind == 1)
-                .and_then(|d| d.nexthops.first())
-                .and_then(|(oif, _)| h.dev_by_index(*oif))
-        });
-        let bridged = matches!((uplink, l3), (Some(u), Some(l)) if u.name == l.name);
-        let v6 = Ctx6::new(h, bridge, l3, mac, dest);
-        Ctx {
-            h,
-            tap_name,
-            tap,
-            bridge,
-            l3,
-            gw,
-            subnet,
-            no_subnet,
-            defaults,
-            uplink,
-            bridged,
-            guest,
-            dest: dest4,
-            v6,
-        }
-    }
-
-    fn iface(d: Option<&Dev>) -> Iface {
-        match d {
-            Some(d) => Iface::Is {
-                name: d.name.clone(),
-                index: d.ifindex,
-            },
-            None => Iface::Unknown,
-        }
-    }
-
-    /// Where the VM's new connections go: the destination, or the internet.
-    fn far(&self, subnet: Net) -> Place {
-        match self.dest {
-            Some(d) => Place::In(d),
-            None => Place::Internet {
-                not_in: Some(subnet),
-            },
-        }
-    }
-
-    /// ` to DEST` when a destination was given.
-    fn to_dest(&self) -> String {
-        self.dest
-            .map(|d| format!(" to {}", net_text(d)))
-            .unwrap_or_default()
-    }
-
-    /// A new connection from the VM to the internet, at FORWARD.
-    fn pkt_out(&self, subnet: Net) -> Pkt {
-        Pkt {
-            src: Place::In(subnet),
-            dst: self.far(subnet),
-            iif: Self::iface(self.l3),
-            oif: Self::iface(self.uplink),
-            ct: rules::CT_NEW,
-            v6: false,
-            rp: rules::Tri::Maybe,
-        }
-    }
-
-    /// A reply from the internet to the VM (after de-NAT), at FORWARD.
-    fn pkt_back(&self, subnet: Net) -> Pkt {
-        Pkt {
-            src: self.far(subnet),
-            dst: Place::In(subnet),
-            iif: Self::iface(self.uplink),
-            oif: Self::iface(self.l3),
-            ct: rules::CT_ESTABLISHED,
-            v6: false,
-            rp: rules::Tri::Maybe,
-        }
-    }
-
-    fn l3_name(&self) -> &str {
-        self.l3.map(|d| d.name.as_str()).unwrap_or("<bridge>")
-    }
-
-    /// The uplink's name, or what stands for it when there is no default route.
-    fn uplink_desc(&self) -> String {
-        self.uplink
-            .map(|u| u.name.clone())
-            .unwrap_or_else(|| "any uplink".into())
-    }
-}
-
-/// An address prefix as written on the command line: a single address without `/32` or
-/// `/128`.
-fn net_text(n: Net) -> String {
-    if n.len == n.max_len() {
-        n.addr.to_string()
-    } else {
-        n.to_string()
-    }
-}
-
-/// The device of the kernel's route to the destination of `v6`'s family, when it has one.
-fn dest_out_dev(h: &Host, v6: bool) -> Option<&Dev> {
-    let d = h.dest_route.as_ref().filter(|d| d.dst.is_ipv6() == v6)?;
-    let r = d.answer.as_ref().ok()?;
-    (r.kind == 1)
-        .then(|| r.nexthops.first())
-        .flatten()
-        .and_then(|(o, _)| h.dev_by_index(*o))
-}
-
-fn dev_is_down(d: &Dev) -> bool {
-    !d.admin_up || d.carrier == Some(false)
-}
-
-fn worst(a: CheckStatus, b: CheckStatus) -> CheckStatus {
-    let rank = |s: CheckStatus| match s {
-        Skip => 0,
-        Pass => 1,
-        Warn => 2,
-        Fail => 3,
-    };
-    if rank(b) > rank(a) {
-        b
-    } else {
-        a
-    }
-}
-
-/// The main table's route for `a` (longest prefix), as (dst_len, device index).
-fn route_dev(h: &Host, a: Ipv4Addr) -> Option<u32> {
-    let rs = h.routes.as_ref().ok()?;
-    rs.iter()
-        .filter(|r| r.table == 254 && Net::new(r.dst, r.dst_len).contains(a))
-        .max_by_key(|r| (r.dst_len, std::cmp::Reverse(r.priority)))
-        .and_then(|r| r.nexthops.first().map(|(o, _)| *o))
-}
-
-fn ruleset_or_skip<'a>(c: &'a Ctx, name: &str) -> Result<&'a Ruleset, Check> {
-    c.h.ruleset.as_ref().map_err(|e| {
-        check(
-            name,
-            Skip,
-            format!("cannot read the nftables ruleset: {e}"),
-            Some("run kvmtrace as root (reading nftables needs CAP_NET_ADMIN)".into()),
-        )
-    })
-}
+use super::check::Check;
+use super::host::Host;
+use super::rules::Net;
+use ctx::Ctx;
+use devices::{
+    bridge_check, bridge_port_check, lower_device_check, macvtap_host_check, macvtap_mode_check,
+    mtu_check, tap_check,
+};
+use ipv6::{
+    br_netfilter6_check, default_route6_check, forward_filter6_check, gateway_neighbour6_check,
+    ip6_forward_check, nat6_check, ra_service_check, rpfilter6_check,
+};
+use netfilter::{br_netfilter_check, conntrack_check, forward_filter_check, nat_check};
+use routing::{
+    default_route_check, gateway_neighbour_check, ip_forward_check, route_check, rp_filter_check,
+};
+use services::dhcp_check;
+use std::net::IpAddr;
 
 /// Every check for the VM whose tap is `tap` (guest MAC `mac`, when known), in path order.
 #[cfg(test)]
@@ -374,11 +119,16 @@ pub fn run_checks_to(h: &Host, tap: &str, mac: Option<&str>, dest: Option<Net>) 
 
 #[cfg(test)]
 mod tests {
-    use super::super::host::{DestRoute, RaDaemon, UdpSock};
-    use super::super::rules::{Action, Base, Cond, Rule};
+    use super::super::check::CheckStatus::{Fail, Pass, Skip, Warn};
+    use super::super::host::{DestRoute, Dev, RaDaemon, UdpSock};
+    use super::super::rules::{Action, Base, Chain, Cond, Rule, Ruleset};
     use super::*;
+    use crate::host::netlink;
     use crate::host::netlink::{IpNeigh, IpRoute, IpRule, Neigh, Route};
+    use crate::model::event::NfHook;
+    use crate::model::fix::sysctl_name;
     use std::collections::BTreeMap;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn dev(name: &str, ifindex: u32) -> Dev {
         Dev {

@@ -1,7 +1,14 @@
 //! Checks of the firewall on the VM's path: bridge netfilter, the FORWARD rules, NAT,
 //! conntrack.
 
-use super::*;
+use super::ctx::{check, ruleset_or_skip, worst, Ctx};
+use crate::doctor::check::{Check, CheckStatus};
+use crate::doctor::rules::{self, Chain, Fate, Iface, Net, Pkt, Place, Ruleset};
+use crate::model::event::NfHook;
+use crate::model::fix::{self as repair};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use CheckStatus::{Fail, Pass, Skip, Warn};
 
 /// How the FORWARD chains treat each of `pkts` (what, packet): the worst status, one sentence
 /// per chain, and the (packet index, chain) pairs that surely drop.

@@ -1,8 +1,15 @@
 //! Checks of routing: forwarding, reverse-path filtering, the default route and its
 //! gateway's neighbour entry.
 
-use super::*;
-use crate::host::netlink::{IpRoute, IpRule};
+use super::ctx::{check, dev_is_down, net_text, route_dev, worst, Ctx, DefaultRoute};
+use crate::doctor::check::{Check, CheckStatus};
+use crate::doctor::host::Dev;
+use crate::doctor::rules::Net;
+use crate::host::netlink::{self, nud_name, IpRoute, IpRule};
+use crate::model::fix::{self as repair, sysctl_name};
+use std::net::IpAddr;
+
+use CheckStatus::{Fail, Pass, Skip, Warn};
 
 pub(super) fn ip_forward_check(c: &Ctx) -> Check {
     let name = "ip_forward";

@@ -1,6 +1,10 @@
 //! Checks of the services a guest needs from its network: DHCP.
 
-use super::*;
+use super::ctx::{check, Ctx};
+use crate::doctor::check::{Check, CheckStatus};
+use std::net::Ipv4Addr;
+
+use CheckStatus::{Pass, Skip, Warn};
 
 pub(super) fn dhcp_check(c: &Ctx) -> Check {
     let name = "dhcp";
