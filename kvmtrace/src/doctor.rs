@@ -18,6 +18,7 @@
 
 mod check;
 mod checks;
+mod family;
 mod host;
 mod rules;
 

@@ -260,10 +260,6 @@ pub struct Ruleset {
 }
 
 impl Ruleset {
-    /// IPv4 base chains at `hook` of type `kind`, in priority order.
-    pub fn base_chains(&self, hook: NfHook, kind: &str) -> Vec<&Chain> {
-        self.base_chains_of(false, hook, kind)
-    }
     /// IPv4 (`v6` false) or IPv6 base chains at `hook` of type `kind`, in priority order.
     pub fn base_chains_of(&self, v6: bool, hook: NfHook, kind: &str) -> Vec<&Chain> {
         let mut v: Vec<&Chain> = self
