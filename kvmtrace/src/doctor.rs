@@ -14,7 +14,8 @@
 //!
 //! Layout: `host` reads one snapshot, `checks` judges it (pure functions, unit-tested on
 //! hand-built snapshots), `rules` decodes nftables rules and judges a model packet against
-//! them, `netlink` does the dumps.
+//! them, `crate::host::netlink` does the dumps; `check` (what a check answers) and `family`
+//! (IPv4 or IPv6) are the leaves they share.
 
 mod check;
 mod checks;

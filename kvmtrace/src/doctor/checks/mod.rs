@@ -74,38 +74,44 @@ pub fn run_checks_to(h: &Host, tap: &str, mac: Option<&str>, dest: Option<Net>) 
             macvtap_host_check(&c, lower),
         ];
     }
-    // The route to DEST of a family replaces its default route.
-    let route = |f: Family| {
-        if c.side(f).dest.is_some() {
-            route_check(&c, f)
-        } else {
-            default_route_check(&c, f)
-        }
-    };
     let mut out = vec![
         tap_check(&c),
         bridge_port_check(&c),
         bridge_check(&c),
         mtu_check(&c),
-        br_netfilter_check(&c, V4),
-        ip_forward_check(&c),
-        rp_filter_check(&c),
-        forward_filter_check(&c, V4),
-        nat_check(&c, V4),
-        conntrack_check(&c),
-        route(V4),
-        gateway_neighbour_check(&c, V4),
-        dhcp_check(&c),
-        br_netfilter_check(&c, V6),
-        ip6_forward_check(&c),
-        rpfilter6_check(&c),
-        forward_filter_check(&c, V6),
-        nat_check(&c, V6),
-        route(V6),
-        gateway_neighbour_check(&c, V6),
-        ra_service_check(&c),
     ];
+    out.extend(half(&c, V4));
+    out.extend(half(&c, V6));
     out.extend(overlay::vxlan_checks(&c));
+    out
+}
+
+/// The checks of one IP version's half of the path, in path order: the same for both, but
+/// for forwarding, the reverse-path filter and the guest's services, which are the version's
+/// own (IPv4's are sysctls and DHCP; IPv6's are netfilter rules and router advertisements).
+fn half(c: &Ctx, f: Family) -> Vec<Check> {
+    let mut out = vec![br_netfilter_check(c, f)];
+    out.extend(match f {
+        V4 => [ip_forward_check(c), rp_filter_check(c)],
+        V6 => [ip6_forward_check(c), rpfilter6_check(c)],
+    });
+    out.push(forward_filter_check(c, f));
+    out.push(nat_check(c, f));
+    if f == V4 {
+        // The conntrack table is one for both versions.
+        out.push(conntrack_check(c));
+    }
+    // The route to DEST of this version replaces its default route.
+    out.push(if c.side(f).dest.is_some() {
+        route_check(c, f)
+    } else {
+        default_route_check(c, f)
+    });
+    out.push(gateway_neighbour_check(c, f));
+    out.push(match f {
+        V4 => dhcp_check(c),
+        V6 => ra_service_check(c),
+    });
     out
 }
 

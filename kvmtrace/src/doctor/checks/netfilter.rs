@@ -13,7 +13,7 @@ use CheckStatus::{Fail, Pass, Skip, Warn};
 
 /// How the FORWARD chains treat each of `pkts` (what, packet): the worst status, one sentence
 /// per chain, and the (packet index, chain) pairs that surely drop.
-pub(super) fn forward_verdicts<'a>(
+fn forward_verdicts<'a>(
     rs: &Ruleset,
     chains: &[&'a Chain],
     pkts: &[(&str, Pkt)],
@@ -512,8 +512,8 @@ pub(super) fn nat_check(c: &Ctx, f: Family) -> Check {
 }
 
 /// What source-NATs a model packet at postrouting, in the nat base chains of its IP version.
-pub(super) struct Snat<'a> {
-    pub chains: Vec<&'a Chain>,
+struct Snat<'a> {
+    chains: Vec<&'a Chain>,
     /// Rules that surely source-NAT it.
     definite: Vec<String>,
     /// Rules that may (they test what kvmtrace cannot judge).
@@ -522,7 +522,7 @@ pub(super) struct Snat<'a> {
     blockers: Vec<String>,
 }
 
-pub(super) fn find_snat<'a>(rs: &'a Ruleset, pkt: &Pkt) -> Snat<'a> {
+fn find_snat<'a>(rs: &'a Ruleset, pkt: &Pkt) -> Snat<'a> {
     let chains = rs.base_chains_of(pkt.v6, NfHook::Postrouting, "nat");
     let mut definite = Vec::new();
     let mut maybe = Vec::new();
@@ -552,7 +552,7 @@ pub(super) fn find_snat<'a>(rs: &'a Ruleset, pkt: &Pkt) -> Snat<'a> {
 
 impl Snat<'_> {
     /// The check when a rule source-NATs (or may source-NAT) `what`; None when none does.
-    pub(super) fn found(&self, name: &str, what: &str) -> Option<Check> {
+    fn found(&self, name: &str, what: &str) -> Option<Check> {
         if let Some(d) = self.definite.first() {
             return Some(if self.blockers.is_empty() {
                 check(name, Pass, format!("{what} are source-NATed by {d}"), None)
@@ -584,7 +584,7 @@ impl Snat<'_> {
 
     /// The evidence when no rule source-NATs `what`: the nat chains of family `f` counted,
     /// the source NAT there is for other traffic.
-    pub(super) fn none_text(&self, what: &str, f: Family) -> String {
+    fn none_text(&self, what: &str, f: Family) -> String {
         let others: Vec<String> = self
             .chains
             .iter()
@@ -613,7 +613,7 @@ impl Snat<'_> {
 /// A masquerade rule for `subnet` leaving via `oif` (or to anywhere outside it): into the
 /// first nftables nat chain of its IP version, else with iptables / ip6tables when
 /// iptables-nft's tables are in use, else in a new `ip nat` / `ip6 nat` table.
-pub(super) fn snat_fix(rs: &Ruleset, chains: &[&Chain], subnet: Net, oif: Option<&str>) -> String {
+fn snat_fix(rs: &Ruleset, chains: &[&Chain], subnet: Net, oif: Option<&str>) -> String {
     let v6 = subnet.is_v6();
     let nft_chain = chains
         .iter()

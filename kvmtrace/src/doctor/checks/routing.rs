@@ -276,7 +276,7 @@ pub(super) fn rp_filter_check(c: &Ctx) -> Check {
     )
 }
 
-pub(super) fn kind_name(k: u8) -> &'static str {
+fn kind_name(k: u8) -> &'static str {
     match k {
         1 => "unicast",
         2 => "local",
@@ -317,29 +317,14 @@ pub(super) fn default_route_check(c: &Ctx, f: Family) -> Check {
     let Some(d) = side.defaults.first() else {
         return no_default_route(c, f, name, &note);
     };
-    let dev = |o: u32| c.h.dev_name(o);
     // IPv4 in `ip route`'s words without the table; IPv6 with it.
     let text = match f {
-        Family::V4 => {
-            let hops: Vec<String> = d
-                .nexthops
-                .iter()
-                .map(|(o, g)| match g {
-                    Some(g) => format!("via {g} dev {}", dev(*o)),
-                    None => format!("dev {}", dev(*o)),
-                })
-                .collect();
-            format!(
-                "default {}{} metric {}",
-                if d.kind == 1 {
-                    String::new()
-                } else {
-                    format!("{} ", kind_name(d.kind))
-                },
-                hops.join(" nexthop "),
-                d.priority
-            )
-        }
+        Family::V4 => format!(
+            "default {}{} metric {}",
+            kind_word(d.kind),
+            hops_text(c, &d.nexthops),
+            d.priority
+        ),
         Family::V6 => route_text(c, d),
     };
     let more = if side.defaults.len() > 1 {
@@ -571,7 +556,7 @@ fn neighbour_verdict(
 }
 
 /// `main`, `local`, `default` or the table's number.
-pub(super) fn table_name(t: u32) -> String {
+fn table_name(t: u32) -> String {
     match t {
         254 => "main".into(),
         255 => "local".into(),
@@ -582,7 +567,7 @@ pub(super) fn table_name(t: u32) -> String {
 
 /// Where a lookup on the snapshot ends: a route (and the policy rule that chose its table,
 /// when not one of the default rules), or a rule's own refusal.
-pub(super) enum FibHit<'a> {
+enum FibHit<'a> {
     /// The route, and (priority, table) of the rule that chose its table.
     Route(&'a IpRoute, Option<(u32, u32)>),
     Rule(IpRule),
@@ -592,7 +577,7 @@ pub(super) enum FibHit<'a> {
 /// longest prefix in the rule's table; `throw` routes go on to the next rule): used to name
 /// the table and route behind the kernel's answer. Rules with selectors not modelled here
 /// (fwmark, oif, uid, ports, …) are passed over and listed.
-pub(super) fn fib_lookup<'a>(
+fn fib_lookup<'a>(
     routes: &'a [IpRoute],
     rules: &'a [IpRule],
     dst: IpAddr,
@@ -659,36 +644,43 @@ pub(super) fn fib_lookup<'a>(
 }
 
 /// `ip route`'s words for a route: `blackhole 2001:db8:ffff::/48 table main metric 1024`.
-pub(super) fn route_text(c: &Ctx, r: &IpRoute) -> String {
-    let dev = |o: u32| c.h.dev_name(o);
+fn route_text(c: &Ctx, r: &IpRoute) -> String {
     let dst = if r.dst_len == 0 {
         "default".to_string()
     } else {
         net_text(Net::new(r.dst, r.dst_len))
     };
-    let hops = if r.kind == 1 {
-        let h: Vec<String> = r
-            .nexthops
-            .iter()
-            .map(|(o, g)| match g {
-                Some(g) => format!(" via {g} dev {}", dev(*o)),
-                None => format!(" dev {}", dev(*o)),
-            })
-            .collect();
-        h.join(" nexthop")
-    } else {
-        String::new()
+    let hops = match hops_text(c, &r.nexthops) {
+        h if r.kind == 1 && !h.is_empty() => format!(" {h}"),
+        _ => String::new(),
     };
     format!(
         "{}{dst}{hops} table {} metric {}",
-        if r.kind == 1 {
-            String::new()
-        } else {
-            format!("{} ", kind_name(r.kind))
-        },
+        kind_word(r.kind),
         table_name(r.table),
         r.priority
     )
+}
+
+/// A route's next hops as `ip route` writes them: `via 192.0.2.1 dev up0 nexthop dev up1`.
+fn hops_text(c: &Ctx, hops: &[(u32, Option<IpAddr>)]) -> String {
+    hops.iter()
+        .map(|(o, g)| match g {
+            Some(g) => format!("via {g} dev {}", c.h.dev_name(*o)),
+            None => format!("dev {}", c.h.dev_name(*o)),
+        })
+        .collect::<Vec<_>>()
+        .join(" nexthop ")
+}
+
+/// The kind of a route that is not unicast, with a space after it (`blackhole `); nothing for
+/// unicast.
+fn kind_word(kind: u8) -> String {
+    if kind == 1 {
+        String::new()
+    } else {
+        format!("{} ", kind_name(kind))
+    }
 }
 
 fn errno_text(e: i32) -> &'static str {
