@@ -119,35 +119,27 @@ pub struct Route6 {
     pub oifs: Vec<u32>,
 }
 
-/// Parses one IPv6 `RTM_NEWROUTE` body.
-pub fn parse_route6(body: &[u8]) -> Option<Route6> {
-    let r = parse_ip_route(body)?;
-    let IpAddr::V6(dst) = r.dst else {
-        return None;
-    };
-    Some(Route6 {
-        table: r.table,
-        dst,
-        dst_len: r.dst_len,
-        kind: r.kind,
-        oifs: r.nexthops.iter().map(|&(o, _)| o).collect(),
-    })
+impl Route6 {
+    /// The IPv6 route of a route of either family (None for IPv4).
+    pub fn of(r: IpRoute) -> Option<Route6> {
+        let IpAddr::V6(dst) = r.dst else {
+            return None;
+        };
+        Some(Route6 {
+            table: r.table,
+            dst,
+            dst_len: r.dst_len,
+            kind: r.kind,
+            oifs: r.nexthops.iter().map(|&(o, _)| o).collect(),
+        })
+    }
 }
 
 /// Every IPv6 route of every table.
 pub fn routes6_all() -> io::Result<Vec<Route6>> {
     Ok(ip_routes(true)?
         .into_iter()
-        .filter_map(|r| {
-            let IpAddr::V6(dst) = r.dst else { return None };
-            Some(Route6 {
-                table: r.table,
-                dst,
-                dst_len: r.dst_len,
-                kind: r.kind,
-                oifs: r.nexthops.iter().map(|&(o, _)| o).collect(),
-            })
-        })
+        .filter_map(Route6::of)
         .collect())
 }
 
@@ -509,13 +501,16 @@ pub struct IpIfAddr {
     pub scope: u8,
 }
 
+/// `Some` for the families the parsers below read, IPv4 and IPv6: `ip_family(family)?`.
+fn ip_family(f: AddressFamily) -> Option<()> {
+    matches!(f, AddressFamily::Inet | AddressFamily::Inet6).then_some(())
+}
+
 /// Parses one `RTM_NEWADDR` body of either family.
 pub fn parse_ip_addr(body: &[u8]) -> Option<IpIfAddr> {
     use netlink_packet_route::address::{AddressAttribute, AddressMessage};
     let m = AddressMessage::parse(body).ok()?;
-    if !matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6) {
-        return None;
-    }
+    ip_family(m.header.family)?;
     // IFA_LOCAL is the interface's own address (IPv4 point-to-point: IFA_ADDRESS is the peer);
     // IPv6 sends IFA_ADDRESS only, unless point-to-point.
     let local = m.attributes.iter().find_map(|a| match a {
@@ -613,9 +608,7 @@ pub struct IpNeigh {
 pub fn parse_ip_neigh(body: &[u8]) -> Option<IpNeigh> {
     use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
     let m = NeighbourMessage::parse(body).ok()?;
-    if !matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6) {
-        return None;
-    }
+    ip_family(m.header.family)?;
     let dst = m.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => Some(IpAddr::V4(*d)),
         NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => Some(IpAddr::V6(*d)),
@@ -661,9 +654,7 @@ pub struct IpRule {
 pub fn parse_ip_rule(body: &[u8]) -> Option<IpRule> {
     use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
     let m = RuleMessage::parse(body).ok()?;
-    if !matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6) {
-        return None;
-    }
+    ip_family(m.header.family)?;
     let mut r = IpRule {
         priority: 0,
         table: u32::from(m.header.table),
