@@ -145,6 +145,15 @@ impl<'a> Ctx<'a> {
         self.l3.map(|d| d.name.as_str()).unwrap_or("<bridge>")
     }
 
+    /// What the way out of family `f` is called in evidence: `the default route`, `the IPv6
+    /// default route`.
+    pub(super) fn default_route_words(&self, f: Family) -> &'static str {
+        match f {
+            Family::V4 => "the default route",
+            Family::V6 => "the IPv6 default route",
+        }
+    }
+
     /// `skip` with the reason when the checks of family `f` do not apply.
     pub(super) fn skip(&self, f: Family, name: &str) -> Option<Check> {
         self.side(f)
@@ -162,15 +171,14 @@ impl<'a> Ctx<'a> {
         }
         let s = self.side(f);
         let l3 = self.l3_name();
-        let route = match f {
-            Family::V4 => "the default route",
-            Family::V6 => "the IPv6 default route",
-        };
         if s.bridged {
             return Err(check(
                 name,
                 Skip,
-                format!("{route} leaves through {l3} itself: {bridged}"),
+                format!(
+                    "{} leaves through {l3} itself: {bridged}",
+                    self.default_route_words(f)
+                ),
                 None,
             ));
         }

@@ -12,27 +12,48 @@ use std::net::IpAddr;
 
 use CheckStatus::{Fail, Pass, Skip, Warn};
 
-pub(super) fn ip_forward_check(c: &Ctx) -> Check {
-    let name = "ip_forward";
-    let Some(v) = c.h.sysctl("net/ipv4/ip_forward") else {
-        return check(
-            name,
-            Skip,
+/// The forwarding switch of family `f` (`net.ipv4.ip_forward`,
+/// `net.ipv6.conf.all.forwarding`), or the check's answer when its half of the path is off,
+/// the switch cannot be read, or the VM is bridged (the host does not route its packets).
+fn forwarding_switch<'a>(c: &'a Ctx, f: Family, name: &str) -> Result<&'a str, Check> {
+    if let Some(s) = c.skip(f, name) {
+        return Err(s);
+    }
+    let (key, unreadable) = match f {
+        Family::V4 => (
+            "net/ipv4/ip_forward",
             "cannot read /proc/sys/net/ipv4/ip_forward",
-            None,
-        );
+        ),
+        Family::V6 => (
+            "net/ipv6/conf/all/forwarding",
+            "cannot read /proc/sys/net/ipv6/conf/all/forwarding (IPv6 disabled in this kernel?)",
+        ),
     };
-    if c.v4.bridged {
-        return check(
+    let Some(v) = c.h.sysctl(key) else {
+        return Err(check(name, Skip, unreadable, None));
+    };
+    if c.side(f).bridged {
+        return Err(check(
             name,
             if v == "1" { Pass } else { Skip },
             format!(
-                "net.ipv4.ip_forward = {v}; the default route leaves through {} itself: the VM is bridged onto the uplink's network and the host does not route its packets",
+                "{} = {v}; {} leaves through {} itself: the VM is bridged onto the uplink's network and the host does not route its packets",
+                sysctl_name(key),
+                c.default_route_words(f),
                 c.l3_name()
             ),
             None,
-        );
+        ));
     }
+    Ok(v)
+}
+
+pub(super) fn ip_forward_check(c: &Ctx) -> Check {
+    let name = "ip_forward";
+    let v = match forwarding_switch(c, Family::V4, name) {
+        Ok(v) => v,
+        Err(ch) => return ch,
+    };
     if v != "1" {
         return check(
             name,
@@ -81,26 +102,11 @@ pub(super) fn ip_forward_check(c: &Ctx) -> Check {
 
 pub(super) fn ip6_forward_check(c: &Ctx) -> Check {
     let name = "ip6_forward";
-    if let Some(s) = c.skip(Family::V6, name) {
-        return s;
-    }
-    let Some(v) = c.h.sysctl("net/ipv6/conf/all/forwarding") else {
-        return check(
-            name,
-            Skip,
-            "cannot read /proc/sys/net/ipv6/conf/all/forwarding (IPv6 disabled in this kernel?)",
-            None,
-        );
+    let v = match forwarding_switch(c, Family::V6, name) {
+        Ok(v) => v,
+        Err(ch) => return ch,
     };
     let l3 = c.l3_name();
-    if c.v6.bridged {
-        return check(
-            name,
-            if v == "1" { Pass } else { Skip },
-            format!("net.ipv6.conf.all.forwarding = {v}; the IPv6 default route leaves through {l3} itself: the VM is bridged onto the uplink's network and the host does not route its packets"),
-            None,
-        );
-    }
     let mut per = Vec::new();
     let mut disabled = Vec::new();
     for d in [c.l3, c.v6.uplink].into_iter().flatten() {
