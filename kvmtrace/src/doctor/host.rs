@@ -2,8 +2,9 @@
 //! current network namespace. The checks are pure functions of it, so unit tests build a
 //! `Host` by hand.
 
+use super::family::Family;
 use super::rules::{self, Ruleset};
-use crate::host::netlink::{self, IfAddr, IpIfAddr, IpNeigh, IpRoute, IpRule, Neigh, Route};
+use crate::host::netlink::{self, IpIfAddr, IpNeigh, IpRoute, IpRule};
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -64,10 +65,10 @@ pub struct Host {
     /// sysctl values keyed by their path under /proc/sys (`net/ipv4/ip_forward`); a missing
     /// key could not be read.
     pub sysctl: BTreeMap<String, String>,
-    pub routes: Result<Vec<Route>, String>,
-    pub neighs: Result<Vec<Neigh>, String>,
-    /// IPv4 policy-routing rules: (priority, table).
-    pub fib_rules: Result<Vec<(u32, u32)>, String>,
+    /// IPv4 routes of every table.
+    pub routes: Result<Vec<IpRoute>, String>,
+    /// IPv4 neighbour (ARP) entries.
+    pub neighs: Result<Vec<IpNeigh>, String>,
     pub ruleset: Result<Ruleset, String>,
     /// `/proc/net/ip_tables_names`: iptables-legacy tables in use.
     pub legacy_tables: Vec<String>,
@@ -141,12 +142,56 @@ pub fn lookup_dest(h: &Host, dst: IpAddr, from: Option<(IpAddr, String)>) -> Des
     }
 }
 
+impl Dev {
+    /// The addresses of family `f` (IPv6: of global scope).
+    pub fn addrs_of(&self, f: Family) -> Vec<(IpAddr, u8)> {
+        match f {
+            Family::V4 => self.addrs.iter().map(|&(a, l)| (a.into(), l)).collect(),
+            Family::V6 => self.addrs6.iter().map(|&(a, l)| (a.into(), l)).collect(),
+        }
+    }
+}
+
 impl Host {
+    /// The routes of family `f`, or why they could not be read.
+    pub fn routes_of(&self, f: Family) -> Result<&[IpRoute], &String> {
+        match f {
+            Family::V4 => self.routes.as_deref(),
+            Family::V6 => self.routes6.as_deref(),
+        }
+    }
+    /// The neighbour entries (ARP, NDP) of family `f`, or why they could not be read.
+    pub fn neighs_of(&self, f: Family) -> Result<&[IpNeigh], &String> {
+        match f {
+            Family::V4 => self.neighs.as_deref(),
+            Family::V6 => self.neighs6.as_deref(),
+        }
+    }
+    /// The policy-routing rules of family `f` (none when they could not be read).
+    pub fn rules_of(&self, f: Family) -> &[IpRule] {
+        match f {
+            Family::V4 => self.ip_rules4.as_deref().unwrap_or(&[]),
+            Family::V6 => self.ip_rules6.as_deref().unwrap_or(&[]),
+        }
+    }
+    /// The xtables-legacy tables of family `f` in use.
+    pub fn legacy_of(&self, f: Family) -> &[String] {
+        match f {
+            Family::V4 => &self.legacy_tables,
+            Family::V6 => &self.legacy_tables6,
+        }
+    }
     pub fn dev(&self, name: &str) -> Option<&Dev> {
         self.devs.iter().find(|d| d.name == name)
     }
     pub fn dev_by_index(&self, i: u32) -> Option<&Dev> {
         self.devs.iter().find(|d| d.ifindex == i)
+    }
+    /// The name of the device with index `i`, or `ifindex N` when it is not known.
+    pub fn dev_name(&self, i: u32) -> String {
+        self.dev_by_index(i)
+            .map(|d| d.name.clone())
+            .unwrap_or_else(|| format!("ifindex {i}"))
     }
     /// A sysctl by its dotted name (`net.ipv4.conf.br0.rp_filter`); interface names may hold
     /// dots, so callers give the path form when they build keys from names.
@@ -458,38 +503,32 @@ pub fn gather() -> Host {
             Err(e) => log::warn!("reading the macvtaps' modes: {e}"),
         }
     }
-    match netlink::addresses() {
-        Ok(addrs) => {
-            for IfAddr {
-                ifindex,
-                addr,
-                prefix,
-            } in addrs
-            {
-                if let Some(d) = devs.iter_mut().find(|d| d.ifindex == ifindex) {
-                    d.addrs.push((addr, prefix));
-                }
+    for f in [Family::V4, Family::V6] {
+        let addrs = match netlink::ip_addresses(f.is_v6()) {
+            Ok(a) => a,
+            Err(e) => {
+                let ver = if f.is_v6() { "IPv6 " } else { "" };
+                log::warn!("reading {ver}interface addresses: {e}");
+                continue;
+            }
+        };
+        for IpIfAddr {
+            ifindex,
+            addr,
+            prefix,
+            scope,
+        } in addrs
+        {
+            let Some(d) = devs.iter_mut().find(|d| d.ifindex == ifindex) else {
+                continue;
+            };
+            match addr {
+                IpAddr::V4(a) => d.addrs.push((a, prefix)),
+                // Global and unique-local only: every interface has a link-local one.
+                IpAddr::V6(a) if scope == 0 => d.addrs6.push((a, prefix)),
+                IpAddr::V6(_) => {}
             }
         }
-        Err(e) => log::warn!("reading interface addresses: {e}"),
-    }
-    match netlink::addresses6() {
-        Ok(addrs) => {
-            for IpIfAddr {
-                ifindex,
-                addr,
-                prefix,
-                scope,
-            } in addrs
-            {
-                if let (IpAddr::V6(a), 0) = (addr, scope) {
-                    if let Some(d) = devs.iter_mut().find(|d| d.ifindex == ifindex) {
-                        d.addrs6.push((a, prefix));
-                    }
-                }
-            }
-        }
-        Err(e) => log::warn!("reading IPv6 interface addresses: {e}"),
     }
 
     let mut sysctl = BTreeMap::new();
@@ -535,18 +574,18 @@ pub fn gather() -> Host {
     Host {
         devs,
         sysctl,
-        routes: netlink::routes().map_err(|e| format!("reading routes over netlink: {e}")),
-        neighs: netlink::neighbours().map_err(|e| format!("reading neighbours over netlink: {e}")),
-        fib_rules: netlink::fib_rules()
-            .map_err(|e| format!("reading policy-routing rules over netlink: {e}")),
+        routes: netlink::ip_routes(false).map_err(|e| format!("reading routes over netlink: {e}")),
+        neighs: netlink::ip_neighbours(false)
+            .map_err(|e| format!("reading neighbours over netlink: {e}")),
         ruleset: rules::read_ruleset().map_err(|e| format!("reading nftables over netlink: {e}")),
         legacy_tables: read("/proc/net/ip_tables_names")
             .map(|s| s.lines().map(str::to_string).collect())
             .unwrap_or_default(),
         br_netfilter: Path::new("/proc/sys/net/bridge").is_dir(),
         udp67,
-        routes6: netlink::routes6().map_err(|e| format!("reading IPv6 routes over netlink: {e}")),
-        neighs6: netlink::neighbours6()
+        routes6: netlink::ip_routes(true)
+            .map_err(|e| format!("reading IPv6 routes over netlink: {e}")),
+        neighs6: netlink::ip_neighbours(true)
             .map_err(|e| format!("reading IPv6 neighbours over netlink: {e}")),
         ip_rules4: netlink::ip_rules(false)
             .map_err(|e| format!("reading policy-routing rules over netlink: {e}")),

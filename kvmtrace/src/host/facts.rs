@@ -13,24 +13,18 @@ pub fn gather() -> HostFacts {
         .map(|s| s.lines().map(str::to_string).collect())
         .unwrap_or_default();
     // (ifindex, address, prefix) of both versions; IPv6 link-local ones left out.
-    let mut addresses: Vec<(u32, std::net::IpAddr, u8)> = crate::host::netlink::addresses()
-        .unwrap_or_else(|e| {
-            log::debug!("reading addresses: {e}");
+    let mut addresses: Vec<(u32, std::net::IpAddr, u8)> = Vec::new();
+    for ipv6 in [false, true] {
+        let read = crate::host::netlink::ip_addresses(ipv6).unwrap_or_else(|e| {
+            log::debug!("reading {}addresses: {e}", if ipv6 { "IPv6 " } else { "" });
             Vec::new()
-        })
-        .into_iter()
-        .map(|a| (a.ifindex, a.addr.into(), a.prefix))
-        .collect();
-    addresses.extend(
-        crate::host::netlink::addresses6()
-            .unwrap_or_else(|e| {
-                log::debug!("reading IPv6 addresses: {e}");
-                Vec::new()
-            })
-            .into_iter()
-            .filter(|a| a.scope == 0)
-            .map(|a| (a.ifindex, a.addr, a.prefix)),
-    );
+        });
+        addresses.extend(
+            read.into_iter()
+                .filter(|a| !ipv6 || a.scope == 0)
+                .map(|a| (a.ifindex, a.addr, a.prefix)),
+        );
+    }
     let nft_chains = crate::host::nftables::base_chains().unwrap_or_else(|e| {
         log::debug!("reading nftables chains: {e}");
         Vec::new()

@@ -43,8 +43,28 @@ pub struct RouteQuery {
 
 /// The route the kernel's FIB matches for a packet (`ip route get fibmatch …`): `Err` is
 /// the lookup's errno (ENETUNREACH no route, EINVAL blackhole, EHOSTUNREACH unreachable,
-/// EACCES prohibit, EXDEV reverse-path filter, …).
+/// EACCES prohibit, EXDEV reverse-path filter, …). An IPv6 answer keeps its table, prefix
+/// length, kind and output devices only.
 pub fn route_get(q: &RouteQuery) -> io::Result<Route> {
+    let r = route_query(q)?;
+    if q.dst.is_ipv6() {
+        Ok(Route {
+            table: r.table,
+            dst: Ipv4Addr::UNSPECIFIED,
+            dst_len: r.dst_len,
+            kind: r.kind,
+            priority: 0,
+            nexthops: r.nexthops.iter().map(|&(o, _)| (o, None)).collect(),
+        })
+    } else {
+        Route::of(r).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad route"))
+    }
+}
+
+/// The one `RTM_GETROUTE` request behind [`route_get`] and [`route_lookup`]: FIB_MATCH (the
+/// route as it stands in its table) and LOOKUP_TABLE (without it the answer's table is main
+/// whatever rule chose the route); with an input device, the source too (a forwarded packet).
+fn route_query(q: &RouteQuery) -> io::Result<IpRoute> {
     use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage};
     let mut m = RouteMessage::default();
     let (family, full) = if q.dst.is_ipv6() {
@@ -58,8 +78,6 @@ pub fn route_get(q: &RouteQuery) -> io::Result<Route> {
     };
     m.header.address_family = family;
     m.header.destination_prefix_length = full;
-    // FIB_MATCH: the route as it stands in its table; LOOKUP_TABLE: without it the answer's
-    // table is main whatever rule chose the route.
     m.header.flags = RouteFlags::from_bits_retain(0x2000 | 0x1000);
     m.attributes.push(RouteAttribute::Destination(ra(q.dst)));
     if q.iif != 0 {
@@ -86,19 +104,7 @@ pub fn route_get(q: &RouteQuery) -> io::Result<Route> {
             format!("unexpected netlink answer type {ty}"),
         ));
     }
-    let r = if q.dst.is_ipv6() {
-        parse_route6(&body).map(|r| Route {
-            table: r.table,
-            dst: Ipv4Addr::UNSPECIFIED,
-            dst_len: r.dst_len,
-            kind: r.kind,
-            priority: 0,
-            nexthops: r.oifs.iter().map(|&o| (o, None)).collect(),
-        })
-    } else {
-        parse_route(&body)
-    };
-    r.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad route"))
+    parse_ip_route(&body).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad route"))
 }
 
 /// One IPv6 route (of any table), as the route lookups need it: its table, prefix, kind and
@@ -113,78 +119,28 @@ pub struct Route6 {
     pub oifs: Vec<u32>,
 }
 
-/// Parses one IPv6 `RTM_NEWROUTE` body.
-pub fn parse_route6(body: &[u8]) -> Option<Route6> {
-    use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
-    let m = RouteMessage::parse(body).ok()?;
-    if m.header.address_family != AddressFamily::Inet6 {
-        return None;
+impl Route6 {
+    /// The IPv6 route of a route of either family (None for IPv4).
+    pub fn of(r: IpRoute) -> Option<Route6> {
+        let IpAddr::V6(dst) = r.dst else {
+            return None;
+        };
+        Some(Route6 {
+            table: r.table,
+            dst,
+            dst_len: r.dst_len,
+            kind: r.kind,
+            oifs: r.nexthops.iter().map(|&(o, _)| o).collect(),
+        })
     }
-    let mut r = Route6 {
-        table: u32::from(m.header.table),
-        dst: std::net::Ipv6Addr::UNSPECIFIED,
-        dst_len: m.header.destination_prefix_length,
-        kind: u8::from(m.header.kind),
-        oifs: Vec::new(),
-    };
-    for a in &m.attributes {
-        match a {
-            RouteAttribute::Table(t) => r.table = *t,
-            RouteAttribute::Destination(RouteAddress::Inet6(d)) => r.dst = *d,
-            RouteAttribute::Oif(oif) => r.oifs.push(*oif),
-            RouteAttribute::MultiPath(hops) => {
-                r.oifs.extend(hops.iter().map(|h| h.interface_index))
-            }
-            _ => {}
-        }
-    }
-    Some(r)
 }
 
 /// Every IPv6 route of every table.
 pub fn routes6_all() -> io::Result<Vec<Route6>> {
-    let mut b = vec![0u8; 12];
-    b[0] = 10; // AF_INET6
-    Ok(dump(NETLINK_ROUTE, RTM_GETROUTE, &b)?
+    Ok(ip_routes(true)?
         .into_iter()
-        .filter(|(t, _)| *t == RTM_NEWROUTE)
-        .filter_map(|(_, b)| parse_route6(&b))
+        .filter_map(Route6::of)
         .collect())
-}
-
-/// An IPv4 address on an interface.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IfAddr {
-    pub ifindex: u32,
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
-}
-
-/// Parses one `RTM_NEWADDR` body: `ifaddrmsg` (8 bytes) + attributes.
-pub fn parse_addr(body: &[u8]) -> Option<IfAddr> {
-    use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-    let m = AddressMessage::parse(body).ok()?;
-    if m.header.family != AddressFamily::Inet {
-        return None;
-    }
-    let v4 = |a: &IpAddr| match a {
-        IpAddr::V4(a) => Some(*a),
-        IpAddr::V6(_) => None,
-    };
-    // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the peer on point-to-point links.
-    let local = m.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Local(a) => v4(a),
-        _ => None,
-    });
-    let address = m.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Address(a) => v4(a),
-        _ => None,
-    });
-    Some(IfAddr {
-        ifindex: m.header.index,
-        addr: local.or(address)?,
-        prefix: m.header.prefix_len,
-    })
 }
 
 /// One IPv4 route (of any table).
@@ -200,55 +156,34 @@ pub struct Route {
     pub nexthops: Vec<(u32, Option<Ipv4Addr>)>,
 }
 
-/// Parses one `RTM_NEWROUTE` body: `rtmsg` (12 bytes) + attributes.
-pub fn parse_route(body: &[u8]) -> Option<Route> {
-    use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
-    let m = RouteMessage::parse(body).ok()?;
-    if m.header.address_family != AddressFamily::Inet {
-        return None;
-    }
-    let v4 = |a: &RouteAddress| match a {
-        RouteAddress::Inet(a) => Some(*a),
-        _ => None,
-    };
-    let gateway = |attrs: &[RouteAttribute]| {
-        attrs.iter().find_map(|a| match a {
-            RouteAttribute::Gateway(g) => v4(g),
-            _ => None,
+impl Route {
+    /// The IPv4 route of a route of either family (None for IPv6); a next hop's IPv6
+    /// gateway (RFC 5549) is left out, as `follow` knows IPv4 gateways only.
+    pub fn of(r: IpRoute) -> Option<Route> {
+        let IpAddr::V4(dst) = r.dst else {
+            return None;
+        };
+        Some(Route {
+            table: r.table,
+            dst,
+            dst_len: r.dst_len,
+            kind: r.kind,
+            priority: r.priority,
+            nexthops: r
+                .nexthops
+                .into_iter()
+                .map(|(o, g)| match g {
+                    Some(IpAddr::V4(g)) => (o, Some(g)),
+                    _ => (o, None),
+                })
+                .collect(),
         })
-    };
-    let mut r = Route {
-        table: u32::from(m.header.table),
-        dst: Ipv4Addr::UNSPECIFIED,
-        dst_len: m.header.destination_prefix_length,
-        kind: u8::from(m.header.kind),
-        priority: 0,
-        nexthops: Vec::new(),
-    };
-    for a in &m.attributes {
-        match a {
-            RouteAttribute::Table(t) => r.table = *t,
-            RouteAttribute::Destination(d) => r.dst = v4(d).unwrap_or(r.dst),
-            RouteAttribute::Priority(p) => r.priority = *p,
-            RouteAttribute::Oif(oif) => r.nexthops.push((*oif, gateway(&m.attributes))),
-            RouteAttribute::MultiPath(hops) => r.nexthops.extend(
-                hops.iter()
-                    .map(|h| (h.interface_index, gateway(&h.attributes))),
-            ),
-            _ => {}
-        }
     }
-    Some(r)
 }
 
-/// One IPv4 neighbour (ARP) entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Neigh {
-    pub ifindex: u32,
-    pub dst: Ipv4Addr,
-    /// `NUD_*` bits (`linux/neighbour.h`).
-    pub state: u16,
-    pub lladdr: Option<String>,
+/// Parses one IPv4 `RTM_NEWROUTE` body: `rtmsg` (12 bytes) + attributes.
+pub fn parse_route(body: &[u8]) -> Option<Route> {
+    parse_ip_route(body).and_then(Route::of)
 }
 
 pub const NUD_INCOMPLETE: u16 = 0x01;
@@ -274,66 +209,6 @@ pub fn nud_name(state: u16) -> &'static str {
         0 => "NONE",
         _ => "?",
     }
-}
-
-/// Parses one `RTM_NEWNEIGH` body: `ndmsg` (12 bytes) + attributes.
-pub fn parse_neigh(body: &[u8]) -> Option<Neigh> {
-    use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
-    let m = NeighbourMessage::parse(body).ok()?;
-    if m.header.family != AddressFamily::Inet {
-        return None;
-    }
-    let dst = m.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => Some(*d),
-        _ => None,
-    })?;
-    let lladdr = m.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::LinkLayerAddress(m) if m.len() == 6 => Some(
-            m.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":"),
-        ),
-        _ => None,
-    });
-    Some(Neigh {
-        ifindex: m.header.ifindex,
-        dst,
-        state: u16::from(m.header.state),
-        lladdr,
-    })
-}
-
-/// Parses one `RTM_NEWRULE` body (`fib_rule_hdr`, 12 bytes): (priority, table).
-pub fn parse_fib_rule(body: &[u8]) -> Option<(u32, u32)> {
-    use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
-    let m = RuleMessage::parse(body).ok()?;
-    if m.header.family != AddressFamily::Inet {
-        return None;
-    }
-    let (mut prio, mut table) = (0, u32::from(m.header.table));
-    for a in &m.attributes {
-        match a {
-            RuleAttribute::Priority(p) => prio = *p,
-            RuleAttribute::Table(t) => table = *t,
-            _ => {}
-        }
-    }
-    Some((prio, table))
-}
-
-fn af_inet_body(len: usize) -> Vec<u8> {
-    let mut b = vec![0u8; len];
-    b[0] = AF_INET;
-    b
-}
-
-pub fn addresses() -> io::Result<Vec<IfAddr>> {
-    Ok(dump(NETLINK_ROUTE, RTM_GETADDR, &af_inet_body(8))?
-        .into_iter()
-        .filter(|(t, _)| *t == RTM_NEWADDR)
-        .filter_map(|(_, b)| parse_addr(&b))
-        .collect())
 }
 
 /// A VXLAN device (`ip -d link show type vxlan`): what its packets are wrapped in and where
@@ -602,33 +477,17 @@ pub fn macvtap_modes() -> io::Result<Vec<(String, String)>> {
         .collect())
 }
 
+/// Every IPv4 route of every table.
 pub fn routes() -> io::Result<Vec<Route>> {
-    Ok(dump(NETLINK_ROUTE, RTM_GETROUTE, &af_inet_body(12))?
+    Ok(ip_routes(false)?
         .into_iter()
-        .filter(|(t, _)| *t == RTM_NEWROUTE)
-        .filter_map(|(_, b)| parse_route(&b))
+        .filter_map(Route::of)
         .collect())
 }
 
-pub fn neighbours() -> io::Result<Vec<Neigh>> {
-    Ok(dump(NETLINK_ROUTE, RTM_GETNEIGH, &af_inet_body(12))?
-        .into_iter()
-        .filter(|(t, _)| *t == RTM_NEWNEIGH)
-        .filter_map(|(_, b)| parse_neigh(&b))
-        .collect())
-}
-
-/// IPv4 policy-routing rules: (priority, table).
-pub fn fib_rules() -> io::Result<Vec<(u32, u32)>> {
-    Ok(dump(NETLINK_ROUTE, RTM_GETRULE, &af_inet_body(12))?
-        .into_iter()
-        .filter(|(t, _)| *t == RTM_NEWRULE)
-        .filter_map(|(_, b)| parse_fib_rule(&b))
-        .collect())
-}
-
-// Family-generic variants (IPv4 and IPv6), for `doctor`'s IPv6 checks and its route to a
-// destination. The IPv4-only functions above keep their types: `follow` and `capture` use them.
+// The addresses, routes, neighbours and policy rules of either family: one type each, one
+// dump ([`family_dump`]). `Route` and `Route6` above are the views `follow`'s route details
+// take of an [`IpRoute`].
 
 const AF_INET6: u8 = 10;
 
@@ -642,13 +501,16 @@ pub struct IpIfAddr {
     pub scope: u8,
 }
 
+/// `Some` for the families the parsers below read, IPv4 and IPv6: `ip_family(family)?`.
+fn ip_family(f: AddressFamily) -> Option<()> {
+    matches!(f, AddressFamily::Inet | AddressFamily::Inet6).then_some(())
+}
+
 /// Parses one `RTM_NEWADDR` body of either family.
 pub fn parse_ip_addr(body: &[u8]) -> Option<IpIfAddr> {
     use netlink_packet_route::address::{AddressAttribute, AddressMessage};
     let m = AddressMessage::parse(body).ok()?;
-    if !matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6) {
-        return None;
-    }
+    ip_family(m.header.family)?;
     // IFA_LOCAL is the interface's own address (IPv4 point-to-point: IFA_ADDRESS is the peer);
     // IPv6 sends IFA_ADDRESS only, unless point-to-point.
     let local = m.attributes.iter().find_map(|a| match a {
@@ -746,9 +608,7 @@ pub struct IpNeigh {
 pub fn parse_ip_neigh(body: &[u8]) -> Option<IpNeigh> {
     use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
     let m = NeighbourMessage::parse(body).ok()?;
-    if !matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6) {
-        return None;
-    }
+    ip_family(m.header.family)?;
     let dst = m.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => Some(IpAddr::V4(*d)),
         NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => Some(IpAddr::V6(*d)),
@@ -794,9 +654,7 @@ pub struct IpRule {
 pub fn parse_ip_rule(body: &[u8]) -> Option<IpRule> {
     use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
     let m = RuleMessage::parse(body).ok()?;
-    if !matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6) {
-        return None;
-    }
+    ip_family(m.header.family)?;
     let mut r = IpRule {
         priority: 0,
         table: u32::from(m.header.table),
@@ -833,51 +691,42 @@ pub fn parse_ip_rule(body: &[u8]) -> Option<IpRule> {
     Some(r)
 }
 
-fn family_body(family: u8, len: usize) -> Vec<u8> {
+/// One dump of the family's objects (`ipv6`: IPv6, else IPv4): the request `get` with a
+/// header of `len` zero bytes but its family, each answer of type `new` parsed.
+fn family_dump<T>(
+    ipv6: bool,
+    get: u16,
+    new: u16,
+    len: usize,
+    parse: fn(&[u8]) -> Option<T>,
+) -> io::Result<Vec<T>> {
     let mut b = vec![0u8; len];
-    b[0] = family;
-    b
-}
-
-/// IPv6 addresses of every interface.
-pub fn addresses6() -> io::Result<Vec<IpIfAddr>> {
-    Ok(dump(NETLINK_ROUTE, RTM_GETADDR, &family_body(AF_INET6, 8))?
+    b[0] = if ipv6 { AF_INET6 } else { AF_INET };
+    Ok(dump(NETLINK_ROUTE, get, &b)?
         .into_iter()
-        .filter(|(t, _)| *t == RTM_NEWADDR)
-        .filter_map(|(_, b)| parse_ip_addr(&b))
+        .filter(|(t, _)| *t == new)
+        .filter_map(|(_, b)| parse(&b))
         .collect())
 }
 
-/// IPv6 routes of every table.
-pub fn routes6() -> io::Result<Vec<IpRoute>> {
-    Ok(
-        dump(NETLINK_ROUTE, RTM_GETROUTE, &family_body(AF_INET6, 12))?
-            .into_iter()
-            .filter(|(t, _)| *t == RTM_NEWROUTE)
-            .filter_map(|(_, b)| parse_ip_route(&b))
-            .collect(),
-    )
+/// The addresses of every interface, of one family (`ifaddrmsg`: 8 bytes).
+pub fn ip_addresses(ipv6: bool) -> io::Result<Vec<IpIfAddr>> {
+    family_dump(ipv6, RTM_GETADDR, RTM_NEWADDR, 8, parse_ip_addr)
 }
 
-/// IPv6 neighbour (NDP) entries.
-pub fn neighbours6() -> io::Result<Vec<IpNeigh>> {
-    Ok(
-        dump(NETLINK_ROUTE, RTM_GETNEIGH, &family_body(AF_INET6, 12))?
-            .into_iter()
-            .filter(|(t, _)| *t == RTM_NEWNEIGH)
-            .filter_map(|(_, b)| parse_ip_neigh(&b))
-            .collect(),
-    )
+/// The routes of every table, of one family (`rtmsg`: 12 bytes).
+pub fn ip_routes(ipv6: bool) -> io::Result<Vec<IpRoute>> {
+    family_dump(ipv6, RTM_GETROUTE, RTM_NEWROUTE, 12, parse_ip_route)
 }
 
-/// Policy-routing rules of one family (`ipv6`: IPv6, else IPv4), with their selectors.
+/// The neighbour entries (ARP, NDP) of one family (`ndmsg`: 12 bytes).
+pub fn ip_neighbours(ipv6: bool) -> io::Result<Vec<IpNeigh>> {
+    family_dump(ipv6, RTM_GETNEIGH, RTM_NEWNEIGH, 12, parse_ip_neigh)
+}
+
+/// Policy-routing rules of one family, with their selectors (`fib_rule_hdr`: 12 bytes).
 pub fn ip_rules(ipv6: bool) -> io::Result<Vec<IpRule>> {
-    let af = if ipv6 { AF_INET6 } else { AF_INET };
-    Ok(dump(NETLINK_ROUTE, RTM_GETRULE, &family_body(af, 12))?
-        .into_iter()
-        .filter(|(t, _)| *t == RTM_NEWRULE)
-        .filter_map(|(_, b)| parse_ip_rule(&b))
-        .collect())
+    family_dump(ipv6, RTM_GETRULE, RTM_NEWRULE, 12, parse_ip_rule)
 }
 
 /// The route the kernel's FIB matches for a packet to `dst` of either family (`ip route get
@@ -886,37 +735,18 @@ pub fn ip_rules(ipv6: bool) -> io::Result<Vec<IpRule>> {
 /// errno: ENETUNREACH no route, EINVAL blackhole, EHOSTUNREACH unreachable (IPv4 also: a
 /// forwarded packet while forwarding is off), EACCES prohibit, EXDEV reverse-path filter.
 pub fn route_lookup(dst: IpAddr, from: Option<(IpAddr, u32)>) -> io::Result<IpRoute> {
-    use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage};
-    let addr = |a: IpAddr| match a {
-        IpAddr::V4(a) => RouteAddress::Inet(a),
-        IpAddr::V6(a) => RouteAddress::Inet6(a),
-    };
-    let full = if dst.is_ipv6() { 128 } else { 32 };
-    let mut m = RouteMessage::default();
-    m.header.address_family = if dst.is_ipv6() {
-        AddressFamily::Inet6
-    } else {
-        AddressFamily::Inet
-    };
-    m.header.destination_prefix_length = full;
-    // FIB_MATCH: the route as it stands in its table; LOOKUP_TABLE: the table it is in.
-    m.header.flags = RouteFlags::from_bits_retain(0x2000 | 0x1000);
-    m.attributes.push(RouteAttribute::Destination(addr(dst)));
-    if let Some((src, iif)) = from.filter(|(s, _)| s.is_ipv6() == dst.is_ipv6()) {
-        m.header.source_prefix_length = full;
-        m.attributes.push(RouteAttribute::Source(addr(src)));
-        m.attributes.push(RouteAttribute::Iif(iif));
-    }
-    let mut b = vec![0u8; m.buffer_len()];
-    m.emit(&mut b);
-    let (ty, body) = request(NETLINK_ROUTE, RTM_GETROUTE, &b)?;
-    if ty != RTM_NEWROUTE {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unexpected netlink answer type {ty}"),
-        ));
-    }
-    parse_ip_route(&body).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad route"))
+    let (src, iif) = from
+        .filter(|(s, _)| s.is_ipv6() == dst.is_ipv6())
+        .unwrap_or((dst, 0));
+    route_query(&RouteQuery {
+        src,
+        dst,
+        proto: 0,
+        sport: 0,
+        dport: 0,
+        iif,
+        mark: 0,
+    })
 }
 
 #[cfg(test)]
@@ -975,16 +805,18 @@ pub mod tests {
         b.extend(nla(2, &[10, 77, 0, 1]));
         b.extend(nla(3, b"br0\0"));
         assert_eq!(
-            parse_addr(&b),
-            Some(IfAddr {
+            parse_ip_addr(&b),
+            Some(IpIfAddr {
                 ifindex: 7,
-                addr: Ipv4Addr::new(10, 77, 0, 1),
-                prefix: 24
+                addr: IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1)),
+                prefix: 24,
+                scope: 0
             })
         );
-        let mut v6 = b.clone();
-        v6[0] = 10;
-        assert_eq!(parse_addr(&v6), None);
+        // Neither IPv4 nor IPv6: not an address of ours.
+        let mut other = b.clone();
+        other[0] = 7;
+        assert_eq!(parse_ip_addr(&other), None);
     }
 
     #[test]
@@ -1022,14 +854,14 @@ pub mod tests {
         b.extend_from_slice(&NUD_FAILED.to_ne_bytes());
         b.extend_from_slice(&[0, 1]);
         b.extend(nla(1, &[192, 0, 2, 99]));
-        let n = parse_neigh(&b).expect("neigh");
+        let n = parse_ip_neigh(&b).expect("neigh");
         assert_eq!(n.ifindex, 5);
-        assert_eq!(n.dst, Ipv4Addr::new(192, 0, 2, 99));
+        assert_eq!(n.dst, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99)));
         assert_eq!(nud_name(n.state), "FAILED");
         assert_eq!(n.lladdr, None);
         b.extend(nla(2, &[0x52, 0x54, 0, 0x4b, 0x54, 2]));
         assert_eq!(
-            parse_neigh(&b).unwrap().lladdr.as_deref(),
+            parse_ip_neigh(&b).unwrap().lladdr.as_deref(),
             Some("52:54:00:4b:54:02")
         );
     }
@@ -1039,7 +871,8 @@ pub mod tests {
         let mut b = vec![2u8, 0, 0, 0, 100, 0, 0, 1];
         b.extend_from_slice(&[0; 4]);
         b.extend(nla(6, &1000u32.to_ne_bytes()));
-        assert_eq!(parse_fib_rule(&b), Some((1000, 100)));
+        let r = parse_ip_rule(&b).expect("rule");
+        assert_eq!((r.priority, r.table, r.action), (1000, 100, 1));
     }
 
     #[test]
@@ -1057,8 +890,6 @@ pub mod tests {
                 scope: 0
             })
         );
-        // The IPv4-only parser keeps ignoring it.
-        assert_eq!(parse_addr(&b), None);
 
         let gw: std::net::Ipv6Addr = "2001:db8:2::1".parse().unwrap();
         let mut r = vec![10u8, 0, 0, 0, 254, 9, 0, 1, 0, 0, 0, 0];

@@ -1,7 +1,14 @@
 //! Checks of the VM's own devices: the tap (or macvtap and its lower device), its bridge
 //! port, the bridge, the MTU along the path.
 
-use super::*;
+use super::ctx::{check, dev_is_down, Ctx};
+use crate::doctor::check::{Check, CheckStatus};
+use crate::doctor::host::Dev;
+use crate::doctor::rules::Net;
+use crate::host::netlink::nud_name;
+use crate::model::fix::{self as repair};
+
+use CheckStatus::{Fail, Pass, Skip, Warn};
 
 pub(super) fn tap_check(c: &Ctx) -> Check {
     let name = "tap";
@@ -317,7 +324,7 @@ pub(super) fn bridge_port_check(c: &Ctx) -> Check {
 pub(super) fn bridge_check(c: &Ctx) -> Check {
     let name = "bridge";
     let Some(d) = c.l3 else {
-        return check(name, Skip, format!("no bridge: {}", c.no_subnet), None);
+        return check(name, Skip, format!("no bridge: {}", c.v4.no_subnet), None);
     };
     if !d.admin_up {
         return check(
@@ -327,7 +334,7 @@ pub(super) fn bridge_check(c: &Ctx) -> Check {
             Some(repair::link_up(&d.name)),
         );
     }
-    let Some((gw, len)) = c.gw else {
+    let Some((gw, len)) = c.v4.gw else {
         let others: Vec<&String> = d.ports.iter().filter(|p| *p != c.tap_name).collect();
         return check(
             name,
@@ -356,7 +363,7 @@ pub(super) fn bridge_check(c: &Ctx) -> Check {
         let a: Vec<String> = d.addrs.iter().map(|(a, l)| format!("{a}/{l}")).collect();
         ev.push_str(&format!(" (all addresses: {})", a.join(", ")));
     }
-    if let Some((g, st)) = c.guest {
+    if let Some((g, st)) = c.v4.guest {
         ev.push_str(&format!("; the guest's MAC is at {g} ({})", nud_name(st)));
         if !subnet.contains(g) {
             return check(
@@ -388,9 +395,9 @@ pub(super) fn mtu_check(c: &Ctx) -> Check {
     if let Some(b) = c.bridge {
         seen.push(format!("{} {}", b.name, m(b)));
     }
-    let uplink = c
-        .uplink
-        .filter(|u| !c.bridged && Some(u.name.as_str()) != c.l3.map(|d| d.name.as_str()));
+    let uplink =
+        c.v4.uplink
+            .filter(|u| !c.v4.bridged && Some(u.name.as_str()) != c.l3.map(|d| d.name.as_str()));
     if let Some(u) = uplink {
         seen.push(format!("{} {} (uplink)", u.name, m(u)));
     }

@@ -1,11 +1,19 @@
-//! Checks of the firewall on the VM's path: bridge netfilter, the FORWARD rules, NAT,
-//! conntrack.
+//! Checks of the firewall on the VM's path, for each IP version: bridge netfilter, the
+//! reverse-path filter rules (IPv6), the FORWARD rules, NAT; and conntrack.
 
-use super::*;
+use super::ctx::{check, main_route, ruleset_or_skip, worst, Ctx};
+use crate::doctor::check::{Check, CheckStatus};
+use crate::doctor::family::Family;
+use crate::doctor::rules::{self, Chain, Fate, Iface, Net, Pkt, Place, Ruleset, Tri};
+use crate::model::event::NfHook;
+use crate::model::fix as repair;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use CheckStatus::{Fail, Pass, Skip, Warn};
 
 /// How the FORWARD chains treat each of `pkts` (what, packet): the worst status, one sentence
 /// per chain, and the (packet index, chain) pairs that surely drop.
-pub(super) fn forward_verdicts<'a>(
+fn forward_verdicts<'a>(
     rs: &Ruleset,
     chains: &[&'a Chain],
     pkts: &[(&str, Pkt)],
@@ -81,20 +89,16 @@ pub(super) fn forward_verdicts<'a>(
     (status, lines, failing)
 }
 
-pub(super) fn br_netfilter_check(c: &Ctx) -> Check {
-    br_netfilter_of(c, false)
-}
-
 /// Bridge netfilter for one IP version: `bridge-nf-call-iptables` and the bridge's
 /// `nf_call_iptables` (IPv4), or `bridge-nf-call-ip6tables` and `nf_call_ip6tables` (IPv6),
 /// hand bridged frames of that version to its FORWARD hook (net/bridge/br_netfilter_hooks.c:
 /// either switch is enough).
-pub(super) fn br_netfilter_of(c: &Ctx, v6: bool) -> Check {
-    let (name, ver, tables) = if v6 {
-        ("br_netfilter6", "IPv6", "ip6tables")
-    } else {
-        ("br_netfilter", "IPv4", "iptables")
-    };
+pub(super) fn br_netfilter_check(c: &Ctx, f: Family) -> Check {
+    let name = &f.name("br_netfilter");
+    if let Some(s) = c.skip(f, name) {
+        return s;
+    }
+    let (v6, ver, tables) = (f.is_v6(), f.ver(), f.tables());
     let Some(br) = c.bridge else {
         return check(name, Skip, "the VM is not on a Linux bridge", None);
     };
@@ -138,15 +142,15 @@ pub(super) fn br_netfilter_of(c: &Ctx, v6: bool) -> Check {
     } else {
         format!("sysctl -w net.bridge.bridge-nf-call-{tables}=0")
     };
-    let (bridged, subnet, any) = if v6 {
-        (
-            c.v6.bridged,
-            c.v6.subnet,
-            Net::new(Ipv6Addr::UNSPECIFIED, 0),
-        )
-    } else {
-        (c.bridged, c.subnet, Net::new(Ipv4Addr::UNSPECIFIED, 0))
-    };
+    let (bridged, subnet) = (c.side(f).bridged, c.side(f).subnet);
+    let any = Net::new(
+        if v6 {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        },
+        0,
+    );
     // Bridged traffic: onto the uplink's network (a bridged VM), or between guests.
     let (what, pkt, bad) = if bridged {
         let p = Pkt {
@@ -222,53 +226,173 @@ pub(super) fn br_netfilter_of(c: &Ctx, v6: bool) -> Check {
     }
 }
 
-pub(super) fn forward_filter_check(c: &Ctx) -> Check {
-    let name = "forward_filter";
-    if c.bridged {
-        return check(
-            name,
-            Skip,
-            format!(
-                "the default route leaves through {} itself: the VM's packets are bridged, not routed (see br_netfilter)",
-                c.l3_name()
-            ),
-            None,
-        );
-    }
-    let Some(subnet) = c.subnet else {
-        return check(
-            name,
-            Skip,
-            format!("the VM's subnet is unknown: {}", c.no_subnet),
-            None,
-        );
+/// Reverse-path filter rules at IPv6 prerouting (IPv6 has no rp_filter sysctl), judged from
+/// the snapshot's IPv6 routes for the VM's packets and the replies to them.
+pub(super) fn rpfilter6_check(c: &Ctx) -> Check {
+    let name = "rpfilter6";
+    let f = Family::V6;
+    let subnet = match c.routed(f, name, "the VM's packets are bridged, not routed") {
+        Ok(s) => s,
+        Err(skip) => return skip,
     };
     let rs = match ruleset_or_skip(c, name) {
         Ok(r) => r,
         Err(ch) => return ch,
     };
-    let chains = rs.base_chains(NfHook::Forward, "filter");
+    // Reverse-path rules sit at prerouting (raw, mangle or filter priority).
+    let chains: Vec<&Chain> = rs.base_chains_of(true, NfHook::Prerouting, "filter");
+    let mut found = Vec::new();
+    let mut status = Pass;
+    let mut lines = Vec::new();
     let l3 = c.l3_name();
-    let up = c.uplink_desc();
-    let out_what = format!("new connections from {subnet}{} ({l3} → {up})", c.to_dest());
+    let up = c.v6.uplink_desc();
+    let out_what = format!(
+        "new connections from {subnet}{} ({l3} → {up})",
+        c.v6.to_dest()
+    );
+    let back_what = format!("replies to {subnet} ({up} → {l3})");
+    let pkts = [
+        (out_what, c.pkt_out(f, subnet)),
+        (back_what, c.pkt_back(f, subnet)),
+    ];
+    let mut visit: Vec<&Chain> = chains.clone();
+    // The chains the base chains jump to hold such rules too (firewalld's filter_PREROUTING).
+    for ch in &chains {
+        for r in &ch.rules {
+            if let rules::Action::Jump(t) | rules::Action::Goto(t) = &r.action {
+                if let Some(x) = rs
+                    .chains
+                    .iter()
+                    .find(|x| x.family == ch.family && x.table == ch.table && &x.name == t)
+                {
+                    visit.push(x);
+                }
+            }
+        }
+    }
+    for ch in visit {
+        for r in &ch.rules {
+            if !r
+                .conds
+                .iter()
+                .any(|c| matches!(c, rules::Cond::RpFilter { .. }))
+            {
+                continue;
+            }
+            let drops = matches!(r.action, rules::Action::Drop | rules::Action::Reject);
+            found.push(format!("{}: {r}", ch.id()));
+            if !drops {
+                continue;
+            }
+            for (what, p) in &pkts {
+                match r.matches(p) {
+                    Tri::Yes => {
+                        status = worst(status, Fail);
+                        lines.push(format!("{what} are dropped by {}: {r}", ch.id()));
+                    }
+                    Tri::Maybe => {
+                        status = worst(status, Warn);
+                        lines.push(format!("{what} may be dropped by {}: {r}", ch.id()));
+                    }
+                    Tri::No => {}
+                }
+            }
+        }
+    }
+    if found.is_empty() {
+        return check(
+            name,
+            Pass,
+            "no IPv6 reverse-path filter rule (`fib saddr . iif oif missing`, `-m rpfilter`) at prerouting (IPv6 has no rp_filter sysctl)",
+            None,
+        );
+    }
+    let route = main_route(c.h, subnet.addr, true);
+    let routed = match route.and_then(|r| r.nexthops.first()) {
+        Some((o, _)) => format!(
+            "{subnet} is routed via {}",
+            c.h.dev_by_index(*o).map(|d| d.name.as_str()).unwrap_or("?")
+        ),
+        None => format!("no route to {subnet}"),
+    };
+    if status == Pass {
+        return check(
+            name,
+            Pass,
+            format!(
+                "{}: the routes back to the VM's prefix and to where its packets go leave by the devices they come in on ({routed})",
+                found.join(", ")
+            ),
+            None,
+        );
+    }
+    // Send the VM's prefix back out of its own device: replacing the route that took it
+    // elsewhere (same prefix and metric), or adding one.
+    let fix = match route {
+        Some(r)
+            if r.nexthops
+                .first()
+                .is_some_and(|(o, _)| Some(*o) != c.l3.map(|d| d.ifindex)) =>
+        {
+            Some(format!(
+                "ip -6 route replace {} dev {l3} metric {}",
+                Net::new(r.dst, r.dst_len),
+                r.priority
+            ))
+        }
+        None => Some(format!("ip -6 route add {subnet} dev {l3}")),
+        _ => None,
+    };
+    check(
+        name,
+        status,
+        format!("{} ({routed})", lines.join("; ")),
+        fix,
+    )
+}
+
+/// The FORWARD rules of family `f` for the VM's new connections and the replies to them.
+pub(super) fn forward_filter_check(c: &Ctx, f: Family) -> Check {
+    let name = &f.name("forward_filter");
+    let see = if f.is_v6() { "" } else { " (see br_netfilter)" };
+    let subnet = match c.routed(
+        f,
+        name,
+        &format!("the VM's packets are bridged, not routed{see}"),
+    ) {
+        Ok(s) => s,
+        Err(skip) => return skip,
+    };
+    let rs = match ruleset_or_skip(c, name) {
+        Ok(r) => r,
+        Err(ch) => return ch,
+    };
+    let side = c.side(f);
+    let chains = rs.base_chains_of(f.is_v6(), NfHook::Forward, "filter");
+    let l3 = c.l3_name();
+    let up = side.uplink_desc();
+    let out_what = format!(
+        "new connections from {subnet}{} ({l3} → {up})",
+        side.to_dest()
+    );
     let back_what = format!("replies to {subnet} ({up} → {l3})");
     let (mut status, mut lines, failing) = forward_verdicts(
         rs,
         &chains,
         &[
-            (out_what.as_str(), c.pkt_out(subnet)),
-            (back_what.as_str(), c.pkt_back(subnet)),
+            (out_what.as_str(), c.pkt_out(f, subnet)),
+            (back_what.as_str(), c.pkt_back(f, subnet)),
         ],
     );
+    let (tables, ipv) = (f.tables(), if f.is_v6() { "IPv6 " } else { "" });
     if chains.is_empty() {
-        lines.push(
-            "no nftables or iptables-nft chain at the forward hook: forwarded packets are accepted"
-                .into(),
-        );
+        lines.push(format!(
+            "no nftables or {tables}-nft chain at the {ipv}forward hook: forwarded packets are accepted"
+        ));
     }
-    if c.h.legacy_tables.iter().any(|t| t == "filter") {
+    if c.h.legacy_of(f).iter().any(|t| t == "filter") {
         status = worst(status, Warn);
-        lines.push("the iptables-legacy filter table is in use: its FORWARD chain is invisible to nftables, check it with `iptables-legacy -S FORWARD`".into());
+        lines.push(format!("the {tables}-legacy filter table is in use: its FORWARD chain is invisible to nftables, check it with `{tables}-legacy -S FORWARD`"));
     }
     let mut fixes = Vec::new();
     for (i, ch) in &failing {
@@ -279,9 +403,9 @@ pub(super) fn forward_filter_check(c: &Ctx) -> Check {
         };
         let subnet = subnet.to_string();
         fixes.push(if *i == 0 {
-            repair::forward_accept_out(chain, l3, &subnet, false)
+            repair::forward_accept_out(chain, l3, &subnet, f.is_v6())
         } else {
-            repair::forward_accept_back(chain, l3, &subnet, false)
+            repair::forward_accept_back(chain, l3, &subnet, f.is_v6())
         });
     }
     check(
@@ -292,60 +416,87 @@ pub(super) fn forward_filter_check(c: &Ctx) -> Check {
     )
 }
 
-pub(super) fn nat_check(c: &Ctx) -> Check {
-    let name = "nat";
-    if c.bridged {
+/// Source NAT of family `f` for the VM's new connections leaving via the uplink. IPv4: a
+/// private subnet without it fails; IPv6: only a unique-local prefix without NAT66 warns (a
+/// routed global prefix needs none).
+pub(super) fn nat_check(c: &Ctx, f: Family) -> Check {
+    let name = &f.name("nat");
+    let subnet = match c.routed(
+        f,
+        name,
+        "the VM is on the uplink's network and needs no NAT on this host",
+    ) {
+        Ok(s) => s,
+        Err(skip) => return skip,
+    };
+    let side = c.side(f);
+    if f.is_v6() && !subnet.is_private() {
+        return check(
+            name,
+            Pass,
+            format!("{subnet} is a global prefix: no NAT is needed for a routed global prefix (replies come back when the upstream network routes it to this host)"),
+            None,
+        );
+    }
+    if let (Family::V6, None) = (f, side.uplink) {
         return check(
             name,
             Skip,
             format!(
-                "the default route leaves through {} itself: the VM is on the uplink's network and needs no NAT on this host",
-                c.l3_name()
+                "no IPv6 route out of the host (see {}): no uplink for {subnet} to be source-NATed on",
+                if side.dest.is_some() {
+                    "route6"
+                } else {
+                    "default_route6"
+                }
             ),
             None,
         );
     }
-    let Some(subnet) = c.subnet else {
-        return check(
-            name,
-            Skip,
-            format!("the VM's subnet is unknown: {}", c.no_subnet),
-            None,
-        );
-    };
     let rs = match ruleset_or_skip(c, name) {
         Ok(r) => r,
         Err(ch) => return ch,
     };
     let pkt = Pkt {
         src: Place::In(subnet),
-        dst: c.far(subnet),
+        dst: side.far(),
         // No input device at POSTROUTING: `iifname` tests never match there.
         iif: Iface::Absent,
-        oif: Ctx::iface(c.uplink),
+        oif: Ctx::iface(side.uplink),
         ct: rules::CT_NEW,
-        v6: false,
-        rp: rules::Tri::Maybe,
+        v6: f.is_v6(),
+        rp: Tri::Maybe,
     };
-    let f = find_snat(rs, &pkt);
-    let what = match c.uplink {
+    let snat = find_snat(rs, &pkt);
+    let what = match side.uplink {
         Some(u) => format!(
             "new connections from {subnet}{} leaving via {}",
-            c.to_dest(),
+            side.to_dest(),
             u.name
         ),
         None => format!("new connections from {subnet} leaving the host (no default route: by which device is unknown)"),
     };
-    if let Some(ch) = f.found(name, &what) {
+    if let Some(ch) = snat.found(name, &what) {
         return ch;
     }
-    let mut ev = f.none_text(&what, "");
-    let legacy = c.h.legacy_tables.iter().any(|t| t == "nat");
+    let mut ev = snat.none_text(&what, f);
+    let legacy = c.h.legacy_of(f).iter().any(|t| t == "nat");
     if legacy {
-        ev.push_str("; the iptables-legacy nat table is in use and invisible to nftables: check `iptables-legacy -t nat -S POSTROUTING`");
+        let t = f.tables();
+        ev.push_str(&format!("; the {t}-legacy nat table is in use and invisible to nftables: check `{t}-legacy -t nat -S POSTROUTING`"));
     }
-    let fix = snat_fix(rs, &f.chains, subnet, c.uplink.map(|u| u.name.as_str()));
-    if subnet.is_private() && !legacy {
+    let fix = snat_fix(
+        rs,
+        &snat.chains,
+        subnet,
+        side.uplink.map(|u| u.name.as_str()),
+    );
+    if f.is_v6() {
+        ev.push_str(&format!(
+            ": {subnet} is a unique-local (ULA, fc00::/7) prefix: replies come back only if the upstream network routes {subnet} to this host; otherwise it needs NAT66"
+        ));
+        check(name, Warn, ev, Some(fix))
+    } else if subnet.is_private() && !legacy {
         ev.push_str(&format!(
             ": {subnet} is a private network, so replies from the internet cannot find their way back"
         ));
@@ -361,8 +512,8 @@ pub(super) fn nat_check(c: &Ctx) -> Check {
 }
 
 /// What source-NATs a model packet at postrouting, in the nat base chains of its IP version.
-pub(super) struct Snat<'a> {
-    pub chains: Vec<&'a Chain>,
+struct Snat<'a> {
+    chains: Vec<&'a Chain>,
     /// Rules that surely source-NAT it.
     definite: Vec<String>,
     /// Rules that may (they test what kvmtrace cannot judge).
@@ -371,7 +522,7 @@ pub(super) struct Snat<'a> {
     blockers: Vec<String>,
 }
 
-pub(super) fn find_snat<'a>(rs: &'a Ruleset, pkt: &Pkt) -> Snat<'a> {
+fn find_snat<'a>(rs: &'a Ruleset, pkt: &Pkt) -> Snat<'a> {
     let chains = rs.base_chains_of(pkt.v6, NfHook::Postrouting, "nat");
     let mut definite = Vec::new();
     let mut maybe = Vec::new();
@@ -401,7 +552,7 @@ pub(super) fn find_snat<'a>(rs: &'a Ruleset, pkt: &Pkt) -> Snat<'a> {
 
 impl Snat<'_> {
     /// The check when a rule source-NATs (or may source-NAT) `what`; None when none does.
-    pub(super) fn found(&self, name: &str, what: &str) -> Option<Check> {
+    fn found(&self, name: &str, what: &str) -> Option<Check> {
         if let Some(d) = self.definite.first() {
             return Some(if self.blockers.is_empty() {
                 check(name, Pass, format!("{what} are source-NATed by {d}"), None)
@@ -431,9 +582,9 @@ impl Snat<'_> {
         None
     }
 
-    /// The evidence when no rule source-NATs `what`: the nat chains counted (`ver`: "" or
-    /// "IPv6 "), the source NAT there is for other traffic.
-    pub(super) fn none_text(&self, what: &str, ver: &str) -> String {
+    /// The evidence when no rule source-NATs `what`: the nat chains of family `f` counted,
+    /// the source NAT there is for other traffic.
+    fn none_text(&self, what: &str, f: Family) -> String {
         let others: Vec<String> = self
             .chains
             .iter()
@@ -446,13 +597,10 @@ impl Snat<'_> {
             .take(5)
             .collect();
         format!(
-            "no nftables or {}-nft rule source-NATs {what} ({} nat chain(s) at {ver}postrouting{})",
-            if ver.is_empty() {
-                "iptables"
-            } else {
-                "ip6tables"
-            },
+            "no nftables or {}-nft rule source-NATs {what} ({} nat chain(s) at {}postrouting{})",
+            f.tables(),
             self.chains.len(),
+            if f.is_v6() { "IPv6 " } else { "" },
             if others.is_empty() {
                 String::new()
             } else {
@@ -465,7 +613,7 @@ impl Snat<'_> {
 /// A masquerade rule for `subnet` leaving via `oif` (or to anywhere outside it): into the
 /// first nftables nat chain of its IP version, else with iptables / ip6tables when
 /// iptables-nft's tables are in use, else in a new `ip nat` / `ip6 nat` table.
-pub(super) fn snat_fix(rs: &Ruleset, chains: &[&Chain], subnet: Net, oif: Option<&str>) -> String {
+fn snat_fix(rs: &Ruleset, chains: &[&Chain], subnet: Net, oif: Option<&str>) -> String {
     let v6 = subnet.is_v6();
     let nft_chain = chains
         .iter()

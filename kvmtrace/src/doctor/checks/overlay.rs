@@ -1,8 +1,8 @@
 //! The VM's bridge carries its frames into a VXLAN overlay: is there a VTEP to send them to,
 //! a route to it, and room for the 50 bytes of encapsulation on the underlay?
 
-use super::{check, Ctx};
-use crate::doctor::{Check, CheckStatus};
+use super::ctx::{check, Ctx};
+use crate::doctor::check::{Check, CheckStatus};
 use crate::model::VXLAN_OVERHEAD;
 
 /// One `vxlan` check per VXLAN port of the VM's bridge (none without one).

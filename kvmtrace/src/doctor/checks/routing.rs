@@ -1,30 +1,59 @@
-//! Checks of routing: forwarding, reverse-path filtering, the default route and its
-//! gateway's neighbour entry.
+//! Checks of routing, for each IP version: forwarding, reverse-path filtering (IPv4's
+//! sysctl), the default route (or the route to DEST) and its gateway's neighbour entry.
 
-use super::*;
-use crate::host::netlink::{IpRoute, IpRule};
+use super::ctx::{check, down_hop, main_route, net_text, worst, Ctx};
+use crate::doctor::check::{Check, CheckStatus};
+use crate::doctor::family::Family;
+use crate::doctor::host::Dev;
+use crate::doctor::rules::Net;
+use crate::host::netlink::{self, nud_name, IpNeigh, IpRoute, IpRule};
+use crate::model::fix::{self as repair, sysctl_name};
+use std::net::IpAddr;
 
-pub(super) fn ip_forward_check(c: &Ctx) -> Check {
-    let name = "ip_forward";
-    let Some(v) = c.h.sysctl("net/ipv4/ip_forward") else {
-        return check(
-            name,
-            Skip,
+use CheckStatus::{Fail, Pass, Skip, Warn};
+
+/// The forwarding switch of family `f` (`net.ipv4.ip_forward`,
+/// `net.ipv6.conf.all.forwarding`), or the check's answer when its half of the path is off,
+/// the switch cannot be read, or the VM is bridged (the host does not route its packets).
+fn forwarding_switch<'a>(c: &'a Ctx, f: Family, name: &str) -> Result<&'a str, Check> {
+    if let Some(s) = c.skip(f, name) {
+        return Err(s);
+    }
+    let (key, unreadable) = match f {
+        Family::V4 => (
+            "net/ipv4/ip_forward",
             "cannot read /proc/sys/net/ipv4/ip_forward",
-            None,
-        );
+        ),
+        Family::V6 => (
+            "net/ipv6/conf/all/forwarding",
+            "cannot read /proc/sys/net/ipv6/conf/all/forwarding (IPv6 disabled in this kernel?)",
+        ),
     };
-    if c.bridged {
-        return check(
+    let Some(v) = c.h.sysctl(key) else {
+        return Err(check(name, Skip, unreadable, None));
+    };
+    if c.side(f).bridged {
+        return Err(check(
             name,
             if v == "1" { Pass } else { Skip },
             format!(
-                "net.ipv4.ip_forward = {v}; the default route leaves through {} itself: the VM is bridged onto the uplink's network and the host does not route its packets",
+                "{} = {v}; {} leaves through {} itself: the VM is bridged onto the uplink's network and the host does not route its packets",
+                sysctl_name(key),
+                c.default_route_words(f),
                 c.l3_name()
             ),
             None,
-        );
+        ));
     }
+    Ok(v)
+}
+
+pub(super) fn ip_forward_check(c: &Ctx) -> Check {
+    let name = "ip_forward";
+    let v = match forwarding_switch(c, Family::V4, name) {
+        Ok(v) => v,
+        Err(ch) => return ch,
+    };
     if v != "1" {
         return check(
             name,
@@ -35,7 +64,7 @@ pub(super) fn ip_forward_check(c: &Ctx) -> Check {
     }
     let mut per = Vec::new();
     let mut off = Vec::new();
-    for d in [c.l3, c.uplink].into_iter().flatten() {
+    for d in [c.l3, c.v4.uplink].into_iter().flatten() {
         let key = format!("net/ipv4/conf/{}/forwarding", d.name);
         if let Some(f) = c.h.sysctl(&key) {
             per.push(format!("{} forwarding = {f}", d.name));
@@ -71,10 +100,107 @@ pub(super) fn ip_forward_check(c: &Ctx) -> Check {
     }
 }
 
+pub(super) fn ip6_forward_check(c: &Ctx) -> Check {
+    let name = "ip6_forward";
+    let v = match forwarding_switch(c, Family::V6, name) {
+        Ok(v) => v,
+        Err(ch) => return ch,
+    };
+    let l3 = c.l3_name();
+    let mut per = Vec::new();
+    let mut disabled = Vec::new();
+    for d in [c.l3, c.v6.uplink].into_iter().flatten() {
+        if let Some(f) = c.h.sysctl(&format!("net/ipv6/conf/{}/forwarding", d.name)) {
+            if !per
+                .iter()
+                .any(|p: &String| p.starts_with(&format!("{} ", d.name)))
+            {
+                per.push(format!("{} forwarding = {f}", d.name));
+            }
+        }
+        if c.h
+            .sysctl(&format!("net/ipv6/conf/{}/disable_ipv6", d.name))
+            == Some("1")
+        {
+            disabled.push(d.name.clone());
+        }
+    }
+    let ev = format!(
+        "net.ipv6.conf.all.forwarding = {v}{}",
+        if per.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", per.join(", "))
+        }
+    );
+    // Linux 6.18 ip6_forward(): forwarding is all.forwarding, or force_forwarding of the
+    // input device (6.17+); the per-device `forwarding` only switches router behaviour
+    // (RAs, the NA router flag).
+    let forced = c.l3.and_then(|d| {
+        c.h.sysctl(&format!("net/ipv6/conf/{}/force_forwarding", d.name))
+    }) == Some("1");
+    if !disabled.is_empty() {
+        return check(
+            name,
+            Fail,
+            format!(
+                "{ev}; disable_ipv6 = 1 on {}: no IPv6 there at all",
+                disabled.join(", ")
+            ),
+            Some(
+                disabled
+                    .iter()
+                    .map(|d| {
+                        format!(
+                            "sysctl -w {}=0",
+                            sysctl_name(&format!("net/ipv6/conf/{d}/disable_ipv6"))
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" && "),
+            ),
+        );
+    }
+    if v != "1" && !forced {
+        // With forwarding on, the kernel ignores router advertisements on an interface with
+        // accept_ra = 1 (addrconf.c, ipv6_accept_ra()): an uplink that learns its default
+        // route from RAs needs accept_ra = 2 once forwarding is switched on.
+        let ra_uplink = c.v6.uplink.filter(|u| {
+            c.h.sysctl(&format!("net/ipv6/conf/{}/accept_ra", u.name)) == Some("1")
+                && c.v6.defaults.first().is_some_and(|d| d.protocol == 9)
+        });
+        let mut fix = repair::forwarding_on(true);
+        let mut note = String::new();
+        if let Some(u) = ra_uplink {
+            let k = sysctl_name(&format!("net/ipv6/conf/{}/accept_ra", u.name));
+            fix.push_str(&format!(" && sysctl -w {k}=2"));
+            note = format!(
+                "; {}'s default route comes from router advertisements, which forwarding = 1 makes it ignore unless {k} = 2",
+                u.name
+            );
+        }
+        return check(
+            name,
+            Fail,
+            format!("{ev}: the host does not route IPv6 packets between interfaces, so the VM's IPv6 packets go no further than the host{note}"),
+            Some(fix),
+        );
+    }
+    if v != "1" {
+        return check(
+            name,
+            Pass,
+            format!("{ev}, but {l3} force_forwarding = 1: packets from it are routed"),
+            None,
+        );
+    }
+    check(name, Pass, ev, None)
+}
+
 pub(super) fn rp_filter_check(c: &Ctx) -> Check {
     let name = "rp_filter";
     let mut devs: Vec<&str> = vec!["all"];
-    for d in [c.l3, c.uplink].into_iter().flatten() {
+    for d in [c.l3, c.v4.uplink].into_iter().flatten() {
         if !devs.contains(&d.name.as_str()) {
             devs.push(&d.name);
         }
@@ -118,9 +244,9 @@ pub(super) fn rp_filter_check(c: &Ctx) -> Check {
     let eff_strict = |d: &Dev| {
         all_strict || c.h.sysctl(&format!("net/ipv4/conf/{}/rp_filter", d.name)) == Some("1")
     };
-    if let (Some((g, _)), Some(l3)) = (c.guest, c.l3) {
+    if let (Some((g, _)), Some(l3)) = (c.v4.guest, c.l3) {
         if eff_strict(l3) {
-            if let Some(o) = route_dev(c.h, g) {
+            if let Some(&(o, _)) = main_route(c.h, g, false).and_then(|r| r.nexthops.first()) {
                 if o != l3.ifindex {
                     let via =
                         c.h.dev_by_index(o)
@@ -139,21 +265,13 @@ pub(super) fn rp_filter_check(c: &Ctx) -> Check {
             }
         }
     }
-    let multi = c
-        .defaults
-        .iter()
-        .flat_map(|d| d.nexthops.iter().map(|(o, _)| *o))
-        .collect::<std::collections::BTreeSet<_>>()
-        .len();
-    let policy =
-        c.h.fib_rules
-            .as_ref()
-            .map(|r| {
-                r.iter()
-                    .filter(|(_, t)| ![253, 254, 255].contains(t))
-                    .count()
-            })
-            .unwrap_or(0);
+    let multi =
+        c.v4.defaults
+            .iter()
+            .flat_map(|d| d.nexthops.iter().map(|(o, _)| *o))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+    let policy = policy_rules(c);
     check(
         name,
         Warn,
@@ -164,7 +282,7 @@ pub(super) fn rp_filter_check(c: &Ctx) -> Check {
     )
 }
 
-pub(super) fn kind_name(k: u8) -> &'static str {
+fn kind_name(k: u8) -> &'static str {
     match k {
         1 => "unicast",
         2 => "local",
@@ -176,93 +294,84 @@ pub(super) fn kind_name(k: u8) -> &'static str {
     }
 }
 
-pub(super) fn default_route_check(c: &Ctx) -> Check {
-    let name = "default_route";
-    if let Err(e) = &c.h.routes {
+/// The IPv4 policy-routing rules beyond the three defaults (local, main, default).
+fn policy_rules(c: &Ctx) -> usize {
+    c.h.rules_of(Family::V4)
+        .iter()
+        .filter(|r| ![253, 254, 255].contains(&r.table))
+        .count()
+}
+
+/// The main table's default route of family `f` (without a DEST of that family): there is
+/// one, it forwards, its device is up. IPv4 mentions the policy rules it does not judge; IPv6
+/// says when forwarding with accept_ra = 1 explains a missing one.
+pub(super) fn default_route_check(c: &Ctx, f: Family) -> Check {
+    let name = &f.name("default_route");
+    if let Some(s) = c.skip(f, name) {
+        return s;
+    }
+    if let Err(e) = c.h.routes_of(f) {
         return check(name, Skip, e.clone(), None);
     }
-    let policy =
-        c.h.fib_rules
-            .as_ref()
-            .map(|r| {
-                r.iter()
-                    .filter(|(_, t)| ![253, 254, 255].contains(t))
-                    .count()
-            })
-            .unwrap_or(0);
+    let side = c.side(f);
+    let policy = if f.is_v6() { 0 } else { policy_rules(c) };
     let note = if policy > 0 {
         format!("; {policy} policy-routing rule(s) send some traffic to other tables (`ip rule`), which may not be the VM's")
     } else {
         String::new()
     };
-    let Some(d) = c.defaults.first() else {
-        return check(
-            name,
-            Fail,
-            format!("no default route in the main table: the VM's packets to the internet have no route (the host answers them with ICMP network unreachable){note}"),
-            Some("ip route add default via <gateway> dev <uplink>".into()),
-        );
+    let Some(d) = side.defaults.first() else {
+        return no_default_route(c, f, name, &note);
     };
-    let dev = |o: u32| {
-        c.h.dev_by_index(o)
-            .map(|d| d.name.clone())
-            .unwrap_or_else(|| format!("ifindex {o}"))
-    };
-    let desc = |d: &DefaultRoute| {
-        let hops: Vec<String> = d
-            .nexthops
-            .iter()
-            .map(|(o, g)| match g {
-                Some(g) => format!("via {g} dev {}", dev(*o)),
-                None => format!("dev {}", dev(*o)),
-            })
-            .collect();
-        format!(
+    // IPv4 in `ip route`'s words without the table; IPv6 with it.
+    let text = match f {
+        Family::V4 => format!(
             "default {}{} metric {}",
-            if d.kind == 1 {
-                String::new()
-            } else {
-                format!("{} ", kind_name(d.kind))
-            },
-            hops.join(" nexthop "),
+            kind_word(d.kind),
+            hops_text(c, &d.nexthops),
             d.priority
-        )
+        ),
+        Family::V6 => route_text(c, d),
     };
-    let more = if c.defaults.len() > 1 {
-        format!(" (and {} more default route(s))", c.defaults.len() - 1)
+    let more = if side.defaults.len() > 1 {
+        format!(" (and {} more default route(s))", side.defaults.len() - 1)
     } else {
         String::new()
     };
+    let ver = if f.is_v6() { "IPv6 " } else { "" };
     if d.kind != 1 {
         return check(
             name,
             Fail,
-            format!(
-                "{}{more}: the VM's packets to the internet are refused{note}",
-                desc(d)
-            ),
-            Some("ip route del default && ip route add default via <gateway> dev <uplink>".into()),
+            format!("{text}{more}: the VM's {ver}packets to the internet are refused{note}"),
+            Some(match f {
+                Family::V4 => {
+                    "ip route del default && ip route add default via <gateway> dev <uplink>".into()
+                }
+                Family::V6 => format!(
+                    "ip -6 route del {} default && ip -6 route add default via <gateway> dev <uplink>",
+                    kind_name(d.kind)
+                ),
+            }),
         );
     }
-    if let Some(down) = d
-        .nexthops
-        .iter()
-        .filter_map(|(o, _)| c.h.dev_by_index(*o))
-        .find(|x| dev_is_down(x))
-    {
+    if let Some(down) = down_hop(c.h, &d.nexthops) {
         return check(
             name,
             Fail,
             format!(
-                "{}{more}, but {} is down (operstate {}){note}",
-                desc(d),
-                down.name,
-                down.operstate
+                "{text}{more}, but {} is down (operstate {}){note}",
+                down.name, down.operstate
             ),
             Some(format!("ip link set dev {} up", down.name)),
         );
     }
-    let bridged = if c.bridged {
+    let from_ra = if f.is_v6() && d.protocol == 9 {
+        " (learnt from router advertisements)"
+    } else {
+        ""
+    };
+    let bridged = if side.bridged {
         format!(
             " (through the VM's own bridge {}: the VM is bridged onto this network)",
             c.l3_name()
@@ -273,48 +382,103 @@ pub(super) fn default_route_check(c: &Ctx) -> Check {
     check(
         name,
         Pass,
-        format!("{}{more}{bridged}{note}", desc(d)),
+        format!("{text}{more}{from_ra}{bridged}{note}"),
         None,
     )
 }
 
-pub(super) fn gateway_neighbour_check(c: &Ctx) -> Check {
-    let name = "gateway_neighbour";
-    let hops: Vec<(u32, Option<IpAddr>)> = if c.dest.is_some() {
+/// `default_route`'s fail when the main table has no default route of family `f`.
+fn no_default_route(c: &Ctx, f: Family, name: &str, note: &str) -> Check {
+    if !f.is_v6() {
+        return check(
+            name,
+            Fail,
+            format!("no default route in the main table: the VM's packets to the internet have no route (the host answers them with ICMP network unreachable){note}"),
+            Some("ip route add default via <gateway> dev <uplink>".into()),
+        );
+    }
+    // With forwarding on, RAs are ignored unless accept_ra = 2 (addrconf.c,
+    // ipv6_accept_ra()): a host whose IPv6 default came from RAs loses it.
+    let ra_hint = c
+        .h
+        .devs
+        .iter()
+        .filter(|d| !d.addrs6.is_empty() && Some(d.name.as_str()) != c.l3.map(|l| l.name.as_str()))
+        .filter(|d| {
+            c.h.sysctl("net/ipv6/conf/all/forwarding") == Some("1")
+                && c.h.sysctl(&format!("net/ipv6/conf/{}/accept_ra", d.name)) == Some("1")
+        })
+        .map(|d| d.name.clone())
+        .collect::<Vec<_>>();
+    let (note, fix) = if ra_hint.is_empty() {
+        (
+            String::new(),
+            "ip -6 route add default via <gateway> dev <uplink>".to_string(),
+        )
+    } else {
+        (
+            format!("; forwarding is on and accept_ra = 1 on {}: router advertisements there are ignored, so a default route learnt from them is gone", ra_hint.join(", ")),
+            format!(
+                "{} (or `ip -6 route add default via <gateway> dev <uplink>`)",
+                ra_hint
+                    .iter()
+                    .map(|d| format!("sysctl -w {}=2", sysctl_name(&format!("net/ipv6/conf/{d}/accept_ra"))))
+                    .collect::<Vec<_>>()
+                    .join(" && ")
+            ),
+        )
+    };
+    check(
+        name,
+        Fail,
+        format!("no IPv6 default route in the main table: the VM's IPv6 packets to the internet have no route (the host answers them with ICMPv6 no route){note}"),
+        Some(fix),
+    )
+}
+
+/// The neighbour entry of the gateway of the route out (to DEST, or the default route) of
+/// family `f`.
+pub(super) fn gateway_neighbour_check(c: &Ctx, f: Family) -> Check {
+    let name = &f.name("gateway_neighbour");
+    if let Some(s) = c.skip(f, name) {
+        return s;
+    }
+    let side = c.side(f);
+    let hops: Vec<(u32, Option<IpAddr>)> = if side.dest.is_some() {
         match c.h.dest_route.as_ref().map(|d| &d.answer) {
             Some(Ok(r)) if r.kind == 1 => r.nexthops.clone(),
-            _ => return check(name, Skip, "no route to the destination (see route)", None),
+            _ => {
+                return check(
+                    name,
+                    Skip,
+                    format!("no route to the destination (see {})", f.name("route")),
+                    None,
+                )
+            }
         }
     } else {
-        let Some(d) = c.defaults.first().filter(|d| d.kind == 1) else {
-            return check(name, Skip, "no default route", None);
-        };
-        d.nexthops
-            .iter()
-            .map(|(o, g)| (*o, g.map(IpAddr::V4)))
-            .collect()
+        match side.defaults.first().filter(|d| d.kind == 1) {
+            Some(d) => d.nexthops.clone(),
+            None => {
+                let ver = if f.is_v6() { "IPv6 " } else { "" };
+                return check(name, Skip, format!("no {ver}default route"), None);
+            }
+        }
     };
-    let neighs = c.h.neighs.as_ref().map(|ns| {
-        ns.iter()
-            .map(|n| netlink::IpNeigh {
-                ifindex: n.ifindex,
-                dst: IpAddr::V4(n.dst),
-                state: n.state,
-                lladdr: n.lladdr.clone(),
-                router: false,
-            })
-            .collect::<Vec<_>>()
-    });
-    neighbour_verdict(c, name, &hops, neighs.as_deref().map_err(|e| *e), "ARP")
+    let asked = match f {
+        Family::V4 => "ARP",
+        Family::V6 => "neighbour solicitations",
+    };
+    neighbour_verdict(c, name, &hops, c.h.neighs_of(f), asked)
 }
 
 /// Judges the neighbour entries of a route's gateways (`hops`: output device, gateway).
 /// `asked`: how the host asks for a link-layer address (`ARP`, `neighbour solicitations`).
-pub(super) fn neighbour_verdict(
+fn neighbour_verdict(
     c: &Ctx,
     name: &str,
     hops: &[(u32, Option<IpAddr>)],
-    neighs: Result<&[netlink::IpNeigh], &String>,
+    neighs: Result<&[IpNeigh], &String>,
     asked: &str,
 ) -> Check {
     let gws: Vec<(u32, IpAddr)> = hops
@@ -325,7 +489,7 @@ pub(super) fn neighbour_verdict(
         return check(
             name,
             Skip,
-            if c.dest.is_some() || c.v6.dest.is_some() {
+            if c.v4.dest.is_some() || c.v6.dest.is_some() {
                 "the route has no gateway (a directly connected device)"
             } else {
                 "the default route has no gateway (a directly connected device)"
@@ -343,10 +507,7 @@ pub(super) fn neighbour_verdict(
     let mut fixes = Vec::new();
     let ip = if gws[0].1.is_ipv6() { "ip -6 " } else { "ip " };
     for (o, g) in gws {
-        let dev =
-            c.h.dev_by_index(o)
-                .map(|d| d.name.clone())
-                .unwrap_or_else(|| format!("ifindex {o}"));
+        let dev = c.h.dev_name(o);
         match neighs.iter().find(|n| n.ifindex == o && n.dst == g) {
             None => {
                 unknown = true;
@@ -401,7 +562,7 @@ pub(super) fn neighbour_verdict(
 }
 
 /// `main`, `local`, `default` or the table's number.
-pub(super) fn table_name(t: u32) -> String {
+fn table_name(t: u32) -> String {
     match t {
         254 => "main".into(),
         255 => "local".into(),
@@ -412,7 +573,7 @@ pub(super) fn table_name(t: u32) -> String {
 
 /// Where a lookup on the snapshot ends: a route (and the policy rule that chose its table,
 /// when not one of the default rules), or a rule's own refusal.
-pub(super) enum FibHit<'a> {
+enum FibHit<'a> {
     /// The route, and (priority, table) of the rule that chose its table.
     Route(&'a IpRoute, Option<(u32, u32)>),
     Rule(IpRule),
@@ -422,7 +583,7 @@ pub(super) enum FibHit<'a> {
 /// longest prefix in the rule's table; `throw` routes go on to the next rule): used to name
 /// the table and route behind the kernel's answer. Rules with selectors not modelled here
 /// (fwmark, oif, uid, ports, …) are passed over and listed.
-pub(super) fn fib_lookup<'a>(
+fn fib_lookup<'a>(
     routes: &'a [IpRoute],
     rules: &'a [IpRule],
     dst: IpAddr,
@@ -489,40 +650,43 @@ pub(super) fn fib_lookup<'a>(
 }
 
 /// `ip route`'s words for a route: `blackhole 2001:db8:ffff::/48 table main metric 1024`.
-pub(super) fn route_text(c: &Ctx, r: &IpRoute) -> String {
-    let dev = |o: u32| {
-        c.h.dev_by_index(o)
-            .map(|d| d.name.clone())
-            .unwrap_or_else(|| format!("ifindex {o}"))
-    };
+fn route_text(c: &Ctx, r: &IpRoute) -> String {
     let dst = if r.dst_len == 0 {
         "default".to_string()
     } else {
         net_text(Net::new(r.dst, r.dst_len))
     };
-    let hops = if r.kind == 1 {
-        let h: Vec<String> = r
-            .nexthops
-            .iter()
-            .map(|(o, g)| match g {
-                Some(g) => format!(" via {g} dev {}", dev(*o)),
-                None => format!(" dev {}", dev(*o)),
-            })
-            .collect();
-        h.join(" nexthop")
-    } else {
-        String::new()
+    let hops = match hops_text(c, &r.nexthops) {
+        h if r.kind == 1 && !h.is_empty() => format!(" {h}"),
+        _ => String::new(),
     };
     format!(
         "{}{dst}{hops} table {} metric {}",
-        if r.kind == 1 {
-            String::new()
-        } else {
-            format!("{} ", kind_name(r.kind))
-        },
+        kind_word(r.kind),
         table_name(r.table),
         r.priority
     )
+}
+
+/// A route's next hops as `ip route` writes them: `via 192.0.2.1 dev up0 nexthop dev up1`.
+fn hops_text(c: &Ctx, hops: &[(u32, Option<IpAddr>)]) -> String {
+    hops.iter()
+        .map(|(o, g)| match g {
+            Some(g) => format!("via {g} dev {}", c.h.dev_name(*o)),
+            None => format!("dev {}", c.h.dev_name(*o)),
+        })
+        .collect::<Vec<_>>()
+        .join(" nexthop ")
+}
+
+/// The kind of a route that is not unicast, with a space after it (`blackhole `); nothing for
+/// unicast.
+fn kind_word(kind: u8) -> String {
+    if kind == 1 {
+        String::new()
+    } else {
+        format!("{} ", kind_name(kind))
+    }
 }
 
 fn errno_text(e: i32) -> &'static str {
@@ -540,10 +704,14 @@ fn errno_text(e: i32) -> &'static str {
 /// IPv6): the kernel's own lookup for a packet forwarded from the VM, with the table and
 /// route behind a refusal named from the snapshot, the output device and the gateway's
 /// neighbour state.
-pub(super) fn route_check(c: &Ctx, v6: bool) -> Check {
-    let name = if v6 { "route6" } else { "route" };
-    let ip = if v6 { "ip -6" } else { "ip" };
-    let Some(d) = c.h.dest_route.as_ref().filter(|d| d.dst.is_ipv6() == v6) else {
+pub(super) fn route_check(c: &Ctx, f: Family) -> Check {
+    let name = &f.name("route");
+    let ip = f.ip();
+    let Some(d) =
+        c.h.dest_route
+            .as_ref()
+            .filter(|d| d.dst.is_ipv6() == f.is_v6())
+    else {
         return check(
             name,
             Skip,
@@ -552,36 +720,7 @@ pub(super) fn route_check(c: &Ctx, v6: bool) -> Check {
         );
     };
     let dst = d.dst;
-    let (routes, rules): (Vec<IpRoute>, &[IpRule]) = if v6 {
-        (
-            c.h.routes6.clone().unwrap_or_default(),
-            c.h.ip_rules6.as_deref().unwrap_or(&[]),
-        )
-    } else {
-        (
-            c.h.routes
-                .as_ref()
-                .map(|rs| {
-                    rs.iter()
-                        .map(|r| IpRoute {
-                            table: r.table,
-                            dst: IpAddr::V4(r.dst),
-                            dst_len: r.dst_len,
-                            kind: r.kind,
-                            protocol: 0,
-                            priority: r.priority,
-                            nexthops: r
-                                .nexthops
-                                .iter()
-                                .map(|(o, g)| (*o, g.map(IpAddr::V4)))
-                                .collect(),
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            c.h.ip_rules4.as_deref().unwrap_or(&[]),
-        )
-    };
+    let (routes, rules) = (c.h.routes_of(f).unwrap_or(&[]), c.h.rules_of(f));
     let from = d
         .from
         .as_ref()
@@ -589,7 +728,7 @@ pub(super) fn route_check(c: &Ctx, v6: bool) -> Check {
         .unwrap_or_default();
     let asked = format!("`{ip} route get {dst}{from}`");
     let (hit, skipped) = fib_lookup(
-        &routes,
+        routes,
         rules,
         dst,
         d.from.as_ref().map(|(a, _)| *a),
@@ -610,12 +749,7 @@ pub(super) fn route_check(c: &Ctx, v6: bool) -> Check {
     match &d.answer {
         Ok(r) if r.kind == 1 => {
             let text = route_text(c, r);
-            if let Some(down) = r
-                .nexthops
-                .iter()
-                .filter_map(|(o, _)| c.h.dev_by_index(*o))
-                .find(|x| dev_is_down(x))
-            {
+            if let Some(down) = down_hop(c.h, &r.nexthops) {
                 return check(
                     name,
                     Fail,
@@ -628,25 +762,7 @@ pub(super) fn route_check(c: &Ctx, v6: bool) -> Check {
             }
             // The neighbour the packet is handed to: the gateway, or the destination itself
             // on a directly connected network.
-            let neighs: Vec<(u32, IpAddr, u16, Option<String>)> = if v6 {
-                c.h.neighs6
-                    .as_ref()
-                    .map(|n| {
-                        n.iter()
-                            .map(|n| (n.ifindex, n.dst, n.state, n.lladdr.clone()))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            } else {
-                c.h.neighs
-                    .as_ref()
-                    .map(|n| {
-                        n.iter()
-                            .map(|n| (n.ifindex, IpAddr::V4(n.dst), n.state, n.lladdr.clone()))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            };
+            let neighs = c.h.neighs_of(f).unwrap_or(&[]);
             let mut notes = Vec::new();
             let mut failed = Vec::new();
             for (o, g) in &r.nexthops {
@@ -656,14 +772,14 @@ pub(super) fn route_check(c: &Ctx, v6: bool) -> Check {
                 } else {
                     "destination"
                 };
-                let dev =
-                    c.h.dev_by_index(*o)
-                        .map(|d| d.name.clone())
-                        .unwrap_or_else(|| format!("ifindex {o}"));
-                match neighs.iter().find(|n| n.0 == *o && n.1 == next) {
+                let dev = c.h.dev_name(*o);
+                match neighs.iter().find(|n| n.ifindex == *o && n.dst == next) {
                     Some(n) => {
-                        notes.push(format!("the {what} {next} on {dev} is {}", nud_name(n.2)));
-                        if n.2 == netlink::NUD_FAILED {
+                        notes.push(format!(
+                            "the {what} {next} on {dev} is {}",
+                            nud_name(n.state)
+                        ));
+                        if n.state == netlink::NUD_FAILED {
                             failed.push((next, dev));
                         }
                     }
@@ -748,7 +864,7 @@ pub(super) fn route_check(c: &Ctx, v6: bool) -> Check {
                             errno_text(*e).split(':').next().unwrap_or(""),
                             route_text(c, l),
                             d.from.as_ref().map(|(_, i)| i.as_str()).unwrap_or("the VM's device"),
-                            if v6 { "ip6_forward" } else { "ip_forward" },
+                            if f.is_v6() { "ip6_forward" } else { "ip_forward" },
                         ),
                         None,
                     ),

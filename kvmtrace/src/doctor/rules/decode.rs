@@ -2,7 +2,7 @@
 //! chains and each rule's expressions; here each expression loads into a register or compares
 //! one, and the comparisons become conditions.
 
-use super::*;
+use super::model::{op_str, Action, Chain, Cond, Net, Rule, Ruleset};
 use crate::host::nftables::{
     self, NFTA_BITWISE_DREG, NFTA_BITWISE_MASK, NFTA_BITWISE_OP, NFTA_BITWISE_SREG,
     NFTA_BITWISE_XOR, NFTA_CMP_DATA, NFTA_CMP_OP, NFTA_CMP_SREG, NFTA_DATA_VALUE,
@@ -18,6 +18,7 @@ pub(super) use crate::host::nftables::{
 use crate::host::nl::{attr, be32, cstr, ne32};
 use std::collections::HashMap;
 use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// `NFTA_FIB_F_*` (nf_tables.h).
 pub(super) const FIB_F_SADDR: u32 = 1;

@@ -1,7 +1,7 @@
 //! Judging a model packet against a base chain: each rule's conditions are three-valued, a
 //! jump or goto is followed, and the answer says which rules it depends on.
 
-use super::*;
+use super::model::{Action, Chain, Cond, Net, Rule, Ruleset};
 
 /// Three-valued truth: whether a rule matches the model packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,6 +5,8 @@ use crate::host::nftables::{
     NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_EXPR_DATA, NFTA_EXPR_NAME, NFTA_LIST_ELEM,
     NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE,
 };
+use crate::model::event::NfHook;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 fn nested(ty: u16, inner: &[u8]) -> Vec<u8> {
     nla(ty | 0x8000, inner)

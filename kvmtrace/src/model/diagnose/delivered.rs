@@ -1,6 +1,6 @@
 //! Rule: delivered.
 
-use super::{fmt_rewrites, Flow};
+use super::flow::{fmt_rewrites, Flow};
 use crate::model::event::Direction;
 use crate::model::{DropSite, Outcome, Stage, Status, Verdict};
 

@@ -1,6 +1,6 @@
 //! Rule: dropped, with the summaries of each kind of drop and the root cause behind it.
 
-use super::{tap_misplaced, Flow};
+use super::flow::{tap_misplaced, Flow};
 use crate::model::event::{DevKind, Direction, NfHook};
 use crate::model::{fix, DropSite, FlowKey, HostFacts, Journey, NfChain, Stage, Status, Verdict};
 

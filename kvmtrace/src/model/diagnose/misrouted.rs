@@ -1,6 +1,6 @@
 //! Rules: misrouted.
 
-use super::Flow;
+use super::flow::Flow;
 use crate::model::event::{DevKind, Direction};
 use crate::model::{Outcome, Stage, Status, Verdict};
 

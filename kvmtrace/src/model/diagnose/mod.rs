@@ -7,13 +7,15 @@
 mod delivered;
 pub use delivered::delivered_clause;
 mod dropped;
+mod flow;
 mod misrouted;
 mod no_reply;
 mod no_traffic;
 mod overlay;
 
 use super::event::{DevKind, Direction, Point};
-use super::{Archived, DropSite, FlowKey, HostFacts, Journey, Outcome, Rewrite, Status, Verdict};
+use super::{Archived, FlowKey, HostFacts, Journey, Outcome, Status, Verdict};
+use flow::Flow;
 
 /// One rule: true when it decided the verdict (filled in `v`).
 type Rule = fn(&Flow, &mut Verdict) -> bool;
@@ -43,29 +45,6 @@ pub const RULES: &[(&str, Rule)] = &[
     ("left the host, no reply", no_reply::left_host),
     ("no observed end", no_reply::unfinished),
 ];
-
-/// What the rules look at: one flow's journeys, what became of each, and the facts.
-pub struct Flow<'a> {
-    k: FlowKey,
-    req: &'a [&'a Journey],
-    rep: &'a [&'a Journey],
-    facts: &'a HostFacts,
-    /// Reply journeys that reached the VM.
-    delivered: Vec<&'a &'a Journey>,
-    req_out: Vec<(&'a &'a Journey, Outcome)>,
-    rep_out: Vec<(&'a &'a Journey, Outcome)>,
-    /// The first drop, requests before replies.
-    first_drop: Option<(Direction, DropSite)>,
-    /// A reply that never entered the host from outside was made by the host itself (REJECT,
-    /// ICMP errors from routing): it answered in the destination's place.
-    host_answered: bool,
-    /// A delivered reply that is not an ICMP error.
-    good_reply: bool,
-    /// The first delivered reply's headers.
-    reply_kind: Option<String>,
-    n_req: usize,
-    n_delivered: usize,
-}
 
 /// `arch`: what a bounded model folded away of this flow; its samples are already in `req` and
 /// `rep`, its counts replace theirs.
@@ -157,28 +136,4 @@ pub(super) fn classify(
     }
     dropped::rewritten_destination(&f, &mut v);
     v
-}
-
-fn fmt_rewrites(rw: &[Rewrite]) -> String {
-    rw.iter()
-        .map(|r| format!("{} {} → {} at {}", r.field, r.from, r.to, r.at))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Why the guest is not on `bridge` (where the host sends its replies): its tap is in no bridge
-/// or in another one. None when the tap is a port of `bridge` or the facts do not know the tap.
-fn tap_misplaced(facts: &HostFacts, tap: &str, bridge: &str) -> Option<String> {
-    match facts.device(tap)?.master.as_deref() {
-        None => Some(format!(
-            "the replies are routed to {bridge}, but the tap {tap} is not a port of any bridge, \
-             so the guest is not on {bridge} and cannot answer the host's ARP there → add the tap \
-             to the VM's bridge: `ip link set {tap} master {bridge}`"
-        )),
-        Some(m) if m != bridge => Some(format!(
-            "the replies are routed to {bridge}, but the tap {tap} is a port of {m} — the tap is \
-             on the wrong bridge → `ip link set {tap} master {bridge}`"
-        )),
-        Some(_) => None,
-    }
 }

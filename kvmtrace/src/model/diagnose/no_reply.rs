@@ -1,6 +1,6 @@
 //! Rules: no reply.
 
-use super::{tap_misplaced, Flow};
+use super::flow::{tap_misplaced, Flow};
 use crate::model::event::{DevKind, Direction, NfHook};
 use crate::model::{fix, Outcome, Stage, Status, Verdict};
 

@@ -16,7 +16,8 @@
 //! The common fields (status, direction, reason, location, hook, firewall, chains) are the
 //! dropped rule's; this rule names the overlay's part of it: stage, device and what to do.
 
-use super::{dropped, Flow};
+use super::dropped;
+use super::flow::Flow;
 use crate::model::event::{Direction, Point, TraceEvent};
 use crate::model::{fix, DropSite, Outcome, Stage, Status, Verdict, VxlanFacts, VXLAN_OVERHEAD};
 
