@@ -4,7 +4,6 @@
 //! address, unknown VM); 3 environment error (not root, no BTF, a kernel feature missing).
 
 pub mod assets;
-pub mod dest;
 #[cfg(feature = "live")]
 mod follow;
 pub mod list;

@@ -32,7 +32,6 @@ use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 use std::io::{self, Write};
-use std::net::IpAddr;
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
@@ -66,47 +65,15 @@ pub fn checks_for_dest(info: &VmInfo, dest: Option<Dest>) -> Vec<Check> {
         let from = checks::vm_source(&h, &info.tap, mac, d.addr.is_ipv6());
         h.dest_route = Some(host::lookup_dest(&h, d.addr, from));
     }
-    checks::run_checks_to(&h, &info.tap, mac, dest.map(|d| d.net))
+    checks::run_checks_to(
+        &h,
+        &info.tap,
+        mac,
+        dest.map(|d| rules::Net::new(d.addr, d.net.prefix_len())),
+    )
 }
 
-/// A destination as given: the address to look the route up for, and the prefix the model
-/// packets go to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dest {
-    pub addr: IpAddr,
-    pub net: rules::Net,
-}
-
-/// Parses `doctor`'s DEST: an IPv4 or IPv6 address (`203.0.113.1`, `2001:db8::1`) or prefix
-/// (`203.0.113.0/24`, `2001:db8::/32`). For a prefix the route is looked up for the address
-/// as written (`2001:db8::5/64` asks for 2001:db8::5).
-pub fn parse_dest(s: &str) -> Result<Dest, String> {
-    let examples = "examples: 203.0.113.1, 203.0.113.0/24, 2001:db8::1, 2001:db8::/32";
-    let (a, len) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (s, None),
-    };
-    let addr: IpAddr = a
-        .parse()
-        .map_err(|_| format!("'{s}' is not an IPv4 or IPv6 address or prefix ({examples})"))?;
-    let max = if addr.is_ipv6() { 128 } else { 32 };
-    let len = match len {
-        None => max,
-        Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(|| {
-            format!(
-                "bad prefix length in '{s}': expected 0-{max} for an {} address",
-                if addr.is_ipv6() { "IPv6" } else { "IPv4" }
-            )
-        })?,
-    };
-    if addr.is_unspecified() || addr.is_multicast() {
-        return Err(format!("'{s}' is not a unicast destination ({examples})"));
-    }
-    Ok(Dest {
-        addr,
-        net: rules::Net::new(addr, len),
-    })
-}
+pub use crate::model::dest::{parse_dest, Dest};
 
 #[derive(Serialize)]
 struct JsonCheck<'a> {
@@ -285,34 +252,5 @@ mod tests {
              PASS  ip_forward         net.ipv4.ip_forward = 0\n\
              2 checks: 1 pass, 0 warn, 1 fail, 0 skip\n"
         );
-    }
-
-    #[test]
-    fn destinations_of_both_families_and_clear_errors() {
-        let d = parse_dest("2001:db8:ffff::1").unwrap();
-        assert_eq!(d.addr, "2001:db8:ffff::1".parse::<IpAddr>().unwrap());
-        assert_eq!(d.net.to_string(), "2001:db8:ffff::1/128");
-        let d = parse_dest("2001:db8:ffff::5/48").unwrap();
-        assert_eq!(d.addr, "2001:db8:ffff::5".parse::<IpAddr>().unwrap());
-        assert_eq!(d.net.to_string(), "2001:db8:ffff::/48");
-        let d = parse_dest("203.0.113.7/24").unwrap();
-        assert_eq!(d.net.to_string(), "203.0.113.0/24");
-        assert_eq!(parse_dest("203.0.113.1").unwrap().net.len, 32);
-        assert_eq!(
-            parse_dest("vm1").unwrap_err(),
-            "'vm1' is not an IPv4 or IPv6 address or prefix (examples: 203.0.113.1, 203.0.113.0/24, 2001:db8::1, 2001:db8::/32)"
-        );
-        assert_eq!(
-            parse_dest("203.0.113.1/40").unwrap_err(),
-            "bad prefix length in '203.0.113.1/40': expected 0-32 for an IPv4 address"
-        );
-        assert_eq!(
-            parse_dest("2001:db8::/x").unwrap_err(),
-            "bad prefix length in '2001:db8::/x': expected 0-128 for an IPv6 address"
-        );
-        assert!(parse_dest("::")
-            .unwrap_err()
-            .contains("not a unicast destination"));
-        assert!(parse_dest("224.0.0.1").is_err());
     }
 }

@@ -2,9 +2,9 @@
 //! UI), record them, and print one verdict per flow at the end.
 
 use crate::capture::probe::{Spec, Tracer};
-use crate::cmd::dest::parse_dests;
 use crate::error::{EnvError, Usage};
 use crate::host::resolve::{self, Roots};
+use crate::model::dest::parse_dests;
 use crate::model::event::Direction;
 use crate::model::{stage_of, HostFacts, Model, Status};
 use crate::views::output;
@@ -131,7 +131,11 @@ pub(super) fn run(a: FollowArgs) -> Result<ExitCode> {
         ))
         .into());
     }
-    let dests = parse_dests(&a.dest).map_err(|e| Usage(format!("{e:#}")))?;
+    let dests: Vec<ipnet::IpNet> = parse_dests(&a.dest)
+        .map_err(Usage)?
+        .into_iter()
+        .map(|d| d.net)
+        .collect();
     let dest = a.dest.join(" ");
     if a.port.is_some() && a.proto == Proto::Icmp {
         return Err(Usage("--port applies to tcp and udp, not icmp".into()).into());
@@ -612,8 +616,7 @@ fn write_failing_checks(
     // Checked towards each followed destination (its route, its firewall verdict).
     let mut checks: Vec<crate::doctor::Check> = Vec::new();
     for d in &spec.dests {
-        let dest = crate::doctor::parse_dest(&d.to_string()).ok();
-        for c in crate::doctor::checks_for_dest(info, dest) {
+        for c in crate::doctor::checks_for_dest(info, Some((*d).into())) {
             if !checks.iter().any(|k| k.name == c.name) {
                 checks.push(c);
             }

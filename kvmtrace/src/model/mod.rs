@@ -2,6 +2,7 @@
 //! unit-tested from recorded events and `replay` works on any machine.
 
 pub mod decision;
+pub mod dest;
 mod diagnose;
 pub use diagnose::delivered_clause;
 pub mod drop;
