@@ -51,7 +51,10 @@ pub fn parse_dest(s: &str) -> Result<Dest, String> {
             )
         })?,
     };
-    if addr.is_unspecified() || addr.is_multicast() {
+    // A prefix may start at the unspecified address (0.0.0.0/0, ::/0: everything, what
+    // watch's flight recorder follows); an address alone may not.
+    let whole = len < max;
+    if (addr.is_unspecified() && !whole) || (addr.is_multicast() && len >= 4) {
         return Err(format!("'{s}' is not a unicast destination ({EXAMPLES})"));
     }
     let net = IpNet::new(addr, len).map_err(|e| format!("'{s}': {e}"))?;
@@ -118,6 +121,15 @@ mod tests {
             .unwrap_err()
             .contains("not a unicast destination"));
         assert!(parse_dest("224.0.0.1").is_err());
+        assert!(parse_dest("ff02::/16").is_err());
+        // Everything: watch's flight recorder follows both versions' default prefixes.
+        assert_eq!(
+            parse_dest("0.0.0.0/0").unwrap().net.to_string(),
+            "0.0.0.0/0"
+        );
+        assert_eq!(parse_dest("::/0").unwrap().net.to_string(), "::/0");
+        let both = ["0.0.0.0/0".to_string(), "::/0".to_string()];
+        assert_eq!(parse_dests(&both).unwrap().len(), 2);
     }
 
     #[test]
