@@ -566,7 +566,6 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::event::Tuple;
 
     fn ev(point: Point, dir: Direction, kind: DevKind, dev: &str, ts: u64) -> TraceEvent {
         TraceEvent {
