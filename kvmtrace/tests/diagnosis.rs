@@ -1266,8 +1266,19 @@ fn an_arp_input_policy_dropping_the_guests_arp_is_named_not_the_gateway() {
         run.dump()
     );
     assert!(!s.contains("gateway setting"), "{}", run.dump());
-    let cmd = s.split('`').nth(1).expect("a command").to_string();
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "INPUT", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "device"), "br0", "{}", run.dump());
+    assert_eq!(
+        v["chains"][0],
+        "arp labarp input (policy drop, priority 0)",
+        "{}",
+        run.dump()
+    );
+    let cmd = field(v, "fix").to_string();
     assert_eq!(cmd, "nft insert rule arp labarp input accept");
+    assert!(s.contains(&format!("`{cmd}`")), "{}", run.dump());
     lab.nft(&format!("{}\n", cmd.trim_start_matches("nft ")));
     assert!(
         vm.resolve_gateway(Duration::from_secs(2)),

@@ -913,16 +913,24 @@ fn an_input_policy_dropping_the_guests_ndp_is_named_not_the_gateway() {
         run.dump()
     );
     assert!(!s.contains("gateway setting"), "{}", run.dump());
-    let cmd = s
-        .split('`')
-        .nth(1)
-        .expect("a command in the summary")
-        .to_string();
-    assert!(
-        cmd.starts_with("nft insert rule inet labin input icmpv6 type"),
-        "{cmd}"
+    // Placed where the question died, with the command as its fix (the summary's too).
+    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
+    assert_eq!(field(v, "hook"), "INPUT", "{}", run.dump());
+    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_eq!(field(v, "device"), "br0", "{}", run.dump());
+    assert_eq!(
+        v["chains"][0],
+        "inet labin input (policy drop, priority 0)",
+        "{}",
+        run.dump()
     );
-    // The printed command, applied, makes the host answer.
+    let cmd = field(v, "fix").to_string();
+    assert_eq!(
+        cmd,
+        "nft insert rule inet labin input icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept"
+    );
+    assert!(s.contains(&format!("`{cmd}`")), "{}", run.dump());
+    // The fix, applied, makes the host answer.
     lab.nft(&format!("{}\n", cmd.trim_start_matches("nft ")));
     assert!(
         vm.resolve6("fd00:77::1".parse().unwrap(), Duration::from_secs(2))
