@@ -5,6 +5,8 @@
 
 pub mod assets;
 #[cfg(feature = "live")]
+mod doctor;
+#[cfg(feature = "live")]
 mod follow;
 pub mod list;
 pub mod offline;
@@ -44,7 +46,7 @@ pub enum Cmd {
     /// Check everything along a VM's path without waiting for traffic: pass / warn / fail with
     /// the evidence and the fix.
     #[cfg(feature = "live")]
-    Doctor(crate::doctor::DoctorArgs),
+    Doctor(doctor::DoctorArgs),
     /// Watch every VM of the host as a service: drop and tap counters for Prometheus
     /// (`/metrics`), and a flight recording (`follow --record`) of a VM whose drops cross a
     /// threshold. docs/watch.md.
@@ -121,7 +123,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Export(a) => crate::cmd::offline::export(a),
         Cmd::Report(a) => crate::cmd::offline::report(a),
         #[cfg(feature = "live")]
-        Cmd::Doctor(a) => crate::doctor::run(a),
+        Cmd::Doctor(a) => doctor::run(a),
         #[cfg(feature = "live")]
         Cmd::Watch(a) => crate::watch::run(a),
         Cmd::Completions(a) => assets::completions(a),

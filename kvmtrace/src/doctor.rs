@@ -25,29 +25,10 @@ mod rules;
 
 pub use check::{Check, CheckStatus};
 
-use crate::error::{EnvError, Usage};
-use crate::host::resolve::{self, Roots, VmInfo};
+use crate::host::resolve::VmInfo;
 use crate::model::SCHEMA;
-use anyhow::Result;
-use clap::Args;
 use serde::Serialize;
 use std::io::{self, Write};
-use std::process::ExitCode;
-
-#[derive(Args, Debug)]
-pub struct DoctorArgs {
-    /// The VM: its name, Proxmox VMID, UUID, its tap device, or the guest's MAC.
-    pub vm: String,
-    /// A destination the VM should reach (IPv4 or IPv6 address or prefix): the route to it
-    /// is looked up, and the firewall is judged for packets to it.
-    pub dest: Option<String>,
-    /// Which NIC of a VM with several: its number, its tap or its MAC (as `follow --nic`).
-    #[arg(long, value_name = "N|TAP|MAC")]
-    pub nic: Option<String>,
-    /// JSON Lines on stdout: one `check` object per check, then a `summary`.
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// Runs every check for the VM, in the current network namespace. Never fails: what cannot be
 /// read becomes a `skip` (or a `fail` when its absence is the problem).
@@ -162,58 +143,35 @@ pub fn write_text(w: &mut dyn Write, checks: &[Check]) -> io::Result<()> {
     )
 }
 
-pub fn run(a: DoctorArgs) -> Result<ExitCode> {
-    // A bad argument is a usage error (exit 2) whoever runs it.
-    let dest = a
-        .dest
-        .as_deref()
-        .map(parse_dest)
-        .transpose()
-        .map_err(Usage)?;
-    crate::capture::privileges::require("kvmtrace doctor", &crate::capture::privileges::DOCTOR)?;
-    if !std::path::Path::new("/proc/sys/net/ipv4").is_dir() {
-        return Err(EnvError(
-            "/proc/sys/net/ipv4 is missing: doctor needs procfs (and sysfs at /sys) mounted".into(),
-        )
-        .into());
+/// The JSON form of a run: one `check` line per check, then the `summary` line.
+pub fn write_json(w: &mut dyn Write, info: &VmInfo, checks: &[Check]) -> io::Result<()> {
+    for c in checks {
+        writeln!(w, "{}", check_json(c))?;
     }
-    let info = resolve::resolve(&a.vm, a.nic.as_deref(), &Roots::system())?;
-    let checks = checks_for_dest(&info, dest);
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::new(stdout.lock());
-    let t = tally(&checks);
-    if a.json {
-        for c in &checks {
-            writeln!(out, "{}", check_json(c))?;
-        }
-        let summary = JsonSummary {
-            kind: "summary",
-            schema: SCHEMA,
-            vm: info.name.as_deref(),
-            tap: &info.tap,
-            mac: info.mac.as_deref(),
-            tally: t,
-        };
-        writeln!(out, "{}", serde_json::to_string(&summary)?)?;
-    } else {
-        writeln!(
-            out,
-            "doctor: {} (tap {}{})",
-            info.name.as_deref().unwrap_or("VM"),
-            info.tap,
-            info.mac
-                .as_deref()
-                .map(|m| format!(", mac {m}"))
-                .unwrap_or_default()
-        )?;
-        write_text(&mut out, &checks)?;
-    }
-    out.flush()?;
-    Ok(if t.fail > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    let summary = JsonSummary {
+        kind: "summary",
+        schema: SCHEMA,
+        vm: info.name.as_deref(),
+        tap: &info.tap,
+        mac: info.mac.as_deref(),
+        tally: tally(checks),
+    };
+    writeln!(w, "{}", serde_json::to_string(&summary)?)
+}
+
+/// The text form of a run: a heading naming the VM, then the checks.
+pub fn write_report(w: &mut dyn Write, info: &VmInfo, checks: &[Check]) -> io::Result<()> {
+    writeln!(
+        w,
+        "doctor: {} (tap {}{})",
+        info.name.as_deref().unwrap_or("VM"),
+        info.tap,
+        info.mac
+            .as_deref()
+            .map(|m| format!(", mac {m}"))
+            .unwrap_or_default()
+    )?;
+    write_text(w, checks)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{field, start_env};
+use common::{assert_fields, field, start_env};
 use kvmtrace_lab::lab::{Firewall, Lab, LabOptions};
 use kvmtrace_lab::vm::{FakeVm, Reply};
 use std::time::Duration;
@@ -39,10 +39,11 @@ fn without_tc_a_healthy_path_is_delivered_from_the_receive_and_transmit_tracepoi
     let (run, got) = ping_run(&lab, "tc", 3, 0x6101);
     assert!(got.iter().all(Option::is_some), "lab broken: {got:?}");
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
-    assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=delivered stage=tap direction=reply device=vnet0",
+    );
     assert_eq!(v["requests"], 3, "{}", run.dump());
     assert_eq!(v["replies"], 3, "{}", run.dump());
     assert_eq!(run.code, 0, "{}", run.dump());
@@ -82,13 +83,7 @@ fn without_tc_a_forward_policy_drop_is_dropped_at_forward() {
     let (run, got) = ping_run(&lab, "tc", 2, 0x6102);
     assert!(got.iter().all(Option::is_none), "{got:?}");
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
-    assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
-    assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", run.dump());
-    assert_eq!(field(v, "firewall"), "nftables", "{}", run.dump());
-    assert_eq!(field(v, "device"), "br0", "{}", run.dump());
+    assert_fields(&run, v, "status=dropped stage=netfilter hook=FORWARD direction=request reason=NETFILTER_DROP firewall=nftables device=br0");
     assert_eq!(v["requests"], 2, "{}", run.dump());
     assert_eq!(run.code, 1, "{}", run.dump());
 }
@@ -109,10 +104,11 @@ fn blind_at_the_tap_is_said_and_exits_3_never_no_traffic() {
     );
     assert!(got.iter().all(Option::is_some), "lab broken: {got:?}");
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "blind", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
-    assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=blind stage=tap device=vnet0 direction=request",
+    );
     assert!(
         field(v, "summary").contains("could not observe the tap vnet0 in either direction"),
         "{}",
@@ -239,8 +235,7 @@ fn clsact_filters_left_by_a_killed_run_are_removed_by_the_next_and_so_is_its_qdi
         run.dump()
     );
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
-    assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+    assert_fields(&run, v, "status=delivered device=vnet0");
     assert_eq!(run.code, 0, "{}", run.dump());
     assert!(
         run.stats()["attached"]
@@ -319,8 +314,7 @@ fn a_tap_holding_another_tools_ingress_qdisc_is_seen_by_the_tracepoints() {
     let (run, got) = ping_run(&lab, "tcx", 2, 0x6106);
     assert!(got.iter().all(Option::is_some), "lab broken: {got:?}");
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
-    assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+    assert_fields(&run, v, "status=delivered device=vnet0");
     assert_eq!(run.code, 0, "{}", run.dump());
     let why = "cannot attach tap_ingress to vnet0 (vnet0 has an ingress qdisc (another tool's) \
                where kvmtrace needs clsact; it is left as it is); its packets from the guest \
@@ -346,10 +340,11 @@ fn an_uplink_refusing_clsact_switches_the_path_to_the_tracepoints_once() {
     let (run, got) = ping_run(&lab, "tcx", 2, 0x6107);
     assert!(got.iter().all(Option::is_none), "{got:?}");
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
-    assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
-    assert_eq!(field(v, "device"), "br0", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=dropped stage=netfilter hook=FORWARD device=br0",
+    );
     assert_eq!(run.code, 1, "{}", run.dump());
     let why = "cannot attach dev_ingress to up0 (route 0.0.0.0/0 table main): up0 has an \
                ingress qdisc (another tool's) where kvmtrace needs clsact";
@@ -422,8 +417,7 @@ fn a_device_joining_the_path_that_refuses_clsact_switches_once_while_running() {
         run.dump()
     );
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
-    assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+    assert_fields(&run, v, "status=delivered device=vnet0");
     assert_eq!(v["requests"], 3, "{}", run.dump());
     assert_eq!(v["replies"], 3, "{}", run.dump());
     assert_eq!(run.code, 0, "{}", run.dump());

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{field, fix_then_delivered, start};
+use common::{assert_fields, field, fix_then_delivered, start};
 use kvmtrace_lab::lab::{Firewall, Lab, LabOptions};
 use kvmtrace_lab::vm::{FakeVm, Reply};
 use std::time::Duration;
@@ -37,10 +37,11 @@ fn healthy_path_is_delivered_with_snat_before_and_after() {
         "lab itself broken: {got:?}"
     );
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
-    assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=delivered stage=tap direction=reply device=vnet0",
+    );
     assert_eq!(run.code, 0, "{}", run.dump());
     assert_eq!(v["schema"], 1);
     assert_eq!(v["requests"], 3, "{}", run.dump());
@@ -238,10 +239,11 @@ fn missing_masquerade_leaves_with_the_private_source_and_gets_no_reply() {
     let (run, got) = ping_run(&lab, &[], 2);
     assert_no_answer(&got);
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "no_reply", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
-    assert_eq!(field(v, "device"), "up0", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=no_reply stage=egress direction=request device=up0",
+    );
     assert!(
         v["rewrites"].as_array().unwrap().is_empty(),
         "{}",
@@ -278,10 +280,11 @@ fn ip_forward_off_is_a_routing_drop() {
     let (run, got) = ping_run(&lab, &[], 2);
     assert_no_answer(&got);
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "routing", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
-    assert_eq!(field(v, "reason"), "IP_INADDRERRORS", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=dropped stage=routing direction=request reason=IP_INADDRERRORS",
+    );
     // The sysctl to set.
     assert!(
         field(v, "summary").contains("net.ipv4.ip_forward"),
@@ -304,9 +307,7 @@ fn no_route_to_dest_is_a_routing_drop() {
         "{got:?}"
     );
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "routing", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_fields(&run, v, "status=dropped stage=routing direction=request");
     assert_eq!(v["route"]["err"], -101, "{}", run.dump());
     assert!(
         field(v, "summary").contains("ENETUNREACH"),
@@ -323,9 +324,7 @@ fn blackhole_route_to_dest_is_a_routing_drop() {
     let (run, got) = ping_run(&lab, &[], 2);
     assert_no_answer(&got);
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "routing", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_fields(&run, v, "status=dropped stage=routing direction=request");
     // fib_lookup answers a blackhole route with -EINVAL.
     assert_eq!(v["route"]["err"], -22, "{}", run.dump());
     assert!(field(v, "summary").contains("blackhole"), "{}", run.dump());
@@ -358,10 +357,11 @@ fn tcp_syn_rejected_with_a_reset_by_the_host() {
         "{got:?}"
     );
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
-    assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=dropped stage=netfilter hook=FORWARD direction=request",
+    );
     assert!(
         field(v, "summary").contains("host answered"),
         "{}",
@@ -431,10 +431,11 @@ fn tcp_to_a_listening_port_is_delivered() {
         "{got:?}"
     );
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
-    assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=delivered stage=tap direction=reply device=vnet0",
+    );
     assert_eq!(v["key"]["remote_port"], 8443);
     assert_eq!(run.code, 0);
 }

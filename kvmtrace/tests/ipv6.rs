@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{field, fix_then_delivered, start};
+use common::{assert_fields, field, fix_then_delivered, start};
 use kvmtrace_lab::lab::{Firewall, Lab, LabOptions};
 use kvmtrace_lab::vm::{FakeVm, Reply6};
 use std::time::Duration;
@@ -43,10 +43,11 @@ fn healthy_ipv6_path_is_delivered_through_every_stage() {
         "lab itself broken: {got:?}"
     );
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
-    assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=delivered stage=tap direction=reply device=vnet0",
+    );
     assert_eq!(v["requests"], 3, "{}", run.dump());
     assert_eq!(run.code, 0, "{}", run.dump());
     let attached = run.stats()["attached"].to_string();
@@ -128,11 +129,11 @@ fn assert_no_answer(got: &[Option<Reply6>]) {
 
 fn assert_forward_drop(run: &common::Run, firewall: &str) {
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
-    assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
-    assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", run.dump());
+    assert_fields(
+        run,
+        v,
+        "status=dropped stage=netfilter hook=FORWARD direction=request reason=NETFILTER_DROP",
+    );
     assert_eq!(field(v, "firewall"), firewall, "{}", run.dump());
     assert_eq!(field(v, "device"), "br0", "{}", run.dump());
     assert!(
@@ -191,9 +192,7 @@ fn ipv6_forwarding_off_is_a_routing_drop() {
     let (run, got) = ping6_run(&lab, &[DEST6], &[], 2);
     assert_no_answer(&got);
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "routing", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_fields(&run, v, "status=dropped stage=routing direction=request");
     assert!(
         field(v, "summary").contains("net.ipv6.conf.all.forwarding"),
         "{}",
@@ -215,9 +214,7 @@ fn no_ipv6_route_is_a_routing_drop() {
     let (run, got) = ping6_run(&lab, &[DEST6], &[], 2);
     assert_no_answer(&got);
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "routing", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_fields(&run, v, "status=dropped stage=routing direction=request");
     assert!(field(v, "summary").contains("no route"), "{}", run.dump());
 }
 
@@ -267,10 +264,11 @@ fn an_ipv6_gateway_that_does_not_answer_ndp_is_named() {
     let (run, got) = ping6_run(&lab, &[DEST6], &["--duration", "5"], 1);
     assert_no_answer(&got);
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
-    assert_eq!(field(v, "device"), "up0", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=dropped stage=egress direction=request device=up0",
+    );
     // IPv6's neighbour code frees the queued packet without a specific reason.
     assert!(
         field(v, "location").starts_with("neigh_invalidate"),
@@ -308,11 +306,11 @@ fn too_big_for_the_uplink_gets_packet_too_big_with_the_mtu() {
         "{got:?}"
     );
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "reason"), "PKT_TOO_BIG", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
-    assert_eq!(field(v, "device"), "up0", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=dropped reason=PKT_TOO_BIG direction=request stage=egress device=up0",
+    );
     let s = field(v, "summary");
     assert!(
         s.contains("MTU 1280") && s.contains("up0"),
@@ -375,11 +373,11 @@ fn an_ipv6_reverse_path_filter_rule_is_named() {
     vm.send_echo6(lab.dest6, 0x4848, 1);
     let run = running.wait();
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
-    assert_eq!(field(v, "hook"), "PREROUTING", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
-    assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=dropped stage=netfilter hook=PREROUTING direction=request reason=NETFILTER_DROP",
+    );
 }
 
 #[test]
@@ -483,8 +481,7 @@ fn both_versions_are_followed_at_once() {
     let vs = run.verdicts();
     assert_eq!(vs.len(), 2, "{}", run.dump());
     for v in &vs {
-        assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
-        assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+        assert_fields(&run, v, "status=delivered device=vnet0");
     }
     let flows: Vec<String> = vs.iter().map(|v| field(v, "flow").to_string()).collect();
     assert!(flows.iter().any(|f| f.contains("203.0.113.1")), "{flows:?}");
@@ -515,8 +512,7 @@ fn tcp6_to_a_listening_port_is_delivered_and_a_reset_is_the_host_answering() {
     let run = running.wait();
     assert!(matches!(got, Some(Reply6::Tcp { .. })), "{got:?}");
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
+    assert_fields(&run, v, "status=delivered direction=reply");
     assert!(
         run.hops()
             .iter()
@@ -612,8 +608,7 @@ fn a_recorded_ipv6_drop_replays_and_exports_the_same() {
         .iter()
         .find(|v| field(v, "flow").contains(DEST6))
         .unwrap_or_else(|| panic!("{}", live.dump()));
-    assert_eq!(field(v6, "status"), "dropped", "{}", live.dump());
-    assert_eq!(field(v6, "hook"), "FORWARD", "{}", live.dump());
+    assert_fields(&live, v6, "status=dropped hook=FORWARD");
     common::assert_offline_equals_live(f, &live);
 
     let pcap = dir.join("v6.pcapng");
@@ -682,10 +677,11 @@ fn no_route_back_to_the_vm_prefix_is_no_reply_with_the_route_as_next_step() {
     let (run, got) = ping6_run(&lab, &[DEST6], &[], 2);
     assert_no_answer(&got);
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "no_reply", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
-    assert_eq!(field(v, "device"), "up0", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=no_reply stage=egress device=up0 direction=request",
+    );
     let s = field(v, "summary");
     assert!(
         s.contains("route back to the VM's IPv6 prefix"),
@@ -715,11 +711,11 @@ fn a_filtered_packet_too_big_is_named_a_pmtu_black_hole() {
     let run = running.wait();
     assert!(got.is_none(), "the packet-too-big got through: {got:?}");
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
-    assert_eq!(field(v, "hook"), "OUTPUT", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=dropped reason=NETFILTER_DROP direction=reply stage=netfilter hook=OUTPUT",
+    );
     assert_eq!(
         v["chains"][0],
         "ip6 labptb out (policy accept, priority 0)",
@@ -813,11 +809,11 @@ fn explain_rules_names_the_ip6_rule_that_dropped_and_cleans_up() {
     let (run, got) = ping6_run(&lab, &[DEST6], &["--explain-rules"], 2);
     assert_no_answer(&got);
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
-    assert_eq!(field(v, "hook"), "FORWARD", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
-    assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=dropped stage=netfilter hook=FORWARD direction=request reason=NETFILTER_DROP",
+    );
     assert_eq!(
         field(v, "rule"),
         format!(
@@ -869,8 +865,7 @@ fn explain_rules_traces_both_versions_in_one_run() {
         .iter()
         .find(|v| field(v, "flow").contains(DEST6))
         .unwrap_or_else(|| panic!("{}", run.dump()));
-    assert_eq!(field(v6, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v6, "hook"), "FORWARD", "{}", run.dump());
+    assert_fields(&run, v6, "status=dropped hook=FORWARD");
     assert_eq!(
         field(v6, "rule"),
         "ip6 labfilter6 forward (FORWARD): policy drop",
@@ -913,16 +908,25 @@ fn an_input_policy_dropping_the_guests_ndp_is_named_not_the_gateway() {
         run.dump()
     );
     assert!(!s.contains("gateway setting"), "{}", run.dump());
-    let cmd = s
-        .split('`')
-        .nth(1)
-        .expect("a command in the summary")
-        .to_string();
-    assert!(
-        cmd.starts_with("nft insert rule inet labin input icmpv6 type"),
-        "{cmd}"
+    // Placed where the question died, with the command as its fix (the summary's too).
+    assert_fields(
+        &run,
+        v,
+        "stage=netfilter hook=INPUT direction=request device=br0",
     );
-    // The printed command, applied, makes the host answer.
+    assert_eq!(
+        v["chains"][0],
+        "inet labin input (policy drop, priority 0)",
+        "{}",
+        run.dump()
+    );
+    let cmd = field(v, "fix").to_string();
+    assert_eq!(
+        cmd,
+        "nft insert rule inet labin input icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept"
+    );
+    assert!(s.contains(&format!("`{cmd}`")), "{}", run.dump());
+    // The fix, applied, makes the host answer.
     lab.nft(&format!("{}\n", cmd.trim_start_matches("nft ")));
     assert!(
         vm.resolve6("fd00:77::1".parse().unwrap(), Duration::from_secs(2))
@@ -1004,11 +1008,11 @@ fn an_input_policy_dropping_the_guests_router_solicitations_is_named_and_fixed()
         "the INPUT policy should drop the solicitations"
     );
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
-    assert_eq!(field(v, "hook"), "INPUT", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
-    assert_eq!(field(v, "device"), "br0", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=no_traffic stage=netfilter hook=INPUT direction=request device=br0",
+    );
     assert_eq!(
         v["chains"],
         serde_json::json!(["inet labin input (policy drop, priority 0)"]),
@@ -1084,11 +1088,11 @@ fn an_input_policy_dropping_the_guests_dhcpv6_is_named_and_fixed() {
         "the INPUT policy should drop the solicits"
     );
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "no_traffic", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
-    assert_eq!(field(v, "hook"), "INPUT", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
-    assert_eq!(field(v, "device"), "br0", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=no_traffic stage=netfilter hook=INPUT direction=request device=br0",
+    );
     assert_eq!(
         v["chains"],
         serde_json::json!(["inet labin input (policy drop, priority 0)"]),

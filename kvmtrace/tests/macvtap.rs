@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{field, fix_then_delivered, hand_down_fds, start_in, BIN};
+use common::{assert_fields, field, fix_then_delivered, hand_down_fds, start_in, BIN};
 use kvmtrace_lab::macvtap::MacvtapLab;
 use kvmtrace_lab::vm::{open_macvtap, FakeVm};
 use serde_json::Value;
@@ -125,9 +125,7 @@ fn a_macvtap_without_tc_is_blind_not_silent() {
     let run = running.wait();
     assert_eq!(replies, 2, "lab itself broken\n{}", run.dump());
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "blind", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
-    assert_eq!(field(v, "device"), "mvtap0", "{}", run.dump());
+    assert_fields(&run, v, "status=blind stage=tap device=mvtap0");
     assert_eq!(run.code, 3, "{}", run.dump());
     assert!(
         run.stderr.contains(
@@ -205,10 +203,11 @@ fn a_macvtap_guest_is_found_by_its_char_device_and_delivered_through_the_lower_d
         assert!(attached.contains(want), "{want}: {attached}");
     }
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
-    assert_eq!(field(v, "device"), "mvtap0", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=delivered stage=tap direction=reply device=mvtap0",
+    );
     assert_eq!(v["key"]["guest"], "10.78.0.2", "{}", run.dump());
     assert_eq!(v["requests"], 3, "{}", run.dump());
     assert_eq!(v["replies"], 3, "{}", run.dump());
@@ -434,10 +433,11 @@ fn two_guests_on_vepa_macvtaps_of_one_lower_device_are_named_kept_apart() {
         "a VEPA macvtap's frame reached its sibling without a hairpin switch"
     );
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "no_reply", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
-    assert_eq!(field(v, "device"), "low0", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=no_reply stage=egress direction=request device=low0",
+    );
     assert_eq!(
         field(v, "summary"),
         "no reply: the request to 10.78.0.4 is for the guest on mvtap1 (MAC 52:54:00:4b:54:21), \

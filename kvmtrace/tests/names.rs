@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{field, hand_down_fds, start, BIN};
+use common::{assert_fields, hand_down_fds, start, BIN};
 use kvmtrace_lab::guest::{build_image, default_cache_dir, Guest, GuestConfig};
 use kvmtrace_lab::lab::{Lab, LabOptions};
 use kvmtrace_lab::vm::FakeVm;
@@ -231,10 +231,11 @@ fn a_proxmox_vm_is_listed_in_its_namespace_and_followed_by_vmid_with_nic() {
         run.dump()
     );
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
-    assert_eq!(field(v, "device"), "tap101i0", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=delivered stage=tap direction=reply device=tap101i0",
+    );
     assert_eq!(v["key"]["guest"], "10.77.0.2", "{}", run.dump());
     assert_eq!(v["requests"], 3, "{}", run.dump());
     assert_eq!(run.code, 0, "{}", run.dump());
@@ -335,10 +336,11 @@ fn a_real_qemu_is_found_by_the_vmid_of_its_pidfile_and_followed_on_nic_0() {
     );
     assert!(!run.verdicts().is_empty(), "{}", run.dump());
     for v in run.verdicts() {
-        assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
-        assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
-        assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
-        assert_eq!(field(v, "device"), "tap102i0", "{}", run.dump());
+        assert_fields(
+            &run,
+            v,
+            "status=delivered stage=tap direction=reply device=tap102i0",
+        );
         assert_eq!(v["key"]["guest"], "10.77.0.2", "{}", run.dump());
     }
     assert_eq!(run.code, 0, "{}", run.dump());

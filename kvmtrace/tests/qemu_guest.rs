@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{field, start, start_in};
+use common::{assert_fields, field, start, start_in};
 use kvmtrace_lab::guest::{build_image, default_cache_dir, Guest, GuestConfig};
 use kvmtrace_lab::lab::{Lab, LabOptions};
 use kvmtrace_lab::macvtap::MacvtapLab;
@@ -46,12 +46,7 @@ fn real_guest_is_followed_by_name_through_a_drop_and_a_repair() {
     .wait();
     assert!(!broken.verdicts().is_empty(), "{}", broken.dump());
     for v in broken.verdicts() {
-        assert_eq!(field(v, "status"), "dropped", "{}", broken.dump());
-        assert_eq!(field(v, "stage"), "netfilter", "{}", broken.dump());
-        assert_eq!(field(v, "hook"), "FORWARD", "{}", broken.dump());
-        assert_eq!(field(v, "direction"), "request", "{}", broken.dump());
-        assert_eq!(field(v, "device"), "br0", "{}", broken.dump());
-        assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", broken.dump());
+        assert_fields(&broken, v, "status=dropped stage=netfilter hook=FORWARD direction=request device=br0 reason=NETFILTER_DROP");
         assert_eq!(v["key"]["guest"], "10.77.0.2");
     }
     assert_eq!(broken.code, 1);
@@ -81,8 +76,7 @@ fn real_guest_is_followed_by_name_through_a_drop_and_a_repair() {
     for v in fixed.verdicts() {
         assert_eq!(field(v, "status"), "delivered", "{}", fixed.dump());
         // Delivered: the reply reached the guest's own tap.
-        assert_eq!(field(v, "stage"), "tap", "{}", fixed.dump());
-        assert_eq!(field(v, "direction"), "reply", "{}", fixed.dump());
+        assert_fields(&fixed, v, "stage=tap direction=reply");
         assert_eq!(field(v, "device"), lab.tap, "{}", fixed.dump());
     }
     assert_eq!(fixed.code, 0, "{}", fixed.dump());
@@ -126,12 +120,7 @@ fn real_guest_is_followed_over_ipv6_through_a_drop_and_a_repair() {
     .wait();
     assert!(!broken.verdicts().is_empty(), "{}", broken.dump());
     for v in broken.verdicts() {
-        assert_eq!(field(v, "status"), "dropped", "{}", broken.dump());
-        assert_eq!(field(v, "stage"), "netfilter", "{}", broken.dump());
-        assert_eq!(field(v, "hook"), "FORWARD", "{}", broken.dump());
-        assert_eq!(field(v, "direction"), "request", "{}", broken.dump());
-        assert_eq!(field(v, "device"), "br0", "{}", broken.dump());
-        assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", broken.dump());
+        assert_fields(&broken, v, "status=dropped stage=netfilter hook=FORWARD direction=request device=br0 reason=NETFILTER_DROP");
         assert_eq!(v["key"]["guest"], "fd00:77::2");
         assert_eq!(v["key"]["proto"], 58);
         assert!(
@@ -258,10 +247,11 @@ fn real_guest_on_a_macvtap_is_followed_through_the_lower_device() {
     );
     assert!(!run.verdicts().is_empty(), "{}", run.dump());
     for v in run.verdicts() {
-        assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
-        assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
-        assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
-        assert_eq!(field(v, "device"), "mvtap0", "{}", run.dump());
+        assert_fields(
+            &run,
+            v,
+            "status=delivered stage=tap direction=reply device=mvtap0",
+        );
         assert_eq!(v["key"]["guest"], "10.78.0.2", "{}", run.dump());
     }
     assert_eq!(run.code, 0, "{}", run.dump());
@@ -274,11 +264,11 @@ fn real_guest_on_a_macvtap_is_followed_through_the_lower_device() {
     let vs = run.verdicts();
     assert!(!vs.is_empty(), "{}", run.dump());
     for v in vs {
-        assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-        assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
-        assert_eq!(field(v, "device"), "mvtap0", "{}", run.dump());
-        assert_eq!(field(v, "direction"), "request", "{}", run.dump());
-        assert_eq!(field(v, "reason"), "QDISC_DROP", "{}", run.dump());
+        assert_fields(
+            &run,
+            v,
+            "status=dropped stage=egress device=mvtap0 direction=request reason=QDISC_DROP",
+        );
         assert!(
             field(v, "summary").ends_with(
                 "was dropped on mvtap0 [QDISC_DROP]: the lower device low0 of the macvtap \
@@ -365,9 +355,7 @@ fn real_guest_is_followed_across_a_vxlan_overlay_and_its_missing_fdb_entry_named
     let run = follow();
     assert!(!run.verdicts().is_empty(), "{}", run.dump());
     for v in run.verdicts() {
-        assert_eq!(field(v, "status"), "delivered", "{}", run.dump());
-        assert_eq!(field(v, "stage"), "tap", "{}", run.dump());
-        assert_eq!(field(v, "device"), "vnet0", "{}", run.dump());
+        assert_fields(&run, v, "status=delivered stage=tap device=vnet0");
     }
     let outer: Vec<_> = run
         .hops()
@@ -387,11 +375,11 @@ fn real_guest_is_followed_across_a_vxlan_overlay_and_its_missing_fdb_entry_named
     let vs = run.verdicts();
     assert!(!vs.is_empty(), "{}", run.dump());
     for v in vs {
-        assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-        assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
-        assert_eq!(field(v, "device"), "vx0", "{}", run.dump());
-        assert_eq!(field(v, "direction"), "request", "{}", run.dump());
-        assert_eq!(field(v, "reason"), "NO_TX_TARGET", "{}", run.dump());
+        assert_fields(
+            &run,
+            v,
+            "status=dropped stage=egress device=vx0 direction=request reason=NO_TX_TARGET",
+        );
         let summary = field(v, "summary");
         assert!(
             summary.contains(

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{assert_offline_equals_live, field, hand_down_fds, run_plain, start};
+use common::{assert_fields, assert_offline_equals_live, field, hand_down_fds, run_plain, start};
 use kvmtrace_lab::lab::{Firewall, Lab, LabOptions};
 use kvmtrace_lab::vm::FakeVm;
 use std::os::fd::AsRawFd as _;
@@ -151,8 +151,7 @@ fn a_replay_of_an_explained_forward_drop_equals_the_live_run() {
     }
     let live = running.wait();
     let v = live.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", live.dump());
-    assert_eq!(field(v, "hook"), "FORWARD", "{}", live.dump());
+    assert_fields(&live, v, "status=dropped hook=FORWARD");
     // The lab's policy (inet labfilter forward, policy drop), named by nftables tracing: the
     // input replay had no way to know before format 2.
     assert_eq!(
@@ -388,9 +387,7 @@ fn a_vm_whose_qemu_exits_is_said_at_once_while_its_tap_stays() {
     );
     assert_eq!(live.code, 1, "not a success: {}", live.dump());
     let v = live.verdict();
-    assert_eq!(field(v, "status"), "delivered", "{}", live.dump());
-    assert_eq!(field(v, "stage"), "tap", "{}", live.dump());
-    assert_eq!(field(v, "device"), "vnet0", "{}", live.dump());
+    assert_fields(&live, v, "status=delivered stage=tap device=vnet0");
     let gone = field(v, "vm_gone");
     assert!(
         gone.starts_with("the VM went away ")

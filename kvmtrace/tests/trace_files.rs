@@ -658,7 +658,7 @@ fn replay_groups_flows_that_ended_identically_and_json_keeps_one_per_flow() {
     assert!(md.contains("| 8 | drop | `br0` | 5 |"), "{md}");
     let html = std::fs::read_to_string(d.path("flood.html")).unwrap();
     assert!(
-        html.contains("<td><code>icmp 10.77.0.2 &gt; 203.0.113.1 id=*</code> (5 flows)</td>"),
+        html.contains("<td><code>icmp 10.77.0.2 &#62; 203.0.113.1 id=*</code> (5 flows)</td>"),
         "{html}"
     );
     // The timeline: five requests, no reply, five drops, the last 4.000099 s in.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{field, fix_then_delivered, run_plain, start_in, Run};
+use common::{assert_fields, field, fix_then_delivered, run_plain, start_in, Run};
 use kvmtrace_lab::vm::Reply;
 use kvmtrace_lab::vxlan::{VxlanLab, VxlanOptions};
 use serde_json::{json, Value};
@@ -189,11 +189,11 @@ fn a_vxlan_port_without_a_remote_drops_with_no_tx_target_and_names_the_fdb_fix()
     let run = follow(&lab, "2", |lab| got = ping_by_mac(lab, 0x7a02, 2));
     assert!(got.is_empty(), "{got:?}");
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
-    assert_eq!(field(v, "device"), "vx0", "{}", run.dump());
-    assert_eq!(field(v, "reason"), "NO_TX_TARGET", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=dropped direction=request stage=egress device=vx0 reason=NO_TX_TARGET",
+    );
     assert!(
         field(v, "location").starts_with("vxlan_xmit+"),
         "{}",
@@ -241,11 +241,11 @@ fn a_missing_underlay_route_to_the_remote_vtep_is_a_routing_drop_of_the_overlay(
     let run = follow(&lab, "2", |lab| got = ping_by_mac(lab, 0x7a03, 2));
     assert!(got.is_empty(), "{got:?}");
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "routing", "{}", run.dump());
-    assert_eq!(field(v, "device"), "vx0", "{}", run.dump());
-    assert_eq!(field(v, "reason"), "IP_OUTNOROUTES", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=dropped direction=request stage=routing device=vx0 reason=IP_OUTNOROUTES",
+    );
     assert!(
         field(v, "location").starts_with("vxlan_xmit_one+"),
         "{}",
@@ -287,10 +287,11 @@ fn a_guest_frame_larger_than_the_vxlan_port_mtu_is_dropped_by_the_bridge() {
         run.dump()
     );
     let v = verdict_of(&run, 0x7a05);
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "bridge", "{}", run.dump());
-    assert_eq!(field(v, "device"), "vx0", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=dropped direction=request stage=bridge device=vx0",
+    );
     // No drop reason of its own: bridge netfilter's or the bridge's transmit frees it.
     assert_eq!(field(v, "reason"), "NOT_SPECIFIED", "{}", run.dump());
     let loc = field(v, "location");
@@ -337,10 +338,11 @@ fn an_unbound_vxlan_port_above_the_underlay_mtu_answers_fragmentation_needed() {
         run.dump()
     );
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
-    assert_eq!(field(v, "device"), "vx0", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=dropped direction=request stage=egress device=vx0",
+    );
     assert!(v.get("reason").is_none(), "no drop: {}", run.dump());
     // The error was first seen coming out of vx0, never on the underlay.
     let err_hops: Vec<&Value> = run
@@ -448,12 +450,7 @@ fn the_outer_packet_of_a_reply_dropped_at_input_is_a_netfilter_drop_of_the_reply
     let run = follow(&lab, "2", |lab| got = ping_by_mac(lab, 0x7a0a, 2));
     assert!(got.is_empty(), "{got:?}");
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "dropped", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "reply", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "netfilter", "{}", run.dump());
-    assert_eq!(field(v, "hook"), "INPUT", "{}", run.dump());
-    assert_eq!(field(v, "device"), "ul0", "{}", run.dump());
-    assert_eq!(field(v, "reason"), "NETFILTER_DROP", "{}", run.dump());
+    assert_fields(&run, v, "status=dropped direction=reply stage=netfilter hook=INPUT device=ul0 reason=NETFILTER_DROP");
     assert_eq!(v["requests"], 2, "{}", run.dump());
     assert_eq!(v["replies"], 2, "{}", run.dump());
     // The requests left inside VXLAN; the replies were followed from their outer header on.
@@ -494,10 +491,11 @@ fn a_vni_mismatch_at_the_other_vtep_is_no_reply_past_this_host_not_a_missing_mas
     let run = follow(&lab, "2", |lab| got = ping_by_mac(lab, 0x7a0b, 2));
     assert!(got.is_empty(), "{got:?}");
     let v = run.verdict();
-    assert_eq!(field(v, "status"), "no_reply", "{}", run.dump());
-    assert_eq!(field(v, "direction"), "request", "{}", run.dump());
-    assert_eq!(field(v, "stage"), "egress", "{}", run.dump());
-    assert_eq!(field(v, "device"), "ul0", "{}", run.dump());
+    assert_fields(
+        &run,
+        v,
+        "status=no_reply direction=request stage=egress device=ul0",
+    );
     assert!(v.get("reason").is_none(), "{}", run.dump());
     assert_eq!(v["requests"], 2, "{}", run.dump());
     assert_eq!(v["replies"], 0, "{}", run.dump());

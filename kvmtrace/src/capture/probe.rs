@@ -116,6 +116,170 @@ pub struct Tracer {
     ledger: Ledger,
 }
 
+/// The tap's two TC programs, attached (a TCX link, else clsact + cls_bpf), and those that
+/// could not be.
+struct TapAttach {
+    macvtap: bool,
+    links: Vec<aya::programs::tc::SchedClassifierLink>,
+    errs: Vec<(&'static str, String)>,
+}
+
+fn attach_tap(
+    ebpf: &mut Ebpf,
+    spec: &Spec,
+    caps: &KernelCaps,
+    ledger: &mut Ledger,
+    attached: &mut Vec<String>,
+) -> Result<TapAttach> {
+    // The tap: TC (a TCX link, else clsact + cls_bpf). A macvtap is the other way round:
+    // what the guest writes to /dev/tapN is transmitted by the macvtap device (TC egress)
+    // and what it will read arrives through its receive path (TC ingress), measured in
+    // tests/macvtap.rs; `tap_ingress` stays "from the guest", so it goes to egress there.
+    let macvtap = std::path::Path::new("/sys/class/net")
+        .join(&spec.tap)
+        .join("macvtap")
+        .is_dir();
+    let (from_guest, to_guest) = if macvtap {
+        (TcAttachType::Egress, TcAttachType::Ingress)
+    } else {
+        (TcAttachType::Ingress, TcAttachType::Egress)
+    };
+    let mut tap_links = Vec::new();
+    let mut tap_errs: Vec<(&'static str, String)> = Vec::new();
+    for (prog, at) in [("tap_ingress", from_guest), ("tap_egress", to_guest)] {
+        let p: &mut SchedClassifier = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| anyhow!("{prog} missing"))?
+            .try_into()?;
+        p.load().with_context(|| format!("loading {prog}"))?;
+        match attach_tc(p, prog, &spec.tap, at, caps, ledger) {
+            Ok((link, way)) => {
+                tap_links.push(link);
+                let side = if at == TcAttachType::Egress {
+                    "egress"
+                } else {
+                    "ingress"
+                };
+                let how = match (macvtap, way) {
+                    (true, TcWay::Tcx) => format!(" (macvtap: {side})"),
+                    (true, TcWay::Clsact) => format!(" (macvtap: {side}; clsact)"),
+                    (false, TcWay::Tcx) => String::new(),
+                    (false, TcWay::Clsact) => " (clsact)".into(),
+                };
+                attached.push(format!("tc {prog} on {}{how}", spec.tap));
+            }
+            Err(e) => tap_errs.push((prog, e)),
+        }
+    }
+    Ok(TapAttach {
+        macvtap,
+        links: tap_links,
+        errs: tap_errs,
+    })
+}
+
+/// The netfilter links of the full hook set (`None` for the path set). Err: they are part of
+/// the set but unavailable, with the warning that says what is lost.
+fn attach_netfilter(
+    ebpf: &Ebpf,
+    caps: &KernelCaps,
+    all: bool,
+    v4: bool,
+    v6: bool,
+    attached: &mut Vec<String>,
+) -> std::result::Result<Option<nf::NfLinks>, Vec<String>> {
+    let nf_result = if !all {
+        Err(anyhow!("not in the path hook set"))
+    } else if caps.skip.has("netfilter") {
+        Err(anyhow!(Skip::why("netfilter")))
+    } else if let Err(e) = &caps.netfilter_links {
+        Err(anyhow!("{e}"))
+    } else {
+        nf::attach(OBJECT, ebpf, v4, v6)
+    };
+    match nf_result {
+        Ok(l) => {
+            let fams: Vec<&str> = [(v4, "IPv4"), (v6, "IPv6")]
+                .iter()
+                .filter(|f| f.0)
+                .map(|f| f.1)
+                .collect();
+            attached.push(format!(
+                "netfilter links ({}) at 5 {} hooks",
+                l.attached.join(", "),
+                fams.join(" and ")
+            ));
+            Ok(Some(l))
+        }
+        Err(_) if !all => Ok(None),
+        Err(e) => Err(vec![format!(
+            "BPF netfilter links unavailable ({e:#}); netfilter drops are still named from the \
+             drop's kernel stack, but NAT before/after per hook is not shown"
+        )]),
+    }
+}
+
+/// What the tap's packets are seen by when its TC programs could not be attached: the
+/// tracepoint fallback (a warning says what it costs), or nothing (`Blind`, said too).
+fn blind_at_tap(
+    spec: &Spec,
+    tap_errs: &[(&'static str, String)],
+    seen: &TapSight,
+    macvtap: bool,
+    warnings: &mut Vec<String>,
+) -> Option<crate::model::Blind> {
+    // What the tap's packets are seen by, and what is lost.
+    let mut blind = crate::model::Blind {
+        tap: spec.tap.clone(),
+        ..Default::default()
+    };
+    for (prog, e) in tap_errs {
+        let from_guest = *prog == "tap_ingress";
+        let (tp, tp_res, dir) = if from_guest {
+            ("netif_receive_skb", &seen.receive, "from the guest")
+        } else {
+            ("net_dev_start_xmit", &seen.xmit, "to the guest")
+        };
+        // A macvtap is the other way round (the guest's frames are transmitted by it, not
+        // received), and the kernel programs learn the guest only from a receive on the
+        // tap: measured, the fallback sees none of a macvtap guest's packets, so it is not
+        // counted on.
+        let macvtap_gap = Some(Err(
+            "the tracepoint fallback does not follow a macvtap guest's packets".to_string(),
+        ));
+        let tp_res = if macvtap { &macvtap_gap } else { tp_res };
+        match tp_res {
+            Some(Ok(())) => warnings.push(format!(
+                "cannot attach {prog} to {} ({e}); its packets {dir} are seen by tp_btf \
+                 {tp} instead: every packet of every device of the host pays for the \
+                 receive/transmit tracepoints (~70 ns per hook), and the guest's ARP, DHCP \
+                 and NDP are not shown",
+                spec.tap
+            )),
+            other => {
+                let tp_err = match other {
+                    Some(Err(te)) => format!("; tp_btf {tp}: {te}"),
+                    _ => String::new(),
+                };
+                blind.why.push(format!("{dir}: TC {prog}: {e}{tp_err}"));
+                if from_guest {
+                    blind.from_guest = true;
+                } else {
+                    blind.to_guest = true;
+                }
+            }
+        }
+    }
+    for b in &blind.why {
+        warnings.push(format!(
+            "kvmtrace is blind at the tap {} {b}: a flow it cannot see there gets the \
+             verdict `blind` (exit 3), not `no_traffic`",
+            spec.tap
+        ));
+    }
+    (!blind.why.is_empty()).then_some(blind)
+}
+
 fn ifindex(name: &str) -> Result<u32> {
     match crate::host::sys::ifindex(name) {
         None => Err(anyhow!(
@@ -434,46 +598,8 @@ impl Tracer {
         // and the clsact qdiscs it created, nothing else.
         let notes: Vec<String> = crate::capture::clsact::sweep();
         let mut ledger = Ledger::new();
-        // The tap: TC (a TCX link, else clsact + cls_bpf). A macvtap is the other way round:
-        // what the guest writes to /dev/tapN is transmitted by the macvtap device (TC egress)
-        // and what it will read arrives through its receive path (TC ingress), measured in
-        // tests/macvtap.rs; `tap_ingress` stays "from the guest", so it goes to egress there.
-        let macvtap = std::path::Path::new("/sys/class/net")
-            .join(&spec.tap)
-            .join("macvtap")
-            .is_dir();
-        let (from_guest, to_guest) = if macvtap {
-            (TcAttachType::Egress, TcAttachType::Ingress)
-        } else {
-            (TcAttachType::Ingress, TcAttachType::Egress)
-        };
-        let mut tap_links = Vec::new();
-        let mut tap_errs: Vec<(&str, String)> = Vec::new();
-        for (prog, at) in [("tap_ingress", from_guest), ("tap_egress", to_guest)] {
-            let p: &mut SchedClassifier = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("{prog} missing"))?
-                .try_into()?;
-            p.load().with_context(|| format!("loading {prog}"))?;
-            match attach_tc(p, prog, &spec.tap, at, &caps, &mut ledger) {
-                Ok((link, way)) => {
-                    tap_links.push(link);
-                    let side = if at == TcAttachType::Egress {
-                        "egress"
-                    } else {
-                        "ingress"
-                    };
-                    let how = match (macvtap, way) {
-                        (true, TcWay::Tcx) => format!(" (macvtap: {side})"),
-                        (true, TcWay::Clsact) => format!(" (macvtap: {side}; clsact)"),
-                        (false, TcWay::Tcx) => String::new(),
-                        (false, TcWay::Clsact) => " (clsact)".into(),
-                    };
-                    attached.push(format!("tc {prog} on {}{how}", spec.tap));
-                }
-                Err(e) => tap_errs.push((prog, e)),
-            }
-        }
+        let tap = attach_tap(&mut ebpf, spec, &caps, &mut ledger, &mut attached)?;
+        let (macvtap, tap_links, tap_errs) = (tap.macvtap, tap.links, tap.errs);
         phase("tap attached");
         let btf = Btf::from_sys_fs().map_err(|e| EnvError(format!("kernel BTF: {e}")))?;
         phase("aya BTF parsed");
@@ -510,38 +636,11 @@ impl Tracer {
             )?;
         }
         phase("fib attached");
-        let nf_result = if !all {
-            Err(anyhow!("not in the path hook set"))
-        } else if caps.skip.has("netfilter") {
-            Err(anyhow!(Skip::why("netfilter")))
-        } else if let Err(e) = &caps.netfilter_links {
-            Err(anyhow!("{e}"))
-        } else {
-            nf::attach(OBJECT, &ebpf, v4.is_some(), v6.is_some())
-        };
-        let nf = match nf_result {
-            Ok(l) => {
-                let fams: Vec<&str> = [(v4.is_some(), "IPv4"), (v6.is_some(), "IPv6")]
-                    .iter()
-                    .filter(|f| f.0)
-                    .map(|f| f.1)
-                    .collect();
-                attached.push(format!(
-                    "netfilter links ({}) at 5 {} hooks",
-                    l.attached.join(", "),
-                    fams.join(" and ")
-                ));
-                Some(l)
-            }
-            Err(_) if !all => None,
-            Err(e) => {
-                warnings.push(format!(
-                    "BPF netfilter links unavailable ({e:#}); netfilter drops are still named \
-                     from the drop's kernel stack, but NAT before/after per hook is not shown"
-                ));
+        let nf = attach_netfilter(&ebpf, &caps, all, v4.is_some(), v6.is_some(), &mut attached)
+            .unwrap_or_else(|w| {
+                warnings.extend(w);
                 None
-            }
-        };
+            });
         phase("netfilter attached");
         let mut path = crate::capture::pathdevs::Attached::default();
         let mut global = global;
@@ -580,56 +679,7 @@ impl Tracer {
             }
             phase("path devices attached");
         }
-        // What the tap's packets are seen by, and what is lost.
-        let mut blind = crate::model::Blind {
-            tap: spec.tap.clone(),
-            ..Default::default()
-        };
-        for (prog, e) in &tap_errs {
-            let from_guest = *prog == "tap_ingress";
-            let (tp, tp_res, dir) = if from_guest {
-                ("netif_receive_skb", &seen.receive, "from the guest")
-            } else {
-                ("net_dev_start_xmit", &seen.xmit, "to the guest")
-            };
-            // A macvtap is the other way round (the guest's frames are transmitted by it, not
-            // received), and the kernel programs learn the guest only from a receive on the
-            // tap: measured, the fallback sees none of a macvtap guest's packets, so it is not
-            // counted on.
-            let macvtap_gap = Some(Err(
-                "the tracepoint fallback does not follow a macvtap guest's packets".to_string(),
-            ));
-            let tp_res = if macvtap { &macvtap_gap } else { tp_res };
-            match tp_res {
-                Some(Ok(())) => warnings.push(format!(
-                    "cannot attach {prog} to {} ({e}); its packets {dir} are seen by tp_btf \
-                     {tp} instead: every packet of every device of the host pays for the \
-                     receive/transmit tracepoints (~70 ns per hook), and the guest's ARP, DHCP \
-                     and NDP are not shown",
-                    spec.tap
-                )),
-                other => {
-                    let tp_err = match other {
-                        Some(Err(te)) => format!("; tp_btf {tp}: {te}"),
-                        _ => String::new(),
-                    };
-                    blind.why.push(format!("{dir}: TC {prog}: {e}{tp_err}"));
-                    if from_guest {
-                        blind.from_guest = true;
-                    } else {
-                        blind.to_guest = true;
-                    }
-                }
-            }
-        }
-        for b in &blind.why {
-            warnings.push(format!(
-                "kvmtrace is blind at the tap {} {b}: a flow it cannot see there gets the \
-                 verdict `blind` (exit 3), not `no_traffic`",
-                spec.tap
-            ));
-        }
-        let blind = (!blind.why.is_empty()).then_some(blind);
+        let blind = blind_at_tap(spec, &tap_errs, &seen, macvtap, &mut warnings);
         filter.route_helper = u8::from(!global);
         // Every hook is in place: start following (see Filter::enabled).
         set_config(

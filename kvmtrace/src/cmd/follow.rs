@@ -166,14 +166,18 @@ pub(super) fn run(a: FollowArgs) -> Result<ExitCode> {
         explain_rules: a.explain_rules,
         stats_every: a.stats_every.filter(|s| *s > 0).map(Duration::from_secs),
     };
-    follow(
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")?;
+    rt.block_on(follow_async(
         &info,
         &spec,
         &dest,
         a.duration.map(Duration::from_secs_f64),
         a.count,
         view,
-    )
+    ))
 }
 
 /// After the stop (deadline, count, signal), how long replies to requests in flight are
@@ -188,21 +192,6 @@ pub(super) struct View<'a> {
     pub(super) record: Option<&'a std::path::Path>,
     pub(super) explain_rules: bool,
     pub(super) stats_every: Option<Duration>,
-}
-
-pub(super) fn follow(
-    info: &resolve::VmInfo,
-    spec: &Spec,
-    dest: &str,
-    duration: Option<Duration>,
-    count: Option<u64>,
-    view: View<'_>,
-) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the event loop")?;
-    rt.block_on(follow_async(info, spec, dest, duration, count, view))
 }
 
 async fn follow_async(

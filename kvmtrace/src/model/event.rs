@@ -328,6 +328,50 @@ fn mac(m: &[u8; 6]) -> String {
     )
 }
 
+#[cfg(test)]
+impl TraceEvent {
+    /// An ICMP echo request of 10.77.0.2 to 203.0.113.1 seen at `point` on `device`, for unit
+    /// tests: they change what their case is about.
+    pub(crate) fn for_test(point: Point, dir: Direction, dev_kind: DevKind, device: &str) -> Self {
+        TraceEvent {
+            ts_ns: 1,
+            skb: 1,
+            point,
+            dir,
+            new: false,
+            ifindex: 1,
+            device: device.into(),
+            dev_kind,
+            netns: 1,
+            nf_hook: None,
+            tuple: Some(Tuple {
+                proto: 1,
+                src: "10.77.0.2".parse().unwrap(),
+                dst: "203.0.113.1".parse().unwrap(),
+                sport: 7,
+                dport: 1,
+            }),
+            len: 84,
+            ttl: 64,
+            ip_id: 1,
+            icmp_type: 8,
+            icmp_code: 0,
+            tcp_flags: 0,
+            tcp_seq: 0,
+            smac: None,
+            dmac: None,
+            reason: None,
+            location: None,
+            stack: Vec::new(),
+            route: None,
+            icmp_inner_dst: None,
+            icmp_mtu: None,
+            vxlan: None,
+            l2: None,
+        }
+    }
+}
+
 impl TraceEvent {
     /// Decodes a kernel event. Returns `None` for an unknown hook value.
     pub fn decode(e: &Event, d: &dyn Decoder) -> Option<Self> {

@@ -405,41 +405,23 @@ mod tests {
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 
     fn ev(proto: u8) -> TraceEvent {
+        let base = TraceEvent::for_test(Point::NfExit, Direction::Request, DevKind::Other, "up0");
         TraceEvent {
-            ts_ns: 1,
-            skb: 1,
-            point: Point::NfExit,
-            dir: Direction::Request,
-            new: false,
             ifindex: 2,
-            device: "up0".into(),
-            dev_kind: DevKind::Other,
-            netns: 1,
             nf_hook: Some(crate::model::event::NfHook::Postrouting),
             tuple: Some(Tuple {
                 proto,
-                src: "10.77.0.2".parse().unwrap(),
-                dst: "203.0.113.1".parse().unwrap(),
                 sport: 40000,
                 dport: 443,
+                ..base.tuple.unwrap()
             }),
             len: 60,
             ttl: 63,
             ip_id: 4242,
             icmp_type: if proto == 1 { 8 } else { 0 },
-            icmp_code: 0,
             tcp_flags: if proto == 6 { 0x12 } else { 0 },
             tcp_seq: 123456,
-            smac: None,
-            dmac: None,
-            reason: None,
-            location: None,
-            stack: vec![],
-            route: None,
-            icmp_inner_dst: None,
-            icmp_mtu: None,
-            vxlan: None,
-            l2: None,
+            ..base
         }
     }
 

@@ -172,6 +172,19 @@ pub fn field<'a>(v: &'a Value, k: &str) -> &'a str {
     v[k].as_str().unwrap_or("")
 }
 
+/// Asserts string fields of a verdict (or any JSON object) at once: `"status=dropped
+/// stage=netfilter hook=FORWARD"`, each field exactly that value (values have no spaces); a
+/// failure names the field and shows the whole run.
+#[track_caller]
+pub fn assert_fields(run: &Run, v: &Value, expected: &str) {
+    for kv in expected.split_whitespace() {
+        let (k, want) = kv
+            .split_once('=')
+            .unwrap_or_else(|| panic!("`{kv}`: expected field=value"));
+        assert_eq!(field(v, k), want, "field {k}: {}", run.dump());
+    }
+}
+
 /// BPF objects (links and programs) by kernel id, to prove what a kvmtrace process attached and
 /// that it is gone afterwards.
 ///

@@ -133,9 +133,13 @@ impl Model {
             let br = facts.bridge_for(IpAddr::V4(asked))?;
             return Some(fix::set_master(&tap, br));
         }
-        // The host's firewall keeps its own DHCP / RA service from hearing the guest: one
-        // accept rule per message, in the chain whose policy drops it.
+        // The host's firewall keeps the host from hearing the guest: its question for the
+        // host's own address, and what its DHCP / RA service answers; one accept rule per
+        // message, in the chain whose policy drops it.
         let mut cmds: Vec<String> = Vec::new();
+        if let Some((_, _, cmd)) = self.own_address_drop(facts) {
+            cmds.push(cmd);
+        }
         for (what, asks, answers) in self.service_asks() {
             if asks == 0 || answers > 0 {
                 continue;
@@ -161,21 +165,25 @@ impl Model {
     /// chains that see the message) when the first unanswered message a host service answers
     /// is dropped there ([`Self::host_input_drop`]).
     pub(in crate::model) fn place_host_input_drop(&self, facts: &HostFacts, v: &mut Verdict) {
-        let Some(d) = self
+        let service = self
             .service_asks()
             .into_iter()
             .filter(|(_, asks, answers)| *asks > 0 && *answers == 0)
             .find_map(|(what, _, _)| self.host_input_drop(facts, what))
+            .map(|d| (d.bridge, d.chains));
+        let Some((bridge, chains)) = self
+            .own_address_drop(facts)
+            .map(|(br, chains, _)| (br, chains))
+            .or(service)
         else {
             return;
         };
         v.stage = Some(crate::model::Stage::Netfilter);
         v.hook = Some(NfHook::Input);
         v.direction = Some(crate::model::event::Direction::Request);
-        v.device = Some(d.bridge.clone());
+        v.device = Some(bridge);
         v.firewall = Some("nftables".into());
-        v.chains = d
-            .chains
+        v.chains = chains
             .iter()
             .map(|c| {
                 format!(
@@ -279,14 +287,12 @@ impl Model {
         })
     }
 
-    /// Why nothing reached the destination, from what the guest did say on its tap.
-    pub(in crate::model) fn no_traffic_summary(&self, dest: &str, facts: &HostFacts) -> String {
+    /// The addresses the guest asked for (ARP, NDP) and got no answer about, with how often
+    /// it asked; and those it was answered about.
+    fn neighbour_asks(&self) -> (Vec<(IpAddr, usize)>, std::collections::BTreeSet<IpAddr>) {
         use crate::model::event::L2;
         let mut asked: BTreeMap<IpAddr, usize> = BTreeMap::new();
         let mut answered: std::collections::BTreeSet<IpAddr> = Default::default();
-        let (mut dhcp_asks, mut dhcp_answers) = (0, 0);
-        let (mut dhcp6_asks, mut dhcp6_answers) = (0, 0);
-        let (mut rs_asks, mut ra_answers) = (0, 0);
         for e in &self.l2 {
             match &e.l2 {
                 Some(L2::Arp { op: 1, target, .. }) if e.point == Point::TapIngress => {
@@ -309,6 +315,46 @@ impl Model {
                 }) if e.point == Point::TapEgress => {
                     answered.insert(IpAddr::V6(*target));
                 }
+                _ => {}
+            }
+        }
+        let unanswered = asked
+            .into_iter()
+            .filter(|(ip, _)| !answered.contains(ip))
+            .collect();
+        (unanswered, answered)
+    }
+
+    /// The guest asked for the host's own address on its bridge (ARP, NDP), got no answer,
+    /// and a chain that sees the question drops it by policy: the bridge, the chains, and
+    /// the command that lets the question in.
+    fn own_address_drop<'f>(
+        &self,
+        facts: &'f HostFacts,
+    ) -> Option<(String, Vec<&'f NfChain>, String)> {
+        self.neighbour_asks().0.into_iter().find_map(|(ip, _)| {
+            let br = self.bridge_owning(facts, ip)?;
+            let chains = own_address_chains(facts, ip);
+            let c = *chains.iter().find(|c| c.policy == "drop")?;
+            let cmd = format!(
+                "nft insert rule {} {} {} {}",
+                c.family,
+                c.table,
+                c.chain,
+                own_address_allow(ip)
+            );
+            Some((br, chains, cmd))
+        })
+    }
+
+    /// Why nothing reached the destination, from what the guest did say on its tap.
+    pub(in crate::model) fn no_traffic_summary(&self, dest: &str, facts: &HostFacts) -> String {
+        use crate::model::event::L2;
+        let (mut dhcp_asks, mut dhcp_answers) = (0, 0);
+        let (mut dhcp6_asks, mut dhcp6_answers) = (0, 0);
+        let (mut rs_asks, mut ra_answers) = (0, 0);
+        for e in &self.l2 {
+            match &e.l2 {
                 Some(L2::Ndp {
                     icmp6_type: 133, ..
                 }) if e.point == Point::TapIngress => rs_asks += 1,
@@ -322,11 +368,7 @@ impl Model {
                 _ => {}
             }
         }
-        let unanswered: Vec<(IpAddr, usize)> = asked
-            .iter()
-            .filter(|(ip, _)| !answered.contains(ip))
-            .map(|(ip, n)| (*ip, *n))
-            .collect();
+        let (unanswered, answered) = self.neighbour_asks();
         let mut parts = Vec::new();
         let host_drop = |what: HostService, n: usize| {
             self.host_input_drop(facts, what)
@@ -528,16 +570,7 @@ fn host_firewall_hint(facts: &HostFacts, ip: IpAddr, br: &str, n: usize) -> Stri
     } else {
         ("ARP", "ARP requests")
     };
-    let chains: Vec<&crate::model::NfChain> = facts
-        .nft_chains
-        .iter()
-        .filter(|c| {
-            let f = c.family.as_str();
-            (ip.is_ipv6() && matches!(f, "ip6" | "inet") && c.hook == NfHook::Input)
-                || (ip.is_ipv4() && f == "arp" && c.hook == NfHook::Prerouting)
-                || (f == "bridge" && c.hook == NfHook::Input)
-        })
-        .collect();
+    let chains = own_address_chains(facts, ip);
     let name = |c: &crate::model::NfChain| {
         let hook = if c.family == "arp" { "input" } else { "INPUT" };
         format!(
@@ -555,11 +588,7 @@ fn host_firewall_hint(facts: &HostFacts, ip: IpAddr, br: &str, n: usize) -> Stri
         .or(chains.first())
     {
         Some(c) => {
-            let allow = if ip.is_ipv6() {
-                "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept"
-            } else {
-                "accept"
-            };
+            let allow = own_address_allow(ip);
             format!(
                 "{head}: its firewall drops the guest's {what} at INPUT ({}) → let them in: `nft \
                  insert rule {} {} {} {allow}`",
@@ -578,6 +607,31 @@ fn host_firewall_hint(facts: &HostFacts, ip: IpAddr, br: &str, n: usize) -> Stri
              (`ip addr show dev {br}`: tentative or dadfailed addresses do not answer) and, for \
              ARP, net.ipv4.conf.{br}.arp_ignore"
         ),
+    }
+}
+
+/// The base chains that see the guest's question for the host's own address `ip`: for NDP
+/// the ip6/inet INPUT chains, for ARP the `arp` family's input chains (hook 0, NF_ARP_IN), and
+/// for both the `bridge` family's INPUT.
+fn own_address_chains(facts: &HostFacts, ip: IpAddr) -> Vec<&NfChain> {
+    facts
+        .nft_chains
+        .iter()
+        .filter(|c| {
+            let f = c.family.as_str();
+            (ip.is_ipv6() && matches!(f, "ip6" | "inet") && c.hook == NfHook::Input)
+                || (ip.is_ipv4() && f == "arp" && c.hook == NfHook::Prerouting)
+                || (f == "bridge" && c.hook == NfHook::Input)
+        })
+        .collect()
+}
+
+/// What an accept rule for that question matches.
+fn own_address_allow(ip: IpAddr) -> &'static str {
+    if ip.is_ipv6() {
+        "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept"
+    } else {
+        "accept"
     }
 }
 

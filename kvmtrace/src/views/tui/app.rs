@@ -566,44 +566,11 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::event::Tuple;
 
     fn ev(point: Point, dir: Direction, kind: DevKind, dev: &str, ts: u64) -> TraceEvent {
         TraceEvent {
             ts_ns: ts,
-            skb: 1,
-            point,
-            dir,
-            new: false,
-            ifindex: 1,
-            device: dev.into(),
-            dev_kind: kind,
-            netns: 1,
-            nf_hook: None,
-            tuple: Some(Tuple {
-                proto: 1,
-                src: "10.77.0.2".parse().unwrap(),
-                dst: "203.0.113.1".parse().unwrap(),
-                sport: 7,
-                dport: 1,
-            }),
-            len: 84,
-            ttl: 64,
-            ip_id: 1,
-            icmp_type: 8,
-            icmp_code: 0,
-            tcp_flags: 0,
-            tcp_seq: 0,
-            smac: None,
-            dmac: None,
-            reason: None,
-            location: None,
-            stack: Vec::new(),
-            route: None,
-            icmp_inner_dst: None,
-            icmp_mtu: None,
-            vxlan: None,
-            l2: None,
+            ..TraceEvent::for_test(point, dir, kind, dev)
         }
     }
 
