@@ -271,11 +271,23 @@ struct Watch {
     /// Taps found whose programs could not be attached, with why: said once per tap and
     /// reason (retried at each rescan), and kept as `kvmtrace_vm_unwatched`.
     unwatched: BTreeMap<String, String>,
+    /// VM slots free (below `WATCH_MAX_VMS`), lowest first.
+    free_slots: std::collections::BTreeSet<u32>,
+    /// Watched taps by slot and by ifindex: the counters and drops read every second are
+    /// matched to their VM without a walk over every VM (thousands on a dense host).
+    by_slot: HashMap<u32, String>,
+    by_ifindex: HashMap<u32, String>,
 }
 
 impl Watch {
-    fn free_slot(&self) -> Option<u32> {
-        (0..WATCH_MAX_VMS).find(|s| !self.vms.values().any(|v| v.slot == *s))
+    /// Takes the lowest free VM slot.
+    fn take_slot(&mut self) -> Option<u32> {
+        self.free_slots.pop_first()
+    }
+
+    /// The tap watched under VM slot `slot`.
+    fn tap_of_slot(&self, slot: u32) -> Option<&Vm> {
+        self.by_slot.get(&slot).and_then(|t| self.vms.get(t))
     }
 
     /// Finds VMs that started or stopped; attaches to and detaches from their taps.
@@ -307,6 +319,9 @@ impl Watch {
         for tap in gone {
             if let Some(vm) = self.vms.remove(&tap) {
                 self.kernel.remove_tap(vm.ifindex, vm.slot);
+                self.by_slot.remove(&vm.slot);
+                self.by_ifindex.remove(&vm.ifindex);
+                self.free_slots.insert(vm.slot);
                 self.prev_drops.retain(|k, _| k.vm != vm.slot);
                 self.metrics
                     .lock()
@@ -338,12 +353,21 @@ impl Watch {
                 }
                 continue;
             }
-            let Some(slot) = self.free_slot() else {
-                log::warn!("more than {WATCH_MAX_VMS} VMs: {tap} is not watched");
-                continue;
+            // Beyond the kernel maps' size the tap is refused like one that cannot be
+            // attached to: said once, kept in `kvmtrace_vm_unwatched` with the reason, and
+            // watched at a later rescan once a VM went away.
+            let added = match self.take_slot() {
+                Some(slot) => self.kernel.add_tap(slot, &tap).map(|i| (slot, i)).inspect_err(|_| {
+                    self.free_slots.insert(slot);
+                }),
+                None => Err(anyhow!(
+                    "{WATCH_MAX_VMS} VM NICs are watched already, the most watch can (its kernel maps' size)"
+                )),
             };
-            match self.kernel.add_tap(slot, &tap) {
-                Ok(ifindex) => {
+            match added {
+                Ok((slot, ifindex)) => {
+                    self.by_slot.insert(slot, tap.clone());
+                    self.by_ifindex.insert(ifindex, tap.clone());
                     let name = info.name.clone().unwrap_or_else(|| tap.clone());
                     let mac = info.mac.clone().unwrap_or_default();
                     self.metrics
@@ -420,16 +444,14 @@ impl Watch {
     /// in the key, so they never change).
     fn drop_labels_of(&mut self, k: &WatchDropKey) -> DropLabels {
         let (vm, tap) = self
-            .vms
-            .values()
-            .find(|v| v.slot == k.vm)
+            .tap_of_slot(k.vm)
             .map(|v| (v.name.clone(), v.tap.clone()))
             .unwrap_or_default();
         let reason = self.kernel.reason_name(k.reason);
         let loc_fn = self.kernel.location_fn(k.location);
         let stack = self.kernel.stack(&k.stack);
         let device = self.dev_name(k.ifindex);
-        let kind = if self.vms.values().any(|v| v.ifindex == k.ifindex) {
+        let kind = if self.by_ifindex.contains_key(&k.ifindex) {
             Stage::Tap
         } else if std::path::Path::new(&format!("/sys/class/net/{device}/bridge")).exists() {
             Stage::Bridge
@@ -468,7 +490,11 @@ impl Watch {
         let overflow = self.kernel.overflow_counters();
         let mut m = self.metrics.lock().expect("metrics lock");
         for (k, t) in taps {
-            let Some(vm) = self.vms.values_mut().find(|v| v.ifindex == k.ifindex) else {
+            let Some(vm) = self
+                .by_ifindex
+                .get(&k.ifindex)
+                .and_then(|t| self.vms.get_mut(t))
+            else {
                 continue;
             };
             let d = (k.dir == WATCH_TO_VM) as usize;
@@ -518,12 +544,7 @@ impl Watch {
             if n == 0 {
                 continue;
             }
-            let Some(tap) = self
-                .vms
-                .values()
-                .find(|v| v.slot == k.vm)
-                .map(|v| v.tap.clone())
-            else {
+            let Some(tap) = self.by_slot.get(&k.vm).cloned() else {
                 continue;
             };
             let labels = match self.drop_labels.get(&k) {
@@ -636,6 +657,24 @@ impl Watch {
     }
 }
 
+/// Most taps named in the start line: a dense host's thousands are counted, not listed
+/// (`kvmtrace list`, `/metrics` and the `vm` lines name each).
+const NAMES_SHOWN: usize = 32;
+
+/// `a, b, c` of the first [`NAMES_SHOWN`] names, then how many more.
+fn names<'a>(all: impl ExactSizeIterator<Item = &'a String>) -> String {
+    let n = all.len();
+    let mut s = all
+        .take(NAMES_SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if n > NAMES_SHOWN {
+        s.push_str(&format!(", … {} more", n - NAMES_SHOWN));
+    }
+    s
+}
+
 /// Inode of a process's network namespace (`self` or a pid).
 fn netns_of(pid: &str) -> Option<u64> {
     use std::os::unix::fs::MetadataExt as _;
@@ -704,6 +743,9 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
         seq: 0,
         recordings: HashMap::new(),
         unwatched: BTreeMap::new(),
+        free_slots: (0..WATCH_MAX_VMS).collect(),
+        by_slot: HashMap::new(),
+        by_ifindex: HashMap::new(),
     };
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -719,14 +761,14 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
     eprintln!(
         "kvmtrace watch: listening on http://{local}/metrics, watching {} VM(s) [{}]{}, ready in {} ms",
         w.vms.len(),
-        w.vms.keys().cloned().collect::<Vec<_>>().join(", "),
+        names(w.vms.keys()),
         if w.unwatched.is_empty() {
             String::new()
         } else {
             format!(
                 "; {} VM(s) found but not watchable [{}]",
                 w.unwatched.len(),
-                w.unwatched.keys().cloned().collect::<Vec<_>>().join(", ")
+                names(w.unwatched.keys())
             )
         },
         started.elapsed().as_millis()
@@ -851,6 +893,17 @@ mod tests {
         assert_eq!(defaults.clone().apply(&f), defaults);
         let e = parse_config("{\n# a comment\n\"rescan_s\": x}").unwrap_err();
         assert_eq!(e.line(), 3, "{e}");
+    }
+
+    #[test]
+    fn the_start_line_names_32_taps_and_counts_the_rest() {
+        let few: Vec<String> = (0..2).map(|i| format!("vnet{i}")).collect();
+        assert_eq!(names(few.iter()), "vnet0, vnet1");
+        assert_eq!(names(Vec::<String>::new().iter()), "");
+        let many: Vec<String> = (0..2000).map(|i| format!("t{i}")).collect();
+        let s = names(many.iter());
+        assert!(s.starts_with("t0, t1, "), "{s}");
+        assert!(s.ends_with("t30, t31, … 1968 more"), "{s}");
     }
 
     #[test]
