@@ -277,6 +277,8 @@ struct Watch {
     /// matched to their VM without a walk over every VM (thousands on a dense host).
     by_slot: HashMap<u32, String>,
     by_ifindex: HashMap<u32, String>,
+    /// Taps the last rescan found that are not attached yet (`attach_pending`).
+    pending: std::collections::VecDeque<(String, resolve::VmInfo)>,
 }
 
 impl Watch {
@@ -332,6 +334,7 @@ impl Watch {
                 );
             }
         }
+        let mut pending = std::collections::VecDeque::new();
         for (tap, (info, _)) in want {
             if let Some(vm) = self.vms.get_mut(&tap) {
                 // Named later than first seen (libvirt's XML, QEMU holding the tap): the
@@ -351,6 +354,39 @@ impl Watch {
                     let slot = vm.slot;
                     self.drop_labels.retain(|k, _| k.vm != slot);
                 }
+                continue;
+            }
+            pending.push_back((tap, info));
+        }
+        self.pending = pending;
+        // Taps gone: no longer reported as unwatched.
+        let vanished: Vec<String> = self
+            .unwatched
+            .keys()
+            .filter(|t| crate::capture::watch::ifindex(t).is_none())
+            .cloned()
+            .collect();
+        for t in vanished {
+            self.unwatched.remove(&t);
+            self.metrics
+                .lock()
+                .expect("metrics lock")
+                .vm_watched_again(&t);
+        }
+    }
+
+    /// Attaches to at most `n` of the taps the last rescan found new. Each tap costs two TCX
+    /// links, and the kernel waits for an RCU grace period under the RTNL lock for each
+    /// (`tcx_entry_sync()` in `tcx_link_prog_attach`, kernel/bpf/tcx.c, Linux 6.6-6.18): ~15 ms
+    /// a tap on the build machine, whoever attaches, so thousands take tens of seconds. The
+    /// loop attaches a few at a time and serves `/metrics`, signals and the counters between.
+    fn attach_pending(&mut self, n: usize) {
+        for _ in 0..n {
+            let Some((tap, info)) = self.pending.pop_front() else {
+                return;
+            };
+            // Gone since the rescan (the next one would drop it anyway): nothing to say.
+            if crate::capture::watch::ifindex(&tap).is_none() {
                 continue;
             }
             // Beyond the kernel maps' size the tap is refused like one that cannot be
@@ -423,20 +459,6 @@ impl Watch {
                     .expect("metrics lock")
                     .vm_watched_again(&tap);
             }
-        }
-        // Taps gone: no longer reported as unwatched.
-        let vanished: Vec<String> = self
-            .unwatched
-            .keys()
-            .filter(|t| crate::capture::watch::ifindex(t).is_none())
-            .cloned()
-            .collect();
-        for t in vanished {
-            self.unwatched.remove(&t);
-            self.metrics
-                .lock()
-                .expect("metrics lock")
-                .vm_watched_again(&t);
         }
     }
 
@@ -657,6 +679,9 @@ impl Watch {
     }
 }
 
+/// Taps attached between two turns of the event loop: ~0.25 s at ~15 ms a tap.
+const ATTACH_CHUNK: usize = 16;
+
 /// Most taps named in the start line: a dense host's thousands are counted, not listed
 /// (`kvmtrace list`, `/metrics` and the `vm` lines name each).
 const NAMES_SHOWN: usize = 32;
@@ -746,6 +771,7 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
         free_slots: (0..WATCH_MAX_VMS).collect(),
         by_slot: HashMap::new(),
         by_ifindex: HashMap::new(),
+        pending: Default::default(),
     };
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -758,27 +784,34 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
         eprintln!("kvmtrace watch: {n}");
     }
     w.rescan();
-    eprintln!(
-        "kvmtrace watch: listening on http://{local}/metrics, watching {} VM(s) [{}]{}, ready in {} ms",
-        w.vms.len(),
-        names(w.vms.keys()),
-        if w.unwatched.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "; {} VM(s) found but not watchable [{}]",
-                w.unwatched.len(),
-                names(w.unwatched.keys())
-            )
-        },
-        started.elapsed().as_millis()
-    );
+    // The start line once every tap found at start is attached (`attach_pending`: a few at a
+    // time, `/metrics` and signals served between).
+    let mut ready_said = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rescan = tokio::time::interval(Duration::from_secs_f64(w.settings.rescan_s));
     rescan.tick().await;
     loop {
+        if !ready_said && w.pending.is_empty() {
+            ready_said = true;
+            eprintln!(
+                "kvmtrace watch: listening on http://{local}/metrics, watching {} VM(s) [{}]{}, ready in {} ms",
+                w.vms.len(),
+                names(w.vms.keys()),
+                if w.unwatched.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; {} VM(s) found but not watchable [{}]",
+                        w.unwatched.len(),
+                        names(w.unwatched.keys())
+                    )
+                },
+                started.elapsed().as_millis()
+            );
+        }
         tokio::select! {
+            biased;
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
@@ -790,11 +823,15 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
                         w.metrics.lock().expect("metrics lock").set_max_drop_series(s.max_drop_series);
                         w.settings = s;
                         w.rescan();
+                        // A reload says what it watches: attached now, not in chunks.
+                        w.attach_pending(usize::MAX);
                         eprintln!("kvmtrace watch: SIGHUP: settings reloaded, {} VM(s) watched", w.vms.len());
                     }
                     Err(e) => eprintln!("kvmtrace watch: SIGHUP: keeping the old settings: {e:#}"),
                 }
             }
+            // Pending first poll, so the HTTP server runs before each chunk.
+            _ = tokio::task::yield_now(), if !w.pending.is_empty() => w.attach_pending(ATTACH_CHUNK),
             _ = rescan.tick() => w.rescan(),
             _ = tick.tick() => w.update(),
             Some(f) = done_rx.recv() => w.finished(f),
