@@ -270,6 +270,17 @@ fn start_tracer(bin: &PathBuf, lab: &Lab, args: &[&str]) -> Result<Tracer> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
+    // Stdout is read from the start: `watch` writes a line per tap before it is ready, and
+    // thousands of taps (`--extra-taps`) would fill the pipe and stall it.
+    let out = child.stdout.take().expect("stdout");
+    let stdout = std::thread::spawn(move || {
+        BufReader::new(out)
+            .lines()
+            .map_while(|l| l.ok())
+            .filter(|l| l.contains("\"type\":\"stats\""))
+            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+            .last()
+    });
     let err = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(err).lines();
     let mut ready_ms = 0;
@@ -289,15 +300,6 @@ fn start_tracer(bin: &PathBuf, lab: &Lab, args: &[&str]) -> Result<Tracer> {
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    let out = child.stdout.take().expect("stdout");
-    let stdout = std::thread::spawn(move || {
-        BufReader::new(out)
-            .lines()
-            .map_while(|l| l.ok())
-            .filter(|l| l.contains("\"type\":\"stats\""))
-            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
-            .last()
-    });
     Ok(Tracer {
         child,
         ready_ms,
