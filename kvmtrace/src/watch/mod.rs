@@ -377,8 +377,9 @@ impl Watch {
 
     /// Attaches to at most `n` of the taps the last rescan found new. Each tap costs two TCX
     /// links, and the kernel waits for an RCU grace period under the RTNL lock for each
-    /// (`tcx_entry_sync()` in `tcx_link_prog_attach`, kernel/bpf/tcx.c, Linux 6.6-6.18): ~15 ms
-    /// a tap on the build machine, whoever attaches, so thousands take tens of seconds. The
+    /// (`tcx_entry_sync()` in `tcx_link_prog_attach`, kernel/bpf/tcx.c, Linux 6.6-6.18): ~12 ms
+    /// a link on the build machine, whoever attaches, so thousands of taps take tens of
+    /// seconds. The
     /// loop attaches a few at a time and serves `/metrics`, signals and the counters between.
     fn attach_pending(&mut self, n: usize) {
         for _ in 0..n {
@@ -679,7 +680,7 @@ impl Watch {
     }
 }
 
-/// Taps attached between two turns of the event loop: ~0.25 s at ~15 ms a tap.
+/// Taps attached between two turns of the event loop: ~0.4 s at ~25 ms a tap.
 const ATTACH_CHUNK: usize = 16;
 
 /// Most taps named in the start line: a dense host's thousands are counted, not listed
