@@ -1458,3 +1458,76 @@ fn three_hundred_taps_are_all_watched() {
         "{stderr}"
     );
 }
+
+/// Past the limit (lowered to 2 here with KVMTRACE_WATCH_MAX_VMS; 4 096 otherwise) a tap is
+/// not watched, and says so once: one stderr line, one `unwatched` JSON line, the
+/// `kvmtrace_vm_unwatched` series with the reason and a `/healthz` line, over several rescans.
+/// When a watched tap goes away, the refused one is watched at the next rescan.
+#[test]
+fn a_tap_beyond_the_limit_is_said_once_and_watched_when_room_is_made() {
+    let lab = Lab::new(LabOptions::default());
+    for t in ["vnet1", "vnet2"] {
+        lab.hv_run(&["ip", "tuntap", "add", "dev", t, "mode", "tap"]);
+    }
+    let watch = Watch::start_env(
+        &lab,
+        &["--no-record", "--rescan-s", "1"],
+        &[("KVMTRACE_WATCH_MAX_VMS", "2")],
+    );
+    let reason = "2 VM NICs are watched already, the most watch can (KVMTRACE_WATCH_MAX_VMS)";
+    let stderr = watch.stderr();
+    assert!(
+        stderr.contains(
+            "watching 2 VM(s) [vnet0, vnet1]; 1 VM(s) found but not watchable [vnet2], ready in"
+        ),
+        "{stderr}"
+    );
+    // Several rescans retry it.
+    std::thread::sleep(Duration::from_millis(3500));
+    let m = metrics(&lab, &watch);
+    let series = format!("kvmtrace_vm_unwatched{{vm=\"vnet2\",tap=\"vnet2\",reason=\"{reason}\"}}");
+    assert_eq!(sample(&m, &series), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "kvmtrace_vms"), Some(2.0), "{m}");
+    let stderr = watch.stderr();
+    assert_eq!(stderr.matches("cannot watch").count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot watch vnet2 (tap vnet2): {reason}")),
+        "{stderr}"
+    );
+    let (_, body) = http_get(&lab, watch.port, "/healthz").expect("healthz");
+    assert_eq!(
+        body,
+        format!("ok\nnot watched: vnet2 (tap vnet2): {reason}\n")
+    );
+    let unwatched = |tap: &str| {
+        watch
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["type"] == "vm" && v["event"] == "unwatched" && v["tap"] == tap)
+            .count()
+    };
+    assert_eq!(unwatched("vnet2"), 1);
+    // Room made: vnet1 goes, vnet2 is watched in its place.
+    lab.hv_run(&["ip", "link", "del", "vnet1"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let m = loop {
+        let m = metrics(&lab, &watch);
+        if m.contains(
+            "kvmtrace_tap_packets_total{vm=\"vnet2\",tap=\"vnet2\",direction=\"from_vm\"} 0",
+        ) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "{m}\n{}", watch.stderr());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(sample(&m, "kvmtrace_vms"), Some(2.0), "{m}");
+    assert!(!m.contains("kvmtrace_vm_unwatched{"), "{m}");
+    assert!(!m.contains("tap=\"vnet1\""), "{m}");
+    let (_, body) = http_get(&lab, watch.port, "/healthz").expect("healthz");
+    assert_eq!(body, "ok\n");
+    let (code, stderr) = watch.stop();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stderr.matches("cannot watch").count(), 1, "{stderr}");
+}

@@ -271,7 +271,10 @@ struct Watch {
     /// Taps found whose programs could not be attached, with why: said once per tap and
     /// reason (retried at each rescan), and kept as `kvmtrace_vm_unwatched`.
     unwatched: BTreeMap<String, String>,
-    /// VM slots free (below `WATCH_MAX_VMS`), lowest first.
+    /// Most NICs watched at once: `WATCH_MAX_VMS`, or less with `KVMTRACE_WATCH_MAX_VMS` (for
+    /// tests of the limit, as `KVMTRACE_SKIP_HOOKS` is for missing hooks).
+    max_vms: u32,
+    /// VM slots free (below `max_vms`), lowest first.
     free_slots: std::collections::BTreeSet<u32>,
     /// Watched taps by slot and by ifindex: the counters and drops read every second are
     /// matched to their VM without a walk over every VM (thousands on a dense host).
@@ -394,11 +397,21 @@ impl Watch {
             // attached to: said once, kept in `kvmtrace_vm_unwatched` with the reason, and
             // watched at a later rescan once a VM went away.
             let added = match self.take_slot() {
-                Some(slot) => self.kernel.add_tap(slot, &tap).map(|i| (slot, i)).inspect_err(|_| {
-                    self.free_slots.insert(slot);
-                }),
+                Some(slot) => self
+                    .kernel
+                    .add_tap(slot, &tap)
+                    .map(|i| (slot, i))
+                    .inspect_err(|_| {
+                        self.free_slots.insert(slot);
+                    }),
                 None => Err(anyhow!(
-                    "{WATCH_MAX_VMS} VM NICs are watched already, the most watch can (its kernel maps' size)"
+                    "{} VM NICs are watched already, the most watch can ({})",
+                    self.max_vms,
+                    if self.max_vms == WATCH_MAX_VMS {
+                        "its kernel maps' size"
+                    } else {
+                        "KVMTRACE_WATCH_MAX_VMS"
+                    }
                 )),
             };
             match added {
@@ -680,6 +693,13 @@ impl Watch {
     }
 }
 
+/// The limit on NICs watched: `WATCH_MAX_VMS`, or a lower one from `KVMTRACE_WATCH_MAX_VMS`
+/// (a number; anything else, or more, leaves the maps' size).
+fn max_vms(env: Option<&str>) -> u32 {
+    env.and_then(|v| v.trim().parse::<u32>().ok())
+        .map_or(WATCH_MAX_VMS, |n| n.min(WATCH_MAX_VMS))
+}
+
 /// Taps attached between two turns of the event loop: ~0.4 s at ~25 ms a tap.
 const ATTACH_CHUNK: usize = 16;
 
@@ -754,6 +774,7 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
     let health: http::Render = Arc::new(move || m3.lock().expect("metrics lock").health());
     let server = tokio::spawn(http::serve(listener, render, health));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let max_vms = max_vms(std::env::var("KVMTRACE_WATCH_MAX_VMS").ok().as_deref());
     let mut w = Watch {
         kernel,
         metrics,
@@ -769,7 +790,8 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
         seq: 0,
         recordings: HashMap::new(),
         unwatched: BTreeMap::new(),
-        free_slots: (0..WATCH_MAX_VMS).collect(),
+        max_vms,
+        free_slots: (0..max_vms).collect(),
         by_slot: HashMap::new(),
         by_ifindex: HashMap::new(),
         pending: Default::default(),
@@ -931,6 +953,14 @@ mod tests {
         assert_eq!(defaults.clone().apply(&f), defaults);
         let e = parse_config("{\n# a comment\n\"rescan_s\": x}").unwrap_err();
         assert_eq!(e.line(), 3, "{e}");
+    }
+
+    #[test]
+    fn the_limit_is_the_maps_size_unless_lowered() {
+        assert_eq!(max_vms(None), 4096);
+        assert_eq!(max_vms(Some("2")), 2);
+        assert_eq!(max_vms(Some("100000")), 4096);
+        assert_eq!(max_vms(Some("x")), 4096);
     }
 
     #[test]
