@@ -9,8 +9,16 @@ pub const WATCH_TO_VM: u32 = 1;
 /// destination is a learned guest address).
 pub const WATCH_DIR_UNKNOWN: u32 = 2;
 
-/// Most VMs watched at once: `WatchTapStats::vm` and `WatchDropKey::vm` are below this.
-pub const WATCH_MAX_VMS: u32 = 256;
+/// Most VM NICs (taps) watched at once: `WatchTapStats::vm` and `WatchDropKey::vm` are below
+/// this. Sizes the per-VM kernel maps; a tap found beyond it is not watched and is said so
+/// (`kvmtrace_vm_unwatched`). 4 096: twice the densest hosts measured for (2 000 NICs over
+/// several bridges: a bridge takes at most 1 024 ports, `BR_MAX_PORTS` in
+/// net/bridge/br_private.h).
+pub const WATCH_MAX_VMS: u32 = 4096;
+
+/// Guest addresses learned per IP version (`WATCH_VM_IPS`, `WATCH_VM_IPS6`): 4 per watched VM
+/// on average.
+pub const WATCH_MAX_ADDRS: u32 = 4 * WATCH_MAX_VMS;
 
 /// Key of `WATCH_TAP_STATS`: a watched tap and a direction. Userspace creates the entries
 /// when it attaches to the tap (the TC programs only look up and bump: no per-packet update).

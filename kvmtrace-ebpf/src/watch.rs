@@ -17,7 +17,7 @@
 use crate::pkt::{b16, bytes, Addr};
 use crate::{btf_load, off, rd, rd_words};
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC,
+    bindings::{BPF_F_NO_PREALLOC, TC_ACT_UNSPEC},
     helpers::bpf_get_stack,
     macros::{btf_tracepoint, classifier, map},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
@@ -27,8 +27,8 @@ use aya_ebpf::{
 use kvmtrace_common::watch::{
     watch_class, watch_class6, WatchConfig, WatchDropKey, WatchRemote, WatchTapKey, WatchTapStats,
     WATCH_CLASSES, WATCH_CONV, WATCH_DIR_UNKNOWN, WATCH_FROM_VM, WATCH_KIND_DNS,
-    WATCH_KIND_ICMP_ECHO, WATCH_KIND_TCP_SYN, WATCH_MAX_VMS, WATCH_STACK_DEPTH, WATCH_TO_VM,
-    WCNT_DROPS, WCNT_DROPS_UNKEYED, WCNT_IPS_FULL, WCNT_MAX,
+    WATCH_KIND_ICMP_ECHO, WATCH_KIND_TCP_SYN, WATCH_MAX_ADDRS, WATCH_MAX_VMS, WATCH_STACK_DEPTH,
+    WATCH_TO_VM, WCNT_DROPS, WCNT_DROPS_UNKEYED, WCNT_IPS_FULL, WCNT_MAX,
 };
 
 /// Written by userspace once every program is attached; read by every watch program.
@@ -36,20 +36,22 @@ use kvmtrace_common::watch::{
 static WATCH_CONFIG: Array<WatchConfig> = Array::with_max_entries(1, 0);
 
 /// (tap ifindex, direction) → per-CPU counters. Entries are created and removed by userspace
-/// as VMs come and go; the TC programs only bump existing entries.
+/// as VMs come and go; the TC programs only bump existing entries. Not preallocated
+/// (`BPF_F_NO_PREALLOC`): room for `WATCH_MAX_VMS` taps, but the kernel memory (176 bytes per
+/// entry and CPU) only for the taps watched; only userspace inserts, so no program allocates.
 #[map]
 static WATCH_TAP_STATS: PerCpuHashMap<WatchTapKey, WatchTapStats> =
-    PerCpuHashMap::with_max_entries(2 * WATCH_MAX_VMS, 0);
+    PerCpuHashMap::with_max_entries(2 * WATCH_MAX_VMS, BPF_F_NO_PREALLOC);
 
 /// Guest IPv4 address (network order) → VM index. Written by the TC programs when a new
 /// source address leaves a tap; pruned by userspace when a VM goes away. Read at drops.
 #[map]
-static WATCH_VM_IPS: HashMap<[u8; 4], u32> = HashMap::with_max_entries(1024, 0);
+static WATCH_VM_IPS: HashMap<[u8; 4], u32> = HashMap::with_max_entries(WATCH_MAX_ADDRS, 0);
 
 /// Guest IPv6 address (network order) → VM index, as `WATCH_VM_IPS` for IPv6 sources (not
 /// link-local, not unspecified).
 #[map]
-static WATCH_VM_IPS6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(1024, 0);
+static WATCH_VM_IPS6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(WATCH_MAX_ADDRS, 0);
 
 /// Drop site → drops, per CPU (no atomics on the BPF target; userspace sums). Written at drops
 /// only; read by userspace. Bounded: when full, further sites are counted in

@@ -46,6 +46,13 @@ pub struct BenchArgs {
     /// A quick run for CI: one round of one second (numbers are not meaningful).
     #[arg(long)]
     smoke: bool,
+    /// Only these cases, comma-separated (default: every case).
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
+    /// This many more bare taps in the hypervisor namespace, on bridges of their own (at most
+    /// 1 000 ports each): `watch` then watches them too (`cargo xtask scale --bench`).
+    #[arg(long, default_value_t = 0)]
+    extra_taps: usize,
 }
 
 impl BenchArgs {
@@ -55,6 +62,8 @@ impl BenchArgs {
             seconds: 1.0,
             rounds: 1,
             smoke: true,
+            cases: Vec::new(),
+            extra_taps: 0,
         }
     }
 }
@@ -261,6 +270,17 @@ fn start_tracer(bin: &PathBuf, lab: &Lab, args: &[&str]) -> Result<Tracer> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
+    // Stdout is read from the start: `watch` writes a line per tap before it is ready, and
+    // thousands of taps (`--extra-taps`) would fill the pipe and stall it.
+    let out = child.stdout.take().expect("stdout");
+    let stdout = std::thread::spawn(move || {
+        BufReader::new(out)
+            .lines()
+            .map_while(|l| l.ok())
+            .filter(|l| l.contains("\"type\":\"stats\""))
+            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+            .last()
+    });
     let err = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(err).lines();
     let mut ready_ms = 0;
@@ -280,15 +300,6 @@ fn start_tracer(bin: &PathBuf, lab: &Lab, args: &[&str]) -> Result<Tracer> {
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    let out = child.stdout.take().expect("stdout");
-    let stdout = std::thread::spawn(move || {
-        BufReader::new(out)
-            .lines()
-            .map_while(|l| l.ok())
-            .filter(|l| l.contains("\"type\":\"stats\""))
-            .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
-            .last()
-    });
     Ok(Tracer {
         child,
         ready_ms,
@@ -392,7 +403,7 @@ pub fn build_release() -> Result<PathBuf> {
     Ok(target_dir().join("release/kvmtrace"))
 }
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace().join("target"))
@@ -404,6 +415,13 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode> {
     } else {
         (a.seconds, a.rounds)
     };
+    if let Some(c) = a.cases.iter().find(|c| !CASES.contains(&c.as_str())) {
+        bail!("no bench case {c} (cases: {})", CASES.join(", "));
+    }
+    let cases: Vec<&'static str> = CASES
+        .into_iter()
+        .filter(|c| a.cases.is_empty() || a.cases.iter().any(|x| x == c))
+        .collect();
     let bin = build_release()?;
 
     eprintln!(
@@ -412,6 +430,13 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode> {
     let lab = Lab::new(LabOptions::default());
     lab.hv_run(&["ip", "tuntap", "add", "dev", "vnet1", "mode", "tap"]);
     lab.hv_run(&["ip", "link", "set", "vnet1", "master", "br0", "up"]);
+    if a.extra_taps > 0 {
+        eprintln!(
+            "[bench] {} more taps (vnet2…) on bridges xbr0…",
+            a.extra_taps
+        );
+        crate::scale::add_taps(&lab.hv, "xbr", 2, a.extra_taps)?;
+    }
     // The outside discards the flood without answering (no ICMP port unreachable storm).
     discard_udp9(&lab);
     // vnet1's replies reach its tap without ARP; its fd is drained by its pinger.
@@ -468,7 +493,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode> {
     let mut results: Vec<Value> = Vec::new();
     let mut rates: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     for round in 0..rounds {
-        for case in CASES {
+        for &case in &cases {
             let _pings = pinger(case);
             // Off first in even rounds, on first in odd ones: drift within a pair cancels.
             let off_first = round % 2 == 0;
@@ -512,7 +537,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode> {
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling bpf stats")?;
     let mut profiles: std::collections::BTreeMap<&str, Value> = Default::default();
     let mut runs_per_packet: std::collections::BTreeMap<&str, f64> = Default::default();
-    for case in CASES {
+    for &case in &cases {
         let _pings = pinger(case);
         let t = start_tracer(&bin, &lab, &case_args(case, &dest))?;
         let psecs = secs.min(1.0);
@@ -558,7 +583,7 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode> {
     );
     println!("| case | ratio median (min–max) | runs/packet | ready ms | peak RSS KiB | events/s | lost | sampled out | ns/run (hottest programs) |");
     println!("|---|---|---|---|---|---|---|---|---|");
-    for case in CASES {
+    for &case in &cases {
         let mut r = rates.get(case).cloned().unwrap_or_default();
         let (min, max) = (
             r.iter().cloned().fold(f64::INFINITY, f64::min),

@@ -8,6 +8,7 @@ mod bench;
 mod demo;
 mod deps;
 mod dist;
+mod scale;
 mod setup;
 mod soak;
 
@@ -38,6 +39,8 @@ enum Command {
     Demo,
     /// Measure what following costs: packet rate with kvmtrace off and on, interleaved.
     Bench(bench::BenchArgs),
+    /// How `watch` and `follow` grow with the VM NICs of a host: ready, RSS, scrape, cost.
+    Scale(scale::ScaleArgs),
     /// Follow a VM under steady load for minutes: RSS and kernel maps must stay flat.
     Soak(soak::SoakArgs),
     /// Build the static (musl) release binary, eBPF object inside, and print its path.
@@ -95,6 +98,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo => demo::run(),
         Command::Bench(args) => bench::run(&args),
         Command::Soak(args) => soak::run(&args),
+        Command::Scale(args) => scale::run_scale(&args),
         Command::Fixtures => fixtures(),
         Command::Dist => {
             let d = dist::dist(&dist::workspace())?;

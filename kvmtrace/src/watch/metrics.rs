@@ -3,7 +3,7 @@
 //! counts and snapshot the text.
 //!
 //! Cardinality is bounded by design (docs/watch.md):
-//! - VMs: at most `WATCH_MAX_VMS` (256) at once; a VM that goes away has its series removed;
+//! - VMs: at most `WATCH_MAX_VMS` (4 096 NICs) at once; a VM that goes away has its series removed;
 //! - tap series: 2 directions per VM (of each tap metric), requests and replies by kind and
 //!   class as they appear (9 each at most);
 //! - drop series: at most `max_drop_series` distinct label sets; past it a new combination is

@@ -272,11 +272,28 @@ struct Watch {
     /// Taps found whose programs could not be attached, with why: said once per tap and
     /// reason (retried at each rescan), and kept as `kvmtrace_vm_unwatched`.
     unwatched: BTreeMap<String, String>,
+    /// Most NICs watched at once: `WATCH_MAX_VMS`, or less with `KVMTRACE_WATCH_MAX_VMS` (for
+    /// tests of the limit, as `KVMTRACE_SKIP_HOOKS` is for missing hooks).
+    max_vms: u32,
+    /// VM slots free (below `max_vms`), lowest first.
+    free_slots: std::collections::BTreeSet<u32>,
+    /// Watched taps by slot and by ifindex: the counters and drops read every second are
+    /// matched to their VM without a walk over every VM (thousands on a dense host).
+    by_slot: HashMap<u32, String>,
+    by_ifindex: HashMap<u32, String>,
+    /// Taps the last rescan found that are not attached yet (`attach_pending`).
+    pending: std::collections::VecDeque<(String, resolve::VmInfo)>,
 }
 
 impl Watch {
-    fn free_slot(&self) -> Option<u32> {
-        (0..WATCH_MAX_VMS).find(|s| !self.vms.values().any(|v| v.slot == *s))
+    /// Takes the lowest free VM slot.
+    fn take_slot(&mut self) -> Option<u32> {
+        self.free_slots.pop_first()
+    }
+
+    /// The tap watched under VM slot `slot`.
+    fn tap_of_slot(&self, slot: u32) -> Option<&Vm> {
+        self.by_slot.get(&slot).and_then(|t| self.vms.get(t))
     }
 
     /// Finds VMs that started or stopped; attaches to and detaches from their taps.
@@ -308,6 +325,9 @@ impl Watch {
         for tap in gone {
             if let Some(vm) = self.vms.remove(&tap) {
                 self.kernel.remove_tap(vm.ifindex, vm.slot);
+                self.by_slot.remove(&vm.slot);
+                self.by_ifindex.remove(&vm.ifindex);
+                self.free_slots.insert(vm.slot);
                 self.prev_drops.retain(|k, _| k.vm != vm.slot);
                 self.metrics
                     .lock()
@@ -318,6 +338,7 @@ impl Watch {
                 );
             }
         }
+        let mut pending = std::collections::VecDeque::new();
         for (tap, (info, _)) in want {
             if let Some(vm) = self.vms.get_mut(&tap) {
                 // Named later than first seen (libvirt's XML, QEMU holding the tap): the
@@ -339,12 +360,65 @@ impl Watch {
                 }
                 continue;
             }
-            let Some(slot) = self.free_slot() else {
-                log::warn!("more than {WATCH_MAX_VMS} VMs: {tap} is not watched");
-                continue;
+            pending.push_back((tap, info));
+        }
+        self.pending = pending;
+        // Taps gone: no longer reported as unwatched.
+        let vanished: Vec<String> = self
+            .unwatched
+            .keys()
+            .filter(|t| crate::capture::watch::ifindex(t).is_none())
+            .cloned()
+            .collect();
+        for t in vanished {
+            self.unwatched.remove(&t);
+            self.metrics
+                .lock()
+                .expect("metrics lock")
+                .vm_watched_again(&t);
+        }
+    }
+
+    /// Attaches to at most `n` of the taps the last rescan found new. Each tap costs two TCX
+    /// links, and the kernel waits for an RCU grace period under the RTNL lock for each
+    /// (`tcx_entry_sync()` in `tcx_link_prog_attach`, kernel/bpf/tcx.c, Linux 6.6-6.18): ~12 ms
+    /// a link on the build machine, whoever attaches, so thousands of taps take tens of
+    /// seconds. The
+    /// loop attaches a few at a time and serves `/metrics`, signals and the counters between.
+    fn attach_pending(&mut self, n: usize) {
+        for _ in 0..n {
+            let Some((tap, info)) = self.pending.pop_front() else {
+                return;
             };
-            match self.kernel.add_tap(slot, &tap) {
-                Ok(ifindex) => {
+            // Gone since the rescan (the next one would drop it anyway): nothing to say.
+            if crate::capture::watch::ifindex(&tap).is_none() {
+                continue;
+            }
+            // Beyond the kernel maps' size the tap is refused like one that cannot be
+            // attached to: said once, kept in `kvmtrace_vm_unwatched` with the reason, and
+            // watched at a later rescan once a VM went away.
+            let added = match self.take_slot() {
+                Some(slot) => self
+                    .kernel
+                    .add_tap(slot, &tap)
+                    .map(|i| (slot, i))
+                    .inspect_err(|_| {
+                        self.free_slots.insert(slot);
+                    }),
+                None => Err(anyhow!(
+                    "{} VM NICs are watched already, the most watch can ({})",
+                    self.max_vms,
+                    if self.max_vms == WATCH_MAX_VMS {
+                        "its kernel maps' size"
+                    } else {
+                        "KVMTRACE_WATCH_MAX_VMS"
+                    }
+                )),
+            };
+            match added {
+                Ok((slot, ifindex)) => {
+                    self.by_slot.insert(slot, tap.clone());
+                    self.by_ifindex.insert(ifindex, tap.clone());
                     let name = info.name.clone().unwrap_or_else(|| tap.clone());
                     let mac = info.mac.clone().unwrap_or_default();
                     self.metrics
@@ -401,36 +475,20 @@ impl Watch {
                     .vm_watched_again(&tap);
             }
         }
-        // Taps gone: no longer reported as unwatched.
-        let vanished: Vec<String> = self
-            .unwatched
-            .keys()
-            .filter(|t| crate::capture::watch::ifindex(t).is_none())
-            .cloned()
-            .collect();
-        for t in vanished {
-            self.unwatched.remove(&t);
-            self.metrics
-                .lock()
-                .expect("metrics lock")
-                .vm_watched_again(&t);
-        }
     }
 
     /// The labels of a drop site, worked out once per kernel key (its stack and location are
     /// in the key, so they never change).
     fn drop_labels_of(&mut self, k: &WatchDropKey) -> DropLabels {
         let (vm, tap) = self
-            .vms
-            .values()
-            .find(|v| v.slot == k.vm)
+            .tap_of_slot(k.vm)
             .map(|v| (v.name.clone(), v.tap.clone()))
             .unwrap_or_default();
         let reason = self.kernel.reason_name(k.reason);
         let loc_fn = self.kernel.location_fn(k.location);
         let stack = self.kernel.stack(&k.stack);
         let device = self.dev_name(k.ifindex);
-        let kind = if self.vms.values().any(|v| v.ifindex == k.ifindex) {
+        let kind = if self.by_ifindex.contains_key(&k.ifindex) {
             Stage::Tap
         } else if std::path::Path::new(&format!("/sys/class/net/{device}/bridge")).exists() {
             Stage::Bridge
@@ -469,7 +527,11 @@ impl Watch {
         let overflow = self.kernel.overflow_counters();
         let mut m = self.metrics.lock().expect("metrics lock");
         for (k, t) in taps {
-            let Some(vm) = self.vms.values_mut().find(|v| v.ifindex == k.ifindex) else {
+            let Some(vm) = self
+                .by_ifindex
+                .get(&k.ifindex)
+                .and_then(|t| self.vms.get_mut(t))
+            else {
                 continue;
             };
             let d = (k.dir == WATCH_TO_VM) as usize;
@@ -519,12 +581,7 @@ impl Watch {
             if n == 0 {
                 continue;
             }
-            let Some(tap) = self
-                .vms
-                .values()
-                .find(|v| v.slot == k.vm)
-                .map(|v| v.tap.clone())
-            else {
+            let Some(tap) = self.by_slot.get(&k.vm).cloned() else {
                 continue;
             };
             let labels = match self.drop_labels.get(&k) {
@@ -637,6 +694,34 @@ impl Watch {
     }
 }
 
+/// The limit on NICs watched: `WATCH_MAX_VMS`, or a lower one from `KVMTRACE_WATCH_MAX_VMS`
+/// (a number; anything else, or more, leaves the maps' size).
+fn max_vms(env: Option<&str>) -> u32 {
+    env.and_then(|v| v.trim().parse::<u32>().ok())
+        .map_or(WATCH_MAX_VMS, |n| n.min(WATCH_MAX_VMS))
+}
+
+/// Taps attached between two turns of the event loop: ~0.4 s at ~25 ms a tap.
+const ATTACH_CHUNK: usize = 16;
+
+/// Most taps named in the start line: a dense host's thousands are counted, not listed
+/// (`kvmtrace list`, `/metrics` and the `vm` lines name each).
+const NAMES_SHOWN: usize = 32;
+
+/// `a, b, c` of the first [`NAMES_SHOWN`] names, then how many more.
+fn names<'a>(all: impl ExactSizeIterator<Item = &'a String>) -> String {
+    let n = all.len();
+    let mut s = all
+        .take(NAMES_SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if n > NAMES_SHOWN {
+        s.push_str(&format!(", … {} more", n - NAMES_SHOWN));
+    }
+    s
+}
+
 /// Inode of a process's network namespace (`self` or a pid).
 fn netns_of(pid: &str) -> Option<u64> {
     use std::os::unix::fs::MetadataExt as _;
@@ -722,6 +807,7 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
         http::Limits::new(open_files),
     ));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let max_vms = max_vms(std::env::var("KVMTRACE_WATCH_MAX_VMS").ok().as_deref());
     let mut w = Watch {
         kernel,
         metrics,
@@ -737,6 +823,11 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
         seq: 0,
         recordings: HashMap::new(),
         unwatched: BTreeMap::new(),
+        max_vms,
+        free_slots: (0..max_vms).collect(),
+        by_slot: HashMap::new(),
+        by_ifindex: HashMap::new(),
+        pending: Default::default(),
     };
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -749,27 +840,34 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
         eprintln!("kvmtrace watch: {n}");
     }
     w.rescan();
-    eprintln!(
-        "kvmtrace watch: listening on http://{local}/metrics, watching {} VM(s) [{}]{}, ready in {} ms",
-        w.vms.len(),
-        w.vms.keys().cloned().collect::<Vec<_>>().join(", "),
-        if w.unwatched.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "; {} VM(s) found but not watchable [{}]",
-                w.unwatched.len(),
-                w.unwatched.keys().cloned().collect::<Vec<_>>().join(", ")
-            )
-        },
-        started.elapsed().as_millis()
-    );
+    // The start line once every tap found at start is attached (`attach_pending`: a few at a
+    // time, `/metrics` and signals served between).
+    let mut ready_said = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rescan = tokio::time::interval(Duration::from_secs_f64(w.settings.rescan_s));
     rescan.tick().await;
     loop {
+        if !ready_said && w.pending.is_empty() {
+            ready_said = true;
+            eprintln!(
+                "kvmtrace watch: listening on http://{local}/metrics, watching {} VM(s) [{}]{}, ready in {} ms",
+                w.vms.len(),
+                names(w.vms.keys()),
+                if w.unwatched.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; {} VM(s) found but not watchable [{}]",
+                        w.unwatched.len(),
+                        names(w.unwatched.keys())
+                    )
+                },
+                started.elapsed().as_millis()
+            );
+        }
         tokio::select! {
+            biased;
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
@@ -781,11 +879,15 @@ async fn run_async(args: WatchArgs, settings: Settings) -> Result<ExitCode> {
                         w.metrics.lock().expect("metrics lock").set_max_drop_series(s.max_drop_series);
                         w.settings = s;
                         w.rescan();
+                        // A reload says what it watches: attached now, not in chunks.
+                        w.attach_pending(usize::MAX);
                         eprintln!("kvmtrace watch: SIGHUP: settings reloaded, {} VM(s) watched", w.vms.len());
                     }
                     Err(e) => eprintln!("kvmtrace watch: SIGHUP: keeping the old settings: {e:#}"),
                 }
             }
+            // Pending first poll, so the HTTP server runs before each chunk.
+            _ = tokio::task::yield_now(), if !w.pending.is_empty() => w.attach_pending(ATTACH_CHUNK),
             _ = rescan.tick() => w.rescan(),
             _ = tick.tick() => w.update(),
             Some(f) = done_rx.recv() => w.finished(f),
@@ -884,6 +986,25 @@ mod tests {
         assert_eq!(defaults.clone().apply(&f), defaults);
         let e = parse_config("{\n# a comment\n\"rescan_s\": x}").unwrap_err();
         assert_eq!(e.line(), 3, "{e}");
+    }
+
+    #[test]
+    fn the_limit_is_the_maps_size_unless_lowered() {
+        assert_eq!(max_vms(None), 4096);
+        assert_eq!(max_vms(Some("2")), 2);
+        assert_eq!(max_vms(Some("100000")), 4096);
+        assert_eq!(max_vms(Some("x")), 4096);
+    }
+
+    #[test]
+    fn the_start_line_names_32_taps_and_counts_the_rest() {
+        let few: Vec<String> = (0..2).map(|i| format!("vnet{i}")).collect();
+        assert_eq!(names(few.iter()), "vnet0, vnet1");
+        assert_eq!(names(Vec::<String>::new().iter()), "");
+        let many: Vec<String> = (0..2000).map(|i| format!("t{i}")).collect();
+        let s = names(many.iter());
+        assert!(s.starts_with("t0, t1, "), "{s}");
+        assert!(s.ends_with("t30, t31, … 1968 more"), "{s}");
     }
 
     #[test]
