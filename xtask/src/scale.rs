@@ -21,7 +21,7 @@
 //! on error too (a guard), and namespaces `kvmscale-<pid>-*` left by a run that was killed are
 //! deleted at the next start. Results: `target/bench/scale.json` and a table on stdout.
 
-use crate::bench::{build_release, target_dir};
+use crate::bench::{add_taps, build_release, target_dir};
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
 use serde_json::{json, Value};
@@ -45,16 +45,13 @@ pub struct ScaleArgs {
     bench: bool,
 }
 
-/// Most ports put on one bridge (a bridge takes at most 1 024: `BR_MAX_PORTS`).
-const PORTS_PER_BRIDGE: usize = 1000;
-
 /// A namespace of this run, deleted on drop (with every device in it).
 pub struct Ns {
     pub name: String,
 }
 
 impl Ns {
-    /// `taps` bare taps `vnet0`… on bridges `sbr0`… of at most [`PORTS_PER_BRIDGE`] ports,
+    /// `taps` bare taps `vnet0`… on bridges `sbr0`… of at most [`crate::bench::PORTS_PER_BRIDGE`] ports,
     /// each up, in a new namespace `name`.
     pub fn with_taps(name: &str, taps: usize) -> Result<Ns> {
         run(&["ip", "netns", "add", name])?;
@@ -71,38 +68,6 @@ impl Drop for Ns {
             .args(["netns", "del", &self.name])
             .status();
     }
-}
-
-/// Adds `taps` bare taps `vnet<first>`… to namespace `ns`, up, on bridges `<prefix>0`… of at
-/// most [`PORTS_PER_BRIDGE`] ports each, in one `ip -batch` (one process, not one per tap).
-pub fn add_taps(ns: &str, prefix: &str, first: usize, taps: usize) -> Result<()> {
-    let mut batch = String::new();
-    for i in 0..taps {
-        let b = i / PORTS_PER_BRIDGE;
-        if i % PORTS_PER_BRIDGE == 0 {
-            batch.push_str(&format!(
-                "link add {prefix}{b} type bridge\nlink set {prefix}{b} up\n"
-            ));
-        }
-        let t = first + i;
-        batch.push_str(&format!(
-            "tuntap add dev vnet{t} mode tap\nlink set vnet{t} master {prefix}{b} up\n"
-        ));
-    }
-    let mut child = Command::new("ip")
-        .args(["-n", ns, "-batch", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .context("ip -batch")?;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(batch.as_bytes())?;
-    if !child.wait()?.success() {
-        bail!("creating {taps} taps in {ns} failed");
-    }
-    Ok(())
 }
 
 fn run(args: &[&str]) -> Result<()> {
