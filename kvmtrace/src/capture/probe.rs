@@ -280,6 +280,44 @@ fn blind_at_tap(
     (!blind.why.is_empty()).then_some(blind)
 }
 
+/// The running kernel's BTF (`KVMTRACE_BTF` or /sys/kernel/btf/vmlinux) and the struct
+/// offsets the kernel programs are loaded with.
+fn kernel_layout() -> Result<(KernelBtf, crate::capture::btf::Offsets)> {
+    let btf_path = std::env::var("KVMTRACE_BTF").unwrap_or_else(|_| VMLINUX_BTF.into());
+    let kbtf = KernelBtf::open(Path::new(&btf_path)).map_err(|e| {
+        EnvError(format!(
+            "{e:#}\nkvmtrace reads kernel struct layouts from BTF; this kernel does not \
+             expose it (needs CONFIG_DEBUG_INFO_BTF=y)"
+        ))
+    })?;
+    let offsets = kernel_offsets(&kbtf).map_err(|e| {
+        EnvError(format!(
+            "this kernel's BTF lacks a field kvmtrace needs: {e:#}"
+        ))
+    })?;
+    Ok((kbtf, offsets))
+}
+
+/// What the kernel programs follow: the destinations, protocol and port, this namespace,
+/// the tap and the guest's MAC, the budget. Not enabled yet (see `Filter::enabled`).
+fn filter_of(spec: &Spec, tap_ifindex: u32, all: bool) -> Result<Filter> {
+    let (v4, v6) = (spec.v4(), spec.v6());
+    Ok(Filter {
+        dst_net: v4.map_or([0; 4], |n| n.network().octets()),
+        dst_mask: v4.map_or([0xff; 4], |n| n.netmask().octets()),
+        dst6_net: v6.map_or([0; 16], |n| n.network().octets()),
+        dst6_mask: v6.map_or([0xff; 16], |n| n.netmask().octets()),
+        proto: spec.proto,
+        port: spec.port,
+        netns: netns_inode()?,
+        tap_ifindex,
+        guest_mac: spec.guest_mac.unwrap_or([0; 6]),
+        budget: spec.budget,
+        route_helper: u8::from(!all),
+        ..Default::default()
+    })
+}
+
 fn ifindex(name: &str) -> Result<u32> {
     match crate::host::sys::ifindex(name) {
         None => Err(anyhow!(
@@ -529,18 +567,7 @@ impl Tracer {
         crate::capture::privileges::require("kvmtrace", &crate::capture::privileges::TRACING)?;
         let t0 = std::time::Instant::now();
         let phase = |what: &str| log::debug!("start-up: {what} at {} ms", t0.elapsed().as_millis());
-        let btf_path = std::env::var("KVMTRACE_BTF").unwrap_or_else(|_| VMLINUX_BTF.into());
-        let kbtf = KernelBtf::open(Path::new(&btf_path)).map_err(|e| {
-            EnvError(format!(
-                "{e:#}\nkvmtrace reads kernel struct layouts from BTF; this kernel does not \
-                 expose it (needs CONFIG_DEBUG_INFO_BTF=y)"
-            ))
-        })?;
-        let mut offsets = kernel_offsets(&kbtf).map_err(|e| {
-            EnvError(format!(
-                "this kernel's BTF lacks a field kvmtrace needs: {e:#}"
-            ))
-        })?;
+        let (kbtf, mut offsets) = kernel_layout()?;
         let reasons = kbtf.drop_reasons().unwrap_or_default();
         phase("BTF offsets and drop reasons");
         ensure_tracefs();
@@ -565,21 +592,7 @@ impl Tracer {
         let tap_ifindex = ifindex(&spec.tap).map_err(|e| EnvError(format!("{e:#}")))?;
         let v4 = spec.v4();
         let v6 = spec.v6();
-        let mut filter = Filter {
-            dst_net: v4.map_or([0; 4], |n| n.network().octets()),
-            dst_mask: v4.map_or([0xff; 4], |n| n.netmask().octets()),
-            dst6_net: v6.map_or([0; 16], |n| n.network().octets()),
-            dst6_mask: v6.map_or([0xff; 16], |n| n.netmask().octets()),
-            proto: spec.proto,
-            port: spec.port,
-            netns: netns_inode()?,
-            tap_ifindex,
-            guest_mac: spec.guest_mac.unwrap_or([0; 6]),
-            budget: spec.budget,
-            route_helper: u8::from(!all),
-            ..Default::default()
-        };
-
+        let mut filter = filter_of(spec, tap_ifindex, all)?;
         phase("filter");
         // Looked up once: a VXLAN port added to the bridge later is not looked into.
         let vxlan_port = u32::from(crate::capture::pathdevs::tap_vxlan_port(&spec.tap));
