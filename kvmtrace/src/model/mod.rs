@@ -55,6 +55,16 @@ pub struct NfChain {
     pub policy: String,
 }
 
+impl NfChain {
+    /// How a verdict names it: `inet labfw forward (policy drop, priority 0)`.
+    pub fn label(&self) -> String {
+        format!(
+            "{} {} {} (policy {}, priority {})",
+            self.family, self.table, self.chain, self.policy, self.priority
+        )
+    }
+}
+
 /// Facts about the host, read when the trace starts (or ends), that verdicts refer to.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostFacts {

@@ -260,15 +260,7 @@ fn chains_on(facts: &HostFacts, hook: NfHook, family: &str) -> (Option<String>, 
             .legacy_tables
             .iter()
             .any(|t| t == "filter" || t == "raw" || t == "mangle");
-    let names: Vec<String> = on_hook
-        .iter()
-        .map(|c| {
-            format!(
-                "{} {} {} (policy {}, priority {})",
-                c.family, c.table, c.chain, c.policy, c.priority
-            )
-        })
-        .collect();
+    let names: Vec<String> = on_hook.iter().map(|c| c.label()).collect();
     let fw = match (on_hook.is_empty(), legacy) {
         (false, false) => Some("nftables".to_string()),
         (true, true) => Some("iptables-legacy".to_string()),

@@ -183,15 +183,7 @@ impl Model {
         v.direction = Some(crate::model::event::Direction::Request);
         v.device = Some(bridge);
         v.firewall = Some("nftables".into());
-        v.chains = chains
-            .iter()
-            .map(|c| {
-                format!(
-                    "{} {} {} (policy {}, priority {})",
-                    c.family, c.table, c.chain, c.policy, c.priority
-                )
-            })
-            .collect();
+        v.chains = chains.iter().map(|c| c.label()).collect();
     }
 
     /// How often the guest sent each message a host service answers, and how often an answer
