@@ -161,16 +161,7 @@ pub fn write_json(w: &mut dyn Write, info: &VmInfo, checks: &[Check]) -> io::Res
 
 /// The text form of a run: a heading naming the VM, then the checks.
 pub fn write_report(w: &mut dyn Write, info: &VmInfo, checks: &[Check]) -> io::Result<()> {
-    writeln!(
-        w,
-        "doctor: {} (tap {}{})",
-        info.name.as_deref().unwrap_or("VM"),
-        info.tap,
-        info.mac
-            .as_deref()
-            .map(|m| format!(", mac {m}"))
-            .unwrap_or_default()
-    )?;
+    writeln!(w, "doctor: {}", info.heading())?;
     write_text(w, checks)
 }
 

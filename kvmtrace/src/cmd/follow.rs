@@ -415,13 +415,8 @@ fn announce(tracer: &Tracer, spec: &Spec, info: &resolve::VmInfo, dest: &str, st
         eprintln!("kvmtrace: warning: {w}");
     }
     eprintln!(
-        "kvmtrace: following {} (tap {}{}) → {dest}, ready in {} ms; attached: {}",
-        info.name.as_deref().unwrap_or("VM"),
-        info.tap,
-        info.mac
-            .as_deref()
-            .map(|m| format!(", mac {m}"))
-            .unwrap_or_default(),
+        "kvmtrace: following {} → {dest}, ready in {} ms; attached: {}",
+        info.heading(),
         started.elapsed().as_millis(),
         tracer.attached.join("; ")
     );

@@ -156,6 +156,19 @@ impl fmt::Display for VmInfo {
 }
 
 impl VmInfo {
+    /// How a run names the VM it works on: `web1 (tap vnet0, mac 52:54:00:12:34:56)`.
+    pub fn heading(&self) -> String {
+        format!(
+            "{} (tap {}{})",
+            self.name.as_deref().unwrap_or("VM"),
+            self.tap,
+            self.mac
+                .as_deref()
+                .map(|m| format!(", mac {m}"))
+                .unwrap_or_default()
+        )
+    }
+
     /// One JSON object for `list --json`.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
