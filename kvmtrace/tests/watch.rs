@@ -646,6 +646,10 @@ fn ipv6_forward_drop_shows_in_metrics_and_is_flight_recorded() {
         ..LabOptions::default()
     });
     let rec = TempDir::new(&lab, "rec6");
+    // The VM holds its tap before watch starts: a tap without a reader has its carrier off,
+    // and a multicast the host sends then (MLD, NDP) is dropped by its qdisc towards no
+    // guest address (`direction="unknown"`, QDISC_DROP), which CI once counted here.
+    let mut vm = FakeVm::attach(&lab);
     let watch = Watch::start(
         &lab,
         &[
@@ -657,7 +661,6 @@ fn ipv6_forward_drop_shows_in_metrics_and_is_flight_recorded() {
             "1",
         ],
     );
-    let mut vm = FakeVm::attach(&lab);
     // The VM has no name (its tap is held by this test, in another namespace): `vm` is the tap.
     let fwd = "kvmtrace_drops_total{vm=\"vnet0\",tap=\"vnet0\",stage=\"netfilter\",hook=\"FORWARD\",reason=\"NETFILTER_DROP\",device=\"br0\",direction=\"from_vm\"}";
     let mut seq = 0u16;
