@@ -489,7 +489,12 @@ impl Journey {
         match last {
             Some(h) => Outcome::InFlight {
                 stage: stage_of(h),
-                device: h.device.clone(),
+                // A route lookup is seen on no device: the one its route chose is where the
+                // packet was headed.
+                device: match &h.route {
+                    Some(r) if h.device.is_empty() => r.device.clone(),
+                    _ => h.device.clone(),
+                },
             },
             None => Outcome::InFlight {
                 stage: Stage::Tap,

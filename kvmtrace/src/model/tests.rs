@@ -1240,3 +1240,34 @@ fn a_reply_handed_to_the_guest_is_not_continued_by_the_next_reply_in_its_memory(
         assert_eq!(v.direction, Some(Direction::Reply), "{}", v.flow);
     }
 }
+
+/// A request last seen at its route lookup (its neighbour never answered, and the drop was not
+/// seen): the verdict names the device the route chose, not an empty one (CI once printed
+/// "last seen at the routing stage on  and").
+#[test]
+fn a_request_last_seen_at_its_route_lookup_names_the_routes_device() {
+    let mut events = Vec::new();
+    for e in load(HEALTHY) {
+        if e.dir != Direction::Request {
+            continue;
+        }
+        let fib = e.point == Point::Fib;
+        events.push(e);
+        if fib {
+            break;
+        }
+    }
+    assert_eq!(events.last().map(|e| e.point), Some(Point::Fib));
+    assert_eq!(events.last().map(|e| e.device.as_str()), Some(""));
+    let m = model(events);
+    let v = &m.verdicts(&HostFacts::default(), "203.0.113.1", None)[0];
+    assert_eq!(v.status, Status::NoReply);
+    assert_eq!(v.stage, Some(Stage::Routing));
+    assert_eq!(v.device.as_deref(), Some("up0"));
+    assert!(
+        v.summary
+            .contains("last seen at the routing stage on up0 and"),
+        "{}",
+        v.summary
+    );
+}
