@@ -10,6 +10,8 @@ mod doctor;
 mod follow;
 pub mod list;
 pub mod offline;
+#[cfg(feature = "live")]
+mod watch;
 
 use crate::error::{EnvError, Usage};
 use crate::host::resolve::UnknownVm;
@@ -38,11 +40,11 @@ pub enum Cmd {
     /// namespace.
     List(list::ListArgs),
     /// Show a recorded trace (`follow --record`) with the same views, offline, without root.
-    Replay(crate::cmd::offline::ReplayArgs),
+    Replay(offline::ReplayArgs),
     /// Export a recorded trace (pcapng for Wireshark/tshark, JSON Lines for scripts).
-    Export(crate::cmd::offline::ExportArgs),
+    Export(offline::ExportArgs),
     /// Write a postmortem report (Markdown and self-contained HTML) from a recorded trace.
-    Report(crate::cmd::offline::ReportArgs),
+    Report(offline::ReportArgs),
     /// Check everything along a VM's path without waiting for traffic: pass / warn / fail with
     /// the evidence and the fix.
     #[cfg(feature = "live")]
@@ -51,12 +53,12 @@ pub enum Cmd {
     /// (`/metrics`), and a flight recording (`follow --record`) of a VM whose drops cross a
     /// threshold. docs/watch.md.
     #[cfg(feature = "live")]
-    Watch(crate::watch::WatchArgs),
+    Watch(watch::WatchArgs),
     /// Print a shell completion script on stdout (bash, zsh, fish, elvish, powershell).
-    Completions(crate::cmd::assets::CompletionsArgs),
+    Completions(assets::CompletionsArgs),
     /// Write one man page per command into DIR (for packagers).
     #[command(hide = true)]
-    Manpages(crate::cmd::assets::ManpagesArgs),
+    Manpages(assets::ManpagesArgs),
 }
 
 /// The whole command line as a `clap::Command`, for generators (man pages, completions).
@@ -119,15 +121,15 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::List(a) => list::list(a),
-        Cmd::Replay(a) => crate::cmd::offline::replay(a),
-        Cmd::Export(a) => crate::cmd::offline::export(a),
-        Cmd::Report(a) => crate::cmd::offline::report(a),
+        Cmd::Replay(a) => offline::replay(a),
+        Cmd::Export(a) => offline::export(a),
+        Cmd::Report(a) => offline::report(a),
         #[cfg(feature = "live")]
         Cmd::Doctor(a) => doctor::run(a),
         #[cfg(feature = "live")]
-        Cmd::Watch(a) => crate::watch::run(a),
-        Cmd::Completions(a) => assets::completions(a),
-        Cmd::Manpages(a) => assets::manpages(a),
+        Cmd::Watch(a) => crate::watch::run(a.launch()),
+        Cmd::Completions(a) => assets::completions(a, command()),
+        Cmd::Manpages(a) => assets::manpages(a, command()),
         #[cfg(feature = "live")]
         Cmd::Follow(a) => follow::run(a),
     }

@@ -22,16 +22,16 @@ pub struct ManpagesArgs {
     pub dir: PathBuf,
 }
 
-pub fn completions(a: CompletionsArgs) -> Result<ExitCode> {
-    let mut cmd = super::command();
+/// `cmd`: the whole command line (`crate::cmd::command`).
+pub fn completions(a: CompletionsArgs, mut cmd: clap::Command) -> Result<ExitCode> {
     clap_complete::generate(a.shell, &mut cmd, "kvmtrace", &mut std::io::stdout().lock());
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn manpages(a: ManpagesArgs) -> Result<ExitCode> {
+pub fn manpages(a: ManpagesArgs, cmd: clap::Command) -> Result<ExitCode> {
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     // Hidden commands (this one) get no page; `help` is no command of its own either.
-    clap_mangen::generate_to(super::command(), &a.dir)
+    clap_mangen::generate_to(cmd, &a.dir)
         .with_context(|| format!("writing man pages into {}", a.dir.display()))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -43,7 +43,7 @@ mod tests {
     #[test]
     fn one_man_page_per_visible_command() {
         let dir = std::env::temp_dir().join(format!("kvmtrace-man-{}", std::process::id()));
-        manpages(ManpagesArgs { dir: dir.clone() }).unwrap();
+        manpages(ManpagesArgs { dir: dir.clone() }, crate::cmd::command()).unwrap();
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
