@@ -3,6 +3,7 @@
 //! that joined the lab's hypervisor namespace. Needs root.
 
 use kvmtrace::capture::nftrace::{RuleDecision, RuleTracer, TraceFilter, TABLE_PREFIX};
+use kvmtrace::model::filter::{PacketFilter, Proto};
 use kvmtrace_lab::lab::{netns_path, Firewall, Lab, LabOptions};
 use kvmtrace_lab::vm::{tcp_flags, FakeVm, Reply};
 use std::io::{BufRead as _, BufReader};
@@ -37,12 +38,11 @@ fn start(lab: &Lab, f: &TraceFilter) -> (RuleTracer, Vec<String>) {
     })
 }
 
-fn filter(lab: &Lab, proto: u8, port: u16) -> TraceFilter {
+fn filter(lab: &Lab, proto: Proto, port: Option<u16>) -> TraceFilter {
     TraceFilter {
         guest_ips: vec![lab.guest_ip.into()],
         dsts: vec![std::net::IpAddr::from(lab.dest).into()],
-        proto,
-        port,
+        packets: PacketFilter { proto, port },
     }
 }
 
@@ -89,7 +89,7 @@ fn forward_policy_drop_is_explained_as_the_chains_policy() {
         forward_drop: Some(Firewall::Nftables),
         ..LabOptions::default()
     });
-    let (tracer, warnings) = start(&lab, &filter(&lab, 1, 0));
+    let (tracer, warnings) = start(&lab, &filter(&lab, Proto::Icmp, None));
     assert!(warnings.is_empty(), "{warnings:?}");
     let mut vm = FakeVm::attach(&lab);
     for seq in 1..=2 {
@@ -133,7 +133,7 @@ fn a_reject_rule_is_explained_by_handle_and_text() {
 ",
     );
     let handle = handle_of(&lab, "inet", "labreject", "reject");
-    let (tracer, _) = start(&lab, &filter(&lab, 6, 8080));
+    let (tracer, _) = start(&lab, &filter(&lab, Proto::Tcp, Some(8080)));
     let mut vm = FakeVm::attach(&lab);
     let r = vm.tcp_syn(lab.dest, 8080, 40000, Duration::from_secs(2));
     assert!(
@@ -158,7 +158,7 @@ fn a_reject_rule_is_explained_by_handle_and_text() {
 #[test]
 fn stop_and_drop_remove_the_table() {
     let lab = Lab::new(LabOptions::default());
-    let (tracer, _) = start(&lab, &filter(&lab, 0, 0));
+    let (tracer, _) = start(&lab, &filter(&lab, Proto::Any, None));
     let name = tracer.table().to_string();
     assert!(name.starts_with(TABLE_PREFIX), "{name}");
     assert!(
@@ -187,7 +187,7 @@ fn stop_and_drop_remove_the_table() {
         "still there after stop():\n{listed}"
     );
 
-    let (tracer, _) = start(&lab, &filter(&lab, 0, 0));
+    let (tracer, _) = start(&lab, &filter(&lab, Proto::Any, None));
     let name = tracer.table().to_string();
     assert!(tables(&lab).contains(&name));
     drop(tracer);
@@ -213,7 +213,7 @@ fn a_leftover_of_a_dead_run_is_removed_at_the_next_start() {
         }
     }
     assert!(tables(&lab).contains(&leftover));
-    let (tracer, warnings) = start(&lab, &filter(&lab, 0, 0));
+    let (tracer, warnings) = start(&lab, &filter(&lab, Proto::Any, None));
     let listed = tables(&lab);
     assert!(!listed.contains(&leftover), "left-over kept:\n{listed}");
     assert!(
@@ -248,8 +248,10 @@ fn crash_child_holds_a_tracer() {
             "203.0.113.0/24".parse().unwrap(),
             "2001:db8::/64".parse().unwrap(),
         ],
-        proto: 6,
-        port: 8080,
+        packets: PacketFilter {
+            proto: Proto::Tcp,
+            port: Some(8080),
+        },
     };
     let (tracer, _) = RuleTracer::start(&f).expect("start in the child");
     println!("TABLE {}", tracer.table());
@@ -295,7 +297,7 @@ fn a_killed_run_leaves_no_table() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (tracer, warnings) = start(&lab, &filter(&lab, 0, 0));
+    let (tracer, warnings) = start(&lab, &filter(&lab, Proto::Any, None));
     assert!(warnings.is_empty(), "nothing left to clean: {warnings:?}");
     tracer.stop();
 }
@@ -303,7 +305,7 @@ fn a_killed_run_leaves_no_table() {
 #[test]
 fn packets_of_other_flows_are_not_traced() {
     let lab = Lab::new(LabOptions::default());
-    let (tracer, _) = start(&lab, &filter(&lab, 1, 0));
+    let (tracer, _) = start(&lab, &filter(&lab, Proto::Icmp, None));
     let mut vm = FakeVm::attach(&lab);
     // Another destination (the outside's gateway address), answered through the same NAT.
     for seq in 1..=3 {
@@ -353,7 +355,7 @@ fn a_drop_in_a_jumped_to_chain_names_that_chain_and_the_jump() {
     );
     let jump = handle_of(&lab, "inet", "labjump", "jump guest_out");
     let drop = handle_of(&lab, "inet", "labjump", "echo-request");
-    let (tracer, _) = start(&lab, &filter(&lab, 1, 0));
+    let (tracer, _) = start(&lab, &filter(&lab, Proto::Icmp, None));
     let mut vm = FakeVm::attach(&lab);
     assert_eq!(vm.ping(lab.dest, 7, 1, Duration::from_millis(300)), None);
     let d = wait_for(&tracer, "by the drop rule", |d| d.chain == "guest_out");
@@ -399,7 +401,7 @@ fn a_destination_rewritten_by_dnat_stays_followed_through_conntrack() {
 }
 ",
     );
-    let (tracer, _) = start(&lab, &filter(&lab, 1, 0));
+    let (tracer, _) = start(&lab, &filter(&lab, Proto::Icmp, None));
     let mut vm = FakeVm::attach(&lab);
     vm.ping(lab.dest, 9, 1, Duration::from_millis(500));
     let dnat = wait_for(&tracer, "by the DNAT rule", |d| d.chain == "pre");

@@ -5,6 +5,7 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use kvmtrace::model::event::{Direction, NfHook, Point, TraceEvent};
+use kvmtrace::model::filter::{PacketFilter, Proto};
 use kvmtrace::model::{HostFacts, Model, NfChain};
 use kvmtrace::views::tui::{draw, Action, App, Node, TuiMeta, TuiStats, HOP_CAP, PACKET_CAP};
 use ratatui::backend::TestBackend;
@@ -399,10 +400,10 @@ fn slash_sets_the_filter_and_q_quits() {
     assert!(line_with(&screen(&app), "filter>").contains("tcp 443█"));
     assert_eq!(
         app.on_key(key(KeyCode::Enter)),
-        Action::SetFilter {
-            proto: 6,
-            port: 443
-        }
+        Action::SetFilter(PacketFilter {
+            proto: Proto::Tcp,
+            port: Some(443)
+        })
     );
     let s = screen(&app);
     assert!(

@@ -42,6 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::model::filter::PacketFilter;
 use ruleset::Family;
 pub use ruleset::TABLE_PREFIX;
 
@@ -53,19 +54,15 @@ pub struct TraceFilter {
     pub guest_ips: Vec<IpAddr>,
     /// The destinations followed (at most one of each IP version).
     pub dsts: Vec<ipnet::IpNet>,
-    /// IP protocol number; 0: any. 1 (ICMP) means ICMPv6 for an IPv6 destination.
-    pub proto: u8,
-    /// Remote TCP/UDP/SCTP port; 0: any. Ignored for protocols without ports.
-    pub port: u16,
+    /// The protocol (ICMP: ICMPv6 towards an IPv6 destination) and the remote TCP/UDP/SCTP
+    /// port (ignored for ICMP).
+    pub packets: PacketFilter,
 }
 
 impl TraceFilter {
-    /// The protocol number followed towards a destination of that version.
+    /// The protocol number followed towards a destination of that version (0: any).
     fn proto_for(&self, v6: bool) -> u8 {
-        match (self.proto, v6) {
-            (1, true) => 58,
-            (p, _) => p,
-        }
+        self.packets.proto.number_for(v6)
     }
 
     /// Whether a packet with these headers belongs to the flow (the same test as the table's
@@ -73,9 +70,11 @@ impl TraceFilter {
     fn matches(&self, h: &IpHdr) -> bool {
         let proto = self.proto_for(h.src.is_ipv6());
         let proto_ok = proto == 0 || h.proto == proto;
-        let port_applies = self.port != 0 && (proto == 0 || decode::has_ports(proto));
-        let port_ok = |p: Option<u16>| {
-            !port_applies || (matches!(h.proto, 6 | 17 | 132) && p == Some(self.port))
+        let port_ok = |p: Option<u16>| match self.packets.port {
+            Some(port) if self.packets.proto.has_ports() => {
+                matches!(h.proto, 6 | 17 | 132) && p == Some(port)
+            }
+            _ => true,
         };
         let guest_known = self
             .guest_ips
@@ -569,6 +568,7 @@ fn refine(verdict: String, rule: Option<&str>) -> String {
 mod tests {
     use super::decode::tests::{ipv4, ipv6, policy_msg, rule_msg, with_ct};
     use super::*;
+    use crate::model::filter::Proto;
     use std::net::Ipv4Addr;
 
     fn collector(f: TraceFilter) -> Collector {
@@ -597,8 +597,7 @@ mod tests {
         TraceFilter {
             guest_ips: vec![Ipv4Addr::new(10, 77, 0, 2).into()],
             dsts: vec!["203.0.113.1/32".parse().unwrap()],
-            proto: 0,
-            port: 0,
+            packets: PacketFilter::default(),
         }
     }
 
@@ -744,8 +743,10 @@ mod tests {
     #[test]
     fn ports_and_protocols_narrow_the_flow() {
         let f = TraceFilter {
-            proto: 6,
-            port: 8080,
+            packets: PacketFilter {
+                proto: Proto::Tcp,
+                port: Some(8080),
+            },
             ..lab_filter()
         };
         let h = |src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16| IpHdr {
@@ -773,8 +774,10 @@ mod tests {
                 "203.0.113.1/32".parse().unwrap(),
                 "2001:db8::/64".parse().unwrap(),
             ],
-            proto: 1,
-            port: 0,
+            packets: PacketFilter {
+                proto: Proto::Icmp,
+                port: None,
+            },
         };
         let mut c = collector(f.clone());
         let request = ipv6("fd00:77::2", "2001:db8::9", 58);

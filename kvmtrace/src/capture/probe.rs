@@ -17,6 +17,7 @@ use crate::capture::nf;
 use crate::model::event::{
     Counters, Decoder, DevKind, ProgStats, RouteAsk, RouteDetail, TraceEvent,
 };
+use crate::model::filter::PacketFilter;
 use anyhow::{anyhow, Context as _, Result};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap};
 use aya::programs::{BtfTracePoint, SchedClassifier, TcAttachType, TracePoint};
@@ -42,9 +43,8 @@ pub struct Spec {
     pub guest_mac: Option<[u8; 6]>,
     /// The destinations: one or two networks, at most one per IP version.
     pub dests: Vec<ipnet::IpNet>,
-    /// 0 = ICMP (ICMPv6 for IPv6), TCP and UDP; 1 = ICMP and ICMPv6.
-    pub proto: u8,
-    pub port: u16,
+    /// The protocol and remote port.
+    pub packets: PacketFilter,
     /// Events per flow before the kernel only counts (0 = no limit).
     pub budget: u32,
     /// Ring buffer size in bytes (a power of two, at least one page).
@@ -307,8 +307,8 @@ fn filter_of(spec: &Spec, tap_ifindex: u32, all: bool) -> Result<Filter> {
         dst_mask: v4.map_or([0xff; 4], |n| n.netmask().octets()),
         dst6_net: v6.map_or([0; 16], |n| n.network().octets()),
         dst6_mask: v6.map_or([0xff; 16], |n| n.netmask().octets()),
-        proto: spec.proto,
-        port: spec.port,
+        proto: spec.packets.proto.number(),
+        port: spec.packets.port_number(),
         netns: netns_inode()?,
         tap_ifindex,
         guest_mac: spec.guest_mac.unwrap_or([0; 6]),
@@ -743,15 +743,15 @@ impl Tracer {
     }
 
     /// Changes the protocol and port followed, live (the `/` key of the terminal UI).
-    pub fn set_filter(&mut self, proto: u8, port: u16) -> Result<()> {
+    pub fn set_filter(&mut self, packets: PacketFilter) -> Result<()> {
         let mut cfg: Array<_, Config> = Array::try_from(
             self.ebpf
                 .map_mut("CONFIG")
                 .ok_or_else(|| anyhow!("CONFIG map missing"))?,
         )?;
         let mut c = cfg.get(&0, 0)?;
-        c.filter.proto = proto;
-        c.filter.port = port;
+        c.filter.proto = packets.proto.number();
+        c.filter.port = packets.port_number();
         cfg.set(0, c, 0)?;
         Ok(())
     }

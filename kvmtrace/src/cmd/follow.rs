@@ -6,6 +6,7 @@ use crate::error::{EnvError, Usage};
 use crate::host::resolve::{self, Roots};
 use crate::model::dest::parse_dests;
 use crate::model::event::Direction;
+use crate::model::filter::{PacketFilter, Proto};
 use crate::model::{stage_of, HostFacts, Model, Status};
 use crate::views::output;
 use anyhow::{anyhow, Context as _, Result};
@@ -31,13 +32,11 @@ impl From<Hooks> for crate::capture::probe::HookSet {
     }
 }
 
-/// `--proto`: the protocol to follow.
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum Proto {
-    Icmp,
-    Tcp,
-    Udp,
-    Any,
+/// `--proto`: one of the names of [`Proto::ALL`] (listed in `--help` and completions).
+fn proto_arg() -> impl clap::builder::TypedValueParser<Value = Proto> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(Proto::ALL.map(Proto::name))
+        .map(|s| Proto::from_name(&s).expect("one of Proto::ALL's names"))
 }
 
 /// `kvmtrace follow VM DEST… [flags]`: the flags as typed, validated once by [`run`].
@@ -56,7 +55,7 @@ pub struct FollowArgs {
     #[arg(long, value_name = "N|TAP|MAC")]
     nic: Option<String>,
     /// Protocol to follow.
-    #[arg(long, value_enum, default_value_t = Proto::Any)]
+    #[arg(long, value_parser = proto_arg(), default_value = "any")]
     proto: Proto,
     /// Remote TCP/UDP port to follow (default: any).
     #[arg(long)]
@@ -110,18 +109,6 @@ impl FollowArgs {
     }
 }
 
-impl Proto {
-    /// The IP protocol number the kernel programs match (0: any).
-    fn number(self) -> u8 {
-        match self {
-            Proto::Icmp => 1,
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
-            Proto::Any => 0,
-        }
-    }
-}
-
 /// Validates the flags (a bad one is a usage error, exit 2), resolves the VM and follows it.
 pub(super) fn run(a: FollowArgs) -> Result<ExitCode> {
     let ring_kib = a.ring_kib;
@@ -137,9 +124,7 @@ pub(super) fn run(a: FollowArgs) -> Result<ExitCode> {
         .map(|d| d.net)
         .collect();
     let dest = a.dest.join(" ");
-    if a.port.is_some() && a.proto == Proto::Icmp {
-        return Err(Usage("--port applies to tcp and udp, not icmp".into()).into());
-    }
+    let packets = PacketFilter::new(a.proto, a.port).map_err(|e| Usage(format!("--port: {e}")))?;
     if let Some(d) = a.duration {
         if !(d > 0.0 && d.is_finite()) {
             return Err(Usage(format!(
@@ -153,8 +138,7 @@ pub(super) fn run(a: FollowArgs) -> Result<ExitCode> {
         tap: info.tap.clone(),
         guest_mac: info.mac.as_deref().and_then(resolve::parse_mac),
         dests,
-        proto: a.proto.number(),
-        port: a.port.unwrap_or(0),
+        packets,
         budget: a.budget,
         ring_bytes: ring_kib * 1024,
         hooks: a.hooks.into(),
@@ -243,7 +227,7 @@ async fn follow_async(
     let mut progress = tokio::time::interval(view.stats_every.unwrap_or(Duration::from_secs(3600)));
     progress.tick().await;
     let mut last_verdicts = Instant::now();
-    let mut filter = (spec.proto, spec.port);
+    let mut filter = spec.packets;
     let writer = match view.record {
         Some(path) => Some(open_trace(path, info, spec, dest, &facts_live, &blind)?),
         None => None,
@@ -254,7 +238,7 @@ async fn follow_async(
             crate::views::tui::App::new(crate::views::tui::TuiMeta {
                 vm: info.name.clone().unwrap_or_else(|| info.tap.clone()),
                 tap: info.tap.clone(),
-                filter: crate::views::tui::filter_label(spec.proto, spec.port),
+                filter: spec.packets.label(),
                 dest: dest.to_string(),
             })
         }),
@@ -321,15 +305,13 @@ async fn follow_async(
                 }
                 match ui.tick(app)? {
                     Some(crate::views::tui::Action::Quit) => break,
-                    Some(crate::views::tui::Action::SetFilter { proto, port }) => {
-                        match tracer.set_filter(proto, port) {
-                            Ok(()) => filter = (proto, port),
-                            Err(e) => {
-                                log::warn!("changing the filter: {e:#}");
-                                app.set_filter_label(crate::views::tui::filter_label(filter.0, filter.1));
-                            }
+                    Some(crate::views::tui::Action::SetFilter(f)) => match tracer.set_filter(f) {
+                        Ok(()) => filter = f,
+                        Err(e) => {
+                            log::warn!("changing the filter: {e:#}");
+                            app.set_filter_label(filter.label());
                         }
-                    }
+                    },
                     Some(crate::views::tui::Action::None) | None => {}
                 }
             }
@@ -387,8 +369,7 @@ fn start_rule_tracer(spec: &Spec) -> Result<crate::capture::nftrace::RuleTracer>
     let f = crate::capture::nftrace::TraceFilter {
         guest_ips: Vec::new(),
         dsts: spec.dests.clone(),
-        proto: spec.proto,
-        port: spec.port,
+        packets: spec.packets,
     };
     let (rt, warnings) = crate::capture::nftrace::RuleTracer::start(&f)
         .map_err(|e| EnvError(format!("--explain-rules: nftables tracing: {e:#}")))?;
@@ -436,7 +417,7 @@ fn open_trace(
         &info.tap,
         info.mac.clone(),
         dest,
-        &crate::views::tui::filter_label(spec.proto, spec.port),
+        &spec.packets.label(),
     );
     meta.facts = Some(facts.clone());
     meta.blind = blind.clone();

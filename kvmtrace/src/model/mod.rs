@@ -7,6 +7,7 @@ mod diagnose;
 pub use diagnose::delivered_clause;
 pub mod drop;
 pub mod event;
+pub mod filter;
 pub mod fix;
 
 use crate::model::event::{

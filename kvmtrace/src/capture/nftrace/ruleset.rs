@@ -155,9 +155,9 @@ pub fn rules(f: &TraceFilter) -> Vec<Vec<Match>> {
     let mut out = Vec::new();
     for dst in f.dsts.iter().map(IpNet::trunc) {
         let v6 = matches!(dst, IpNet::V6(_));
-        let protos: Vec<Option<u8>> = match (f.proto_for(v6), f.port) {
-            (0, 0) => vec![None],
-            (0, _) => vec![Some(6), Some(17), Some(132)], // a port: TCP, UDP, SCTP
+        let protos: Vec<Option<u8>> = match (f.proto_for(v6), f.packets.port) {
+            (0, None) => vec![None],
+            (0, Some(_)) => vec![Some(6), Some(17), Some(132)], // a port: TCP, UDP, SCTP
             (p, _) => vec![Some(p)],
         };
         let mut sources: Vec<Option<IpAddr>> = f
@@ -176,8 +176,8 @@ pub fn rules(f: &TraceFilter) -> Vec<Vec<Match>> {
                 let mut m = Vec::new();
                 if let Some(p) = *proto {
                     m.push(Match::L4proto(p));
-                    if f.port != 0 && has_ports(p) {
-                        m.push(port_match(f.port));
+                    if let Some(port) = f.packets.port.filter(|_| has_ports(p)) {
+                        m.push(port_match(port));
                     }
                 }
                 m
@@ -456,19 +456,19 @@ pub fn delete_msg(family: Family, table: &str) -> BatchMsg {
 mod tests {
     use super::*;
     use crate::host::nl::{attrs, be32, cstr};
+    use crate::model::filter::{PacketFilter, Proto};
 
-    fn filter(guests: &[&str], dsts: &[&str], proto: u8, port: u16) -> TraceFilter {
+    fn filter(guests: &[&str], dsts: &[&str], proto: Proto, port: Option<u16>) -> TraceFilter {
         TraceFilter {
             guest_ips: guests.iter().map(|g| g.parse().unwrap()).collect(),
             dsts: dsts.iter().map(|d| d.parse().unwrap()).collect(),
-            proto,
-            port,
+            packets: PacketFilter { proto, port },
         }
     }
 
     #[test]
     fn a_tcp_port_flow_traces_requests_and_replies() {
-        let f = filter(&["10.77.0.2"], &["203.0.113.1/32"], 6, 8080);
+        let f = filter(&["10.77.0.2"], &["203.0.113.1/32"], Proto::Tcp, Some(8080));
         let texts: Vec<String> = rules(&f).iter().map(|r| rule_text(r)).collect();
         assert_eq!(
             texts,
@@ -481,7 +481,7 @@ mod tests {
 
     #[test]
     fn without_guest_address_only_the_destination_is_matched() {
-        let f = filter(&[], &["203.0.113.77/24"], 0, 0);
+        let f = filter(&[], &["203.0.113.77/24"], Proto::Any, None);
         let texts: Vec<String> = rules(&f).iter().map(|r| rule_text(r)).collect();
         assert_eq!(
             texts,
@@ -494,9 +494,14 @@ mod tests {
 
     #[test]
     fn a_port_without_protocol_means_tcp_udp_and_sctp_and_icmp_ignores_ports() {
-        let f = filter(&["10.0.0.1", "10.0.0.2"], &["1.1.1.1/32"], 0, 53);
+        let f = filter(
+            &["10.0.0.1", "10.0.0.2"],
+            &["1.1.1.1/32"],
+            Proto::Any,
+            Some(53),
+        );
         assert_eq!(rules(&f).len(), 3 * 3, "(2 guests + 1 reply) × 3 protocols");
-        let f = filter(&[], &["1.1.1.1/32"], 1, 53);
+        let f = filter(&[], &["1.1.1.1/32"], Proto::Icmp, Some(53));
         assert!(rules(&f)
             .iter()
             .flatten()
@@ -508,8 +513,8 @@ mod tests {
         let f = filter(
             &["10.77.0.2", "fd00:77::2"],
             &["203.0.113.1/32", "2001:db8::/64"],
-            1,
-            0,
+            Proto::Icmp,
+            None,
         );
         let texts: Vec<String> = rules(&f).iter().map(|r| rule_text(r)).collect();
         assert_eq!(
@@ -632,8 +637,8 @@ mod tests {
         let f = filter(
             &["10.77.0.2", "fd00:77::2"],
             &["10.77.0.1/32", "fd00:77::1/128"],
-            1,
-            0,
+            Proto::Icmp,
+            None,
         );
         let texts: Vec<String> = rules_for(Family::Bridge, &f)
             .iter()

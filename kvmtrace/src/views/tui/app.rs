@@ -5,8 +5,9 @@
 //! drop points aggregated by place and reason. Pausing freezes a copy of that for display while
 //! collection goes on underneath, so nothing is missed when it resumes.
 
-use super::{filter_label, parse_filter, Action, TuiMeta, TuiStats};
+use super::{Action, TuiMeta, TuiStats};
 use crate::model::event::{DevKind, Direction, NfHook, Point, Route, TraceEvent};
+use crate::model::filter::PacketFilter;
 use crate::model::{Journey, Model, Outcome, Stage, Verdict};
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use std::collections::VecDeque;
@@ -498,11 +499,11 @@ impl App {
                     input.text.push(c);
                     input.error = None;
                 }
-                KeyCode::Enter => match parse_filter(&input.text) {
-                    Ok((proto, port)) => {
+                KeyCode::Enter => match PacketFilter::parse(&input.text) {
+                    Ok(f) => {
                         self.input = None;
-                        self.meta.filter = filter_label(proto, port);
-                        return Action::SetFilter { proto, port };
+                        self.meta.filter = f.label();
+                        return Action::SetFilter(f);
                     }
                     Err(e) => input.error = Some(e),
                 },
