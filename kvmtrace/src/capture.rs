@@ -10,4 +10,6 @@ pub mod nftrace;
 pub mod pathdevs;
 pub mod privileges;
 pub mod probe;
+pub mod spec;
+mod startup;
 pub mod watch;

@@ -17,7 +17,7 @@ use crate::model::filter::PacketFilter;
 use anyhow::{anyhow, Result};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap};
 use aya::Ebpf;
-use kvmtrace_common::{Config, Event, CNT_EVENTS, CNT_LOST, CNT_SAMPLED_OUT};
+use kvmtrace_common::{Config, Event, Filter, CNT_EVENTS, CNT_LOST, CNT_SAMPLED_OUT};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -119,14 +119,21 @@ impl Tracer {
 
     /// Changes the protocol and port followed, live (the `/` key of the terminal UI).
     pub fn set_filter(&mut self, packets: PacketFilter) -> Result<()> {
+        self.update_filter(|f| {
+            f.proto = packets.proto.number();
+            f.port = packets.port_number();
+        })
+    }
+
+    /// Changes the kernel programs' filter in place (the `CONFIG` map).
+    fn update_filter(&mut self, change: impl FnOnce(&mut Filter)) -> Result<()> {
         let mut cfg: Array<_, Config> = Array::try_from(
             self.ebpf
                 .map_mut("CONFIG")
                 .ok_or_else(|| anyhow!("CONFIG map missing"))?,
         )?;
         let mut c = cfg.get(&0, 0)?;
-        c.filter.proto = packets.proto.number();
-        c.filter.port = packets.port_number();
+        change(&mut c.filter);
         cfg.set(0, c, 0)?;
         Ok(())
     }
@@ -166,24 +173,12 @@ impl Tracer {
                 Err(e) => notes.push(format!("the global tracepoints failed too: {e:#}")),
             }
             self.global = true;
-            if let Err(e) = self.set_route_helper(0) {
+            if let Err(e) = self.update_filter(|f| f.route_helper = 0) {
                 log::warn!("switching route lookups to the tracepoint: {e:#}");
             }
         }
         self.attached.extend(notes.iter().cloned());
         notes
-    }
-
-    fn set_route_helper(&mut self, v: u8) -> Result<()> {
-        let mut cfg: Array<_, Config> = Array::try_from(
-            self.ebpf
-                .map_mut("CONFIG")
-                .ok_or_else(|| anyhow!("CONFIG map missing"))?,
-        )?;
-        let mut c = cfg.get(&0, 0)?;
-        c.filter.route_helper = v;
-        cfg.set(0, c, 0)?;
-        Ok(())
     }
 
     /// The ring buffer, for the caller's event loop.

@@ -242,12 +242,7 @@ impl Startup<'_> {
         let mut tap_links = Vec::new();
         let mut tap_errs: Vec<(&'static str, String)> = Vec::new();
         for (prog, at) in [("tap_ingress", from_guest), ("tap_egress", to_guest)] {
-            let p: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("{prog} missing"))?
-                .try_into()?;
-            p.load().with_context(|| format!("loading {prog}"))?;
+            let p = load_tc(self.ebpf, prog)?;
             match attach_tc(p, prog, &spec.tap, at, self.caps, self.ledger) {
                 Ok((link, way)) => {
                     tap_links.push(link);
@@ -392,12 +387,7 @@ impl Startup<'_> {
     /// goes), and the global tracepoints must stand in.
     fn attach_path(&mut self) -> Result<Option<Attached>> {
         for p in ["dev_ingress", "dev_egress"] {
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(p)
-                .ok_or_else(|| anyhow!("{p} missing"))?
-                .try_into()?;
-            prog.load().with_context(|| format!("loading {p}"))?;
+            load_tc(self.ebpf, p)?;
         }
         let want = crate::capture::pathdevs::wanted(&self.spec.tap, &self.spec.dests, &[]);
         let mut path = Attached::default();
@@ -411,6 +401,16 @@ impl Startup<'_> {
         self.attached.extend(notes);
         Ok(Some(path))
     }
+}
+
+/// A TC program of the object, loaded (not attached).
+fn load_tc<'e>(ebpf: &'e mut Ebpf, prog: &str) -> Result<&'e mut SchedClassifier> {
+    let p: &mut SchedClassifier = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| anyhow!("{prog} missing"))?
+        .try_into()?;
+    p.load().with_context(|| format!("loading {prog}"))?;
+    Ok(p)
 }
 
 /// The netfilter links of the full hook set (`None` for the path set). Err: they are part of

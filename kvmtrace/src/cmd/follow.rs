@@ -178,6 +178,63 @@ pub(super) struct View<'a> {
     pub(super) stats_every: Option<Duration>,
 }
 
+/// The terminal UI while it is on: the screen (its state, `Follow::tui`, is fed the hops) and
+/// the filter the kernel programs have now.
+struct Screen {
+    live: crate::views::tui::Live,
+    filter: PacketFilter,
+    last_verdicts: Instant,
+}
+
+impl Screen {
+    fn start(spec: &Spec) -> Result<Screen> {
+        Ok(Screen {
+            live: crate::views::tui::Live::start()?,
+            filter: spec.packets,
+            last_verdicts: Instant::now(),
+        })
+    }
+
+    /// One redraw: counters every tick, verdicts every 500 ms, keys. True: the operator quit.
+    fn tick(
+        &mut self,
+        st: &mut Follow,
+        tracer: &mut Tracer,
+        facts: &HostFacts,
+        dest: &str,
+        started: Instant,
+    ) -> Result<bool> {
+        let c = tracer.counters();
+        let el = started.elapsed();
+        let Some(app) = st.tui.as_mut() else {
+            return Ok(true);
+        };
+        app.set_stats(crate::views::tui::TuiStats {
+            elapsed: el,
+            events_per_sec: st.delivered as f64 / el.as_secs_f64().max(0.001),
+            events: c.events,
+            lost: c.lost,
+            sampled_out: c.sampled_out,
+        });
+        if self.last_verdicts.elapsed() >= Duration::from_millis(500) {
+            app.set_judged(&st.model, st.model.verdicts(facts, dest, None));
+            self.last_verdicts = Instant::now();
+        }
+        match self.live.tick(app)? {
+            Some(crate::views::tui::Action::Quit) => return Ok(true),
+            Some(crate::views::tui::Action::SetFilter(f)) => match tracer.set_filter(f) {
+                Ok(()) => self.filter = f,
+                Err(e) => {
+                    log::warn!("changing the filter: {e:#}");
+                    app.set_filter_label(self.filter.label());
+                }
+            },
+            Some(crate::views::tui::Action::None) | None => {}
+        }
+        Ok(false)
+    }
+}
+
 async fn follow_async(
     info: &resolve::VmInfo,
     spec: &Spec,
@@ -218,16 +275,14 @@ async fn follow_async(
     // The terminal UI reads the same model; it redraws on a 100 ms tick, decoupled from the
     // ring buffer, and keeps bounded state of its own.
     let facts_live: HostFacts = crate::host::facts::gather();
-    let mut live = if view.tui {
-        Some(crate::views::tui::Live::start()?)
+    let mut screen = if view.tui {
+        Some(Screen::start(spec)?)
     } else {
         None
     };
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut progress = tokio::time::interval(view.stats_every.unwrap_or(Duration::from_secs(3600)));
     progress.tick().await;
-    let mut last_verdicts = Instant::now();
-    let mut filter = spec.packets;
     let writer = match view.record {
         Some(path) => Some(open_trace(path, info, spec, dest, &facts_live, &blind)?),
         None => None,
@@ -288,31 +343,10 @@ async fn follow_async(
             _ = progress.tick(), if view.stats_every.is_some() => {
                 eprintln!("{}", progress_line(&tracer, &st, started));
             }
-            _ = tick.tick(), if live.is_some() => {
-                let c = tracer.counters();
-                let (Some(app), Some(ui)) = (st.tui.as_mut(), live.as_mut()) else { break };
-                let el = started.elapsed();
-                app.set_stats(crate::views::tui::TuiStats {
-                    elapsed: el,
-                    events_per_sec: st.delivered as f64 / el.as_secs_f64().max(0.001),
-                    events: c.events,
-                    lost: c.lost,
-                    sampled_out: c.sampled_out,
-                });
-                if last_verdicts.elapsed() >= Duration::from_millis(500) {
-                    app.set_judged(&st.model, st.model.verdicts(&facts_live, dest, None));
-                    last_verdicts = Instant::now();
-                }
-                match ui.tick(app)? {
-                    Some(crate::views::tui::Action::Quit) => break,
-                    Some(crate::views::tui::Action::SetFilter(f)) => match tracer.set_filter(f) {
-                        Ok(()) => filter = f,
-                        Err(e) => {
-                            log::warn!("changing the filter: {e:#}");
-                            app.set_filter_label(filter.label());
-                        }
-                    },
-                    Some(crate::views::tui::Action::None) | None => {}
+            _ = tick.tick(), if screen.is_some() => {
+                let Some(sc) = screen.as_mut() else { break };
+                if sc.tick(&mut st, &mut tracer, &facts_live, dest, started)? {
+                    break;
                 }
             }
             guard = ring.readable_mut() => {
@@ -335,8 +369,8 @@ async fn follow_async(
     if let Some(w) = &mut st.writer {
         w.stop(until)?;
     }
-    if let Some(ui) = live.take() {
-        ui.finish();
+    if let Some(sc) = screen.take() {
+        sc.live.finish();
     }
     let grace = tokio::time::Instant::now() + Duration::from_millis(GRACE_MS);
     loop {

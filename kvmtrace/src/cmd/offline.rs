@@ -72,15 +72,13 @@ pub struct ReportArgs {
     pub output: Option<PathBuf>,
 }
 
-/// Reads a trace for a command; a file that cannot be read is reported and exits 2.
-fn open(path: &Path) -> std::result::Result<Trace, ExitCode> {
-    match trace::read(path) {
-        Ok(t) => Ok(t),
-        Err(e) => {
-            eprintln!("kvmtrace: {e:#}");
-            Err(ExitCode::from(2))
-        }
-    }
+/// Reads a trace for a command and replays it through the model, saying what was recorded;
+/// a file that cannot be read is a usage error (exit 2).
+fn open(path: &Path) -> Result<(Trace, Analysis)> {
+    let t = trace::read(path).map_err(|e| crate::error::usage(format!("{e:#}")))?;
+    let an = Analysis::of(&t);
+    describe(path, &t, &an);
+    Ok((t, an))
 }
 
 /// What was recorded, on stderr, and whatever the reader should doubt.
@@ -108,12 +106,7 @@ fn describe(path: &Path, t: &Trace, a: &Analysis) {
 }
 
 pub fn replay(a: ReplayArgs) -> Result<ExitCode> {
-    let t = match open(&a.file) {
-        Ok(t) => t,
-        Err(code) => return Ok(code),
-    };
-    let an = Analysis::of(&t);
-    describe(&a.file, &t, &an);
+    let (t, an) = open(&a.file)?;
     if !a.json && !a.no_tui && io::IsTerminal::is_terminal(&io::stdout()) {
         replay_tui(&t, &an)?;
         return Ok(an.exit_code());
@@ -196,12 +189,7 @@ fn create_output(input: &Path, path: &Path) -> Result<Box<dyn Write>> {
 }
 
 pub fn export(a: ExportArgs) -> Result<ExitCode> {
-    let t = match open(&a.file) {
-        Ok(t) => t,
-        Err(code) => return Ok(code),
-    };
-    let an = Analysis::of(&t);
-    describe(&a.file, &t, &an);
+    let (t, an) = open(&a.file)?;
     let path = a.output.clone().unwrap_or_else(|| {
         beside(
             &a.file,
@@ -253,12 +241,7 @@ pub fn export(a: ExportArgs) -> Result<ExitCode> {
 }
 
 pub fn report(a: ReportArgs) -> Result<ExitCode> {
-    let t = match open(&a.file) {
-        Ok(t) => t,
-        Err(code) => return Ok(code),
-    };
-    let an = Analysis::of(&t);
-    describe(&a.file, &t, &an);
+    let (t, an) = open(&a.file)?;
     let base = a.output.clone().unwrap_or_else(|| {
         let stem = a.file.with_extension("");
         PathBuf::from(format!("{}.report", stem.display()))
