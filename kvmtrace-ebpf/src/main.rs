@@ -24,6 +24,10 @@
 //! through unchanged.
 #![no_std]
 #![no_main]
+// An atomic add without a compare-and-swap loop (BPF's XADD): the target has no atomic
+// read-modify-write in `core`'s atomic types.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 // Map keys and values go to the map helpers by reference, as the C programs do: passed by
 // value, a key would be one more copy on the 512-byte BPF stack in a program that is tight.
 #![allow(clippy::needless_borrows_for_generic_args)]
@@ -254,9 +258,19 @@ fn btf_load<T: Copy>(ptr: u64, off: u32) -> T {
 #[inline(always)]
 fn count(idx: u32) {
     if let Some(p) = COUNTERS.get_ptr_mut(idx) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *p += 1 };
+        bump(p);
     }
+}
+
+/// Adds 1 to a per-CPU counter in one atomic instruction. Per-CPU is not enough alone: a
+/// tracing program running in process context can be interrupted on its CPU by a softirq
+/// whose TC program counts into the same slot, and a plain load-add-store then loses one of
+/// the two increments.
+#[inline(always)]
+pub(crate) fn bump(p: *mut u64) {
+    use core::intrinsics::{atomic_xadd, AtomicOrdering};
+    // SAFETY: `p` is a map value's slot the caller just got from its map.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1) };
 }
 
 #[inline(always)]

@@ -71,8 +71,7 @@ static WATCH_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(WCNT_MAX
 #[inline(always)]
 fn wcount(idx: u32) {
     if let Some(p) = WATCH_COUNTERS.get_ptr_mut(idx) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *p += 1 };
+        crate::bump(p);
     }
 }
 
