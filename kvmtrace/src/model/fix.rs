@@ -6,6 +6,9 @@
 //! Commands that need several steps are joined with ` && `, as doctor always did: the whole
 //! string runs with `sh -c`.
 
+use crate::model::event::NfHook;
+use crate::model::facts::{HostFacts, NfChain};
+
 /// Turns IP forwarding on (`net.ipv4.ip_forward`, or `net.ipv6.conf.all.forwarding`).
 pub fn forwarding_on(v6: bool) -> String {
     if v6 {
@@ -229,7 +232,7 @@ pub fn masquerade(target: NatTarget, subnet: &str, v6: bool, oif: Option<&str>) 
 
 /// The VM's bridge and its subnet there (`10.77.0.0/24`): the bridge whose address covers
 /// `guest`. None when the facts do not show one.
-pub fn vm_subnet(facts: &super::HostFacts, guest: std::net::IpAddr) -> Option<(&str, String)> {
+pub fn vm_subnet(facts: &HostFacts, guest: std::net::IpAddr) -> Option<(&str, String)> {
     facts.devices.iter().filter(|d| d.bridge).find_map(|d| {
         let a = d.addrs.iter().find(|a| a.contains(guest))?;
         let net = ipnet::IpNet::new(a.addr, a.prefix).ok()?.trunc();
@@ -240,11 +243,7 @@ pub fn vm_subnet(facts: &super::HostFacts, guest: std::net::IpAddr) -> Option<(&
 /// The one base chain of `hook` that handles the flow's family (`ip`/`ip6` and `inet`), when
 /// there is exactly one and no iptables-legacy table could drop beside it: a rule inserted at
 /// its head is then the rule that decides.
-pub fn only_chain(
-    facts: &super::HostFacts,
-    hook: super::event::NfHook,
-    v6: bool,
-) -> Option<ChainRef<'_>> {
+pub fn only_chain(facts: &HostFacts, hook: NfHook, v6: bool) -> Option<ChainRef<'_>> {
     let family = if v6 { "ip6" } else { "ip" };
     if !facts.legacy_tables.is_empty() {
         return None;
@@ -267,15 +266,15 @@ pub fn only_chain(
 /// Where a masquerade rule for the flow's family goes, from the base chains the facts list
 /// (their type is not among them: a chain at postrouting in a table named `nat` is taken for
 /// the nat chain, as iptables-nft and most rulesets name it).
-pub fn nat_target(facts: &super::HostFacts, v6: bool) -> NatTarget<'_> {
+pub fn nat_target(facts: &HostFacts, v6: bool) -> NatTarget<'_> {
     let family = if v6 { "ip6" } else { "ip" };
     let at_post = || {
-        facts.nft_chains.iter().filter(|c| {
-            c.hook == super::event::NfHook::Postrouting
-                && (c.family == family || c.family == "inet")
-        })
+        facts
+            .nft_chains
+            .iter()
+            .filter(|c| c.hook == NfHook::Postrouting && (c.family == family || c.family == "inet"))
     };
-    let xtables = |c: &super::NfChain| {
+    let xtables = |c: &NfChain| {
         ChainRef {
             family: &c.family,
             table: &c.table,

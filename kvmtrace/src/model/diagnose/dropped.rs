@@ -1,8 +1,13 @@
 //! Rule: dropped, with the summaries of each kind of drop and the root cause behind it.
 
 use super::flow::{tap_misplaced, Flow};
+use crate::model::drop::{ip_error_reason, symbol_fn};
 use crate::model::event::{DevKind, Direction, NfHook};
-use crate::model::{fix, DropSite, FlowKey, HostFacts, Journey, NfChain, Stage, Status, Verdict};
+use crate::model::facts::{HostFacts, NfChain};
+use crate::model::fix;
+use crate::model::journey::{DropSite, Journey, Outcome, Rewrite};
+use crate::model::stage::Stage;
+use crate::model::verdict::{FlowKey, Status, Verdict};
 
 /// The first drop, request or reply, named where the kernel dropped it — or, when its cause
 /// is elsewhere on the VM's side, where the cause is ([`root_cause`]).
@@ -23,9 +28,9 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
         };
         if site.reason_inferred
             && fwd_off
-            && site.location.as_deref().map(crate::model::drop::symbol_fn) == Some("ip_error")
+            && site.location.as_deref().map(symbol_fn) == Some("ip_error")
         {
-            site.reason = crate::model::drop::ip_error_reason(0).to_string();
+            site.reason = ip_error_reason(0).to_string();
         }
         v.status = Status::Dropped;
         v.direction = Some(dir);
@@ -279,7 +284,7 @@ pub(super) fn rewritten_destination(f: &Flow, v: &mut Verdict) {
     if v.status == Status::Delivered || v.direction == Some(Direction::Reply) {
         return;
     }
-    let dnat: Vec<&crate::model::Rewrite> = v
+    let dnat: Vec<&Rewrite> = v
         .rewrites
         .iter()
         .filter(|r| matches!(r.field.as_str(), "dst" | "dport"))
@@ -344,7 +349,7 @@ fn lost_mtu_error(rep: &[&Journey]) -> Option<DropSite> {
             })
         });
         match j.outcome() {
-            crate::model::Outcome::Dropped(d) if about_mtu => Some(d),
+            Outcome::Dropped(d) if about_mtu => Some(d),
             _ => None,
         }
     })
@@ -683,7 +688,7 @@ fn egress_fix(
     if r == "PKT_TOO_BIG" {
         // The host's own error dropped on its way to the guest: the black hole is the cause.
         let lost = rep.iter().any(|j| {
-            matches!(j.outcome(), crate::model::Outcome::Dropped(_))
+            matches!(j.outcome(), Outcome::Dropped(_))
                 && j.hops.iter().any(|h| {
                     h.tuple.is_some_and(|t| {
                         (t.proto == 1 && h.icmp_type == 3 && h.icmp_code == 4)

@@ -3,7 +3,9 @@
 //! the rule families read it; none of them imports `mod.rs`.
 
 use crate::model::event::Direction;
-use crate::model::{DropSite, FlowKey, HostFacts, Journey, Outcome, Rewrite};
+use crate::model::facts::HostFacts;
+use crate::model::journey::{DropSite, Journey, Outcome, Rewrite};
+use crate::model::verdict::FlowKey;
 
 /// What the rules look at: one flow's journeys, what became of each, and the facts.
 pub struct Flow<'a> {

@@ -2,7 +2,11 @@
 
 use super::flow::{tap_misplaced, Flow};
 use crate::model::event::{DevKind, Direction, NfHook};
-use crate::model::{fix, Outcome, Stage, Status, Verdict};
+use crate::model::facts::DevFacts;
+use crate::model::fix;
+use crate::model::journey::Outcome;
+use crate::model::stage::Stage;
+use crate::model::verdict::{Status, Verdict};
 
 /// The request left a macvtap guest's lower device addressed to the MAC of another macvtap on
 /// that lower device (another guest of this host): macvtaps pass frames to each other only
@@ -39,7 +43,7 @@ pub(super) fn macvtap_sibling(f: &Flow, v: &mut Verdict) -> bool {
     }) else {
         return false;
     };
-    let mode = |d: &crate::model::DevFacts| d.macvtap_mode.clone().unwrap_or("?".into());
+    let mode = |d: &DevFacts| d.macvtap_mode.clone().unwrap_or("?".into());
     let (m1, m2) = (mode(mine), mode(other));
     if m1 == "bridge" && m2 == "bridge" {
         return false;

@@ -1,15 +1,52 @@
 //! No traffic: what the guest said on its tap (ARP, DHCP) when no request reached DEST, and
 //! the guest's ARP as evidence for replies that never reached it.
 
-use crate::model::event::{NfHook, Point};
+use crate::model::event::{Direction, NfHook, Point, TraceEvent};
+use crate::model::facts::{DevFacts, HostFacts, NfChain};
 use crate::model::fix::{self, ChainRef, HostService};
-use crate::model::{DevFacts, FlowKey, HostFacts, Model, NfChain, Status, Verdict};
-use std::collections::BTreeMap;
+use crate::model::stage::Stage;
+use crate::model::verdict::{FlowKey, Status, Verdict};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 
-impl Model {
-    /// Replies that came back but never reached the tap: does the guest answer the host's ARP?
-    pub(in crate::model) fn add_guest_arp_evidence(&self, v: &mut Verdict, k: FlowKey) {
+/// The one verdict of a run in which no request to `dest` was seen: why, from what the guest
+/// said on its tap (`l2`: the ARP, NDP and DHCP a model keeps).
+pub(in crate::model) fn no_traffic(
+    l2: &VecDeque<TraceEvent>,
+    facts: &HostFacts,
+    dest: &str,
+) -> Verdict {
+    let said = GuestL2 { l2 };
+    let mut v = Verdict::new(format!("any > {dest}"), None, Status::NoTraffic);
+    v.summary = said.no_traffic_summary(dest, facts);
+    v.fix = said.no_traffic_fix(facts);
+    // The guest's DHCP / RS dropped by the host's INPUT: that hook is where it stopped.
+    said.place_host_input_drop(facts, &mut v);
+    // The guest's ARP went unanswered because its tap is in no bridge: name the tap.
+    if let Some(tap) = said.unbridged_asking_tap(facts) {
+        v.stage = Some(Stage::Tap);
+        v.device = Some(tap);
+    }
+    v
+}
+
+/// Replies of the flow `k` that came back but never reached the tap: does the guest answer
+/// the host's ARP (`l2`: what the guest said on its tap)?
+pub(in crate::model) fn add_guest_arp_evidence(
+    l2: &VecDeque<TraceEvent>,
+    v: &mut Verdict,
+    k: FlowKey,
+) {
+    GuestL2 { l2 }.add_guest_arp_evidence(v, k)
+}
+
+/// What the guest said on its tap (ARP, NDP, DHCP), as a model keeps it.
+struct GuestL2<'a> {
+    l2: &'a VecDeque<TraceEvent>,
+}
+
+impl GuestL2<'_> {
+    fn add_guest_arp_evidence(&self, v: &mut Verdict, k: FlowKey) {
         use crate::model::event::L2;
         if v.status == Status::Delivered || v.replies == 0 {
             return;
@@ -41,7 +78,7 @@ impl Model {
 
     /// The tap the guest asked ARP on, without an answer, when the facts show it is a port of
     /// no bridge: nothing but the host's own stack can hear the guest there.
-    pub(in crate::model) fn unbridged_asking_tap(&self, facts: &HostFacts) -> Option<String> {
+    fn unbridged_asking_tap(&self, facts: &HostFacts) -> Option<String> {
         use crate::model::event::L2;
         let tap = self
             .l2
@@ -120,7 +157,7 @@ impl Model {
     /// The one command behind [`Self::no_traffic_summary`]'s next step, when it is one on
     /// this host: the macvtap's lower device to set up, or the bridgeless tap to put into
     /// the bridge that holds the address the guest asked for.
-    pub(in crate::model) fn no_traffic_fix(&self, facts: &HostFacts) -> Option<String> {
+    fn no_traffic_fix(&self, facts: &HostFacts) -> Option<String> {
         use crate::model::event::L2;
         if let Some((_, lower)) = self.asking_macvtap(facts) {
             return (!lower.up).then(|| fix::link_up(&lower.name));
@@ -164,7 +201,7 @@ impl Model {
     /// Places a `no_traffic` verdict at the host's INPUT (stage netfilter, the bridge, the
     /// chains that see the message) when the first unanswered message a host service answers
     /// is dropped there ([`Self::host_input_drop`]).
-    pub(in crate::model) fn place_host_input_drop(&self, facts: &HostFacts, v: &mut Verdict) {
+    fn place_host_input_drop(&self, facts: &HostFacts, v: &mut Verdict) {
         let service = self
             .service_asks()
             .into_iter()
@@ -178,9 +215,9 @@ impl Model {
         else {
             return;
         };
-        v.stage = Some(crate::model::Stage::Netfilter);
+        v.stage = Some(Stage::Netfilter);
         v.hook = Some(NfHook::Input);
-        v.direction = Some(crate::model::event::Direction::Request);
+        v.direction = Some(Direction::Request);
         v.device = Some(bridge);
         v.firewall = Some("nftables".into());
         v.chains = chains.iter().map(|c| c.label()).collect();
@@ -195,7 +232,7 @@ impl Model {
             (HostService::Dhcp6, 0, 0),
             (HostService::RouterSolicit, 0, 0),
         ];
-        for e in &self.l2 {
+        for e in self.l2 {
             let (i, ask) = match &e.l2 {
                 Some(L2::Dhcp { from_guest }) => (0, *from_guest),
                 Some(L2::Dhcp6 { from_guest }) => (1, *from_guest),
@@ -285,7 +322,7 @@ impl Model {
         use crate::model::event::L2;
         let mut asked: BTreeMap<IpAddr, usize> = BTreeMap::new();
         let mut answered: std::collections::BTreeSet<IpAddr> = Default::default();
-        for e in &self.l2 {
+        for e in self.l2 {
             match &e.l2 {
                 Some(L2::Arp { op: 1, target, .. }) if e.point == Point::TapIngress => {
                     *asked.entry(IpAddr::V4(*target)).or_default() += 1
@@ -340,12 +377,12 @@ impl Model {
     }
 
     /// Why nothing reached the destination, from what the guest did say on its tap.
-    pub(in crate::model) fn no_traffic_summary(&self, dest: &str, facts: &HostFacts) -> String {
+    fn no_traffic_summary(&self, dest: &str, facts: &HostFacts) -> String {
         use crate::model::event::L2;
         let (mut dhcp_asks, mut dhcp_answers) = (0, 0);
         let (mut dhcp6_asks, mut dhcp6_answers) = (0, 0);
         let (mut rs_asks, mut ra_answers) = (0, 0);
-        for e in &self.l2 {
+        for e in self.l2 {
             match &e.l2 {
                 Some(L2::Ndp {
                     icmp6_type: 133, ..
@@ -563,7 +600,7 @@ fn host_firewall_hint(facts: &HostFacts, ip: IpAddr, br: &str, n: usize) -> Stri
         ("ARP", "ARP requests")
     };
     let chains = own_address_chains(facts, ip);
-    let name = |c: &crate::model::NfChain| {
+    let name = |c: &NfChain| {
         let hook = if c.family == "arp" { "input" } else { "INPUT" };
         format!(
             "{} {} {} ({hook}, policy {})",

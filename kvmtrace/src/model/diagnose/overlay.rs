@@ -19,7 +19,11 @@
 use super::dropped;
 use super::flow::Flow;
 use crate::model::event::{Direction, Point, TraceEvent};
-use crate::model::{fix, DropSite, Outcome, Stage, Status, Verdict, VxlanFacts, VXLAN_OVERHEAD};
+use crate::model::facts::{VxlanFacts, VXLAN_OVERHEAD};
+use crate::model::fix;
+use crate::model::journey::{DropSite, Outcome};
+use crate::model::stage::Stage;
+use crate::model::verdict::{Status, Verdict};
 
 /// The overlay's faults, as the drop shows them.
 enum Fault<'a> {
