@@ -95,6 +95,18 @@ impl ChainRef<'_> {
             "iptables"
         }
     }
+    /// A rule at the head of this chain that accepts what it matches: with iptables' match
+    /// `xt` for iptables-nft's own chains, else with nftables' match `nft`.
+    fn insert_accept(&self, xt: &str, nft: &str) -> String {
+        if self.is_xtables() {
+            format!("{} -I {} {xt} -j ACCEPT", self.xtables_cmd(), self.chain)
+        } else {
+            format!(
+                "nft 'insert rule {} {} {} {nft} accept'",
+                self.family, self.table, self.chain
+            )
+        }
+    }
 }
 
 /// A message of the guest that a service on the host answers: DHCP (UDP 67), DHCPv6 (UDP
@@ -116,81 +128,49 @@ impl HostService {
 /// Accepts the guest's `what` at the head of the input chain `ch`, so that the host's own
 /// service hears it.
 pub fn input_accept(ch: ChainRef, what: HostService) -> String {
-    if ch.is_xtables() {
-        let m = match what {
-            HostService::Dhcp => "-p udp --dport 67",
-            HostService::Dhcp6 => "-p udp --dport 547",
-            HostService::RouterSolicit => "-p ipv6-icmp --icmpv6-type router-solicitation",
-        };
-        format!("{} -I {} {m} -j ACCEPT", ch.xtables_cmd(), ch.chain)
-    } else {
-        let m = match what {
-            HostService::Dhcp => "udp dport 67",
-            HostService::Dhcp6 => "udp dport 547",
-            HostService::RouterSolicit => "icmpv6 type nd-router-solicit",
-        };
-        format!(
-            "nft 'insert rule {} {} {} {m} accept'",
-            ch.family, ch.table, ch.chain
-        )
-    }
+    let (xt, nft) = match what {
+        HostService::Dhcp => ("-p udp --dport 67", "udp dport 67"),
+        HostService::Dhcp6 => ("-p udp --dport 547", "udp dport 547"),
+        HostService::RouterSolicit => (
+            "-p ipv6-icmp --icmpv6-type router-solicitation",
+            "icmpv6 type nd-router-solicit",
+        ),
+    };
+    ch.insert_accept(xt, nft)
 }
 
 /// Accepts, at the head of the forward chain `ch`, new connections from the VM's `subnet`
 /// entering through `l3` (its bridge).
 pub fn forward_accept_out(ch: ChainRef, l3: &str, subnet: &str, v6: bool) -> String {
-    if ch.is_xtables() {
-        format!(
-            "{} -I {} -i {l3} -s {subnet} -j ACCEPT",
-            ch.xtables_cmd(),
-            ch.chain
-        )
-    } else {
-        let fam = if v6 { "ip6" } else { "ip" };
-        format!(
-            "nft 'insert rule {} {} {} iifname \"{l3}\" {fam} saddr {subnet} accept'",
-            ch.family, ch.table, ch.chain
-        )
-    }
+    let fam = if v6 { "ip6" } else { "ip" };
+    ch.insert_accept(
+        &format!("-i {l3} -s {subnet}"),
+        &format!("iifname \"{l3}\" {fam} saddr {subnet}"),
+    )
 }
 
 /// Accepts, at the head of the forward chain `ch`, the replies going back to `subnet`
 /// through `l3`.
 pub fn forward_accept_back(ch: ChainRef, l3: &str, subnet: &str, v6: bool) -> String {
-    if ch.is_xtables() {
-        format!(
-            "{} -I {} -o {l3} -d {subnet} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-            ch.xtables_cmd(),
-            ch.chain
-        )
-    } else {
-        let fam = if v6 { "ip6" } else { "ip" };
-        format!(
-            "nft 'insert rule {} {} {} oifname \"{l3}\" {fam} daddr {subnet} ct state established,related accept'",
-            ch.family, ch.table, ch.chain
-        )
-    }
+    let fam = if v6 { "ip6" } else { "ip" };
+    ch.insert_accept(
+        &format!("-o {l3} -d {subnet} -m conntrack --ctstate RELATED,ESTABLISHED"),
+        &format!("oifname \"{l3}\" {fam} daddr {subnet} ct state established,related"),
+    )
 }
 
 /// Accepts, at the head of `ch`, a VXLAN overlay's outer packets (UDP to `port`) going to
 /// (`to_peer`) or coming from the remote VTEP `peer`.
 pub fn overlay_accept(ch: ChainRef, port: u16, peer: &str, to_peer: bool) -> String {
-    if ch.is_xtables() {
-        format!(
-            "{} -I {} -p udp --dport {port} {} {peer} -j ACCEPT",
-            ch.xtables_cmd(),
-            ch.chain,
-            if to_peer { "-d" } else { "-s" }
-        )
+    let (xt_dir, nft_dir) = if to_peer {
+        ("-d", "daddr")
     } else {
-        format!(
-            "nft 'insert rule {} {} {} ip {} {peer} udp dport {port} accept'",
-            ch.family,
-            ch.table,
-            ch.chain,
-            if to_peer { "daddr" } else { "saddr" }
-        )
-    }
+        ("-s", "saddr")
+    };
+    ch.insert_accept(
+        &format!("-p udp --dport {port} {xt_dir} {peer}"),
+        &format!("ip {nft_dir} {peer} udp dport {port}"),
+    )
 }
 
 /// Where a masquerade rule goes.
