@@ -1,13 +1,13 @@
 //! No traffic: what the guest said on its tap (ARP, DHCP) when no request reached DEST, and
 //! the guest's ARP as evidence for replies that never reached it.
 
-use crate::model::event::{Direction, NfHook, Point, TraceEvent};
+use crate::model::event::{Direction, NfHook, Point, TraceEvent, L2};
 use crate::model::facts::{DevFacts, HostFacts, NfChain};
 use crate::model::fix::{self, ChainRef, HostService};
 use crate::model::stage::Stage;
 use crate::model::verdict::{FlowKey, Status, Verdict};
 use std::collections::{BTreeMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// The one verdict of a run in which no request to `dest` was seen: why, from what the guest
 /// said on its tap (`l2`: the ARP, NDP and DHCP a model keeps).
@@ -46,26 +46,34 @@ struct GuestL2<'a> {
 }
 
 impl GuestL2<'_> {
+    /// The ARP messages seen at `point` (tap ingress: the guest's; tap egress: to the guest)
+    /// with opcode `op` (1 request, 2 reply), each with its sender's and target's address.
+    fn arps(
+        &self,
+        point: Point,
+        op: u8,
+    ) -> impl Iterator<Item = (&TraceEvent, Ipv4Addr, Ipv4Addr)> + '_ {
+        self.l2.iter().filter_map(move |e| match e.l2 {
+            Some(L2::Arp {
+                op: o,
+                sender,
+                target,
+            }) if o == op && e.point == point => Some((e, sender, target)),
+            _ => None,
+        })
+    }
+
     fn add_guest_arp_evidence(&self, v: &mut Verdict, k: FlowKey) {
-        use crate::model::event::L2;
         if v.status == Status::Delivered || v.replies == 0 {
             return;
         }
         let asks = self
-            .l2
-            .iter()
-            .filter(|e| {
-                e.point == Point::TapEgress
-                    && matches!(e.l2, Some(L2::Arp { op: 1, target, .. }) if target == k.guest)
-            })
+            .arps(Point::TapEgress, 1)
+            .filter(|&(_, _, target)| target == k.guest)
             .count();
         let answers = self
-            .l2
-            .iter()
-            .filter(|e| {
-                e.point == Point::TapIngress
-                    && matches!(e.l2, Some(L2::Arp { op: 2, sender, .. }) if sender == k.guest)
-            })
+            .arps(Point::TapIngress, 2)
+            .filter(|&(_, sender, _)| sender == k.guest)
             .count();
         if asks > 0 && answers == 0 {
             v.summary.push_str(&format!(
@@ -79,25 +87,14 @@ impl GuestL2<'_> {
     /// The tap the guest asked ARP on, without an answer, when the facts show it is a port of
     /// no bridge: nothing but the host's own stack can hear the guest there.
     fn unbridged_asking_tap(&self, facts: &HostFacts) -> Option<String> {
-        use crate::model::event::L2;
-        let tap = self
-            .l2
-            .iter()
-            .find(|e| e.point == Point::TapIngress && matches!(e.l2, Some(L2::Arp { op: 1, .. })))?
-            .device
-            .clone();
-        let answered = self
-            .l2
-            .iter()
-            .any(|e| e.point == Point::TapEgress && matches!(e.l2, Some(L2::Arp { op: 2, .. })));
+        let tap = self.arps(Point::TapIngress, 1).next()?.0.device.clone();
+        let answered = self.arps(Point::TapEgress, 2).next().is_some();
         let unbridged = facts
             .device(&tap)
             .is_some_and(|d| d.master.is_none() && d.macvtap_lower.is_none());
         (unbridged && !answered).then_some(tap)
     }
 
-    /// The bridge of the tap the guest asked ARP or NDP on, and its own address on the subnet
-    /// of `ip` (another one): the gateway the guest most likely means.
     /// The bridge of the tap that asked, when `ip` is that bridge's own address: the host
     /// itself was asked.
     fn bridge_owning(&self, facts: &HostFacts, ip: IpAddr) -> Option<String> {
@@ -115,8 +112,9 @@ impl GuestL2<'_> {
             .then(|| br.to_string())
     }
 
+    /// The bridge of the tap the guest asked ARP or NDP on, and its own address on the subnet
+    /// of `ip` (another one): the gateway the guest most likely means.
     fn bridge_address_near(&self, facts: &HostFacts, ip: IpAddr) -> Option<(String, IpAddr)> {
-        use crate::model::event::L2;
         let tap = &self
             .l2
             .iter()
@@ -144,12 +142,7 @@ impl GuestL2<'_> {
 
     /// The macvtap the guest asked ARP on and its lower device, when the facts show one.
     fn asking_macvtap<'f>(&self, facts: &'f HostFacts) -> Option<(String, &'f DevFacts)> {
-        use crate::model::event::L2;
-        let tap = &self
-            .l2
-            .iter()
-            .find(|e| e.point == Point::TapIngress && matches!(e.l2, Some(L2::Arp { op: 1, .. })))?
-            .device;
+        let tap = &self.arps(Point::TapIngress, 1).next()?.0.device;
         let lower = facts.device(tap)?.macvtap_lower.as_deref()?;
         Some((tap.clone(), facts.device(lower)?))
     }
@@ -158,15 +151,11 @@ impl GuestL2<'_> {
     /// this host: the macvtap's lower device to set up, or the bridgeless tap to put into
     /// the bridge that holds the address the guest asked for.
     fn no_traffic_fix(&self, facts: &HostFacts) -> Option<String> {
-        use crate::model::event::L2;
         if let Some((_, lower)) = self.asking_macvtap(facts) {
             return (!lower.up).then(|| fix::link_up(&lower.name));
         }
         if let Some(tap) = self.unbridged_asking_tap(facts) {
-            let asked = self.l2.iter().find_map(|e| match e.l2 {
-                Some(L2::Arp { op: 1, target, .. }) if e.point == Point::TapIngress => Some(target),
-                _ => None,
-            })?;
+            let (_, _, asked) = self.arps(Point::TapIngress, 1).next()?;
             let br = facts.bridge_for(IpAddr::V4(asked))?;
             return Some(fix::set_master(&tap, br));
         }
@@ -226,7 +215,6 @@ impl GuestL2<'_> {
     /// How often the guest sent each message a host service answers, and how often an answer
     /// reached it: DHCP (request, answer), DHCPv6, router solicitation (advertisement).
     fn service_asks(&self) -> [(HostService, usize, usize); 3] {
-        use crate::model::event::L2;
         let mut out = [
             (HostService::Dhcp, 0, 0),
             (HostService::Dhcp6, 0, 0),
@@ -264,7 +252,6 @@ impl GuestL2<'_> {
         facts: &'f HostFacts,
         what: HostService,
     ) -> Option<HostInputDrop<'f>> {
-        use crate::model::event::L2;
         let first = self.l2.iter().find(|e| {
             e.point == Point::TapIngress
                 && matches!(
@@ -319,7 +306,6 @@ impl GuestL2<'_> {
     /// The addresses the guest asked for (ARP, NDP) and got no answer about, with how often
     /// it asked; and those it was answered about.
     fn neighbour_asks(&self) -> (Vec<(IpAddr, usize)>, std::collections::BTreeSet<IpAddr>) {
-        use crate::model::event::L2;
         let mut asked: BTreeMap<IpAddr, usize> = BTreeMap::new();
         let mut answered: std::collections::BTreeSet<IpAddr> = Default::default();
         for e in self.l2 {
@@ -378,7 +364,6 @@ impl GuestL2<'_> {
 
     /// Why nothing reached the destination, from what the guest did say on its tap.
     fn no_traffic_summary(&self, dest: &str, facts: &HostFacts) -> String {
-        use crate::model::event::L2;
         let (mut dhcp_asks, mut dhcp_answers) = (0, 0);
         let (mut dhcp6_asks, mut dhcp6_answers) = (0, 0);
         let (mut rs_asks, mut ra_answers) = (0, 0);
