@@ -1,6 +1,6 @@
 //! Rule: dropped, with the summaries of each kind of drop and the root cause behind it.
 
-use super::flow::{tap_misplaced, Flow};
+use super::flow::{hops, tap_misplaced, Flow};
 use crate::model::drop::{ip_error_reason, symbol_fn};
 use crate::model::event::{DevKind, Direction, NfHook};
 use crate::model::facts::{HostFacts, NfChain};
@@ -396,7 +396,7 @@ fn egress_summary(
     if r == "PKT_TOO_BIG" {
         // The host's ICMP fragmentation-needed carries the next-hop MTU where the echo
         // sequence would be (RFC 1191).
-        let ptb = rep.iter().flat_map(|j| j.hops.iter()).find(|h| {
+        let ptb = hops(rep).find(|h| {
             h.tuple.is_some_and(|t| {
                 (t.proto == 1 && h.icmp_type == 3 && h.icmp_code == 4)
                     || (t.proto == 58 && h.icmp_type == 2)
@@ -550,8 +550,7 @@ struct RootCause {
 
 /// The VM's tap: where its requests entered the host.
 fn vm_tap(req: &[&Journey]) -> Option<String> {
-    req.iter()
-        .flat_map(|j| j.hops.iter())
+    hops(req)
         .find(|h| h.dev_kind == DevKind::Tap && !h.device.is_empty())
         .map(|h| h.device.clone())
 }

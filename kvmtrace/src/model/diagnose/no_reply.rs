@@ -1,6 +1,6 @@
 //! Rules: no reply.
 
-use super::flow::{tap_misplaced, Flow};
+use super::flow::{hops, tap_misplaced, Flow};
 use crate::model::event::{DevKind, Direction, NfHook};
 use crate::model::facts::DevFacts;
 use crate::model::fix;
@@ -20,12 +20,7 @@ pub(super) fn macvtap_sibling(f: &Flow, v: &mut Verdict) -> bool {
     }) else {
         return false;
     };
-    let Some(hop) = f
-        .req
-        .iter()
-        .flat_map(|j| j.hops.iter())
-        .find(|h| h.dev_kind == DevKind::Tap && h.dmac.is_some())
-    else {
+    let Some(hop) = hops(f.req).find(|h| h.dev_kind == DevKind::Tap && h.dmac.is_some()) else {
         return false;
     };
     let tap = &hop.device;
@@ -125,9 +120,7 @@ pub(super) fn left_host(f: &Flow, v: &mut Verdict) -> bool {
                 rep.len()
             );
             // Replies routed to a bridge the tap is not a port of: the tap is on the wrong one.
-            let tap = req
-                .iter()
-                .flat_map(|j| j.hops.iter())
+            let tap = hops(req)
                 .find(|h| h.dev_kind == DevKind::Tap)
                 .map(|h| h.device.clone());
             let reply_dev = rep
