@@ -364,66 +364,15 @@ impl GuestL2<'_> {
 
     /// Why nothing reached the destination, from what the guest did say on its tap.
     fn no_traffic_summary(&self, dest: &str, facts: &HostFacts) -> String {
-        let (mut dhcp_asks, mut dhcp_answers) = (0, 0);
-        let (mut dhcp6_asks, mut dhcp6_answers) = (0, 0);
-        let (mut rs_asks, mut ra_answers) = (0, 0);
-        for e in self.l2 {
-            match &e.l2 {
-                Some(L2::Ndp {
-                    icmp6_type: 133, ..
-                }) if e.point == Point::TapIngress => rs_asks += 1,
-                Some(L2::Ndp {
-                    icmp6_type: 134, ..
-                }) if e.point == Point::TapEgress => ra_answers += 1,
-                Some(L2::Dhcp { from_guest: true }) => dhcp_asks += 1,
-                Some(L2::Dhcp { from_guest: false }) => dhcp_answers += 1,
-                Some(L2::Dhcp6 { from_guest: true }) => dhcp6_asks += 1,
-                Some(L2::Dhcp6 { from_guest: false }) => dhcp6_answers += 1,
-                _ => {}
-            }
-        }
         let (unanswered, answered) = self.neighbour_asks();
         let mut parts = Vec::new();
-        let host_drop = |what: HostService, n: usize| {
-            self.host_input_drop(facts, what)
-                .map(|d| d.summary(what, n))
-        };
-        if let Some(p) = (dhcp_asks > 0 && dhcp_answers == 0)
-            .then(|| host_drop(HostService::Dhcp, dhcp_asks))
-            .flatten()
-        {
-            parts.push(p);
-        } else if dhcp_asks > 0 && dhcp_answers == 0 {
-            parts.push(format!(
-                "the guest asked DHCP for an address {dhcp_asks} time(s) and got no answer: no \
-                 DHCP server serves its network (is the network's dnsmasq running?)"
-            ));
-        }
-        if let Some(p) = (dhcp6_asks > 0 && dhcp6_answers == 0)
-            .then(|| host_drop(HostService::Dhcp6, dhcp6_asks))
-            .flatten()
-        {
-            parts.push(p);
-        } else if dhcp6_asks > 0 && dhcp6_answers == 0 {
-            parts.push(format!(
-                "the guest asked DHCPv6 for an address {dhcp6_asks} time(s) and got no answer: \
-                 no DHCPv6 server serves its network (dnsmasq `dhcp-range` for IPv6, or a \
-                 DHCPv6 server on the bridge)"
-            ));
-        }
-        if let Some(p) = (rs_asks > 0 && ra_answers == 0)
-            .then(|| host_drop(HostService::RouterSolicit, rs_asks))
-            .flatten()
-        {
-            parts.push(p);
-        } else if rs_asks > 0 && ra_answers == 0 {
-            parts.push(format!(
-                "the guest sent a router solicitation {rs_asks} time(s) (IPv6) and no router \
-                 advertisement reached it: nothing advertises a prefix and a default route on \
-                 its network → run an RA service on the bridge (radvd, dnsmasq `enable-ra`, a \
-                 libvirt network with an IPv6 <ip>), or give the guest a static IPv6 address \
-                 and default route"
-            ));
+        for (what, asks, answers) in self.service_asks() {
+            if asks > 0 && answers == 0 {
+                parts.push(
+                    self.host_input_drop(facts, what)
+                        .map_or_else(|| unserved(what, asks), |d| d.summary(what, asks)),
+                );
+            }
         }
         let unbridged = self.unbridged_asking_tap(facts);
         let macvtap = self.asking_macvtap(facts);
@@ -510,6 +459,29 @@ impl GuestL2<'_> {
             return s;
         }
         format!("no packet from the VM to {dest}: {}", parts.join("; "))
+    }
+}
+
+/// The guest's `what`, sent `n` times, went unanswered and nothing on the host drops it: no
+/// service on its network answers.
+fn unserved(what: HostService, n: usize) -> String {
+    match what {
+        HostService::Dhcp => format!(
+            "the guest asked DHCP for an address {n} time(s) and got no answer: no DHCP server \
+             serves its network (is the network's dnsmasq running?)"
+        ),
+        HostService::Dhcp6 => format!(
+            "the guest asked DHCPv6 for an address {n} time(s) and got no answer: no DHCPv6 \
+             server serves its network (dnsmasq `dhcp-range` for IPv6, or a DHCPv6 server on the \
+             bridge)"
+        ),
+        HostService::RouterSolicit => format!(
+            "the guest sent a router solicitation {n} time(s) (IPv6) and no router \
+             advertisement reached it: nothing advertises a prefix and a default route on its \
+             network → run an RA service on the bridge (radvd, dnsmasq `enable-ra`, a libvirt \
+             network with an IPv6 <ip>), or give the guest a static IPv6 address and default \
+             route"
+        ),
     }
 }
 
