@@ -13,7 +13,6 @@ use crate::model::verdict::{FlowKey, Status, Verdict};
 /// is elsewhere on the VM's side, where the cause is ([`root_cause`]).
 pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
     let k = f.k;
-    let req = f.req;
     let rep = f.rep;
     let facts = f.facts;
     let host_answered = f.host_answered;
@@ -188,8 +187,8 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
                 }
             }
             (stage, _) => {
-                v.fix = egress_fix(k, stage, &site, rep, facts);
-                egress_summary(what, stage, &site, rep, facts)
+                v.fix = egress_fix(f, stage, &site);
+                egress_summary(f, what, stage, &site)
             }
         };
         // A packet too big whose "fragmentation needed" / "packet too big" the host's own
@@ -221,7 +220,7 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
             v.firewall = fw;
             v.chains = chains;
         }
-        if let Some(c) = root_cause(k, dir, &site, req, facts) {
+        if let Some(c) = root_cause(f, dir, &site) {
             v.stage = Some(c.stage);
             v.device = Some(c.device);
             v.fix = c.fix;
@@ -356,13 +355,8 @@ fn lost_mtu_error(rep: &[&Journey]) -> Option<DropSite> {
 }
 
 /// The summary of a drop outside netfilter and routing: the tap, the bridge, the way out.
-fn egress_summary(
-    what: &str,
-    stage: Stage,
-    site: &DropSite,
-    rep: &[&Journey],
-    facts: &HostFacts,
-) -> String {
+fn egress_summary(f: &Flow, what: &str, stage: Stage, site: &DropSite) -> String {
+    let (rep, facts) = (f.rep, f.facts);
     let dev = &site.device;
     let reason = &site.reason;
     let r = reason.as_str();
@@ -558,13 +552,8 @@ fn vm_tap(req: &[&Journey]) -> Option<String> {
 /// Drops whose cause is on the VM's own side rather than where they happened: frames of a tap
 /// outside any bridge dying on the tap, and replies the host could not hand to the guest on
 /// its bridge or tap (neighbour resolution failed there). Such a failure is never upstream.
-fn root_cause(
-    k: FlowKey,
-    dir: Direction,
-    site: &DropSite,
-    req: &[&Journey],
-    facts: &HostFacts,
-) -> Option<RootCause> {
+fn root_cause(f: &Flow, dir: Direction, site: &DropSite) -> Option<RootCause> {
+    let (k, req, facts) = (f.k, f.req, f.facts);
     let (dev, reason) = (&site.device, &site.reason);
     let what = match dir {
         Direction::Request => "the request",
@@ -658,13 +647,8 @@ fn forward_fix(k: FlowKey, dir: Direction, facts: &HostFacts) -> Option<String> 
 /// The repair of a drop [`egress_summary`] names, when it is one command on this host: a
 /// device that is down (a macvtap's lower device, or the device itself), a bridge port that
 /// does not forward, an uplink whose MTU is below the VM side's.
-fn egress_fix(
-    k: FlowKey,
-    stage: Stage,
-    site: &DropSite,
-    rep: &[&Journey],
-    facts: &HostFacts,
-) -> Option<String> {
+fn egress_fix(f: &Flow, stage: Stage, site: &DropSite) -> Option<String> {
+    let (k, rep, facts) = (f.k, f.rep, f.facts);
     let dev = site.device.as_str();
     let r = site.reason.as_str();
     if r.starts_with("QDISC") || r.starts_with("TC_") || r == "TXQUEUE_FULL" {
