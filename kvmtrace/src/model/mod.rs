@@ -4,7 +4,8 @@
 //! This file only declares the parts and hands their names on, so that the other layers
 //! import `crate::model::Verdict`; the parts import each other by their own paths
 //! (`crate::model::journey::Journey`), never through here. Bottom up: `event`, `stage`,
-//! `facts`, `drop`, `journey`, `verdict`, `fix`, `archive`, `diagnose`, `tracker`.
+//! `facts`, `drop`, `journey`, `verdict`, `fix`, `decision`, `archive`, `diagnose`, `tracker`
+//! (`dest`, the operator's destination, needs none of them).
 
 mod archive;
 pub mod decision;

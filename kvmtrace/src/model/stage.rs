@@ -26,6 +26,7 @@ impl Stage {
     }
 }
 
+/// The stage of a hop: by its point, and at a device by the kind of device.
 pub fn stage_of(e: &TraceEvent) -> Stage {
     match e.point {
         Point::TapIngress | Point::TapEgress => Stage::Tap,
