@@ -1,6 +1,7 @@
 //! One nftables decision about a followed packet, as `--explain-rules` records it (a value:
 //! the tracing itself is `capture::nftrace`).
 
+use crate::model::verdict::Verdict;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::IpAddr;
@@ -67,7 +68,7 @@ impl fmt::Display for RuleDecision {
 
 /// Puts the deciding rule into each netfilter drop verdict: the final decision (drop, reject,
 /// or a drop policy) about a packet of that flow, in that direction, at that hook.
-pub fn explain(verdicts: &mut [crate::model::Verdict], decisions: &[RuleDecision]) {
+pub fn explain(verdicts: &mut [Verdict], decisions: &[RuleDecision]) {
     use crate::model::event::Direction;
     for v in verdicts.iter_mut() {
         let (Some(k), Some(hook)) = (v.key, v.hook) else {

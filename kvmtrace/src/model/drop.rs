@@ -1,7 +1,7 @@
 //! The one drop classifier: what a drop's own evidence — the kernel's drop reason, the function
 //! that freed the skb and the kernel stack — says about where and why a packet died.
 //!
-//! `follow` (a journey's drop site, [`super::Journey`]) and `watch` (the labels of its drop
+//! `follow` (a journey's drop site, `Journey::outcome`) and `watch` (the labels of its drop
 //! metrics) both place a drop through [`classify`], so a drop is named the same way in a verdict
 //! and in `/metrics`. A journey adds what only it knows (the hook the packet entered and never
 //! left, the route looked up for it, the hop before the drop); `watch`, which has no journey,
@@ -13,7 +13,7 @@
 //! name is not read from the kernel's BTF enum), and the class says so.
 
 use crate::model::event::NfHook;
-use crate::model::Stage;
+use crate::model::stage::Stage;
 
 /// Where a drop's own evidence puts it, before any journey context.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,6 +6,9 @@
 //! Commands that need several steps are joined with ` && `, as doctor always did: the whole
 //! string runs with `sh -c`.
 
+use crate::model::event::NfHook;
+use crate::model::facts::{HostFacts, NfChain};
+
 /// Turns IP forwarding on (`net.ipv4.ip_forward`, or `net.ipv6.conf.all.forwarding`).
 pub fn forwarding_on(v6: bool) -> String {
     if v6 {
@@ -92,6 +95,18 @@ impl ChainRef<'_> {
             "iptables"
         }
     }
+    /// A rule at the head of this chain that accepts what it matches: with iptables' match
+    /// `xt` for iptables-nft's own chains, else with nftables' match `nft`.
+    fn insert_accept(&self, xt: &str, nft: &str) -> String {
+        if self.is_xtables() {
+            format!("{} -I {} {xt} -j ACCEPT", self.xtables_cmd(), self.chain)
+        } else {
+            format!(
+                "nft 'insert rule {} {} {} {nft} accept'",
+                self.family, self.table, self.chain
+            )
+        }
+    }
 }
 
 /// A message of the guest that a service on the host answers: DHCP (UDP 67), DHCPv6 (UDP
@@ -113,81 +128,49 @@ impl HostService {
 /// Accepts the guest's `what` at the head of the input chain `ch`, so that the host's own
 /// service hears it.
 pub fn input_accept(ch: ChainRef, what: HostService) -> String {
-    if ch.is_xtables() {
-        let m = match what {
-            HostService::Dhcp => "-p udp --dport 67",
-            HostService::Dhcp6 => "-p udp --dport 547",
-            HostService::RouterSolicit => "-p ipv6-icmp --icmpv6-type router-solicitation",
-        };
-        format!("{} -I {} {m} -j ACCEPT", ch.xtables_cmd(), ch.chain)
-    } else {
-        let m = match what {
-            HostService::Dhcp => "udp dport 67",
-            HostService::Dhcp6 => "udp dport 547",
-            HostService::RouterSolicit => "icmpv6 type nd-router-solicit",
-        };
-        format!(
-            "nft 'insert rule {} {} {} {m} accept'",
-            ch.family, ch.table, ch.chain
-        )
-    }
+    let (xt, nft) = match what {
+        HostService::Dhcp => ("-p udp --dport 67", "udp dport 67"),
+        HostService::Dhcp6 => ("-p udp --dport 547", "udp dport 547"),
+        HostService::RouterSolicit => (
+            "-p ipv6-icmp --icmpv6-type router-solicitation",
+            "icmpv6 type nd-router-solicit",
+        ),
+    };
+    ch.insert_accept(xt, nft)
 }
 
 /// Accepts, at the head of the forward chain `ch`, new connections from the VM's `subnet`
 /// entering through `l3` (its bridge).
 pub fn forward_accept_out(ch: ChainRef, l3: &str, subnet: &str, v6: bool) -> String {
-    if ch.is_xtables() {
-        format!(
-            "{} -I {} -i {l3} -s {subnet} -j ACCEPT",
-            ch.xtables_cmd(),
-            ch.chain
-        )
-    } else {
-        let fam = if v6 { "ip6" } else { "ip" };
-        format!(
-            "nft 'insert rule {} {} {} iifname \"{l3}\" {fam} saddr {subnet} accept'",
-            ch.family, ch.table, ch.chain
-        )
-    }
+    let fam = if v6 { "ip6" } else { "ip" };
+    ch.insert_accept(
+        &format!("-i {l3} -s {subnet}"),
+        &format!("iifname \"{l3}\" {fam} saddr {subnet}"),
+    )
 }
 
 /// Accepts, at the head of the forward chain `ch`, the replies going back to `subnet`
 /// through `l3`.
 pub fn forward_accept_back(ch: ChainRef, l3: &str, subnet: &str, v6: bool) -> String {
-    if ch.is_xtables() {
-        format!(
-            "{} -I {} -o {l3} -d {subnet} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-            ch.xtables_cmd(),
-            ch.chain
-        )
-    } else {
-        let fam = if v6 { "ip6" } else { "ip" };
-        format!(
-            "nft 'insert rule {} {} {} oifname \"{l3}\" {fam} daddr {subnet} ct state established,related accept'",
-            ch.family, ch.table, ch.chain
-        )
-    }
+    let fam = if v6 { "ip6" } else { "ip" };
+    ch.insert_accept(
+        &format!("-o {l3} -d {subnet} -m conntrack --ctstate RELATED,ESTABLISHED"),
+        &format!("oifname \"{l3}\" {fam} daddr {subnet} ct state established,related"),
+    )
 }
 
 /// Accepts, at the head of `ch`, a VXLAN overlay's outer packets (UDP to `port`) going to
 /// (`to_peer`) or coming from the remote VTEP `peer`.
 pub fn overlay_accept(ch: ChainRef, port: u16, peer: &str, to_peer: bool) -> String {
-    if ch.is_xtables() {
-        format!(
-            "{} -I {} -p udp --dport {port} {} {peer} -j ACCEPT",
-            ch.xtables_cmd(),
-            ch.chain,
-            if to_peer { "-d" } else { "-s" }
-        )
+    let (xt_dir, nft_dir) = if to_peer {
+        ("-d", "daddr")
     } else {
-        format!(
-            "nft 'insert rule {} {} {} ip {} {peer} udp dport {port} accept'",
-            ch.family,
-            ch.table,
-            ch.chain,
-            if to_peer { "daddr" } else { "saddr" }
-        )
-    }
+        ("-s", "saddr")
+    };
+    ch.insert_accept(
+        &format!("-p udp --dport {port} {xt_dir} {peer}"),
+        &format!("ip {nft_dir} {peer} udp dport {port}"),
+    )
 }
 
 /// Where a masquerade rule goes.
@@ -229,7 +212,7 @@ pub fn masquerade(target: NatTarget, subnet: &str, v6: bool, oif: Option<&str>) 
 
 /// The VM's bridge and its subnet there (`10.77.0.0/24`): the bridge whose address covers
 /// `guest`. None when the facts do not show one.
-pub fn vm_subnet(facts: &super::HostFacts, guest: std::net::IpAddr) -> Option<(&str, String)> {
+pub fn vm_subnet(facts: &HostFacts, guest: std::net::IpAddr) -> Option<(&str, String)> {
     facts.devices.iter().filter(|d| d.bridge).find_map(|d| {
         let a = d.addrs.iter().find(|a| a.contains(guest))?;
         let net = ipnet::IpNet::new(a.addr, a.prefix).ok()?.trunc();
@@ -240,11 +223,7 @@ pub fn vm_subnet(facts: &super::HostFacts, guest: std::net::IpAddr) -> Option<(&
 /// The one base chain of `hook` that handles the flow's family (`ip`/`ip6` and `inet`), when
 /// there is exactly one and no iptables-legacy table could drop beside it: a rule inserted at
 /// its head is then the rule that decides.
-pub fn only_chain(
-    facts: &super::HostFacts,
-    hook: super::event::NfHook,
-    v6: bool,
-) -> Option<ChainRef<'_>> {
+pub fn only_chain(facts: &HostFacts, hook: NfHook, v6: bool) -> Option<ChainRef<'_>> {
     let family = if v6 { "ip6" } else { "ip" };
     if !facts.legacy_tables.is_empty() {
         return None;
@@ -267,15 +246,15 @@ pub fn only_chain(
 /// Where a masquerade rule for the flow's family goes, from the base chains the facts list
 /// (their type is not among them: a chain at postrouting in a table named `nat` is taken for
 /// the nat chain, as iptables-nft and most rulesets name it).
-pub fn nat_target(facts: &super::HostFacts, v6: bool) -> NatTarget<'_> {
+pub fn nat_target(facts: &HostFacts, v6: bool) -> NatTarget<'_> {
     let family = if v6 { "ip6" } else { "ip" };
     let at_post = || {
-        facts.nft_chains.iter().filter(|c| {
-            c.hook == super::event::NfHook::Postrouting
-                && (c.family == family || c.family == "inet")
-        })
+        facts
+            .nft_chains
+            .iter()
+            .filter(|c| c.hook == NfHook::Postrouting && (c.family == family || c.family == "inet"))
     };
-    let xtables = |c: &super::NfChain| {
+    let xtables = |c: &NfChain| {
         ChainRef {
             family: &c.family,
             table: &c.table,

@@ -3,8 +3,8 @@
 //! root or eBPF; synthetic variations pin the rules one by one.
 
 use super::*;
-use crate::model::event::TraceEvent;
-use std::net::Ipv4Addr;
+use crate::model::event::{DevKind, Direction, NfHook, Point, TraceEvent, Tuple};
+use std::net::{IpAddr, Ipv4Addr};
 
 fn load(text: &str) -> Vec<TraceEvent> {
     text.lines()

@@ -2,7 +2,9 @@
 
 use super::flow::{fmt_rewrites, Flow};
 use crate::model::event::Direction;
-use crate::model::{DropSite, Outcome, Stage, Status, Verdict};
+use crate::model::journey::{DropSite, Outcome};
+use crate::model::stage::Stage;
+use crate::model::verdict::{Status, Verdict};
 
 /// How a delivered flow (or a group of them, with their totals) opens its summary. A TCP
 /// flow can have more replies than requests (the answer's data and ACKs): it is never "5 of 4

@@ -1,14 +1,18 @@
 //! Rule: dropped, with the summaries of each kind of drop and the root cause behind it.
 
-use super::flow::{tap_misplaced, Flow};
+use super::flow::{hops, tap_misplaced, Flow};
+use crate::model::drop::{ip_error_reason, symbol_fn};
 use crate::model::event::{DevKind, Direction, NfHook};
-use crate::model::{fix, DropSite, FlowKey, HostFacts, Journey, NfChain, Stage, Status, Verdict};
+use crate::model::facts::{HostFacts, NfChain};
+use crate::model::fix;
+use crate::model::journey::{DropSite, Journey, Outcome, Rewrite};
+use crate::model::stage::Stage;
+use crate::model::verdict::{FlowKey, Status, Verdict};
 
 /// The first drop, request or reply, named where the kernel dropped it — or, when its cause
 /// is elsewhere on the VM's side, where the cause is ([`root_cause`]).
 pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
     let k = f.k;
-    let req = f.req;
     let rep = f.rep;
     let facts = f.facts;
     let host_answered = f.host_answered;
@@ -23,9 +27,9 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
         };
         if site.reason_inferred
             && fwd_off
-            && site.location.as_deref().map(crate::model::drop::symbol_fn) == Some("ip_error")
+            && site.location.as_deref().map(symbol_fn) == Some("ip_error")
         {
-            site.reason = crate::model::drop::ip_error_reason(0).to_string();
+            site.reason = ip_error_reason(0).to_string();
         }
         v.status = Status::Dropped;
         v.direction = Some(dir);
@@ -183,8 +187,8 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
                 }
             }
             (stage, _) => {
-                v.fix = egress_fix(k, stage, &site, rep, facts);
-                egress_summary(what, stage, &site, rep, facts)
+                v.fix = egress_fix(f, stage, &site);
+                egress_summary(f, what, stage, &site)
             }
         };
         // A packet too big whose "fragmentation needed" / "packet too big" the host's own
@@ -216,7 +220,7 @@ pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
             v.firewall = fw;
             v.chains = chains;
         }
-        if let Some(c) = root_cause(k, dir, &site, req, facts) {
+        if let Some(c) = root_cause(f, dir, &site) {
             v.stage = Some(c.stage);
             v.device = Some(c.device);
             v.fix = c.fix;
@@ -279,7 +283,7 @@ pub(super) fn rewritten_destination(f: &Flow, v: &mut Verdict) {
     if v.status == Status::Delivered || v.direction == Some(Direction::Reply) {
         return;
     }
-    let dnat: Vec<&crate::model::Rewrite> = v
+    let dnat: Vec<&Rewrite> = v
         .rewrites
         .iter()
         .filter(|r| matches!(r.field.as_str(), "dst" | "dport"))
@@ -344,20 +348,15 @@ fn lost_mtu_error(rep: &[&Journey]) -> Option<DropSite> {
             })
         });
         match j.outcome() {
-            crate::model::Outcome::Dropped(d) if about_mtu => Some(d),
+            Outcome::Dropped(d) if about_mtu => Some(d),
             _ => None,
         }
     })
 }
 
 /// The summary of a drop outside netfilter and routing: the tap, the bridge, the way out.
-fn egress_summary(
-    what: &str,
-    stage: Stage,
-    site: &DropSite,
-    rep: &[&Journey],
-    facts: &HostFacts,
-) -> String {
+fn egress_summary(f: &Flow, what: &str, stage: Stage, site: &DropSite) -> String {
+    let (rep, facts) = (f.rep, f.facts);
     let dev = &site.device;
     let reason = &site.reason;
     let r = reason.as_str();
@@ -391,7 +390,7 @@ fn egress_summary(
     if r == "PKT_TOO_BIG" {
         // The host's ICMP fragmentation-needed carries the next-hop MTU where the echo
         // sequence would be (RFC 1191).
-        let ptb = rep.iter().flat_map(|j| j.hops.iter()).find(|h| {
+        let ptb = hops(rep).find(|h| {
             h.tuple.is_some_and(|t| {
                 (t.proto == 1 && h.icmp_type == 3 && h.icmp_code == 4)
                     || (t.proto == 58 && h.icmp_type == 2)
@@ -545,8 +544,7 @@ struct RootCause {
 
 /// The VM's tap: where its requests entered the host.
 fn vm_tap(req: &[&Journey]) -> Option<String> {
-    req.iter()
-        .flat_map(|j| j.hops.iter())
+    hops(req)
         .find(|h| h.dev_kind == DevKind::Tap && !h.device.is_empty())
         .map(|h| h.device.clone())
 }
@@ -554,13 +552,8 @@ fn vm_tap(req: &[&Journey]) -> Option<String> {
 /// Drops whose cause is on the VM's own side rather than where they happened: frames of a tap
 /// outside any bridge dying on the tap, and replies the host could not hand to the guest on
 /// its bridge or tap (neighbour resolution failed there). Such a failure is never upstream.
-fn root_cause(
-    k: FlowKey,
-    dir: Direction,
-    site: &DropSite,
-    req: &[&Journey],
-    facts: &HostFacts,
-) -> Option<RootCause> {
+fn root_cause(f: &Flow, dir: Direction, site: &DropSite) -> Option<RootCause> {
+    let (k, req, facts) = (f.k, f.req, f.facts);
     let (dev, reason) = (&site.device, &site.reason);
     let what = match dir {
         Direction::Request => "the request",
@@ -654,13 +647,8 @@ fn forward_fix(k: FlowKey, dir: Direction, facts: &HostFacts) -> Option<String> 
 /// The repair of a drop [`egress_summary`] names, when it is one command on this host: a
 /// device that is down (a macvtap's lower device, or the device itself), a bridge port that
 /// does not forward, an uplink whose MTU is below the VM side's.
-fn egress_fix(
-    k: FlowKey,
-    stage: Stage,
-    site: &DropSite,
-    rep: &[&Journey],
-    facts: &HostFacts,
-) -> Option<String> {
+fn egress_fix(f: &Flow, stage: Stage, site: &DropSite) -> Option<String> {
+    let (k, rep, facts) = (f.k, f.rep, f.facts);
     let dev = site.device.as_str();
     let r = site.reason.as_str();
     if r.starts_with("QDISC") || r.starts_with("TC_") || r == "TXQUEUE_FULL" {
@@ -683,7 +671,7 @@ fn egress_fix(
     if r == "PKT_TOO_BIG" {
         // The host's own error dropped on its way to the guest: the black hole is the cause.
         let lost = rep.iter().any(|j| {
-            matches!(j.outcome(), crate::model::Outcome::Dropped(_))
+            matches!(j.outcome(), Outcome::Dropped(_))
                 && j.hops.iter().any(|h| {
                     h.tuple.is_some_and(|t| {
                         (t.proto == 1 && h.icmp_type == 3 && h.icmp_code == 4)

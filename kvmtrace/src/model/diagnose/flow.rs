@@ -2,8 +2,10 @@
 //! wording the rules share. A leaf of `diagnose`: `mod.rs` fills a `Flow` and runs the rules,
 //! the rule families read it; none of them imports `mod.rs`.
 
-use crate::model::event::Direction;
-use crate::model::{DropSite, FlowKey, HostFacts, Journey, Outcome, Rewrite};
+use crate::model::event::{Direction, TraceEvent};
+use crate::model::facts::HostFacts;
+use crate::model::journey::{DropSite, Journey, Outcome, Rewrite};
+use crate::model::verdict::FlowKey;
 
 /// What the rules look at: one flow's journeys, what became of each, and the facts.
 pub struct Flow<'a> {
@@ -26,6 +28,11 @@ pub struct Flow<'a> {
     pub(super) reply_kind: Option<String>,
     pub(super) n_req: usize,
     pub(super) n_delivered: usize,
+}
+
+/// Every hop of these journeys, journey after journey.
+pub(super) fn hops<'a>(journeys: &'a [&'a Journey]) -> impl Iterator<Item = &'a TraceEvent> {
+    journeys.iter().flat_map(|j| j.hops.iter())
 }
 
 pub(super) fn fmt_rewrites(rw: &[Rewrite]) -> String {

@@ -2,7 +2,9 @@
 
 use super::flow::Flow;
 use crate::model::event::{DevKind, Direction};
-use crate::model::{Outcome, Stage, Status, Verdict};
+use crate::model::journey::Outcome;
+use crate::model::stage::Stage;
+use crate::model::verdict::{Status, Verdict};
 
 /// A route that sends the request out of the VM's own side (its bridge or tap) is the cause,
 /// whatever happened to the packet after it (usually a neighbour failure on the bridge).

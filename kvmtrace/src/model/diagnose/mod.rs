@@ -11,10 +11,14 @@ mod flow;
 mod misrouted;
 mod no_reply;
 mod no_traffic;
+pub(super) use no_traffic::{add_guest_arp_evidence, no_traffic};
 mod overlay;
 
-use super::event::{DevKind, Direction, Point};
-use super::{Archived, FlowKey, HostFacts, Journey, Outcome, Status, Verdict};
+use crate::model::archive::Archived;
+use crate::model::event::{is_icmp_error, DevKind, Direction, Point};
+use crate::model::facts::HostFacts;
+use crate::model::journey::{Journey, Outcome};
+use crate::model::verdict::{FlowKey, Status, Verdict};
 use flow::Flow;
 
 /// One rule: true when it decided the verdict (filled in `v`).
@@ -93,9 +97,7 @@ pub(super) fn classify(
         });
     let good_reply = delivered.iter().any(|j| {
         j.hops.iter().any(|h| {
-            let icmp_err = h
-                .tuple
-                .is_some_and(|t| crate::model::event::is_icmp_error(t.proto, h.icmp_type));
+            let icmp_err = h.tuple.is_some_and(|t| is_icmp_error(t.proto, h.icmp_type));
             !icmp_err
         })
     });

@@ -1,8 +1,12 @@
 //! Rules: no reply.
 
-use super::flow::{tap_misplaced, Flow};
+use super::flow::{hops, tap_misplaced, Flow};
 use crate::model::event::{DevKind, Direction, NfHook};
-use crate::model::{fix, Outcome, Stage, Status, Verdict};
+use crate::model::facts::DevFacts;
+use crate::model::fix;
+use crate::model::journey::Outcome;
+use crate::model::stage::Stage;
+use crate::model::verdict::{Status, Verdict};
 
 /// The request left a macvtap guest's lower device addressed to the MAC of another macvtap on
 /// that lower device (another guest of this host): macvtaps pass frames to each other only
@@ -16,12 +20,7 @@ pub(super) fn macvtap_sibling(f: &Flow, v: &mut Verdict) -> bool {
     }) else {
         return false;
     };
-    let Some(hop) = f
-        .req
-        .iter()
-        .flat_map(|j| j.hops.iter())
-        .find(|h| h.dev_kind == DevKind::Tap && h.dmac.is_some())
-    else {
+    let Some(hop) = hops(f.req).find(|h| h.dev_kind == DevKind::Tap && h.dmac.is_some()) else {
         return false;
     };
     let tap = &hop.device;
@@ -39,7 +38,7 @@ pub(super) fn macvtap_sibling(f: &Flow, v: &mut Verdict) -> bool {
     }) else {
         return false;
     };
-    let mode = |d: &crate::model::DevFacts| d.macvtap_mode.clone().unwrap_or("?".into());
+    let mode = |d: &DevFacts| d.macvtap_mode.clone().unwrap_or("?".into());
     let (m1, m2) = (mode(mine), mode(other));
     if m1 == "bridge" && m2 == "bridge" {
         return false;
@@ -121,9 +120,7 @@ pub(super) fn left_host(f: &Flow, v: &mut Verdict) -> bool {
                 rep.len()
             );
             // Replies routed to a bridge the tap is not a port of: the tap is on the wrong one.
-            let tap = req
-                .iter()
-                .flat_map(|j| j.hops.iter())
+            let tap = hops(req)
                 .find(|h| h.dev_kind == DevKind::Tap)
                 .map(|h| h.device.clone());
             let reply_dev = rep

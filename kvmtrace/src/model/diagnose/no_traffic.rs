@@ -1,34 +1,79 @@
 //! No traffic: what the guest said on its tap (ARP, DHCP) when no request reached DEST, and
 //! the guest's ARP as evidence for replies that never reached it.
 
-use crate::model::event::{NfHook, Point};
+use crate::model::event::{Direction, NfHook, Point, TraceEvent, L2};
+use crate::model::facts::{DevFacts, HostFacts, NfChain};
 use crate::model::fix::{self, ChainRef, HostService};
-use crate::model::{DevFacts, FlowKey, HostFacts, Model, NfChain, Status, Verdict};
-use std::collections::BTreeMap;
-use std::net::IpAddr;
+use crate::model::stage::Stage;
+use crate::model::verdict::{FlowKey, Status, Verdict};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
 
-impl Model {
-    /// Replies that came back but never reached the tap: does the guest answer the host's ARP?
-    pub(in crate::model) fn add_guest_arp_evidence(&self, v: &mut Verdict, k: FlowKey) {
-        use crate::model::event::L2;
+/// The one verdict of a run in which no request to `dest` was seen: why, from what the guest
+/// said on its tap (`l2`: the ARP, NDP and DHCP a model keeps).
+pub(in crate::model) fn no_traffic(
+    l2: &VecDeque<TraceEvent>,
+    facts: &HostFacts,
+    dest: &str,
+) -> Verdict {
+    let said = GuestL2 { l2 };
+    let mut v = Verdict::new(format!("any > {dest}"), None, Status::NoTraffic);
+    v.summary = said.no_traffic_summary(dest, facts);
+    v.fix = said.no_traffic_fix(facts);
+    // The guest's DHCP / RS dropped by the host's INPUT: that hook is where it stopped.
+    said.place_host_input_drop(facts, &mut v);
+    // The guest's ARP went unanswered because its tap is in no bridge: name the tap.
+    if let Some(tap) = said.unbridged_asking_tap(facts) {
+        v.stage = Some(Stage::Tap);
+        v.device = Some(tap);
+    }
+    v
+}
+
+/// Replies of the flow `k` that came back but never reached the tap: does the guest answer
+/// the host's ARP (`l2`: what the guest said on its tap)?
+pub(in crate::model) fn add_guest_arp_evidence(
+    l2: &VecDeque<TraceEvent>,
+    v: &mut Verdict,
+    k: FlowKey,
+) {
+    GuestL2 { l2 }.add_guest_arp_evidence(v, k)
+}
+
+/// What the guest said on its tap (ARP, NDP, DHCP), as a model keeps it.
+struct GuestL2<'a> {
+    l2: &'a VecDeque<TraceEvent>,
+}
+
+impl GuestL2<'_> {
+    /// The ARP messages seen at `point` (tap ingress: the guest's; tap egress: to the guest)
+    /// with opcode `op` (1 request, 2 reply), each with its sender's and target's address.
+    fn arps(
+        &self,
+        point: Point,
+        op: u8,
+    ) -> impl Iterator<Item = (&TraceEvent, Ipv4Addr, Ipv4Addr)> + '_ {
+        self.l2.iter().filter_map(move |e| match e.l2 {
+            Some(L2::Arp {
+                op: o,
+                sender,
+                target,
+            }) if o == op && e.point == point => Some((e, sender, target)),
+            _ => None,
+        })
+    }
+
+    fn add_guest_arp_evidence(&self, v: &mut Verdict, k: FlowKey) {
         if v.status == Status::Delivered || v.replies == 0 {
             return;
         }
         let asks = self
-            .l2
-            .iter()
-            .filter(|e| {
-                e.point == Point::TapEgress
-                    && matches!(e.l2, Some(L2::Arp { op: 1, target, .. }) if target == k.guest)
-            })
+            .arps(Point::TapEgress, 1)
+            .filter(|&(_, _, target)| target == k.guest)
             .count();
         let answers = self
-            .l2
-            .iter()
-            .filter(|e| {
-                e.point == Point::TapIngress
-                    && matches!(e.l2, Some(L2::Arp { op: 2, sender, .. }) if sender == k.guest)
-            })
+            .arps(Point::TapIngress, 2)
+            .filter(|&(_, sender, _)| sender == k.guest)
             .count();
         if asks > 0 && answers == 0 {
             v.summary.push_str(&format!(
@@ -41,26 +86,15 @@ impl Model {
 
     /// The tap the guest asked ARP on, without an answer, when the facts show it is a port of
     /// no bridge: nothing but the host's own stack can hear the guest there.
-    pub(in crate::model) fn unbridged_asking_tap(&self, facts: &HostFacts) -> Option<String> {
-        use crate::model::event::L2;
-        let tap = self
-            .l2
-            .iter()
-            .find(|e| e.point == Point::TapIngress && matches!(e.l2, Some(L2::Arp { op: 1, .. })))?
-            .device
-            .clone();
-        let answered = self
-            .l2
-            .iter()
-            .any(|e| e.point == Point::TapEgress && matches!(e.l2, Some(L2::Arp { op: 2, .. })));
+    fn unbridged_asking_tap(&self, facts: &HostFacts) -> Option<String> {
+        let tap = self.arps(Point::TapIngress, 1).next()?.0.device.clone();
+        let answered = self.arps(Point::TapEgress, 2).next().is_some();
         let unbridged = facts
             .device(&tap)
             .is_some_and(|d| d.master.is_none() && d.macvtap_lower.is_none());
         (unbridged && !answered).then_some(tap)
     }
 
-    /// The bridge of the tap the guest asked ARP or NDP on, and its own address on the subnet
-    /// of `ip` (another one): the gateway the guest most likely means.
     /// The bridge of the tap that asked, when `ip` is that bridge's own address: the host
     /// itself was asked.
     fn bridge_owning(&self, facts: &HostFacts, ip: IpAddr) -> Option<String> {
@@ -78,8 +112,9 @@ impl Model {
             .then(|| br.to_string())
     }
 
+    /// The bridge of the tap the guest asked ARP or NDP on, and its own address on the subnet
+    /// of `ip` (another one): the gateway the guest most likely means.
     fn bridge_address_near(&self, facts: &HostFacts, ip: IpAddr) -> Option<(String, IpAddr)> {
-        use crate::model::event::L2;
         let tap = &self
             .l2
             .iter()
@@ -107,12 +142,7 @@ impl Model {
 
     /// The macvtap the guest asked ARP on and its lower device, when the facts show one.
     fn asking_macvtap<'f>(&self, facts: &'f HostFacts) -> Option<(String, &'f DevFacts)> {
-        use crate::model::event::L2;
-        let tap = &self
-            .l2
-            .iter()
-            .find(|e| e.point == Point::TapIngress && matches!(e.l2, Some(L2::Arp { op: 1, .. })))?
-            .device;
+        let tap = &self.arps(Point::TapIngress, 1).next()?.0.device;
         let lower = facts.device(tap)?.macvtap_lower.as_deref()?;
         Some((tap.clone(), facts.device(lower)?))
     }
@@ -120,16 +150,12 @@ impl Model {
     /// The one command behind [`Self::no_traffic_summary`]'s next step, when it is one on
     /// this host: the macvtap's lower device to set up, or the bridgeless tap to put into
     /// the bridge that holds the address the guest asked for.
-    pub(in crate::model) fn no_traffic_fix(&self, facts: &HostFacts) -> Option<String> {
-        use crate::model::event::L2;
+    fn no_traffic_fix(&self, facts: &HostFacts) -> Option<String> {
         if let Some((_, lower)) = self.asking_macvtap(facts) {
             return (!lower.up).then(|| fix::link_up(&lower.name));
         }
         if let Some(tap) = self.unbridged_asking_tap(facts) {
-            let asked = self.l2.iter().find_map(|e| match e.l2 {
-                Some(L2::Arp { op: 1, target, .. }) if e.point == Point::TapIngress => Some(target),
-                _ => None,
-            })?;
+            let (_, _, asked) = self.arps(Point::TapIngress, 1).next()?;
             let br = facts.bridge_for(IpAddr::V4(asked))?;
             return Some(fix::set_master(&tap, br));
         }
@@ -164,7 +190,7 @@ impl Model {
     /// Places a `no_traffic` verdict at the host's INPUT (stage netfilter, the bridge, the
     /// chains that see the message) when the first unanswered message a host service answers
     /// is dropped there ([`Self::host_input_drop`]).
-    pub(in crate::model) fn place_host_input_drop(&self, facts: &HostFacts, v: &mut Verdict) {
+    fn place_host_input_drop(&self, facts: &HostFacts, v: &mut Verdict) {
         let service = self
             .service_asks()
             .into_iter()
@@ -178,9 +204,9 @@ impl Model {
         else {
             return;
         };
-        v.stage = Some(crate::model::Stage::Netfilter);
+        v.stage = Some(Stage::Netfilter);
         v.hook = Some(NfHook::Input);
-        v.direction = Some(crate::model::event::Direction::Request);
+        v.direction = Some(Direction::Request);
         v.device = Some(bridge);
         v.firewall = Some("nftables".into());
         v.chains = chains.iter().map(|c| c.label()).collect();
@@ -189,13 +215,12 @@ impl Model {
     /// How often the guest sent each message a host service answers, and how often an answer
     /// reached it: DHCP (request, answer), DHCPv6, router solicitation (advertisement).
     fn service_asks(&self) -> [(HostService, usize, usize); 3] {
-        use crate::model::event::L2;
         let mut out = [
             (HostService::Dhcp, 0, 0),
             (HostService::Dhcp6, 0, 0),
             (HostService::RouterSolicit, 0, 0),
         ];
-        for e in &self.l2 {
+        for e in self.l2 {
             let (i, ask) = match &e.l2 {
                 Some(L2::Dhcp { from_guest }) => (0, *from_guest),
                 Some(L2::Dhcp6 { from_guest }) => (1, *from_guest),
@@ -227,7 +252,6 @@ impl Model {
         facts: &'f HostFacts,
         what: HostService,
     ) -> Option<HostInputDrop<'f>> {
-        use crate::model::event::L2;
         let first = self.l2.iter().find(|e| {
             e.point == Point::TapIngress
                 && matches!(
@@ -282,10 +306,9 @@ impl Model {
     /// The addresses the guest asked for (ARP, NDP) and got no answer about, with how often
     /// it asked; and those it was answered about.
     fn neighbour_asks(&self) -> (Vec<(IpAddr, usize)>, std::collections::BTreeSet<IpAddr>) {
-        use crate::model::event::L2;
         let mut asked: BTreeMap<IpAddr, usize> = BTreeMap::new();
         let mut answered: std::collections::BTreeSet<IpAddr> = Default::default();
-        for e in &self.l2 {
+        for e in self.l2 {
             match &e.l2 {
                 Some(L2::Arp { op: 1, target, .. }) if e.point == Point::TapIngress => {
                     *asked.entry(IpAddr::V4(*target)).or_default() += 1
@@ -340,68 +363,16 @@ impl Model {
     }
 
     /// Why nothing reached the destination, from what the guest did say on its tap.
-    pub(in crate::model) fn no_traffic_summary(&self, dest: &str, facts: &HostFacts) -> String {
-        use crate::model::event::L2;
-        let (mut dhcp_asks, mut dhcp_answers) = (0, 0);
-        let (mut dhcp6_asks, mut dhcp6_answers) = (0, 0);
-        let (mut rs_asks, mut ra_answers) = (0, 0);
-        for e in &self.l2 {
-            match &e.l2 {
-                Some(L2::Ndp {
-                    icmp6_type: 133, ..
-                }) if e.point == Point::TapIngress => rs_asks += 1,
-                Some(L2::Ndp {
-                    icmp6_type: 134, ..
-                }) if e.point == Point::TapEgress => ra_answers += 1,
-                Some(L2::Dhcp { from_guest: true }) => dhcp_asks += 1,
-                Some(L2::Dhcp { from_guest: false }) => dhcp_answers += 1,
-                Some(L2::Dhcp6 { from_guest: true }) => dhcp6_asks += 1,
-                Some(L2::Dhcp6 { from_guest: false }) => dhcp6_answers += 1,
-                _ => {}
-            }
-        }
+    fn no_traffic_summary(&self, dest: &str, facts: &HostFacts) -> String {
         let (unanswered, answered) = self.neighbour_asks();
         let mut parts = Vec::new();
-        let host_drop = |what: HostService, n: usize| {
-            self.host_input_drop(facts, what)
-                .map(|d| d.summary(what, n))
-        };
-        if let Some(p) = (dhcp_asks > 0 && dhcp_answers == 0)
-            .then(|| host_drop(HostService::Dhcp, dhcp_asks))
-            .flatten()
-        {
-            parts.push(p);
-        } else if dhcp_asks > 0 && dhcp_answers == 0 {
-            parts.push(format!(
-                "the guest asked DHCP for an address {dhcp_asks} time(s) and got no answer: no \
-                 DHCP server serves its network (is the network's dnsmasq running?)"
-            ));
-        }
-        if let Some(p) = (dhcp6_asks > 0 && dhcp6_answers == 0)
-            .then(|| host_drop(HostService::Dhcp6, dhcp6_asks))
-            .flatten()
-        {
-            parts.push(p);
-        } else if dhcp6_asks > 0 && dhcp6_answers == 0 {
-            parts.push(format!(
-                "the guest asked DHCPv6 for an address {dhcp6_asks} time(s) and got no answer: \
-                 no DHCPv6 server serves its network (dnsmasq `dhcp-range` for IPv6, or a \
-                 DHCPv6 server on the bridge)"
-            ));
-        }
-        if let Some(p) = (rs_asks > 0 && ra_answers == 0)
-            .then(|| host_drop(HostService::RouterSolicit, rs_asks))
-            .flatten()
-        {
-            parts.push(p);
-        } else if rs_asks > 0 && ra_answers == 0 {
-            parts.push(format!(
-                "the guest sent a router solicitation {rs_asks} time(s) (IPv6) and no router \
-                 advertisement reached it: nothing advertises a prefix and a default route on \
-                 its network → run an RA service on the bridge (radvd, dnsmasq `enable-ra`, a \
-                 libvirt network with an IPv6 <ip>), or give the guest a static IPv6 address \
-                 and default route"
-            ));
+        for (what, asks, answers) in self.service_asks() {
+            if asks > 0 && answers == 0 {
+                parts.push(
+                    self.host_input_drop(facts, what)
+                        .map_or_else(|| unserved(what, asks), |d| d.summary(what, asks)),
+                );
+            }
         }
         let unbridged = self.unbridged_asking_tap(facts);
         let macvtap = self.asking_macvtap(facts);
@@ -491,6 +462,29 @@ impl Model {
     }
 }
 
+/// The guest's `what`, sent `n` times, went unanswered and nothing on the host drops it: no
+/// service on its network answers.
+fn unserved(what: HostService, n: usize) -> String {
+    match what {
+        HostService::Dhcp => format!(
+            "the guest asked DHCP for an address {n} time(s) and got no answer: no DHCP server \
+             serves its network (is the network's dnsmasq running?)"
+        ),
+        HostService::Dhcp6 => format!(
+            "the guest asked DHCPv6 for an address {n} time(s) and got no answer: no DHCPv6 \
+             server serves its network (dnsmasq `dhcp-range` for IPv6, or a DHCPv6 server on the \
+             bridge)"
+        ),
+        HostService::RouterSolicit => format!(
+            "the guest sent a router solicitation {n} time(s) (IPv6) and no router \
+             advertisement reached it: nothing advertises a prefix and a default route on its \
+             network → run an RA service on the bridge (radvd, dnsmasq `enable-ra`, a libvirt \
+             network with an IPv6 <ip>), or give the guest a static IPv6 address and default \
+             route"
+        ),
+    }
+}
+
 /// The host's INPUT dropping a message of the guest that a service of the host answers.
 struct HostInputDrop<'f> {
     /// Who sent the first message: `52:54:00:… on vnet0` (with the source address for NDP).
@@ -563,7 +557,7 @@ fn host_firewall_hint(facts: &HostFacts, ip: IpAddr, br: &str, n: usize) -> Stri
         ("ARP", "ARP requests")
     };
     let chains = own_address_chains(facts, ip);
-    let name = |c: &crate::model::NfChain| {
+    let name = |c: &NfChain| {
         let hook = if c.family == "arp" { "input" } else { "INPUT" };
         format!(
             "{} {} {} ({hook}, policy {})",

@@ -17,9 +17,13 @@
 //! dropped rule's; this rule names the overlay's part of it: stage, device and what to do.
 
 use super::dropped;
-use super::flow::Flow;
+use super::flow::{hops, Flow};
 use crate::model::event::{Direction, Point, TraceEvent};
-use crate::model::{fix, DropSite, Outcome, Stage, Status, Verdict, VxlanFacts, VXLAN_OVERHEAD};
+use crate::model::facts::{VxlanFacts, VXLAN_OVERHEAD};
+use crate::model::fix;
+use crate::model::journey::{DropSite, Outcome};
+use crate::model::stage::Stage;
+use crate::model::verdict::{Status, Verdict};
 
 /// The overlay's faults, as the drop shows them.
 enum Fault<'a> {
@@ -254,10 +258,7 @@ pub(super) fn pmtu_answer(f: &Flow, v: &mut Verdict) -> bool {
     };
     let k = f.k;
     let mtu = hop.icmp_mtu.unwrap_or(0);
-    let len = f
-        .req
-        .iter()
-        .flat_map(|j| j.hops.iter())
+    let len = hops(f.req)
         .find(|h| h.point == Point::TapIngress)
         .map_or(0, |h| h.len.saturating_sub(14));
     v.status = Status::Dropped;
@@ -295,12 +296,7 @@ pub(super) fn left_through_overlay(f: &Flow, v: &mut Verdict) -> bool {
     if !f.delivered.is_empty() || f.first_drop.is_some() {
         return false;
     }
-    let Some(out) = f
-        .req
-        .iter()
-        .flat_map(|j| j.hops.iter())
-        .find(|h| h.point == Point::DevXmit && h.vxlan.is_some())
-    else {
+    let Some(out) = hops(f.req).find(|h| h.point == Point::DevXmit && h.vxlan.is_some()) else {
         return false;
     };
     let Some(x) = out.vxlan else {
