@@ -47,13 +47,7 @@ impl Node {
     pub fn of(ev: &TraceEvent) -> Option<Node> {
         Some(match ev.point {
             Point::TapIngress | Point::TapEgress => Node::Tap,
-            Point::NfEnter | Point::NfExit => match ev.nf_hook? {
-                NfHook::Prerouting => Node::Prerouting,
-                NfHook::Input => Node::Input,
-                NfHook::Forward => Node::Forward,
-                NfHook::Output => Node::Output,
-                NfHook::Postrouting => Node::Postrouting,
-            },
+            Point::NfEnter | Point::NfExit => Node::of_hook(ev.nf_hook?),
             Point::Fib => Node::Routing,
             Point::NetifReceive | Point::DevXmit => match ev.dev_kind {
                 DevKind::Tap => Node::Tap,
@@ -71,14 +65,19 @@ impl Node {
             Stage::Bridge => Node::Bridge,
             Stage::Routing => Node::Routing,
             Stage::Egress => Node::Uplink,
-            Stage::Netfilter => match hook? {
-                NfHook::Prerouting => Node::Prerouting,
-                NfHook::Input => Node::Input,
-                NfHook::Forward => Node::Forward,
-                NfHook::Output => Node::Output,
-                NfHook::Postrouting => Node::Postrouting,
-            },
+            Stage::Netfilter => Node::of_hook(hook?),
         })
+    }
+
+    /// The node of a netfilter hook.
+    fn of_hook(hook: NfHook) -> Node {
+        match hook {
+            NfHook::Prerouting => Node::Prerouting,
+            NfHook::Input => Node::Input,
+            NfHook::Forward => Node::Forward,
+            NfHook::Output => Node::Output,
+            NfHook::Postrouting => Node::Postrouting,
+        }
     }
 }
 
