@@ -197,14 +197,24 @@ struct StopLine {
     until_ns: u64,
 }
 
+/// A line of the file whose fields are those of one value: its `type`, then the value's.
+#[derive(Serialize)]
+struct Typed<'a, T> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+/// The end line; `F` is the facts, borrowed when written and owned when read.
 #[derive(Serialize, Deserialize)]
-struct EndLine {
+struct EndLine<F> {
     ended_unix_ns: u64,
     /// Event and verdict lines in the file: a reader checks them.
     events: u64,
     verdicts: u64,
     counters: Counters,
-    facts: HostFacts,
+    facts: F,
     /// Format 2: `rule` and `budget` lines in the file (checked like `events`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rules: Option<u64>,
@@ -394,16 +404,9 @@ impl<W: Write> Writer<W> {
     /// Records that the VM went away, when it is seen (flushed at once: a run cut short after
     /// it still says so).
     pub fn vm_gone(&mut self, gone: &VmGone) -> Result<()> {
-        #[derive(Serialize)]
-        struct Line<'a> {
-            #[serde(rename = "type")]
-            kind: &'static str,
-            #[serde(flatten)]
-            gone: &'a VmGone,
-        }
-        self.line(&Line {
+        self.line(&Typed {
             kind: "vm_gone",
-            gone,
+            body: gone,
         })?;
         self.flush()
     }
@@ -411,16 +414,9 @@ impl<W: Write> Writer<W> {
     /// Records when the trace was asked to stop (kernel monotonic ns, the `until` given to
     /// `Model::verdicts`), so replay judges the same requests. Flushed at once.
     pub fn stop(&mut self, until_ns: u64) -> Result<()> {
-        #[derive(Serialize)]
-        struct Line {
-            #[serde(rename = "type")]
-            kind: &'static str,
-            #[serde(flatten)]
-            stop: StopLine,
-        }
-        self.line(&Line {
+        self.line(&Typed {
             kind: "stop",
-            stop: StopLine { until_ns },
+            body: &StopLine { until_ns },
         })?;
         self.flush()
     }
@@ -435,21 +431,14 @@ impl<W: Write> Writer<W> {
     /// after the last event and before [`Writer::finish`]. Decisions are written as given: pass
     /// them through [`distinct_decisions`] first, and compute the live verdicts from the same list.
     pub fn inputs(&mut self, inputs: &Inputs) -> Result<()> {
-        #[derive(Serialize)]
-        struct Line<'a, T> {
-            #[serde(rename = "type")]
-            kind: &'static str,
-            #[serde(flatten)]
-            body: &'a T,
-        }
         for d in &inputs.decisions {
-            self.line(&Line {
+            self.line(&Typed {
                 kind: "rule",
                 body: d,
             })?;
         }
         for b in &inputs.budgets {
-            self.line(&Line {
+            self.line(&Typed {
                 kind: "budget",
                 body: &BudgetLine::from(b),
             })?;
@@ -475,35 +464,19 @@ impl<W: Write> Writer<W> {
         for v in verdicts {
             self.line(v)?;
         }
-        #[derive(Serialize)]
-        struct Line<'a> {
-            #[serde(rename = "type")]
-            kind: &'static str,
-            ended_unix_ns: u64,
-            events: u64,
-            verdicts: u64,
-            counters: Counters,
-            facts: &'a HostFacts,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            rules: Option<u64>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            budgets: Option<u64>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            budget: Option<u32>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            retained: Option<usize>,
-        }
-        self.line(&Line {
+        self.line(&Typed {
             kind: "end",
-            ended_unix_ns,
-            events: self.events,
-            verdicts: verdicts.len() as u64,
-            counters,
-            facts,
-            rules: self.inputs.map(|i| i.0),
-            budgets: self.inputs.map(|i| i.1),
-            budget: self.inputs.map(|i| i.2),
-            retained: self.inputs.and_then(|i| i.3),
+            body: &EndLine {
+                ended_unix_ns,
+                events: self.events,
+                verdicts: verdicts.len() as u64,
+                counters,
+                facts,
+                rules: self.inputs.map(|i| i.0),
+                budgets: self.inputs.map(|i| i.1),
+                budget: self.inputs.map(|i| i.2),
+                retained: self.inputs.and_then(|i| i.3),
+            },
         })?;
         self.flush()?;
         self.out
@@ -778,7 +751,7 @@ pub fn read_from(mut r: impl BufRead) -> Result<Trace> {
                 section = Section::Verdicts;
             }
             ("end", _) => {
-                let e = EndLine::deserialize(Value::Object(obj))
+                let e = EndLine::<HostFacts>::deserialize(Value::Object(obj))
                     .with_context(|| format!("line {line_no}: a malformed end line"))?;
                 t.counters = Some(e.counters);
                 t.facts = Some(e.facts);

@@ -166,29 +166,18 @@ fn secs(ts: u64, t0: u64) -> f64 {
 
 /// `stage=… hook=… … location=…` of a verdict: where and why, without the counts.
 fn place_kv(v: &Verdict) -> Vec<String> {
-    let mut kv = Vec::new();
-    if let Some(s) = v.stage {
-        kv.push(format!("stage={}", s.name()));
-    }
-    if let Some(h) = v.hook {
-        kv.push(format!("hook={h}"));
-    }
-    if let Some(f) = &v.firewall {
-        kv.push(format!("firewall={f}"));
-    }
-    if let Some(d) = &v.device {
-        kv.push(format!("device={d}"));
-    }
-    if let Some(d) = v.direction {
-        kv.push(format!("direction={d}"));
-    }
-    if let Some(r) = &v.reason {
-        kv.push(format!("reason={r}"));
-    }
-    if let Some(l) = &v.location {
-        kv.push(format!("location={l}"));
-    }
-    kv
+    [
+        ("stage", v.stage.map(|s| s.name().to_string())),
+        ("hook", v.hook.map(|h| h.to_string())),
+        ("firewall", v.firewall.clone()),
+        ("device", v.device.clone()),
+        ("direction", v.direction.map(|d| d.to_string())),
+        ("reason", v.reason.clone()),
+        ("location", v.location.clone()),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| Some(format!("{key}={}", value?)))
+    .collect()
 }
 
 /// Flows that ended the same way: one line in the text output, the TUI and the report.

@@ -157,39 +157,35 @@ pub fn build(tr: &Trace, an: &Analysis, source: &str) -> Doc {
     let times = output::flow_times(&an.model, &an.verdicts);
     let groups = findings(an, &times);
     blocks.push(Block::Heading(2, "Flows".into()));
-    blocks.push(Block::Table {
-        head: [
+    push_capped_table(
+        &mut blocks,
+        &[
             "flow", "status", "where", "reason", "requests", "replies", "seen",
-        ]
-        .map(String::from)
-        .to_vec(),
-        rows: groups
-            .iter()
-            .take(FLOWS_MAX)
-            .map(|g| {
-                let v = g.first();
-                let mut flow = vec![c(g.label())];
-                if g.count() > 1 {
-                    flow.push(t(format!(" ({} flows)", g.count())));
-                }
-                vec![
-                    flow,
-                    vec![Inline::Status(v.status)],
-                    cell(where_of(v)),
-                    code_cell(v.reason.clone().unwrap_or_default()),
-                    cell(g.requests().to_string()),
-                    cell(g.replies().to_string()),
-                    cell(span_text(an, g.span)),
-                ]
-            })
-            .collect(),
-    });
-    if groups.len() > FLOWS_MAX {
-        blocks.push(Block::Note(format!(
-            "the table shows the {FLOWS_MAX} most serious of {} kinds of flow; `kvmtrace replay` lists them all",
-            groups.len()
-        )));
-    }
+        ],
+        &groups,
+        FLOWS_MAX,
+        |g| {
+            let v = g.first();
+            let mut flow = vec![c(g.label())];
+            if g.count() > 1 {
+                flow.push(t(format!(" ({} flows)", g.count())));
+            }
+            vec![
+                flow,
+                vec![Inline::Status(v.status)],
+                cell(where_of(v)),
+                code_cell(v.reason.clone().unwrap_or_default()),
+                cell(g.requests().to_string()),
+                cell(g.replies().to_string()),
+                cell(span_text(an, g.span)),
+            ]
+        },
+        |n| {
+            format!(
+                "the table shows the {FLOWS_MAX} most serious of {n} kinds of flow; `kvmtrace replay` lists them all"
+            )
+        },
+    );
 
     // Findings with their evidence: flows that ended the same way share one finding.
     blocks.push(Block::Heading(2, "Findings".into()));
@@ -265,24 +261,20 @@ pub fn build(tr: &Trace, an: &Analysis, source: &str) -> Doc {
         .filter_map(|((_, e), at)| at.map(|(j, _)| (j, e)))
         .collect();
     blocks.push(timeline_figure(an));
-    blocks.push(Block::Table {
-        head: [
+    push_capped_table(
+        &mut blocks,
+        &[
             "time (s)", "UTC", "journey", "dir", "hop", "device", "headers", "note",
-        ]
-        .map(String::from)
-        .to_vec(),
-        rows: placed
-            .iter()
-            .take(TIMELINE_MAX)
-            .map(|(j, e)| timeline_row(tr, an, *j, e))
-            .collect(),
-    });
-    if placed.len() > TIMELINE_MAX {
-        blocks.push(Block::Note(format!(
-            "the timeline shows the first {TIMELINE_MAX} of {} hops; `kvmtrace replay` shows them all",
-            placed.len()
-        )));
-    }
+        ],
+        &placed,
+        TIMELINE_MAX,
+        |(j, e)| timeline_row(tr, an, *j, e),
+        |n| {
+            format!(
+                "the timeline shows the first {TIMELINE_MAX} of {n} hops; `kvmtrace replay` shows them all"
+            )
+        },
+    );
 
     // Environment.
     blocks.push(Block::Heading(2, "Environment".into()));
@@ -648,13 +640,34 @@ fn timeline_figure(an: &Analysis) -> Block {
     ))
 }
 
-fn path_table(rows: &[PathRow]) -> Block {
+/// A table of the first `max` of `items`, one row each, then, when there are more, the note
+/// `more(total)` says so.
+fn push_capped_table<T>(
+    blocks: &mut Vec<Block>,
+    head: &[&str],
+    items: &[T],
+    max: usize,
+    row: impl Fn(&T) -> Vec<Vec<Inline>>,
+    more: impl FnOnce(usize) -> String,
+) {
+    blocks.push(table(head, items.iter().take(max).map(row).collect()));
+    if items.len() > max {
+        blocks.push(Block::Note(more(items.len())));
+    }
+}
+
+/// A table with these column headings.
+fn table(head: &[&str], rows: Vec<Vec<Vec<Inline>>>) -> Block {
     Block::Table {
-        head: ["#", "hop", "device", "packets", "note"]
-            .map(String::from)
-            .to_vec(),
-        rows: rows
-            .iter()
+        head: head.iter().map(|h| h.to_string()).collect(),
+        rows,
+    }
+}
+
+fn path_table(rows: &[PathRow]) -> Block {
+    table(
+        &["#", "hop", "device", "packets", "note"],
+        rows.iter()
             .enumerate()
             .map(|(i, r)| {
                 vec![
@@ -666,7 +679,7 @@ fn path_table(rows: &[PathRow]) -> Block {
                 ]
             })
             .collect(),
-    }
+    )
 }
 
 fn timeline_row(tr: &Trace, an: &Analysis, j: usize, e: &TraceEvent) -> Vec<Vec<Inline>> {
@@ -798,13 +811,17 @@ fn environment(tr: &Trace, an: &Analysis) -> Block {
             }
         ),
     ));
-    Block::Table {
-        head: vec!["".into(), "".into()],
-        rows: rows
-            .into_iter()
+    table(
+        &["", ""],
+        rows.into_iter()
             .map(|(k, v)| vec![vec![b(k)], cell(v)])
             .collect(),
-    }
+    )
+}
+
+/// A Markdown table row of these cells (already escaped).
+fn md_row(cells: impl Iterator<Item = String>) -> String {
+    format!("| {} |", cells.collect::<Vec<_>>().join(" | "))
 }
 
 /// Markdown: backslash-escapes what would start markup or break a table cell. Backticks are
@@ -922,24 +939,10 @@ impl Doc {
                     let _ = writeln!(o, "{fence}\n{s}\n{fence}");
                 }
                 Block::Table { head, rows } => {
-                    let _ = writeln!(
-                        o,
-                        "| {} |",
-                        head.iter()
-                            .map(|h| md_text(h))
-                            .collect::<Vec<_>>()
-                            .join(" | ")
-                    );
+                    let _ = writeln!(o, "{}", md_row(head.iter().map(|h| md_text(h))));
                     let _ = writeln!(o, "|{}", "---|".repeat(head.len()));
                     for r in rows {
-                        let _ = writeln!(
-                            o,
-                            "| {} |",
-                            r.iter()
-                                .map(|c| md_inlines(c))
-                                .collect::<Vec<_>>()
-                                .join(" | ")
-                        );
+                        let _ = writeln!(o, "{}", md_row(r.iter().map(|c| md_inlines(c))));
                     }
                 }
             }

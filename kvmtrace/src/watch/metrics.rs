@@ -15,8 +15,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use std::collections::HashSet;
+use std::hash::Hash;
 
 /// Default bound on distinct drop label sets.
 pub const DEFAULT_MAX_DROP_SERIES: usize = 2000;
@@ -119,11 +120,7 @@ impl LabelCap {
 
     /// Forgets a VM's label sets (it went away): room for others.
     pub fn forget_vm(&mut self, tap: &str) -> Vec<DropLabels> {
-        let gone: Vec<DropLabels> = self.seen.iter().filter(|l| l.tap == tap).cloned().collect();
-        for l in &gone {
-            self.seen.remove(l);
-        }
-        gone
+        self.seen.extract_if(|l| l.tap == tap).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -154,6 +151,66 @@ pub struct TapDelta {
     pub conv: [u64; WATCH_CONV],
 }
 
+/// The tap counters, in the order of [`TapDelta::counts`] (and of the exposition): name and
+/// help of each.
+const TAP_COUNTERS: [(&str, &str); 10] = [
+    (
+        "kvmtrace_tap_packets",
+        "Frames seen on a VM's tap (from_vm: sent by the guest; to_vm: handed to it)",
+    ),
+    (
+        "kvmtrace_tap_bytes",
+        "Bytes of the frames seen on a VM's tap",
+    ),
+    (
+        "kvmtrace_tap_arp_requests",
+        "ARP requests seen on a VM's tap",
+    ),
+    ("kvmtrace_tap_arp_replies", "ARP replies seen on a VM's tap"),
+    (
+        "kvmtrace_tap_dhcp",
+        "DHCP datagrams on a VM's tap (from_vm: client to server; to_vm: server to client)",
+    ),
+    (
+        "kvmtrace_tap_ndp_neighbor_solicitations",
+        "IPv6 neighbor solicitations (NDP, ICMPv6 135) seen on a VM's tap",
+    ),
+    (
+        "kvmtrace_tap_ndp_neighbor_advertisements",
+        "IPv6 neighbor advertisements (NDP, ICMPv6 136) seen on a VM's tap",
+    ),
+    (
+        "kvmtrace_tap_ndp_router_solicitations",
+        "IPv6 router solicitations (NDP, ICMPv6 133) seen on a VM's tap",
+    ),
+    (
+        "kvmtrace_tap_ndp_router_advertisements",
+        "IPv6 router advertisements (NDP, ICMPv6 134) seen on a VM's tap",
+    ),
+    (
+        "kvmtrace_tap_dhcpv6",
+        "DHCPv6 datagrams on a VM's tap (from_vm: client to server; to_vm: server to client)",
+    ),
+];
+
+impl TapDelta {
+    /// The counts of the [`TAP_COUNTERS`], in their order.
+    fn counts(&self) -> [u64; TAP_COUNTERS.len()] {
+        [
+            self.packets,
+            self.bytes,
+            self.arp_requests,
+            self.arp_replies,
+            self.dhcp,
+            self.ndp_ns,
+            self.ndp_na,
+            self.ndp_rs,
+            self.ndp_ra,
+            self.dhcp6,
+        ]
+    }
+}
+
 /// Label values of the request kinds and remote address classes.
 pub const KINDS: [&str; WATCH_KINDS] = ["tcp_syn", "icmp_echo", "dns"];
 pub const CLASSES: [&str; WATCH_CLASSES] = ["private", "link_local", "public"];
@@ -161,16 +218,8 @@ pub const CLASSES: [&str; WATCH_CLASSES] = ["private", "link_local", "public"];
 pub struct Metrics {
     registry: Registry,
     drops: Family<DropLabels, Counter>,
-    tap_packets: Family<TapLabels, Counter>,
-    tap_bytes: Family<TapLabels, Counter>,
-    arp_requests: Family<TapLabels, Counter>,
-    arp_replies: Family<TapLabels, Counter>,
-    dhcp: Family<TapLabels, Counter>,
-    ndp_ns: Family<TapLabels, Counter>,
-    ndp_na: Family<TapLabels, Counter>,
-    ndp_rs: Family<TapLabels, Counter>,
-    ndp_ra: Family<TapLabels, Counter>,
-    dhcp6: Family<TapLabels, Counter>,
+    /// One family for each of the [`TAP_COUNTERS`].
+    tap: [Family<TapLabels, Counter>; TAP_COUNTERS.len()],
     requests: Family<ConvLabels, Counter>,
     replies: Family<ConvLabels, Counter>,
     vm_info: Family<VmLabels, Gauge>,
@@ -192,170 +241,92 @@ pub struct Metrics {
     vm_series: HashSet<VmLabels>,
 }
 
+/// A new metric, registered under `name` with `help`. The exposition lists metrics in the
+/// order they were registered.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// An info metric (a gauge that is always 1, its labels the information) for `l`, its label
+/// set kept in `series` to be removed with its VM.
+fn set_info<L: Clone + Eq + Hash>(family: &Family<L, Gauge>, series: &mut HashSet<L>, l: L) {
+    family.get_or_create(&l).set(1);
+    series.insert(l);
+}
+
 impl Metrics {
     pub fn new(max_drop_series: usize) -> Self {
-        let mut registry = Registry::default();
-        let drops = Family::<DropLabels, Counter>::default();
-        let tap_packets = Family::<TapLabels, Counter>::default();
-        let tap_bytes = Family::<TapLabels, Counter>::default();
-        let arp_requests = Family::<TapLabels, Counter>::default();
-        let arp_replies = Family::<TapLabels, Counter>::default();
-        let dhcp = Family::<TapLabels, Counter>::default();
-        let ndp_ns = Family::<TapLabels, Counter>::default();
-        let ndp_na = Family::<TapLabels, Counter>::default();
-        let ndp_rs = Family::<TapLabels, Counter>::default();
-        let ndp_ra = Family::<TapLabels, Counter>::default();
-        let dhcp6 = Family::<TapLabels, Counter>::default();
-        let requests = Family::<ConvLabels, Counter>::default();
-        let replies = Family::<ConvLabels, Counter>::default();
-        let vm_info = Family::<VmLabels, Gauge>::default();
-        let recordings = Family::<RecordingLabels, Counter>::default();
-        let vms = Gauge::default();
-        let unwatched = Family::<UnwatchedLabels, Gauge>::default();
-        let capped = Counter::default();
-        let unkeyed = Counter::default();
-        let ips_full = Counter::default();
-        let program_runs = Family::<ProgramLabels, Counter>::default();
-        let program_seconds = Family::<ProgramLabels, Counter<f64>>::default();
-        let program_missed = Family::<ProgramLabels, Counter>::default();
-        registry.register(
-            "kvmtrace_drops",
-            "Packets of a watched VM the kernel dropped, by where and why",
-            drops.clone(),
-        );
-        registry.register(
-            "kvmtrace_tap_packets",
-            "Frames seen on a VM's tap (from_vm: sent by the guest; to_vm: handed to it)",
-            tap_packets.clone(),
-        );
-        registry.register(
-            "kvmtrace_tap_bytes",
-            "Bytes of the frames seen on a VM's tap",
-            tap_bytes.clone(),
-        );
-        registry.register(
-            "kvmtrace_tap_arp_requests",
-            "ARP requests seen on a VM's tap",
-            arp_requests.clone(),
-        );
-        registry.register(
-            "kvmtrace_tap_arp_replies",
-            "ARP replies seen on a VM's tap",
-            arp_replies.clone(),
-        );
-        registry.register(
-            "kvmtrace_tap_dhcp",
-            "DHCP datagrams on a VM's tap (from_vm: client to server; to_vm: server to client)",
-            dhcp.clone(),
-        );
-        registry.register(
-            "kvmtrace_tap_ndp_neighbor_solicitations",
-            "IPv6 neighbor solicitations (NDP, ICMPv6 135) seen on a VM's tap",
-            ndp_ns.clone(),
-        );
-        registry.register(
-            "kvmtrace_tap_ndp_neighbor_advertisements",
-            "IPv6 neighbor advertisements (NDP, ICMPv6 136) seen on a VM's tap",
-            ndp_na.clone(),
-        );
-        registry.register(
-            "kvmtrace_tap_ndp_router_solicitations",
-            "IPv6 router solicitations (NDP, ICMPv6 133) seen on a VM's tap",
-            ndp_rs.clone(),
-        );
-        registry.register(
-            "kvmtrace_tap_ndp_router_advertisements",
-            "IPv6 router advertisements (NDP, ICMPv6 134) seen on a VM's tap",
-            ndp_ra.clone(),
-        );
-        registry.register(
-            "kvmtrace_tap_dhcpv6",
-            "DHCPv6 datagrams on a VM's tap (from_vm: client to server; to_vm: server to client)",
-            dhcp6.clone(),
-        );
-        registry.register(
-            "kvmtrace_tap_requests",
-            "Requests leaving a VM (TCP SYN, ICMP or ICMPv6 echo request, DNS query; IPv4 and IPv6) by remote address class",
-            requests.clone(),
-        );
-        registry.register(
-            "kvmtrace_tap_replies",
-            "Replies reaching a VM (TCP SYN+ACK or RST, ICMP or ICMPv6 echo reply, DNS answer; IPv4 and IPv6) by remote address class",
-            replies.clone(),
-        );
-        registry.register(
-            "kvmtrace_vm_info",
-            "A watched VM (always 1): its name, tap and MAC",
-            vm_info.clone(),
-        );
-        registry.register(
-            "kvmtrace_flight_recordings",
-            "Flight recordings started for a VM whose drops crossed the threshold",
-            recordings.clone(),
-        );
-        registry.register("kvmtrace_vms", "VMs watched now", vms.clone());
-        registry.register(
-            "kvmtrace_vm_unwatched",
-            "A VM found whose tap kvmtrace cannot attach to (always 1), with the reason: its \
-             packets and drops are not counted",
-            unwatched.clone(),
-        );
-        registry.register(
-            "kvmtrace_drop_series_capped",
-            "Drops counted under the `other` bucket because the drop label sets hit their bound",
-            capped.clone(),
-        );
-        registry.register(
-            "kvmtrace_drops_unkeyed",
-            "Drops of watched VMs the kernel could not count by site (its drop map was full)",
-            unkeyed.clone(),
-        );
-        registry.register(
-            "kvmtrace_guest_addresses_unlearned",
-            "New guest addresses not learned because the kernel's address map was full",
-            ips_full.clone(),
-        );
-        registry.register(
-            "kvmtrace_program_runs",
-            "Runs of watch's kernel programs (counted while kernel.bpf_stats_enabled=1)",
-            program_runs.clone(),
-        );
-        registry.register(
-            "kvmtrace_program_run_seconds",
-            "Time spent in watch's kernel programs (counted while kernel.bpf_stats_enabled=1)",
-            program_seconds.clone(),
-        );
-        registry.register(
-            "kvmtrace_program_missed_runs",
-            "Runs of watch's kernel programs the kernel skipped because another BPF program was running on that CPU (their packets are not counted)",
-            program_missed.clone(),
-        );
+        let mut r = Registry::default();
+        // Field expressions are evaluated in the order written: the metrics are registered,
+        // and exposed, in this order.
         Metrics {
-            registry,
-            drops,
-            tap_packets,
-            tap_bytes,
-            arp_requests,
-            arp_replies,
-            dhcp,
-            ndp_ns,
-            ndp_na,
-            ndp_rs,
-            ndp_ra,
-            dhcp6,
-            requests,
-            replies,
-            vm_info,
-            recordings,
-            vms,
-            unwatched,
+            drops: registered(
+                &mut r,
+                "kvmtrace_drops",
+                "Packets of a watched VM the kernel dropped, by where and why",
+            ),
+            tap: TAP_COUNTERS.map(|(name, help)| registered(&mut r, name, help)),
+            requests: registered(
+                &mut r,
+                "kvmtrace_tap_requests",
+                "Requests leaving a VM (TCP SYN, ICMP or ICMPv6 echo request, DNS query; IPv4 and IPv6) by remote address class",
+            ),
+            replies: registered(
+                &mut r,
+                "kvmtrace_tap_replies",
+                "Replies reaching a VM (TCP SYN+ACK or RST, ICMP or ICMPv6 echo reply, DNS answer; IPv4 and IPv6) by remote address class",
+            ),
+            vm_info: registered(
+                &mut r,
+                "kvmtrace_vm_info",
+                "A watched VM (always 1): its name, tap and MAC",
+            ),
+            recordings: registered(
+                &mut r,
+                "kvmtrace_flight_recordings",
+                "Flight recordings started for a VM whose drops crossed the threshold",
+            ),
+            vms: registered(&mut r, "kvmtrace_vms", "VMs watched now"),
+            unwatched: registered(
+                &mut r,
+                "kvmtrace_vm_unwatched",
+                "A VM found whose tap kvmtrace cannot attach to (always 1), with the reason: its \
+                 packets and drops are not counted",
+            ),
+            capped: registered(
+                &mut r,
+                "kvmtrace_drop_series_capped",
+                "Drops counted under the `other` bucket because the drop label sets hit their bound",
+            ),
+            unkeyed: registered(
+                &mut r,
+                "kvmtrace_drops_unkeyed",
+                "Drops of watched VMs the kernel could not count by site (its drop map was full)",
+            ),
+            ips_full: registered(
+                &mut r,
+                "kvmtrace_guest_addresses_unlearned",
+                "New guest addresses not learned because the kernel's address map was full",
+            ),
+            program_runs: registered(
+                &mut r,
+                "kvmtrace_program_runs",
+                "Runs of watch's kernel programs (counted while kernel.bpf_stats_enabled=1)",
+            ),
+            program_seconds: registered(
+                &mut r,
+                "kvmtrace_program_run_seconds",
+                "Time spent in watch's kernel programs (counted while kernel.bpf_stats_enabled=1)",
+            ),
+            program_missed: registered(
+                &mut r,
+                "kvmtrace_program_missed_runs",
+                "Runs of watch's kernel programs the kernel skipped because another BPF program was running on that CPU (their packets are not counted)",
+            ),
+            registry: r,
             unwatched_series: HashSet::new(),
-            capped,
-            unkeyed,
-            ips_full,
-            program_runs,
-            program_seconds,
-            program_missed,
             cap: LabelCap::new(max_drop_series),
             drop_series: HashSet::new(),
             tap_series: HashSet::new(),
@@ -386,16 +357,9 @@ impl Metrics {
             tap: tap.into(),
             direction: direction.into(),
         };
-        self.tap_packets.get_or_create(&l).inc_by(d.packets);
-        self.tap_bytes.get_or_create(&l).inc_by(d.bytes);
-        self.arp_requests.get_or_create(&l).inc_by(d.arp_requests);
-        self.arp_replies.get_or_create(&l).inc_by(d.arp_replies);
-        self.dhcp.get_or_create(&l).inc_by(d.dhcp);
-        self.ndp_ns.get_or_create(&l).inc_by(d.ndp_ns);
-        self.ndp_na.get_or_create(&l).inc_by(d.ndp_na);
-        self.ndp_rs.get_or_create(&l).inc_by(d.ndp_rs);
-        self.ndp_ra.get_or_create(&l).inc_by(d.ndp_ra);
-        self.dhcp6.get_or_create(&l).inc_by(d.dhcp6);
+        for (family, n) in self.tap.iter().zip(d.counts()) {
+            family.get_or_create(&l).inc_by(n);
+        }
         // Requests leave the VM; replies reach it.
         let fam = if direction == "to_vm" {
             &self.replies
@@ -445,8 +409,7 @@ impl Metrics {
             tap: tap.into(),
             mac: mac.into(),
         };
-        self.vm_info.get_or_create(&l).set(1);
-        self.vm_series.insert(l);
+        set_info(&self.vm_info, &mut self.vm_series, l);
         self.vms.set(self.vm_series.len() as i64);
     }
 
@@ -458,8 +421,7 @@ impl Metrics {
             tap: tap.into(),
             reason: reason.into(),
         };
-        self.unwatched.get_or_create(&l).set(1);
-        self.unwatched_series.insert(l);
+        set_info(&self.unwatched, &mut self.unwatched_series, l);
     }
 
     /// The `/healthz` text: `ok` (the service runs), then one line per VM found that cannot
@@ -479,15 +441,8 @@ impl Metrics {
 
     /// A tap that could not be attached to is watched now, or gone.
     pub fn vm_watched_again(&mut self, tap: &str) {
-        let old: Vec<UnwatchedLabels> = self
-            .unwatched_series
-            .iter()
-            .filter(|l| l.tap == tap)
-            .cloned()
-            .collect();
-        for l in old {
+        for l in self.unwatched_series.extract_if(|l| l.tap == tap) {
             self.unwatched.remove(&l);
-            self.unwatched_series.remove(&l);
         }
     }
 
@@ -503,63 +458,24 @@ impl Metrics {
     /// A VM went away: its series go too (bounded cardinality under churn).
     pub fn vm_removed(&mut self, tap: &str) {
         self.cap.forget_vm(tap);
-        let drops: Vec<DropLabels> = self
-            .drop_series
-            .iter()
-            .filter(|l| l.tap == tap)
-            .cloned()
-            .collect();
-        for l in drops {
+        for l in self.drop_series.extract_if(|l| l.tap == tap) {
             self.drops.remove(&l);
-            self.drop_series.remove(&l);
         }
-        let taps: Vec<TapLabels> = self
-            .tap_series
-            .iter()
-            .filter(|l| l.tap == tap)
-            .cloned()
-            .collect();
-        for l in taps {
-            for f in [
-                &self.tap_packets,
-                &self.tap_bytes,
-                &self.arp_requests,
-                &self.arp_replies,
-                &self.dhcp,
-                &self.ndp_ns,
-                &self.ndp_na,
-                &self.ndp_rs,
-                &self.ndp_ra,
-                &self.dhcp6,
-            ] {
-                f.remove(&l);
+        for l in self.tap_series.extract_if(|l| l.tap == tap) {
+            for family in &self.tap {
+                family.remove(&l);
             }
-            self.tap_series.remove(&l);
         }
-        let conv: Vec<ConvLabels> = self
-            .conv_series
-            .iter()
-            .filter(|l| l.tap == tap)
-            .cloned()
-            .collect();
-        for l in conv {
+        for l in self.conv_series.extract_if(|l| l.tap == tap) {
             self.requests.remove(&l);
             self.replies.remove(&l);
-            self.conv_series.remove(&l);
         }
-        let vms: Vec<VmLabels> = self
-            .vm_series
-            .iter()
-            .filter(|l| l.tap == tap)
-            .cloned()
-            .collect();
-        for l in vms {
+        for l in self.vm_series.extract_if(|l| l.tap == tap) {
             self.vm_info.remove(&l);
             self.recordings.remove(&RecordingLabels {
-                vm: l.vm.clone(),
-                tap: l.tap.clone(),
+                vm: l.vm,
+                tap: l.tap,
             });
-            self.vm_series.remove(&l);
         }
         self.vms.set(self.vm_series.len() as i64);
     }

@@ -93,6 +93,18 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// The VM's tap, or the check's skip when it is not in this network namespace.
+    pub(super) fn tap_or_skip(&self, name: &str) -> Result<&'a Dev, Check> {
+        self.tap.ok_or_else(|| {
+            check(
+                name,
+                Skip,
+                format!("{} is not in this network namespace", self.tap_name),
+                None,
+            )
+        })
+    }
+
     /// The half of the path of family `f`.
     pub(super) fn side(&self, f: Family) -> &Side<'a> {
         match f {

@@ -30,38 +30,47 @@ pub(super) fn tap_check(c: &Ctx) -> Check {
     } else {
         "device"
     };
-    if !d.admin_up {
-        return check(
-            name,
-            Fail,
-            format!(
-                "{t} is administratively down (flags 0x{:x}, operstate {}): no frame passes it either way",
-                d.flags, d.operstate
-            ),
-            Some(repair::link_up(t)),
-        );
-    }
-    if d.carrier == Some(false) {
-        return check(
-            name,
+    link_check(
+        name,
+        d,
+        format!(
+            "{t} is administratively down (flags 0x{:x}, operstate {}): no frame passes it either way",
+            d.flags, d.operstate
+        ),
+        (
             Warn,
             format!(
                 "{t} is up but has no carrier (operstate {}): nothing holds the {kind} open, so the VM is not running or its NIC is not attached",
                 d.operstate
             ),
-            Some("start the VM (or re-attach its network interface)".into()),
-        );
-    }
-    check(
-        name,
-        Pass,
+            "start the VM (or re-attach its network interface)".into(),
+        ),
         format!(
             "{t} ({kind}) is up with carrier (operstate {}), mtu {}",
             d.operstate,
             d.mtu.map(|m| m.to_string()).unwrap_or_else(|| "?".into())
         ),
-        None,
     )
+}
+
+/// A device the guest's frames pass, in its words for each state: administratively down
+/// (`down`: the check fails, and setting it up is the fix), up without carrier (`no_carrier`:
+/// status, evidence, fix), up with carrier (`up`: it passes).
+fn link_check(
+    name: &str,
+    d: &Dev,
+    down: String,
+    no_carrier: (CheckStatus, String, String),
+    up: String,
+) -> Check {
+    if !d.admin_up {
+        return check(name, Fail, down, Some(repair::link_up(&d.name)));
+    }
+    if d.carrier == Some(false) {
+        let (status, evidence, fix) = no_carrier;
+        return check(name, status, evidence, Some(fix));
+    }
+    check(name, Pass, up, None)
 }
 
 /// The lower device of a macvtap: the guest's only way out.
@@ -76,40 +85,29 @@ pub(super) fn lower_device_check(c: &Ctx, lower: &str) -> Check {
             None,
         );
     };
-    if !d.admin_up {
-        return check(
-            name,
-            Fail,
-            format!(
-                "{lower}, the lower device of the macvtap {t}, is administratively down \
-                 (operstate {}): the guest's frames leave nowhere and nothing reaches it",
-                d.operstate
-            ),
-            Some(repair::link_up(lower)),
-        );
-    }
-    if d.carrier == Some(false) {
-        return check(
-            name,
+    link_check(
+        name,
+        d,
+        format!(
+            "{lower}, the lower device of the macvtap {t}, is administratively down \
+             (operstate {}): the guest's frames leave nowhere and nothing reaches it",
+            d.operstate
+        ),
+        (
             Fail,
             format!(
                 "{lower}, the lower device of the macvtap {t}, has no carrier (operstate {}): \
                  its cable or peer is down",
                 d.operstate
             ),
-            Some(format!("check {lower}'s cable, switch port or peer")),
-        );
-    }
-    check(
-        name,
-        Pass,
+            format!("check {lower}'s cable, switch port or peer"),
+        ),
         format!(
             "{t} is a macvtap on {lower}, which is up with carrier (operstate {}); the \
              guest's frames leave through {lower} without this host's bridge, routing or \
              firewall",
             d.operstate
         ),
-        None,
     )
 }
 
@@ -213,13 +211,9 @@ pub(super) fn macvtap_host_check(c: &Ctx, lower: &str) -> Check {
 pub(super) fn bridge_port_check(c: &Ctx) -> Check {
     let name = "bridge_port";
     let t = c.tap_name;
-    let Some(tap) = c.tap else {
-        return check(
-            name,
-            Skip,
-            format!("{t} is not in this network namespace"),
-            None,
-        );
+    let tap = match c.tap_or_skip(name) {
+        Ok(d) => d,
+        Err(skip) => return skip,
     };
     let Some(master) = tap.master.as_deref() else {
         if !tap.addrs.is_empty() {
@@ -382,13 +376,9 @@ pub(super) fn bridge_check(c: &Ctx) -> Check {
 
 pub(super) fn mtu_check(c: &Ctx) -> Check {
     let name = "mtu";
-    let Some(tap) = c.tap else {
-        return check(
-            name,
-            Skip,
-            format!("{} is not in this network namespace", c.tap_name),
-            None,
-        );
+    let tap = match c.tap_or_skip(name) {
+        Ok(d) => d,
+        Err(skip) => return skip,
     };
     let m = |d: &Dev| d.mtu.unwrap_or(0);
     let mut seen = vec![format!("{} {}", tap.name, m(tap))];

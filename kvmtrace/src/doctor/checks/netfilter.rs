@@ -34,51 +34,33 @@ fn forward_verdicts<'a>(
         let mut parts = Vec::new();
         for (i, (what, pkt)) in pkts.iter().enumerate() {
             let v = rules::judge(rs, ch, pkt);
-            let opposite = |f: Fate| {
-                v.doubts
-                    .iter()
-                    .filter(|d| d.fate == f)
-                    .map(&by)
-                    .collect::<Vec<_>>()
+            // A decision a rule kvmtrace cannot judge statically may overturn first:
+            // `unless RULE drops|accepts them first (…)`.
+            let unless = |f: Fate, does: &str, note: &str| {
+                let d: Vec<String> = v.doubts.iter().filter(|d| d.fate == f).map(&by).collect();
+                (!d.is_empty()).then(|| {
+                    format!(
+                        "unless {} {does} them first (it tests what kvmtrace cannot judge statically{note})",
+                        d.join(" or ")
+                    )
+                })
             };
+            let decided = by(&v.decided);
             let (st, s) = match v.decided.fate {
-                Fate::Accept => {
-                    let d = opposite(Fate::Drop);
-                    if d.is_empty() {
-                        (Pass, format!("{what} are accepted by {}", by(&v.decided)))
-                    } else {
-                        (
-                            Warn,
-                            format!(
-                                "{what} are accepted by {}, unless {} drops them first (it tests what kvmtrace cannot judge statically)",
-                                by(&v.decided),
-                                d.join(" or ")
-                            ),
-                        )
-                    }
-                }
-                Fate::Drop => {
-                    let a = opposite(Fate::Accept);
-                    if a.is_empty() {
+                Fate::Accept => match unless(Fate::Drop, "drops", "") {
+                    None => (Pass, format!("{what} are accepted by {decided}")),
+                    Some(u) => (Warn, format!("{what} are accepted by {decided}, {u}")),
+                },
+                Fate::Drop => match unless(Fate::Accept, "accepts", ": only some traffic?") {
+                    None => {
                         failing.push((i, *ch));
-                        (Fail, format!("{what} are dropped by {}", by(&v.decided)))
-                    } else {
-                        (
-                            Warn,
-                            format!(
-                                "{what} are dropped by {} unless {} accepts them first (it tests what kvmtrace cannot judge statically: only some traffic?)",
-                                by(&v.decided),
-                                a.join(" or ")
-                            ),
-                        )
+                        (Fail, format!("{what} are dropped by {decided}"))
                     }
-                }
+                    Some(u) => (Warn, format!("{what} are dropped by {decided} {u}")),
+                },
                 _ => (
                     Warn,
-                    format!(
-                        "{what} are handed on by {} (outcome unknown)",
-                        by(&v.decided)
-                    ),
+                    format!("{what} are handed on by {decided} (outcome unknown)"),
                 ),
             };
             status = worst(status, st);
@@ -152,19 +134,11 @@ pub(super) fn br_netfilter_check(c: &Ctx, f: Family) -> Check {
         0,
     );
     // Bridged traffic: onto the uplink's network (a bridged VM), or between guests.
-    let (what, pkt, bad) = if bridged {
-        let p = Pkt {
-            src: Place::In(subnet.unwrap_or(any)),
-            dst: Place::Internet { not_in: subnet },
-            iif: Ctx::iface(Some(br)),
-            oif: Ctx::iface(Some(br)),
-            ct: rules::CT_NEW,
-            v6,
-            rp: rules::Tri::Maybe,
-        };
+    let (what, src, dst, bad) = if bridged {
         (
             "the VM's packets bridged onto the uplink's network",
-            p,
+            Place::In(subnet.unwrap_or(any)),
+            Place::Internet { not_in: subnet },
             Fail,
         )
     } else {
@@ -179,21 +153,23 @@ pub(super) fn br_netfilter_check(c: &Ctx, f: Family) -> Check {
                 None,
             );
         }
-        let any = subnet.unwrap_or(any);
-        let p = Pkt {
-            src: Place::In(any),
-            dst: Place::In(any),
-            iif: Ctx::iface(Some(br)),
-            oif: Ctx::iface(Some(br)),
-            ct: rules::CT_NEW,
-            v6,
-            rp: rules::Tri::Maybe,
-        };
+        let any = Place::In(subnet.unwrap_or(any));
         (
             "frames between ports of the bridge (guest to guest)",
-            p,
+            any.clone(),
+            any,
             Warn,
         )
+    };
+    // A new connection, in by the bridge and out by it again.
+    let pkt = Pkt {
+        src,
+        dst,
+        iif: Ctx::iface(Some(br)),
+        oif: Ctx::iface(Some(br)),
+        ct: rules::CT_NEW,
+        v6,
+        rp: rules::Tri::Maybe,
     };
     let rs = match &c.h.ruleset {
         Ok(rs) => rs,

@@ -48,6 +48,46 @@ fn forwarding_switch<'a>(c: &'a Ctx, f: Family, name: &str) -> Result<&'a str, C
     Ok(v)
 }
 
+/// The per-device values after the evidence, ` (br0 forwarding = 1, eth0 forwarding = 0)`;
+/// nothing when none was read.
+fn per_device(values: &[String]) -> String {
+    if values.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", values.join(", "))
+    }
+}
+
+/// The commands that set each sysctl (a path under /proc/sys) to `value`.
+fn sysctl_set(paths: impl IntoIterator<Item = impl AsRef<str>>, value: u8) -> String {
+    paths
+        .into_iter()
+        .map(|p| format!("sysctl -w {}={value}", sysctl_name(p.as_ref())))
+        .collect::<Vec<_>>()
+        .join(" && ")
+}
+
+/// The check's failure when the route (`route`: its evidence) leaves by a device that is down;
+/// `note` ends the evidence.
+fn down_hop_check(
+    c: &Ctx,
+    name: &str,
+    hops: &[(u32, Option<IpAddr>)],
+    route: &str,
+    note: &str,
+) -> Option<Check> {
+    let down = down_hop(c.h, hops)?;
+    Some(check(
+        name,
+        Fail,
+        format!(
+            "{route}, but {} is down (operstate {}){note}",
+            down.name, down.operstate
+        ),
+        Some(repair::link_up(&down.name)),
+    ))
+}
+
 pub(super) fn ip_forward_check(c: &Ctx) -> Check {
     let name = "ip_forward";
     let v = match forwarding_switch(c, Family::V4, name) {
@@ -73,14 +113,7 @@ pub(super) fn ip_forward_check(c: &Ctx) -> Check {
             }
         }
     }
-    let ev = format!(
-        "net.ipv4.ip_forward = 1{}",
-        if per.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", per.join(", "))
-        }
-    );
+    let ev = format!("net.ipv4.ip_forward = 1{}", per_device(&per));
     if off.is_empty() {
         check(name, Pass, ev, None)
     } else {
@@ -90,12 +123,7 @@ pub(super) fn ip_forward_check(c: &Ctx) -> Check {
             format!(
                 "{ev}: packets coming in on an interface with forwarding = 0 are not routed on"
             ),
-            Some(
-                off.iter()
-                    .map(|k| format!("sysctl -w {}=1", sysctl_name(k)))
-                    .collect::<Vec<_>>()
-                    .join(" && "),
-            ),
+            Some(sysctl_set(&off, 1)),
         )
     }
 }
@@ -125,14 +153,7 @@ pub(super) fn ip6_forward_check(c: &Ctx) -> Check {
             disabled.push(d.name.clone());
         }
     }
-    let ev = format!(
-        "net.ipv6.conf.all.forwarding = {v}{}",
-        if per.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", per.join(", "))
-        }
-    );
+    let ev = format!("net.ipv6.conf.all.forwarding = {v}{}", per_device(&per));
     // Linux 6.18 ip6_forward(): forwarding is all.forwarding, or force_forwarding of the
     // input device (6.17+); the per-device `forwarding` only switches router behaviour
     // (RAs, the NA router flag).
@@ -147,18 +168,12 @@ pub(super) fn ip6_forward_check(c: &Ctx) -> Check {
                 "{ev}; disable_ipv6 = 1 on {}: no IPv6 there at all",
                 disabled.join(", ")
             ),
-            Some(
+            Some(sysctl_set(
                 disabled
                     .iter()
-                    .map(|d| {
-                        format!(
-                            "sysctl -w {}=0",
-                            sysctl_name(&format!("net/ipv6/conf/{d}/disable_ipv6"))
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" && "),
-            ),
+                    .map(|d| format!("net/ipv6/conf/{d}/disable_ipv6")),
+                0,
+            )),
         );
     }
     if v != "1" && !forced {
@@ -234,11 +249,7 @@ pub(super) fn rp_filter_check(c: &Ctx) -> Check {
             None,
         );
     }
-    let fix = strict
-        .iter()
-        .map(|k| format!("sysctl -w {}=2", sysctl_name(k)))
-        .collect::<Vec<_>>()
-        .join(" && ");
+    let fix = sysctl_set(&strict, 2);
     let all_strict = c.h.sysctl("net/ipv4/conf/all/rp_filter") == Some("1");
     // The kernel uses max(all, dev) (IN_DEV_RPFILTER, include/linux/inetdevice.h).
     let eff_strict = |d: &Dev| {
@@ -355,16 +366,8 @@ pub(super) fn default_route_check(c: &Ctx, f: Family) -> Check {
             }),
         );
     }
-    if let Some(down) = down_hop(c.h, &d.nexthops) {
-        return check(
-            name,
-            Fail,
-            format!(
-                "{text}{more}, but {} is down (operstate {}){note}",
-                down.name, down.operstate
-            ),
-            Some(format!("ip link set dev {} up", down.name)),
-        );
+    if let Some(down) = down_hop_check(c, name, &d.nexthops, &format!("{text}{more}"), &note) {
+        return down;
     }
     let from_ra = if f.is_v6() && d.protocol == 9 {
         " (learnt from router advertisements)"
@@ -420,11 +423,12 @@ fn no_default_route(c: &Ctx, f: Family, name: &str, note: &str) -> Check {
             format!("; forwarding is on and accept_ra = 1 on {}: router advertisements there are ignored, so a default route learnt from them is gone", ra_hint.join(", ")),
             format!(
                 "{} (or `ip -6 route add default via <gateway> dev <uplink>`)",
-                ra_hint
-                    .iter()
-                    .map(|d| format!("sysctl -w {}=2", sysctl_name(&format!("net/ipv6/conf/{d}/accept_ra"))))
-                    .collect::<Vec<_>>()
-                    .join(" && ")
+                sysctl_set(
+                    ra_hint
+                        .iter()
+                        .map(|d| format!("net/ipv6/conf/{d}/accept_ra")),
+                    2
+                )
             ),
         )
     };
@@ -749,16 +753,10 @@ pub(super) fn route_check(c: &Ctx, f: Family) -> Check {
     match &d.answer {
         Ok(r) if r.kind == 1 => {
             let text = route_text(c, r);
-            if let Some(down) = down_hop(c.h, &r.nexthops) {
-                return check(
-                    name,
-                    Fail,
-                    format!(
-                        "{asked}: {text}, but {} is down (operstate {})",
-                        down.name, down.operstate
-                    ),
-                    Some(format!("ip link set dev {} up", down.name)),
-                );
+            if let Some(down) =
+                down_hop_check(c, name, &r.nexthops, &format!("{asked}: {text}"), "")
+            {
+                return down;
             }
             // The neighbour the packet is handed to: the gateway, or the destination itself
             // on a directly connected network.

@@ -12,6 +12,22 @@ pub enum Tri {
 }
 
 impl Tri {
+    /// A test's definite answer, turned round by a negating operator (`!=`).
+    fn of(test: bool, neg: bool) -> Tri {
+        if test != neg {
+            Tri::Yes
+        } else {
+            Tri::No
+        }
+    }
+    /// Turned round when `neg`.
+    fn negated_if(self, neg: bool) -> Tri {
+        if neg {
+            self.not()
+        } else {
+            self
+        }
+    }
     fn not(self) -> Tri {
         match self {
             Tri::Yes => Tri::No,
@@ -91,6 +107,18 @@ pub struct Pkt {
     pub rp: Tri,
 }
 
+impl Pkt {
+    /// A test of its input (`out`: output) device. A missing device breaks the rule whatever
+    /// the operator (nft_meta_get_eval); an unknown one may be anything.
+    fn iface(&self, out: bool, test: impl FnOnce(&str, u32) -> Tri) -> Tri {
+        match if out { &self.oif } else { &self.iif } {
+            Iface::Is { name, index } => test(name, *index),
+            Iface::Absent => Tri::No,
+            Iface::Unknown => Tri::Maybe,
+        }
+    }
+}
+
 impl Cond {
     pub fn eval(&self, p: &Pkt) -> Tri {
         match self {
@@ -100,66 +128,31 @@ impl Cond {
                 if net.is_v6() != p.v6 {
                     return Tri::No;
                 }
-                let t = if *dst { &p.dst } else { &p.src }.in_net(net);
-                if *neg {
-                    t.not()
-                } else {
-                    t
-                }
+                if *dst { &p.dst } else { &p.src }
+                    .in_net(net)
+                    .negated_if(*neg)
             }
             Cond::Ifname {
                 out,
                 neg,
                 name,
                 wildcard,
-            } => match if *out { &p.oif } else { &p.iif } {
-                Iface::Is { name: dev, .. } => {
-                    let m = if *wildcard {
-                        dev.starts_with(name.as_str())
-                    } else {
-                        dev == name
-                    };
-                    if m != *neg {
-                        Tri::Yes
-                    } else {
-                        Tri::No
-                    }
-                }
-                // nft_meta_get_eval breaks the rule when the device is missing, whatever the
-                // operator.
-                Iface::Absent => Tri::No,
-                Iface::Unknown => Tri::Maybe,
-            },
-            Cond::Ifindex { out, neg, index } => match if *out { &p.oif } else { &p.iif } {
-                Iface::Is { index: i, .. } => {
-                    if (i == index) != *neg {
-                        Tri::Yes
-                    } else {
-                        Tri::No
-                    }
-                }
-                Iface::Absent => Tri::No,
-                Iface::Unknown => Tri::Maybe,
-            },
+            } => p.iface(*out, |dev, _| {
+                let m = if *wildcard {
+                    dev.starts_with(name.as_str())
+                } else {
+                    dev == name
+                };
+                Tri::of(m, *neg)
+            }),
+            Cond::Ifindex { out, neg, index } => p.iface(*out, |_, i| Tri::of(i == *index, *neg)),
             Cond::CtState {
                 mask,
                 xor,
                 neg,
                 value,
-            } => {
-                if (((p.ct & mask) ^ xor) == *value) != *neg {
-                    Tri::Yes
-                } else {
-                    Tri::No
-                }
-            }
-            Cond::Nfproto { neg, value } => {
-                if (*value == if p.v6 { 10 } else { 2 }) != *neg {
-                    Tri::Yes
-                } else {
-                    Tri::No
-                }
-            }
+            } => Tri::of(((p.ct & mask) ^ xor) == *value, *neg),
+            Cond::Nfproto { neg, value } => Tri::of(*value == if p.v6 { 10 } else { 2 }, *neg),
             Cond::RpFilter {
                 strict, on_fail, ..
             } => {
@@ -169,11 +162,7 @@ impl Cond {
                     (false, Tri::Yes) => Tri::Yes,
                     (false, _) => Tri::Maybe,
                 };
-                if *on_fail {
-                    passes.not()
-                } else {
-                    passes
-                }
+                passes.negated_if(*on_fail)
             }
             Cond::Other(_) => Tri::Maybe,
         }

@@ -182,28 +182,21 @@ pub fn path(hops: &[Hop], caption: &str) -> String {
             x + 8,
             y + BOX_H - 9
         );
-        match hop.stop {
-            Stop::Dropped => {
-                let (cx, cy) = (x + BOX_W - 4, y + 4);
-                let _ = write!(
-                    o,
-                    "<circle cx=\"{cx}\" cy=\"{cy}\" r=\"10\" fill=\"{RED}\"/>\
-                     <text x=\"{cx}\" y=\"{}\" font-size=\"13\" font-weight=\"700\" \
-                     fill=\"#fff\" text-anchor=\"middle\">✕</text>",
-                    cy + 5
-                );
-            }
-            Stop::LastSeen => {
-                let (cx, cy) = (x + BOX_W - 4, y + 4);
-                let _ = write!(
-                    o,
-                    "<circle cx=\"{cx}\" cy=\"{cy}\" r=\"10\" fill=\"{ORANGE}\"/>\
-                     <text x=\"{cx}\" y=\"{}\" font-size=\"13\" font-weight=\"700\" \
-                     fill=\"#fff\" text-anchor=\"middle\">?</text>",
-                    cy + 5
-                );
-            }
-            Stop::No => {}
+        // The stop's badge on the box's corner: a drop, or where the packets were last seen.
+        let badge = match hop.stop {
+            Stop::Dropped => Some((RED, '✕')),
+            Stop::LastSeen => Some((ORANGE, '?')),
+            Stop::No => None,
+        };
+        if let Some((fill, mark)) = badge {
+            let (cx, cy) = (x + BOX_W - 4, y + 4);
+            let _ = write!(
+                o,
+                "<circle cx=\"{cx}\" cy=\"{cy}\" r=\"10\" fill=\"{fill}\"/>\
+                 <text x=\"{cx}\" y=\"{}\" font-size=\"13\" font-weight=\"700\" \
+                 fill=\"#fff\" text-anchor=\"middle\">{mark}</text>",
+                cy + 5
+            );
         }
         let notes = &notes_of[i];
         for (n, (line, colour)) in notes.iter().enumerate() {

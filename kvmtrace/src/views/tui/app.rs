@@ -47,13 +47,7 @@ impl Node {
     pub fn of(ev: &TraceEvent) -> Option<Node> {
         Some(match ev.point {
             Point::TapIngress | Point::TapEgress => Node::Tap,
-            Point::NfEnter | Point::NfExit => match ev.nf_hook? {
-                NfHook::Prerouting => Node::Prerouting,
-                NfHook::Input => Node::Input,
-                NfHook::Forward => Node::Forward,
-                NfHook::Output => Node::Output,
-                NfHook::Postrouting => Node::Postrouting,
-            },
+            Point::NfEnter | Point::NfExit => Node::of_hook(ev.nf_hook?),
             Point::Fib => Node::Routing,
             Point::NetifReceive | Point::DevXmit => match ev.dev_kind {
                 DevKind::Tap => Node::Tap,
@@ -71,14 +65,19 @@ impl Node {
             Stage::Bridge => Node::Bridge,
             Stage::Routing => Node::Routing,
             Stage::Egress => Node::Uplink,
-            Stage::Netfilter => match hook? {
-                NfHook::Prerouting => Node::Prerouting,
-                NfHook::Input => Node::Input,
-                NfHook::Forward => Node::Forward,
-                NfHook::Output => Node::Output,
-                NfHook::Postrouting => Node::Postrouting,
-            },
+            Stage::Netfilter => Node::of_hook(hook?),
         })
+    }
+
+    /// The node of a netfilter hook.
+    fn of_hook(hook: NfHook) -> Node {
+        match hook {
+            NfHook::Prerouting => Node::Prerouting,
+            NfHook::Input => Node::Input,
+            NfHook::Forward => Node::Forward,
+            NfHook::Output => Node::Output,
+            NfHook::Postrouting => Node::Postrouting,
+        }
     }
 }
 
@@ -575,6 +574,17 @@ mod tests {
         }
     }
 
+    /// A request seen entering the tap `vnet0`.
+    fn tap_request(ts: u64) -> TraceEvent {
+        ev(
+            Point::TapIngress,
+            Direction::Request,
+            DevKind::Tap,
+            "vnet0",
+            ts,
+        )
+    }
+
     #[test]
     fn a_packet_counts_once_per_hop_however_many_events_it_has_there() {
         let mut app = App::new(TuiMeta::default());
@@ -593,16 +603,7 @@ mod tests {
     fn a_drop_of_a_packet_gone_from_the_list_is_still_counted() {
         let mut app = App::new(TuiMeta::default());
         for j in 0..PACKET_CAP + 5 {
-            app.push(
-                j,
-                &ev(
-                    Point::TapIngress,
-                    Direction::Request,
-                    DevKind::Tap,
-                    "vnet0",
-                    j as u64,
-                ),
-            );
+            app.push(j, &tap_request(j as u64));
         }
         let mut drop = ev(
             Point::Drop,
@@ -628,30 +629,12 @@ mod tests {
     fn selection_stays_on_its_packet_as_new_ones_arrive() {
         let mut app = App::new(TuiMeta::default());
         for j in 0..3 {
-            app.push(
-                j,
-                &ev(
-                    Point::TapIngress,
-                    Direction::Request,
-                    DevKind::Tap,
-                    "vnet0",
-                    1,
-                ),
-            );
+            app.push(j, &tap_request(1));
         }
         let key = |c| KeyEvent::new(c, KeyModifiers::NONE);
         app.on_key(key(KeyCode::Down));
         assert_eq!(app.selected_row(), Some(1));
-        app.push(
-            3,
-            &ev(
-                Point::TapIngress,
-                Direction::Request,
-                DevKind::Tap,
-                "vnet0",
-                1,
-            ),
-        );
+        app.push(3, &tap_request(1));
         assert_eq!(app.selected_row(), Some(2), "still journey 1");
         app.on_key(key(KeyCode::Home));
         assert_eq!(app.selected_row(), Some(0));

@@ -3,7 +3,7 @@
 //! screen, on a terminal or on a `TestBackend`.
 
 use super::app::{dir_idx, App, DropPoint, Mode, Node, Packet, View};
-use crate::model::event::{Direction, Point, TraceEvent, Tuple};
+use crate::model::event::{Direction, NfHook, Point, TraceEvent, Tuple};
 use crate::model::{point_label, Outcome, Stage, Status, Verdict};
 use crate::views::output::group_verdicts;
 use ratatui::layout::{Constraint, Layout, Rect};

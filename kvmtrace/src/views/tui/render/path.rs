@@ -66,22 +66,18 @@ pub(super) fn node_label(n: Node, v: &View, tap: &str, short: bool) -> String {
         Some(d) if !d.is_empty() && !short => format!("{kind} {d}"),
         _ => kind.to_string(),
     };
-    match (n, short) {
-        (Node::Tap, _) => named("tap", Some(tap)),
-        (Node::Bridge, _) => named(if short { "br" } else { "bridge" }, v.bridge.as_deref()),
-        (Node::Uplink, _) => named(if short { "up" } else { "uplink" }, v.uplink.as_deref()),
-        (Node::Routing, true) => "route".into(),
-        (Node::Routing, false) => "routing".into(),
-        (Node::Prerouting, true) => "PRE".into(),
-        (Node::Input, true) => "IN".into(),
-        (Node::Forward, true) => "FWD".into(),
-        (Node::Output, true) => "OUT".into(),
-        (Node::Postrouting, true) => "POST".into(),
-        (Node::Prerouting, false) => "PREROUTING".into(),
-        (Node::Input, false) => "INPUT".into(),
-        (Node::Forward, false) => "FORWARD".into(),
-        (Node::Output, false) => "OUTPUT".into(),
-        (Node::Postrouting, false) => "POSTROUTING".into(),
+    // A netfilter hook: its abbreviation, or the hook's own name.
+    let hook = |h: NfHook, abbrev: &str| if short { abbrev } else { h.name() }.to_string();
+    match n {
+        Node::Tap => named("tap", Some(tap)),
+        Node::Bridge => named(if short { "br" } else { "bridge" }, v.bridge.as_deref()),
+        Node::Uplink => named(if short { "up" } else { "uplink" }, v.uplink.as_deref()),
+        Node::Routing => if short { "route" } else { "routing" }.into(),
+        Node::Prerouting => hook(NfHook::Prerouting, "PRE"),
+        Node::Input => hook(NfHook::Input, "IN"),
+        Node::Forward => hook(NfHook::Forward, "FWD"),
+        Node::Output => hook(NfHook::Output, "OUT"),
+        Node::Postrouting => hook(NfHook::Postrouting, "POST"),
     }
 }
 
