@@ -15,6 +15,7 @@
 //! Observe only: the TC programs return TC_ACT_UNSPEC (TCX_NEXT).
 
 use crate::pkt::{b16, bytes, Addr};
+use crate::skb::dev_netns;
 use crate::{btf_load, off, rd, rd_words};
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_UNSPEC},
@@ -337,15 +338,8 @@ pub fn watch_kfree_skb(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let dev: u64 = btf_load(skb, off!(OFF_SKB_DEV));
-    if dev == 0 {
-        return 0;
-    }
-    let net: u64 = btf_load(dev, off!(OFF_DEV_ND_NET));
-    if net == 0 {
-        return 0;
-    }
-    let inum: u32 = btf_load(net, off!(OFF_NET_INUM));
-    if inum != netns {
+    // (`netns` is not 0: a device without a namespace is not watched.)
+    if dev == 0 || dev_netns(dev) != netns {
         return 0;
     }
     let ifindex: u32 = btf_load(dev, off!(OFF_DEV_IFINDEX));
