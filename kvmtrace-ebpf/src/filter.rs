@@ -60,51 +60,51 @@ pub fn proto_ok(c: &Config, proto: u8) -> bool {
 pub const LIST_GUESTS: u32 = 0;
 pub const LIST_DNAT: u32 = 1;
 
-#[inline(always)]
-fn in_list4(list: u32, a: &Addr) -> bool {
-    let Some(g) = GUESTS.get(list) else {
-        return false;
-    };
-    let want = a[0] as u32;
-    let mut i = 0;
-    while i < MAX_GUEST_IPS {
-        if i as u32 >= g.n {
-            return false;
-        }
-        if u32::from_ne_bytes(g.addrs[i]) == want {
-            return true;
-        }
-        i += 1;
-    }
-    false
-}
-
-#[inline(always)]
-fn in_list6(list: u32, a: &Addr) -> bool {
-    let Some(g) = GUESTS6.get(list) else {
-        return false;
-    };
-    let want = *a;
-    let mut i = 0;
-    while i < MAX_GUEST_IPS {
-        if i as u32 >= g.n {
-            return false;
-        }
-        if addr(&g.addrs[i]) == want {
-            return true;
-        }
-        i += 1;
-    }
-    false
-}
-
 /// Is `a` (of `family`) in the list `list` (`LIST_GUESTS`, `LIST_DNAT`)?
 #[inline(always)]
 pub fn in_list(list: u32, family: u8, a: &Addr) -> bool {
     if is_v6(family) {
-        in_list6(list, a)
+        GUESTS6
+            .get(list)
+            .is_some_and(|g| listed(g.n, &g.addrs, *a, addr))
     } else {
-        in_list4(list, a)
+        // One 32-bit compare per entry: an address's first 4 bytes are its first word's low half.
+        GUESTS
+            .get(list)
+            .is_some_and(|g| listed(g.n, &g.addrs, a[0] as u32, |b| u32::from_ne_bytes(*b)))
+    }
+}
+
+/// Whether `want` is among the first `n` of `addrs` (a `GuestList`'s or `GuestList6`'s), each
+/// compared in the form `as_want` gives it.
+#[inline(always)]
+fn listed<T, W: PartialEq>(
+    n: u32,
+    addrs: &[T; MAX_GUEST_IPS],
+    want: W,
+    as_want: impl Fn(&T) -> W,
+) -> bool {
+    let mut i = 0;
+    while i < MAX_GUEST_IPS {
+        if i as u32 >= n {
+            return false;
+        }
+        if as_want(&addrs[i]) == want {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Appends `a` to the first `n` of `addrs` (a `GuestList`'s or `GuestList6`'s); a full list
+/// keeps its first ones.
+#[inline(always)]
+fn push<T>(n: &mut u32, addrs: &mut [T; MAX_GUEST_IPS], a: T) {
+    let i = *n as usize;
+    if i < MAX_GUEST_IPS {
+        addrs[i] = a;
+        *n = i as u32 + 1;
     }
 }
 
@@ -132,30 +132,16 @@ pub fn learn(list: u32, family: u8, a: &Addr) {
         if a[0] & 0xc0ff == 0x80fe || *a == [0, 0] {
             return;
         }
-        let Some(g) = GUESTS6.get_ptr_mut(list) else {
-            return;
-        };
-        // SAFETY: the map's one value; two CPUs learning at once may both write slot n (one
-        // address is then learned at its next packet).
-        unsafe {
-            let n = (*g).n as usize;
-            if n < MAX_GUEST_IPS {
-                (*g).addrs[n] = bytes(*a);
-                (*g).n = n as u32 + 1;
-            }
+        if let Some(g) = GUESTS6.get_ptr_mut(list) {
+            // SAFETY: the map's one value; two CPUs learning at once may both write slot n
+            // (one address is then learned at its next packet).
+            let g = unsafe { &mut *g };
+            push(&mut g.n, &mut g.addrs, bytes(*a));
         }
-        return;
-    }
-    let Some(g) = GUESTS.get_ptr_mut(list) else {
-        return;
-    };
-    // SAFETY: as above.
-    unsafe {
-        let n = (*g).n as usize;
-        if n < MAX_GUEST_IPS {
-            (*g).addrs[n] = v4_bytes(a);
-            (*g).n = n as u32 + 1;
-        }
+    } else if let Some(g) = GUESTS.get_ptr_mut(list) {
+        // SAFETY: as above.
+        let g = unsafe { &mut *g };
+        push(&mut g.n, &mut g.addrs, v4_bytes(a));
     }
 }
 
