@@ -224,27 +224,16 @@ fn tap_count6(ctx: &TcContext, s: &mut WatchTapStats, dir: u32) {
     let ip = unsafe { &*ip };
     let from_vm = dir == WATCH_FROM_VM;
     let kind = match ip[6] {
-        58 => match ip[40] {
-            128 if from_vm => Some(WATCH_KIND_ICMP_ECHO),
-            129 if !from_vm => Some(WATCH_KIND_ICMP_ECHO),
-            133 => {
-                s.ndp_rs += 1;
-                None
+        58 => {
+            if let Some(n) = ndp_counter(s, ip[40]) {
+                *n += 1;
             }
-            134 => {
-                s.ndp_ra += 1;
-                None
+            match ip[40] {
+                128 if from_vm => Some(WATCH_KIND_ICMP_ECHO),
+                129 if !from_vm => Some(WATCH_KIND_ICMP_ECHO),
+                _ => None,
             }
-            135 => {
-                s.ndp_ns += 1;
-                None
-            }
-            136 => {
-                s.ndp_na += 1;
-                None
-            }
-            _ => None,
-        },
+        }
         17 => {
             let (sport, dport) = (
                 u16::from_be_bytes([ip[40], ip[41]]),
@@ -308,6 +297,20 @@ fn tap_count6(ctx: &TcContext, s: &mut WatchTapStats, dir: u32) {
     let known = unsafe { WATCH_VM_IPS6.get(&key) }.copied();
     if known != Some(s.vm) && WATCH_VM_IPS6.insert(&key, &s.vm, 0).is_err() {
         wcount(WCNT_IPS_FULL);
+    }
+}
+
+/// The counter of an NDP message (ICMPv6 type 133 router solicitation, 134 router
+/// advertisement, 135 neighbour solicitation, 136 neighbour advertisement); `None` for another
+/// type.
+#[inline(always)]
+fn ndp_counter(s: &mut WatchTapStats, icmp_type: u8) -> Option<&mut u64> {
+    match icmp_type {
+        133 => Some(&mut s.ndp_rs),
+        134 => Some(&mut s.ndp_ra),
+        135 => Some(&mut s.ndp_ns),
+        136 => Some(&mut s.ndp_na),
+        _ => None,
     }
 }
 
