@@ -53,19 +53,11 @@ pub fn emit(
     macs: &[u8; 12],
     x: &Extra,
 ) {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count(CNT_LOST);
-        return;
-    };
-    let e = entry.as_mut_ptr();
-    blank(e);
-    // SAFETY: `e` points to the reserved event; every field was initialised by `blank`.
-    unsafe {
-        set!(e, ts_ns, bpf_ktime_get_ns());
-        set!(e, skb, skb);
+    // SAFETY: a helper call without arguments.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    // SAFETY (the stores in `fill`): `e` points to the reserved event, initialised by `write`.
+    write(ts_ns, skb, hook, dir, |e| unsafe {
         set!(e, location, x.location);
-        set!(e, hook, hook as u8);
-        set!(e, dir, dir);
         set!(e, flags, flags);
         set!(e, nf_hook, x.nf_hook);
         set!(e, ifindex, at.ifindex);
@@ -96,23 +88,42 @@ pub fn emit(
             core::ptr::write_volatile(dm.add(i), *m.add(i));
             i += 1;
         }
-        set!(e, cpu, bpf_get_smp_processor_id());
         set!(e, tcp_seq, p.tcp_seq);
         set!(e, mtu, p.mtu);
-    }
-    if flags & EV_FLAG_VXLAN != 0 {
-        // Seen inside a VXLAN packet on the underlay: the VNI and outer IPv4 addresses, noted
-        // in the scratch by `vxlan::*_inner` earlier in this program run (not passed as an
-        // argument: the TC programs' stack has no room for them).
-        if let Some(s) = scratch() {
-            // SAFETY: as above.
-            unsafe {
+        if flags & EV_FLAG_VXLAN != 0 {
+            // Seen inside a VXLAN packet on the underlay: the VNI and outer IPv4 addresses,
+            // noted in the scratch by `vxlan::*_inner` earlier in this program run (not passed
+            // as an argument: the TC programs' stack has no room for them).
+            if let Some(s) = scratch() {
                 set!(e, vni, s.vx_vni);
                 set!(e, outer_saddr, s.vx_saddr);
                 set!(e, outer_daddr, s.vx_daddr);
             }
         }
+    });
+}
+
+/// Writes one event to userspace, whatever the hook: reserves it in `EVENTS`, initialises it
+/// ([`blank`]) with what every event has (time, skb, hook, direction, CPU), lets `fill` write
+/// the hook's own fields, and submits it; counted in `CNT_EVENTS`, or in `CNT_LOST` when the
+/// ring buffer is full.
+#[inline(always)]
+pub fn write(ts_ns: u64, skb: u64, hook: HookKind, dir: u8, fill: impl FnOnce(*mut Event)) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(CNT_LOST);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    blank(e);
+    // SAFETY: `e` points to the reserved event; every field was initialised by `blank`.
+    unsafe {
+        set!(e, ts_ns, ts_ns);
+        set!(e, skb, skb);
+        set!(e, hook, hook as u8);
+        set!(e, dir, dir);
+        set!(e, cpu, bpf_get_smp_processor_id());
     }
+    fill(e);
     entry.submit(0);
     count(CNT_EVENTS);
 }

@@ -7,22 +7,21 @@
 //!   from the tracepoint's format file (the `OFF_FIB_*` constants). The lookup has no skb: it belongs
 //!   to the followed skb this CPU is processing (`CUR`), if any.
 
-use crate::emit::{blank, set};
+use crate::emit::{set, write};
 use crate::filter::{a4, in_dest, is_guest, nat_origin, origin_of, Addr, Pkt};
-use crate::{config, count, off, rd, CUR, CUR_WINDOW_NS, EVENTS, ROUTED};
+use crate::{config, off, rd, CUR, CUR_WINDOW_NS, ROUTED};
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED,
         BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_UNREACHABLE, BPF_FIB_LOOKUP_SKIP_NEIGH,
     },
-    helpers::{bpf_fib_lookup, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::{TcContext, TracePointContext},
     EbpfContext as _,
 };
 use kvmtrace_common::{
-    Config, Event, HookKind, CNT_EVENTS, CNT_LOST, DIR_REPLY, DIR_REQUEST, EV_FLAG_ROUTE_HELPER,
-    FAMILY_V4, FAMILY_V6,
+    Config, HookKind, DIR_REPLY, DIR_REQUEST, EV_FLAG_ROUTE_HELPER, FAMILY_V4, FAMILY_V6,
 };
 
 /// An address as `bpf_fib_lookup`'s four 32-bit words (the same bytes).
@@ -230,18 +229,10 @@ fn lookup_and_emit(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8, q: &
     } else {
         [0; 2]
     };
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count(CNT_LOST);
-        return;
-    };
-    let e = entry.as_mut_ptr();
-    blank(e);
-    // SAFETY: `e` points to the reserved event, initialised by `blank`.
-    unsafe {
-        set!(e, ts_ns, bpf_ktime_get_ns());
-        set!(e, skb, skb);
-        set!(e, hook, HookKind::Fib as u8);
-        set!(e, dir, dir);
+    // SAFETY: a helper call without arguments.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    // SAFETY (the stores in `fill`): `e` points to the reserved event, initialised by `write`.
+    write(ts_ns, skb, HookKind::Fib, dir, |e| unsafe {
         set!(e, flags, EV_FLAG_ROUTE_HELPER);
         set!(e, ifindex, if found { f.ifindex } else { 0 });
         set!(e, netns, c.filter.netns);
@@ -252,14 +243,11 @@ fn lookup_and_emit(ctx: &TcContext, c: &Config, skb: u64, p: &Pkt, dir: u8, q: &
         set!(e, dport, if p.is_icmp() { 0 } else { dport });
         set!(e, proto, p.proto);
         set!(e, family, p.family);
-        set!(e, cpu, bpf_get_smp_processor_id());
         set!(e, mark, mark);
         set!(e, route_err, err);
         set!(e, fib_ret, rc as u32);
         set!(e, iif, ifindex);
-    }
-    entry.submit(0);
-    count(CNT_EVENTS);
+    });
 }
 
 const UNSET: u32 = u32::MAX;
@@ -372,18 +360,8 @@ fn traced_lookup(ctx: &TracePointContext, family: u8, r: &Rec) -> i32 {
     let proto: u8 = rd(rdc(r.proto)).unwrap_or(0);
     let sport: u16 = rd(rdc(r.sport)).unwrap_or(0);
     let dport: u16 = rd(rdc(r.dport)).unwrap_or(0);
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count(CNT_LOST);
-        return 0;
-    };
-    let e = entry.as_mut_ptr();
-    blank(e);
-    // SAFETY: `e` points to the reserved event, initialised by `blank`.
-    unsafe {
-        set!(e, ts_ns, now);
-        set!(e, skb, cur.skb);
-        set!(e, hook, HookKind::Fib as u8);
-        set!(e, dir, dir);
+    // SAFETY (the stores in `fill`): `e` points to the reserved event, initialised by `write`.
+    write(now, cur.skb, HookKind::Fib, dir, |e| unsafe {
         set!(e, ifindex, oif as u32);
         crate::emit::put16(&raw mut (*e).ifname, name);
         set!(e, netns, c.filter.netns);
@@ -395,11 +373,8 @@ fn traced_lookup(ctx: &TracePointContext, family: u8, r: &Rec) -> i32 {
         set!(e, dport, dport);
         set!(e, proto, proto);
         set!(e, family, family);
-        set!(e, cpu, bpf_get_smp_processor_id());
         set!(e, table, tb_id);
         set!(e, route_err, err);
-    }
-    entry.submit(0);
-    count(CNT_EVENTS);
+    });
     0
 }

@@ -60,51 +60,51 @@ pub fn proto_ok(c: &Config, proto: u8) -> bool {
 pub const LIST_GUESTS: u32 = 0;
 pub const LIST_DNAT: u32 = 1;
 
-#[inline(always)]
-fn in_list4(list: u32, a: &Addr) -> bool {
-    let Some(g) = GUESTS.get(list) else {
-        return false;
-    };
-    let want = a[0] as u32;
-    let mut i = 0;
-    while i < MAX_GUEST_IPS {
-        if i as u32 >= g.n {
-            return false;
-        }
-        if u32::from_ne_bytes(g.addrs[i]) == want {
-            return true;
-        }
-        i += 1;
-    }
-    false
-}
-
-#[inline(always)]
-fn in_list6(list: u32, a: &Addr) -> bool {
-    let Some(g) = GUESTS6.get(list) else {
-        return false;
-    };
-    let want = *a;
-    let mut i = 0;
-    while i < MAX_GUEST_IPS {
-        if i as u32 >= g.n {
-            return false;
-        }
-        if addr(&g.addrs[i]) == want {
-            return true;
-        }
-        i += 1;
-    }
-    false
-}
-
 /// Is `a` (of `family`) in the list `list` (`LIST_GUESTS`, `LIST_DNAT`)?
 #[inline(always)]
 pub fn in_list(list: u32, family: u8, a: &Addr) -> bool {
     if is_v6(family) {
-        in_list6(list, a)
+        GUESTS6
+            .get(list)
+            .is_some_and(|g| listed(g.n, &g.addrs, *a, addr))
     } else {
-        in_list4(list, a)
+        // One 32-bit compare per entry: an address's first 4 bytes are its first word's low half.
+        GUESTS
+            .get(list)
+            .is_some_and(|g| listed(g.n, &g.addrs, a[0] as u32, |b| u32::from_ne_bytes(*b)))
+    }
+}
+
+/// Whether `want` is among the first `n` of `addrs` (a `GuestList`'s or `GuestList6`'s), each
+/// compared in the form `as_want` gives it.
+#[inline(always)]
+fn listed<T, W: PartialEq>(
+    n: u32,
+    addrs: &[T; MAX_GUEST_IPS],
+    want: W,
+    as_want: impl Fn(&T) -> W,
+) -> bool {
+    let mut i = 0;
+    while i < MAX_GUEST_IPS {
+        if i as u32 >= n {
+            return false;
+        }
+        if as_want(&addrs[i]) == want {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Appends `a` to the first `n` of `addrs` (a `GuestList`'s or `GuestList6`'s); a full list
+/// keeps its first ones.
+#[inline(always)]
+fn push<T>(n: &mut u32, addrs: &mut [T; MAX_GUEST_IPS], a: T) {
+    let i = *n as usize;
+    if i < MAX_GUEST_IPS {
+        addrs[i] = a;
+        *n = i as u32 + 1;
     }
 }
 
@@ -132,30 +132,16 @@ pub fn learn(list: u32, family: u8, a: &Addr) {
         if a[0] & 0xc0ff == 0x80fe || *a == [0, 0] {
             return;
         }
-        let Some(g) = GUESTS6.get_ptr_mut(list) else {
-            return;
-        };
-        // SAFETY: the map's one value; two CPUs learning at once may both write slot n (one
-        // address is then learned at its next packet).
-        unsafe {
-            let n = (*g).n as usize;
-            if n < MAX_GUEST_IPS {
-                (*g).addrs[n] = bytes(*a);
-                (*g).n = n as u32 + 1;
-            }
+        if let Some(g) = GUESTS6.get_ptr_mut(list) {
+            // SAFETY: the map's one value; two CPUs learning at once may both write slot n
+            // (one address is then learned at its next packet).
+            let g = unsafe { &mut *g };
+            push(&mut g.n, &mut g.addrs, bytes(*a));
         }
-        return;
-    }
-    let Some(g) = GUESTS.get_ptr_mut(list) else {
-        return;
-    };
-    // SAFETY: as above.
-    unsafe {
-        let n = (*g).n as usize;
-        if n < MAX_GUEST_IPS {
-            (*g).addrs[n] = v4_bytes(a);
-            (*g).n = n as u32 + 1;
-        }
+    } else if let Some(g) = GUESTS.get_ptr_mut(list) {
+        // SAFETY: as above.
+        let g = unsafe { &mut *g };
+        push(&mut g.n, &mut g.addrs, v4_bytes(a));
     }
 }
 
@@ -201,14 +187,7 @@ pub fn classify(c: &Config, p: &Pkt, on_tap: bool) -> u8 {
         };
     }
     // Before de-NAT: the reply carries the post-NAT local address and port.
-    let local_port = if icmp { p.sport } else { p.dport };
-    let key = NatKey {
-        remote: bytes(p.saddr),
-        local: bytes(p.daddr),
-        local_port,
-        proto,
-        family: fam,
-    };
+    let key = reply_key(p, icmp);
     // SAFETY: read-only lookup.
     if unsafe { NAT_KEYS.get(&key).is_some() } {
         return DIR_REPLY;
@@ -228,24 +207,41 @@ fn error_about_ours(c: &Config, fam: u8, p: &Pkt) -> bool {
         && (is_guest(fam, &p.daddr) || is_guest(fam, &p.inner_saddr))
 }
 
+/// A request's flow as a `NatKey`: the remote is its destination, the local side its source
+/// address and port. Seen after NAT, the key its replies arrive under (`learn_nat`).
+#[inline(always)]
+fn request_key(p: &Pkt) -> NatKey {
+    NatKey {
+        remote: bytes(p.daddr),
+        local: bytes(p.saddr),
+        local_port: p.sport,
+        proto: p.proto,
+        family: p.family,
+    }
+}
+
+/// A reply's flow as a `NatKey`, the same flow's key as its request's: the remote is its
+/// source, the local side its destination address and port (`icmp`, whether `p` is ICMP: the
+/// echo identifier, which a reply carries in `sport`). Seen before de-NAT, the key a followed
+/// request's post-NAT tuple was learned under.
+#[inline(always)]
+fn reply_key(p: &Pkt, icmp: bool) -> NatKey {
+    NatKey {
+        remote: bytes(p.saddr),
+        local: bytes(p.daddr),
+        local_port: if icmp { p.sport } else { p.dport },
+        proto: p.proto,
+        family: p.family,
+    }
+}
+
 /// Guest-side flow key used for the per-flow budget.
 #[inline(always)]
 fn flow_key(p: &Pkt, dir: u8) -> NatKey {
-    let (remote, local, local_port) = if dir == DIR_REQUEST {
-        (p.daddr, p.saddr, p.sport)
+    if dir == DIR_REQUEST {
+        request_key(p)
     } else {
-        (
-            p.saddr,
-            p.daddr,
-            if p.is_icmp() { p.sport } else { p.dport },
-        )
-    };
-    NatKey {
-        remote: bytes(remote),
-        local: bytes(local),
-        local_port,
-        proto: p.proto,
-        family: p.family,
+        reply_key(p, p.is_icmp())
     }
 }
 
@@ -291,14 +287,20 @@ pub fn note_origin(skb: u64, p: &Pkt, dir: u8) {
     if dir != DIR_REQUEST {
         return;
     }
-    let o = NatOrigin {
+    let _ = ORIGIN.insert(&skb, &guest_side(p, 1), 0);
+}
+
+/// The guest side of request `p` (its source address and port) as a `NatOrigin` marked
+/// `known` (1) or not (0).
+#[inline(always)]
+fn guest_side(p: &Pkt, known: u16) -> NatOrigin {
+    NatOrigin {
         guest: p.saddr,
         guest_port: p.sport,
         ip_id: p.ip_id,
-        known: 1,
+        known,
         family: p.family as u16,
-    };
-    let _ = ORIGIN.insert(&skb, &o, 0);
+    }
 }
 
 /// Learns the post-NAT tuple of a followed request whose source is no longer a guest address,
@@ -308,23 +310,10 @@ pub fn learn_nat(skb: u64, p: &Pkt, dir: u8) {
     if dir != DIR_REQUEST || is_guest(p.family, &p.saddr) {
         return;
     }
-    let key = NatKey {
-        remote: bytes(p.daddr),
-        local: bytes(p.saddr),
-        local_port: p.sport,
-        proto: p.proto,
-        family: p.family,
-    };
     // Unknown (the request was not seen leaving the tap): the entry still marks the tuple
     // as a reply's, with `known` 0 (its other fields then mean nothing).
-    let origin = origin_of(skb, p.ip_id, p.family).unwrap_or(NatOrigin {
-        guest: p.saddr,
-        guest_port: p.sport,
-        ip_id: p.ip_id,
-        known: 0,
-        family: p.family as u16,
-    });
-    let _ = NAT_KEYS.insert(&key, &origin, 0);
+    let origin = origin_of(skb, p.ip_id, p.family).unwrap_or(guest_side(p, 0));
+    let _ = NAT_KEYS.insert(&request_key(p), &origin, 0);
 }
 
 /// The guest side of the followed request in `skb` (`ip_id`, `family`: the packet it must be
@@ -358,16 +347,8 @@ fn copy_origin(o: &NatOrigin) -> NatOrigin {
 /// The guest side of a reply seen before de-NAT (`None`: not a NATed reply, or not known).
 #[inline(always)]
 pub fn nat_origin(p: &Pkt) -> Option<NatOrigin> {
-    let local_port = if p.is_icmp() { p.sport } else { p.dport };
-    let key = NatKey {
-        remote: bytes(p.saddr),
-        local: bytes(p.daddr),
-        local_port,
-        proto: p.proto,
-        family: p.family,
-    };
     // SAFETY: read-only lookup.
-    let o = unsafe { NAT_KEYS.get(&key) }?;
+    let o = unsafe { NAT_KEYS.get(&reply_key(p, p.is_icmp())) }?;
     (o.known != 0).then(|| copy_origin(o))
 }
 

@@ -128,74 +128,32 @@ struct Cur {
     dst: pkt::Addr,
 }
 
-/// Every kernel offset the programs read, set by the loader in the frozen .rodata before
-/// verification (from BTF, and for the `fib_table_lookup` record from its format file;
-/// `u32::MAX`: absent): the verifier then knows them as constants, so tp_btf and netfilter
-/// programs read struct fields with plain (fault-safe) BTF loads instead of helper calls.
-#[unsafe(no_mangle)]
-static OFF_SKB_HEAD: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_SKB_NH: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_SKB_DEV: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_DEV_IFINDEX: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_SKB_LEN: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_SKB_MH: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_DEV_NAME: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_DEV_ND_NET: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_NET_INUM: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_NF_STATE_HOOK: u32 = 0;
-#[unsafe(no_mangle)]
-static OFF_SKB_REFDST: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_DST_DEV: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB_TB_ID: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB_ERR: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB_OIF: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB_SRC: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB_DST: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB_GW4: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB_NAME: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB_PROTO: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB_SPORT: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB_DPORT: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB6_TB_ID: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB6_ERR: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB6_OIF: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB6_SRC: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB6_DST: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB6_GW: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB6_NAME: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB6_PROTO: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB6_SPORT: u32 = u32::MAX;
-#[unsafe(no_mangle)]
-static OFF_FIB6_DPORT: u32 = u32::MAX;
+/// Declares load-time constants, each `#[no_mangle]` (the loader finds it by name) with the
+/// value it has until the loader sets it: `default => NAME, NAME, …`. Read with [`off!`].
+macro_rules! load_time {
+    ($default:expr => $($name:ident),+ $(,)?) => {
+        $(
+            #[unsafe(no_mangle)]
+            static $name: u32 = $default;
+        )+
+    };
+}
+
+// Every kernel offset the programs read, set by the loader in the frozen .rodata before
+// verification (from BTF, and for the `fib_table_lookup` record from its format file;
+// `u32::MAX`: absent): the verifier then knows them as constants, so tp_btf and netfilter
+// programs read struct fields with plain (fault-safe) BTF loads instead of helper calls.
+load_time! {
+    0 => OFF_SKB_HEAD, OFF_SKB_NH, OFF_SKB_DEV, OFF_DEV_IFINDEX, OFF_SKB_LEN, OFF_SKB_MH,
+        OFF_DEV_NAME, OFF_DEV_ND_NET, OFF_NET_INUM, OFF_NF_STATE_HOOK
+}
+load_time! {
+    u32::MAX => OFF_SKB_REFDST, OFF_DST_DEV,
+        OFF_FIB_TB_ID, OFF_FIB_ERR, OFF_FIB_OIF, OFF_FIB_SRC, OFF_FIB_DST, OFF_FIB_GW4,
+        OFF_FIB_NAME, OFF_FIB_PROTO, OFF_FIB_SPORT, OFF_FIB_DPORT,
+        OFF_FIB6_TB_ID, OFF_FIB6_ERR, OFF_FIB6_OIF, OFF_FIB6_SRC, OFF_FIB6_DST, OFF_FIB6_GW,
+        OFF_FIB6_NAME, OFF_FIB6_PROTO, OFF_FIB6_SPORT, OFF_FIB6_DPORT
+}
 
 /// `FOLLOW_V4` | `FOLLOW_V6`: the IP versions followed, set by the loader in the frozen .rodata
 /// before verification. A constant, not a `Filter` field: the verifier then knows it and

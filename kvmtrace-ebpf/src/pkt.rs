@@ -235,46 +235,7 @@ pub fn scratch() -> Option<&'static mut Scratch> {
 /// bytes: enough for TCP flags and the quoted header of an ICMP error) into `s.pkt`.
 #[inline(always)]
 pub fn parse(s: &mut Scratch) -> bool {
-    let ip = &s.ip;
-    let l4 = &s.l4;
-    if ip[0] >> 4 != 4 {
-        return false;
-    }
-    let p = &mut s.pkt;
-    p.clear();
-    p.family = FAMILY_V4;
-    p.proto = ip[9];
-    p.ttl = ip[8];
-    p.ip_id = u16::from_be_bytes([ip[4], ip[5]]);
-    p.saddr = a4([ip[12], ip[13], ip[14], ip[15]]);
-    p.daddr = a4([ip[16], ip[17], ip[18], ip[19]]);
-    match p.proto {
-        ICMP => {
-            p.icmp_type = l4[0];
-            p.icmp_code = l4[1];
-            // Echo: identifier and sequence stand where ports would.
-            p.sport = u16::from_be_bytes([l4[4], l4[5]]);
-            p.dport = u16::from_be_bytes([l4[6], l4[7]]);
-            if p.icmp_type == 3 && p.icmp_code == 4 {
-                p.mtu = u16::from_be_bytes([l4[6], l4[7]]) as u32;
-            }
-            // Errors quote the offending IPv4 header right after the 8-byte ICMP header.
-            p.inner_saddr = a4([l4[20], l4[21], l4[22], l4[23]]);
-            p.inner_daddr = a4([l4[24], l4[25], l4[26], l4[27]]);
-        }
-        6 => {
-            p.sport = u16::from_be_bytes([l4[0], l4[1]]);
-            p.dport = u16::from_be_bytes([l4[2], l4[3]]);
-            p.tcp_seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
-            p.icmp_type = l4[13];
-        }
-        17 => {
-            p.sport = u16::from_be_bytes([l4[0], l4[1]]);
-            p.dport = u16::from_be_bytes([l4[2], l4[3]]);
-        }
-        _ => {}
-    }
-    true
+    parse_ip(s, false)
 }
 
 /// What stands in for the IPv4 id in an IPv6 packet: bytes 6–7 of the transport header (the
@@ -289,31 +250,61 @@ pub fn ident6(l4: &[u8]) -> u16 {
 /// walked: a packet with one has that as its protocol and is not followed.
 #[inline(always)]
 pub fn parse6(s: &mut Scratch) -> bool {
+    parse_ip(s, true)
+}
+
+/// [`parse`] (`v6` false) and [`parse6`]: one parser, since the versions differ only in where
+/// a field stands and in their ICMP. `v6` is a constant at both calls, so each inlined copy
+/// holds one version's code. False when `s.ip` holds the other version.
+#[inline(always)]
+fn parse_ip(s: &mut Scratch, v6: bool) -> bool {
     let ip = &s.ip;
     let l4 = &s.l4;
-    if ip[0] >> 4 != 6 {
+    if ip[0] >> 4 != if v6 { 6 } else { 4 } {
         return false;
     }
     let p = &mut s.pkt;
     p.clear();
-    p.family = FAMILY_V6;
-    p.proto = ip[6];
-    p.ttl = ip[7];
-    p.saddr = w16(ip, 8);
-    p.daddr = w16(ip, 24);
-    p.ip_id = ident6(l4);
-    match p.proto {
-        ICMPV6 => {
+    // The protocol (IPv6: the first next header) and the TTL (hop limit).
+    let (family, proto, ttl, icmp) = if v6 {
+        (FAMILY_V6, ip[6], ip[7], ICMPV6)
+    } else {
+        (FAMILY_V4, ip[9], ip[8], ICMP)
+    };
+    p.family = family;
+    p.proto = proto;
+    p.ttl = ttl;
+    if v6 {
+        p.saddr = w16(ip, 8);
+        p.daddr = w16(ip, 24);
+        p.ip_id = ident6(l4);
+    } else {
+        p.ip_id = u16::from_be_bytes([ip[4], ip[5]]);
+        p.saddr = a4([ip[12], ip[13], ip[14], ip[15]]);
+        p.daddr = a4([ip[16], ip[17], ip[18], ip[19]]);
+    }
+    match proto {
+        x if x == icmp => {
             p.icmp_type = l4[0];
             p.icmp_code = l4[1];
+            // Echo: identifier and sequence stand where ports would.
             p.sport = u16::from_be_bytes([l4[4], l4[5]]);
             p.dport = u16::from_be_bytes([l4[6], l4[7]]);
-            if p.icmp_type == 2 {
-                p.mtu = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
+            // Errors quote the offending header right after the 8-byte ICMP header; "packet
+            // too big" (ICMPv6 2) and "fragmentation needed" (ICMP 3/4) announce an MTU.
+            if v6 {
+                if p.icmp_type == 2 {
+                    p.mtu = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
+                }
+                p.inner_saddr = w16(l4, 16);
+                p.inner_daddr = w16(l4, 32);
+            } else {
+                if p.icmp_type == 3 && p.icmp_code == 4 {
+                    p.mtu = u16::from_be_bytes([l4[6], l4[7]]) as u32;
+                }
+                p.inner_saddr = a4([l4[20], l4[21], l4[22], l4[23]]);
+                p.inner_daddr = a4([l4[24], l4[25], l4[26], l4[27]]);
             }
-            // Errors quote the offending IPv6 header after the 8-byte ICMPv6 header.
-            p.inner_saddr = w16(l4, 16);
-            p.inner_daddr = w16(l4, 32);
         }
         6 => {
             p.sport = u16::from_be_bytes([l4[0], l4[1]]);

@@ -64,13 +64,18 @@ fn skb_dev(skb: u64) -> (u32, [u64; 2], u32) {
     }
     let ifindex: u32 = btf_load(dev, off!(OFF_DEV_IFINDEX));
     let name: [u64; 2] = rd_words(dev + off!(OFF_DEV_NAME) as u64);
+    (ifindex, name, dev_netns(dev))
+}
+
+/// Inode of the network namespace of a device (a BTF-typed `struct net_device *`, not 0): two
+/// loads, `dev->nd_net` then its `ns.inum`; 0 when it has none.
+#[inline(always)]
+pub(crate) fn dev_netns(dev: u64) -> u32 {
     let net: u64 = btf_load(dev, off!(OFF_DEV_ND_NET));
-    let inum: u32 = if net != 0 {
-        btf_load(net, off!(OFF_NET_INUM))
-    } else {
-        0
-    };
-    (ifindex, name, inum)
+    if net == 0 {
+        return 0;
+    }
+    btf_load(net, off!(OFF_NET_INUM))
 }
 
 /// Inode of the skb's device's network namespace (0 when unknown: no `skb->dev`). Three loads.
@@ -80,11 +85,7 @@ fn skb_netns(skb: u64) -> u32 {
     if dev == 0 {
         return 0;
     }
-    let net: u64 = btf_load(dev, off!(OFF_DEV_ND_NET));
-    if net == 0 {
-        return 0;
-    }
-    btf_load(net, off!(OFF_NET_INUM))
+    dev_netns(dev)
 }
 
 /// The namespace of an skb's route's device, for one without `skb->dev` (0: unknown).

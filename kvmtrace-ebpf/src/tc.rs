@@ -97,6 +97,57 @@ fn start(c: &Config, skb: u64, p: &Pkt, on_tap: bool) -> Option<u8> {
     Some(d)
 }
 
+/// The direction of a packet at a TC hook: its tracked state `seen`, or a new packet's from
+/// [`start`] (then flagged `EV_FLAG_NEW` in `flags`). `None`: not ours, or past its flow's
+/// budget (counted).
+#[inline(always)]
+fn direction(
+    c: &Config,
+    skb: u64,
+    p: &Pkt,
+    seen: Option<u8>,
+    on_tap: bool,
+    flags: &mut u8,
+) -> Option<u8> {
+    match seen {
+        Some(t) if t & TRACK_SUPPRESSED != 0 => {
+            count(CNT_SAMPLED_OUT);
+            None
+        }
+        Some(d) => Some(d),
+        None => {
+            let d = start(c, skb, p, on_tap)?;
+            *flags |= EV_FLAG_NEW;
+            Some(d)
+        }
+    }
+}
+
+/// Emits the event of a frame (Ethernet header `eth`) seen by a TC program: the device and
+/// length from its `__sk_buff`, the frame's MACs, no extras.
+#[inline(always)]
+fn tc_emit(
+    ctx: &TcContext,
+    c: &Config,
+    hook: HookKind,
+    dir: u8,
+    flags: u8,
+    p: &Pkt,
+    eth: &[u8; 14],
+) {
+    let skb = ctx.skb.skb as u64;
+    emit(
+        hook,
+        skb,
+        dir,
+        flags,
+        p,
+        &at(ctx, c),
+        &macs_of(eth),
+        &NO_EXTRA,
+    );
+}
+
 #[inline(always)]
 fn at(ctx: &TcContext, c: &Config) -> At {
     // SAFETY: ctx.skb.skb is the program's __sk_buff; these fields are readable in TC.
@@ -190,31 +241,11 @@ fn tap_common(ctx: &TcContext, hook: HookKind) -> i32 {
     } else {
         track_get(skb, p.ip_id)
     };
-    let dir = match seen {
-        Some(t) if t & TRACK_SUPPRESSED != 0 => {
-            count(CNT_SAMPLED_OUT);
-            return TC_ACT_UNSPEC;
-        }
-        Some(d) => d,
-        None => {
-            let Some(d) = start(c, skb, p, from_vm) else {
-                return TC_ACT_UNSPEC;
-            };
-            flags |= EV_FLAG_NEW;
-            d
-        }
+    let Some(dir) = direction(c, skb, p, seen, from_vm, &mut flags) else {
+        return TC_ACT_UNSPEC;
     };
     set_cur(None);
-    emit(
-        hook,
-        skb,
-        dir,
-        flags,
-        p,
-        &at(ctx, c),
-        &macs_of(&eth),
-        &NO_EXTRA,
-    );
+    tc_emit(ctx, c, hook, dir, flags, p, &eth);
     TC_ACT_UNSPEC
 }
 
@@ -267,16 +298,7 @@ fn tap_l2_event(ctx: &TcContext, c: &Config, hook: HookKind, p: &Pkt, eth: &[u8;
         count(CNT_SAMPLED_OUT);
         return;
     }
-    emit(
-        hook,
-        ctx.skb.skb as u64,
-        dir,
-        flags,
-        p,
-        &at(ctx, c),
-        &macs_of(eth),
-        &NO_EXTRA,
-    );
+    tc_emit(ctx, c, hook, dir, flags, p, eth);
 }
 
 /// TC ingress of the tap: frames coming out of the guest. Always continues (TCX_NEXT).
@@ -429,15 +451,9 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
     if base != 0 {
         flags |= EV_FLAG_VXLAN;
     }
-    let dir = match tracked {
-        Some(d) => d,
-        None => {
-            let Some(d) = start(c, skb, p, false) else {
-                return TC_ACT_UNSPEC;
-            };
-            flags |= EV_FLAG_NEW;
-            d
-        }
+    // (A tracked packet past its budget returned above.)
+    let Some(dir) = direction(c, skb, p, tracked, false, &mut flags) else {
+        return TC_ACT_UNSPEC;
     };
     learn_nat(skb, p, dir);
     if c.filter.route_helper == 0 {
@@ -445,16 +461,7 @@ fn dev_common(ctx: &TcContext, hook: HookKind) -> i32 {
         // attributed to it.
         set_cur(received.then_some((skb, p)));
     }
-    emit(
-        hook,
-        skb,
-        dir,
-        flags,
-        p,
-        &at(ctx, c),
-        &macs_of(&eth),
-        &NO_EXTRA,
-    );
+    tc_emit(ctx, c, hook, dir, flags, p, &eth);
     // An encapsulated packet is bridged inside the overlay, not routed by its inner header:
     // its underlay route is the outer packet's.
     if c.filter.route_helper != 0 && base == 0 {

@@ -15,6 +15,7 @@
 //! Observe only: the TC programs return TC_ACT_UNSPEC (TCX_NEXT).
 
 use crate::pkt::{b16, bytes, Addr};
+use crate::skb::dev_netns;
 use crate::{btf_load, off, rd, rd_words};
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_UNSPEC},
@@ -222,27 +223,16 @@ fn tap_count6(ctx: &TcContext, s: &mut WatchTapStats, dir: u32) {
     let ip = unsafe { &*ip };
     let from_vm = dir == WATCH_FROM_VM;
     let kind = match ip[6] {
-        58 => match ip[40] {
-            128 if from_vm => Some(WATCH_KIND_ICMP_ECHO),
-            129 if !from_vm => Some(WATCH_KIND_ICMP_ECHO),
-            133 => {
-                s.ndp_rs += 1;
-                None
+        58 => {
+            if let Some(n) = ndp_counter(s, ip[40]) {
+                *n += 1;
             }
-            134 => {
-                s.ndp_ra += 1;
-                None
+            match ip[40] {
+                128 if from_vm => Some(WATCH_KIND_ICMP_ECHO),
+                129 if !from_vm => Some(WATCH_KIND_ICMP_ECHO),
+                _ => None,
             }
-            135 => {
-                s.ndp_ns += 1;
-                None
-            }
-            136 => {
-                s.ndp_na += 1;
-                None
-            }
-            _ => None,
-        },
+        }
         17 => {
             let (sport, dport) = (
                 u16::from_be_bytes([ip[40], ip[41]]),
@@ -309,6 +299,20 @@ fn tap_count6(ctx: &TcContext, s: &mut WatchTapStats, dir: u32) {
     }
 }
 
+/// The counter of an NDP message (ICMPv6 type 133 router solicitation, 134 router
+/// advertisement, 135 neighbour solicitation, 136 neighbour advertisement); `None` for another
+/// type.
+#[inline(always)]
+fn ndp_counter(s: &mut WatchTapStats, icmp_type: u8) -> Option<&mut u64> {
+    match icmp_type {
+        133 => Some(&mut s.ndp_rs),
+        134 => Some(&mut s.ndp_ra),
+        135 => Some(&mut s.ndp_ns),
+        136 => Some(&mut s.ndp_na),
+        _ => None,
+    }
+}
+
 /// TC ingress of a watched tap: frames leaving the VM. Always continues (TCX_NEXT).
 #[classifier]
 pub fn watch_tap_in(ctx: TcContext) -> i32 {
@@ -336,15 +340,8 @@ pub fn watch_kfree_skb(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let dev: u64 = btf_load(skb, off!(OFF_SKB_DEV));
-    if dev == 0 {
-        return 0;
-    }
-    let net: u64 = btf_load(dev, off!(OFF_DEV_ND_NET));
-    if net == 0 {
-        return 0;
-    }
-    let inum: u32 = btf_load(net, off!(OFF_NET_INUM));
-    if inum != netns {
+    // (`netns` is not 0: a device without a namespace is not watched.)
+    if dev == 0 || dev_netns(dev) != netns {
         return 0;
     }
     let ifindex: u32 = btf_load(dev, off!(OFF_DEV_IFINDEX));
