@@ -22,15 +22,18 @@ pub fn delivered_clause(answered: usize, requests: usize) -> String {
 /// The replies reached the VM (a TCP reset from the destination counts: the path works);
 /// drops on the way are added as intermittent loss.
 pub(super) fn delivered(f: &Flow, v: &mut Verdict) -> bool {
-    let k = f.k;
-    let delivered = &f.delivered;
-    let req_out = &f.req_out;
-    let rep_out = &f.rep_out;
-    let first_drop = &f.first_drop;
-    let host_answered = f.host_answered;
-    let good_reply = f.good_reply;
-    let n_req = f.n_req;
-    let n_delivered = f.n_delivered;
+    let &Flow {
+        k,
+        ref delivered,
+        ref req_out,
+        ref rep_out,
+        ref first_drop,
+        host_answered,
+        good_reply,
+        n_req,
+        n_delivered,
+        ..
+    } = f;
     if good_reply && !host_answered {
         v.status = Status::Delivered;
         v.answered = n_delivered;

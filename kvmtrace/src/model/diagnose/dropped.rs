@@ -12,11 +12,14 @@ use crate::model::verdict::{FlowKey, Status, Verdict};
 /// The first drop, request or reply, named where the kernel dropped it — or, when its cause
 /// is elsewhere on the VM's side, where the cause is ([`root_cause`]).
 pub(super) fn dropped(f: &Flow, v: &mut Verdict) -> bool {
-    let k = f.k;
-    let rep = f.rep;
-    let facts = f.facts;
-    let host_answered = f.host_answered;
-    let reply_kind = &f.reply_kind;
+    let &Flow {
+        k,
+        rep,
+        facts,
+        host_answered,
+        ref reply_kind,
+        ..
+    } = f;
     if let Some((dir, mut site)) = f.first_drop.clone() {
         // No reason from the kernel (before 5.17) and freed by ip_error: with forwarding off
         // (a host fact) it is the reason 6.18 gives then, whatever the route lookup saw.

@@ -9,8 +9,7 @@ use crate::model::verdict::{Status, Verdict};
 /// A route that sends the request out of the VM's own side (its bridge or tap) is the cause,
 /// whatever happened to the packet after it (usually a neighbour failure on the bridge).
 pub(super) fn route_to_vm_side(f: &Flow, v: &mut Verdict) -> bool {
-    let k = f.k;
-    let req = f.req;
+    let &Flow { k, req, .. } = f;
     // A route that sends the request out of the VM's own side is the cause, whatever happened
     // to the packet after it (usually a neighbour failure on the bridge).
     if let Some(r) = req
@@ -46,8 +45,7 @@ pub(super) fn route_to_vm_side(f: &Flow, v: &mut Verdict) -> bool {
 
 /// The request was routed back out of the VM's side (seen leaving there, no route hop).
 pub(super) fn looped_back(f: &Flow, v: &mut Verdict) -> bool {
-    let k = f.k;
-    let req_out = &f.req_out;
+    let &Flow { k, ref req_out, .. } = f;
     if let Some((_, Outcome::LoopedBack { device, route })) = req_out
         .iter()
         .find(|(_, o)| matches!(o, Outcome::LoopedBack { .. }))

@@ -72,11 +72,14 @@ pub(super) fn macvtap_sibling(f: &Flow, v: &mut Verdict) -> bool {
 /// The request left the host and no reply reached the VM: not rewritten (no MASQUERADE),
 /// nothing came back, or the replies came back to a bridge the tap is not on.
 pub(super) fn left_host(f: &Flow, v: &mut Verdict) -> bool {
-    let k = f.k;
-    let req = f.req;
-    let rep = f.rep;
-    let facts = f.facts;
-    let req_out = &f.req_out;
+    let &Flow {
+        k,
+        req,
+        rep,
+        facts,
+        ref req_out,
+        ..
+    } = f;
     if let Some((_, Outcome::LeftHost { device, tuple })) = req_out
         .iter()
         .find(|(_, o)| matches!(o, Outcome::LeftHost { .. }))
@@ -145,8 +148,7 @@ pub(super) fn left_host(f: &Flow, v: &mut Verdict) -> bool {
 
 /// Requests seen but with no end observed (in flight at the end, or delivered locally).
 pub(super) fn unfinished(f: &Flow, v: &mut Verdict) -> bool {
-    let k = f.k;
-    let req_out = &f.req_out;
+    let &Flow { k, ref req_out, .. } = f;
     // Requests seen but with no end we could observe.
     let last = req_out.last().map(|(_, o)| o.clone());
     v.status = Status::NoReply;
