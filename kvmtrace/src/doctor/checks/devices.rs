@@ -430,11 +430,15 @@ pub(super) fn mtu_check(c: &Ctx) -> Check {
                     m(u),
                     u.name
                 ),
+                // The same two ways as follow's verdict on a packet too big for the uplink.
                 Some(format!(
-                    "set the guest's MTU to {} (and: ip link set dev {} mtu {})",
+                    "lower the guest's MTU to {} (and: {}), or raise {}'s where its network \
+                     carries {}-byte packets: {}",
                     m(u),
-                    l3.name,
-                    m(u)
+                    repair::link_mtu(&l3.name, m(u)),
+                    u.name,
+                    m(l3),
+                    repair::link_mtu(&u.name, m(l3))
                 )),
             );
         }

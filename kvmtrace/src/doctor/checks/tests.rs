@@ -277,6 +277,13 @@ fn mtu_tap_below_bridge_fails_uplink_below_bridge_warns() {
     let m = get(&run(&h), "mtu").clone();
     assert_eq!(m.status, Warn, "{m:?}");
     assert!(m.evidence.contains("path-MTU black hole"), "{m:?}");
+    assert_eq!(
+        m.fix.as_deref(),
+        Some(
+            "lower the guest's MTU to 1400 (and: ip link set dev br0 mtu 1400), or raise up0's \
+             where its network carries 1500-byte packets: ip link set dev up0 mtu 1500"
+        )
+    );
 }
 
 #[test]
