@@ -245,16 +245,8 @@ impl VxlanLink {
     /// Its default VTEP: the `remote`, else the first IPv4 destination of its all-zeros
     /// forwarding entries (read only then: one dump of the bridge FDB).
     pub fn default_remote(&self) -> Option<Ipv4Addr> {
-        self.remote.or_else(|| {
-            fdb_of(self.ifindex)
-                .ok()?
-                .into_iter()
-                .filter(|e| e.mac == [0; 6])
-                .find_map(|e| match e.dst {
-                    Some(IpAddr::V4(a)) => Some(a),
-                    _ => None,
-                })
-        })
+        self.remote
+            .or_else(|| fdb_default_remote(&fdb_of(self.ifindex).ok()?))
     }
 
     /// The output device of the route to its default VTEP (None: none, or no route).
@@ -281,6 +273,17 @@ impl VxlanLink {
 pub struct FdbEntry {
     pub mac: [u8; 6],
     pub dst: Option<IpAddr>,
+}
+
+/// The first IPv4 VTEP of the all-zeros (default) entries of a VXLAN device's forwarding
+/// entries `fdb`.
+pub fn fdb_default_remote(fdb: &[FdbEntry]) -> Option<Ipv4Addr> {
+    fdb.iter()
+        .filter(|e| e.mac == [0; 6])
+        .find_map(|e| match e.dst {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => None,
+        })
 }
 
 /// Parses one `RTM_NEWNEIGH` body of an `AF_BRIDGE` dump: (ifindex, entry).
