@@ -792,4 +792,29 @@ mod tests {
         assert_eq!(qemu_major("1:7.2+dfsg-7+deb12u7"), 7);
         assert_eq!(qemu_major("garbage"), 0);
     }
+
+    #[test]
+    fn a_step_installs_only_what_is_missing_and_check_only_records_it() {
+        let mut check = Setup {
+            check: true,
+            missing: Vec::new(),
+            apt_updated: false,
+            changed: false,
+        };
+        assert!(!check.must_install("a", Some("present"), "MISSING"));
+        assert!(!check.must_install("b", None, "MISSING"));
+        assert_eq!(check.missing, ["b"]);
+        assert!(!check.changed);
+
+        let mut install = Setup {
+            check: false,
+            ..check
+        };
+        install.missing.clear();
+        assert!(!install.must_install("a", Some("present"), "MISSING"));
+        assert!(!install.changed);
+        assert!(install.must_install("b", None, "MISSING"));
+        assert!(install.missing.is_empty());
+        assert!(install.changed);
+    }
 }
