@@ -28,6 +28,7 @@ use clap::Args;
 use kvmtrace_lab::lab::{Lab, LabOptions};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write as _};
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
@@ -319,20 +320,41 @@ fn stop_tracer(mut t: Tracer) -> Result<Value> {
     Ok(json!({ "ready_ms": t.ready_ms, "stats": stats }))
 }
 
-/// The outside discards UDP to port 9 silently (no ICMP port-unreachable storm back).
-pub fn discard_udp9(lab: &Lab) {
-    lab.outside_run(&["nft", "add", "table", "ip", "sink"]);
+/// The outside discards UDP to port 9 silently (no ICMP port-unreachable storm back), of the
+/// nftables `family`: "ip" (IPv4) or "inet" (both versions).
+pub fn discard_udp9(lab: &Lab, family: &str) {
+    lab.outside_run(&["nft", "add", "table", family, "sink"]);
     lab.outside_run(&[
         "nft",
         "add",
         "chain",
-        "ip",
+        family,
         "sink",
         "in",
         "{ type filter hook input priority 0 ; }",
     ]);
     lab.outside_run(&[
-        "nft", "add", "rule", "ip", "sink", "in", "udp", "dport", "9", "drop",
+        "nft", "add", "rule", family, "sink", "in", "udp", "dport", "9", "drop",
+    ]);
+}
+
+/// The second, fake, VM on vnet1 (bench's unrelated cases, soak's flood).
+pub const VM2_IP: [u8; 4] = [10, 77, 0, 3];
+pub const VM2_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x4b, 0x54, 0x03];
+
+/// Tells the hypervisor the second VM's MAC for its address `ip` on br0 (a permanent
+/// neighbour entry): the fake VM answers no ARP or NDP.
+pub fn pin_vm2_neighbour(lab: &Lab, ip: IpAddr) {
+    let mac = VM2_MAC.map(|b| format!("{b:02x}")).join(":");
+    lab.hv_run(&[
+        "ip",
+        "neigh",
+        "replace",
+        &ip.to_string(),
+        "lladdr",
+        &mac,
+        "dev",
+        "br0",
     ]);
 }
 
@@ -365,9 +387,6 @@ fn watch_args<'a>() -> Vec<&'a str> {
 }
 
 const OTHER_DEST: &str = "198.51.100.1";
-/// The second VM (vnet1), followed in the unrelated cases.
-const VM2_IP: [u8; 4] = [10, 77, 0, 3];
-const VM2_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x4b, 0x54, 0x03];
 
 /// The followed VM's own traffic in a case: (which tap, source, destination).
 fn case_pings(case: &str) -> Option<(&'static str, [u8; 4])> {
@@ -438,18 +457,9 @@ pub fn run(a: &BenchArgs) -> Result<ExitCode> {
         add_taps(&lab.hv, "xbr", 2, a.extra_taps)?;
     }
     // The outside discards the flood without answering (no ICMP port unreachable storm).
-    discard_udp9(&lab);
+    discard_udp9(&lab, "ip");
     // vnet1's replies reach its tap without ARP; its fd is drained by its pinger.
-    lab.hv_run(&[
-        "ip",
-        "neigh",
-        "replace",
-        "10.77.0.3",
-        "lladdr",
-        "52:54:00:4b:54:03",
-        "dev",
-        "br0",
-    ]);
+    pin_vm2_neighbour(&lab, VM2_IP.into());
     let fd = open_tap(&lab.hv, &lab.tap)?;
     let fd2 = open_tap(&lab.hv, "vnet1")?;
     // SAFETY: fcntl on an fd we own; non-blocking so the pinger can drain it.

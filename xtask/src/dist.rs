@@ -199,18 +199,10 @@ pub fn dist(workspace: &Path) -> Result<Dist> {
         .env("CARGO", cargo)
         .env("CARGO_TARGET_DIR", workspace.join("target/static"))
         .stdin(Stdio::null());
-    eprintln!("[dist] packaging: {cmd:?}");
-    let o = cmd.output().context("running cargo-deb")?;
-    eprint!("{}", String::from_utf8_lossy(&o.stderr));
-    if !o.status.success() {
-        bail!("cargo-deb failed ({})", o.status);
-    }
-    let deb = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    let stdout = package(&mut cmd, "cargo-deb")?;
+    let deb = PathBuf::from(stdout.trim());
     if deb.extension().is_none_or(|e| e != "deb") || !deb.is_file() {
-        bail!(
-            "cargo-deb printed no package path: {:?}",
-            String::from_utf8_lossy(&o.stdout)
-        );
+        bail!("cargo-deb printed no package path: {stdout:?}");
     }
     eprintln!(
         "[dist] {} ({} KiB)",
@@ -219,6 +211,17 @@ pub fn dist(workspace: &Path) -> Result<Dist> {
     );
     let rpm = rpm(workspace)?;
     Ok(Dist { binary, deb, rpm })
+}
+
+/// Runs the packaging tool `tool` (`cmd`), its messages passed on to stderr; its stdout.
+fn package(cmd: &mut Command, tool: &str) -> Result<String> {
+    eprintln!("[dist] packaging: {cmd:?}");
+    let o = cmd.output().with_context(|| format!("running {tool}"))?;
+    eprint!("{}", String::from_utf8_lossy(&o.stderr));
+    if !o.status.success() {
+        bail!("{tool} failed ({})", o.status);
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 /// The RPM (`[package.metadata.generate-rpm]` in kvmtrace/Cargo.toml): the same files as the
@@ -241,12 +244,7 @@ fn rpm(workspace: &Path) -> Result<PathBuf> {
         .arg("-o")
         .arg(&dir)
         .stdin(Stdio::null());
-    eprintln!("[dist] packaging: {cmd:?}");
-    let o = cmd.output().context("running cargo-generate-rpm")?;
-    eprint!("{}", String::from_utf8_lossy(&o.stderr));
-    if !o.status.success() {
-        bail!("cargo-generate-rpm failed ({})", o.status);
-    }
+    package(&mut cmd, "cargo-generate-rpm")?;
     let found: Vec<PathBuf> = fs::read_dir(&dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "rpm"))
@@ -534,6 +532,39 @@ mod tests {
         )
     }
 
+    /// `out`, once it has exited 0 (else the test fails, showing it); its stdout, as text.
+    fn succeeded(out: &Output) -> String {
+        assert_eq!(out.status.code(), Some(0), "{}", dump(out));
+        text(&out.stdout)
+    }
+
+    /// `out` is `kvmtrace --version`'s answer: this build's version, exit 0.
+    fn assert_version(out: &Output) {
+        assert_eq!(
+            succeeded(out).trim(),
+            format!("kvmtrace {}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+
+    /// `kvmtrace list --json`'s NICs held by the process `pid` (the stand-in QEMU).
+    fn listed_of(out: &Output, pid: u32) -> Vec<Value> {
+        succeeded(out)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .filter(|v: &Value| v["pid"] == pid)
+            .collect()
+    }
+
+    /// Each of `files` is a line of `listing` (what the package manager lists of the package).
+    fn assert_listed(listing: &str, files: &[&str], package: &str) {
+        for f in files {
+            assert!(
+                listing.lines().any(|l| l == *f),
+                "{f} not in the {package}:\n{listing}"
+            );
+        }
+    }
+
     /// A stand-in QEMU in the lab's hypervisor named `guest=old-host-vm`, holding the fake VM's
     /// tun fd as its fd 7 (as QEMU holds its tap), so `list` names it.
     fn qemu_standin(lab: &Lab, vm: &FakeVm) -> Child {
@@ -595,24 +626,14 @@ mod tests {
         assert!(embedded_bpf_object(&image).is_some_and(|n| n > 4096));
 
         let lab = Lab::new(LabOptions::default());
-        let out = in_bullseye(&lab, &bin, &["--version"]).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
-        assert_eq!(
-            text(&out.stdout).trim(),
-            format!("kvmtrace {}", env!("CARGO_PKG_VERSION"))
-        );
+        assert_version(&in_bullseye(&lab, &bin, &["--version"]).output().unwrap());
 
         let mut vm = FakeVm::attach(&lab);
         let mut standin = qemu_standin(&lab, &vm);
         let out = in_bullseye(&lab, &bin, &["list", "--json"])
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
-        let listed: Vec<Value> = text(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-            .filter(|v: &Value| v["pid"] == standin.id())
-            .collect();
+        let listed = listed_of(&out, standin.id());
         assert_eq!(listed.len(), 1, "{}", dump(&out));
         let nic = &listed[0];
         assert_eq!(nic["name"], "old-host-vm", "{nic}");
@@ -767,56 +788,40 @@ mod tests {
             "the root is not clean"
         );
         fs::copy(&d.deb, root.root.join("tmp/kvmtrace.deb")).unwrap();
-        let out = root.run(&lab, &["dpkg", "-i", "/tmp/kvmtrace.deb"]);
-        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
+        succeeded(&root.run(&lab, &["dpkg", "-i", "/tmp/kvmtrace.deb"]));
 
-        let out = root.run(&lab, &["dpkg", "-L", "kvmtrace"]);
-        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
-        let files = text(&out.stdout);
-        for f in [
-            "/usr/bin/kvmtrace",
-            "/usr/share/man/man1/kvmtrace.1.gz",
-            "/usr/share/man/man1/kvmtrace-follow.1.gz",
-            "/usr/share/man/man1/kvmtrace-watch.1.gz",
-            "/usr/share/bash-completion/completions/kvmtrace",
-            "/usr/share/zsh/vendor-completions/_kvmtrace",
-            "/usr/share/fish/vendor_completions.d/kvmtrace.fish",
-            "/lib/systemd/system/kvmtrace-watch.service",
-            "/usr/share/doc/kvmtrace/examples/watch.json",
-            "/usr/share/kvmtrace/grafana-kvmtrace.json",
-            "/usr/share/kvmtrace/kvmtrace-alerts.yml",
-        ] {
-            assert!(
-                files.lines().any(|l| l == f),
-                "{f} not in the package:\n{files}"
-            );
-        }
-
-        let out = root.run(&lab, &["kvmtrace", "--version"]);
-        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
-        assert_eq!(
-            text(&out.stdout).trim(),
-            format!("kvmtrace {}", env!("CARGO_PKG_VERSION"))
+        let files = succeeded(&root.run(&lab, &["dpkg", "-L", "kvmtrace"]));
+        assert_listed(
+            &files,
+            &[
+                "/usr/bin/kvmtrace",
+                "/usr/share/man/man1/kvmtrace.1.gz",
+                "/usr/share/man/man1/kvmtrace-follow.1.gz",
+                "/usr/share/man/man1/kvmtrace-watch.1.gz",
+                "/usr/share/bash-completion/completions/kvmtrace",
+                "/usr/share/zsh/vendor-completions/_kvmtrace",
+                "/usr/share/fish/vendor_completions.d/kvmtrace.fish",
+                "/lib/systemd/system/kvmtrace-watch.service",
+                "/usr/share/doc/kvmtrace/examples/watch.json",
+                "/usr/share/kvmtrace/grafana-kvmtrace.json",
+                "/usr/share/kvmtrace/kvmtrace-alerts.yml",
+            ],
+            "package",
         );
+
+        assert_version(&root.run(&lab, &["kvmtrace", "--version"]));
 
         let vm = FakeVm::attach(&lab);
         let mut standin = qemu_standin(&lab, &vm);
         let out = root.run(&lab, &["kvmtrace", "list", "--json"]);
         let _ = standin.kill();
         let _ = standin.wait();
-        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
-        let listed: Vec<Value> = text(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-            .filter(|v: &Value| v["pid"] == standin.id())
-            .collect();
+        let listed = listed_of(&out, standin.id());
         assert_eq!(listed.len(), 1, "{}", dump(&out));
         assert_eq!(listed[0]["name"], "old-host-vm", "{}", listed[0]);
         assert_eq!(listed[0]["tap"], "vnet0", "{}", listed[0]);
 
-        let out = root.run(&lab, &["man", "-P", "cat", "kvmtrace-follow"]);
-        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
-        let page = text(&out.stdout);
+        let page = succeeded(&root.run(&lab, &["man", "-P", "cat", "kvmtrace-follow"]));
         assert!(page.starts_with("kvmtrace-follow(1)"), "{page}");
         for flag in ["--explain-rules", "--record", "--nic"] {
             assert!(page.contains(flag), "{flag} not in the man page:\n{page}");
@@ -830,9 +835,8 @@ mod tests {
                 ". /usr/share/bash-completion/completions/kvmtrace && complete -p kvmtrace",
             ],
         );
-        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
         assert!(
-            text(&out.stdout)
+            succeeded(&out)
                 .trim_end()
                 .ends_with(" -F _kvmtrace kvmtrace"),
             "{}",
@@ -847,7 +851,7 @@ mod tests {
                 "/lib/systemd/system/kvmtrace-watch.service",
             ],
         );
-        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
+        succeeded(&out);
         assert_eq!(text(&out.stderr), "", "{}", dump(&out));
 
         // The RPM of the same build (here, not in a test of its own: `dist` rewrites the
@@ -870,18 +874,14 @@ mod tests {
                 .output()
                 .unwrap()
         };
-        let out = rpm(&["--initdb"]);
-        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
+        succeeded(&rpm(&["--initdb"]));
         let pkg = d.rpm.to_str().unwrap();
         let out = rpm(&["-qp", "--queryformat", "%{NAME} %{VERSION} %{ARCH}\n", pkg]);
-        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
         assert_eq!(
-            text(&out.stdout).trim(),
+            succeeded(&out).trim(),
             format!("kvmtrace {} x86_64", env!("CARGO_PKG_VERSION"))
         );
-        let out = rpm(&["-qpR", pkg]);
-        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
-        let requires: Vec<String> = text(&out.stdout)
+        let requires: Vec<String> = succeeded(&rpm(&["-qpR", pkg]))
             .lines()
             .filter(|l| !l.starts_with("rpmlib("))
             .map(str::to_string)
@@ -892,33 +892,24 @@ mod tests {
         );
         // --nodeps: the scratch root has no rpm database of a distribution to satisfy
         // `rpmlib(…)` features against.
-        let out = rpm(&["-i", "--nodeps", "--noscripts", pkg]);
-        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
-        let out = rpm(&["-ql", "kvmtrace"]);
-        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
-        let files = text(&out.stdout);
-        for f in [
+        succeeded(&rpm(&["-i", "--nodeps", "--noscripts", pkg]));
+        let files = [
             "/usr/bin/kvmtrace",
             "/usr/share/man/man1/kvmtrace-follow.1.gz",
             "/usr/share/bash-completion/completions/kvmtrace",
             "/usr/lib/systemd/system/kvmtrace-watch.service",
             "/usr/share/doc/kvmtrace/examples/watch.json",
             "/usr/share/kvmtrace/kvmtrace-alerts.yml",
-        ] {
-            assert!(
-                files.lines().any(|l| l == f),
-                "{f} not in the RPM:\n{files}"
-            );
+        ];
+        assert_listed(&succeeded(&rpm(&["-ql", "kvmtrace"])), &files, "RPM");
+        for f in files {
             assert!(root.join(&f[1..]).is_file(), "{f} not installed");
         }
-        let out = Command::new(root.join("usr/bin/kvmtrace"))
-            .arg("--version")
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", dump(&out));
-        assert_eq!(
-            text(&out.stdout).trim(),
-            format!("kvmtrace {}", env!("CARGO_PKG_VERSION"))
+        assert_version(
+            &Command::new(root.join("usr/bin/kvmtrace"))
+                .arg("--version")
+                .output()
+                .unwrap(),
         );
         let unit =
             fs::read_to_string(root.join("usr/lib/systemd/system/kvmtrace-watch.service")).unwrap();

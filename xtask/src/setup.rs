@@ -157,44 +157,53 @@ struct Setup {
 }
 
 impl Setup {
+    /// How a step starts: when `present` (what to say of the piece, e.g. "present"), says
+    /// so and there is nothing to do; else under `--check` says `missing` and records `item`
+    /// as missing; else the run is about to change the host and the caller installs it
+    /// (`true`).
+    fn must_install(&mut self, item: &str, present: Option<&str>, missing: &str) -> bool {
+        if let Some(state) = present {
+            say(item, state);
+            return false;
+        }
+        if self.check {
+            say(item, missing);
+            self.missing.push(item.into());
+            return false;
+        }
+        self.changed = true;
+        true
+    }
+
     /// Makes sure the nightly toolchain and its `rust-src` exist; returns the nightly sysroot.
     fn nightly(&mut self) -> Result<Option<PathBuf>> {
-        let sysroot = match nightly_sysroot() {
-            Some(sysroot) => {
-                say("nightly toolchain", "present");
-                sysroot
-            }
-            None if self.check => {
-                say("nightly toolchain", "MISSING");
-                self.missing.push("nightly toolchain".into());
+        let found = nightly_sysroot();
+        let present = found.is_some().then_some("present");
+        let sysroot = if self.must_install("nightly toolchain", present, "MISSING") {
+            say("nightly toolchain", "installing…");
+            run_cmd(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]))?;
+            nightly_sysroot().context("nightly installed, but `rustc +nightly` still fails")?
+        } else {
+            // None: missing, under `--check`.
+            let Some(sysroot) = found else {
                 return Ok(None);
-            }
-            None => {
-                say("nightly toolchain", "installing…");
-                self.changed = true;
-                run_cmd(Command::new("rustup").args([
-                    "toolchain",
-                    "install",
-                    "nightly",
-                    "--profile",
-                    "minimal",
-                    "--component",
-                    "rust-src",
-                ]))?;
-                nightly_sysroot().context("nightly installed, but `rustc +nightly` still fails")?
-            }
+            };
+            sysroot
         };
 
         // The component's files, checked directly: faster than `rustup component list`.
         let rust_src = sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml");
-        if rust_src.exists() {
-            say("nightly rust-src", "present");
-        } else if self.check {
-            say("nightly rust-src", "MISSING");
-            self.missing.push("nightly rust-src".into());
-        } else {
+        let present = rust_src.exists().then_some("present");
+        if self.must_install("nightly rust-src", present, "MISSING") {
             say("nightly rust-src", "installing…");
-            self.changed = true;
             run_cmd(Command::new("rustup").args([
                 "component",
                 "add",
@@ -397,13 +406,8 @@ impl Setup {
     /// Makes sure br_netfilter is loaded (or built in): its sysctls exist once it is.
     fn br_netfilter(&mut self) -> Result<()> {
         const ITEM: &str = "br_netfilter";
-        if br_netfilter_loaded() {
-            say(ITEM, "loaded");
-            return Ok(());
-        }
-        if self.check {
-            say(ITEM, "MISSING (not loaded)");
-            self.missing.push(ITEM.into());
+        let present = br_netfilter_loaded().then_some("loaded");
+        if !self.must_install(ITEM, present, "MISSING (not loaded)") {
             return Ok(());
         }
         say(ITEM, "loading (modprobe br_netfilter)…");
@@ -411,7 +415,6 @@ impl Setup {
         if !br_netfilter_loaded() {
             bail!("modprobe br_netfilter succeeded but {BR_NF_SYSCTL} is still missing");
         }
-        self.changed = true;
         say(ITEM, "loaded");
         Ok(())
     }
@@ -419,17 +422,10 @@ impl Setup {
     /// Makes sure the default toolchain can build for the static binary's target.
     fn musl_target(&mut self) -> Result<()> {
         let item = format!("rust std {STATIC_TARGET}");
-        if musl_std_installed() {
-            say(&item, "present");
-            return Ok(());
-        }
-        if self.check {
-            say(&item, "MISSING");
-            self.missing.push(item);
+        if !self.must_install(&item, musl_std_installed().then_some("present"), "MISSING") {
             return Ok(());
         }
         say(&item, "installing (rustup target add)…");
-        self.changed = true;
         run_cmd(Command::new("rustup").args(["target", "add", STATIC_TARGET]))?;
         if !musl_std_installed() {
             bail!("`rustup target add {STATIC_TARGET}` succeeded but its std is still missing");
@@ -447,20 +443,14 @@ impl Setup {
             let out = Command::new(p).arg("--version").output().ok()?;
             Some(String::from_utf8_lossy(&out.stdout).into_owned())
         });
-        if installed
+        let present = installed
             .as_deref()
             .is_some_and(|v| v.split_whitespace().any(|w| w == version))
-        {
-            say(&item, "present");
-            return Ok(());
-        }
-        if self.check {
-            say(&item, "MISSING");
-            self.missing.push(item);
+            .then_some("present");
+        if !self.must_install(&item, present, "MISSING") {
             return Ok(());
         }
         say(&item, "installing (cargo install, ~3 min)…");
-        self.changed = true;
         run_cmd(Command::new("cargo").args(["install", "--locked", name, "--version", version]))?;
         say(&item, "installed");
         Ok(())
@@ -477,13 +467,9 @@ impl Setup {
         include: Option<&str>,
     ) -> Result<()> {
         let root = Path::new(path);
-        if root.join(ROOT_DONE).exists() {
-            say(item, &format!("present ({path})"));
-            return Ok(());
-        }
-        if self.check {
-            say(item, &format!("MISSING ({path})"));
-            self.missing.push(item.into());
+        let present = format!("present ({path})");
+        let present = root.join(ROOT_DONE).exists().then_some(present.as_str());
+        if !self.must_install(item, present, &format!("MISSING ({path})")) {
             return Ok(());
         }
         let work = root.with_extension("partial");
@@ -535,7 +521,6 @@ impl Setup {
         fs::write(work.join(ROOT_DONE), "")?;
         fs::rename(&work, root)
             .with_context(|| format!("renaming {} to {path}", work.display()))?;
-        self.changed = true;
         say(item, &format!("made in {:.0?}", start.elapsed()));
         Ok(())
     }
@@ -806,5 +791,30 @@ mod tests {
         assert_eq!(qemu_major("1:10.0.2+ds-2+deb13u1~bpo12+1"), 10);
         assert_eq!(qemu_major("1:7.2+dfsg-7+deb12u7"), 7);
         assert_eq!(qemu_major("garbage"), 0);
+    }
+
+    #[test]
+    fn a_step_installs_only_what_is_missing_and_check_only_records_it() {
+        let mut check = Setup {
+            check: true,
+            missing: Vec::new(),
+            apt_updated: false,
+            changed: false,
+        };
+        assert!(!check.must_install("a", Some("present"), "MISSING"));
+        assert!(!check.must_install("b", None, "MISSING"));
+        assert_eq!(check.missing, ["b"]);
+        assert!(!check.changed);
+
+        let mut install = Setup {
+            check: false,
+            ..check
+        };
+        install.missing.clear();
+        assert!(!install.must_install("a", Some("present"), "MISSING"));
+        assert!(!install.changed);
+        assert!(install.must_install("b", None, "MISSING"));
+        assert!(install.missing.is_empty());
+        assert!(install.changed);
     }
 }

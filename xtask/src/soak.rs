@@ -70,7 +70,7 @@ pub fn run(a: &SoakArgs) -> Result<ExitCode> {
     }
     let bin = crate::bench::build_release()?;
     let lab = Lab::new(LabOptions::default());
-    crate::bench::discard_udp9(&lab);
+    crate::bench::discard_udp9(&lab, "ip");
     let fd = crate::bench::open_tap(&lab.hv, &lab.tap)?;
     let gw = crate::bench::mac_of(&lab, &lab.bridge)?;
     let frames: Vec<Vec<u8>> = (0..a.flows)

@@ -19,7 +19,7 @@ use crate::host::netlink;
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::Ebpf;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 
 /// One device the path needs, and why.
@@ -41,8 +41,11 @@ fn is_tun(dev: &str) -> bool {
 use crate::host::sys::ifindex as index_of;
 pub use crate::host::sys::ifname as name_of;
 
-pub fn contains(net: Ipv4Addr, len: u8, a: Ipv4Addr) -> bool {
-    ipnet::Ipv4Net::new(net, len.min(32)).is_ok_and(|n| n.trunc().contains(&a))
+/// Whether the prefix `net`/`len` holds `a` (never when of another family).
+pub fn contains(net: impl Into<IpAddr>, len: u8, a: impl Into<IpAddr>) -> bool {
+    let net = net.into();
+    let max = if net.is_ipv4() { 32 } else { 128 };
+    ipnet::IpNet::new(net, len.min(max)).is_ok_and(|n| n.trunc().contains(&a.into()))
 }
 
 /// The devices the path hook set attaches to, read from the host now: the tap's bridge and
@@ -109,67 +112,39 @@ pub fn wanted(tap: &str, dests: &[ipnet::IpNet], seen_oifs: &[u32]) -> Vec<Wante
         254 => "main".to_string(),
         t => t.to_string(),
     };
-    let v4: Vec<Ipv4Addr> = dests
-        .iter()
-        .filter_map(|d| match d {
-            ipnet::IpNet::V4(n) => Some(n.addr()),
-            _ => None,
-        })
-        .collect();
-    let v6: Vec<std::net::Ipv6Addr> = dests
-        .iter()
-        .filter_map(|d| match d {
-            ipnet::IpNet::V6(n) => Some(n.addr()),
-            _ => None,
-        })
-        .collect();
-    if !v6.is_empty() {
-        match netlink::routes6_all() {
-            Ok(routes) => {
-                for r in routes.iter().filter(|r| {
-                    r.kind == 1
-                        && v6.iter().any(|d| {
-                            ipnet::Ipv6Net::new(r.dst, r.dst_len.min(128))
-                                .is_ok_and(|n| n.trunc().contains(d))
-                        })
-                }) {
-                    for oif in &r.oifs {
-                        if let Some(name) = name_of(*oif) {
-                            let why = format!(
-                                "route {}/{} table {}",
-                                r.dst,
-                                r.dst_len,
-                                table_name(r.table)
-                            );
-                            add(*oif, name, why);
-                        }
-                    }
-                }
-            }
-            Err(e) => log::warn!("reading the IPv6 routes: {e}"),
+    for (ipv6, family) in [(true, "IPv6"), (false, "IPv4")] {
+        let to: Vec<IpAddr> = dests
+            .iter()
+            .map(|d| d.addr())
+            .filter(|a| a.is_ipv6() == ipv6)
+            .collect();
+        if to.is_empty() {
+            continue;
         }
-    }
-    match netlink::routes() {
-        Ok(_) if v4.is_empty() => {}
-        Ok(routes) => {
-            for r in routes
-                .iter()
-                .filter(|r| r.kind == 1 && v4.iter().any(|d| contains(r.dst, r.dst_len, *d)))
-            {
-                for (oif, _) in &r.nexthops {
-                    if let Some(name) = name_of(*oif) {
-                        let why = format!(
-                            "route {}/{} table {}",
-                            r.dst,
-                            r.dst_len,
-                            table_name(r.table)
-                        );
-                        add(*oif, name, why);
-                    }
+        let routes = match netlink::ip_routes(ipv6) {
+            Ok(routes) => routes,
+            Err(e) => {
+                log::warn!("reading the {family} routes: {e}");
+                continue;
+            }
+        };
+        // Unicast routes only (RTN_UNICAST).
+        for r in routes
+            .iter()
+            .filter(|r| r.kind == 1 && to.iter().any(|d| contains(r.dst, r.dst_len, *d)))
+        {
+            for (oif, _) in &r.nexthops {
+                if let Some(name) = name_of(*oif) {
+                    let why = format!(
+                        "route {}/{} table {}",
+                        r.dst,
+                        r.dst_len,
+                        table_name(r.table)
+                    );
+                    add(*oif, name, why);
                 }
             }
         }
-        Err(e) => log::warn!("reading the IPv4 routes: {e}"),
     }
     for oif in seen_oifs {
         if let Some(name) = name_of(*oif) {
@@ -305,11 +280,19 @@ mod tests {
 
     #[test]
     fn prefixes_contain_their_addresses() {
-        let a: Ipv4Addr = "203.0.113.7".parse().unwrap();
-        assert!(contains("0.0.0.0".parse().unwrap(), 0, a));
-        assert!(contains("203.0.113.0".parse().unwrap(), 24, a));
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let a = ip("203.0.113.7");
+        assert!(contains(ip("0.0.0.0"), 0, a));
+        assert!(contains(ip("203.0.113.0"), 24, a));
         assert!(contains(a, 32, a));
-        assert!(!contains("203.0.113.8".parse().unwrap(), 32, a));
-        assert!(!contains("198.51.100.0".parse().unwrap(), 24, a));
+        assert!(!contains(ip("203.0.113.8"), 32, a));
+        assert!(!contains(ip("198.51.100.0"), 24, a));
+        let v6 = ip("2001:db8::7");
+        assert!(contains(ip("::"), 0, v6));
+        assert!(contains(ip("2001:db8::"), 64, v6));
+        assert!(!contains(ip("2001:db8::8"), 128, v6));
+        // Never across families: not even a default route of the other.
+        assert!(!contains(ip("::"), 0, a));
+        assert!(!contains(ip("0.0.0.0"), 0, v6));
     }
 }

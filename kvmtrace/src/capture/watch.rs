@@ -12,7 +12,7 @@ use anyhow::{anyhow, Context as _, Result};
 use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::tc::SchedClassifierLink;
 use aya::programs::{BtfTracePoint, SchedClassifier, TcAttachType};
-use aya::{Btf, Ebpf};
+use aya::{Btf, Ebpf, Pod};
 use kvmtrace_common::watch::{
     WatchConfig, WatchDropKey, WatchRemote, WatchTapKey, WatchTapStats, WATCH_FROM_VM, WATCH_TO_VM,
     WCNT_DROPS_UNKEYED, WCNT_IPS_FULL,
@@ -228,14 +228,8 @@ impl WatchKernel {
 
     /// Summed counters of every watched tap direction.
     pub fn tap_totals(&self) -> Vec<(WatchTapKey, TapTotals)> {
-        let Some(m) = self.ebpf.map("WATCH_TAP_STATS") else {
-            return Vec::new();
-        };
-        let Ok(m) = PerCpuHashMap::<_, WatchTapKey, WatchTapStats>::try_from(m) else {
-            return Vec::new();
-        };
-        m.iter()
-            .filter_map(|r| r.ok())
+        self.per_cpu_entries::<WatchTapKey, WatchTapStats>("WATCH_TAP_STATS")
+            .into_iter()
             .map(|(k, v)| {
                 let mut t = WatchTapStats::default();
                 for s in v.iter() {
@@ -261,16 +255,22 @@ impl WatchKernel {
 
     /// Cumulative drops per drop site.
     pub fn drops(&self) -> Vec<(WatchDropKey, u64)> {
-        let Some(m) = self.ebpf.map("WATCH_DROPS") else {
-            return Vec::new();
-        };
-        let Ok(m) = PerCpuHashMap::<_, WatchDropKey, u64>::try_from(m) else {
-            return Vec::new();
-        };
-        m.iter()
-            .filter_map(|r| r.ok())
+        self.per_cpu_entries::<WatchDropKey, u64>("WATCH_DROPS")
+            .into_iter()
             .map(|(k, v)| (k, v.iter().sum()))
             .collect()
+    }
+
+    /// The entries of the per-CPU hash map `map`, each with its values of every CPU (none
+    /// when the object has no such map).
+    fn per_cpu_entries<K: Pod, V: Pod>(&self, map: &str) -> Vec<(K, PerCpuValues<V>)> {
+        let Some(m) = self.ebpf.map(map) else {
+            return Vec::new();
+        };
+        let Ok(m) = PerCpuHashMap::<_, K, V>::try_from(m) else {
+            return Vec::new();
+        };
+        m.iter().filter_map(|r| r.ok()).collect()
     }
 
     /// The remote address (IPv4 or IPv6) of VM slot `vm`'s last dropped packet.

@@ -56,13 +56,7 @@ pub fn vxlans() -> Vec<crate::model::VxlanFacts> {
                 log::debug!("reading the forwarding entries of {}: {e}", v.name);
                 Vec::new()
             });
-            let fdb_remote = fdb
-                .iter()
-                .filter(|e| e.mac == [0; 6])
-                .find_map(|e| match e.dst {
-                    Some(std::net::IpAddr::V4(a)) => Some(a),
-                    _ => None,
-                });
+            let fdb_remote = crate::host::netlink::fdb_default_remote(&fdb);
             crate::model::VxlanFacts {
                 name: v.name.clone(),
                 vni: v.vni,

@@ -9,7 +9,7 @@
 use netlink_packet_core::{Emitable as _, Parseable as _};
 use netlink_packet_route::AddressFamily;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::nl::{attrs, cstr, dump, ne32, request, Attrs, NETLINK_ROUTE};
 
@@ -107,78 +107,80 @@ fn route_query(q: &RouteQuery) -> io::Result<IpRoute> {
     parse_ip_route(&body).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad route"))
 }
 
-/// One IPv6 route (of any table), as the route lookups need it: its table, prefix, kind and
-/// output devices.
+/// The address type of one family ([`Ipv4Addr`], [`Ipv6Addr`]): what makes a [`Route`] of
+/// that family out of an [`IpRoute`] of either.
+pub trait FamilyAddr: Copy {
+    /// `ipv6` of [`ip_routes`].
+    const IPV6: bool;
+    /// `a`, when of this family.
+    fn of(a: IpAddr) -> Option<Self>;
+}
+
+/// `FamilyAddr` of the address type `$t`, the `IpAddr::$v` variant.
+macro_rules! family_addr {
+    ($t:ty, $v:ident, $ipv6:expr) => {
+        impl FamilyAddr for $t {
+            const IPV6: bool = $ipv6;
+            fn of(a: IpAddr) -> Option<Self> {
+                match a {
+                    IpAddr::$v(a) => Some(a),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+family_addr!(Ipv4Addr, V4, false);
+family_addr!(Ipv6Addr, V6, true);
+
+/// One route (of any table) of the family of `A` (IPv4 unless named): an [`IpRoute`] whose
+/// addresses are known to be of that family.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route6 {
+pub struct Route<A = Ipv4Addr> {
     pub table: u32,
-    pub dst: std::net::Ipv6Addr,
-    pub dst_len: u8,
-    /// `RTN_*` as in [`Route::kind`].
-    pub kind: u8,
-    pub oifs: Vec<u32>,
-}
-
-impl Route6 {
-    /// The IPv6 route of a route of either family (None for IPv4).
-    pub fn of(r: IpRoute) -> Option<Route6> {
-        let IpAddr::V6(dst) = r.dst else {
-            return None;
-        };
-        Some(Route6 {
-            table: r.table,
-            dst,
-            dst_len: r.dst_len,
-            kind: r.kind,
-            oifs: r.nexthops.iter().map(|&(o, _)| o).collect(),
-        })
-    }
-}
-
-/// Every IPv6 route of every table.
-pub fn routes6_all() -> io::Result<Vec<Route6>> {
-    Ok(ip_routes(true)?
-        .into_iter()
-        .filter_map(Route6::of)
-        .collect())
-}
-
-/// One IPv4 route (of any table).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route {
-    pub table: u32,
-    pub dst: Ipv4Addr,
+    pub dst: A,
     pub dst_len: u8,
     /// `RTN_UNICAST` = 1, `RTN_BLACKHOLE` = 6, `RTN_UNREACHABLE` = 7, `RTN_PROHIBIT` = 8, …
     pub kind: u8,
     pub priority: u32,
     /// (output ifindex, gateway) of each next hop (one unless multipath).
-    pub nexthops: Vec<(u32, Option<Ipv4Addr>)>,
+    pub nexthops: Vec<(u32, Option<A>)>,
 }
 
-impl Route {
-    /// The IPv4 route of a route of either family (None for IPv6); a next hop's IPv6
-    /// gateway (RFC 5549) is left out, as `follow` knows IPv4 gateways only.
-    pub fn of(r: IpRoute) -> Option<Route> {
-        let IpAddr::V4(dst) = r.dst else {
-            return None;
-        };
+/// One IPv6 route (of any table).
+pub type Route6 = Route<Ipv6Addr>;
+
+impl<A: FamilyAddr> Route<A> {
+    /// The route of `A`'s family of a route of either (None for the other); a next hop's
+    /// gateway of the other family (an IPv6 one of an IPv4 route, RFC 5549) is left out, as
+    /// `follow` knows gateways of the route's own family only.
+    pub fn of(r: IpRoute) -> Option<Route<A>> {
         Some(Route {
             table: r.table,
-            dst,
+            dst: A::of(r.dst)?,
             dst_len: r.dst_len,
             kind: r.kind,
             priority: r.priority,
             nexthops: r
                 .nexthops
                 .into_iter()
-                .map(|(o, g)| match g {
-                    Some(IpAddr::V4(g)) => (o, Some(g)),
-                    _ => (o, None),
-                })
+                .map(|(o, g)| (o, g.and_then(A::of)))
                 .collect(),
         })
     }
+}
+
+/// Every route of every table, of the family of `A`.
+fn family_routes<A: FamilyAddr>() -> io::Result<Vec<Route<A>>> {
+    Ok(ip_routes(A::IPV6)?
+        .into_iter()
+        .filter_map(Route::of)
+        .collect())
+}
+
+/// Every IPv6 route of every table.
+pub fn routes6_all() -> io::Result<Vec<Route6>> {
+    family_routes()
 }
 
 /// Parses one IPv4 `RTM_NEWROUTE` body: `rtmsg` (12 bytes) + attributes.
@@ -243,16 +245,8 @@ impl VxlanLink {
     /// Its default VTEP: the `remote`, else the first IPv4 destination of its all-zeros
     /// forwarding entries (read only then: one dump of the bridge FDB).
     pub fn default_remote(&self) -> Option<Ipv4Addr> {
-        self.remote.or_else(|| {
-            fdb_of(self.ifindex)
-                .ok()?
-                .into_iter()
-                .filter(|e| e.mac == [0; 6])
-                .find_map(|e| match e.dst {
-                    Some(IpAddr::V4(a)) => Some(a),
-                    _ => None,
-                })
-        })
+        self.remote
+            .or_else(|| fdb_default_remote(&fdb_of(self.ifindex).ok()?))
     }
 
     /// The output device of the route to its default VTEP (None: none, or no route).
@@ -279,6 +273,17 @@ impl VxlanLink {
 pub struct FdbEntry {
     pub mac: [u8; 6],
     pub dst: Option<IpAddr>,
+}
+
+/// The first IPv4 VTEP of the all-zeros (default) entries of a VXLAN device's forwarding
+/// entries `fdb`.
+pub fn fdb_default_remote(fdb: &[FdbEntry]) -> Option<Ipv4Addr> {
+    fdb.iter()
+        .filter(|e| e.mac == [0; 6])
+        .find_map(|e| match e.dst {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => None,
+        })
 }
 
 /// Parses one `RTM_NEWNEIGH` body of an `AF_BRIDGE` dump: (ifindex, entry).
@@ -479,15 +484,12 @@ pub fn macvtap_modes() -> io::Result<Vec<(String, String)>> {
 
 /// Every IPv4 route of every table.
 pub fn routes() -> io::Result<Vec<Route>> {
-    Ok(ip_routes(false)?
-        .into_iter()
-        .filter_map(Route::of)
-        .collect())
+    family_routes()
 }
 
 // The addresses, routes, neighbours and policy rules of either family: one type each, one
-// dump ([`family_dump`]). `Route` and `Route6` above are the views `follow`'s route details
-// take of an [`IpRoute`].
+// dump ([`family_dump`]). `Route` (`Route6`) above is the view `follow`'s route details take
+// of an [`IpRoute`] of one family.
 
 const AF_INET6: u8 = 10;
 
@@ -550,7 +552,7 @@ pub fn parse_ip_route(body: &[u8]) -> Option<IpRoute> {
     let m = RouteMessage::parse(body).ok()?;
     let unspec = match m.header.address_family {
         AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         _ => return None,
     };
     let ip = |a: &RouteAddress| match a {

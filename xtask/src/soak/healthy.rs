@@ -38,11 +38,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The flooding VM (`vnet1`).
-const VM2_IP: [u8; 4] = [10, 77, 0, 3];
+use crate::bench::{VM2_IP, VM2_MAC};
+
+/// The flooding VM (`vnet1`): its IPv6 address (the rest is bench's second VM).
 const VM2_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 3);
-const VM2_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x4b, 0x54, 0x03];
-const VM2_MAC_TEXT: &str = "52:54:00:4b:54:03";
 /// ICMP identifiers the flood cycles through (echo requests of many short "pings").
 const FLOOD_ICMP_IDS: u16 = 256;
 const TCP_PORT: u16 = 80;
@@ -272,41 +271,10 @@ pub fn run(a: &Healthy) -> Result<ExitCode> {
     let lab = Lab::new(LabOptions::default());
     lab.add_tap("vnet1");
     // The flood's UDP is dropped silently by the outside (no ICMP error storm), both versions.
-    lab.outside_run(&["nft", "add", "table", "inet", "soaksink"]);
-    lab.outside_run(&[
-        "nft",
-        "add",
-        "chain",
-        "inet",
-        "soaksink",
-        "in",
-        "{ type filter hook input priority 0 ; }",
-    ]);
-    lab.outside_run(&[
-        "nft", "add", "rule", "inet", "soaksink", "in", "udp", "dport", "9", "drop",
-    ]);
+    crate::bench::discard_udp9(&lab, "inet");
     // The fake VM answers no ARP or NDP: the host knows its MAC already.
-    lab.hv_run(&[
-        "ip",
-        "neigh",
-        "replace",
-        "10.77.0.3",
-        "lladdr",
-        VM2_MAC_TEXT,
-        "dev",
-        "br0",
-    ]);
-    lab.hv_run(&[
-        "ip",
-        "-6",
-        "neigh",
-        "replace",
-        &VM2_IP6.to_string(),
-        "lladdr",
-        VM2_MAC_TEXT,
-        "dev",
-        "br0",
-    ]);
+    crate::bench::pin_vm2_neighbour(&lab, VM2_IP.into());
+    crate::bench::pin_vm2_neighbour(&lab, VM2_IP6.into());
     let stop = Arc::new(AtomicBool::new(false));
     let server = serve_tcp(
         &lab.outside,

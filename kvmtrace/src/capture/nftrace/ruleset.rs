@@ -538,50 +538,53 @@ mod tests {
         let e = rule_exprs(&r);
         assert_eq!(
             expr_names(&e),
-            [
-                "meta",
-                "cmp",
-                "payload",
-                "cmp",
-                "payload",
-                "bitwise",
-                "cmp",
-                "immediate",
-                "meta"
-            ]
+            "meta cmp payload cmp payload bitwise cmp immediate meta"
         );
-        let fields = |i: usize| -> Vec<(u16, u32)> {
-            let data = attrs(e[i].as_bytes()).nth(1).expect("data").1;
-            attrs(data)
-                .map(|(t, p)| (t, be32(p).unwrap_or(0)))
-                .collect()
-        };
         // nfproto compared with NFPROTO_IPV6.
-        let cmp = attrs(e[1].as_bytes()).nth(1).expect("data").1;
-        let value = attrs(cmp)
-            .find(|(t, _)| *t == NFTA_CMP_DATA)
-            .expect("cmp data")
-            .1;
-        assert_eq!(attrs(value).next().expect("value").1, [10]);
+        assert_eq!(cmp_value(&e[1]), [10]);
         assert_eq!(
-            fields(2)[2..],
+            expr_fields(&e[2])[2..],
             [(NFTA_PAYLOAD_OFFSET, 8), (NFTA_PAYLOAD_LEN, 16)]
         );
         assert_eq!(
-            fields(4)[2..],
+            expr_fields(&e[4])[2..],
             [(NFTA_PAYLOAD_OFFSET, 24), (NFTA_PAYLOAD_LEN, 16)]
         );
-        assert_eq!(fields(5)[2], (NFTA_BITWISE_LEN, 16));
+        assert_eq!(expr_fields(&e[5])[2], (NFTA_BITWISE_LEN, 16));
     }
 
-    fn expr_names(e: &[Attrs]) -> Vec<String> {
-        e.iter()
+    /// The expressions' names, in order, space-separated.
+    fn expr_names(e: &[Attrs]) -> String {
+        let names: Vec<String> = e
+            .iter()
             .map(|a| {
                 let (ty, p) = attrs(a.as_bytes()).next().expect("name");
                 assert_eq!(ty, NFTA_EXPR_NAME);
                 cstr(p)
             })
+            .collect();
+        names.join(" ")
+    }
+
+    /// An expression's data (`NFTA_EXPR_DATA`, after its name).
+    fn expr_data(e: &Attrs) -> &[u8] {
+        attrs(e.as_bytes()).nth(1).expect("data").1
+    }
+
+    /// An expression's data attributes, each read as a big-endian u32 (0: not 4 bytes).
+    fn expr_fields(e: &Attrs) -> Vec<(u16, u32)> {
+        attrs(expr_data(e))
+            .map(|(t, p)| (t, be32(p).unwrap_or(0)))
             .collect()
+    }
+
+    /// The value a `cmp` expression compares with.
+    fn cmp_value(e: &Attrs) -> &[u8] {
+        let value = attrs(expr_data(e))
+            .find(|(t, _)| *t == NFTA_CMP_DATA)
+            .expect("cmp data")
+            .1;
+        attrs(value).next().expect("value").1
     }
 
     #[test]
@@ -595,25 +598,11 @@ mod tests {
         let e = rule_exprs(&r);
         assert_eq!(
             expr_names(&e),
-            [
-                "meta",
-                "cmp",
-                "payload",
-                "bitwise",
-                "cmp",
-                "meta",
-                "cmp",
-                "payload",
-                "cmp",
-                "immediate",
-                "meta"
-            ]
+            "meta cmp payload bitwise cmp meta cmp payload cmp immediate meta"
         );
         // The destination payload load: network header, offset 16, 4 bytes.
-        let data = attrs(e[2].as_bytes()).nth(1).expect("data").1;
-        let fields: Vec<(u16, u32)> = attrs(data).map(|(t, p)| (t, be32(p).unwrap())).collect();
         assert_eq!(
-            fields,
+            expr_fields(&e[2]),
             [
                 (NFTA_PAYLOAD_DREG, REG),
                 (NFTA_PAYLOAD_BASE, NFT_PAYLOAD_NETWORK_HEADER),
@@ -622,10 +611,8 @@ mod tests {
             ]
         );
         // The last expression sets nftrace from the register.
-        let data = attrs(e[10].as_bytes()).nth(1).expect("data").1;
-        let fields: Vec<(u16, u32)> = attrs(data).map(|(t, p)| (t, be32(p).unwrap())).collect();
         assert_eq!(
-            fields,
+            expr_fields(&e[10]),
             [(NFTA_META_KEY, NFT_META_NFTRACE), (NFTA_META_SREG, REG)]
         );
     }
@@ -655,10 +642,8 @@ mod tests {
         );
         assert_eq!(rules_for(Family::Inet, &f), rules(&f));
         let e = rule_exprs(&rules_for(Family::Bridge, &f)[2]);
-        let data = attrs(e[0].as_bytes()).nth(1).expect("data").1;
-        let fields: Vec<(u16, u32)> = attrs(data).map(|(t, p)| (t, be32(p).unwrap())).collect();
         assert_eq!(
-            fields,
+            expr_fields(&e[0]),
             [
                 (NFTA_PAYLOAD_DREG, REG),
                 (NFTA_PAYLOAD_BASE, NFT_PAYLOAD_LL_HEADER),
@@ -666,12 +651,7 @@ mod tests {
                 (NFTA_PAYLOAD_LEN, 2)
             ]
         );
-        let cmp = attrs(e[1].as_bytes()).nth(1).expect("data").1;
-        let value = attrs(cmp)
-            .find(|(t, _)| *t == NFTA_CMP_DATA)
-            .expect("cmp data")
-            .1;
-        assert_eq!(attrs(value).next().expect("value").1, [0x86, 0xdd]);
+        assert_eq!(cmp_value(&e[1]), [0x86, 0xdd]);
         let batch = create_batch(Family::Bridge, "kvmtrace_nftrace_1_0", &f, true);
         assert!(batch.iter().all(|m| m.family == FAMILY_BRIDGE));
         assert_eq!(batch[0].what, "add table bridge kvmtrace_nftrace_1_0");
