@@ -20,7 +20,6 @@ use aya::Ebpf;
 use kvmtrace_common::{Config, Event, Filter, CNT_EVENTS, CNT_LOST, CNT_SAMPLED_OUT};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::Path;
 
 pub use crate::capture::spec::{HookSet, Spec};
@@ -341,7 +340,7 @@ fn next_key(fd: std::os::fd::BorrowedFd<'_>, key: &mut [u8]) -> Option<()> {
 /// (a route of the local table) or has no route; for "forwarding disabled" the route the
 /// lookup itself found (the kernel drops the packet after it, for the disabled forwarding).
 fn route_detail(a: &RouteAsk) -> RouteDetail {
-    use crate::host::netlink::{route_get, routes, RouteQuery};
+    use crate::host::netlink::{ip_routes, route_get, IpRoute, RouteQuery};
     const RET_SUCCESS: u32 = 0;
     const RET_BLACKHOLE: u32 = 1;
     const RET_UNREACHABLE: u32 = 2;
@@ -366,34 +365,22 @@ fn route_detail(a: &RouteAsk) -> RouteDetail {
         err,
         oif: 0,
     };
-    let found = |r: &crate::host::netlink::Route| RouteDetail {
+    let found = |r: &IpRoute| RouteDetail {
         table: r.table,
         err: 0,
         oif: r.nexthops.first().map(|n| n.0).unwrap_or(0),
     };
     // The table of the blackhole / unreachable / prohibit route covering DST (longest prefix).
     let error_route = |kind: u8, err: i32| {
-        let table = match a.dst {
-            IpAddr::V4(dst) => routes()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|r| {
-                    r.kind == kind && crate::capture::pathdevs::contains(r.dst, r.dst_len, dst)
-                })
-                .max_by_key(|r| r.dst_len)
-                .map(|r| r.table),
-            IpAddr::V6(dst) => crate::host::netlink::routes6_all()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|r| {
-                    r.kind == kind
-                        && ipnet::Ipv6Net::new(r.dst, r.dst_len.min(128))
-                            .is_ok_and(|n| n.trunc().contains(&dst))
-                })
-                .max_by_key(|r| r.dst_len)
-                .map(|r| r.table),
-        }
-        .unwrap_or(254);
+        let table = ip_routes(a.dst.is_ipv6())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| {
+                r.kind == kind && crate::capture::pathdevs::contains(r.dst, r.dst_len, a.dst)
+            })
+            .max_by_key(|r| r.dst_len)
+            .map(|r| r.table)
+            .unwrap_or(254);
         RouteDetail { table, err, oif: 0 }
     };
     let by_errno = |errno: i32| match errno {

@@ -43,22 +43,9 @@ pub struct RouteQuery {
 
 /// The route the kernel's FIB matches for a packet (`ip route get fibmatch …`): `Err` is
 /// the lookup's errno (ENETUNREACH no route, EINVAL blackhole, EHOSTUNREACH unreachable,
-/// EACCES prohibit, EXDEV reverse-path filter, …). An IPv6 answer keeps its table, prefix
-/// length, kind and output devices only.
-pub fn route_get(q: &RouteQuery) -> io::Result<Route> {
-    let r = route_query(q)?;
-    if q.dst.is_ipv6() {
-        Ok(Route {
-            table: r.table,
-            dst: Ipv4Addr::UNSPECIFIED,
-            dst_len: r.dst_len,
-            kind: r.kind,
-            priority: 0,
-            nexthops: r.nexthops.iter().map(|&(o, _)| (o, None)).collect(),
-        })
-    } else {
-        Route::of(r).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad route"))
-    }
+/// EACCES prohibit, EXDEV reverse-path filter, …).
+pub fn route_get(q: &RouteQuery) -> io::Result<IpRoute> {
+    route_query(q)
 }
 
 /// The one `RTM_GETROUTE` request behind [`route_get`] and [`route_lookup`]: FIB_MATCH (the
@@ -105,87 +92,6 @@ fn route_query(q: &RouteQuery) -> io::Result<IpRoute> {
         ));
     }
     parse_ip_route(&body).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad route"))
-}
-
-/// The address type of one family ([`Ipv4Addr`], [`Ipv6Addr`]): what makes a [`Route`] of
-/// that family out of an [`IpRoute`] of either.
-pub trait FamilyAddr: Copy {
-    /// `ipv6` of [`ip_routes`].
-    const IPV6: bool;
-    /// `a`, when of this family.
-    fn of(a: IpAddr) -> Option<Self>;
-}
-
-/// `FamilyAddr` of the address type `$t`, the `IpAddr::$v` variant.
-macro_rules! family_addr {
-    ($t:ty, $v:ident, $ipv6:expr) => {
-        impl FamilyAddr for $t {
-            const IPV6: bool = $ipv6;
-            fn of(a: IpAddr) -> Option<Self> {
-                match a {
-                    IpAddr::$v(a) => Some(a),
-                    _ => None,
-                }
-            }
-        }
-    };
-}
-family_addr!(Ipv4Addr, V4, false);
-family_addr!(Ipv6Addr, V6, true);
-
-/// One route (of any table) of the family of `A` (IPv4 unless named): an [`IpRoute`] whose
-/// addresses are known to be of that family.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route<A = Ipv4Addr> {
-    pub table: u32,
-    pub dst: A,
-    pub dst_len: u8,
-    /// `RTN_UNICAST` = 1, `RTN_BLACKHOLE` = 6, `RTN_UNREACHABLE` = 7, `RTN_PROHIBIT` = 8, …
-    pub kind: u8,
-    pub priority: u32,
-    /// (output ifindex, gateway) of each next hop (one unless multipath).
-    pub nexthops: Vec<(u32, Option<A>)>,
-}
-
-/// One IPv6 route (of any table).
-pub type Route6 = Route<Ipv6Addr>;
-
-impl<A: FamilyAddr> Route<A> {
-    /// The route of `A`'s family of a route of either (None for the other); a next hop's
-    /// gateway of the other family (an IPv6 one of an IPv4 route, RFC 5549) is left out, as
-    /// `follow` knows gateways of the route's own family only.
-    pub fn of(r: IpRoute) -> Option<Route<A>> {
-        Some(Route {
-            table: r.table,
-            dst: A::of(r.dst)?,
-            dst_len: r.dst_len,
-            kind: r.kind,
-            priority: r.priority,
-            nexthops: r
-                .nexthops
-                .into_iter()
-                .map(|(o, g)| (o, g.and_then(A::of)))
-                .collect(),
-        })
-    }
-}
-
-/// Every route of every table, of the family of `A`.
-fn family_routes<A: FamilyAddr>() -> io::Result<Vec<Route<A>>> {
-    Ok(ip_routes(A::IPV6)?
-        .into_iter()
-        .filter_map(Route::of)
-        .collect())
-}
-
-/// Every IPv6 route of every table.
-pub fn routes6_all() -> io::Result<Vec<Route6>> {
-    family_routes()
-}
-
-/// Parses one IPv4 `RTM_NEWROUTE` body: `rtmsg` (12 bytes) + attributes.
-pub fn parse_route(body: &[u8]) -> Option<Route> {
-    parse_ip_route(body).and_then(Route::of)
 }
 
 pub const NUD_INCOMPLETE: u16 = 0x01;
@@ -482,14 +388,8 @@ pub fn macvtap_modes() -> io::Result<Vec<(String, String)>> {
         .collect())
 }
 
-/// Every IPv4 route of every table.
-pub fn routes() -> io::Result<Vec<Route>> {
-    family_routes()
-}
-
 // The addresses, routes, neighbours and policy rules of either family: one type each, one
-// dump ([`family_dump`]). `Route` (`Route6`) above is the view `follow`'s route details take
-// of an [`IpRoute`] of one family.
+// dump ([`family_dump`]).
 
 const AF_INET6: u8 = 10;
 
@@ -828,11 +728,14 @@ pub mod tests {
         b.extend(nla(15, &254u32.to_ne_bytes()));
         b.extend(nla(5, &[192, 0, 2, 1]));
         b.extend(nla(4, &3u32.to_ne_bytes()));
-        let r = parse_route(&b).expect("route");
+        let r = parse_ip_route(&b).expect("route");
         assert_eq!(r.table, 254);
         assert_eq!(r.dst_len, 0);
         assert_eq!(r.kind, 1);
-        assert_eq!(r.nexthops, vec![(3, Some(Ipv4Addr::new(192, 0, 2, 1)))]);
+        assert_eq!(
+            r.nexthops,
+            vec![(3, Some(Ipv4Addr::new(192, 0, 2, 1).into()))]
+        );
 
         let mut m = vec![2u8, 0, 0, 0, 254, 3, 0, 1, 0, 0, 0, 0];
         let mut nh = Vec::new();
@@ -844,9 +747,12 @@ pub mod tests {
             nh.extend(g);
         }
         m.extend(nla(9, &nh));
-        let r = parse_route(&m).expect("multipath route");
+        let r = parse_ip_route(&m).expect("multipath route");
         assert_eq!(r.nexthops.len(), 2);
-        assert_eq!(r.nexthops[1], (4, Some(Ipv4Addr::new(198, 51, 100, 1))));
+        assert_eq!(
+            r.nexthops[1],
+            (4, Some(Ipv4Addr::new(198, 51, 100, 1).into()))
+        );
     }
 
     #[test]
@@ -904,7 +810,6 @@ pub mod tests {
         assert_eq!(route.protocol, 9);
         assert_eq!(route.priority, 1024);
         assert_eq!(route.nexthops, vec![(4, Some(IpAddr::V6(gw)))]);
-        assert_eq!(parse_route(&r), None);
 
         let mut n = vec![10u8, 0, 0, 0];
         n.extend_from_slice(&4u32.to_ne_bytes());
