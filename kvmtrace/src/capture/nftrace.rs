@@ -24,6 +24,7 @@
 //! Everything happens in the network namespace of the thread that calls `start`.
 
 mod decode;
+mod filter;
 mod ruleset;
 
 use crate::host::nftables::ruletext::{self, RuleText};
@@ -36,60 +37,14 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::model::filter::PacketFilter;
+pub use filter::TraceFilter;
 use ruleset::Family;
 pub use ruleset::TABLE_PREFIX;
-
-/// Which packets to trace: the followed flow.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TraceFilter {
-    /// The guest's addresses; none of a destination's version: requests to it are matched by
-    /// destination only.
-    pub guest_ips: Vec<IpAddr>,
-    /// The destinations followed (at most one of each IP version).
-    pub dsts: Vec<ipnet::IpNet>,
-    /// The protocol (ICMP: ICMPv6 towards an IPv6 destination) and the remote TCP/UDP/SCTP
-    /// port (ignored for ICMP).
-    pub packets: PacketFilter,
-}
-
-impl TraceFilter {
-    /// The protocol number followed towards a destination of that version (0: any).
-    fn proto_for(&self, v6: bool) -> u8 {
-        self.packets.proto.number_for(v6)
-    }
-
-    /// Whether a packet with these headers belongs to the flow (the same test as the table's
-    /// rules).
-    fn matches(&self, h: &IpHdr) -> bool {
-        let proto = self.proto_for(h.src.is_ipv6());
-        let proto_ok = proto == 0 || h.proto == proto;
-        let port_ok = |p: Option<u16>| match self.packets.port {
-            Some(port) if self.packets.proto.has_ports() => {
-                matches!(h.proto, 6 | 17 | 132) && p == Some(port)
-            }
-            _ => true,
-        };
-        let guest_known = self
-            .guest_ips
-            .iter()
-            .any(|g| g.is_ipv6() == h.src.is_ipv6());
-        let from_guest = !guest_known || self.guest_ips.contains(&h.src);
-        proto_ok
-            && self.dsts.iter().any(|d| {
-                let d = d.trunc();
-                let request = from_guest && d.contains(&h.dst) && port_ok(h.dport);
-                let reply = d.contains(&h.src) && port_ok(h.sport);
-                request || reply
-            })
-    }
-}
 
 pub use crate::model::decision::RuleDecision;
 
@@ -568,7 +523,7 @@ fn refine(verdict: String, rule: Option<&str>) -> String {
 mod tests {
     use super::decode::tests::{ipv4, ipv6, policy_msg, rule_msg, with_ct};
     use super::*;
-    use crate::model::filter::Proto;
+    use crate::model::filter::{PacketFilter, Proto};
     use std::net::Ipv4Addr;
 
     fn collector(f: TraceFilter) -> Collector {

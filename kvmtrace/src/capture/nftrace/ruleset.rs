@@ -34,7 +34,7 @@
 //! ```
 
 use super::decode::has_ports;
-use super::TraceFilter;
+use super::filter::TraceFilter;
 use crate::host::nftables::{
     nft_type, NFTA_BITWISE_DREG, NFTA_BITWISE_LEN, NFTA_BITWISE_MASK, NFTA_BITWISE_SREG,
     NFTA_BITWISE_XOR, NFTA_CHAIN_HOOK, NFTA_CHAIN_NAME, NFTA_CHAIN_POLICY, NFTA_CHAIN_TABLE,

@@ -29,6 +29,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 mod libvirt;
+mod mac;
 mod proxmox;
 mod qemu;
 mod taps;
@@ -36,6 +37,8 @@ mod taps;
 mod tests;
 
 pub use libvirt::{libvirt_domain, libvirt_interfaces, LibvirtDomain};
+use mac::looks_like_mac;
+pub use mac::parse_mac;
 pub use proxmox::{pve_conf, pve_tap_nic};
 use qemu::arg_after;
 pub use qemu::{qemu_macs, qemu_name, qemu_tap_macs, qemu_vmid};
@@ -601,14 +604,6 @@ impl fmt::Display for ResolveError {
 
 impl std::error::Error for ResolveError {}
 
-fn looks_like_mac(s: &str) -> bool {
-    let parts: Vec<&str> = s.split(':').collect();
-    parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
-}
-
 /// Whether `--nic` `sel` (a number, a tap or a MAC) names this NIC.
 fn nic_matches(v: &VmInfo, sel: &str) -> bool {
     let s = sel.to_ascii_lowercase();
@@ -686,17 +681,4 @@ pub fn resolve(query: &str, nic: Option<&str>, r: &Roots) -> Result<VmInfo, Reso
             nics: chosen,
         }),
     }
-}
-
-/// Parses `52:54:00:12:34:56`.
-pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    for (o, p) in out.iter_mut().zip(parts) {
-        *o = u8::from_str_radix(p, 16).ok()?;
-    }
-    Some(out)
 }

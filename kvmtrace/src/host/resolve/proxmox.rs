@@ -1,6 +1,6 @@
 //! Proxmox VE: a VMID's taps (`tap<VMID>i<N>`) and its `/etc/pve/qemu-server/VMID.conf`.
 
-use super::looks_like_mac;
+use super::mac::looks_like_mac;
 
 /// The N of a Proxmox tap `tap<VMID>i<N>` (the VM's `netN`).
 pub fn pve_tap_nic(tap: &str, vmid: &str) -> Option<u32> {

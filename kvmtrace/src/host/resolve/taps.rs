@@ -1,7 +1,9 @@
 //! Which taps a process holds: `/dev/net/tun` fds (their fdinfo names the tap) and macvtap
 //! character devices (`/dev/tapN`, N the macvtap's ifindex, matched by device number).
 
-use super::*;
+use std::fs;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
 
 /// A macvtap of this namespace: its character device (`major:minor`, from
 /// `/sys/class/net/DEV/macvtap/tapN/dev`), that node's name (`tapN`, N = the ifindex in this
@@ -25,7 +27,7 @@ pub fn macvtaps(sys_class_net: &Path) -> Vec<Macvtap> {
         };
         for n in nodes.flatten() {
             if let (Some(dev), Ok(node), Ok(netdev)) = (
-                read(&n.path().join("dev")),
+                fs::read_to_string(n.path().join("dev")).ok(),
                 n.file_name().into_string(),
                 d.file_name().into_string(),
             ) {
@@ -89,7 +91,7 @@ pub(super) fn taps_of_pid(proc_dir: &Path, pid: &str, mv: &[Macvtap]) -> Vec<(St
             continue;
         }
         let info = proc_dir.join(pid).join("fdinfo").join(fd.file_name());
-        if let Some(text) = read(&info) {
+        if let Ok(text) = fs::read_to_string(&info) {
             for line in text.lines() {
                 if let Some(v) = line.strip_prefix("iff:") {
                     let v = v.trim().to_string();

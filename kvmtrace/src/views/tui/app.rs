@@ -5,7 +5,7 @@
 //! drop points aggregated by place and reason. Pausing freezes a copy of that for display while
 //! collection goes on underneath, so nothing is missed when it resumes.
 
-use super::{Action, TuiMeta, TuiStats};
+use super::meta::{Action, TuiMeta, TuiStats};
 use crate::model::event::{DevKind, Direction, NfHook, Point, Route, TraceEvent};
 use crate::model::filter::PacketFilter;
 use crate::model::{Journey, Model, Outcome, Stage, Verdict};

@@ -6,7 +6,9 @@
 //! by [`Live::finish`], by `Drop`, and by a panic hook (installed once, chained in front of the
 //! previous hook, so the panic message lands on a normal screen).
 
-use super::{draw, Action, App};
+use super::app::App;
+use super::meta::Action;
+use super::render::draw;
 use anyhow::{Context as _, Result};
 use crossterm::event::{self, Event, KeyEvent};
 use crossterm::terminal::{

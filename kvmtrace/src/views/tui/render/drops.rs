@@ -1,6 +1,13 @@
 //! The drop-points panel: where packets were dropped, how often, the rule behind it.
 
-use super::*;
+use super::style::*;
+use super::verdicts::rule_of;
+use crate::views::tui::app::{App, DropPoint};
+use ratatui::layout::{Constraint, Rect};
+use ratatui::style::Color;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Cell, Paragraph, Row, Table};
+use ratatui::Frame;
 
 pub(super) fn draw_drops(frame: &mut Frame, area: Rect, app: &App) {
     let v = app.view();

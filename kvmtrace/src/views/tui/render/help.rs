@@ -1,6 +1,11 @@
 //! The help overlay (`?`).
 
-use super::*;
+use super::style::*;
+use ratatui::layout::Rect;
+use ratatui::style::Color;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Clear, Paragraph};
+use ratatui::Frame;
 
 pub(super) fn draw_help(frame: &mut Frame, area: Rect) {
     let keys = [

@@ -1,6 +1,15 @@
 //! The journey view: one packet's hops, every rewrite before → after.
 
-use super::*;
+use super::packets::{first_headers, outcome_text};
+use super::style::*;
+use crate::model::event::{Point, TraceEvent, Tuple};
+use crate::model::{point_label, Outcome};
+use crate::views::tui::app::{Packet, View};
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Paragraph};
+use ratatui::Frame;
 
 /// Changes between two header sets, as `src 10.77.0.2 → 192.0.2.2`.
 pub(super) fn tuple_changes(a: &Tuple, b: &Tuple) -> Vec<String> {

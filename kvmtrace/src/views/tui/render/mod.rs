@@ -2,22 +2,19 @@
 //! (scroll offsets are derived from the selection), so the same `App` always draws the same
 //! screen, on a terminal or on a `TestBackend`.
 
-use super::app::{dir_idx, App, DropPoint, Mode, Node, Packet, View};
-use crate::model::event::{Direction, NfHook, Point, TraceEvent, Tuple};
-use crate::model::{point_label, Outcome, Stage, Status, Verdict};
-use crate::views::output::group_verdicts;
+use super::app::{App, Mode};
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
-use ratatui::text::{Line, Span, Text};
-use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Table, TableState};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Paragraph};
 use ratatui::Frame;
-use std::time::Duration;
 
 mod drops;
 mod help;
 mod journey;
 mod packets;
 mod path;
+mod style;
 mod verdicts;
 
 use drops::*;
@@ -25,14 +22,8 @@ use help::*;
 use journey::*;
 use packets::*;
 use path::*;
+use style::*;
 use verdicts::*;
-
-fn dim() -> Style {
-    Style::new().fg(Color::DarkGray)
-}
-fn bold() -> Style {
-    Style::new().add_modifier(Modifier::BOLD)
-}
 
 /// Draws the whole screen.
 pub fn draw(frame: &mut Frame, app: &App) {
@@ -54,15 +45,6 @@ pub fn draw(frame: &mut Frame, app: &App) {
     frame.render_widget(Paragraph::new(hint_line(app)), hints);
     if app.help {
         draw_help(frame, area);
-    }
-}
-
-fn elapsed(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 3600 {
-        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-    } else {
-        format!("{:02}:{:02}", s / 60, s % 60)
     }
 }
 
@@ -175,58 +157,4 @@ fn draw_main(frame: &mut Frame, area: Rect, app: &App) {
     );
     draw_drops(frame, drop_area, app);
     draw_packets(frame, packet_area, app);
-}
-
-fn status_style(s: Status) -> Style {
-    match s {
-        Status::Delivered => bold().fg(Color::Green),
-        Status::Dropped => bold().fg(Color::Red),
-        Status::NoReply => bold().fg(Color::Yellow),
-        Status::Misrouted => bold().fg(Color::Magenta),
-        Status::NoTraffic => bold().fg(Color::DarkGray),
-        Status::Blind => bold().fg(Color::Cyan),
-    }
-}
-
-/// Splits `text` into lines of at most `width` characters, at spaces where it can.
-fn wrap(text: &str, width: usize) -> Vec<String> {
-    let width = width.max(10);
-    let mut lines = vec![String::new()];
-    for word in text.split(' ') {
-        let cur = lines.last_mut().expect("one line at least");
-        let (n, w) = (cur.chars().count(), word.chars().count());
-        if n > 0 && n + 1 + w > width {
-            lines.push(word.to_string());
-        } else {
-            if n > 0 {
-                cur.push(' ');
-            }
-            cur.push_str(word);
-        }
-    }
-    lines
-}
-
-/// How long ago kernel time `ns` was, on the caller's clock (`stats.elapsed`); without one,
-/// the time into the run.
-fn ago(app: &App, v: &View, ns: u64) -> String {
-    let since_first = Duration::from_nanos(ns.saturating_sub(v.t0.unwrap_or(ns)));
-    match app.first_event_at {
-        Some(first) if !app.stats.elapsed.is_zero() => {
-            let ago = app.stats.elapsed.saturating_sub(first + since_first);
-            format!("{:.0}s ago", ago.as_secs_f64())
-        }
-        _ => format!("+{:.1}s", since_first.as_secs_f64()),
-    }
-}
-
-fn dir_short(d: Direction) -> &'static str {
-    match d {
-        Direction::Request => "req",
-        Direction::Reply => "rep",
-    }
-}
-
-fn rel_secs(v: &View, ts: u64) -> String {
-    format!("+{:.6}", ts.saturating_sub(v.t0.unwrap_or(ts)) as f64 / 1e9)
 }

@@ -1,6 +1,14 @@
 //! The recent-packets panel: one line per packet journey, its outcome.
 
-use super::*;
+use super::style::*;
+use crate::model::event::{Point, TraceEvent};
+use crate::model::Outcome;
+use crate::views::tui::app::{App, Packet};
+use ratatui::layout::{Constraint, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::Span;
+use ratatui::widgets::{Block, Cell, Row, Table, TableState};
+use ratatui::Frame;
 
 /// The headers a packet had when first seen (route lookups carry no packet headers).
 pub(super) fn first_headers(p: &Packet) -> String {

@@ -1,7 +1,11 @@
 //! The path panel: the request's way through the host and the reply's, packets counted at
 //! each hop, the stop point marked.
 
-use super::*;
+use super::style::*;
+use crate::model::event::{Direction, NfHook};
+use crate::views::tui::app::{dir_idx, Node, View};
+use ratatui::style::{Color, Style};
+use ratatui::text::{Line, Span};
 
 pub(super) const REQUEST_PATH: [Node; 7] = [
     Node::Tap,

@@ -1,6 +1,10 @@
 //! The verdict panel: one verdict per flow (grouped as the text output groups them).
 
-use super::*;
+use super::style::*;
+use crate::model::{Stage, Verdict};
+use crate::views::output::group_verdicts;
+use crate::views::tui::app::{DropPoint, View};
+use ratatui::text::{Line, Span, Text};
 
 /// Each flow: its status, name, counts and place, then the summary (the next step after its
 /// `→`) wrapped under it, and its one-command fix when it has one. Flows that ended identically (`output::same_as`) are one entry: their
